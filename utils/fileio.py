@@ -1,0 +1,69 @@
+"""Atomic writes (temp file in the same folder, fsync, rename) and the one error type shown to users.
+
+A reader never sees a half-written file: either the old content or the new one. Entry scripts catch
+`UserError` and print its message as a single line (`error: ...`), so every message names the file
+and says what to do.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad input from the user (a missing file, a wrong shape, an unknown option): one line, path + fix."""
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a directory entry (after a rename) so the rename survives a power cut; no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write `data` to `path` via a temp file in the same folder, fsync it, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
+    """Write `obj` as JSON atomically; NaN (not valid JSON) is written as null."""
+    atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=indent, sort_keys=False) + "\n")
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
