@@ -1,0 +1,156 @@
+"""Aggregate evaluation results into the study's tables and figures.
+
+Reads every `*.results.json` below a runs directory (or the original study's tidy CSV) and writes, to --out:
+summary.md (all tables in Markdown), one CSV per table, curves.png and per_class_iou.png:
+  1. global metrics at the final epoch, mean ± 1.96·SE (the paper's interval) and ± t(0.975, n−1)·SE
+  2. the same at an early epoch (default 10)
+  3. per-class IoU per variant with Δ(D−A), Δ(D−B), Δ(C−B) (+ 3b: top/bottom-5 of D vs B)
+  4. inter-seed std per class and variant
+  5. paired-by-seed t-tests of every pair of variants, Holm-corrected per metric, beside CI overlap
+  and the crossover analysis (ranking per epoch, last leader change, C−B gap early vs final).
+
+    python aggregate.py runs/ --out report/
+    python aggregate.py --from-csv ../shared/data/seed_metrics/pilot_results.csv --out report_pilot/
+    python aggregate.py runs/ --out report/ --early-epoch 20 --wandb
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from report.figures import plot_curves, plot_per_class
+from report.load import METRICS, Study, load_csv, load_runs_dir
+from report.stats import summarize
+from report.tables import (Table, completeness_notes, crossover_tables, extremes_table, global_metrics_table,
+                           per_class_table, significance_table, volatility_table)
+from utils import UserError, atomic_write_text
+
+console = Console(stderr=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs_dir", nargs="?", help="folder searched recursively for *.results.json")
+    p.add_argument("--from-csv", metavar="FILE", help="tidy CSV instead of a runs folder (variant, seed, epoch, "
+                   "mIoU, boundary_f1_mean, trimap_mIoU_mean, optional per-class columns; fractions)")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="where summary.md, the CSVs and PNGs go")
+    p.add_argument("--early-epoch", type=int, default=None, help="epoch of table 2 and of the early C−B gap "
+                   "(default 10, skipped with a note when 10 was not evaluated)")
+    p.add_argument("--final-epoch", type=int, default=None, help="epoch of tables 1, 3-5 (default: the last one)")
+    p.add_argument("--band", choices=("normal", "t"), default="normal",
+                   help="shaded band of the curves: mean ± 1.96·SE (normal, as the paper) or ± t(0.975, n−1)·SE")
+    p.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run (offline "
+                   "unless logged in; WANDB_MODE is respected)")
+    p.add_argument("--wandb-project", default="boundary-seg")
+    p.add_argument("--wandb-name", default=None)
+    args = p.parse_args(argv)
+    if (args.runs_dir is None) == (args.from_csv is None):
+        p.error("give either RUNS_DIR or --from-csv FILE (exactly one)")
+    return args
+
+
+def pick_epochs(study: Study, early: int | None, final: int | None) -> tuple[int | None, int]:
+    """The final epoch (default: last evaluated) and the early epoch (default 10; None if 10 was not evaluated)."""
+    listed = ", ".join(map(str, study.epochs))
+    final = study.epochs[-1] if final is None else final
+    if final not in study.epochs:
+        raise UserError(f"--final-epoch {final}: no result at that epoch; evaluated epochs: {listed}")
+    if early is None:
+        return (10 if 10 in study.epochs else None), final
+    if early not in study.epochs:
+        raise UserError(f"--early-epoch {early}: no result at that epoch; evaluated epochs: {listed}")
+    return early, final
+
+
+def print_table(t: Table) -> None:
+    rt = RichTable(title=t.title, title_justify="left")
+    for i, h in enumerate(t.md_header):
+        rt.add_column(h, justify="left" if i == 0 else "right")
+    for row in t.md_rows:
+        rt.add_row(*[c.replace("**", "") for c in row])
+    console.print(rt)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+
+    # -------- load: one Record per (variant, seed, epoch), grouped (today: by variant)
+    source = args.from_csv or args.runs_dir
+    records = load_csv(args.from_csv) if args.from_csv else load_runs_dir(args.runs_dir)
+    study = Study.from_records(records)
+    early, final = pick_epochs(study, args.early_epoch, args.final_epoch)
+    console.print(f"{len(records)} results from {source}: variants {', '.join(study.groups)}, "
+                  f"seeds {', '.join(map(str, study.seeds))}, {len(study.epochs)} epochs "
+                  f"({study.epochs[0]}…{study.epochs[-1]})")
+    completeness = completeness_notes(study)
+    for line in completeness:  # holes are reported, never dropped silently
+        console.print(f"[yellow]{line}[/yellow]" if not line.startswith("complete") else line)
+
+    # -------- tables
+    t1 = global_metrics_table(study, final, "table1_final_epoch", f"Table 1 — global metrics at the final "
+                              f"epoch {final} (%)")
+    if early is not None:
+        t2 = global_metrics_table(study, early, "table2_early_epoch", f"Table 2 — global metrics at the early "
+                                  f"epoch {early} (%)")
+    else:
+        t2 = Table("table2_early_epoch", "Table 2 — global metrics at an early epoch", t1.header, [], t1.md_header,
+                   [], [f"epoch 10 was not evaluated (epochs: {', '.join(map(str, study.epochs))}); "
+                        "pick one with --early-epoch"])
+    t3 = per_class_table(study, final)
+    t3b = extremes_table(study, final)
+    t4 = volatility_table(study, final)
+    t5 = significance_table(study, final)
+    cross_summary, cross_rankings = crossover_tables(study, early, final)
+    tables = [t1, t2, t3, t3b, t4, t5, cross_summary, cross_rankings]
+
+    # -------- figures
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {"curves": plot_curves(study, out / "curves.png", band=args.band, mark_epoch=early)}
+    per_class = plot_per_class(study, final, out / "per_class_iou.png")
+    if per_class is not None:
+        figures["per_class_iou"] = per_class
+
+    # -------- write: one CSV per table, then summary.md (every file atomically)
+    for t in tables:
+        atomic_write_text(out / f"{t.name}.csv", t.to_csv())
+    md = [f"# Loss-ablation report\n",
+          f"Source: `{source}` — {len(records)} results; variants {', '.join(study.groups)}; seeds "
+          f"{', '.join(map(str, study.seeds))}; epochs {', '.join(map(str, study.epochs))}. Final epoch {final}, "
+          f"early epoch {early if early is not None else 'n/a'}. Values in percent; Δ in percentage points (pp).\n",
+          "## Data completeness\n", *[f"- {line}" for line in completeness], "",
+          "## Global metrics\n", t1.to_markdown(), t2.to_markdown(),
+          "## Per-class IoU\n", t3.to_markdown(), t3b.to_markdown(), t4.to_markdown(),
+          "## Significance\n", t5.to_markdown(),
+          "## Crossover\n", cross_summary.to_markdown(),
+          "<details><summary>Ranking at every epoch</summary>\n", cross_rankings.to_markdown(), "</details>\n",
+          "## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
+    atomic_write_text(out / "summary.md", "\n".join(md))
+    print_table(t1)
+    print_table(cross_summary)
+    console.print(f"wrote summary.md, {len(tables)} CSVs and {len(figures)} PNG(s) to {out}/")
+
+    # -------- W&B (optional)
+    if args.wandb:
+        from report.wandb_log import push_report
+
+        headline = {f"final/{g}/{m}": summarize(list(study.values(g, final, m).values())).mean
+                    for g in study.groups for m in METRICS}
+        where = push_report(tables, figures, headline, project=args.wandb_project, name=args.wandb_name,
+                            config={"source": str(source), "final_epoch": final, "early_epoch": early,
+                                    "variants": study.groups, "seeds": study.seeds, "band": args.band})
+        console.print(f"W&B: {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,234 @@
+"""Read evaluation results into one flat list of `Record`s, and index them as a `Study`.
+
+Two sources, one shape:
+  - a runs tree: every `*.results.json` below RUNS_DIR (what `evaluate.py` writes beside each checkpoint);
+  - a tidy CSV, one row per (variant, seed, epoch): columns `variant, seed, epoch, mIoU, boundary_f1_mean,
+    trimap_mIoU_mean` and optional per-class IoU columns named by class (`road`, ..., `bicycle`) — the
+    format of the original study's released per-run files.
+All metric values are fractions in [0, 1]; a per-class IoU may be missing (NaN: the class never occurred).
+
+Everything downstream is keyed by `Record.group`, not by the variant: `assign_groups` is the single place that
+decides which runs are aggregated together (today: one group per variant).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rich.progress import track
+
+from data_utils.labels import CLASS_NAMES
+from utils import UserError
+
+METRICS = ("miou", "boundary_f1", "trimap_iou")  # results.json keys of the global metrics
+METRIC_LABELS = {"miou": "mIoU", "boundary_f1": "Boundary F1", "trimap_iou": "Trimap IoU"}
+CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """The evaluation of one checkpoint: one (variant, seed, epoch)."""
+
+    variant: str
+    seed: int
+    epoch: int
+    metrics: dict[str, float]  # METRICS -> fraction
+    iou: dict[str, float]  # class name -> fraction (NaN: class absent); empty when the source has none
+    source: str  # "file" or "file:line", for error messages
+    lambda_boundary: float | None = None  # None when the source does not say (the tidy CSV)
+    split: str | None = None
+    group: str = ""  # set by assign_groups
+
+
+# ---------------------------------------------------------------------------------------------------- readers
+def _fraction(value, where: str, name: str, allow_nan: bool) -> float:
+    """Parse one metric value; None / "" / "nan" mean NaN (allowed only where `allow_nan`)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "nan")):
+        if allow_nan:
+            return float("nan")
+        raise UserError(f"{where}: `{name}` is empty; every run needs all three global metrics")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: `{name}` = {value!r} is not a number") from None
+    if math.isnan(x) and allow_nan:
+        return x
+    if not 0.0 <= x <= 1.0:
+        raise UserError(f"{where}: `{name}` = {x} is outside [0, 1]; values must be fractions, not percent")
+    return x
+
+
+def _int(value, where: str, name: str) -> int:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: `{name}` = {value!r} is not an integer") from None
+
+
+def read_results_file(path: str | Path) -> Record:
+    """One `<ckpt>.results.json` -> Record. Corrupt or incomplete files raise UserError naming the file."""
+    path = Path(path)
+    redo = f"delete it and re-run `python evaluate.py --all RUNS_DIR` to redo it"
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: corrupt results file ({e.msg} at line {e.lineno}); {redo}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read results file ({e}); {redo}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: a results file must hold a JSON object; {redo}")
+    missing = [k for k in ("variant", "seed", "epoch", *METRICS) if k not in obj]
+    if missing:
+        raise UserError(f"{path}: results file lacks {', '.join(missing)}; {redo}")
+    iou = obj.get("iou") or {}
+    if not isinstance(iou, dict):
+        raise UserError(f"{path}: `iou` must map class names to values; {redo}")
+    unknown = sorted(set(iou) - set(CLASS_NAMES))
+    if unknown:
+        raise UserError(f"{path}: unknown class names in `iou`: {', '.join(unknown)}; {redo}")
+    lam = obj.get("lambda_boundary")
+    return Record(
+        variant=str(obj["variant"]),
+        seed=_int(obj["seed"], str(path), "seed"),
+        epoch=_int(obj["epoch"], str(path), "epoch"),
+        metrics={m: _fraction(obj[m], str(path), m, allow_nan=False) for m in METRICS},
+        iou={c: _fraction(iou[c], str(path), f"iou/{c}", allow_nan=True) for c in CLASS_NAMES if c in iou},
+        source=str(path),
+        lambda_boundary=None if lam is None else float(lam),
+        split=obj.get("split"),
+    )
+
+
+def load_runs_dir(runs_dir: str | Path) -> list[Record]:
+    """Every `*.results.json` below `runs_dir` (sorted paths), as Records."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"{runs_dir}: not a directory; pass the folder holding the training runs")
+    paths = sorted(runs_dir.rglob("*.results.json"))
+    if not paths:
+        raise UserError(f"{runs_dir}: no *.results.json below it; evaluate the checkpoints first "
+                        "(`python evaluate.py --all {runs_dir}`)")
+    return [read_results_file(p) for p in track(paths, description="reading results", transient=True)]
+
+
+def load_csv(path: str | Path) -> list[Record]:
+    """A tidy CSV (one row per variant, seed, epoch; fractions) -> Records. Per-class columns are optional."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: cannot read CSV ({e})") from None
+    missing = [c for c in ("variant", "seed", "epoch", *CSV_METRIC_COLUMNS) if c not in header]
+    if missing:
+        raise UserError(f"{path}: CSV lacks the column(s) {', '.join(missing)}; expected variant, seed, epoch, "
+                        "mIoU, boundary_f1_mean, trimap_mIoU_mean and optional per-class columns")
+    classes = [c for c in CLASS_NAMES if c in header]
+    records = []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        where = f"{path}:{line}"
+        if None in row or any(v is None for v in row.values()):
+            raise UserError(f"{where}: the row has a different number of fields than the header")
+        records.append(Record(
+            variant=row["variant"].strip(),
+            seed=_int(row["seed"], where, "seed"),
+            epoch=_int(row["epoch"], where, "epoch"),
+            metrics={m: _fraction(row[col], where, col, allow_nan=False) for col, m in CSV_METRIC_COLUMNS.items()},
+            iou={c: _fraction(row[c], where, c, allow_nan=True) for c in classes},
+            source=where,
+        ))
+    if not records:
+        raise UserError(f"{path}: the CSV has a header but no rows")
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------- grouping
+def group_label(record: Record) -> str:
+    """The group a run is aggregated in. Today one group per variant ("A".."D").
+
+    Hook for a λ_b sweep: return e.g. f"{record.variant} λb={record.lambda_boundary:g}" for variants that were
+    run at several λ_b (see `assign_groups`); every table, figure and test keys on this label.
+    """
+    return record.variant
+
+
+def assign_groups(records: list[Record]) -> list[Record]:
+    """Label every record with its group and refuse two results for one (group, seed, epoch)."""
+    grouped = [replace(r, group=group_label(r)) for r in records]
+    seen: dict[tuple[str, int, int], Record] = {}
+    for r in grouped:
+        key = (r.group, r.seed, r.epoch)
+        if key in seen:
+            other = seen[key]
+            lam = ""
+            if other.lambda_boundary != r.lambda_boundary:
+                lam = f" (λ_b {other.lambda_boundary} vs {r.lambda_boundary}: aggregate each λ_b's runs separately)"
+            raise UserError(f"{r.source}: a second result for variant {r.variant} seed {r.seed} epoch {r.epoch}, "
+                            f"besides {other.source}{lam}; remove one")
+        seen[key] = r
+    return grouped
+
+
+# ---------------------------------------------------------------------------------------------------- the index
+@dataclass
+class Study:
+    """All records indexed by (group, epoch, seed), with the grid they are expected to fill.
+
+    groups / seeds / epochs are the sorted unions over all records: a run is expected for every group × seed ×
+    epoch, and `missing()` lists the holes.
+    """
+
+    records: list[Record]
+    groups: list[str] = field(init=False)
+    seeds: list[int] = field(init=False)
+    epochs: list[int] = field(init=False)
+    classes: list[str] = field(init=False)  # classes with a per-class IoU in at least one record (CLASS_NAMES order)
+
+    def __post_init__(self):
+        self._index = {(r.group, r.epoch, r.seed): r for r in self.records}
+        self.groups = sorted({r.group for r in self.records})
+        self.seeds = sorted({r.seed for r in self.records})
+        self.epochs = sorted({r.epoch for r in self.records})
+        present = set().union(*(r.iou.keys() for r in self.records))
+        self.classes = [c for c in CLASS_NAMES if c in present]
+        self.variant_of = {r.group: r.variant for r in self.records}
+
+    @classmethod
+    def from_records(cls, records: list[Record]) -> "Study":
+        """Group the records and index them; results of several dataset splits are refused (not comparable)."""
+        splits = sorted({r.split for r in records if r.split})
+        if len(splits) > 1:
+            examples = ", ".join(next(r.source for r in records if r.split == s) for s in splits)
+            raise UserError(f"results of several splits ({', '.join(splits)}) are mixed, e.g. {examples}; "
+                            "aggregate one split's results at a time")
+        return cls(assign_groups(records))
+
+    def values(self, group: str, epoch: int, metric: str) -> dict[int, float]:
+        """seed -> value of a global metric (METRICS) or of a class's IoU (a class name), for the seeds present."""
+        out = {}
+        for seed in self.seeds:
+            r = self._index.get((group, epoch, seed))
+            if r is None:
+                continue
+            v = r.metrics[metric] if metric in r.metrics else r.iou.get(metric)
+            if v is not None:
+                out[seed] = v
+        return out
+
+    def seeds_at(self, group: str, epoch: int) -> list[int]:
+        return [s for s in self.seeds if (group, epoch, s) in self._index]
+
+    def missing(self) -> list[tuple[str, int, list[int]]]:
+        """(group, seed, epochs without a result) for every (group, seed) with holes in the grid."""
+        holes = []
+        for g in self.groups:
+            for s in self.seeds:
+                absent = [e for e in self.epochs if (g, e, s) not in self._index]
+                if absent:
+                    holes.append((g, s, absent))
+        return holes

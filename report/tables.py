@@ -1,0 +1,385 @@
+"""The study's tables, each built once as a `Table` that renders to CSV (numbers) and to Markdown (percent, 2 dp).
+
+Units: metric values are fractions internally; every table shows them in percent (CSV: full precision, column
+names say "(%)" for values and "(pp)" for differences and spreads; Markdown: two decimals). Differences are
+always "first − second" in the order written, e.g. Δ(D−B) = mean_D − mean_B and, in the significance table,
+"A vs B" tests A − B.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from report.load import METRIC_LABELS, METRICS, Study
+from report.stats import Summary, holm, intervals_overlap, paired_ttest, summarize, t_quantile
+
+# The per-class deltas the study discusses: boundary-only vs CE, boundary-only vs Dice, Dice+boundary vs Dice.
+DELTA_PAIRS = (("D", "A"), ("D", "B"), ("C", "B"))
+ALPHA = 0.05
+
+
+@dataclass
+class Table:
+    """One table: `header`/`rows` are the CSV (numbers as numbers), `md_header`/`md_rows` the Markdown view."""
+
+    name: str  # file stem of the CSV, e.g. "table1_final_epoch"
+    title: str
+    header: list[str]
+    rows: list[list]
+    md_header: list[str]
+    md_rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)  # lines shown under the Markdown table
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.header)
+        for row in self.rows:
+            writer.writerow([_csv_cell(v) for v in row])
+        return buf.getvalue()
+
+    def to_markdown(self) -> str:
+        lines = [f"### {self.title}", ""]
+        if self.md_rows:
+            lines.append("| " + " | ".join(self.md_header) + " |")
+            lines.append("|" + "|".join("---:" if _is_numeric(col) else "---" for col in zip(*self.md_rows)) + "|")
+            lines += ["| " + " | ".join(row) + " |" for row in self.md_rows]
+        else:
+            lines.append("_(no rows)_")
+        if self.notes:
+            lines.append("")
+            lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def _is_numeric(column: tuple[str, ...]) -> bool:
+    """Right-align a Markdown column when every cell is a number, a "± " pair or n/a."""
+    strip = [c.replace("**", "").replace("n/a", "").replace("(no CI)", "") for c in column]
+    return all(set(c) <= set("0123456789.+−-± *") for c in strip)
+
+
+def _csv_cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.10g}"
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------------- formatting
+def pct(x: float) -> str:
+    """A fraction as percent with two decimals ("81.28"); NaN -> "n/a"."""
+    return "n/a" if not np.isfinite(x) else f"{100 * x:.2f}"
+
+
+def signed_pct(x: float) -> str:
+    """A difference of fractions in percentage points, signed ("+5.29", "−2.10")."""
+    return "n/a" if not np.isfinite(x) else f"{100 * x:+.2f}".replace("-", "−")
+
+
+def pm(mean: float, half: float) -> str:
+    """"81.28 ± 0.24" (percent), or "81.28 (no CI)" when the interval is undefined."""
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{pct(mean)} ± {pct(half)}" if np.isfinite(half) else f"{pct(mean)} (no CI)"
+
+
+def _p100(x: float) -> float:
+    return 100 * x  # NaN stays NaN
+
+
+def _yes_no(v: bool | None) -> str:
+    return "n/a" if v is None else ("yes" if v else "no")
+
+
+# ---------------------------------------------------------------------------------------------------- tables 1, 2
+def interval_note(study: Study, epoch: int) -> str:
+    ns = sorted({len(study.seeds_at(g, epoch)) for g in study.groups} - {0, 1})
+    factors = ", ".join(f"n = {n}: t = {t_quantile(n):.2f}" for n in ns)
+    return ("± 1.96·SE is the normal interval the paper printed; ± t·SE is the Student-t interval "
+            f"t(0.975, n−1)·SE ({factors or 'no group has 2 seeds'}); SE = std(ddof=1)/√n over seeds.")
+
+
+def seed_notes(study: Study, epoch: int) -> list[str]:
+    """Say which groups lack seeds at `epoch` and which therefore get no interval."""
+    notes = []
+    for g in study.groups:
+        have = study.seeds_at(g, epoch)
+        lacking = [s for s in study.seeds if s not in have]
+        if len(have) < 2:
+            notes.append(f"{g}: {len(have)} seed(s) at epoch {epoch}: no CI and no t-test "
+                         f"(missing seeds: {', '.join(map(str, lacking)) or 'none'})")
+        elif lacking:
+            notes.append(f"{g}: seed(s) {', '.join(map(str, lacking))} missing at epoch {epoch}; "
+                         f"mean and CI over {len(have)} seeds")
+    return notes
+
+
+def global_metrics_table(study: Study, epoch: int, name: str, title: str) -> Table:
+    """Tables 1 and 2: per group, mean ± 1.96·SE and mean ± t·SE of mIoU, Boundary F1, Trimap IoU at `epoch`."""
+    header = ["variant", "n_seeds", "seeds"]
+    md_header = ["variant", "n"]
+    for m in METRICS:
+        lab = METRIC_LABELS[m]
+        header += [f"{lab} mean (%)", f"{lab} ±1.96·SE (%)", f"{lab} ±t·SE (%)", f"{lab} std (pp)"]
+        md_header += [f"{lab} ± 1.96·SE", f"{lab} ± t·SE"]
+    rows, md_rows = [], []
+    for g in study.groups:
+        seeds = study.seeds_at(g, epoch)
+        row = [g, len(seeds), " ".join(map(str, seeds))]
+        md_row = [g, str(len(seeds))]
+        for m in METRICS:
+            s = summarize(list(study.values(g, epoch, m).values()))
+            row += [_p100(s.mean), _p100(s.half_normal), _p100(s.half_t), _p100(s.std)]
+            md_row += [pm(s.mean, s.half_normal), pm(s.mean, s.half_t)]
+        rows.append(row)
+        md_rows.append(md_row)
+    notes = [interval_note(study, epoch)] + seed_notes(study, epoch)
+    return Table(name, title, header, rows, md_header, md_rows, notes)
+
+
+# ---------------------------------------------------------------------------------------------------- table 3
+def _delta_pairs(study: Study) -> list[tuple[str, str]]:
+    return [(a, b) for a, b in DELTA_PAIRS if a in study.groups and b in study.groups]
+
+
+def paired_diff_std(study: Study, a: str, b: str, epoch: int, metric: str) -> float:
+    """Std (ddof=1) over the common seeds of the per-seed difference a − b (NaN with < 2 common seeds)."""
+    va, vb = study.values(a, epoch, metric), study.values(b, epoch, metric)
+    common = [s for s in va if s in vb and np.isfinite(va[s]) and np.isfinite(vb[s])]
+    if len(common) < 2:
+        return float("nan")
+    return float(np.std([va[s] - vb[s] for s in common], ddof=1))
+
+
+def class_summaries(study: Study, epoch: int) -> dict[str, dict[str, Summary]]:
+    """class -> group -> Summary of that class's IoU over seeds at `epoch`."""
+    return {c: {g: summarize(list(study.values(g, epoch, c).values())) for g in study.groups}
+            for c in study.classes}
+
+
+def per_class_table(study: Study, epoch: int) -> Table:
+    """Table 3: per-class IoU (mean over seeds) per group and the deltas Δ(D−A), Δ(D−B), Δ(C−B), sorted by the
+    largest |Δ| of the row, largest first."""
+    pairs = _delta_pairs(study)
+    summ = class_summaries(study, epoch)
+    header = ["class"] + [f"{g} mean (%)" for g in study.groups] + [f"{g} std (pp)" for g in study.groups]
+    header += [f"Δ({a}−{b}) (pp)" for a, b in pairs] + [f"Δ({a}−{b}) paired std (pp)" for a, b in pairs]
+    header += ["max |Δ| (pp)"]
+    md_header = ["class"] + list(study.groups) + [f"Δ({a}−{b})" for a, b in pairs]
+    entries = []
+    for c in study.classes:
+        deltas = [summ[c][a].mean - summ[c][b].mean for a, b in pairs]
+        finite = [abs(d) for d in deltas if np.isfinite(d)]
+        largest = max(finite) if finite else float("nan")
+        row = [c] + [_p100(summ[c][g].mean) for g in study.groups] + [_p100(summ[c][g].std) for g in study.groups]
+        row += [_p100(d) for d in deltas] + [_p100(paired_diff_std(study, a, b, epoch, c)) for a, b in pairs]
+        row += [_p100(largest)]
+        md_row = [c] + [pct(summ[c][g].mean) for g in study.groups] + [signed_pct(d) for d in deltas]
+        entries.append((largest, row, md_row))
+    entries.sort(key=lambda e: -e[0] if np.isfinite(e[0]) else math.inf)  # NaN rows last
+    notes = [f"IoU in percent at epoch {epoch}, mean over seeds; Δ(X−Y) = mean_X − mean_Y in percentage points; "
+             "rows sorted by the largest |Δ| of the row."]
+    if not study.classes:
+        notes = ["the input has no per-class IoU (the tidy CSV needs columns named by class: road, ..., bicycle)"]
+    missing = [f"Δ({a}−{b})" for a, b in DELTA_PAIRS if (a, b) not in pairs]
+    if missing and study.classes:
+        notes.append(f"{', '.join(missing)} not computed: the variants are not all present")
+    return Table("table3_per_class_iou", f"Table 3 — per-class IoU at epoch {epoch} (%)", header,
+                 [e[1] for e in entries], md_header, [e[2] for e in entries], notes)
+
+
+def extremes_table(study: Study, epoch: int, a: str = "D", b: str = "B", k: int = 5) -> Table:
+    """Table 3b: the k classes where `a` gains most over `b` and the k where it loses most, with ± std.
+
+    Shown per class: mean ± inter-seed std of each variant, and Δ(a−b) ± the std (ddof=1) of the per-seed
+    differences a_s − b_s over the seeds both have.
+    """
+    title = f"Table 3b — {a} vs {b}: top-{k} and bottom-{k} per-class Δ({a}−{b}) at epoch {epoch} (pp)"
+    header = ["rank", "class", f"{b} mean (%)", f"{b} std (pp)", f"{a} mean (%)", f"{a} std (pp)",
+              f"Δ({a}−{b}) (pp)", f"Δ({a}−{b}) paired std (pp)"]
+    md_header = ["", "class", f"{b} ± std", f"{a} ± std", f"Δ({a}−{b}) ± std"]
+    if not study.classes or a not in study.groups or b not in study.groups:
+        why = "no per-class IoU in the input" if not study.classes else f"variant {a} or {b} is absent"
+        return Table("table3b_d_vs_b_extremes", title, header, [], md_header, [], [why])
+    summ = class_summaries(study, epoch)
+    scored = [(summ[c][a].mean - summ[c][b].mean, c) for c in study.classes]
+    scored = sorted([x for x in scored if np.isfinite(x[0])], reverse=True)
+    k = min(k, len(scored) // 2)  # never list a class both as top and bottom
+    picks = [("top", i + 1, d, c) for i, (d, c) in enumerate(scored[:k])]
+    picks += [("bottom", i + 1, d, c) for i, (d, c) in enumerate(reversed(scored[len(scored) - k:]))]
+    rows, md_rows = [], []
+    for side, i, d, c in picks:
+        sd = paired_diff_std(study, a, b, epoch, c)
+        sa, sb = summ[c][a], summ[c][b]
+        rows.append([f"{side}-{i}", c, _p100(sb.mean), _p100(sb.std), _p100(sa.mean), _p100(sa.std), _p100(d),
+                     _p100(sd)])
+        md_rows.append([f"{side} {i}", c, pm(sb.mean, sb.std), pm(sa.mean, sa.std),
+                        f"{signed_pct(d)} ± {pct(sd)}" if np.isfinite(sd) else signed_pct(d)])
+    notes = [f"± is the inter-seed std (ddof=1); for Δ it is the std of the per-seed differences {a}_s − {b}_s."]
+    return Table("table3b_d_vs_b_extremes", title, header, rows, md_header, md_rows, notes)
+
+
+# ---------------------------------------------------------------------------------------------------- table 4
+def volatility_table(study: Study, epoch: int) -> Table:
+    """Table 4: inter-seed std (ddof=1, pp) of each class's IoU per group; the largest of each column in bold."""
+    summ = class_summaries(study, epoch)
+    header = ["class"] + [f"{g} std (pp)" for g in study.groups]
+    md_header = ["class"] + [f"{g} std" for g in study.groups]
+    stds = np.array([[summ[c][g].std for g in study.groups] for c in study.classes]).reshape(
+        len(study.classes), len(study.groups))  # (C, G)
+    rows, md_rows, notes = [], [], []
+    col_max = [int(np.nanargmax(stds[:, j])) if np.isfinite(stds[:, j]).any() else -1
+               for j in range(len(study.groups))]
+    for i, c in enumerate(study.classes):
+        rows.append([c] + [_p100(x) for x in stds[i]])
+        md_rows.append([c] + [f"**{pct(x)}**" if col_max[j] == i else pct(x) for j, x in enumerate(stds[i])])
+    if study.classes:
+        with np.errstate(all="ignore"):
+            col_mean = [np.nanmean(stds[:, j]) if np.isfinite(stds[:, j]).any() else float("nan")
+                        for j in range(len(study.groups))]
+        rows.append(["mean over classes"] + [_p100(x) for x in col_mean])
+        md_rows.append(["_mean over classes_"] + [pct(x) for x in col_mean])
+        for j, g in enumerate(study.groups):
+            if col_max[j] >= 0:
+                notes.append(f"most volatile class of {g}: {study.classes[col_max[j]]} "
+                             f"(std {pct(stds[col_max[j], j])} pp)")
+        if np.isfinite(stds).any():
+            i, j = np.unravel_index(np.nanargmax(stds), stds.shape)
+            notes.insert(0, f"**most volatile overall: {study.classes[i]} in {study.groups[j]}** "
+                            f"(std {pct(stds[i, j])} pp over {summ[study.classes[i]][study.groups[j]].n} seeds)")
+        else:
+            notes.append("no class has 2 seeds in any variant: no std")
+    else:
+        notes.append("the input has no per-class IoU")
+    return Table("table4_class_volatility", f"Table 4 — inter-seed std of per-class IoU at epoch {epoch} (pp)",
+                 header, rows, md_header, md_rows, notes)
+
+
+# ---------------------------------------------------------------------------------------------------- table 5
+def significance_table(study: Study, epoch: int) -> Table:
+    """Table 5: paired-by-seed t-test for every pair of groups and every metric, Holm-corrected per metric.
+
+    "X vs Y" tests X − Y over the seeds both have (scipy.stats.ttest_rel). Holm runs over the pairs of one
+    metric (6 for four variants). Beside it: whether the two groups' 1.96·SE intervals (and t intervals) overlap.
+    """
+    pairs = list(itertools.combinations(study.groups, 2))
+    header = ["metric", "comparison", "n_pairs", "mean Δ (pp)", "t", "p", "Holm p", f"significant (Holm p < {ALPHA})",
+              "1.96·SE CIs overlap", "t CIs overlap"]
+    md_header = ["metric", "comparison", "n", "mean Δ (pp)", "t", "p", "Holm p", "sig.", "1.96·SE CIs overlap",
+                 "t CIs overlap"]
+    rows, md_rows = [], []
+    for m in METRICS:
+        tests = []
+        for a, b in pairs:
+            va, vb = study.values(a, epoch, m), study.values(b, epoch, m)
+            common = [s for s in va if s in vb]
+            delta, t, p = paired_ttest([va[s] for s in common], [vb[s] for s in common])
+            sa, sb = summarize(list(va.values())), summarize(list(vb.values()))
+            tests.append((a, b, len(common), delta, t, p, intervals_overlap(sa, sb, "normal"),
+                          intervals_overlap(sa, sb, "t")))
+        p_holm = holm([x[5] for x in tests])
+        for (a, b, n, delta, t, p, ov_n, ov_t), ph in zip(tests, p_holm):
+            sig = None if not np.isfinite(ph) else bool(ph < ALPHA)
+            rows.append([METRIC_LABELS[m], f"{a} vs {b}", n, _p100(delta), t, p, ph, sig, ov_n, ov_t])
+            md_rows.append([METRIC_LABELS[m], f"{a} vs {b}", str(n), signed_pct(delta),
+                            "n/a" if not np.isfinite(t) else f"{t:.2f}".replace("-", "−"),
+                            "n/a" if not np.isfinite(p) else f"{p:.4f}",
+                            "n/a" if not np.isfinite(ph) else f"{ph:.4f}",
+                            {None: "n/a", True: "**yes**", False: "no"}[sig], _yes_no(ov_n), _yes_no(ov_t)])
+    notes = [f"paired by seed (seeds as pairs), two-sided; \"X vs Y\" tests X − Y; Holm's step-down correction "
+             f"within each metric's {len(pairs)} comparisons; significant = Holm p < {ALPHA}.",
+             "The paper argued from non-overlapping 1.96·SE intervals; with n = 3 seeds that interval is 2.2× "
+             "narrower than the t interval, and overlap/non-overlap is not a test.",
+             "n/a: fewer than 2 common seeds (no test; left out of the Holm family)."]
+    return Table("table5_significance", f"Table 5 — significance at epoch {epoch}", header, rows, md_header,
+                 md_rows, notes)
+
+
+# ---------------------------------------------------------------------------------------------------- crossover
+def rankings(study: Study, metric: str, last_epoch: int | None = None) -> list[tuple[int, list[tuple[str, float]], int]]:
+    """Per evaluated epoch up to `last_epoch`: (epoch, [(group, mean)] best first, fewest seeds behind a mean)."""
+    out = []
+    for e in [e for e in study.epochs if last_epoch is None or e <= last_epoch]:
+        means = [(g, summarize(list(study.values(g, e, metric).values()))) for g in study.groups]
+        means = [(g, s.mean, s.n) for g, s in means if s.n > 0]
+        if not means:
+            continue
+        means.sort(key=lambda x: (-x[1], x[0]))
+        out.append((e, [(g, mu) for g, mu, _ in means], min(n for _, _, n in means)))
+    return out
+
+
+def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) -> tuple[Table, Table]:
+    """Crossover analysis per metric over the epochs up to `final_epoch`: the ranking at every epoch, the last
+    epoch where the leader changes, and the C−B gap at the early versus the final epoch."""
+    rank_header = ["metric", "epoch", "min_seeds", "ranking", "leader", "leader_changed"]
+    rank_rows, rank_md = [], []
+    early_name = "early epoch" if early_epoch is None else f"epoch {early_epoch}"
+    sum_header = ["metric", "final leader", "last leader change (epoch)", "previous leader",
+                  f"C−B gap at {early_name} (pp)", f"C−B gap at epoch {final_epoch} (pp)"]
+    sum_rows, sum_md = [], []
+    full = len(study.seeds)
+    for m in METRICS:
+        ranks = rankings(study, m, last_epoch=final_epoch)
+        last_change, previous, prev_leader = None, None, None
+        for e, order, n_min in ranks:
+            leader = order[0][0]
+            changed = prev_leader is not None and leader != prev_leader
+            if changed:
+                last_change, previous = e, prev_leader
+            prev_leader = leader
+            ranking = " > ".join(g for g, _ in order)
+            rank_rows.append([METRIC_LABELS[m], e, n_min, ranking, leader, changed])
+            rank_md.append([METRIC_LABELS[m], f"{e}" + ("*" if n_min < full else ""),
+                            " > ".join(f"{g} {pct(mu)}" for g, mu in order), "←" if changed else ""])
+        gaps = []
+        for e in (early_epoch, final_epoch):
+            if e is None or "C" not in study.groups or "B" not in study.groups:
+                gaps.append(float("nan"))
+                continue
+            c, b = summarize(list(study.values("C", e, m).values())), summarize(list(study.values("B", e, m).values()))
+            gaps.append(c.mean - b.mean)
+        final_leader = ranks[-1][1][0][0] if ranks else "n/a"
+        sum_rows.append([METRIC_LABELS[m], final_leader, last_change, previous, _p100(gaps[0]), _p100(gaps[1])])
+        sum_md.append([METRIC_LABELS[m], final_leader,
+                       "never" if last_change is None else str(last_change),
+                       previous or "—", signed_pct(gaps[0]), signed_pct(gaps[1])])
+    notes = ["ranking by the mean over the seeds present at each epoch; the last leader change is the last "
+             "evaluated epoch whose leader differs from the previous evaluated epoch's.",
+             "C−B gap = mean_C − mean_B (pp)."]
+    summary = Table("crossover_summary", "Crossover — leader changes and the C−B gap", sum_header, sum_rows,
+                    ["metric", "final leader", "last leader change", "previous leader", sum_header[4].replace(" (pp)", ""),
+                     sum_header[5].replace(" (pp)", "")], sum_md, notes)
+    detail = Table("crossover_rankings", "Ranking of the variants at every evaluated epoch (mean, %)",
+                   rank_header, rank_rows, ["metric", "epoch", "ranking (best first)", "leader changed"], rank_md,
+                   ["* : at least one variant has fewer seeds at this epoch than in the whole study."])
+    return summary, detail
+
+
+# ---------------------------------------------------------------------------------------------------- completeness
+def completeness_notes(study: Study) -> list[str]:
+    """Every hole in the group × seed × epoch grid, one line per seed and set of missing epochs (never dropped
+    silently), plus the groups whose seeds are too few for an interval."""
+    if not study.missing():
+        return [f"complete: every variant has every seed ({', '.join(map(str, study.seeds))}) at every epoch"]
+    by_hole: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for g, s, epochs in study.missing():
+        by_hole.setdefault((s, tuple(epochs)), []).append(g)
+    notes = []
+    for (s, epochs), groups in sorted(by_hole.items()):
+        if len(epochs) == len(study.epochs):
+            what = "no result at any epoch"
+        else:
+            what = f"no result at epoch(s) {', '.join(map(str, epochs))} ({len(epochs)} of {len(study.epochs)})"
+        notes.append(f"seed {s} of variant(s) {', '.join(groups)}: {what}")
+    for g in study.groups:
+        n = len({r.seed for r in study.records if r.group == g})
+        if n < 2:
+            notes.append(f"variant {g} has {n} seed in total: no CI and no t-test for it")
+    return notes
