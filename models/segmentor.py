@@ -1,0 +1,185 @@
+"""Backbone (any timm model with 4 feature levels at strides 4/8/16/32) + UPerNet head + aux FCN head,
+and loading ImageNet weights of the timm classification model into the features-only backbone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+
+from models.aux_head import FCNHead
+from models.uperhead import UPerHead, resize_bilinear
+from utils.fileio import UserError
+
+FEATURE_STRIDES = [4, 8, 16, 32]  # what UPerNet expects from the backbone's four levels
+AUX_LEVEL = 2  # the aux FCN head reads the stride-16 level
+HUB_PREFIXES = ("timm:", "hf-hub:")  # pretrained=... names fetched by timm instead of read from a file
+
+
+def create_backbone(name: str, drop_path_rate: float = 0.0) -> nn.Module:
+    """`timm.create_model(name, features_only=True)` at random init, checked to give strides 4/8/16/32.
+
+    The result is a timm FeatureListNet: forward returns a list of four (N, C_i, H/s_i, W/s_i) maps and
+    `feature_info.channels()` / `.reduction()` describe them.
+    """
+    try:
+        backbone = timm.create_model(
+            name, features_only=True, out_indices=(0, 1, 2, 3), pretrained=False, drop_path_rate=drop_path_rate
+        )
+    except RuntimeError as e:
+        if "Unknown model" not in str(e):
+            raise
+        raise UserError(
+            f"unknown backbone {name!r}: pass a timm model name such as convnextv2_base (see timm.list_models())"
+        ) from None
+    strides = list(backbone.feature_info.reduction())
+    if strides != FEATURE_STRIDES:
+        raise UserError(
+            f"backbone {name!r} gives feature strides {strides}, UPerNet needs {FEATURE_STRIDES}: "
+            "choose a hierarchical backbone (ConvNeXt, ResNet, Swin, ...)"
+        )
+    return backbone
+
+
+class UPerNetSegmentor(nn.Module):
+    """images (N, 3, H, W) -> {"logits": (N, num_classes, H, W), ...}.
+
+    Training mode adds "aux_logits" (N, num_classes, H, W) from the FCN head on the stride-16 features
+    (when built with one); eval mode returns "logits" only. `return_features=True` adds "features"
+    (N, 512, H/4, W/4): UPerNet's fused map, the last shared map before the classifier. Logits are
+    upsampled bilinearly (align_corners=False) to the input size, which may be any size (odd too).
+
+    channels_last and bf16 autocast work as usual (`model.to(memory_format=torch.channels_last)`,
+    `torch.autocast("cuda", torch.bfloat16)`): the forward has no dtype- or layout-specific code.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int = 19, aux_head: bool = True):
+        super().__init__()
+        in_channels = list(backbone.feature_info.channels())
+        self.backbone = backbone
+        self.decode_head = UPerHead(in_channels, num_classes)
+        self.aux_head = FCNHead(in_channels[AUX_LEVEL], num_classes) if aux_head else None
+        self.num_classes = num_classes
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute backbone stage activations in backward (timm's FeatureListNet: every stage except the
+        first and the last) — less memory at 1024x2048 for extra compute."""
+        self.backbone.set_grad_checkpointing(enable)
+
+    def forward(self, images: torch.Tensor, return_features: bool = False) -> dict[str, torch.Tensor]:
+        size = images.shape[-2:]
+        features = self.backbone(images)  # 4 maps, strides 4, 8, 16, 32
+        fused = self.decode_head.fuse(features)  # (N, 512, H/4, W/4)
+        out = {"logits": resize_bilinear(self.decode_head.classify(fused), size)}
+        if self.training and self.aux_head is not None:
+            out["aux_logits"] = resize_bilinear(self.aux_head(features[AUX_LEVEL]), size)
+        if return_features:
+            out["features"] = fused
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- pretrained
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file or a torch checkpoint (optionally nested under "state_dict"/"model")."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt / truncated / not a checkpoint: any reader error means the same to a user
+        raise UserError(f"{path}: cannot read pretrained weights ({type(e).__name__}: {e}); re-download the file") from None
+    for key in ("state_dict", "model"):  # common wrappers of training checkpoints
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _source_key(backbone_key: str, source: dict[str, torch.Tensor]) -> str | None:
+    """The checkpoint key holding `backbone_key`'s weights, or None.
+
+    timm's FeatureListNet flattens the classifier's top-level nn.Sequential children into its own
+    namespace, joining the names with "_" (`stem.0` -> `stem_0`, `stages.2.blocks...` -> `stages_2.blocks...`;
+    timm/models/_features.py `_module_list`). So a backbone key is found in a classification checkpoint
+    with one "_" of its first component turned back into ".", or verbatim in a checkpoint saved from a
+    features-only backbone.
+    """
+    if backbone_key in source:
+        return backbone_key
+    first, sep, rest = backbone_key.partition(".")
+    for i, char in enumerate(first):
+        if char == "_":
+            candidate = first[:i] + "." + first[i + 1 :] + sep + rest
+            if candidate in source:
+                return candidate
+    return None
+
+
+def _describe(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_backbone_state(backbone: nn.Module, source: dict[str, torch.Tensor], origin: str) -> None:
+    """Copy a classification checkpoint's weights into the features-only `backbone`, all or nothing.
+
+    Keys the backbone does not have (the classifier head: `head.norm.*`, `head.fc.*`) are dropped.
+    Missing keys or wrong shapes raise a UserError naming them and `origin` (the file); the backbone is
+    then left untouched.
+    """
+    target = backbone.state_dict()
+    mapped, missing, mismatched = {}, [], []
+    for key, value in target.items():
+        src_key = _source_key(key, source)
+        if src_key is None:
+            missing.append(key)
+        elif source[src_key].shape != value.shape:
+            mismatched.append(f"{key} {tuple(source[src_key].shape)} vs {tuple(value.shape)}")
+        else:
+            mapped[key] = source[src_key]
+    if missing or mismatched:
+        problems = []
+        if mismatched:
+            problems.append(f"{len(mismatched)} keys with wrong shapes (file vs model): {_describe(mismatched)}")
+        if missing:
+            problems.append(f"{len(missing)} keys missing: {_describe(missing)}")
+        raise UserError(
+            f"{origin}: pretrained weights do not fit the backbone: {'; '.join(problems)}; "
+            "pass a timm checkpoint of the same architecture as --backbone"
+        )
+    backbone.load_state_dict(mapped, strict=True)
+
+
+def load_pretrained_backbone(backbone: nn.Module, backbone_name: str, pretrained: str) -> None:
+    """Load ImageNet weights into `backbone` from a local .safetensors/.pth file (a timm checkpoint of the
+    classification model, e.g. the `model.safetensors` of `timm/convnextv2_base.fcmae_ft_in22k_in1k_384`)
+    or, when online, from a timm hub name: "timm:convnextv2_base.fcmae_ft_in22k_in1k_384" or
+    "hf-hub:timm/convnextv2_base.fcmae_ft_in22k_in1k_384".
+    """
+    if pretrained.startswith(HUB_PREFIXES):
+        hub_name = pretrained.removeprefix("timm:")
+        if pretrained.startswith("timm:") and hub_name.split(".")[0] != backbone_name.split(".")[0]:
+            raise UserError(
+                f"pretrained weights {pretrained!r} are for another architecture than backbone {backbone_name!r}"
+            )
+        try:  # timm downloads the file and applies its own key conversion into the classification model
+            source = timm.create_model(hub_name, pretrained=True).state_dict()
+        except Exception as e:  # offline, unknown tag, ...
+            raise UserError(
+                f"cannot fetch pretrained weights {pretrained!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "download the model.safetensors file and pass its path"
+            ) from None
+        load_backbone_state(backbone, source, pretrained)
+        return
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"{path}: pretrained weights file not found; pass a .safetensors/.pth file or a hub name "
+            f"such as timm:{backbone_name}.fcmae_ft_in22k_in1k_384"
+        )
+    load_backbone_state(backbone, _read_state_dict(path), str(path))

@@ -1,0 +1,204 @@
+"""ConvNeXt-V2 + UPerNet: output contract, batch-1 training, parameter count, state dicts, pretrained loading.
+
+A tiny backbone (convnextv2_atto, random init) stands in for convnextv2_base except in the parameter
+count, which builds the base model on the meta device (no weights allocated).
+"""
+import timm
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+import pytest
+from losses import AUX_LOSS_WEIGHT, build_loss
+from models import build_model
+from models.segmentor import FEATURE_STRIDES
+from utils.fileio import UserError
+
+TINY = "convnextv2_atto"
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(TINY)
+
+
+def test_backbone_levels_match_feature_info(tiny_model):
+    info = tiny_model.backbone.feature_info
+    assert list(info.reduction()) == FEATURE_STRIDES
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        feats = tiny_model.backbone(x)
+    for f, channels, stride in zip(feats, info.channels(), info.reduction()):
+        assert f.shape == (1, channels, 64 // stride, 128 // stride)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_output_shapes_at_odd_size(tiny_model, training):
+    tiny_model.train(training)
+    x = torch.randn(2, 3, 130, 258)
+    with torch.no_grad():
+        out = tiny_model(x, return_features=True)
+    expected = {"logits", "features"} | ({"aux_logits"} if training else set())
+    assert set(out) == expected  # eval mode has no aux output
+    assert out["logits"].shape == (2, 19, 130, 258)
+    if training:
+        assert out["aux_logits"].shape == (2, 19, 130, 258)
+    # The fused UPerNet map is at stride 4 (floor of the odd size through the 4x4 stem) with 512 channels.
+    assert out["features"].shape == (2, 512, 130 // 4, 258 // 4)
+    tiny_model.eval()
+    with torch.no_grad():
+        assert set(tiny_model(x[:1])) == {"logits"}  # features only when asked
+
+
+def test_batch_one_training_step():
+    # PPM's pool-scale-1 branch is a 1x1 map: with plain BatchNorm a batch of 1 would fail in training.
+    torch.manual_seed(1)
+    model = build_model(TINY, num_classes=5).train()
+    scale1 = model.decode_head.psp_modules[0]
+    assert scale1.scale == 1 and not any(isinstance(m, nn.BatchNorm2d) for m in scale1.modules())
+    loss_fn = build_loss("C")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    images = torch.randn(1, 3, 66, 98)
+    target = torch.randint(0, 5, (1, 66, 98))
+    target[:, :5] = 255
+    sdt = torch.randint(-127, 128, (1, 5, 66, 98), dtype=torch.int8)
+    before = model.decode_head.conv_seg.weight.detach().clone()
+    out = model(images)
+    loss = loss_fn(out["logits"], target, sdt)["loss"] + AUX_LOSS_WEIGHT * loss_fn(out["aux_logits"], target, sdt)["loss"]
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)  # every parameter is used
+    optimizer.step()
+    assert not torch.equal(before, model.decode_head.conv_seg.weight)
+
+
+def test_channels_last_bf16_autocast_and_sync_bn_conversion():
+    torch.manual_seed(2)
+    model = build_model(TINY).train().to(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, 19, (2, 64, 96))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+        assert out["logits"].dtype == torch.bfloat16
+        loss = build_loss("B")(out["logits"], target)["loss"]
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(model.backbone.stem_0.weight.grad).all()
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(build_model(TINY))
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+    assert not any(type(m) is nn.BatchNorm2d for m in synced.modules())
+
+
+def test_grad_checkpointing_gives_same_gradients():
+    images = torch.randn(2, 3, 64, 64)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(3)
+        model = build_model(TINY, aux_head=False, grad_checkpointing=checkpointing).train()
+        torch.manual_seed(4)  # same dropout masks
+        model(images)["logits"].square().mean().backward()
+        grads.append(model.backbone.stages_1.blocks[0].conv_dw.weight.grad)
+    assert build_model(TINY, grad_checkpointing=True).backbone.grad_checkpointing
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def _conv_bn(cin, cout, k):
+    return cin * cout * k * k + 2 * cout  # conv without bias + BN affine
+
+
+def test_parameter_count_of_base_configuration():
+    # Built on the meta device: shapes only, no weights allocated.
+    with torch.device("meta"):
+        model = build_model("convnextv2_base")
+        classifier = timm.create_model("convnextv2_base", pretrained=False)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # Backbone = the ImageNet classifier minus its head (LayerNorm 1024 + Linear 1024 -> 1000).
+    head_params = 2 * 1024 + 1024 * 1000 + 1000
+    assert count(model.backbone) == count(classifier) - head_params
+    assert 87e6 < count(model.backbone) < 89e6  # ConvNeXt-V2-Base, ~88 M
+    # UPerNet head from its layer list (channels 512, in_channels 128/256/512/1024, 19 classes).
+    c, cls = 512, 19
+    ppm = (1024 * c + c) + 3 * _conv_bn(1024, c, 1)  # scale 1: conv + bias, no BN; scales 2, 3, 6
+    expected_head = (
+        ppm
+        + _conv_bn(1024 + 4 * c, c, 3)  # PPM bottleneck
+        + sum(_conv_bn(cin, c, 1) for cin in (128, 256, 512))  # laterals
+        + 3 * _conv_bn(c, c, 3)  # FPN convs
+        + _conv_bn(4 * c, c, 3)  # fuse
+        + c * cls + cls  # classifier
+    )
+    expected_aux = _conv_bn(512, 256, 3) + 256 * cls + cls
+    assert count(model.decode_head) == expected_head
+    assert count(model.aux_head) == expected_aux
+    total = count(model)
+    assert total == count(model.backbone) + expected_head + expected_aux
+    print(f"convnextv2_base + UPerNet + aux: {total:,} parameters (backbone {count(model.backbone):,})")
+
+
+def test_state_dict_round_trip_is_bit_exact(tmp_path):
+    torch.manual_seed(5)
+    model = build_model(TINY).train()
+    model(torch.randn(2, 3, 64, 64))  # move BN running statistics off their initial values
+    path = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), str(path))
+    torch.manual_seed(6)
+    restored = build_model(TINY)
+    restored.load_state_dict(load_file(str(path)), strict=True)
+    for (name, a), (_, b) in zip(model.state_dict().items(), restored.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x)["logits"], restored.eval()(x)["logits"])
+
+
+@pytest.fixture(scope="module")
+def classifier_state():
+    """State dict of a randomly initialised timm ImageNet classifier (stands in for real weights)."""
+    torch.manual_seed(7)
+    return timm.create_model(TINY, pretrained=False).state_dict()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_pretrained_file_loads_into_backbone(tmp_path, classifier_state, suffix):
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file(classifier_state, str(path))
+    else:
+        torch.save({"state_dict": classifier_state}, path)  # a wrapped training checkpoint
+    model = build_model(TINY, pretrained=str(path))
+    backbone_state = model.backbone.state_dict()
+    assert len(backbone_state) == len(classifier_state) - 4  # all but head.norm.* / head.fc.*
+    for key, value in backbone_state.items():
+        # FeatureListNet names: stem_0.weight <- stem.0.weight, stages_2.blocks... <- stages.2.blocks...
+        first, _, rest = key.partition(".")
+        source_key = first.replace("_", ".", 1) + "." + rest
+        assert torch.equal(value, classifier_state[source_key]), key
+
+
+def test_wrong_pretrained_file_names_mismatched_keys(tmp_path, classifier_state):
+    state = dict(classifier_state)
+    state["stages.3.blocks.1.mlp.fc2.weight"] = torch.zeros(7, 7)
+    del state["stem.1.bias"]
+    path = tmp_path / "wrong.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(UserError) as err:
+        build_model(TINY, pretrained=str(path))
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    model_shape = tuple(classifier_state["stages.3.blocks.1.mlp.fc2.weight"].shape)
+    assert f"stages_3.blocks.1.mlp.fc2.weight (7, 7) vs {model_shape}" in message
+    assert "1 keys missing: stem_1.bias" in message
+
+
+def test_pretrained_errors_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        build_model(TINY, pretrained=str(tmp_path / "absent.safetensors"))
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="cannot read"):
+        build_model(TINY, pretrained=str(corrupt))
+    with pytest.raises(UserError, match="another architecture"):
+        build_model(TINY, pretrained="timm:convnextv2_base.fcmae_ft_in22k_in1k_384")
+    with pytest.raises(UserError, match="unknown backbone"):
+        build_model("no_such_net")
