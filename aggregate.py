@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from report.figures import plot_curves, plot_per_class
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
                   f"({study.epochs[0]}…{study.epochs[-1]})")
     completeness = completeness_notes(study)
     for line in completeness:  # holes are reported, never dropped silently
-        console.print(f"[yellow]{line}[/yellow]" if not line.startswith("complete") else line)
+        console.print(f"[yellow]{line}[/yellow]" if not line.startswith("complete") else line, soft_wrap=True)
 
     # -------- tables
     t1 = global_metrics_table(study, final, "table1_final_epoch", f"Table 1 — global metrics at the final "
@@ -152,5 +153,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except UserError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # one line, never wrapped
         sys.exit(2)

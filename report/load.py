@@ -196,7 +196,6 @@ class Study:
         self.epochs = sorted({r.epoch for r in self.records})
         present = set().union(*(r.iou.keys() for r in self.records))
         self.classes = [c for c in CLASS_NAMES if c in present]
-        self.variant_of = {r.group: r.variant for r in self.records}
 
     @classmethod
     def from_records(cls, records: list[Record]) -> "Study":

@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -64,8 +65,9 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, 
     """Paired t-test of a against b (a[i] and b[i] come from the same seed).
 
     Returns (mean of a - b, t, two-sided p); the sign convention is a - b, as `scipy.stats.ttest_rel(a, b)`.
-    With fewer than 2 pairs, t and p are NaN. When every difference is identical (zero variance) scipy
-    returns t = ±inf, p = 0 for a non-zero mean and NaN for a zero one; we pass that through unchanged.
+    With fewer than 2 pairs, t and p are NaN. When every difference is the same (zero variance, up to 1e-12)
+    t is the limit ±inf with p = 0 for a non-zero mean, and NaN for a zero one (scipy would divide by a
+    rounding residue and warn of catastrophic cancellation).
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -76,6 +78,9 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, 
     delta = float(np.mean(a - b))
     if a.size < 2:
         return delta, float("nan"), float("nan")
+    d = a - b
+    if np.ptp(d) <= 1e-12:
+        return (delta, math.copysign(math.inf, delta), 0.0) if delta != 0 else (delta, math.nan, math.nan)
     res = sps.ttest_rel(a, b)
     return delta, float(res.statistic), float(res.pvalue)
 

@@ -1,0 +1,338 @@
+"""aggregate.py and the report package: statistics against explicit formulas, loading and its errors, the
+whole CLI on a results tree and on the original study's CSVs (its published numbers reproduced), figures, W&B."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats as sps
+
+import aggregate
+from report.load import Study, load_csv, load_runs_dir, read_results_file
+from report.stats import holm, intervals_overlap, paired_ttest, summarize
+from report.wandb_log import wandb_mode
+from utils import UserError, atomic_write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+T975 = {1: 12.706204736174698, 2: 4.302652729749464, 3: 3.182446305284263, 4: 2.7764451051977934}  # tables
+TABLES = ["table1_final_epoch", "table2_early_epoch", "table3_per_class_iou", "table3b_d_vs_b_extremes",
+          "table4_class_volatility", "table5_significance", "crossover_summary", "crossover_rankings"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def by(rows: list[dict], *keys: str) -> dict:
+    return {tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]]: r for r in rows}
+
+
+def r2(x: str) -> float:
+    """A CSV value rounded to two decimals, as the paper prints it."""
+    return round(float(x), 2)
+
+
+# ---------------------------------------------------------------------------------------------------- stats
+def test_summarize_hand_made():
+    s = summarize([0.80, 0.82, 0.84])  # mean 0.82, std 0.02 exactly
+    assert s.n == 3 and s.mean == pytest.approx(0.82) and s.std == pytest.approx(0.02)
+    assert s.se == pytest.approx(0.02 / math.sqrt(3))
+    assert s.half_normal == pytest.approx(1.96 * 0.02 / math.sqrt(3))
+    assert s.half_t == pytest.approx(T975[2] * 0.02 / math.sqrt(3))
+    one = summarize([0.5, float("nan")])  # NaN dropped -> 1 value: a mean but no interval
+    assert one.n == 1 and one.mean == 0.5 and not one.has_ci and math.isnan(one.half_normal)
+    assert summarize([]).n == 0 and math.isnan(summarize([]).mean)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_summarize_matches_explicit_loops(n):
+    rng = np.random.default_rng(n)
+    for _ in range(20):
+        x = rng.uniform(0.3, 0.9, size=n).tolist()
+        mean = sum(x) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
+        s = summarize(x)
+        assert s.mean == pytest.approx(mean, abs=1e-15)
+        assert s.std == pytest.approx(std, rel=1e-12)
+        assert s.half_normal == pytest.approx(1.96 * std / math.sqrt(n), rel=1e-12)
+        assert s.half_t == pytest.approx(T975[n - 1] * std / math.sqrt(n), rel=1e-9)
+
+
+def test_paired_ttest_matches_formula_and_sign():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5):
+        a, b = rng.uniform(0.7, 0.8, n), rng.uniform(0.7, 0.8, n)
+        d = a - b
+        t_ref = d.mean() / (d.std(ddof=1) / math.sqrt(n))
+        delta, t, p = paired_ttest(a, b)
+        assert delta == pytest.approx(d.mean()) and t == pytest.approx(t_ref)
+        assert p == pytest.approx(2 * sps.t.sf(abs(t_ref), n - 1))
+        assert paired_ttest(b, a)[1] == pytest.approx(-t)  # "A vs B" is A − B
+    delta, t, p = paired_ttest([0.5], [0.4])  # one pair: a difference, no test
+    assert delta == pytest.approx(0.1) and math.isnan(t) and math.isnan(p)
+    assert paired_ttest([0.70, 0.72], [0.72, 0.74])[1:] == (-math.inf, 0.0)  # constant difference: the limit
+    assert all(math.isnan(v) for v in paired_ttest([0.7, 0.8], [0.7, 0.8])[1:])
+
+
+def _holm_reference(p):
+    """Holm's sequential rule written out: walk the sorted p-values, multiplier m, m-1, ..., running max."""
+    valid = [(v, i) for i, v in enumerate(p) if not math.isnan(v)]
+    m, out, running = len(valid), [math.nan] * len(p), 0.0
+    for rank, (v, i) in enumerate(sorted(valid)):
+        running = max(running, min(1.0, (m - rank) * v))
+        out[i] = running
+    return out
+
+
+def test_holm_hand_made_and_random():
+    # sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> running max keeps 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        p = rng.uniform(0, 0.2, size=6)
+        p[rng.random(6) < 0.2] = np.nan  # untestable comparisons leave the family
+        p[rng.random(6) < 0.2] = p[0]  # ties
+        np.testing.assert_allclose(holm(p), _holm_reference(list(p)), equal_nan=True)
+
+
+def test_intervals_overlap():
+    a, b = summarize([0.80, 0.81, 0.82]), summarize([0.83, 0.84, 0.85])
+    # means 3 pp apart; 1.96·SE half-widths 1.13 pp each (no overlap), t half-widths 2.48 pp each (overlap)
+    assert intervals_overlap(a, b, "normal") is False and intervals_overlap(a, b, "t") is True
+    assert intervals_overlap(a, summarize([0.9]), "normal") is None
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def write_result(runs: Path, variant: str, seed: int, epoch: int, miou: float, bf1: float = 0.7,
+                 trimap: float = 0.5, iou: dict | None = None, lam: float = 0.2) -> Path:
+    path = runs / f"{variant}_s{seed}" / "checkpoints" / f"epoch_{epoch:04d}.results.json"
+    atomic_write_json(path, {
+        "variant": variant, "seed": seed, "epoch": epoch, "checkpoint": str(path).replace(".results.json", ""),
+        "split": "val", "num_images": 500, "miou": miou, "boundary_f1": bf1, "trimap_iou": trimap,
+        "iou": iou if iou is not None else {"road": miou + 0.1, "wall": miou - 0.2, "truck": float("nan")},
+        "seconds": 12.5, "lambda_dice": 1.0, "lambda_boundary": lam})
+    return path
+
+
+def test_corrupt_results_file_names_it(tmp_path):
+    write_result(tmp_path, "A", 1, 10, 0.8)
+    bad = tmp_path / "A_s2" / "checkpoints" / "epoch_0010.results.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"variant": "A", "seed": 2, "epo')  # a write cut short
+    with pytest.raises(UserError, match=str(bad).replace(".", r"\.")):
+        load_runs_dir(tmp_path)
+    bad.write_text(json.dumps({"variant": "A", "seed": 2, "epoch": 10, "miou": 0.8}))
+    with pytest.raises(UserError, match="lacks boundary_f1, trimap_iou"):
+        read_results_file(bad)
+
+
+def test_user_errors_on_bad_input(tmp_path):
+    pct = tmp_path / "pct.csv"
+    pct.write_text("variant,seed,epoch,mIoU,boundary_f1_mean,trimap_mIoU_mean\nA,1,10,81.2,60.1,50.3\n")
+    with pytest.raises(UserError, match=r"pct\.csv:2: `mIoU` = 81\.2 is outside \[0, 1\]"):
+        load_csv(pct)
+    short = tmp_path / "short.csv"
+    short.write_text("variant,seed,epoch,mIoU\nA,1,10,0.8\n")
+    with pytest.raises(UserError, match="lacks the column"):
+        load_csv(short)
+    write_result(tmp_path / "runs", "A", 1, 10, 0.8)
+    write_result(tmp_path / "runs" / "copy", "A", 1, 10, 0.8)  # the same run twice
+    with pytest.raises(UserError, match="a second result for variant A seed 1 epoch 10"):
+        Study.from_records(load_runs_dir(tmp_path / "runs"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"empty: no \*\.results\.json below it"):
+        load_runs_dir(tmp_path / "empty")
+
+
+def test_cli_error_is_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "runs" / "x.results.json"
+    bad.parent.mkdir()
+    bad.write_text("not json")
+    proc = subprocess.run([sys.executable, "aggregate.py", str(tmp_path / "runs"), "--out", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+def assert_png(path: Path) -> None:
+    assert path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as im:
+        im.verify()
+
+
+@pytest.fixture
+def runs_tree(tmp_path) -> Path:
+    """A (variant B, seed 3, epoch 10) hole, variant C with one seed only; A's epoch-20 mIoU 80/82/84 %."""
+    runs = tmp_path / "runs"
+    for seed, offset in ((1, 0.0), (2, 0.02), (3, 0.04)):
+        write_result(runs, "A", seed, 10, 0.70 + offset)
+        write_result(runs, "A", seed, 20, 0.80 + offset, bf1=0.60 + offset / 2)
+        write_result(runs, "B", seed, 20, 0.75 + offset / 4, bf1=0.61)
+        if seed != 3:
+            write_result(runs, "B", seed, 10, 0.72 + offset)
+    write_result(runs, "C", 1, 10, 0.71)
+    write_result(runs, "C", 1, 20, 0.78)
+    return runs
+
+
+def test_results_tree_end_to_end(runs_tree, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert aggregate.main([str(runs_tree), "--out", str(out)]) == 0
+    for name in TABLES:
+        assert (out / f"{name}.csv").is_file()
+    assert_png(out / "curves.png")
+    assert_png(out / "per_class_iou.png")
+
+    t1 = by(read_csv(out / "table1_final_epoch.csv"), "variant")
+    a = t1["A"]  # 80, 82, 84 %: mean 82, std 2, SE 2/√3
+    assert float(a["mIoU mean (%)"]) == pytest.approx(82.0)
+    assert float(a["mIoU ±1.96·SE (%)"]) == pytest.approx(1.96 * 2 / math.sqrt(3))
+    assert float(a["mIoU ±t·SE (%)"]) == pytest.approx(T975[2] * 2 / math.sqrt(3))
+    assert t1["C"]["n_seeds"] == "1" and t1["C"]["mIoU ±1.96·SE (%)"] == ""  # one seed: no CI
+    t2 = by(read_csv(out / "table2_early_epoch.csv"), "variant")
+    assert t2["B"]["n_seeds"] == "2" and float(t2["B"]["mIoU mean (%)"]) == pytest.approx(73.0)
+
+    summary = (out / "summary.md").read_text()
+    assert "seed 3 of variant(s) B: no result at epoch(s) 10 (1 of 2)" in summary
+    assert "seed 2 of variant(s) C: no result at any epoch" in summary
+    assert "C: 1 seed(s) at epoch 20: no CI" in summary and "variant C has 1 seed in total" in summary
+    assert "| A | 3 | 82.00 ± 2.26 | 82.00 ± 4.97 |" in summary  # percent with two decimals
+    console = capsys.readouterr().err
+    assert "seed 3 of variant(s) B" in console  # holes are shown on the console too
+
+    # per-class: NaN IoU (truck never occurred) stays out of the statistics; Δ columns need D and are absent
+    t4 = by(read_csv(out / "table4_class_volatility.csv"), "class")
+    assert float(t4["road"]["A std (pp)"]) == pytest.approx(2.0) and t4["truck"]["A std (pp)"] == ""
+    t5 = read_csv(out / "table5_significance.csv")
+    assert len(t5) == 3 * 3  # 3 metrics × C(3, 2) pairs
+    ab = by(t5, "metric", "comparison")[("mIoU", "A vs B")]
+    d = np.array([0.80, 0.82, 0.84]) - np.array([0.75, 0.755, 0.76])
+    assert float(ab["t"]) == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(3)))
+    assert by(t5, "metric", "comparison")[("mIoU", "A vs C")]["t"] == ""  # 1 common seed: no test
+
+
+def test_early_epoch_option_and_single_epoch(runs_tree, tmp_path):
+    with pytest.raises(UserError, match="--early-epoch 15: no result at that epoch; evaluated epochs: 10, 20"):
+        aggregate.main([str(runs_tree), "--out", str(tmp_path / "o"), "--early-epoch", "15"])
+    aggregate.main([str(runs_tree), "--out", str(tmp_path / "o"), "--final-epoch", "10"])
+    assert set(by(read_csv(tmp_path / "o" / "crossover_rankings.csv"), "epoch")) == {"10"}
+    # at epoch 10, A − B is 0.02 below on both common seeds: a constant difference, t = −inf, p = 0
+    ab = by(read_csv(tmp_path / "o" / "table5_significance.csv"), "metric", "comparison")[("mIoU", "A vs B")]
+    assert (ab["n_pairs"], ab["t"], ab["p"]) == ("2", "-inf", "0")
+
+
+# ---------------------------------------------------------------------------------------------------- real numbers
+_REPORTS: dict[Path, Path] = {}
+
+
+def report_of(csv_path: Path, tmp_path_factory) -> Path:
+    """Run aggregate.py once per CSV for the whole module (each run draws figures: ~1 s)."""
+    if csv_path not in _REPORTS:
+        out = tmp_path_factory.mktemp(csv_path.stem)
+        assert aggregate.main(["--from-csv", str(csv_path), "--out", str(out)]) == 0
+        _REPORTS[csv_path] = out
+    return _REPORTS[csv_path]
+
+
+@pytest.fixture
+def pilot(seed_metrics, tmp_path_factory) -> Path:
+    return report_of(seed_metrics / "pilot_results.csv", tmp_path_factory)
+
+
+@pytest.fixture
+def official(seed_metrics, tmp_path_factory) -> Path:
+    return report_of(seed_metrics / "pilot_results_official.csv", tmp_path_factory)
+
+
+def test_pilot_reproduces_published_miou(pilot):
+    t1 = by(read_csv(pilot / "table1_final_epoch.csv"), "variant")
+    published_160 = {"A": (81.28, 0.24), "B": (81.09, 0.34), "C": (81.23, 0.10), "D": (81.69, 0.12)}
+    for v, (mean, ci) in published_160.items():
+        assert (r2(t1[v]["mIoU mean (%)"]), r2(t1[v]["mIoU ±1.96·SE (%)"])) == (mean, ci), v
+        # the Student-t interval is t(0.975, 2) / 1.96 = 2.2× wider
+        ratio = float(t1[v]["mIoU ±t·SE (%)"]) / float(t1[v]["mIoU ±1.96·SE (%)"])
+        assert ratio == pytest.approx(T975[2] / 1.96)
+    t2 = by(read_csv(pilot / "table2_early_epoch.csv"), "variant")
+    assert {v: r2(t2[v]["mIoU mean (%)"]) for v in "ABCD"} == {"A": 75.75, "B": 75.91, "C": 78.17, "D": 76.25}
+
+
+def test_pilot_missing_seed_and_crossover(pilot):
+    summary = (pilot / "summary.md").read_text()
+    # seed 456 was evaluated every 10 epochs only: reported, and the means there use 2 seeds
+    assert "seed 456 of variant(s) A, B, C, D: no result at epoch(s) 2, 4, 6, 8, 15, 25, 35, 45 (8 of 24)" in summary
+    ranks = read_csv(pilot / "crossover_rankings.csv")
+    assert len(ranks) == 3 * 24
+    miou = [r for r in ranks if r["metric"] == "mIoU"]
+    assert {r["epoch"]: r["min_seeds"] for r in miou}["15"] == "2"
+    assert miou[-1]["ranking"] == "D > A > C > B"
+    # last leader change: recomputed here from the ranking rows
+    changes = [int(r["epoch"]) for prev, r in zip(miou, miou[1:]) if r["leader"] != prev["leader"]]
+    cross = by(read_csv(pilot / "crossover_summary.csv"), "metric")
+    assert int(cross["mIoU"]["last leader change (epoch)"]) == changes[-1]
+    # the C−B gap at epoch 10 equals the table-2 means' difference (78.17 − 75.91 = +2.26 in the paper)
+    assert r2(cross["mIoU"]["C−B gap at epoch 10 (pp)"]) == 2.26
+
+
+def test_official_per_class_deltas(official):
+    t3 = by(read_csv(official / "table3_per_class_iou.csv"), "class")
+    assert r2(t3["truck"]["Δ(D−B) (pp)"]) == 5.29
+    assert r2(t3["wall"]["Δ(D−A) (pp)"]) == 3.88
+    assert r2(t3["traffic light"]["Δ(D−B) (pp)"]) == -2.10
+    rows = read_csv(official / "table3_per_class_iou.csv")
+    largest = [float(r["max |Δ| (pp)"]) for r in rows]
+    assert largest == sorted(largest, reverse=True) and rows[0]["class"] == "truck"
+    extremes = by(read_csv(official / "table3b_d_vs_b_extremes.csv"), "rank")
+    assert extremes["top-1"]["class"] == "truck" and extremes["bottom-1"]["class"] == "traffic light"
+    vol = (official / "summary.md").read_text()
+    assert "most volatile overall: truck in B" in vol  # B's truck IoU spans 4.4 pp over seeds
+
+
+def test_official_significance(official):
+    t5 = by(read_csv(official / "table5_significance.csv"), "metric", "comparison")
+    assert len(t5) == 18
+    expected = {("mIoU", "C vs D"): (-11.85, 0.0070, 0.0423), ("mIoU", "A vs B"): (3.55, 0.0712, 0.3558),
+                ("Boundary F1", "A vs B"): (24.58, 0.0017, 0.0099)}
+    for key, (t, p, p_holm) in expected.items():
+        row = t5[key]
+        assert (r2(row["t"]), round(float(row["p"]), 4), round(float(row["Holm p"]), 4)) == (t, p, p_holm), key
+    assert t5[("mIoU", "C vs D")]["significant (Holm p < 0.05)"] == "True"
+    assert t5[("mIoU", "A vs B")]["significant (Holm p < 0.05)"] == "False"
+    # the paper's argument: C and D's 1.96·SE intervals do not overlap, their t intervals do
+    assert t5[("mIoU", "C vs D")]["1.96·SE CIs overlap"] == "False"
+    assert t5[("mIoU", "C vs D")]["t CIs overlap"] == "True"
+    for name in ("curves", "per_class_iou"):
+        assert_png(official / f"{name}.png")
+    assert "epoch 10 was not evaluated" in (official / "summary.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------- W&B
+def test_wandb_mode_never_needs_a_login(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert wandb_mode() == "offline"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() is None  # an explicit WANDB_MODE is left to wandb
+
+
+def test_wandb_offline_run(runs_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert aggregate.main([str(runs_tree), "--out", str(tmp_path / "o"), "--wandb"]) == 0
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
