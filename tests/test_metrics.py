@@ -1,0 +1,388 @@
+"""metrics.SegmentationMetrics against slow, explicit references written independently here.
+
+The references follow the definitions word by word: per-class masks, scipy.ndimage erosion/dilation with
+explicit border values, the trimap contour from a Python loop over 4-neighbours, the band from a chessboard
+distance transform, and IoU from per-class pixel counts.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+import metrics.segmentation as seg
+from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids, train_ids_to_label_ids
+from metrics import SegmentationMetrics
+
+C = NUM_CLASSES
+R = 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Independent references (numpy / scipy, one image at a time, one class at a time)
+
+def ref_boundary(mask: np.ndarray) -> np.ndarray:
+    """mask & ~erode(mask), 3x3 square, pixels outside the image counting as inside the mask."""
+    eroded = ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool), border_value=1)
+    return mask & ~eroded
+
+
+def ref_dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    return ndimage.binary_dilation(mask, structure=np.ones((2 * r + 1, 2 * r + 1), bool), border_value=0)
+
+
+def ref_boundary_f1_image(pred: np.ndarray, target: np.ndarray, r: int = R) -> float | None:
+    """Mean F over classes present in the valid target; None when the image has no valid pixel."""
+    valid = target != IGNORE_INDEX
+    scores = []
+    for c in range(C):
+        gt = target == c
+        if not gt.any():
+            continue
+        pr = (pred == c) & valid
+        bg, bp = ref_boundary(gt), ref_boundary(pr)
+        n_bg, n_bp = int(bg.sum()), int(bp.sum())
+        if n_bg == 0 and n_bp == 0:
+            scores.append(1.0)
+            continue
+        if n_bg == 0 or n_bp == 0:
+            scores.append(0.0)
+            continue
+        precision = (bp & ref_dilate(bg, r)).sum() / n_bp
+        recall = (bg & ref_dilate(bp, r)).sum() / n_bg
+        scores.append(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+    return float(np.mean(scores)) if scores else None
+
+
+def ref_trimap_band(target: np.ndarray, r: int = R) -> np.ndarray:
+    h, w = target.shape
+    valid = target != IGNORE_INDEX
+    contour = np.zeros((h, w), bool)
+    for y in range(h):
+        for x in range(w):
+            if not valid[y, x]:
+                continue
+            for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < h and 0 <= xx < w and valid[yy, xx] and target[yy, xx] != target[y, x]:
+                    contour[y, x] = True
+    if not contour.any():
+        return np.zeros((h, w), bool)
+    chessboard = ndimage.distance_transform_cdt(~contour, metric="chessboard")  # distance to nearest contour px
+    return (chessboard <= r) & valid
+
+
+def ref_intersection_union(pred: np.ndarray, target: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """(C, 2) per-class I_c, U_c over the pixels in `where` (valid pixels only)."""
+    where = where & (target != IGNORE_INDEX)
+    out = np.zeros((C, 2), np.int64)
+    for c in range(C):
+        out[c, 0] = np.sum((pred == c) & (target == c) & where)
+        out[c, 1] = np.sum(((pred == c) | (target == c)) & where)
+    return out
+
+
+def ref_metrics(preds, targets, r: int = R) -> dict:
+    iu = np.zeros((C, 2), np.int64)
+    iu_band = np.zeros((C, 2), np.int64)
+    f_scores = []
+    for pred, target in zip(preds, targets):
+        iu += ref_intersection_union(pred, target, np.ones(target.shape, bool))
+        iu_band += ref_intersection_union(pred, target, ref_trimap_band(target, r))
+        f = ref_boundary_f1_image(pred, target, r)
+        if f is not None:
+            f_scores.append(f)
+
+    def iou(counts):
+        return [counts[c, 0] / counts[c, 1] if counts[c, 1] > 0 else math.nan for c in range(C)]
+
+    per_class = iou(iu)
+    return {"iou": per_class, "miou": float(np.nanmean(per_class)),
+            "trimap_iou": float(np.nanmean(iou(iu_band))),
+            "boundary_f1": float(np.mean(f_scores)) if f_scores else math.nan}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random blob maps: a few classes (others absent), blobs touching the border, ignore regions, perturbed predictions
+
+def blob_map(rng: np.random.Generator, h: int, w: int, classes: np.ndarray) -> np.ndarray:
+    """Smooth random regions: argmax over classes of blurred noise (regions touch the border naturally)."""
+    noise = rng.random((len(classes), h, w))
+    noise = ndimage.gaussian_filter(noise, sigma=(0, rng.uniform(2, 5), rng.uniform(2, 5)))
+    return classes[noise.argmax(0)].astype(np.int64)
+
+
+def random_pair(rng: np.random.Generator, h: int = 40, w: int = 56) -> tuple[np.ndarray, np.ndarray]:
+    classes = rng.choice(C, size=rng.integers(2, 7), replace=False)
+    target = blob_map(rng, h, w, classes)
+    # Ignore regions: a random blob and, sometimes, a band along an image edge.
+    ignore = ndimage.gaussian_filter(rng.random((h, w)), 3) > 0.53
+    if rng.random() < 0.5:
+        ignore[: rng.integers(1, 6)] = True
+    target[ignore] = IGNORE_INDEX
+    # Prediction: the target (its ignore pixels filled with noise) shifted by a few pixels, plus wrong blobs
+    # of present or absent classes, plus a few out-of-range values that match no class.
+    pred = np.where(ignore, rng.integers(0, C, (h, w)), target)
+    pred = np.roll(pred, (rng.integers(-3, 4), rng.integers(-3, 4)), axis=(0, 1))
+    wrong = ndimage.gaussian_filter(rng.random((h, w)), 2) > 0.56
+    pred[wrong] = rng.choice(C, size=2)[rng.integers(0, 2, int(wrong.sum()))]
+    pred[rng.random((h, w)) < 0.003] = IGNORE_INDEX
+    return pred.astype(np.int64), target
+
+
+def run_metrics(preds, targets, **kwargs) -> dict:
+    metric = SegmentationMetrics(num_classes=C, **kwargs)
+    metric.update(torch.as_tensor(np.stack(preds)), torch.as_tensor(np.stack(targets)))
+    return metric.compute()
+
+
+def assert_metrics_close(ours: dict, ref: dict):
+    for key in ("miou", "boundary_f1", "trimap_iou"):
+        assert ours[key] == pytest.approx(ref[key], abs=1e-12, nan_ok=True), key
+    np.testing.assert_allclose(ours["iou"], ref["iou"], atol=1e-12)  # NaN positions must match too
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Against the references
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_blobs_match_reference(seed):
+    rng = np.random.default_rng(seed)
+    pairs = [random_pair(rng) for _ in range(3)]
+    preds, targets = [p for p, _ in pairs], [t for _, t in pairs]
+    assert_metrics_close(run_metrics(preds, targets), ref_metrics(preds, targets))
+
+
+@pytest.mark.parametrize("boundary_px", [0, 1, 5])
+def test_other_tolerances_match_reference(boundary_px):
+    rng = np.random.default_rng(100 + boundary_px)
+    pairs = [random_pair(rng) for _ in range(2)]
+    preds, targets = [p for p, _ in pairs], [t for _, t in pairs]
+    ours = run_metrics(preds, targets, boundary_px=boundary_px)
+    assert_metrics_close(ours, ref_metrics(preds, targets, r=boundary_px))
+
+
+def test_cpu_row_tiles_equal_one_tile(monkeypatch):
+    """Row bands with context rows give exactly the counts of the whole map (tiles of 8 rows here)."""
+    rng = np.random.default_rng(7)
+    pairs = [random_pair(rng, h=61, w=37) for _ in range(2)]
+    pred = torch.as_tensor(np.stack([p for p, _ in pairs]))
+    target = torch.as_tensor(np.stack([t for _, t in pairs]))
+    whole = seg.segmentation_image_stats(pred, target, boundary_px=4)
+    monkeypatch.setattr(seg, "CPU_TILE_PIXELS", 2 * 37 * 8)
+    tiled = seg.segmentation_image_stats(pred, target, boundary_px=4)
+    for key in seg.STAT_KEYS:
+        assert torch.equal(whole[key], tiled[key]), key
+
+
+def test_batched_equals_one_at_a_time_and_gathered_halves():
+    rng = np.random.default_rng(11)
+    pairs = [random_pair(rng) for _ in range(4)]
+    pred = torch.as_tensor(np.stack([p for p, _ in pairs]))
+    target = torch.as_tensor(np.stack([t for _, t in pairs]))
+    batched = SegmentationMetrics()
+    batched.update(pred, target)
+    single = SegmentationMetrics()
+    for i in range(4):
+        single.update(pred[i], target[i])  # (H, W) works too
+    # What a 2-process evaluation does: per-process stats, gathered (concatenated), then added.
+    halves = SegmentationMetrics()
+    stats = [halves.image_stats(pred[:2], target[:2]), halves.image_stats(pred[2:], target[2:])]
+    halves.add_stats({k: torch.cat([s[k] for s in stats]) for k in seg.STAT_KEYS})
+    assert _same(batched.compute(), single.compute())
+    assert _same(batched.compute(), halves.compute())
+    for key in seg.STAT_KEYS:
+        assert torch.equal(stats[0][key], batched.image_stats(pred[:2], target[:2])[key])
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(np.array_equal(np.asarray(a[k], float), np.asarray(b[k], float), equal_nan=True) for k in a)
+
+
+def test_input_dtypes_agree():
+    rng = np.random.default_rng(3)
+    pred, target = random_pair(rng)
+    pred = np.where(pred == IGNORE_INDEX, 0, pred)  # keep values in uint8 range for every dtype
+    results = []
+    for dtype in (torch.int64, torch.int32, torch.uint8, torch.int16):
+        metric = SegmentationMetrics()
+        metric.update(torch.as_tensor(pred).to(dtype)[None], torch.as_tensor(target).to(dtype)[None])
+        results.append(metric.compute())
+    assert all(_same(results[0], r) for r in results[1:])
+
+
+def test_out_of_range_values_match_no_class():
+    """Predictions and targets outside 0..C-1 (here -1 and 300) behave like 'no class' / ignore."""
+    rng = np.random.default_rng(5)
+    pred, target = random_pair(rng)
+    pred[:3, :5] = -1
+    pred[-2:, -4:] = 300
+    odd_target = target.copy()
+    odd_target[target == IGNORE_INDEX] = -7  # another out-of-range value than 255: ignored as well
+    ours = run_metrics([pred], [odd_target])
+    assert_metrics_close(ours, ref_metrics([pred], [target]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hand-made cases
+
+def two_halves(h=32, w=48, left=0, right=1):
+    target = np.full((h, w), left, np.int64)
+    target[:, w // 2:] = right
+    return target
+
+
+def test_perfect_prediction_scores_one():
+    rng = np.random.default_rng(0)
+    _, target = random_pair(rng)
+    pred = np.where(target == IGNORE_INDEX, 3, target)  # anything where the target is ignored
+    out = run_metrics([pred], [target])
+    assert out["miou"] == out["boundary_f1"] == out["trimap_iou"] == 1.0
+    present = set(np.unique(target)) - {IGNORE_INDEX}
+    assert all((out["iou"][c] == 1.0) == (c in present) for c in range(C))
+    assert all(math.isnan(out["iou"][c]) for c in range(C) if c not in present)
+
+
+@pytest.mark.parametrize("shift", [1, 2, R])
+def test_shift_within_tolerance_scores_boundary_f1_one(shift):
+    target = two_halves()
+    pred = two_halves()
+    pred[:, 24 - shift:24] = 1  # the vertical edge moves `shift` pixels left
+    # Also a square object moved diagonally by `shift`: every contour pixel stays within Chebyshev distance.
+    target[8:20, 4:14] = 5
+    pred[8 + shift:20 + shift, 4 + shift:14 + shift] = 5
+    out = run_metrics([pred], [target])
+    assert out["boundary_f1"] == 1.0
+    assert out["miou"] < 1.0
+
+
+@pytest.mark.parametrize("shift", [R + 1, R + 2])
+def test_shift_beyond_tolerance_scores_below_one(shift):
+    target = two_halves()
+    pred = two_halves()
+    pred[:, 24 - shift:24] = 1
+    out = run_metrics([pred], [target])
+    assert out["boundary_f1"] < 1.0
+    assert out["boundary_f1"] == pytest.approx(ref_boundary_f1_image(pred, target))
+    assert out["boundary_f1"] == 0.0  # a straight edge moved past the tolerance matches nowhere
+
+
+def test_class_predicted_but_absent_does_not_enter_the_image_average():
+    h, w, s = 32, 48, 4
+    target = two_halves(h, w)
+    pred = target.copy()
+    pred[10:10 + s, 5:5 + s] = 7  # class 7 is not in the target; the hole sits > R px from the edge at x=24
+    out = run_metrics([pred], [target])
+    # Class 0: B(P) = its edge column (h px, all matched) + the 8-connected ring around the hole (4s+4 px,
+    # unmatched); B(G) = the edge column, all matched. Class 1 is perfect. Class 7 must not count.
+    precision = h / (h + 4 * s + 4)
+    f_class0 = 2 * precision / (precision + 1)
+    assert out["boundary_f1"] == pytest.approx((f_class0 + 1.0) / 2, abs=1e-12)
+    assert not math.isnan(out["iou"][7]) and out["iou"][7] == 0.0  # it does count for IoU (a false positive)
+
+
+def test_empty_boundaries_and_images_without_valid_pixels():
+    h, w = 16, 20
+    whole = np.full((h, w), 4, np.int64)  # one class covering the image: no boundary inside the frame
+    out = run_metrics([whole.copy()], [whole])
+    assert out["boundary_f1"] == 1.0  # both boundaries empty -> F = 1
+    assert math.isnan(out["trimap_iou"])  # no contour, no band, nothing to average
+
+    pred = whole.copy()
+    pred[5:9, 5:9] = 2
+    metric = SegmentationMetrics()
+    metric.update(torch.as_tensor(pred)[None], torch.as_tensor(whole)[None])  # B(G) empty, B(P) not -> 0
+    metric.update(torch.zeros(1, h, w, dtype=torch.long), torch.full((1, h, w), IGNORE_INDEX))  # skipped
+    out = metric.compute()
+    assert out["boundary_f1"] == 0.0 and out["num_images"] == 2
+
+
+def test_border_is_not_a_contour():
+    """A class touching the image frame has no boundary along the frame (outside counts as inside)."""
+    target = two_halves(10, 12)
+    stats = SegmentationMetrics().image_stats(torch.as_tensor(target)[None], torch.as_tensor(target)[None])
+    gt_boundary_px = stats["boundary"][0, :, 3]
+    assert gt_boundary_px[0] == 10 and gt_boundary_px[1] == 10  # one column each side of the edge
+
+
+def test_ignore_transitions_are_not_trimap_contours():
+    target = np.zeros((12, 30), np.int64)
+    target[:, 10:20] = IGNORE_INDEX  # class 0 | ignore | class 0: no valid-valid transition anywhere
+    target[:, 20:] = 1  # ... except none either: ignore separates 0 and 1
+    pred = np.ones_like(target)
+    stats = SegmentationMetrics().image_stats(torch.as_tensor(pred)[None], torch.as_tensor(target)[None])
+    assert stats["trimap_confusion"].sum() == 0
+    assert stats["confusion"].sum() == 12 * 20
+
+
+def test_empty_metric_and_bad_inputs():
+    out = SegmentationMetrics().compute()
+    assert out["num_images"] == 0 and math.isnan(out["miou"]) and len(out["iou"]) == C
+    metric = SegmentationMetrics()
+    with pytest.raises(ValueError):
+        metric.update(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError):
+        metric.update(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 5, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real data
+
+def _sample_frame(cityscapes_sample):
+    gt_path = next((cityscapes_sample / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    target = label_ids_to_train_ids(np.array(Image.open(gt_path)), str(gt_path)).astype(np.int64)
+    # A plausible prediction: shifted by a few pixels, ignore pixels predicted as road, a wrong block.
+    pred = np.roll(np.where(target == IGNORE_INDEX, 0, target), (2, -3), axis=(0, 1))
+    pred[40:70, 100:160] = 13
+    return gt_path, pred, target
+
+
+def test_real_frame_matches_numpy_confusion_matrix(cityscapes_sample):
+    _, pred, target = _sample_frame(cityscapes_sample)
+    valid = target != IGNORE_INDEX
+    confusion = np.zeros((C, C), np.int64)
+    np.add.at(confusion, (target[valid], pred[valid]), 1)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+    out = run_metrics([pred], [target])
+    np.testing.assert_allclose(out["iou"], iou, atol=1e-12)
+    assert out["miou"] == pytest.approx(np.nanmean(iou), abs=1e-12)
+    assert_metrics_close(out, ref_metrics([pred], [target]))
+
+
+def test_real_frame_matches_cityscapesscripts(cityscapes_sample, tmp_path, monkeypatch):
+    monkeypatch.setenv("CITYSCAPES_DATASET", str(tmp_path))  # the module reads it at import time
+    ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    gt_path, pred, target = _sample_frame(cityscapes_sample)
+    pred_path = tmp_path / gt_path.name.replace("_gtFine_labelIds", "_pred")
+    Image.fromarray(train_ids_to_label_ids(pred)).save(pred_path)
+    args = ev.CArgs()
+    for name, value in vars(ev.args).items():
+        setattr(args, name, value)
+    args.quiet, args.JSONOutput, args.evalInstLevelScore = True, False, False
+    official = ev.evaluateImgLists([str(pred_path)], [str(gt_path)], args)
+    out = run_metrics([pred], [target])
+    for c, name in enumerate(CLASS_NAMES):
+        assert out["iou"][c] == pytest.approx(official["classScores"][name], abs=1e-12, nan_ok=True), name
+    assert out["miou"] == pytest.approx(official["averageScoreClasses"], abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Devices
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_equals_cpu():
+    rng = np.random.default_rng(21)
+    pairs = [random_pair(rng, 64, 96) for _ in range(3)]
+    pred = torch.as_tensor(np.stack([p for p, _ in pairs]))
+    target = torch.as_tensor(np.stack([t for _, t in pairs]))
+    cpu, cuda = SegmentationMetrics(), SegmentationMetrics()
+    cpu.update(pred, target)
+    stats = cuda.image_stats(pred.cuda(), target.cuda())
+    assert all(v.device.type == "cuda" for v in stats.values())
+    cuda.add_stats(stats)
+    assert _same(cpu.compute(), cuda.compute())
