@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     per_class = plot_per_class(study, final, out / "per_class_iou.png")
     if per_class is not None:
         figures["per_class_iou"] = per_class
+    else:  # no per-class IoU in this input: a figure left from an earlier report would contradict summary.md
+        (out / "per_class_iou.png").unlink(missing_ok=True)
 
     # -------- write: one CSV per table, then summary.md (every file atomically)
     for t in tables:

@@ -302,7 +302,8 @@ def significance_table(study: Study, epoch: int) -> Table:
 
 
 # ---------------------------------------------------------------------------------------------------- crossover
-def rankings(study: Study, metric: str, last_epoch: int | None = None) -> list[tuple[int, list[tuple[str, float]], int]]:
+def rankings(study: Study, metric: str,
+             last_epoch: int | None = None) -> list[tuple[int, list[tuple[str, float]], int]]:
     """Per evaluated epoch up to `last_epoch`: (epoch, [(group, mean)] best first, fewest seeds behind a mean)."""
     out = []
     for e in [e for e in study.epochs if last_epoch is None or e <= last_epoch]:
@@ -353,9 +354,10 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
     notes = ["ranking by the mean over the seeds present at each epoch; the last leader change is the last "
              "evaluated epoch whose leader differs from the previous evaluated epoch's.",
              "C−B gap = mean_C − mean_B (pp)."]
+    sum_md_header = ["metric", "final leader", "last leader change", "previous leader",
+                     *(h.replace(" (pp)", "") for h in sum_header[4:])]
     summary = Table("crossover_summary", "Crossover — leader changes and the C−B gap", sum_header, sum_rows,
-                    ["metric", "final leader", "last leader change", "previous leader", sum_header[4].replace(" (pp)", ""),
-                     sum_header[5].replace(" (pp)", "")], sum_md, notes)
+                    sum_md_header, sum_md, notes)
     detail = Table("crossover_rankings", "Ranking of the variants at every evaluated epoch (mean, %)",
                    rank_header, rank_rows, ["metric", "epoch", "ranking (best first)", "leader changed"], rank_md,
                    ["* : at least one variant has fewer seeds at this epoch than in the whole study."])
