@@ -40,7 +40,8 @@ def _cell(v):
 
 def push_report(tables: list[Table], figures: dict[str, Path], headline: dict[str, float], *, project: str,
                 name: str | None, config: dict) -> str:
-    """Log every table as a wandb.Table and every figure as a wandb.Image to one run; return where it went."""
+    """Log every table as a wandb.Table and every figure as a wandb.Image to one run; return where it went
+    (the run's URL, or the `wandb sync` command for an offline run)."""
     import wandb  # imported here: the report itself never needs wandb
 
     run = wandb.init(project=project, name=name, job_type="aggregate", config=config, mode=wandb_mode())
@@ -51,7 +52,9 @@ def push_report(tables: list[Table], figures: dict[str, Path], headline: dict[st
         run.log(payload)
         for k, v in headline.items():  # final-epoch means, for the runs table of the dashboard
             run.summary[k] = _cell(v)
-        where = getattr(run, "url", None) or str(getattr(run, "dir", "") or "disabled")
+        url = getattr(run, "url", None)
+        run_dir = getattr(run, "dir", None)
+        where = url or (f"offline, upload with `wandb sync {Path(run_dir).parent}`" if run_dir else "disabled")
     finally:
         run.finish()
     return where
