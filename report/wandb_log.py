@@ -52,9 +52,11 @@ def push_report(tables: list[Table], figures: dict[str, Path], headline: dict[st
         run.log(payload)
         for k, v in headline.items():  # final-epoch means, for the runs table of the dashboard
             run.summary[k] = _cell(v)
-        url = getattr(run, "url", None)
-        run_dir = getattr(run, "dir", None)
-        where = url or (f"offline, upload with `wandb sync {Path(run_dir).parent}`" if run_dir else "disabled")
+        mode = run.settings.mode
+        if mode in ("offline", "disabled"):
+            where = "disabled" if mode == "disabled" else f"offline, upload with `wandb sync {Path(run.dir).parent}`"
+        else:
+            where = run.url or mode
     finally:
         run.finish()
     return where
