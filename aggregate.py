@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         where = push_report(tables, figures, headline, project=args.wandb_project, name=args.wandb_name,
                             config={"source": str(source), "final_epoch": final, "early_epoch": early,
                                     "variants": study.groups, "seeds": study.seeds, "band": args.band})
-        console.print(f"W&B: {where}")
+        console.print(f"W&B: {where}", soft_wrap=True)
     return 0
 
 
