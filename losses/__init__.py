@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from losses.functional import boundary_loss, cross_entropy_loss, dice_loss, log_probs_float
+from losses.fused import fused_loss_terms
 from utils.fileio import UserError
 
 # The paper's weights per variant (CE weight 1, λ_d = 1.0, λ_b = 0.2). The keys of each entry are the
@@ -41,14 +42,18 @@ class SegmentationLoss:
             compute are ignored.
         uses_sdt: whether the call needs `sdt` (variants C and D).
         ignore_index: target value of unlabelled pixels.
+        fused: compute all terms in one autograd Function with a hand-written backward
+            (`losses.fused`, ~half the full-size float32 tensors of plain autograd); False runs the
+            reference functions of `losses.functional` through autograd (same values).
     """
 
-    def __init__(self, variant: str, weights: dict[str, float], ignore_index: int = 255):
+    def __init__(self, variant: str, weights: dict[str, float], ignore_index: int = 255, fused: bool = True):
         self.variant = variant
         self.terms = tuple(weights)  # fixed at construction: what __call__ computes
         self.weights = dict(weights)
         self.uses_sdt = "boundary" in self.terms
         self.ignore_index = ignore_index
+        self.fused = fused
 
     def __call__(
         self, logits: torch.Tensor, target: torch.Tensor, sdt: torch.Tensor | None = None
@@ -67,6 +72,10 @@ class SegmentationLoss:
                 f"loss variant {self.variant} uses the boundary term and needs the signed distance map: "
                 "pass sdt=batch['sdt'] (enable an SDT source in the data pipeline)"
             )
+        weights = {name: self.weights[name] for name in self.terms}
+        if self.fused:
+            loss, out = fused_loss_terms(logits, target, sdt, weights, self.ignore_index)
+            return {**out, "loss": loss}
         log_probs = log_probs_float(logits)  # (N, C, H, W) float32
         out = {"ce": cross_entropy_loss(log_probs, target, self.ignore_index)}
         if "dice" in self.terms or "boundary" in self.terms:
@@ -75,18 +84,25 @@ class SegmentationLoss:
                 out["dice"] = dice_loss(probs, target, self.ignore_index)
             if "boundary" in self.terms:
                 out["boundary"] = boundary_loss(probs, sdt)
-        out["loss"] = sum(self.weights[name] * out[name] for name in self.terms)
+        out["loss"] = sum(weights[name] * out[name] for name in self.terms)
         return out
 
     def __repr__(self) -> str:
         terms = " + ".join(f"{self.weights[name]:g}·{name}" for name in self.terms)
-        return f"SegmentationLoss(variant={self.variant!r}: {terms}, ignore_index={self.ignore_index})"
+        return f"SegmentationLoss(variant={self.variant!r}: {terms}, ignore_index={self.ignore_index}, fused={self.fused})"
 
 
 def build_loss(
-    variant: str, lambda_dice: float = 1.0, lambda_boundary: float = 0.2, ignore_index: int = 255
+    variant: str,
+    lambda_dice: float = 1.0,
+    lambda_boundary: float = 0.2,
+    ignore_index: int = 255,
+    *,
+    fused: bool = True,
 ) -> SegmentationLoss:
     """The loss of one variant (A, B, C, D) with the given Dice / boundary weights.
+
+    `fused=False` uses plain autograd over `losses.functional` (same values; more memory).
 
     Raises:
         UserError: unknown variant (the message lists the valid ones).
@@ -95,7 +111,7 @@ def build_loss(
         raise UserError(f"unknown loss variant {variant!r}: choose one of {', '.join(LOSS_WEIGHTS)} (--variant)")
     lambdas = {"ce": 1.0, "dice": float(lambda_dice), "boundary": float(lambda_boundary)}
     weights = {name: lambdas[name] for name in LOSS_WEIGHTS[variant]}
-    return SegmentationLoss(variant, weights, ignore_index)
+    return SegmentationLoss(variant, weights, ignore_index, fused=fused)
 
 
 def build_aux_loss(kind: str, main_loss: SegmentationLoss) -> SegmentationLoss:
@@ -107,5 +123,5 @@ def build_aux_loss(kind: str, main_loss: SegmentationLoss) -> SegmentationLoss:
     if kind == "composite":
         return main_loss
     if kind == "ce":
-        return build_loss("A", ignore_index=main_loss.ignore_index)
+        return build_loss("A", ignore_index=main_loss.ignore_index, fused=main_loss.fused)
     raise UserError(f"unknown aux loss {kind!r}: choose one of {', '.join(AUX_LOSS_KINDS)} (--aux-loss)")

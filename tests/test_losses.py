@@ -81,14 +81,15 @@ def _random_case(seed, N=2, C=5, H=6, W=7, absent=(3,), ignore_frac=0.2, dtype=t
 
 
 # ---------------------------------------------------------------- each term against its loop
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_terms_match_explicit_loops(seed, dtype):
+def test_terms_match_explicit_loops(seed, dtype, fused):
     logits, target, sdt = _random_case(seed, dtype=dtype)
     # The reference sees exactly the values the loss sees (bf16 upcasts exactly); a loss computed in
     # bf16 would be off by ~1e-2, so a 1e-5 tolerance proves the float32 computation.
     ref_logits = logits.double()
-    out = build_loss("C")(logits, target, sdt)
+    out = build_loss("C", fused=fused)(logits, target, sdt)
     for value in out.values():
         assert value.dtype == torch.float32
     assert out["ce"].item() == pytest.approx(ref_ce(ref_logits, target), rel=1e-5)
@@ -113,20 +114,22 @@ def test_float_sdt_equals_int8_sdt_over_127():
     torch.testing.assert_close(boundary_loss(probs, sdt), boundary_loss(probs, sdt.float() / 127))
 
 
-def test_channels_last_logits_give_same_values():
+@pytest.mark.parametrize("fused", [True, False])
+def test_channels_last_logits_give_same_values(fused):
     logits, target, sdt = _random_case(4, N=2, C=19, H=8, W=10)
-    loss_fn = build_loss("C")
+    loss_fn = build_loss("C", fused=fused)
     a = loss_fn(logits, target, sdt)
     b = loss_fn(logits.contiguous(memory_format=torch.channels_last), target, sdt)
     for key in a:
         torch.testing.assert_close(a[key], b[key])
 
 
-def test_all_pixels_ignored_gives_finite_zero_ce_with_grad():
+@pytest.mark.parametrize("fused", [True, False])
+def test_all_pixels_ignored_gives_finite_zero_ce_with_grad(fused):
     logits, _, sdt = _random_case(5)
     logits.requires_grad_(True)
     target = torch.full(logits.shape[:1] + logits.shape[2:], IGNORE, dtype=torch.long)
-    out = build_loss("C")(logits, target, torch.zeros_like(sdt))
+    out = build_loss("C", fused=fused)(logits, target, torch.zeros_like(sdt))
     assert out["ce"].item() == 0.0
     # Dice with no valid pixel: every class scores (0 + 1) / (0 + 1) = 1, so the loss is 0.
     assert out["dice"].item() == pytest.approx(0.0)
@@ -134,11 +137,12 @@ def test_all_pixels_ignored_gives_finite_zero_ce_with_grad():
     assert torch.isfinite(logits.grad).all()
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("variant", sorted(LOSS_WEIGHTS))
-def test_gradients_finite_and_match_float64(variant):
+def test_gradients_finite_and_match_float64(variant, fused):
     logits, target, sdt = _random_case(6, dtype=torch.float32)
     logits = logits * 10  # saturated softmax: log-probs of -60 must not give inf/NaN gradients
-    loss_fn = build_loss(variant)
+    loss_fn = build_loss(variant, fused=fused)
     x32 = logits.clone().requires_grad_(True)
     loss_fn(x32, target, sdt)["loss"].backward()
     assert torch.isfinite(x32.grad).all()
@@ -147,18 +151,83 @@ def test_gradients_finite_and_match_float64(variant):
     torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-8)
 
 
-def test_gradcheck_all_terms_float64():
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradcheck_all_terms_float64(fused):
     logits, target, sdt = _random_case(7, N=1, C=3, H=3, W=4, absent=(1,))
-    loss_fn = build_loss("C")
+    loss_fn = build_loss("C", fused=fused)
     x = logits.double().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda z: loss_fn(z, target, sdt)["loss"], (x,))
+    # Every output (total and each unweighted term) is checked: gradcheck perturbs all of them.
+    outputs = lambda z: tuple(loss_fn(z, target, sdt)[k] for k in ("loss", "ce", "dice", "boundary"))  # noqa: E731
+    assert torch.autograd.gradcheck(outputs, (x,))
 
 
-def test_bf16_logits_get_gradients():
+@pytest.mark.parametrize("fused", [True, False])
+def test_bf16_logits_get_gradients(fused):
     logits, target, sdt = _random_case(8, dtype=torch.bfloat16)
     logits.requires_grad_(True)
-    build_loss("C")(logits, target, sdt)["loss"].backward()
+    build_loss("C", fused=fused)(logits, target, sdt)["loss"].backward()
     assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()
+
+
+# ---------------------------------------------------------------- fused Function vs plain autograd
+@pytest.mark.parametrize("sdt_kind", ["int8", "float"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("variant", sorted(LOSS_WEIGHTS))
+def test_fused_matches_autograd_values_and_per_term_gradients(variant, layout, sdt_kind):
+    logits, target, sdt = _random_case(13, N=2, C=6, H=7, W=9, absent=(2, 5))
+    if layout == "channels_last":
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    if sdt_kind == "float":
+        sdt = sdt.float() / 127
+    sdt_before = sdt.clone()
+    fused, plain = build_loss(variant, 0.7, 0.3), build_loss(variant, 0.7, 0.3, fused=False)
+    x_fused = logits.clone().requires_grad_(True)
+    x_plain = logits.clone().requires_grad_(True)
+    out_fused, out_plain = fused(x_fused, target, sdt), plain(x_plain, target, sdt)
+    assert set(out_fused) == set(out_plain)
+    for key in out_plain:  # the total and each unweighted term, each with its own gradient
+        torch.testing.assert_close(out_fused[key], out_plain[key])
+        (g_fused,) = torch.autograd.grad(out_fused[key], x_fused, retain_graph=True)
+        (g_plain,) = torch.autograd.grad(out_plain[key], x_plain, retain_graph=True)
+        torch.testing.assert_close(g_fused, g_plain, rtol=1e-4, atol=1e-9)
+    # A combination of outputs (e.g. the cosine of Dice and boundary gradients needs both).
+    if len(out_plain) > 2:
+        names = [k for k in out_plain if k != "loss"]
+        g_fused = torch.autograd.grad([out_fused[k] for k in names], x_fused, retain_graph=True)[0]
+        g_plain = torch.autograd.grad([out_plain[k] for k in names], x_plain, retain_graph=True)[0]
+        torch.testing.assert_close(g_fused, g_plain, rtol=1e-4, atol=1e-9)
+    assert torch.equal(sdt, sdt_before)  # the caller's sdt is never scaled in place
+
+
+def test_fused_bf16_gradient_matches_autograd():
+    logits, target, sdt = _random_case(14, dtype=torch.bfloat16)
+    grads = []
+    for fused in (True, False):
+        x = logits.clone().requires_grad_(True)
+        build_loss("C", fused=fused)(x, target, sdt)["loss"].backward()
+        grads.append(x.grad.float())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-2, atol=1e-5)  # both rounded to bf16
+
+
+def _full_size_saved_tensors(loss_fn, logits, target, sdt):
+    """Distinct float tensors of the logits' full (N, C, H, W) size that autograd keeps for backward."""
+    saved = {}
+
+    def pack(t):
+        if t.is_floating_point() and t.shape == logits.shape and t.data_ptr() != logits.data_ptr():
+            saved[t.data_ptr()] = t.dtype
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn(logits.clone().requires_grad_(True), target, sdt)["loss"]
+    return list(saved.values())
+
+
+def test_memory_kept_for_backward():
+    # The count the module docstrings state: fused keeps probs only; plain autograd log_probs and probs.
+    logits, target, sdt = _random_case(15, dtype=torch.bfloat16)
+    assert _full_size_saved_tensors(build_loss("C"), logits, target, sdt) == [torch.float32]
+    assert _full_size_saved_tensors(build_loss("C", fused=False), logits, target, sdt) == [torch.float32] * 2
 
 
 # ---------------------------------------------------------------- hand-made cases
@@ -221,9 +290,10 @@ def test_default_weights_are_the_papers():
     assert build_loss("D").weights == LOSS_WEIGHTS["D"]
 
 
-def test_weights_mutation_changes_total():
+@pytest.mark.parametrize("fused", [True, False])
+def test_weights_mutation_changes_total(fused):
     logits, target, sdt = _random_case(10)
-    loss_fn = build_loss("D")
+    loss_fn = build_loss("D", fused=fused)
     before = loss_fn(logits, target, sdt)
     loss_fn.weights["boundary"] = 1.5
     after = loss_fn(logits, target, sdt)
