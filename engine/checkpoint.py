@@ -1,0 +1,202 @@
+"""Checkpoints: atomic save of the full training state, finding the newest complete one, resuming.
+
+A checkpoint is a folder `RUN/checkpoints/epoch_XXXX/` holding
+
+    model.safetensors        weights of the unwrapped model (no `module.` prefix: loads on any GPU count)
+    optimizer.bin            AdamW state          } written by `accelerator.save_state`
+    random_states_<rank>.pkl python/numpy/torch/cuda RNG states of each process
+    custom_checkpoint_0.pkl  TrainingProgress (epoch, optimizer step, skipped steps)
+    config.json              the resolved TrainConfig (evaluate.py rebuilds the model from it)
+    meta.json                epoch, step, variant, seed, lambdas, wandb_run_id, training_state
+
+It is written into `RUN/checkpoints/.tmp_epoch_XXXX/`, every file fsync'ed, then renamed: a folder named
+`epoch_XXXX` is therefore always complete, and a crash during the save leaves only a `.tmp_*` folder,
+which the next save removes. Only the newest `keep_states` checkpoints keep the optimizer/RNG state
+(~2x the weights); older ones are reduced to weights + config + meta, enough for evaluate.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.config import TrainConfig, save_config
+from utils.fileio import UserError, atomic_write_json, fsync_dir
+
+CHECKPOINTS = "checkpoints"
+WEIGHTS_NAME = "model.safetensors"
+_NAME_RE = re.compile(r"^epoch_(\d{4,})$")
+_KEEP_WHEN_PRUNED = {WEIGHTS_NAME, "config.json", "meta.json"}
+
+
+@dataclass
+class TrainingProgress:
+    """Counters saved inside the accelerate state (`register_for_checkpointing`), not in folder names."""
+    epoch: int = 0            # epochs completed
+    step: int = 0             # optimizer steps taken (drives the LR schedule)
+    nonfinite_skipped: int = 0  # micro-batches skipped because of a non-finite loss (--max-nonfinite)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "nonfinite_skipped": self.nonfinite_skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+
+
+def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"epoch_{epoch:04d}"
+
+
+def register_checkpoint_hooks(accelerator) -> None:
+    """Make `save_state`/`load_state` store the *unwrapped* model as `model.safetensors`.
+
+    accelerate would save the wrapped model's state dict, whose keys gain `module.` under DDP and
+    `_orig_mod.` under torch.compile, so a checkpoint could only be resumed on the same setup. The hooks
+    (the pattern of diffusers' training scripts) take the model out of accelerate's hands.
+    """
+
+    def save_weights(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:  # train.py prepares exactly one model
+                state = accelerator.unwrap_model(model).state_dict()
+                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                          os.path.join(output_dir, WEIGHTS_NAME))
+        weights.clear()  # nothing left for accelerate to save
+
+    def load_weights(models, input_dir):
+        for model in models:
+            load_weights_into(accelerator.unwrap_model(model), Path(input_dir) / WEIGHTS_NAME)
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_weights)
+    accelerator.register_load_state_pre_hook(load_weights)
+
+
+def load_weights_into(model: torch.nn.Module, path: Path) -> None:
+    """Load `model.safetensors` strictly; a mismatch is a UserError naming the checkpoint and the keys."""
+    try:
+        state = load_file(str(path))
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"{path}: cannot read the weights ({e}); the checkpoint is corrupt, delete it") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise UserError(f"{path}: weights do not fit the model built from config.json "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})")
+    model.load_state_dict(state)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(folder)
+
+
+def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, run_dir: str | Path,
+                    wandb_run_id: str | None) -> Path:
+    """Save the full training state after `progress.epoch` epochs; returns the checkpoint folder.
+
+    Call on every process (each one writes its RNG state); the main process writes the rest and renames.
+    """
+    final = checkpoint_path(run_dir, progress.epoch)
+    tmp = final.with_name(f".tmp_{final.name}")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_config(cfg, tmp / "config.json")
+        atomic_write_json(tmp / "meta.json", {
+            "epoch": progress.epoch, "step": progress.step, "variant": cfg.variant, "seed": cfg.seed,
+            "lambda_dice": cfg.lambda_dice, "lambda_boundary": cfg.lambda_boundary,
+            "wandb_run_id": wandb_run_id, "num_processes": accelerator.num_processes,
+            "nonfinite_skipped": progress.nonfinite_skipped, "training_state": True,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        _fsync_tree(tmp)
+        if final.exists():  # re-running an epoch after resuming from an older checkpoint
+            old = final.with_name(f".old_{final.name}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(final.parent)
+        prune_training_states(run_dir, cfg.keep_states)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def read_meta(ckpt: str | Path) -> dict | None:
+    """meta.json of a checkpoint folder, or None when absent/unreadable (not a complete checkpoint)."""
+    try:
+        meta = json.loads((Path(ckpt) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and "epoch" in meta else None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders (name epoch_XXXX, weights and meta present), oldest first."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _NAME_RE.match(path.name)
+        if match and path.is_dir() and (path / WEIGHTS_NAME).is_file() and read_meta(path) is not None:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def has_training_state(ckpt: Path) -> bool:
+    meta = read_meta(ckpt)
+    return bool(meta and meta.get("training_state")) and (ckpt / "custom_checkpoint_0.pkl").is_file()
+
+
+def find_resumable_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint that still holds its optimizer/RNG state, or None."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        if has_training_state(ckpt):
+            return ckpt
+    return None
+
+
+def prune_training_states(run_dir: str | Path, keep: int) -> None:
+    """Drop optimizer/RNG files from all but the newest `keep` (>= 1) checkpoints that have them."""
+    with_state = [c for c in list_checkpoints(run_dir) if has_training_state(c)]
+    for ckpt in with_state[:-keep]:
+        meta = read_meta(ckpt)
+        meta["training_state"] = False
+        atomic_write_json(ckpt / "meta.json", meta)  # first: a crash below leaves a weights-only checkpoint
+        for path in ckpt.iterdir():
+            if path.name not in _KEEP_WHEN_PRUNED:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def resume_from(accelerator, ckpt: Path, progress: TrainingProgress) -> dict:
+    """Restore weights, optimizer, RNG states and `progress` from `ckpt`; returns its meta.json."""
+    if not has_training_state(ckpt):
+        raise UserError(f"{ckpt}: holds weights only (its training state was pruned); resume from the newest "
+                        "checkpoint or start a new run with another --out")
+    accelerator.load_state(str(ckpt))
+    meta = read_meta(ckpt)
+    if progress.epoch != meta["epoch"]:
+        raise UserError(f"{ckpt}: meta.json says epoch {meta['epoch']} but the saved state says {progress.epoch}; "
+                        "the checkpoint is inconsistent, delete it to resume from an older one")
+    return meta

@@ -1,0 +1,224 @@
+"""The run config: one dataclass whose defaults are the paper's recipe, its CLI, presets and JSON round trip.
+
+Every field becomes a `--kebab-case` flag of train.py (booleans get `--x/--no-x`), so a W&B sweep or a
+user only ever sets flags. The resolved config is saved as `RUN/config.json`, inside every checkpoint
+folder, sent to W&B and copied into each results file; `load_config` reads it back.
+
+Example:
+    >>> cfg, resume = parse_args(["--preset", "demo", "--epochs", "2"])
+    >>> cfg.backbone, cfg.epochs
+    ('convnextv2_atto', 2)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_type_hints
+
+from losses import AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LOSS_WEIGHTS
+from utils.fileio import UserError, atomic_write_json
+
+VARIANTS = tuple(LOSS_WEIGHTS)  # ("A", "B", "C", "D")
+
+
+def _f(default, help: str, choices=None):
+    """A dataclass field carrying its one-line comment as the CLI help (and optional choices)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # Defaults = the paper's recipe (§3.1-3.2) unless the comment says otherwise.
+    # --- what is studied
+    variant: str = _f("C", "loss: A = CE, B = CE+Dice, C = CE+Dice+boundary, D = CE+boundary", VARIANTS)
+    seed: int = _f(42, "seeds weights init, data order, flips, augmentation, dropout (study: 42, 123, 456)")
+    lambda_dice: float = _f(1.0, "λ_d, weight of the Dice term in B and C")
+    lambda_boundary: float = _f(0.2, "λ_b, weight of the Kervadec boundary term in C and D")
+    aux_weight: float = _f(AUX_LOSS_WEIGHT, "weight of the auxiliary FCN head's loss (from the study's code; 0 = no aux head)")
+    aux_loss: str = _f("composite", "aux head loss: the variant's composite loss (study's code) or plain CE",
+                       AUX_LOSS_KINDS)
+    # --- model
+    backbone: str = _f("convnextv2_base", "timm backbone with 4 feature levels at strides 4..32 (+ UPerNet head)")
+    pretrained: str = _f("timm:convnextv2_base.fcmae_ft_in22k_in1k_384",
+                         "ImageNet backbone weights: a .safetensors/.pth file, or timm:<name> to download "
+                         "('' = random init)")
+    head_channels: int = _f(512, "width of the UPerNet PPM/FPN/fuse convs (MMSegmentation's UPerNet)")
+    drop_path_rate: float = _f(0.0, "stochastic depth in the backbone (not stated in the paper: off)")
+    grad_checkpointing: bool = _f(False, "recompute backbone activations in backward: less memory, slower")
+    # --- data: Cityscapes fine at native 1024x2048, no crop, no resize
+    data_root: str = _f("", "Cityscapes root holding leftImg8bit/ and gtFine/ ('' = $CITYSCAPES_DATASET)")
+    train_split: str = _f("train", "split trained on (2975 images)")
+    val_split: str = _f("val", "split evaluated (500 images)")
+    sdt_source: str = _f("gpu", "signed distance maps for the boundary loss: computed per batch on the training "
+                         "device (gpu), in the loader workers (cpu), or read from precompute_sdt.py's cache",
+                         ("gpu", "cpu", "cache"))
+    sdt_cache: str = _f("", "folder written by precompute_sdt.py (for --sdt-source cache)")
+    augment: str = _f("gpu", "where the photometric jitter + blur run: on the device batch (gpu), per sample in "
+                      "the loader workers (cpu), or nowhere (none; the flip stays)", ("gpu", "cpu", "none"))
+    demo_data: bool = _f(False, "generate the embedded synthetic Cityscapes-layout dataset into --data-root "
+                         "on first use (data_utils.synthetic)")
+    num_workers: int = _f(8, "DataLoader worker processes per training process (PNG decoding)")
+    # --- optimisation
+    epochs: int = _f(160, "training epochs")
+    batch_size: int = _f(2, "images per device per forward pass")
+    grad_accum: int = _f(4, "forward passes accumulated per optimizer step (effective batch 2 x 4 = 8)")
+    lr: float = _f(6e-5, "AdamW peak learning rate")
+    weight_decay: float = _f(0.01, "AdamW decoupled weight decay")
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
+    poly_power: float = _f(1.0, "polynomial LR decay power, from --lr to --min-lr over all optimizer steps")
+    min_lr: float = _f(0.0, "LR at the end of the decay")
+    warmup_steps: int = _f(0, "linear LR warm-up in optimizer steps (the paper has none)")
+    grad_clip: float = _f(0.0, "max global gradient norm, 0 = no clipping (the paper has none)")
+    mixed_precision: str = _f("bf16", "autocast precision", ("no", "bf16", "fp16"))
+    max_nonfinite: int = _f(0, "skip up to this many micro-batches with a non-finite loss before stopping the run")
+    deterministic: bool = _f(False, "deterministic cuDNN kernels instead of cudnn.benchmark (slower)")
+    # --- evaluation, checkpoints, logging
+    eval_every: int = _f(1, "evaluate on val every N epochs and at the last epoch")
+    checkpoint_every: int = _f(10, "checkpoint every N epochs and at the last epoch (160 epochs: 16 checkpoints)")
+    keep_states: int = _f(1, "keep optimizer/RNG state in the newest N checkpoints; older ones keep weights only")
+    log_images: int = _f(0, "log N val prediction overlays to W&B at each evaluation")
+    wandb: bool = _f(True, "log to Weights & Biases (offline unless logged in or WANDB_MODE is set)")
+    wandb_project: str = _f("boundary-seg", "W&B project")
+    wandb_entity: str = _f("", "W&B entity, team or user ('' = your default)")
+    out: str = _f("", "run directory ('' = runs/<variant>_seed<seed>)")
+
+    @property
+    def run_name(self) -> str:
+        """`<variant>_seed<seed>`: the W&B run name and the default run directory name."""
+        return f"{self.variant}_seed{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.run_name
+
+
+# The demo preset: only the deltas from the paper's recipe, each with its reason. It trains on the embedded
+# synthetic Cityscapes-layout scenes (generated into data/demo on first use) on 2 CPU cores in < 3 minutes.
+DEMO_PRESET = {
+    "data_root": "data/demo",         # the embedded synthetic scenes, DEMO_DATA below
+    "demo_data": True,                 # generated there on first use (data_utils.synthetic)
+    "backbone": "convnextv2_atto",     # 3.4 M backbone parameters instead of 88 M
+    "pretrained": "",                  # no download: random init
+    "batch_size": 4,                   # small images, so a larger batch still fits and steps are fewer
+    "grad_accum": 1,                   # few images: one optimizer step per batch
+    "lr": 1e-3,                        # random init and ~100 steps need a far larger LR than fine-tuning
+    "weight_decay": 1e-4,
+    "epochs": 8,
+    "mixed_precision": "no",           # fp32: CPUs gain nothing from bf16 autocast here
+    "num_workers": 2,                  # 2 CPU cores
+    "checkpoint_every": 4,
+    "head_channels": 128,              # UPerNet at 512 channels costs 7x the whole atto backbone on a CPU
+    "wandb_project": "boundary-seg-demo",
+}
+# What the demo generates into data/demo (data_utils.synthetic.ensure_demo_dataset arguments).
+DEMO_DATA = {"num_train": 48, "num_val": 12, "height": 128, "width": 256, "seed": 0}
+PRESETS = {"demo": DEMO_PRESET}
+
+# Fields that may differ when a run is resumed (where/how it runs, not what it computes).
+RESUMABLE_CHANGES = {"data_root", "sdt_source", "sdt_cache", "num_workers", "eval_every", "checkpoint_every",
+                     "keep_states", "log_images", "wandb", "wandb_project", "wandb_entity", "out", "pretrained",
+                     "max_nonfinite", "deterministic"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse parser with one flag per TrainConfig field, plus --preset and --resume.
+
+    Field defaults are NOT set on the parser (they are `SUPPRESS`ed), so `parse_args` can tell which flags
+    the user gave and apply them on top of a preset.
+    """
+    parser = argparse.ArgumentParser(
+        description="Train ConvNeXt-V2 + UPerNet on Cityscapes with one loss variant (defaults: the paper's recipe).",
+        argument_default=argparse.SUPPRESS)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset instead of the paper's recipe")
+    parser.add_argument("--resume", action="store_true",
+                        help="require resuming from the run dir's latest complete checkpoint (without it, a run "
+                             "dir holding one is resumed automatically)")
+    hints = get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind, help_text, choices = hints[f.name], f.metadata["help"], f.metadata["choices"]
+        if f.default != "":
+            shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+            help_text += f" (default: {shown})"
+        if kind is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
+        elif kind == tuple[float, float]:
+            parser.add_argument(_flag(f.name), type=float, nargs=2, metavar=("B1", "B2"), help=help_text)
+        else:
+            parser.add_argument(_flag(f.name), type=kind, choices=choices, help=help_text)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    """(config, resume): paper defaults, then the preset's deltas, then the flags given; and --resume."""
+    given = vars(build_parser().parse_args(argv))
+    resume = given.pop("resume", False)
+    preset = PRESETS.get(given.pop("preset", None), {})
+    cfg = dataclasses.replace(TrainConfig(), **{**preset, **given})
+    if "betas" in given:
+        cfg.betas = tuple(cfg.betas)
+    validate(cfg)
+    return cfg, resume
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject values that would fail late (after minutes of data loading) with one clear line."""
+    positive = ("epochs", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "keep_states")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.variant not in VARIANTS:
+        raise UserError(f"unknown --variant {cfg.variant!r}: use one of {', '.join(VARIANTS)}")
+    if cfg.sdt_source == "cache" and not cfg.sdt_cache:
+        raise UserError("--sdt-source cache needs --sdt-cache DIR (the folder written by precompute_sdt.py)")
+    if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
+        raise UserError(f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={cfg.lr} min_lr={cfg.min_lr}")
+    for name in ("max_nonfinite", "log_images", "warmup_steps", "num_workers"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """Plain JSON-able dict (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as JSON, atomically."""
+    atomic_write_json(path, config_to_dict(cfg))
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a config written by `save_config` (a run's or a checkpoint's config.json).
+
+    Keys this version does not know raise a UserError (a config from a newer version); keys it lacks take
+    the paper's defaults (a config from an older version).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file; point to a run dir's or checkpoint's config.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); the file is corrupt, restore it from a checkpoint") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object of config fields")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown config keys {unknown}; was it written by a newer version of train.py?")
+    if "betas" in data:
+        data["betas"] = tuple(data["betas"])
+    return TrainConfig(**data)
+
+
+def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
+    """Fields (outside RESUMABLE_CHANGES) whose values differ: a resume must not silently change the study."""
+    a, b = config_to_dict(saved), config_to_dict(requested)
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]]

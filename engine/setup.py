@@ -1,0 +1,95 @@
+"""Model and data built from a TrainConfig: what train.py and evaluate.py share.
+
+The training data order is a pure function of (seed, epoch) (`EpochShuffleSampler`), the flips a pure
+function of (seed, epoch, index) (`SegmentationDataset`), and the photometric augmentation a pure function
+of (seed, rank, micro-step) (train.py), so a run resumed at an epoch boundary sees exactly the batches the
+uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from data_utils.augment import BatchAugment
+from data_utils.cityscapes import load_split, resolve_data_root
+from data_utils.dataset import SegmentationDataset, collate_batch
+from data_utils.labels import NUM_CLASSES
+from engine.config import TrainConfig
+from losses import LOSS_WEIGHTS
+from models import build_model
+from models.uperhead import UPerHead
+from utils.fileio import UserError
+
+
+def build_model_from_config(cfg: TrainConfig, load_pretrained: bool = False) -> torch.nn.Module:
+    """The segmentor of `cfg` (random init; ImageNet backbone weights only when `load_pretrained`).
+
+    evaluate.py calls it with the default (the weights come from the checkpoint); train.py loads the
+    pretrained backbone only when it starts a run, not when it resumes one.
+    """
+    model = build_model(backbone=cfg.backbone, num_classes=NUM_CLASSES,
+                        pretrained=(cfg.pretrained or None) if load_pretrained else None,
+                        aux_head=cfg.aux_weight > 0, drop_path_rate=cfg.drop_path_rate,
+                        grad_checkpointing=cfg.grad_checkpointing)
+    if cfg.head_channels != model.decode_head.channels:
+        # models.build_model has no width argument (yet); a narrower UPerNet is what makes the CPU demo fast.
+        model.decode_head = UPerHead(model.decode_head.in_channels, NUM_CLASSES, channels=cfg.head_channels)
+    return model
+
+
+def uses_sdt(cfg: TrainConfig) -> bool:
+    """Whether the variant's loss has the boundary term (C, D) and so needs signed distance maps."""
+    return "boundary" in LOSS_WEIGHTS[cfg.variant]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation of range(n) that depends only on (seed, epoch).
+
+    Every process draws the same permutation (accelerate's BatchSamplerShard then gives each its slice),
+    and `set_epoch(e)` makes epoch e reproducible after a resume with no RNG state to restore.
+    """
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)  # distinct stream per (seed, epoch)
+        return iter(torch.randperm(self.num_samples, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def build_dataloader(cfg: TrainConfig, split: str, train: bool) -> DataLoader:
+    """DataLoader over one split of `cfg.data_root` (not yet `accelerator.prepare`d).
+
+    train=True: shuffled per (seed, epoch), random horizontal flip, full batches only; images stay uint8
+        when augmentation runs on the device (cfg.augment == "gpu"), else they are augmented and
+        normalised in the workers; "sdt" is in the batch when the variant needs it and cfg.sdt_source is
+        "cpu" or "cache" (with "gpu", train.py computes it on the device).
+    train=False: dataset order, no flip, no augmentation, uint8 images (evaluate_model normalises on the
+        device), no SDT, the last batch may be short.
+    Call `loader.dataset.set_epoch(epoch)` and `loader.sampler.set_epoch(epoch)` (or the prepared loader's
+    `set_epoch`) before each training epoch.
+    """
+    records = load_split(resolve_data_root(cfg.data_root), split)
+    if train:
+        sdt_source = cfg.sdt_source if uses_sdt(cfg) and cfg.sdt_source in ("cpu", "cache") else "none"
+        dataset = SegmentationDataset(
+            records, hflip=True, seed=cfg.seed, image_dtype="float" if cfg.augment == "cpu" else "uint8",
+            sdt_source=sdt_source, sdt_cache_dir=cfg.sdt_cache or None,
+            augment=BatchAugment() if cfg.augment == "cpu" else None)
+        if len(dataset) < cfg.batch_size:
+            raise UserError(f"{cfg.data_root or '$CITYSCAPES_DATASET'}: split {split!r} has {len(dataset)} frames, "
+                            f"fewer than --batch-size {cfg.batch_size}; lower the batch size")
+    else:
+        dataset = SegmentationDataset(records, hflip=False, seed=cfg.seed, image_dtype="uint8")
+    workers = cfg.num_workers
+    return DataLoader(
+        dataset, batch_size=cfg.batch_size, collate_fn=collate_batch, drop_last=train,
+        sampler=EpochShuffleSampler(len(dataset), cfg.seed) if train else None,
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+        prefetch_factor=2 if workers > 0 else None)

@@ -1,0 +1,103 @@
+"""Run a W&B sweep file without a W&B server: wandb's own sweep engine proposes the runs, this launches them.
+
+    python -m engine.sweep_local sweep.yaml                      # all 12 runs of the grid, one after another
+    python -m engine.sweep_local sweep.yaml --dry-run            # print the commands only
+    python -m engine.sweep_local sweep.yaml -- --preset demo --epochs 2   # extra train.py flags for every run
+
+The grid comes from `sweeps.next_run` (the engine the W&B server uses, installed by `wandb[sweeps]`), and
+each command from the file's `command:` list with wandb agent's macros (`${env}`, `${interpreter}`,
+`${program}`, `${args}`, ...) filled exactly as `wandb agent` fills them. Runs log to W&B offline unless
+you are logged in. A rerun continues the grid: train.py resumes a run dir that holds a checkpoint and
+returns at once for a finished one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import yaml
+
+with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic v1 config names: one UserWarning per model
+    warnings.simplefilter("ignore", UserWarning)
+    import sweeps
+
+from utils.fileio import UserError
+
+
+def load_sweep(path: str | Path) -> dict:
+    """The sweep file as a dict, validated by wandb's schema (UserError listing the violations)."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read the sweep file ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: a sweep file is a YAML mapping with method, parameters, program, ...")
+    violations = sweeps.schema_violations_from_proposed_config(config)
+    if violations:
+        raise UserError(f"{path}: not a valid W&B sweep: {'; '.join(violations)}")
+    return config
+
+
+def grid_runs(config: dict) -> list[dict]:
+    """Every run the sweep engine proposes, in its order, as {parameter: {"value": v}} dicts."""
+    runs: list = []
+    while (run := sweeps.next_run(config, runs)) is not None:
+        run.state = sweeps.RunState.finished  # as if done: the engine then proposes the next grid point
+        runs.append(run)
+    return [run.config for run in runs]
+
+
+def run_command(config: dict, run_config: dict) -> list[str]:
+    """argv of one run: the sweep's `command` with wandb agent's macro substitution (wandb_agent.py)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    macros = create_sweep_command_args({"args": run_config})
+    macros.update(interpreter=[sys.executable], program=[config.get("program", "train.py")])
+    if platform.system() != "Windows":
+        macros["env"] = ["/usr/bin/env"]
+    argv = []
+    for part in create_sweep_command(config.get("command")):
+        part = str(part)
+        if part.startswith("${") and part.endswith("}"):
+            argv += macros.get(part[2:-1]) or []
+        else:
+            argv.append(part)
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", help="sweep file, e.g. sweep.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--count", type=int, default=None, help="launch at most N runs")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # flags after -- go to every train.py
+    args = parser.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
+
+    config = load_sweep(args.sweep)
+    commands = [run_command(config, run) + extra for run in grid_runs(config)][: args.count]
+    failed = []
+    for i, command in enumerate(commands, 1):
+        print(f"[{i}/{len(commands)}] {' '.join(command)}", flush=True)
+        if args.dry_run:
+            continue
+        result = subprocess.run(command, env=os.environ.copy())
+        if result.returncode != 0:
+            failed.append((command, result.returncode))
+    for command, code in failed:
+        print(f"failed (exit {code}): {' '.join(command)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,124 @@
+"""What a run records: `RUN/metrics.jsonl` (one JSON object per epoch) and the same dict in W&B.
+
+W&B without an account: unless `WANDB_MODE` is set (then wandb obeys it), a run is `online` when an API
+key is found (`WANDB_API_KEY`, or the netrc entry `wandb login` writes for the W&B host) and `offline`
+otherwise; offline runs are written under `RUN/wandb/` and can be uploaded later with `wandb sync`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from data_utils.augment import IMAGENET_MEAN, IMAGENET_STD
+from data_utils.labels import CLASS_NAMES
+from engine.config import TrainConfig, config_to_dict
+from utils.fileio import atomic_write_text
+
+
+def wandb_logged_in() -> bool:
+    """True when wandb would find an API key: $WANDB_API_KEY or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None) -> str | None:
+    """Start the W&B tracker (name `<variant>_seed<seed>`, group = variant); returns the W&B run id.
+
+    `run_id` (from a checkpoint's meta.json) continues that run after a resume. Under `wandb agent`,
+    wandb takes the run id from the agent's environment instead.
+    """
+    init = {"name": cfg.run_name, "group": cfg.variant, "dir": str(run_dir), "job_type": "train",
+            "tags": [f"variant-{cfg.variant}", f"seed-{cfg.seed}", cfg.backbone]}
+    if not os.environ.get("WANDB_MODE"):
+        init["mode"] = "online" if wandb_logged_in() else "offline"
+    if cfg.wandb_entity:
+        init["entity"] = cfg.wandb_entity
+    if run_id:
+        init.update(id=run_id, resume="allow")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers(cfg.wandb_project, config=config_to_dict(cfg), init_kwargs={"wandb": init})
+    if not accelerator.is_main_process:
+        return None
+    run = accelerator.get_tracker("wandb", unwrap=True)
+    return getattr(run, "id", None)
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per epoch, rewritten atomically (temp file + rename) each time.
+
+    Opening it for a run resumed after epoch `keep_through_epoch` drops the lines of later epochs (and
+    a line cut by a crash), so the file always matches the training state that continues.
+    """
+
+    def __init__(self, path: Path, keep_through_epoch: int):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and row.get("epoch", math.inf) <= keep_through_epoch:
+                    self.rows.append(row)
+        self._write()
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
+        text = "".join(json.dumps(_json_safe(row)) + "\n" for row in self.rows)
+        atomic_write_text(self.path, text)
+
+
+def _json_safe(row: dict) -> dict:
+    """NaN/inf (e.g. IoU of a class absent from val) become null: JSON has no NaN."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def val_metrics_row(metrics: dict) -> dict:
+    """evaluate_model's dict -> flat W&B keys: val/miou, val/boundary_f1, val/trimap_iou, val/iou/<class>."""
+    row = {f"val/{key}": float(metrics[key]) for key in ("miou", "boundary_f1", "trimap_iou")}
+    row.update({f"val/iou/{name}": float(v) for name, v in zip(CLASS_NAMES, metrics["iou"])})
+    return row
+
+
+@torch.no_grad()
+def prediction_overlays(model, dataset, num_images: int, device) -> list:
+    """W&B images of the first `num_images` val frames with prediction and ground-truth masks."""
+    import wandb
+
+    from data_utils.augment import normalize
+
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    class_labels = dict(enumerate(CLASS_NAMES)) | {255: "ignore"}
+    was_training = model.training
+    model.eval()
+    images = []
+    for index in range(min(num_images, len(dataset))):
+        item = dataset[index]
+        image = item["image"]
+        if image.dtype == torch.uint8:
+            rgb = image.permute(1, 2, 0).numpy()
+            image = normalize(image)
+        else:
+            rgb = ((image * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        pred = model(image[None].to(device))["logits"].argmax(1)[0].byte().cpu().numpy()
+        masks = {"prediction": {"mask_data": pred, "class_labels": class_labels},
+                 "ground_truth": {"mask_data": item["label"].byte().numpy(), "class_labels": class_labels}}
+        images.append(wandb.Image(rgb, masks=masks, caption=item["name"]))
+    model.train(was_training)
+    return images
