@@ -24,6 +24,8 @@ image, so this matters. Full-size float32 (N, C, H, W) tensors materialised in t
   - the product probs·sdt inside `boundary_loss`          — transient, freed before the next term
 Autograd's backward adds the gradient tensors of probs, log_probs and logits on top. There are no host
 syncs (no `.item()`, no boolean indexing), so the functions are also torch.compile friendly.
+These functions are the readable reference; training uses `losses.fused` (same values, one hand-written
+backward that keeps only probs), which the tests check against them.
 """
 from __future__ import annotations
 
