@@ -199,6 +199,19 @@ def test_fused_matches_autograd_values_and_per_term_gradients(variant, layout, s
     assert torch.equal(sdt, sdt_before)  # the caller's sdt is never scaled in place
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_autocast_region_does_not_lower_precision(fused):
+    # Under bf16 autocast, a matmul-based reduction would silently run in bf16 (~1e-5 off here).
+    logits, target, sdt = _random_case(16, N=2, C=19, H=16, W=24)
+    loss_fn = build_loss("C", fused=fused)
+    plain = loss_fn(logits, target, sdt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = loss_fn(logits, target, sdt)
+    for key in plain:
+        assert inside[key].dtype == torch.float32
+        torch.testing.assert_close(inside[key], plain[key], rtol=1e-6, atol=1e-7)
+
+
 def test_fused_bf16_gradient_matches_autograd():
     logits, target, sdt = _random_case(14, dtype=torch.bfloat16)
     grads = []
