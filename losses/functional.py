@@ -57,16 +57,12 @@ def _pixel_weighted_class_sum(probs: torch.Tensor, weight: torch.Tensor) -> torc
     """
     n, c = probs.shape[:2]
     weight = weight.to(probs.dtype)
-    with torch.autocast(probs.device.type, enabled=False):  # autocast would run bmm in bf16
-        return _pixel_weighted_class_sum_impl(probs, weight, n, c)
-
-
-def _pixel_weighted_class_sum_impl(probs: torch.Tensor, weight: torch.Tensor, n: int, c: int) -> torch.Tensor:
-    if probs.is_contiguous(memory_format=torch.channels_last) and not probs.is_contiguous():
-        nhwc = probs.permute(0, 2, 3, 1).reshape(n, -1, c)  # (N, HW, C), a view
-        return torch.bmm(weight.reshape(n, 1, -1), nhwc).sum(0).view(c)
-    nchw = probs.reshape(n, c, -1)  # (N, C, HW), a view when contiguous
-    return torch.bmm(nchw, weight.reshape(n, -1, 1)).sum(0).view(c)
+    with torch.autocast(probs.device.type, enabled=False):  # autocast would run the bmm in bf16
+        if probs.is_contiguous(memory_format=torch.channels_last) and not probs.is_contiguous():
+            nhwc = probs.permute(0, 2, 3, 1).reshape(n, -1, c)  # (N, HW, C), a view
+            return torch.bmm(weight.reshape(n, 1, -1), nhwc).sum(0).view(c)
+        nchw = probs.reshape(n, c, -1)  # (N, C, HW), a view when contiguous
+        return torch.bmm(nchw, weight.reshape(n, -1, 1)).sum(0).view(c)
 
 
 def cross_entropy_loss(log_probs: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
