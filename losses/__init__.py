@@ -89,7 +89,10 @@ class SegmentationLoss:
 
     def __repr__(self) -> str:
         terms = " + ".join(f"{self.weights[name]:g}·{name}" for name in self.terms)
-        return f"SegmentationLoss(variant={self.variant!r}: {terms}, ignore_index={self.ignore_index}, fused={self.fused})"
+        return (
+            f"SegmentationLoss(variant={self.variant!r}: {terms}, ignore_index={self.ignore_index}, "
+            f"fused={self.fused})"
+        )
 
 
 def build_loss(

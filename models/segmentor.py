@@ -81,6 +81,12 @@ class UPerNetSegmentor(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- pretrained
+def _first_line(error: Exception) -> str:
+    """'Type: first line of the message' (UserError messages are one line)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file or a torch checkpoint (optionally nested under "state_dict"/"model")."""
     try:
@@ -91,7 +97,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt / truncated / not a checkpoint: any reader error means the same to a user
-        raise UserError(f"{path}: cannot read pretrained weights ({type(e).__name__}: {e}); re-download the file") from None
+        raise UserError(f"{path}: cannot read pretrained weights ({_first_line(e)}); re-download the file") from None
     for key in ("state_dict", "model"):  # common wrappers of training checkpoints
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -171,7 +177,7 @@ def load_pretrained_backbone(backbone: nn.Module, backbone_name: str, pretrained
             source = timm.create_model(hub_name, pretrained=True).state_dict()
         except Exception as e:  # offline, unknown tag, ...
             raise UserError(
-                f"cannot fetch pretrained weights {pretrained!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"cannot fetch pretrained weights {pretrained!r} ({_first_line(e)}); "
                 "download the model.safetensors file and pass its path"
             ) from None
         load_backbone_state(backbone, source, pretrained)

@@ -65,7 +65,8 @@ def test_batch_one_training_step():
     sdt = torch.randint(-127, 128, (1, 5, 66, 98), dtype=torch.int8)
     before = model.decode_head.conv_seg.weight.detach().clone()
     out = model(images)
-    loss = loss_fn(out["logits"], target, sdt)["loss"] + AUX_LOSS_WEIGHT * loss_fn(out["aux_logits"], target, sdt)["loss"]
+    main_loss = loss_fn(out["logits"], target, sdt)["loss"]
+    loss = main_loss + AUX_LOSS_WEIGHT * loss_fn(out["aux_logits"], target, sdt)["loss"]
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)  # every parameter is used
@@ -196,8 +197,14 @@ def test_pretrained_errors_are_user_errors(tmp_path):
         build_model(TINY, pretrained=str(tmp_path / "absent.safetensors"))
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a safetensors file")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="cannot read") as err:
         build_model(TINY, pretrained=str(corrupt))
+    assert "\n" not in str(err.value)
+    torch_corrupt = tmp_path / "corrupt.pth"
+    torch_corrupt.write_bytes(b"\x80\x02 truncated pickle")
+    with pytest.raises(UserError, match="cannot read") as err:
+        build_model(TINY, pretrained=str(torch_corrupt))
+    assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="another architecture"):
         build_model(TINY, pretrained="timm:convnextv2_base.fcmae_ft_in22k_in1k_384")
     with pytest.raises(UserError, match="unknown backbone"):
