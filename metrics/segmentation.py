@@ -47,25 +47,46 @@ import torch
 STAT_KEYS = ("confusion", "trimap_confusion", "boundary")
 
 
-def _window_reduce(x: torch.Tensor, radius: int, op) -> torch.Tensor:
-    """Reduce `x` (..., H, W) with the in-place bitwise `op` over a (2*radius+1)^2 square window.
+def _erode_bits(x: torch.Tensor) -> torch.Tensor:
+    """3x3 erosion of every bit plane of an integer map (..., H, W) at once: AND over the window.
 
-    Separable (rows, then columns). Neighbours outside the image are skipped, which equals padding with the
-    identity of `op` (0 for OR: the outside is background; all ones for AND: the outside counts as inside).
+    Neighbours outside the image are skipped, i.e. they count as inside every mask (the frame is no contour).
     """
     for dim in (-1, -2):
         size = x.shape[dim]
         out = x.clone()
-        for shift in range(1, min(radius, size - 1) + 1):
-            op(out.narrow(dim, shift, size - shift), x.narrow(dim, 0, size - shift))  # neighbour at -shift
-            op(out.narrow(dim, 0, size - shift), x.narrow(dim, shift, size - shift))  # neighbour at +shift
+        if size > 1:
+            out.narrow(dim, 1, size - 1).bitwise_and_(x.narrow(dim, 0, size - 1))  # neighbour before
+            out.narrow(dim, 0, size - 1).bitwise_and_(x.narrow(dim, 1, size - 1))  # neighbour after
         x = out
     return x
 
 
 def _dilate_bits(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Square dilation (Chebyshev distance <= radius) of every bit plane of an integer map at once."""
-    return _window_reduce(x, radius, torch.Tensor.bitwise_or_)
+    """Square dilation (Chebyshev distance <= radius) of every bit plane of an integer map (..., H, W).
+
+    Per axis, OR over the forward window [i, i + radius] is built by doubling (window 1 -> 2 -> 4 ...), then
+    out[i] = fwd[i - radius] | fwd[i]: ~log2(radius) + 1 passes instead of 2 * radius. Outside the image
+    is background (skipped).
+    """
+    for dim in (-1, -2):
+        size = x.shape[dim]
+        if radius == 0 or size == 1:
+            continue
+        fwd, width = x, 1  # fwd[i] = OR of x[i .. i + width - 1] (clipped at the end)
+        while width < radius + 1:
+            step = min(width, radius + 1 - width, size - 1)
+            if step <= 0:
+                break
+            grown = fwd.clone()
+            grown.narrow(dim, 0, size - step).bitwise_or_(fwd.narrow(dim, step, size - step))
+            fwd, width = grown, width + step
+        out = fwd.clone()
+        shift = min(radius, size - 1)
+        out.narrow(dim, shift, size - shift).bitwise_or_(fwd.narrow(dim, 0, size - shift))
+        out.narrow(dim, 1, shift - 1).bitwise_or_(fwd.narrow(dim, 0, 1))  # rows 1..r-1: clipped window start
+        x = out
+    return x
 
 
 def _class_index(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -73,19 +94,13 @@ def _class_index(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> 
     if labels.dtype == torch.uint8:
         return labels.to(dtype).clamp_(max=num_classes)
     index = labels.clamp(-1, num_classes).to(dtype)  # clamp first, so huge values cannot wrap around
-    index += (index >> 31) & (num_classes + 1)  # -1 (all sign bits) -> C; elementwise integer ops only
-    return index
+    return index.remainder_(num_classes + 1)  # -1 -> C (the remainder takes the divisor's sign)
 
 
-def _nonzero_neg(x: torch.Tensor) -> torch.Tensor:
-    """-1 where x > 0, 0 where x == 0 (x >= 0, below the sign bit): a branch-free `x != 0` kept in x's dtype."""
-    return (-x) >> (8 * x.element_size() - 1)
-
-
-# Pixels per tile on the CPU: row bands of ~256K pixels keep every temporary in cache (and out of the
+# Pixels per tile on the CPU: row bands of ~128K pixels keep every temporary in cache (and out of the
 # allocator's page-faulting large-block path), which is 2-3x faster than whole 1024x2048 maps. On a GPU the
 # whole batch is one tile.
-CPU_TILE_PIXELS = 2**18
+CPU_TILE_PIXELS = 2**17
 
 
 def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int,
@@ -104,8 +119,8 @@ def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
     C, K = num_classes, num_classes + 1
     n_img = pred.shape[0]
     # Everything below is elementwise integer arithmetic in one dtype (torch.where, gathers and mixed-dtype
-    # ops are several times slower per pixel on CPU) plus one bincount. Bits 0..C-1 hold the classes and
-    # bit C the trimap contour; the sign bit stays clear (see _nonzero_neg).
+    # ops are several times slower per pixel on CPU) plus one bincount. Bits 0..C-1 hold the classes, bit C
+    # the trimap contour; values stay >= 0, so `x.clamp(max=1)` is the 0/1 "x != 0" in the same dtype.
     dtype = torch.int32 if C <= 30 and n_img * 18 * K * K < 2**31 else torch.int64
 
     # Class index per pixel, C = "no class" (ignored target pixels, predictions outside 0..C-1).
@@ -117,10 +132,10 @@ def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
     # Class masks as bit planes: bit c of a pixel is set when the pixel belongs to class c.
     class_bits = (1 << C) - 1
     gt_bits = (1 << target_cls) & class_bits  # G for every class; 0 on ignored pixels
-    valid_neg = _nonzero_neg(gt_bits)  # -1 (all bits) on valid pixels, 0 on ignored ones
-    pred_bits = (1 << pred_cls) & class_bits & valid_neg  # P = (pred == c) & valid
-    gt_boundary = gt_bits & ~_window_reduce(gt_bits, 1, torch.Tensor.bitwise_and_)  # B(G) = M & ~erode(M)
-    pred_boundary = pred_bits & ~_window_reduce(pred_bits, 1, torch.Tensor.bitwise_and_)  # B(P)
+    valid_all_bits = -gt_bits.clamp(max=1)  # -1 (all bits set) on valid pixels, 0 on ignored ones
+    pred_bits = (1 << pred_cls) & class_bits & valid_all_bits  # P = (pred == c) & valid
+    bits = torch.stack([pred_bits, gt_bits])  # (2, N, h, W)
+    boundary = _erode_bits(bits).bitwise_not_().bitwise_and_(bits)  # B(P), B(G) = M & ~erode(M)
 
     # Trimap contour: two 4-neighbours are a transition when both are valid and differ, i.e. when the XOR of
     # their one-hot codes has two bits set (x & (x - 1) != 0); an ignored pixel (code 0) leaves one bit.
@@ -132,18 +147,20 @@ def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
             transition = xor & (xor - 1)  # nonzero on a valid-valid transition between a pixel and the next
             contour.narrow(dim, 0, size - 1).bitwise_or_(transition)
             contour.narrow(dim, 1, size - 1).bitwise_or_(transition)
-    contour_bit = _nonzero_neg(contour) & (1 << C)  # the contour rides along as bit C of the GT boundary map
 
-    # One tolerance dilation serves B(P), B(G) and the trimap contour.
-    dilated = _dilate_bits(torch.stack([pred_boundary, gt_boundary | contour_bit]), boundary_px)
-    pred_boundary_dil, gt_boundary_dil = dilated[0], dilated[1]  # (N, h, W) each
+    # One tolerance dilation serves B(P), B(G) and the trimap contour (riding along as bit C of the GT map).
+    dilated = boundary.clone()
+    dilated[1] |= contour.clamp_(max=1) << C
+    dilated = _dilate_bits(dilated, boundary_px)
+    pred_boundary, gt_boundary = boundary[0], boundary[1]  # (N, h, W) each
+    pred_boundary_dil, gt_boundary_dil = dilated[0], dilated[1]
 
     # A pixel carries at most one bit of B(P) (its predicted class) and one of B(G) (its target class), so
     # "matched boundary pixel of its class" is a single nonzero test; the class comes from the index maps.
-    band = (gt_boundary_dil >> C) & 1
-    sp_neg = _nonzero_neg(pred_boundary) + _nonzero_neg(pred_boundary & gt_boundary_dil)  # -(pred state)
-    sg_neg = _nonzero_neg(gt_boundary) + _nonzero_neg(gt_boundary & pred_boundary_dil)  # -(GT state)
-    state = band * 9 - sp_neg * 3 - sg_neg  # 0..17
+    band = gt_boundary_dil >> C  # 0/1: within r of a contour pixel (bit C is the highest one set)
+    pred_state = pred_boundary.clamp(max=1) + (pred_boundary & gt_boundary_dil).clamp_(max=1)  # 0/1/2
+    gt_state = gt_boundary.clamp(max=1) + (gt_boundary & pred_boundary_dil).clamp_(max=1)  # 0/1/2
+    state = band * 9 + pred_state * 3 + gt_state  # 0..17
     cell = (state * K + target_cls) * K + pred_cls  # (N, h, W) in 0 .. 18*K*K - 1
     cell = cell[:, rows[0]:rows[1]] + torch.arange(n_img, device=cell.device, dtype=dtype).view(n_img, 1, 1) * (
         18 * K * K)

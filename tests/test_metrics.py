@@ -164,6 +164,16 @@ def test_other_tolerances_match_reference(boundary_px):
     assert_metrics_close(ours, ref_metrics(preds, targets, r=boundary_px))
 
 
+@pytest.mark.parametrize("shape", [(1, 9), (9, 1), (3, 4), (5, 2), (2, 2)])
+def test_tiny_maps_match_reference(shape):
+    """Maps smaller than the tolerance window exercise every clipping path of the erosion and dilation."""
+    rng = np.random.default_rng(sum(shape))
+    targets = [rng.choice([0, 1, 2, IGNORE_INDEX], size=shape).astype(np.int64) for _ in range(4)]
+    preds = [rng.choice([0, 1, 2, 5], size=shape).astype(np.int64) for _ in range(4)]
+    for r in (1, R, 6):
+        assert_metrics_close(run_metrics(preds, targets, boundary_px=r), ref_metrics(preds, targets, r=r))
+
+
 def test_cpu_row_tiles_equal_one_tile(monkeypatch):
     """Row bands with context rows give exactly the counts of the whole map (tiles of 8 rows here)."""
     rng = np.random.default_rng(7)
