@@ -1,0 +1,250 @@
+"""Train ConvNeXt-V2 + UPerNet on Cityscapes with one loss variant; defaults are the paper's recipe.
+
+    accelerate launch train.py --variant B --seed 123        # the paper's recipe, 1..N GPUs
+    python train.py --preset demo                            # synthetic data, tiny model, 2 CPU cores, < 3 min
+
+Reads top to bottom: config -> Accelerator -> data -> model -> loss -> optimizer -> prepare -> resume ->
+epoch loop (train, evaluate, log, checkpoint) -> end_training. The logic lives in the packages; what is
+here is the order of things. Output: RUN/config.json, RUN/metrics.jsonl (one line per epoch),
+RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json) with RUN = --out or runs/<variant>_seed<seed>.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import defaultdict
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from data_utils.augment import BatchAugment
+from data_utils.labels import CLASS_NAMES
+from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint, read_meta,
+                               register_checkpoint_hooks, resume_from, save_checkpoint)
+from engine.config import DEMO_DATA, config_differences, load_config, parse_args, save_config
+from engine.schedule import get_lr
+from engine.setup import build_dataloader, build_model_from_config, uses_sdt
+from engine.steps import accumulate_and_step, augmentation_seed, device_images, forward_loss, zero_loss
+from engine.tracking import MetricsLog, init_wandb, prediction_overlays, val_metrics_row
+from losses import build_aux_loss, build_loss
+from utils.fileio import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    # ------------------------------------------------------------------------------------------ config
+    cfg, require_resume = parse_args(argv)
+    run_dir = cfg.run_dir
+
+    # ------------------------------------------------------------------------------------- accelerator
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                              log_with="wandb" if cfg.wandb else None, project_dir=str(run_dir))
+    set_seed(cfg.seed, device_specific=True)  # + rank: dropout differs per process; DDP broadcasts the init
+    torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed 1024x2048 input: autotuning pays off
+    if cfg.deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear upsampling backward has no such kernel
+    console = Console(stderr=False, quiet=not accelerator.is_main_process)
+
+    # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.
+    resume_ckpt = find_resumable_checkpoint(run_dir)
+    if require_resume and resume_ckpt is None:
+        raise UserError(f"{run_dir}: --resume given but no complete checkpoint with training state is there")
+    if resume_ckpt is not None:
+        differences = config_differences(load_config(resume_ckpt / "config.json"), cfg)
+        if differences:
+            raise UserError(f"{resume_ckpt}: this run was made with other settings ({'; '.join(differences)}); "
+                            "pass the same flags to resume it, or another --out for a new run")
+        if read_meta(resume_ckpt)["epoch"] >= cfg.epochs:
+            console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
+            return 0
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+
+    # -------------------------------------------------------------------------------------------- data
+    with accelerator.main_process_first():  # the first process builds the datasets caches, the others reuse them
+        if cfg.demo_data:
+            from data_utils.synthetic import ensure_demo_dataset
+            ensure_demo_dataset(cfg.data_root, **DEMO_DATA)
+        train_loader = build_dataloader(cfg, cfg.train_split, train=True)
+        val_loader = build_dataloader(cfg, cfg.val_split, train=False)
+    train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
+    augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
+    sdt_on_device = uses_sdt(cfg) and cfg.sdt_source == "gpu"
+    if sdt_on_device:
+        from data_utils.sdt import compute_sdt_torch
+
+    # ----------------------------------------------------------------------------------- model and loss
+    model = build_model_from_config(cfg, load_pretrained=resume_ckpt is None)
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 2 per GPU: BN stats over all GPUs
+    loss_fn = build_loss(cfg.variant, cfg.lambda_dice, cfg.lambda_boundary)
+    aux_loss_fn = build_aux_loss(cfg.aux_loss, loss_fn)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                  fused=accelerator.device.type == "cuda")
+
+    # --------------------------------------------------------------------------------- prepare, resume
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    progress = TrainingProgress()  # epoch and optimizer step, saved inside the accelerate state
+    accelerator.register_for_checkpointing(progress)
+    register_checkpoint_hooks(accelerator)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)  # accumulate() syncs at the loader's end
+    total_steps = cfg.epochs * steps_per_epoch
+    wandb_run_id = None
+    if resume_ckpt is not None:
+        wandb_run_id = resume_from(accelerator, resume_ckpt, progress).get("wandb_run_id")
+        console.print(f"resumed from {resume_ckpt} (epoch {progress.epoch}, optimizer step {progress.step})")
+    history = MetricsLog(run_dir / "metrics.jsonl", keep_through_epoch=progress.epoch) \
+        if accelerator.is_main_process else None
+    if cfg.wandb:
+        wandb_run_id = init_wandb(accelerator, cfg, run_dir, wandb_run_id)
+    console.print(f"{cfg.run_name}: {cfg.backbone} + UPerNet, loss {loss_fn}, {len(train_dataset)} train / "
+                  f"{len(val_dataset)} val frames, {accelerator.num_processes} process(es) on "
+                  f"{accelerator.device.type}, {steps_per_epoch} optimizer steps/epoch, run dir {run_dir}")
+
+    # ------------------------------------------------------------------------------------------- train
+    from engine.evaluation import evaluate_model
+    from engine.results import write_results
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    bars = Progress(*columns, console=console, disable=not accelerator.is_main_process)
+    epoch_bar = bars.add_task("epochs", total=cfg.epochs, completed=progress.epoch, info="")
+    step_bar = bars.add_task("steps", total=len(train_loader), info="")
+    last_val = {}
+    try:
+        bars.start()
+        for epoch in range(progress.epoch, cfg.epochs):  # 0-based; logged as epoch + 1 (epochs completed)
+            model.train()
+            train_loader.set_epoch(epoch)  # data order = f(seed, epoch)
+            train_dataset.set_epoch(epoch)  # flips = f(seed, epoch, index)
+            bars.reset(step_bar, total=len(train_loader), description=f"epoch {epoch + 1}/{cfg.epochs}")
+            if accelerator.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(accelerator.device)
+            sums, num_micro, num_images = defaultdict(float), 0, 0
+            epoch_start = time.perf_counter()
+            for batch_index, batch in enumerate(train_loader):
+                micro_step = epoch * len(train_loader) + batch_index
+                seed = augmentation_seed(cfg.seed, accelerator.process_index, micro_step)
+                images = device_images(batch["image"], augment, seed)
+                labels = batch["label"]
+                sdt = compute_sdt_torch(labels) if sdt_on_device else batch.get("sdt")
+                lr = get_lr(progress.step, total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
+                with accelerator.accumulate(model):
+                    terms = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn, cfg.aux_weight)
+                    # One small all-gather per micro-step: every process must agree on skipping a bad batch.
+                    names = list(terms)
+                    values = accelerator.gather(torch.stack([terms[k].detach().float() for k in names])[None])
+                    if not torch.isfinite(values).all():
+                        progress.nonfinite_skipped += 1
+                        bad = values[torch.isfinite(values).all(1).logical_not()][0].tolist()
+                        report = ", ".join(f"{k}={v:.4g}" for k, v in zip(names, bad))
+                        if progress.nonfinite_skipped > cfg.max_nonfinite:
+                            kept = find_resumable_checkpoint(run_dir)
+                            raise UserError(
+                                f"non-finite loss at optimizer step {progress.step} (epoch {epoch + 1}, batch "
+                                f"{batch_index}): {report}; last good checkpoint: {kept or 'none'}. Lower --lr, "
+                                f"or allow skipping with --max-nonfinite K ({cfg.max_nonfinite} now)")
+                        console.print(f"[yellow]skipped a batch with a non-finite loss at step {progress.step}: "
+                                      f"{report} ({progress.nonfinite_skipped}/{cfg.max_nonfinite})")
+                        loss = zero_loss(model)
+                    else:
+                        loss = terms["loss"]
+                        for k, column in zip(names, values.sum(0).tolist()):
+                            sums[k] += column
+                        num_micro += accelerator.num_processes
+                    accumulate_and_step(accelerator, model, optimizer, loss, lr, cfg.grad_clip)
+                if accelerator.sync_gradients:
+                    progress.step += 1
+                num_images += images.shape[0] * accelerator.num_processes
+                bars.update(step_bar, advance=1, info=f"loss {values[0, names.index('loss')].item():.4f}  lr {lr:.2e}")
+            train_seconds = time.perf_counter() - epoch_start
+
+            # One dict per epoch: appended to metrics.jsonl and sent unchanged to W&B.
+            progress.epoch = epoch + 1
+            row = {"epoch": progress.epoch, "step": progress.step, "train/lr": lr,
+                   "train/images_per_s": num_images / train_seconds, "train/epoch_seconds": train_seconds,
+                   "train/nonfinite_skipped": progress.nonfinite_skipped}
+            weights = {**loss_fn.weights, "aux": cfg.aux_weight}
+            for k in names:
+                mean = sums[k] / max(num_micro, 1)
+                row[f"train/{k}"] = mean  # "train/loss" is the weighted total, the others are unweighted
+                if k in weights:
+                    row[f"train/weighted/{k}"] = weights[k] * mean
+            if accelerator.device.type == "cuda":
+                peak = torch.tensor(torch.cuda.max_memory_allocated(accelerator.device) / 2**30,
+                                    device=accelerator.device)
+                row["train/peak_memory_gib"] = accelerator.reduce(peak, "max").item()
+
+            is_last = progress.epoch == cfg.epochs
+            save_now = progress.epoch % cfg.checkpoint_every == 0 or is_last
+            if progress.epoch % cfg.eval_every == 0 or is_last or save_now:
+                eval_start = time.perf_counter()
+                metrics = evaluate_model(model, val_loader, accelerator)
+                last_val = {**val_metrics_row(metrics), "epoch": progress.epoch}
+                row.update({k: v for k, v in last_val.items() if k != "epoch"})
+                row["val/seconds"] = time.perf_counter() - eval_start
+            if accelerator.is_main_process:
+                history.append(row)
+            if cfg.wandb and cfg.log_images and "val/miou" in row and accelerator.is_main_process:
+                row["val/predictions"] = prediction_overlays(accelerator.unwrap_model(model), val_dataset,
+                                                             cfg.log_images, accelerator.device)
+            accelerator.log(row, step=progress.epoch)
+            console.print(epoch_summary(row, cfg.epochs))
+
+            if save_now:
+                ckpt = save_checkpoint(accelerator, cfg, progress, run_dir, wandb_run_id)
+                if accelerator.is_main_process:
+                    write_results(ckpt.with_name(ckpt.name + ".results.json"), metrics, cfg=cfg, epoch=progress.epoch,
+                                  checkpoint=ckpt, split=cfg.val_split, seconds=row["val/seconds"])
+            bars.update(epoch_bar, completed=progress.epoch)
+    finally:
+        bars.stop()
+        accelerator.end_training()
+    if last_val:
+        console.print(metrics_table(history.rows if history else [], cfg.run_name))
+    console.print(f"done: {checkpoint_path(run_dir, cfg.epochs)}")
+    return 0
+
+
+def epoch_summary(row: dict, epochs: int) -> str:
+    """One console line per epoch."""
+    terms = " ".join(f"{k[6:]} {row[k]:.4f}" for k in ("train/ce", "train/dice", "train/boundary", "train/aux")
+                     if k in row)
+    line = (f"epoch {row['epoch']}/{epochs} | loss {row['train/loss']:.4f} ({terms}) | lr {row['train/lr']:.2e} | "
+            f"{row['train/images_per_s']:.2f} img/s | {row['train/epoch_seconds']:.0f} s")
+    if "train/peak_memory_gib" in row:
+        line += f" | {row['train/peak_memory_gib']:.1f} GiB"
+    if "val/miou" in row:
+        line += (f" | val mIoU {100 * row['val/miou']:.2f} BF1 {100 * row['val/boundary_f1']:.2f} "
+                 f"Trimap {100 * row['val/trimap_iou']:.2f}")
+    return line
+
+
+def metrics_table(rows: list[dict], title: str) -> Table:
+    """Final table: each val metric (percent) at the last evaluated epoch and at its best epoch."""
+    evaluated = [r for r in rows if r.get("val/miou") is not None]
+    last = evaluated[-1]
+    best = max(evaluated, key=lambda r: r["val/miou"])
+    table = Table(title=f"{title}: validation metrics (%)")
+    table.add_column("metric")
+    table.add_column(f"last (epoch {last['epoch']})", justify="right")
+    table.add_column(f"best mIoU (epoch {best['epoch']})", justify="right")
+    keys = [("mIoU", "val/miou"), ("Boundary F1", "val/boundary_f1"), ("Trimap IoU", "val/trimap_iou")]
+    keys += [(f"  IoU {name}", f"val/iou/{name}") for name in CLASS_NAMES]
+    for label, key in keys:
+        table.add_row(label, *(f"{100 * r[key]:.2f}" if r.get(key) is not None else "n/a" for r in (last, best)))
+    return table
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
