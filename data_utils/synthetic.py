@@ -207,7 +207,8 @@ def _ground(cv: Canvas, st: Street, rng) -> None:
     # Dashed centre line: dash on/off by distance along the road, which grows like 1/(rows below horizon).
     centre = (road_l + road_r) / 2
     distance = 60.0 / (st.d(yy) + 0.5)
-    dash = road & (np.abs(xx - centre) <= np.maximum(0.01 * (road_r - road_l), 0.6)) & (np.floor(distance / 0.6) % 2 == 0)
+    on_line = np.abs(xx - centre) <= np.maximum(0.01 * (road_r - road_l), 0.6)
+    dash = road & on_line & (np.floor(distance / 0.6) % 2 == 0)
     cv.paint(box, dash, ROAD, (225, 225, 215), noise=4.0)
     # Parking (void 9): a stretch of one sidewalk's inner half, with white bay lines.
     side = rng.choice(["left", "right"])
@@ -333,7 +334,8 @@ def _vehicle(cv: Canvas, st: Street, rng, label_id: int, y: float, frac: float,
         if label_id == TRAIN:
             paint(cv.rect(y - 0.42 * h, y - 0.34 * h, x0, x1), (200, 30, 30), noise=3.0)
     else:
-        paint(cv.rect(y - h * 0.95, y - h * (cab + 0.03), x0 + inset + 0.05 * w, x1 - inset - 0.05 * w), glass, noise=5.0)
+        margin = inset + 0.05 * w
+        paint(cv.rect(y - h * 0.95, y - h * (cab + 0.03), x0 + margin, x1 - margin), glass, noise=5.0)
     r = max(1.5, 0.2 * h if label_id == CAR else 0.12 * h)
     for wx in ((x0 + 0.2 * w, x1 - 0.2 * w) if view == "side" else (x0 + 0.12 * w, x1 - 0.12 * w)):
         paint(cv.ellipse(y - r, wx, r, r if view == "side" else r * 0.5), (20, 20, 22), noise=3.0)
@@ -405,7 +407,8 @@ def render_scene(height: int, width: int, rng: np.random.Generator) -> tuple[np.
     movers += [("car", st.sample_row(rng, 0.2, 0.5), rng.choice([0.25, 0.75]) + rng.uniform(-0.08, 0.08))
                for _ in range(rng.integers(2, 4))]
     kerbs = rng.permutation([0.08, 0.92])
-    movers += [("motorcycle", st.sample_row(rng, 0.3, 0.6), kerbs[0]), ("bicycle", st.sample_row(rng, 0.3, 0.6), kerbs[1])]
+    movers += [("motorcycle", st.sample_row(rng, 0.3, 0.6), kerbs[0]),
+               ("bicycle", st.sample_row(rng, 0.3, 0.6), kerbs[1])]
     movers += [("static", st.sample_row(rng, 0.2, 0.6), 0.0)]
     movers += [("person", st.sample_row(rng, 0.2, 0.75), 0.0) for _ in range(rng.integers(2, 4))]
     for kind, y, frac in sorted(movers, key=lambda m: m[1]):
@@ -434,7 +437,8 @@ def render_scene(height: int, width: int, rng: np.random.Generator) -> tuple[np.
         elif kind == "static":  # a litter bin on the sidewalk (void 4)
             out_l, road_l = st.outer(y)[0], st.road(y)[0]
             x, ppm = rng.uniform(out_l, road_l), st.d(y) / 1.3
-            cv.paint(*cv.rect(y - 1.0 * ppm, y, x - 0.3 * ppm - 0.5, x + 0.3 * ppm + 0.5), STATIC, (70, 90, 70), noise=5.0)
+            half = 0.3 * ppm + 0.5
+            cv.paint(*cv.rect(y - 1.0 * ppm, y, x - half, x + half), STATIC, (70, 90, 70), noise=5.0)
         else:
             side = rng.choice(["left", "right"])
             (out_l, out_r), (road_l, road_r) = st.outer(y), st.road(y)
