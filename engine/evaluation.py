@@ -63,7 +63,8 @@ def _live(bar: Progress):
 
 def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int = NUM_CLASSES,
                    ignore_index: int = IGNORE_INDEX, boundary_px: int = 3, with_metrics: bool = True,
-                   on_predictions: PredictionSink | None = None, description: str = "evaluating") -> dict:
+                   on_predictions: PredictionSink | None = None, description: str = "evaluating",
+                   show_progress: bool = True) -> dict:
     """Run `model` over `loader` and return the metrics of all processes together.
 
     Args:
@@ -74,6 +75,7 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int
         with_metrics: False for splits without real labels (the Cityscapes test split): only predictions.
         on_predictions: optional PredictionSink, called on every process for its own batches (e.g. to
             write PNGs; a sample repeated at a distributed tail is simply written twice, identically).
+        description, show_progress: the rich progress bar (main process only).
 
     Returns:
         SegmentationMetrics.compute(): {"miou", "iou" (list of C, NaN = class absent), "boundary_f1",
@@ -84,7 +86,8 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int
     was_training = model.training
     model.eval()
     num_images = 0
-    bar = Progress(*BAR_COLUMNS, transient=True, disable=not accelerator.is_main_process)
+    bar = Progress(*BAR_COLUMNS, transient=True,
+                   disable=not (show_progress and accelerator.is_main_process))
     task = bar.add_task(description, total=len(loader))
     try:
         with _live(bar), torch.inference_mode():

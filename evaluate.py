@@ -1,0 +1,355 @@
+"""Evaluate checkpoints: metrics into `<checkpoint>.results.json`, or predictions for the Cityscapes test server.
+
+    python evaluate.py runs/C_seed42/checkpoints/epoch_0160                 # one checkpoint on val
+    accelerate launch evaluate.py runs/C_seed42/checkpoints/epoch_0160      # the same over all GPUs
+    python evaluate.py --all runs/ --workers 4                              # every checkpoint lacking valid results
+    python evaluate.py CKPT --split test --save-predictions preds/          # test-server PNGs + colour overlays
+
+A checkpoint is a folder holding model.safetensors, config.json and meta.json (train.py writes them); the
+model is rebuilt from its config.json. Full-resolution single-scale inference, BF16 autocast on CUDA;
+metrics as defined in `metrics/segmentation.py`. Batch mode is resumable: a checkpoint whose results file is
+valid, for the same split and the same save of the checkpoint, is skipped; a corrupt one is redone. A
+checkpoint that cannot be evaluated (corrupt weights, a config that does not match them) is reported at the
+end and makes the exit code 1, while the others are still evaluated.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from safetensors import SafetensorError
+
+from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
+from data_utils.dataset import read_image
+from data_utils.labels import CLASS_NAMES, colorize, train_ids_to_label_ids
+from engine.checkpoint import WEIGHTS_NAME, load_weights_into, read_meta
+from engine.config import load_config
+from engine.evaluation import evaluate_model
+from engine.results import read_results, results_path, write_results
+from engine.setup import build_dataloader, build_model_from_config
+from utils.fileio import UserError, atomic_write_bytes
+
+CHECKPOINT_NAME = re.compile(r"^epoch_\d{4,}$")
+UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", nargs="?", type=Path, help="a checkpoint folder (RUN/checkpoints/epoch_XXXX)")
+    parser.add_argument("--all", type=Path, metavar="RUNS_DIR",
+                        help="evaluate every RUNS_DIR/**/checkpoints/epoch_XXXX that has no valid results file")
+    parser.add_argument("--data-root", default=None,
+                        help="Cityscapes root (default: the checkpoint config's data_root, else $CITYSCAPES_DATASET)")
+    parser.add_argument("--split", default="val", help="split to evaluate (test: predictions only)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="--all: checkpoints evaluated at once, spread round-robin over the visible GPUs")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: config's)")
+    parser.add_argument("--loader-workers", type=int, default=None,
+                        help="DataLoader processes per evaluation (default: the config's num_workers)")
+    parser.add_argument("--save-predictions", type=Path, metavar="DIR", default=None,
+                        help="write DIR/labelIds/<city>/<name>_labelIds.png (the test server's format) and "
+                             "DIR/overlay/<city>/<name>_overlay.jpg (one checkpoint only)")
+    parser.add_argument("--force", action="store_true", help="--all: re-evaluate checkpoints with valid results too")
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.all is None):
+        parser.error("give one checkpoint folder or --all RUNS_DIR (exactly one)")
+    if args.all is not None and args.save_predictions is not None:
+        parser.error("--save-predictions works on one checkpoint, not with --all")
+    if args.split in UNLABELLED_SPLITS and args.save_predictions is None:
+        parser.error(f"split {args.split!r} has no real labels, so no metrics: add --save-predictions DIR")
+    for name in ("workers", "batch_size", "loader_workers"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "loader_workers" else 1):
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return args
+
+
+# ------------------------------------------------------------------------------------------ one checkpoint
+def load_checkpoint(ckpt: Path):
+    """(config, meta, model with the checkpoint's weights); a UserError naming the folder if anything is off."""
+    if not ckpt.is_dir():
+        raise UserError(f"{ckpt}: not a checkpoint folder; pass RUN/checkpoints/epoch_XXXX")
+    for name in (WEIGHTS_NAME, "config.json", "meta.json"):
+        if not (ckpt / name).is_file():
+            raise UserError(f"{ckpt}: lacks {name}; the checkpoint is incomplete, delete it or re-save it")
+    meta = read_meta(ckpt)
+    if meta is None:
+        raise UserError(f"{ckpt / 'meta.json'}: unreadable or without an epoch; the checkpoint is corrupt")
+    cfg = load_config(ckpt / "config.json")
+    try:
+        model = build_model_from_config(cfg)
+    except (RuntimeError, ValueError, KeyError) as e:  # e.g. a backbone name this timm does not know
+        raise UserError(f"{ckpt / 'config.json'}: cannot build the model ({e})") from None
+    try:
+        load_weights_into(model, ckpt / WEIGHTS_NAME)  # strict: wrong backbone or class count -> UserError
+    except SafetensorError as e:  # a truncated or garbled file
+        raise UserError(f"{ckpt / WEIGHTS_NAME}: cannot read the weights ({e}); the checkpoint is corrupt, "
+                        "delete it") from None
+    return cfg, meta, model
+
+
+class PredictionWriter:
+    """PredictionSink writing test-server PNGs (label ids) and colour overlays, encoded on a thread pool."""
+
+    def __init__(self, out_dir: Path, threads: int = 4):
+        self.out_dir, self.pool, self.pending = out_dir, ThreadPoolExecutor(threads), []
+
+    def __call__(self, names: list[str], images: torch.Tensor, pred_train_ids: torch.Tensor) -> None:
+        for name, image, pred in zip(names, images, pred_train_ids):
+            self.pending.append(self.pool.submit(self._write, name, image.numpy(), pred.numpy()))
+
+    def _write(self, name: str, image_chw: np.ndarray, pred: np.ndarray) -> None:
+        city = name.rsplit("_", 2)[0]  # <city>_<sequence>_<frame>
+        self._save(Image.fromarray(train_ids_to_label_ids(pred), mode="L"),
+                   self.out_dir / "labelIds" / city / f"{name}_labelIds.png", "PNG")
+        if image_chw.dtype == np.uint8:  # evaluation loaders deliver uint8 images
+            blend = 0.5 * image_chw.transpose(1, 2, 0) + 0.5 * colorize(pred)
+            self._save(Image.fromarray(blend.astype(np.uint8)),
+                       self.out_dir / "overlay" / city / f"{name}_overlay.jpg", "JPEG")
+
+    @staticmethod
+    def _save(image: Image.Image, path: Path, fmt: str) -> None:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def close(self) -> int:
+        for future in self.pending:
+            future.result()  # re-raise a failed write here
+        self.pool.shutdown()
+        return len(self.pending)
+
+
+class ImageOnlyDataset(torch.utils.data.Dataset):
+    """The images of a split without a gtFine folder (a test split shipped without labels): image + name."""
+
+    def __init__(self, root: Path, split: str):
+        image_dir = root / IMAGE_DIR / split
+        self.paths = sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
+        if not self.paths:
+            raise UserError(f"{image_dir}: no <city>/*{IMAGE_SUFFIX} images; check --data-root and --split")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        image = torch.from_numpy(np.ascontiguousarray(read_image(str(path)).transpose(2, 0, 1)))
+        return {"image": image, "name": path.name[: -len(IMAGE_SUFFIX)]}
+
+
+def collate_images(items: list[dict]) -> dict:
+    return {"image": torch.stack([it["image"] for it in items]), "name": [it["name"] for it in items]}
+
+
+def build_eval_loader(cfg, split: str):
+    """The split's loader in dataset order; a split without labels gets an image-only loader."""
+    root = resolve_data_root(cfg.data_root)
+    if split in UNLABELLED_SPLITS and not (root / LABEL_DIR / split).is_dir():
+        return torch.utils.data.DataLoader(ImageOnlyDataset(root, split), batch_size=cfg.batch_size,
+                                           num_workers=cfg.num_workers, collate_fn=collate_images)
+    return build_dataloader(cfg, split, train=False)
+
+
+def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = True) -> dict:
+    """Evaluate one checkpoint; returns the results record (or {"num_images"} for an unlabelled split)."""
+    cfg, meta, model = load_checkpoint(ckpt)
+    overrides = {"data_root": args.data_root or cfg.data_root, "batch_size": args.batch_size or cfg.batch_size,
+                 "num_workers": cfg.num_workers if args.loader_workers is None else args.loader_workers}
+    loader = build_eval_loader(dataclasses.replace(cfg, **overrides), args.split)
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    loader = accelerator.prepare_data_loader(loader)
+    writer = PredictionWriter(args.save_predictions) if args.save_predictions else None
+    start = time.perf_counter()
+    try:
+        metrics = evaluate_model(model, loader, accelerator, with_metrics=args.split not in UNLABELLED_SPLITS,
+                                 on_predictions=writer, description=f"{ckpt.parent.parent.name}/{ckpt.name}",
+                                 show_progress=show_progress)
+    finally:
+        written = writer.close() if writer else 0
+        accelerator.free_memory()  # drop the prepared model and loader before the next checkpoint
+    seconds = time.perf_counter() - start
+    if args.split in UNLABELLED_SPLITS:
+        return {"num_images": metrics["num_images"], "predictions": written}
+    record = {"checkpoint": str(ckpt), "seconds": seconds, **metrics}
+    if accelerator.is_main_process:
+        record = write_results(results_path(ckpt), metrics, cfg=cfg, epoch=meta["epoch"], checkpoint=ckpt,
+                               split=args.split, seconds=seconds)
+    return record
+
+
+# ------------------------------------------------------------------------------------------- batch mode
+def find_checkpoints(runs_dir: Path) -> list[Path]:
+    """Every RUNS_DIR/**/checkpoints/epoch_XXXX folder (complete or not: broken ones are reported), sorted."""
+    if not runs_dir.is_dir():
+        raise UserError(f"{runs_dir}: not a directory; pass the folder holding the training runs")
+    return sorted(p for p in runs_dir.rglob("epoch_*")
+                  if p.is_dir() and p.parent.name == "checkpoints" and CHECKPOINT_NAME.match(p.name))
+
+
+def pending_reason(ckpt: Path, split: str) -> str | None:
+    """Why `ckpt` must be (re)evaluated, or None when its results file is valid and current."""
+    path = results_path(ckpt)
+    if not path.exists():
+        return "new"
+    try:
+        record = read_results(path)
+    except UserError:
+        return "corrupt results file, redoing"
+    if record["split"] != split:
+        return f"results are for split {record['split']!r}"
+    meta = read_meta(ckpt) or {}
+    if record.get("checkpoint_saved_at") != meta.get("saved_at"):
+        return "checkpoint saved again since its evaluation"
+    return None
+
+
+_WORKER = {}  # per worker process: the Accelerator on its device, and whether to show per-image bars
+
+
+def _init_worker(devices: list[str], counter, threads: int) -> None:
+    """Pin this worker process to the next device (round-robin) before CUDA is initialised."""
+    with counter.get_lock():
+        device = devices[counter.value % len(devices)]
+        counter.value += 1
+    if device != "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    torch.set_num_threads(threads)
+    import datasets
+    from accelerate import Accelerator
+
+    datasets.disable_progress_bars()  # one overall bar in the parent; workers stay quiet
+    _WORKER.update(accelerator=Accelerator(cpu=device == "cpu"), show_progress=False)
+
+
+def _evaluate_in_worker(ckpt: Path, args) -> tuple[Path, dict | None, str | None]:
+    """(checkpoint, record, None) or (checkpoint, None, one-line error); never raises (the batch goes on)."""
+    try:
+        return ckpt, evaluate_checkpoint(ckpt, args, _WORKER["accelerator"], _WORKER["show_progress"]), None
+    except UserError as e:
+        return ckpt, None, str(e)
+    except Exception as e:  # a broken checkpoint must not stop the other evaluations
+        last = traceback.extract_tb(e.__traceback__)[-1]
+        return ckpt, None, f"{type(e).__name__}: {e} (at {Path(last.filename).name}:{last.lineno})"
+
+
+def evaluate_all(checkpoints: list[Path], args):
+    """Yield _evaluate_in_worker's tuples as checkpoints finish: in this process for --workers 1, else in a
+    pool of spawned processes spread round-robin over the visible GPUs (or sharing the CPU)."""
+    if args.workers == 1:
+        from accelerate import Accelerator
+        _WORKER.update(accelerator=Accelerator(), show_progress=True)
+        for ckpt in checkpoints:
+            yield _evaluate_in_worker(ckpt, args)
+        return
+    spawn = mp.get_context("spawn")  # CUDA cannot be forked
+    devices = [str(i) for i in range(torch.cuda.device_count())] or ["cpu"]
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=_init_worker,
+                             initargs=(devices, spawn.Value("i", 0), threads)) as pool:
+        futures = [pool.submit(_evaluate_in_worker, ckpt, args) for ckpt in checkpoints]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def run_batch(args, console: Console) -> int:
+    """--all: evaluate what is pending, print a table, list the failures; exit code 1 if any failed."""
+    checkpoints = find_checkpoints(args.all)
+    todo = [c for c in checkpoints if args.force or pending_reason(c, args.split) is not None]
+    console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
+                  f"evaluated on {args.split}, {len(todo)} to evaluate with {args.workers} worker(s)",
+                  soft_wrap=True)
+    done, failures = [], []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("checkpoints", total=len(todo))
+        for ckpt, record, error in evaluate_all(todo, args):
+            if error is None:
+                done.append(record)
+            else:
+                failures.append((ckpt, error))
+                bar.console.print(f"[red]failed[/red] {ckpt}: {error}", soft_wrap=True)
+            bar.advance(task)
+    if done:
+        console.print(batch_table(sorted(done, key=lambda r: r["checkpoint"]), args.all))
+    if failures:
+        console.print(f"[red]{len(failures)} checkpoint(s) could not be evaluated:[/red]")
+        for ckpt, error in failures:
+            console.print(f"  {ckpt}: {error}", soft_wrap=True)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- reports
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.2f}"  # NaN: nothing to average
+
+
+def metrics_table(record: dict) -> Table:
+    table = Table(title=f"{record['checkpoint']} on {record['split']} ({record['num_images']} images, "
+                        f"{record['seconds']:.1f} s)")
+    table.add_column("metric")
+    table.add_column("%", justify="right")
+    for label, key in (("mIoU", "miou"), ("Boundary F1", "boundary_f1"), ("Trimap IoU", "trimap_iou")):
+        table.add_row(label, _pct(record[key]))
+    for name in CLASS_NAMES:
+        table.add_row(f"  IoU {name}", _pct(record["iou"][name]))
+    return table
+
+
+def batch_table(records: list[dict], runs_dir: Path) -> Table:
+    table = Table(title=f"evaluated checkpoints under {runs_dir} (%)")
+    for column in ("checkpoint", "variant", "seed", "epoch", "mIoU", "Boundary F1", "Trimap IoU", "s"):
+        table.add_column(column, justify="left" if column == "checkpoint" else "right")
+    for r in records:
+        table.add_row(os.path.relpath(r["checkpoint"], runs_dir), r["variant"], str(r["seed"]), str(r["epoch"]), _pct(r["miou"]),
+                      _pct(r["boundary_f1"]), _pct(r["trimap_iou"]), f"{r['seconds']:.1f}")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    import datasets
+    datasets.disable_progress_bars()  # listing a split is instant; our own bars show the work
+    if args.all is not None:
+        return run_batch(args, console)
+
+    from accelerate import Accelerator
+    accelerator = Accelerator()  # 1 process, or N under `accelerate launch`
+    record = evaluate_checkpoint(args.checkpoint, args, accelerator)
+    if accelerator.is_main_process:
+        if args.split in UNLABELLED_SPLITS:
+            console.print(f"wrote {record['predictions']} predictions to {args.save_predictions} (labelIds/ for "
+                          "the test server, overlay/ to look at)")
+        else:
+            console.print(metrics_table(record))
+            console.print(f"wrote {results_path(args.checkpoint)}")
+            if args.save_predictions:
+                console.print(f"wrote predictions to {args.save_predictions}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,213 @@
+"""evaluate.py, engine.evaluation and engine.results on synthetic Cityscapes-layout data with a tiny model.
+
+Checkpoints are written in the contract layout (model.safetensors + config.json + meta.json, what train.py's
+pruned checkpoints hold) from a random-init convnextv2_atto + 32-channel UPerNet.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from PIL import Image
+from safetensors.torch import save_file
+
+import evaluate
+from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, KNOWN_ID, NUM_CLASSES, label_ids_to_train_ids
+from data_utils.synthetic import generate_dataset
+from engine.checkpoint import WEIGHTS_NAME
+from engine.config import DEMO_PRESET, TrainConfig, save_config
+from engine.results import read_results, results_path, write_results
+from engine.setup import build_model_from_config
+from utils.fileio import UserError, atomic_write_json
+
+NUM_VAL = 3
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each Accelerator in this process starts from scratch (accelerate keeps process-wide singletons)."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("data") / "demo", num_train=1, num_val=NUM_VAL, height=64,
+                            width=128, progress=False)
+
+
+def tiny_config(data_root: Path, **changes) -> TrainConfig:
+    fields = {**DEMO_PRESET, "data_root": str(data_root), "demo_data": False, "head_channels": 32,
+              "num_workers": 0, "batch_size": 2, **changes}
+    return dataclasses.replace(TrainConfig(), **fields)
+
+
+def make_checkpoint(run_dir: Path, epoch: int, cfg: TrainConfig, weights_seed: int = 0) -> Path:
+    """RUN/checkpoints/epoch_XXXX with random-init weights, the config and meta.json."""
+    torch.manual_seed(weights_seed)
+    model = build_model_from_config(cfg)
+    ckpt = run_dir / "checkpoints" / f"epoch_{epoch:04d}"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(ckpt / WEIGHTS_NAME))
+    save_config(cfg, ckpt / "config.json")
+    atomic_write_json(ckpt / "meta.json", {"epoch": epoch, "step": 10 * epoch, "variant": cfg.variant,
+                                           "seed": cfg.seed, "saved_at": f"2025-01-01T00:00:{epoch:02d}"})
+    return ckpt
+
+
+def confusion_iou(pairs) -> np.ndarray:
+    """Independent per-class IoU from (pred, target) train-id arrays via a numpy confusion matrix."""
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for pred, target in pairs:
+        valid = target != IGNORE_INDEX
+        np.add.at(confusion, (target[valid].astype(int), pred[valid].astype(int)), 1)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+# ------------------------------------------------------------------------------------------ one checkpoint
+def test_single_checkpoint_results_match_its_saved_predictions(data_root, tmp_path, capsys):
+    cfg = tiny_config(data_root, variant="B", seed=7)
+    ckpt = make_checkpoint(tmp_path / "runs" / "B_seed7", 4, cfg)
+    preds = tmp_path / "preds"
+    assert evaluate.main([str(ckpt), "--save-predictions", str(preds)]) == 0
+
+    record = read_results(results_path(ckpt))
+    assert (record["variant"], record["seed"], record["epoch"], record["split"]) == ("B", 7, 4, "val")
+    assert record["num_images"] == NUM_VAL and record["checkpoint"] == str(ckpt)
+    assert record["checkpoint_saved_at"] == "2025-01-01T00:00:04" and record["config"]["head_channels"] == 32
+    assert (record["lambda_dice"], record["lambda_boundary"]) == (cfg.lambda_dice, cfg.lambda_boundary)
+
+    # The written labelIds PNGs, mapped back to train ids, give the recorded IoUs (numpy confusion matrix).
+    pairs = []
+    for gt_path in sorted((data_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png")):
+        name = gt_path.name.replace("_gtFine_labelIds.png", "")
+        city = gt_path.parent.name
+        pred_ids = np.array(Image.open(preds / "labelIds" / city / f"{name}_labelIds.png"))
+        assert KNOWN_ID[pred_ids].all()
+        overlay = Image.open(preds / "overlay" / city / f"{name}_overlay.jpg")
+        assert overlay.size == (128, 64)
+        pairs.append((label_ids_to_train_ids(pred_ids), label_ids_to_train_ids(np.array(Image.open(gt_path)))))
+    assert len(pairs) == NUM_VAL
+    expected = confusion_iou(pairs)
+    np.testing.assert_allclose([record["iou"][n] for n in CLASS_NAMES], expected, atol=1e-12)
+    assert record["miou"] == pytest.approx(np.nanmean(expected), abs=1e-12)
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "Boundary F1" in out and str(results_path(ckpt).name) in out
+
+
+def test_test_split_without_labels_writes_predictions_only(data_root, tmp_path):
+    root = tmp_path / "no_labels"
+    shutil.copytree(data_root / "leftImg8bit" / "val", root / "leftImg8bit" / "test")
+    (root / "gtFine").mkdir()  # a Cityscapes root without gtFine/test
+    ckpt = make_checkpoint(tmp_path / "runs" / "C_seed1", 2, tiny_config(data_root))
+    out = tmp_path / "test_preds"
+    assert evaluate.main([str(ckpt), "--data-root", str(root), "--split", "test", "--save-predictions", str(out)]) == 0
+    written = sorted(out.glob("labelIds/*/*_labelIds.png"))
+    images = sorted((root / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png"))
+    assert [p.name.replace("_labelIds", "") for p in written] == [p.name.replace("_leftImg8bit", "") for p in images]
+    assert all(KNOWN_ID[np.array(Image.open(p))].all() for p in written)
+    assert not results_path(ckpt).exists()  # no labels, no metrics
+
+
+def test_broken_checkpoint_is_a_one_line_user_error(data_root, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "runs" / "A_seed1", 1, tiny_config(data_root))
+    (ckpt / WEIGHTS_NAME).unlink()
+    with pytest.raises(UserError, match=f"{ckpt}: lacks {WEIGHTS_NAME}"):
+        evaluate.main([str(ckpt)])
+    with pytest.raises(SystemExit):  # --split test without --save-predictions has nothing to produce
+        evaluate.parse_args([str(ckpt), "--split", "test"])
+
+
+# ----------------------------------------------------------------------------------------------- batch mode
+def _results_state(ckpts):
+    return {c: results_path(c).read_bytes() if results_path(c).exists() else None for c in ckpts}
+
+
+def test_batch_mode_is_resumable_and_reports_failures(data_root, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    cfg = tiny_config(data_root, variant="A", seed=1)
+    good = [make_checkpoint(runs / "A_seed1", e, cfg, weights_seed=e) for e in (1, 2)]
+    good.append(make_checkpoint(runs / "D_seed3", 1, tiny_config(data_root, variant="D", seed=3)))
+    corrupt = make_checkpoint(runs / "B_seed2", 1, tiny_config(data_root, variant="B", seed=2))
+    (corrupt / WEIGHTS_NAME).write_bytes(b"not a safetensors file")
+    mismatched = make_checkpoint(runs / "B_seed2", 2, tiny_config(data_root, variant="B", seed=2))
+    save_config(tiny_config(data_root, variant="B", seed=2, head_channels=48), mismatched / "config.json")
+    incomplete = runs / "C_seed4" / "checkpoints" / "epoch_0001"
+    incomplete.mkdir(parents=True)  # a folder without files, e.g. copied half-way
+
+    assert evaluate.main(["--all", str(runs)]) == 1
+    out = capsys.readouterr().out
+    assert all(read_results(results_path(c))["num_images"] == NUM_VAL for c in good)
+    for bad, why in ((corrupt, "cannot read the weights"), (mismatched, "do not fit the model"),
+                     (incomplete, "lacks model.safetensors")):
+        assert not results_path(bad).exists()
+        assert f"{bad}: " in out and why in out
+    assert "3 checkpoint(s) could not be evaluated" in out
+
+    # Second pass: valid results are skipped, a corrupt results file and a re-saved checkpoint are redone.
+    before = _results_state(good)
+    results_path(good[0]).write_text('{"variant": "A", "miou":')
+    meta = json.loads((good[1] / "meta.json").read_text())
+    atomic_write_json(good[1] / "meta.json", {**meta, "saved_at": "2025-02-02T00:00:00"})
+    shutil.rmtree(incomplete)
+    assert evaluate.main(["--all", str(runs)]) == 1  # the two broken checkpoints still fail
+    out = capsys.readouterr().out
+    assert "5 checkpoints under" in out and "2 to evaluate" not in out and "4 to evaluate" in out
+    after = _results_state(good)
+    assert after[good[2]] == before[good[2]]  # untouched
+    assert read_results(results_path(good[0]))["epoch"] == 1  # redone
+    assert read_results(results_path(good[1]))["checkpoint_saved_at"] == "2025-02-02T00:00:00"
+
+    shutil.rmtree(corrupt)
+    shutil.rmtree(mismatched)
+    assert evaluate.main(["--all", str(runs)]) == 0
+    assert "0 to evaluate" in capsys.readouterr().out
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two worker processes need two cores")
+def test_batch_mode_with_two_worker_processes(data_root, tmp_path):
+    runs = tmp_path / "runs"
+    ckpts = [make_checkpoint(runs / "A_seed1", e, tiny_config(data_root), weights_seed=e) for e in (1, 2)]
+    assert evaluate.main(["--all", str(runs), "--workers", "2"]) == 0
+    in_workers = [read_results(results_path(c)) for c in ckpts]
+    AcceleratorState._reset_state(True)
+    assert evaluate.main(["--all", str(runs), "--workers", "1", "--force"]) == 0
+    in_process = [read_results(results_path(c)) for c in ckpts]
+    for a, b in zip(in_workers, in_process):
+        assert (a["miou"], a["boundary_f1"], a["trimap_iou"]) == (b["miou"], b["boundary_f1"], b["trimap_iou"])
+
+
+# --------------------------------------------------------------------------------------------- results files
+def test_results_round_trip_nan_and_validation(tmp_path):
+    cfg = TrainConfig()
+    iou = [0.5] * NUM_CLASSES
+    iou[3] = float("nan")  # a class absent from the split
+    metrics = {"miou": 0.5, "boundary_f1": 0.25, "trimap_iou": 0.125, "iou": iou, "num_images": 500}
+    path = tmp_path / "epoch_0160.results.json"
+    write_results(path, metrics, cfg=cfg, epoch=160, checkpoint=tmp_path / "epoch_0160", split="val", seconds=12.5)
+    assert json.loads(path.read_text())["iou"]["wall"] is None  # JSON has no NaN
+    record = read_results(path)
+    assert np.isnan(record["iou"]["wall"]) and record["iou"]["road"] == 0.5 and record["miou"] == 0.5
+    assert list(path.parent.iterdir()) == [path]  # no temp file left behind
+
+    from report.load import read_results_file  # aggregate.py's reader accepts the same file
+    assert read_results_file(path).metrics["boundary_f1"] == 0.25
+
+    for broken in ('{"variant": "C"', json.dumps({**json.loads(path.read_text()), "miou": 81.2}),
+                   json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "seed"})):
+        path.write_text(broken)
+        with pytest.raises(UserError, match=str(path)):
+            read_results(path)
