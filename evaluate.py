@@ -303,8 +303,9 @@ def _pct(value: float) -> str:
 
 
 def metrics_table(record: dict) -> Table:
-    table = Table(title=f"{record['checkpoint']} on {record['split']} ({record['num_images']} images, "
-                        f"{record['seconds']:.1f} s)")
+    ckpt = Path(record["checkpoint"])
+    table = Table(title=f"{ckpt.parent.parent.name}/{ckpt.name} on {record['split']}",
+                  caption=f"{record['num_images']} images, {record['seconds']:.1f} s")
     table.add_column("metric")
     table.add_column("%", justify="right")
     for label, key in (("mIoU", "miou"), ("Boundary F1", "boundary_f1"), ("Trimap IoU", "trimap_iou")):
@@ -319,8 +320,8 @@ def batch_table(records: list[dict], runs_dir: Path) -> Table:
     for column in ("checkpoint", "variant", "seed", "epoch", "mIoU", "Boundary F1", "Trimap IoU", "s"):
         table.add_column(column, justify="left" if column == "checkpoint" else "right")
     for r in records:
-        table.add_row(os.path.relpath(r["checkpoint"], runs_dir), r["variant"], str(r["seed"]), str(r["epoch"]), _pct(r["miou"]),
-                      _pct(r["boundary_f1"]), _pct(r["trimap_iou"]), f"{r['seconds']:.1f}")
+        table.add_row(os.path.relpath(r["checkpoint"], runs_dir), r["variant"], str(r["seed"]), str(r["epoch"]),
+                      _pct(r["miou"]), _pct(r["boundary_f1"]), _pct(r["trimap_iou"]), f"{r['seconds']:.1f}")
     return table
 
 
