@@ -8,6 +8,9 @@ summary.md (all tables in Markdown), one CSV per table, curves.png and per_class
   4. inter-seed std per class and variant
   5. paired-by-seed t-tests of every pair of variants, Holm-corrected per metric, beside CI overlap
   and the crossover analysis (ranking per epoch, last leader change, C−B gap early vs final).
+With a λ_b sweep (a variant run at several --lambda-boundary values) runs are grouped by (variant, λ_b) and
+  6. the final metrics against λ_b (table6_lambda_sweep.csv, lambda_sweep.png) are added; when run dirs hold
+the per-term gradient logs of `train.py --log-grad-norms K`, grad_trajectories.png/.csv plot them per group.
 
     python aggregate.py runs/ --out report/
     python aggregate.py --from-csv ../shared/data/seed_metrics/pilot_results.csv --out report_pilot/
@@ -23,11 +26,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from report.figures import plot_curves, plot_per_class
+from report.figures import group_colors, plot_curves, plot_grad_trajectories, plot_lambda_sweep, plot_per_class
+from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
 from report.load import METRICS, Study, load_csv, load_runs_dir
 from report.stats import summarize
 from report.tables import (Table, completeness_notes, crossover_tables, extremes_table, global_metrics_table,
-                           per_class_table, significance_table, volatility_table)
+                           lambda_sweep_table, per_class_table, significance_table, volatility_table)
 from utils import UserError, atomic_write_text
 
 console = Console(stderr=True)
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
 
-    # -------- load: one Record per (variant, seed, epoch), grouped (today: by variant)
+    # -------- load: one Record per (variant, seed, epoch), grouped by variant (by variant and λ_b for a λ_b sweep)
     source = args.from_csv or args.runs_dir
     records = load_csv(args.from_csv) if args.from_csv else load_runs_dir(args.runs_dir)
     study = Study.from_records(records)
@@ -109,6 +113,11 @@ def main(argv=None) -> int:
     t5 = significance_table(study, final)
     cross_summary, cross_rankings = crossover_tables(study, early, final)
     tables = [t1, t2, t3, t3b, t4, t5, cross_summary, cross_rankings]
+    t6 = lambda_sweep_table(study, final)  # None unless a variant was run at several λ_b
+    if t6 is not None:
+        tables.append(t6)
+    grad_logs = load_grad_logs(args.runs_dir) if args.runs_dir else []
+    trajectories = GradTrajectories(grad_logs, set(study.lambda_sweep)) if grad_logs else None
 
     # -------- figures
     out.mkdir(parents=True, exist_ok=True)
@@ -118,6 +127,21 @@ def main(argv=None) -> int:
         figures["per_class_iou"] = per_class
     else:  # no per-class IoU in this input: a figure left from an earlier report would contradict summary.md
         (out / "per_class_iou.png").unlink(missing_ok=True)
+    if t6 is not None:
+        figures["lambda_sweep"] = plot_lambda_sweep(study, final, out / "lambda_sweep.png", band=args.band)
+    else:
+        for stale in ("lambda_sweep.png", "table6_lambda_sweep.csv"):
+            (out / stale).unlink(missing_ok=True)
+    if trajectories is not None:
+        keys = {**trajectories.group_keys, **study.group_keys}  # colours as in the other figures
+        colors = group_colors(study.groups + [g for g in trajectories.groups if g not in keys], keys)
+        figures["grad_trajectories"] = plot_grad_trajectories(trajectories, out / "grad_trajectories.png", args.band,
+                                                              colors)
+        grad_table = grad_trajectory_table(trajectories)
+        atomic_write_text(out / "grad_trajectories.csv", grad_table.to_csv())
+    else:
+        for stale in ("grad_trajectories.png", "grad_trajectories.csv"):
+            (out / stale).unlink(missing_ok=True)
 
     # -------- write: one CSV per table, then summary.md (every file atomically)
     for t in tables:
@@ -131,12 +155,22 @@ def main(argv=None) -> int:
           "## Per-class IoU\n", t3.to_markdown(), t3b.to_markdown(), t4.to_markdown(),
           "## Significance\n", t5.to_markdown(),
           "## Crossover\n", cross_summary.to_markdown(),
-          "<details><summary>Ranking at every epoch</summary>\n", cross_rankings.to_markdown(), "</details>\n",
-          "## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
+          "<details><summary>Ranking at every epoch</summary>\n", cross_rankings.to_markdown(), "</details>\n"]
+    if t6 is not None:
+        md += ["## λ_b sweep\n", t6.to_markdown()]
+    if trajectories is not None:
+        md += ["## Gradient trajectories\n",
+               f"{len(grad_logs)} run(s) with `grad_stats.jsonl`; groups {', '.join(trajectories.groups)}. Numbers "
+               "per group, statistic and epoch in `grad_trajectories.csv`.", "", *[f"- {n}" for n in grad_table.notes],
+               ""]
+    md += ["## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
     atomic_write_text(out / "summary.md", "\n".join(md))
     print_table(t1)
     print_table(cross_summary)
-    console.print(f"wrote summary.md, {len(tables)} CSVs and {len(figures)} PNG(s) to {out}/")
+    if t6 is not None:
+        print_table(t6)
+    n_csv = len(tables) + (trajectories is not None)
+    console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} PNG(s) to {out}/")
 
     # -------- W&B (optional)
     if args.wandb:

@@ -10,6 +10,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.colors  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -23,10 +25,32 @@ VARIANT_NAMES = {"A": "A: CE", "B": "B: CE+Dice", "C": "C: CE+Dice+Boundary", "D
 _EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
-def group_colors(groups: list[str]) -> dict[str, str]:
-    """group -> colour; A..D fixed, anything else in order from the remaining tab10 colours."""
+def group_colors(groups: list[str], group_keys: dict[str, tuple[str, float | None]] | None = None) -> dict[str, str]:
+    """group -> colour; A..D fixed, anything else in order from the remaining tab10 colours.
+
+    With `group_keys` (group -> (variant, λ_b or None), `Study.group_keys`), the groups of a λ_b-swept variant
+    get shades of the variant's colour, light for the smallest λ_b and dark for the largest.
+    """
+    keys = group_keys or {g: (g, None) for g in groups}
     extra = iter(_EXTRA_COLORS * (1 + len(groups) // len(_EXTRA_COLORS)))
-    return {g: VARIANT_COLORS.get(g) or next(extra) for g in groups}
+    base = {}
+    for g in groups:
+        variant = keys[g][0]
+        if variant not in base:
+            base[variant] = VARIANT_COLORS.get(variant) or next(extra)
+    colors = {}
+    for variant, color in base.items():
+        members = sorted((g for g in groups if keys[g][0] == variant), key=lambda g: (keys[g][1] or 0.0, g))
+        for k, g in enumerate(members):
+            colors[g] = color if len(members) == 1 else _shade(color, 0.55 - 0.9 * k / (len(members) - 1))
+    return colors
+
+
+def _shade(color: str, t: float) -> str:
+    """Mix `color` with white (t > 0) or black (t < 0) by |t|."""
+    rgb = np.array(matplotlib.colors.to_rgb(color))
+    rgb = rgb + (1 - rgb) * t if t > 0 else rgb * (1 + t)
+    return matplotlib.colors.to_hex(np.clip(rgb, 0, 1))
 
 
 def _save(fig, path: Path) -> None:
@@ -59,7 +83,7 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
     band: "normal" (mean ± 1.96·SE, the paper's) or "t" (mean ± t(0.975, n−1)·SE).
     mark_epoch: drawn as a dotted vertical line on the top row (the early epoch of table 2).
     """
-    colors = group_colors(study.groups)
+    colors = group_colors(study.groups, study.group_keys)
     if len(study.epochs) == 1:  # nothing to draw a curve through: show the intervals themselves
         return _plot_single_epoch(study, path)
     last = study.epochs[-1]
@@ -103,7 +127,7 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
 
 def _plot_single_epoch(study: Study, path: Path) -> Path:
     """One evaluated epoch: per metric, each group's mean with its 1.96·SE (thick) and t (thin) interval."""
-    colors = group_colors(study.groups)
+    colors = group_colors(study.groups, study.group_keys)
     epoch = study.epochs[0]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6), squeeze=False)
     for ax, m in zip(axes[0], METRICS):
@@ -129,10 +153,10 @@ def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
     below, each group's Δ against the reference (A when present) in percentage points. None without per-class IoU."""
     if not study.classes:
         return None
-    colors = group_colors(study.groups)
+    colors = group_colors(study.groups, study.group_keys)
     stats = {c: {g: summarize(list(study.values(g, epoch, c).values())) for g in study.groups} for c in study.classes}
-    ref = "A" if "A" in study.groups else study.groups[0]
-    key = "D" if "D" in study.groups and ref != "D" else study.groups[-1]
+    ref = study.group_of("A") or study.groups[0]
+    key = study.group_of("D") if study.group_of("D") not in (None, ref) else study.groups[-1]
     delta = {c: stats[c][key].mean - stats[c][ref].mean for c in study.classes}
     order = sorted(study.classes, key=lambda c: -delta[c] if np.isfinite(delta[c]) else np.inf)
     others = [g for g in study.groups if g != ref]
@@ -164,5 +188,98 @@ def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
     ax_delta.grid(axis="y", alpha=0.3)
     ax_delta.set_xticks(x, order, rotation=45, ha="right")
     fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal") -> Path | None:
+    """Final-epoch mIoU, Boundary F1 and Trimap IoU against λ_b (log axis), one line per λ_b-swept variant:
+    mean over seeds with its 95 % interval as error bars (`band`: 1.96·SE or t·SE). None without a sweep."""
+    sweep = study.lambda_sweep
+    if not sweep:
+        return None
+    lams = sorted({lam for points in sweep.values() for lam, _ in points})
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.6 * len(METRICS), 3.8), squeeze=False)
+    for ax, m in zip(axes[0], METRICS):
+        for variant, points in sweep.items():
+            x, mu, half = [], [], []
+            for lam, g in points:
+                s = summarize(list(study.values(g, epoch, m).values()))
+                if s.n == 0:
+                    continue
+                x.append(lam)
+                mu.append(100 * s.mean)
+                half.append(100 * (s.half_t if band == "t" else s.half_normal))
+            ax.errorbar(x, mu, yerr=np.nan_to_num(half), color=VARIANT_COLORS.get(variant, "black"), marker="o",
+                        ms=5, lw=1.8, capsize=4, label=VARIANT_NAMES.get(variant, variant))
+        ax.set_xscale("log")
+        ax.set_xticks(lams, [f"{lam:g}" for lam in lams])
+        ax.minorticks_off()
+        ax.set_xlabel("λ_b")
+        ax.set_ylabel(f"{METRIC_LABELS[m]} (%)")
+        ax.set_title(f"{METRIC_LABELS[m]}, epoch {epoch}")
+        ax.grid(alpha=0.3)
+    band_text = "mean ± 1.96·SE" if band == "normal" else "mean ± t(0.975, n−1)·SE"
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.suptitle(f"λ_b sweep: mean over seeds, bars {band_text} (none where < 2 seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.86))
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 0.93))
+    _save(fig, path)
+    return path
+
+
+def plot_grad_trajectories(traj, path: Path, band: str = "normal", colors: dict[str, str] | None = None) -> Path:
+    """Per-term gradient statistics over epochs (`report.gradients.GradTrajectories`), one line per group.
+
+    Rows: gradients w.r.t. the logits, then w.r.t. the features. Columns: the L2 norm of each unweighted
+    term's gradient (log axis), then the Dice/boundary cosine. Line: mean over seeds of each seed's mean over
+    the epoch's logging steps; shaded: the 95 % band over seeds (`band`: 1.96·SE or t·SE). `colors`: group ->
+    colour, to match the other figures (default: `group_colors` over the trajectories' own groups).
+    """
+    colors = colors or group_colors(traj.groups, traj.group_keys)
+    wheres = [w for w in ("logits", "features") if any(k.split("/")[1] == w for k in traj.statistics)]
+    columns = list(dict.fromkeys("/".join((k.split("/")[0], k.split("/")[2])) for k in traj.statistics))
+    fig, axes = plt.subplots(len(wheres), len(columns), figsize=(4.4 * len(columns), 3.4 * len(wheres)),
+                             squeeze=False)
+    for i, where in enumerate(wheres):
+        for j, column in enumerate(columns):
+            kind, term = column.split("/")
+            statistic = f"{kind}/{where}/{term}"
+            ax = axes[i, j]
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            drawn = 0
+            for g in traj.groups:
+                epochs = traj.epochs(g, statistic)
+                if not epochs:
+                    continue
+                drawn += 1
+                summaries = [traj.summary(g, statistic, e)[0] for e in epochs]
+                mu = np.array([s.mean for s in summaries])
+                half = np.array([s.half_t if band == "t" else s.half_normal for s in summaries])
+                ax.plot(epochs, mu, color=colors[g], lw=1.6, marker="o", ms=2.5, label=VARIANT_NAMES.get(g, g))
+                ax.fill_between(epochs, mu - half, mu + half, color=colors[g], alpha=0.18, lw=0)
+            if not drawn:
+                ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+            elif kind == "grad_norm":
+                ax.set_yscale("log", nonpositive="clip")  # a band reaching below 0 is clipped at the axis bottom
+            else:
+                ax.axhline(0, color="gray", lw=0.8)
+            if kind == "grad_norm":
+                ax.set_title(f"‖∂{term}/∂{where}‖₂")
+            else:
+                ax.set_title(f"cos(∂dice/∂{where}, ∂boundary/∂{where})" if term == "dice_boundary"
+                             else f"{kind} {term} ({where})")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+    handles = {}
+    for ax in axes.flat:  # the union of the panels' legends (a group may lack a term, e.g. D has no Dice)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    band_text = "mean ± 1.96·SE" if band == "normal" else "mean ± t(0.975, n−1)·SE"
+    fig.suptitle(f"Per-term gradients (unweighted terms): per seed the mean over the epoch's logging steps; "
+                 f"line: mean over seeds, shaded: {band_text}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.88 if len(wheres) > 1 else 0.8))
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 6), frameon=False,
+               bbox_to_anchor=(0.5, 0.955 if len(wheres) > 1 else 0.91))
     _save(fig, path)
     return path

@@ -7,8 +7,9 @@ Two sources, one shape:
     format of the original study's released per-run files.
 All metric values are fractions in [0, 1]; a per-class IoU may be missing (NaN: the class never occurred).
 
-Everything downstream is keyed by `Record.group`, not by the variant: `assign_groups` is the single place that
-decides which runs are aggregated together (today: one group per variant).
+Everything downstream is keyed by `Record.group`, not by the variant: `assign_groups` (through `group_label`) is
+the single place that decides which runs are aggregated together: one group per variant, except for variants
+whose runs carry several λ_b values (a λ_b sweep), which get one group per (variant, λ_b), e.g. "C λb=0.05".
 """
 from __future__ import annotations
 
@@ -148,28 +149,37 @@ def load_csv(path: str | Path) -> list[Record]:
 
 
 # ---------------------------------------------------------------------------------------------------- grouping
-def group_label(record: Record) -> str:
-    """The group a run is aggregated in. Today one group per variant ("A".."D").
+STUDY_LAMBDA_B = 0.2  # the study's fixed λ_b: the group that stands for a swept variant in the study's tables
 
-    Hook for a λ_b sweep: return e.g. f"{record.variant} λb={record.lambda_boundary:g}" for variants that were
-    run at several λ_b (see `assign_groups`); every table, figure and test keys on this label.
-    """
-    return record.variant
+
+def lambda_swept_variants(pairs) -> set[str]:
+    """Variants seen with two or more distinct λ_b values among (variant, λ_b) pairs (None = unknown, ignored)."""
+    seen: dict[str, set[float]] = {}
+    for variant, lam in pairs:
+        if lam is not None:
+            seen.setdefault(variant, set()).add(float(lam))
+    return {v for v, lams in seen.items() if len(lams) > 1}
+
+
+def group_label(variant: str, lambda_boundary: float | None, swept: set[str]) -> str:
+    """The group a run is aggregated in: its variant ("A".."D"), or "<variant> λb=<λ_b>" (e.g. "C λb=0.05") for a
+    variant in `swept` (run at several λ_b, see `lambda_swept_variants`). Every table, figure and the gradient
+    trajectories key on this label."""
+    if variant not in swept:
+        return variant
+    return f"{variant} λb={'n/a' if lambda_boundary is None else format(lambda_boundary, 'g')}"
 
 
 def assign_groups(records: list[Record]) -> list[Record]:
     """Label every record with its group and refuse two results for one (group, seed, epoch)."""
-    grouped = [replace(r, group=group_label(r)) for r in records]
+    swept = lambda_swept_variants((r.variant, r.lambda_boundary) for r in records)
+    grouped = [replace(r, group=group_label(r.variant, r.lambda_boundary, swept)) for r in records]
     seen: dict[tuple[str, int, int], Record] = {}
     for r in grouped:
         key = (r.group, r.seed, r.epoch)
         if key in seen:
-            other = seen[key]
-            lam = ""
-            if other.lambda_boundary != r.lambda_boundary:
-                lam = f" (λ_b {other.lambda_boundary} vs {r.lambda_boundary}: aggregate each λ_b's runs separately)"
-            raise UserError(f"{r.source}: a second result for variant {r.variant} seed {r.seed} epoch {r.epoch}, "
-                            f"besides {other.source}{lam}; remove one")
+            raise UserError(f"{r.source}: a second result for variant {r.group} seed {r.seed} epoch {r.epoch}, "
+                            f"besides {seen[key].source}; remove one")
         seen[key] = r
     return grouped
 
@@ -191,7 +201,10 @@ class Study:
 
     def __post_init__(self):
         self._index = {(r.group, r.epoch, r.seed): r for r in self.records}
-        self.groups = sorted({r.group for r in self.records})
+        # group -> (variant, λ_b or None when the group pools λ_b values); groups sorted by variant, then λ_b
+        self.group_keys = {r.group: (r.variant, r.lambda_boundary if r.group != r.variant else None)
+                           for r in self.records}
+        self.groups = sorted(self.group_keys, key=self._group_order)
         self.seeds = sorted({r.seed for r in self.records})
         self.epochs = sorted({r.epoch for r in self.records})
         present = set().union(*(r.iou.keys() for r in self.records))
@@ -206,6 +219,27 @@ class Study:
             raise UserError(f"results of several splits ({', '.join(splits)}) are mixed, e.g. {examples}; "
                             "aggregate one split's results at a time")
         return cls(assign_groups(records))
+
+    def _group_order(self, group: str) -> tuple:
+        variant, lam = self.group_keys[group]
+        return variant, -1.0 if lam is None else lam, group
+
+    @property
+    def lambda_sweep(self) -> dict[str, list[tuple[float, str]]]:
+        """variant -> [(λ_b, group)] ascending, for the variants that were run at several λ_b."""
+        out: dict[str, list[tuple[float, str]]] = {}
+        for g in self.groups:
+            variant, lam = self.group_keys[g]
+            if lam is not None:
+                out.setdefault(variant, []).append((lam, g))
+        return out
+
+    def group_of(self, variant: str) -> str | None:
+        """The group standing for `variant` in the study's variant-to-variant comparisons (Δ(D−A), C−B, ...): the
+        variant itself, or for a λ_b-swept variant its group at the study's λ_b = 0.2; None when absent."""
+        if variant in self.groups:
+            return variant
+        return next((g for lam, g in self.lambda_sweep.get(variant, []) if lam == STUDY_LAMBDA_B), None)
 
     def values(self, group: str, epoch: int, metric: str) -> dict[int, float]:
         """seed -> value of a global metric (METRICS) or of a class's IoU (a class name), for the seeds present."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from report.load import METRIC_LABELS, METRICS, Study
+from report.load import METRIC_LABELS, METRICS, STUDY_LAMBDA_B, Study
 from report.stats import Summary, holm, intervals_overlap, paired_ttest, summarize, t_quantile
 
 # The per-class deltas the study discusses: boundary-only vs CE, boundary-only vs Dice, Dice+boundary vs Dice.
@@ -143,9 +143,57 @@ def global_metrics_table(study: Study, epoch: int, name: str, title: str) -> Tab
     return Table(name, title, header, rows, md_header, md_rows, notes)
 
 
+def sweep_notes(study: Study) -> list[str]:
+    """Which group stands for a λ_b-swept variant in the variant-to-variant comparisons."""
+    stand_ins = {v: study.group_of(v) for v in study.lambda_sweep}
+    if not stand_ins:
+        return []
+    shown = ", ".join(f"{v} = {g}" if g else f"{v}: none at λ_b = {STUDY_LAMBDA_B:g}" for v, g in stand_ins.items())
+    return [f"λ_b sweep: in the variant comparisons (Δ, C−B) a swept variant is its group at the study's "
+            f"λ_b = {STUDY_LAMBDA_B:g} ({shown})."]
+
+
+# ---------------------------------------------------------------------------------------------------- λ_b sweep
+def lambda_sweep_table(study: Study, epoch: int) -> Table | None:
+    """Table 6: per λ_b-swept variant and λ_b, mean ± 1.96·SE and ± t·SE of each global metric at `epoch`, and
+    the λ_b with the highest mean per variant and metric. None when no variant was run at several λ_b."""
+    sweep = study.lambda_sweep
+    if not sweep:
+        return None
+    header = ["variant", "lambda_boundary", "n_seeds", "seeds"]
+    md_header = ["variant", "λ_b", "n"]
+    for m in METRICS:
+        lab = METRIC_LABELS[m]
+        header += [f"{lab} mean (%)", f"{lab} ±1.96·SE (%)", f"{lab} ±t·SE (%)", f"{lab} std (pp)"]
+        md_header += [f"{lab} ± 1.96·SE", f"{lab} ± t·SE"]
+    rows, md_rows, notes = [], [], [interval_note(study, epoch)]
+    for variant, points in sweep.items():
+        best = {m: (-math.inf, None) for m in METRICS}
+        for lam, g in points:
+            seeds = study.seeds_at(g, epoch)
+            row, md_row = [variant, lam, len(seeds), " ".join(map(str, seeds))], [variant, f"{lam:g}", str(len(seeds))]
+            for m in METRICS:
+                s = summarize(list(study.values(g, epoch, m).values()))
+                row += [_p100(s.mean), _p100(s.half_normal), _p100(s.half_t), _p100(s.std)]
+                md_row += [pm(s.mean, s.half_normal), pm(s.mean, s.half_t)]
+                if np.isfinite(s.mean) and s.mean > best[m][0]:
+                    best[m] = (s.mean, lam)
+            rows.append(row)
+            md_rows.append(md_row)
+        notes.append(f"{variant}: highest mean at " + ", ".join(
+            f"{METRIC_LABELS[m]} λ_b = {lam:g} ({pct(mu)})" for m, (mu, lam) in best.items() if lam is not None)
+            + "; compare the intervals before calling it better.")
+    notes += [n for g in (g for points in sweep.values() for _, g in points) for n in seed_notes(study, epoch)
+              if n.startswith(f"{g}:")]
+    return Table("table6_lambda_sweep", f"Table 6 — λ_b sweep at epoch {epoch} (%)", header, rows, md_header,
+                 md_rows, notes)
+
+
 # ---------------------------------------------------------------------------------------------------- table 3
 def _delta_pairs(study: Study) -> list[tuple[str, str]]:
-    return [(a, b) for a, b in DELTA_PAIRS if a in study.groups and b in study.groups]
+    """DELTA_PAIRS as group names (a λ_b-swept variant is represented by its λ_b = 0.2 group), where both exist."""
+    pairs = [(study.group_of(a), study.group_of(b)) for a, b in DELTA_PAIRS]
+    return [(a, b) for a, b in pairs if a is not None and b is not None]
 
 
 def paired_diff_std(study: Study, a: str, b: str, epoch: int, metric: str) -> float:
@@ -187,7 +235,8 @@ def per_class_table(study: Study, epoch: int) -> Table:
              "rows sorted by the largest |Δ| of the row."]
     if not study.classes:
         notes = ["the input has no per-class IoU (the tidy CSV needs columns named by class: road, ..., bicycle)"]
-    missing = [f"Δ({a}−{b})" for a, b in DELTA_PAIRS if (a, b) not in pairs]
+    notes += sweep_notes(study) if study.classes else []
+    missing = [f"Δ({a}−{b})" for a, b in DELTA_PAIRS if study.group_of(a) is None or study.group_of(b) is None]
     if missing and study.classes:
         notes.append(f"{', '.join(missing)} not computed: the variants are not all present")
     return Table("table3_per_class_iou", f"Table 3 — per-class IoU at epoch {epoch} (%)", header,
@@ -200,6 +249,7 @@ def extremes_table(study: Study, epoch: int, a: str = "D", b: str = "B", k: int 
     Shown per class: mean ± inter-seed std of each variant, and Δ(a−b) ± the std (ddof=1) of the per-seed
     differences a_s − b_s over the seeds both have.
     """
+    a, b = study.group_of(a) or a, study.group_of(b) or b  # a λ_b-swept variant: its λ_b = 0.2 group
     title = f"Table 3b — {a} vs {b}: top-{k} and bottom-{k} per-class Δ({a}−{b}) at epoch {epoch} (pp)"
     header = ["rank", "class", f"{b} mean (%)", f"{b} std (pp)", f"{a} mean (%)", f"{a} std (pp)",
               f"Δ({a}−{b}) (pp)", f"Δ({a}−{b}) paired std (pp)"]
@@ -340,11 +390,13 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
             rank_md.append([METRIC_LABELS[m], f"{e}" + ("*" if n_min < full else ""),
                             " > ".join(f"{g} {pct(mu)}" for g, mu in order), "←" if changed else ""])
         gaps = []
+        group_c, group_b = study.group_of("C"), study.group_of("B")
         for e in (early_epoch, final_epoch):
-            if e is None or "C" not in study.groups or "B" not in study.groups:
+            if e is None or group_c is None or group_b is None:
                 gaps.append(float("nan"))
                 continue
-            c, b = summarize(list(study.values("C", e, m).values())), summarize(list(study.values("B", e, m).values()))
+            c = summarize(list(study.values(group_c, e, m).values()))
+            b = summarize(list(study.values(group_b, e, m).values()))
             gaps.append(c.mean - b.mean)
         final_leader = ranks[-1][1][0][0] if ranks else "n/a"
         sum_rows.append([METRIC_LABELS[m], final_leader, last_change, previous, _p100(gaps[0]), _p100(gaps[1])])
@@ -353,7 +405,7 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
                        previous or "—", signed_pct(gaps[0]), signed_pct(gaps[1])])
     notes = ["ranking by the mean over the seeds present at each epoch; the last leader change is the last "
              "evaluated epoch whose leader differs from the previous evaluated epoch's.",
-             "C−B gap = mean_C − mean_B (pp)."]
+             "C−B gap = mean_C − mean_B (pp)."] + sweep_notes(study)
     sum_md_header = ["metric", "final leader", "last leader change", "previous leader",
                      *(h.replace(" (pp)", "") for h in sum_header[4:])]
     summary = Table("crossover_summary", "Crossover — leader changes and the C−B gap", sum_header, sum_rows,

@@ -336,3 +336,119 @@ def test_wandb_offline_run(runs_tree, tmp_path, monkeypatch):
     assert aggregate.main([str(runs_tree), "--out", str(tmp_path / "o"), "--wandb"]) == 0
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+# ---------------------------------------------------------------------------------------------------- λ_b sweep
+LAMBDA_MIOU = {("C", 0.05): 0.70, ("C", 0.1): 0.74, ("C", 0.2): 0.72, ("C", 0.5): 0.66, ("D", 0.1): 0.71,
+               ("D", 0.2): 0.73}
+
+
+@pytest.fixture
+def sweep_tree(tmp_path) -> Path:
+    """The study's A (λ_b 0.2, not swept) + C at four λ_b and D at two, seeds 1-3 (seed 3 of D λb=0.1 missing);
+    mIoU = base + 0.01·seed at epoch 20, base − 0.1 at epoch 10."""
+    runs = tmp_path / "runs"
+    for seed in (1, 2, 3):
+        for epoch, shift in ((10, -0.1), (20, 0.0)):
+            write_result(runs, "A", seed, epoch, 0.69 + shift + 0.01 * seed)
+            for (v, lam), base in LAMBDA_MIOU.items():
+                if (v, lam, seed) != ("D", 0.1, 3):
+                    write_result(runs / f"lb{lam:g}", v, seed, epoch, base + shift + 0.01 * seed,
+                                 bf1=0.6 + lam / 10, lam=lam)
+    return runs
+
+
+def test_lambda_sweep_groups_table_and_figure(sweep_tree, tmp_path):
+    out = tmp_path / "report"
+    assert aggregate.main([str(sweep_tree), "--out", str(out)]) == 0
+    t1 = read_csv(out / "table1_final_epoch.csv")
+    assert [r["variant"] for r in t1] == ["A", "C λb=0.05", "C λb=0.1", "C λb=0.2", "C λb=0.5", "D λb=0.1",
+                                          "D λb=0.2"]  # ordered by variant, then λ_b numerically
+    t6 = read_csv(out / "table6_lambda_sweep.csv")
+    assert [(r["variant"], float(r["lambda_boundary"])) for r in t6] == list(LAMBDA_MIOU)
+    for r in t6:
+        key = (r["variant"], float(r["lambda_boundary"]))
+        seeds = [1, 2] if key == ("D", 0.1) else [1, 2, 3]
+        x = [100 * (LAMBDA_MIOU[key] + 0.01 * s) for s in seeds]
+        se = np.std(x, ddof=1) / math.sqrt(len(x))
+        assert int(r["n_seeds"]) == len(seeds)
+        assert float(r["mIoU mean (%)"]) == pytest.approx(np.mean(x))
+        assert float(r["mIoU ±1.96·SE (%)"]) == pytest.approx(1.96 * se)
+        assert float(r["mIoU ±t·SE (%)"]) == pytest.approx(T975[len(x) - 1] * se)
+        assert float(r["Boundary F1 mean (%)"]) == pytest.approx(100 * (0.6 + key[1] / 10))
+    assert_png(out / "lambda_sweep.png")
+    summary = (out / "summary.md").read_text()
+    assert "## λ_b sweep" in summary and "C: highest mean at mIoU λ_b = 0.1 (76.00)" in summary
+    assert "seed 3 of variant(s) D λb=0.1: no result at any epoch" in summary
+    # the study's comparisons use the swept variants' λ_b = 0.2 groups
+    t3 = read_csv(out / "table3_per_class_iou.csv")
+    assert "Δ(D λb=0.2−A) (pp)" in t3[0] and "Δ(C λb=0.2−B) (pp)" not in t3[0]  # no B in this tree
+    road = by(t3, "class")["road"]
+    assert float(road["Δ(D λb=0.2−A) (pp)"]) == pytest.approx(100 * (0.73 - 0.69))
+    assert "λ_b sweep: in the variant comparisons" in summary
+
+    # the same folder without the sweep: the λ_b outputs of the previous report do not linger
+    aggregate.main([str(sweep_tree / "lb0.1"), "--out", str(out)])
+    assert not (out / "lambda_sweep.png").exists() and not (out / "table6_lambda_sweep.csv").exists()
+    assert [r["variant"] for r in read_csv(out / "table1_final_epoch.csv")] == ["C", "D"]
+
+
+# ---------------------------------------------------------------------------------------------------- gradients
+def write_grad_log(run_dir: Path, variant: str, seed: int, lam: float, rows: list[tuple[int, int, dict]]) -> Path:
+    """grad_stats.jsonl written by the training side's own writer (the format is the contract)."""
+    import torch
+
+    from losses.gradients import GradStatsLog
+
+    log = GradStatsLog(run_dir / "grad_stats.jsonl", keep_through_epoch=0)
+    for epoch, step, stats in rows:
+        log.append({k: torch.tensor(v) for k, v in stats.items()}, epoch=epoch, step=step, variant=variant,
+                   seed=seed, lambda_boundary=lam)
+    return run_dir / "grad_stats.jsonl"
+
+
+def grad_rows(base: float, seed: int) -> list[tuple[int, int, dict]]:
+    """Two logging steps per epoch, epochs 1-3; the second step's cosine is NaN in epoch 1."""
+    rows = []
+    for epoch in (1, 2, 3):
+        for k in (0, 1):
+            dice = base * seed * (k + 1) / epoch
+            rows.append((epoch, 10 * epoch + k, {
+                "grad_norm/logits/ce": dice * 2, "grad_norm/logits/dice": dice,
+                "grad_norm/logits/boundary": dice / 3, "grad_norm/features/dice": dice / 7,
+                "grad_cos/logits/dice_boundary": math.nan if (epoch, k) == (1, 1) else -0.1 * seed}))
+    return rows
+
+
+def test_grad_trajectories_from_run_dirs(sweep_tree, tmp_path):
+    for lam in (0.1, 0.5):
+        for seed in (1, 2, 3):
+            write_grad_log(sweep_tree / f"lb{lam:g}" / f"C_s{seed}", "C", seed, lam, grad_rows(lam, seed))
+    log = sweep_tree / "lb0.1" / "C_s3" / "grad_stats.jsonl"
+    with log.open("a") as f:
+        f.write('{"epoch": 3, "step": 3')  # a kill while writing: skipped
+    out = tmp_path / "report"
+    assert aggregate.main([str(sweep_tree), "--out", str(out)]) == 0
+    assert_png(out / "grad_trajectories.png")
+    rows = by(read_csv(out / "grad_trajectories.csv"), "group", "statistic", "epoch")
+    assert {g for g, _, _ in rows} == {"C λb=0.1", "C λb=0.5"}  # the same groups as the tables
+    r = rows[("C λb=0.1", "grad_norm/logits/dice", "2")]
+    per_seed = [np.mean([0.1 * s * 1 / 2, 0.1 * s * 2 / 2]) for s in (1, 2, 3)]  # mean over steps, then seeds
+    assert (r["n_seeds"], r["n_steps"]) == ("3", "6")
+    assert float(r["mean"]) == pytest.approx(np.mean(per_seed))
+    assert float(r["±1.96·SE"]) == pytest.approx(1.96 * np.std(per_seed, ddof=1) / math.sqrt(3))
+    cos = rows[("C λb=0.5", "grad_cos/logits/dice_boundary", "1")]  # the NaN step is left out
+    assert (cos["n_steps"], float(cos["mean"])) == ("3", pytest.approx(-0.2))
+    assert ("C λb=0.1", "grad_norm/features/ce", "1") not in rows  # only the statistics logged
+    assert "## Gradient trajectories" in (out / "summary.md").read_text()
+
+    # a malformed line that is not the last, and a second log for one run: one-line errors naming the file
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    with pytest.raises(UserError, match=r"C_s3/grad_stats\.jsonl:2: not a JSON line"):
+        aggregate.main([str(sweep_tree), "--out", str(tmp_path / "o2")])
+    log.write_text("\n".join(lines) + "\n")
+    write_grad_log(sweep_tree / "copy", "C", 1, 0.1, grad_rows(0.1, 1))
+    with pytest.raises(UserError, match="a second gradient log for variant C λb=0.1 seed 1"):
+        aggregate.main([str(sweep_tree), "--out", str(tmp_path / "o3")])
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
