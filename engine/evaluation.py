@@ -90,7 +90,7 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int
                    disable=not (show_progress and accelerator.is_main_process))
     task = bar.add_task(description, total=len(loader))
     try:
-        with _live(bar), torch.inference_mode():
+        with _live(bar), torch.no_grad():  # not inference_mode: train.py trains this model again afterwards
             for batch in loader:
                 images = batch["image"].to(accelerator.device, non_blocking=True)
                 labels = batch["label"].to(accelerator.device, non_blocking=True) if with_metrics else None
