@@ -108,15 +108,22 @@ class PredictionWriter:
     """PredictionSink writing test-server PNGs (label ids) and colour overlays, encoded on a thread pool."""
 
     def __init__(self, out_dir: Path, threads: int = 4):
-        self.out_dir, self.pool, self.pending = out_dir, ThreadPoolExecutor(threads), []
+        self.out_dir, self.pool, self.threads = out_dir, ThreadPoolExecutor(threads), threads
+        self.pending, self.written = [], 0
 
     def __call__(self, names: list[str], images: torch.Tensor, pred_train_ids: torch.Tensor) -> None:
         for name, image, pred in zip(names, images, pred_train_ids):
+            while len(self.pending) >= 4 * self.threads:  # back-pressure: a fast GPU must not fill the RAM
+                self._finish_oldest()
             self.pending.append(self.pool.submit(self._write, name, image.numpy(), pred.numpy()))
+
+    def _finish_oldest(self) -> None:
+        self.pending.pop(0).result()  # re-raises a failed write
+        self.written += 1
 
     def _write(self, name: str, image_chw: np.ndarray, pred: np.ndarray) -> None:
         city = name.rsplit("_", 2)[0]  # <city>_<sequence>_<frame>
-        self._save(Image.fromarray(train_ids_to_label_ids(pred), mode="L"),
+        self._save(Image.fromarray(train_ids_to_label_ids(pred)),  # (H, W) uint8 -> mode L
                    self.out_dir / "labelIds" / city / f"{name}_labelIds.png", "PNG")
         if image_chw.dtype == np.uint8:  # evaluation loaders deliver uint8 images
             blend = 0.5 * image_chw.transpose(1, 2, 0) + 0.5 * colorize(pred)
@@ -130,10 +137,11 @@ class PredictionWriter:
         atomic_write_bytes(path, buffer.getvalue())
 
     def close(self) -> int:
-        for future in self.pending:
-            future.result()  # re-raise a failed write here
+        """Wait for the pending writes; returns the number of images written."""
+        while self.pending:
+            self._finish_oldest()
         self.pool.shutdown()
-        return len(self.pending)
+        return self.written
 
 
 class ImageOnlyDataset(torch.utils.data.Dataset):

@@ -95,8 +95,9 @@ def test_single_checkpoint_results_match_its_saved_predictions(data_root, tmp_pa
     for gt_path in sorted((data_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png")):
         name = gt_path.name.replace("_gtFine_labelIds.png", "")
         city = gt_path.parent.name
-        pred_ids = np.array(Image.open(preds / "labelIds" / city / f"{name}_labelIds.png"))
-        assert KNOWN_ID[pred_ids].all()
+        png = Image.open(preds / "labelIds" / city / f"{name}_labelIds.png")
+        pred_ids = np.array(png)
+        assert png.mode == "L" and KNOWN_ID[pred_ids].all()  # 8-bit label ids, as the test server wants
         overlay = Image.open(preds / "overlay" / city / f"{name}_overlay.jpg")
         assert overlay.size == (128, 64)
         pairs.append((label_ids_to_train_ids(pred_ids), label_ids_to_train_ids(np.array(Image.open(gt_path)))))
