@@ -151,7 +151,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return sdt.compute_sdt(train_ids, num_classes=self.num_classes, clip=self.sdt_clip)
         path = sdt.sdt_cache_path(self.sdt_cache_dir, self.names[index])
         expected = (self.num_classes, *train_ids.shape)
-        return sdt.read_sdt_file(path, expected_shape=expected)
+        return sdt.read_sdt_file(path, expected_shape=expected, expected_clip=self.sdt_clip)
 
     def __getitem__(self, index: int) -> dict:
         image, train_ids = read_frame(self.image_paths[index], self.label_paths[index])

@@ -362,6 +362,24 @@ def test_flip_moves_image_label_and_sdt_together(demo_root, tmp_path, source):
             np.testing.assert_array_equal(item["sdt"].numpy(), compute_sdt(np.ascontiguousarray(label)))
 
 
+def test_sdt_cache_missing_or_mismatched_file_names_the_path(demo_root, tmp_path):
+    from data_utils.sdt import compute_sdt, sdt_cache_path, write_sdt_file
+
+    records = list_frames(demo_root, "val")
+    cache = tmp_path / "sdt"
+    dataset = SegmentationDataset(records, sdt_source="cache", sdt_cache_dir=cache)
+    path = sdt_cache_path(cache, records[0]["name"])
+    with pytest.raises(UserError, match=rf"{path}: SDT cache file not found"):
+        dataset[0]
+    label = ID_TO_TRAIN_ID[_png(records[0]["label_path"])]
+    write_sdt_file(path, compute_sdt(label, clip=20), clip=20)  # made with another clip
+    with pytest.raises(UserError, match=rf"{path}: cached SDT was clipped at 20"):
+        dataset[0]
+    write_sdt_file(path, compute_sdt(label[:, :-1]))  # made for another size
+    with pytest.raises(UserError, match=rf"{path}: cached SDT has shape"):
+        dataset[0]
+
+
 def test_resumed_run_sees_the_same_flips_also_in_persistent_workers(demo_root):
     records = list_frames(demo_root, "train")
     # Seed 1 flips frames [-, -, x] in epoch 0 and [x, x, x] in epoch 3: a worker stuck in epoch 0 would show.
