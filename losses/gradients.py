@@ -19,7 +19,9 @@ The values stay on the device as 0-dim tensors: nothing here synchronises with t
 
 `GradStatsLog` writes them to `RUN/grad_stats.jsonl`, one JSON object per logging step:
     {"epoch": 1-based epoch being trained, "step": optimizer steps taken before this micro-batch,
-     "variant", "seed", "lambda_boundary": the λ_b weight in use, then the keys above (NaN -> null)}
+     "variant", "seed", "lambda_boundary": the run's configured λ_b (--lambda-boundary, as in results.json),
+     "weight/<term>": the loss weights in use at this step (they differ from the configured ones under a
+     λ_b schedule), then the keys above (NaN -> null)}
 
 Example:
     >>> out = model(images, return_features=True)
@@ -136,12 +138,17 @@ class GradStatsLog:
         atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in self.rows))
 
     def append(self, stats: dict[str, torch.Tensor], *, epoch: int, step: int, variant: str, seed: int,
-               lambda_boundary: float) -> dict:
-        """Write one line from `term_gradient_stats`' output (one host sync here); returns the row."""
+               lambda_boundary: float, weights: dict[str, float] | None = None) -> dict:
+        """Write one line from `term_gradient_stats`' output (one host sync here); returns the row.
+
+        `lambda_boundary` is the run's configured λ_b (what aggregate.py groups by); `weights` the loss
+        weights in use (`loss_fn.weights`), written as "weight/<term>"."""
         names = sorted(stats)
         values = torch.stack([stats[k].detach().float() for k in names]).tolist() if names else []
         row = {"epoch": int(epoch), "step": int(step), "variant": variant, "seed": int(seed),
-               "lambda_boundary": float(lambda_boundary), **{k: _json_value(v) for k, v in zip(names, values)}}
+               "lambda_boundary": float(lambda_boundary),
+               **{f"weight/{k}": float(w) for k, w in (weights or {}).items()},
+               **{k: _json_value(v) for k, v in zip(names, values)}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()

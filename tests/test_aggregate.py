@@ -403,7 +403,7 @@ def write_grad_log(run_dir: Path, variant: str, seed: int, lam: float, rows: lis
     log = GradStatsLog(run_dir / "grad_stats.jsonl", keep_through_epoch=0)
     for epoch, step, stats in rows:
         log.append({k: torch.tensor(v) for k, v in stats.items()}, epoch=epoch, step=step, variant=variant,
-                   seed=seed, lambda_boundary=lam)
+                   seed=seed, lambda_boundary=lam, weights={"ce": 1.0, "boundary": lam * epoch / 3})  # a ramp
     return run_dir / "grad_stats.jsonl"
 
 

@@ -189,8 +189,10 @@ def test_grad_stats_log_format_resume_and_epoch_means(tmp_path):
     path = tmp_path / "run" / "grad_stats.jsonl"
     log = GradStatsLog(path, keep_through_epoch=0)
     stats = {"grad_norm/logits/ce": torch.tensor(0.5), "grad_cos/logits/dice_boundary": torch.tensor(float("nan"))}
-    row = log.append(stats, epoch=1, step=0, variant="C", seed=42, lambda_boundary=0.2)
+    row = log.append(stats, epoch=1, step=0, variant="C", seed=42, lambda_boundary=0.2,
+                     weights={"ce": 1.0, "dice": 1.0, "boundary": 0.05})
     assert row == {"epoch": 1, "step": 0, "variant": "C", "seed": 42, "lambda_boundary": 0.2,
+                   "weight/ce": 1.0, "weight/dice": 1.0, "weight/boundary": 0.05,
                    "grad_cos/logits/dice_boundary": None, "grad_norm/logits/ce": 0.5}
     log.append({"grad_norm/logits/ce": torch.tensor(1.5), "grad_cos/logits/dice_boundary": torch.tensor(-0.25)},
                epoch=1, step=10, variant="C", seed=42, lambda_boundary=0.2)
