@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 import time
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +118,10 @@ def run_with_progress(fn, tasks: list, workers: int, description: str):
                TextColumn("eta"), TimeRemainingColumn())
     pool = None
     if workers > 1 and len(tasks) > 1:
-        # spawn: workers start clean (no inherited threads from datasets/arrow); created before rich's thread
-        pool = get_context("spawn").Pool(min(workers, len(tasks)))
+        # fork (as torch's DataLoader does) so workers skip re-importing torch and datasets; the workers only
+        # run numpy/edt/zlib code. The pool is made before rich starts its refresh thread.
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        pool = get_context(method).Pool(min(workers, len(tasks)))
     try:
         results = map(fn, tasks) if pool is None else pool.imap_unordered(fn, tasks, chunksize=1)
         with Progress(*columns, console=Console(stderr=True)) as bar:

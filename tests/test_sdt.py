@@ -1,0 +1,344 @@
+"""Signed distance maps: exact equality with a scipy reference, torch == numpy, the cache format, precompute_sdt.py."""
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.ndimage import distance_transform_edt, gaussian_filter
+
+import precompute_sdt
+from data_utils.labels import label_ids_to_train_ids
+from data_utils.sdt import (
+    compute_sdt,
+    compute_sdt_torch,
+    inspect_sdt_file,
+    read_sdt_file,
+    rounded_sqrt_table,
+    sdt_cache_path,
+    write_sdt_file,
+)
+from data_utils.synthetic import generate_dataset
+from utils import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reference_sdt(label: np.ndarray, num_classes: int, clip: int) -> np.ndarray:
+    """The definition, written out with scipy: two EDTs per present class."""
+    sdt = np.zeros((num_classes, *label.shape), dtype=np.int8)
+    for c in range(num_classes):
+        inside = label == c
+        if not inside.any() or inside.all():
+            continue
+        phi = distance_transform_edt(~inside) - distance_transform_edt(inside)
+        sdt[c] = np.clip(np.rint(phi), -clip, clip).astype(np.int8)
+    sdt[:, label == 255] = 0
+    return sdt
+
+
+def blob_label(height: int, width: int, num_blob_classes: int, seed: int, ignore: bool = True) -> np.ndarray:
+    """Smooth random regions of classes 0..num_blob_classes-1, plus an ignore rectangle and ignore specks."""
+    rng = np.random.default_rng(seed)
+    sigma = rng.uniform(1.5, 10.0, size=2)
+    noise = gaussian_filter(rng.standard_normal((num_blob_classes, height, width)), sigma=(0, *sigma))
+    label = noise.argmax(0).astype(np.uint8)
+    if ignore:
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        label[y:y + rng.integers(1, height // 2 + 2), x:x + rng.integers(1, width // 2 + 2)] = 255
+        label[rng.random((height, width)) < 0.01] = 255
+    return label
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exactness
+
+
+def test_hand_made_sign_convention():
+    label = np.ones((3, 6), np.uint8)
+    label[:, :2] = 0  # class 0 = the two left columns, class 1 the rest
+    sdt = compute_sdt(label, num_classes=3)
+    np.testing.assert_array_equal(sdt[0], np.tile([-2, -1, 1, 2, 3, 4], (3, 1)))  # negative inside
+    np.testing.assert_array_equal(sdt[1], np.tile([2, 1, -1, -2, -3, -4], (3, 1)))
+    np.testing.assert_array_equal(sdt[2], 0)  # absent class
+    label[1, 5] = 255  # ignore: 0 in every map, and a boundary for class 1
+    sdt = compute_sdt(label, num_classes=3)
+    assert sdt[:, 1, 5].tolist() == [0, 0, 0]
+    assert sdt[1, 1, 4] == -1 and sdt[1, 0, 5] == -1
+
+
+def test_rounding_table_is_rint_of_sqrt():
+    table = rounded_sqrt_table(127)
+    n = np.arange(len(table))
+    np.testing.assert_array_equal(table, np.minimum(np.rint(np.sqrt(n)), 127))
+    # no squared integer distance is ever a tie for rounding: sqrt(n) != k + 1/2
+    assert not np.any(np.isclose(np.sqrt(n) % 1.0, 0.5, rtol=0, atol=1e-4))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_blobs_match_scipy_reference(seed):
+    rng = np.random.default_rng(1000 + seed)
+    height, width = int(rng.integers(1, 80)), int(rng.integers(1, 110))
+    num_classes = int(rng.integers(2, 7))
+    blob_classes = int(rng.integers(1, num_classes + 1))  # classes above blob_classes stay absent
+    clip = int(rng.choice([1, 3, 7, 20, 127]))  # small clips: most distances lie beyond the clip
+    label = blob_label(height, width, blob_classes, seed)
+    np.testing.assert_array_equal(compute_sdt(label, num_classes, clip), reference_sdt(label, num_classes, clip))
+
+
+def test_far_distances_and_edge_cases_match_reference():
+    # one tiny object in a large image: distances far beyond 127 px along both axes
+    label = np.zeros((300, 420), np.uint8)
+    label[5:9, 400:404] = 1
+    label[250:, :30] = 255
+    np.testing.assert_array_equal(compute_sdt(label, 3), reference_sdt(label, 3, 127))
+    # one class covering the whole image, all ignore, one class + ignore only, a single pixel, one row/column
+    cases = [np.full((20, 30), 2, np.uint8), np.full((20, 30), 255, np.uint8), np.zeros((1, 1), np.uint8)]
+    partial = np.full((20, 30), 1, np.uint8)
+    partial[3:7, 4:9] = 255
+    single = np.zeros((15, 17), np.uint8)
+    single[7, 8] = 1
+    cases += [partial, single, blob_label(1, 200, 3, 1), blob_label(150, 1, 3, 2)]
+    for label in cases:
+        np.testing.assert_array_equal(compute_sdt(label, 3), reference_sdt(label, 3, 127))
+    assert not compute_sdt(cases[0], 3).any()  # full coverage -> zero map
+
+
+def test_real_labels_match_reference(cityscapes_sample, cityscapes_fullres):
+    small = np.array(Image.open(next(cityscapes_sample.rglob("*_gtFine_labelTrainIds.png"))))
+    np.testing.assert_array_equal(compute_sdt(small), reference_sdt(small, 19, 127))
+    path = sorted((cityscapes_fullres / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))[0]
+    label = label_ids_to_train_ids(np.array(Image.open(path)), str(path))
+    np.testing.assert_array_equal(compute_sdt(label), reference_sdt(label, 19, 127))
+
+
+def test_input_types_and_bad_values():
+    label = blob_label(20, 30, 3, 0)
+    np.testing.assert_array_equal(compute_sdt(label.astype(np.int64), 3), compute_sdt(label, 3))
+    bad = label.copy()
+    bad[0, 0] = 19
+    with pytest.raises(UserError, match=r"\[19\]"):
+        compute_sdt(bad, num_classes=19)
+    with pytest.raises(UserError):
+        compute_sdt(np.full((4, 4), -1, np.int32), 19)
+    with pytest.raises(UserError, match=r"\[3\]"):
+        compute_sdt_torch(torch.from_numpy(label.astype(np.int64)).clamp(max=3)[None], num_classes=3)
+    with pytest.raises(ValueError):
+        compute_sdt(label.astype(np.float32), 3)
+    with pytest.raises(ValueError):
+        compute_sdt(label, 3, clip=128)
+    with pytest.raises(ValueError):
+        compute_sdt_torch(torch.from_numpy(label), 3)  # (H, W): the torch API takes a batch
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Torch path == CPU path
+
+
+def test_torch_matches_numpy_on_random_batches():
+    rng = np.random.default_rng(7)
+    for trial in range(6):
+        height, width = int(rng.integers(1, 70)), int(rng.integers(1, 90))
+        num_classes, clip = int(rng.integers(2, 6)), int(rng.choice([1, 2, 5, 16, 127]))
+        labels = np.stack([blob_label(height, width, int(rng.integers(1, num_classes + 1)), 50 * trial + k)
+                           for k in range(3)])
+        labels[0] = labels[0, 0, 0]  # one image holds a single value (whole-image class or all ignore)
+        out = compute_sdt_torch(torch.from_numpy(labels).long(), num_classes, clip)
+        assert out.dtype == torch.int8 and out.shape == (3, num_classes, height, width)
+        for k in range(3):
+            np.testing.assert_array_equal(out[k].numpy(), compute_sdt(labels[k], num_classes, clip))
+
+
+def test_torch_matches_numpy_with_far_distances():
+    label = np.full((200, 330), 1, np.uint8)
+    label[100:104, 10:12] = 0
+    label[:40, 200:] = 255
+    label[150:, 300:] = 2
+    out = compute_sdt_torch(torch.from_numpy(label)[None], num_classes=4)
+    np.testing.assert_array_equal(out[0].numpy(), compute_sdt(label, 4))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_kernels_match_numpy_in_interpreter(monkeypatch):
+    """The CUDA kernels, run on CPU tensors by Triton's interpreter: a private copy of the module is loaded
+    with TRITON_INTERPRET=1 set, because `triton.jit` reads it when the kernels are defined."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    spec = importlib.util.spec_from_file_location("sdt_triton_interpreted", ROOT / "data_utils" / "sdt_triton.py")
+    sdt_triton = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sdt_triton)
+    for clip, num_classes, shape in ((3, 3, (12, 20)), (127, 3, (4, 24))):
+        labels = np.stack([blob_label(*shape, num_classes - 1, seed) for seed in range(2)])
+        labels[1, :, -3:] = 2  # the last class present too
+        out = sdt_triton.sdt_triton(torch.from_numpy(labels).contiguous(), num_classes, clip).numpy()
+        for k in range(2):
+            np.testing.assert_array_equal(out[k], compute_sdt(labels[k], num_classes, clip))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cache files
+
+
+@pytest.fixture
+def small_sdt() -> np.ndarray:
+    return compute_sdt(blob_label(40, 60, 4, 3), num_classes=5)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_cache_roundtrip(tmp_path, small_sdt, compress):
+    path = sdt_cache_path(tmp_path, "berlin_000001_000019")
+    assert path == tmp_path / "berlin" / "berlin_000001_000019.sdt"
+    size = write_sdt_file(path, small_sdt, compress=compress)
+    assert size == path.stat().st_size and (size < small_sdt.nbytes) == compress
+    loaded = read_sdt_file(path, expected_shape=small_sdt.shape, expected_clip=127)
+    np.testing.assert_array_equal(loaded, small_sdt)
+    assert loaded.dtype == np.int8 and not loaded.flags.writeable
+    assert isinstance(loaded, np.memmap) != compress  # raw files are memory-mapped
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
+
+
+def test_cache_rejects_mismatch_and_corruption(tmp_path, small_sdt):
+    path = tmp_path / "a.sdt"
+    write_sdt_file(path, small_sdt)
+    good = path.read_bytes()
+    with pytest.raises(UserError, match="another resolution or class count"):
+        read_sdt_file(path, expected_shape=(19, 40, 60))
+    with pytest.raises(UserError, match="clipped at 127"):
+        read_sdt_file(path, expected_clip=64)
+    for name, data in [("truncated", good[:-10]), ("empty", b""), ("header only", good[:64]),
+                       ("flipped payload byte", good[:500] + bytes([good[500] ^ 1]) + good[501:]),
+                       ("flipped header byte", good[:20] + bytes([good[20] ^ 1]) + good[21:]),
+                       ("not ours", b"\x89PNG\r\n\x1a\n" + good[8:])]:
+        path.write_bytes(data)
+        with pytest.raises(UserError) as err:
+            read_sdt_file(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value), name
+    with pytest.raises(UserError, match="not found"):
+        read_sdt_file(tmp_path / "missing.sdt")
+    with pytest.raises(ValueError):
+        write_sdt_file(path, small_sdt.astype(np.int16))
+
+
+def _fail_mid_write(monkeypatch):
+    """Make every file opened by the atomic writer accept half of the data, then fail with ENOSPC."""
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(bytes(data[: len(data) // 2]))
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: FullDisk(real_fdopen(fd, mode, *a, **k)))
+
+
+def test_disk_full_leaves_no_file(tmp_path, small_sdt, monkeypatch):
+    _fail_mid_write(monkeypatch)
+    with pytest.raises(OSError):
+        write_sdt_file(tmp_path / "x" / "a.sdt", small_sdt)
+    assert list((tmp_path / "x").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# precompute_sdt.py
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("sdt") / "demo", num_train=4, num_val=1, height=64, width=128,
+                            seed=3, progress=False)
+
+
+def _expected(demo_root: Path, out: Path) -> dict[Path, np.ndarray]:
+    labels = sorted((demo_root / "gtFine" / "train").rglob("*_gtFine_labelIds.png"))
+    return {sdt_cache_path(out, p.name.replace("_gtFine_labelIds.png", "")):
+            compute_sdt(label_ids_to_train_ids(np.array(Image.open(p)))) for p in labels}
+
+
+def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
+    out = tmp_path / "cache"
+    args = ["--data-root", str(demo_root), "--split", "train", "--out", str(out)]
+    assert precompute_sdt.main(args + ["--workers", "2"]) == 0
+    expected = _expected(demo_root, out)
+    for path, sdt in expected.items():
+        np.testing.assert_array_equal(read_sdt_file(path, expected_shape=sdt.shape), sdt)
+
+    # Simulated crash: a stale temp file, a partial (truncated) file, a corrupt file, a missing file.
+    truncated, corrupt, missing, untouched = list(expected)
+    stale = truncated.parent / f".{truncated.name}.abc123.tmp"
+    stale.write_bytes(b"half a file")
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    data = bytearray(corrupt.read_bytes())
+    data[-7] ^= 0x10
+    corrupt.write_bytes(bytes(data))
+    missing.unlink()
+    before = untouched.stat()
+    capsys.readouterr()
+    assert precompute_sdt.main(args + ["--workers", "1", "--compress"]) == 0
+    assert "3 written, 1 already valid, 1 stale temp files removed" in capsys.readouterr().err
+    after = untouched.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # valid file skipped
+    assert not stale.exists()
+    for path, sdt in expected.items():
+        np.testing.assert_array_equal(read_sdt_file(path), sdt)
+    assert inspect_sdt_file(corrupt).compressed and not inspect_sdt_file(untouched).compressed
+
+    # --verify: clean cache passes; a flipped byte (CRC) and a wrong-but-well-formed file are both reported.
+    assert precompute_sdt.main(args + ["--verify", "--workers", "1"]) == 0
+    data = bytearray(untouched.read_bytes())
+    data[100] ^= 0x01
+    untouched.write_bytes(bytes(data))
+    wrong = expected[corrupt].copy()
+    wrong[0, 0, 0] = -wrong[0, 0, 0] if wrong[0, 0, 0] else 1
+    write_sdt_file(corrupt, wrong)
+    capsys.readouterr()
+    assert precompute_sdt.main(args + ["--verify", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and "1 of" in err and "2 with problems" in err
+
+
+def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
+    out = tmp_path / "cache"
+    args = ["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--workers", "1"]
+    # a cache made at another resolution is redone (never read as valid) ...
+    first = sorted(_expected(demo_root, out))[0]
+    write_sdt_file(first, np.zeros((19, 32, 64), np.int8))
+    with pytest.raises(UserError, match="another resolution"):
+        read_sdt_file(first, expected_shape=(19, 64, 128))
+    # ... but a full disk stops the run with one clear line and no half-written file
+    _fail_mid_write(monkeypatch)
+    with pytest.raises(UserError, match="free disk space") as err:
+        precompute_sdt.main(args)
+    assert "\n" not in str(err.value)
+    assert not [p for p in out.rglob("*") if p.is_file() and p != first]
+    monkeypatch.undo()
+    assert precompute_sdt.main(args) == 0  # the rerun redoes the wrong-resolution file
+    assert read_sdt_file(first, expected_shape=(19, 64, 128)).shape == (19, 64, 128)
+
+    # unknown label values: the error names the label file
+    bad_root = tmp_path / "bad"
+    generate_dataset(bad_root, num_train=1, num_val=0, height=64, width=64, seed=0, progress=False)
+    label_path = next(bad_root.rglob("*_gtFine_labelIds.png"))
+    ids = np.array(Image.open(label_path))
+    ids[0, 0] = 200
+    Image.fromarray(ids).save(label_path)
+    with pytest.raises(UserError, match=str(label_path)):
+        precompute_sdt.main(["--data-root", str(bad_root), "--split", "train", "--out", str(tmp_path / "c2"),
+                             "--workers", "1"])
+    assert not list((tmp_path / "c2").rglob("*.sdt"))
