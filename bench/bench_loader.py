@@ -2,8 +2,8 @@
 
 What one training item costs in a DataLoader worker (`data_utils.dataset.SegmentationDataset`, the train
 setting: random flip, uint8 image for augmentation on the device), per stage and in total, for each SDT
-source: none (variants A/B, or SDT computed on the device), cpu (compute_sdt in the worker) and cache
-(read a precomputed file). Each stage runs in this process on one thread, over --passes passes of the
+source: none (variants A/B, or SDT computed on the device), cpu (compute_sdt in the worker), cache (read a
+precomputed file, memory-mapped) and cache-z (a `precompute_sdt.py --compress` file, decoded in memory). Each stage runs in this process on one thread, over --passes passes of the
 frames after one warm-up pass (files are in the page cache, as after the first epoch). A worker is one
 process with one thread, so its rate is 1 / (time per item); then a real DataLoader with each --workers
 count measures what the machine gives (collate and inter-process transfer included).
@@ -36,7 +36,7 @@ from data_utils.labels import label_ids_to_train_ids  # noqa: E402
 from utils.fileio import atomic_write_json  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
-SOURCES = ("none", "cpu", "cache")
+SOURCES = ("none", "cpu", "cache", "cache-z")  # cache-z: precompute_sdt.py --compress files
 
 
 def mean_seconds(fn, items: list, passes: int) -> float:
@@ -50,7 +50,14 @@ def mean_seconds(fn, items: list, passes: int) -> float:
     return (time.perf_counter() - start) / (passes * len(items))
 
 
-def stage_times(records: list[dict], passes: int, sources: list[str], cache_dir: Path | None) -> dict[str, float]:
+def make_dataset(records, source: str, caches: dict[str, Path]) -> SegmentationDataset:
+    """The training dataset (random flip, uint8 images) with one SDT source of this benchmark."""
+    sdt_source = "cache" if source.startswith("cache") else source
+    return SegmentationDataset(records, hflip=True, seed=0, image_dtype="uint8", sdt_source=sdt_source,
+                               sdt_cache_dir=caches.get(source))
+
+
+def stage_times(records: list[dict], passes: int, sources: list[str], caches: dict[str, Path]) -> dict[str, float]:
     """Seconds per frame of each stage of SegmentationDataset.__getitem__, one thread (each stage on
     inputs decoded beforehand, so the stages add up to about one item)."""
     from data_utils import sdt
@@ -68,23 +75,23 @@ def stage_times(records: list[dict], passes: int, sources: list[str], cache_dir:
     }
     if "cpu" in sources:
         stages["compute_sdt (cpu source)"] = lambda r: sdt.compute_sdt(train_ids[r["name"]])
-    if "cache" in sources:
-        stages["read SDT file + copy (cache source)"] = lambda r: np.array(sdt.read_sdt_file(
-            sdt.sdt_cache_path(cache_dir, r["name"]), expected_shape=(19, *train_ids[r["name"]].shape)), dtype=np.int8)
+    for source, cache_dir in caches.items():
+        def read(r, cache_dir=cache_dir):
+            path = sdt.sdt_cache_path(cache_dir, r["name"])
+            return np.array(sdt.read_sdt_file(path, expected_shape=(19, *train_ids[r["name"]].shape)), dtype=np.int8)
+        stages[f"read SDT file + copy ({source} source)"] = read
     return {name: mean_seconds(fn, records, passes) for name, fn in stages.items()}
 
 
-def item_seconds(records, source: str, cache_dir: Path | None, passes: int) -> float:
+def item_seconds(records, source: str, caches: dict[str, Path], passes: int) -> float:
     """Seconds per SegmentationDataset item (train setting) in this process: one worker's cost per image."""
-    dataset = SegmentationDataset(records, hflip=True, seed=0, image_dtype="uint8",
-                                  sdt_source=source, sdt_cache_dir=cache_dir)
+    dataset = make_dataset(records, source, caches)
     return mean_seconds(dataset.__getitem__, list(range(len(dataset))), passes)
 
 
-def loader_rate(records, source: str, cache_dir: Path | None, workers: int, batches: int, batch_size: int) -> float:
+def loader_rate(records, source: str, caches: dict[str, Path], workers: int, batches: int, batch_size: int) -> float:
     """Images/s of a real DataLoader (workers processes, persistent, prefetch 2) after its first batch."""
-    dataset = SegmentationDataset(records, hflip=True, seed=0, image_dtype="uint8",
-                                  sdt_source=source, sdt_cache_dir=cache_dir)
+    dataset = make_dataset(records, source, caches)
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch_size * (batches + 1),
                                              generator=torch.Generator().manual_seed(0))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_batch,
@@ -100,7 +107,7 @@ def loader_rate(records, source: str, cache_dir: Path | None, workers: int, batc
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT, help="Cityscapes-layout root (train split)")
-    parser.add_argument("--sources", default="none,cpu,cache", help=f"comma list of {', '.join(SOURCES)}")
+    parser.add_argument("--sources", default="none,cpu,cache,cache-z", help=f"comma list of {', '.join(SOURCES)}")
     parser.add_argument("--passes", type=int, default=2, help="timed passes over the frames (after one warm-up)")
     parser.add_argument("--workers", default="1,2", help="comma list of DataLoader worker counts to run ('' = none)")
     parser.add_argument("--batches", type=int, default=8, help="batches per DataLoader measurement")
@@ -124,13 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_loader {report['date']}: {len(records)} frames {width}x{height} from {args.data_root}, "
           f"{os.cpu_count()} cores, load average {report['load_average'][0]:.2f}")
     workdir = Path(tempfile.mkdtemp(prefix="bench_loader_"))
-    cache_dir = None
     try:
-        if "cache" in sources:
-            from bench.bench_train import prepare_sdt_cache
+        from bench.bench_train import prepare_sdt_cache
 
-            cache_dir = prepare_sdt_cache(args.data_root, workdir / "sdt_cache")
-        stages = stage_times(records, args.passes, sources, cache_dir)
+        caches = {source: prepare_sdt_cache(args.data_root, workdir / source, compress=source == "cache-z")
+                  for source in sources if source.startswith("cache")}
+        stages = stage_times(records, args.passes, sources, caches)
         report["stage_ms"] = {k: 1e3 * v for k, v in stages.items()}
         print("stage (one thread)                          ms/frame")
         for name, seconds in stages.items():
@@ -139,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         report["per_worker"] = {}
         print(f"\nSDT source  ms/item  img/s per worker  workers for {args.target:g} img/s   DataLoader img/s (workers)")
         for source in sources:
-            seconds = item_seconds(records, source, cache_dir, args.passes)
+            seconds = item_seconds(records, source, caches, args.passes)
             rate = 1.0 / seconds
             needed = math.ceil(args.target / rate)
             measured = {}
             for w in [int(x) for x in args.workers.split(",") if x]:
-                measured[w] = loader_rate(records, source, cache_dir, w, args.batches, args.batch_size)
+                measured[w] = loader_rate(records, source, caches, w, args.batches, args.batch_size)
             report["per_worker"][source] = {"ms_per_item": 1e3 * seconds, "images_per_s_per_worker": rate,
                                             "workers_for_target": needed, "dataloader_images_per_s": measured}
             shown = "  ".join(f"{v:.2f} ({w})" for w, v in measured.items())

@@ -58,12 +58,13 @@ CITYSCAPES_TRAIN_IMAGES = 2975  # one epoch of the study
 SDT_SOURCES = ("gpu", "cache", "cpu")
 PHASES = ("data", "augment_sdt", "forward", "backward", "optimizer")
 
-# --preset: full = the study's setting (and the issue's H100 measurement); small = what 2 CPU cores manage.
+# --preset: full = the study's setting (and the issue's H100 measurement); small = what 2 CPU cores manage
+# (UPerNet at 128 channels as in train.py's demo preset: at 512 its 3x3 fuse conv is ~10x the atto backbone).
 PRESETS = {
     "full": {"height": 1024, "width": 2048, "backbone": "convnextv2_base", "batch_size": 2, "steps": 10,
-             "warmup": 3, "bf16": True, "compile": True, "workers": 8},
+             "warmup": 3, "bf16": True, "compile": True, "workers": 8, "head_channels": 512},
     "small": {"height": 256, "width": 512, "backbone": "convnextv2_atto", "batch_size": 2, "steps": 5,
-              "warmup": 2, "bf16": False, "compile": False, "workers": 2},
+              "warmup": 2, "bf16": False, "compile": False, "workers": 2, "head_channels": 128},
 }
 
 # The issue's and the study's figures, printed beside ours for comparison (their measurements, not ours).
@@ -234,9 +235,10 @@ def prepare_dataset(root: Path, height: int, width: int, num_frames: int, unique
     return root
 
 
-def prepare_sdt_cache(data_root: Path, cache_dir: Path) -> Path:
-    """SDT cache files (data_utils.sdt format) for every train frame; identical labels (hard-linked PNGs)
-    get hard-linked cache files, so the cache costs one compute_sdt per distinct label file."""
+def prepare_sdt_cache(data_root: Path, cache_dir: Path, compress: bool = False) -> Path:
+    """SDT cache files (data_utils.sdt format, as precompute_sdt.py writes them, zlib row deltas with
+    `compress`) for every train frame; identical labels (hard-linked PNGs) get hard-linked cache files, so
+    the cache costs one compute_sdt per distinct label file."""
     from data_utils.cityscapes import load_split
     from data_utils.dataset import read_label_ids
     from data_utils.labels import label_ids_to_train_ids
@@ -251,7 +253,7 @@ def prepare_sdt_cache(data_root: Path, cache_dir: Path) -> Path:
             os.link(done[inode], out)
             continue
         train_ids = label_ids_to_train_ids(read_label_ids(record["label_path"]), record["label_path"])
-        write_sdt_file(out, compute_sdt(train_ids))
+        write_sdt_file(out, compute_sdt(train_ids), compress=compress)
         done[inode] = out
     return cache_dir
 
@@ -607,7 +609,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="untimed steps first (>= 1; the first one is reported alone)")
     parser.add_argument("--variant", default="C", choices=("A", "B", "C", "D"))
     parser.add_argument("--backbone")
-    parser.add_argument("--head-channels", type=int, default=512, help="UPerNet width (the study: 512)")
+    parser.add_argument("--head-channels", type=int, help="UPerNet width (the study: 512)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
                         help="torch.compile the model through accelerate (inductor); first step reports compile time")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
