@@ -2,8 +2,6 @@
 accepted by train.py's parser with only --lambda-boundary, --variant and --seed changed from the paper's recipe."""
 from pathlib import Path
 
-import pytest
-
 from engine.config import TrainConfig, build_parser, parse_args
 from engine.sweep_local import grid_runs, load_sweep, main as sweep_local_main, run_command
 
@@ -46,9 +44,8 @@ def test_each_run_parses_with_only_lambda_variant_seed_changed():
         assert changed <= {"variant", "lambda_boundary", "seed"}  # everything else is the paper's recipe
 
 
-@pytest.mark.xfail(strict=True, reason="engine/config.py: TrainConfig.run_name does not include λ_b yet, so the "
-                   "4 λ_b values of one (variant, seed) share runs/<variant>_seed<seed> (remove this mark once it does)")
 def test_each_cell_gets_its_own_run_dir():
+    # TrainConfig.run_name must tell λ_b values apart, or four runs would resume each other's directory
     config = load_sweep(SWEEP)
     dirs = {str(parse_args(run_command(config, run)[4:])[0].run_dir) for run in grid_runs(config)}
     assert len(dirs) == 24
