@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     # -------- write: one CSV per table, then summary.md (every file atomically)
     for t in tables:
         atomic_write_text(out / f"{t.name}.csv", t.to_csv())
-    md = [f"# Loss-ablation report\n",
+    md = ["# Loss-ablation report\n",
           f"Source: `{source}` — {len(records)} results; variants {', '.join(study.groups)}; seeds "
           f"{', '.join(map(str, study.seeds))}; epochs {', '.join(map(str, study.epochs))}. Final epoch {final}, "
           f"early epoch {early if early is not None else 'n/a'}. Values in percent; Δ in percentage points (pp).\n",

@@ -72,7 +72,7 @@ def _int(value, where: str, name: str) -> int:
 def read_results_file(path: str | Path) -> Record:
     """One `<ckpt>.results.json` -> Record. Corrupt or incomplete files raise UserError naming the file."""
     path = Path(path)
-    redo = f"delete it and re-run `python evaluate.py --all RUNS_DIR` to redo it"
+    redo = "delete it and re-run `python evaluate.py --all RUNS_DIR` to redo it"
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
