@@ -273,20 +273,25 @@ def train_config(args, sdt_source: str = "gpu", data_root: str = "", sdt_cache: 
         sdt_source=sdt_source, sdt_cache=sdt_cache, augment="gpu", seed=0, wandb=False)
 
 
+def make_accelerator(args, device: torch.device):
+    """train.py's Accelerator (mixed precision from --bf16), plus what the fast path adds: torch.compile
+    through accelerate's dynamo backend and non-blocking host->device copies of the loader's batches."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    return Accelerator(mixed_precision="bf16" if args.bf16 else "no", cpu=device.type == "cpu",
+                       dynamo_backend="inductor" if args.compile else None,
+                       dataloader_config=DataLoaderConfiguration(non_blocking=True))
+
+
 class Trainer:
     """Model, loss, AdamW and Accelerator as train.py builds them, plus the bench-only fast-path switches."""
 
-    def __init__(self, args, device: torch.device):
-        from accelerate import Accelerator
-        from accelerate.utils import DataLoaderConfiguration
-
+    def __init__(self, args, device: torch.device, accelerator=None):
         self.args, self.device = args, device
         self.cfg = train_config(args)
         torch.backends.cudnn.benchmark = True  # as train.py: fixed input size, autotuned conv kernels
-        self.accelerator = Accelerator(
-            mixed_precision=self.cfg.mixed_precision, cpu=device.type == "cpu",
-            dynamo_backend="inductor" if args.compile else None,
-            dataloader_config=DataLoaderConfiguration(non_blocking=True))  # host->device copies overlap compute
+        self.accelerator = accelerator or make_accelerator(args, device)
         model = build_model_from_config(self.cfg)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -343,14 +348,19 @@ def _timed_loop(trainer: Trainer, next_batch, args) -> dict:
     return result
 
 
-def time_model_part(trainer: Trainer, args) -> dict:
-    """Model + loss + backward + optimizer on fixed random device tensors."""
-    device, n, h, w = trainer.device, args.batch_size, args.height, args.width
+def random_batch(args, device: torch.device, with_sdt: bool):
+    """Fixed random (images (N, 3, H, W) float32, labels (N, H, W) int64, sdt (N, 19, H, W) int8 or None)."""
+    n, h, w = args.batch_size, args.height, args.width
     gen = torch.Generator(device="cpu").manual_seed(0)
     images = torch.randn(n, 3, h, w, generator=gen).to(device)
     labels = torch.randint(0, 19, (n, h, w), generator=gen).to(device)
-    sdt = torch.randint(-127, 128, (n, 19, h, w), generator=gen, dtype=torch.int8).to(device) \
-        if trainer.loss_fn.uses_sdt else None
+    sdt = torch.randint(-127, 128, (n, 19, h, w), generator=gen, dtype=torch.int8).to(device) if with_sdt else None
+    return images, labels, sdt
+
+
+def time_model_part(trainer: Trainer, args) -> dict:
+    """Model + loss + backward + optimizer on fixed random device tensors."""
+    images, labels, sdt = random_batch(args, trainer.device, trainer.loss_fn.uses_sdt)
 
     def next_batch(timer: PhaseTimer, _i: int) -> torch.Tensor:
         timer.start()
@@ -509,14 +519,18 @@ def matrix_rows(args) -> list[tuple[str, list[str], str]]:
     ]
 
 
+def common_flags(args) -> list[str]:
+    """The resolved options every matrix row shares, as flags."""
+    return ["--device", args.device, "--height", str(args.height), "--width", str(args.width),
+            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--variant", args.variant, "--backbone", args.backbone, "--head-channels", str(args.head_channels),
+            "--workers", str(args.workers), "--sdt-source", args.sdt_source, "--bf16" if args.bf16 else "--no-bf16"]
+
+
 def run_matrix(args) -> dict:
     """Each row in its own process (clean peak memory, one compile at most); the data set and SDT cache are
     prepared once here (in the background while the model-only rows run, when the machine has the cores)."""
-    common = ["--device", args.device, "--height", str(args.height), "--width", str(args.width),
-              "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-              "--variant", args.variant, "--backbone", args.backbone, "--head-channels", str(args.head_channels),
-              "--workers", str(args.workers), "--sdt-source", args.sdt_source,
-              "--bf16" if args.bf16 else "--no-bf16"]
+    common = common_flags(args)
     workdir = Path(tempfile.mkdtemp(prefix="bench_matrix_", dir=args.tmp_dir))
     prepared: dict = {}
 
@@ -570,6 +584,53 @@ def run_matrix(args) -> dict:
         if not args.keep_data:
             shutil.rmtree(workdir, ignore_errors=True)
     return {"matrix": rows}
+
+
+def run_compare(args) -> dict:
+    """Step time of the matrix's eager model-only configurations, interleaved in one process.
+
+    Each round times one step of every configuration (the order rotated each round), and the median per
+    configuration is reported: on a machine shared with other work, slow drifts of the available CPU hit
+    all configurations alike, so the ratios stay meaningful where separate runs are not. Memory is not
+    measured here (all models live in one process): use --matrix for that.
+    """
+    device = torch.device(args.device)
+    rows, seen = [], set()
+    for label, flags, _ in matrix_rows(args):
+        if "--compile" not in flags and tuple(flags) not in seen:  # one process cannot mix compiled and eager
+            seen.add(tuple(flags))
+            rows.append((label, flags))
+    accelerator = make_accelerator(argparse.Namespace(**{**vars(args), "compile": False}), device)
+    trainers = [Trainer(parse_args(common_flags(args) + flags), device, accelerator) for _, flags in rows]
+    images, labels, sdt = random_batch(args, device, trainers[0].loss_fn.uses_sdt)
+
+    def one_step(trainer: Trainer) -> None:
+        timer = PhaseTimer(device)  # phases are not needed here, only the wall time around the step
+        timer.start()
+        trainer.step(images, labels, sdt, timer)
+
+    for trainer in trainers:
+        for _ in range(args.warmup):
+            one_step(trainer)
+    times = [[] for _ in rows]
+    for r in range(args.compare):
+        for k in range(len(rows)):
+            index = (k + r) % len(rows)
+            synchronize(device)
+            start = time.perf_counter()
+            one_step(trainers[index])
+            synchronize(device)
+            times[index].append(time.perf_counter() - start)
+    medians = [sorted(t)[len(t) // 2] for t in times]
+    result = {"rounds": args.compare, "device": describe_device(device),
+              "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "rows": []}
+    print(f"\ninterleaved step times, {args.compare} rounds, {result['device']}:")
+    for (label, flags), t, median in zip(rows, times, medians):
+        result["rows"].append({"label": label, "flags": flags, "median_ms": 1e3 * median,
+                               "min_ms": 1e3 * min(t), "max_ms": 1e3 * max(t), "ratio": medians[0] / median})
+        print(f"  {label:<50} median {1e3 * median:8.1f} ms/step (min {1e3 * min(t):.1f}, max {1e3 * max(t):.1f})"
+              f"  speed x {medians[0] / median:.2f}")
+    return result
 
 
 def format_matrix(matrix: dict) -> str:
@@ -629,6 +690,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tmp-dir", help="where the temporary data set goes (default: the system's)")
     parser.add_argument("--keep-data", action="store_true", help="keep the generated data set and SDT cache")
     parser.add_argument("--matrix", action="store_true", help="run the comparison matrix (one process per row)")
+    parser.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
+                        help="time the matrix's eager model-only rows interleaved in one process for ROUNDS rounds "
+                             "(speed ratios on a busy machine)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset or ("full" if args.device == "cuda" else "small")]
@@ -653,9 +717,13 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
 
     datasets.disable_progress_bars()  # the file-list builder's bar would interleave with the results
-    if args.matrix:
-        result = run_matrix(args)
-        print(format_matrix(result))
+    if args.matrix or args.compare:
+        result = {}
+        if args.matrix:
+            result = run_matrix(args)
+            print(format_matrix(result))
+        if args.compare:
+            result["compare"] = run_compare(args)
     else:
         result = run_single(args)
     if args.json:

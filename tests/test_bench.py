@@ -137,3 +137,17 @@ def test_bench_loader_at_tiny_size(tmp_path):
         assert entry["images_per_s_per_worker"] == pytest.approx(1e3 / entry["ms_per_item"])
         assert entry["workers_for_target"] == math.ceil(18 / entry["images_per_s_per_worker"])
         assert entry["dataloader_images_per_s"]["0"] > 0
+
+
+def test_interleaved_compare_at_tiny_size(tmp_path):
+    out = tmp_path / "compare.json"
+    assert bench_train.main(["--device", "cpu", "--height", "64", "--width", "128", "--batch-size", "1",
+                             "--warmup", "1", "--head-channels", "16", "--compare", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["compare"]["rows"]
+    # The eager model-only rows of the matrix, the default row (a repeat of row 3 on CPU) dropped.
+    assert [r["label"] for r in rows] == [label for label, _, _ in bench_train.matrix_rows(
+        bench_train.parse_args(["--device", "cpu"]))][:4]
+    assert rows[0]["ratio"] == 1.0
+    for r in rows:
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert r["ratio"] == pytest.approx(rows[0]["median_ms"] / r["median_ms"])
