@@ -19,12 +19,11 @@ Why the fast paths can be exact:
   features farther than `clip` along either axis never change the result: crops dilated by `clip` (CPU)
   and windows of +-clip (torch) are exact.
 
-CPU (`compute_sdt`, numpy + the `edt` package, one thread):
-  1. one multi-label EDT of L: for every pixel, the squared distance to the nearest pixel holding another
-     value = edt(M)^2 inside each class, for all classes in a single pass;
-  2. per present class, a binary EDT of (crop != c) on the class's bounding box dilated by `clip` gives
-     edt(~M)^2 near the class; beyond the box every distance is > clip.
-  `edt` returns float32 squared distances; they are sums of squared integers below 2^24, hence exact.
+CPU (`compute_sdt`, numpy + the `edt` package, one thread): per present class, the class pixels are
+  grouped into clusters more than 2 * clip apart (XY-cut), and each cluster's bounding box, dilated by
+  `clip`, gets one multi-label EDT with two labels (class / not class). That single pass yields edt(M)^2
+  inside and edt(~M)^2 outside; beyond the boxes every distance exceeds `clip`. `edt` returns float32
+  squared distances; they are sums of squared integers below 2^24, hence exact.
 
 Torch (`compute_sdt_torch`, any device, exact integer arithmetic):
   1. column pass: vertical distance to the nearest feature pixel within +-clip, by a log-step min-plus
@@ -121,43 +120,68 @@ def _as_label_map(label, num_classes: int) -> np.ndarray:
     return np.ascontiguousarray(label)
 
 
-def _class_boxes(label: np.ndarray, num_classes: int, clip: int) -> list[tuple[int, int, int, int, int]]:
-    """(c, y0, y1, x0, x1) for every class that is present but does not cover the whole image: its bounding
-    box dilated by `clip` and cut to the image. Raises UserError for values outside 0..C-1 and 255.
+def _class_bounding_boxes(label: np.ndarray, num_classes: int) -> list[tuple[int, int, int, int, int]]:
+    """(c, y0, y1, x0, x1) bounding box of every class that is present but does not cover the whole image.
+    Raises UserError for values outside 0..C-1 and 255.
 
     One pass over the image: each value becomes one bit of a uint64 (classes 0..61, bit 62 = invalid value,
-    bit 63 = ignore) and the bits are OR-reduced per row and per column.
+    bit 63 = ignore), OR-reduced per row and per column.
     """
-    height, width = label.shape
-    if num_classes <= 62:
-        bit_of = np.full(256, np.uint64(1) << np.uint64(62), dtype=np.uint64)  # invalid unless set below
-        bit_of[:num_classes] = np.left_shift(np.uint64(1), np.arange(num_classes, dtype=np.uint64))
-        bit_of[IGNORE_INDEX] = np.uint64(1) << np.uint64(63)
-        bits = bit_of.take(label)  # (H, W) uint64
-        rows = np.bitwise_or.reduce(bits, axis=1)  # (H,)
-        cols = np.bitwise_or.reduce(bits, axis=0)  # (W,)
-        seen = int(np.bitwise_or.reduce(rows))
-        if seen >> 62 & 1:
-            values = np.unique(label)
-            raise UserError(_bad_values_message(
-                [int(v) for v in values if v >= num_classes and v != IGNORE_INDEX][:5], num_classes))
-        single_value = seen & (seen - 1) == 0  # one class covers the whole image: phi = 0 for all
-        present = [c for c in range(num_classes) if seen >> c & 1 and not single_value]
-        row_has = lambda c: np.flatnonzero(rows >> np.uint64(c) & np.uint64(1))  # noqa: E731
-        col_has = lambda c: np.flatnonzero(cols >> np.uint64(c) & np.uint64(1))  # noqa: E731
-    else:  # many classes (not Cityscapes): one mask per value
+    if num_classes > 62:  # not Cityscapes: one mask per class
         counts = np.bincount(label.ravel(), minlength=256)
-        bad = [v for v in np.flatnonzero(counts) if num_classes <= v != IGNORE_INDEX]
+        bad = [int(v) for v in np.flatnonzero(counts) if num_classes <= v != IGNORE_INDEX]
         if bad:
-            raise UserError(_bad_values_message([int(v) for v in bad[:5]], num_classes))
-        present = [c for c in range(num_classes) if 0 < counts[c] < label.size]
-        row_has = lambda c: np.flatnonzero((label == c).any(axis=1))  # noqa: E731
-        col_has = lambda c: np.flatnonzero((label == c).any(axis=0))  # noqa: E731
+            raise UserError(_bad_values_message(bad[:5], num_classes))
+        boxes = []
+        for c in (c for c in range(num_classes) if 0 < counts[c] < label.size):
+            ys, xs = np.flatnonzero((label == c).any(axis=1)), np.flatnonzero((label == c).any(axis=0))
+            boxes.append((c, int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1))
+        return boxes
+    one = np.uint64(1)
+    bit_of = np.full(256, one << np.uint64(62), dtype=np.uint64)  # invalid unless set below
+    bit_of[:num_classes] = one << np.arange(num_classes, dtype=np.uint64)
+    bit_of[IGNORE_INDEX] = one << np.uint64(63)
+    bits = bit_of.take(label)  # (H, W) uint64
+    rows, cols = np.bitwise_or.reduce(bits, axis=1), np.bitwise_or.reduce(bits, axis=0)  # (H,), (W,)
+    seen = int(np.bitwise_or.reduce(rows))
+    if seen >> 62 & 1:
+        bad = [int(v) for v in np.unique(label) if v >= num_classes and v != IGNORE_INDEX]
+        raise UserError(_bad_values_message(bad[:5], num_classes))
+    if seen & (seen - 1) == 0:  # a single value fills the image: every map is zero
+        return []
     boxes = []
-    for c in present:
-        ys, xs = row_has(c), col_has(c)
-        boxes.append((c, max(int(ys[0]) - clip, 0), min(int(ys[-1]) + clip + 1, height),
-                      max(int(xs[0]) - clip, 0), min(int(xs[-1]) + clip + 1, width)))
+    for c in (c for c in range(num_classes) if seen >> c & 1):
+        bit = one << np.uint64(c)
+        ys, xs = np.flatnonzero(rows & bit), np.flatnonzero(cols & bit)
+        boxes.append((c, int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1))
+    return boxes
+
+
+def _occupied_runs(occupied: np.ndarray, gap: int) -> list[tuple[int, int]]:
+    """[start, stop) runs of True indices, split wherever consecutive True indices are more than `gap` apart."""
+    idx = np.flatnonzero(occupied)
+    cuts = np.flatnonzero(np.diff(idx) > gap)
+    return list(zip(np.r_[idx[0], idx[cuts + 1]].tolist(), (np.r_[idx[cuts], idx[-1]] + 1).tolist()))
+
+
+def _clusters(mask: np.ndarray, gap: int) -> list[tuple[int, int, int, int]]:
+    """Split the True pixels of `mask` into groups whose bounding boxes (y0, y1, x0, x1) are more than `gap`
+    apart along rows or along columns: recursive XY-cut on row and column projections.
+
+    With gap = 2 * clip the boxes dilated by `clip` are disjoint, so no pixel is within `clip` of two groups:
+    each group can be transformed on its own dilated box, which covers less area than the class's box when
+    a class sits in separate places (poles, signs and cars on both sides of the street).
+    """
+    boxes, todo = [], [(0, mask.shape[0], 0, mask.shape[1], 0, False)]
+    while todo:  # (box, axis to split next, was the last split along the other axis trivial?)
+        y0, y1, x0, x1, axis, other_axis_tight = todo.pop()
+        runs = _occupied_runs(mask[y0:y1, x0:x1].any(axis=1 - axis), gap)
+        for a, b in runs:
+            box = (y0 + a, y0 + b, x0, x1) if axis == 0 else (y0, y1, x0 + a, x0 + b)
+            if len(runs) == 1 and other_axis_tight:
+                boxes.append(box)  # tight along both axes and not splittable: a final group
+            else:
+                todo.append((*box, 1 - axis, len(runs) == 1))
     return boxes
 
 
@@ -176,36 +200,34 @@ def compute_sdt(label, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> 
     Runs on one thread (several images in parallel: use processes, as precompute_sdt.py does).
 
     Example:
-        >>> label = np.full((4, 6), 1, np.uint8); label[:, :2] = 0
-        >>> compute_sdt(label, num_classes=2)[0]
-        array([[-2, -1,  1,  2,  3,  4], ...
+        >>> label = np.ones((3, 6), np.uint8); label[:, :2] = 0
+        >>> compute_sdt(label, num_classes=2)[0, 0]
+        array([-2, -1,  1,  2,  3,  4], dtype=int8)
     """
     num_classes, clip = _check_num_classes(num_classes), _check_clip(clip)
     label = _as_label_map(label, num_classes)
     height, width = label.shape
     sdt = np.zeros((num_classes, height, width), dtype=np.int8)
-    boxes = _class_boxes(label, num_classes, clip)
+    boxes = _class_bounding_boxes(label, num_classes)
     if not boxes:
         return sdt
-
     keep = label != IGNORE_INDEX  # (H, W) bool; phi is 0 at ignore pixels
-    # 1) Inside distances of all classes in one multi-label pass. Adding 1 turns ignore (255) into 0, which
-    #    `edt` treats as background: a feature for every class, as in the definition.
-    inside_sq = edt.edtsq(label + np.uint8(1), black_border=False, parallel=1)  # (H, W) float32
-    inside = _round_clip_sq(inside_sq, clip)
-    np.negative(inside, out=inside)  # phi = -edt(M) inside the class
-    far = keep.view(np.uint8) * np.int8(clip)  # phi beyond every crop: clip, or 0 at ignore
+    far = keep.view(np.uint8) * np.int8(clip)  # phi away from every crop: clip, or 0 at ignore
 
-    # 2) Outside distances, one binary EDT per class on its dilated bounding box.
-    for c, y0, y1, x0, x1 in boxes:
-        crop = label[y0:y1, x0:x1]
-        in_class = crop == c
-        outside_sq = edt.edtsq((~in_class).view(np.uint8), black_border=False, parallel=1)
-        outside_sq *= keep[y0:y1, x0:x1]  # zero at ignore pixels
-        phi = _round_clip_sq(outside_sq, clip)  # 0 inside the class
-        np.copyto(phi, inside[y0:y1, x0:x1], where=in_class)
+    for c, by0, by1, bx0, bx1 in boxes:
         sdt[c] = far
-        sdt[c, y0:y1, x0:x1] = phi
+        for gy0, gy1, gx0, gx1 in _clusters(label[by0:by1, bx0:bx1] == c, gap=2 * clip):
+            y0, y1 = max(by0 + gy0 - clip, 0), min(by0 + gy1 + clip, height)
+            x0, x1 = max(bx0 + gx0 - clip, 0), min(bx0 + gx1 + clip, width)
+            in_class = label[y0:y1, x0:x1] == c
+            # Two labels, 2 = class and 1 = everything else (ignore included): one multi-label EDT gives
+            # every pixel its squared distance to the nearest pixel of the other label, i.e. edt(M)^2
+            # inside the class and edt(~M)^2 outside it.
+            sq = edt.edtsq(in_class.view(np.uint8) + np.uint8(1), black_border=False, parallel=1)
+            sq *= keep[y0:y1, x0:x1]  # zero at ignore pixels
+            phi = _round_clip_sq(sq, clip)
+            np.negative(phi, out=phi, where=in_class)
+            sdt[c, y0:y1, x0:x1] = phi
     return sdt
 
 
@@ -301,7 +323,8 @@ def _round_sqrt_torch(sq: torch.Tensor, clip: int) -> torch.Tensor:
 
 
 def _class_boxes_torch(label: torch.Tensor, num_classes: int, clip: int) -> list[tuple[int, int, int, int, int]]:
-    """Torch twin of `_class_boxes` for one (H, W) uint8 map (values already checked); one host sync."""
+    """(c, y0, y1, x0, x1) bounding boxes dilated by `clip` (cut to the image) of the classes that are present
+    but do not fill the image, for one (H, W) uint8 map whose values are checked; one host sync."""
     height, width = label.shape
     index = label.long()
     rows = torch.zeros((height, 256), dtype=torch.bool, device=label.device).scatter_(1, index, True)
