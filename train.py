@@ -27,6 +27,8 @@ from data_utils.labels import CLASS_NAMES
 from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint, read_meta,
                                register_checkpoint_hooks, resume_from, save_checkpoint)
 from engine.config import DEMO_DATA, config_differences, load_config, parse_args, save_config
+from engine.evaluation import evaluate_model
+from engine.results import results_path, write_results
 from engine.schedule import get_lr
 from engine.setup import build_dataloader, build_model_from_config, uses_sdt
 from engine.steps import accumulate_and_step, augmentation_seed, device_images, forward_loss, zero_loss
@@ -44,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                               log_with="wandb" if cfg.wandb else None, project_dir=str(run_dir))
     set_seed(cfg.seed, device_specific=True)  # + rank: dropout differs per process; DDP broadcasts the init
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed 1024x2048 input: autotuning pays off
     if cfg.deterministic:
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear upsampling backward has no such kernel
-    console = Console(stderr=False, quiet=not accelerator.is_main_process)
+    console = Console(soft_wrap=True, quiet=not accelerator.is_main_process)  # log lines are not cut at 80 columns
 
     # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.
     resume_ckpt = find_resumable_checkpoint(run_dir)
@@ -108,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{accelerator.device.type}, {steps_per_epoch} optimizer steps/epoch, run dir {run_dir}")
 
     # ------------------------------------------------------------------------------------------- train
-    from engine.evaluation import evaluate_model
-    from engine.results import write_results
-
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
     bars = Progress(*columns, console=console, disable=not accelerator.is_main_process)
@@ -189,25 +190,26 @@ def main(argv: list[str] | None = None) -> int:
                 last_val = {**val_metrics_row(metrics), "epoch": progress.epoch}
                 row.update({k: v for k, v in last_val.items() if k != "epoch"})
                 row["val/seconds"] = time.perf_counter() - eval_start
+            images = {}
             if accelerator.is_main_process:
                 history.append(row)
-            if cfg.wandb and cfg.log_images and "val/miou" in row and accelerator.is_main_process:
-                row["val/predictions"] = prediction_overlays(accelerator.unwrap_model(model), val_dataset,
-                                                             cfg.log_images, accelerator.device)
-            accelerator.log(row, step=progress.epoch)
+                if cfg.wandb and cfg.log_images and "val/miou" in row:
+                    images["val/predictions"] = prediction_overlays(accelerator.unwrap_model(model), val_dataset,
+                                                                    cfg.log_images, accelerator.device)
+            accelerator.log({**row, **images}, step=progress.epoch)
             console.print(epoch_summary(row, cfg.epochs))
 
             if save_now:
                 ckpt = save_checkpoint(accelerator, cfg, progress, run_dir, wandb_run_id)
                 if accelerator.is_main_process:
-                    write_results(ckpt.with_name(ckpt.name + ".results.json"), metrics, cfg=cfg, epoch=progress.epoch,
-                                  checkpoint=ckpt, split=cfg.val_split, seconds=row["val/seconds"])
+                    write_results(results_path(ckpt), metrics, cfg=cfg, epoch=progress.epoch, checkpoint=ckpt,
+                                  split=cfg.val_split, seconds=row["val/seconds"])
             bars.update(epoch_bar, completed=progress.epoch)
     finally:
         bars.stop()
         accelerator.end_training()
-    if last_val:
-        console.print(metrics_table(history.rows if history else [], cfg.run_name))
+    if last_val and accelerator.is_main_process:
+        console.print(metrics_table(history.rows, cfg.run_name))
     console.print(f"done: {checkpoint_path(run_dir, cfg.epochs)}")
     return 0
 

@@ -75,6 +75,7 @@ class TrainConfig:
     mixed_precision: str = _f("bf16", "autocast precision", ("no", "bf16", "fp16"))
     max_nonfinite: int = _f(0, "skip up to this many micro-batches with a non-finite loss before stopping the run")
     deterministic: bool = _f(False, "deterministic cuDNN kernels instead of cudnn.benchmark (slower)")
+    cpu_threads: int = _f(0, "torch CPU threads per process (0 = torch's default, one per core)")
     # --- evaluation, checkpoints, logging
     eval_every: int = _f(1, "evaluate on val every N epochs and at the last epoch")
     checkpoint_every: int = _f(10, "checkpoint every N epochs and at the last epoch (160 epochs: 16 checkpoints)")
@@ -87,13 +88,18 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """`<variant>_seed<seed>`: the W&B run name and the default run directory name."""
-        return f"{self.variant}_seed{self.seed}"
+        """`<variant>_seed<seed>` (the W&B run name and default run dir); a λ that differs from the paper's
+        value joins the name (`C_lb0.1_seed42`), so the runs of a λ sweep get a directory each."""
+        lambdas = "".join(f"_{tag}{getattr(self, name):g}" for name, tag in (("lambda_dice", "ld"),
+                          ("lambda_boundary", "lb")) if getattr(self, name) != _DEFAULTS[name])
+        return f"{self.variant}{lambdas}_seed{self.seed}"
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / self.run_name
 
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 # The demo preset: only the deltas from the paper's recipe, each with its reason. It trains on the embedded
 # synthetic Cityscapes-layout scenes (generated into data/demo on first use) on 2 CPU cores in < 3 minutes.
@@ -108,7 +114,9 @@ DEMO_PRESET = {
     "weight_decay": 1e-4,
     "epochs": 8,
     "mixed_precision": "no",           # fp32: CPUs gain nothing from bf16 autocast here
-    "num_workers": 2,                  # 2 CPU cores
+    "num_workers": 2,                  # PNG decoding of small frames: light
+    "cpu_threads": 1,                  # one compute thread: a thread per core oversubscribes 2 cores next to the workers
+    "sdt_source": "cpu",               # on a CPU the workers' EDT is ~25x faster than the torch (GPU) path
     "checkpoint_every": 4,
     "head_channels": 128,              # UPerNet at 512 channels costs 7x the whole atto backbone on a CPU
     "wandb_project": "boundary-seg-demo",
@@ -120,7 +128,7 @@ PRESETS = {"demo": DEMO_PRESET}
 # Fields that may differ when a run is resumed (where/how it runs, not what it computes).
 RESUMABLE_CHANGES = {"data_root", "sdt_source", "sdt_cache", "num_workers", "eval_every", "checkpoint_every",
                      "keep_states", "log_images", "wandb", "wandb_project", "wandb_entity", "out", "pretrained",
-                     "max_nonfinite", "deterministic"}
+                     "max_nonfinite", "deterministic", "cpu_threads"}
 
 
 def _flag(name: str) -> str:
@@ -179,7 +187,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--sdt-source cache needs --sdt-cache DIR (the folder written by precompute_sdt.py)")
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
         raise UserError(f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={cfg.lr} min_lr={cfg.min_lr}")
-    for name in ("max_nonfinite", "log_images", "warmup_steps", "num_workers"):
+    for name in ("max_nonfinite", "log_images", "cpu_threads", "warmup_steps", "num_workers"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
 

@@ -75,7 +75,7 @@ class MetricsLog:
         self._write()
 
     def append(self, row: dict) -> None:
-        self.rows.append(row)
+        self.rows.append(dict(row))
         self._write()
 
     def _write(self) -> None:

@@ -64,11 +64,18 @@ def test_flags_override_preset_which_overrides_defaults():
     assert (cfg.variant, cfg.seed, cfg.lambda_boundary, cfg.epochs, cfg.betas, cfg.wandb) == (
         "B", 123, 0.5, 3, (0.8, 0.95), False)
     assert cfg.backbone == DEMO_PRESET["backbone"] and cfg.lr == DEMO_PRESET["lr"]
-    assert cfg.run_dir == Path("runs/B_seed123")
+    assert cfg.run_dir == Path("runs/B_lb0.5_seed123")
     # the preset changes only the fields it lists
     demo, _ = parse_args(["--preset", "demo"])
     changed = {k for k, v in dataclasses.asdict(demo).items() if v != getattr(TrainConfig(), k)}
     assert changed == set(DEMO_PRESET)
+
+
+def test_run_name_encodes_variant_seed_and_non_default_lambdas():
+    names = [parse_args(flags)[0].run_name for flags in (
+        [], ["--variant", "D", "--seed", "456"], ["--lambda-boundary", "0.05"], ["--lambda-dice", "0.5"],
+        ["--lambda-boundary", "0.2"])]
+    assert names == ["C_seed42", "D_seed456", "C_lb0.05_seed42", "C_ld0.5_seed42", "C_seed42"]
 
 
 def test_bad_flags_fail_with_one_clear_line(capsys):
@@ -238,3 +245,236 @@ def test_crash_during_save_leaves_no_complete_looking_checkpoint(tmp_path, monke
     final = save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)  # cleans the temp
     assert [p.name for p in (cfg.run_dir / "checkpoints").iterdir()] == ["epoch_0001"]
     assert find_resumable_checkpoint(cfg.run_dir) == final
+
+
+# ------------------------------------------------------------------------------------- whole training runs
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """16 train / 5 val synthetic frames at 64x128 in the Cityscapes layout (5: a short last val batch)."""
+    from data_utils.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("data") / "tiny", num_train=16, num_val=5, height=64, width=128)
+
+
+TINY = ["--preset", "demo", "--no-demo-data", "--no-wandb", "--num-workers", "0", "--head-channels", "32"]
+
+
+def run_train(data: Path, out: Path, *flags: str) -> int:
+    """train.main in this process on the tiny data (fast: no interpreter start)."""
+    import train
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return train.main([*TINY, "--data-root", str(data), "--out", str(out), *flags])
+
+
+def read_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("variant, sdt_source", [("A", "gpu"), ("B", "gpu"), ("C", "gpu"), ("D", "cpu")])
+def test_one_optimizer_step_per_variant(tiny_data, tmp_path, variant, sdt_source):
+    from losses import LOSS_WEIGHTS
+
+    out = tmp_path / "run"
+    # 16 frames / batch 8 = 2 micro-batches, accumulated into one optimizer step
+    assert run_train(tiny_data, out, "--variant", variant, "--sdt-source", sdt_source, "--epochs", "1",
+                     "--batch-size", "8", "--grad-accum", "2") == 0
+    (row,) = read_rows(out)
+    assert (row["epoch"], row["step"]) == (1, 1)
+    weights = LOSS_WEIGHTS[variant]
+    for term in ("ce", "dice", "boundary"):
+        assert (f"train/{term}" in row) == (term in weights), term
+        if term in weights:
+            assert row[f"train/weighted/{term}"] == pytest.approx(weights[term] * row[f"train/{term}"])
+    main = sum(row[f"train/weighted/{t}"] for t in weights)
+    assert row["train/loss"] == pytest.approx(main + 0.4 * row["train/aux"], rel=1e-5)
+    assert row["train/lr"] == DEMO_PRESET["lr"]  # the first (and only) step uses the full LR
+    assert {"val/miou", "val/boundary_f1", "val/trimap_iou", "val/iou/road", "val/iou/bicycle"} <= set(row)
+    ckpt = out / "checkpoints" / "epoch_0001"
+    optimizer_state = torch.load(ckpt / "optimizer.bin", weights_only=False)["state"]
+    assert {int(s["step"]) for s in optimizer_state.values()} == {1}
+    results = json.loads((out / "checkpoints" / "epoch_0001.results.json").read_text())
+    assert (results["variant"], results["epoch"], results["miou"]) == (variant, 1, row["val/miou"])
+
+
+class NaNLossAfter:
+    """Wraps a loss so that calls number `first`..`last` (1-based) return non-finite values."""
+
+    def __init__(self, inner, first: int, last: int):
+        self.inner, self.first, self.last, self.calls = inner, first, last, 0
+        self.weights = inner.weights
+
+    def __call__(self, logits, target, sdt=None):
+        out = self.inner(logits, target, sdt)
+        self.calls += 1
+        if self.first <= self.calls <= self.last:
+            out = {k: v * float("nan") if k in ("ce", "loss") else v for k, v in out.items()}
+        return out
+
+
+def test_nonfinite_loss_stops_naming_step_and_terms_and_keeps_last_checkpoint(tiny_data, tmp_path, monkeypatch):
+    import train
+
+    # batch 4: 4 micro-batches per epoch; the 5th loss call is epoch 2's first micro-batch
+    monkeypatch.setattr(train, "build_loss", lambda *a, **k: NaNLossAfter(build_loss(*a, **k), 5, 10**9))
+    out = tmp_path / "stop"
+    flags = ("--variant", "B", "--epochs", "2", "--checkpoint-every", "1", "--aux-weight", "0")
+    with pytest.raises(UserError, match=r"non-finite loss at optimizer step 4 \(epoch 2, batch 0\): ce=nan") as err:
+        run_train(tiny_data, out, *flags)
+    assert "epoch_0001" in str(err.value) and "--max-nonfinite" in str(err.value)
+    assert [c.name for c in list_checkpoints(out)] == ["epoch_0001"]
+    assert find_resumable_checkpoint(out) == out / "checkpoints" / "epoch_0001"
+
+    # with a tolerance, one bad micro-batch is skipped and the run goes on
+    monkeypatch.setattr(train, "build_loss", lambda *a, **k: NaNLossAfter(build_loss(*a, **k), 5, 5))
+    out = tmp_path / "skip"
+    assert run_train(tiny_data, out, *flags, "--max-nonfinite", "1") == 0
+    rows = read_rows(out)
+    assert [r["train/nonfinite_skipped"] for r in rows] == [0, 1]
+    assert all(torch.isfinite(v).all() for v in load_file(out / "checkpoints/epoch_0002/model.safetensors").values())
+
+
+def test_resume_refuses_other_settings_and_finished_run_returns(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train(tiny_data, out, "--variant", "A", "--epochs", "1") == 0
+    with pytest.raises(UserError, match=r"other settings \(lambda_dice: 1.0 -> 0.5\)"):
+        run_train(tiny_data, out, "--variant", "A", "--epochs", "1", "--lambda-dice", "0.5")
+    assert run_train(tiny_data, out, "--variant", "A", "--epochs", "1") == 0
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--resume given but no complete checkpoint"):
+        run_train(tiny_data, tmp_path / "empty", "--variant", "A", "--resume")
+
+
+def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tmp_path):
+    """Run A trains 2 epochs; run B is SIGKILLed in epoch 2 (after epoch 1's checkpoint) and restarted with
+    the same command, which resumes. Epoch 2's weights must be bit-identical (data order, flips,
+    augmentation, dropout, SDT, optimizer and RNG state all resume exactly)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "train.py", *TINY, "--data-root", str(tiny_data), "--variant", "C",
+               "--epochs", "2", "--checkpoint-every", "1", "--batch-size", "2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run([*command, "--out", str(straight)], cwd=ROOT, env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen([*command, "--out", str(killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    first = killed / "checkpoints" / "epoch_0001"
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.01)
+    time.sleep(0.3)  # into epoch 2 (8 micro-batches of ~0.1 s each)
+    assert not (killed / "checkpoints" / "epoch_0002").exists()
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+    result = subprocess.run([*command, "--out", str(killed)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout
+    a = load_file(straight / "checkpoints" / "epoch_0002" / "model.safetensors")
+    b = load_file(killed / "checkpoints" / "epoch_0002" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_a, rows_b = read_rows(straight), read_rows(killed)
+    assert [r["epoch"] for r in rows_b] == [1, 2]  # no duplicate line for the interrupted epoch
+    assert rows_a[1]["train/loss"] == rows_b[1]["train/loss"] and rows_a[1]["val/miou"] == rows_b[1]["val/miou"]
+
+
+def test_demo_setting_learns_well_above_majority_class(tiny_data, tmp_path):
+    """A smaller demo (64x128, 16 frames, 6 epochs): val mIoU must be far above predicting the majority class."""
+    import numpy as np
+
+    from data_utils.cityscapes import load_split
+    from data_utils.dataset import read_frame
+    from metrics import SegmentationMetrics
+
+    out = tmp_path / "learn"
+    assert run_train(tiny_data, out, "--epochs", "6", "--lr", "2e-3") == 0
+    learned = read_rows(out)[-1]["val/miou"]
+
+    train_counts = np.zeros(256, np.int64)
+    for rec in load_split(tiny_data, "train"):
+        train_counts += np.bincount(read_frame(rec["image_path"], rec["label_path"])[1].ravel(), minlength=256)
+    majority = int(train_counts[:19].argmax())
+    trivial = SegmentationMetrics()
+    for rec in load_split(tiny_data, "val"):
+        label = torch.from_numpy(read_frame(rec["image_path"], rec["label_path"])[1].astype(np.int64))[None]
+        trivial.update(torch.full_like(label, majority), label)
+    baseline = trivial.compute()["miou"]
+    assert learned > max(3 * baseline, baseline + 0.05), (learned, baseline)
+
+
+def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_data, tmp_path):
+    """Two-process gloo DDP on the CPU: the val metrics written at the checkpoint equal a single-process
+    evaluation of the same checkpoint (5 val frames: the last batch is padded, then dropped).
+
+    accelerate 1.x's `launch --cpu --num_processes 2` starts ONE process (its simple launcher); CPU DDP is
+    `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` (torch.distributed.run + gloo)."""
+    from engine.checkpoint import load_weights_into
+    from engine.evaluation import evaluate_model
+    from engine.results import read_results, results_path
+    from engine.setup import build_dataloader
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = subprocess.run([*launch, "train.py", *TINY, "--data-root", str(tiny_data), "--variant", "C",
+                             "--epochs", "2", "--batch-size", "2", "--out", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es) on cpu" in result.stdout
+    rows = read_rows(out)
+    assert [r["step"] for r in rows] == [4, 8]  # 16 frames / (2 per process x 2 processes) per epoch
+
+    ckpt = out / "checkpoints" / "epoch_0002"
+    assert read_meta(ckpt)["num_processes"] == 2
+    cfg = load_config(ckpt / "config.json")
+    model = build_model_from_config(cfg)
+    load_weights_into(model, ckpt / "model.safetensors")
+    single = evaluate_model(model, build_dataloader(cfg, cfg.val_split, train=False), Accelerator(cpu=True))
+    logged = read_results(results_path(ckpt))
+    assert single["num_images"] == logged["num_images"] == 5
+    for key in ("miou", "boundary_f1", "trimap_iou"):
+        assert single[key] == pytest.approx(logged[key], abs=1e-12), key
+    assert single["iou"] == pytest.approx(list(logged["iou"].values()), abs=1e-12, nan_ok=True)
+
+
+def test_wandb_mode_is_offline_unless_logged_in(tmp_path, monkeypatch):
+    from engine.tracking import wandb_logged_in
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not wandb_logged_in()  # no netrc file
+    (tmp_path / "netrc").write_text("machine example.org login user password pw\n")
+    assert not wandb_logged_in()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
+    assert wandb_logged_in()
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    assert wandb_logged_in()
+
+
+def test_wandb_offline_run_with_overlays_continues_the_same_run_after_resume(tiny_data, tmp_path, monkeypatch):
+    import train
+
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    flags = ("--wandb", "--log-images", "2", "--variant", "B", "--epochs", "2", "--checkpoint-every", "1",
+             "--aux-weight", "0")
+    monkeypatch.setattr(train, "build_loss", lambda *a, **k: NaNLossAfter(build_loss(*a, **k), 5, 10**9))
+    with pytest.raises(UserError, match="non-finite"):
+        run_train(tiny_data, out, *flags)  # stops in epoch 2; epoch 1 is checkpointed
+    monkeypatch.undo()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    assert run_train(tiny_data, out, *flags) == 0
+
+    run_id = read_meta(out / "checkpoints" / "epoch_0001")["wandb_run_id"]
+    assert run_id and read_meta(out / "checkpoints" / "epoch_0002")["wandb_run_id"] == run_id
+    offline_runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)
+    assert list((offline_runs[-1] / "files" / "media").rglob("*.png"))  # the prediction overlays
