@@ -444,6 +444,8 @@ def run_single(args) -> dict:
     cfg = train_config(args)
     report["flops_per_image"] = model_flops_per_image(cfg, args.height, args.width)
     print(header(args, report))
+    if args.flops_only:
+        return report
     trainer = Trainer(args, device)
     parts = args.parts.split(",")
     if "model" in parts:
@@ -693,6 +695,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
                         help="time the matrix's eager model-only rows interleaved in one process for ROUNDS rounds "
                              "(speed ratios on a busy machine)")
+    parser.add_argument("--flops-only", action="store_true", help="print the FLOP count per image and stop")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset or ("full" if args.device == "cuda" else "small")]
