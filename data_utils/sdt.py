@@ -185,6 +185,22 @@ def _clusters(mask: np.ndarray, gap: int) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
+def _rounded_distance(two_labels: np.ndarray, clip: int) -> np.ndarray:
+    """(h, w) uint8 map of labels 1/2 -> (h, w) int8 min(rint(distance to the nearest pixel of the other
+    label), clip), via one multi-label `edt.edtsq` on one thread.
+
+    `edt` walks down every column with a stride of one row; when a row holds a multiple of 512 values the
+    walk keeps hitting the same cache sets and runs ~1.5x slower (full-width 2048 crops). Such maps get 8
+    extra columns mirroring the last 8: reflecting a pixel across the border line x = w - 1/2 never
+    brings it closer to a pixel inside, so every distance inside is unchanged.
+    """
+    width = two_labels.shape[1]
+    if width % 512 == 0:
+        two_labels = np.concatenate([two_labels, two_labels[:, : width - 9 : -1]], axis=1)  # w-1..w-8
+    sq = edt.edtsq(two_labels, black_border=False, parallel=1)
+    return _round_clip_sq(sq, clip)[:, :width]
+
+
 def compute_sdt(label, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> np.ndarray:
     """Signed distance maps of one train-id label map, exactly as defined in the module docstring.
 
@@ -223,11 +239,9 @@ def compute_sdt(label, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> 
             # Two labels, 2 = class and 1 = everything else (ignore included): one multi-label EDT gives
             # every pixel its squared distance to the nearest pixel of the other label, i.e. edt(M)^2
             # inside the class and edt(~M)^2 outside it.
-            sq = edt.edtsq(in_class.view(np.uint8) + np.uint8(1), black_border=False, parallel=1)
-            sq *= keep[y0:y1, x0:x1]  # zero at ignore pixels
-            phi = _round_clip_sq(sq, clip)
-            np.negative(phi, out=phi, where=in_class)
-            sdt[c, y0:y1, x0:x1] = phi
+            magnitude = _rounded_distance(in_class.view(np.uint8) + np.uint8(1), clip)
+            sign = keep[y0:y1, x0:x1].view(np.int8) - 2 * in_class.view(np.int8)  # -1 in, +1 out, 0 ignore
+            np.multiply(magnitude, sign, out=sdt[c, y0:y1, x0:x1])
     return sdt
 
 
