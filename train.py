@@ -117,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     bars = Progress(*columns, console=console, disable=not accelerator.is_main_process)
     epoch_bar = bars.add_task("epochs", total=cfg.epochs, completed=progress.epoch, info="")
     step_bar = bars.add_task("steps", total=len(train_loader), info="")
-    last_val = {}
     try:
         bars.start()
         for epoch in range(progress.epoch, cfg.epochs):  # 0-based; logged as epoch + 1 (epochs completed)
@@ -138,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 lr = get_lr(progress.step, total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
                 with accelerator.accumulate(model):
                     terms = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn, cfg.aux_weight)
-                    # One small all-gather per micro-step: every process must agree on skipping a bad batch.
+                    # One small all-gather per micro-step (P processes x K terms): every process must agree on
+                    # skipping a bad batch, and the epoch means cover all processes.
                     names = list(terms)
                     values = accelerator.gather(torch.stack([terms[k].detach().float() for k in names])[None])
                     if not torch.isfinite(values).all():
@@ -187,16 +187,15 @@ def main(argv: list[str] | None = None) -> int:
             if progress.epoch % cfg.eval_every == 0 or is_last or save_now:
                 eval_start = time.perf_counter()
                 metrics = evaluate_model(model, val_loader, accelerator)
-                last_val = {**val_metrics_row(metrics), "epoch": progress.epoch}
-                row.update({k: v for k, v in last_val.items() if k != "epoch"})
+                row.update(val_metrics_row(metrics))  # val/miou, val/boundary_f1, val/trimap_iou, val/iou/<class>
                 row["val/seconds"] = time.perf_counter() - eval_start
-            images = {}
+            overlays = {}
             if accelerator.is_main_process:
                 history.append(row)
                 if cfg.wandb and cfg.log_images and "val/miou" in row:
-                    images["val/predictions"] = prediction_overlays(accelerator.unwrap_model(model), val_dataset,
-                                                                    cfg.log_images, accelerator.device)
-            accelerator.log({**row, **images}, step=progress.epoch)
+                    overlays["val/predictions"] = prediction_overlays(
+                        accelerator.unwrap_model(model), val_dataset, cfg.log_images, accelerator.device)
+            accelerator.log({**row, **overlays}, step=progress.epoch)
             console.print(epoch_summary(row, cfg.epochs))
 
             if save_now:
@@ -208,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bars.stop()
         accelerator.end_training()
-    if last_val and accelerator.is_main_process:
+    if accelerator.is_main_process:
         console.print(metrics_table(history.rows, cfg.run_name))
     console.print(f"done: {checkpoint_path(run_dir, cfg.epochs)}")
     return 0

@@ -84,7 +84,7 @@ class TrainConfig:
     wandb: bool = _f(True, "log to Weights & Biases (offline unless logged in or WANDB_MODE is set)")
     wandb_project: str = _f("boundary-seg", "W&B project")
     wandb_entity: str = _f("", "W&B entity, team or user ('' = your default)")
-    out: str = _f("", "run directory ('' = runs/<variant>_seed<seed>)")
+    out: str = _f("", "run directory ('' = runs/<variant>_seed<seed>, runs/demo/... for the demo data)")
 
     @property
     def run_name(self) -> str:
@@ -96,7 +96,10 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("runs") / self.run_name
+        """--out, else runs/<run_name> (runs/demo/<run_name> on the demo data, apart from real runs)."""
+        if self.out:
+            return Path(self.out)
+        return Path("runs/demo" if self.demo_data else "runs") / self.run_name
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

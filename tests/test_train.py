@@ -64,7 +64,7 @@ def test_flags_override_preset_which_overrides_defaults():
     assert (cfg.variant, cfg.seed, cfg.lambda_boundary, cfg.epochs, cfg.betas, cfg.wandb) == (
         "B", 123, 0.5, 3, (0.8, 0.95), False)
     assert cfg.backbone == DEMO_PRESET["backbone"] and cfg.lr == DEMO_PRESET["lr"]
-    assert cfg.run_dir == Path("runs/B_lb0.5_seed123")
+    assert cfg.run_dir == Path("runs/demo/B_lb0.5_seed123")  # demo runs stay apart from real ones
     # the preset changes only the fields it lists
     demo, _ = parse_args(["--preset", "demo"])
     changed = {k for k, v in dataclasses.asdict(demo).items() if v != getattr(TrainConfig(), k)}
