@@ -14,9 +14,10 @@ Three launches per batch, no host round trip:
      (= edt(M)^2 inside every class at once).
   3. `_outside_kernel`, one program per (image, class, tile): D_out = min_{|dx| <= clip} dx^2 + g(y, x + dx)^2,
      then the epilogue (rounding, sign, ignore, absent classes) writes int8.
-Both row passes visit offsets |dx| = 1, 2, ... and stop once every pixel of the tile has D <= dx^2 (later
-offsets cannot improve it) or the tile's rows hold no class pixel within reach: skipping only offsets that
-cannot lower D keeps the result identical to the full window.
+Both row passes visit offsets |dx| = 1, 2, ... (ROW_UNROLL at a time) and stop once every pixel of the
+tile has D <= dx^2 (later offsets cannot improve it) or the tile's rows hold no class pixel within reach:
+skipping only offsets that cannot lower D keeps the result identical to the full window, and visiting a
+few offsets past `clip` only adds candidates above (clip + 1)^2, which the rounding clips anyway.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import triton.language as tl
 
 COLUMN_BLOCK_H, COLUMN_BLOCK_W = 64, 32  # rows per scan chunk, columns per program
 ROW_BLOCK_H, ROW_BLOCK_W = 8, 64  # tile of the row passes
+ROW_UNROLL = 4  # offsets visited between two checks of the early exit (a tile-wide reduction)
 _FAR = 1 << 20  # "no feature" row index offset; any real distance is smaller
 
 
@@ -105,7 +107,7 @@ def _columns_kernel(label_ptr, vert_ptr, first_ptr, last_ptr, H, W, C,
 
 @triton.jit
 def _inside_kernel(label_ptr, vert_ptr, inside_ptr, H, W, C,
-                   CLIP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                   CLIP: tl.constexpr, UNROLL: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     n = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cols = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
@@ -118,23 +120,25 @@ def _inside_kernel(label_ptr, vert_ptr, inside_ptr, H, W, C,
     run = tl.load(run_base + offs, mask=mask, other=CLIP + 1).to(tl.int32)
     acc = tl.where(mask, run * run, 0)  # lanes outside the image must not keep the loop alive
     worst = tl.max(tl.max(acc, 1), 0)
-    a = n * 0 + 1  # int32 loop counter
+    a = n * 0 + 1  # int32: the next offset |dx| to visit
     while (a <= CLIP) & (worst > a * a):
-        for sign in tl.static_range(2):
-            xs = cols[None, :] + (2 * sign - 1) * a
-            ok = row_ok & (xs >= 0) & (xs < W)
-            lab2 = tl.load(label_base + rows[:, None] * W + xs, mask=ok, other=0)
-            run2 = tl.load(run_base + rows[:, None] * W + xs, mask=ok, other=CLIP + 1).to(tl.int32)
-            cand = tl.where(lab2 == lab, run2 * run2, 0) + a * a
-            acc = tl.minimum(acc, tl.where(ok, cand, (CLIP + 1) * (CLIP + 1)))
+        for k in tl.static_range(UNROLL):  # offsets past CLIP only add candidates > (CLIP + 1)^2: harmless
+            for sign in tl.static_range(2):
+                dx = (2 * sign - 1) * (a + k)
+                xs = cols[None, :] + dx
+                ok = row_ok & (xs >= 0) & (xs < W)
+                lab2 = tl.load(label_base + rows[:, None] * W + xs, mask=ok, other=0)
+                run2 = tl.load(run_base + rows[:, None] * W + xs, mask=ok, other=CLIP + 1).to(tl.int32)
+                cand = tl.where(lab2 == lab, run2 * run2, 0) + dx * dx
+                acc = tl.minimum(acc, tl.where(ok, cand, (CLIP + 1) * (CLIP + 1)))
         worst = tl.max(tl.max(tl.where(mask, acc, 0), 1), 0)
-        a += 1
+        a += UNROLL
     tl.store(inside_ptr + n.to(tl.int64) * H * W + offs, acc, mask=mask)
 
 
 @triton.jit
 def _outside_kernel(label_ptr, vert_ptr, first_ptr, last_ptr, inside_ptr, active_ptr, out_ptr, H, W, C,
-                    CLIP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                    CLIP: tl.constexpr, UNROLL: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     pid = tl.program_id(0)  # image * C + class
     n = pid // C
     c = pid % C
@@ -158,13 +162,15 @@ def _outside_kernel(label_ptr, vert_ptr, first_ptr, last_ptr, inside_ptr, active
     worst = tl.max(tl.max(tl.where(mask, acc, 0), 1), 0)
     a = pid * 0 + 1
     while (a <= reach) & (worst > a * a) & (active != 0):
-        for sign in tl.static_range(2):
-            xs = cols[None, :] + (2 * sign - 1) * a
-            ok = row_ok & (xs >= 0) & (xs < W)
-            g2 = tl.load(vert_base + rows[:, None] * W + xs, mask=ok, other=CLIP + 1).to(tl.int32)
-            acc = tl.minimum(acc, g2 * g2 + a * a)
+        for k in tl.static_range(UNROLL):
+            for sign in tl.static_range(2):
+                dx = (2 * sign - 1) * (a + k)
+                xs = cols[None, :] + dx
+                ok = row_ok & (xs >= 0) & (xs < W)
+                g2 = tl.load(vert_base + rows[:, None] * W + xs, mask=ok, other=CLIP + 1).to(tl.int32)
+                acc = tl.minimum(acc, g2 * g2 + dx * dx)
         worst = tl.max(tl.max(tl.where(mask, acc, 0), 1), 0)
-        a += 1
+        a += UNROLL
 
     # Epilogue: phi = -round(D_in) inside the class, +round(D_out) outside, 0 at ignore / inactive.
     lab = tl.load(label_ptr + n.to(tl.int64) * H * W + offs, mask=mask, other=255).to(tl.int32)
@@ -191,7 +197,7 @@ def sdt_triton(labels: torch.Tensor, num_classes: int, clip: int) -> torch.Tenso
     tiles = (triton.cdiv(height, ROW_BLOCK_H), triton.cdiv(width, ROW_BLOCK_W))
     inside = torch.empty((batch, height, width), dtype=torch.int32, device=device)
     _inside_kernel[(batch, *tiles)](labels, vert, inside, height, width, classes,
-                                    CLIP=clip, BLOCK_H=ROW_BLOCK_H, BLOCK_W=ROW_BLOCK_W)
+                                    CLIP=clip, UNROLL=ROW_UNROLL, BLOCK_H=ROW_BLOCK_H, BLOCK_W=ROW_BLOCK_W)
 
     # A class is active when present and not covering the whole image (else its map is all zeros).
     keys = torch.arange(batch, device=device)[:, None] * 256 + labels.view(batch, -1).long()
@@ -201,5 +207,5 @@ def sdt_triton(labels: torch.Tensor, num_classes: int, clip: int) -> torch.Tenso
     sdt = torch.empty((batch, classes, height, width), dtype=torch.int8, device=device)
     _outside_kernel[(batch * classes, *tiles)](labels, vert, first, last, inside, active, sdt,
                                                height, width, classes,
-                                               CLIP=clip, BLOCK_H=ROW_BLOCK_H, BLOCK_W=ROW_BLOCK_W)
+                                               CLIP=clip, UNROLL=ROW_UNROLL, BLOCK_H=ROW_BLOCK_H, BLOCK_W=ROW_BLOCK_W)
     return sdt
