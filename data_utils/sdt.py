@@ -66,8 +66,8 @@ def _check_clip(clip: int) -> int:
 
 
 def _check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or not 1 <= num_classes <= 255:
+    integer = isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool)
+    if not integer or not 1 <= num_classes <= 255:
         raise ValueError(f"num_classes must be an integer in 1..255 (255 is the ignore index), got {num_classes!r}")
     return int(num_classes)
 
@@ -75,18 +75,6 @@ def _check_num_classes(num_classes: int) -> int:
 def _bad_values_message(bad: list[int], num_classes: int) -> str:
     return (f"label map holds values {bad} that are neither train ids 0..{num_classes - 1} nor ignore "
             f"({IGNORE_INDEX}); map *_gtFine_labelIds.png with data_utils.labels.label_ids_to_train_ids first")
-
-
-def rounded_sqrt_table(clip: int = SDT_CLIP) -> np.ndarray:
-    """LUT: squared distance n (0..clip^2 + clip + 1) -> min(rint(sqrt(n)), clip) as int8, from integers only.
-
-    rint(sqrt(n)) is the number of k >= 0 with k^2 + k < n (no ties, see the module docstring). Used by
-    tests and `verify` code as an independent statement of the rounding.
-    """
-    clip = _check_clip(clip)
-    k = np.arange(clip + 1, dtype=np.int64)
-    n = np.arange(clip * clip + clip + 2, dtype=np.int64)
-    return np.minimum(np.searchsorted(k * k + k, n, side="left"), clip).astype(np.int8)
 
 
 def _round_clip_sq(sq: np.ndarray, clip: int) -> np.ndarray:
@@ -144,13 +132,13 @@ def _class_bounding_boxes(label: np.ndarray, num_classes: int) -> list[tuple[int
     bits = bit_of.take(label)  # (H, W) uint64
     rows, cols = np.bitwise_or.reduce(bits, axis=1), np.bitwise_or.reduce(bits, axis=0)  # (H,), (W,)
     seen = int(np.bitwise_or.reduce(rows))
-    if seen >> 62 & 1:
+    if (seen >> 62) & 1:
         bad = [int(v) for v in np.unique(label) if v >= num_classes and v != IGNORE_INDEX]
         raise UserError(_bad_values_message(bad[:5], num_classes))
-    if seen & (seen - 1) == 0:  # a single value fills the image: every map is zero
+    if (seen & (seen - 1)) == 0:  # a single value fills the image: every map is zero
         return []
     boxes = []
-    for c in (c for c in range(num_classes) if seen >> c & 1):
+    for c in (c for c in range(num_classes) if (seen >> c) & 1):
         bit = one << np.uint64(c)
         ys, xs = np.flatnonzero(rows & bit), np.flatnonzero(cols & bit)
         boxes.append((c, int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1))
@@ -343,14 +331,13 @@ def _class_boxes_torch(label: torch.Tensor, num_classes: int, clip: int) -> list
     index = label.long()
     rows = torch.zeros((height, 256), dtype=torch.bool, device=label.device).scatter_(1, index, True)
     cols = torch.zeros((width, 256), dtype=torch.bool, device=label.device).scatter_(1, index.t(), True)
+    values = rows.any(0)  # (256,) the values that occur
     rows, cols = rows[:, :num_classes].to(torch.uint8), cols[:, :num_classes].to(torch.uint8)
-    present = rows.any(0)
-    single_value = int(rows.any(0).sum() + bool((label == IGNORE_INDEX).any())) == 1
     y0 = rows.argmax(0)  # first row holding the class
     y1 = height - rows.flip(0).argmax(0)  # one past the last
     x0, x1 = cols.argmax(0), width - cols.flip(0).argmax(0)
-    table = torch.stack([present.long(), y0, y1, x0, x1], 1).tolist()
-    if single_value:
+    table = torch.stack([values[:num_classes].long(), y0, y1, x0, x1], 1).tolist()
+    if int(values.sum()) == 1:  # a single value fills the image: every map is zero
         return []
     return [(c, max(a - clip, 0), min(b + clip, height), max(l - clip, 0), min(r + clip, width))
             for c, (p, a, b, l, r) in enumerate(table) if p]

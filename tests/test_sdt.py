@@ -19,7 +19,6 @@ from data_utils.sdt import (
     compute_sdt_torch,
     inspect_sdt_file,
     read_sdt_file,
-    rounded_sqrt_table,
     sdt_cache_path,
     write_sdt_file,
 )
@@ -72,12 +71,17 @@ def test_hand_made_sign_convention():
     assert sdt[1, 1, 4] == -1 and sdt[1, 0, 5] == -1
 
 
-def test_rounding_table_is_rint_of_sqrt():
-    table = rounded_sqrt_table(127)
-    n = np.arange(len(table))
-    np.testing.assert_array_equal(table, np.minimum(np.rint(np.sqrt(n)), 127))
-    # no squared integer distance is ever a tie for rounding: sqrt(n) != k + 1/2
-    assert not np.any(np.isclose(np.sqrt(n) % 1.0, 0.5, rtol=0, atol=1e-4))
+def test_roundings_agree_on_every_needed_squared_distance():
+    """The definition rounds sqrt(n) (float64) with np.rint; the CPU path rounds a float32 root, the torch and
+    Triton paths use floor(root + 1/2). All equal the integer rule #{k >= 0 : k^2 + k < n} for every squared
+    distance that survives the clip, because sqrt(n) is never k + 1/2."""
+    n = np.arange(2 * 128**2 + 1)
+    k = np.arange(200)
+    exact = np.searchsorted(k * k + k, n, side="left")
+    np.testing.assert_array_equal(np.rint(np.sqrt(n.astype(np.float64))), exact)
+    np.testing.assert_array_equal(np.rint(np.sqrt(n.astype(np.float32))), exact)
+    root = torch.from_numpy(n).float().sqrt()
+    np.testing.assert_array_equal((root + 0.5).floor().numpy(), exact)
 
 
 @pytest.mark.parametrize("seed", range(12))
