@@ -34,6 +34,8 @@ from engine.setup import build_dataloader, build_model_from_config, uses_sdt
 from engine.steps import accumulate_and_step, augmentation_seed, device_images, forward_loss, zero_loss
 from engine.tracking import MetricsLog, init_wandb, prediction_overlays, val_metrics_row
 from losses import build_aux_loss, build_loss
+from losses.gradients import GradStatsLog
+from losses.schedule import BoundaryWeightSchedule
 from utils.fileio import UserError
 
 
@@ -88,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 2 per GPU: BN stats over all GPUs
     loss_fn = build_loss(cfg.variant, cfg.lambda_dice, cfg.lambda_boundary)
-    aux_loss_fn = build_aux_loss(cfg.aux_loss, loss_fn)
+    aux_loss_fn = build_aux_loss(cfg.aux_loss, loss_fn)  # "composite" shares loss_fn, so its weights too
+    loss_schedule = BoundaryWeightSchedule(cfg.boundary_schedule, loss_fn.weights, start=cfg.boundary_start,
+                                           ramp_epochs=cfg.boundary_ramp_epochs, delta=cfg.steal_delta,
+                                           floor=cfg.steal_floor)  # "constant" (the paper) keeps the weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=accelerator.device.type == "cuda")
 
@@ -105,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"resumed from {resume_ckpt} (epoch {progress.epoch}, optimizer step {progress.step})")
     history = MetricsLog(run_dir / "metrics.jsonl", keep_through_epoch=progress.epoch) \
         if accelerator.is_main_process else None
+    grad_log = GradStatsLog(run_dir / "grad_stats.jsonl", keep_through_epoch=progress.epoch) \
+        if accelerator.is_main_process and cfg.log_grad_norms else None
     if cfg.wandb:
         wandb_run_id = init_wandb(accelerator, cfg, run_dir, wandb_run_id)
     console.print(f"{cfg.run_name}: {cfg.backbone} + UPerNet, loss {loss_fn}, {len(train_dataset)} train / "
@@ -123,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             model.train()
             train_loader.set_epoch(epoch)  # data order = f(seed, epoch)
             train_dataset.set_epoch(epoch)  # flips = f(seed, epoch, index)
+            loss_fn.weights.update(loss_schedule.weights_at(epoch))  # λ_b schedule = f(epoch)
             bars.reset(step_bar, total=len(train_loader), description=f"epoch {epoch + 1}/{cfg.epochs}")
             if accelerator.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(accelerator.device)
@@ -136,7 +144,14 @@ def main(argv: list[str] | None = None) -> int:
                 sdt = compute_sdt_torch(labels) if sdt_on_device else batch.get("sdt")
                 lr = get_lr(progress.step, total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
                 with accelerator.accumulate(model):
-                    terms = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn, cfg.aux_weight)
+                    # gradient statistics on the last micro-batch of every log_grad_norms-th optimizer step
+                    measure = bool(cfg.log_grad_norms) and accelerator.sync_gradients \
+                        and progress.step % cfg.log_grad_norms == 0
+                    terms, grad_stats = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn,
+                                                     cfg.aux_weight, grad_stats=measure)
+                    if grad_log is not None and grad_stats:  # the main process's micro-batch
+                        grad_log.append(grad_stats, epoch=epoch + 1, step=progress.step, variant=cfg.variant,
+                                        seed=cfg.seed, lambda_boundary=cfg.lambda_boundary, weights=loss_fn.weights)
                     # One small all-gather per micro-step (P processes x K terms): every process must agree on
                     # skipping a bad batch, and the epoch means cover all processes.
                     names = list(terms)
@@ -172,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                    "train/images_per_s": num_images / train_seconds, "train/epoch_seconds": train_seconds,
                    "train/nonfinite_skipped": progress.nonfinite_skipped}
             weights = {**loss_fn.weights, "aux": cfg.aux_weight}
+            row.update({f"train/loss_weight/{k}": w for k, w in loss_fn.weights.items()})
             for k in names:
                 mean = sums[k] / max(num_micro, 1)
                 row[f"train/{k}"] = mean  # "train/loss" is the weighted total, the others are unweighted
@@ -191,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["val/seconds"] = time.perf_counter() - eval_start
             overlays = {}
             if accelerator.is_main_process:
+                if grad_log is not None:
+                    row.update(grad_log.epoch_means(progress.epoch))  # grad_norm/..., grad_cos/...: epoch means
                 history.append(row)
                 if cfg.wandb and cfg.log_images and "val/miou" in row:
                     overlays["val/predictions"] = prediction_overlays(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import get_type_hints
 
 from losses import AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LOSS_WEIGHTS
+from losses.schedule import SCHEDULE_KINDS
 from utils.fileio import UserError, atomic_write_json
 
 VARIANTS = tuple(LOSS_WEIGHTS)  # ("A", "B", "C", "D")
@@ -37,6 +38,12 @@ class TrainConfig:
     seed: int = _f(42, "seeds weights init, data order, flips, augmentation, dropout (study: 42, 123, 456)")
     lambda_dice: float = _f(1.0, "λ_d, weight of the Dice term in B and C")
     lambda_boundary: float = _f(0.2, "λ_b, weight of the Kervadec boundary term in C and D")
+    boundary_schedule: str = _f("constant", "λ_b per epoch (losses.schedule; beyond the paper): constant, linear "
+                                "ramp from --boundary-start to λ_b, or Kervadec's steal", SCHEDULE_KINDS)
+    boundary_start: float = _f(0.0, "linear schedule: λ_b in the first epoch")
+    boundary_ramp_epochs: int = _f(0, "linear schedule: epochs to go from --boundary-start to λ_b")
+    steal_delta: float = _f(0.01, "steal schedule: weight moved each epoch from every region term to the boundary")
+    steal_floor: float = _f(0.01, "steal schedule: lowest weight of a region term")
     aux_weight: float = _f(AUX_LOSS_WEIGHT, "weight of the auxiliary FCN head's loss (from the study's code; 0 = no aux head)")
     aux_loss: str = _f("composite", "aux head loss: the variant's composite loss (study's code) or plain CE",
                        AUX_LOSS_KINDS)
@@ -81,6 +88,8 @@ class TrainConfig:
     checkpoint_every: int = _f(10, "checkpoint every N epochs and at the last epoch (160 epochs: 16 checkpoints)")
     keep_states: int = _f(1, "keep optimizer/RNG state in the newest N checkpoints; older ones keep weights only")
     log_images: int = _f(0, "log N val prediction overlays to W&B at each evaluation")
+    log_grad_norms: int = _f(0, "every K optimizer steps, log each loss term's gradient norm w.r.t. logits and "
+                             "features (one extra backward per term) to grad_stats.jsonl; 0 = off")
     wandb: bool = _f(True, "log to Weights & Biases (offline unless logged in or WANDB_MODE is set)")
     wandb_project: str = _f("boundary-seg", "W&B project")
     wandb_entity: str = _f("", "W&B entity, team or user ('' = your default)")
@@ -89,10 +98,12 @@ class TrainConfig:
     @property
     def run_name(self) -> str:
         """`<variant>_seed<seed>` (the W&B run name and default run dir); a λ that differs from the paper's
-        value joins the name (`C_lb0.1_seed42`), so the runs of a λ sweep get a directory each."""
+        value and a non-constant λ_b schedule join the name (`C_lb0.1_seed42`, `C_steal_seed42`), so the runs
+        of a λ sweep get a directory each."""
         lambdas = "".join(f"_{tag}{getattr(self, name):g}" for name, tag in (("lambda_dice", "ld"),
                           ("lambda_boundary", "lb")) if getattr(self, name) != _DEFAULTS[name])
-        return f"{self.variant}{lambdas}_seed{self.seed}"
+        schedule = "" if self.boundary_schedule == "constant" else f"_{self.boundary_schedule}"
+        return f"{self.variant}{lambdas}{schedule}_seed{self.seed}"
 
     @property
     def run_dir(self) -> Path:
@@ -131,7 +142,7 @@ PRESETS = {"demo": DEMO_PRESET}
 # Fields that may differ when a run is resumed (where/how it runs, not what it computes).
 RESUMABLE_CHANGES = {"data_root", "sdt_source", "sdt_cache", "num_workers", "eval_every", "checkpoint_every",
                      "keep_states", "log_images", "wandb", "wandb_project", "wandb_entity", "out", "pretrained",
-                     "max_nonfinite", "deterministic", "cpu_threads"}
+                     "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms"}
 
 
 def _flag(name: str) -> str:
@@ -190,7 +201,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--sdt-source cache needs --sdt-cache DIR (the folder written by precompute_sdt.py)")
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
         raise UserError(f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={cfg.lr} min_lr={cfg.min_lr}")
-    for name in ("max_nonfinite", "log_images", "cpu_threads", "warmup_steps", "num_workers"):
+    for name in ("max_nonfinite", "log_images", "cpu_threads", "log_grad_norms", "warmup_steps", "num_workers"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
 

@@ -1,6 +1,6 @@
 """The body of one training micro-step, kept out of train.py so tests can drive it with their own model.
 
-    terms = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn, aux_weight)
+    terms, _ = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn, aux_weight)
     accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, grad_clip)
 
 `accelerator.accumulate` decides whether this micro-step closes an accumulation window (then gradients
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from data_utils.augment import BatchAugment, normalize
+from losses.gradients import term_gradient_stats
 
 
 def augmentation_seed(run_seed: int, rank: int, micro_step: int) -> int:
@@ -29,22 +30,27 @@ def device_images(images: torch.Tensor, augment: BatchAugment | None, seed: int)
 
 
 def forward_loss(model, images: torch.Tensor, labels: torch.Tensor, sdt: torch.Tensor | None, loss_fn,
-                 aux_loss_fn=None, aux_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                 aux_loss_fn=None, aux_weight: float = 0.0,
+                 grad_stats: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Forward pass and the variant's loss, plus `aux_weight` x the aux head's loss when the model has one.
 
     Args:
         images: (N, 3, H, W) normalised float; labels: (N, H, W) int64 train ids (255 ignore);
         sdt: (N, C, H, W) int8 signed distance maps, or None for variants without the boundary term.
+        grad_stats: also measure each main-head term's gradient norm w.r.t. the logits and UPerNet's fused
+            features (`losses.gradients.term_gradient_stats`: one extra backward per term, params untouched).
     Returns:
-        {"loss": main + aux_weight * aux (what is back-propagated), "ce"/"dice"/"boundary": the main
-        head's unweighted terms, "aux": the aux head's (weighted-sum) loss when present}; scalar tensors.
+        (terms, stats). terms: {"loss": main + aux_weight * aux (what is back-propagated), "ce"/"dice"/
+        "boundary": the main head's unweighted terms, "aux": the aux head's loss when present}; stats: the
+        gradient statistics, {} unless asked for. Scalar tensors.
     """
-    out = model(images)
+    out = model(images, return_features=True) if grad_stats else model(images)
     terms = loss_fn(out["logits"], labels, sdt)
+    stats = term_gradient_stats(terms, out["logits"], out["features"]) if grad_stats else {}
     if "aux_logits" in out and aux_loss_fn is not None and aux_weight > 0:
         terms["aux"] = aux_loss_fn(out["aux_logits"], labels, sdt)["loss"]
         terms["loss"] = terms["loss"] + aux_weight * terms["aux"]
-    return terms
+    return terms, stats
 
 
 def zero_loss(model) -> torch.Tensor:

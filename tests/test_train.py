@@ -77,8 +77,8 @@ def test_flags_override_preset_which_overrides_defaults():
 def test_run_name_encodes_variant_seed_and_non_default_lambdas():
     names = [parse_args(flags)[0].run_name for flags in (
         [], ["--variant", "D", "--seed", "456"], ["--lambda-boundary", "0.05"], ["--lambda-dice", "0.5"],
-        ["--lambda-boundary", "0.2"])]
-    assert names == ["C_seed42", "D_seed456", "C_lb0.05_seed42", "C_ld0.5_seed42", "C_seed42"]
+        ["--lambda-boundary", "0.2"], ["--boundary-schedule", "steal"])]
+    assert names == ["C_seed42", "D_seed456", "C_lb0.05_seed42", "C_ld0.5_seed42", "C_seed42", "C_steal_seed42"]
 
 
 def test_bad_flags_fail_with_one_clear_line(capsys):
@@ -147,7 +147,7 @@ def test_grad_accumulation_4x1_equals_one_step_on_4_samples():
         snapshots = []
         for i in range(0, 4, batch):
             with accelerator.accumulate(model):
-                terms = forward_loss(model, images[i:i + batch], labels[i:i + batch], None, loss_fn)
+                terms, _ = forward_loss(model, images[i:i + batch], labels[i:i + batch], None, loss_fn)
                 accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr=1e-3)
             snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return snapshots, init.state_dict()
@@ -334,6 +334,28 @@ def test_nonfinite_loss_stops_naming_step_and_terms_and_keeps_last_checkpoint(ti
     rows = read_rows(out)
     assert [r["train/nonfinite_skipped"] for r in rows] == [0, 1]
     assert all(torch.isfinite(v).all() for v in load_file(out / "checkpoints/epoch_0002/model.safetensors").values())
+
+
+def test_boundary_schedule_per_epoch_and_gradient_statistics_log(tiny_data, tmp_path):
+    from losses.schedule import BoundaryWeightSchedule
+
+    out = tmp_path / "steal"
+    assert run_train(tiny_data, out, "--variant", "C", "--epochs", "2", "--boundary-schedule", "steal",
+                     "--steal-delta", "0.25", "--log-grad-norms", "1") == 0
+    schedule = BoundaryWeightSchedule("steal", build_loss("C").weights, delta=0.25)
+    rows = read_rows(out)
+    for epoch, row in enumerate(rows):  # the weights in use are the schedule's, and weigh the logged terms
+        for term, weight in schedule.weights_at(epoch).items():
+            assert row[f"train/loss_weight/{term}"] == weight
+            assert row[f"train/weighted/{term}"] == pytest.approx(weight * row[f"train/{term}"])
+    assert rows[1]["train/loss_weight/boundary"] == 0.45 and rows[1]["train/loss_weight/ce"] == 0.75
+    grad_rows = [json.loads(line) for line in (out / "grad_stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in grad_rows] == list(range(8))  # every optimizer step (4 per epoch)
+    assert grad_rows[4]["weight/boundary"] == 0.45
+    for epoch in (1, 2):  # the epoch row carries the mean of that epoch's measurements
+        mean = sum(r["grad_norm/logits/dice"] for r in grad_rows if r["epoch"] == epoch) / 4
+        assert rows[epoch - 1]["grad_norm/logits/dice"] == pytest.approx(mean)
+        assert -1 <= rows[epoch - 1]["grad_cos/features/dice_boundary"] <= 1
 
 
 def test_resume_refuses_other_settings_and_finished_run_returns(tiny_data, tmp_path, capsys):
