@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,8 +367,11 @@ def _sdt_torch(labels: torch.Tensor, num_classes: int, clip: int) -> torch.Tenso
     return sdt
 
 
+_triton_error: str | None = None  # set when the Triton path failed once; later calls use plain torch
+
+
 def _use_triton(labels: torch.Tensor) -> bool:
-    if not labels.is_cuda:
+    if not labels.is_cuda or _triton_error is not None:
         return False
     try:
         import triton  # noqa: F401
@@ -389,6 +393,8 @@ def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip
 
     On CUDA with Triton installed, fused kernels (`data_utils.sdt_triton`) compute the whole batch without
     host round trips; elsewhere a pure-torch version (per present class, on its dilated bounding box) runs.
+    If the kernels fail (say, a Triton that cannot compile them for this GPU), a RuntimeWarning says so once
+    and the pure-torch path takes over: the maps are the same, only slower.
     Both are exact integer computations; values outside 0..C-1 and 255 raise UserError.
 
     Example:
@@ -401,7 +407,13 @@ def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip
     if _use_triton(labels):
         from data_utils.sdt_triton import sdt_triton
 
-        return sdt_triton(labels, num_classes, clip)
+        try:
+            return sdt_triton(labels, num_classes, clip)
+        except Exception as e:  # e.g. a Triton/GPU combination that cannot compile a kernel
+            global _triton_error
+            _triton_error = f"{type(e).__name__}: {e}"
+            warnings.warn(f"compute_sdt_torch: the Triton kernels failed ({_triton_error}); using the pure-torch "
+                          "path from now on (identical maps, slower)", RuntimeWarning, stacklevel=2)
     return _sdt_torch(labels, num_classes, clip)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -167,20 +170,46 @@ def test_torch_matches_numpy_with_far_distances():
     np.testing.assert_array_equal(out[0].numpy(), compute_sdt(label, 4))
 
 
+def test_triton_failure_falls_back_to_torch(monkeypatch):
+    """If the CUDA kernels cannot run, one RuntimeWarning and the pure-torch path (same maps)."""
+    import data_utils.sdt as sdt_module
+
+    def broken(*args):
+        raise RuntimeError("cannot compile")
+
+    fake_kernels = types.ModuleType("data_utils.sdt_triton")
+    fake_kernels.sdt_triton = broken
+    monkeypatch.setitem(sys.modules, "data_utils.sdt_triton", fake_kernels)
+    monkeypatch.setattr(sdt_module, "_triton_error", None)
+    monkeypatch.setattr(sdt_module, "_use_triton", lambda labels: sdt_module._triton_error is None)
+    label = blob_label(30, 40, 3, 5)
+    with pytest.warns(RuntimeWarning, match="cannot compile"):
+        out = compute_sdt_torch(torch.from_numpy(label)[None], num_classes=3)
+    np.testing.assert_array_equal(out[0].numpy(), compute_sdt(label, 3))
+    assert sdt_module._triton_error is not None
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-def test_triton_kernels_match_numpy_in_interpreter(monkeypatch):
-    """The CUDA kernels, run on CPU tensors by Triton's interpreter: a private copy of the module is loaded
-    with TRITON_INTERPRET=1 set, because `triton.jit` reads it when the kernels are defined."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    spec = importlib.util.spec_from_file_location("sdt_triton_interpreted", ROOT / "data_utils" / "sdt_triton.py")
-    sdt_triton = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sdt_triton)
-    for clip, num_classes, shape in ((3, 3, (12, 20)), (127, 3, (4, 24))):
-        labels = np.stack([blob_label(*shape, num_classes - 1, seed) for seed in range(2)])
-        labels[1, :, -3:] = 2  # the last class present too
-        out = sdt_triton.sdt_triton(torch.from_numpy(labels).contiguous(), num_classes, clip).numpy()
-        for k in range(2):
-            np.testing.assert_array_equal(out[k], compute_sdt(labels[k], num_classes, clip))
+def test_triton_kernels_match_numpy_in_interpreter(tmp_path):
+    """The CUDA kernels, run on CPU tensors by Triton's interpreter. In a fresh process: TRITON_INTERPRET
+    must be set before triton first reads its settings."""
+    script = tmp_path / "check_triton.py"
+    script.write_text(
+        "import numpy as np, torch\n"
+        "from tests.test_sdt import blob_label\n"
+        "from data_utils.sdt import compute_sdt\n"
+        "from data_utils.sdt_triton import sdt_triton\n"
+        "for clip, num_classes, shape in ((3, 3, (12, 20)), (127, 3, (4, 24))):\n"
+        "    labels = np.stack([blob_label(*shape, num_classes - 1, seed) for seed in range(2)])\n"
+        "    labels[1, :, -3:] = 2  # the last class present too\n"
+        "    out = sdt_triton(torch.from_numpy(labels).contiguous(), num_classes, clip).numpy()\n"
+        "    for k in range(2):\n"
+        "        np.testing.assert_array_equal(out[k], compute_sdt(labels[k], num_classes, clip))\n"
+        "print('ok')\n")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------------------------------------
