@@ -151,3 +151,4 @@ def test_interleaved_compare_at_tiny_size(tmp_path):
     for r in rows:
         assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert r["ratio"] == pytest.approx(rows[0]["median_ms"] / r["median_ms"])
+        assert r["ratio_of_minima"] == pytest.approx(rows[0]["min_ms"] / r["min_ms"])
