@@ -308,7 +308,7 @@ class Trainer:
         """One training step (forward, loss, backward, AdamW); returns the detached loss (no host sync)."""
         if self.args.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        terms = forward_loss(self.model, images, labels, sdt, self.loss_fn, self.aux_loss_fn, self.cfg.aux_weight)
+        terms, _ = forward_loss(self.model, images, labels, sdt, self.loss_fn, self.aux_loss_fn, self.cfg.aux_weight)
         if self.args.host_sync:  # train.py (2026-11-26) checks finiteness before backward: the host waits here
             bool(torch.isfinite(terms["loss"]))
         timer.mark("forward")
@@ -374,8 +374,8 @@ def time_model_part(trainer: Trainer, args) -> dict:
     if not args.compile:  # one extra (untimed) eager forward to count what autograd keeps
         def forward():
             images_ = images.contiguous(memory_format=torch.channels_last) if args.channels_last else images
-            forward.terms = forward_loss(trainer.model, images_, labels, sdt, trainer.loss_fn,
-                                         trainer.aux_loss_fn, trainer.cfg.aux_weight)
+            forward.terms, _ = forward_loss(trainer.model, images_, labels, sdt, trainer.loss_fn,
+                                            trainer.aux_loss_fn, trainer.cfg.aux_weight)
         saved = saved_for_backward_mib(forward, trainer.raw_model)
         forward.terms["loss"].backward()
         trainer.optimizer.zero_grad(set_to_none=True)
