@@ -2,11 +2,12 @@
 
 What one training item costs in a DataLoader worker (`data_utils.dataset.SegmentationDataset`, the train
 setting: random flip, uint8 image for augmentation on the device), per stage and in total, for each SDT
-source: none (variants A/B, or SDT computed on the device), cpu (compute_sdt in the worker), cache (read a
-precomputed file, memory-mapped) and cache-z (a `precompute_sdt.py --compress` file, decoded in memory). Each stage runs in this process on one thread, over --passes passes of the
-frames after one warm-up pass (files are in the page cache, as after the first epoch). A worker is one
-process with one thread, so its rate is 1 / (time per item); then a real DataLoader with each --workers
-count measures what the machine gives (collate and inter-process transfer included).
+source: none (variants A/B, or SDT computed on the device), cpu (compute_sdt in the worker), cache (read
+a precomputed file, memory-mapped) and cache-z (a `precompute_sdt.py --compress` file, decoded in memory).
+Each stage runs in this process on one thread, over --passes passes of the frames after one warm-up pass
+(files are in the page cache, as after the first epoch). A worker is one process with one thread, so its
+rate is 1 / (time per item); then a real DataLoader with each --workers count measures what the machine
+gives (collate and inter-process transfer included).
 
     python bench/bench_loader.py                               # the 8 real 2048x1024 frames (shared data)
     python bench/bench_loader.py --workers 1,2,4 --target 18   # workers needed for 18 img/s
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<42} {1e3 * seconds:8.1f}")
 
         report["per_worker"] = {}
-        print(f"\nSDT source  ms/item  img/s per worker  workers for {args.target:g} img/s   DataLoader img/s (workers)")
+        print(f"\nSDT source  ms/item  img/s per worker  workers for {args.target:g} img/s   "
+              "DataLoader img/s (workers)")
         for source in sources:
             seconds = item_seconds(records, source, caches, args.passes)
             rate = 1.0 / seconds

@@ -434,7 +434,8 @@ def time_data_part(trainer: Trainer, args, sdt_source: str, data_root: Path, sdt
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()})"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {cpu})"
 
 
 def run_single(args) -> dict:
