@@ -44,7 +44,8 @@ class TrainConfig:
     boundary_ramp_epochs: int = _f(0, "linear schedule: epochs to go from --boundary-start to λ_b")
     steal_delta: float = _f(0.01, "steal schedule: weight moved each epoch from every region term to the boundary")
     steal_floor: float = _f(0.01, "steal schedule: lowest weight of a region term")
-    aux_weight: float = _f(AUX_LOSS_WEIGHT, "weight of the auxiliary FCN head's loss (from the study's code; 0 = no aux head)")
+    aux_weight: float = _f(AUX_LOSS_WEIGHT, "weight of the auxiliary FCN head's loss (from the study's code; "
+                           "0 = no aux head)")
     aux_loss: str = _f("composite", "aux head loss: the variant's composite loss (study's code) or plain CE",
                        AUX_LOSS_KINDS)
     # --- model
@@ -129,7 +130,7 @@ DEMO_PRESET = {
     "epochs": 8,
     "mixed_precision": "no",           # fp32: CPUs gain nothing from bf16 autocast here
     "num_workers": 2,                  # PNG decoding of small frames: light
-    "cpu_threads": 1,                  # one compute thread: a thread per core oversubscribes 2 cores next to the workers
+    "cpu_threads": 1,                  # one compute thread: one per core oversubscribes 2 cores next to the workers
     "sdt_source": "cpu",               # on a CPU the workers' EDT is ~25x faster than the torch (GPU) path
     "checkpoint_every": 4,
     "head_channels": 128,              # UPerNet at 512 channels costs 7x the whole atto backbone on a CPU

@@ -164,7 +164,8 @@ def test_grad_accumulation_4x1_equals_one_step_on_4_samples():
                 assert torch.equal(snap[k], before[k]), k
         changed = 0
         for k, v in single.items():
-            torch.testing.assert_close(accumulated[3][k], v, rtol=1e-5, atol=atol, msg=lambda m: f"{optimizer_cls.__name__} {k}: {m}")
+            torch.testing.assert_close(accumulated[3][k], v, rtol=1e-5, atol=atol,
+                                       msg=lambda m: f"{optimizer_cls.__name__} {k}: {m}")
             changed += not torch.equal(v, before[k])
         assert changed > 10  # the step did update the weights
 
