@@ -368,6 +368,7 @@ def _sdt_torch(labels: torch.Tensor, num_classes: int, clip: int) -> torch.Tenso
 
 
 _triton_error: str | None = None  # set when the Triton path failed once; later calls use plain torch
+_triton_checked: set[tuple[torch.device, int]] = set()  # (device, clip) where the kernels passed the self-check
 
 
 def _use_triton(labels: torch.Tensor) -> bool:
@@ -378,6 +379,21 @@ def _use_triton(labels: torch.Tensor) -> bool:
     except ImportError:
         return False
     return True
+
+
+def _self_check_triton(sdt_triton, device: torch.device, clip: int) -> None:
+    """Once per (device, clip): the kernels must reproduce the pure-torch maps on a small fixed batch
+    (classes, ignore, an absent class, distances beyond 127 px, a single-value image), else RuntimeError."""
+    label = torch.zeros((2, 40, 300), dtype=torch.uint8)
+    label[0, :, 90:] = 1
+    label[0, 10:18, 150:163] = 2
+    label[0, 25:, 240:] = IGNORE_INDEX
+    label[0, 3, 5] = 2
+    label[1] = 3  # one class fills the image
+    label = label.to(device)
+    if not torch.equal(sdt_triton(label, 5, clip), _sdt_torch(label, 5, clip)):
+        raise RuntimeError(f"the kernels disagree with the pure-torch maps on the self-check (clip={clip})")
+    _triton_checked.add((device, clip))
 
 
 def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> torch.Tensor:
@@ -393,9 +409,10 @@ def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip
 
     On CUDA with Triton installed, fused kernels (`data_utils.sdt_triton`) compute the whole batch without
     host round trips; elsewhere a pure-torch version (per present class, on its dilated bounding box) runs.
-    If the kernels fail (say, a Triton that cannot compile them for this GPU), a RuntimeWarning says so once
-    and the pure-torch path takes over: the maps are the same, only slower.
-    Both are exact integer computations; values outside 0..C-1 and 255 raise UserError.
+    Both are exact integer computations; values outside 0..C-1 and 255 raise UserError. The kernels are
+    checked once per (device, clip) against the pure-torch path on a small fixed batch; if they fail or
+    disagree (say, a Triton that cannot compile them for this GPU), a RuntimeWarning says so once and the
+    pure-torch path takes over: the maps are the same, only slower.
 
     Example:
         >>> labels = torch.zeros(2, 64, 96, dtype=torch.uint8); labels[:, 20:40, 30:50] = 1
@@ -408,8 +425,10 @@ def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip
         from data_utils.sdt_triton import sdt_triton
 
         try:
+            if (labels.device, clip) not in _triton_checked:
+                _self_check_triton(sdt_triton, labels.device, clip)
             return sdt_triton(labels, num_classes, clip)
-        except Exception as e:  # e.g. a Triton/GPU combination that cannot compile a kernel
+        except Exception as e:  # e.g. a Triton/GPU combination that cannot compile the kernels
             global _triton_error
             _triton_error = f"{type(e).__name__}: {e}"
             warnings.warn(f"compute_sdt_torch: the Triton kernels failed ({_triton_error}); using the pure-torch "

@@ -170,20 +170,24 @@ def test_torch_matches_numpy_with_far_distances():
     np.testing.assert_array_equal(out[0].numpy(), compute_sdt(label, 4))
 
 
-def test_triton_failure_falls_back_to_torch(monkeypatch):
-    """If the CUDA kernels cannot run, one RuntimeWarning and the pure-torch path (same maps)."""
+@pytest.mark.parametrize("failure", ["raises", "wrong maps"])
+def test_triton_failure_falls_back_to_torch(monkeypatch, failure):
+    """If the CUDA kernels fail or disagree with the self-check: one RuntimeWarning, then the pure-torch path."""
     import data_utils.sdt as sdt_module
 
-    def broken(*args):
-        raise RuntimeError("cannot compile")
+    def broken(labels, num_classes, clip):
+        if failure == "raises":
+            raise RuntimeError("cannot compile")
+        return torch.zeros((labels.shape[0], num_classes, *labels.shape[1:]), dtype=torch.int8)
 
     fake_kernels = types.ModuleType("data_utils.sdt_triton")
     fake_kernels.sdt_triton = broken
     monkeypatch.setitem(sys.modules, "data_utils.sdt_triton", fake_kernels)
     monkeypatch.setattr(sdt_module, "_triton_error", None)
+    monkeypatch.setattr(sdt_module, "_triton_checked", set())
     monkeypatch.setattr(sdt_module, "_use_triton", lambda labels: sdt_module._triton_error is None)
     label = blob_label(30, 40, 3, 5)
-    with pytest.warns(RuntimeWarning, match="cannot compile"):
+    with pytest.warns(RuntimeWarning, match="cannot compile" if failure == "raises" else "disagree"):
         out = compute_sdt_torch(torch.from_numpy(label)[None], num_classes=3)
     np.testing.assert_array_equal(out[0].numpy(), compute_sdt(label, 3))
     assert sdt_module._triton_error is not None
