@@ -114,7 +114,8 @@ def count_train_flops(model: torch.nn.Module, images: torch.Tensor, corrected: b
 
 def model_flops_per_image(cfg: TrainConfig, height: int, width: int) -> dict[str, float]:
     """FLOPs per training image of cfg's model at height x width, counted on the meta device (no memory,
-    seconds even at 1024x2048); checkpointing off (it only adds recomputation). Also the uncounted-fix figure."""
+    seconds even at 1024x2048); checkpointing off (it only adds recomputation). Also the figure torch's own
+    (uncorrected) counter gives, for comparison with numbers counted that way."""
     with torch.device("meta"):
         model = build_model_from_config(dataclasses.replace(cfg, grad_checkpointing=False))
         images = torch.empty(1, 3, height, width)
@@ -372,12 +373,15 @@ def time_model_part(trainer: Trainer, args) -> dict:
 
     saved = None
     if not args.compile:  # one extra (untimed) eager forward to count what autograd keeps
+        kept = {}
+
         def forward():
             images_ = images.contiguous(memory_format=torch.channels_last) if args.channels_last else images
-            forward.terms, _ = forward_loss(trainer.model, images_, labels, sdt, trainer.loss_fn,
+            kept["terms"], _ = forward_loss(trainer.model, images_, labels, sdt, trainer.loss_fn,
                                             trainer.aux_loss_fn, trainer.cfg.aux_weight)
+
         saved = saved_for_backward_mib(forward, trainer.raw_model)
-        forward.terms["loss"].backward()
+        kept["terms"]["loss"].backward()  # frees the graph; the gradients are dropped, no optimizer step
         trainer.optimizer.zero_grad(set_to_none=True)
     result = _timed_loop(trainer, next_batch, args)
     result["saved_for_backward_mib"] = saved
@@ -424,7 +428,8 @@ def time_data_part(trainer: Trainer, args, sdt_source: str, data_root: Path, sdt
     try:
         result = _timed_loop(trainer, next_batch, args)
     finally:
-        del loader  # stops persistent workers before the next part
+        state["iterator"] = None  # dropping the last iterator shuts the persistent workers down
+        del loader
     # The host's own wait in next(loader): on CUDA the host runs ahead, so this can be > 0 while the
     # device never idles; the "data" phase is what the device waited.
     result["host_data_wait_ms"] = 1e3 * state["host_wait_s"] / args.steps
