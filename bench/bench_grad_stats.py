@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from losses import AUX_LOSS_WEIGHT, build_loss  # noqa: E402
 from losses.gradients import term_gradient_stats  # noqa: E402
 from models import build_model  # noqa: E402
-from models.uperhead import UPerHead  # noqa: E402
 
 
 def make_batch(n: int, h: int, w: int, num_classes: int, device: torch.device):
@@ -57,9 +56,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    model = build_model(args.backbone, num_classes=19, aux_head=True)
-    if args.head_channels != model.decode_head.channels:
-        model.decode_head = UPerHead(model.decode_head.in_channels, 19, channels=args.head_channels)
+    model = build_model(args.backbone, num_classes=19, aux_head=True, head_channels=args.head_channels)
     model.to(device).train()
     loss_fn = build_loss("C")
     images, labels, sdt = make_batch(args.batch, args.height, args.width, 19, device)

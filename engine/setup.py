@@ -17,7 +17,6 @@ from data_utils.labels import NUM_CLASSES
 from engine.config import TrainConfig
 from losses import LOSS_WEIGHTS
 from models import build_model
-from models.uperhead import UPerHead
 from utils.fileio import UserError
 
 
@@ -30,10 +29,7 @@ def build_model_from_config(cfg: TrainConfig, load_pretrained: bool = False) -> 
     model = build_model(backbone=cfg.backbone, num_classes=NUM_CLASSES,
                         pretrained=(cfg.pretrained or None) if load_pretrained else None,
                         aux_head=cfg.aux_weight > 0, drop_path_rate=cfg.drop_path_rate,
-                        grad_checkpointing=cfg.grad_checkpointing)
-    if cfg.head_channels != model.decode_head.channels:
-        # models.build_model has no width argument (yet); a narrower UPerNet is what makes the CPU demo fast.
-        model.decode_head = UPerHead(model.decode_head.in_channels, NUM_CLASSES, channels=cfg.head_channels)
+                        grad_checkpointing=cfg.grad_checkpointing, head_channels=cfg.head_channels)
     return model
 
 

@@ -18,6 +18,7 @@ def build_model(
     aux_head: bool = True,
     drop_path_rate: float = 0.0,
     grad_checkpointing: bool = False,
+    head_channels: int = 512,
 ) -> UPerNetSegmentor:
     """Build the segmentor; BatchNorm throughout (train.py converts it to SyncBatchNorm on several GPUs).
 
@@ -30,13 +31,15 @@ def build_model(
         aux_head: add the auxiliary FCN head on the stride-16 features (used in training mode only).
         drop_path_rate: stochastic depth of the backbone.
         grad_checkpointing: recompute backbone stage activations in backward (saves memory at 1024x2048).
+        head_channels: width of UPerNet's PPM / FPN / fuse convs (512 as in MMSegmentation; the CPU demo
+            uses a narrower head).
     Raises:
         UserError: unknown backbone, wrong strides, unreadable or non-matching pretrained weights.
     """
     net = create_backbone(backbone, drop_path_rate=drop_path_rate)
     if pretrained:
         load_pretrained_backbone(net, backbone, pretrained)
-    model = UPerNetSegmentor(net, num_classes=num_classes, aux_head=aux_head)
+    model = UPerNetSegmentor(net, num_classes=num_classes, aux_head=aux_head, head_channels=head_channels)
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model

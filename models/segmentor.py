@@ -55,11 +55,12 @@ class UPerNetSegmentor(nn.Module):
     `torch.autocast("cuda", torch.bfloat16)`): the forward has no dtype- or layout-specific code.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int = 19, aux_head: bool = True):
+    def __init__(self, backbone: nn.Module, num_classes: int = 19, aux_head: bool = True,
+                 head_channels: int = 512):
         super().__init__()
         in_channels = list(backbone.feature_info.channels())
         self.backbone = backbone
-        self.decode_head = UPerHead(in_channels, num_classes)
+        self.decode_head = UPerHead(in_channels, num_classes, channels=head_channels)
         self.aux_head = FCNHead(in_channels[AUX_LEVEL], num_classes) if aux_head else None
         self.num_classes = num_classes
 
