@@ -31,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from data_utils.cityscapes import load_split
 from data_utils.dataset import read_label_ids
 from data_utils.labels import NUM_CLASSES, label_ids_to_train_ids
-from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, read_sdt_file, sdt_cache_path, write_sdt_file
+from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
 from utils import UserError
 
 MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
@@ -97,16 +97,7 @@ def precompute_one(task: tuple[str, str, bool, bool]) -> tuple[str, int, int]:
 def verify_one(task: tuple[str, str]) -> str | None:
     """Worker: recompute one map and compare it with the cache. Returns a problem line or None."""
     label_path, out_path = task
-    try:
-        cached = read_sdt_file(out_path, expected_shape(label_path), expected_clip=SDT_CLIP)
-    except UserError as e:
-        return str(e)
-    fresh = compute_sdt(read_train_ids(label_path), num_classes=NUM_CLASSES, clip=SDT_CLIP)
-    differing = int(np.count_nonzero(cached != fresh))
-    if differing:
-        return (f"{out_path}: {differing} of {fresh.size} values differ from the map recomputed from "
-                f"{label_path}; rerun precompute_sdt.py --overwrite")
-    return None
+    return verify_sdt_file(out_path, read_train_ids(label_path), num_classes=NUM_CLASSES, clip=SDT_CLIP)
 
 
 def remove_stale_temp_files(out: Path) -> int:

@@ -595,3 +595,22 @@ def read_sdt_file(path: str | os.PathLike, expected_shape: tuple[int, int, int] 
     sdt = _decode_rows(payload, info.shape, info.path)
     sdt.flags.writeable = False
     return sdt
+
+
+def verify_sdt_file(path: str | os.PathLike, label, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> str | None:
+    """Recompute the map of `label` ((H, W) train ids) and compare it with the cache file at `path`.
+
+    Returns None when the file is valid and identical, else a one-line description of the problem (missing,
+    corrupt, wrong shape or clip, or how many values differ). Bad labels raise UserError as in compute_sdt.
+    """
+    label = _as_label_map(label, num_classes)
+    try:
+        cached = read_sdt_file(path, expected_shape=(num_classes, *label.shape), expected_clip=clip)
+    except UserError as e:
+        return str(e)
+    fresh = compute_sdt(label, num_classes=num_classes, clip=clip)
+    differing = int(np.count_nonzero(cached != fresh))
+    if differing:
+        return (f"{path}: {differing} of {fresh.size} values differ from the map recomputed from its labels; "
+                "rerun precompute_sdt.py --overwrite")
+    return None
