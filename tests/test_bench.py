@@ -152,3 +152,21 @@ def test_interleaved_compare_at_tiny_size(tmp_path):
         assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert r["ratio"] == pytest.approx(rows[0]["median_ms"] / r["median_ms"])
         assert r["ratio_of_minima"] == pytest.approx(rows[0]["min_ms"] / r["min_ms"])
+
+
+@pytest.mark.slow
+def test_matrix_at_tiny_size(tmp_path):
+    """The --matrix command end to end (five subprocesses, ~1 min on 2 cores), with the full preset's switches
+    except compile (minutes on a CPU)."""
+    out = tmp_path / "matrix.json"
+    assert bench_train.main(["--device", "cpu", "--preset", "full", "--no-compile", "--backbone", "convnextv2_atto",
+                             "--height", "64", "--width", "128", "--head-channels", "16", "--steps", "1",
+                             "--warmup", "1", "--workers", "0", "--frames", "2", "--matrix", "--tmp-dir", str(tmp_path),
+                             "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["matrix"]
+    assert [r["label"] for r in rows] == [label for label, _, _ in bench_train.matrix_rows(
+        bench_train.parse_args(["--device", "cpu", "--no-compile"]))]
+    assert all("report" in r for r in rows)
+    assert [p["part"] for p in rows[-1]["report"]["parts"]] == ["model", "data sdt=gpu", "data sdt=cache"]
+    assert all(r["report"]["options"]["bf16"] for r in rows)
+    assert [p.name for p in tmp_path.iterdir()] == ["matrix.json"]
