@@ -32,11 +32,12 @@ from engine.results import results_path, write_results
 from engine.schedule import get_lr
 from engine.setup import build_dataloader, build_model_from_config, uses_sdt
 from engine.steps import accumulate_and_step, augmentation_seed, device_images, forward_loss, zero_loss
-from engine.tracking import MetricsLog, init_wandb, prediction_overlays, val_metrics_row
+from engine.tracking import init_wandb, prediction_overlays, val_metrics_row
 from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
 from utils.fileio import UserError
+from utils.jsonl import EpochJsonl
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if resume_ckpt is not None:
         wandb_run_id = resume_from(accelerator, resume_ckpt, progress).get("wandb_run_id")
         console.print(f"resumed from {resume_ckpt} (epoch {progress.epoch}, optimizer step {progress.step})")
-    history = MetricsLog(run_dir / "metrics.jsonl", keep_through_epoch=progress.epoch) \
+    history = EpochJsonl(run_dir / "metrics.jsonl", keep_through_epoch=progress.epoch) \
         if accelerator.is_main_process else None
     grad_log = GradStatsLog(run_dir / "grad_stats.jsonl", keep_through_epoch=progress.epoch) \
         if accelerator.is_main_process and cfg.log_grad_norms else None

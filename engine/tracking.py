@@ -6,8 +6,6 @@ otherwise; offline runs are written under `RUN/wandb/` and can be uploaded later
 """
 from __future__ import annotations
 
-import json
-import math
 import netrc
 import os
 from pathlib import Path
@@ -18,7 +16,6 @@ import torch
 from data_utils.augment import IMAGENET_MEAN, IMAGENET_STD
 from data_utils.labels import CLASS_NAMES
 from engine.config import TrainConfig, config_to_dict
-from utils.fileio import atomic_write_text
 
 
 def wandb_logged_in() -> bool:
@@ -52,40 +49,6 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
         return None
     run = accelerator.get_tracker("wandb", unwrap=True)
     return getattr(run, "id", None)
-
-
-class MetricsLog:
-    """`metrics.jsonl`: one JSON object per epoch, rewritten atomically (temp file + rename) each time.
-
-    Opening it for a run resumed after epoch `keep_through_epoch` drops the lines of later epochs (and
-    a line cut by a crash), so the file always matches the training state that continues.
-    """
-
-    def __init__(self, path: Path, keep_through_epoch: int):
-        self.path = Path(path)
-        self.rows: list[dict] = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict) and row.get("epoch", math.inf) <= keep_through_epoch:
-                    self.rows.append(row)
-        self._write()
-
-    def append(self, row: dict) -> None:
-        self.rows.append(dict(row))
-        self._write()
-
-    def _write(self) -> None:
-        text = "".join(json.dumps(_json_safe(row)) + "\n" for row in self.rows)
-        atomic_write_text(self.path, text)
-
-
-def _json_safe(row: dict) -> dict:
-    """NaN/inf (e.g. IoU of a class absent from val) become null: JSON has no NaN."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
 def val_metrics_row(metrics: dict) -> dict:

@@ -30,13 +30,11 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 
-from utils.fileio import atomic_write_text
+from utils.jsonl import EpochJsonl
 
 GRAD_TERMS = ("ce", "dice", "boundary")  # unweighted terms of losses.build_loss, in this order
 COSINE_PAIR = ("dice", "boundary")  # the pair behind the study's gradient-interference hypothesis
@@ -110,32 +108,13 @@ def term_gradient_stats(terms: dict[str, torch.Tensor], logits: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------------------------- the log
-def _json_value(v) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None  # JSON has no NaN
-
-
-class GradStatsLog:
+class GradStatsLog(EpochJsonl):
     """`RUN/grad_stats.jsonl`: one JSON object per logging step (format in the module docstring).
 
     Opening it for a run resumed after `keep_through_epoch` completed epochs drops the lines of later epochs
     (and a line cut by a crash) with one atomic rewrite, so the file matches the training state that
     continues; each `append` then adds one line and flushes it. Only the main process should hold one.
     """
-
-    def __init__(self, path: str | Path, keep_through_epoch: int):
-        self.path = Path(path)
-        self.rows: list[dict] = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= keep_through_epoch:
-                    self.rows.append(row)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in self.rows))
 
     def append(self, stats: dict[str, torch.Tensor], *, epoch: int, step: int, variant: str, seed: int,
                lambda_boundary: float, weights: dict[str, float] | None = None) -> dict:
@@ -148,12 +127,8 @@ class GradStatsLog:
         row = {"epoch": int(epoch), "step": int(step), "variant": variant, "seed": int(seed),
                "lambda_boundary": float(lambda_boundary),
                **{f"weight/{k}": float(w) for k, w in (weights or {}).items()},
-               **{k: _json_value(v) for k, v in zip(names, values)}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-        self.rows.append(row)
-        return row
+               **dict(zip(names, values))}
+        return super().append(row)
 
     def epoch_means(self, epoch: int) -> dict[str, float]:
         """Mean over the logging steps of `epoch` of every statistic (nulls skipped; NaN when all are null):

@@ -7,6 +7,7 @@ and says what to do.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -60,15 +61,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
-    """Write `obj` as JSON atomically; NaN (not valid JSON) is written as null."""
-    atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=indent, sort_keys=False) + "\n")
+    """Write `obj` as JSON atomically; NaN/inf (not valid JSON) are written as null."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, sort_keys=False) + "\n")
 
 
-def _nan_to_none(obj):
-    if isinstance(obj, float) and obj != obj:
+def json_safe(obj):
+    """`obj` with every NaN/inf float replaced by None (JSON has no NaN), through dicts, lists and tuples."""
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
