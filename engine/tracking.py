@@ -1,44 +1,40 @@
 """What a run records: `RUN/metrics.jsonl` (one JSON object per epoch) and the same dict in W&B.
 
-W&B without an account: unless `WANDB_MODE` is set (then wandb obeys it), a run is `online` when an API
-key is found (`WANDB_API_KEY`, or the netrc entry `wandb login` writes for the W&B host) and `offline`
-otherwise; offline runs are written under `RUN/wandb/` and can be uploaded later with `wandb sync`.
+W&B without an account (`utils.wandb_mode`): unless `WANDB_MODE` is set (then wandb obeys it), a run is
+`online` when an API key is found (`WANDB_API_KEY`, or the netrc entry `wandb login` writes for the W&B host)
+and `offline` otherwise; offline runs are written under `RUN/wandb/` and can be uploaded later with `wandb sync`.
 """
 from __future__ import annotations
 
-import netrc
-import os
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from data_utils.augment import IMAGENET_MEAN, IMAGENET_STD
 from data_utils.labels import CLASS_NAMES
 from engine.config import TrainConfig, config_to_dict
+from utils.wandb_mode import wandb_init_mode, wandb_logged_in  # noqa: F401  (wandb_logged_in: re-exported)
 
 
-def wandb_logged_in() -> bool:
-    """True when wandb would find an API key: $WANDB_API_KEY or a netrc entry for the W&B host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
+def wandb_group(cfg: TrainConfig) -> str:
+    """The W&B group of a run: its run name without the seed (`C_seed42` -> `C`, `C_lb0.05_seed42` -> `C_lb0.05`,
+    `C_steal_seed42` -> `C_steal`), so a group holds exactly the seeds of one setting and the runs of a λ_b
+    sweep or a schedule do not fall into the study's variant group."""
+    name, suffix = cfg.run_name, f"_seed{cfg.seed}"
+    return name[: -len(suffix)] if name.endswith(suffix) else name
 
 
 def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None) -> str | None:
-    """Start the W&B tracker (name `<variant>_seed<seed>`, group = variant); returns the W&B run id.
+    """Start the W&B tracker (name = `cfg.run_name`, group = `wandb_group(cfg)`); returns the W&B run id.
 
     `run_id` (from a checkpoint's meta.json) continues that run after a resume. Under `wandb agent`,
     wandb takes the run id from the agent's environment instead.
     """
-    init = {"name": cfg.run_name, "group": cfg.variant, "dir": str(run_dir), "job_type": "train",
+    init = {"name": cfg.run_name, "group": wandb_group(cfg), "dir": str(run_dir), "job_type": "train",
             "tags": [f"variant-{cfg.variant}", f"seed-{cfg.seed}", cfg.backbone]}
-    if not os.environ.get("WANDB_MODE"):
-        init["mode"] = "online" if wandb_logged_in() else "offline"
+    mode = wandb_init_mode()
+    if mode is not None:  # None: WANDB_MODE is set and wandb obeys it
+        init["mode"] = mode
     if cfg.wandb_entity:
         init["entity"] = cfg.wandb_entity
     if run_id:

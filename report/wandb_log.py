@@ -1,37 +1,18 @@
 """Push the report's tables and figures to one W&B run, without ever needing the network.
 
-Mode: an explicit WANDB_MODE (online / offline / disabled) is respected; otherwise the run goes online only when
-credentials are already on this machine (WANDB_API_KEY or a netrc entry for the W&B host, which is what
-`wandb login` writes) and offline otherwise — so `--wandb` never prompts and never fails for lack of a login.
-An offline run is uploaded later with `wandb sync <its folder>`.
+Mode (`utils.wandb_mode.wandb_init_mode`, the same rule as train.py): an explicit WANDB_MODE (online / offline /
+disabled) is respected; otherwise the run goes online only when credentials are already on this machine
+(WANDB_API_KEY or a netrc entry for the W&B host, which is what `wandb login` writes) and offline otherwise — so
+`--wandb` never prompts and never fails for lack of a login. An offline run is uploaded later with
+`wandb sync <its folder>`.
 """
 from __future__ import annotations
 
 import math
-import netrc
-import os
 from pathlib import Path
-from urllib.parse import urlparse
 
 from report.tables import Table
-
-
-def _has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def wandb_mode() -> str | None:
-    """The mode to pass to wandb.init: None lets wandb read an explicit WANDB_MODE; else online iff logged in."""
-    if os.environ.get("WANDB_MODE"):
-        return None
-    return "online" if _has_credentials() else "offline"
+from utils.wandb_mode import wandb_init_mode
 
 
 def _cell(v):
@@ -44,7 +25,7 @@ def push_report(tables: list[Table], figures: dict[str, Path], headline: dict[st
     (the run's URL, or the `wandb sync` command for an offline run)."""
     import wandb  # imported here: the report itself never needs wandb
 
-    run = wandb.init(project=project, name=name, job_type="aggregate", config=config, mode=wandb_mode())
+    run = wandb.init(project=project, name=name, job_type="aggregate", config=config, mode=wandb_init_mode())
     try:
         payload = {f"tables/{t.name}": wandb.Table(columns=t.header, data=[[_cell(v) for v in r] for r in t.rows])
                    for t in tables}

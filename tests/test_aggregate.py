@@ -17,7 +17,6 @@ from scipy import stats as sps
 import aggregate
 from report.load import Study, load_csv, load_runs_dir, read_results_file
 from report.stats import holm, intervals_overlap, paired_ttest, summarize
-from report.wandb_log import wandb_mode
 from utils import UserError, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,17 +317,6 @@ def test_official_significance(official):
 
 
 # ---------------------------------------------------------------------------------------------------- W&B
-def test_wandb_mode_never_needs_a_login(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    assert wandb_mode() == "offline"
-    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
-    assert wandb_mode() == "online"
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert wandb_mode() is None  # an explicit WANDB_MODE is left to wandb
-
-
 def test_wandb_offline_run(runs_tree, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

@@ -1,0 +1,94 @@
+"""engine.tracking (the W&B run of train.py) and utils.wandb_mode (the one credential check of train.py and
+aggregate.py). Nothing here starts wandb: init_wandb is driven with a stand-in accelerator that records its call."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from engine.config import TrainConfig, parse_args
+from engine.tracking import init_wandb, wandb_group
+from utils.wandb_mode import wandb_init_mode, wandb_logged_in
+
+
+@pytest.fixture
+def no_login(tmp_path, monkeypatch):
+    """No WANDB_MODE, no API key, the default host, and a netrc path in tmp_path that does not exist yet."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    return tmp_path / "netrc"
+
+
+# ---------------------------------------------------------------------------------------------------- credentials
+def test_logged_in_by_api_key_or_netrc_entry_for_the_wandb_host(no_login, monkeypatch):
+    assert not wandb_logged_in() and wandb_init_mode() == "offline"  # no netrc file at all
+    no_login.write_text("machine example.org login user password pw\n")  # another host only
+    assert not wandb_logged_in() and wandb_init_mode() == "offline"
+    no_login.write_text("machine example.org login user password pw\n"
+                        "machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
+    assert wandb_logged_in() and wandb_init_mode() == "online"
+    # a self-hosted server: the entry must be for the host of WANDB_BASE_URL
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com:8443")
+    assert not wandb_logged_in()
+    no_login.write_text("machine wandb.example.com login user password pw\n")
+    assert wandb_logged_in()
+
+
+def test_api_key_and_malformed_netrc(no_login, monkeypatch):
+    no_login.write_text("machine api.wandb.ai login user password pw bogus\n")  # NetrcParseError
+    assert not wandb_logged_in()  # a malformed file is no login, not a crash
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    assert wandb_logged_in() and wandb_init_mode() == "online"
+
+
+@pytest.mark.parametrize("mode", ["online", "offline", "disabled"])
+def test_explicit_wandb_mode_is_left_to_wandb(no_login, monkeypatch, mode):
+    no_login.write_text("machine api.wandb.ai login user password pw\n")
+    monkeypatch.setenv("WANDB_MODE", mode)
+    assert wandb_init_mode() is None  # wandb.init(mode=None) reads WANDB_MODE itself
+
+
+# ---------------------------------------------------------------------------------------------------- the W&B run
+@pytest.mark.parametrize("flags, name, group", [
+    ([], "C_seed42", "C"),
+    (["--variant", "A", "--seed", "123"], "A_seed123", "A"),
+    (["--lambda-boundary", "0.05"], "C_lb0.05_seed42", "C_lb0.05"),
+    (["--variant", "D", "--lambda-dice", "0.5", "--lambda-boundary", "0.1", "--seed", "456"],
+     "D_ld0.5_lb0.1_seed456", "D_ld0.5_lb0.1"),
+    (["--boundary-schedule", "steal"], "C_steal_seed42", "C_steal"),
+    (["--boundary-schedule", "linear", "--lambda-boundary", "0.5", "--seed", "7"], "C_lb0.5_linear_seed7",
+     "C_lb0.5_linear"),
+])
+def test_group_is_the_run_name_without_the_seed(flags, name, group):
+    cfg, _ = parse_args(flags)
+    assert (cfg.run_name, wandb_group(cfg)) == (name, group)
+    # the seeds of one setting share the group; another setting never does
+    assert wandb_group(dataclasses.replace(cfg, seed=cfg.seed + 1)) == group
+    assert wandb_group(dataclasses.replace(cfg, lambda_boundary=0.3)) != group
+
+
+class RecordingAccelerator:
+    """What init_wandb uses of an accelerate.Accelerator, recording the tracker arguments."""
+
+    is_main_process = True
+
+    def init_trackers(self, project, config, init_kwargs):
+        self.project, self.config, self.init_kwargs = project, config, init_kwargs
+
+    def get_tracker(self, name, unwrap):
+        return type("Run", (), {"id": "abc123"})()
+
+
+def test_init_wandb_arguments(no_login, tmp_path, monkeypatch):
+    cfg = TrainConfig(lambda_boundary=0.05, seed=123, wandb_entity="team")
+    accelerator = RecordingAccelerator()
+    assert init_wandb(accelerator, cfg, tmp_path / "run", run_id="old1") == "abc123"
+    init = accelerator.init_kwargs["wandb"]
+    assert (init["name"], init["group"], init["mode"]) == ("C_lb0.05_seed123", "C_lb0.05", "offline")
+    assert (init["entity"], init["id"], init["resume"]) == ("team", "old1", "allow")
+    assert accelerator.project == cfg.wandb_project and accelerator.config["lambda_boundary"] == 0.05
+    assert (tmp_path / "run").is_dir()
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    init_wandb(accelerator, cfg, tmp_path / "run", run_id=None)
+    assert "mode" not in accelerator.init_kwargs["wandb"] and "id" not in accelerator.init_kwargs["wandb"]
