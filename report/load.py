@@ -1,7 +1,8 @@
 """Read evaluation results into one flat list of `Record`s, and index them as a `Study`.
 
 Two sources, one shape:
-  - a runs tree: every `*.results.json` below RUNS_DIR (what `evaluate.py` writes beside each checkpoint);
+  - a runs tree: every `*.results.json` below RUNS_DIR (what `evaluate.py` writes beside each checkpoint), read
+    by `engine.results_format.read_results` (plain JSON, no torch: the reader evaluate.py uses);
   - a tidy CSV, one row per (variant, seed, epoch): columns `variant, seed, epoch, mIoU, boundary_f1_mean,
     trimap_mIoU_mean` and optional per-class IoU columns named by class (`road`, ..., `bicycle`) — the
     format of the original study's released per-run files.
@@ -14,7 +15,6 @@ whose runs carry several λ_b values (a λ_b sweep), which get one group per (va
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.progress import track
 
 from data_utils.labels import CLASS_NAMES
+from engine.results_format import read_results
 from utils import UserError
 
 METRICS = ("miou", "boundary_f1", "trimap_iou")  # results.json keys of the global metrics
@@ -70,36 +71,24 @@ def _int(value, where: str, name: str) -> int:
 
 
 def read_results_file(path: str | Path) -> Record:
-    """One `<ckpt>.results.json` -> Record. Corrupt or incomplete files raise UserError naming the file."""
-    path = Path(path)
-    redo = "delete it and re-run `python evaluate.py --all RUNS_DIR` to redo it"
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: corrupt results file ({e.msg} at line {e.lineno}); {redo}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read results file ({e}); {redo}") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: a results file must hold a JSON object; {redo}")
-    missing = [k for k in ("variant", "seed", "epoch", *METRICS) if k not in obj]
-    if missing:
-        raise UserError(f"{path}: results file lacks {', '.join(missing)}; {redo}")
-    iou = obj.get("iou") or {}
-    if not isinstance(iou, dict):
-        raise UserError(f"{path}: `iou` must map class names to values; {redo}")
-    unknown = sorted(set(iou) - set(CLASS_NAMES))
-    if unknown:
-        raise UserError(f"{path}: unknown class names in `iou`: {', '.join(unknown)}; {redo}")
-    lam = obj.get("lambda_boundary")
+    """One `<ckpt>.results.json` -> Record, through the one validating reader evaluate.py uses too
+    (`engine.results_format.read_results`). Corrupt or incomplete files, and a global metric that is null
+    (undefined for that evaluation), raise UserError naming the file."""
+    obj = read_results(path)
+    for m in METRICS:
+        if math.isnan(obj[m]):
+            raise UserError(f"{path}: `{m}` is null (undefined for this evaluation, e.g. no labelled pixel); "
+                            "every run needs all three global metrics: re-run `python evaluate.py "
+                            "CHECKPOINT` on a labelled split, or move the file out of RUNS_DIR")
     return Record(
-        variant=str(obj["variant"]),
-        seed=_int(obj["seed"], str(path), "seed"),
-        epoch=_int(obj["epoch"], str(path), "epoch"),
-        metrics={m: _fraction(obj[m], str(path), m, allow_nan=False) for m in METRICS},
-        iou={c: _fraction(iou[c], str(path), f"iou/{c}", allow_nan=True) for c in CLASS_NAMES if c in iou},
+        variant=obj["variant"],
+        seed=obj["seed"],
+        epoch=obj["epoch"],
+        metrics={m: obj[m] for m in METRICS},
+        iou=obj["iou"],
         source=str(path),
-        lambda_boundary=None if lam is None else float(lam),
-        split=obj.get("split"),
+        lambda_boundary=float(obj["lambda_boundary"]),
+        split=obj["split"],
     )
 
 

@@ -130,8 +130,37 @@ def test_corrupt_results_file_names_it(tmp_path):
     with pytest.raises(UserError, match=str(bad).replace(".", r"\.")):
         load_runs_dir(tmp_path)
     bad.write_text(json.dumps({"variant": "A", "seed": 2, "epoch": 10, "miou": 0.8}))
-    with pytest.raises(UserError, match="lacks boundary_f1, trimap_iou"):
+    with pytest.raises(UserError, match="lacks checkpoint, split, num_images, boundary_f1, trimap_iou, iou"):
         read_results_file(bad)
+
+
+def test_results_files_read_by_the_reader_evaluate_uses(tmp_path):
+    """aggregate.py reads results through engine.results_format.read_results (evaluate.py's reader), and
+    refuses a null global metric by saying so (a null is valid JSON, not an empty value)."""
+    path = write_result(tmp_path, "C", 1, 10, 0.8)
+    record = read_results_file(path)
+    assert list(record.iou) == ["road", "wall", "truck"]  # CLASS_NAMES order, only the classes listed
+    assert record.iou["road"] == pytest.approx(0.9) and record.iou["wall"] == pytest.approx(0.6)
+    assert math.isnan(record.iou["truck"])  # null -> NaN: the class never occurred
+    assert (record.lambda_boundary, record.split) == (0.2, "val")
+    obj = json.loads(path.read_text())
+    for key, value, message in (("miou", None, r"`miou` is null \(undefined"),
+                                ("boundary_f1", 81.2, r"`boundary_f1` = 81\.2 is not a fraction in \[0, 1\]"),
+                                ("seed", "1", r"`seed` = '1' is not an integer"),
+                                ("iou", {"roads": 0.5}, "unknown class names in `iou`: roads")):
+        path.write_text(json.dumps({**obj, key: value}))
+        with pytest.raises(UserError, match=f"{path.name}: {message}"):
+            read_results_file(path)
+
+
+def test_report_imports_no_torch():
+    """aggregate.py only reads files: loading the report package must not import torch or the training code."""
+    code = ("import sys, aggregate, report.load, report.gradients; "
+            "print(sorted(m for m in ('torch', 'accelerate', 'engine.config', 'engine.results', 'losses') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_user_errors_on_bad_input(tmp_path):

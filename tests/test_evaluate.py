@@ -207,8 +207,12 @@ def test_results_round_trip_nan_and_validation(tmp_path):
     from report.load import read_results_file  # aggregate.py's reader accepts the same file
     assert read_results_file(path).metrics["boundary_f1"] == 0.25
 
-    for broken in ('{"variant": "C"', json.dumps({**json.loads(path.read_text()), "miou": 81.2}),
-                   json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "seed"})):
+    good = json.loads(path.read_text())
+    for broken in ('{"variant": "C"', json.dumps({**good, "miou": 81.2}), json.dumps({**good, "seed": 4.5}),
+                   json.dumps({k: v for k, v in good.items() if k != "seed"}),
+                   json.dumps({**good, "iou": {**good["iou"], "sky ": 0.5}}), "[]"):
         path.write_text(broken)
-        with pytest.raises(UserError, match=str(path)):
-            read_results(path)
+        for reader in (read_results, read_results_file):  # evaluate.py and aggregate.py refuse it alike
+            with pytest.raises(UserError, match=str(path)):
+                reader(path)
+        assert evaluate.pending_reason(path.parent / "epoch_0160", "val") == "corrupt results file, redoing"

@@ -1,0 +1,96 @@
+"""The `<checkpoint>.results.json` format and its one validating reader, in plain JSON (no torch, no training code).
+
+evaluate.py (`--all`: is a checkpoint's results file valid?) and aggregate.py (`report.load`) read results files
+through `read_results`, so both accept and refuse the same files; `engine.results.write_results` writes them.
+
+Format (one JSON object; metric values are fractions in [0, 1]; NaN is written as null):
+
+    {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "runs/C_seed42/checkpoints/epoch_0160",
+     "split": "val", "num_images": 500, "miou": 0.8123, "boundary_f1": 0.7012, "trimap_iou": 0.6521,
+     "iou": {"road": 0.98, ..., "bicycle": 0.77}, "seconds": 41.3, "lambda_dice": 1.0, "lambda_boundary": 0.2,
+     "backbone": "convnextv2_base", "boundary_px": 3, "checkpoint_saved_at": "2025-...", "config": {...}}
+
+Required: the keys of REQUIRED_KEYS. `iou` maps class names (`data_utils.labels.CLASS_NAMES`) to values; a
+class without a value (null, or left out) is one that never occurred. `config` (optional) is the run's resolved
+TrainConfig.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from data_utils.labels import CLASS_NAMES
+from utils.fileio import UserError
+
+RESULTS_SUFFIX = ".results.json"
+METRIC_KEYS = ("miou", "boundary_f1", "trimap_iou")
+REQUIRED_KEYS = ("variant", "seed", "epoch", "checkpoint", "split", "num_images", *METRIC_KEYS, "iou", "seconds",
+                 "lambda_dice", "lambda_boundary")
+_REDO = "delete it and re-run evaluate.py (evaluate.py --all RUNS_DIR redoes it automatically)"
+
+
+def results_path(checkpoint: str | Path) -> Path:
+    """RUN/checkpoints/epoch_0010 -> RUN/checkpoints/epoch_0010.results.json (beside, not inside)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + RESULTS_SUFFIX)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fraction_or_nan(value, path: Path, name: str) -> float:
+    """null -> NaN (undefined: e.g. a class absent from the split); else a number in [0, 1]."""
+    if value is None:
+        return math.nan
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise UserError(f"{path}: `{name}` = {value!r} is not a fraction in [0, 1] (values are fractions, not "
+                        f"percent); {_REDO}")
+    return float(value)
+
+
+def read_results(path: str | Path) -> dict:
+    """Read and validate a results file: the JSON object, with null metric values as NaN and `iou` in
+    CLASS_NAMES order (only the classes the file lists).
+
+    Raises UserError naming the file when it is missing, not JSON, lacks a required key, or holds a value of
+    the wrong type or outside [0, 1].
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such results file; evaluate the checkpoint with evaluate.py") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: corrupt results file ({e.msg} at line {e.lineno}); {_REDO}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the results file ({e}); {_REDO}") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: a results file holds one JSON object; {_REDO}")
+    missing = [key for key in REQUIRED_KEYS if key not in record]
+    if missing:
+        raise UserError(f"{path}: results file lacks {', '.join(missing)}; {_REDO}")
+    for key in ("variant", "checkpoint", "split"):
+        if not isinstance(record[key], str) or not record[key]:
+            raise UserError(f"{path}: `{key}` = {record[key]!r} is not a non-empty string; {_REDO}")
+    for key in ("seed", "epoch", "num_images"):
+        if isinstance(record[key], bool) or not isinstance(record[key], int):
+            raise UserError(f"{path}: `{key}` = {record[key]!r} is not an integer; {_REDO}")
+    for key in ("seconds", "lambda_dice", "lambda_boundary"):
+        if not _is_number(record[key]) or not record[key] >= 0:
+            raise UserError(f"{path}: `{key}` = {record[key]!r} is not a number >= 0; {_REDO}")
+    for key in METRIC_KEYS:
+        record[key] = _fraction_or_nan(record[key], path, key)
+    iou = record["iou"]
+    if not isinstance(iou, dict):
+        raise UserError(f"{path}: `iou` must map class names to values; {_REDO}")
+    unknown = sorted(set(iou) - set(CLASS_NAMES))
+    if unknown:
+        raise UserError(f"{path}: unknown class names in `iou`: {', '.join(unknown)} (expected Cityscapes' 19 "
+                        f"train classes); {_REDO}")
+    record["iou"] = {name: _fraction_or_nan(iou[name], path, f"iou/{name}") for name in CLASS_NAMES if name in iou}
+    if "config" in record and not isinstance(record["config"], dict):
+        raise UserError(f"{path}: `config` must be the run's config object; {_REDO}")
+    return record
+
