@@ -8,7 +8,8 @@ summary.md (all tables in Markdown), one CSV per table, curves.png and per_class
   4. inter-seed std per class and variant
   5. paired-by-seed t-tests of every pair of variants, Holm-corrected per metric, beside CI overlap
   and the crossover analysis (ranking per epoch, last leader change, C−B gap early vs final).
-With a λ_b sweep (a variant run at several --lambda-boundary values) runs are grouped by (variant, λ_b) and
+Runs are grouped by variant and λ_b schedule ("C", "C steal"). With a λ_b sweep (a variant run at several
+--lambda-boundary values) its constant-λ_b runs are grouped by (variant, λ_b) ("C λb=0.05") and
   6. the final metrics against λ_b (table6_lambda_sweep.csv, lambda_sweep.png) are added; when run dirs hold
 the per-term gradient logs of `train.py --log-grad-norms K`, grad_trajectories.png/.csv plot them per group.
 
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
 
-    # -------- load: one Record per (variant, seed, epoch), grouped by variant (by variant and λ_b for a λ_b sweep)
+    # -------- load: one Record per (variant, seed, epoch), grouped by variant and λ_b schedule (report.load.Grouping:
+    #          split further by λ_b for a λ_b sweep, e.g. "C λb=0.05"; a schedule is its own group, e.g. "C steal")
     source = args.from_csv or args.runs_dir
     records = load_csv(args.from_csv) if args.from_csv else load_runs_dir(args.runs_dir)
     study = Study.from_records(records)
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
     if t6 is not None:
         tables.append(t6)
     grad_logs = load_grad_logs(args.runs_dir) if args.runs_dir else []
-    trajectories = GradTrajectories(grad_logs, set(study.lambda_sweep)) if grad_logs else None
+    trajectories = GradTrajectories(grad_logs, study.grouping) if grad_logs else None
 
     # -------- figures
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ Format (one JSON object; metric values are fractions in [0, 1]; NaN is written a
 
 Required: the keys of REQUIRED_KEYS. `iou` maps class names (`data_utils.labels.CLASS_NAMES`) to values; a
 class without a value (null, or left out) is one that never occurred. `config` (optional) is the run's resolved
-TrainConfig.
+TrainConfig; `boundary_schedule_of` reads from it which λ_b schedule the run trained with.
 """
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ RESULTS_SUFFIX = ".results.json"
 METRIC_KEYS = ("miou", "boundary_f1", "trimap_iou")
 REQUIRED_KEYS = ("variant", "seed", "epoch", "checkpoint", "split", "num_images", *METRIC_KEYS, "iou", "seconds",
                  "lambda_dice", "lambda_boundary")
+# The λ_b schedules (losses.schedule.SCHEDULE_KINDS) and the TrainConfig fields that parametrise each one.
+SCHEDULE_PARAMS = {"constant": (), "linear": ("boundary_start", "boundary_ramp_epochs"),
+                   "steal": ("steal_delta", "steal_floor")}
 _REDO = "delete it and re-run evaluate.py (evaluate.py --all RUNS_DIR redoes it automatically)"
 
 
@@ -94,3 +97,23 @@ def read_results(path: str | Path) -> dict:
         raise UserError(f"{path}: `config` must be the run's config object; {_REDO}")
     return record
 
+
+def boundary_schedule_of(config: dict, where: str | Path) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """(kind, ((parameter, value), ...)) of the λ_b schedule of a run's config (a TrainConfig dict: a results
+    record's `config`, or RUN/config.json); ("constant", ()) when it names none (written before schedules
+    existed). The parameters are the kind's SCHEDULE_PARAMS fields, in that order.
+
+    Raises UserError naming `where` for an unknown kind or a missing / non-numeric parameter.
+    """
+    kind = config.get("boundary_schedule", "constant")
+    if not isinstance(kind, str) or kind not in SCHEDULE_PARAMS:
+        raise UserError(f"{where}: unknown λ_b schedule {kind!r} in the run's config (known: "
+                        f"{', '.join(SCHEDULE_PARAMS)}); was it written by a newer version of train.py?")
+    params = []
+    for name in SCHEDULE_PARAMS[kind]:
+        value = config.get(name)
+        if not _is_number(value):
+            raise UserError(f"{where}: the {kind} λ_b schedule needs a number `{name}` in the run's config, got "
+                            f"{value!r}; the file is corrupt")
+        params.append((name, float(value)))
+    return kind, tuple(params)

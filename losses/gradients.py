@@ -20,6 +20,7 @@ The values stay on the device as 0-dim tensors: nothing here synchronises with t
 `GradStatsLog` writes them to `RUN/grad_stats.jsonl`, one JSON object per logging step:
     {"epoch": 1-based epoch being trained, "step": optimizer steps taken before this micro-batch,
      "variant", "seed", "lambda_boundary": the run's configured λ_b (--lambda-boundary, as in results.json),
+     "boundary_schedule": the run's λ_b schedule (--boundary-schedule: constant, linear or steal),
      "weight/<term>": the loss weights in use at this step (they differ from the configured ones under a
      λ_b schedule), then the keys above (NaN -> null)}
 
@@ -117,15 +118,17 @@ class GradStatsLog(EpochJsonl):
     """
 
     def append(self, stats: dict[str, torch.Tensor], *, epoch: int, step: int, variant: str, seed: int,
-               lambda_boundary: float, weights: dict[str, float] | None = None) -> dict:
+               lambda_boundary: float, weights: dict[str, float] | None = None,
+               boundary_schedule: str = "constant") -> dict:
         """Write one line from `term_gradient_stats`' output (one host sync here); returns the row.
 
-        `lambda_boundary` is the run's configured λ_b (what aggregate.py groups by); `weights` the loss
-        weights in use (`loss_fn.weights`), written as "weight/<term>"."""
+        `lambda_boundary` and `boundary_schedule` are the run's configured λ_b and λ_b schedule
+        (--lambda-boundary, --boundary-schedule: what aggregate.py groups by); `weights` the loss weights in
+        use (`loss_fn.weights`), written as "weight/<term>"."""
         names = sorted(stats)
         values = torch.stack([stats[k].detach().float() for k in names]).tolist() if names else []
         row = {"epoch": int(epoch), "step": int(step), "variant": variant, "seed": int(seed),
-               "lambda_boundary": float(lambda_boundary),
+               "lambda_boundary": float(lambda_boundary), "boundary_schedule": str(boundary_schedule),
                **{f"weight/{k}": float(w) for k, w in (weights or {}).items()},
                **dict(zip(names, values))}
         return super().append(row)

@@ -2,11 +2,13 @@
 
 The file is written by train.py with `--log-grad-norms K` (`losses.gradients.GradStatsLog`; the README defines
 every key): one JSON object per logging step with "epoch" (1-based), "step", "variant", "seed",
-"lambda_boundary" and the statistics "grad_norm/<logits|features>/<ce|dice|boundary>" and
-"grad_cos/<logits|features>/dice_boundary" (null where undefined). Only the file format is shared with the
-training code; nothing here imports it.
+"lambda_boundary", "boundary_schedule" (absent in logs written before it existed) and the statistics
+"grad_norm/<logits|features>/<ce|dice|boundary>" and "grad_cos/<logits|features>/dice_boundary" (null where
+undefined). The schedule's parameters, and the schedule of a log without "boundary_schedule", come from the run's
+`config.json` beside the log; without one, such a log counts as "constant". Only the file formats are shared with
+the training code; nothing here imports it.
 
-Aggregation, per group (variant, or variant and λ_b as `report.load.group_label` decides), statistic and epoch:
+Aggregation, per group (as `report.load.Grouping` decides for the results), statistic and epoch:
     per seed: the mean over that seed's logging steps in the epoch (nulls left out);
     over seeds: `report.stats.summarize` of those per-seed means (mean, std, 1.96·SE and t·SE intervals).
 """
@@ -19,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from report.load import group_label, lambda_swept_variants
+from engine.results_format import SCHEDULE_PARAMS, boundary_schedule_of
+from report.load import Grouping, RunSetting
 from report.stats import Summary, summarize
 from report.tables import Table
 from utils import UserError
@@ -41,6 +44,12 @@ class GradPoint:
     step: int
     values: dict[str, float]  # statistic -> value (NaN for null)
     source: str  # "file:line"
+    boundary_schedule: str = "constant"
+    schedule_params: tuple[tuple[str, float], ...] | None = ()  # None: not known (no config.json beside the log)
+
+    @property
+    def setting(self) -> RunSetting:
+        return RunSetting(self.variant, self.lambda_boundary, self.boundary_schedule, self.schedule_params)
 
 
 def _statistic_order(name: str) -> tuple:
@@ -50,10 +59,26 @@ def _statistic_order(name: str) -> tuple:
             _TERM_ORDER.index(term) if term in _TERM_ORDER else 9, name)
 
 
+def _run_schedule(log_path: Path) -> tuple[str, tuple[tuple[str, float], ...]] | None:
+    """The λ_b schedule (kind, parameters) in the config.json that train.py writes beside the log; None without."""
+    path = log_path.parent / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read the run's config ({e}); restore it from a checkpoint folder "
+                        "(epoch_XXXX/config.json)") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a JSON object of config fields; restore it from a checkpoint folder")
+    return boundary_schedule_of(config, path)
+
+
 def read_grad_log(path: str | Path) -> list[GradPoint]:
     """One run's grad_stats.jsonl -> GradPoints. A last line cut short (the run was killed while writing it) is
     skipped; any other malformed line raises a UserError naming the file and line."""
     path = Path(path)
+    run_schedule = _run_schedule(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -78,10 +103,16 @@ def read_grad_log(path: str | Path) -> list[GradPoint]:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise UserError(f"{where}: `{k}` = {v!r} is not a number; delete that line")
             values[k] = math.nan if v is None else float(v)
+        kind = obj.get("boundary_schedule", run_schedule[0] if run_schedule else "constant")
+        if not isinstance(kind, str) or kind not in SCHEDULE_PARAMS:
+            raise UserError(f"{where}: unknown boundary_schedule {kind!r} (known: {', '.join(SCHEDULE_PARAMS)}); "
+                            "delete that line")
+        # the parameters of the run's config.json when it names the same schedule; a constant λ_b has none
+        params = run_schedule[1] if run_schedule and run_schedule[0] == kind else () if kind == "constant" else None
         try:
             lam = obj.get("lambda_boundary")
             points.append(GradPoint(str(obj["variant"]), int(obj["seed"]), None if lam is None else float(lam),
-                                    int(obj["epoch"]), int(obj["step"]), values, where))
+                                    int(obj["epoch"]), int(obj["step"]), values, where, kind, params))
         except (TypeError, ValueError):
             raise UserError(f"{where}: epoch, step, seed must be integers and lambda_boundary a number; "
                             "delete that line") from None
@@ -97,34 +128,32 @@ def load_grad_logs(runs_dir: str | Path) -> list[list[GradPoint]]:
 class GradTrajectories:
     """Gradient statistics indexed by (group, statistic, epoch, seed) -> per-step values.
 
-    `swept`: variants to group by (variant, λ_b); pass the results' set (`lambda_swept_variants`) so the
-    groups match the tables'; variants the logs themselves show at several λ_b are added.
+    `grouping`: pass the results' (`Study.grouping`) so the groups match the tables'; what the logs themselves
+    show varying (e.g. λ_b, for runs not evaluated yet) is added.
     """
 
     logs: list[list[GradPoint]]
-    swept: set[str] = field(default_factory=set)
+    grouping: Grouping | None = None
     groups: list[str] = field(init=False)
     group_keys: dict[str, tuple[str, float | None]] = field(init=False)
     statistics: list[str] = field(init=False)
 
     def __post_init__(self):
-        points = [p for log in self.logs for p in log]
-        swept = set(self.swept) | lambda_swept_variants((p.variant, p.lambda_boundary) for p in points)
+        grouping = Grouping.of((p.setting for log in self.logs for p in log), base=self.grouping)
         self._values: dict[tuple[str, str, int, int], list[float]] = {}
         owner: dict[tuple[str, int], str] = {}
-        self.group_keys = {}
+        self.group_keys, order = {}, {}
         for log in self.logs:
             for p in log:
-                g = group_label(p.variant, p.lambda_boundary, swept)
-                self.group_keys[g] = (p.variant, p.lambda_boundary if g != p.variant else None)
+                g = grouping.label(p.setting)
+                self.group_keys[g], order[g] = grouping.key(p.setting), grouping.order(p.setting)
                 file = p.source.rsplit(":", 1)[0]
                 if owner.setdefault((g, p.seed), file) != file:
                     raise UserError(f"{file}: a second gradient log for variant {g} seed {p.seed}, besides "
                                     f"{owner[(g, p.seed)]}; remove one")
                 for k, v in p.values.items():
                     self._values.setdefault((g, k, p.epoch, p.seed), []).append(v)
-        order = lambda g: (self.group_keys[g][0], -1.0 if self.group_keys[g][1] is None else self.group_keys[g][1], g)
-        self.groups = sorted(self.group_keys, key=order)
+        self.groups = sorted(self.group_keys, key=order.__getitem__)
         self.statistics = sorted({k[1] for k in self._values}, key=_statistic_order)
         self._seeds = sorted({k[3] for k in self._values})
 

@@ -8,9 +8,9 @@ Two sources, one shape:
     format of the original study's released per-run files.
 All metric values are fractions in [0, 1]; a per-class IoU may be missing (NaN: the class never occurred).
 
-Everything downstream is keyed by `Record.group`, not by the variant: `assign_groups` (through `group_label`) is
-the single place that decides which runs are aggregated together: one group per variant, except for variants
-whose runs carry several λ_b values (a λ_b sweep), which get one group per (variant, λ_b), e.g. "C λb=0.05".
+Everything downstream is keyed by `Record.group`, not by the variant: `Grouping` is the single place that decides
+which runs are aggregated together: one group per variant and λ_b schedule ("C", "C steal"), split further where
+λ_b or the schedule's parameters differ among those runs (a λ_b sweep: "C λb=0.05", "C λb=0.2").
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.progress import track
 
 from data_utils.labels import CLASS_NAMES
-from engine.results_format import read_results
+from engine.results_format import boundary_schedule_of, read_results
 from utils import UserError
 
 METRICS = ("miou", "boundary_f1", "trimap_iou")  # results.json keys of the global metrics
@@ -42,7 +42,13 @@ class Record:
     source: str  # "file" or "file:line", for error messages
     lambda_boundary: float | None = None  # None when the source does not say (the tidy CSV)
     split: str | None = None
+    boundary_schedule: str = "constant"  # the run's λ_b schedule (config.boundary_schedule; the CSV: constant)
+    schedule_params: tuple[tuple[str, float], ...] = ()  # its parameters (engine.results_format.SCHEDULE_PARAMS)
     group: str = ""  # set by assign_groups
+
+    @property
+    def setting(self) -> "RunSetting":
+        return RunSetting(self.variant, self.lambda_boundary, self.boundary_schedule, self.schedule_params)
 
 
 # ---------------------------------------------------------------------------------------------------- readers
@@ -80,6 +86,7 @@ def read_results_file(path: str | Path) -> Record:
             raise UserError(f"{path}: `{m}` is null (undefined for this evaluation, e.g. no labelled pixel); "
                             "every run needs all three global metrics: re-run `python evaluate.py "
                             "CHECKPOINT` on a labelled split, or move the file out of RUNS_DIR")
+    schedule, params = boundary_schedule_of(obj.get("config") or {}, path)
     return Record(
         variant=obj["variant"],
         seed=obj["seed"],
@@ -89,6 +96,8 @@ def read_results_file(path: str | Path) -> Record:
         source=str(path),
         lambda_boundary=float(obj["lambda_boundary"]),
         split=obj["split"],
+        boundary_schedule=schedule,
+        schedule_params=params,
     )
 
 
@@ -141,28 +150,79 @@ def load_csv(path: str | Path) -> list[Record]:
 STUDY_LAMBDA_B = 0.2  # the study's fixed λ_b: the group that stands for a swept variant in the study's tables
 
 
-def lambda_swept_variants(pairs) -> set[str]:
-    """Variants seen with two or more distinct λ_b values among (variant, λ_b) pairs (None = unknown, ignored)."""
-    seen: dict[str, set[float]] = {}
-    for variant, lam in pairs:
-        if lam is not None:
-            seen.setdefault(variant, set()).add(float(lam))
-    return {v for v, lams in seen.items() if len(lams) > 1}
+_PARAM_NAMES = {"boundary_start": "start", "boundary_ramp_epochs": "ramp", "steal_delta": "δ",
+                "steal_floor": "floor"}  # how a schedule parameter (a TrainConfig field) is shown in a group label
 
 
-def group_label(variant: str, lambda_boundary: float | None, swept: set[str]) -> str:
-    """The group a run is aggregated in: its variant ("A".."D"), or "<variant> λb=<λ_b>" (e.g. "C λb=0.05") for a
-    variant in `swept` (run at several λ_b, see `lambda_swept_variants`). Every table, figure and the gradient
-    trajectories key on this label."""
-    if variant not in swept:
-        return variant
-    return f"{variant} λb={'n/a' if lambda_boundary is None else format(lambda_boundary, 'g')}"
+@dataclass(frozen=True)
+class RunSetting:
+    """What sets a run apart from the other runs of its variant: its λ_b and its λ_b schedule."""
+
+    variant: str
+    lambda_boundary: float | None = None  # None: the source does not say (the tidy CSV)
+    boundary_schedule: str = "constant"  # "constant", "linear" or "steal" (train.py --boundary-schedule)
+    schedule_params: tuple[tuple[str, float], ...] | None = ()  # ((TrainConfig field, value), ...); None: unknown
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """The single place that decides which runs are aggregated together, and the label of each group.
+
+    Runs are grouped by variant and λ_b schedule; within one (variant, schedule) a field that takes several
+    values among the runs, λ_b (a λ_b sweep) or the schedule's parameters, splits the group and joins its label:
+
+        constant, one λ_b:        "C"                       (the study's groups)
+        constant, several λ_b:    "C λb=0.05", "C λb=0.2"  (a λ_b sweep)
+        a schedule:               "C steal", "C linear"; "C steal λb=0", "C linear start=0 ramp=10", ... when
+                                  λ_b or the parameters (start, ramp, δ, floor) differ among its runs
+    Unknown values (None) take no part in deciding what varies and show as "n/a".
+    """
+
+    varying: dict[tuple[str, str], frozenset[str]]  # (variant, schedule) -> {"lambda_boundary", "params"} that vary
+
+    @classmethod
+    def of(cls, settings, base: "Grouping | None" = None) -> "Grouping":
+        """The grouping of `settings` (RunSettings), extending `base` (e.g. the results' grouping, so that the
+        gradient logs are grouped as the tables are)."""
+        seen: dict[tuple[str, str], dict[str, set]] = {}
+        for s in settings:
+            fields = seen.setdefault((s.variant, s.boundary_schedule), {"lambda_boundary": set(), "params": set()})
+            if s.lambda_boundary is not None:
+                fields["lambda_boundary"].add(float(s.lambda_boundary))
+            if s.schedule_params is not None:
+                fields["params"].add(s.schedule_params)
+        varying = dict(base.varying) if base else {}
+        for key, fields in seen.items():
+            varying[key] = varying.get(key, frozenset()) | {f for f, values in fields.items() if len(values) > 1}
+        return cls(varying)
+
+    def label(self, s: RunSetting) -> str:
+        """The group of a run: "C", "C λb=0.05", "C steal", "C steal δ=0.02 floor=0.01", ... (see the class)."""
+        varying = self.varying.get((s.variant, s.boundary_schedule), frozenset())
+        parts = [s.variant] if s.boundary_schedule == "constant" else [s.variant, s.boundary_schedule]
+        if "lambda_boundary" in varying:
+            parts.append(f"λb={'n/a' if s.lambda_boundary is None else format(s.lambda_boundary, 'g')}")
+        if "params" in varying:
+            parts += (["params n/a"] if s.schedule_params is None else
+                      [f"{_PARAM_NAMES.get(name, name)}={value:g}" for name, value in s.schedule_params])
+        return " ".join(parts)
+
+    def key(self, s: RunSetting) -> tuple[str, float | None]:
+        """(variant, λ_b) for a group of a λ_b sweep of constant-λ_b runs, (variant, None) for any other group:
+        what the λ_b-sweep table and figure and the figures' colour shades go by."""
+        swept = "lambda_boundary" in self.varying.get((s.variant, "constant"), frozenset())
+        return s.variant, s.lambda_boundary if swept and s.boundary_schedule == "constant" else None
+
+    def order(self, s: RunSetting) -> tuple:
+        """Sort key of the groups: by variant; constant λ_b first, by λ_b; then the schedules by name."""
+        lam = self.key(s)[1]
+        return s.variant, s.boundary_schedule != "constant", -1.0 if lam is None else lam, self.label(s)
 
 
 def assign_groups(records: list[Record]) -> list[Record]:
-    """Label every record with its group and refuse two results for one (group, seed, epoch)."""
-    swept = lambda_swept_variants((r.variant, r.lambda_boundary) for r in records)
-    grouped = [replace(r, group=group_label(r.variant, r.lambda_boundary, swept)) for r in records]
+    """Label every record with its group (`Grouping`) and refuse two results for one (group, seed, epoch)."""
+    grouping = Grouping.of(r.setting for r in records)
+    grouped = [replace(r, group=grouping.label(r.setting)) for r in records]
     seen: dict[tuple[str, int, int], Record] = {}
     for r in grouped:
         key = (r.group, r.seed, r.epoch)
@@ -190,10 +250,11 @@ class Study:
 
     def __post_init__(self):
         self._index = {(r.group, r.epoch, r.seed): r for r in self.records}
-        # group -> (variant, λ_b or None when the group pools λ_b values); groups sorted by variant, then λ_b
-        self.group_keys = {r.group: (r.variant, r.lambda_boundary if r.group != r.variant else None)
-                           for r in self.records}
-        self.groups = sorted(self.group_keys, key=self._group_order)
+        self.grouping = Grouping.of(r.setting for r in self.records)
+        # group -> (variant, λ_b for a group of a λ_b sweep, else None); groups in `Grouping.order`
+        self.group_keys = {r.group: self.grouping.key(r.setting) for r in self.records}
+        order = {r.group: self.grouping.order(r.setting) for r in self.records}
+        self.groups = sorted(self.group_keys, key=order.__getitem__)
         self.seeds = sorted({r.seed for r in self.records})
         self.epochs = sorted({r.epoch for r in self.records})
         present = set().union(*(r.iou.keys() for r in self.records))
@@ -208,10 +269,6 @@ class Study:
             raise UserError(f"results of several splits ({', '.join(splits)}) are mixed, e.g. {examples}; "
                             "aggregate one split's results at a time")
         return cls(assign_groups(records))
-
-    def _group_order(self, group: str) -> tuple:
-        variant, lam = self.group_keys[group]
-        return variant, -1.0 if lam is None else lam, group
 
     @property
     def lambda_sweep(self) -> dict[str, list[tuple[float, str]]]:

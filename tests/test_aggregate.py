@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import stats as sps
 
 import aggregate
-from report.load import Study, load_csv, load_runs_dir, read_results_file
+from report.load import Grouping, RunSetting, Study, load_csv, load_runs_dir, read_results_file
 from report.stats import holm, intervals_overlap, paired_ttest, summarize
 from utils import UserError, atomic_write_json
 
@@ -112,13 +112,14 @@ def test_intervals_overlap():
 
 # ---------------------------------------------------------------------------------------------------- loading
 def write_result(runs: Path, variant: str, seed: int, epoch: int, miou: float, bf1: float = 0.7,
-                 trimap: float = 0.5, iou: dict | None = None, lam: float = 0.2) -> Path:
+                 trimap: float = 0.5, iou: dict | None = None, lam: float = 0.2, config: dict | None = None) -> Path:
+    """A results file as evaluate.py writes it; `config` (optional) is the run's config (schedule fields)."""
     path = runs / f"{variant}_s{seed}" / "checkpoints" / f"epoch_{epoch:04d}.results.json"
     atomic_write_json(path, {
         "variant": variant, "seed": seed, "epoch": epoch, "checkpoint": str(path).replace(".results.json", ""),
         "split": "val", "num_images": 500, "miou": miou, "boundary_f1": bf1, "trimap_iou": trimap,
         "iou": iou if iou is not None else {"road": miou + 0.1, "wall": miou - 0.2, "truck": float("nan")},
-        "seconds": 12.5, "lambda_dice": 1.0, "lambda_boundary": lam})
+        "seconds": 12.5, "lambda_dice": 1.0, "lambda_boundary": lam, **({"config": config} if config else {})})
     return path
 
 
@@ -410,17 +411,99 @@ def test_lambda_sweep_groups_table_and_figure(sweep_tree, tmp_path):
     assert [r["variant"] for r in read_csv(out / "table1_final_epoch.csv")] == ["C", "D"]
 
 
+# ---------------------------------------------------------------------------------------------------- λ_b schedules
+STEAL = {"boundary_schedule": "steal", "steal_delta": 0.01, "steal_floor": 0.01, "boundary_start": 0.0,
+         "boundary_ramp_epochs": 0}
+LINEAR = {"boundary_schedule": "linear", "boundary_start": 0.0, "boundary_ramp_epochs": 10, "steal_delta": 0.01,
+          "steal_floor": 0.01}
+
+
+def test_grouping_labels_hand_made():
+    settings = [RunSetting("A", 0.2), RunSetting("C", 0.2), RunSetting("C", 0.2, "steal", (("steal_delta", 0.01),
+                ("steal_floor", 0.01))), RunSetting("C", 0.05), RunSetting("D", 0.2, "linear", (("boundary_start", 0.0),
+                ("boundary_ramp_epochs", 10.0))), RunSetting("D", 0.2, "linear", (("boundary_start", 0.1),
+                ("boundary_ramp_epochs", 10.0))), RunSetting("D", 0.1, "steal", None), RunSetting("D", 0.2, "steal", None),
+                RunSetting("B")]
+    grouping = Grouping.of(settings)
+    assert [grouping.label(s) for s in settings] == [
+        "A", "C λb=0.2", "C steal", "C λb=0.05",  # C's constant runs are a λ_b sweep; its steal run is apart
+        "D linear start=0 ramp=10", "D linear start=0.1 ramp=10",  # the parameters differ: they join the label
+        "D steal λb=0.1", "D steal λb=0.2",  # unknown parameters (None) take no part
+        "B"]  # the tidy CSV: no λ_b, constant
+    # only the constant groups of a λ_b sweep carry their λ_b (the λ_b-sweep table and figure)
+    assert [grouping.key(s) for s in settings[:4]] == [("A", None), ("C", 0.2), ("C", None), ("C", 0.05)]
+    order = sorted(settings, key=grouping.order)
+    assert [grouping.label(s) for s in order][:5] == ["A", "B", "C λb=0.05", "C λb=0.2", "C steal"]
+    # a base grouping (the results') is kept: a log-only setting joins the label the tables use
+    assert Grouping.of([RunSetting("C", 0.2)], base=grouping).label(RunSetting("C", 0.2)) == "C λb=0.2"
+    assert Grouping.of([RunSetting("D", 0.2, "steal", None)], base=grouping).label(
+        RunSetting("D", 0.2, "linear", None)) == "D linear params n/a"
+
+
+@pytest.fixture
+def schedule_tree(tmp_path) -> Path:
+    """B, C (constant λ_b 0.2) and C with the steal and the linear schedule, seeds 1-3, epochs 10 and 20, in the
+    run directories train.py names (C_seed1, C_steal_seed1, C_linear_seed1): without the schedule in the group
+    the three C runs of a seed would collide."""
+    runs = tmp_path / "runs"
+    for seed in (1, 2, 3):
+        for epoch, shift in ((10, -0.1), (20, 0.0)):
+            write_result(runs, "B", seed, epoch, 0.70 + shift + 0.01 * seed)
+            write_result(runs, "C", seed, epoch, 0.72 + shift + 0.01 * seed, config={"boundary_schedule": "constant"})
+            write_result(runs / "steal", "C", seed, epoch, 0.74 + shift + 0.01 * seed, config=STEAL)
+            write_result(runs / "linear", "C", seed, epoch, 0.76 + shift + 0.01 * seed, config=LINEAR)
+    return runs
+
+
+def test_schedule_runs_are_their_own_groups(schedule_tree, tmp_path):
+    study = Study.from_records(load_runs_dir(schedule_tree))
+    assert study.groups == ["B", "C", "C linear", "C steal"]
+    assert study.group_of("C") == "C" and not study.lambda_sweep  # the study's C is the constant run
+    out = tmp_path / "report"
+    assert aggregate.main([str(schedule_tree), "--out", str(out)]) == 0
+    t1 = by(read_csv(out / "table1_final_epoch.csv"), "variant")
+    for group, base in (("B", 0.70), ("C", 0.72), ("C steal", 0.74), ("C linear", 0.76)):
+        assert float(t1[group]["mIoU mean (%)"]) == pytest.approx(100 * (base + 0.02)), group
+    road = by(read_csv(out / "table3_per_class_iou.csv"), "class")["road"]
+    assert float(road["Δ(C−B) (pp)"]) == pytest.approx(100 * (0.72 - 0.70))  # constant C, not a schedule
+    assert not (out / "table6_lambda_sweep.csv").exists()
+
+    # two steal settings of C: their parameters join the labels; a λ_b sweep of C keeps the schedules apart
+    for seed in (1, 2, 3):
+        write_result(schedule_tree / "steal2", "C", seed, 20, 0.75, config={**STEAL, "steal_delta": 0.02})
+        write_result(schedule_tree / "lb0.1", "C", seed, 20, 0.73, lam=0.1)
+    study = Study.from_records(load_runs_dir(schedule_tree))
+    assert study.groups == ["B", "C λb=0.1", "C λb=0.2", "C linear", "C steal δ=0.01 floor=0.01",
+                            "C steal δ=0.02 floor=0.01"]
+    assert study.lambda_sweep == {"C": [(0.1, "C λb=0.1"), (0.2, "C λb=0.2")]}
+    assert study.group_of("C") == "C λb=0.2"
+
+
+def test_schedule_in_results_config_is_validated(tmp_path):
+    path = write_result(tmp_path, "C", 1, 10, 0.8, config={"boundary_schedule": "cosine"})
+    with pytest.raises(UserError, match=r"unknown λ_b schedule 'cosine'.*newer version"):
+        read_results_file(path)
+    path = write_result(tmp_path, "C", 1, 10, 0.8, config={"boundary_schedule": "steal", "steal_delta": 0.01})
+    with pytest.raises(UserError, match="steal λ_b schedule needs a number `steal_floor`"):
+        read_results_file(path)
+    path = write_result(tmp_path, "C", 1, 10, 0.8)  # a file without config: constant
+    assert (read_results_file(path).boundary_schedule, read_results_file(path).schedule_params) == ("constant", ())
+
+
 # ---------------------------------------------------------------------------------------------------- gradients
-def write_grad_log(run_dir: Path, variant: str, seed: int, lam: float, rows: list[tuple[int, int, dict]]) -> Path:
-    """grad_stats.jsonl written by the training side's own writer (the format is the contract)."""
+def write_grad_log(run_dir: Path, variant: str, seed: int, lam: float, rows: list[tuple[int, int, dict]],
+                   schedule: str | None = None) -> Path:
+    """grad_stats.jsonl written by the training side's own writer (the format is the contract); schedule None:
+    the call train.py makes today, without the keyword."""
     import torch
 
     from losses.gradients import GradStatsLog
 
     log = GradStatsLog(run_dir / "grad_stats.jsonl", keep_through_epoch=0)
+    extra = {} if schedule is None else {"boundary_schedule": schedule}
     for epoch, step, stats in rows:
         log.append({k: torch.tensor(v) for k, v in stats.items()}, epoch=epoch, step=step, variant=variant,
-                   seed=seed, lambda_boundary=lam, weights={"ce": 1.0, "boundary": lam * epoch / 3})  # a ramp
+                   seed=seed, lambda_boundary=lam, weights={"ce": 1.0, "boundary": lam * epoch / 3}, **extra)
     return run_dir / "grad_stats.jsonl"
 
 
@@ -469,3 +552,28 @@ def test_grad_trajectories_from_run_dirs(sweep_tree, tmp_path):
     with pytest.raises(UserError, match="a second gradient log for variant C λb=0.1 seed 1"):
         aggregate.main([str(sweep_tree), "--out", str(tmp_path / "o3")])
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_grad_trajectories_grouped_by_schedule(schedule_tree, tmp_path):
+    """The gradient logs of C, C steal and C linear land in the tables' groups: the row's boundary_schedule,
+    or for a log written before that field existed the run's config.json beside it."""
+    for seed in (1, 2, 3):
+        write_grad_log(schedule_tree / f"C_s{seed}", "C", seed, 0.2, grad_rows(0.2, seed), schedule="constant")
+        write_grad_log(schedule_tree / "steal" / f"C_s{seed}", "C", seed, 0.2, grad_rows(0.4, seed), schedule="steal")
+        old_format = write_grad_log(schedule_tree / "linear" / f"C_s{seed}", "C", seed, 0.2, grad_rows(0.6, seed))
+        rows = [json.loads(line) for line in old_format.read_text().splitlines()]
+        old_format.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "boundary_schedule"}) + "\n"
+                                      for r in rows))
+        atomic_write_json(old_format.parent / "config.json", {"variant": "C", **LINEAR})
+    out = tmp_path / "report"
+    assert aggregate.main([str(schedule_tree), "--out", str(out)]) == 0
+    rows = by(read_csv(out / "grad_trajectories.csv"), "group", "statistic", "epoch")
+    assert {g for g, _, _ in rows} == {"C", "C steal", "C linear"}
+    for group, base in (("C", 0.2), ("C steal", 0.4), ("C linear", 0.6)):
+        per_seed = [np.mean([base * s * 1 / 2, base * s * 2 / 2]) for s in (1, 2, 3)]
+        assert float(rows[(group, "grad_norm/logits/dice", "2")]["mean"]) == pytest.approx(np.mean(per_seed))
+
+    # without config.json, a log without the field is "constant" and meets the constant run's log
+    (schedule_tree / "linear" / "C_s1" / "config.json").unlink()
+    with pytest.raises(UserError, match="a second gradient log for variant C seed 1"):
+        aggregate.main([str(schedule_tree), "--out", str(tmp_path / "o2")])

@@ -192,14 +192,16 @@ def test_grad_stats_log_format_resume_and_epoch_means(tmp_path):
     row = log.append(stats, epoch=1, step=0, variant="C", seed=42, lambda_boundary=0.2,
                      weights={"ce": 1.0, "dice": 1.0, "boundary": 0.05})
     assert row == {"epoch": 1, "step": 0, "variant": "C", "seed": 42, "lambda_boundary": 0.2,
+                   "boundary_schedule": "constant",  # the default: train.py calls without it work unchanged
                    "weight/ce": 1.0, "weight/dice": 1.0, "weight/boundary": 0.05,
                    "grad_cos/logits/dice_boundary": None, "grad_norm/logits/ce": 0.5}
     log.append({"grad_norm/logits/ce": torch.tensor(1.5), "grad_cos/logits/dice_boundary": torch.tensor(-0.25)},
-               epoch=1, step=10, variant="C", seed=42, lambda_boundary=0.2)
+               epoch=1, step=10, variant="C", seed=42, lambda_boundary=0.2, boundary_schedule="steal")
     log.append({"grad_norm/logits/ce": torch.tensor(3.0)}, epoch=2, step=20, variant="C", seed=42,
                lambda_boundary=0.2)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in lines] == [0, 10, 20] and lines[0] == row
+    assert [r["boundary_schedule"] for r in lines] == ["constant", "steal", "constant"]
     assert log.epoch_means(1) == {"grad_norm/logits/ce": 1.0, "grad_cos/logits/dice_boundary": -0.25}
     # a crash mid-line in epoch 2, then a resume from the checkpoint after epoch 1: epoch 2 is dropped
     with path.open("a") as f:
