@@ -13,10 +13,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections import defaultdict
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -30,14 +28,21 @@ from engine.config import DEMO_DATA, config_differences, load_config, parse_args
 from engine.evaluation import evaluate_model
 from engine.results import results_path, write_results
 from engine.schedule import get_lr
-from engine.setup import build_dataloader, build_model_from_config, uses_sdt
-from engine.steps import accumulate_and_step, augmentation_seed, device_images, forward_loss, zero_loss
+from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt
+from engine.steps import (EpochLossLog, GradientMask, LossReading, accumulate_and_step, augmentation_seed,
+                          device_images, forward_loss)
 from engine.tracking import init_wandb, prediction_overlays, val_metrics_row
 from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
 from utils.fileio import UserError
 from utils.jsonl import EpochJsonl
+
+# The loop's own bookkeeping does not make the host wait for the device each step: the loss terms, their
+# epoch sums and the non-finite check stay on the device (engine.steps.EpochLossLog, GradientMask), and
+# the host reads them (progress bar, non-finite stop) every HOST_READ_EVERY micro-steps and at the end of
+# each epoch, one transfer each time.
+HOST_READ_EVERY = 20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = cfg.run_dir
 
     # ------------------------------------------------------------------------------------- accelerator
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                              log_with="wandb" if cfg.wandb else None, project_dir=str(run_dir))
+    accelerator = build_accelerator(cfg)  # + torch.compile on CUDA (cfg.compile), non-blocking batch copies
     set_seed(cfg.seed, device_specific=True)  # + rank: dropout differs per process; DDP broadcasts the init
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
@@ -90,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model_from_config(cfg, load_pretrained=resume_ckpt is None)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 2 per GPU: BN stats over all GPUs
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # NHWC weights; device_images sends NHWC batches
+    gradient_mask = GradientMask(model)  # drops a non-finite micro-batch's gradient on the device
     loss_fn = build_loss(cfg.variant, cfg.lambda_dice, cfg.lambda_boundary)
     aux_loss_fn = build_aux_loss(cfg.aux_loss, loss_fn)  # "composite" shares loss_fn, so its weights too
     loss_schedule = BoundaryWeightSchedule(cfg.boundary_schedule, loss_fn.weights, start=cfg.boundary_start,
@@ -135,14 +142,15 @@ def main(argv: list[str] | None = None) -> int:
             bars.reset(step_bar, total=len(train_loader), description=f"epoch {epoch + 1}/{cfg.epochs}")
             if accelerator.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(accelerator.device)
-            sums, num_micro, num_images = defaultdict(float), 0, 0
+            loss_log, num_images = EpochLossLog(accelerator), 0
             epoch_start = time.perf_counter()
             for batch_index, batch in enumerate(train_loader):
                 micro_step = epoch * len(train_loader) + batch_index
                 seed = augmentation_seed(cfg.seed, accelerator.process_index, micro_step)
-                images = device_images(batch["image"], augment, seed)
-                labels = batch["label"]
+                images = device_images(batch["image"], augment, seed, channels_last=cfg.channels_last)
+                labels = batch["label"]  # (N, H, W) uint8 from the loader: 1/8 of the bytes of int64 to copy
                 sdt = compute_sdt_torch(labels) if sdt_on_device else batch.get("sdt")
+                labels = labels.long()  # on the device; the losses index with int64
                 lr = get_lr(progress.step, total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
                 with accelerator.accumulate(model):
                     # gradient statistics on the last micro-batch of every log_grad_norms-th optimizer step
@@ -153,34 +161,19 @@ def main(argv: list[str] | None = None) -> int:
                     if grad_log is not None and grad_stats:  # the main process's micro-batch
                         grad_log.append(grad_stats, epoch=epoch + 1, step=progress.step, variant=cfg.variant,
                                         seed=cfg.seed, lambda_boundary=cfg.lambda_boundary, weights=loss_fn.weights)
-                    # One small all-gather per micro-step (P processes x K terms): every process must agree on
-                    # skipping a bad batch, and the epoch means cover all processes.
-                    names = list(terms)
-                    values = accelerator.gather(torch.stack([terms[k].detach().float() for k in names])[None])
-                    if not torch.isfinite(values).all():
-                        progress.nonfinite_skipped += 1
-                        bad = values[torch.isfinite(values).all(1).logical_not()][0].tolist()
-                        report = ", ".join(f"{k}={v:.4g}" for k, v in zip(names, bad))
-                        if progress.nonfinite_skipped > cfg.max_nonfinite:
-                            kept = find_resumable_checkpoint(run_dir)
-                            raise UserError(
-                                f"non-finite loss at optimizer step {progress.step} (epoch {epoch + 1}, batch "
-                                f"{batch_index}): {report}; last good checkpoint: {kept or 'none'}. Lower --lr, "
-                                f"or allow skipping with --max-nonfinite K ({cfg.max_nonfinite} now)")
-                        console.print(f"[yellow]skipped a batch with a non-finite loss at step {progress.step}: "
-                                      f"{report} ({progress.nonfinite_skipped}/{cfg.max_nonfinite})")
-                        loss = zero_loss(model)
-                    else:
-                        loss = terms["loss"]
-                        for k, column in zip(names, values.sum(0).tolist()):
-                            sums[k] += column
-                        num_micro += accelerator.num_processes
-                    accumulate_and_step(accelerator, model, optimizer, loss, lr, cfg.grad_clip)
+                    # On the device: all processes' terms gathered (they must agree on skipping a bad
+                    # batch), the epoch sums, and keep = all finite, which drops the gradient if False.
+                    gradient_mask.keep = loss_log.update(terms, where=(progress.step, epoch + 1, batch_index))
+                    accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, cfg.grad_clip)
                 if accelerator.sync_gradients:
                     progress.step += 1
                 num_images += images.shape[0] * accelerator.num_processes
-                bars.update(step_bar, advance=1, info=f"loss {values[0, names.index('loss')].item():.4f}  lr {lr:.2e}")
-            train_seconds = time.perf_counter() - epoch_start
+                bars.advance(step_bar)
+                if (batch_index + 1) % HOST_READ_EVERY == 0 or batch_index + 1 == len(train_loader):
+                    reading = loss_log.read()  # the one host sync, every HOST_READ_EVERY micro-steps
+                    check_nonfinite(reading, progress, cfg, console)  # raises past --max-nonfinite
+                    bars.update(step_bar, info=f"mean loss {reading.means['loss']:.4f}  lr {lr:.2e}")
+            train_seconds = time.perf_counter() - epoch_start  # the last read waited for the device
 
             # One dict per epoch: appended to metrics.jsonl and sent unchanged to W&B.
             progress.epoch = epoch + 1
@@ -189,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                    "train/nonfinite_skipped": progress.nonfinite_skipped}
             weights = {**loss_fn.weights, "aux": cfg.aux_weight}
             row.update({f"train/loss_weight/{k}": w for k, w in loss_fn.weights.items()})
-            for k in names:
-                mean = sums[k] / max(num_micro, 1)
+            for k, mean in reading.means.items():
                 row[f"train/{k}"] = mean  # "train/loss" is the weighted total, the others are unweighted
                 if k in weights:
                     row[f"train/weighted/{k}"] = weights[k] * mean
@@ -212,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                     row.update(grad_log.epoch_means(progress.epoch))  # grad_norm/..., grad_cos/...: epoch means
                 history.append(row)
                 if cfg.wandb and cfg.log_images and "val/miou" in row:
-                    overlays["val/predictions"] = prediction_overlays(
-                        accelerator.unwrap_model(model), val_dataset, cfg.log_images, accelerator.device)
+                    overlays["val/predictions"] = prediction_overlays(  # eager: no compile for a few frames
+                        accelerator.unwrap_model(model, keep_torch_compile=False), val_dataset, cfg.log_images,
+                        accelerator.device)
             accelerator.log({**row, **overlays}, step=progress.epoch)
             console.print(epoch_summary(row, cfg.epochs))
 
@@ -230,6 +223,29 @@ def main(argv: list[str] | None = None) -> int:
         console.print(metrics_table(history.rows, cfg.run_name))
     console.print(f"done: {checkpoint_path(run_dir, cfg.epochs)}")
     return 0
+
+
+def check_nonfinite(reading: LossReading, progress: TrainingProgress, cfg, console: Console) -> None:
+    """Count the micro-batches with a non-finite loss since the last read; stop past --max-nonfinite.
+
+    Their gradients were already dropped on the device (GradientMask). The stop comes at the first read
+    after the bad micro-batch (at most HOST_READ_EVERY - 1 micro-steps later, and always before the
+    epoch's evaluation and checkpoint), so nothing is saved after a bad step; the message names the first
+    bad micro-batch since the previous read.
+    """
+    if not reading.num_bad:
+        return
+    progress.nonfinite_skipped += reading.num_bad
+    (step, epoch, batch_index), values = reading.first_bad
+    where = f"optimizer step {step} (epoch {epoch}, batch {batch_index})"
+    report = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+    if progress.nonfinite_skipped > cfg.max_nonfinite:
+        raise UserError(f"non-finite loss at {where}: {report} ({progress.nonfinite_skipped} non-finite "
+                        f"micro-batch(es) so far); last good checkpoint: "
+                        f"{find_resumable_checkpoint(cfg.run_dir) or 'none'}. Lower --lr, or allow skipping "
+                        f"with --max-nonfinite K ({cfg.max_nonfinite} now)")
+    console.print(f"[yellow]skipped {reading.num_bad} micro-batch(es) with a non-finite loss, the first at "
+                  f"{where}: {report} ({progress.nonfinite_skipped}/{cfg.max_nonfinite})")
 
 
 def epoch_summary(row: dict, epochs: int) -> str:

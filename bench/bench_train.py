@@ -8,11 +8,14 @@ Two parts, timed over --steps optimizer steps after --warmup steps:
          distance maps from each --sdt-source (gpu: compute_sdt_torch on the device batch; cache: files
          precomputed with data_utils.sdt; cpu: compute_sdt in the loader workers), then the same step.
 
-The step is train.py's: `engine.steps.forward_loss` under an Accelerator built like train.py's (autocast
-from --bf16, outputs converted to float32 by accelerate), then `accelerator.backward`, set LR, AdamW
+The step is train.py's: `engine.steps.forward_loss` under train.py's Accelerator
+(`engine.setup.build_accelerator`: autocast from --bf16, outputs converted to float32 by accelerate,
+torch.compile from --compile, non-blocking batch copies), then `accelerator.backward`, set LR, AdamW
 (fused on CUDA) `step` and `zero_grad(set_to_none=True)`: what `engine.steps.accumulate_and_step` does
 with grad_accum=1 and no clipping (split here so each phase can be timed). Every step is an optimizer
-step (the recipe steps every 4th micro-batch, so the optimizer share here is an upper bound).
+step (the recipe steps every 4th micro-batch, so the optimizer share here is an upper bound). Not timed
+here: train.py's per-micro-step bookkeeping on the device (`engine.steps.EpochLossLog` and
+`GradientMask`: a few small ops and one `torch.where` per parameter gradient, no host sync).
 
 Per part it prints images/s, ms per step split into data wait / augment+SDT / forward / backward /
 optimizer (CUDA events read once at the end, so the step has no host syncs; perf_counter on CPU, where
@@ -49,7 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
 from engine.config import TrainConfig  # noqa: E402
-from engine.setup import build_dataloader, build_model_from_config, uses_sdt  # noqa: E402
+from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt  # noqa: E402
 from engine.steps import augmentation_seed, device_images, forward_loss  # noqa: E402
 from losses import build_aux_loss, build_loss  # noqa: E402
 from utils.fileio import atomic_write_json  # noqa: E402
@@ -271,18 +274,14 @@ def train_config(args, sdt_source: str = "gpu", data_root: str = "", sdt_cache: 
         variant=args.variant, backbone=args.backbone, pretrained="", head_channels=args.head_channels,
         grad_checkpointing=args.grad_checkpointing, batch_size=args.batch_size, grad_accum=1,
         mixed_precision="bf16" if args.bf16 else "no", num_workers=args.workers, data_root=data_root,
-        sdt_source=sdt_source, sdt_cache=sdt_cache, augment="gpu", seed=0, wandb=False)
+        sdt_source=sdt_source, sdt_cache=sdt_cache, augment="gpu", seed=0, wandb=False,
+        compile=bool(args.compile), channels_last=args.channels_last)
 
 
 def make_accelerator(args, device: torch.device):
-    """train.py's Accelerator (mixed precision from --bf16), plus what the fast path adds: torch.compile
-    through accelerate's dynamo backend and non-blocking host->device copies of the loader's batches."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
-    return Accelerator(mixed_precision="bf16" if args.bf16 else "no", cpu=device.type == "cpu",
-                       dynamo_backend="inductor" if args.compile else None,
-                       dataloader_config=DataLoaderConfiguration(non_blocking=True))
+    """train.py's Accelerator (`engine.setup.build_accelerator`) for these options: mixed precision from
+    --bf16, torch.compile (inductor) from --compile on CUDA, non-blocking host->device batch copies."""
+    return build_accelerator(train_config(args), cpu=device.type == "cpu")
 
 
 class Trainer:
@@ -420,8 +419,9 @@ def time_data_part(trainer: Trainer, args, sdt_source: str, data_root: Path, sdt
             state["host_wait_s"] += time.perf_counter() - start
         timer.mark("data")
         images = device_images(batch["image"], augment, augmentation_seed(cfg.seed, 0, i))
-        labels = batch["label"]
+        labels = batch["label"]  # uint8 from the loader, as in train.py
         sdt = compute_sdt_torch(labels) if on_device_sdt else batch.get("sdt")
+        labels = labels.long()
         timer.mark("augment_sdt")
         return trainer.step(images, labels, sdt, timer)
 
@@ -490,7 +490,8 @@ def finish(record: dict, report: dict) -> dict:
 
 def header(args, report: dict) -> str:
     flops = report["flops_per_image"]
-    switches = [name for name, on in (("bf16", args.bf16), ("compile", args.compile),
+    compiled = args.compile and args.device == "cuda"  # build_accelerator ignores compile on the CPU
+    switches = [name for name, on in (("bf16", args.bf16), ("compile", compiled),
                                       ("channels_last", args.channels_last), ("fused loss", args.fused_loss),
                                       ("grad checkpointing", args.grad_checkpointing)) if on]
     return (f"bench_train {report['date']}: {args.backbone} + UPerNet({args.head_channels}), variant {args.variant}, "
@@ -687,7 +688,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone")
     parser.add_argument("--head-channels", type=int, help="UPerNet width (the study: 512)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                        help="torch.compile the model through accelerate (inductor); first step reports compile time")
+                        help="torch.compile the model through accelerate (inductor), on CUDA only (ignored on "
+                             "the CPU, as in train.py); the first step reports the compile time")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast (train.py's default)")

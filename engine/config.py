@@ -84,6 +84,11 @@ class TrainConfig:
     max_nonfinite: int = _f(0, "skip up to this many micro-batches with a non-finite loss before stopping the run")
     deterministic: bool = _f(False, "deterministic cuDNN kernels instead of cudnn.benchmark (slower)")
     cpu_threads: int = _f(0, "torch CPU threads per process (0 = torch's default, one per core)")
+    compile: bool = _f(True, "torch.compile the model (inductor, through accelerate's dynamo backend) when CUDA "
+                       "is available; ignored on CPU. The first training step compiles for ~2 min on an H100 "
+                       "(issue 8's measurement), the first evaluation compiles the eval graph")
+    channels_last: bool = _f(True, "keep the model weights and input batches in channels_last (NHWC) memory "
+                             "layout, the layout cuDNN's bf16 convs and ConvNeXt's LayerNorm/MLP want")
     # --- evaluation, checkpoints, logging
     eval_every: int = _f(1, "evaluate on val every N epochs and at the last epoch")
     checkpoint_every: int = _f(10, "checkpoint every N epochs and at the last epoch (160 epochs: 16 checkpoints)")
@@ -129,6 +134,7 @@ DEMO_PRESET = {
     "weight_decay": 1e-4,
     "epochs": 8,
     "mixed_precision": "no",           # fp32: CPUs gain nothing from bf16 autocast here
+    "compile": False,                  # a tiny model on small frames: compiling costs more than it saves on a GPU
     "num_workers": 2,                  # PNG decoding of small frames: light
     "cpu_threads": 1,                  # one compute thread: one per core oversubscribes 2 cores next to the workers
     "sdt_source": "cpu",               # on a CPU the workers' EDT is ~25x faster than the torch (GPU) path
@@ -143,7 +149,8 @@ PRESETS = {"demo": DEMO_PRESET}
 # Fields that may differ when a run is resumed (where/how it runs, not what it computes).
 RESUMABLE_CHANGES = {"data_root", "sdt_source", "sdt_cache", "num_workers", "eval_every", "checkpoint_every",
                      "keep_states", "log_images", "wandb", "wandb_project", "wandb_entity", "out", "pretrained",
-                     "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms"}
+                     "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms", "compile",
+                     "channels_last"}
 
 
 def _flag(name: str) -> str:

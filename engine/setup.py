@@ -1,4 +1,4 @@
-"""Model and data built from a TrainConfig: what train.py and evaluate.py share.
+"""Accelerator, model and data built from a TrainConfig: what train.py, evaluate.py and bench/ share.
 
 The training data order is a pure function of (seed, epoch) (`EpochShuffleSampler`), the flips a pure
 function of (seed, epoch, index) (`SegmentationDataset`), and the photometric augmentation a pure function
@@ -8,6 +8,8 @@ uninterrupted run would have seen.
 from __future__ import annotations
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader, Sampler
 
 from data_utils.augment import BatchAugment
@@ -18,6 +20,23 @@ from engine.config import TrainConfig
 from losses import LOSS_WEIGHTS
 from models import build_model
 from utils.fileio import UserError
+
+
+def build_accelerator(cfg: TrainConfig, cpu: bool = False) -> Accelerator:
+    """train.py's Accelerator for `cfg` (bench/bench_train.py times the step under the same one).
+
+    Mixed precision and gradient accumulation from `cfg`, the W&B tracker when `cfg.wandb`, the run dir as
+    project dir, and the fast path: torch.compile (inductor) through accelerate's dynamo backend when
+    `cfg.compile` and CUDA is available (the backend is always passed, so `--no-compile` wins over an
+    `accelerate config` that sets one), and non-blocking host-to-device copies of the prepared loaders'
+    batches (the loaders pin memory on CUDA, so the copy of a batch overlaps the running step).
+    `cpu=True` forces the CPU even where CUDA is available (and so no compile).
+    """
+    compile_model = cfg.compile and torch.cuda.is_available() and not cpu
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                       log_with="wandb" if cfg.wandb else None, project_dir=str(cfg.run_dir), cpu=cpu,
+                       dynamo_backend="inductor" if compile_model else "no",
+                       dataloader_config=DataLoaderConfiguration(non_blocking=True))
 
 
 def build_model_from_config(cfg: TrainConfig, load_pretrained: bool = False) -> torch.nn.Module:

@@ -1,14 +1,24 @@
 """The body of one training micro-step, kept out of train.py so tests can drive it with their own model.
 
-    terms, _ = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn, aux_weight)
+    terms, _ = forward_loss(model, images, labels.long(), sdt, loss_fn, aux_loss_fn, aux_weight)
+    mask.keep = loss_log.update(terms, where=(step, epoch, batch_index))  # on the device: no host sync
     accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, grad_clip)
+    ...
+    reading = loss_log.read()  # every few micro-steps and at the epoch's end: the one host sync
 
 `accelerator.accumulate` decides whether this micro-step closes an accumulation window (then gradients
 are all-reduced and the optimizer steps) or only adds its gradient (DDP's sync skipped). accelerate divides
 the loss by the number of accumulation steps, so accum 4 x batch 1 gives the mean of the 4 per-batch
 gradients (equal to one step on the 4 samples for a per-sample-mean loss and no batch-dependent layers).
+
+No host sync in the step: whether a micro-batch's loss is finite is decided on the device (`EpochLossLog`),
+its gradient is dropped on the device (`GradientMask`), and the host reads the loss sums and the
+non-finite count only when train.py asks (`EpochLossLog.read`).
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,11 +32,15 @@ def augmentation_seed(run_seed: int, rank: int, micro_step: int) -> int:
     return int(np.random.default_rng([run_seed, rank, micro_step]).integers(2**63 - 1))
 
 
-def device_images(images: torch.Tensor, augment: BatchAugment | None, seed: int) -> torch.Tensor:
-    """Loader images on the device -> normalised float32 (N, 3, H, W), photometrically augmented if asked."""
+def device_images(images: torch.Tensor, augment: BatchAugment | None, seed: int,
+                  channels_last: bool = False) -> torch.Tensor:
+    """Loader images on the device -> normalised float32 (N, 3, H, W), photometrically augmented if asked,
+    in channels_last memory layout if asked (same shape, NHWC strides: what a channels_last model wants)."""
     if augment is not None:
-        return augment(images, seed=seed)
-    return normalize(images) if images.dtype == torch.uint8 else images
+        images = augment(images, seed=seed)
+    elif images.dtype == torch.uint8:
+        images = normalize(images)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def forward_loss(model, images: torch.Tensor, labels: torch.Tensor, sdt: torch.Tensor | None, loss_fn,
@@ -35,7 +49,8 @@ def forward_loss(model, images: torch.Tensor, labels: torch.Tensor, sdt: torch.T
     """Forward pass and the variant's loss, plus `aux_weight` x the aux head's loss when the model has one.
 
     Args:
-        images: (N, 3, H, W) normalised float; labels: (N, H, W) int64 train ids (255 ignore);
+        images: (N, 3, H, W) normalised float; labels: (N, H, W) int64 train ids (255 ignore; the loader
+            ships uint8, so call `.long()` on the device batch);
         sdt: (N, C, H, W) int8 signed distance maps, or None for variants without the boundary term.
         grad_stats: also measure each main-head term's gradient norm w.r.t. the logits and UPerNet's fused
             features (`losses.gradients.term_gradient_stats`: one extra backward per term, params untouched).
@@ -53,13 +68,103 @@ def forward_loss(model, images: torch.Tensor, labels: torch.Tensor, sdt: torch.T
     return terms, stats
 
 
-def zero_loss(model) -> torch.Tensor:
-    """A loss of exactly 0 that still reaches every parameter.
+class GradientMask:
+    """Drops the gradient of a bad micro-batch on the device, without a host sync.
 
-    Back-propagating it instead of a non-finite loss adds nothing to the accumulated gradients while
-    DDP still sees every gradient hook fire, so all processes stay in step.
+    A hook on every trainable parameter replaces the gradient coming from the backward pass by zeros while
+    `keep` (a 0-dim bool tensor on the device, set before each backward) is False. The hook runs before
+    the gradient is added to `.grad` and before DDP all-reduces it, so a skipped micro-batch adds exactly
+    nothing to the accumulated gradients, on every process alike (each gets the same `keep`). Scaling the
+    loss by 0 instead would not do: 0 x nan = nan, so the gradient of a non-finite loss stays non-finite.
+    `keep = None` (the default) leaves gradients untouched.
     """
-    return sum((p.sum() * 0.0 for p in model.parameters() if p.requires_grad), torch.zeros(()))
+
+    def __init__(self, model: torch.nn.Module):
+        self.keep: torch.Tensor | None = None
+        self.handles = [p.register_hook(self._apply) for p in model.parameters() if p.requires_grad]
+
+    def _apply(self, grad: torch.Tensor) -> torch.Tensor:
+        # where, not multiply: it selects 0 even where grad is nan or inf
+        return grad if self.keep is None else torch.where(self.keep, grad, 0.0)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@dataclass
+class LossReading:
+    """What `EpochLossLog.read` brings to the host.
+
+    means: epoch mean of each term over the finite micro-batches of all processes (nan if none yet);
+    num_kept: those micro-batches x processes; num_bad: non-finite micro-batches since the previous read;
+    first_bad: (where, {term: value}) of the first of them (`where` as given to `update`; the values of
+        the first process whose terms are not all finite), or None.
+    """
+    means: dict[str, float]
+    num_kept: int
+    num_bad: int
+    first_bad: tuple[object, dict[str, float]] | None
+
+
+class EpochLossLog:
+    """One epoch's loss terms, accumulated on the device and read on the host only in `read()`.
+
+    `update(terms)` gathers every process's terms, (P, K) for the K names, so all processes agree on
+    whether the micro-batch is good: it is bad when any term of any process is nan or inf. Good micro-batches
+    are added to the epoch sums; of the bad ones the log counts them and keeps the first one's values
+    and position, all with device ops (`torch.where`), so the step never waits for the device.
+    """
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.names: list[str] | None = None  # the terms' names, set by the first update
+
+    def _start(self, names: list[str], num_processes: int, device: torch.device) -> None:
+        zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.names = names
+        self.sums, self.num_kept = zeros(len(names)), zeros()  # finite micro-batches of the epoch
+        self.num_bad, self.first_index = zeros(), zeros()  # since the last read
+        self.first_values = zeros(num_processes, len(names))
+        self.positions: list = []  # host: `where` of each update since the last read
+
+    def update(self, terms: dict[str, torch.Tensor], where=None) -> torch.Tensor:
+        """Add one micro-batch's scalar terms; returns `keep`, a 0-dim bool on the device (all finite).
+
+        `where` (any object, e.g. (optimizer step, epoch, batch)) is what `read` reports for a bad one.
+        """
+        names = list(terms)
+        values = torch.stack([terms[k].detach().double() for k in names])[None]  # (1, K)
+        values = self.accelerator.gather(values)  # (P, K): one small all-gather per micro-step
+        if self.names is None:
+            self._start(names, values.shape[0], values.device)
+        keep = torch.isfinite(values).all()
+        self.sums += torch.where(keep, values.sum(0), 0.0)  # where, not multiply: 0 x nan = nan
+        self.num_kept += keep * values.shape[0]
+        first = (self.num_bad == 0) & ~keep
+        self.first_index = torch.where(first, len(self.positions), self.first_index)
+        self.first_values = torch.where(first, values, self.first_values)
+        self.num_bad += ~keep
+        self.positions.append(where)
+        return keep
+
+    def read(self) -> LossReading:
+        """Copy the log to the host (one transfer, the one host sync) and start a new window of bad ones."""
+        if self.names is None:
+            return LossReading({}, 0, 0, None)
+        packed = torch.cat([self.sums, self.num_kept[None], self.num_bad[None], self.first_index[None],
+                            self.first_values.flatten()]).tolist()
+        k = len(self.names)
+        sums, (num_kept, num_bad, first_index), rows = packed[:k], packed[k:k + 3], packed[k + 3:]
+        means = {name: total / num_kept if num_kept else math.nan for name, total in zip(self.names, sums)}
+        first_bad = None
+        if num_bad:
+            rows = [rows[i:i + k] for i in range(0, len(rows), k)]
+            bad_row = next(row for row in rows if not all(map(math.isfinite, row)))
+            first_bad = (self.positions[int(first_index)], dict(zip(self.names, bad_row)))
+        self.num_bad.zero_()
+        self.positions = []
+        return LossReading(means, int(num_kept), int(num_bad), first_bad)
 
 
 def accumulate_and_step(accelerator, model, optimizer, loss: torch.Tensor, lr: float, grad_clip: float = 0.0) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,8 +25,8 @@ from engine.checkpoint import (TrainingProgress, find_resumable_checkpoint, list
 from engine.config import (DEMO_PRESET, TrainConfig, build_parser, config_differences, load_config, parse_args,
                            save_config)
 from engine.schedule import get_lr
-from engine.setup import build_model_from_config
-from engine.steps import accumulate_and_step, forward_loss
+from engine.setup import build_accelerator, build_model_from_config
+from engine.steps import EpochLossLog, GradientMask, accumulate_and_step, forward_loss
 from losses import build_loss
 from utils.fileio import UserError
 
@@ -168,6 +169,72 @@ def test_grad_accumulation_4x1_equals_one_step_on_4_samples():
                                        msg=lambda m: f"{optimizer_cls.__name__} {k}: {m}")
             changed += not torch.equal(v, before[k])
         assert changed > 10  # the step did update the weights
+
+
+# ------------------------------------------------------------------------------------------- fast path
+def test_fast_path_flags_default_on_may_change_on_resume_and_compile_only_on_cuda(monkeypatch):
+    cfg, _ = parse_args([])
+    assert cfg.compile and cfg.channels_last
+    off, _ = parse_args(["--no-compile", "--no-channels-last", "--no-wandb"])
+    assert not off.compile and not off.channels_last
+    assert config_differences(cfg, off) == []  # how a run executes, not what it computes: a resume may change them
+    assert parse_args(["--preset", "demo"])[0].compile is False
+    # An `accelerate launch --dynamo_backend inductor` (or accelerate config) does not override --no-compile.
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+    for compile_flag in (True, False):
+        AcceleratorState._reset_state(True)
+        accelerator = build_accelerator(dataclasses.replace(off, compile=compile_flag))
+        expected = "INDUCTOR" if compile_flag and torch.cuda.is_available() else "NO"  # ignored on the CPU
+        assert accelerator.state.dynamo_plugin.backend.value == expected
+        assert accelerator.non_blocking and accelerator.gradient_accumulation_steps == off.grad_accum
+
+
+@pytest.mark.parametrize("dynamo_backend", ["no", "aot_eager"])
+def test_nonfinite_micro_batch_adds_no_gradient_and_is_logged_on_the_device(tmp_path, dynamo_backend):
+    """Accumulate 3 micro-batches, the 2nd with a nan loss: the gradient is that of the other two (/3, as
+    accelerate scales), the log's means cover them and it reports the bad one. aot_eager runs the model as
+    compiled AOTAutograd graphs (train.py compiles with inductor on CUDA): the mask still applies, and a
+    checkpoint of the compiled model holds the plain parameter names."""
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=3, dynamo_backend=dynamo_backend)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 4, 1))
+    reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    mask = GradientMask(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    assert (type(prepared).__name__ == "OptimizedModule") == (dynamo_backend != "no")
+    inputs = torch.randn(3, 2, 3, 8, 6)
+    log, losses = EpochLossLog(accelerator), []
+    for i in range(3):
+        with accelerator.accumulate(prepared):
+            out = prepared(inputs[i])
+            terms = {"loss": out.square().mean() * (float("nan") if i == 1 else 1.0), "mean": out.mean()}
+            losses.append(terms["loss"].item())
+            mask.keep = log.update(terms, where=("batch", i))
+            accelerator.backward(terms["loss"])
+
+    def reference_loss(x):  # the same net, functional, on the initial weights
+        w1, b1, w2, b2 = reference
+        out = torch.nn.functional.conv2d(torch.nn.functional.gelu(torch.nn.functional.conv2d(x, w1, b1, padding=1)),
+                                         w2, b2)
+        return out.square().mean()
+
+    ((reference_loss(inputs[0]) + reference_loss(inputs[2])) / 3).backward()
+    for p, ref in zip(model.parameters(), reference):
+        torch.testing.assert_close(p.grad, ref.grad)
+    reading = log.read()
+    assert (reading.num_kept, reading.num_bad) == (2, 1)
+    assert reading.means["loss"] == pytest.approx((losses[0] + losses[2]) / 2)
+    where, values = reading.first_bad
+    assert where == ("batch", 1) and math.isnan(values["loss"]) and math.isfinite(values["mean"])
+    again = log.read()  # the bad count is per read; the means are the epoch's
+    assert again.num_bad == 0 and again.first_bad is None and again.means == reading.means
+
+    register_checkpoint_hooks(accelerator)
+    progress = TrainingProgress(epoch=1)
+    cfg = _tiny_cfg(out=str(tmp_path / "run"))
+    ckpt = save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
+    assert set(load_file(ckpt / "model.safetensors")) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -335,6 +402,26 @@ def test_nonfinite_loss_stops_naming_step_and_terms_and_keeps_last_checkpoint(ti
     rows = read_rows(out)
     assert [r["train/nonfinite_skipped"] for r in rows] == [0, 1]
     assert all(torch.isfinite(v).all() for v in load_file(out / "checkpoints/epoch_0002/model.safetensors").values())
+
+
+def test_nonfinite_stop_comes_at_the_next_host_read_naming_the_first_bad_micro_batch(tiny_data, tmp_path,
+                                                                                      monkeypatch):
+    import train
+
+    monkeypatch.setattr(train, "HOST_READ_EVERY", 3)  # the host reads after micro-batches 2, 5, 8, ...
+    losses = []
+
+    def nan_from_second_call(*args, **kwargs):
+        losses.append(NaNLossAfter(build_loss(*args, **kwargs), 2, 10**9))
+        return losses[-1]
+
+    monkeypatch.setattr(train, "build_loss", nan_from_second_call)
+    out = tmp_path / "late"
+    with pytest.raises(UserError, match=r"non-finite loss at optimizer step 1 \(epoch 1, batch 1\): ce=nan.*"
+                                        r"\(2 non-finite micro-batch\(es\) so far\)"):
+        run_train(tiny_data, out, "--variant", "B", "--epochs", "1", "--batch-size", "1", "--aux-weight", "0")
+    assert losses[0].calls == 3  # it ran on to the read after micro-batch 2, not one batch further
+    assert list_checkpoints(out) == []
 
 
 def test_boundary_schedule_per_epoch_and_gradient_statistics_log(tiny_data, tmp_path):
