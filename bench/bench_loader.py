@@ -70,9 +70,9 @@ def stage_times(records: list[dict], passes: int, sources: list[str], caches: di
         "decode image PNG": lambda r: read_image(r["image_path"]),
         "decode label PNG": lambda r: read_label_ids(r["label_path"]),
         "label ids -> train ids": lambda r: label_ids_to_train_ids(label_ids[r["name"]], r["label_path"]),
-        "to tensors (uint8 CHW image, int64 label)": lambda r: (
+        "to tensors (uint8 CHW image, uint8 label)": lambda r: (
             torch.from_numpy(np.ascontiguousarray(images[r["name"]].transpose(2, 0, 1))),
-            torch.from_numpy(train_ids[r["name"]].astype(np.int64))),
+            torch.from_numpy(np.ascontiguousarray(train_ids[r["name"]], dtype=np.uint8))),
     }
     if "cpu" in sources:
         stages["compute_sdt (cpu source)"] = lambda r: sdt.compute_sdt(train_ids[r["name"]])

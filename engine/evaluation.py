@@ -69,8 +69,9 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int
 
     Args:
         model: returns {"logits": (N, C, H, W)} (prepared by accelerate or not).
-        loader: yields {"image": (N, 3, H, W) uint8 or normalised float, "label": (N, H, W) int64, "name"};
-            prepare it with accelerate for multi-process evaluation.
+        loader: yields {"image": (N, 3, H, W) uint8 or normalised float, "label": (N, H, W) integer train
+            ids (uint8 from `SegmentationDataset`; the metrics take any integer dtype), "name"}; prepare it
+            with accelerate for multi-process evaluation.
         accelerator: an `accelerate.Accelerator` (device, gather_for_metrics, main process).
         with_metrics: False for splits without real labels (the Cityscapes test split): only predictions.
         on_predictions: optional PredictionSink, called on every process for its own batches (e.g. to
