@@ -19,7 +19,6 @@ import dataclasses
 import io
 import multiprocessing as mp
 import os
-import re
 import sys
 import time
 import traceback
@@ -36,15 +35,14 @@ from safetensors import SafetensorError
 
 from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
 from data_utils.dataset import read_image
-from data_utils.labels import CLASS_NAMES, colorize, train_ids_to_label_ids
-from engine.checkpoint import WEIGHTS_NAME, load_weights_into, read_meta
+from data_utils.labels import colorize, train_ids_to_label_ids
+from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
 from engine.config import load_config
 from engine.evaluation import evaluate_model
-from engine.results import read_results, results_path, write_results
+from engine.results import metrics_table, read_results, results_path, write_results
 from engine.setup import build_dataloader, build_model_from_config
 from utils.fileio import UserError, atomic_write_bytes
 
-CHECKPOINT_NAME = re.compile(r"^epoch_\d{4,}$")
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
 
 
@@ -125,10 +123,9 @@ class PredictionWriter:
         city = name.rsplit("_", 2)[0]  # <city>_<sequence>_<frame>
         self._save(Image.fromarray(train_ids_to_label_ids(pred)),  # (H, W) uint8 -> mode L
                    self.out_dir / "labelIds" / city / f"{name}_labelIds.png", "PNG")
-        if image_chw.dtype == np.uint8:  # evaluation loaders deliver uint8 images
-            blend = 0.5 * image_chw.transpose(1, 2, 0) + 0.5 * colorize(pred)
-            self._save(Image.fromarray(blend.astype(np.uint8)),
-                       self.out_dir / "overlay" / city / f"{name}_overlay.jpg", "JPEG")
+        blend = 0.5 * image_chw.transpose(1, 2, 0) + 0.5 * colorize(pred)  # uint8 (the PredictionSink contract)
+        self._save(Image.fromarray(blend.astype(np.uint8)),
+                   self.out_dir / "overlay" / city / f"{name}_overlay.jpg", "JPEG")
 
     @staticmethod
     def _save(image: Image.Image, path: Path, fmt: str) -> None:
@@ -310,17 +307,12 @@ def _pct(value: float) -> str:
     return "n/a" if value != value else f"{100 * value:.2f}"  # NaN: nothing to average
 
 
-def metrics_table(record: dict) -> Table:
+def checkpoint_table(record: dict) -> Table:
+    """One checkpoint's results record (write_results) as `engine.results.metrics_table`."""
     ckpt = Path(record["checkpoint"])
-    table = Table(title=f"{ckpt.parent.parent.name}/{ckpt.name} on {record['split']}",
-                  caption=f"{record['num_images']} images, {record['seconds']:.1f} s")
-    table.add_column("metric")
-    table.add_column("%", justify="right")
-    for label, key in (("mIoU", "miou"), ("Boundary F1", "boundary_f1"), ("Trimap IoU", "trimap_iou")):
-        table.add_row(label, _pct(record[key]))
-    for name in CLASS_NAMES:
-        table.add_row(f"  IoU {name}", _pct(record["iou"][name]))
-    return table
+    flat = {**record, **{f"iou/{name}": value for name, value in record["iou"].items()}}
+    return metrics_table({"%": flat}, f"{ckpt.parent.parent.name}/{ckpt.name} on {record['split']}",
+                         caption=f"{record['num_images']} images, {record['seconds']:.1f} s")
 
 
 def batch_table(records: list[dict], runs_dir: Path) -> Table:
@@ -349,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"wrote {record['predictions']} predictions to {args.save_predictions} (labelIds/ for "
                           "the test server, overlay/ to look at)")
         else:
-            console.print(metrics_table(record))
+            console.print(checkpoint_table(record))
             console.print(f"wrote {results_path(args.checkpoint)}")
             if args.save_predictions:
                 console.print(f"wrote predictions to {args.save_predictions}")

@@ -32,7 +32,7 @@ from utils.fileio import UserError, atomic_write_json, fsync_dir
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS_NAME = "model.safetensors"
-_NAME_RE = re.compile(r"^epoch_(\d{4,})$")
+CHECKPOINT_NAME = re.compile(r"^epoch_(\d{4,})$")  # a checkpoint folder; the group is its epoch
 _KEEP_WHEN_PRUNED = {WEIGHTS_NAME, "config.json", "meta.json"}
 
 
@@ -158,7 +158,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = []
     for path in folder.iterdir():
-        match = _NAME_RE.match(path.name)
+        match = CHECKPOINT_NAME.match(path.name)
         if match and path.is_dir() and (path / WEIGHTS_NAME).is_file() and read_meta(path) is not None:
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]

@@ -7,7 +7,10 @@ resumed from an older epoch rewrites it) is recognised as stale by evaluate.py.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+from rich.table import Table
 
 from data_utils.labels import CLASS_NAMES
 from engine.checkpoint import read_meta
@@ -15,7 +18,9 @@ from engine.config import TrainConfig, config_to_dict
 from engine.results_format import METRIC_KEYS, REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
 from utils.fileio import atomic_write_json
 
-__all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "read_results", "results_path", "write_results"]
+__all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "metrics_table", "read_results", "results_path",
+           "write_results"]
+METRIC_LABELS = (("mIoU", "miou"), ("Boundary F1", "boundary_f1"), ("Trimap IoU", "trimap_iou"))
 
 
 def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: int, checkpoint: str | Path,
@@ -52,3 +57,24 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
     atomic_write_json(path, record)  # NaN (a class absent from the split) becomes null
     return record
 
+
+def metrics_table(columns: dict[str, dict], title: str, caption: str | None = None, prefix: str = "") -> Table:
+    """The console table of validation metrics in percent that train.py (at the end) and evaluate.py print.
+
+    One row per metric: mIoU, Boundary F1, Trimap IoU, then the IoU of each class; one column per entry of
+    `columns`, header -> a flat metrics dict with the keys `<prefix>miou`, `<prefix>boundary_f1`,
+    `<prefix>trimap_iou` and `<prefix>iou/<class>` (metrics.jsonl's rows with prefix "val/"). A missing,
+    None or NaN value (nothing to average, e.g. a class absent from the split) shows as n/a.
+
+    Example:
+        >>> metrics_table({"last (epoch 8)": rows[-1]}, "C_seed42: validation metrics (%)", prefix="val/")
+    """
+    table = Table(title=title, caption=caption)
+    table.add_column("metric")
+    for header in columns:
+        table.add_column(header, justify="right")
+    keys = list(METRIC_LABELS) + [(f"  IoU {name}", f"iou/{name}") for name in CLASS_NAMES]
+    for label, key in keys:
+        values = [column.get(prefix + key) for column in columns.values()]
+        table.add_row(label, *("n/a" if v is None or math.isnan(v) else f"{100 * v:.2f}" for v in values))
+    return table

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from data_utils.augment import IMAGENET_MEAN, IMAGENET_STD
 from data_utils.labels import CLASS_NAMES
 from engine.config import TrainConfig, config_to_dict
 from utils.wandb_mode import wandb_init_mode, wandb_logged_in  # noqa: F401  (wandb_logged_in: re-exported)
@@ -56,26 +55,26 @@ def val_metrics_row(metrics: dict) -> dict:
 
 @torch.no_grad()
 def prediction_overlays(model, dataset, num_images: int, device) -> list:
-    """W&B images of the first `num_images` val frames with prediction and ground-truth masks."""
+    """W&B images of the first `num_images` val frames with prediction and ground-truth masks.
+
+    `dataset` is the val split's `SegmentationDataset` (`build_dataloader(cfg, split, train=False).dataset`),
+    whose items carry uint8 (3, H, W) images.
+    """
     import wandb
 
     from data_utils.augment import normalize
 
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     class_labels = dict(enumerate(CLASS_NAMES)) | {255: "ignore"}
     was_training = model.training
     model.eval()
     images = []
     for index in range(min(num_images, len(dataset))):
         item = dataset[index]
-        image = item["image"]
-        if image.dtype == torch.uint8:
-            rgb = image.permute(1, 2, 0).numpy()
-            image = normalize(image)
-        else:
-            rgb = ((image * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-        pred = model(image[None].to(device))["logits"].argmax(1)[0].byte().cpu().numpy()
+        image = item["image"]  # (3, H, W) uint8
+        if image.dtype != torch.uint8:
+            raise ValueError(f"prediction_overlays needs uint8 images (the val dataset's), got {image.dtype}")
+        rgb = image.permute(1, 2, 0).numpy()  # (H, W, 3)
+        pred = model(normalize(image)[None].to(device))["logits"].argmax(1)[0].byte().cpu().numpy()
         masks = {"prediction": {"mask_data": pred, "class_labels": class_labels},
                  "ground_truth": {"mask_data": item["label"].byte().numpy(), "class_labels": class_labels}}
         images.append(wandb.Image(rgb, masks=masks, caption=item["name"]))

@@ -216,3 +216,48 @@ def test_results_round_trip_nan_and_validation(tmp_path):
             with pytest.raises(UserError, match=str(path)):
                 reader(path)
         assert evaluate.pending_reason(path.parent / "epoch_0160", "val") == "corrupt results file, redoing"
+
+
+def render(table) -> list[list[str]]:
+    """A rich table as rows of cell strings (wide console, no wrapping)."""
+    from rich.console import Console
+
+    console = Console(width=300, record=True, file=open(os.devnull, "w"))
+    console.print(table)
+    return [[c.strip() for c in line.strip("│┃ ").split("│")] for line in console.export_text().splitlines()
+            if "│" in line]
+
+
+def test_metrics_table_rows_and_missing_values():
+    """One table for train.py's final summary (flat "val/..." rows) and evaluate.py's results: percent, n/a for a
+    value that is missing, None or NaN."""
+    from engine.results import metrics_table
+
+    last = {"epoch": 8, "val/miou": 0.5, "val/boundary_f1": 0.25, "val/trimap_iou": None,
+            **{f"val/iou/{name}": i / 100 for i, name in enumerate(CLASS_NAMES)}}
+    best = {**last, "val/miou": 0.61234, "val/iou/road": float("nan")}
+    del best["val/iou/bicycle"]
+    rows = render(metrics_table({"last": last, "best": best}, "run: validation metrics (%)", prefix="val/"))
+    assert rows[0] == ["mIoU", "50.00", "61.23"] and rows[1] == ["Boundary F1", "25.00", "25.00"]
+    assert rows[2] == ["Trimap IoU", "n/a", "n/a"]
+    assert [r[0] for r in rows[3:]] == [f"IoU {name}" for name in CLASS_NAMES]
+    assert rows[3][1:] == ["0.00", "n/a"] and rows[4][1:] == ["1.00", "1.00"] and rows[-1][1:] == ["18.00", "n/a"]
+
+    # evaluate.py's one-checkpoint table from a results record
+    record = {"checkpoint": "runs/C_seed42/checkpoints/epoch_0160", "split": "val", "num_images": 500,
+              "seconds": 41.25, "miou": 0.8, "boundary_f1": 0.7, "trimap_iou": 0.6,
+              "iou": {name: 0.5 for name in CLASS_NAMES} | {"train": float("nan")}}
+    table = evaluate.checkpoint_table(record)
+    assert table.title == "C_seed42/epoch_0160 on val" and table.caption == "500 images, 41.2 s"
+    rows = render(table)
+    assert rows[:3] == [["mIoU", "80.00"], ["Boundary F1", "70.00"], ["Trimap IoU", "60.00"]]
+    assert dict(rows[3:])["IoU train"] == "n/a" and dict(rows[3:])["IoU road"] == "50.00"
+
+
+def test_checkpoint_folder_names():
+    """evaluate.py --all and the checkpoint module recognise checkpoint folders by one pattern."""
+    from engine.checkpoint import CHECKPOINT_NAME
+
+    assert evaluate.CHECKPOINT_NAME is CHECKPOINT_NAME
+    assert [bool(CHECKPOINT_NAME.match(n)) for n in ("epoch_0010", "epoch_12345", "epoch_010", ".tmp_epoch_0010",
+                                                     "epoch_0010.results.json")] == [True, True, False, False, False]

@@ -92,3 +92,39 @@ def test_init_wandb_arguments(no_login, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     init_wandb(accelerator, cfg, tmp_path / "run", run_id=None)
     assert "mode" not in accelerator.init_kwargs["wandb"] and "id" not in accelerator.init_kwargs["wandb"]
+
+
+def test_prediction_overlays_of_uint8_val_frames(monkeypatch):
+    """The W&B overlays show the val dataset's uint8 image as is, the argmax of the model on the normalised
+    image, and the label; a float image (not what the val dataset gives) is refused."""
+    import numpy as np
+    import torch
+    import wandb
+
+    from data_utils.augment import normalize
+    from engine.tracking import prediction_overlays
+
+    class ChannelArgmax(torch.nn.Module):
+        """Logits = the normalised image's 3 channels + 16 constant ones: the prediction is checkable by hand."""
+
+        def forward(self, images):
+            self.seen = images
+            n, _, h, w = images.shape
+            return {"logits": torch.cat([images, torch.full((n, 16, h, w), -10.0)], 1)}
+
+    monkeypatch.setattr(wandb, "Image", lambda rgb, masks, caption: {"rgb": rgb, "masks": masks, "caption": caption})
+    gen = torch.Generator().manual_seed(0)
+    dataset = [{"image": torch.randint(0, 256, (3, 4, 6), dtype=torch.uint8, generator=gen),
+                "label": torch.randint(0, 19, (4, 6), generator=gen), "name": f"frame_{i}"} for i in range(3)]
+    model = ChannelArgmax().train()
+    images = prediction_overlays(model, dataset, num_images=2, device="cpu")
+    assert [im["caption"] for im in images] == ["frame_0", "frame_1"] and model.training  # the mode is restored
+    torch.testing.assert_close(model.seen, normalize(dataset[1]["image"])[None])
+    for image, item in zip(images, dataset):
+        np.testing.assert_array_equal(image["rgb"], item["image"].permute(1, 2, 0).numpy())
+        masks = image["masks"]
+        np.testing.assert_array_equal(masks["prediction"]["mask_data"], normalize(item["image"]).argmax(0).numpy())
+        np.testing.assert_array_equal(masks["ground_truth"]["mask_data"], item["label"].numpy())
+        assert masks["prediction"]["class_labels"][255] == "ignore"
+    with pytest.raises(ValueError, match="uint8"):
+        prediction_overlays(model, [{**dataset[0], "image": normalize(dataset[0]["image"])}], 1, "cpu")
