@@ -419,11 +419,12 @@ LINEAR = {"boundary_schedule": "linear", "boundary_start": 0.0, "boundary_ramp_e
 
 
 def test_grouping_labels_hand_made():
-    settings = [RunSetting("A", 0.2), RunSetting("C", 0.2), RunSetting("C", 0.2, "steal", (("steal_delta", 0.01),
-                ("steal_floor", 0.01))), RunSetting("C", 0.05), RunSetting("D", 0.2, "linear", (("boundary_start", 0.0),
-                ("boundary_ramp_epochs", 10.0))), RunSetting("D", 0.2, "linear", (("boundary_start", 0.1),
-                ("boundary_ramp_epochs", 10.0))), RunSetting("D", 0.1, "steal", None), RunSetting("D", 0.2, "steal", None),
-                RunSetting("B")]
+    steal = (("steal_delta", 0.01), ("steal_floor", 0.01))
+    linear = (("boundary_start", 0.0), ("boundary_ramp_epochs", 10.0))
+    linear_from_01 = (("boundary_start", 0.1), ("boundary_ramp_epochs", 10.0))
+    settings = [RunSetting("A", 0.2), RunSetting("C", 0.2), RunSetting("C", 0.2, "steal", steal), RunSetting("C", 0.05),
+                RunSetting("D", 0.2, "linear", linear), RunSetting("D", 0.2, "linear", linear_from_01),
+                RunSetting("D", 0.1, "steal", None), RunSetting("D", 0.2, "steal", None), RunSetting("B")]
     grouping = Grouping.of(settings)
     assert [grouping.label(s) for s in settings] == [
         "A", "C λb=0.2", "C steal", "C λb=0.05",  # C's constant runs are a λ_b sweep; its steal run is apart
