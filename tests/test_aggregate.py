@@ -441,6 +441,20 @@ def test_grouping_labels_hand_made():
         RunSetting("D", 0.2, "linear", None)) == "D linear params n/a"
 
 
+def test_schedule_params_follow_the_training_side():
+    """engine.results_format names each schedule's parameters as TrainConfig fields without importing the
+    training code; they must stay the schedules train.py knows and fields its config has."""
+    import dataclasses
+
+    from engine.config import TrainConfig
+    from engine.results_format import SCHEDULE_PARAMS
+    from losses.schedule import SCHEDULE_KINDS
+
+    assert tuple(SCHEDULE_PARAMS) == SCHEDULE_KINDS
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {name for params in SCHEDULE_PARAMS.values() for name in params} <= fields
+
+
 @pytest.fixture
 def schedule_tree(tmp_path) -> Path:
     """B, C (constant λ_b 0.2) and C with the steal and the linear schedule, seeds 1-3, epochs 10 and 20, in the
