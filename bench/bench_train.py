@@ -13,9 +13,10 @@ The step is train.py's: `engine.steps.forward_loss` under train.py's Accelerator
 torch.compile from --compile, non-blocking batch copies), then `accelerator.backward`, set LR, AdamW
 (fused on CUDA) `step` and `zero_grad(set_to_none=True)`: what `engine.steps.accumulate_and_step` does
 with grad_accum=1 and no clipping (split here so each phase can be timed). Every step is an optimizer
-step (the recipe steps every 4th micro-batch, so the optimizer share here is an upper bound). Not timed
-here: train.py's per-micro-step bookkeeping on the device (`engine.steps.EpochLossLog` and
-`GradientMask`: a few small ops and one `torch.where` per parameter gradient, no host sync).
+step (the recipe steps every 4th micro-batch, so the optimizer share here is an upper bound). The step
+also does train.py's per-micro-step bookkeeping on the device, with no host sync: the loss terms into
+`engine.steps.EpochLossLog` and its finite flag into `GradientMask` (one `torch.where` per parameter
+gradient). `--host-sync` adds the two host reads of the loss per step that train.py did before that.
 
 Per part it prints images/s, ms per step split into data wait / augment+SDT / forward / backward /
 optimizer (CUDA events read once at the end, so the step has no host syncs; perf_counter on CPU, where
@@ -53,7 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
 from engine.config import TrainConfig  # noqa: E402
 from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt  # noqa: E402
-from engine.steps import augmentation_seed, device_images, forward_loss  # noqa: E402
+from engine.steps import EpochLossLog, GradientMask, augmentation_seed, device_images, forward_loss  # noqa: E402
 from losses import build_aux_loss, build_loss  # noqa: E402
 from utils.fileio import atomic_write_json  # noqa: E402
 
@@ -295,6 +296,7 @@ class Trainer:
         model = build_model_from_config(self.cfg)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self.gradient_mask = GradientMask(model)  # as train.py: drops a non-finite batch's gradient on the device
         self.loss_fn = build_loss(args.variant, fused=args.fused_loss)
         self.aux_loss_fn = build_aux_loss(self.cfg.aux_loss, self.loss_fn)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
@@ -302,6 +304,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.model.train()
         self.raw_model = model
+        self.loss_log = EpochLossLog(self.accelerator)  # never read here: train.py reads it every 20 steps
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, sdt: torch.Tensor | None,
              timer: PhaseTimer) -> torch.Tensor:
@@ -309,7 +312,8 @@ class Trainer:
         if self.args.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         terms, _ = forward_loss(self.model, images, labels, sdt, self.loss_fn, self.aux_loss_fn, self.cfg.aux_weight)
-        if self.args.host_sync:  # train.py (2026-11-26) checks finiteness before backward: the host waits here
+        self.gradient_mask.keep = self.loss_log.update(terms)  # train.py's bookkeeping, on the device
+        if self.args.host_sync:  # train.py before efb20b8 checked finiteness before backward: the host waited here
             bool(torch.isfinite(terms["loss"]))
         timer.mark("forward")
         self.accelerator.backward(terms["loss"])
@@ -318,7 +322,7 @@ class Trainer:
             group["lr"] = self.cfg.lr  # as accumulate_and_step (the LR is a function of the step there)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.args.host_sync:  # ... and reads the loss for the progress bar after each step
+        if self.args.host_sync:  # ... and read the loss for the progress bar after each step
             terms["loss"].item()
         timer.mark("optimizer")
         return terms["loss"].detach()
@@ -698,7 +702,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="DataLoader workers for the data part")
     parser.add_argument("--host-sync", action="store_true",
                         help="read the loss on the host twice per step, as train.py's finiteness check and "
-                             "progress bar do (measures what those syncs cost; off = no host sync in the step)")
+                             "progress bar did before efb20b8 (measures what those syncs cost; off = no host "
+                             "sync in the step, as train.py now)")
     parser.add_argument("--sdt-source", default="gpu,cache",
                         help=f"comma list of {', '.join(SDT_SOURCES)} for the data part (variants C and D)")
     parser.add_argument("--parts", default="model,data", help="comma list of model, data")
