@@ -21,12 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from data_utils.augment import BatchAugment
-from data_utils.labels import CLASS_NAMES
 from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint, read_meta,
                                register_checkpoint_hooks, resume_from, save_checkpoint)
 from engine.config import DEMO_DATA, config_differences, load_config, parse_args, save_config
 from engine.evaluation import evaluate_model
-from engine.results import results_path, write_results
+from engine.results import metrics_table, results_path, write_results
 from engine.schedule import get_lr
 from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt
 from engine.steps import (EpochLossLog, GradientMask, LossReading, accumulate_and_step, augmentation_seed,
@@ -70,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         if differences:
             raise UserError(f"{resume_ckpt}: this run was made with other settings ({'; '.join(differences)}); "
                             "pass the same flags to resume it, or another --out for a new run")
-        if read_meta(resume_ckpt)["epoch"] >= cfg.epochs:
+        meta = read_meta(resume_ckpt)
+        if meta.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
+            # The optimizer-step count per epoch, the effective batch and the per-rank RNG states all depend
+            # on the process count: resuming on another count would silently change the LR schedule.
+            raise UserError(f"{resume_ckpt}: saved by {meta['num_processes']} process(es), now "
+                            f"{accelerator.num_processes}; resume with --num_processes {meta['num_processes']}, "
+                            "or start a new run with another --out")
+        if meta["epoch"] >= cfg.epochs:
             console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
             return 0
     if accelerator.is_main_process:
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      cfg.aux_weight, grad_stats=measure)
                     if grad_log is not None and grad_stats:  # the main process's micro-batch
                         grad_log.append(grad_stats, epoch=epoch + 1, step=progress.step, variant=cfg.variant,
-                                        seed=cfg.seed, lambda_boundary=cfg.lambda_boundary, weights=loss_fn.weights)
+                                        seed=cfg.seed, lambda_boundary=cfg.lambda_boundary, weights=loss_fn.weights,
+                                        boundary_schedule=cfg.boundary_schedule)
                     # On the device: all processes' terms gathered (they must agree on skipping a bad
                     # batch), the epoch sums, and keep = all finite, which drops the gradient if False.
                     gradient_mask.keep = loss_log.update(terms, where=(progress.step, epoch + 1, batch_index))
@@ -220,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         bars.stop()
         accelerator.end_training()
     if accelerator.is_main_process:
-        console.print(metrics_table(history.rows, cfg.run_name))
+        console.print(final_table(history.rows, cfg.run_name))
     console.print(f"done: {checkpoint_path(run_dir, cfg.epochs)}")
     return 0
 
@@ -262,20 +269,12 @@ def epoch_summary(row: dict, epochs: int) -> str:
     return line
 
 
-def metrics_table(rows: list[dict], title: str) -> Table:
+def final_table(rows: list[dict], title: str) -> Table:
     """Final table: each val metric (percent) at the last evaluated epoch and at its best epoch."""
     evaluated = [r for r in rows if r.get("val/miou") is not None]
-    last = evaluated[-1]
-    best = max(evaluated, key=lambda r: r["val/miou"])
-    table = Table(title=f"{title}: validation metrics (%)")
-    table.add_column("metric")
-    table.add_column(f"last (epoch {last['epoch']})", justify="right")
-    table.add_column(f"best mIoU (epoch {best['epoch']})", justify="right")
-    keys = [("mIoU", "val/miou"), ("Boundary F1", "val/boundary_f1"), ("Trimap IoU", "val/trimap_iou")]
-    keys += [(f"  IoU {name}", f"val/iou/{name}") for name in CLASS_NAMES]
-    for label, key in keys:
-        table.add_row(label, *(f"{100 * r[key]:.2f}" if r.get(key) is not None else "n/a" for r in (last, best)))
-    return table
+    last, best = evaluated[-1], max(evaluated, key=lambda r: r["val/miou"])
+    return metrics_table({f"last (epoch {last['epoch']})": last, f"best mIoU (epoch {best['epoch']})": best},
+                         f"{title}: validation metrics (%)", prefix="val/")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class TrainConfig:
     boundary_schedule: str = _f("constant", "λ_b per epoch (losses.schedule; beyond the paper): constant, linear "
                                 "ramp from --boundary-start to λ_b, or Kervadec's steal", SCHEDULE_KINDS)
     boundary_start: float = _f(0.0, "linear schedule: λ_b in the first epoch")
-    boundary_ramp_epochs: int = _f(0, "linear schedule: epochs to go from --boundary-start to λ_b")
+    boundary_ramp_epochs: int = _f(40, "linear schedule: epochs to go from --boundary-start to λ_b (not from the paper)")
     steal_delta: float = _f(0.01, "steal schedule: weight moved each epoch from every region term to the boundary")
     steal_floor: float = _f(0.01, "steal schedule: lowest weight of a region term")
     aux_weight: float = _f(AUX_LOSS_WEIGHT, "weight of the auxiliary FCN head's loss (from the study's code; "

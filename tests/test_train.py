@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -455,6 +456,19 @@ def test_resume_refuses_other_settings_and_finished_run_returns(tiny_data, tmp_p
     assert "nothing to do" in capsys.readouterr().out
     with pytest.raises(UserError, match="--resume given but no complete checkpoint"):
         run_train(tiny_data, tmp_path / "empty", "--variant", "A", "--resume")
+
+
+def test_resume_refuses_another_process_count(tiny_data, tmp_path):
+    """The LR schedule's length and the per-rank RNG states depend on the process count: no silent resume."""
+    out = tmp_path / "run"
+    flags = ("--variant", "A", "--epochs", "2", "--checkpoint-every", "1", "--keep-states", "2")
+    assert run_train(tiny_data, out, *flags) == 0
+    shutil.rmtree(out / "checkpoints" / "epoch_0002")  # as if killed during epoch 2
+    meta_path = out / "checkpoints" / "epoch_0001" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "num_processes": 2}))
+    with pytest.raises(UserError, match=r"saved by 2 process\(es\), now 1; resume with --num_processes 2"):
+        run_train(tiny_data, out, *flags)
 
 
 def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tmp_path):
