@@ -1,10 +1,26 @@
-"""Shared fixtures: paths to the real Cityscapes frames in ../shared/data (skipped when absent)."""
+"""Shared fixtures: a fresh accelerate state per test, and paths to the real Cityscapes frames in
+../shared/data (skipped when absent)."""
 from pathlib import Path
 
 import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each Accelerator in this process starts from scratch (accelerate keeps process-wide singletons), and
+    train.main's torch.set_num_threads (the demo preset's cpu_threads) does not leak into other tests."""
+    threads = torch.get_num_threads()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    torch.set_num_threads(threads)
 
 
 def _need(path: Path) -> Path:

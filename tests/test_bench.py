@@ -10,19 +10,8 @@ import math
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from bench import bench_loader, bench_train
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each Accelerator in this process starts from scratch (accelerate keeps process-wide singletons)."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 class DictModel(torch.nn.Module):

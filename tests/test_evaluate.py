@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -28,16 +28,6 @@ from engine.setup import build_model_from_config
 from utils.fileio import UserError, atomic_write_json
 
 NUM_VAL = 3
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each Accelerator in this process starts from scratch (accelerate keeps process-wide singletons)."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

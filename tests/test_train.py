@@ -34,19 +34,6 @@ from utils.fileio import UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each Accelerator in this process starts from scratch (accelerate keeps process-wide singletons), and
-    train.main's torch.set_num_threads (the demo preset's cpu_threads) does not leak into other tests."""
-    threads = torch.get_num_threads()
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------ config and CLI
 def test_every_field_has_a_flag_and_defaults_are_the_paper_recipe():
     cfg, resume = parse_args([])
@@ -366,6 +353,32 @@ def test_one_optimizer_step_per_variant(tiny_data, tmp_path, variant, sdt_source
     assert {int(s["step"]) for s in optimizer_state.values()} == {1}
     results = json.loads((out / "checkpoints" / "epoch_0001.results.json").read_text())
     assert (results["variant"], results["epoch"], results["miou"]) == (variant, 1, row["val/miou"])
+
+
+def test_worker_augmentation_and_sdt_cache_give_the_same_boundary_term_as_computing_it(tiny_data, tmp_path,
+                                                                                          monkeypatch):
+    """--augment cpu, --sdt-source cache and --num-workers 2 together: the precomputed maps are the ones the
+    workers would compute (same φ, flipped with the frame), so the run's losses equal an --sdt-source cpu run's."""
+    import precompute_sdt
+    from data_utils import sdt
+
+    cache = tmp_path / "sdt_train"
+    assert precompute_sdt.main(["--data-root", str(tiny_data), "--split", "train", "--out", str(cache),
+                                "--workers", "1"]) == 0
+    assert len(list(cache.rglob("*.sdt"))) == 16
+    flags = ("--variant", "C", "--epochs", "1", "--augment", "cpu", "--num-workers", "2")
+    assert run_train(tiny_data, tmp_path / "cpu", *flags, "--sdt-source", "cpu") == 0
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("--sdt-source cache computed an SDT instead of reading the cache")
+
+    monkeypatch.setattr(sdt, "compute_sdt", no_compute)  # the forked workers inherit it
+    assert run_train(tiny_data, tmp_path / "cache", *flags, "--sdt-source", "cache", "--sdt-cache", str(cache)) == 0
+    (computed,), (cached,) = read_rows(tmp_path / "cpu"), read_rows(tmp_path / "cache")
+    assert math.isfinite(cached["train/loss"]) and math.isfinite(cached["train/boundary"])
+    assert cached["train/boundary"] != 0.0
+    for key in ("train/boundary", "train/ce", "train/dice", "train/loss"):
+        assert cached[key] == pytest.approx(computed[key], rel=1e-6, abs=1e-9), key
 
 
 class NaNLossAfter:
