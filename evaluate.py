@@ -19,7 +19,6 @@ import dataclasses
 import io
 import multiprocessing as mp
 import os
-import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -41,7 +40,7 @@ from engine.config import load_config
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, read_results, results_path, write_results
 from engine.setup import build_dataloader, build_model_from_config
-from utils.fileio import UserError, atomic_write_bytes
+from utils.fileio import UserError, atomic_write_bytes, run_main
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
 
@@ -349,8 +348,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

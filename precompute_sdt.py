@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -32,7 +31,7 @@ from data_utils.cityscapes import load_split
 from data_utils.dataset import read_label_ids
 from data_utils.labels import NUM_CLASSES, label_ids_to_train_ids
 from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
-from utils import UserError
+from utils import UserError, run_main
 
 MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
 
@@ -183,8 +182,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, error_exit=2)

@@ -11,7 +11,6 @@ RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json) with RUN = --out or runs
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 import torch
@@ -34,7 +33,7 @@ from engine.tracking import init_wandb, prediction_overlays, val_metrics_row
 from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
-from utils.fileio import UserError
+from utils.fileio import UserError, run_main
 from utils.jsonl import EpochJsonl
 
 # The loop's own bookkeeping does not make the host wait for the device each step: the loss terms, their
@@ -278,8 +277,4 @@ def final_table(rows: list[dict], title: str) -> Table:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

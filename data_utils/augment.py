@@ -88,7 +88,6 @@ def gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor, truncate: float = 
     Returns:
         (n, C, H, W), equal to scipy.ndimage.gaussian_filter(image, (0, σ, σ), mode="mirror", truncate=truncate).
     """
-    n = images.shape[0]
     kernels = gaussian_kernels(sigmas.cpu(), truncate).to(images.device, images.dtype)  # (n, K)
     radius = (kernels.shape[1] - 1) // 2
     if radius == 0:

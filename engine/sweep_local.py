@@ -26,7 +26,7 @@ with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic v1 config names: o
     warnings.simplefilter("ignore", UserWarning)
     import sweeps
 
-from utils.fileio import UserError
+from utils.fileio import UserError, run_main
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -96,8 +96,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

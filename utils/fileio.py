@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,15 @@ os.umask(_UMASK)
 
 class UserError(Exception):
     """Bad input from the user (a missing file, a wrong shape, an unknown option): one line, path + fix."""
+
+
+def run_main(main, error_exit: int = 1) -> None:
+    """Entry-script runner: exit with `main()`'s code; a `UserError` becomes one `error: ...` line on stderr."""
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(error_exit)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
