@@ -424,7 +424,7 @@ def time_data_part(trainer: Trainer, args, sdt_source: str, data_root: Path, sdt
         timer.mark("data")
         images = device_images(batch["image"], augment, augmentation_seed(cfg.seed, 0, i))
         labels = batch["label"]  # uint8 from the loader, as in train.py
-        sdt = compute_sdt_torch(labels) if on_device_sdt else batch.get("sdt")
+        sdt = compute_sdt_torch(labels, validate=False) if on_device_sdt else batch.get("sdt")
         labels = labels.long()
         timer.mark("augment_sdt")
         return trainer.step(images, labels, sdt, timer)

@@ -238,16 +238,17 @@ def compute_sdt(label, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> 
 # Torch: the same maps from exact integer arithmetic, on any device
 
 
-def _check_label_batch(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Validate an (N, H, W) integer tensor of train ids; return it as contiguous uint8 on its device."""
+def _check_label_batch(labels: torch.Tensor, num_classes: int, validate: bool = True) -> torch.Tensor:
+    """Validate an (N, H, W) integer tensor of train ids (its values only when `validate`); return it as
+    contiguous uint8 on its device."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() != 3 or labels.numel() == 0:
         raise ValueError(f"labels must be a non-empty (N, H, W) tensor, got shape {tuple(labels.shape)}")
     if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
         raise ValueError(f"labels must hold integer train ids, got dtype {labels.dtype}")
-    bad = (labels < 0) | ((labels >= num_classes) & (labels != IGNORE_INDEX))
-    if bool(bad.any()):  # one host sync per batch
+    bad = (labels < 0) | ((labels >= num_classes) & (labels != IGNORE_INDEX)) if validate else None
+    if validate and bool(bad.any()):  # one host sync per batch
         raise UserError(_bad_values_message(torch.unique(labels[bad])[:5].tolist(), num_classes))
     return labels.to(torch.uint8).contiguous()
 
@@ -396,13 +397,17 @@ def _self_check_triton(sdt_triton, device: torch.device, clip: int) -> None:
     _triton_checked.add((device, clip))
 
 
-def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> torch.Tensor:
+def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP, *,
+                      validate: bool = True) -> torch.Tensor:
     """Signed distance maps of a batch of train-id maps on their device, bit-identical to `compute_sdt`.
 
     Args:
         labels: (N, H, W) integer tensor, 0..num_classes-1, 255 = ignore, on any device.
         num_classes: number of classes C.
         clip: clip value (1..127).
+        validate: check that every value is a train id or 255 (UserError otherwise). The check costs one
+            host sync per batch; train.py skips it for loader batches, whose labels were already mapped
+            through the official table (values 0..18 and 255 only).
 
     Returns:
         (N, C, H, W) int8 tensor on the device of `labels`.
@@ -420,7 +425,7 @@ def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip
         torch.Size([2, 2, 64, 96])
     """
     num_classes, clip = _check_num_classes(num_classes), _check_clip(clip)
-    labels = _check_label_batch(labels, num_classes)
+    labels = _check_label_batch(labels, num_classes, validate)
     if _use_triton(labels):
         from data_utils.sdt_triton import sdt_triton
 

@@ -200,8 +200,11 @@ def sdt_triton(labels: torch.Tensor, num_classes: int, clip: int) -> torch.Tenso
                                     CLIP=clip, UNROLL=ROW_UNROLL, BLOCK_H=ROW_BLOCK_H, BLOCK_W=ROW_BLOCK_W)
 
     # A class is active when present and not covering the whole image (else its map is all zeros).
-    keys = torch.arange(batch, device=device)[:, None] * 256 + labels.view(batch, -1).long()
-    counts = torch.bincount(keys.view(-1), minlength=batch * 256).view(batch, 256)[:, :classes]
+    # scatter_add into a fixed-size table: unlike bincount, whose output size depends on the data, it needs no
+    # host sync on CUDA.
+    keys = (torch.arange(batch, device=device)[:, None] * 256 + labels.view(batch, -1).long()).view(-1)
+    counts = torch.zeros(batch * 256, dtype=torch.int64, device=device).scatter_add_(0, keys, torch.ones_like(keys))
+    counts = counts.view(batch, 256)[:, :classes]
     active = ((counts > 0) & (counts < height * width)).to(torch.int32).contiguous()
 
     sdt = torch.empty((batch, classes, height, width), dtype=torch.int8, device=device)

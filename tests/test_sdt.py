@@ -157,6 +157,8 @@ def test_torch_matches_numpy_on_random_batches():
         labels[0] = labels[0, 0, 0]  # one image holds a single value (whole-image class or all ignore)
         out = compute_sdt_torch(torch.from_numpy(labels).long(), num_classes, clip)
         assert out.dtype == torch.int8 and out.shape == (3, num_classes, height, width)
+        # train.py's call (labels already mapped by the loader) skips the value check, not the work
+        assert torch.equal(compute_sdt_torch(torch.from_numpy(labels), num_classes, clip, validate=False), out)
         for k in range(3):
             np.testing.assert_array_equal(out[k].numpy(), compute_sdt(labels[k], num_classes, clip))
 
