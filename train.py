@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         from data_utils.sdt import compute_sdt_torch
 
     # ----------------------------------------------------------------------------------- model and loss
-    model = build_model_from_config(cfg, load_pretrained=resume_ckpt is None)
+    with accelerator.main_process_first():  # a hub download of the pretrained backbone happens once
+        model = build_model_from_config(cfg, load_pretrained=resume_ckpt is None)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 2 per GPU: BN stats over all GPUs
     if cfg.channels_last:
