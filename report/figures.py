@@ -60,16 +60,24 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _mean_and_half(study: Study, group: str, epoch: int, metric: str, band: str) -> tuple[float, float] | None:
+    """Mean over seeds and the half-width of the `band` interval (1.96·SE or t·SE), in percent; None
+    without any seed (the half-width is NaN with one seed)."""
+    s = summarize(list(study.values(group, epoch, metric).values()))
+    if s.n == 0:
+        return None
+    return 100 * s.mean, 100 * (s.half_t if band == "t" else s.half_normal)
+
+
 def _curve(study: Study, group: str, metric: str, band: str):
     """(epochs, mean %, lower %, upper %) of one group; the band is NaN where fewer than 2 seeds exist."""
     epochs, mean, half = [], [], []
     for e in study.epochs:
-        s = summarize(list(study.values(group, e, metric).values()))
-        if s.n == 0:
-            continue
-        epochs.append(e)
-        mean.append(100 * s.mean)
-        half.append(100 * (s.half_t if band == "t" else s.half_normal))
+        point = _mean_and_half(study, group, e, metric, band)
+        if point is not None:
+            epochs.append(e)
+            mean.append(point[0])
+            half.append(point[1])
     epochs, mean, half = np.array(epochs), np.array(mean), np.array(half)
     return epochs, mean, mean - half, mean + half
 
@@ -204,12 +212,11 @@ def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal"
         for variant, points in sweep.items():
             x, mu, half = [], [], []
             for lam, g in points:
-                s = summarize(list(study.values(g, epoch, m).values()))
-                if s.n == 0:
-                    continue
-                x.append(lam)
-                mu.append(100 * s.mean)
-                half.append(100 * (s.half_t if band == "t" else s.half_normal))
+                point = _mean_and_half(study, g, epoch, m, band)
+                if point is not None:
+                    x.append(lam)
+                    mu.append(point[0])
+                    half.append(point[1])
             ax.errorbar(x, mu, yerr=np.nan_to_num(half), color=VARIANT_COLORS.get(variant, "black"), marker="o",
                         ms=5, lw=1.8, capsize=4, label=VARIANT_NAMES.get(variant, variant))
         ax.set_xscale("log")
