@@ -106,6 +106,15 @@ PROFILE_METRICS = {
 }
 
 
+def full_set_values(stats: Mapping[str, np.ndarray], metrics: Sequence[str]) -> dict[str, float]:
+    """One run's value of each metric on its full image set, every image once (`bootstrap_metrics` defines them)."""
+    out = {}
+    for m in metrics:
+        spec = BOOTSTRAP_METRICS[m]
+        out[m] = float(spec.reduce(np.asarray(spec.terms(np.asarray(stats[spec.key])), dtype=np.float64).sum(0)))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- bootstrap
 def replicate_draws(n: int, num_replicates: int, seed: int, chunk: int):
     """Blocks of W: (b, n) float64, W[j, i] = how often image i is drawn in replicate j, from the rows of
