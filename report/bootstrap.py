@@ -141,7 +141,7 @@ def bootstrap_metrics(stats: Mapping[str, Sequence[Mapping[str, np.ndarray]]], p
         num_replicates: B >= 1.
         seed: the seed of the image draws.
         chunk_replicates: replicates per block (default: as many as fit CHUNK_BYTES); the result does not
-            depend on it.
+            depend on it (sums of counts are exact; of per-image scores, up to the order of the float sums).
         progress: show a progress bar over the blocks.
 
     Definitions. Replicate b = 1..B draws the n images with the indices of row b of

@@ -46,8 +46,13 @@ def read_per_image(path: str | Path) -> dict[str, np.ndarray]:
             arrays = {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         raise UserError(f"{path}: no such per-image file; {_REDO}") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, not an npz, or pickled objects
-        raise UserError(f"{path}: corrupt per-image file ({type(e).__name__}: {e}); {_REDO}") from None
+    except (EOFError, zipfile.BadZipFile):
+        raise UserError(f"{path}: corrupt per-image file (truncated, or not a zip archive); {_REDO}") from None
+    except ValueError:  # what np.load says of a file that is no .npy/.npz, or of an array of Python objects
+        raise UserError(f"{path}: corrupt per-image file (not an .npz of plain arrays; pickled objects are refused); "
+                        f"{_REDO}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the per-image file ({e}); {_REDO}") from None
     missing = [k for k in PER_IMAGE_KEYS if k not in arrays]
     if missing:
         raise UserError(f"{path}: per-image file lacks {', '.join(missing)} (written by an older evaluate.py?); "
