@@ -197,8 +197,6 @@ def main(argv=None) -> int:
     md += ["## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
     atomic_write_text(out / "summary.md", "\n".join(md))
     print_table(t1)
-    if t5b.rows:
-        print_table(t5b)
     print_table(cross_summary)
     if t6 is not None:
         print_table(t6)
