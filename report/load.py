@@ -19,19 +19,18 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rich.progress import track
-
 import numpy as np
+from rich.progress import track
 
 from data_utils.labels import CLASS_NAMES
 from engine.results_format import boundary_schedule_of, read_results
 from report.bootstrap import PROFILE_METRICS, full_set_values
-from report.per_image import per_image_path, read_per_image
+from report.per_image import per_image_path, read_per_image, select_images
 from utils import UserError
 
 METRICS = ("miou", "boundary_f1", "trimap_iou")  # results.json keys of the global metrics
-METRIC_LABELS = {"miou": "mIoU", "boundary_f1": "Boundary F1", "trimap_iou": "Trimap IoU", "boundary_iou": "Boundary IoU",
-                 "fragments_per_image": "fragments per image"}
+METRIC_LABELS = {"miou": "mIoU", "boundary_f1": "Boundary F1", "trimap_iou": "Trimap IoU",
+                 "boundary_iou": "Boundary IoU", "fragments_per_image": "fragments per image"}
 COUNT_METRICS = ("fragments_per_image",)  # metrics that are counts; every other one is a fraction in [0, 1]
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
 
@@ -333,7 +332,6 @@ class Study:
 
 # ---------------------------------------------------------------------------------------------------- per image
 _REEVALUATE = "re-run `python evaluate.py CHECKPOINT` (it writes both files), or pass --bootstrap 0"
-_PER_IMAGE_ONLY = ("class_names", "boundary_px")  # arrays of a per-image file without a leading image axis
 
 
 def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[str, np.ndarray]]], str] | None:
@@ -382,7 +380,7 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
                                 f"{len(ref_names)}, not the same images (e.g. {example}); evaluate every run on "
                                 f"the same split, or pass --bootstrap 0")
             order = np.argsort(arrays["names"])[np.argsort(np.argsort(ref_names))]  # this file's rows in ref order
-            arrays = {k: v if k in _PER_IMAGE_ONLY else v[order] for k, v in arrays.items()}
+            arrays = select_images(arrays, order)
         full = full_set_values(arrays, [metric_names[m] for m in METRICS])
         for m in METRICS:
             value, recorded = full[metric_names[m]], r.metrics[m]

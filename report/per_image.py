@@ -26,6 +26,7 @@ PER_IMAGE_KEYS = {
     "boundary": (("n", "C", 4), "i"), "boundary_f1": (("n",), "f"), "study_boundary_f1": (("n",), "f"),
     "study_trimap_iou": (("n",), "f"), "boundary_iou": (("n", "C", 2), "i"), "fragments": (("n",), "i"),
 }
+_PER_IMAGE_AXIS = {k for k, (shape, _) in PER_IMAGE_KEYS.items() if shape[:1] == ("n",)}  # the per-image arrays
 _KIND_NAMES = {"U": "text", "i": "integer", "f": "float"}
 _REDO = "re-run `python evaluate.py CHECKPOINT` (it rewrites the results and the per-image file)"
 
@@ -73,3 +74,9 @@ def read_per_image(path: str | Path) -> dict[str, np.ndarray]:
     if len(set(out["names"].tolist())) != n:
         raise UserError(f"{path}: `names` repeats an image; {_REDO}")
     return out
+
+
+def select_images(arrays: dict[str, np.ndarray], index) -> dict[str, np.ndarray]:
+    """The arrays of a per-image file for the images `index` (indices, a slice or a mask) of its image axis;
+    the arrays without one (`class_names`, `boundary_px`) unchanged."""
+    return {k: a[index] if k in _PER_IMAGE_AXIS else a for k, a in arrays.items()}

@@ -19,7 +19,7 @@ from bench.bench_bootstrap import loop_deltas, synthetic_stats
 from data_utils.labels import CLASS_NAMES
 from metrics.segmentation import iou_from_confusion
 from report.bootstrap import BOOTSTRAP_METRICS, bootstrap_metrics, paired_image_bootstrap
-from report.per_image import read_per_image
+from report.per_image import read_per_image, select_images
 from utils import UserError, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,8 +170,7 @@ def write_run(runs: Path, variant: str, seed: int, epoch: int, stats: dict, shuf
         "iou": dict(zip(CLASS_NAMES[:C], iou.tolist())), "seconds": 1.0, "lambda_dice": 1.0, "lambda_boundary": 0.2,
         "metrics_profile": "default"})
     order = np.random.default_rng(shuffle).permutation(len(stats["names"])) if shuffle is not None else slice(None)
-    per_image = {k: v if k in ("class_names", "boundary_px") else v[order] for k, v in stats.items()}
-    np.savez_compressed(ckpt.with_name(ckpt.name + ".per_image.npz"), **per_image)
+    np.savez_compressed(ckpt.with_name(ckpt.name + ".per_image.npz"), **select_images(stats, order))
     return ckpt
 
 
@@ -244,7 +243,7 @@ def test_aggregate_bootstrap_refuses_incomplete_or_stale_statistics(bootstrap_ru
     with pytest.raises(UserError, match=r"epoch_0003\.per_image\.npz: no per-image statistics for B seed 2 \(1 of 6 "
                                         r"runs at epoch 3 lack them\)"):
         aggregate.main([str(runs), "--out", str(out)])
-    fewer = {k: v if k in ("class_names", "boundary_px") else v[:15] for k, v in stats["B"][1].items()}
+    fewer = select_images(stats["B"][1], slice(0, 15))
     np.savez_compressed(npz, **fewer)
     with pytest.raises(UserError, match=r"B_seed2/checkpoints/epoch_0003\.per_image\.npz: per-image statistics over 15 "
                                         r"images, .*A_seed1/checkpoints/epoch_0003\.per_image\.npz over 16, not the "
