@@ -171,6 +171,8 @@ def bootstrap_metrics(stats: Mapping[str, Sequence[Mapping[str, np.ndarray]]], p
     unknown = [m for m in metrics if m not in BOOTSTRAP_METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(BOOTSTRAP_METRICS)}")
+    if not pairs:
+        raise ValueError("no pairs to compare")
     groups = list(dict.fromkeys(g for pair in pairs for g in pair))
     empty = [g for g in groups if not stats.get(g)]
     if empty:
@@ -190,7 +192,7 @@ def bootstrap_metrics(stats: Mapping[str, Sequence[Mapping[str, np.ndarray]]], p
         shape = terms[0].shape
         columns += [t.reshape(shape[0], -1) for t in terms]
         width = len(runs) * int(np.prod(shape[1:], dtype=np.int64))
-        blocks[m] = (offset, shape[1:])
+        blocks[m] = (offset, width, shape[1:])
         offset += width
     F = np.concatenate(columns, axis=1)  # (n, K)
     n, K = F.shape
@@ -201,8 +203,7 @@ def bootstrap_metrics(stats: Mapping[str, Sequence[Mapping[str, np.ndarray]]], p
         """(b, n) draw counts -> per metric the group values (b, G) and the pairs' Δ (b, P)."""
         sums = W @ F  # (b, K): every replicate's sums, every run and metric
         values, out = {}, {}
-        for m, (start, term_shape) in blocks.items():
-            width = len(runs) * int(np.prod(term_shape, dtype=np.int64))
+        for m, (start, width, term_shape) in blocks.items():
             per_run = BOOTSTRAP_METRICS[m].reduce(sums[:, start:start + width].reshape(len(W), len(runs),
                                                                                        *term_shape))  # (b, R)
             group = np.stack([per_run[:, owner == k].mean(1) for k in range(len(groups))], axis=1)  # (b, G)

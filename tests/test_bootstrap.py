@@ -123,6 +123,15 @@ def test_strictly_better_run_is_significant():
     assert out["Y", "X"]["p"] == 0.0
 
 
+def test_module_example():
+    import doctest
+
+    import report.bootstrap
+
+    result = doctest.testmod(report.bootstrap)
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_bench_runs_and_agrees_at_tiny_size(capsys):
     assert bench_bootstrap.main(["--replicates", "30", "--groups", "2", "--seeds", "2", "--images", "12",
                                  "--classes", "3", "--loop-replicates", "5"]) == 0
