@@ -298,11 +298,10 @@ def plot_bootstrap(results: dict[str, dict[tuple[str, str], dict]], path: Path) 
     the distribution of Δ_b = X_b − Y_b, its 95 % interval as a bar and the full-set Δ as a dot; a line at 0.
     `results`: {metric key: {(X, Y): bootstrap result}} (`report.tables.bootstrap_table`)."""
     metrics = list(results)
-    ncols = min(3, len(metrics))
+    panel_width = max(4.2, 0.6 * max(len(r) for r in results.values()) + 1.8)  # inches; wider with more pairs
+    ncols = max(1, min(3, len(metrics), int(18 // panel_width)))  # at most ~18 inches wide
     nrows = -(-len(metrics) // ncols)
-    n_pairs = max(len(r) for r in results.values())
-    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.2, 0.8 * n_pairs + 1.8) * ncols, 3.6 * nrows),
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_width * ncols, 3.6 * nrows), squeeze=False)
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
     for ax, m in zip(axes.flat, metrics):
