@@ -211,12 +211,11 @@ def test_aggregate_bootstrap_table_end_to_end(bootstrap_runs, tmp_path, monkeypa
     monkeypatch.setattr(report.wandb_log, "push_report",
                         lambda tables, figures, *a, **k: pushed.update(tables=tables, figures=figures) or "captured")
     out = tmp_path / "report"
-    assert aggregate.main([str(runs), "--out", str(out), "--bootstrap", "300", "--bootstrap-seed", "5",
-                           "--wandb"]) == 0
+    assert aggregate.main([str(runs), "--out", str(out), "--wandb"]) == 0  # the default: 10 000 replicates, seed 0
     rows = {(r["metric"], r["comparison"]): r for r in read_csv(out / "table5b_image_bootstrap.csv")}
     assert len(rows) == 5 * 3  # mIoU, Boundary F1, Trimap IoU, Boundary IoU, fragments × 3 pairs
-    ref = paired_image_bootstrap({g: [s["confusion"] for s in v] for g, v in stats.items()},
-                                 list(itertools.combinations("ABC", 2)), 300, 5)
+    confusions = {g: [s["confusion"] for s in v] for g, v in stats.items()}
+    ref = paired_image_bootstrap(confusions, list(itertools.combinations("ABC", 2)), 10_000, 0)
     for (a, b), r in ref.items():
         row = rows["mIoU", f"{a} vs {b}"]
         assert (row["unit"], row["n_seeds X"], row["n_seeds Y"]) == ("pp", "2", "2")
@@ -237,6 +236,14 @@ def test_aggregate_bootstrap_table_end_to_end(bootstrap_runs, tmp_path, monkeypa
     png = out / "bootstrap.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![bootstrap](bootstrap.png)" in summary
     assert "table5b_image_bootstrap" in [t.name for t in pushed["tables"]] and "bootstrap" in pushed["figures"]
+
+    # the options: other replicates and seed
+    assert aggregate.main([str(runs), "--out", str(out), "--bootstrap", "300", "--bootstrap-seed", "5"]) == 0
+    row = {(r["metric"], r["comparison"]): r for r in read_csv(out / "table5b_image_bootstrap.csv")}["mIoU", "B vs C"]
+    r = paired_image_bootstrap(confusions, [("B", "C")], 300, 5)["B", "C"]
+    assert (float(row["bootstrap 95% CI low"]), float(row["bootstrap 95% CI high"])) == pytest.approx(
+        (100 * r["ci_low"], 100 * r["ci_high"]), rel=1e-9)
+    assert "300 replicates of the 16 images drawn with replacement, seed 5" in (out / "summary.md").read_text()
 
     # --bootstrap 0: a table without rows saying so, and no stale figure
     assert aggregate.main([str(runs), "--out", str(out), "--bootstrap", "0"]) == 0
