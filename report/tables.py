@@ -432,10 +432,9 @@ def bootstrap_table(study: Study, epoch: int, per_image: dict[str, dict[int, dic
              "**Paired-by-seed t-test** (as table 5, pairs = common seeds): measures **training-seed variance** — "
              "would the difference hold for models trained with other seeds, on these images?",
              f"\"X vs Y\": Δ = X − Y on all images, in pp ({', '.join(METRIC_LABELS[m] for m in COUNT_METRICS)}: "
-             "a count); CI = the 2.5/97.5 percentiles of the replicates' Δ; bootstrap p = min(1, 2·min(fraction "
-             f"of Δ_b ≤ 0, fraction ≥ 0)), p = 0: no replicate reached 0 (p < {2 / num_replicates:.2g}); Holm "
-             f"within each metric over its {len(pairs)} comparisons; significant = Holm p < {ALPHA}. Definitions: "
-             "`report/bootstrap.py: bootstrap_metrics`.",
+             "a count); the 95 % CI, bootstrap p and Holm p (within each metric, over its "
+             f"{len(pairs)} comparisons) as defined in `report/bootstrap.py: bootstrap_metrics`; bootstrap p = 0: "
+             f"no replicate reached 0 (p < {2 / num_replicates:.2g}); significant = Holm p < {ALPHA}.",
              f"metrics profile: {profile} (Boundary F1 and Trimap IoU as that profile defines them)."]
     return Table(BOOTSTRAP_TABLE, f"Table 5b — paired image bootstrap vs paired-by-seed t-test at epoch {epoch}",
                  _BOOT_HEADER, rows, _BOOT_MD_HEADER, md_rows, notes), results
