@@ -354,12 +354,11 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
         raise UserError(f"{paths[r.source]}: no per-image statistics for {r.group} seed {r.seed} ({len(missing)} of "
                         f"{len(records)} runs at epoch {epoch} lack them); the image bootstrap needs them for every "
                         f"run: {_REEVALUATE}")
-    profiles = {r.metrics_profile for r in records}
-    if len(profiles) > 1:
-        a, b = (next(r for r in records if r.metrics_profile == p) for p in sorted(profiles)[:2])
-        raise UserError(f"{b.source}: metrics profile {b.metrics_profile!r}, but {a.source} has "
-                        f"{a.metrics_profile!r}; evaluate every run with the same metrics profile")
-    profile = profiles.pop()
+    profile = records[0].metrics_profile
+    odd = next((r for r in records if r.metrics_profile != profile), None)
+    if odd is not None:
+        raise UserError(f"{odd.source}: metrics profile {odd.metrics_profile!r}, but {records[0].source} has "
+                        f"{profile!r}; evaluate every run with the same metrics profile")
     metric_names = PROFILE_METRICS[profile]
     out: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     ref_path, ref_names, ref_classes = None, None, None

@@ -165,19 +165,24 @@ def test_read_per_image_refuses_bad_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- aggregate.py
-def write_run(runs: Path, variant: str, seed: int, epoch: int, stats: dict, shuffle: int | None = None) -> Path:
+def write_run(runs: Path, variant: str, seed: int, epoch: int, stats: dict, shuffle: int | None = None,
+              profile: str = "default") -> Path:
     """RUN/checkpoints/epoch_N.results.json with its values computed from `stats` by metrics.segmentation (torch,
-    independent of report.bootstrap), and the per-image file beside it (images in a shuffled order: `shuffle`)."""
+    independent of report.bootstrap) for the metrics `profile`, and the per-image file beside it (images in a
+    shuffled order: `shuffle`)."""
     ckpt = runs / f"{variant}_seed{seed}" / "checkpoints" / f"epoch_{epoch:04d}"
     iou = iou_from_confusion(torch.from_numpy(stats["confusion"].sum(0))).numpy()
-    trimap = iou_from_confusion(torch.from_numpy(stats["trimap_confusion"].sum(0))).numpy()
+    if profile == "default":
+        bf1 = np.nanmean(stats["boundary_f1"])
+        trimap = np.nanmean(iou_from_confusion(torch.from_numpy(stats["trimap_confusion"].sum(0))).numpy())
+    else:  # the study profile: means of the per-image scores over all images
+        bf1, trimap = stats["study_boundary_f1"].mean(), stats["study_trimap_iou"].mean()
     C = len(stats["class_names"])
     atomic_write_json(ckpt.with_name(ckpt.name + ".results.json"), {
         "variant": variant, "seed": seed, "epoch": epoch, "checkpoint": str(ckpt), "split": "val",
-        "num_images": len(stats["names"]), "miou": float(np.nanmean(iou)),
-        "boundary_f1": float(np.nanmean(stats["boundary_f1"])), "trimap_iou": float(np.nanmean(trimap)),
-        "iou": dict(zip(CLASS_NAMES[:C], iou.tolist())), "seconds": 1.0, "lambda_dice": 1.0, "lambda_boundary": 0.2,
-        "metrics_profile": "default"})
+        "num_images": len(stats["names"]), "miou": float(np.nanmean(iou)), "boundary_f1": float(bf1),
+        "trimap_iou": float(trimap), "iou": dict(zip(CLASS_NAMES[:C], iou.tolist())), "seconds": 1.0,
+        "lambda_dice": 1.0, "lambda_boundary": 0.2, "metrics_profile": profile})
     order = np.random.default_rng(shuffle).permutation(len(stats["names"])) if shuffle is not None else slice(None)
     np.savez_compressed(ckpt.with_name(ckpt.name + ".per_image.npz"), **select_images(stats, order))
     return ckpt
@@ -299,3 +304,29 @@ def test_aggregate_bootstrap_skipped_without_per_image_statistics(tmp_path):
     proc = subprocess.run([sys.executable, "aggregate.py", str(runs), "--out", str(tmp_path / "x"), "--bootstrap",
                            "-1"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "--bootstrap and --bootstrap-seed take integers >= 0" in proc.stderr
+
+
+def test_aggregate_bootstrap_follows_the_metrics_profile(tmp_path):
+    """Runs evaluated with the study profile: table 5b's Boundary F1 and Trimap IoU are that profile's (the mean
+    of the per-image scores); runs of both profiles are refused."""
+    rng = np.random.default_rng(4)
+    runs = tmp_path / "runs"
+    stats = {}
+    for g, q in (("A", 0.6), ("B", 0.7)):
+        stats[g] = [synthetic_stats(rng, 10, 3, quality=q) for _ in (1, 2)]
+        for seed, s in zip((1, 2), stats[g]):
+            s["class_names"] = np.array(CLASS_NAMES[:3])
+            write_run(runs, g, seed, 4, s, profile="study")
+    out = tmp_path / "o"
+    assert aggregate.main([str(runs), "--out", str(out), "--bootstrap", "100"]) == 0
+    rows = {r["metric"]: r for r in read_csv(out / "table5b_image_bootstrap.csv")}
+    ref = bootstrap_metrics(stats, [("A", "B")], ["study_boundary_f1", "study_trimap_iou"], 100, 0)
+    for label, name in (("Boundary F1", "study_boundary_f1"), ("Trimap IoU", "study_trimap_iou")):
+        assert float(rows[label]["Δ"]) == pytest.approx(100 * ref[name]["A", "B"]["delta"], rel=1e-9)
+        assert float(rows[label]["bootstrap 95% CI low"]) == pytest.approx(100 * ref[name]["A", "B"]["ci_low"],
+                                                                          rel=1e-9)
+    assert "metrics profile: study" in (out / "summary.md").read_text()
+    write_run(runs, "B", 2, 4, stats["B"][1], profile="default")
+    with pytest.raises(UserError, match=r"B_seed2/checkpoints/epoch_0004\.results\.json: metrics profile "
+                                        r"'default', but .*A_seed1.* has 'study'"):
+        aggregate.main([str(runs), "--out", str(tmp_path / "x")])
