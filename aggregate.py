@@ -7,6 +7,7 @@ summary.md (all tables in Markdown), one CSV per table, curves.png and per_class
   3. per-class IoU per variant with Δ(D−A), Δ(D−B), Δ(C−B) (+ 3b: top/bottom-5 of D vs B)
   4. inter-seed std per class and variant
   5. paired-by-seed t-tests of every pair of variants, Holm-corrected per metric, beside CI overlap
+  5b. the paired image bootstrap of every pair beside the t-test (from the runs' *.per_image.npz; bootstrap.png)
   and the crossover analysis (ranking per epoch, last leader change, C−B gap early vs final).
 Runs are grouped by variant and λ_b schedule ("C", "C steal"). With a λ_b sweep (a variant run at several
 --lambda-boundary values) its constant-λ_b runs are grouped by (variant, λ_b) ("C λb=0.05") and
@@ -27,12 +28,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from report.figures import group_colors, plot_curves, plot_grad_trajectories, plot_lambda_sweep, plot_per_class
+from report.figures import (group_colors, plot_bootstrap, plot_curves, plot_grad_trajectories, plot_lambda_sweep,
+                            plot_per_class)
 from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
-from report.load import METRICS, Study, load_csv, load_runs_dir
+from report.load import METRICS, Study, load_csv, load_per_image, load_runs_dir
 from report.stats import summarize
-from report.tables import (Table, completeness_notes, crossover_tables, extremes_table, global_metrics_table,
-                           lambda_sweep_table, per_class_table, significance_table, volatility_table)
+from report.tables import (Table, bootstrap_table, completeness_notes, crossover_tables, extremes_table,
+                           global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
+                           skipped_bootstrap_table, volatility_table)
 from utils import UserError, atomic_write_text
 
 console = Console(stderr=True)
@@ -50,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--final-epoch", type=int, default=None, help="epoch of tables 1, 3-5 (default: the last one)")
     p.add_argument("--band", choices=("normal", "t"), default="normal",
                    help="shaded band of the curves: mean ± 1.96·SE (normal, as the paper) or ± t(0.975, n−1)·SE")
+    p.add_argument("--bootstrap", type=int, default=10_000, metavar="B", help="replicates of the paired image "
+                   "bootstrap at the final epoch (table 5b; needs *.per_image.npz beside the results); 0 = off")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's image draws")
     p.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run (offline "
                    "unless logged in; WANDB_MODE is respected)")
     p.add_argument("--wandb-project", default="boundary-seg")
@@ -57,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.runs_dir is None) == (args.from_csv is None):
         p.error("give either RUNS_DIR or --from-csv FILE (exactly one)")
+    if args.bootstrap < 0 or args.bootstrap_seed < 0:
+        p.error("--bootstrap and --bootstrap-seed take integers >= 0")
     return args
 
 
@@ -71,6 +79,22 @@ def pick_epochs(study: Study, early: int | None, final: int | None) -> tuple[int
     if early not in study.epochs:
         raise UserError(f"--early-epoch {early}: no result at that epoch; evaluated epochs: {listed}")
     return early, final
+
+
+def bootstrap_section(study: Study, final: int, args: argparse.Namespace) -> tuple[Table, dict]:
+    """Table 5b and the bootstrap results for the figure; without per-image statistics (a tidy CSV, results
+    without *.per_image.npz) or with --bootstrap 0, a table without rows saying why (also on the console)."""
+    if args.bootstrap == 0:
+        return skipped_bootstrap_table(final, "off (--bootstrap 0)"), {}
+    loaded = None if args.from_csv else load_per_image(study, final)
+    if loaded is None:
+        why = ("a tidy CSV holds no per-image statistics" if args.from_csv else
+               f"no *.per_image.npz beside the epoch-{final} results (evaluate.py writes them)")
+        table = skipped_bootstrap_table(final, f"image bootstrap skipped: {why}; it needs a runs folder whose "
+                                               "results have them (--bootstrap 0 turns it off)")
+        console.print(f"[yellow]{escape(table.notes[0])}[/yellow]", soft_wrap=True)
+        return table, {}
+    return bootstrap_table(study, final, *loaded, args.bootstrap, args.bootstrap_seed)
 
 
 def print_table(t: Table) -> None:
@@ -113,8 +137,9 @@ def main(argv=None) -> int:
     t3b = extremes_table(study, final)
     t4 = volatility_table(study, final)
     t5 = significance_table(study, final)
+    t5b, boot = bootstrap_section(study, final, args)
     cross_summary, cross_rankings = crossover_tables(study, early, final)
-    tables = [t1, t2, t3, t3b, t4, t5, cross_summary, cross_rankings]
+    tables = [t1, t2, t3, t3b, t4, t5, t5b, cross_summary, cross_rankings]
     t6 = lambda_sweep_table(study, final)  # None unless a variant was run at several λ_b
     if t6 is not None:
         tables.append(t6)
@@ -129,6 +154,10 @@ def main(argv=None) -> int:
         figures["per_class_iou"] = per_class
     else:  # no per-class IoU in this input: a figure left from an earlier report would contradict summary.md
         (out / "per_class_iou.png").unlink(missing_ok=True)
+    if boot:
+        figures["bootstrap"] = plot_bootstrap(boot, out / "bootstrap.png")
+    else:
+        (out / "bootstrap.png").unlink(missing_ok=True)
     if t6 is not None:
         figures["lambda_sweep"] = plot_lambda_sweep(study, final, out / "lambda_sweep.png", band=args.band)
     else:
@@ -155,7 +184,7 @@ def main(argv=None) -> int:
           "## Data completeness\n", *[f"- {line}" for line in completeness], "",
           "## Global metrics\n", t1.to_markdown(), t2.to_markdown(),
           "## Per-class IoU\n", t3.to_markdown(), t3b.to_markdown(), t4.to_markdown(),
-          "## Significance\n", t5.to_markdown(),
+          "## Significance\n", t5.to_markdown(), t5b.to_markdown(),
           "## Crossover\n", cross_summary.to_markdown(),
           "<details><summary>Ranking at every epoch</summary>\n", cross_rankings.to_markdown(), "</details>\n"]
     if t6 is not None:

@@ -15,8 +15,9 @@ import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from report.load import METRIC_LABELS, METRICS, Study  # noqa: E402
+from report.load import METRIC_LABELS, METRICS, Study, metric_unit  # noqa: E402
 from report.stats import summarize  # noqa: E402
+from report.tables import ALPHA  # noqa: E402
 from utils import atomic_write_bytes  # noqa: E402
 
 # tab10's first four, fixed per variant; further groups (e.g. one per λ_b) take the next tab10 colours in order.
@@ -288,5 +289,43 @@ def plot_grad_trajectories(traj, path: Path, band: str = "normal", colors: dict[
     fig.tight_layout(rect=(0, 0, 1, 0.88 if len(wheres) > 1 else 0.8))
     fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 6), frameon=False,
                bbox_to_anchor=(0.5, 0.955 if len(wheres) > 1 else 0.91))
+    _save(fig, path)
+    return path
+
+
+def plot_bootstrap(results: dict[str, dict[tuple[str, str], dict]], path: Path) -> Path:
+    """The image bootstrap's replicates (table 5b): one panel per metric, one violin per pair "X vs Y" showing
+    the distribution of Δ_b = X_b − Y_b, its 95 % interval as a bar and the full-set Δ as a dot; a line at 0.
+    `results`: {metric key: {(X, Y): bootstrap result}} (`report.tables.bootstrap_table`)."""
+    metrics = list(results)
+    panel_width = max(4.2, 0.6 * max(len(r) for r in results.values()) + 1.8)  # inches; wider with more pairs
+    ncols = max(1, min(3, len(metrics), int(18 // panel_width)))  # at most ~18 inches wide
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_width * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, metrics):
+        unit, factor = metric_unit(m)
+        for k, ((x, y), r) in enumerate(results[m].items()):
+            d = factor * r["samples"][np.isfinite(r["samples"])]
+            if d.size and np.ptp(d) > 0:  # a constant Δ_b (identical runs) has no density to draw
+                parts = ax.violinplot([d], positions=[k], widths=0.8, showextrema=False)
+                for body in parts["bodies"]:
+                    body.set_facecolor("#7f7f7f")
+                    body.set_alpha(0.35)
+            significant = np.isfinite(r["p_holm"]) and r["p_holm"] < ALPHA
+            ax.errorbar(k, factor * r["delta"], yerr=[[factor * (r["delta"] - r["ci_low"])],
+                                                      [factor * (r["ci_high"] - r["delta"])]],
+                        color="#d62728" if significant else "black", lw=2.5, capsize=5, marker="o", ms=5)
+        ax.axhline(0, color="gray", lw=0.8, ls="--")
+        pairs = list(results[m])
+        ax.set_xticks(range(len(pairs)), [f"{x} vs {y}" for x, y in pairs], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"Δ ({unit})")
+        ax.set_title(METRIC_LABELS.get(m, m))
+        ax.grid(axis="y", alpha=0.3)
+    replicates = max(r["replicates"] for res in results.values() for r in res.values())
+    fig.suptitle(f"Paired image bootstrap, {replicates} replicates: Δ_b distribution (violin), 95 % interval "
+                 f"(bar), Δ on all images (dot); red: Holm p < {ALPHA}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     _save(fig, path)
     return path

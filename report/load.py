@@ -19,15 +19,26 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from rich.progress import track
 
 from data_utils.labels import CLASS_NAMES
 from engine.results_format import boundary_schedule_of, read_results
+from report.bootstrap import PROFILE_METRICS, full_set_values
+from report.per_image import per_image_path, read_per_image, select_images
 from utils import UserError
 
 METRICS = ("miou", "boundary_f1", "trimap_iou")  # results.json keys of the global metrics
-METRIC_LABELS = {"miou": "mIoU", "boundary_f1": "Boundary F1", "trimap_iou": "Trimap IoU"}
+METRIC_LABELS = {"miou": "mIoU", "boundary_f1": "Boundary F1", "trimap_iou": "Trimap IoU",
+                 "boundary_iou": "Boundary IoU", "fragments_per_image": "fragments per image"}
+COUNT_METRICS = ("fragments_per_image",)  # metrics that are counts; every other one is a fraction in [0, 1]
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
+
+
+def metric_unit(metric: str) -> tuple[str, float]:
+    """(unit, factor) in which the tables and figures show a metric's differences: ("count", 1) for a count,
+    ("pp", 100) for a fraction."""
+    return ("count", 1.0) if metric in COUNT_METRICS else ("pp", 100.0)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class Record:
     boundary_schedule: str = "constant"  # the run's λ_b schedule (config.boundary_schedule; the CSV: constant)
     schedule_params: tuple[tuple[str, float], ...] = ()  # its parameters (engine.results_format.SCHEDULE_PARAMS)
     group: str = ""  # set by assign_groups
+    metrics_profile: str | None = None  # results.json `metrics_profile` ("default" when absent); None: the CSV
 
     @property
     def setting(self) -> "RunSetting":
@@ -87,6 +99,10 @@ def read_results_file(path: str | Path) -> Record:
                             "every run needs all three global metrics: re-run `python evaluate.py "
                             "CHECKPOINT` on a labelled split, or move the file out of RUNS_DIR")
     schedule, params = boundary_schedule_of(obj.get("config") or {}, path)
+    profile = obj.get("metrics_profile", "default")
+    if profile not in PROFILE_METRICS:
+        raise UserError(f"{path}: unknown `metrics_profile` {profile!r} (known: {', '.join(PROFILE_METRICS)}); "
+                        "was it written by a newer version of evaluate.py?")
     return Record(
         variant=obj["variant"],
         seed=obj["seed"],
@@ -98,6 +114,7 @@ def read_results_file(path: str | Path) -> Record:
         split=obj["split"],
         boundary_schedule=schedule,
         schedule_params=params,
+        metrics_profile=profile,
     )
 
 
@@ -311,3 +328,63 @@ class Study:
                 if absent:
                     holes.append((g, s, absent))
         return holes
+
+
+# ---------------------------------------------------------------------------------------------------- per image
+_REEVALUATE = "re-run `python evaluate.py CHECKPOINT` (it writes both files), or pass --bootstrap 0"
+
+
+def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[str, np.ndarray]]], str] | None:
+    """The per-image statistics (`report.per_image`) of every run at `epoch`, for the image bootstrap.
+
+    Returns ({group: {seed: arrays}}, the runs' metrics profile), every run's arrays in the image order of the
+    first run; None when no run at `epoch` has a per-image file (results written without one).
+    Raises UserError, naming the file, when only some runs have one, when the runs cover different image names
+    or classes or use different metrics profiles, or when a file's full-set mIoU, Boundary F1 or Trimap IoU
+    differs from its results file (a stale per-image file).
+    """
+    records = sorted((r for r in study.records if r.epoch == epoch),
+                     key=lambda r: (study.groups.index(r.group), r.seed))
+    paths = {r.source: per_image_path(r.source) for r in records}
+    missing = [r for r in records if not paths[r.source].is_file()]
+    if len(missing) == len(records):
+        return None
+    if missing:
+        r = missing[0]
+        raise UserError(f"{paths[r.source]}: no per-image statistics for {r.group} seed {r.seed} ({len(missing)} of "
+                        f"{len(records)} runs at epoch {epoch} lack them); the image bootstrap needs them for every "
+                        f"run: {_REEVALUATE}")
+    profile = records[0].metrics_profile
+    odd = next((r for r in records if r.metrics_profile != profile), None)
+    if odd is not None:
+        raise UserError(f"{odd.source}: metrics profile {odd.metrics_profile!r}, but {records[0].source} has "
+                        f"{profile!r}; evaluate every run with the same metrics profile")
+    metric_names = PROFILE_METRICS[profile]
+    out: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    ref_path, ref_names, ref_classes = None, None, None
+    for r in track(records, description="reading per-image statistics", transient=True):
+        path = paths[r.source]
+        arrays = read_per_image(path)
+        if ref_names is None:
+            ref_path, ref_names, ref_classes = path, arrays["names"], arrays["class_names"]
+        if arrays["class_names"].tolist() != ref_classes.tolist():
+            raise UserError(f"{path}: classes {', '.join(arrays['class_names'])} differ from {ref_path}'s; compare "
+                            "runs trained on the same class table")
+        if arrays["names"].tolist() != ref_names.tolist():
+            only_here = sorted(set(arrays["names"].tolist()) - set(ref_names.tolist()))
+            only_ref = sorted(set(ref_names.tolist()) - set(arrays["names"].tolist()))
+            if only_here or only_ref:
+                example = (f"{only_ref[0]} only in {ref_path}" if only_ref else f"{only_here[0]} only here")
+                raise UserError(f"{path}: per-image statistics over {len(arrays['names'])} images, {ref_path} over "
+                                f"{len(ref_names)}, not the same images (e.g. {example}); evaluate every run on "
+                                f"the same split, or pass --bootstrap 0")
+            order = np.argsort(arrays["names"])[np.argsort(np.argsort(ref_names))]  # this file's rows in ref order
+            arrays = select_images(arrays, order)
+        full = full_set_values(arrays, [metric_names[m] for m in METRICS])
+        for m in METRICS:
+            value, recorded = full[metric_names[m]], r.metrics[m]
+            if not (abs(value - recorded) <= 1e-6 or (math.isnan(value) and math.isnan(recorded))):
+                raise UserError(f"{path}: its {METRIC_LABELS[m]} over all images is {value:.6f}, but {r.source} "
+                                f"says {recorded:.6f} (a stale per-image file?); {_REEVALUATE}")
+        out.setdefault(r.group, {})[r.seed] = arrays
+    return out, profile

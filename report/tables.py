@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from report.load import METRIC_LABELS, METRICS, STUDY_LAMBDA_B, Study
+from report.bootstrap import PROFILE_METRICS, bootstrap_metrics, full_set_values
+from report.load import COUNT_METRICS, METRIC_LABELS, METRICS, STUDY_LAMBDA_B, Study, metric_unit
 from report.stats import Summary, holm, intervals_overlap, paired_ttest, summarize, t_quantile
 
 # The per-class deltas the study discusses: boundary-only vs CE, boundary-only vs Dice, Dice+boundary vs Dice.
@@ -349,6 +350,94 @@ def significance_table(study: Study, epoch: int) -> Table:
              "n/a: fewer than 2 common seeds (no test; left out of the Holm family)."]
     return Table("table5_significance", f"Table 5 — significance at epoch {epoch}", header, rows, md_header,
                  md_rows, notes)
+
+
+# ---------------------------------------------------------------------------------------------------- table 5b
+BOOTSTRAP_TABLE = "table5b_image_bootstrap"
+_BOOT_HEADER = ["metric", "comparison", "unit", "n_seeds X", "n_seeds Y", "Δ", "bootstrap 95% CI low",
+                "bootstrap 95% CI high", "bootstrap p", "bootstrap Holm p", f"bootstrap significant (Holm p < {ALPHA})",
+                "t-test n_pairs", "t-test mean Δ", "t", "t-test p", "t-test Holm p",
+                f"t-test significant (Holm p < {ALPHA})"]
+_BOOT_MD_HEADER = ["metric", "comparison", "seeds", "Δ", "bootstrap 95 % CI", "boot. p", "boot. Holm p", "sig.",
+                   "t-test Δ", "t-test p", "t-test Holm p", "sig."]
+
+
+def _signed(x: float, factor: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{factor * x:+.2f}".replace("-", "−")
+
+
+def _p(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{x:.4f}"
+
+
+def _sig(p_holm: float) -> bool | None:
+    return None if not np.isfinite(p_holm) else bool(p_holm < ALPHA)
+
+
+def _sig_mark(p_holm: float) -> str:
+    return {None: "n/a", True: "**yes**", False: "no"}[_sig(p_holm)]
+
+
+def skipped_bootstrap_table(epoch: int, reason: str) -> Table:
+    """Table 5b without rows: the bootstrap was off or could not run, and `reason` says why."""
+    return Table(BOOTSTRAP_TABLE, f"Table 5b — paired image bootstrap at epoch {epoch}", _BOOT_HEADER, [],
+                 _BOOT_MD_HEADER, [], [reason])
+
+
+def bootstrap_table(study: Study, epoch: int, per_image: dict[str, dict[int, dict[str, np.ndarray]]], profile: str,
+                    num_replicates: int, seed: int) -> tuple[Table, dict[str, dict[tuple[str, str], dict]]]:
+    """Table 5b: for every pair of groups and every metric, the paired image bootstrap (`report.bootstrap.
+    bootstrap_metrics`, which defines it) beside the paired-by-seed t-test (as table 5), both Holm-corrected
+    within each metric.
+
+    Both tests use the same per-run values: each run's metric on all images, from its per-image statistics
+    (`per_image`: {group: {seed: arrays}}, `report.load.load_per_image`; equal to its results file's values).
+    Returns the table and the bootstrap results keyed by results.json metric key (for `plot_bootstrap`).
+    """
+    names = PROFILE_METRICS[profile]  # results.json key -> bootstrap metric
+    groups = [g for g in study.groups if g in per_image]
+    pairs = list(itertools.combinations(groups, 2))
+    if not pairs:
+        return skipped_bootstrap_table(epoch, f"fewer than two groups with per-image statistics at epoch {epoch}: "
+                                              "nothing to compare"), {}
+    seeds = {g: sorted(per_image[g]) for g in groups}
+    stats = {g: [per_image[g][s] for s in seeds[g]] for g in groups}
+    boot = bootstrap_metrics(stats, pairs, list(names.values()), num_replicates, seed, progress=True)
+    per_seed = {g: {s: full_set_values(per_image[g][s], names.values()) for s in seeds[g]} for g in groups}
+    rows, md_rows, results = [], [], {}
+    for key, name in names.items():
+        unit, factor = metric_unit(key)
+        tests = []
+        for a, b in pairs:
+            common = [s for s in seeds[a] if s in per_image[b]]
+            tests.append((len(common), *paired_ttest([per_seed[a][s][name] for s in common],
+                                                     [per_seed[b][s][name] for s in common])))
+        t_holm = holm([t[3] for t in tests])
+        results[key] = {pair: boot[name][pair] for pair in pairs}
+        for (a, b), (n_pairs, t_delta, t, t_p), t_ph in zip(pairs, tests, t_holm):
+            r = boot[name][a, b]
+            rows.append([METRIC_LABELS[key], f"{a} vs {b}", unit, len(seeds[a]), len(seeds[b]), factor * r["delta"],
+                         factor * r["ci_low"], factor * r["ci_high"], r["p"], r["p_holm"], _sig(r["p_holm"]),
+                         n_pairs, factor * t_delta, t, t_p, t_ph, _sig(t_ph)])
+            md_rows.append([METRIC_LABELS[key], f"{a} vs {b}", f"{len(seeds[a])}/{len(seeds[b])}",
+                            _signed(r["delta"], factor),
+                            f"[{_signed(r['ci_low'], factor)}, {_signed(r['ci_high'], factor)}]",
+                            _p(r["p"]), _p(r["p_holm"]), _sig_mark(r["p_holm"]), _signed(t_delta, factor), _p(t_p),
+                            _p(t_ph), _sig_mark(t_ph)])
+    n_images = len(next(iter(stats.values()))[0]["names"])
+    notes = [f"**Image bootstrap** ({num_replicates} replicates of the {n_images} images drawn with replacement, "
+             f"seed {seed}, the same draws for every run; a group is the mean over its seeds): measures "
+             "**image-sampling variance** — would the difference between these trained models hold on another "
+             "sample of images like these? It does not cover another training seed.",
+             "**Paired-by-seed t-test** (as table 5, pairs = common seeds): measures **training-seed variance** — "
+             "would the difference hold for models trained with other seeds, on these images?",
+             f"\"X vs Y\": Δ = X − Y on all images, in pp ({', '.join(METRIC_LABELS[m] for m in COUNT_METRICS)}: "
+             "a count); the 95 % CI, bootstrap p and Holm p (within each metric, over its "
+             f"{len(pairs)} comparisons) as defined in `report/bootstrap.py: bootstrap_metrics`; bootstrap p = 0: "
+             f"no replicate reached 0 (p < {2 / num_replicates:.2g}); significant = Holm p < {ALPHA}.",
+             f"metrics profile: {profile} (Boundary F1 and Trimap IoU as that profile defines them)."]
+    return Table(BOOTSTRAP_TABLE, f"Table 5b — paired image bootstrap vs paired-by-seed t-test at epoch {epoch}",
+                 _BOOT_HEADER, rows, _BOOT_MD_HEADER, md_rows, notes), results
 
 
 # ---------------------------------------------------------------------------------------------------- crossover
