@@ -23,10 +23,11 @@ from rich.progress import track
 
 from data_utils.labels import CLASS_NAMES
 from engine.results_format import boundary_schedule_of, read_results
+from losses.variants import LAMBDA_BOUNDARY
+from metrics.keys import METRIC_KEYS as METRICS  # results.json keys of the global metrics
+from metrics.keys import METRIC_LABELS
 from utils import UserError
 
-METRICS = ("miou", "boundary_f1", "trimap_iou")  # results.json keys of the global metrics
-METRIC_LABELS = {"miou": "mIoU", "boundary_f1": "Boundary F1", "trimap_iou": "Trimap IoU"}
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
 
 
@@ -147,7 +148,7 @@ def load_csv(path: str | Path) -> list[Record]:
 
 
 # ---------------------------------------------------------------------------------------------------- grouping
-STUDY_LAMBDA_B = 0.2  # the study's fixed λ_b: the group that stands for a swept variant in the study's tables
+STUDY_LAMBDA_B = LAMBDA_BOUNDARY  # the study's fixed λ_b: the group that stands for a swept variant in its tables
 
 
 _PARAM_NAMES = {"boundary_start": "start", "boundary_ramp_epochs": "ramp", "steal_delta": "δ",
