@@ -52,6 +52,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
+from data_utils.options import SDT_SOURCES  # noqa: E402
 from engine.config import VARIANTS, TrainConfig, validate  # noqa: E402
 from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt  # noqa: E402
 from engine.steps import EpochLossLog, GradientMask, augmentation_seed, device_images, forward_loss  # noqa: E402
@@ -59,7 +60,6 @@ from losses import build_aux_loss, build_loss  # noqa: E402
 from utils.fileio import UserError, atomic_write_json  # noqa: E402
 
 CITYSCAPES_TRAIN_IMAGES = 2975  # one epoch of the study
-SDT_SOURCES = ("gpu", "cache", "cpu")
 PHASES = ("data", "augment_sdt", "forward", "backward", "optimizer")
 
 # --preset: full = the study's setting (and the H100 measurement); small = what 2 CPU cores manage

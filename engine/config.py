@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
+from data_utils.options import AUGMENT_PLACES, SDT_SOURCES
 from losses.registry import TERMS, recipe_slug, term_params
 from losses.schedule import SCHEDULE_KINDS
 from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, LAMBDA_DICE, LOSS_WEIGHTS,
@@ -70,10 +71,10 @@ class TrainConfig:
     val_split: str = _f("val", "split evaluated (500 images)")
     sdt_source: str = _f("gpu", "signed distance maps for the boundary loss: computed per batch on the training "
                          "device (gpu), in the loader workers (cpu), or read from precompute_sdt.py's cache",
-                         ("gpu", "cpu", "cache"))
+                         SDT_SOURCES)
     sdt_cache: str = _f("", "folder written by precompute_sdt.py (for --sdt-source cache)")
     augment: str = _f("gpu", "where the photometric jitter + blur run: on the device batch (gpu), per sample in "
-                      "the loader workers (cpu), or nowhere (none; the flip stays)", ("gpu", "cpu", "none"))
+                      "the loader workers (cpu), or nowhere (none; the flip stays)", AUGMENT_PLACES)
     demo_data: bool = _f(False, "generate the embedded synthetic Cityscapes-layout dataset into --data-root "
                          "on first use (data_utils.synthetic)")
     num_workers: int = _f(8, "DataLoader worker processes per training process (PNG decoding)")

@@ -16,6 +16,7 @@ from data_utils.augment import BatchAugment
 from data_utils.cityscapes import load_split, resolve_data_root
 from data_utils.dataset import SegmentationDataset, collate_batch
 from data_utils.labels import NUM_CLASSES
+from data_utils.options import WORKER_SDT_SOURCES
 from engine.config import TrainConfig
 from losses.registry import needs_sdt
 from models import build_model, takes_input_size
@@ -105,7 +106,7 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool) -> DataLoader:
     """
     records = load_split(resolve_data_root(cfg.data_root), split)
     if train:
-        sdt_source = cfg.sdt_source if uses_sdt(cfg) and cfg.sdt_source in ("cpu", "cache") else "none"
+        sdt_source = cfg.sdt_source if uses_sdt(cfg) and cfg.sdt_source in WORKER_SDT_SOURCES else "none"
         dataset = SegmentationDataset(
             records, hflip=True, seed=cfg.seed, image_dtype="float" if cfg.augment == "cpu" else "uint8",
             sdt_source=sdt_source, sdt_cache_dir=cfg.sdt_cache or None,
