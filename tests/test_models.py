@@ -255,11 +255,14 @@ def test_single_stride_backbone_is_refused_naming_its_strides():
     assert "strides [16, 16," in message and "[4, 8, 16, 32]" in message and "\n" not in message
 
 
-def test_pretrained_file_loads_into_a_stride_chosen_backbone(tmp_path):
+@pytest.mark.parametrize("name", ["resnet18", "swin_tiny_patch4_window7_224"])
+def test_pretrained_file_loads_into_a_stride_chosen_backbone(tmp_path, name):
     torch.manual_seed(8)
-    state = timm.create_model("resnet18", pretrained=False).state_dict()
-    path = tmp_path / "resnet18.safetensors"
+    state = timm.create_model(name, pretrained=False).state_dict()
+    path = tmp_path / "classifier.safetensors"
     save_file(state, str(path))
-    model = build_model("resnet18", pretrained=str(path))
-    for key, value in model.backbone.state_dict().items():  # layer1..layer4 + the stem; fc dropped
-        assert torch.equal(value, state[key]), key
+    model = build_model(name, pretrained=str(path), img_size=(224, 224))
+    for key, value in model.backbone.state_dict().items():  # resnet: the same names; swin: layers_0 <- layers.0
+        first, dot, rest = key.partition(".")
+        source = key if key in state else first.replace("_", ".", 1) + dot + rest
+        assert torch.equal(value, state[source]), key
