@@ -118,7 +118,9 @@ class TrainConfig:
         return " ".join([label] + [f"{p}={v:g}" for p, v in self._changed_params()])
 
     def _changed_params(self) -> list[tuple[str, float]]:
-        return [(p, v) for t, values in self.loss_params.items() for p, v in values.items() if v != TERMS[t].params[p]]
+        """(parameter, value) of the recipe's term parameters that differ from the registry defaults."""
+        return [(p, v) for t, values in self.loss_params.items() for p, v in values.items()
+                if v != TERMS[t].params[p]]
 
     @property
     def loss_weights(self) -> dict[str, float]:
@@ -143,8 +145,8 @@ class TrainConfig:
         if self.loss:
             name = recipe_slug(self.loss_weights) + "".join(f"_{p}{v:g}" for p, v in self._changed_params())
         else:
-            name = self.variant + "".join(f"_{tag}{getattr(self, field):g}" for field, tag in (
-                ("lambda_dice", "ld"), ("lambda_boundary", "lb")) if getattr(self, field) != _DEFAULTS[field])
+            name = self.variant + "".join(f"_{tag}{getattr(self, attr):g}" for attr, tag in (
+                ("lambda_dice", "ld"), ("lambda_boundary", "lb")) if getattr(self, attr) != _DEFAULTS[attr])
         schedule = "" if self.boundary_schedule == "constant" else f"_{self.boundary_schedule}"
         return f"{name}{schedule}_seed{self.seed}"
 
@@ -247,7 +249,7 @@ def validate(cfg: TrainConfig) -> None:
                  if getattr(cfg, name) != _DEFAULTS[name]]
         if fixed:
             raise UserError(f"--loss {cfg.loss!r} sets every term's weight: drop {', '.join(fixed)}")
-    cfg.loss_params  # noqa: B018  (validates the recipe and the term parameters: UserError on a bad one)
+    cfg.loss_label  # noqa: B018  (resolving it checks the recipe and its term parameters: UserError if bad)
     if cfg.sdt_source == "cache" and not cfg.sdt_cache:
         raise UserError("--sdt-source cache needs --sdt-cache DIR (the folder written by precompute_sdt.py)")
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
