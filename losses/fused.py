@@ -3,8 +3,8 @@
 Same values as the term functions `losses.ce`, `losses.dice`, `losses.boundary` (the readable reference, and
 what this is tested against). It covers exactly FUSED_TERMS; `SegmentationLoss` computes a recipe's other
 terms through autograd beside it, so no term is ever dropped. Why: with plain autograd the composite loss
-keeps log_probs and probs for backward and builds ~4 more full-size float32 (N, C, H, W) gradient tensors in backward (for probs, log_probs, logits and the
-boundary product). Here the forward keeps only probs, and the backward builds one float32 tensor G in
+keeps log_probs and probs for backward and builds ~4 more full-size float32 (N, C, H, W) gradient tensors
+in backward (for probs, log_probs, logits and the boundary product). Here the forward keeps only probs, and the backward builds one float32 tensor G in
 place plus the gradient in the logits' dtype:
 
     forward : probs (1 float32 map, kept) + the transient product probs·sdt of the boundary term
