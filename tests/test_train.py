@@ -651,6 +651,8 @@ def test_recipe_flags_run_name_and_refusals():
         "ce+0.5·focal gamma=1", "ce1_focal0.5_gamma1_seed42", {"focal": {"gamma": 1.0}})
     with pytest.raises(UserError, match="unknown loss term 'dyce'; registered terms: ce, dice"):
         parse_args(["--loss", "ce=1,dyce=1"])
+    with pytest.raises(UserError, match="needs a loss with a boundary term .* ce\\+0.5·lovasz has only ce, lovasz"):
+        parse_args(["--loss", "ce=1,lovasz=0.5", "--boundary-schedule", "steal"])  # refused before any data loads
     with pytest.raises(UserError, match="sets every term's weight: drop --lambda-boundary"):
         parse_args(["--loss", "ce=1,boundary=0.5", "--lambda-boundary", "0.1"])
     from engine.setup import uses_sdt
