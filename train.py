@@ -1,6 +1,7 @@
 """Train ConvNeXt-V2 + UPerNet on Cityscapes with one loss variant; defaults are the paper's recipe.
 
     accelerate launch train.py --variant B --seed 123        # the paper's recipe, 1..N GPUs
+    accelerate launch train.py --loss "ce=1,lovasz=0.5"      # any recipe of the registered loss terms
     python train.py --preset demo                            # synthetic data, tiny model, 2 CPU cores, < 3 min
 
 Reads top to bottom: config -> Accelerator -> data -> model -> loss -> optimizer -> prepare -> resume ->
@@ -33,6 +34,7 @@ from engine.tracking import init_wandb, prediction_overlays, val_metrics_row
 from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
+from metrics.keys import METRIC_KEYS, SHORT_LABELS
 from utils.fileio import UserError, run_main
 from utils.jsonl import EpochJsonl
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # NHWC weights; device_images sends NHWC batches
     gradient_mask = GradientMask(model)  # drops a non-finite micro-batch's gradient on the device
-    loss_fn = build_loss(cfg.variant, cfg.lambda_dice, cfg.lambda_boundary)
+    loss_fn = build_loss(cfg.loss_weights, params=cfg.loss_params)  # --loss, or --variant with its λs
     aux_loss_fn = build_aux_loss(cfg.aux_loss, loss_fn)  # "composite" shares loss_fn, so its weights too
     loss_schedule = BoundaryWeightSchedule(cfg.boundary_schedule, loss_fn.weights, start=cfg.boundary_start,
                                            ramp_epochs=cfg.boundary_ramp_epochs, delta=cfg.steal_delta,
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                     terms, grad_stats = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn,
                                                      cfg.aux_weight, grad_stats=measure)
                     if grad_log is not None and grad_stats:  # the main process's micro-batch
-                        grad_log.append(grad_stats, epoch=epoch + 1, step=progress.step, variant=cfg.variant,
+                        grad_log.append(grad_stats, epoch=epoch + 1, step=progress.step, variant=cfg.loss_label,
                                         seed=cfg.seed, lambda_boundary=cfg.lambda_boundary, weights=loss_fn.weights,
                                         boundary_schedule=cfg.boundary_schedule)
                     # On the device: all processes' terms gathered (they must agree on skipping a bad
@@ -256,16 +258,15 @@ def check_nonfinite(reading: LossReading, progress: TrainingProgress, cfg, conso
 
 
 def epoch_summary(row: dict, epochs: int) -> str:
-    """One console line per epoch."""
-    terms = " ".join(f"{k[6:]} {row[k]:.4f}" for k in ("train/ce", "train/dice", "train/boundary", "train/aux")
-                     if k in row)
+    """One console line per epoch: the total, each unweighted term (the row's train/weighted/<term> keys)."""
+    terms = " ".join(f"{k} {row[f'train/{k}']:.4f}" for k in
+                     (key.removeprefix("train/weighted/") for key in row if key.startswith("train/weighted/")))
     line = (f"epoch {row['epoch']}/{epochs} | loss {row['train/loss']:.4f} ({terms}) | lr {row['train/lr']:.2e} | "
             f"{row['train/images_per_s']:.2f} img/s | {row['train/epoch_seconds']:.0f} s")
     if "train/peak_memory_gib" in row:
         line += f" | {row['train/peak_memory_gib']:.1f} GiB"
     if "val/miou" in row:
-        line += (f" | val mIoU {100 * row['val/miou']:.2f} BF1 {100 * row['val/boundary_f1']:.2f} "
-                 f"Trimap {100 * row['val/trimap_iou']:.2f}")
+        line += " | val " + " ".join(f"{SHORT_LABELS[k]} {100 * row[f'val/{k}']:.2f}" for k in METRIC_KEYS)
     return line
 
 

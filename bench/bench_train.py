@@ -52,14 +52,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
-from engine.config import TrainConfig  # noqa: E402
+from data_utils.options import SDT_SOURCES  # noqa: E402
+from engine.config import VARIANTS, TrainConfig, validate  # noqa: E402
 from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt  # noqa: E402
 from engine.steps import EpochLossLog, GradientMask, augmentation_seed, device_images, forward_loss  # noqa: E402
 from losses import build_aux_loss, build_loss  # noqa: E402
-from utils.fileio import atomic_write_json  # noqa: E402
+from utils.fileio import UserError, atomic_write_json  # noqa: E402
 
 CITYSCAPES_TRAIN_IMAGES = 2975  # one epoch of the study
-SDT_SOURCES = ("gpu", "cache", "cpu")
 PHASES = ("data", "augment_sdt", "forward", "backward", "optimizer")
 
 # --preset: full = the study's setting (and the issue's H100 measurement); small = what 2 CPU cores manage
@@ -272,7 +272,7 @@ def frames_needed(args) -> int:
 def train_config(args, sdt_source: str = "gpu", data_root: str = "", sdt_cache: str = "") -> TrainConfig:
     """The TrainConfig train.py would get for these bench options (model, loss, loader fields)."""
     return TrainConfig(
-        variant=args.variant, backbone=args.backbone, pretrained="", head_channels=args.head_channels,
+        variant=args.variant, loss=args.loss, backbone=args.backbone, pretrained="", head_channels=args.head_channels,
         grad_checkpointing=args.grad_checkpointing, batch_size=args.batch_size, grad_accum=1,
         mixed_precision="bf16" if args.bf16 else "no", num_workers=args.workers, data_root=data_root,
         sdt_source=sdt_source, sdt_cache=sdt_cache, augment="gpu", seed=0, wandb=False,
@@ -297,7 +297,7 @@ class Trainer:
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.gradient_mask = GradientMask(model)  # as train.py: drops a non-finite batch's gradient on the device
-        self.loss_fn = build_loss(args.variant, fused=args.fused_loss)
+        self.loss_fn = build_loss(self.cfg.loss_weights, fused=args.fused_loss, params=self.cfg.loss_params)
         self.aux_loss_fn = build_aux_loss(self.cfg.aux_loss, self.loss_fn)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
                                       weight_decay=self.cfg.weight_decay, fused=device.type == "cuda")
@@ -498,7 +498,8 @@ def header(args, report: dict) -> str:
     switches = [name for name, on in (("bf16", args.bf16), ("compile", compiled),
                                       ("channels_last", args.channels_last), ("fused loss", args.fused_loss),
                                       ("grad checkpointing", args.grad_checkpointing)) if on]
-    return (f"bench_train {report['date']}: {args.backbone} + UPerNet({args.head_channels}), variant {args.variant}, "
+    return (f"bench_train {report['date']}: {args.backbone} + UPerNet({args.head_channels}), loss "
+            f"{train_config(args).loss_label}, "
             f"batch {args.batch_size} at {args.height}x{args.width}, {report['device']}, torch {report['torch']}, "
             f"{', '.join(switches) or 'fp32 eager, plain loss'}; {args.workers} workers; "
             f"{args.warmup} warm-up + {args.steps} timed steps\n"
@@ -540,7 +541,8 @@ def common_flags(args) -> list[str]:
     """The resolved options every matrix row shares, as flags."""
     return ["--device", args.device, "--height", str(args.height), "--width", str(args.width),
             "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--variant", args.variant, "--backbone", args.backbone, "--head-channels", str(args.head_channels),
+            "--variant", args.variant, "--loss", args.loss, "--backbone", args.backbone,
+            "--head-channels", str(args.head_channels),
             "--workers", str(args.workers), "--sdt-source", args.sdt_source, "--bf16" if args.bf16 else "--no-bf16",
             *(["--host-sync"] if args.host_sync else [])]
 
@@ -688,7 +690,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--steps", type=int, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, help="untimed steps first (>= 1; the first one is reported alone)")
-    parser.add_argument("--variant", default="C", choices=("A", "B", "C", "D"))
+    parser.add_argument("--variant", default="C", choices=VARIANTS)
+    parser.add_argument("--loss", default="", help="a loss recipe instead of --variant, as train.py's --loss "
+                        "(e.g. 'ce=1,lovasz=0.5')")
     parser.add_argument("--backbone")
     parser.add_argument("--head-channels", type=int, help="UPerNet width (the study: 512)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
@@ -705,7 +709,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "progress bar did before efb20b8 (measures what those syncs cost; off = no host "
                              "sync in the step, as train.py now)")
     parser.add_argument("--sdt-source", default="gpu,cache",
-                        help=f"comma list of {', '.join(SDT_SOURCES)} for the data part (variants C and D)")
+                        help=f"comma list of {', '.join(SDT_SOURCES)} for the data part (losses with the boundary term)")
     parser.add_argument("--parts", default="model,data", help="comma list of model, data")
     parser.add_argument("--data-root", type=Path, help="an existing Cityscapes-layout root at --height x --width "
                         "(default: generate a synthetic one in a temporary folder)")
@@ -735,6 +739,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--parts: unknown {part!r}, use a comma list of model, data")
     if min(args.steps, args.warmup, args.batch_size) < 1:
         parser.error("--steps, --warmup and --batch-size must be >= 1")
+    try:
+        validate(train_config(args))  # the loss recipe, as train.py checks it
+    except UserError as e:
+        parser.error(str(e))
     return args
 
 

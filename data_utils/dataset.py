@@ -31,9 +31,10 @@ from PIL import Image
 
 from data_utils.augment import BatchAugment, normalize
 from data_utils.labels import NUM_CLASSES, label_ids_to_train_ids
+from data_utils.options import WORKER_SDT_SOURCES
 from utils import UserError
 
-SDT_SOURCES = ("none", "cpu", "cache")
+SDT_SOURCES = ("none", *WORKER_SDT_SOURCES)  # what this Dataset does: nothing, or a worker-side source
 IMAGE_DTYPES = ("float", "uint8")
 
 

@@ -7,7 +7,8 @@ A checkpoint is a folder `RUN/checkpoints/epoch_XXXX/` holding
     random_states_<rank>.pkl python/numpy/torch/cuda RNG states of each process
     custom_checkpoint_0.pkl  TrainingProgress (epoch, optimizer step, skipped steps)
     config.json              the resolved TrainConfig (evaluate.py rebuilds the model from it)
-    meta.json                epoch, step, variant, seed, lambdas, wandb_run_id, training_state
+    meta.json                epoch, step, variant (the loss label), loss (the recipe), seed, lambdas, wandb_run_id,
+                             training_state
 
 It is written into `RUN/checkpoints/.tmp_epoch_XXXX/`, every file fsync'ed, then renamed: a folder named
 `epoch_XXXX` is therefore always complete, and a crash during the save leaves only a `.tmp_*` folder,
@@ -121,8 +122,8 @@ def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, r
     if accelerator.is_main_process:
         save_config(cfg, tmp / "config.json")
         atomic_write_json(tmp / "meta.json", {
-            "epoch": progress.epoch, "step": progress.step, "variant": cfg.variant, "seed": cfg.seed,
-            "lambda_dice": cfg.lambda_dice, "lambda_boundary": cfg.lambda_boundary,
+            "epoch": progress.epoch, "step": progress.step, "variant": cfg.loss_label, "loss": cfg.loss_weights,
+            "seed": cfg.seed, "lambda_dice": cfg.lambda_dice, "lambda_boundary": cfg.lambda_boundary,
             "wandb_run_id": wandb_run_id, "num_processes": accelerator.num_processes,
             "nonfinite_skipped": progress.nonfinite_skipped, "training_state": True,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

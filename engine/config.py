@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
-from losses import AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LOSS_WEIGHTS
+from data_utils.options import AUGMENT_PLACES, SDT_SOURCES
+from losses.registry import TERMS, recipe_slug, term_params, terms_of_kind
 from losses.schedule import SCHEDULE_KINDS
+from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, LAMBDA_DICE, LOSS_WEIGHTS,
+                             resolve_loss, variant_summary)
 from utils.fileio import UserError, atomic_write_json
 
 VARIANTS = tuple(LOSS_WEIGHTS)  # ("A", "B", "C", "D")
@@ -34,10 +37,15 @@ def _f(default, help: str, choices=None):
 class TrainConfig:
     # Defaults = the paper's recipe (§3.1-3.2) unless the comment says otherwise.
     # --- what is studied
-    variant: str = _f("C", "loss: A = CE, B = CE+Dice, C = CE+Dice+boundary, D = CE+boundary", VARIANTS)
+    variant: str = _f("C", f"loss variant: {variant_summary()}", VARIANTS)
     seed: int = _f(42, "seeds weights init, data order, flips, augmentation, dropout (study: 42, 123, 456)")
-    lambda_dice: float = _f(1.0, "λ_d, weight of the Dice term in B and C")
-    lambda_boundary: float = _f(0.2, "λ_b, weight of the Kervadec boundary term in C and D")
+    lambda_dice: float = _f(LAMBDA_DICE, "λ_d, weight of the Dice term in B and C")
+    lambda_boundary: float = _f(LAMBDA_BOUNDARY, "λ_b, weight of the Kervadec boundary term in C and D")
+    loss: str = _f("", f"a loss recipe term=weight,... instead of --variant (beyond the paper), e.g. "
+                   f"'ce=1,lovasz=0.5,boundary=0.2'; terms: {', '.join(TERMS)} ('' = --variant)")
+    focal_gamma: float = _f(TERMS["focal"].params["gamma"], "focal term: focusing parameter γ (Lin et al.)")
+    tversky_alpha: float = _f(TERMS["tversky"].params["alpha"], "tversky term: weight α of the false positives")
+    tversky_beta: float = _f(TERMS["tversky"].params["beta"], "tversky term: weight β of the false negatives")
     boundary_schedule: str = _f("constant", "λ_b per epoch (losses.schedule; beyond the paper): constant, linear "
                                 "ramp from --boundary-start to λ_b, or Kervadec's steal", SCHEDULE_KINDS)
     boundary_start: float = _f(0.0, "linear schedule: λ_b in the first epoch")
@@ -49,7 +57,8 @@ class TrainConfig:
     aux_loss: str = _f("composite", "aux head loss: the variant's composite loss (study's code) or plain CE",
                        AUX_LOSS_KINDS)
     # --- model
-    backbone: str = _f("convnextv2_base", "timm backbone with 4 feature levels at strides 4..32 (+ UPerNet head)")
+    backbone: str = _f("convnextv2_base", "timm backbone with feature levels at strides 4, 8, 16, 32 (ConvNeXt, "
+                       "ResNet, EfficientNet, RegNet, Swin, ...; not single-stride ViTs) + UPerNet head")
     pretrained: str = _f("timm:convnextv2_base.fcmae_ft_in22k_in1k_384",
                          "ImageNet backbone weights: a .safetensors/.pth file, or timm:<name> to download "
                          "('' = random init)")
@@ -62,10 +71,10 @@ class TrainConfig:
     val_split: str = _f("val", "split evaluated (500 images)")
     sdt_source: str = _f("gpu", "signed distance maps for the boundary loss: computed per batch on the training "
                          "device (gpu), in the loader workers (cpu), or read from precompute_sdt.py's cache",
-                         ("gpu", "cpu", "cache"))
+                         SDT_SOURCES)
     sdt_cache: str = _f("", "folder written by precompute_sdt.py (for --sdt-source cache)")
     augment: str = _f("gpu", "where the photometric jitter + blur run: on the device batch (gpu), per sample in "
-                      "the loader workers (cpu), or nowhere (none; the flip stays)", ("gpu", "cpu", "none"))
+                      "the loader workers (cpu), or nowhere (none; the flip stays)", AUGMENT_PLACES)
     demo_data: bool = _f(False, "generate the embedded synthetic Cityscapes-layout dataset into --data-root "
                          "on first use (data_utils.synthetic)")
     num_workers: int = _f(8, "DataLoader worker processes per training process (PNG decoding)")
@@ -102,14 +111,44 @@ class TrainConfig:
     out: str = _f("", "run directory ('' = runs/<variant>_seed<seed>, runs/demo/... for the demo data)")
 
     @property
+    def loss_label(self) -> str:
+        """What results, W&B and aggregate.py call the loss: the variant ("C"), or a --loss recipe's canonical
+        text ("ce+0.5·lovasz"), followed by the term parameters off their defaults ("ce+0.5·focal gamma=1")."""
+        label = resolve_loss(self.loss or self.variant)[0]
+        return " ".join([label] + [f"{p}={v:g}" for p, v in self._changed_params()])
+
+    def _changed_params(self) -> list[tuple[str, float]]:
+        """(parameter, value) of the recipe's term parameters that differ from the registry defaults."""
+        return [(p, v) for t, values in self.loss_params.items() for p, v in values.items()
+                if v != TERMS[t].params[p]]
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """The recipe {term: weight} the run trains with: --loss, else --variant with --lambda-dice/-boundary."""
+        if self.loss:
+            return resolve_loss(self.loss)[1]
+        return resolve_loss(self.variant, self.lambda_dice, self.lambda_boundary)[1]
+
+    @property
+    def loss_params(self) -> dict[str, dict[str, float]]:
+        """{term: {parameter: value}} for the recipe's terms that have parameters, from the fields
+        `<term>_<parameter>` (focal_gamma, tversky_alpha, ...)."""
+        given = {t: {p: getattr(self, f"{t}_{p}") for p in TERMS[t].params} for t in self.loss_weights}
+        return term_params(given, self.loss_weights)
+
+    @property
     def run_name(self) -> str:
         """`<variant>_seed<seed>` (the W&B run name and default run dir); a λ that differs from the paper's
         value and a non-constant λ_b schedule join the name (`C_lb0.1_seed42`, `C_steal_seed42`), so the runs
-        of a λ sweep get a directory each."""
-        lambdas = "".join(f"_{tag}{getattr(self, name):g}" for name, tag in (("lambda_dice", "ld"),
-                          ("lambda_boundary", "lb")) if getattr(self, name) != _DEFAULTS[name])
+        of a λ sweep get a directory each. A --loss recipe names the run by its terms and weights
+        (`ce1_lovasz0.5_seed42`), a term parameter off its default joins it (`..._gamma1_seed42`)."""
+        if self.loss:
+            name = recipe_slug(self.loss_weights) + "".join(f"_{p}{v:g}" for p, v in self._changed_params())
+        else:
+            name = self.variant + "".join(f"_{tag}{getattr(self, attr):g}" for attr, tag in (
+                ("lambda_dice", "ld"), ("lambda_boundary", "lb")) if getattr(self, attr) != _DEFAULTS[attr])
         schedule = "" if self.boundary_schedule == "constant" else f"_{self.boundary_schedule}"
-        return f"{self.variant}{lambdas}{schedule}_seed{self.seed}"
+        return f"{name}{schedule}_seed{self.seed}"
 
     @property
     def run_dir(self) -> Path:
@@ -205,6 +244,15 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
     if cfg.variant not in VARIANTS:
         raise UserError(f"unknown --variant {cfg.variant!r}: use one of {', '.join(VARIANTS)}")
+    if cfg.loss:
+        fixed = [_flag(name) for name in ("variant", "lambda_dice", "lambda_boundary")
+                 if getattr(cfg, name) != _DEFAULTS[name]]
+        if fixed:
+            raise UserError(f"--loss {cfg.loss!r} sets every term's weight: drop {', '.join(fixed)}")
+    cfg.loss_label  # noqa: B018  (resolving it checks the recipe and its term parameters: UserError if bad)
+    if cfg.boundary_schedule != "constant" and not terms_of_kind(cfg.loss_weights, "boundary"):
+        raise UserError(f"--boundary-schedule {cfg.boundary_schedule} needs a loss with a boundary term (C, D, or "
+                        f"a --loss recipe with one); {cfg.loss_label} has only {', '.join(cfg.loss_weights)}")
     if cfg.sdt_source == "cache" and not cfg.sdt_cache:
         raise UserError("--sdt-source cache needs --sdt-cache DIR (the folder written by precompute_sdt.py)")
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:

@@ -16,11 +16,11 @@ from data_utils.labels import CLASS_NAMES
 from engine.checkpoint import read_meta
 from engine.config import TrainConfig, config_to_dict
 from engine.results_format import METRIC_KEYS, REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
+from metrics.keys import METRIC_LABELS
 from utils.fileio import atomic_write_json
 
 __all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "metrics_table", "read_results", "results_path",
            "write_results"]
-METRIC_LABELS = (("mIoU", "miou"), ("Boundary F1", "boundary_f1"), ("Trimap IoU", "trimap_iou"))
 
 
 def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: int, checkpoint: str | Path,
@@ -28,7 +28,7 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
     """Write the results file for `metrics` (SegmentationMetrics.compute()) atomically; returns the record.
 
     Args:
-        cfg: the checkpoint's resolved config (variant, seed, lambdas, backbone, the full config).
+        cfg: the checkpoint's resolved config (loss, seed, lambdas, backbone, the full config).
         epoch: epochs trained when the checkpoint was saved.
         checkpoint: the checkpoint folder (its meta.json, if present, dates the results).
         split: the evaluated split; seconds: wall time of the evaluation.
@@ -38,7 +38,7 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         raise ValueError(f"metrics['iou'] has {len(iou)} values, expected {len(CLASS_NAMES)}")
     meta = read_meta(checkpoint) or {}
     record = {
-        "variant": cfg.variant,
+        "variant": cfg.loss_label,
         "seed": cfg.seed,
         "epoch": int(epoch),
         "checkpoint": str(checkpoint),
@@ -47,8 +47,9 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         **{key: float(metrics[key]) for key in METRIC_KEYS},
         "iou": {name: float(value) for name, value in zip(CLASS_NAMES, iou)},
         "seconds": round(float(seconds), 3),
-        "lambda_dice": cfg.lambda_dice,
-        "lambda_boundary": cfg.lambda_boundary,
+        "lambda_dice": cfg.loss_weights.get("dice", cfg.lambda_dice),
+        "lambda_boundary": cfg.loss_weights.get("boundary", cfg.lambda_boundary),
+        "loss": cfg.loss_weights,
         "backbone": cfg.backbone,
         "boundary_px": boundary_px,
         "checkpoint_saved_at": meta.get("saved_at"),
@@ -73,7 +74,7 @@ def metrics_table(columns: dict[str, dict], title: str, caption: str | None = No
     table.add_column("metric")
     for header in columns:
         table.add_column(header, justify="right")
-    keys = list(METRIC_LABELS) + [(f"  IoU {name}", f"iou/{name}") for name in CLASS_NAMES]
+    keys = [(METRIC_LABELS[k], k) for k in METRIC_KEYS] + [(f"  IoU {name}", f"iou/{name}") for name in CLASS_NAMES]
     for label, key in keys:
         values = [column.get(prefix + key) for column in columns.values()]
         table.add_row(label, *("n/a" if v is None or math.isnan(v) else f"{100 * v:.2f}" for v in values))

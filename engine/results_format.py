@@ -8,7 +8,12 @@ Format (one JSON object; metric values are fractions in [0, 1]; NaN is written a
     {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "runs/C_seed42/checkpoints/epoch_0160",
      "split": "val", "num_images": 500, "miou": 0.8123, "boundary_f1": 0.7012, "trimap_iou": 0.6521,
      "iou": {"road": 0.98, ..., "bicycle": 0.77}, "seconds": 41.3, "lambda_dice": 1.0, "lambda_boundary": 0.2,
-     "backbone": "convnextv2_base", "boundary_px": 3, "checkpoint_saved_at": "2025-...", "config": {...}}
+     "loss": {"ce": 1.0, "dice": 1.0, "boundary": 0.2}, "backbone": "convnextv2_base", "boundary_px": 3,
+     "checkpoint_saved_at": "2025-...", "config": {...}}
+
+`variant` is the loss label (TrainConfig.loss_label: "C", or a --loss recipe's "ce+0.5·lovasz"), what aggregate.py
+groups by; `loss` (optional: absent before recipes existed) the recipe {term: weight} trained with; lambda_dice /
+lambda_boundary the recipe's dice / boundary weights (the flags' values when it has no such term).
 
 Required: the keys of REQUIRED_KEYS. `iou` maps class names (`data_utils.labels.CLASS_NAMES`) to values; a
 class without a value (null, or left out) is one that never occurred. `config` (optional) is the run's resolved
@@ -21,10 +26,10 @@ import math
 from pathlib import Path
 
 from data_utils.labels import CLASS_NAMES
+from metrics.keys import METRIC_KEYS
 from utils.fileio import UserError
 
 RESULTS_SUFFIX = ".results.json"
-METRIC_KEYS = ("miou", "boundary_f1", "trimap_iou")
 REQUIRED_KEYS = ("variant", "seed", "epoch", "checkpoint", "split", "num_images", *METRIC_KEYS, "iou", "seconds",
                  "lambda_dice", "lambda_boundary")
 # The λ_b schedules (losses.schedule.SCHEDULE_KINDS) and the TrainConfig fields that parametrise each one.

@@ -16,9 +16,10 @@ from data_utils.augment import BatchAugment
 from data_utils.cityscapes import load_split, resolve_data_root
 from data_utils.dataset import SegmentationDataset, collate_batch
 from data_utils.labels import NUM_CLASSES
+from data_utils.options import WORKER_SDT_SOURCES
 from engine.config import TrainConfig
-from losses import LOSS_WEIGHTS
-from models import build_model
+from losses.registry import needs_sdt
+from models import build_model, takes_input_size
 from utils.fileio import UserError
 
 
@@ -43,18 +44,31 @@ def build_model_from_config(cfg: TrainConfig, load_pretrained: bool = False) -> 
     """The segmentor of `cfg` (random init; ImageNet backbone weights only when `load_pretrained`).
 
     evaluate.py calls it with the default (the weights come from the checkpoint); train.py loads the
-    pretrained backbone only when it starts a run, not when it resumes one.
+    pretrained backbone only when it starts a run, not when it resumes one. A backbone built for one input
+    size (Swin) gets the size of the training frames (`train_frame_size`).
     """
+    img_size = train_frame_size(cfg) if takes_input_size(cfg.backbone) else None
     model = build_model(backbone=cfg.backbone, num_classes=NUM_CLASSES,
                         pretrained=(cfg.pretrained or None) if load_pretrained else None,
                         aux_head=cfg.aux_weight > 0, drop_path_rate=cfg.drop_path_rate,
-                        grad_checkpointing=cfg.grad_checkpointing, head_channels=cfg.head_channels)
+                        grad_checkpointing=cfg.grad_checkpointing, head_channels=cfg.head_channels,
+                        img_size=img_size)
     return model
 
 
+def train_frame_size(cfg: TrainConfig) -> tuple[int, int]:
+    """(H, W) of the first frame of cfg's training split (the image header only)."""
+    from PIL import Image
+
+    records = load_split(resolve_data_root(cfg.data_root), cfg.train_split)
+    with Image.open(records[0]["image_path"]) as image:
+        width, height = image.size
+    return height, width
+
+
 def uses_sdt(cfg: TrainConfig) -> bool:
-    """Whether the variant's loss has the boundary term (C, D) and so needs signed distance maps."""
-    return "boundary" in LOSS_WEIGHTS[cfg.variant]
+    """Whether the run's loss recipe needs signed distance maps (C, D, any recipe with the boundary term)."""
+    return needs_sdt(cfg.loss_weights)
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -83,7 +97,7 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool) -> DataLoader:
 
     train=True: shuffled per (seed, epoch), random horizontal flip, full batches only; images stay uint8
         when augmentation runs on the device (cfg.augment == "gpu"), else they are augmented and
-        normalised in the workers; "sdt" is in the batch when the variant needs it and cfg.sdt_source is
+        normalised in the workers; "sdt" is in the batch when the loss needs it and cfg.sdt_source is
         "cpu" or "cache" (with "gpu", train.py computes it on the device).
     train=False: dataset order, no flip, no augmentation, uint8 images (evaluate_model normalises on the
         device), no SDT, the last batch may be short.
@@ -92,7 +106,7 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool) -> DataLoader:
     """
     records = load_split(resolve_data_root(cfg.data_root), split)
     if train:
-        sdt_source = cfg.sdt_source if uses_sdt(cfg) and cfg.sdt_source in ("cpu", "cache") else "none"
+        sdt_source = cfg.sdt_source if uses_sdt(cfg) and cfg.sdt_source in WORKER_SDT_SOURCES else "none"
         dataset = SegmentationDataset(
             records, hflip=True, seed=cfg.seed, image_dtype="float" if cfg.augment == "cpu" else "uint8",
             sdt_source=sdt_source, sdt_cache_dir=cfg.sdt_cache or None,

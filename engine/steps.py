@@ -46,17 +46,17 @@ def device_images(images: torch.Tensor, augment: BatchAugment | None, seed: int,
 def forward_loss(model, images: torch.Tensor, labels: torch.Tensor, sdt: torch.Tensor | None, loss_fn,
                  aux_loss_fn=None, aux_weight: float = 0.0,
                  grad_stats: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Forward pass and the variant's loss, plus `aux_weight` x the aux head's loss when the model has one.
+    """Forward pass and the recipe's loss, plus `aux_weight` x the aux head's loss when the model has one.
 
     Args:
         images: (N, 3, H, W) normalised float; labels: (N, H, W) int64 train ids (255 ignore; the loader
             ships uint8, so call `.long()` on the device batch);
-        sdt: (N, C, H, W) int8 signed distance maps, or None for variants without the boundary term.
+        sdt: (N, C, H, W) int8 signed distance maps, or None for a loss that does not need them.
         grad_stats: also measure each main-head term's gradient norm w.r.t. the logits and UPerNet's fused
             features (`losses.gradients.term_gradient_stats`: one extra backward per term, params untouched).
     Returns:
-        (terms, stats). terms: {"loss": main + aux_weight * aux (what is back-propagated), "ce"/"dice"/
-        "boundary": the main head's unweighted terms, "aux": the aux head's loss when present}; stats: the
+        (terms, stats). terms: {"loss": main + aux_weight * aux (what is back-propagated), <term>: each of the
+        main head's unweighted terms, "aux": the aux head's loss when present}; stats: the
         gradient statistics, {} unless asked for. Scalar tensors.
     """
     out = model(images, return_features=True) if grad_stats else model(images)

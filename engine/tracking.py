@@ -12,6 +12,7 @@ import torch
 
 from data_utils.labels import CLASS_NAMES
 from engine.config import TrainConfig, config_to_dict
+from metrics.keys import METRIC_KEYS
 from utils.wandb_mode import wandb_init_mode, wandb_logged_in  # noqa: F401  (wandb_logged_in: re-exported)
 
 
@@ -30,7 +31,8 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
     wandb takes the run id from the agent's environment instead.
     """
     init = {"name": cfg.run_name, "group": wandb_group(cfg), "dir": str(run_dir), "job_type": "train",
-            "tags": [f"variant-{cfg.variant}", f"seed-{cfg.seed}", cfg.backbone]}
+            "tags": [f"variant-{cfg.variant}" if not cfg.loss else f"loss-{cfg.loss_label}", f"seed-{cfg.seed}",
+                     cfg.backbone]}
     mode = wandb_init_mode()
     if mode is not None:  # None: WANDB_MODE is set and wandb obeys it
         init["mode"] = mode
@@ -48,7 +50,7 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
 
 def val_metrics_row(metrics: dict) -> dict:
     """evaluate_model's dict -> flat W&B keys: val/miou, val/boundary_f1, val/trimap_iou, val/iou/<class>."""
-    row = {f"val/{key}": float(metrics[key]) for key in ("miou", "boundary_f1", "trimap_iou")}
+    row = {f"val/{key}": float(metrics[key]) for key in METRIC_KEYS}
     row.update({f"val/iou/{name}": float(v) for name, v in zip(CLASS_NAMES, metrics["iou"])})
     return row
 

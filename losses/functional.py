@@ -1,31 +1,24 @@
-"""The three loss terms as pure tensor functions: cross-entropy, soft Dice, Kervadec boundary loss.
+"""What every loss term shares: the notation, float32 log-probabilities, and the per-class sums.
 
-Notation (shapes): logits (N, C, H, W) of any float dtype; target (N, H, W) int64 train ids with
-`ignore_index` (255) at unlabelled pixels; v = (target != ignore_index); y = one-hot(target), zero at
-ignore pixels; p = softmax(logits) over C; φ (N, C, H, W) the signed distance map / 127.
-
-    CE       = Σ_x v·(−log p_target(x)) / Σ_x v                  (0, not NaN, when no pixel is valid)
-    Dice     = 1 − (1/C) Σ_c (2·I_c + 1) / (S_c + 1),
-               I_c = Σ_{n,x} p_c·y_c·v,   S_c = Σ_{n,x} (p_c + y_c)·v   (whole batch, all C classes)
-    Boundary = (1 / (N·C·H·W)) Σ_{n,c,x} φ_c(x)·p_c(x)
-
-Sign convention of φ (data_utils.sdt): negative inside class c, positive outside, 0 at ignore pixels
-and for classes absent from (or covering all of) the image. The boundary term is therefore minimised by
-putting probability mass inside each class region, and it is NEGATIVE at the optimum; nothing here
-assumes a loss is >= 0.
+Notation (shapes), used by the docstrings of every term file (`losses/ce.py`, `dice.py`, `boundary.py`,
+`focal.py`, `tversky.py`, `lovasz.py`): logits (N, C, H, W) of any float dtype; target (N, H, W) int64 train
+ids with `ignore_index` (255) at unlabelled pixels; v = (target != ignore_index); y_c = one-hot(target), zero
+at ignore pixels; p = softmax(logits) over C; φ (N, C, H, W) the signed distance map / 127; sums over x run
+over all pixels of all N images.
 
 Everything is computed in float32 whatever the logits dtype (bf16 under autocast; float64 inputs stay
-float64 so gradcheck works). `log_probs` is computed once by `log_softmax` and `p = log_probs.exp()`
-once; the terms are then derived from these two tensors with gather / scatter_add / bmm, so no one-hot
-tensor and no (N, C, H, W) mask is ever built. At 1024x2048 one float32 19-channel map is 160 MB per
-image, so this matters. Full-size float32 (N, C, H, W) tensors materialised in the forward pass:
+float64 so gradcheck works). `log_probs` is computed once by `log_softmax` and `p = log_probs.exp()` once;
+the terms are then derived from these two tensors with gather / scatter_add / bmm, so CE, Dice, boundary,
+focal and Tversky build no one-hot tensor and no (N, C, H, W) mask (Lovász sorts a (C, N·H·W) error table,
+see its file). At 1024x2048 one float32 19-channel map is 160 MB per image, so this matters. Full-size
+float32 (N, C, H, W) tensors materialised in the forward pass of the plain path:
   - log_probs (kept for backward)                         — always
-  - probs = exp(log_probs) (kept for backward)            — only when Dice or Boundary is used
+  - probs = exp(log_probs) (kept for backward)            — only when a term takes `probs`
   - the product probs·sdt inside `boundary_loss`          — transient, freed before the next term
 Autograd's backward adds the gradient tensors of probs, log_probs and logits on top. There are no host
 syncs (no `.item()`, no boolean indexing), so the functions are also torch.compile friendly.
-These functions are the readable reference; training uses `losses.fused` (same values, one hand-written
-backward that keeps only probs), which the tests check against them.
+The term functions are the readable reference; training uses `losses.fused` for ce, dice and boundary
+(same values, one hand-written backward that keeps only probs), which the tests check against them.
 """
 from __future__ import annotations
 
@@ -65,61 +58,24 @@ def _pixel_weighted_class_sum(probs: torch.Tensor, weight: torch.Tensor) -> torc
         return torch.bmm(nchw, weight.reshape(n, -1, 1)).sum(0).view(c)
 
 
-def cross_entropy_loss(log_probs: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """Mean of −log p_target over valid pixels; equals F.cross_entropy(logits, target, ignore_index=...).
+def class_sums(probs: torch.Tensor, target: torch.Tensor,
+               ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch-level soft counts behind Dice and Tversky, each (C,), over valid pixels of all N images:
+
+        TP_c = Σ p_c·y_c·v      (the probability of the true class, summed per true class)
+        P_c  = Σ p_c·v          (predicted mass;  FP_c = P_c − TP_c)
+        G_c  = Σ y_c·v          (valid pixels of class c;  FN_c = G_c − TP_c)
 
     Args:
-        log_probs: (N, C, H, W) float log-probabilities (from `log_probs_float`).
-        target: (N, H, W) int64 class ids, `ignore_index` at unlabelled pixels.
+        probs: (N, C, H, W) float softmax probabilities; target: (N, H, W) int64, `ignore_index` unlabelled.
     Returns:
-        scalar tensor. 0 (with a gradient path) when every pixel is ignored, where F.cross_entropy gives NaN.
-    """
-    nll_sum = F.nll_loss(log_probs, target, ignore_index=ignore_index, reduction="sum")
-    num_valid = (target != ignore_index).sum()
-    return nll_sum / num_valid.clamp_min(1).to(nll_sum.dtype)
-
-
-def dice_loss(
-    probs: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0
-) -> torch.Tensor:
-    """Class-mean smoothed soft Dice over the whole batch: 1 − (1/C) Σ_c (2·I_c + 1) / (S_c + 1).
-
-    Classes absent from the batch are kept in the mean: their term is 1 / (Σ p_c·v + 1), so predicting
-    them anywhere is penalised and predicting them nowhere gives a perfect 1.
-
-    Args:
-        probs: (N, C, H, W) float softmax probabilities.
-        target: (N, H, W) int64 class ids, `ignore_index` at unlabelled pixels.
-    Returns:
-        scalar tensor in [0, 1).
+        (TP, P, G), float tensors of shape (C,) in probs' dtype.
     """
     num_classes = probs.shape[1]
     valid, safe_target = _valid_and_safe_target(target, ignore_index)
     valid_f = valid.to(probs.dtype)
-    # I_c: the probability of the true class at each valid pixel, summed per true class.
     prob_true = probs.gather(1, safe_target.unsqueeze(1)).squeeze(1) * valid_f  # (N, H, W)
     zeros = probs.new_zeros(num_classes)
-    intersection = zeros.scatter_add(0, safe_target.flatten(), prob_true.flatten())  # (C,)
-    # S_c = Σ p_c·v + Σ y_c·v: predicted mass on valid pixels plus the valid pixel count of class c.
-    target_count = zeros.scatter_add(0, safe_target.flatten(), valid_f.flatten())  # (C,)
-    cardinality = _pixel_weighted_class_sum(probs, valid_f) + target_count  # (C,)
-    dice_per_class = (2.0 * intersection + smooth) / (cardinality + smooth)
-    return 1.0 - dice_per_class.mean()
-
-
-def boundary_loss(probs: torch.Tensor, sdt: torch.Tensor) -> torch.Tensor:
-    """Kervadec boundary loss (1 / (N·C·H·W)) Σ φ_c(x)·p_c(x), with φ negative inside the class region.
-
-    Args:
-        probs: (N, C, H, W) float softmax probabilities.
-        sdt: (N, C, H, W) signed distance map, either int8 (φ = sdt / 127, the division is applied once to
-            the sum, not to a full-size tensor) or float (already φ).
-    Returns:
-        scalar tensor in [−1, 1]; negative at the optimum.
-    """
-    if sdt.shape != probs.shape:
-        raise ValueError(f"sdt has shape {tuple(sdt.shape)} but the logits have {tuple(probs.shape)}")
-    total = (probs * sdt).sum()  # int8 promotes to probs' float dtype inside the multiply
-    if not sdt.is_floating_point():
-        total = total / SDT_SCALE
-    return total / probs.numel()
+    true_positive = zeros.scatter_add(0, safe_target.flatten(), prob_true.flatten())
+    target_count = zeros.scatter_add(0, safe_target.flatten(), valid_f.flatten())
+    return true_positive, _pixel_weighted_class_sum(probs, valid_f), target_count

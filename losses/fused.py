@@ -1,9 +1,10 @@
-"""All loss terms in one autograd Function with a hand-written backward, to save memory at 1024x2048.
+"""CE, Dice and boundary in one autograd Function with a hand-written backward, to save memory at 1024x2048.
 
-Same values as `losses.functional` (which stays the readable reference and is what this is tested
-against). Why: with plain autograd the composite loss keeps log_probs and probs for backward and builds
-~4 more full-size float32 (N, C, H, W) gradient tensors in backward (for probs, log_probs, logits and the
-boundary product). Here the forward keeps only probs, and the backward builds one float32 tensor G in
+Same values as the term functions `losses.ce`, `losses.dice`, `losses.boundary` (the readable reference, and
+what this is tested against). It covers exactly FUSED_TERMS; `SegmentationLoss` computes a recipe's other
+terms through autograd beside it, so no term is ever dropped. Why: with plain autograd the composite loss
+keeps log_probs and probs for backward and builds ~4 more full-size float32 (N, C, H, W) gradient tensors
+in backward (for probs, log_probs, logits and the boundary product). Here the forward keeps only probs, and the backward builds one float32 tensor G in
 place plus the gradient in the logits' dtype:
 
     forward : probs (1 float32 map, kept) + the transient product probs·sdt of the boundary term
@@ -23,7 +24,9 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from losses.functional import SDT_SCALE, _pixel_weighted_class_sum, log_probs_float
+from losses.functional import SDT_SCALE, class_sums, log_probs_float
+
+FUSED_TERMS = ("ce", "dice", "boundary")  # the terms this Function computes
 
 
 class FusedSegmentationLoss(torch.autograd.Function):
@@ -31,7 +34,6 @@ class FusedSegmentationLoss(torch.autograd.Function):
     def forward(ctx, logits, target, sdt, w_ce, w_dice, w_bnd, use_dice, use_bnd, ignore_index):
         """logits (N, C, H, W), target (N, H, W) int64, sdt (N, C, H, W) int8/float or None; weights are
         floats. Returns four float32 scalars: weighted total, CE, Dice, boundary (0 for unused terms)."""
-        num_classes = logits.shape[1]
         valid = target != ignore_index
         safe_target = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)  # (N, 1, H, W)
         valid_f = valid.unsqueeze(1).to(torch.promote_types(logits.dtype, torch.float32))  # (N, 1, H, W)
@@ -42,13 +44,10 @@ class FusedSegmentationLoss(torch.autograd.Function):
         probs.exp_()  # in place: from here on it holds softmax probabilities
         dice, intersection, cardinality = ce.new_zeros(()), None, None
         if use_dice:
-            # Same reductions as functional.dice_loss, kept (C,) for the backward.
-            prob_true = probs.gather(1, safe_target) * valid_f  # (N, 1, H, W)
-            zeros = probs.new_zeros(num_classes)
-            intersection = zeros.scatter_add(0, safe_target.flatten(), prob_true.flatten())
-            target_count = zeros.scatter_add(0, safe_target.flatten(), valid_f.flatten())
-            cardinality = _pixel_weighted_class_sum(probs, valid_f.squeeze(1)) + target_count
-            dice = 1.0 - ((2.0 * intersection + 1.0) / (cardinality + 1.0)).mean()
+            # Same reductions as dice_loss, kept (C,) for the backward.
+            intersection, predicted, target_count = class_sums(probs, target, ignore_index)
+            cardinality = predicted + target_count
+            dice = 1.0 - ((2.0 * intersection + 1.0) / (cardinality + 1.0)).mean()  # as dice_loss
         boundary = ce.new_zeros(())
         if use_bnd:
             if sdt.shape != probs.shape:
@@ -100,15 +99,17 @@ class FusedSegmentationLoss(torch.autograd.Function):
 
 
 def fused_loss_terms(logits, target, sdt, weights: dict[str, float], ignore_index: int = 255):
-    """(loss, {term: value}) for the terms named in `weights` ("ce" always; "dice", "boundary" optional)."""
+    """(weighted sum, {term: value}) for the terms named in `weights`, a non-empty subset of FUSED_TERMS.
+
+    CE is always computed (it is nearly free here); without "ce" in `weights` it weighs 0 and is not returned.
+    """
+    unknown = set(weights) - set(FUSED_TERMS)
+    if unknown or not weights:
+        raise ValueError(f"the fused loss computes {FUSED_TERMS}, got {sorted(weights)}")
     use_dice, use_bnd = "dice" in weights, "boundary" in weights
     loss, ce, dice, boundary = FusedSegmentationLoss.apply(
-        logits, target, sdt, float(weights["ce"]), float(weights.get("dice", 0.0)),
+        logits, target, sdt, float(weights.get("ce", 0.0)), float(weights.get("dice", 0.0)),
         float(weights.get("boundary", 0.0)), use_dice, use_bnd, ignore_index,
     )
-    terms = {"ce": ce}
-    if use_dice:
-        terms["dice"] = dice
-    if use_bnd:
-        terms["boundary"] = boundary
-    return loss, terms
+    values = {"ce": ce, "dice": dice, "boundary": boundary}
+    return loss, {name: values[name] for name in FUSED_TERMS if name in weights}

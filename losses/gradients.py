@@ -1,25 +1,28 @@
 """Per-term gradient statistics: how strongly, and in which direction, each loss term pulls on the network.
 
 The study explains C < D by "gradient interference" between Dice and the boundary term without measuring it.
-`term_gradient_stats` measures it on the training graph itself: for each UNWEIGHTED term t of the variant
-(CE, Dice, boundary) it takes g_t = ∂t/∂logits and ∂t/∂features with one `torch.autograd.grad` call per
+`term_gradient_stats` measures it on the training graph itself: for each UNWEIGHTED term t of the recipe
+(CE, Dice, boundary, or whatever registered terms it has) it takes g_t = ∂t/∂logits and ∂t/∂features with one `torch.autograd.grad` call per
 term (`retain_graph=True`, so the training backward that follows still works), and returns
 
     grad_norm/logits/<t>    = ‖∂t/∂logits‖₂       over all N·C·H·W entries (logits at the input size)
     grad_norm/features/<t>  = ‖∂t/∂features‖₂     over all N·512·H/4·W/4 entries (UPerNet's fused map, the last
                                                    map the classes share; the path to it is Dropout2d, the 1x1
                                                    classifier and the bilinear upsampling)
-    grad_cos/<where>/dice_boundary = ⟨g_dice, g_bnd⟩ / (‖g_dice‖₂·‖g_bnd‖₂), clamped to [−1, 1]
-                                     (variant C only; NaN when either gradient is exactly zero)
+    grad_cos/<where>/<a>_<b>  = ⟨g_a, g_b⟩ / (‖g_a‖₂·‖g_b‖₂), clamped to [−1, 1], for every pair of terms a, b
+                                 in recipe order (C: ce_dice, ce_boundary, dice_boundary; NaN when either
+                                 gradient is exactly zero)
 
 The gradients are those of the terms as `losses.build_loss` defines them (unweighted; multiply a norm by the
 term's weight for its share of the total). Norms and dot products accumulate in float32 (float64 inputs in
-float64) whatever the gradient dtype (bf16 under autocast), in chunks, so no full-size float32 copy is made.
+float64) whatever the gradient dtype (bf16 under autocast), in chunks, so no full-size float32 copy is made;
+the K terms' gradients are held together for the pairwise cosines (K logits-sized and K features-sized
+tensors in the gradient dtype, freed on return).
 The values stay on the device as 0-dim tensors: nothing here synchronises with the host.
 
 `GradStatsLog` writes them to `RUN/grad_stats.jsonl`, one JSON object per logging step:
     {"epoch": 1-based epoch being trained, "step": optimizer steps taken before this micro-batch,
-     "variant", "seed", "lambda_boundary": the run's configured λ_b (--lambda-boundary, as in results.json),
+     "variant" (the loss label: "C", or a recipe's "ce+0.5·lovasz"), "seed", "lambda_boundary": the run's configured λ_b (--lambda-boundary, as in results.json),
      "boundary_schedule": the run's λ_b schedule (--boundary-schedule: constant, linear or steal),
      "weight/<term>": the loss weights in use at this step (they differ from the configured ones under a
      λ_b schedule), then the keys above (NaN -> null)}
@@ -31,14 +34,14 @@ Example:
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 
+from losses.registry import TERMS
 from utils.jsonl import EpochJsonl
 
-GRAD_TERMS = ("ce", "dice", "boundary")  # unweighted terms of losses.build_loss, in this order
-COSINE_PAIR = ("dice", "boundary")  # the pair behind the study's gradient-interference hypothesis
 WHERE = ("logits", "features")
 _CHUNK = 1 << 22  # elements per float32 partial sum: 16 MiB temporaries at most
 
@@ -71,40 +74,38 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def term_gradient_stats(terms: dict[str, torch.Tensor], logits: torch.Tensor,
                         features: torch.Tensor) -> dict[str, torch.Tensor]:
-    """L2 norm of each unweighted term's gradient w.r.t. the logits and the features, and the Dice/boundary cosine.
+    """L2 norm of each unweighted term's gradient w.r.t. the logits and the features, and every pair's cosine.
 
     Call it after the forward pass and before `terms["loss"].backward()`: each term costs one extra backward
     from the loss to `features` on the same graph (through the loss, the upsampling and the classifier; the
     backbone and the head are not traversed), and the parameters' `.grad` are not touched.
 
     Args:
-        terms: the loss's output, `{"loss", "ce", "dice"?, "boundary"?, ...}`; the keys of GRAD_TERMS present
-            are used (others, e.g. "loss" and "aux", are ignored).
+        terms: the loss's output, `{"loss", <term>: value, ...}`; its registered terms are measured, in their
+            order (other keys, e.g. "loss" and "aux", are ignored).
         logits: (N, C, H, W) the tensor the loss was computed from.
         features: (N, F, h, w) the model's "features" output that `logits` was computed from.
     Returns:
-        {"grad_norm/logits/<t>", "grad_norm/features/<t>" for each term t present, and
-        "grad_cos/logits/dice_boundary", "grad_cos/features/dice_boundary" when both Dice and boundary are
-        present}: detached float32 (float64 for float64 inputs) 0-dim tensors on the logits' device.
+        {"grad_norm/logits/<t>", "grad_norm/features/<t>" for each term t, and "grad_cos/logits/<a>_<b>",
+        "grad_cos/features/<a>_<b>" for each pair}: detached float32 (float64 for float64 inputs) 0-dim
+        tensors on the logits' device.
     """
-    present = [t for t in GRAD_TERMS if t in terms]
+    present = [t for t in terms if t in TERMS]
     if not present:
-        raise ValueError(f"no loss term to measure: expected some of {GRAD_TERMS}, got {sorted(terms)}")
+        raise ValueError(f"no loss term to measure: expected some of {tuple(TERMS)}, got {sorted(terms)}")
     if not (logits.requires_grad and features.requires_grad):
         raise ValueError("logits and features must be part of the autograd graph (call outside torch.no_grad)")
     stats: dict[str, torch.Tensor] = {}
-    kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the Dice gradients, until the boundary's arrive
+    kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # each term's (logits, features) gradients
     for t in present:
         grads = torch.autograd.grad(terms[t], (logits, features), retain_graph=True, allow_unused=True)
         # A term that does not reach a tensor has a zero gradient there (norm 0, cosine NaN).
-        grads = tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, (logits, features)))
-        for where, g in zip(WHERE, grads):
+        kept[t] = tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, (logits, features)))
+        for where, g in zip(WHERE, kept[t]):
             stats[f"grad_norm/{where}/{t}"] = _dot(g, g).sqrt()
-        if t == COSINE_PAIR[0] and COSINE_PAIR[1] in present:
-            kept[t] = grads
-        elif t == COSINE_PAIR[1] and COSINE_PAIR[0] in kept:
-            for where, g_first, g_second in zip(WHERE, kept.pop(COSINE_PAIR[0]), grads):
-                stats[f"grad_cos/{where}/{COSINE_PAIR[0]}_{COSINE_PAIR[1]}"] = cosine(g_first, g_second)
+    for a, b in itertools.combinations(present, 2):
+        for where, g_a, g_b in zip(WHERE, kept[a], kept[b]):
+            stats[f"grad_cos/{where}/{a}_{b}"] = cosine(g_a, g_b)
     return stats
 
 

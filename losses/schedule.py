@@ -14,8 +14,10 @@ resumed run needs nothing but its epoch counter. train.py applies them at the st
     {'ce': 1.0, 'dice': 1.0, 'boundary': 0.1}
 
 Notation: e = 0-based index of the epoch about to be trained (e = 0 is the first epoch), w⁰_t the base
-weight of term t (ce 1, dice λ_d, boundary λ_b), R = the region terms the variant has ({ce} for D, {ce, dice}
-for C). Only the variant's terms are returned; region weights are returned unchanged except under "steal".
+weight of term t (ce 1, dice λ_d, boundary λ_b), b = each boundary term of the recipe, R = its region terms
+(the kinds of `losses.registry.TERMS`: {ce} for D, {ce, dice} for C, {ce, lovasz} for "ce=1,lovasz=0.5,
+boundary=0.2"). Only the recipe's terms are returned; region weights are returned unchanged except under
+"steal".
 
     constant: w_t(e) = w⁰_t
     linear  : w_b(e) = start + (end − start) · min(e, ramp_epochs) / ramp_epochs     (end = w⁰_b by default;
@@ -33,10 +35,10 @@ this is their schedule: w_ce = w_dice = max(0.01, 1 − 0.01·e), w_b = min(0.01
 """
 from __future__ import annotations
 
+from losses.registry import terms_of_kind
 from utils.fileio import UserError
 
 SCHEDULE_KINDS = ("constant", "linear", "steal")
-REGION_TERMS = ("ce", "dice")  # the terms "steal" takes weight from
 
 
 class BoundaryWeightSchedule:
@@ -44,7 +46,7 @@ class BoundaryWeightSchedule:
 
     Args:
         kind: "constant", "linear" or "steal" (formulas in the module docstring).
-        base_weights: the variant's weights, e.g. `build_loss("C").weights` ({"ce", "dice", "boundary"});
+        base_weights: the recipe's weights, e.g. `build_loss("C").weights` ({"ce", "dice", "boundary"});
             copied, so later changes to the loss object's dict do not feed back into the schedule.
         start: linear: λ_b at epoch 0.
         end: linear: λ_b from epoch `ramp_epochs` on; None = the base λ_b (`--lambda-boundary`), so the
@@ -53,8 +55,8 @@ class BoundaryWeightSchedule:
         delta: steal: weight moved from each region term to the boundary term per epoch (δ).
         floor: steal: lowest weight of a region term.
     Raises:
-        UserError: unknown kind, negative parameters, or a scheduled λ_b for a variant without the boundary
-            term (A, B).
+        UserError: unknown kind, negative parameters, or a scheduled λ_b for a recipe without a boundary
+            term (A, B, "ce=1,lovasz=0.5").
     """
 
     def __init__(self, kind: str, base_weights: dict[str, float], *, start: float = 0.0, end: float | None = None,
@@ -62,9 +64,11 @@ class BoundaryWeightSchedule:
         if kind not in SCHEDULE_KINDS:
             raise UserError(f"unknown boundary schedule {kind!r}: choose one of {', '.join(SCHEDULE_KINDS)} "
                             "(--boundary-schedule)")
-        if kind != "constant" and "boundary" not in base_weights:
-            raise UserError(f"--boundary-schedule {kind} needs a variant with the boundary term (C or D); "
-                            f"this one has only {', '.join(base_weights)}")
+        self.boundary_terms = terms_of_kind(base_weights, "boundary")
+        self.region_terms = terms_of_kind(base_weights, "region")  # the terms "steal" takes weight from
+        if kind != "constant" and not self.boundary_terms:
+            raise UserError(f"--boundary-schedule {kind} needs a loss with a boundary term (C, D, or a recipe "
+                            f"with one); this one has only {', '.join(base_weights)}")
         checks = {"--boundary-start": start, "--boundary-ramp-epochs": ramp_epochs, "--steal-delta": delta,
                   "--steal-floor": floor}
         if end is not None:
@@ -75,31 +79,34 @@ class BoundaryWeightSchedule:
         self.kind = kind
         self.base_weights = {name: float(w) for name, w in base_weights.items()}
         self.start = float(start)
-        self.end = float(self.base_weights.get("boundary", 0.0) if end is None else end)
+        self.end = None if end is None else float(end)  # None: each boundary term ends at its base weight
         self.ramp_epochs = int(ramp_epochs)
         self.delta = float(delta)
         self.floor = float(floor)
-        region = [self.base_weights[t] for t in REGION_TERMS if t in self.base_weights]
-        self.max_stolen = max(0.0, max(w - self.floor for w in region))  # s_max: what the largest region weight can lose
+        region = [self.base_weights[t] for t in self.region_terms]
+        self.max_stolen = max([0.0] + [w - self.floor for w in region])  # s_max: what the largest region weight can lose
 
     def weights_at(self, epoch: int) -> dict[str, float]:
-        """{term: weight} for the epoch with 0-based index `epoch` (the variant's terms only)."""
+        """{term: weight} for the epoch with 0-based index `epoch` (the recipe's terms only)."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         weights = dict(self.base_weights)
         if self.kind == "linear":
             progress = 1.0 if self.ramp_epochs == 0 else min(epoch, self.ramp_epochs) / self.ramp_epochs
-            weights["boundary"] = self.start + (self.end - self.start) * progress
+            for b in self.boundary_terms:
+                end = self.base_weights[b] if self.end is None else self.end
+                weights[b] = self.start + (end - self.start) * progress
         elif self.kind == "steal":
             stolen = min(self.delta * epoch, self.max_stolen)
-            weights["boundary"] = self.base_weights["boundary"] + stolen
-            for t in REGION_TERMS:
-                if t in weights:
-                    base = self.base_weights[t]
-                    weights[t] = max(min(self.floor, base), base - stolen)
+            for b in self.boundary_terms:
+                weights[b] = self.base_weights[b] + stolen
+            for t in self.region_terms:
+                base = self.base_weights[t]
+                weights[t] = max(min(self.floor, base), base - stolen)
         return weights
 
     def __repr__(self) -> str:
-        params = {"constant": "", "linear": f", start={self.start:g}, end={self.end:g}, ramp_epochs={self.ramp_epochs}",
+        end = "base" if self.end is None else f"{self.end:g}"
+        params = {"constant": "", "linear": f", start={self.start:g}, end={end}, ramp_epochs={self.ramp_epochs}",
                   "steal": f", delta={self.delta:g}, floor={self.floor:g}"}[self.kind]
         return f"BoundaryWeightSchedule({self.kind!r}{params})"

@@ -1,8 +1,15 @@
-"""Backbone (any timm model with 4 feature levels at strides 4/8/16/32) + UPerNet head + aux FCN head,
+"""Backbone (any timm model with feature levels at strides 4/8/16/32) + UPerNet head + aux FCN head,
 and loading ImageNet weights of the timm classification model into the features-only backbone.
+
+The backbone follows timm's feature contract (`feature_info`: per level `num_chs`, `reduction`, `module`):
+the four levels at reductions FEATURE_STRIDES are chosen from `feature_info.reduction()` of all the model's
+levels, so a stride-2 stem level (ResNet, EfficientNet, RegNet, MobileNet) is skipped; NHWC feature maps
+(Swin: `output_fmt` NHWC) are permuted to NCHW; a model built for one input size (a patch embedding with
+a fixed `img_size`: Swin) gets the training frame size. A single-stride model (ViT) is refused.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import timm
@@ -13,34 +20,73 @@ from models.aux_head import FCNHead
 from models.uperhead import UPerHead, resize_bilinear
 from utils.fileio import UserError
 
-FEATURE_STRIDES = [4, 8, 16, 32]  # what UPerNet expects from the backbone's four levels
+FEATURE_STRIDES = (4, 8, 16, 32)  # what UPerNet expects from the backbone's four levels
 AUX_LEVEL = 2  # the aux FCN head reads the stride-16 level
 HUB_PREFIXES = ("timm:", "hf-hub:")  # pretrained=... names fetched by timm instead of read from a file
 
 
-def create_backbone(name: str, drop_path_rate: float = 0.0) -> nn.Module:
-    """`timm.create_model(name, features_only=True)` at random init, checked to give strides 4/8/16/32.
-
-    The result is a timm FeatureListNet: forward returns a list of four (N, C_i, H/s_i, W/s_i) maps and
-    `feature_info.channels()` / `.reduction()` describe them.
-    """
+@functools.lru_cache(maxsize=4)
+def _probe(name: str) -> nn.Module:
+    """The features-only model on the meta device (no memory, ~0.1 s): its feature_info and modules."""
     try:
-        backbone = timm.create_model(
-            name, features_only=True, out_indices=(0, 1, 2, 3), pretrained=False, drop_path_rate=drop_path_rate
-        )
+        with torch.device("meta"):
+            return timm.create_model(name, features_only=True, pretrained=False)
     except RuntimeError as e:
         if "Unknown model" not in str(e):
             raise
         raise UserError(
             f"unknown backbone {name!r}: pass a timm model name such as convnextv2_base (see timm.list_models())"
         ) from None
-    strides = list(backbone.feature_info.reduction())
-    if strides != FEATURE_STRIDES:
+
+
+def takes_input_size(name: str) -> bool:
+    """Whether timm builds `name` for one input size (a patch embedding with a fixed img_size, e.g. Swin)."""
+    return any(getattr(m, "strict_img_size", False) and getattr(m, "img_size", None) is not None
+               for m in _probe(name).modules())
+
+
+def pyramid_indices(name: str) -> tuple[int, ...]:
+    """Indices into the model's feature levels (`feature_info`) of the deepest level at each of FEATURE_STRIDES.
+
+    Raises:
+        UserError: the model has no level at one of these strides (the message names the strides it has).
+    """
+    strides = [info["reduction"] for info in _probe(name).feature_info.info]  # every level, stem included
+    if any(s not in strides for s in FEATURE_STRIDES):
         raise UserError(
-            f"backbone {name!r} gives feature strides {strides}, UPerNet needs {FEATURE_STRIDES}: "
-            "choose a hierarchical backbone (ConvNeXt, ResNet, Swin, ...)"
+            f"backbone {name!r} has feature levels at strides {strides}, UPerNet needs {list(FEATURE_STRIDES)}: "
+            "choose a hierarchical backbone (ConvNeXt, ResNet, EfficientNet, RegNet, Swin, ...); single-stride "
+            "ViTs cannot work"
         )
-    return backbone
+    return tuple(len(strides) - 1 - strides[::-1].index(s) for s in FEATURE_STRIDES)
+
+
+def create_backbone(name: str, drop_path_rate: float = 0.0,
+                    img_size: tuple[int, int] | None = None) -> nn.Module:
+    """`timm.create_model(name, features_only=True, out_indices=...)` at random init: the levels at strides
+    4/8/16/32 (`pyramid_indices`).
+
+    The result is a timm features-only model: forward returns a list of four maps, (N, C_i, H/s_i, W/s_i), or
+    (N, H/s_i, W/s_i, C_i) when its `output_fmt` is NHWC (UPerNetSegmentor permutes those), and
+    `feature_info.channels()` / `.reduction()` describe them.
+
+    Args:
+        img_size: (H, W) of the training frames, for a model built for one input size (`takes_input_size`);
+            ignored by the others. Such a model is also built with `dynamic_img_size=True`, so evaluation
+            on frames of another size (divisible by its patch size) works.
+    """
+    out_indices = pyramid_indices(name)  # first: a single-stride model is refused for its strides
+    kwargs = {"drop_path_rate": drop_path_rate}
+    if takes_input_size(name):
+        if img_size is None:
+            raise UserError(f"backbone {name!r} is built for one input size: pass img_size=(H, W) of the frames")
+        kwargs.update(img_size=tuple(img_size), dynamic_img_size=True)
+    return timm.create_model(name, features_only=True, out_indices=out_indices, pretrained=False, **kwargs)
+
+
+def _is_nhwc(backbone: nn.Module) -> bool:
+    fmt = getattr(backbone, "output_fmt", "NCHW")  # timm's Format enum (a str enum) or absent
+    return getattr(fmt, "value", fmt) == "NHWC"
 
 
 class UPerNetSegmentor(nn.Module):
@@ -60,6 +106,7 @@ class UPerNetSegmentor(nn.Module):
         super().__init__()
         in_channels = list(backbone.feature_info.channels())
         self.backbone = backbone
+        self.backbone_nhwc = _is_nhwc(backbone)
         self.decode_head = UPerHead(in_channels, num_classes, channels=head_channels)
         self.aux_head = FCNHead(in_channels[AUX_LEVEL], num_classes) if aux_head else None
         self.num_classes = num_classes
@@ -72,6 +119,8 @@ class UPerNetSegmentor(nn.Module):
     def forward(self, images: torch.Tensor, return_features: bool = False) -> dict[str, torch.Tensor]:
         size = images.shape[-2:]
         features = self.backbone(images)  # 4 maps, strides 4, 8, 16, 32
+        if self.backbone_nhwc:  # (N, h, w, C) -> (N, C, h, w): a view with channels_last strides
+            features = [f.permute(0, 3, 1, 2) for f in features]
         fused = self.decode_head.fuse(features)  # (N, 512, H/4, W/4)
         out = {"logits": resize_bilinear(self.decode_head.classify(fused), size)}
         if self.training and self.aux_head is not None:

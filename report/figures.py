@@ -15,6 +15,8 @@ import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from losses.registry import recipe_label  # noqa: E402  (torch-free)
+from losses.variants import LOSS_WEIGHTS  # noqa: E402
 from report.load import METRIC_LABELS, METRICS, Study, metric_unit  # noqa: E402
 from report.stats import summarize  # noqa: E402
 from report.tables import ALPHA  # noqa: E402
@@ -22,7 +24,7 @@ from utils import atomic_write_bytes  # noqa: E402
 
 # tab10's first four, fixed per variant; further groups (e.g. one per λ_b) take the next tab10 colours in order.
 VARIANT_COLORS = {"A": "#1f77b4", "B": "#ff7f0e", "C": "#2ca02c", "D": "#d62728"}
-VARIANT_NAMES = {"A": "A: CE", "B": "B: CE+Dice", "C": "C: CE+Dice+Boundary", "D": "D: CE+Boundary"}
+VARIANT_NAMES = {v: f"{v}: {recipe_label(w)}" for v, w in LOSS_WEIGHTS.items()}  # "C: ce+dice+0.2·boundary"
 _EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 

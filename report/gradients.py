@@ -3,8 +3,7 @@
 The file is written by train.py with `--log-grad-norms K` (`losses.gradients.GradStatsLog`; the README defines
 every key): one JSON object per logging step with "epoch" (1-based), "step", "variant", "seed",
 "lambda_boundary", "boundary_schedule" (absent in logs written before it existed) and the statistics
-"grad_norm/<logits|features>/<ce|dice|boundary>" and "grad_cos/<logits|features>/dice_boundary" (null where
-undefined). The schedule's parameters, and the schedule of a log without "boundary_schedule", come from the run's
+"grad_norm/<logits|features>/<term>" and "grad_cos/<logits|features>/<term>_<term>" (null where undefined). The schedule's parameters, and the schedule of a log without "boundary_schedule", come from the run's
 `config.json` beside the log; without one, such a log counts as "constant". Only the file formats are shared with
 the training code; nothing here imports it.
 
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.results_format import SCHEDULE_PARAMS, boundary_schedule_of
+from losses.registry import TERMS  # torch-free: the term names, for the order of the statistics
 from report.load import Grouping, RunSetting
 from report.stats import Summary, summarize
 from report.tables import Table
@@ -30,7 +30,6 @@ from utils import UserError
 FILE_NAME = "grad_stats.jsonl"
 STAT_PREFIXES = ("grad_norm/", "grad_cos/")
 _WHERE_ORDER = ("logits", "features")
-_TERM_ORDER = ("ce", "dice", "boundary", "dice_boundary")
 
 
 @dataclass(frozen=True)
@@ -53,10 +52,10 @@ class GradPoint:
 
 
 def _statistic_order(name: str) -> tuple:
-    """grad_norm before grad_cos; logits before features; ce, dice, boundary."""
-    kind, where, term = (name.split("/") + ["", ""])[:3]
-    return (kind != "grad_norm", _WHERE_ORDER.index(where) if where in _WHERE_ORDER else 9,
-            _TERM_ORDER.index(term) if term in _TERM_ORDER else 9, name)
+    """grad_norm before grad_cos; logits before features; terms (and pairs "a_b") in the registry's order."""
+    kind, where, terms = (name.split("/") + ["", ""])[:3]
+    order = tuple(list(TERMS).index(t) if t in TERMS else len(TERMS) for t in terms.split("_"))
+    return (kind != "grad_norm", _WHERE_ORDER.index(where) if where in _WHERE_ORDER else 9, order, name)
 
 
 def _run_schedule(log_path: Path) -> tuple[str, tuple[tuple[str, float], ...]] | None:

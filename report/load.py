@@ -24,14 +24,13 @@ from rich.progress import track
 
 from data_utils.labels import CLASS_NAMES
 from engine.results_format import boundary_schedule_of, read_results
+from losses.variants import LAMBDA_BOUNDARY
+from metrics.keys import COUNT_METRICS, METRIC_LABELS
+from metrics.keys import METRIC_KEYS as METRICS  # results.json keys of the global metrics
 from report.bootstrap import PROFILE_METRICS, full_set_values
 from report.per_image import per_image_path, read_per_image, select_images
 from utils import UserError
 
-METRICS = ("miou", "boundary_f1", "trimap_iou")  # results.json keys of the global metrics
-METRIC_LABELS = {"miou": "mIoU", "boundary_f1": "Boundary F1", "trimap_iou": "Trimap IoU",
-                 "boundary_iou": "Boundary IoU", "fragments_per_image": "fragments per image"}
-COUNT_METRICS = ("fragments_per_image",)  # metrics that are counts; every other one is a fraction in [0, 1]
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
 
 
@@ -164,7 +163,7 @@ def load_csv(path: str | Path) -> list[Record]:
 
 
 # ---------------------------------------------------------------------------------------------------- grouping
-STUDY_LAMBDA_B = 0.2  # the study's fixed λ_b: the group that stands for a swept variant in the study's tables
+STUDY_LAMBDA_B = LAMBDA_BOUNDARY  # the study's fixed λ_b: the group that stands for a swept variant in its tables
 
 
 _PARAM_NAMES = {"boundary_start": "start", "boundary_ramp_epochs": "ramp", "steal_delta": "δ",

@@ -109,6 +109,17 @@ def test_bench_train_runs_at_tiny_size(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # the temporary data set is removed
 
 
+def test_bench_train_times_any_loss_recipe(tmp_path, capsys):
+    argv = ["--device", "cpu", "--height", "32", "--width", "64", "--batch-size", "1", "--steps", "1",
+            "--warmup", "1", "--head-channels", "16", "--workers", "0", "--parts", "model",
+            "--loss", "ce=1,lovasz=0.5,boundary=0.2", "--json", str(tmp_path / "bench.json")]
+    assert bench_train.main(argv) == 0
+    assert "loss ce+0.2·boundary+0.5·lovasz" in capsys.readouterr().out
+    assert json.loads((tmp_path / "bench.json").read_text())["parts"][0]["loss_finite"]
+    with pytest.raises(SystemExit):
+        bench_train.parse_args(["--device", "cpu", "--loss", "ce=1,nope=1"])
+
+
 def test_bench_loader_at_tiny_size(tmp_path):
     from data_utils.synthetic import generate_dataset
 

@@ -1,6 +1,7 @@
-"""losses.gradients: per-term gradient norms and the Dice/boundary cosine against explicit autograd computations
+"""losses.gradients: per-term gradient norms and every pair's cosine against explicit autograd computations
 (one fresh forward/backward per term, through the reference loss functions), a closed form for CE, the
 zero-gradient NaN, and the grad_stats.jsonl log."""
+import itertools
 import json
 import math
 
@@ -47,10 +48,8 @@ def reference_stats(model, images, target, sdt, variant, dropout_seed=None):
     """Each term's gradient from its own fresh forward + backward (reference losses, plain autograd); norms and
     cosines in float64 numpy."""
     grads = {}
-    for term in ("ce", "dice", "boundary"):
+    for term in build_loss(variant).terms:
         loss_fn = build_loss(variant, fused=False)
-        if term not in loss_fn.terms:
-            continue
         if dropout_seed is not None:
             torch.manual_seed(dropout_seed)
         out = model(images, return_features=True)
@@ -64,10 +63,10 @@ def reference_stats(model, images, target, sdt, variant, dropout_seed=None):
     for term, g in grads.items():
         for where in ("logits", "features"):
             ref[f"grad_norm/{where}/{term}"] = float(np.sqrt(np.sum(g[where] ** 2)))
-    if "dice" in grads and "boundary" in grads:
+    for first, second in itertools.combinations(grads, 2):
         for where in ("logits", "features"):
-            a, b = grads["dice"][where], grads["boundary"][where]
-            ref[f"grad_cos/{where}/dice_boundary"] = float(a @ b / np.sqrt((a @ a) * (b @ b)))
+            a, b = grads[first][where], grads[second][where]
+            ref[f"grad_cos/{where}/{first}_{second}"] = float(a @ b / np.sqrt((a @ a) * (b @ b)))
     return ref
 
 
@@ -79,7 +78,7 @@ def our_stats(model, images, target, sdt, variant, dropout_seed=None):
     return {k: float(v) for k, v in term_gradient_stats(terms, out["logits"], out["features"]).items()}
 
 
-@pytest.mark.parametrize("variant", ["A", "B", "C", "D"])
+@pytest.mark.parametrize("variant", ["A", "B", "C", "D", "ce=1,lovasz=0.5,focal=1,boundary=0.2"])
 def test_tiny_model_matches_separate_autograd(variant):
     torch.manual_seed(0)
     model = TinySegmentor().double()
@@ -87,9 +86,11 @@ def test_tiny_model_matches_separate_autograd(variant):
     ours = our_stats(model, images, target, sdt, variant)
     ref = reference_stats(model, images, target, sdt, variant)
     assert set(ours) == set(ref)
-    expected_terms = {"A": {"ce"}, "B": {"ce", "dice"}, "C": {"ce", "dice", "boundary"}, "D": {"ce", "boundary"}}
-    assert {k.split("/")[2] for k in ours if k.startswith("grad_norm/")} == expected_terms[variant]
-    assert any(k.startswith("grad_cos/") for k in ours) == (variant == "C")
+    expected_terms = {"A": ["ce"], "B": ["ce", "dice"], "C": ["ce", "dice", "boundary"], "D": ["ce", "boundary"]}
+    terms = expected_terms.get(variant, ["ce", "boundary", "focal", "lovasz"])
+    assert {k.split("/")[2] for k in ours if k.startswith("grad_norm/")} == set(terms)
+    pairs = {f"{a}_{b}" for a, b in itertools.combinations(terms, 2)}  # every pair, in recipe order
+    assert {k.split("/")[2] for k in ours if k.startswith("grad_cos/")} == pairs
     for k in ref:
         assert ours[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-12), k
 
@@ -106,7 +107,7 @@ def test_real_convnextv2_atto_matches_separate_autograd():
     images, target, sdt = make_batch(n=2, h=64, w=64, seed=1)
     ours = our_stats(model, images, target, sdt, "C", dropout_seed=7)
     ref = reference_stats(model, images, target, sdt, "C", dropout_seed=7)
-    assert set(ours) == set(ref) and len(ref) == 8
+    assert set(ours) == set(ref) and len(ref) == 2 * 3 + 2 * 3  # 3 terms, 3 pairs, at logits and features
     for k in ref:
         assert ours[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-7), k
     assert all(v > 0 for k, v in ours.items() if k.startswith("grad_norm/"))

@@ -59,6 +59,16 @@ def test_steal_from_the_study_weights_and_unequal_region_weights():
     assert low.weights_at(0)["dice"] == 0.05 and low.weights_at(9)["dice"] == 0.05
 
 
+def test_schedules_act_on_any_recipe_with_a_boundary_term():
+    # the region terms are the recipe's (kind "region" in losses.registry), not a fixed ce/dice list
+    base = build_loss("ce=1,lovasz=0.5,boundary=0.2").weights
+    steal = BoundaryWeightSchedule("steal", base, delta=0.1, floor=0.1)
+    assert steal.weights_at(3) == pytest.approx({"ce": 0.7, "lovasz": 0.2, "boundary": 0.5})
+    assert steal.weights_at(20) == pytest.approx({"ce": 0.1, "lovasz": 0.1, "boundary": 1.1})
+    linear = BoundaryWeightSchedule("linear", base, start=0.0, ramp_epochs=4)
+    assert linear.weights_at(2) == pytest.approx({"ce": 1.0, "lovasz": 0.5, "boundary": 0.1})
+
+
 def test_pure_function_of_epoch_and_base_copied():
     loss_fn = build_loss("C", lambda_boundary=0.2)
     s = BoundaryWeightSchedule("steal", loss_fn.weights, delta=0.02)
@@ -72,8 +82,10 @@ def test_pure_function_of_epoch_and_base_copied():
 def test_bad_arguments_are_user_errors():
     with pytest.raises(UserError, match="unknown boundary schedule 'cosine': choose one of constant, linear, steal"):
         BoundaryWeightSchedule("cosine", {"ce": 1.0})
-    with pytest.raises(UserError, match="needs a variant with the boundary term"):
+    with pytest.raises(UserError, match="needs a loss with a boundary term"):
         BoundaryWeightSchedule("linear", build_loss("B").weights)
+    with pytest.raises(UserError, match="needs a loss with a boundary term"):
+        BoundaryWeightSchedule("steal", build_loss("ce=1,lovasz=0.5").weights)
     with pytest.raises(UserError, match="--steal-delta must be >= 0"):
         BoundaryWeightSchedule("steal", build_loss("C").weights, delta=-0.1)
     with pytest.raises(ValueError):

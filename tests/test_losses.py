@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from losses import AUX_LOSS_WEIGHT, LOSS_WEIGHTS, build_aux_loss, build_loss
-from losses.functional import boundary_loss, cross_entropy_loss, dice_loss, log_probs_float
+from losses import boundary_loss, cross_entropy_loss, dice_loss
+from losses.functional import log_probs_float
 from utils.fileio import UserError
 
 IGNORE = 255

@@ -1,4 +1,5 @@
-"""ConvNeXt-V2 + UPerNet: output contract, batch-1 training, parameter count, state dicts, pretrained loading.
+"""ConvNeXt-V2 + UPerNet: output contract, batch-1 training, parameter count, state dicts, pretrained loading,
+and timm's feature contract for other backbones (levels chosen by stride, NHWC, fixed input size, refusals).
 
 A tiny backbone (convnextv2_atto, random init) stands in for convnextv2_base except in the parameter
 count, which builds the base model on the meta device (no weights allocated).
@@ -25,7 +26,7 @@ def tiny_model():
 
 def test_backbone_levels_match_feature_info(tiny_model):
     info = tiny_model.backbone.feature_info
-    assert list(info.reduction()) == FEATURE_STRIDES
+    assert tuple(info.reduction()) == FEATURE_STRIDES
     x = torch.randn(1, 3, 64, 128)
     with torch.no_grad():
         feats = tiny_model.backbone(x)
@@ -209,3 +210,59 @@ def test_pretrained_errors_are_user_errors(tmp_path):
         build_model(TINY, pretrained="timm:convnextv2_base.fcmae_ft_in22k_in1k_384")
     with pytest.raises(UserError, match="unknown backbone"):
         build_model("no_such_net")
+
+
+# ---------------------------------------------------------------- other backbones: timm's feature contract
+# (as timm's tests/test_models.py: channels and strides from feature_info, no magic numbers)
+BACKBONES = ["convnextv2_atto", "resnet18", "efficientnet_b0", "swin_tiny_patch4_window7_224"]
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_backbone_feature_contract_forward_and_backward(name):
+    torch.manual_seed(0)
+    size = (64, 96)
+    model = build_model(name, num_classes=5, head_channels=16, img_size=size).train()
+    info = model.backbone.feature_info
+    assert tuple(info.reduction()) == FEATURE_STRIDES  # a stride-2 stem level (resnet, efficientnet) is skipped
+    images = torch.randn(2, 3, *size)
+    features = model.backbone(images)
+    if model.backbone_nhwc:  # swin: timm's output_fmt NHWC
+        features = [f.permute(0, 3, 1, 2) for f in features]
+    for f, channels, stride in zip(features, info.channels(), info.reduction()):
+        assert f.shape == (2, channels, size[0] // stride, size[1] // stride)
+    assert model.backbone_nhwc == name.startswith("swin")
+    out = model(images)
+    assert out["logits"].shape == out["aux_logits"].shape == (2, 5, *size)
+    (out["logits"].mean() + out["aux_logits"].mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_fixed_input_size_backbone_needs_the_frame_size_and_evaluates_other_sizes():
+    from models import takes_input_size
+
+    assert takes_input_size("swin_tiny_patch4_window7_224") and not takes_input_size("resnet18")
+    with pytest.raises(UserError, match="built for one input size"):
+        build_model("swin_tiny_patch4_window7_224")
+    model = build_model("swin_tiny_patch4_window7_224", num_classes=5, head_channels=16, img_size=(64, 96)).eval()
+    with torch.no_grad():  # built for 64x96 (the training frames), evaluated at another size
+        assert model(torch.randn(1, 3, 96, 128))["logits"].shape == (1, 5, 96, 128)
+
+
+def test_single_stride_backbone_is_refused_naming_its_strides():
+    with pytest.raises(UserError) as err:
+        build_model("vit_tiny_patch16_224")
+    message = str(err.value)
+    assert "strides [16, 16," in message and "[4, 8, 16, 32]" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["resnet18", "swin_tiny_patch4_window7_224"])
+def test_pretrained_file_loads_into_a_stride_chosen_backbone(tmp_path, name):
+    torch.manual_seed(8)
+    state = timm.create_model(name, pretrained=False).state_dict()
+    path = tmp_path / "classifier.safetensors"
+    save_file(state, str(path))
+    model = build_model(name, pretrained=str(path), img_size=(224, 224))
+    for key, value in model.backbone.state_dict().items():  # resnet: the same names; swin: layers_0 <- layers.0
+        first, dot, rest = key.partition(".")
+        source = key if key in state else first.replace("_", ".", 1) + dot + rest
+        assert torch.equal(value, state[source]), key

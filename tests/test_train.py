@@ -616,3 +616,63 @@ def test_wandb_offline_run_with_overlays_continues_the_same_run_after_resume(tin
     offline_runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)
     assert list((offline_runs[-1] / "files" / "media").rglob("*.png"))  # the prediction overlays
+
+
+# ------------------------------------------------------------------------------- loss recipes, other backbones
+def test_loss_recipe_trains_end_to_end_is_recorded_and_grouped_by_its_label(tiny_data, tmp_path):
+    """`--loss "ce=1,lovasz=0.5"` (workers on, as the demo ships): every term is logged under its name, the
+    results record the recipe, and aggregate's loader groups the run under the recipe's label."""
+    from report.load import Study, load_runs_dir
+
+    out = tmp_path / "runs" / "recipe"
+    assert run_train(tiny_data, out, "--loss", "ce=1,lovasz=0.5", "--epochs", "2", "--num-workers", "2",
+                     "--log-grad-norms", "2") == 0
+    rows = read_rows(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert "train/dice" not in row and "train/boundary" not in row
+        assert row["train/weighted/lovasz"] == pytest.approx(0.5 * row["train/lovasz"])
+        assert row["train/loss"] == pytest.approx(row["train/ce"] + row["train/weighted/lovasz"]
+                                                  + 0.4 * row["train/aux"], rel=1e-5)
+        assert -1 <= row["grad_cos/logits/ce_lovasz"] <= 1 and row["grad_norm/features/lovasz"] > 0
+    results = json.loads((out / "checkpoints" / "epoch_0002.results.json").read_text())
+    assert results["variant"] == "ce+0.5·lovasz" and results["loss"] == {"ce": 1.0, "lovasz": 0.5}
+    assert read_meta(out / "checkpoints" / "epoch_0002")["loss"] == {"ce": 1.0, "lovasz": 0.5}
+    study = Study.from_records(load_runs_dir(tmp_path / "runs"))
+    assert study.groups == ["ce+0.5·lovasz"]
+
+
+def test_recipe_flags_run_name_and_refusals():
+    cfg, _ = parse_args(["--loss", "lovasz=0.5,ce=1,boundary=0.2"])
+    assert cfg.loss_weights == {"ce": 1.0, "boundary": 0.2, "lovasz": 0.5}
+    assert (cfg.loss_label, cfg.run_name) == ("ce+0.2·boundary+0.5·lovasz", "ce1_boundary0.2_lovasz0.5_seed42")
+    cfg, _ = parse_args(["--loss", "ce,focal=0.5", "--focal-gamma", "1", "--boundary-schedule", "constant"])
+    assert (cfg.loss_label, cfg.run_name, cfg.loss_params) == (
+        "ce+0.5·focal gamma=1", "ce1_focal0.5_gamma1_seed42", {"focal": {"gamma": 1.0}})
+    with pytest.raises(UserError, match="unknown loss term 'dyce'; registered terms: ce, dice"):
+        parse_args(["--loss", "ce=1,dyce=1"])
+    with pytest.raises(UserError, match="needs a loss with a boundary term .* ce\\+0.5·lovasz has only ce, lovasz"):
+        parse_args(["--loss", "ce=1,lovasz=0.5", "--boundary-schedule", "steal"])  # refused before any data loads
+    with pytest.raises(UserError, match="sets every term's weight: drop --lambda-boundary"):
+        parse_args(["--loss", "ce=1,boundary=0.5", "--lambda-boundary", "0.1"])
+    from engine.setup import uses_sdt
+
+    assert uses_sdt(parse_args(["--loss", "ce=1,boundary=0.5"])[0]) and not uses_sdt(parse_args(["--variant", "B"])[0])
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "swin_tiny_patch4_window7_224"])
+def test_other_backbone_trains_and_its_checkpoint_evaluates(tiny_data, tmp_path, backbone):
+    """resnet18 (a stride-2 stem level to skip) and swin (NHWC, built for the 64x128 training frames) train end to
+    end, and evaluate.py rebuilds the model from the checkpoint's config alone."""
+    import evaluate
+
+    out = tmp_path / "run"
+    assert run_train(tiny_data, out, "--backbone", backbone, "--variant", "D", "--epochs", "1") == 0
+    (row,) = read_rows(out)
+    assert math.isfinite(row["train/loss"]) and 0 <= row["val/miou"] <= 1
+    ckpt = out / "checkpoints" / "epoch_0001"
+    results = ckpt.with_name("epoch_0001.results.json")
+    written = json.loads(results.read_text())
+    results.unlink()
+    assert evaluate.main([str(ckpt)]) == 0
+    assert json.loads(results.read_text())["miou"] == pytest.approx(written["miou"])
