@@ -1,11 +1,19 @@
-"""Segmentation metrics (mIoU, per-class IoU, Boundary F1, Trimap IoU) as count-then-reduce, on any device."""
-from metrics.segmentation import (
-    STAT_KEYS,
-    SegmentationMetrics,
-    boundary_f1_per_class,
-    iou_from_confusion,
-    segmentation_image_stats,
-)
+"""Segmentation metrics as count-then-reduce: mIoU, per-class IoU, Boundary F1 and Trimap IoU (profiles `default`
+and `study`), per-class Boundary IoU, fragments per image; their per-image statistics file; the consensus filter.
 
-__all__ = ["STAT_KEYS", "SegmentationMetrics", "boundary_f1_per_class", "iou_from_confusion",
-           "segmentation_image_stats"]
+The torch-free parts (`metrics.keys`, `metrics.per_image`, `metrics.consensus`) import without torch; the torch
+names below load `metrics.segmentation` on first use, so `import metrics.per_image` stays light (report/).
+"""
+from importlib import import_module
+
+_LAZY = {"SegmentationMetrics": "metrics.segmentation", "segmentation_image_stats": "metrics.segmentation",
+         "STAT_KEYS": "metrics.segmentation", "count_fragments": "metrics.consensus", "cc_veto": "metrics.consensus",
+         "dataset_metrics": "metrics.per_image", "read_per_image": "metrics.per_image",
+         "write_per_image": "metrics.per_image"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'metrics' has no attribute {name!r}")
