@@ -27,7 +27,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
 from data_utils.labels import IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids  # noqa: E402
 from metrics import SegmentationMetrics  # noqa: E402
-from metrics.segmentation import boundary_f1_per_class  # noqa: E402
+from metrics.per_image import boundary_f1_per_class  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
 

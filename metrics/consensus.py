@@ -25,11 +25,19 @@ def _components(label_map: np.ndarray, num_classes: int, skip=()) -> tuple[np.nd
         raise ValueError(f"expected an (H, W) label map, got shape {label_map.shape}")
     if not np.issubdtype(label_map.dtype, np.integer):
         raise ValueError(f"expected an integer label map, got {label_map.dtype}")
-    keep = (label_map >= 0) & (label_map < num_classes)
-    if skip:
-        keep &= ~np.isin(label_map, np.asarray(skip))
-    # cc3d treats 0 as background: classes become 1..C, everything else 0.
-    codes = np.where(keep, label_map + 1, 0).astype(np.uint8 if num_classes < 255 else np.uint16)
+    # cc3d treats 0 as background: classes become 1..C, everything else 0 (a lookup table for 8-bit maps, the
+    # dtype predictions travel in).
+    code_dtype = np.uint8 if num_classes < 255 else np.uint16
+    if label_map.dtype == np.uint8:
+        table = np.zeros(256, code_dtype)
+        table[:num_classes] = np.arange(1, min(num_classes, 256) + 1)
+        table[list(skip)] = 0
+        codes = table[label_map]
+    else:
+        keep = (label_map >= 0) & (label_map < num_classes)
+        if skip:
+            keep &= ~np.isin(label_map, np.asarray(skip))
+        codes = np.where(keep, label_map + 1, 0).astype(code_dtype)
     ids, count = cc3d.connected_components(codes, connectivity=8, return_N=True)
     return ids, int(count)
 

@@ -194,8 +194,8 @@ def _study_boundary_counts(bits: torch.Tensor, eroded: torch.Tensor, boundary_px
 
 
 def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int,
-                  boundary_px: int, rows: tuple[int, int],
-                  frame: tuple[bool, bool]) -> tuple[torch.Tensor, torch.Tensor]:
+                  boundary_px: int, rows: tuple[int, int], frame: tuple[bool, bool],
+                  parts: frozenset[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Joint histogram of (trimap band, pred-boundary state, GT-boundary state, P_d, G_d, target class, pred
     class), and the study profile's boundary counts.
 
@@ -204,12 +204,13 @@ def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
             context above and below, so every counted pixel sees its whole neighbourhood).
         rows: (first, last + 1) of the rows that are counted.
         frame: whether the band's first / last row is the image's top / bottom row.
+        parts: the PARTS to compute; a state of a part left out is 0.
 
     Returns:
         (N, 2, 3, 3, 2, 2, K, K) int64 counts, K = C + 1, index C = no class. Boundary state (default
         profile's B): 0 = not a boundary pixel, 1 = boundary pixel outside the other map's tolerance, 2 = matched
         (inside it). P_d, G_d: 0/1, the pixel is in its class's Boundary-IoU inner band.
-        (N, C, 4) int64: `_study_boundary_counts`.
+        (N, C, 4) int64 `_study_boundary_counts`, or None without the "study" part.
     """
     C, K = num_classes, num_classes + 1
     n_img = pred.shape[0]
@@ -231,13 +232,8 @@ def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
     valid_all_bits = -gt_bits.clamp(max=1)  # -1 (all bits set) on valid pixels, 0 on ignored ones
     pred_bits = (1 << pred_cls) & class_bits & valid_all_bits  # P = (pred == c) & valid
     bits = torch.stack([pred_bits, gt_bits])  # (2, N, h, W)
-    eroded = _erode_bits(bits)
-    boundary = bits & ~eroded  # default B(P), B(G) = M & ~erode(M)
-    deep = eroded  # Boundary IoU: M & ~erode_d(M), d = boundary_px successive erosions
-    for _ in range(boundary_px - 1):
-        deep = _erode_bits(deep)
-    inner = (bits & ~deep).clamp_(max=1) if boundary_px > 0 else torch.zeros_like(bits)  # (2, N, h, W) 0/1
-    study = _study_boundary_counts(bits, eroded, boundary_px, rows, frame, C)
+    eroded = _erode_bits(bits) if parts & {"default", "boundary_iou", "study"} else None
+    study = _study_boundary_counts(bits, eroded, boundary_px, rows, frame, C) if "study" in parts else None
 
     # Trimap contour: two 4-neighbours are a transition when both are valid and differ, i.e. when the XOR of
     # their one-hot codes has two bits set (x & (x - 1) != 0); an ignored pixel (code 0) leaves one bit.
@@ -249,20 +245,35 @@ def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
             transition = xor & (xor - 1)  # nonzero on a valid-valid transition between a pixel and the next
             contour.narrow(dim, 0, size - 1).bitwise_or_(transition)
             contour.narrow(dim, 1, size - 1).bitwise_or_(transition)
+    contour = contour.clamp_(max=1) << C
 
     # One tolerance dilation serves B(P), B(G) and the trimap contour (riding along as bit C of the GT map).
-    dilated = boundary.clone()
-    dilated[1] |= contour.clamp_(max=1) << C
-    dilated = _dilate_bits(dilated, boundary_px)
-    pred_boundary, gt_boundary = boundary[0], boundary[1]  # (N, h, W) each
-    pred_boundary_dil, gt_boundary_dil = dilated[0], dilated[1]
-
-    # A pixel carries at most one bit of B(P) (its predicted class) and one of B(G) (its target class), so
-    # "matched boundary pixel of its class" is a single nonzero test; the class comes from the index maps.
-    band = gt_boundary_dil >> C  # 0/1: within r of a contour pixel (bit C is the highest one set)
-    pred_state = pred_boundary.clamp(max=1) + (pred_boundary & gt_boundary_dil).clamp_(max=1)  # 0/1/2
-    gt_state = gt_boundary.clamp(max=1) + (gt_boundary & pred_boundary_dil).clamp_(max=1)  # 0/1/2
-    state = (((band * 3 + pred_state) * 3 + gt_state) * 2 + inner[0]) * 2 + inner[1]  # 0..71
+    # Boundary IoU's inner band M ∧ ¬erode_d(M) (d = r) is M ∧ dil_{r-1}(B(M)): a pixel of M within d of a
+    # non-M pixel is within d - 1 of the last pixel of M on the way there, a pixel of B(M) (the default's B).
+    # So the dilation runs as r - 1, then 1 more.
+    boundary = bits & ~eroded if eroded is not None and parts & {"default", "boundary_iou"} else None
+    state = 0
+    if boundary is None:  # the band alone
+        band = _dilate_bits(contour, boundary_px) >> C
+    else:
+        marked = boundary.clone()
+        marked[1] |= contour
+        if "boundary_iou" in parts and boundary_px > 0:
+            near = _dilate_bits(marked, boundary_px - 1)
+            inner = (near & bits).clamp_(max=1)  # (2, N, h, W) 0/1: P_d, G_d
+            state = inner[0] * 2 + inner[1]
+            dilated = _dilate_bits(near, 1)
+        else:
+            dilated = _dilate_bits(marked, boundary_px)
+        band = dilated[1] >> C  # 0/1: within r of a contour pixel (bit C is the highest one set)
+        if "default" in parts:
+            # A pixel carries at most one bit of B(P) (its predicted class) and one of B(G) (its target
+            # class), so "matched boundary pixel of its class" is a single nonzero test.
+            pred_boundary, gt_boundary = boundary[0], boundary[1]  # (N, h, W) each
+            pred_state = pred_boundary.clamp(max=1) + (pred_boundary & dilated[1]).clamp_(max=1)  # 0/1/2
+            gt_state = gt_boundary.clamp(max=1) + (gt_boundary & dilated[0]).clamp_(max=1)  # 0/1/2
+            state = state + pred_state * 12 + gt_state * 4
+    state = band * 36 + state  # 0..71: band, pred state, GT state, P_d, G_d
     cell = (state * K + target_cls) * K + pred_cls  # (N, h, W) in 0 .. 72*K*K - 1
     cell = cell[:, rows[0]:rows[1]] + torch.arange(n_img, device=cell.device, dtype=dtype).view(n_img, 1, 1) * (
         num_states * K * K)
@@ -270,9 +281,13 @@ def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
     return counts.view(n_img, 2, 3, 3, 2, 2, K, K), study
 
 
+PARTS = ("default", "study", "boundary_iou")  # what segmentation_image_stats computes besides the confusions
+
+
 @torch.no_grad()
 def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 19,
-                             ignore_index: int = 255, boundary_px: int = 3) -> dict[str, torch.Tensor]:
+                             ignore_index: int = 255, boundary_px: int = 3,
+                             parts=PARTS) -> dict[str, torch.Tensor]:
     """Per-image counts behind every metric but fragments (DEVICE_STAT_KEYS), computed on the inputs' device.
 
     Args:
@@ -281,9 +296,12 @@ def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_class
         num_classes: C, at most 62 (each class is one bit of an integer; up to 30 fit an int32).
         ignore_index: the ignore label in `target`.
         boundary_px: r, the boundary tolerance, trimap band half-width and Boundary-IoU depth d in pixels.
+        parts: which counts besides `confusion` and `trimap_confusion` to compute (a subset of PARTS):
+            "default" -> `boundary`, "study" -> `study_boundary`, "boundary_iou" -> `boundary_iou`. Every
+            evaluation computes all of them (the per-image file holds both profiles); fewer serve benchmarks.
 
     Returns:
-        {key: int64 tensor with leading dim N} for the keys of DEVICE_STAT_KEYS (layout in the comment above it).
+        {key: int64 tensor with leading dim N} (layout in the comment above DEVICE_STAT_KEYS).
     """
     if pred.shape != target.shape or pred.dim() not in (2, 3):
         raise ValueError(f"pred and target must both be (N, H, W) or (H, W); got {tuple(pred.shape)} "
@@ -296,13 +314,16 @@ def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_class
         raise ValueError(f"num_classes={num_classes}: 1..62 supported (one bit per class)")
     if boundary_px < 0:
         raise ValueError(f"boundary_px={boundary_px} must be >= 0")
+    parts = frozenset(parts)
+    if parts - set(PARTS):
+        raise ValueError(f"unknown parts {sorted(parts - set(PARTS))}: choose from {', '.join(PARTS)}")
     if pred.dim() == 2:
         pred, target = pred[None], target[None]
     n_img, height, width = pred.shape
     C = num_classes
 
     # Row bands with boundary_px + 1 rows of context: the (study's) erosion and dilation reach 1 row, the
-    # tolerance dilation r more, the Boundary-IoU erosion r.
+    # tolerance dilation r more.
     context = boundary_px + 1
     tile_rows = height
     if pred.device.type == "cpu":
@@ -312,33 +333,42 @@ def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_class
         bottom = min(height, top + tile_rows)
         lo, hi = max(0, top - context), min(height, bottom + context)
         tile_counts, tile_study = _state_counts(pred[:, lo:hi], target[:, lo:hi], C, ignore_index, boundary_px,
-                                                rows=(top - lo, bottom - lo), frame=(lo == 0, hi == height))
-        counts, study = counts + tile_counts, study + tile_study
+                                                rows=(top - lo, bottom - lo), frame=(lo == 0, hi == height),
+                                                parts=parts)
+        counts = counts + tile_counts
+        if tile_study is not None:
+            study = study + tile_study
 
     # Reduce to small per-image tensors; row C (ignored targets) is dropped here.
     # counts dims: 0 image, 1 band, 2 pred state, 3 GT state, 4 P_d, 5 G_d, 6 target class, 7 pred class.
-    confusion = counts.sum((1, 2, 3, 4, 5))[:, :C]  # (N, C, C+1)
-    trimap_confusion = counts[:, 1].sum((1, 2, 3, 4))[:, :C]  # (N, C, C+1)
-    by_pred_state = counts.sum((1, 3, 4, 5, 6))  # (N, 3, K): pred-boundary state x predicted class
-    by_gt_state = counts.sum((1, 2, 4, 5, 7))  # (N, 3, K): GT-boundary state x target class
-    boundary = torch.stack([
-        by_pred_state[:, 2, :C],  # |B(P) & dil(B(G))|
-        by_pred_state[:, 1, :C] + by_pred_state[:, 2, :C],  # |B(P)|
-        by_gt_state[:, 2, :C],  # |B(G) & dil(B(P))|
-        by_gt_state[:, 1, :C] + by_gt_state[:, 2, :C],  # |B(G)|
-    ], dim=-1)  # (N, C, 4)
-    pred_inner = counts.sum((1, 2, 3, 5, 6))[:, 1, :C]  # (N, C) |P_d|
-    gt_inner = counts.sum((1, 2, 3, 4, 7))[:, 1, :C]  # (N, C) |G_d|
-    both_inner = counts[:, :, :, :, 1, 1].sum((1, 2, 3)).diagonal(dim1=-2, dim2=-1)[:, :C]  # (N, C) |G_d & P_d|
-    boundary_iou = torch.stack([both_inner, gt_inner + pred_inner - both_inner], dim=-1)  # (N, C, 2)
-    return {"confusion": confusion, "trimap_confusion": trimap_confusion, "boundary": boundary,
-            "study_boundary": study, "boundary_iou": boundary_iou}
+    stats = {"confusion": counts.sum((1, 2, 3, 4, 5))[:, :C],  # (N, C, C+1)
+             "trimap_confusion": counts[:, 1].sum((1, 2, 3, 4))[:, :C]}  # (N, C, C+1)
+    if "default" in parts:
+        by_pred_state = counts.sum((1, 3, 4, 5, 6))  # (N, 3, K): pred-boundary state x predicted class
+        by_gt_state = counts.sum((1, 2, 4, 5, 7))  # (N, 3, K): GT-boundary state x target class
+        stats["boundary"] = torch.stack([
+            by_pred_state[:, 2, :C],  # |B(P) & dil(B(G))|
+            by_pred_state[:, 1, :C] + by_pred_state[:, 2, :C],  # |B(P)|
+            by_gt_state[:, 2, :C],  # |B(G) & dil(B(P))|
+            by_gt_state[:, 1, :C] + by_gt_state[:, 2, :C],  # |B(G)|
+        ], dim=-1)  # (N, C, 4)
+    if "study" in parts:
+        stats["study_boundary"] = study  # (N, C, 4)
+    if "boundary_iou" in parts:
+        pred_inner = counts.sum((1, 2, 3, 5, 6))[:, 1, :C]  # (N, C) |P_d|
+        gt_inner = counts.sum((1, 2, 3, 4, 7))[:, 1, :C]  # (N, C) |G_d|
+        both_inner = counts[:, :, :, :, 1, 1].sum((1, 2, 3)).diagonal(dim1=-2, dim2=-1)[:, :C]  # |G_d & P_d|
+        stats["boundary_iou"] = torch.stack([both_inner, gt_inner + pred_inner - both_inner], dim=-1)  # (N, C, 2)
+    return stats
 
 
 def fragment_counts(pred: torch.Tensor, num_classes: int = 19) -> torch.Tensor:
     """(N, H, W) or (H, W) integer predictions (any device) -> (N,) int64 fragments on the CPU
     (`metrics.consensus.count_fragments` per image)."""
-    maps = pred.reshape(-1, *pred.shape[-2:]).cpu().numpy()
+    pred = pred.reshape(-1, *pred.shape[-2:])
+    if pred.dtype != torch.uint8 and num_classes < 255:  # 8-bit maps: a quarter of the bytes of int32
+        pred = torch.where((pred >= 0) & (pred < num_classes), pred, 255).to(torch.uint8)
+    maps = pred.cpu().numpy()
     return torch.tensor([count_fragments(m, num_classes) for m in maps], dtype=torch.int64)
 
 

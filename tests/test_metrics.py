@@ -385,6 +385,40 @@ def test_border_is_not_a_contour():
     assert gt_boundary_px[0] == 10 and gt_boundary_px[1] == 10  # one column each side of the edge
 
 
+def test_study_boundary_is_the_two_pixel_band_and_the_frame():
+    """The study's B(M) = dilate(M) XOR erode(M) with outside = background: both sides of an edge, and the frame."""
+    target = two_halves(10, 12)  # class 0 in columns 0..5, class 1 in 6..11
+    stats = SegmentationMetrics().image_stats(torch.as_tensor(target)[None], torch.as_tensor(target)[None])
+    # dilate(G_0) = columns 0..6; erode(G_0) = rows 1..8 x columns 1..4; B = 70 - 32 pixels
+    assert stats["study_boundary"][0, 0, 3] == 10 * 7 - 8 * 4
+    assert stats["boundary"][0, 0, 3] == 10  # the default's 1-px inner ring, no frame
+
+
+def test_study_profile_averages_over_all_images():
+    """An image without a valid pixel scores 0 in the study profile and counts in its mean; the default skips it."""
+    target = two_halves()
+    pred = torch.as_tensor(np.stack([target, target]))
+    targets = torch.as_tensor(np.stack([target, np.full_like(target, IGNORE_INDEX)]))
+    default, study = SegmentationMetrics(), SegmentationMetrics(profile="study")
+    default.update(pred, targets)
+    study.update(pred, targets)
+    assert default.compute()["boundary_f1"] == 1.0 and default.compute()["trimap_iou"] == 1.0
+    # a perfect image scores 1 up to the 1e-6 guards: F = 2 p^2 / (2 p + 1e-6), p = n / (n + 1e-6)
+    assert study.compute()["boundary_f1"] == pytest.approx(0.5, abs=1e-5)
+    assert study.compute()["trimap_iou"] == 0.5  # the image without a band scores 0
+
+
+def test_boundary_iou_of_a_shifted_edge():
+    """G_d, P_d: bands of d = 3 columns on each side of the edge (the frame is no contour); a 1-px shift -> 1/2."""
+    target, pred = two_halves(), two_halves()
+    pred[:, 23] = 1  # the edge at column 24 moves one pixel left
+    out = run_metrics([pred], [target])
+    # class 0: G_d = columns 21..23, P_d = 20..22 -> I = 2 columns, U = 4; class 1 likewise
+    assert out["boundary_iou_per_class"][:2] == [0.5, 0.5] and out["boundary_iou"] == 0.5
+    whole = np.full((16, 20), 4, np.int64)  # one class over the image: no contour, U = 0 -> NaN
+    assert math.isnan(run_metrics([whole], [whole])["boundary_iou"])
+
+
 def test_ignore_transitions_are_not_trimap_contours():
     target = np.zeros((12, 30), np.int64)
     target[:, 10:20] = IGNORE_INDEX  # class 0 | ignore | class 0: no valid-valid transition anywhere
@@ -432,21 +466,61 @@ def test_real_frame_matches_numpy_confusion_matrix(cityscapes_sample):
     assert_metrics_close(out, ref_metrics([pred], [target]))
 
 
-def test_real_frame_matches_cityscapesscripts(cityscapes_sample, tmp_path, monkeypatch):
+def official_scores(pairs, gt_paths, tmp_path, monkeypatch) -> dict:
+    """cityscapesScripts' pixel-level evaluator on predictions written as labelIds PNGs."""
     monkeypatch.setenv("CITYSCAPES_DATASET", str(tmp_path))  # the module reads it at import time
-    ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
-    gt_path, pred, target = _sample_frame(cityscapes_sample)
-    pred_path = tmp_path / gt_path.name.replace("_gtFine_labelIds", "_pred")
-    Image.fromarray(train_ids_to_label_ids(pred)).save(pred_path)
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev  # installed by requirements.txt
+
+    pred_paths = []
+    for (pred, _), gt_path in zip(pairs, gt_paths):
+        pred_paths.append(tmp_path / gt_path.name.replace("_gtFine_labelIds", "_pred"))
+        Image.fromarray(train_ids_to_label_ids(pred)).save(pred_paths[-1])
     args = ev.CArgs()
     for name, value in vars(ev.args).items():
         setattr(args, name, value)
     args.quiet, args.JSONOutput, args.evalInstLevelScore = True, False, False
-    official = ev.evaluateImgLists([str(pred_path)], [str(gt_path)], args)
-    out = run_metrics([pred], [target])
+    return ev.evaluateImgLists([str(p) for p in pred_paths], [str(p) for p in gt_paths], args)
+
+
+def assert_equals_official(pairs, official):
+    out = run_metrics([p for p, _ in pairs], [t for _, t in pairs])
     for c, name in enumerate(CLASS_NAMES):
         assert out["iou"][c] == pytest.approx(official["classScores"][name], abs=1e-12, nan_ok=True), name
     assert out["miou"] == pytest.approx(official["averageScoreClasses"], abs=1e-12)
+
+
+def test_real_frame_matches_cityscapesscripts(cityscapes_sample, tmp_path, monkeypatch):
+    gt_path, pred, target = _sample_frame(cityscapes_sample)
+    assert_equals_official([(pred, target)], official_scores([(pred, target)], [gt_path], tmp_path, monkeypatch))
+
+
+def perturbed(target: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
+    """A plausible prediction: ignore pixels predicted as road, then shifted, noisy or with wrong blocks."""
+    pred = np.where(target == IGNORE_INDEX, 0, target)
+    if kind == "shifted":
+        return np.roll(pred, tuple(rng.integers(-6, 7, 2)), axis=(0, 1))
+    if kind == "noisy":
+        noise = rng.random(pred.shape) < 0.02
+        pred[noise] = rng.integers(0, C, int(noise.sum()))
+        return pred
+    h, w = pred.shape  # "blocked": wrong rectangles, some of classes absent from the frame
+    for _ in range(12):
+        y, x = rng.integers(0, h - 64), rng.integers(0, w - 64)
+        pred[y:y + rng.integers(16, 200), x:x + rng.integers(16, 300)] = rng.integers(0, C)
+    return pred
+
+
+def test_real_val_maps_match_cityscapesscripts(cityscapes_fullres, tmp_path, monkeypatch):
+    """The 15 real 1024x2048 val maps with shifted, noisy and blocked predictions (5 each), pooled as the
+    official evaluator pools them."""
+    gt_paths = sorted((cityscapes_fullres / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    assert len(gt_paths) == 15
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i, gt_path in enumerate(gt_paths):
+        target = label_ids_to_train_ids(np.array(Image.open(gt_path)), str(gt_path)).astype(np.int64)
+        pairs.append((perturbed(target, rng, ("shifted", "noisy", "blocked")[i % 3]), target))
+    assert_equals_official(pairs, official_scores(pairs, gt_paths, tmp_path, monkeypatch))
 
 
 # ---------------------------------------------------------------------------------------------------------------
