@@ -6,7 +6,8 @@
 Reads top to bottom: config -> Accelerator -> data -> model -> loss -> optimizer -> prepare -> resume ->
 epoch loop (train, evaluate, log, checkpoint) -> end_training. The logic lives in the packages; what is
 here is the order of things. Output: RUN/config.json, RUN/metrics.jsonl (one line per epoch),
-RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json) with RUN = --out or runs/<variant>_seed<seed>.
+RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json, epoch_XXXX.per_image.npz) with RUN = --out or
+runs/<variant>_seed<seed>.
 """
 from __future__ import annotations
 
@@ -202,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             save_now = progress.epoch % cfg.checkpoint_every == 0 or is_last
             if progress.epoch % cfg.eval_every == 0 or is_last or save_now:
                 eval_start = time.perf_counter()
-                metrics = evaluate_model(model, val_loader, accelerator)
-                row.update(val_metrics_row(metrics))  # val/miou, val/boundary_f1, val/trimap_iou, val/iou/<class>
+                metrics = evaluate_model(model, val_loader, accelerator, metrics_profile=cfg.metrics_profile)
+                row.update(val_metrics_row(metrics))  # val/miou, val/boundary_f1, ..., val/iou/<class>
                 row["val/seconds"] = time.perf_counter() - eval_start
             overlays = {}
             if accelerator.is_main_process:
@@ -265,7 +266,7 @@ def epoch_summary(row: dict, epochs: int) -> str:
         line += f" | {row['train/peak_memory_gib']:.1f} GiB"
     if "val/miou" in row:
         line += (f" | val mIoU {100 * row['val/miou']:.2f} BF1 {100 * row['val/boundary_f1']:.2f} "
-                 f"Trimap {100 * row['val/trimap_iou']:.2f}")
+                 f"Trimap {100 * row['val/trimap_iou']:.2f} BIoU {100 * row['val/boundary_iou']:.2f}")
     return line
 
 

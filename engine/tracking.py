@@ -12,6 +12,7 @@ import torch
 
 from data_utils.labels import CLASS_NAMES
 from engine.config import TrainConfig, config_to_dict
+from metrics.keys import METRIC_KEYS
 from utils.wandb_mode import wandb_init_mode, wandb_logged_in  # noqa: F401  (wandb_logged_in: re-exported)
 
 
@@ -47,8 +48,9 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
 
 
 def val_metrics_row(metrics: dict) -> dict:
-    """evaluate_model's dict -> flat W&B keys: val/miou, val/boundary_f1, val/trimap_iou, val/iou/<class>."""
-    row = {f"val/{key}": float(metrics[key]) for key in ("miou", "boundary_f1", "trimap_iou")}
+    """evaluate_model's dict -> flat W&B keys: val/<metric> for METRIC_KEYS (val/miou, val/boundary_f1, ...),
+    val/iou/<class>."""
+    row = {f"val/{key}": float(metrics[key]) for key in METRIC_KEYS}
     row.update({f"val/iou/{name}": float(v) for name, v in zip(CLASS_NAMES, metrics["iou"])})
     return row
 

@@ -45,6 +45,7 @@ class Record:
     boundary_schedule: str = "constant"  # the run's λ_b schedule (config.boundary_schedule; the CSV: constant)
     schedule_params: tuple[tuple[str, float], ...] = ()  # its parameters (engine.results_format.SCHEDULE_PARAMS)
     group: str = ""  # set by assign_groups
+    metrics_profile: str | None = None  # "default" / "study" (metrics.keys.PROFILES); None: the source does not say
 
     @property
     def setting(self) -> "RunSetting":
@@ -98,6 +99,7 @@ def read_results_file(path: str | Path) -> Record:
         split=obj["split"],
         boundary_schedule=schedule,
         schedule_params=params,
+        metrics_profile=obj["metrics_profile"],
     )
 
 
@@ -262,12 +264,15 @@ class Study:
 
     @classmethod
     def from_records(cls, records: list[Record]) -> "Study":
-        """Group the records and index them; results of several dataset splits are refused (not comparable)."""
-        splits = sorted({r.split for r in records if r.split})
-        if len(splits) > 1:
-            examples = ", ".join(next(r.source for r in records if r.split == s) for s in splits)
-            raise UserError(f"results of several splits ({', '.join(splits)}) are mixed, e.g. {examples}; "
-                            "aggregate one split's results at a time")
+        """Group the records and index them; results of several dataset splits or metrics profiles are refused
+        (not comparable)."""
+        for name, what in (("split", "splits"), ("metrics_profile", "metrics profiles")):
+            values = sorted({getattr(r, name) for r in records if getattr(r, name)})
+            if len(values) > 1:
+                examples = ", ".join(next(r.source for r in records if getattr(r, name) == v) for v in values)
+                raise UserError(f"results of several {what} ({', '.join(values)}) are mixed, e.g. {examples}; "
+                                f"they are not comparable: aggregate one {name.replace('_', ' ')}'s results at a "
+                                "time (or re-evaluate with evaluate.py --all RUNS_DIR --metrics-profile P --force)")
         return cls(assign_groups(records))
 
     @property
