@@ -36,8 +36,8 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
 from data_utils.labels import IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids  # noqa: E402
 from metrics import SegmentationMetrics  # noqa: E402
-from metrics.per_image import (STUDY_EPS, boundary_f1_per_class, per_image_path, study_trimap_iou_scores,  # noqa: E402
-                               write_per_image)
+from metrics.per_image import (STUDY_EPS, boundary_f1_per_class, dataset_metrics, per_image_path,  # noqa: E402
+                               study_trimap_iou_scores, write_per_image)
 from metrics.segmentation import fragment_counts, segmentation_image_stats  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
@@ -127,16 +127,22 @@ def reference_study(pred: np.ndarray, target: np.ndarray, r: int = 3, C: int = N
     return float(np.mean(scores)) if scores else 0.0, trimap
 
 
-def time_per_image(fn, maps, repeats: int) -> float:
-    """Best of `repeats` passes of fn over `maps`, seconds per map."""
-    fn(*maps[0])  # warm-up (allocator, CUDA kernels)
-    best = float("inf")
+def best_seconds(variants: dict, repeats: int) -> dict[str, float]:
+    """{name: (fn, maps)} -> {name: seconds per map}: each map's best time over `repeats` passes, averaged.
+
+    The variants take turns map by map, so a load spike on the shared machine hits one timing of one map,
+    which a better pass then replaces.
+    """
+    for fn, maps in variants.values():
+        fn(*maps[0])  # warm-up (allocator, CUDA kernels)
+    best = {name: [float("inf")] * len(maps) for name, (_, maps) in variants.items()}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for m in maps:
-            fn(*m)
-        best = min(best, time.perf_counter() - start)
-    return best / len(maps)
+        for i in range(len(next(iter(variants.values()))[1])):
+            for name, (fn, maps) in variants.items():
+                start = time.perf_counter()
+                fn(*maps[i])
+                best[name][i] = min(best[name][i], time.perf_counter() - start)
+    return {name: float(np.mean(times)) for name, times in best.items()}
 
 
 def check_against_references(pairs, ref_default, ref_study) -> None:
@@ -159,7 +165,7 @@ def main():
     parser.add_argument("--images", type=int, default=15, help="val maps timed for our implementation")
     parser.add_argument("--ref-images", type=int, default=3, help="maps timed for the (slow) references")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (the issue: 1)")
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many passes")
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many passes, per map")
     parser.add_argument("--cuda-batch", type=int, default=8, help="batch size of the CUDA section")
     parser.add_argument("--file-images", type=int, default=0,
                         help="also write the per-image file of this many perturbed maps and print its size")
@@ -169,7 +175,8 @@ def main():
     pairs = load_pairs(args.data, args.images)
     h, w = pairs[0][1].shape
     print(f"{len(pairs)} real val label maps at {h}x{w}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})")
+          f"{torch.get_num_threads()} CPU thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
     # References: scipy morphology per class (single-threaded by nature), timed once.
     ref_pairs = pairs[:args.ref_images]
@@ -193,11 +200,7 @@ def main():
     variants = {"default": (parts("default"), tensors), "study": (parts("study"), tensors),
                 "default + boundary_iou": (parts("default", "boundary_iou"), tensors),
                 "fragments": (fragment_counts, preds_uint8), "update (everything)": (full.update, tensors)}
-    seconds = {name: float("inf") for name in variants}
-    for _ in range(args.repeats):  # interleaved, so a busy machine slows every variant alike
-        for name, (fn, maps) in variants.items():
-            seconds[name] = min(seconds[name], time_per_image(fn, maps, 1))
-        full.reset()
+    seconds = best_seconds(variants, args.repeats)
 
     def ms(s):
         return f"{1000 * s:8.1f} ms/img"
@@ -214,6 +217,19 @@ def main():
     print(f"ours, fragments (cc3d, 8-bit map):             {ms(seconds['fragments'])}")
     print(f"Boundary IoU + fragments add {100 * added:.0f} % to the default profile (target <= 50 %)")
     print(f"SegmentationMetrics.update, everything:        {ms(seconds['update (everything)'])}")
+
+    # The two profiles on the same maps (the per-image statistics hold both).
+    full.reset()
+    for p, t in tensors:
+        full.update(p, t)
+    stats = full.per_image()
+    default, study = dataset_metrics(stats, "default"), dataset_metrics(stats, "study")
+    per_image = stats["boundary_f1"] - stats["study_boundary_f1"]
+    print(f"Boundary F1 on these {len(pairs)} maps: default {100 * default['boundary_f1']:.2f}, study "
+          f"{100 * study['boundary_f1']:.2f} (per image, default - study: {100 * per_image.min():+.2f} .. "
+          f"{100 * per_image.max():+.2f} pp)")
+    print(f"Trimap IoU on these {len(pairs)} maps: default (pooled) {100 * default['trimap_iou']:.2f}, study (mean "
+          f"of the images) {100 * study['trimap_iou']:.2f} (on one image the two are the same number)")
 
     if args.file_images:
         metric = SegmentationMetrics()
@@ -235,7 +251,7 @@ def main():
             segmentation_image_stats(p, t)
             torch.cuda.synchronize()
 
-        gpu_s = time_per_image(on_gpu, batches, args.repeats) * len(batches) / len(pairs)
+        gpu_s = best_seconds({"gpu": (on_gpu, batches)}, args.repeats)["gpu"] * len(batches) / len(pairs)
         cpu_stats = segmentation_image_stats(preds[:batch].cpu(), targets[:batch].cpu())
         gpu_stats = segmentation_image_stats(preds[:batch], targets[:batch])
         same = all(torch.equal(cpu_stats[k], gpu_stats[k].cpu()) for k in cpu_stats)
