@@ -29,8 +29,7 @@ from data_utils.augment import normalize
 from accelerate.utils import gather_object
 
 from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from metrics.consensus import count_fragments
-from metrics.segmentation import SegmentationMetrics
+from metrics.segmentation import SegmentationMetrics, fragment_counts
 
 # Called with (names, images uint8 (N, 3, H, W) on the CPU, predicted train ids uint8 (N, H, W) on the CPU).
 PredictionSink = Callable[[list[str], torch.Tensor, torch.Tensor], None]
@@ -93,7 +92,7 @@ class HostFragments:
     def _count(self, host: torch.Tensor, copied) -> torch.Tensor:
         if copied is not None:
             copied.synchronize()
-        return torch.tensor([count_fragments(m, self.num_classes) for m in host.numpy()], dtype=torch.int64)
+        return fragment_counts(host, self.num_classes)
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
