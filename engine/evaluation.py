@@ -22,12 +22,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
 from rich.errors import LiveError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from data_utils.augment import normalize
-from accelerate.utils import gather_object
-
 from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from metrics.segmentation import SegmentationMetrics, fragment_counts
 

@@ -30,7 +30,8 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
     """Write the checkpoint's per-image statistics, then its results file, each atomically; returns the record.
 
     Args:
-        path: the results file (`results_path(checkpoint)`); the per-image file goes to `per_image_path(checkpoint)`.
+        path: the results file (`results_path(checkpoint)`); the per-image file goes to
+            `per_image_path(checkpoint)`.
         metrics: `engine.evaluation.evaluate_model`'s dict (SegmentationMetrics.compute() + "per_image").
         cfg: the checkpoint's resolved config (variant, seed, lambdas, backbone, the full config).
         epoch: epochs trained when the checkpoint was saved.
@@ -52,7 +53,8 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         "metrics_profile": metrics["metrics_profile"],
         **{key: float(metrics[key]) for key in METRIC_KEYS},
         "iou": {name: float(value) for name, value in zip(CLASS_NAMES, iou)},
-        "boundary_iou_per_class": {name: float(v) for name, v in zip(CLASS_NAMES, metrics["boundary_iou_per_class"])},
+        "boundary_iou_per_class": {name: float(value)
+                                   for name, value in zip(CLASS_NAMES, metrics["boundary_iou_per_class"])},
         "seconds": round(float(seconds), 3),
         "lambda_dice": cfg.lambda_dice,
         "lambda_boundary": cfg.lambda_boundary,

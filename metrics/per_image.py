@@ -14,7 +14,8 @@ File layout (n images in dataset order, C classes; np.savez_compressed, no pickl
     confusion          (n, C, C+1) int64   rows target class over valid pixels, columns predicted class, the last
                                            column predictions outside 0..C-1
     trimap_confusion   (n, C, C+1) int64   the same over the trimap band
-    boundary           (n, C, 4) int64     default Boundary F1 counts |B(P)∧dil(B(G))|, |B(P)|, |B(G)∧dil(B(P))|, |B(G)|
+    boundary           (n, C, 4) int64     default Boundary F1 counts: |B(P)∧dil(B(G))|, |B(P)|,
+                                           |B(G)∧dil(B(P))|, |B(G)|
     boundary_f1        (n,) float64        default profile: the image's Boundary F1 (NaN: no valid pixel)
     study_boundary_f1  (n,) float64        study profile: the image's Boundary F1
     study_trimap_iou   (n,) float64        study profile: the image's Trimap IoU

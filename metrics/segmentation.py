@@ -136,7 +136,6 @@ def _class_index(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> 
     return index.remainder_(num_classes + 1)  # -1 -> C (the remainder takes the divisor's sign)
 
 
-
 # Pixels per tile on the CPU: row bands of ~128K pixels keep every temporary in cache (and out of the
 # allocator's page-faulting large-block path), which is 2-3x faster than whole 1024x2048 maps. On a GPU the
 # whole batch is one tile.

@@ -46,7 +46,8 @@ def test_round_trip_and_bad_files(tmp_path):
     assert path.name == "epoch_0010.per_image.npz"
     write_per_image(path, stats)
     back = read_per_image(path)
-    assert list(back) == list(ARRAYS) and all(np.array_equal(back[k], stats[k], equal_nan=back[k].dtype.kind == "f") for k in ARRAYS)
+    assert list(back) == list(ARRAYS)
+    assert all(np.array_equal(back[k], stats[k], equal_nan=back[k].dtype.kind == "f") for k in ARRAYS)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temp file left
 
     with pytest.raises(ValueError, match="not unique"):
