@@ -7,8 +7,10 @@
 
 A checkpoint is a folder holding model.safetensors, config.json and meta.json (train.py writes them); the
 model is rebuilt from its config.json. Full-resolution single-scale inference, BF16 autocast on CUDA;
-metrics as defined in `metrics/segmentation.py`. Batch mode is resumable: a checkpoint whose results file is
-valid, for the same split and the same save of the checkpoint, is skipped; a corrupt one is redone. A
+metrics as defined in `metrics/segmentation.py`, in the checkpoint config's metrics profile unless
+--metrics-profile says otherwise; the per-image statistics go to `<checkpoint>.per_image.npz`. Batch mode is
+resumable: a checkpoint whose results file is valid, for the same split, the same save of the checkpoint and
+the profile asked for, with its per-image file beside it, is skipped; a corrupt one is redone. A
 checkpoint that cannot be evaluated (corrupt weights, a config that does not match them) is reported at the
 end and makes the exit code 1, while the others are still evaluated.
 """
@@ -40,6 +42,8 @@ from engine.config import load_config
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, read_results, results_path, write_results
 from engine.setup import build_dataloader, build_model_from_config
+from metrics.keys import PROFILES
+from metrics.per_image import per_image_path, read_per_image
 from utils.fileio import UserError, atomic_write_bytes, run_main
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
@@ -62,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-predictions", type=Path, metavar="DIR", default=None,
                         help="write DIR/labelIds/<city>/<name>_labelIds.png (the test server's format) and "
                              "DIR/overlay/<city>/<name>_overlay.jpg (one checkpoint only)")
+    parser.add_argument("--metrics-profile", choices=PROFILES, default=None,
+                        help="estimators of Boundary F1 and Trimap IoU (docs/metrics.md; default: the checkpoint "
+                             "config's metrics_profile)")
     parser.add_argument("--force", action="store_true", help="--all: re-evaluate checkpoints with valid results too")
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.all is None):
@@ -184,14 +191,15 @@ def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = Tru
     try:
         metrics = evaluate_model(model, loader, accelerator, with_metrics=args.split not in UNLABELLED_SPLITS,
                                  on_predictions=writer, description=f"{ckpt.parent.parent.name}/{ckpt.name}",
-                                 show_progress=show_progress)
+                                 show_progress=show_progress,
+                                 metrics_profile=args.metrics_profile or cfg.metrics_profile)
     finally:
         written = writer.close() if writer else 0
         accelerator.free_memory()  # drop the prepared model and loader before the next checkpoint
     seconds = time.perf_counter() - start
     if args.split in UNLABELLED_SPLITS:
         return {"num_images": metrics["num_images"], "predictions": written}
-    record = {"checkpoint": str(ckpt), "seconds": seconds, **metrics}
+    record = {"checkpoint": str(ckpt), "seconds": seconds, **{k: v for k, v in metrics.items() if k != "per_image"}}
     if accelerator.is_main_process:
         record = write_results(results_path(ckpt), metrics, cfg=cfg, epoch=meta["epoch"], checkpoint=ckpt,
                                split=args.split, seconds=seconds)
@@ -207,8 +215,9 @@ def find_checkpoints(runs_dir: Path) -> list[Path]:
                   if p.is_dir() and p.parent.name == "checkpoints" and CHECKPOINT_NAME.match(p.name))
 
 
-def pending_reason(ckpt: Path, split: str) -> str | None:
-    """Why `ckpt` must be (re)evaluated, or None when its results file is valid and current."""
+def pending_reason(ckpt: Path, split: str, metrics_profile: str | None = None) -> str | None:
+    """Why `ckpt` must be (re)evaluated, or None when its results file is valid and current, in
+    `metrics_profile` (None: any), with a readable per-image file beside it."""
     path = results_path(ckpt)
     if not path.exists():
         return "new"
@@ -218,6 +227,14 @@ def pending_reason(ckpt: Path, split: str) -> str | None:
         return "corrupt results file, redoing"
     if record["split"] != split:
         return f"results are for split {record['split']!r}"
+    if metrics_profile is not None and record["metrics_profile"] != metrics_profile:
+        return f"results are for metrics profile {record['metrics_profile']!r}"
+    if not per_image_path(ckpt).exists():
+        return "no per-image statistics beside the results"
+    try:
+        read_per_image(per_image_path(ckpt))
+    except UserError:
+        return "corrupt per-image statistics, redoing"
     meta = read_meta(ckpt) or {}
     if record.get("checkpoint_saved_at") != meta.get("saved_at"):
         return "checkpoint saved again since its evaluation"
@@ -275,7 +292,7 @@ def evaluate_all(checkpoints: list[Path], args):
 def run_batch(args, console: Console) -> int:
     """--all: evaluate what is pending, print a table, list the failures; exit code 1 if any failed."""
     checkpoints = find_checkpoints(args.all)
-    todo = [c for c in checkpoints if args.force or pending_reason(c, args.split) is not None]
+    todo = [c for c in checkpoints if args.force or pending_reason(c, args.split, args.metrics_profile) is not None]
     console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
                   f"evaluated on {args.split}, {len(todo)} to evaluate with {args.workers} worker(s)",
                   soft_wrap=True)
@@ -311,16 +328,19 @@ def checkpoint_table(record: dict) -> Table:
     ckpt = Path(record["checkpoint"])
     flat = {**record, **{f"iou/{name}": value for name, value in record["iou"].items()}}
     return metrics_table({"%": flat}, f"{ckpt.parent.parent.name}/{ckpt.name} on {record['split']}",
-                         caption=f"{record['num_images']} images, {record['seconds']:.1f} s")
+                         caption=f"{record['num_images']} images, {record['seconds']:.1f} s, metrics profile "
+                                 f"{record.get('metrics_profile', 'default')}")
 
 
 def batch_table(records: list[dict], runs_dir: Path) -> Table:
     table = Table(title=f"evaluated checkpoints under {runs_dir} (%)")
-    for column in ("checkpoint", "variant", "seed", "epoch", "mIoU", "Boundary F1", "Trimap IoU", "s"):
+    for column in ("checkpoint", "variant", "seed", "epoch", "mIoU", "Boundary F1", "Trimap IoU", "Boundary IoU",
+                   "s"):
         table.add_column(column, justify="left" if column == "checkpoint" else "right")
     for r in records:
         table.add_row(os.path.relpath(r["checkpoint"], runs_dir), r["variant"], str(r["seed"]), str(r["epoch"]),
-                      _pct(r["miou"]), _pct(r["boundary_f1"]), _pct(r["trimap_iou"]), f"{r['seconds']:.1f}")
+                      _pct(r["miou"]), _pct(r["boundary_f1"]), _pct(r["trimap_iou"]), _pct(r["boundary_iou"]),
+                      f"{r['seconds']:.1f}")
     return table
 
 
@@ -341,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                           "the test server, overlay/ to look at)")
         else:
             console.print(checkpoint_table(record))
-            console.print(f"wrote {results_path(args.checkpoint)}")
+            console.print(f"wrote {results_path(args.checkpoint)} and {per_image_path(args.checkpoint).name} "
+                          f"(metrics profile {record['metrics_profile']})")
             if args.save_predictions:
                 console.print(f"wrote predictions to {args.save_predictions}")
     return 0

@@ -7,7 +7,8 @@
 Reads top to bottom: config -> Accelerator -> data -> model -> loss -> optimizer -> prepare -> resume ->
 epoch loop (train, evaluate, log, checkpoint) -> end_training. The logic lives in the packages; what is
 here is the order of things. Output: RUN/config.json, RUN/metrics.jsonl (one line per epoch),
-RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json) with RUN = --out or runs/<variant>_seed<seed>.
+RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json, epoch_XXXX.per_image.npz) with RUN = --out or
+runs/<variant>_seed<seed>.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from engine.tracking import init_wandb, prediction_overlays, val_metrics_row
 from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
-from metrics.keys import METRIC_KEYS, SHORT_LABELS
+from metrics.keys import COUNT_KEYS, METRIC_KEYS, SHORT_LABELS
 from utils.fileio import UserError, run_main
 from utils.jsonl import EpochJsonl
 
@@ -204,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             save_now = progress.epoch % cfg.checkpoint_every == 0 or is_last
             if progress.epoch % cfg.eval_every == 0 or is_last or save_now:
                 eval_start = time.perf_counter()
-                metrics = evaluate_model(model, val_loader, accelerator)
-                row.update(val_metrics_row(metrics))  # val/miou, val/boundary_f1, val/trimap_iou, val/iou/<class>
+                metrics = evaluate_model(model, val_loader, accelerator, metrics_profile=cfg.metrics_profile)
+                row.update(val_metrics_row(metrics))  # val/miou, val/boundary_f1, ..., val/iou/<class>
                 row["val/seconds"] = time.perf_counter() - eval_start
             overlays = {}
             if accelerator.is_main_process:
@@ -266,7 +267,8 @@ def epoch_summary(row: dict, epochs: int) -> str:
     if "train/peak_memory_gib" in row:
         line += f" | {row['train/peak_memory_gib']:.1f} GiB"
     if "val/miou" in row:
-        line += " | val " + " ".join(f"{SHORT_LABELS[k]} {100 * row[f'val/{k}']:.2f}" for k in METRIC_KEYS)
+        line += " | val " + " ".join(f"{SHORT_LABELS[k]} {row[f'val/{k}'] * (1 if k in COUNT_KEYS else 100):.2f}"
+                                     for k in METRIC_KEYS)
     return line
 
 

@@ -1,21 +1,30 @@
-"""Speed of SegmentationMetrics.update on real 1024x2048 Cityscapes label maps, against a scipy reference.
+"""Speed of the metrics on real 1024x2048 Cityscapes label maps, against scipy references, ratios in one run.
 
-The reference is the usual CPU formulation (what the original study ran): per image, per present class,
-scipy.ndimage binary erosion/dilation for Boundary F1, a dilated 4-neighbour contour for the trimap band, and
-np.bincount confusion matrices. Both run in this process on the same maps; the script checks that they agree
-and prints images/s for each and the ratio. A CUDA section runs when a GPU is present.
+Timed on one CPU thread, every variant over the same maps, interleaved and best of --repeats:
+- default profile (confusion, trimap confusion, default Boundary F1 counts: `parts=("default",)`) against the usual
+  CPU formulation: per image, per present class, scipy.ndimage erosion/dilation, a dilated 4-neighbour contour
+  for the trimap band, np.bincount confusions (the issue's target: >= 20x);
+- study profile (confusions + the study's boundary counts: `parts=("study",)`) against the study's per-class
+  scipy procedure (dilate XOR erode with border 0, dilated by the tolerance; target >= 10x);
+- what Boundary IoU (`parts=("default", "boundary_iou")` minus the default) and fragments (cc3d on the 8-bit
+  prediction, as engine.evaluation counts them on its host thread) add to the default profile (target <= 50 %);
+- everything one evaluation computes (`SegmentationMetrics.update`: both profiles, Boundary IoU, fragments).
+The references' counts are checked against ours first (a benchmark of a wrong answer is worthless). A CUDA
+section runs when a GPU is present. --file-images N writes the per-image file of N perturbed maps and prints its
+size (the issue asks for 500 at C = 19).
 
 Predictions are synthetic but realistic: the label shifted by a few pixels, ignore pixels filled with road, and
 random rectangles overwritten with other classes (new contours, absent classes, big errors).
 
     python bench/bench_metrics.py                      # CPU, one thread (the issue's setting)
-    python bench/bench_metrics.py --ref-images 2 --cuda-batch 8
+    python bench/bench_metrics.py --ref-images 2 --cuda-batch 8 --file-images 500
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,20 +36,25 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
 from data_utils.labels import IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids  # noqa: E402
 from metrics import SegmentationMetrics  # noqa: E402
-from metrics.segmentation import boundary_f1_per_class  # noqa: E402
+from metrics.per_image import (STUDY_EPS, boundary_f1_per_class, dataset_metrics, per_image_path,  # noqa: E402
+                               study_trimap_iou_scores, write_per_image)
+from metrics.segmentation import fragment_counts, segmentation_image_stats  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
+SQUARE3 = np.ones((3, 3), bool)
 
 
-def load_pairs(root: Path, limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(pred, target) int64 (1024, 2048) pairs from the val labelIds, predictions perturbed reproducibly."""
-    paths = sorted((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))[:limit]
+def load_pairs(root: Path, limit: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(pred, target) int64 (1024, 2048) pairs from the val labelIds, predictions perturbed reproducibly;
+    `limit` beyond the number of maps cycles through them with new perturbations."""
+    paths = sorted((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
     if not paths:
         raise SystemExit(f"error: no *_gtFine_labelIds.png under {root}/gtFine/val; pass --data DIR")
-    rng = np.random.default_rng(0)
+    targets = [label_ids_to_train_ids(np.array(Image.open(p)), str(p)).astype(np.int64) for p in paths[:limit]]
+    rng = np.random.default_rng(seed)
     pairs = []
-    for path in paths:
-        target = label_ids_to_train_ids(np.array(Image.open(path)), str(path)).astype(np.int64)
+    for i in range(limit):
+        target = targets[i % len(targets)]
         pred = np.where(target == IGNORE_INDEX, 0, target)
         pred = np.roll(pred, tuple(rng.integers(-4, 5, 2)), axis=(0, 1))
         h, w = pred.shape
@@ -51,13 +65,13 @@ def load_pairs(root: Path, limit: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
-def reference_counts(pred: np.ndarray, target: np.ndarray, r: int = 3, C: int = NUM_CLASSES):
-    """scipy/numpy per-image counts: confusion (C, C+1), trimap confusion (C, C+1), boundary F1 of the image."""
-    valid = target != IGNORE_INDEX
+def _confusion(pred, target, where, C):
     pred_cls = np.where((pred >= 0) & (pred < C), pred, C)
-    confusion = np.bincount(target[valid] * (C + 1) + pred_cls[valid], minlength=C * (C + 1)).reshape(C, C + 1)
+    return np.bincount(target[where] * (C + 1) + pred_cls[where], minlength=C * (C + 1)).reshape(C, C + 1)
 
-    # Trimap band: valid-valid 4-neighbour transitions, dilated by a (2r+1)^2 square.
+
+def _trimap_band(target: np.ndarray, valid: np.ndarray, r: int) -> np.ndarray:
+    """Valid-valid 4-neighbour transitions (both sides), dilated by a (2r+1)^2 square, on valid pixels."""
     contour = np.zeros_like(valid)
     for axis in (0, 1):
         a = [slice(None)] * 2
@@ -66,91 +80,183 @@ def reference_counts(pred: np.ndarray, target: np.ndarray, r: int = 3, C: int = 
         edge = valid[tuple(a)] & valid[tuple(b)] & (target[tuple(a)] != target[tuple(b)])
         contour[tuple(a)] |= edge
         contour[tuple(b)] |= edge
-    square = np.ones((2 * r + 1, 2 * r + 1), bool)
-    band = ndimage.binary_dilation(contour, square) & valid
-    trimap = np.bincount(target[band] * (C + 1) + pred_cls[band], minlength=C * (C + 1)).reshape(C, C + 1)
+    return ndimage.binary_dilation(contour, np.ones((2 * r + 1, 2 * r + 1), bool)) & valid
 
+
+def reference_default(pred: np.ndarray, target: np.ndarray, r: int = 3, C: int = NUM_CLASSES):
+    """scipy/numpy per image: confusion (C, C+1), trimap confusion (C, C+1), default Boundary F1 of the image."""
+    valid = target != IGNORE_INDEX
+    confusion = _confusion(pred, target, valid, C)
+    trimap = _confusion(pred, target, _trimap_band(target, valid, r), C)
+    square = np.ones((2 * r + 1, 2 * r + 1), bool)
     scores = []
-    three = np.ones((3, 3), bool)
     for c in np.unique(target[valid]):
         gt, pr = target == c, (pred == c) & valid
-        bg = gt & ~ndimage.binary_erosion(gt, three, border_value=1)
-        bp = pr & ~ndimage.binary_erosion(pr, three, border_value=1)
+        bg = gt & ~ndimage.binary_erosion(gt, SQUARE3, border_value=1)
+        bp = pr & ~ndimage.binary_erosion(pr, SQUARE3, border_value=1)
         counts = np.array([(bp & ndimage.binary_dilation(bg, square)).sum(), bp.sum(),
                            (bg & ndimage.binary_dilation(bp, square)).sum(), bg.sum()])
-        scores.append(float(boundary_f1_per_class(torch.as_tensor(counts)[None])[0]))
+        scores.append(float(boundary_f1_per_class(counts[None])[0]))
     return confusion, trimap, float(np.mean(scores)) if scores else None
 
 
-def time_ours(pairs, device: str, batch: int, repeats: int) -> tuple[float, SegmentationMetrics]:
-    preds = torch.as_tensor(np.stack([p for p, _ in pairs])).to(device)
-    targets = torch.as_tensor(np.stack([t for _, t in pairs])).to(device)
-    metric = SegmentationMetrics()
-    metric.update(preds[:batch], targets[:batch])  # warm-up (allocator, CUDA kernels)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    best = float("inf")
+def reference_study(pred: np.ndarray, target: np.ndarray, r: int = 3, C: int = NUM_CLASSES):
+    """The study's per-class scipy procedure per image: (Boundary F1, Trimap IoU) of the image."""
+    valid = target != IGNORE_INDEX
+    square = np.ones((2 * r + 1, 2 * r + 1), bool)
+    scores = []
+    for c in np.unique(target[valid]):
+        gt, pr = (target == c) & valid, (pred == c) & valid
+        bg = ndimage.binary_dilation(gt, SQUARE3) ^ ndimage.binary_erosion(gt, SQUARE3)
+        bp = ndimage.binary_dilation(pr, SQUARE3) ^ ndimage.binary_erosion(pr, SQUARE3)
+        if not bg.any() and not bp.any():
+            scores.append(1.0)
+            continue
+        precision = (bp & ndimage.binary_dilation(bg, square)).sum() / (bp.sum() + STUDY_EPS)
+        recall = (bg & ndimage.binary_dilation(bp, square)).sum() / (bg.sum() + STUDY_EPS)
+        scores.append(2 * precision * recall / (precision + recall + STUDY_EPS))
+    band = _trimap_band(target, valid, r)
+    trimap = 0.0
+    if band.any():
+        ious = []
+        for c in range(C):
+            union = (((pred == c) | (target == c)) & band).sum()
+            if union:
+                ious.append(((pred == c) & (target == c) & band).sum() / union)
+        trimap = float(np.mean(ious))
+    return float(np.mean(scores)) if scores else 0.0, trimap
+
+
+def best_seconds(variants: dict, repeats: int) -> dict[str, float]:
+    """{name: (fn, maps)} -> {name: seconds per map}: each map's best time over `repeats` passes, averaged.
+
+    The variants take turns map by map, so a load spike on the shared machine hits one timing of one map,
+    which a better pass then replaces.
+    """
+    for fn, maps in variants.values():
+        fn(*maps[0])  # warm-up (allocator, CUDA kernels)
+    best = {name: [float("inf")] * len(maps) for name, (_, maps) in variants.items()}
     for _ in range(repeats):
+        for i in range(len(next(iter(variants.values()))[1])):
+            for name, (fn, maps) in variants.items():
+                start = time.perf_counter()
+                fn(*maps[i])
+                best[name][i] = min(best[name][i], time.perf_counter() - start)
+    return {name: float(np.mean(times)) for name, times in best.items()}
+
+
+def check_against_references(pairs, ref_default, ref_study) -> None:
+    metric = SegmentationMetrics()
+    for (p, t), (confusion, trimap, f1), (study_f1, study_trimap) in zip(pairs, ref_default, ref_study):
         metric.reset()
-        sync()
-        start = time.perf_counter()
-        for i in range(0, len(pairs), batch):
-            metric.update(preds[i:i + batch], targets[i:i + batch])
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return len(pairs) / best, metric
+        metric.update(torch.as_tensor(p)[None], torch.as_tensor(t)[None])
+        stats = metric.per_image()
+        assert np.array_equal(stats["confusion"][0], confusion), "confusion differs from the reference"
+        assert np.array_equal(stats["trimap_confusion"][0], trimap), "trimap differs from the reference"
+        assert abs(stats["boundary_f1"][0] - f1) < 1e-12, f"boundary F1 {stats['boundary_f1'][0]} vs {f1}"
+        assert abs(stats["study_boundary_f1"][0] - study_f1) < 1e-12, "study boundary F1 differs"
+        assert abs(stats["study_trimap_iou"][0] - study_trimap) < 1e-12, "study trimap IoU differs"
+        assert abs(study_trimap_iou_scores(trimap[None])[0] - study_trimap) < 1e-12
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="cityscapes_fullres root")
     parser.add_argument("--images", type=int, default=15, help="val maps timed for our implementation")
-    parser.add_argument("--ref-images", type=int, default=3, help="maps timed for the (slow) reference")
+    parser.add_argument("--ref-images", type=int, default=3, help="maps timed for the (slow) references")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (the issue: 1)")
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many passes")
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many passes, per map")
     parser.add_argument("--cuda-batch", type=int, default=8, help="batch size of the CUDA section")
+    parser.add_argument("--file-images", type=int, default=0,
+                        help="also write the per-image file of this many perturbed maps and print its size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     pairs = load_pairs(args.data, args.images)
     h, w = pairs[0][1].shape
     print(f"{len(pairs)} real val label maps at {h}x{w}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})")
+          f"{torch.get_num_threads()} CPU thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-    # Reference: scipy morphology per class (single-threaded by nature).
+    # References: scipy morphology per class (single-threaded by nature), timed once.
     ref_pairs = pairs[:args.ref_images]
     start = time.perf_counter()
-    ref = [reference_counts(p, t) for p, t in ref_pairs]
-    ref_per_s = len(ref_pairs) / (time.perf_counter() - start)
+    ref_default = [reference_default(p, t) for p, t in ref_pairs]
+    ref_default_s = (time.perf_counter() - start) / len(ref_pairs)
+    start = time.perf_counter()
+    ref_study = [reference_study(p, t) for p, t in ref_pairs]
+    ref_study_s = (time.perf_counter() - start) / len(ref_pairs)
+    check_against_references(ref_pairs, ref_default, ref_study)
+    print(f"agreement with the references on {len(ref_pairs)} maps: confusion, trimap, default and study "
+          "Boundary F1, study Trimap IoU identical")
 
-    ours_per_s, _ = time_ours(pairs, "cpu", batch=1, repeats=args.repeats)
+    tensors = [(torch.as_tensor(p)[None], torch.as_tensor(t)[None]) for p, t in pairs]
+    preds_uint8 = [(p.to(torch.uint8),) for p, _ in tensors]  # what the evaluation loop hands its host thread
 
-    # Same counts as the reference (a benchmark of a wrong answer is worthless).
-    check = SegmentationMetrics()
-    for (p, t), (confusion, trimap, f1) in zip(ref_pairs, ref):
-        stats = check.image_stats(torch.as_tensor(p), torch.as_tensor(t))
-        assert np.array_equal(stats["confusion"][0].numpy(), confusion), "confusion differs from the reference"
-        assert np.array_equal(stats["trimap_confusion"][0].numpy(), trimap), "trimap differs from the reference"
-        present = stats["confusion"][0].sum(-1) > 0
-        ours_f1 = float(boundary_f1_per_class(stats["boundary"][0])[present].mean())
-        assert abs(ours_f1 - f1) < 1e-12, f"boundary F1 {ours_f1} vs reference {f1}"
-    print(f"agreement with the reference on {len(ref_pairs)} maps: confusion, trimap, boundary F1 identical")
+    def parts(*names):
+        return lambda p, t: segmentation_image_stats(p, t, parts=names)
 
-    print(f"reference (scipy.ndimage per class):  {ref_per_s:8.2f} img/s  ({1 / ref_per_s:.2f} s/img)")
-    print(f"SegmentationMetrics.update, CPU:      {ours_per_s:8.2f} img/s  ({1000 / ours_per_s:.1f} ms/img)")
-    print(f"speed-up on CPU: {ours_per_s / ref_per_s:.1f}x (target >= 20x)")
+    full = SegmentationMetrics()
+    variants = {"default": (parts("default"), tensors), "study": (parts("study"), tensors),
+                "default + boundary_iou": (parts("default", "boundary_iou"), tensors),
+                "fragments": (fragment_counts, preds_uint8), "update (everything)": (full.update, tensors)}
+    seconds = best_seconds(variants, args.repeats)
+
+    def ms(s):
+        return f"{1000 * s:8.1f} ms/img"
+
+    biou = seconds["default + boundary_iou"] - seconds["default"]
+    added = (biou + seconds["fragments"]) / seconds["default"]
+    print(f"reference, default profile (scipy per class):  {ms(ref_default_s)}")
+    print(f"reference, study profile (scipy per class):    {ms(ref_study_s)}")
+    print(f"ours, default profile:                         {ms(seconds['default'])}  "
+          f"{ref_default_s / seconds['default']:.1f}x the reference (target >= 20x)")
+    print(f"ours, study profile:                           {ms(seconds['study'])}  "
+          f"{ref_study_s / seconds['study']:.1f}x the reference (target >= 10x)")
+    print(f"ours, Boundary IoU on top of the default:      {ms(biou)}")
+    print(f"ours, fragments (cc3d, 8-bit map):             {ms(seconds['fragments'])}")
+    print(f"Boundary IoU + fragments add {100 * added:.0f} % to the default profile (target <= 50 %)")
+    print(f"SegmentationMetrics.update, everything:        {ms(seconds['update (everything)'])}")
+
+    # The two profiles on the same maps (the per-image statistics hold both).
+    full.reset()
+    for p, t in tensors:
+        full.update(p, t)
+    stats = full.per_image()
+    default, study = dataset_metrics(stats, "default"), dataset_metrics(stats, "study")
+    per_image = stats["boundary_f1"] - stats["study_boundary_f1"]
+    print(f"Boundary F1 on these {len(pairs)} maps: default {100 * default['boundary_f1']:.2f}, study "
+          f"{100 * study['boundary_f1']:.2f} (per image, default - study: {100 * per_image.min():+.2f} .. "
+          f"{100 * per_image.max():+.2f} pp)")
+    print(f"Trimap IoU on these {len(pairs)} maps: default (pooled) {100 * default['trimap_iou']:.2f}, study (mean "
+          f"of the images) {100 * study['trimap_iou']:.2f} (on one image the two are the same number)")
+
+    if args.file_images:
+        metric = SegmentationMetrics()
+        for i, (p, t) in enumerate(load_pairs(args.data, args.file_images, seed=1)):
+            metric.update(torch.as_tensor(p)[None], torch.as_tensor(t)[None], names=[f"frame_{i:06d}"])
+        with tempfile.TemporaryDirectory() as folder:
+            path = per_image_path(Path(folder) / "epoch_0160")
+            write_per_image(path, metric.per_image())
+            print(f"per-image file of {args.file_images} images at C = {NUM_CLASSES}: "
+                  f"{path.stat().st_size / 2**20:.2f} MiB")
 
     if torch.cuda.is_available():
         batch = args.cuda_batch
-        gpu_per_s, gpu_metric = time_ours(pairs, "cuda", batch=batch, repeats=args.repeats)
-        cpu_metric = SegmentationMetrics()
-        for p, t in pairs:
-            cpu_metric.update(torch.as_tensor(p)[None], torch.as_tensor(t)[None])
-        a, b = cpu_metric.compute(), gpu_metric.compute()
-        same = all(np.array_equal(np.asarray(a[k], float), np.asarray(b[k], float), equal_nan=True) for k in a)
-        print(f"SegmentationMetrics.update, {torch.cuda.get_device_name()} (batch {batch}): "
-              f"{gpu_per_s:8.1f} img/s  ({1000 / gpu_per_s:.2f} ms/img; goal >= 200 img/s); "
-              f"results equal to CPU: {same}")
-        print(f"speed-up on CUDA over the CPU reference: {gpu_per_s / ref_per_s:.0f}x")
+        preds = torch.stack([p[0] for p, _ in tensors]).cuda()
+        targets = torch.stack([t[0] for _, t in tensors]).cuda()
+        batches = [(preds[i:i + batch], targets[i:i + batch]) for i in range(0, len(pairs), batch)]
+
+        def on_gpu(p, t):
+            segmentation_image_stats(p, t)
+            torch.cuda.synchronize()
+
+        gpu_s = best_seconds({"gpu": (on_gpu, batches)}, args.repeats)["gpu"] * len(batches) / len(pairs)
+        cpu_stats = segmentation_image_stats(preds[:batch].cpu(), targets[:batch].cpu())
+        gpu_stats = segmentation_image_stats(preds[:batch], targets[:batch])
+        same = all(torch.equal(cpu_stats[k], gpu_stats[k].cpu()) for k in cpu_stats)
+        print(f"segmentation_image_stats, {torch.cuda.get_device_name()} (batch {batch}): {1 / gpu_s:8.1f} img/s "
+              f"({1000 * gpu_s:.2f} ms/img; goal >= 200 img/s); counts equal to CPU: {same}")
     else:
         print("CUDA: not available, GPU section skipped")
 

@@ -23,6 +23,7 @@ from losses.registry import TERMS, recipe_slug, term_params, terms_of_kind
 from losses.schedule import SCHEDULE_KINDS
 from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, LAMBDA_DICE, LOSS_WEIGHTS,
                              resolve_loss, variant_summary)
+from metrics.keys import PROFILES
 from utils.fileio import UserError, atomic_write_json
 
 VARIANTS = tuple(LOSS_WEIGHTS)  # ("A", "B", "C", "D")
@@ -100,6 +101,8 @@ class TrainConfig:
                              "layout, the layout cuDNN's bf16 convs and ConvNeXt's LayerNorm/MLP want")
     # --- evaluation, checkpoints, logging
     eval_every: int = _f(1, "evaluate on val every N epochs and at the last epoch")
+    metrics_profile: str = _f("default", "estimators of Boundary F1 and Trimap IoU: this project's (default) or "
+                              "the original study's v0.2.0 ones (study; docs/metrics.md)", PROFILES)
     checkpoint_every: int = _f(10, "checkpoint every N epochs and at the last epoch (160 epochs: 16 checkpoints)")
     keep_states: int = _f(1, "keep optimizer/RNG state in the newest N checkpoints; older ones keep weights only")
     log_images: int = _f(0, "log N val prediction overlays to W&B at each evaluation")

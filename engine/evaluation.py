@@ -1,26 +1,34 @@
 """The inference loop shared by train.py (every epoch) and evaluate.py: model -> argmax -> SegmentationMetrics.
 
 Single-scale, full-resolution inference. Each process computes the small per-image count tensors of its
-batches (`SegmentationMetrics.image_stats`), `accelerator.gather_for_metrics` collects them (dropping the
-samples a distributed sampler repeats at the tail) and every process adds the same counts, so the result is
-identical on 1 or N GPUs and no 1024x2048 prediction map ever crosses processes.
+batches (`SegmentationMetrics.image_stats`), `accelerator.gather_for_metrics` collects them with the image
+names (dropping the samples a distributed sampler repeats at the tail) and every process adds the same counts,
+so the result is identical on 1 or N GPUs and no 1024x2048 prediction map ever crosses processes.
 
-    metrics = evaluate_model(model, val_loader, accelerator)
-    metrics["miou"], metrics["boundary_f1"], metrics["trimap_iou"], metrics["iou"], metrics["num_images"]
+Fragments (connected components, `metrics.consensus.count_fragments`) have no GPU kernel: each batch's
+prediction is copied to the host as uint8 (2 MB per 1024x2048 frame, asynchronously) and counted by cc3d on a
+background thread while the device runs the next batch's forward pass; a batch's stats are gathered one
+iteration later, when its fragments are in, so the loop never waits for the host except after the last batch.
+
+    metrics = evaluate_model(model, val_loader, accelerator, metrics_profile="study")
+    metrics["miou"], metrics["boundary_f1"], metrics["boundary_iou"], metrics["fragments_per_image"]
+    metrics["per_image"]  # the per-image statistics (metrics.per_image layout) for <checkpoint>.per_image.npz
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
 from rich.errors import LiveError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from data_utils.augment import normalize
-from data_utils.labels import IGNORE_INDEX, NUM_CLASSES
-from metrics import SegmentationMetrics
+from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from metrics.segmentation import SegmentationMetrics, fragment_counts
 
 # Called with (names, images uint8 (N, 3, H, W) on the CPU, predicted train ids uint8 (N, H, W) on the CPU).
 PredictionSink = Callable[[list[str], torch.Tensor, torch.Tensor], None]
@@ -61,10 +69,53 @@ def _live(bar: Progress):
         bar.stop()
 
 
+class HostFragments:
+    """Counts the fragments of prediction batches on the host, on one background thread.
+
+    `submit(pred)` starts the uint8 copy to the host without waiting for the device (a CUDA event marks its
+    end) and returns a Future of the (N,) int64 fragment counts; cc3d runs on the thread once the copy is done.
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="fragments")
+
+    def submit(self, pred: torch.Tensor) -> Future:
+        host = pred.to(torch.uint8).to("cpu", non_blocking=True)  # class ids < 62 fit a byte; pinned on CUDA
+        copied = None
+        if pred.device.type == "cuda":
+            copied = torch.cuda.Event()
+            copied.record()
+        return self.pool.submit(self._count, host, copied)
+
+    def _count(self, host: torch.Tensor, copied) -> torch.Tensor:
+        if copied is not None:
+            copied.synchronize()
+        return fragment_counts(host, self.num_classes)
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+def _add_batch(metric: SegmentationMetrics, accelerator, stats: dict, fragments: Future, names: list[str],
+               last: bool) -> None:
+    """Gather one batch's stats and names over the processes and add them. Only the loader's last batch goes
+    through `gather_for_metrics` (it drops the tail a distributed sampler repeats, and it must be called while
+    that batch is the current one); earlier batches have nothing to drop."""
+    stats = {**stats, "fragments": fragments.result().to(stats["confusion"].device)}
+    if last:
+        stats = accelerator.gather_for_metrics(stats)
+        names = accelerator.gather_for_metrics(names, use_gather_object=True)
+    else:
+        stats, names = accelerator.gather(stats), gather_object(names)
+    metric.add_stats(stats, names)
+
+
 def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int = NUM_CLASSES,
                    ignore_index: int = IGNORE_INDEX, boundary_px: int = 3, with_metrics: bool = True,
                    on_predictions: PredictionSink | None = None, description: str = "evaluating",
-                   show_progress: bool = True) -> dict:
+                   show_progress: bool = True, metrics_profile: str = "default",
+                   class_names: Sequence[str] = CLASS_NAMES) -> dict:
     """Run `model` over `loader` and return the metrics of all processes together.
 
     Args:
@@ -77,33 +128,46 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int
         on_predictions: optional PredictionSink, called on every process for its own batches (e.g. to
             write PNGs; a sample repeated at a distributed tail is simply written twice, identically).
         description, show_progress: the rich progress bar (main process only).
+        metrics_profile: "default" or "study" (SegmentationMetrics); class_names: C names for the per-image file.
 
     Returns:
-        SegmentationMetrics.compute(): {"miou", "iou" (list of C, NaN = class absent), "boundary_f1",
-        "trimap_iou", "num_images"}; with_metrics=False gives {"num_images"} only (this process's count).
+        SegmentationMetrics.compute() (miou, iou, boundary_f1, trimap_iou, boundary_iou, boundary_iou_per_class,
+        fragments_per_image, num_images, metrics_profile) plus "per_image": SegmentationMetrics.per_image();
+        with_metrics=False gives {"num_images"} only (this process's count).
     The model's train/eval mode is restored afterwards.
     """
-    metric = SegmentationMetrics(num_classes, ignore_index, boundary_px)
+    metric = SegmentationMetrics(num_classes, ignore_index, boundary_px, profile=metrics_profile,
+                                 class_names=class_names)
+    fragments = HostFragments(num_classes)
     was_training = model.training
     model.eval()
     num_images = 0
     bar = Progress(*BAR_COLUMNS, transient=True,
                    disable=not (show_progress and accelerator.is_main_process))
     task = bar.add_task(description, total=len(loader))
+    pending = None  # the previous batch: (stats, fragments future, names), added once its fragments are in
     try:
         with _live(bar), torch.no_grad():  # not inference_mode: train.py trains this model again afterwards
-            for batch in loader:
+            for index, batch in enumerate(loader):
                 images = batch["image"].to(accelerator.device, non_blocking=True)
                 labels = batch["label"].to(accelerator.device, non_blocking=True) if with_metrics else None
                 pred = predict(model, images, size=None if labels is None else labels.shape[-2:])
                 if with_metrics:
                     stats = metric.image_stats(pred, labels)  # small per-image counts, on the device
-                    metric.add_stats(accelerator.gather_for_metrics(stats))
+                    current = (stats, fragments.submit(pred), list(batch["name"]))
+                    if pending is not None:
+                        _add_batch(metric, accelerator, *pending, last=False)
+                    pending = current
+                    if index + 1 == len(loader):
+                        _add_batch(metric, accelerator, *pending, last=True)
+                        pending = None
                 if on_predictions is not None:
                     on_predictions(list(batch["name"]), batch["image"].cpu(), pred.to(torch.uint8).cpu())
                 num_images += images.shape[0]
                 bar.advance(task)
-            result = metric.compute() if with_metrics else {"num_images": num_images}
+            result = ({**metric.compute(), "per_image": metric.per_image()} if with_metrics
+                      else {"num_images": num_images})
     finally:
+        fragments.close()
         model.train(was_training)
     return result

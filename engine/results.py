@@ -1,4 +1,5 @@
-"""`<checkpoint>.results.json`: the evaluation of one checkpoint, written atomically beside it.
+"""`<checkpoint>.results.json` and `<checkpoint>.per_image.npz`: the evaluation of one checkpoint, written
+atomically beside it.
 
 The format and its one validating reader, `read_results` (used by evaluate.py --all and by aggregate.py), live
 in `engine.results_format`, which needs no torch; they are re-exported here. `checkpoint_saved_at` copies the
@@ -15,19 +16,23 @@ from rich.table import Table
 from data_utils.labels import CLASS_NAMES
 from engine.checkpoint import read_meta
 from engine.config import TrainConfig, config_to_dict
-from engine.results_format import METRIC_KEYS, REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
-from metrics.keys import METRIC_LABELS
+from engine.results_format import REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
+from metrics.keys import COUNT_KEYS, METRIC_KEYS, METRIC_LABELS
+from metrics.per_image import per_image_path, write_per_image
 from utils.fileio import atomic_write_json
 
-__all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "metrics_table", "read_results", "results_path",
-           "write_results"]
+__all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "metrics_table", "per_image_path", "read_results",
+           "results_path", "write_results"]
 
 
 def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: int, checkpoint: str | Path,
                   split: str, seconds: float, boundary_px: int = 3) -> dict:
-    """Write the results file for `metrics` (SegmentationMetrics.compute()) atomically; returns the record.
+    """Write the checkpoint's per-image statistics, then its results file, each atomically; returns the record.
 
     Args:
+        path: the results file (`results_path(checkpoint)`); the per-image file goes to
+            `per_image_path(checkpoint)`.
+        metrics: `engine.evaluation.evaluate_model`'s dict (SegmentationMetrics.compute() + "per_image").
         cfg: the checkpoint's resolved config (loss, seed, lambdas, backbone, the full config).
         epoch: epochs trained when the checkpoint was saved.
         checkpoint: the checkpoint folder (its meta.json, if present, dates the results).
@@ -37,6 +42,7 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
     if len(iou) != len(CLASS_NAMES):
         raise ValueError(f"metrics['iou'] has {len(iou)} values, expected {len(CLASS_NAMES)}")
     meta = read_meta(checkpoint) or {}
+    write_per_image(per_image_path(checkpoint), metrics["per_image"])  # first: a results file implies its stats
     record = {
         "variant": cfg.loss_label,
         "seed": cfg.seed,
@@ -44,8 +50,11 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         "checkpoint": str(checkpoint),
         "split": split,
         "num_images": int(metrics["num_images"]),
+        "metrics_profile": metrics["metrics_profile"],
         **{key: float(metrics[key]) for key in METRIC_KEYS},
         "iou": {name: float(value) for name, value in zip(CLASS_NAMES, iou)},
+        "boundary_iou_per_class": {name: float(value)
+                                   for name, value in zip(CLASS_NAMES, metrics["boundary_iou_per_class"])},
         "seconds": round(float(seconds), 3),
         "lambda_dice": cfg.loss_weights.get("dice", cfg.lambda_dice),
         "lambda_boundary": cfg.loss_weights.get("boundary", cfg.lambda_boundary),
@@ -60,12 +69,12 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
 
 
 def metrics_table(columns: dict[str, dict], title: str, caption: str | None = None, prefix: str = "") -> Table:
-    """The console table of validation metrics in percent that train.py (at the end) and evaluate.py print.
+    """The console table of validation metrics that train.py (at the end) and evaluate.py print.
 
-    One row per metric: mIoU, Boundary F1, Trimap IoU, then the IoU of each class; one column per entry of
-    `columns`, header -> a flat metrics dict with the keys `<prefix>miou`, `<prefix>boundary_f1`,
-    `<prefix>trimap_iou` and `<prefix>iou/<class>` (metrics.jsonl's rows with prefix "val/"). A missing,
-    None or NaN value (nothing to average, e.g. a class absent from the split) shows as n/a.
+    One row per metric of METRIC_KEYS (in percent; fragments per image as a count), then the IoU of each class;
+    one column per entry of `columns`, header -> a flat metrics dict with the keys `<prefix>miou`, ...,
+    `<prefix>iou/<class>` (metrics.jsonl's rows with prefix "val/"). A missing, None or NaN value (nothing to
+    average, e.g. a class absent from the split) shows as n/a.
 
     Example:
         >>> metrics_table({"last (epoch 8)": rows[-1]}, "C_seed42: validation metrics (%)", prefix="val/")
@@ -74,8 +83,10 @@ def metrics_table(columns: dict[str, dict], title: str, caption: str | None = No
     table.add_column("metric")
     for header in columns:
         table.add_column(header, justify="right")
-    keys = [(METRIC_LABELS[k], k) for k in METRIC_KEYS] + [(f"  IoU {name}", f"iou/{name}") for name in CLASS_NAMES]
+    keys = [(METRIC_LABELS[key], key) for key in METRIC_KEYS]
+    keys += [(f"  IoU {name}", f"iou/{name}") for name in CLASS_NAMES]
     for label, key in keys:
         values = [column.get(prefix + key) for column in columns.values()]
-        table.add_row(label, *("n/a" if v is None or math.isnan(v) else f"{100 * v:.2f}" for v in values))
+        scale, unit = (1, " (count)") if key in COUNT_KEYS else (100, "")
+        table.add_row(label + unit, *("n/a" if v is None or math.isnan(v) else f"{scale * v:.2f}" for v in values))
     return table

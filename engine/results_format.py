@@ -6,17 +6,22 @@ through `read_results`, so both accept and refuse the same files; `engine.result
 Format (one JSON object; metric values are fractions in [0, 1]; NaN is written as null):
 
     {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "runs/C_seed42/checkpoints/epoch_0160",
-     "split": "val", "num_images": 500, "miou": 0.8123, "boundary_f1": 0.7012, "trimap_iou": 0.6521,
-     "iou": {"road": 0.98, ..., "bicycle": 0.77}, "seconds": 41.3, "lambda_dice": 1.0, "lambda_boundary": 0.2,
-     "loss": {"ce": 1.0, "dice": 1.0, "boundary": 0.2}, "backbone": "convnextv2_base", "boundary_px": 3,
-     "checkpoint_saved_at": "2025-...", "config": {...}}
+     "split": "val", "num_images": 500, "metrics_profile": "default", "miou": 0.8123, "boundary_f1": 0.7012,
+     "trimap_iou": 0.6521, "boundary_iou": 0.4567, "fragments_per_image": 212.4,
+     "iou": {"road": 0.98, ..., "bicycle": 0.77}, "boundary_iou_per_class": {"road": 0.61, ...}, "seconds": 41.3,
+     "lambda_dice": 1.0, "lambda_boundary": 0.2, "loss": {"ce": 1.0, "dice": 1.0, "boundary": 0.2},
+     "backbone": "convnextv2_base", "boundary_px": 3, "checkpoint_saved_at": "2025-...", "config": {...}}
 
 `variant` is the loss label (TrainConfig.loss_label: "C", or a --loss recipe's "ce+0.5·lovasz"), what aggregate.py
 groups by; `loss` (optional: absent before recipes existed) the recipe {term: weight} trained with; lambda_dice /
 lambda_boundary the recipe's dice / boundary weights (the flags' values when it has no such term).
 
-Required: the keys of REQUIRED_KEYS. `iou` maps class names (`data_utils.labels.CLASS_NAMES`) to values; a
-class without a value (null, or left out) is one that never occurred. `config` (optional) is the run's resolved
+Required: the keys of REQUIRED_KEYS. `iou` (and `boundary_iou_per_class`) map class names
+(`data_utils.labels.CLASS_NAMES`) to values; a class without a value (null, or left out) is one that never
+occurred. `boundary_f1` and `trimap_iou` are the estimators of `metrics_profile` (metrics.keys.PROFILES;
+definitions in metrics.segmentation). Files written before the profiles, Boundary IoU and fragments existed
+lack those keys: they read as profile "default" with NaN for the missing metrics. Every results file has
+its per-image statistics beside it (metrics.per_image.per_image_path). `config` (optional) is the run's resolved
 TrainConfig; `boundary_schedule_of` reads from it which λ_b schedule the run trained with.
 """
 from __future__ import annotations
@@ -26,12 +31,12 @@ import math
 from pathlib import Path
 
 from data_utils.labels import CLASS_NAMES
-from metrics.keys import METRIC_KEYS
+from metrics.keys import COUNT_KEYS, FRACTION_KEYS, PROFILES
 from utils.fileio import UserError
 
 RESULTS_SUFFIX = ".results.json"
-REQUIRED_KEYS = ("variant", "seed", "epoch", "checkpoint", "split", "num_images", *METRIC_KEYS, "iou", "seconds",
-                 "lambda_dice", "lambda_boundary")
+REQUIRED_KEYS = ("variant", "seed", "epoch", "checkpoint", "split", "num_images", "miou", "boundary_f1",
+                 "trimap_iou", "iou", "seconds", "lambda_dice", "lambda_boundary")
 # The λ_b schedules (losses.schedule.SCHEDULE_KINDS) and the TrainConfig fields that parametrise each one.
 SCHEDULE_PARAMS = {"constant": (), "linear": ("boundary_start", "boundary_ramp_epochs"),
                    "steal": ("steal_delta", "steal_floor")}
@@ -58,9 +63,21 @@ def _fraction_or_nan(value, path: Path, name: str) -> float:
     return float(value)
 
 
+def _per_class(values, path: Path, name: str) -> dict[str, float]:
+    """{class name: fraction or null} -> {class name: float (NaN for null)} in CLASS_NAMES order."""
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: `{name}` must map class names to values; {_REDO}")
+    unknown = sorted(set(values) - set(CLASS_NAMES))
+    if unknown:
+        raise UserError(f"{path}: unknown class names in `{name}`: {', '.join(unknown)} (expected Cityscapes' 19 "
+                        f"train classes); {_REDO}")
+    return {c: _fraction_or_nan(values[c], path, f"{name}/{c}") for c in CLASS_NAMES if c in values}
+
+
 def read_results(path: str | Path) -> dict:
-    """Read and validate a results file: the JSON object, with null metric values as NaN and `iou` in
-    CLASS_NAMES order (only the classes the file lists).
+    """Read and validate a results file: the JSON object, with null metric values as NaN (also for the metric
+    keys an older file lacks), `metrics_profile` ("default" for an older file), and `iou` (and
+    `boundary_iou_per_class`) in CLASS_NAMES order (only the classes the file lists).
 
     Raises UserError naming the file when it is missing, not JSON, lacks a required key, or holds a value of
     the wrong type or outside [0, 1].
@@ -88,16 +105,20 @@ def read_results(path: str | Path) -> dict:
     for key in ("seconds", "lambda_dice", "lambda_boundary"):
         if not _is_number(record[key]) or not record[key] >= 0:
             raise UserError(f"{path}: `{key}` = {record[key]!r} is not a number >= 0; {_REDO}")
-    for key in METRIC_KEYS:
-        record[key] = _fraction_or_nan(record[key], path, key)
-    iou = record["iou"]
-    if not isinstance(iou, dict):
-        raise UserError(f"{path}: `iou` must map class names to values; {_REDO}")
-    unknown = sorted(set(iou) - set(CLASS_NAMES))
-    if unknown:
-        raise UserError(f"{path}: unknown class names in `iou`: {', '.join(unknown)} (expected Cityscapes' 19 "
-                        f"train classes); {_REDO}")
-    record["iou"] = {name: _fraction_or_nan(iou[name], path, f"iou/{name}") for name in CLASS_NAMES if name in iou}
+    for key in FRACTION_KEYS:
+        record[key] = _fraction_or_nan(record.get(key), path, key)
+    for key in COUNT_KEYS:
+        value = record.get(key)
+        if value is not None and not (_is_number(value) and value >= 0):
+            raise UserError(f"{path}: `{key}` = {value!r} is not a number >= 0; {_REDO}")
+        record[key] = math.nan if value is None else float(value)
+    record.setdefault("metrics_profile", "default")
+    if record["metrics_profile"] not in PROFILES:
+        raise UserError(f"{path}: unknown `metrics_profile` {record['metrics_profile']!r} (known: "
+                        f"{', '.join(PROFILES)}); {_REDO}")
+    for key in ("iou", "boundary_iou_per_class"):
+        if key == "iou" or key in record:
+            record[key] = _per_class(record[key], path, key)
     if "config" in record and not isinstance(record["config"], dict):
         raise UserError(f"{path}: `config` must be the run's config object; {_REDO}")
     return record

@@ -49,7 +49,8 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
 
 
 def val_metrics_row(metrics: dict) -> dict:
-    """evaluate_model's dict -> flat W&B keys: val/miou, val/boundary_f1, val/trimap_iou, val/iou/<class>."""
+    """evaluate_model's dict -> flat W&B keys: val/<metric> for METRIC_KEYS (val/miou, val/boundary_f1, ...),
+    val/iou/<class>."""
     row = {f"val/{key}": float(metrics[key]) for key in METRIC_KEYS}
     row.update({f"val/iou/{name}": float(v) for name, v in zip(CLASS_NAMES, metrics["iou"])})
     return row

@@ -1,50 +1,89 @@
-"""Semantic-segmentation metrics on any device: mIoU, per-class IoU, Boundary F1 and Trimap IoU.
+"""Semantic-segmentation metrics on any device: mIoU, per-class IoU, Boundary F1 and Trimap IoU in two profiles,
+per-class Boundary IoU and fragments per image.
 
 Count, then reduce. `segmentation_image_stats(pred, target)` turns a batch of label maps into small per-image
 count tensors (a few KB per image, never the maps themselves), so a distributed evaluation gathers them with
-`accelerator.gather_for_metrics` and sums; the metrics are reductions of the summed counts, which makes
-multi-GPU evaluation equal to single-GPU evaluation bit for bit.
+`accelerator.gather_for_metrics`; the metrics are reductions of the per-image counts (`metrics.per_image`, which
+also writes them to `<checkpoint>.per_image.npz`), which makes multi-GPU evaluation equal to single-GPU
+evaluation bit for bit, and any subset of the images (a bootstrap resample) an evaluation of that subset.
 
-Definitions (pred, target: (H, W) train ids; valid = target != ignore_index and 0 <= target < C; r = boundary_px):
-- mIoU (dataset level): I_c = #(pred==c & target==c & valid), U_c = #((pred==c | target==c) & valid),
-  IoU_c = I_c / U_c (NaN where U_c = 0), mIoU = mean of IoU_c over classes with U_c > 0.
+Definitions (pred, target: (H, W) train ids; valid = target != ignore_index and 0 <= target < C; for a class c,
+G = (target == c) ∧ valid and P = (pred == c) ∧ valid; r = boundary_px; dil = dilation by a (2r+1)x(2r+1) square,
+outside the image counting as background; erode = erosion by a 3x3 square). docs/metrics.md sets the two
+profiles side by side with their measured difference.
+
+Both profiles:
+- mIoU (dataset level): I_c = #(pred==c & target==c & valid), U_c = #((pred==c | target==c) & valid) over all
+  images, IoU_c = I_c / U_c (NaN where U_c = 0), mIoU = mean of IoU_c over classes with U_c > 0.
+- Boundary IoU (Cheng et al. 2021, per class, dataset level): G_d = G ∧ ¬erode_d(G), P_d = P ∧ ¬erode_d(P), where
+  erode_d = d successive 3x3 erosions with outside the image counting as inside (the frame is no contour), d = r;
+  I_c = Σ_images |G_d ∧ P_d|, U_c = Σ_images |G_d ∨ P_d|; per-class value I_c / U_c (NaN where U_c = 0),
+  boundary_iou = mean over classes with U_c > 0.
+- fragments_per_image: the number of 8-connected components of pred == c summed over c in 0..C-1 (the whole map,
+  ignored pixels included), averaged over images (`metrics.consensus.count_fragments`).
+
+Profile "default" (this project's estimators):
 - Boundary F1 (per image, then mean over images): for every class c present in the image's valid target,
-  G = (target==c), P = (pred==c) & valid; boundary(M) = M & ~erode(M) with a 3x3 square, pixels outside the
-  image counting as inside M (the frame is not a contour); tolerance = dilation by a (2r+1)x(2r+1) square.
-  precision = |B(P) & dil(B(G))| / |B(P)|, recall = |B(G) & dil(B(P))| / |B(G)|, F = 2PR / (P + R);
+  B(M) = M ∧ ¬erode(M), pixels outside the image counting as inside M (the 1-px inner ring; the frame is not a
+  contour). precision = |B(P) ∧ dil(B(G))| / |B(P)|, recall = |B(G) ∧ dil(B(P))| / |B(G)|, F = 2PR / (P + R);
   F = 1 when both boundaries are empty, 0 when exactly one is empty or P + R = 0. The image's score is the mean
   F over those classes; images without a valid pixel are skipped.
 - Trimap IoU (dataset level): a valid pixel is a GT-contour pixel when one of its 4-neighbours inside the image
-  holds a different valid label (transitions to/from ignore don't count); band = valid pixels within Chebyshev
-  distance <= r of a contour pixel; I_c, U_c as for mIoU but counted over band pixels only.
+  holds a different valid label (transitions to/from ignore don't count); band = valid ∧ dil(contour); I_c, U_c
+  as for mIoU but counted over band pixels only, pooled over images.
+
+Profile "study" (the original study's corrected v0.2.0 estimators, which its published numbers use):
+- Boundary F1 (per image, then mean over ALL images): for every class c with a valid GT pixel,
+  B(M) = dilate(M) XOR erode(M) with a 3x3 square, outside the image counting as background for both (the 2-px
+  band across the contour; the frame is a contour where M touches it). F = 1 if B(G) and B(P) are both empty,
+  else precision = |B(P) ∧ dil(B(G))| / (|B(P)| + 1e-6), recall = |B(G) ∧ dil(B(P))| / (|B(G)| + 1e-6),
+  F = 2·precision·recall / (precision + recall + 1e-6). The image's score is the mean F over those classes, 0
+  when it has none.
+- Trimap IoU (per image, then mean over ALL images): the default's band (both sides of a valid-valid transition
+  are contour pixels); the image's score is 0 if its band is empty, else the mean over the classes with a
+  non-empty union in the band of |pred = c ∧ target = c ∧ band| / |(pred = c ∨ target = c) ∧ band|.
 
 How it stays fast without a per-class loop: every pixel stores its class as one bit of an integer (class c ->
 bit c, 19 classes fit an int32), so the 3x3 erosion of all 19 class masks is one bitwise-AND window reduction
 and the tolerance dilation of all 19 boundary maps is one bitwise-OR window reduction (separable, implemented
-as shifted slices). Because a pixel has exactly one predicted and one target class, "is this pixel a matched
-boundary pixel of its class" is a single bit test, and all per-class counts come from `torch.bincount`.
+as shifted slices). In the default B and in Boundary IoU's inner bands a pixel carries at most its own class's
+bit, so "is this pixel a matched boundary pixel of its class" is a single bit test and all those counts come
+from one `torch.bincount` of a per-pixel code. The study's B crosses the contour, so a pixel there carries the
+bits of every class around it; its per-class counts come from a histogram of the bytes of the (few) nonzero
+pixels, decoded through a 256 x 8 table of bits.
 
 Example:
     >>> import torch
     >>> from metrics import SegmentationMetrics
-    >>> metric = SegmentationMetrics(num_classes=19)
+    >>> metric = SegmentationMetrics(num_classes=19, profile="study")
     >>> target = torch.zeros(1, 64, 64, dtype=torch.long); target[:, :, 32:] = 13
     >>> metric.update(target.clone(), target)
-    >>> metric.compute()["miou"], metric.compute()["boundary_f1"]
-    (1.0, 1.0)
+    >>> result = metric.compute()
+    >>> result["miou"], result["boundary_f1"], result["boundary_iou"], result["fragments_per_image"]
+    (1.0, 0.9999..., 1.0, 2.0)
 """
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
+
+from metrics.consensus import count_fragments
+from metrics.keys import PROFILES
+from metrics.per_image import (boundary_f1_scores, dataset_metrics, study_boundary_f1_scores,
+                               study_trimap_iou_scores)
 
 # Keys of the per-image stats (all with leading dim N, integer counts):
 #   confusion         (N, C, C+1): rows = target class over valid pixels, columns = predicted class; the last
 #                                  column counts predictions outside 0..C-1 (they match no class).
 #   trimap_confusion  (N, C, C+1): the same, counted only over the trimap band.
-#   boundary          (N, C, 4):   per class |B(P) & dil(B(G))|, |B(P)|, |B(G) & dil(B(P))|, |B(G)|.
-STAT_KEYS = ("confusion", "trimap_confusion", "boundary")
+#   boundary          (N, C, 4):   default profile, per class |B(P) & dil(B(G))|, |B(P)|, |B(G) & dil(B(P))|, |B(G)|.
+#   study_boundary    (N, C, 4):   the same with the study profile's B.
+#   boundary_iou      (N, C, 2):   per class |G_d & P_d|, |G_d | P_d|.
+#   fragments         (N,):        components of the prediction (on the host: `fragment_counts`).
+DEVICE_STAT_KEYS = ("confusion", "trimap_confusion", "boundary", "study_boundary", "boundary_iou")
+STAT_KEYS = DEVICE_STAT_KEYS + ("fragments",)
 
 
 def _erode_bits(x: torch.Tensor) -> torch.Tensor:
@@ -103,25 +142,82 @@ def _class_index(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> 
 CPU_TILE_PIXELS = 2**17
 
 
+def _bit_counts(planes: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """(M, L) integer bit-field maps -> (M, num_bits) int64: per row, how many pixels have bit b set.
+
+    A histogram of the bytes of the pixels (8 * bytes + the row, one bincount), decoded through a 256 x 8 table
+    of bits. On the CPU only the nonzero pixels are histogrammed (boundary maps are sparse); on a GPU the
+    compaction would cost a host sync, so every pixel goes in.
+    """
+    rows, device = planes.shape[0], planes.device
+    num_bytes = (num_bits + 7) // 8
+    if device.type == "cpu":
+        nonzero = planes != 0
+        row = torch.repeat_interleave(torch.arange(rows, device=device), nonzero.sum(1))
+        values = planes[nonzero].long()
+    else:
+        row = torch.arange(rows, device=device).repeat_interleave(planes.shape[1])
+        values = planes.flatten().long()
+    byte_index = torch.arange(num_bytes, device=device)
+    byte_values = (values[:, None] >> (8 * byte_index)) & 255  # (pixels, bytes)
+    cell = (row[:, None] * num_bytes + byte_index) * 256 + byte_values
+    hist = torch.bincount(cell.flatten(), minlength=rows * num_bytes * 256).view(rows, num_bytes, 256, 1)
+    bit_table = (torch.arange(256, device=device)[:, None] >> torch.arange(8, device=device)) & 1  # (256, 8)
+    return (hist * bit_table).sum(2).flatten(1)[:, :num_bits]
+
+
+def _study_boundary_counts(bits: torch.Tensor, eroded: torch.Tensor, boundary_px: int, rows: tuple[int, int],
+                           frame: tuple[bool, bool], num_classes: int) -> torch.Tensor:
+    """The study profile's per-class boundary counts over the counted rows.
+
+    Args:
+        bits: (2, N, h, W) class bit planes of P and G; eroded: their 3x3 erosion with outside = inside.
+        frame: whether the first / last row of the band is the image's top / bottom row.
+
+    Returns:
+        (N, C, 4) int64: |B(P) & dil(B(G))|, |B(P)|, |B(G) & dil(B(P))|, |B(G)| with B = dilate XOR erode.
+    """
+    eroded = eroded.clone()  # outside = background: every pixel on the frame erodes away
+    eroded[..., 0] = 0
+    eroded[..., -1] = 0
+    if frame[0]:
+        eroded[..., 0, :] = 0
+    if frame[1]:
+        eroded[..., -1, :] = 0
+    boundary = _dilate_bits(bits, 1).bitwise_and_(eroded.bitwise_not_())  # dilate XOR erode (erode ⊆ dilate)
+    matched = boundary & _dilate_bits(boundary, boundary_px).flip(0)  # B(P) & dil(B(G)), B(G) & dil(B(P))
+    planes = torch.stack([matched[0], boundary[0], matched[1], boundary[1]])[:, :, rows[0]:rows[1]]
+    n_img = bits.shape[1]
+    counts = _bit_counts(planes.reshape(4 * n_img, -1), num_classes)  # (4 * N, C)
+    return counts.view(4, n_img, num_classes).permute(1, 2, 0)
+
+
 def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int,
-                  boundary_px: int, rows: tuple[int, int]) -> torch.Tensor:
-    """Joint histogram of (trimap band, pred-boundary state, GT-boundary state, target class, pred class).
+                  boundary_px: int, rows: tuple[int, int], frame: tuple[bool, bool],
+                  parts: frozenset[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Joint histogram of (trimap band, pred-boundary state, GT-boundary state, P_d, G_d, target class, pred
+    class), and the study profile's boundary counts.
 
     Args:
         pred, target: (N, h, W) integer maps (a full image or a band of rows with `boundary_px + 1` rows of
             context above and below, so every counted pixel sees its whole neighbourhood).
         rows: (first, last + 1) of the rows that are counted.
+        frame: whether the band's first / last row is the image's top / bottom row.
+        parts: the PARTS to compute; a state of a part left out is 0.
 
     Returns:
-        (N, 2, 3, 3, K, K) int64 counts, K = C + 1, index C = no class. Boundary state: 0 = not a boundary
-        pixel, 1 = boundary pixel outside the other map's tolerance, 2 = matched (inside it).
+        (N, 2, 3, 3, 2, 2, K, K) int64 counts, K = C + 1, index C = no class. Boundary state (default
+        profile's B): 0 = not a boundary pixel, 1 = boundary pixel outside the other map's tolerance, 2 = matched
+        (inside it). P_d, G_d: 0/1, the pixel is in its class's Boundary-IoU inner band.
+        (N, C, 4) int64 `_study_boundary_counts`, or None without the "study" part.
     """
     C, K = num_classes, num_classes + 1
     n_img = pred.shape[0]
+    num_states = 2 * 3 * 3 * 2 * 2
     # Everything below is elementwise integer arithmetic in one dtype (torch.where, gathers and mixed-dtype
     # ops are several times slower per pixel on CPU) plus one bincount. Bits 0..C-1 hold the classes, bit C
     # the trimap contour; values stay >= 0, so `x.clamp(max=1)` is the 0/1 "x != 0" in the same dtype.
-    dtype = torch.int32 if C <= 30 and n_img * 18 * K * K < 2**31 else torch.int64
+    dtype = torch.int32 if C <= 30 and n_img * num_states * K * K < 2**31 else torch.int64
 
     # Class index per pixel, C = "no class" (ignored target pixels, predictions outside 0..C-1).
     target_cls = _class_index(target, C, dtype)  # (N, h, W) in 0..C
@@ -135,7 +231,8 @@ def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
     valid_all_bits = -gt_bits.clamp(max=1)  # -1 (all bits set) on valid pixels, 0 on ignored ones
     pred_bits = (1 << pred_cls) & class_bits & valid_all_bits  # P = (pred == c) & valid
     bits = torch.stack([pred_bits, gt_bits])  # (2, N, h, W)
-    boundary = _erode_bits(bits).bitwise_not_().bitwise_and_(bits)  # B(P), B(G) = M & ~erode(M)
+    eroded = _erode_bits(bits) if parts & {"default", "boundary_iou", "study"} else None
+    study = _study_boundary_counts(bits, eroded, boundary_px, rows, frame, C) if "study" in parts else None
 
     # Trimap contour: two 4-neighbours are a transition when both are valid and differ, i.e. when the XOR of
     # their one-hot codes has two bits set (x & (x - 1) != 0); an ignored pixel (code 0) leaves one bit.
@@ -147,42 +244,63 @@ def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
             transition = xor & (xor - 1)  # nonzero on a valid-valid transition between a pixel and the next
             contour.narrow(dim, 0, size - 1).bitwise_or_(transition)
             contour.narrow(dim, 1, size - 1).bitwise_or_(transition)
+    contour = contour.clamp_(max=1) << C
 
     # One tolerance dilation serves B(P), B(G) and the trimap contour (riding along as bit C of the GT map).
-    dilated = boundary.clone()
-    dilated[1] |= contour.clamp_(max=1) << C
-    dilated = _dilate_bits(dilated, boundary_px)
-    pred_boundary, gt_boundary = boundary[0], boundary[1]  # (N, h, W) each
-    pred_boundary_dil, gt_boundary_dil = dilated[0], dilated[1]
-
-    # A pixel carries at most one bit of B(P) (its predicted class) and one of B(G) (its target class), so
-    # "matched boundary pixel of its class" is a single nonzero test; the class comes from the index maps.
-    band = gt_boundary_dil >> C  # 0/1: within r of a contour pixel (bit C is the highest one set)
-    pred_state = pred_boundary.clamp(max=1) + (pred_boundary & gt_boundary_dil).clamp_(max=1)  # 0/1/2
-    gt_state = gt_boundary.clamp(max=1) + (gt_boundary & pred_boundary_dil).clamp_(max=1)  # 0/1/2
-    state = band * 9 + pred_state * 3 + gt_state  # 0..17
-    cell = (state * K + target_cls) * K + pred_cls  # (N, h, W) in 0 .. 18*K*K - 1
+    # Boundary IoU's inner band M ∧ ¬erode_d(M) (d = r) is M ∧ dil_{r-1}(B(M)): a pixel of M within d of a
+    # non-M pixel is within d - 1 of the last pixel of M on the way there, a pixel of B(M) (the default's B).
+    # So the dilation runs as r - 1, then 1 more.
+    boundary = bits & ~eroded if eroded is not None and parts & {"default", "boundary_iou"} else None
+    state = 0
+    if boundary is None:  # the band alone
+        band = _dilate_bits(contour, boundary_px) >> C
+    else:
+        marked = boundary.clone()
+        marked[1] |= contour
+        if "boundary_iou" in parts and boundary_px > 0:
+            near = _dilate_bits(marked, boundary_px - 1)
+            inner = (near & bits).clamp_(max=1)  # (2, N, h, W) 0/1: P_d, G_d
+            state = inner[0] * 2 + inner[1]
+            dilated = _dilate_bits(near, 1)
+        else:
+            dilated = _dilate_bits(marked, boundary_px)
+        band = dilated[1] >> C  # 0/1: within r of a contour pixel (bit C is the highest one set)
+        if "default" in parts:
+            # A pixel carries at most one bit of B(P) (its predicted class) and one of B(G) (its target
+            # class), so "matched boundary pixel of its class" is a single nonzero test.
+            pred_boundary, gt_boundary = boundary[0], boundary[1]  # (N, h, W) each
+            pred_state = pred_boundary.clamp(max=1) + (pred_boundary & dilated[1]).clamp_(max=1)  # 0/1/2
+            gt_state = gt_boundary.clamp(max=1) + (gt_boundary & dilated[0]).clamp_(max=1)  # 0/1/2
+            state = state + pred_state * 12 + gt_state * 4
+    state = band * 36 + state  # 0..71: band, pred state, GT state, P_d, G_d
+    cell = (state * K + target_cls) * K + pred_cls  # (N, h, W) in 0 .. 72*K*K - 1
     cell = cell[:, rows[0]:rows[1]] + torch.arange(n_img, device=cell.device, dtype=dtype).view(n_img, 1, 1) * (
-        18 * K * K)
-    counts = torch.bincount(cell.flatten(), minlength=n_img * 18 * K * K)
-    return counts.view(n_img, 2, 3, 3, K, K)
+        num_states * K * K)
+    counts = torch.bincount(cell.flatten(), minlength=n_img * num_states * K * K)
+    return counts.view(n_img, 2, 3, 3, 2, 2, K, K), study
+
+
+PARTS = ("default", "study", "boundary_iou")  # what segmentation_image_stats computes besides the confusions
 
 
 @torch.no_grad()
 def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 19,
-                             ignore_index: int = 255, boundary_px: int = 3) -> dict[str, torch.Tensor]:
-    """Per-image counts behind mIoU, Boundary F1 and Trimap IoU, computed on the inputs' device.
+                             ignore_index: int = 255, boundary_px: int = 3,
+                             parts=PARTS) -> dict[str, torch.Tensor]:
+    """Per-image counts behind every metric but fragments (DEVICE_STAT_KEYS), computed on the inputs' device.
 
     Args:
         pred: (N, H, W) or (H, W) integer predicted train ids (values outside 0..C-1 match no class).
         target: same shape, integer train ids; `ignore_index` (and any value outside 0..C-1) is ignored.
         num_classes: C, at most 62 (each class is one bit of an integer; up to 30 fit an int32).
         ignore_index: the ignore label in `target`.
-        boundary_px: r, the boundary tolerance and trimap band half-width in pixels.
+        boundary_px: r, the boundary tolerance, trimap band half-width and Boundary-IoU depth d in pixels.
+        parts: which counts besides `confusion` and `trimap_confusion` to compute (a subset of PARTS):
+            "default" -> `boundary`, "study" -> `study_boundary`, "boundary_iou" -> `boundary_iou`. Every
+            evaluation computes all of them (the per-image file holds both profiles); fewer serve benchmarks.
 
     Returns:
-        {"confusion": (N, C, C+1) int64, "trimap_confusion": (N, C, C+1) int64, "boundary": (N, C, 4) int64}
-        (layout in STAT_KEYS' comment above).
+        {key: int64 tensor with leading dim N} (layout in the comment above DEVICE_STAT_KEYS).
     """
     if pred.shape != target.shape or pred.dim() not in (2, 3):
         raise ValueError(f"pred and target must both be (N, H, W) or (H, W); got {tuple(pred.shape)} "
@@ -195,138 +313,150 @@ def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_class
         raise ValueError(f"num_classes={num_classes}: 1..62 supported (one bit per class)")
     if boundary_px < 0:
         raise ValueError(f"boundary_px={boundary_px} must be >= 0")
+    parts = frozenset(parts)
+    if parts - set(PARTS):
+        raise ValueError(f"unknown parts {sorted(parts - set(PARTS))}: choose from {', '.join(PARTS)}")
     if pred.dim() == 2:
         pred, target = pred[None], target[None]
     n_img, height, width = pred.shape
     C = num_classes
 
-    # Row bands with boundary_px + 1 rows of context: erosion reaches 1 row, the tolerance dilation r more.
+    # Row bands with boundary_px + 1 rows of context: the (study's) erosion and dilation reach 1 row, the
+    # tolerance dilation r more.
     context = boundary_px + 1
     tile_rows = height
     if pred.device.type == "cpu":
         tile_rows = max(2 * context, CPU_TILE_PIXELS // max(1, n_img * width))
-    counts = 0
+    counts, study = 0, 0
     for top in range(0, height, tile_rows):
         bottom = min(height, top + tile_rows)
         lo, hi = max(0, top - context), min(height, bottom + context)
-        counts = counts + _state_counts(pred[:, lo:hi], target[:, lo:hi], C, ignore_index, boundary_px,
-                                        rows=(top - lo, bottom - lo))
+        tile_counts, tile_study = _state_counts(pred[:, lo:hi], target[:, lo:hi], C, ignore_index, boundary_px,
+                                                rows=(top - lo, bottom - lo), frame=(lo == 0, hi == height),
+                                                parts=parts)
+        counts = counts + tile_counts
+        if tile_study is not None:
+            study = study + tile_study
 
     # Reduce to small per-image tensors; row C (ignored targets) is dropped here.
-    confusion = counts.sum((1, 2, 3))[:, :C]  # (N, C, C+1)
-    trimap_confusion = counts[:, 1].sum((1, 2))[:, :C]  # (N, C, C+1)
-    by_pred_state = counts.sum((1, 3, 4))  # (N, 3, K): pred-boundary state x predicted class
-    by_gt_state = counts.sum((1, 2, 5))  # (N, 3, K): GT-boundary state x target class
-    boundary = torch.stack([
-        by_pred_state[:, 2, :C],  # |B(P) & dil(B(G))|
-        by_pred_state[:, 1, :C] + by_pred_state[:, 2, :C],  # |B(P)|
-        by_gt_state[:, 2, :C],  # |B(G) & dil(B(P))|
-        by_gt_state[:, 1, :C] + by_gt_state[:, 2, :C],  # |B(G)|
-    ], dim=-1)  # (N, C, 4)
-    return {"confusion": confusion, "trimap_confusion": trimap_confusion, "boundary": boundary}
+    # counts dims: 0 image, 1 band, 2 pred state, 3 GT state, 4 P_d, 5 G_d, 6 target class, 7 pred class.
+    stats = {"confusion": counts.sum((1, 2, 3, 4, 5))[:, :C],  # (N, C, C+1)
+             "trimap_confusion": counts[:, 1].sum((1, 2, 3, 4))[:, :C]}  # (N, C, C+1)
+    if "default" in parts:
+        by_pred_state = counts.sum((1, 3, 4, 5, 6))  # (N, 3, K): pred-boundary state x predicted class
+        by_gt_state = counts.sum((1, 2, 4, 5, 7))  # (N, 3, K): GT-boundary state x target class
+        stats["boundary"] = torch.stack([
+            by_pred_state[:, 2, :C],  # |B(P) & dil(B(G))|
+            by_pred_state[:, 1, :C] + by_pred_state[:, 2, :C],  # |B(P)|
+            by_gt_state[:, 2, :C],  # |B(G) & dil(B(P))|
+            by_gt_state[:, 1, :C] + by_gt_state[:, 2, :C],  # |B(G)|
+        ], dim=-1)  # (N, C, 4)
+    if "study" in parts:
+        stats["study_boundary"] = study  # (N, C, 4)
+    if "boundary_iou" in parts:
+        pred_inner = counts.sum((1, 2, 3, 5, 6))[:, 1, :C]  # (N, C) |P_d|
+        gt_inner = counts.sum((1, 2, 3, 4, 7))[:, 1, :C]  # (N, C) |G_d|
+        both_inner = counts[:, :, :, :, 1, 1].sum((1, 2, 3)).diagonal(dim1=-2, dim2=-1)[:, :C]  # |G_d & P_d|
+        stats["boundary_iou"] = torch.stack([both_inner, gt_inner + pred_inner - both_inner], dim=-1)  # (N, C, 2)
+    return stats
 
 
-def boundary_f1_per_class(boundary: torch.Tensor) -> torch.Tensor:
-    """(..., C, 4) boundary counts -> (..., C) float64 F-scores with the empty-boundary conventions."""
-    pred_matched, pred_total, gt_matched, gt_total = boundary.double().unbind(-1)
-    precision = pred_matched / pred_total.clamp_min(1)
-    recall = gt_matched / gt_total.clamp_min(1)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-300)  # P + R = 0 -> 0
-    f1 = torch.where((pred_total == 0) | (gt_total == 0), 0.0, f1)  # exactly one empty -> 0
-    return torch.where((pred_total == 0) & (gt_total == 0), 1.0, f1)  # both empty -> 1
-
-
-def iou_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
-    """(C, C+1) summed confusion -> (C,) float64 IoU, NaN where U_c = 0."""
-    C = confusion.shape[0]
-    confusion = confusion.double()
-    intersection = confusion.diagonal()  # (C,) pred == target == c
-    target_area = confusion.sum(1)  # (C,) target == c, whatever was predicted
-    pred_area = confusion[:, :C].sum(0)  # (C,) pred == c on valid pixels
-    union = target_area + pred_area - intersection
-    return torch.where(union > 0, intersection / union.clamp_min(1), math.nan)
-
-
-def _nanmean(values: torch.Tensor) -> float:
-    kept = values[~values.isnan()]
-    return float(kept.mean()) if kept.numel() else math.nan
+def fragment_counts(pred: torch.Tensor, num_classes: int = 19) -> torch.Tensor:
+    """(N, H, W) or (H, W) integer predictions (any device) -> (N,) int64 fragments on the CPU
+    (`metrics.consensus.count_fragments` per image)."""
+    pred = pred.reshape(-1, *pred.shape[-2:])
+    if pred.dtype != torch.uint8 and num_classes < 255:  # 8-bit maps: a quarter of the bytes of int32
+        pred = torch.where((pred >= 0) & (pred < num_classes), pred, 255).to(torch.uint8)
+    maps = pred.cpu().numpy()
+    return torch.tensor([count_fragments(m, num_classes) for m in maps], dtype=torch.int64)
 
 
 class SegmentationMetrics:
-    """Accumulates per-image counts and reduces them to mIoU, per-class IoU, Boundary F1 and Trimap IoU.
+    """Keeps the per-image counts of an evaluation and reduces them to the metrics of one profile.
 
     Args:
         num_classes: C (19 for Cityscapes).
         ignore_index: the ignore label in targets (255).
-        boundary_px: r, the Boundary-F1 tolerance and Trimap band half-width in pixels (3).
+        boundary_px: r, the Boundary-F1 tolerance, Trimap band half-width and Boundary-IoU depth in pixels (3).
+        profile: "default" or "study": which estimators of Boundary F1 and Trimap IoU `compute` reports (the
+            module docstring defines both; the per-image statistics hold both).
+        class_names: C names, in train-id order, for the per-image file (default "0", "1", ...).
 
-    Distributed use: `stats = metric.image_stats(pred, target)`, then
-    `metric.add_stats(accelerator.gather_for_metrics(stats))` on every process; `update` does both steps
-    without the gather. Accumulators live on the device of the first stats added; nothing syncs with the host
-    until `compute()`.
+    Distributed use: `stats = metric.image_stats(pred, target)` plus `stats["fragments"]` (from
+    `fragment_counts`, on the host), then `metric.add_stats(accelerator.gather_for_metrics(stats), names)` on
+    every process (engine.evaluation does this); `update` does it all in one process. The counts stay on the
+    device of the stats added; nothing syncs with the host until `compute()` / `per_image()`.
     """
 
-    def __init__(self, num_classes: int = 19, ignore_index: int = 255, boundary_px: int = 3):
+    def __init__(self, num_classes: int = 19, ignore_index: int = 255, boundary_px: int = 3,
+                 profile: str = "default", class_names: Sequence[str] | None = None):
         if not 1 <= num_classes <= 62:
             raise ValueError(f"num_classes={num_classes}: 1..62 supported")
         if boundary_px < 0:
             raise ValueError(f"boundary_px={boundary_px} must be >= 0")
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.boundary_px = boundary_px
+        if profile not in PROFILES:
+            raise ValueError(f"unknown metrics profile {profile!r}: use one of {', '.join(PROFILES)}")
+        class_names = tuple(class_names) if class_names is not None else tuple(map(str, range(num_classes)))
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        self.num_classes, self.ignore_index, self.boundary_px = num_classes, ignore_index, boundary_px
+        self.profile, self.class_names = profile, class_names
         self.reset()
 
     def reset(self) -> None:
-        self.confusion = None  # (C, C+1) int64, summed over images
-        self.trimap_confusion = None  # (C, C+1) int64
-        self.boundary_f1_sum = None  # () float64: sum of per-image scores
-        self.boundary_f1_images = None  # () int64: images with at least one valid pixel
-        self.num_images = 0
+        self._stats: list[dict[str, torch.Tensor]] = []  # one dict of per-image counts per add_stats call
+        self._names: list[str] = []
+
+    @property
+    def num_images(self) -> int:
+        return len(self._names)
 
     def image_stats(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(N, H, W) pred/target -> per-image count tensors with leading dim N (see `segmentation_image_stats`)."""
+        """(N, H, W) pred/target -> the per-image counts of DEVICE_STAT_KEYS (see `segmentation_image_stats`)."""
         return segmentation_image_stats(pred, target, self.num_classes, self.ignore_index, self.boundary_px)
 
-    @torch.no_grad()
-    def add_stats(self, stats: dict[str, torch.Tensor]) -> None:
-        """Add per-image stats (from `image_stats`, possibly gathered across processes)."""
-        confusion, trimap, boundary = (stats[k] for k in STAT_KEYS)
-        if self.confusion is None:
-            device = confusion.device
-            self.confusion = torch.zeros(confusion.shape[1:], dtype=torch.int64, device=device)
-            self.trimap_confusion = torch.zeros_like(self.confusion)
-            self.boundary_f1_sum = torch.zeros((), dtype=torch.float64, device=device)
-            self.boundary_f1_images = torch.zeros((), dtype=torch.int64, device=device)
-        self.confusion += confusion.sum(0)
-        self.trimap_confusion += trimap.sum(0)
-        # Boundary F1 is averaged per image over the classes present in that image's valid target.
-        present = confusion.sum(-1) > 0  # (N, C)
-        num_present = present.sum(-1)  # (N,)
-        f1_sum = (boundary_f1_per_class(boundary) * present).sum(-1)  # (N,)
-        scored = num_present > 0  # images without a valid pixel are skipped
-        self.boundary_f1_sum += (f1_sum / num_present.clamp_min(1))[scored].sum()
-        self.boundary_f1_images += scored.sum()
-        self.num_images += confusion.shape[0]
+    def add_stats(self, stats: dict[str, torch.Tensor], names: Sequence[str] | None = None) -> None:
+        """Add per-image stats (every key of STAT_KEYS, possibly gathered across processes) and the images'
+        names (default: their running index)."""
+        missing = [k for k in STAT_KEYS if k not in stats]
+        if missing:
+            raise ValueError(f"stats lack {', '.join(missing)} (fragments come from fragment_counts)")
+        n = stats["confusion"].shape[0]
+        names = [str(self.num_images + i) for i in range(n)] if names is None else list(names)
+        if len(names) != n:
+            raise ValueError(f"{len(names)} names for {n} images")
+        self._stats.append({k: stats[k] for k in STAT_KEYS})
+        self._names += names
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, pred: torch.Tensor, target: torch.Tensor, names: Sequence[str] | None = None) -> None:
         """Add a batch of (N, H, W) integer maps (single process; see the class docstring for distributed)."""
-        self.add_stats(self.image_stats(pred, target))
+        stats = self.image_stats(pred, target)
+        stats["fragments"] = fragment_counts(pred, self.num_classes)
+        self.add_stats(stats, names)
+
+    def per_image(self) -> dict[str, np.ndarray]:
+        """The per-image statistics in the `<checkpoint>.per_image.npz` layout (`metrics.per_image.ARRAYS`)."""
+        C = self.num_classes
+        if self._stats:
+            counts = {k: torch.cat([s[k].cpu() for s in self._stats]).numpy().astype(np.int64) for k in STAT_KEYS}
+        else:
+            shapes = {"confusion": (0, C, C + 1), "trimap_confusion": (0, C, C + 1), "boundary": (0, C, 4),
+                      "study_boundary": (0, C, 4), "boundary_iou": (0, C, 2), "fragments": (0,)}
+            counts = {k: np.zeros(shape, np.int64) for k, shape in shapes.items()}
+        return {
+            "names": np.array(self._names, dtype=str), "class_names": np.array(self.class_names, dtype=str),
+            "boundary_px": np.int64(self.boundary_px),
+            "confusion": counts["confusion"], "trimap_confusion": counts["trimap_confusion"],
+            "boundary": counts["boundary"],
+            "boundary_f1": boundary_f1_scores(counts["confusion"], counts["boundary"]),
+            "study_boundary_f1": study_boundary_f1_scores(counts["confusion"], counts["study_boundary"]),
+            "study_trimap_iou": study_trimap_iou_scores(counts["trimap_confusion"]),
+            "boundary_iou": counts["boundary_iou"], "fragments": counts["fragments"],
+        }
 
     def compute(self) -> dict:
-        """-> {"miou", "iou" (list of C, NaN where U_c = 0), "boundary_f1", "trimap_iou", "num_images"}.
-
-        Values are fractions in [0, 1]; a metric with nothing to average is NaN.
+        """`metrics.per_image.dataset_metrics` of the images added so far, in this profile: {"miou", "iou"
+        (list of C, NaN where U_c = 0), "boundary_f1", "trimap_iou", "boundary_iou", "boundary_iou_per_class",
+        "fragments_per_image", "num_images", "metrics_profile"}. Fractions in [0, 1]; NaN where nothing to average.
         """
-        if self.confusion is None:
-            nan = math.nan
-            return {"miou": nan, "iou": [nan] * self.num_classes, "boundary_f1": nan, "trimap_iou": nan,
-                    "num_images": 0}
-        iou = iou_from_confusion(self.confusion.cpu())
-        images = int(self.boundary_f1_images)
-        return {
-            "miou": _nanmean(iou),
-            "iou": iou.tolist(),
-            "boundary_f1": float(self.boundary_f1_sum) / images if images else math.nan,
-            "trimap_iou": _nanmean(iou_from_confusion(self.trimap_confusion.cpu())),
-            "num_images": self.num_images,
-        }
+        return dataset_metrics(self.per_image(), self.profile)

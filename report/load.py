@@ -25,13 +25,16 @@ from rich.progress import track
 from data_utils.labels import CLASS_NAMES
 from engine.results_format import boundary_schedule_of, read_results
 from losses.variants import LAMBDA_BOUNDARY
-from metrics.keys import COUNT_METRICS, METRIC_LABELS
-from metrics.keys import METRIC_KEYS as METRICS  # results.json keys of the global metrics
+from metrics.keys import COUNT_KEYS as COUNT_METRICS
+from metrics.keys import METRIC_LABELS
 from report.bootstrap import PROFILE_METRICS, full_set_values
 from report.per_image import per_image_path, read_per_image, select_images
 from utils import UserError
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
+# The global metrics of the tables and curves: the study's three, the ones both sources (results files and the
+# study's CSVs) hold. The image bootstrap (report.bootstrap.PROFILE_METRICS) covers the others too.
+METRICS = tuple(CSV_METRIC_COLUMNS.values())
 
 
 def metric_unit(metric: str) -> tuple[str, float]:
@@ -55,7 +58,7 @@ class Record:
     boundary_schedule: str = "constant"  # the run's λ_b schedule (config.boundary_schedule; the CSV: constant)
     schedule_params: tuple[tuple[str, float], ...] = ()  # its parameters (engine.results_format.SCHEDULE_PARAMS)
     group: str = ""  # set by assign_groups
-    metrics_profile: str | None = None  # results.json `metrics_profile` ("default" when absent); None: the CSV
+    metrics_profile: str | None = None  # "default" / "study" (metrics.keys.PROFILES); None: the source does not say
 
     @property
     def setting(self) -> "RunSetting":
@@ -98,10 +101,6 @@ def read_results_file(path: str | Path) -> Record:
                             "every run needs all three global metrics: re-run `python evaluate.py "
                             "CHECKPOINT` on a labelled split, or move the file out of RUNS_DIR")
     schedule, params = boundary_schedule_of(obj.get("config") or {}, path)
-    profile = obj.get("metrics_profile", "default")
-    if profile not in PROFILE_METRICS:
-        raise UserError(f"{path}: unknown `metrics_profile` {profile!r} (known: {', '.join(PROFILE_METRICS)}); "
-                        "was it written by a newer version of evaluate.py?")
     return Record(
         variant=obj["variant"],
         seed=obj["seed"],
@@ -113,7 +112,7 @@ def read_results_file(path: str | Path) -> Record:
         split=obj["split"],
         boundary_schedule=schedule,
         schedule_params=params,
-        metrics_profile=profile,
+        metrics_profile=obj["metrics_profile"],
     )
 
 
@@ -278,12 +277,15 @@ class Study:
 
     @classmethod
     def from_records(cls, records: list[Record]) -> "Study":
-        """Group the records and index them; results of several dataset splits are refused (not comparable)."""
-        splits = sorted({r.split for r in records if r.split})
-        if len(splits) > 1:
-            examples = ", ".join(next(r.source for r in records if r.split == s) for s in splits)
-            raise UserError(f"results of several splits ({', '.join(splits)}) are mixed, e.g. {examples}; "
-                            "aggregate one split's results at a time")
+        """Group the records and index them; results of several dataset splits or metrics profiles are refused
+        (not comparable)."""
+        for name, what in (("split", "splits"), ("metrics_profile", "metrics profiles")):
+            values = sorted({getattr(r, name) for r in records if getattr(r, name)})
+            if len(values) > 1:
+                examples = ", ".join(next(r.source for r in records if getattr(r, name) == v) for v in values)
+                raise UserError(f"results of several {what} ({', '.join(values)}) are mixed, e.g. {examples}; "
+                                f"they are not comparable: aggregate one {name.replace('_', ' ')}'s results at a "
+                                "time (or re-evaluate with evaluate.py --all RUNS_DIR --metrics-profile P --force)")
         return cls(assign_groups(records))
 
     @property

@@ -112,15 +112,28 @@ def test_intervals_overlap():
 
 # ---------------------------------------------------------------------------------------------------- loading
 def write_result(runs: Path, variant: str, seed: int, epoch: int, miou: float, bf1: float = 0.7,
-                 trimap: float = 0.5, iou: dict | None = None, lam: float = 0.2, config: dict | None = None) -> Path:
-    """A results file as evaluate.py writes it; `config` (optional) is the run's config (schedule fields)."""
+                 trimap: float = 0.5, iou: dict | None = None, lam: float = 0.2, config: dict | None = None,
+                 profile: str | None = None) -> Path:
+    """A results file as evaluate.py writes it; `config` (optional) is the run's config (schedule fields), a
+    `profile` None leaves `metrics_profile` out (a file written before the profiles existed)."""
     path = runs / f"{variant}_s{seed}" / "checkpoints" / f"epoch_{epoch:04d}.results.json"
     atomic_write_json(path, {
         "variant": variant, "seed": seed, "epoch": epoch, "checkpoint": str(path).replace(".results.json", ""),
         "split": "val", "num_images": 500, "miou": miou, "boundary_f1": bf1, "trimap_iou": trimap,
         "iou": iou if iou is not None else {"road": miou + 0.1, "wall": miou - 0.2, "truck": float("nan")},
-        "seconds": 12.5, "lambda_dice": 1.0, "lambda_boundary": lam, **({"config": config} if config else {})})
+        "seconds": 12.5, "lambda_dice": 1.0, "lambda_boundary": lam, **({"config": config} if config else {}),
+        **({"metrics_profile": profile} if profile else {})})
     return path
+
+
+def test_results_of_two_metrics_profiles_are_not_pooled(tmp_path):
+    write_result(tmp_path, "A", 1, 10, 0.8)  # no profile recorded: the default estimators
+    write_result(tmp_path, "B", 1, 10, 0.8, profile="default")
+    assert {r.metrics_profile for r in Study.from_records(load_runs_dir(tmp_path)).records} == {"default"}
+    write_result(tmp_path, "C", 1, 10, 0.8, profile="study")
+    with pytest.raises(UserError, match=r"results of several metrics profiles \(default, study\) are mixed, e\.g\. "
+                                        r".*A_s1.*C_s1.*not comparable"):
+        Study.from_records(load_runs_dir(tmp_path))
 
 
 def test_corrupt_results_file_names_it(tmp_path):

@@ -17,6 +17,7 @@ import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import save_file
+from scipy import ndimage
 
 import evaluate
 from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, KNOWN_ID, NUM_CLASSES, label_ids_to_train_ids
@@ -25,6 +26,9 @@ from engine.checkpoint import WEIGHTS_NAME
 from engine.config import DEMO_PRESET, TrainConfig, save_config
 from engine.results import read_results, results_path, write_results
 from engine.setup import build_model_from_config
+from metrics import SegmentationMetrics
+from metrics.keys import METRIC_KEYS
+from metrics.per_image import dataset_metrics, per_image_path, read_per_image, subset
 from utils.fileio import UserError, atomic_write_json
 
 NUM_VAL = 3
@@ -98,6 +102,53 @@ def test_single_checkpoint_results_match_its_saved_predictions(data_root, tmp_pa
     out = capsys.readouterr().out
     assert "mIoU" in out and "Boundary F1" in out and str(results_path(ckpt).name) in out
 
+    # The per-image file: the frames in dataset order, their confusions and fragments from the same PNGs, and
+    # every value of results.json recomputed from it.
+    stats = read_per_image(per_image_path(ckpt))
+    frames = sorted((data_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    assert list(stats["names"]) == [p.name.replace("_gtFine_labelIds.png", "") for p in frames]
+    for (pred, target), confusion, fragments in zip(pairs, stats["confusion"], stats["fragments"]):
+        np.testing.assert_array_equal(confusion[:, :NUM_CLASSES], confusion_matrix(pred, target))
+        assert fragments == sum(ndimage.label(pred == c, np.ones((3, 3)))[1] for c in range(NUM_CLASSES))
+    assert_record_equals(record, dataset_metrics(stats, record["metrics_profile"]))
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    valid = target != IGNORE_INDEX
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    np.add.at(confusion, (target[valid].astype(int), pred[valid].astype(int)), 1)
+    return confusion
+
+
+def assert_record_equals(record: dict, metrics: dict) -> None:
+    """A results record (read_results) holds exactly these dataset metrics."""
+    assert (record["num_images"], record["metrics_profile"]) == (metrics["num_images"], metrics["metrics_profile"])
+    for key in METRIC_KEYS:
+        assert record[key] == pytest.approx(metrics[key], abs=1e-12, nan_ok=True), key
+    for key, values in (("iou", metrics["iou"]), ("boundary_iou_per_class", metrics["boundary_iou_per_class"])):
+        np.testing.assert_allclose([record[key][name] for name in CLASS_NAMES], values, atol=1e-12, err_msg=key)
+
+
+def test_subset_of_the_per_image_statistics_equals_evaluating_the_subset(data_root, tmp_path):
+    """What a bootstrap relies on: the rows of some images reduce to the evaluation of those images alone."""
+    ckpt = make_checkpoint(tmp_path / "runs" / "C_seed1", 1, tiny_config(data_root))
+    assert evaluate.main([str(ckpt), "--metrics-profile", "study", "--batch-size", "1"]) == 0
+    stats = read_per_image(per_image_path(ckpt))
+    assert read_results(results_path(ckpt))["metrics_profile"] == "study"
+
+    fewer = tmp_path / "two_frames"  # the same dataset without its first val frame
+    for part in ("leftImg8bit", "gtFine"):
+        shutil.copytree(data_root / part / "val", fewer / part / "val")
+    for path in (fewer / "leftImg8bit" / "val").glob(f"*/{stats['names'][0]}_*"):
+        path.unlink()
+    for path in (fewer / "gtFine" / "val").glob(f"*/{stats['names'][0]}_*"):
+        path.unlink()
+    alone = make_checkpoint(tmp_path / "runs" / "C_seed2", 1, tiny_config(data_root))  # the same weights
+    assert evaluate.main([str(alone), "--data-root", str(fewer), "--metrics-profile", "study",
+                          "--batch-size", "1"]) == 0
+    assert list(read_per_image(per_image_path(alone))["names"]) == list(stats["names"][1:])
+    assert_record_equals(read_results(results_path(alone)), dataset_metrics(subset(stats, [1, 2]), "study"))
+
 
 def test_test_split_without_labels_writes_predictions_only(data_root, tmp_path):
     root = tmp_path / "no_labels"
@@ -168,6 +219,23 @@ def test_batch_mode_is_resumable_and_reports_failures(data_root, tmp_path, capsy
     assert "0 to evaluate" in capsys.readouterr().out
 
 
+def test_batch_mode_redoes_results_without_per_image_file_or_of_another_profile(data_root, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    ckpts = [make_checkpoint(runs / "A_seed1", e, tiny_config(data_root), weights_seed=e) for e in (1, 2)]
+    assert evaluate.main(["--all", str(runs)]) == 0
+    per_image_path(ckpts[0]).unlink()  # e.g. results written before per-image files existed
+    assert evaluate.pending_reason(ckpts[0], "val") == "no per-image statistics beside the results"
+    per_image_path(ckpts[1]).write_bytes(b"PK\x03\x04 cut short")
+    assert evaluate.pending_reason(ckpts[1], "val") == "corrupt per-image statistics, redoing"
+    capsys.readouterr()
+    assert evaluate.main(["--all", str(runs)]) == 0
+    assert "2 to evaluate" in capsys.readouterr().out
+    assert all(read_per_image(per_image_path(c))["names"].shape == (NUM_VAL,) for c in ckpts)
+    assert evaluate.pending_reason(ckpts[0], "val", "study") == "results are for metrics profile 'default'"
+    assert evaluate.main(["--all", str(runs), "--metrics-profile", "study"]) == 0
+    assert {read_results(results_path(c))["metrics_profile"] for c in ckpts} == {"study"}
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two worker processes need two cores")
 def test_batch_mode_with_two_worker_processes(data_root, tmp_path):
     runs = tmp_path / "runs"
@@ -178,7 +246,7 @@ def test_batch_mode_with_two_worker_processes(data_root, tmp_path):
     assert evaluate.main(["--all", str(runs), "--workers", "1", "--force"]) == 0
     in_process = [read_results(results_path(c)) for c in ckpts]
     for a, b in zip(in_workers, in_process):
-        assert (a["miou"], a["boundary_f1"], a["trimap_iou"]) == (b["miou"], b["boundary_f1"], b["trimap_iou"])
+        assert all(a[key] == b[key] for key in METRIC_KEYS)
 
 
 # --------------------------------------------------------------------------------------------- results files
@@ -186,13 +254,25 @@ def test_results_round_trip_nan_and_validation(tmp_path):
     cfg = TrainConfig()
     iou = [0.5] * NUM_CLASSES
     iou[3] = float("nan")  # a class absent from the split
-    metrics = {"miou": 0.5, "boundary_f1": 0.25, "trimap_iou": 0.125, "iou": iou, "num_images": 500}
+    metrics = {"miou": 0.5, "boundary_f1": 0.25, "trimap_iou": 0.125, "boundary_iou": 0.375,
+               "fragments_per_image": 212.5, "iou": iou, "boundary_iou_per_class": iou, "num_images": 500,
+               "metrics_profile": "study", "per_image": SegmentationMetrics(class_names=CLASS_NAMES).per_image()}
     path = tmp_path / "epoch_0160.results.json"
     write_results(path, metrics, cfg=cfg, epoch=160, checkpoint=tmp_path / "epoch_0160", split="val", seconds=12.5)
     assert json.loads(path.read_text())["iou"]["wall"] is None  # JSON has no NaN
     record = read_results(path)
     assert np.isnan(record["iou"]["wall"]) and record["iou"]["road"] == 0.5 and record["miou"] == 0.5
-    assert list(path.parent.iterdir()) == [path]  # no temp file left behind
+    assert (record["metrics_profile"], record["fragments_per_image"]) == ("study", 212.5)
+    assert np.isnan(record["boundary_iou_per_class"]["wall"])
+    assert sorted(p.name for p in path.parent.iterdir()) == ["epoch_0160.per_image.npz", path.name]  # no temp file
+
+    # a file written before the profiles, Boundary IoU and fragments: the default profile, NaN for those
+    written = path.read_text()
+    path.write_text(json.dumps({k: v for k, v in json.loads(written).items() if k not in (
+        "metrics_profile", "boundary_iou", "fragments_per_image", "boundary_iou_per_class")}))
+    record = read_results(path)
+    assert record["metrics_profile"] == "default" and np.isnan(record["boundary_iou"])
+    path.write_text(written)
 
     from report.load import read_results_file  # aggregate.py's reader accepts the same file
     assert read_results_file(path).metrics["boundary_f1"] == 0.25
@@ -200,7 +280,9 @@ def test_results_round_trip_nan_and_validation(tmp_path):
     good = json.loads(path.read_text())
     for broken in ('{"variant": "C"', json.dumps({**good, "miou": 81.2}), json.dumps({**good, "seed": 4.5}),
                    json.dumps({k: v for k, v in good.items() if k != "seed"}),
-                   json.dumps({**good, "iou": {**good["iou"], "sky ": 0.5}}), "[]"):
+                   json.dumps({**good, "iou": {**good["iou"], "sky ": 0.5}}), "[]",
+                   json.dumps({**good, "metrics_profile": "paper"}), json.dumps({**good, "fragments_per_image": -1}),
+                   json.dumps({**good, "boundary_iou": 45.6})):
         path.write_text(broken)
         for reader in (read_results, read_results_file):  # evaluate.py and aggregate.py refuse it alike
             with pytest.raises(UserError, match=str(path)):
@@ -223,25 +305,29 @@ def test_metrics_table_rows_and_missing_values():
     value that is missing, None or NaN."""
     from engine.results import metrics_table
 
-    last = {"epoch": 8, "val/miou": 0.5, "val/boundary_f1": 0.25, "val/trimap_iou": None,
+    last = {"epoch": 8, "val/miou": 0.5, "val/boundary_f1": 0.25, "val/trimap_iou": None, "val/boundary_iou": 0.125,
+            "val/fragments_per_image": 212.5,
             **{f"val/iou/{name}": i / 100 for i, name in enumerate(CLASS_NAMES)}}
     best = {**last, "val/miou": 0.61234, "val/iou/road": float("nan")}
     del best["val/iou/bicycle"]
     rows = render(metrics_table({"last": last, "best": best}, "run: validation metrics (%)", prefix="val/"))
     assert rows[0] == ["mIoU", "50.00", "61.23"] and rows[1] == ["Boundary F1", "25.00", "25.00"]
-    assert rows[2] == ["Trimap IoU", "n/a", "n/a"]
-    assert [r[0] for r in rows[3:]] == [f"IoU {name}" for name in CLASS_NAMES]
-    assert rows[3][1:] == ["0.00", "n/a"] and rows[4][1:] == ["1.00", "1.00"] and rows[-1][1:] == ["18.00", "n/a"]
+    assert rows[2] == ["Trimap IoU", "n/a", "n/a"] and rows[3] == ["Boundary IoU", "12.50", "12.50"]
+    assert rows[4] == ["Fragments / image (count)", "212.50", "212.50"]  # a count, not percent
+    assert [r[0] for r in rows[5:]] == [f"IoU {name}" for name in CLASS_NAMES]
+    assert rows[5][1:] == ["0.00", "n/a"] and rows[6][1:] == ["1.00", "1.00"] and rows[-1][1:] == ["18.00", "n/a"]
 
     # evaluate.py's one-checkpoint table from a results record
     record = {"checkpoint": "runs/C_seed42/checkpoints/epoch_0160", "split": "val", "num_images": 500,
-              "seconds": 41.25, "miou": 0.8, "boundary_f1": 0.7, "trimap_iou": 0.6,
+              "seconds": 41.25, "miou": 0.8, "boundary_f1": 0.7, "trimap_iou": 0.6, "boundary_iou": 0.5,
+              "fragments_per_image": 99.0, "metrics_profile": "study",
               "iou": {name: 0.5 for name in CLASS_NAMES} | {"train": float("nan")}}
     table = evaluate.checkpoint_table(record)
-    assert table.title == "C_seed42/epoch_0160 on val" and table.caption == "500 images, 41.2 s"
+    assert table.title == "C_seed42/epoch_0160 on val"
+    assert table.caption == "500 images, 41.2 s, metrics profile study"
     rows = render(table)
     assert rows[:3] == [["mIoU", "80.00"], ["Boundary F1", "70.00"], ["Trimap IoU", "60.00"]]
-    assert dict(rows[3:])["IoU train"] == "n/a" and dict(rows[3:])["IoU road"] == "50.00"
+    assert dict(rows[5:])["IoU train"] == "n/a" and dict(rows[5:])["IoU road"] == "50.00"
 
 
 def test_checkpoint_folder_names():

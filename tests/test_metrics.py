@@ -15,6 +15,7 @@ from scipy import ndimage
 import metrics.segmentation as seg
 from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids, train_ids_to_label_ids
 from metrics import SegmentationMetrics
+from metrics.keys import METRIC_KEYS, PROFILES
 
 C = NUM_CLASSES
 R = 3
@@ -84,24 +85,82 @@ def ref_intersection_union(pred: np.ndarray, target: np.ndarray, where: np.ndarr
     return out
 
 
-def ref_metrics(preds, targets, r: int = R) -> dict:
+def ref_study_boundary(mask: np.ndarray) -> np.ndarray:
+    """The study's B: dilate(mask) XOR erode(mask), 3x3 square, outside the image background for both."""
+    square = np.ones((3, 3), bool)
+    return ndimage.binary_dilation(mask, square, border_value=0) ^ ndimage.binary_erosion(mask, square, border_value=0)
+
+
+def ref_study_boundary_f1_image(pred: np.ndarray, target: np.ndarray, r: int = R) -> float:
+    valid = target != IGNORE_INDEX
+    scores = []
+    for c in range(C):
+        gt = (target == c) & valid
+        if not gt.any():
+            continue
+        bg, bp = ref_study_boundary(gt), ref_study_boundary((pred == c) & valid)
+        if not bg.any() and not bp.any():
+            scores.append(1.0)
+            continue
+        precision = (bp & ref_dilate(bg, r)).sum() / (bp.sum() + 1e-6)
+        recall = (bg & ref_dilate(bp, r)).sum() / (bg.sum() + 1e-6)
+        scores.append(2 * precision * recall / (precision + recall + 1e-6))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def ref_study_trimap_iou_image(pred: np.ndarray, target: np.ndarray, r: int = R) -> float:
+    band = ref_trimap_band(target, r)
+    if not band.any():
+        return 0.0
+    counts = ref_intersection_union(pred, target, band)
+    return float(np.mean([i / u for i, u in counts if u > 0]))
+
+
+def ref_boundary_iou_counts(pred: np.ndarray, target: np.ndarray, d: int = R) -> np.ndarray:
+    """(C, 2) |G_d & P_d|, |G_d | P_d| with d successive 3x3 erosions, outside counting as inside."""
+    valid = target != IGNORE_INDEX
+    out = np.zeros((C, 2), np.int64)
+    for c in range(C):
+        inner = []
+        for mask in ((target == c) & valid, (pred == c) & valid):
+            eroded = ndimage.binary_erosion(mask, np.ones((3, 3), bool), iterations=d, border_value=1) if d else mask
+            inner.append(mask & ~eroded)
+        out[c] = (inner[0] & inner[1]).sum(), (inner[0] | inner[1]).sum()
+    return out
+
+
+def ref_fragments(pred: np.ndarray) -> int:
+    return sum(ndimage.label(pred == c, structure=np.ones((3, 3), bool))[1] for c in range(C))
+
+
+def ref_metrics(preds, targets, r: int = R, profile: str = "default") -> dict:
     iu = np.zeros((C, 2), np.int64)
     iu_band = np.zeros((C, 2), np.int64)
-    f_scores = []
+    iu_boundary = np.zeros((C, 2), np.int64)
+    f_scores, study_f_scores, study_trimap_scores = [], [], []
     for pred, target in zip(preds, targets):
         iu += ref_intersection_union(pred, target, np.ones(target.shape, bool))
         iu_band += ref_intersection_union(pred, target, ref_trimap_band(target, r))
+        iu_boundary += ref_boundary_iou_counts(pred, target, r)
         f = ref_boundary_f1_image(pred, target, r)
         if f is not None:
             f_scores.append(f)
+        study_f_scores.append(ref_study_boundary_f1_image(pred, target, r))
+        study_trimap_scores.append(ref_study_trimap_iou_image(pred, target, r))
 
     def iou(counts):
         return [counts[c, 0] / counts[c, 1] if counts[c, 1] > 0 else math.nan for c in range(C)]
 
-    per_class = iou(iu)
-    return {"iou": per_class, "miou": float(np.nanmean(per_class)),
-            "trimap_iou": float(np.nanmean(iou(iu_band))),
-            "boundary_f1": float(np.mean(f_scores)) if f_scores else math.nan}
+    per_class, boundary_iou = iou(iu), iou(iu_boundary)
+    out = {"iou": per_class, "miou": float(np.nanmean(per_class)), "boundary_iou_per_class": boundary_iou,
+           "boundary_iou": float(np.nanmean(boundary_iou)) if not np.isnan(boundary_iou).all() else math.nan,
+           "fragments_per_image": float(np.mean([ref_fragments(p) for p in preds]))}
+    if profile == "default":
+        out["trimap_iou"] = float(np.nanmean(iou(iu_band)))
+        out["boundary_f1"] = float(np.mean(f_scores)) if f_scores else math.nan
+    else:
+        out["trimap_iou"], out["boundary_f1"] = float(np.mean(study_trimap_scores)), float(np.mean(study_f_scores))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,29 +198,32 @@ def run_metrics(preds, targets, **kwargs) -> dict:
 
 
 def assert_metrics_close(ours: dict, ref: dict):
-    for key in ("miou", "boundary_f1", "trimap_iou"):
+    for key in METRIC_KEYS:
         assert ours[key] == pytest.approx(ref[key], abs=1e-12, nan_ok=True), key
-    np.testing.assert_allclose(ours["iou"], ref["iou"], atol=1e-12)  # NaN positions must match too
+    for key in ("iou", "boundary_iou_per_class"):
+        np.testing.assert_allclose(ours[key], ref[key], atol=1e-12, err_msg=key)  # NaN positions must match too
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Against the references
 
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("seed", range(6))
-def test_random_blobs_match_reference(seed):
+def test_random_blobs_match_reference(seed, profile):
     rng = np.random.default_rng(seed)
     pairs = [random_pair(rng) for _ in range(3)]
     preds, targets = [p for p, _ in pairs], [t for _, t in pairs]
-    assert_metrics_close(run_metrics(preds, targets), ref_metrics(preds, targets))
+    assert_metrics_close(run_metrics(preds, targets, profile=profile), ref_metrics(preds, targets, profile=profile))
 
 
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("boundary_px", [0, 1, 5])
-def test_other_tolerances_match_reference(boundary_px):
+def test_other_tolerances_match_reference(boundary_px, profile):
     rng = np.random.default_rng(100 + boundary_px)
     pairs = [random_pair(rng) for _ in range(2)]
     preds, targets = [p for p, _ in pairs], [t for _, t in pairs]
-    ours = run_metrics(preds, targets, boundary_px=boundary_px)
-    assert_metrics_close(ours, ref_metrics(preds, targets, r=boundary_px))
+    ours = run_metrics(preds, targets, boundary_px=boundary_px, profile=profile)
+    assert_metrics_close(ours, ref_metrics(preds, targets, r=boundary_px, profile=profile))
 
 
 @pytest.mark.parametrize("shape", [(1, 9), (9, 1), (3, 4), (5, 2), (2, 2)])
@@ -171,7 +233,9 @@ def test_tiny_maps_match_reference(shape):
     targets = [rng.choice([0, 1, 2, IGNORE_INDEX], size=shape).astype(np.int64) for _ in range(4)]
     preds = [rng.choice([0, 1, 2, 5], size=shape).astype(np.int64) for _ in range(4)]
     for r in (1, R, 6):
-        assert_metrics_close(run_metrics(preds, targets, boundary_px=r), ref_metrics(preds, targets, r=r))
+        for profile in PROFILES:
+            assert_metrics_close(run_metrics(preds, targets, boundary_px=r, profile=profile),
+                                 ref_metrics(preds, targets, r=r, profile=profile))
 
 
 def test_cpu_row_tiles_equal_one_tile(monkeypatch):
@@ -183,7 +247,7 @@ def test_cpu_row_tiles_equal_one_tile(monkeypatch):
     whole = seg.segmentation_image_stats(pred, target, boundary_px=4)
     monkeypatch.setattr(seg, "CPU_TILE_PIXELS", 2 * 37 * 8)
     tiled = seg.segmentation_image_stats(pred, target, boundary_px=4)
-    for key in seg.STAT_KEYS:
+    for key in seg.DEVICE_STAT_KEYS:
         assert torch.equal(whole[key], tiled[key]), key
 
 
@@ -200,15 +264,19 @@ def test_batched_equals_one_at_a_time_and_gathered_halves():
     # What a 2-process evaluation does: per-process stats, gathered (concatenated), then added.
     halves = SegmentationMetrics()
     stats = [halves.image_stats(pred[:2], target[:2]), halves.image_stats(pred[2:], target[2:])]
-    halves.add_stats({k: torch.cat([s[k] for s in stats]) for k in seg.STAT_KEYS})
+    fragments = seg.fragment_counts(pred)
+    halves.add_stats({**{k: torch.cat([s[k] for s in stats]) for k in seg.DEVICE_STAT_KEYS}, "fragments": fragments})
     assert _same(batched.compute(), single.compute())
     assert _same(batched.compute(), halves.compute())
-    for key in seg.STAT_KEYS:
+    for key in seg.DEVICE_STAT_KEYS:
         assert torch.equal(stats[0][key], batched.image_stats(pred[:2], target[:2])[key])
 
 
 def _same(a: dict, b: dict) -> bool:
-    return all(np.array_equal(np.asarray(a[k], float), np.asarray(b[k], float), equal_nan=True) for k in a)
+    """Equal results: the same profile and bit-identical numbers (NaN = NaN)."""
+    return a["metrics_profile"] == b["metrics_profile"] and all(
+        np.array_equal(np.asarray(a[k], float), np.asarray(b[k], float), equal_nan=True)
+        for k in a if k != "metrics_profile")
 
 
 def test_input_dtypes_agree():
@@ -317,6 +385,40 @@ def test_border_is_not_a_contour():
     assert gt_boundary_px[0] == 10 and gt_boundary_px[1] == 10  # one column each side of the edge
 
 
+def test_study_boundary_is_the_two_pixel_band_and_the_frame():
+    """The study's B(M) = dilate(M) XOR erode(M) with outside = background: both sides of an edge, and the frame."""
+    target = two_halves(10, 12)  # class 0 in columns 0..5, class 1 in 6..11
+    stats = SegmentationMetrics().image_stats(torch.as_tensor(target)[None], torch.as_tensor(target)[None])
+    # dilate(G_0) = columns 0..6; erode(G_0) = rows 1..8 x columns 1..4; B = 70 - 32 pixels
+    assert stats["study_boundary"][0, 0, 3] == 10 * 7 - 8 * 4
+    assert stats["boundary"][0, 0, 3] == 10  # the default's 1-px inner ring, no frame
+
+
+def test_study_profile_averages_over_all_images():
+    """An image without a valid pixel scores 0 in the study profile and counts in its mean; the default skips it."""
+    target = two_halves()
+    pred = torch.as_tensor(np.stack([target, target]))
+    targets = torch.as_tensor(np.stack([target, np.full_like(target, IGNORE_INDEX)]))
+    default, study = SegmentationMetrics(), SegmentationMetrics(profile="study")
+    default.update(pred, targets)
+    study.update(pred, targets)
+    assert default.compute()["boundary_f1"] == 1.0 and default.compute()["trimap_iou"] == 1.0
+    # a perfect image scores 1 up to the 1e-6 guards: F = 2 p^2 / (2 p + 1e-6), p = n / (n + 1e-6)
+    assert study.compute()["boundary_f1"] == pytest.approx(0.5, abs=1e-5)
+    assert study.compute()["trimap_iou"] == 0.5  # the image without a band scores 0
+
+
+def test_boundary_iou_of_a_shifted_edge():
+    """G_d, P_d: bands of d = 3 columns on each side of the edge (the frame is no contour); a 1-px shift -> 1/2."""
+    target, pred = two_halves(), two_halves()
+    pred[:, 23] = 1  # the edge at column 24 moves one pixel left
+    out = run_metrics([pred], [target])
+    # class 0: G_d = columns 21..23, P_d = 20..22 -> I = 2 columns, U = 4; class 1 likewise
+    assert out["boundary_iou_per_class"][:2] == [0.5, 0.5] and out["boundary_iou"] == 0.5
+    whole = np.full((16, 20), 4, np.int64)  # one class over the image: no contour, U = 0 -> NaN
+    assert math.isnan(run_metrics([whole], [whole])["boundary_iou"])
+
+
 def test_ignore_transitions_are_not_trimap_contours():
     target = np.zeros((12, 30), np.int64)
     target[:, 10:20] = IGNORE_INDEX  # class 0 | ignore | class 0: no valid-valid transition anywhere
@@ -364,21 +466,61 @@ def test_real_frame_matches_numpy_confusion_matrix(cityscapes_sample):
     assert_metrics_close(out, ref_metrics([pred], [target]))
 
 
-def test_real_frame_matches_cityscapesscripts(cityscapes_sample, tmp_path, monkeypatch):
+def official_scores(pairs, gt_paths, tmp_path, monkeypatch) -> dict:
+    """cityscapesScripts' pixel-level evaluator on predictions written as labelIds PNGs."""
     monkeypatch.setenv("CITYSCAPES_DATASET", str(tmp_path))  # the module reads it at import time
-    ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
-    gt_path, pred, target = _sample_frame(cityscapes_sample)
-    pred_path = tmp_path / gt_path.name.replace("_gtFine_labelIds", "_pred")
-    Image.fromarray(train_ids_to_label_ids(pred)).save(pred_path)
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev  # installed by requirements.txt
+
+    pred_paths = []
+    for (pred, _), gt_path in zip(pairs, gt_paths):
+        pred_paths.append(tmp_path / gt_path.name.replace("_gtFine_labelIds", "_pred"))
+        Image.fromarray(train_ids_to_label_ids(pred)).save(pred_paths[-1])
     args = ev.CArgs()
     for name, value in vars(ev.args).items():
         setattr(args, name, value)
     args.quiet, args.JSONOutput, args.evalInstLevelScore = True, False, False
-    official = ev.evaluateImgLists([str(pred_path)], [str(gt_path)], args)
-    out = run_metrics([pred], [target])
+    return ev.evaluateImgLists([str(p) for p in pred_paths], [str(p) for p in gt_paths], args)
+
+
+def assert_equals_official(pairs, official):
+    out = run_metrics([p for p, _ in pairs], [t for _, t in pairs])
     for c, name in enumerate(CLASS_NAMES):
         assert out["iou"][c] == pytest.approx(official["classScores"][name], abs=1e-12, nan_ok=True), name
     assert out["miou"] == pytest.approx(official["averageScoreClasses"], abs=1e-12)
+
+
+def test_real_frame_matches_cityscapesscripts(cityscapes_sample, tmp_path, monkeypatch):
+    gt_path, pred, target = _sample_frame(cityscapes_sample)
+    assert_equals_official([(pred, target)], official_scores([(pred, target)], [gt_path], tmp_path, monkeypatch))
+
+
+def perturbed(target: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
+    """A plausible prediction: ignore pixels predicted as road, then shifted, noisy or with wrong blocks."""
+    pred = np.where(target == IGNORE_INDEX, 0, target)
+    if kind == "shifted":
+        return np.roll(pred, tuple(rng.integers(-6, 7, 2)), axis=(0, 1))
+    if kind == "noisy":
+        noise = rng.random(pred.shape) < 0.02
+        pred[noise] = rng.integers(0, C, int(noise.sum()))
+        return pred
+    h, w = pred.shape  # "blocked": wrong rectangles, some of classes absent from the frame
+    for _ in range(12):
+        y, x = rng.integers(0, h - 64), rng.integers(0, w - 64)
+        pred[y:y + rng.integers(16, 200), x:x + rng.integers(16, 300)] = rng.integers(0, C)
+    return pred
+
+
+def test_real_val_maps_match_cityscapesscripts(cityscapes_fullres, tmp_path, monkeypatch):
+    """The 15 real 1024x2048 val maps with shifted, noisy and blocked predictions (5 each), pooled as the
+    official evaluator pools them."""
+    gt_paths = sorted((cityscapes_fullres / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    assert len(gt_paths) == 15
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i, gt_path in enumerate(gt_paths):
+        target = label_ids_to_train_ids(np.array(Image.open(gt_path)), str(gt_path)).astype(np.int64)
+        pairs.append((perturbed(target, rng, ("shifted", "noisy", "blocked")[i % 3]), target))
+    assert_equals_official(pairs, official_scores(pairs, gt_paths, tmp_path, monkeypatch))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -347,12 +348,14 @@ def test_one_optimizer_step_per_variant(tiny_data, tmp_path, variant, sdt_source
     main = sum(row[f"train/weighted/{t}"] for t in weights)
     assert row["train/loss"] == pytest.approx(main + 0.4 * row["train/aux"], rel=1e-5)
     assert row["train/lr"] == DEMO_PRESET["lr"]  # the first (and only) step uses the full LR
-    assert {"val/miou", "val/boundary_f1", "val/trimap_iou", "val/iou/road", "val/iou/bicycle"} <= set(row)
+    assert {"val/miou", "val/boundary_f1", "val/trimap_iou", "val/boundary_iou", "val/fragments_per_image",
+            "val/iou/road", "val/iou/bicycle"} <= set(row)
     ckpt = out / "checkpoints" / "epoch_0001"
     optimizer_state = torch.load(ckpt / "optimizer.bin", weights_only=False)["state"]
     assert {int(s["step"]) for s in optimizer_state.values()} == {1}
     results = json.loads((out / "checkpoints" / "epoch_0001.results.json").read_text())
     assert (results["variant"], results["epoch"], results["miou"]) == (variant, 1, row["val/miou"])
+    assert (out / "checkpoints" / "epoch_0001.per_image.npz").is_file()
 
 
 def test_worker_augmentation_and_sdt_cache_give_the_same_boundary_term_as_computing_it(tiny_data, tmp_path,
@@ -552,6 +555,8 @@ def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_da
     from engine.evaluation import evaluate_model
     from engine.results import read_results, results_path
     from engine.setup import build_dataloader
+    from metrics.keys import METRIC_KEYS
+    from metrics.per_image import per_image_path, read_per_image
 
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
@@ -573,9 +578,14 @@ def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_da
     single = evaluate_model(model, build_dataloader(cfg, cfg.val_split, train=False), Accelerator(cpu=True))
     logged = read_results(results_path(ckpt))
     assert single["num_images"] == logged["num_images"] == 5
-    for key in ("miou", "boundary_f1", "trimap_iou"):
+    for key in METRIC_KEYS:
         assert single[key] == pytest.approx(logged[key], abs=1e-12), key
     assert single["iou"] == pytest.approx(list(logged["iou"].values()), abs=1e-12, nan_ok=True)
+    # the per-image statistics gathered over 2 processes (names too) equal the single-process ones, in order
+    stats = read_per_image(per_image_path(ckpt))
+    assert list(stats["names"]) == list(single["per_image"]["names"]) == sorted(stats["names"])
+    for key, value in single["per_image"].items():
+        np.testing.assert_array_equal(stats[key], value, err_msg=key)
 
 
 def test_wandb_mode_is_offline_unless_logged_in(tmp_path, monkeypatch):
