@@ -33,13 +33,13 @@ from rich.table import Table
 from safetensors import SafetensorError
 
 from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
+from data_utils.classes import ClassTable
 from data_utils.dataset import read_image
-from data_utils.labels import colorize, train_ids_to_label_ids
 from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
 from engine.config import load_config
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, read_results, results_path, write_results
-from engine.setup import build_dataloader, build_model_from_config
+from engine.setup import build_dataloader, build_model_from_config, class_table
 from utils.fileio import UserError, atomic_write_bytes, run_main
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
@@ -102,10 +102,12 @@ def load_checkpoint(ckpt: Path):
 
 
 class PredictionWriter:
-    """PredictionSink writing test-server PNGs (label ids) and colour overlays, encoded on a thread pool."""
+    """PredictionSink writing test-server PNGs (the dataset's label values: Cityscapes' label ids, else class
+    indices) and colour overlays in the classes' palette, encoded on a thread pool."""
 
-    def __init__(self, out_dir: Path, threads: int = 4):
+    def __init__(self, out_dir: Path, classes: ClassTable, threads: int = 4):
         self.out_dir, self.pool, self.threads = out_dir, ThreadPoolExecutor(threads), threads
+        self.classes = classes
         self.pending, self.written = [], 0
 
     def __call__(self, names: list[str], images: torch.Tensor, pred_train_ids: torch.Tensor) -> None:
@@ -120,9 +122,9 @@ class PredictionWriter:
 
     def _write(self, name: str, image_chw: np.ndarray, pred: np.ndarray) -> None:
         city = name.rsplit("_", 2)[0]  # <city>_<sequence>_<frame>
-        self._save(Image.fromarray(train_ids_to_label_ids(pred)),  # (H, W) uint8 -> mode L
+        self._save(Image.fromarray(self.classes.to_label_ids(pred)),  # (H, W) uint8 -> mode L
                    self.out_dir / "labelIds" / city / f"{name}_labelIds.png", "PNG")
-        blend = 0.5 * image_chw.transpose(1, 2, 0) + 0.5 * colorize(pred)  # uint8 (the PredictionSink contract)
+        blend = 0.5 * image_chw.transpose(1, 2, 0) + 0.5 * self.classes.colorize(pred)  # uint8 (PredictionSink)
         self._save(Image.fromarray(blend.astype(np.uint8)),
                    self.out_dir / "overlay" / city / f"{name}_overlay.jpg", "JPEG")
 
@@ -164,8 +166,8 @@ def collate_images(items: list[dict]) -> dict:
 
 def build_eval_loader(cfg, split: str):
     """The split's loader in dataset order; a split without labels gets an image-only loader."""
-    root = resolve_data_root(cfg.data_root)
-    if split in UNLABELLED_SPLITS and not (root / LABEL_DIR / split).is_dir():
+    root = None if cfg.hf_dataset else resolve_data_root(cfg.data_root)
+    if root is not None and split in UNLABELLED_SPLITS and not (root / LABEL_DIR / split).is_dir():
         return torch.utils.data.DataLoader(ImageOnlyDataset(root, split), batch_size=cfg.batch_size,
                                            num_workers=cfg.num_workers, collate_fn=collate_images)
     return build_dataloader(cfg, split, train=False)
@@ -179,7 +181,7 @@ def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = Tru
     loader = build_eval_loader(dataclasses.replace(cfg, **overrides), args.split)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     loader = accelerator.prepare_data_loader(loader)
-    writer = PredictionWriter(args.save_predictions) if args.save_predictions else None
+    writer = PredictionWriter(args.save_predictions, class_table(cfg)) if args.save_predictions else None
     start = time.perf_counter()
     try:
         metrics = evaluate_model(model, loader, accelerator, with_metrics=args.split not in UNLABELLED_SPLITS,

@@ -142,6 +142,20 @@ class PathFrames:
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return read_frame(self.image_paths[index], self.label_paths[index], self.classes)
 
+    def read_label(self, index: int) -> np.ndarray:
+        """(H, W) uint8 train ids of frame `index` (its label PNG only)."""
+        path = self.label_paths[index]
+        return self.classes.to_train_ids(read_label_ids(path), path, fix=_label_fix(self.classes))
+
+    def label_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of frame `index`'s label, from the PNG header only (no decoding)."""
+        path = self.label_paths[index]
+        try:
+            with Image.open(path) as im:
+                return im.size[1], im.size[0]
+        except (OSError, SyntaxError, ValueError) as e:
+            raise UserError(f"{path}: cannot open label PNG ({e}); re-extract it from the dataset zip") from None
+
 
 class SegmentationDataset(torch.utils.data.Dataset):
     """The frames of a source, decoded and (optionally) augmented and cropped; `classes` is the source's table.

@@ -175,6 +175,10 @@ class HFFrames:
             label = reduce_labels_(label if label.dtype == np.uint8 else label.astype(np.int64))
         return self.classes.to_train_ids(label, where, fix=_REDUCE_FIX)
 
+    def label_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of row `index`'s label (decodes it)."""
+        return self.read_label(index).shape
+
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """((H, W, 3) uint8 RGB image, (H, W) uint8 train ids, 255 = ignore) of row `index`."""
         row = self.ds[index]

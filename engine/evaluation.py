@@ -7,6 +7,7 @@ identical on 1 or N GPUs and no 1024x2048 prediction map ever crosses processes.
 
     metrics = evaluate_model(model, val_loader, accelerator)
     metrics["miou"], metrics["boundary_f1"], metrics["trimap_iou"], metrics["iou"], metrics["num_images"]
+    metrics["classes"]  # the names of metrics["iou"]'s entries: the loader's dataset's class table
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from rich.errors import LiveError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from data_utils.augment import normalize
-from data_utils.labels import IGNORE_INDEX, NUM_CLASSES
 from metrics import SegmentationMetrics
 
 # Called with (names, images uint8 (N, 3, H, W) on the CPU, predicted train ids uint8 (N, H, W) on the CPU).
@@ -61,8 +61,7 @@ def _live(bar: Progress):
         bar.stop()
 
 
-def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int = NUM_CLASSES,
-                   ignore_index: int = IGNORE_INDEX, boundary_px: int = 3, with_metrics: bool = True,
+def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int = 3, with_metrics: bool = True,
                    on_predictions: PredictionSink | None = None, description: str = "evaluating",
                    show_progress: bool = True) -> dict:
     """Run `model` over `loader` and return the metrics of all processes together.
@@ -71,7 +70,8 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int
         model: returns {"logits": (N, C, H, W)} (prepared by accelerate or not).
         loader: yields {"image": (N, 3, H, W) uint8 or normalised float, "label": (N, H, W) integer train
             ids (uint8 from `SegmentationDataset`; the metrics take any integer dtype), "name"}; prepare it
-            with accelerate for multi-process evaluation.
+            with accelerate for multi-process evaluation. Its dataset's `classes` (a ClassTable) gives the
+            number of classes, their names and the ignore index.
         accelerator: an `accelerate.Accelerator` (device, gather_for_metrics, main process).
         with_metrics: False for splits without real labels (the Cityscapes test split): only predictions.
         on_predictions: optional PredictionSink, called on every process for its own batches (e.g. to
@@ -80,10 +80,12 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int
 
     Returns:
         SegmentationMetrics.compute(): {"miou", "iou" (list of C, NaN = class absent), "boundary_f1",
-        "trimap_iou", "num_images"}; with_metrics=False gives {"num_images"} only (this process's count).
+        "trimap_iou", "num_images"} and "classes" (the C names); with_metrics=False gives {"num_images"} only
+        (this process's count).
     The model's train/eval mode is restored afterwards.
     """
-    metric = SegmentationMetrics(num_classes, ignore_index, boundary_px)
+    classes = getattr(loader.dataset, "classes", None)  # None: an image-only loader (with_metrics=False)
+    metric = SegmentationMetrics(classes.num_classes, classes.ignore_index, boundary_px) if with_metrics else None
     was_training = model.training
     model.eval()
     num_images = 0
@@ -103,7 +105,7 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int
                     on_predictions(list(batch["name"]), batch["image"].cpu(), pred.to(torch.uint8).cpu())
                 num_images += images.shape[0]
                 bar.advance(task)
-            result = metric.compute() if with_metrics else {"num_images": num_images}
+            result = {**metric.compute(), "classes": list(classes.names)} if with_metrics else {"num_images": num_images}
     finally:
         model.train(was_training)
     return result

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from rich.table import Table
 
-from data_utils.labels import CLASS_NAMES
 from engine.checkpoint import read_meta
 from engine.config import TrainConfig, config_to_dict
 from engine.results_format import METRIC_KEYS, REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
@@ -25,7 +24,8 @@ METRIC_LABELS = (("mIoU", "miou"), ("Boundary F1", "boundary_f1"), ("Trimap IoU"
 
 def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: int, checkpoint: str | Path,
                   split: str, seconds: float, boundary_px: int = 3) -> dict:
-    """Write the results file for `metrics` (SegmentationMetrics.compute()) atomically; returns the record.
+    """Write the results file for `metrics` (evaluate_model's: SegmentationMetrics.compute() + "classes", the
+    names of its per-class IoU) atomically; returns the record.
 
     Args:
         cfg: the checkpoint's resolved config (variant, seed, lambdas, backbone, the full config).
@@ -33,9 +33,9 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         checkpoint: the checkpoint folder (its meta.json, if present, dates the results).
         split: the evaluated split; seconds: wall time of the evaluation.
     """
-    iou = list(metrics["iou"])
-    if len(iou) != len(CLASS_NAMES):
-        raise ValueError(f"metrics['iou'] has {len(iou)} values, expected {len(CLASS_NAMES)}")
+    iou, classes = list(metrics["iou"]), list(metrics["classes"])
+    if len(iou) != len(classes):
+        raise ValueError(f"metrics['iou'] has {len(iou)} values, expected one per class of {classes}")
     meta = read_meta(checkpoint) or {}
     record = {
         "variant": cfg.variant,
@@ -45,7 +45,8 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         "split": split,
         "num_images": int(metrics["num_images"]),
         **{key: float(metrics[key]) for key in METRIC_KEYS},
-        "iou": {name: float(value) for name, value in zip(CLASS_NAMES, iou)},
+        "iou": {name: float(value) for name, value in zip(classes, iou)},
+        "classes": classes,
         "seconds": round(float(seconds), 3),
         "lambda_dice": cfg.lambda_dice,
         "lambda_boundary": cfg.lambda_boundary,
@@ -61,10 +62,11 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
 def metrics_table(columns: dict[str, dict], title: str, caption: str | None = None, prefix: str = "") -> Table:
     """The console table of validation metrics in percent that train.py (at the end) and evaluate.py print.
 
-    One row per metric: mIoU, Boundary F1, Trimap IoU, then the IoU of each class; one column per entry of
-    `columns`, header -> a flat metrics dict with the keys `<prefix>miou`, `<prefix>boundary_f1`,
-    `<prefix>trimap_iou` and `<prefix>iou/<class>` (metrics.jsonl's rows with prefix "val/"). A missing,
-    None or NaN value (nothing to average, e.g. a class absent from the split) shows as n/a.
+    One row per metric: mIoU, Boundary F1, Trimap IoU, then the IoU of each class (the classes of the
+    `<prefix>iou/<class>` keys, in their order); one column per entry of `columns`, header -> a flat metrics
+    dict with the keys `<prefix>miou`, `<prefix>boundary_f1`, `<prefix>trimap_iou` and `<prefix>iou/<class>`
+    (metrics.jsonl's rows with prefix "val/"). A missing, None or NaN value (nothing to average, e.g. a class
+    absent from the split) shows as n/a.
 
     Example:
         >>> metrics_table({"last (epoch 8)": rows[-1]}, "C_seed42: validation metrics (%)", prefix="val/")
@@ -73,7 +75,9 @@ def metrics_table(columns: dict[str, dict], title: str, caption: str | None = No
     table.add_column("metric")
     for header in columns:
         table.add_column(header, justify="right")
-    keys = list(METRIC_LABELS) + [(f"  IoU {name}", f"iou/{name}") for name in CLASS_NAMES]
+    class_keys = dict.fromkeys(k[len(prefix):] for column in columns.values() for k in column
+                               if k.startswith(f"{prefix}iou/"))  # ordered, each once
+    keys = list(METRIC_LABELS) + [(f"  IoU {key[4:]}", key) for key in class_keys]
     for label, key in keys:
         values = [column.get(prefix + key) for column in columns.values()]
         table.add_row(label, *("n/a" if v is None or math.isnan(v) else f"{100 * v:.2f}" for v in values))

@@ -7,11 +7,12 @@ Format (one JSON object; metric values are fractions in [0, 1]; NaN is written a
 
     {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "runs/C_seed42/checkpoints/epoch_0160",
      "split": "val", "num_images": 500, "miou": 0.8123, "boundary_f1": 0.7012, "trimap_iou": 0.6521,
-     "iou": {"road": 0.98, ..., "bicycle": 0.77}, "seconds": 41.3, "lambda_dice": 1.0, "lambda_boundary": 0.2,
+     "iou": {"road": 0.98, ..., "bicycle": 0.77}, "classes": ["road", ..., "bicycle"], "seconds": 41.3, "lambda_dice": 1.0, "lambda_boundary": 0.2,
      "backbone": "convnextv2_base", "boundary_px": 3, "checkpoint_saved_at": "2025-...", "config": {...}}
 
-Required: the keys of REQUIRED_KEYS. `iou` maps class names (`data_utils.labels.CLASS_NAMES`) to values; a
-class without a value (null, or left out) is one that never occurred. `config` (optional) is the run's resolved
+Required: the keys of REQUIRED_KEYS. `classes` (optional: files written before it existed lack it) lists the
+dataset's class names in train-id order (its `data_utils.classes.ClassTable`); `iou` maps class names to
+values; a class without a value (null, or left out) is one that never occurred. `config` (optional) is the run's resolved
 TrainConfig; `boundary_schedule_of` reads from it which λ_b schedule the run trained with.
 """
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import math
 from pathlib import Path
 
-from data_utils.labels import CLASS_NAMES
 from utils.fileio import UserError
 
 RESULTS_SUFFIX = ".results.json"
@@ -55,7 +55,7 @@ def _fraction_or_nan(value, path: Path, name: str) -> float:
 
 def read_results(path: str | Path) -> dict:
     """Read and validate a results file: the JSON object, with null metric values as NaN and `iou` in
-    CLASS_NAMES order (only the classes the file lists).
+    `classes` order (only the classes the file lists; the file's order when it has no `classes`).
 
     Raises UserError naming the file when it is missing, not JSON, lacks a required key, or holds a value of
     the wrong type or outside [0, 1].
@@ -88,11 +88,14 @@ def read_results(path: str | Path) -> dict:
     iou = record["iou"]
     if not isinstance(iou, dict):
         raise UserError(f"{path}: `iou` must map class names to values; {_REDO}")
-    unknown = sorted(set(iou) - set(CLASS_NAMES))
+    classes = record.get("classes", list(iou))
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+        raise UserError(f"{path}: `classes` must list the class names; {_REDO}")
+    unknown = sorted(set(iou) - set(classes))
     if unknown:
-        raise UserError(f"{path}: unknown class names in `iou`: {', '.join(unknown)} (expected Cityscapes' 19 "
-                        f"train classes); {_REDO}")
-    record["iou"] = {name: _fraction_or_nan(iou[name], path, f"iou/{name}") for name in CLASS_NAMES if name in iou}
+        raise UserError(f"{path}: unknown class names in `iou`: {', '.join(unknown)} (the file's classes: "
+                        f"{', '.join(classes)}); {_REDO}")
+    record["iou"] = {name: _fraction_or_nan(iou[name], path, f"iou/{name}") for name in classes if name in iou}
     if "config" in record and not isinstance(record["config"], dict):
         raise UserError(f"{path}: `config` must be the run's config object; {_REDO}")
     return record

@@ -4,8 +4,9 @@ Two sources, one shape:
   - a runs tree: every `*.results.json` below RUNS_DIR (what `evaluate.py` writes beside each checkpoint), read
     by `engine.results_format.read_results` (plain JSON, no torch: the reader evaluate.py uses);
   - a tidy CSV, one row per (variant, seed, epoch): columns `variant, seed, epoch, mIoU, boundary_f1_mean,
-    trimap_mIoU_mean` and optional per-class IoU columns named by class (`road`, ..., `bicycle`) — the
-    format of the original study's released per-run files.
+    trimap_mIoU_mean` and optional per-class IoU columns named by class (every other column: `road`, ...,
+    `bicycle` for Cityscapes) — the format of the original study's released per-run files.
+The classes are the dataset's: the names a results file records (its `classes`), or the CSV's class columns.
 All metric values are fractions in [0, 1]; a per-class IoU may be missing (NaN: the class never occurred).
 
 Everything downstream is keyed by `Record.group`, not by the variant: `Grouping` is the single place that decides
@@ -21,7 +22,6 @@ from pathlib import Path
 
 from rich.progress import track
 
-from data_utils.labels import CLASS_NAMES
 from engine.results_format import boundary_schedule_of, read_results
 from utils import UserError
 
@@ -127,7 +127,7 @@ def load_csv(path: str | Path) -> list[Record]:
     if missing:
         raise UserError(f"{path}: CSV lacks the column(s) {', '.join(missing)}; expected variant, seed, epoch, "
                         "mIoU, boundary_f1_mean, trimap_mIoU_mean and optional per-class columns")
-    classes = [c for c in CLASS_NAMES if c in header]
+    classes = [c for c in header if c not in ("variant", "seed", "epoch", *CSV_METRIC_COLUMNS)]
     records = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{path}:{line}"
@@ -246,7 +246,7 @@ class Study:
     groups: list[str] = field(init=False)
     seeds: list[int] = field(init=False)
     epochs: list[int] = field(init=False)
-    classes: list[str] = field(init=False)  # classes with a per-class IoU in at least one record (CLASS_NAMES order)
+    classes: list[str] = field(init=False)  # classes with a per-class IoU in at least one record (records' order)
 
     def __post_init__(self):
         self._index = {(r.group, r.epoch, r.seed): r for r in self.records}
@@ -257,8 +257,7 @@ class Study:
         self.groups = sorted(self.group_keys, key=order.__getitem__)
         self.seeds = sorted({r.seed for r in self.records})
         self.epochs = sorted({r.epoch for r in self.records})
-        present = set().union(*(r.iou.keys() for r in self.records))
-        self.classes = [c for c in CLASS_NAMES if c in present]
+        self.classes = list(dict.fromkeys(c for r in self.records for c in r.iou))  # each once, first seen first
 
     @classmethod
     def from_records(cls, records: list[Record]) -> "Study":
