@@ -24,8 +24,8 @@ METRIC_LABELS = (("mIoU", "miou"), ("Boundary F1", "boundary_f1"), ("Trimap IoU"
 
 def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: int, checkpoint: str | Path,
                   split: str, seconds: float, boundary_px: int = 3) -> dict:
-    """Write the results file for `metrics` (evaluate_model's: SegmentationMetrics.compute() + "classes", the
-    names of its per-class IoU) atomically; returns the record.
+    """Write the results file for `metrics` (SegmentationMetrics.compute(); the names of its per-class IoU are
+    its "classes", as evaluate_model gives them, else those of `cfg`'s class table) atomically; returns the record.
 
     Args:
         cfg: the checkpoint's resolved config (variant, seed, lambdas, backbone, the full config).
@@ -33,7 +33,12 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         checkpoint: the checkpoint folder (its meta.json, if present, dates the results).
         split: the evaluated split; seconds: wall time of the evaluation.
     """
-    iou, classes = list(metrics["iou"]), list(metrics["classes"])
+    if "classes" in metrics:
+        classes = list(metrics["classes"])
+    else:
+        from engine.setup import class_table  # lazy: torch, models
+        classes = list(class_table(cfg).names)
+    iou = list(metrics["iou"])
     if len(iou) != len(classes):
         raise ValueError(f"metrics['iou'] has {len(iou)} values, expected one per class of {classes}")
     meta = read_meta(checkpoint) or {}
