@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="evaluate every RUNS_DIR/**/checkpoints/epoch_XXXX that has no valid results file")
     parser.add_argument("--data-root", default=None,
                         help="Cityscapes root (default: the checkpoint config's data_root, else $CITYSCAPES_DATASET)")
-    parser.add_argument("--split", default="val", help="split to evaluate (test: predictions only)")
+    parser.add_argument("--split", default=None,
+                        help="split to evaluate (default: the config's val_split; test: predictions only)")
     parser.add_argument("--workers", type=int, default=1,
                         help="--all: checkpoints evaluated at once, spread round-robin over the visible GPUs")
     parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: config's)")
@@ -178,25 +179,26 @@ def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = Tru
     cfg, meta, model = load_checkpoint(ckpt)
     overrides = {"data_root": args.data_root or cfg.data_root, "batch_size": args.batch_size or cfg.batch_size,
                  "num_workers": cfg.num_workers if args.loader_workers is None else args.loader_workers}
-    loader = build_eval_loader(dataclasses.replace(cfg, **overrides), args.split)
+    split = args.split or cfg.val_split
+    loader = build_eval_loader(dataclasses.replace(cfg, **overrides), split)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     loader = accelerator.prepare_data_loader(loader)
     writer = PredictionWriter(args.save_predictions, class_table(cfg)) if args.save_predictions else None
     start = time.perf_counter()
     try:
-        metrics = evaluate_model(model, loader, accelerator, with_metrics=args.split not in UNLABELLED_SPLITS,
+        metrics = evaluate_model(model, loader, accelerator, with_metrics=split not in UNLABELLED_SPLITS,
                                  on_predictions=writer, description=f"{ckpt.parent.parent.name}/{ckpt.name}",
                                  show_progress=show_progress)
     finally:
         written = writer.close() if writer else 0
         accelerator.free_memory()  # drop the prepared model and loader before the next checkpoint
     seconds = time.perf_counter() - start
-    if args.split in UNLABELLED_SPLITS:
+    if split in UNLABELLED_SPLITS:
         return {"num_images": metrics["num_images"], "predictions": written}
     record = {"checkpoint": str(ckpt), "seconds": seconds, **metrics}
     if accelerator.is_main_process:
         record = write_results(results_path(ckpt), metrics, cfg=cfg, epoch=meta["epoch"], checkpoint=ckpt,
-                               split=args.split, seconds=seconds)
+                               split=split, seconds=seconds)
     return record
 
 
@@ -209,8 +211,9 @@ def find_checkpoints(runs_dir: Path) -> list[Path]:
                   if p.is_dir() and p.parent.name == "checkpoints" and CHECKPOINT_NAME.match(p.name))
 
 
-def pending_reason(ckpt: Path, split: str) -> str | None:
-    """Why `ckpt` must be (re)evaluated, or None when its results file is valid and current."""
+def pending_reason(ckpt: Path, split: str | None) -> str | None:
+    """Why `ckpt` must be (re)evaluated on `split` (None: its config's val_split), or None when its results file
+    is valid and current."""
     path = results_path(ckpt)
     if not path.exists():
         return "new"
@@ -218,7 +221,7 @@ def pending_reason(ckpt: Path, split: str) -> str | None:
         record = read_results(path)
     except UserError:
         return "corrupt results file, redoing"
-    if record["split"] != split:
+    if record["split"] != (split or (record.get("config") or {}).get("val_split", record["split"])):
         return f"results are for split {record['split']!r}"
     meta = read_meta(ckpt) or {}
     if record.get("checkpoint_saved_at") != meta.get("saved_at"):
@@ -279,7 +282,7 @@ def run_batch(args, console: Console) -> int:
     checkpoints = find_checkpoints(args.all)
     todo = [c for c in checkpoints if args.force or pending_reason(c, args.split) is not None]
     console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
-                  f"evaluated on {args.split}, {len(todo)} to evaluate with {args.workers} worker(s)",
+                  f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.workers} worker(s)",
                   soft_wrap=True)
     done, failures = [], []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

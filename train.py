@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed = augmentation_seed(cfg.seed, accelerator.process_index, micro_step)
                 images = device_images(batch["image"], augment, seed, channels_last=cfg.channels_last)
                 labels = batch["label"]  # (N, H, W) uint8 from the loader: 1/8 of the bytes of int64 to copy
-                sdt = compute_sdt_torch(labels, validate=False) if sdt_on_device else batch.get("sdt")
+                sdt = compute_sdt_torch(labels, train_dataset.num_classes, validate=False) if sdt_on_device \
+                    else batch.get("sdt")
                 labels = labels.long()  # on the device; the losses index with int64
                 lr = get_lr(progress.step, total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
                 with accelerator.accumulate(model):
