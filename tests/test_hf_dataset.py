@@ -328,3 +328,60 @@ def test_precompute_and_every_sdt_source_with_8_classes(hf_root, tmp_path):
     assert rows["cache"]["train/boundary"] == rows["cpu"]["train/boundary"]
     assert rows["cache"]["train/loss"] == rows["cpu"]["train/loss"]
     assert np.isfinite(rows["gpu"]["train/boundary"]) and rows["gpu"]["train/boundary"] != 0
+
+
+# ------------------------------------------------------------------------------------- config, metrics, losses
+def test_config_fields_preset_and_recorded_classes(tmp_path):
+    from engine.config import DEMO_HF_PRESET, DEMO_PRESET, load_config, parse_args, save_config
+    from engine.setup import class_table, with_class_table
+
+    cfg, _ = parse_args(["--preset", "demo-hf", "--crop-size", "32", "48", "--class-names", "a", "b",
+                         "--class-palette", "#000001", "#000002"])
+    assert cfg.crop_size == (32, 48) and cfg.class_names == ("a", "b") and cfg.val_split == "validation"
+    assert cfg.run_dir == Path("runs/demo-hf/C_seed42")  # apart from the Cityscapes demo's runs/demo
+    assert {k for k in DEMO_HF_PRESET if DEMO_HF_PRESET[k] != DEMO_PRESET.get(k)} == {
+        "data_root", "hf_dataset", "reduce_labels", "val_split", "crop_size"}
+    save_config(cfg, tmp_path / "config.json")
+    assert load_config(tmp_path / "config.json") == cfg  # tuples survive the JSON round trip
+    for flags, message in ((["--crop-size", "0", "64"], "--crop-size needs H W >= 1"),
+                           (["--reduce-labels"], "--reduce-labels applies to --hf-dataset"),
+                           (["--class-names", "a", "b", "--class-palette", "#000000"], "1 colours for 2")):
+        with pytest.raises(UserError, match=message):
+            parse_args(flags)
+    # Cityscapes: recording the names keeps the official table (with its id map), as a config without them
+    default, _ = parse_args([])
+    assert default.crop_size == (0, 0) and class_table(default) is CITYSCAPES
+    recorded = with_class_table(default)
+    assert recorded.class_names == CITYSCAPES.names and class_table(recorded) is CITYSCAPES
+
+
+def test_metrics_and_losses_with_8_classes(hf_root):
+    """SegmentationMetrics' IoU against a numpy confusion matrix, and the fused loss against the unfused one,
+    on the 8-class frames."""
+    from losses import build_loss
+    from metrics import SegmentationMetrics
+
+    source = hf_source(hf_root)
+    frames = source.frames("train", source.classes())
+    target = np.stack([frames.read(i)[1] for i in (0, 2)]).astype(np.int64)  # two 64x128 frames
+    rng = np.random.default_rng(0)
+    pred = np.where(rng.random(target.shape) < 0.3, rng.integers(0, 8, target.shape), target)
+    pred[target == IGNORE_INDEX] = rng.integers(0, 8, int((target == IGNORE_INDEX).sum()))
+    metric = SegmentationMetrics(num_classes=8)
+    metric.update(torch.from_numpy(pred), torch.from_numpy(target))
+    result = metric.compute()
+    valid = target != IGNORE_INDEX
+    confusion = np.zeros((8, 8), np.int64)
+    np.add.at(confusion, (target[valid], pred[valid]), 1)
+    tp = np.diag(confusion)
+    np.testing.assert_allclose(result["iou"], tp / (confusion.sum(0) + confusion.sum(1) - tp), atol=1e-12)
+    assert 0 < result["boundary_f1"] < 1 and 0 < result["trimap_iou"] < 1
+
+    labels = torch.from_numpy(target)
+    logits = torch.randn(2, 8, *target.shape[1:], generator=torch.Generator().manual_seed(0))
+    sdt = torch.from_numpy(np.stack([compute_sdt(t, num_classes=8) for t in target.astype(np.uint8)]))
+    fused = build_loss("C", fused=True)(logits, labels, sdt)
+    plain = build_loss("C", fused=False)(logits, labels, sdt)
+    for term in ("loss", "ce", "dice", "boundary"):
+        torch.testing.assert_close(fused[term], plain[term], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(plain["ce"], torch.nn.functional.cross_entropy(logits, labels, ignore_index=255))
