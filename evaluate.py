@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="evaluate every RUNS_DIR/**/checkpoints/epoch_XXXX that has no valid results file")
     parser.add_argument("--data-root", default=None,
                         help="Cityscapes root (default: the checkpoint config's data_root, else $CITYSCAPES_DATASET)")
+    parser.add_argument("--hf-dataset", default=None,
+                        help="the HF dataset (default: the checkpoint config's hf_dataset), e.g. after moving it")
     parser.add_argument("--split", default=None,
                         help="split to evaluate (default: the config's val_split; test: predictions only)")
     parser.add_argument("--workers", type=int, default=1,
@@ -177,7 +179,8 @@ def build_eval_loader(cfg, split: str):
 def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = True) -> dict:
     """Evaluate one checkpoint; returns the results record (or {"num_images"} for an unlabelled split)."""
     cfg, meta, model = load_checkpoint(ckpt)
-    overrides = {"data_root": args.data_root or cfg.data_root, "batch_size": args.batch_size or cfg.batch_size,
+    overrides = {"data_root": args.data_root or cfg.data_root, "hf_dataset": args.hf_dataset or cfg.hf_dataset,
+                 "batch_size": args.batch_size or cfg.batch_size,
                  "num_workers": cfg.num_workers if args.loader_workers is None else args.loader_workers}
     split = args.split or cfg.val_split
     loader = build_eval_loader(dataclasses.replace(cfg, **overrides), split)
@@ -282,7 +285,8 @@ def run_batch(args, console: Console) -> int:
     checkpoints = find_checkpoints(args.all)
     todo = [c for c in checkpoints if args.force or pending_reason(c, args.split) is not None]
     console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
-                  f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.workers} worker(s)",
+                  f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.workers} "
+                  "worker(s)",
                   soft_wrap=True)
     done, failures = [], []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

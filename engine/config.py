@@ -249,7 +249,8 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, name) < 0:
             raise UserError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
     if min(cfg.crop_size) < 0 or (0 in cfg.crop_size and max(cfg.crop_size) > 0):
-        raise UserError(f"--crop-size needs H W >= 1 (or 0 0 for native frames), got {' '.join(map(str, cfg.crop_size))}")
+        raise UserError(f"--crop-size needs H W >= 1 (or 0 0 for native frames), got "
+                        f"{' '.join(map(str, cfg.crop_size))}")
     if cfg.reduce_labels and not cfg.hf_dataset:
         raise UserError("--reduce-labels applies to --hf-dataset datasets; pass --hf-dataset PATH_OR_NAME or drop it")
     if cfg.class_palette and len(cfg.class_palette) != len(cfg.class_names):

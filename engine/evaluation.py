@@ -105,7 +105,8 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int
                     on_predictions(list(batch["name"]), batch["image"].cpu(), pred.to(torch.uint8).cpu())
                 num_images += images.shape[0]
                 bar.advance(task)
-            result = {**metric.compute(), "classes": list(classes.names)} if with_metrics else {"num_images": num_images}
+            result = ({**metric.compute(), "classes": list(classes.names)} if with_metrics
+                      else {"num_images": num_images})
     finally:
         model.train(was_training)
     return result

@@ -7,13 +7,14 @@ Format (one JSON object; metric values are fractions in [0, 1]; NaN is written a
 
     {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "runs/C_seed42/checkpoints/epoch_0160",
      "split": "val", "num_images": 500, "miou": 0.8123, "boundary_f1": 0.7012, "trimap_iou": 0.6521,
-     "iou": {"road": 0.98, ..., "bicycle": 0.77}, "classes": ["road", ..., "bicycle"], "seconds": 41.3, "lambda_dice": 1.0, "lambda_boundary": 0.2,
+     "iou": {"road": 0.98, ..., "bicycle": 0.77}, "classes": ["road", ..., "bicycle"],
+     "seconds": 41.3, "lambda_dice": 1.0, "lambda_boundary": 0.2,
      "backbone": "convnextv2_base", "boundary_px": 3, "checkpoint_saved_at": "2025-...", "config": {...}}
 
 Required: the keys of REQUIRED_KEYS. `classes` (optional: files written before it existed lack it) lists the
 dataset's class names in train-id order (its `data_utils.classes.ClassTable`); `iou` maps class names to
-values; a class without a value (null, or left out) is one that never occurred. `config` (optional) is the run's resolved
-TrainConfig; `boundary_schedule_of` reads from it which λ_b schedule the run trained with.
+values; a class without a value (null, or left out) is one that never occurred. `config` (optional) is the
+run's resolved TrainConfig; `boundary_schedule_of` reads from it which λ_b schedule the run trained with.
 """
 from __future__ import annotations
 

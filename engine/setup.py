@@ -20,6 +20,7 @@ from data_utils.dataset import SegmentationDataset, collate_batch
 from data_utils.source import DataSource
 from engine.config import TrainConfig
 from losses import LOSS_WEIGHTS
+from metrics import SegmentationMetrics
 from models import build_model
 from utils.fileio import UserError
 
@@ -55,8 +56,16 @@ def class_table(cfg: TrainConfig) -> ClassTable:
 
 
 def with_class_table(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with its dataset's class names and colours recorded (train.py saves this config everywhere)."""
+    """`cfg` with its dataset's class names and colours recorded (train.py saves this config everywhere).
+
+    A class count the metrics cannot handle is refused here, before any training, not at the first evaluation.
+    """
     table = class_table(cfg)
+    try:
+        SegmentationMetrics(table.num_classes)
+    except ValueError as e:
+        raise UserError(f"{table.source}: {table.num_classes} classes, but the metrics cannot evaluate them ({e}); "
+                        "merge classes in a classes file (--classes FILE)") from None
     return dataclasses.replace(cfg, class_names=table.names, class_palette=table.palette_hex)
 
 
@@ -104,10 +113,9 @@ class EpochShuffleSampler(Sampler[int]):
 def build_dataloader(cfg: TrainConfig, split: str, train: bool) -> DataLoader:
     """DataLoader over one split of `cfg`'s dataset (`data_source`; not yet `accelerator.prepare`d).
 
-    train=True: shuffled per (seed, epoch), random horizontal flip and crop (cfg.crop_size), full batches only;
-        images stay uint8
-        when augmentation runs on the device (cfg.augment == "gpu"), else they are augmented and
-        normalised in the workers; "sdt" is in the batch when the variant needs it and cfg.sdt_source is
+    train=True: shuffled per (seed, epoch), random horizontal flip and crop (cfg.crop_size), full batches
+        only; images stay uint8 when augmentation runs on the device (cfg.augment == "gpu"), else they are
+        augmented and normalised in the workers; "sdt" is in the batch when the variant needs it and cfg.sdt_source is
         "cpu" or "cache" (with "gpu", train.py computes it on the device).
     train=False: dataset order, no flip, no crop, no augmentation, uint8 images (evaluate_model normalises on
         the device), no SDT, the last batch may be short; one frame per batch when the frames may differ in
