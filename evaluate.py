@@ -35,13 +35,13 @@ from rich.table import Table
 from safetensors import SafetensorError
 
 from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
+from data_utils.classes import ClassTable
 from data_utils.dataset import read_image
-from data_utils.labels import colorize, train_ids_to_label_ids
 from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
 from engine.config import load_config
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, read_results, results_path, write_results
-from engine.setup import build_dataloader, build_model_from_config
+from engine.setup import build_dataloader, build_model_from_config, class_table
 from metrics.keys import PROFILES
 from metrics.per_image import per_image_path, read_per_image
 from utils.fileio import UserError, atomic_write_bytes, run_main
@@ -57,7 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="evaluate every RUNS_DIR/**/checkpoints/epoch_XXXX that has no valid results file")
     parser.add_argument("--data-root", default=None,
                         help="Cityscapes root (default: the checkpoint config's data_root, else $CITYSCAPES_DATASET)")
-    parser.add_argument("--split", default="val", help="split to evaluate (test: predictions only)")
+    parser.add_argument("--hf-dataset", default=None,
+                        help="the HF dataset (default: the checkpoint config's hf_dataset), e.g. after moving it")
+    parser.add_argument("--split", default=None,
+                        help="split to evaluate (default: the config's val_split; test: predictions only)")
     parser.add_argument("--workers", type=int, default=1,
                         help="--all: checkpoints evaluated at once, spread round-robin over the visible GPUs")
     parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: config's)")
@@ -109,10 +112,12 @@ def load_checkpoint(ckpt: Path):
 
 
 class PredictionWriter:
-    """PredictionSink writing test-server PNGs (label ids) and colour overlays, encoded on a thread pool."""
+    """PredictionSink writing test-server PNGs (the dataset's label values: Cityscapes' label ids, else class
+    indices) and colour overlays in the classes' palette, encoded on a thread pool."""
 
-    def __init__(self, out_dir: Path, threads: int = 4):
+    def __init__(self, out_dir: Path, classes: ClassTable, threads: int = 4):
         self.out_dir, self.pool, self.threads = out_dir, ThreadPoolExecutor(threads), threads
+        self.classes = classes
         self.pending, self.written = [], 0
 
     def __call__(self, names: list[str], images: torch.Tensor, pred_train_ids: torch.Tensor) -> None:
@@ -127,9 +132,9 @@ class PredictionWriter:
 
     def _write(self, name: str, image_chw: np.ndarray, pred: np.ndarray) -> None:
         city = name.rsplit("_", 2)[0]  # <city>_<sequence>_<frame>
-        self._save(Image.fromarray(train_ids_to_label_ids(pred)),  # (H, W) uint8 -> mode L
+        self._save(Image.fromarray(self.classes.to_label_ids(pred)),  # (H, W) uint8 -> mode L
                    self.out_dir / "labelIds" / city / f"{name}_labelIds.png", "PNG")
-        blend = 0.5 * image_chw.transpose(1, 2, 0) + 0.5 * colorize(pred)  # uint8 (the PredictionSink contract)
+        blend = 0.5 * image_chw.transpose(1, 2, 0) + 0.5 * self.classes.colorize(pred)  # uint8 (PredictionSink)
         self._save(Image.fromarray(blend.astype(np.uint8)),
                    self.out_dir / "overlay" / city / f"{name}_overlay.jpg", "JPEG")
 
@@ -171,8 +176,8 @@ def collate_images(items: list[dict]) -> dict:
 
 def build_eval_loader(cfg, split: str):
     """The split's loader in dataset order; a split without labels gets an image-only loader."""
-    root = resolve_data_root(cfg.data_root)
-    if split in UNLABELLED_SPLITS and not (root / LABEL_DIR / split).is_dir():
+    root = None if cfg.hf_dataset else resolve_data_root(cfg.data_root)
+    if root is not None and split in UNLABELLED_SPLITS and not (root / LABEL_DIR / split).is_dir():
         return torch.utils.data.DataLoader(ImageOnlyDataset(root, split), batch_size=cfg.batch_size,
                                            num_workers=cfg.num_workers, collate_fn=collate_images)
     return build_dataloader(cfg, split, train=False)
@@ -181,15 +186,17 @@ def build_eval_loader(cfg, split: str):
 def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = True) -> dict:
     """Evaluate one checkpoint; returns the results record (or {"num_images"} for an unlabelled split)."""
     cfg, meta, model = load_checkpoint(ckpt)
-    overrides = {"data_root": args.data_root or cfg.data_root, "batch_size": args.batch_size or cfg.batch_size,
+    overrides = {"data_root": args.data_root or cfg.data_root, "hf_dataset": args.hf_dataset or cfg.hf_dataset,
+                 "batch_size": args.batch_size or cfg.batch_size,
                  "num_workers": cfg.num_workers if args.loader_workers is None else args.loader_workers}
-    loader = build_eval_loader(dataclasses.replace(cfg, **overrides), args.split)
+    split = args.split or cfg.val_split
+    loader = build_eval_loader(dataclasses.replace(cfg, **overrides), split)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     loader = accelerator.prepare_data_loader(loader)
-    writer = PredictionWriter(args.save_predictions) if args.save_predictions else None
+    writer = PredictionWriter(args.save_predictions, class_table(cfg)) if args.save_predictions else None
     start = time.perf_counter()
     try:
-        metrics = evaluate_model(model, loader, accelerator, with_metrics=args.split not in UNLABELLED_SPLITS,
+        metrics = evaluate_model(model, loader, accelerator, with_metrics=split not in UNLABELLED_SPLITS,
                                  on_predictions=writer, description=f"{ckpt.parent.parent.name}/{ckpt.name}",
                                  show_progress=show_progress,
                                  metrics_profile=args.metrics_profile or cfg.metrics_profile)
@@ -197,12 +204,12 @@ def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = Tru
         written = writer.close() if writer else 0
         accelerator.free_memory()  # drop the prepared model and loader before the next checkpoint
     seconds = time.perf_counter() - start
-    if args.split in UNLABELLED_SPLITS:
+    if split in UNLABELLED_SPLITS:
         return {"num_images": metrics["num_images"], "predictions": written}
     record = {"checkpoint": str(ckpt), "seconds": seconds, **{k: v for k, v in metrics.items() if k != "per_image"}}
     if accelerator.is_main_process:
         record = write_results(results_path(ckpt), metrics, cfg=cfg, epoch=meta["epoch"], checkpoint=ckpt,
-                               split=args.split, seconds=seconds)
+                               split=split, seconds=seconds)
     return record
 
 
@@ -215,9 +222,9 @@ def find_checkpoints(runs_dir: Path) -> list[Path]:
                   if p.is_dir() and p.parent.name == "checkpoints" and CHECKPOINT_NAME.match(p.name))
 
 
-def pending_reason(ckpt: Path, split: str, metrics_profile: str | None = None) -> str | None:
-    """Why `ckpt` must be (re)evaluated, or None when its results file is valid and current, in
-    `metrics_profile` (None: any), with a readable per-image file beside it."""
+def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = None) -> str | None:
+    """Why `ckpt` must be (re)evaluated on `split` (None: its config's val_split), or None when its results file
+    is valid and current, in `metrics_profile` (None: any), with a readable per-image file beside it."""
     path = results_path(ckpt)
     if not path.exists():
         return "new"
@@ -225,7 +232,7 @@ def pending_reason(ckpt: Path, split: str, metrics_profile: str | None = None) -
         record = read_results(path)
     except UserError:
         return "corrupt results file, redoing"
-    if record["split"] != split:
+    if record["split"] != (split or (record.get("config") or {}).get("val_split", record["split"])):
         return f"results are for split {record['split']!r}"
     if metrics_profile is not None and record["metrics_profile"] != metrics_profile:
         return f"results are for metrics profile {record['metrics_profile']!r}"
@@ -294,7 +301,8 @@ def run_batch(args, console: Console) -> int:
     checkpoints = find_checkpoints(args.all)
     todo = [c for c in checkpoints if args.force or pending_reason(c, args.split, args.metrics_profile) is not None]
     console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
-                  f"evaluated on {args.split}, {len(todo)} to evaluate with {args.workers} worker(s)",
+                  f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.workers} "
+                  "worker(s)",
                   soft_wrap=True)
     done, failures = [], []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

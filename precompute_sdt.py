@@ -2,8 +2,10 @@
 
     python precompute_sdt.py --data-root /data/cityscapes --split train --out /data/sdt/train --workers 8
     python precompute_sdt.py --data-root /data/cityscapes --split train --out /data/sdt/train --verify
+    python precompute_sdt.py --hf-dataset data/demo-hf --reduce-labels --split train --out data/demo-hf-sdt
 
-Each frame's labelIds PNG is mapped to train ids and turned into an int8 (19, H, W) map by
+Each frame's label (a Cityscapes labelIds PNG, or an HF dataset row: the same flags as train.py) is mapped to
+train ids and turned into an int8 (C, H, W) map, C = the dataset's class count, by
 `data_utils.sdt.compute_sdt` (definition in the README); the file `<out>/<city>/<name>.sdt` is written to
 a temp file, fsync'ed and renamed, so a crash never leaves a file that reads as valid. Rerunning skips
 files that pass every check (header, shape, clip, length, CRC32) and redoes missing, partial or corrupt
@@ -23,14 +25,11 @@ from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from data_utils.cityscapes import load_split
-from data_utils.dataset import read_label_ids
-from data_utils.labels import NUM_CLASSES, label_ids_to_train_ids
 from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
+from data_utils.source import DataSource
 from utils import UserError, run_main
 
 MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
@@ -42,7 +41,12 @@ def usable_cpus() -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", default=None, help="Cityscapes root (default: $CITYSCAPES_DATASET)")
+    parser.add_argument("--data-root", default="", help="Cityscapes root (default: $CITYSCAPES_DATASET)")
+    parser.add_argument("--hf-dataset", default="", help="an HF dataset instead (as train.py --hf-dataset)")
+    parser.add_argument("--image-column", default="image", help="--hf-dataset: the image column")
+    parser.add_argument("--label-column", default="label", help="--hf-dataset: the label column")
+    parser.add_argument("--reduce-labels", action="store_true", help="--hf-dataset: 0 = unlabelled, others - 1")
+    parser.add_argument("--classes", default="", help="classes file (as train.py --classes); default: the dataset's")
     parser.add_argument("--split", default="train", help="split to process (train, val, ...)")
     parser.add_argument("--out", required=True, help="cache folder (one <city>/<name>.sdt per frame)")
     parser.add_argument("--workers", type=int, default=usable_cpus(),
@@ -59,31 +63,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_train_ids(label_path: str) -> np.ndarray:
-    """(H, W) uint8 train ids of a labelIds PNG; UserError naming the file for bad content."""
-    return label_ids_to_train_ids(read_label_ids(label_path), label_path)
+_FRAMES = None  # the split's frame source (PathFrames / HFFrames), set in every worker by _set_frames
 
 
-def expected_shape(label_path: str) -> tuple[int, int, int]:
-    """(C, H, W) of the map for this label, from the PNG header only (no decoding)."""
-    try:
-        with Image.open(label_path) as im:
-            width, height = im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{label_path}: cannot open label PNG ({e}); re-extract it from the Cityscapes zip") from None
-    return (NUM_CLASSES, height, width)
+def _set_frames(frames) -> None:
+    global _FRAMES
+    _FRAMES = frames
 
 
-def precompute_one(task: tuple[str, str, bool, bool]) -> tuple[str, int, int]:
+def precompute_one(task: tuple[int, str, bool, bool]) -> tuple[str, int, int]:
     """Worker: make one cache file unless a valid one exists. Returns (status, file bytes, raw int8 bytes)."""
-    label_path, out_path, compress, overwrite = task
+    index, out_path, compress, overwrite = task
+    num_classes = _FRAMES.classes.num_classes
     if not overwrite and os.path.exists(out_path):
         try:
-            info = inspect_sdt_file(out_path, expected_shape(label_path), expected_clip=SDT_CLIP)
+            info = inspect_sdt_file(out_path, (num_classes, *_FRAMES.label_size(index)), expected_clip=SDT_CLIP)
             return "skipped", os.path.getsize(out_path), int(np.prod(info.shape))
         except UserError:
             pass  # partial, corrupt or stale: redo it
-    sdt = compute_sdt(read_train_ids(label_path), num_classes=NUM_CLASSES, clip=SDT_CLIP)
+    sdt = compute_sdt(_FRAMES.read_label(index), num_classes=num_classes, clip=SDT_CLIP)
     try:
         size = write_sdt_file(out_path, sdt, clip=SDT_CLIP, compress=compress)
     except OSError as e:
@@ -93,10 +91,11 @@ def precompute_one(task: tuple[str, str, bool, bool]) -> tuple[str, int, int]:
     return "written", size, sdt.nbytes
 
 
-def verify_one(task: tuple[str, str]) -> str | None:
+def verify_one(task: tuple[int, str]) -> str | None:
     """Worker: recompute one map and compare it with the cache. Returns a problem line or None."""
-    label_path, out_path = task
-    return verify_sdt_file(out_path, read_train_ids(label_path), num_classes=NUM_CLASSES, clip=SDT_CLIP)
+    index, out_path = task
+    return verify_sdt_file(out_path, _FRAMES.read_label(index), num_classes=_FRAMES.classes.num_classes,
+                           clip=SDT_CLIP)
 
 
 def remove_stale_temp_files(out: Path) -> int:
@@ -107,8 +106,9 @@ def remove_stale_temp_files(out: Path) -> int:
     return len(stale)
 
 
-def run_with_progress(fn, tasks: list, workers: int, description: str):
-    """Yield fn(task) for every task (in completion order) under a rich progress bar."""
+def run_with_progress(fn, tasks: list, workers: int, description: str, frames):
+    """Yield fn(task) for every task (in completion order) under a rich progress bar; the workers (this
+    process for one worker) see `frames`."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     pool = None
@@ -116,7 +116,9 @@ def run_with_progress(fn, tasks: list, workers: int, description: str):
         # fork (as torch's DataLoader does) so workers skip re-importing torch and datasets; the workers only
         # run numpy/edt/zlib code. The pool is made before rich starts its refresh thread.
         method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        pool = get_context(method).Pool(min(workers, len(tasks)))
+        pool = get_context(method).Pool(min(workers, len(tasks)), initializer=_set_frames, initargs=(frames,))
+    else:
+        _set_frames(frames)
     try:
         results = map(fn, tasks) if pool is None else pool.imap_unordered(fn, tasks, chunksize=1)
         with Progress(*columns, console=Console(stderr=True)) as bar:
@@ -142,16 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     start = time.perf_counter()
 
-    # 1) The frames of the split (sorted by name) and where each map goes.
-    frames = load_split(args.data_root, args.split)
+    # 1) The frames of the split (in dataset order) and where each map goes.
+    source = DataSource(data_root=args.data_root, hf_dataset=args.hf_dataset, image_column=args.image_column,
+                        label_column=args.label_column, reduce_labels=args.reduce_labels, classes_file=args.classes)
+    frames = source.frames(args.split, source.classes(args.split))
     out = Path(args.out).expanduser().resolve()
-    label_paths = list(frames["label_path"])
-    out_paths = [str(sdt_cache_path(out, name)) for name in frames["name"]]
+    indices = range(len(frames))
+    out_paths = [str(sdt_cache_path(out, name)) for name in frames.names]
 
     # 2a) --verify: recompute and compare, write nothing.
     if args.verify:
-        tasks = list(zip(label_paths, out_paths))
-        problems = [p for p in run_with_progress(verify_one, tasks, args.workers, f"verify {args.split}") if p]
+        tasks = list(zip(indices, out_paths))
+        problems = [p for p in run_with_progress(verify_one, tasks, args.workers, f"verify {args.split}", frames)
+                    if p]
         for line in sorted(problems)[:MAX_PROBLEM_LINES]:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         if len(problems) > MAX_PROBLEM_LINES:
@@ -163,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     # 2b) Write missing or invalid files, skip valid ones.
     out.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temp_files(out)
-    tasks = [(lp, op, args.compress, args.overwrite) for lp, op in zip(label_paths, out_paths)]
+    tasks = [(i, op, args.compress, args.overwrite) for i, op in zip(indices, out_paths)]
     counts, written_bytes, cache_bytes, raw_bytes = {"written": 0, "skipped": 0}, 0, 0, 0
-    for status, size, raw in run_with_progress(precompute_one, tasks, args.workers, f"SDT {args.split}"):
+    for status, size, raw in run_with_progress(precompute_one, tasks, args.workers, f"SDT {args.split}", frames):
         counts[status] += 1
         cache_bytes += size
         raw_bytes += raw

@@ -24,11 +24,11 @@ from rich.table import Table
 from data_utils.augment import BatchAugment
 from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint, read_meta,
                                register_checkpoint_hooks, resume_from, save_checkpoint)
-from engine.config import DEMO_DATA, config_differences, load_config, parse_args, save_config
+from engine.config import DEMO_DATA, DEMO_HF_DATA, config_differences, load_config, parse_args, save_config
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
 from engine.schedule import get_lr
-from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt
+from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt, with_class_table
 from engine.steps import (EpochLossLog, GradientMask, LossReading, accumulate_and_step, augmentation_seed,
                           device_images, forward_loss)
 from engine.tracking import init_wandb, prediction_overlays, val_metrics_row
@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear upsampling backward has no such kernel
     console = Console(soft_wrap=True, quiet=not accelerator.is_main_process)  # log lines are not cut at 80 columns
+    with accelerator.main_process_first():  # the first process generates the demo data, the others reuse it
+        if cfg.demo_data:
+            from data_utils.synthetic import ensure_demo_dataset
+            root, params = (cfg.hf_dataset, DEMO_HF_DATA) if cfg.hf_dataset else (cfg.data_root, DEMO_DATA)
+            ensure_demo_dataset(root, **params)
+        cfg = with_class_table(cfg)  # the dataset's class names and colours, recorded in every saved config
 
     # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.
     resume_ckpt = find_resumable_checkpoint(run_dir)
@@ -87,9 +93,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # -------------------------------------------------------------------------------------------- data
     with accelerator.main_process_first():  # the first process builds the datasets caches, the others reuse them
-        if cfg.demo_data:
-            from data_utils.synthetic import ensure_demo_dataset
-            ensure_demo_dataset(cfg.data_root, **DEMO_DATA)
         train_loader = build_dataloader(cfg, cfg.train_split, train=True)
         val_loader = build_dataloader(cfg, cfg.val_split, train=False)
     train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed = augmentation_seed(cfg.seed, accelerator.process_index, micro_step)
                 images = device_images(batch["image"], augment, seed, channels_last=cfg.channels_last)
                 labels = batch["label"]  # (N, H, W) uint8 from the loader: 1/8 of the bytes of int64 to copy
-                sdt = compute_sdt_torch(labels, validate=False) if sdt_on_device else batch.get("sdt")
+                sdt = compute_sdt_torch(labels, train_dataset.num_classes, validate=False) if sdt_on_device \
+                    else batch.get("sdt")
                 labels = labels.long()  # on the device; the losses index with int64
                 lr = get_lr(progress.step, total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
                 with accelerator.accumulate(model):

@@ -32,7 +32,7 @@ from report.bootstrap import PROFILE_METRICS, bootstrap_metrics, paired_image_bo
 
 def synthetic_stats(rng: np.random.Generator, n: int, C: int, quality: float = 0.8,
                     empty_image: bool = False) -> dict[str, np.ndarray]:
-    """Random per-image statistics of one run with every key of the per-image file (`report.per_image`).
+    """Random per-image statistics of one run with every key of the per-image file (`metrics.per_image`).
 
     Each image holds ~60 % of the classes; a target pixel is predicted right with probability `quality`,
     otherwise as any class or outside 0..C-1 alike. empty_image: image 0 has no valid pixel (its Boundary F1 is

@@ -1,1 +1,2 @@
-"""Cityscapes data: the label table, the `datasets` builder, the torch Dataset, augmentation, SDT, demo data."""
+"""Datasets: class tables, the Cityscapes `datasets` builder and the HF datasets source, the torch Dataset,
+augmentation and crops, SDT, demo data."""

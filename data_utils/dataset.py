@@ -1,16 +1,21 @@
-"""The torch Dataset over `load_split` records: PNG decode, labelIds -> trainIds, SDT, joint horizontal flip.
+"""The torch Dataset over a frame source: decode, labels -> train ids, SDT, joint horizontal flip and crop.
 
-Frames are returned at native resolution (no resize, no crop). One item:
+Two frame sources: `load_split` records of a Cityscapes-layout folder (PNG paths; `PathFrames`), or one split
+of an HF dataset (`data_utils.hf.HFFrames`). Frames are returned at native resolution unless `crop_size` is
+given (no resize). One item:
 
     {"image": float32 (3, H, W) ImageNet-normalised   (uint8 (3, H, W) when image_dtype="uint8"),
      "label": uint8 (H, W) train ids, 255 = ignore   (call .long() on the device before a loss:
                                                       2 MB per 1024x2048 frame through the loader, not 16),
-     "sdt":   int8 (19, H, W) signed distance map      (only when sdt_source is "cpu" or "cache"),
+     "sdt":   int8 (C, H, W) signed distance map       (only when sdt_source is "cpu" or "cache"),
      "name":  str, e.g. "frankfurt_000000_000294"}
 
 The horizontal flip (p = 0.5) is decided by a generator seeded with (seed, epoch, index), so it does not depend
 on worker count, rank, or sampling order, and a run resumed at epoch e sees the flips it would have seen.
-Image, label and SDT are flipped together. The epoch lives in shared memory, so `set_epoch` reaches
+The crop offset (`crop_offset`) is drawn the same way. Image, label and SDT are flipped and cropped together;
+the SDT from the workers ("cpu", "cache") is the full frame's, cropped, while train.py's "gpu" SDT is computed on
+the cropped label, so the two differ within `sdt_clip` pixels of a crop edge whose nearest boundary lies outside
+the crop. The epoch lives in shared memory, so `set_epoch` reaches
 persistent DataLoader workers too (call it before iterating the loader).
 
 Image path choices:
@@ -30,7 +35,8 @@ import torch
 from PIL import Image
 
 from data_utils.augment import BatchAugment, normalize
-from data_utils.labels import NUM_CLASSES, label_ids_to_train_ids
+from data_utils.classes import IGNORE_INDEX, ClassTable
+from data_utils.labels import CITYSCAPES
 from data_utils.options import WORKER_SDT_SOURCES
 from utils import UserError
 
@@ -71,17 +77,25 @@ def read_label_ids(path: str) -> np.ndarray:
     return np.array(im)
 
 
-def read_frame(image_path: str, label_path: str) -> tuple[np.ndarray, np.ndarray]:
+def read_frame(image_path: str, label_path: str, classes: ClassTable = CITYSCAPES) -> tuple[np.ndarray, np.ndarray]:
     """Decode one frame: ((H, W, 3) uint8 RGB image, (H, W) uint8 train ids with 255 = ignore).
 
-    Raises UserError (naming the file) for a corrupt PNG, an image/label size mismatch or an unknown label id.
+    The label PNG holds `classes`' label ids (Cityscapes: labelIds) or, for a table without an id map, class
+    indices. Raises UserError (naming the file) for a corrupt PNG, an image/label size mismatch or a label value
+    outside the table.
     """
     image = read_image(image_path)
     label_ids = read_label_ids(label_path)
     if image.shape[:2] != label_ids.shape:
         raise UserError(f"{label_path}: label is {label_ids.shape[1]}x{label_ids.shape[0]} but its image "
                         f"{image_path} is {image.shape[1]}x{image.shape[0]} (WxH); replace the mismatched file")
-    return image, label_ids_to_train_ids(label_ids, label_path)
+    return image, classes.to_train_ids(label_ids, label_path, fix=_label_fix(classes))
+
+
+def _label_fix(classes: ClassTable) -> str:
+    if classes.id_to_train_id is not None:
+        return "pass the *_gtFine_labelIds.png file, not a colour, trainId or instance map"
+    return f"list every class in the classes file ({classes.source}) or fix the label PNG"
 
 
 def hflip_decision(seed: int, epoch: int, index: int) -> tuple[bool, int]:
@@ -90,17 +104,67 @@ def hflip_decision(seed: int, epoch: int, index: int) -> tuple[bool, int]:
     return bool(rng.random() < 0.5), int(rng.integers(2**63 - 1))
 
 
+def crop_offset(seed: int, epoch: int, index: int, size: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of a random crop of `crop` = (h, w) from a frame of `size` = (H, W), uniform over the valid
+    offsets (0 along a side where the frame is not larger); a pure function of (seed, epoch, index) like the
+    flip (its own stream: the flips do not change when a crop is added)."""
+    rng = np.random.default_rng([seed, epoch, index, 1])
+    return tuple(int(rng.integers(max(n - c, 0) + 1)) for n, c in zip(size, crop))
+
+
+def crop_pad(array: np.ndarray, top: int, left: int, crop: tuple[int, int], fill: int) -> np.ndarray:
+    """The (..., h, w) window at (top, left) of a (..., H, W) array; where the frame is smaller than the crop,
+    the rest is `fill` (padding at the bottom and right, as MMSegmentation pads)."""
+    out = np.full((*array.shape[:-2], *crop), fill, dtype=array.dtype)
+    window = array[..., top: top + crop[0], left: left + crop[1]]
+    out[..., : window.shape[-2], : window.shape[-1]] = window
+    return out
+
+
 def _column(records, key: str) -> list[str]:
     if hasattr(records, "column_names"):  # a datasets.Dataset: read the column once, not row by row
         return [str(v) for v in records[key]]
     return [str(r[key]) for r in records]
 
 
+class PathFrames:
+    """The frames of `load_split` records (a `datasets.Dataset` of paths, or a sequence of dicts with
+    name/image_path/label_path), decoded by `read_frame` with `classes`."""
+
+    def __init__(self, records, classes: ClassTable = CITYSCAPES):
+        self.names = _column(records, "name")
+        self.image_paths = _column(records, "image_path")
+        self.label_paths = _column(records, "label_path")
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return read_frame(self.image_paths[index], self.label_paths[index], self.classes)
+
+    def read_label(self, index: int) -> np.ndarray:
+        """(H, W) uint8 train ids of frame `index` (its label PNG only)."""
+        path = self.label_paths[index]
+        return self.classes.to_train_ids(read_label_ids(path), path, fix=_label_fix(self.classes))
+
+    def label_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of frame `index`'s label, from the PNG header only (no decoding)."""
+        path = self.label_paths[index]
+        try:
+            with Image.open(path) as im:
+                return im.size[1], im.size[0]
+        except (OSError, SyntaxError, ValueError) as e:
+            raise UserError(f"{path}: cannot open label PNG ({e}); re-extract it from the dataset zip") from None
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
-    """Frames listed by `data_utils.cityscapes.load_split`, decoded and (optionally) augmented.
+    """The frames of a source, decoded and (optionally) augmented and cropped; `classes` is the source's table.
 
     Args:
-        records: a `datasets.Dataset` from `load_split` (or a sequence of dicts with name/image_path/label_path).
+        records: a frame source (`PathFrames`, `data_utils.hf.HFFrames`: `names`, `classes`, `read(index)`), or
+            `load_split` records (a `datasets.Dataset`, or a sequence of dicts with name/image_path/label_path)
+            of Cityscapes, wrapped in `PathFrames`.
         hflip: apply the random horizontal flip (training); False for evaluation.
         seed: the run seed; flips and per-sample augmentation derive from (seed, epoch, index).
         image_dtype: "float" (normalised float32) or "uint8" (for augmentation/normalisation on the device).
@@ -108,12 +172,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
             precomputed file `sdt_cache_path(sdt_cache_dir, name)`, memory-mapped).
         sdt_cache_dir: the cache folder written by precompute_sdt.py; required for sdt_source="cache".
         augment: a `BatchAugment` to apply per sample in the workers (needs image_dtype="float").
-        num_classes, sdt_clip: passed to compute_sdt / used to check cached shapes.
+        crop_size: (h, w) random crop of image, label and SDT (`crop_offset`; padding: image 0, label ignore,
+            SDT 0), or None for the native frame.
+        sdt_clip: passed to compute_sdt / used to check cached files. The SDT has one channel per class.
     """
 
     def __init__(self, records, *, hflip: bool = False, seed: int = 0, image_dtype: str = "float",
                  sdt_source: str = "none", sdt_cache_dir: str | Path | None = None,
-                 augment: BatchAugment | None = None, num_classes: int = NUM_CLASSES, sdt_clip: int = 127):
+                 augment: BatchAugment | None = None, crop_size: tuple[int, int] | None = None, sdt_clip: int = 127):
         if image_dtype not in IMAGE_DTYPES:
             raise ValueError(f"image_dtype must be one of {IMAGE_DTYPES}, got {image_dtype!r}")
         if sdt_source not in SDT_SOURCES:
@@ -125,13 +191,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
                              "image_dtype='uint8' and BatchAugment on the device batch")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.names = _column(records, "name")
-        self.image_paths = _column(records, "image_path")
-        self.label_paths = _column(records, "label_path")
+        if crop_size is not None and (len(crop_size) != 2 or min(crop_size) < 1):
+            raise ValueError(f"crop_size must be (h, w) >= 1, got {crop_size}")
+        self.frames = records if hasattr(records, "read") else PathFrames(records)
+        self.names, self.classes = self.frames.names, self.frames.classes
+        self.crop_size = None if crop_size is None else (int(crop_size[0]), int(crop_size[1]))
         self.hflip, self.seed, self.image_dtype = hflip, int(seed), image_dtype
         self.sdt_source, self.augment = sdt_source, augment
         self.sdt_cache_dir = None if sdt_cache_dir is None else Path(sdt_cache_dir)
-        self.num_classes, self.sdt_clip = num_classes, sdt_clip
+        self.num_classes, self.sdt_clip = self.classes.num_classes, sdt_clip
         # Shared memory: forked or spawned DataLoader workers (persistent ones too) see set_epoch().
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -156,12 +224,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return sdt.read_sdt_file(path, expected_shape=expected, expected_clip=self.sdt_clip)
 
     def __getitem__(self, index: int) -> dict:
-        image, train_ids = read_frame(self.image_paths[index], self.label_paths[index])
+        image, train_ids = self.frames.read(index)
         sdt_int8 = None if self.sdt_source == "none" else self._sdt(index, train_ids)
         flip, sample_seed = hflip_decision(self.seed, self.epoch, index)
         if self.hflip and flip:  # the same mirror for all three; the SDT of a mirrored label is the mirrored SDT
             image, train_ids = image[:, ::-1], train_ids[:, ::-1]
             sdt_int8 = None if sdt_int8 is None else sdt_int8[:, :, ::-1]
+        if self.crop_size is not None:  # the same window of all three; padding is ignore (SDT 0 there, as at ignore)
+            top, left = crop_offset(self.seed, self.epoch, index, train_ids.shape, self.crop_size)
+            image = crop_pad(image.transpose(2, 0, 1), top, left, self.crop_size, 0).transpose(1, 2, 0)
+            train_ids = crop_pad(train_ids, top, left, self.crop_size, IGNORE_INDEX)
+            sdt_int8 = None if sdt_int8 is None else crop_pad(sdt_int8, top, left, self.crop_size, 0)
 
         image_chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W) uint8
         if self.augment is not None:
@@ -182,13 +255,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
 def collate_batch(items: Sequence[dict]) -> dict:
     """Stack items into {"image": (N, 3, H, W), "label": (N, H, W) uint8, "sdt"?: (N, C, H, W), "name": [str]}.
 
-    Frames are kept at native size, so all frames of a batch must share one size (Cityscapes: 2048x1024).
+    Frames are kept at native size (or cropped), so all frames of a batch must share one size (Cityscapes:
+    2048x1024).
     """
     names = [it["name"] for it in items]
     sizes = {tuple(it["label"].shape) for it in items}
     if len(sizes) > 1:
-        raise UserError(f"frames {names} have different sizes {sorted(sizes)}; frames are not resized, so a "
-                        "dataset must hold one frame size (use batch size 1 or resize the data)")
+        raise UserError(f"frames {names} have different sizes {sorted(sizes)}; frames are not resized, so train "
+                        "on frames of several sizes with --crop-size H W (or batch size 1)")
     with_sdt = ["sdt" in it for it in items]
     if any(with_sdt) and not all(with_sdt):
         raise ValueError("some items carry an 'sdt' and some do not; use one sdt_source for the whole dataset")
@@ -202,4 +276,5 @@ def collate_batch(items: Sequence[dict]) -> dict:
     return batch
 
 
-__all__ = ["SegmentationDataset", "collate_batch", "hflip_decision", "read_frame", "read_image", "read_label_ids"]
+__all__ = ["PathFrames", "SegmentationDataset", "collate_batch", "crop_offset", "crop_pad", "hflip_decision",
+           "read_frame", "read_image", "read_label_ids"]

@@ -2,6 +2,7 @@
 
 34 label ids (0..33, plus the license plate at -1) map to 19 train ids (0..18); everything else maps to
 `IGNORE_INDEX` (255). The license plate's official train id is -1, which we also map to 255.
+`CITYSCAPES` is this table as a `data_utils.classes.ClassTable`: the form every module outside data_utils/ uses.
 """
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from data_utils.classes import IGNORE_INDEX, ClassTable
 from utils import UserError
 
 NUM_CLASSES = 19
-IGNORE_INDEX = 255
 
 
 class Label(NamedTuple):
@@ -71,6 +72,10 @@ PALETTE: np.ndarray = np.array(
 )  # (19, 3) RGB
 assert len(CLASS_NAMES) == NUM_CLASSES and CLASS_NAMES[0] == "road" and CLASS_NAMES[-1] == "bicycle"
 
+# The Cityscapes class table: what every module outside data_utils/ sees of Cityscapes (data_utils.classes).
+CITYSCAPES = ClassTable(CLASS_NAMES, tuple(map(tuple, PALETTE.tolist())), IGNORE_INDEX,
+                        id_to_train_id={lab.id: lab.train_id for lab in LABELS if lab.id >= 0}, source="Cityscapes")
+
 # Lookup tables over all uint8 values. KNOWN_ID marks the ids a labelIds PNG may contain (0..33).
 ID_TO_TRAIN_ID = np.full(256, IGNORE_INDEX, dtype=np.uint8)
 KNOWN_ID = np.zeros(256, dtype=bool)
@@ -78,39 +83,22 @@ for _lab in LABELS:
     if _lab.id >= 0:
         ID_TO_TRAIN_ID[_lab.id] = _lab.train_id
         KNOWN_ID[_lab.id] = True
-TRAIN_ID_TO_ID = np.zeros(256, dtype=np.uint8)  # 255 (ignore) -> 0 "unlabeled"
-for _lab in LABELS:
-    if _lab.train_id != 255:
-        TRAIN_ID_TO_ID[_lab.train_id] = _lab.id
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray, path: str = "<array>") -> np.ndarray:
-    """Map a `_gtFine_labelIds` array (H, W) to train ids (uint8, 255 = ignore).
+    """Map a `_gtFine_labelIds` array (H, W) to train ids (uint8, 255 = ignore): `CITYSCAPES.to_train_ids`.
 
     Raises `UserError` naming `path` when the map holds a value outside the official table.
     """
-    label_ids = np.asarray(label_ids)
-    if label_ids.dtype != np.uint8:
-        if label_ids.size and (label_ids.min() < 0 or label_ids.max() > 255):
-            bad = int(label_ids.min() if label_ids.min() < 0 else label_ids.max())
-            raise UserError(f"{path}: label id {bad} is not a Cityscapes label id (0..33); "
-                            "pass the *_gtFine_labelIds.png file, not a colour or instance map")
-        label_ids = label_ids.astype(np.uint8)
-    unknown = ~KNOWN_ID[label_ids]
-    if unknown.any():
-        bad = sorted(set(np.unique(label_ids[unknown]).tolist()))[:5]
-        raise UserError(f"{path}: label ids {bad} are not in the Cityscapes table (0..33); "
-                        "pass the *_gtFine_labelIds.png file, not a colour, trainId or instance map")
-    return ID_TO_TRAIN_ID[label_ids]
+    return CITYSCAPES.to_train_ids(label_ids, path, fix="pass the *_gtFine_labelIds.png file, not a colour, "
+                                   "trainId or instance map")
 
 
 def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
     """Inverse map for predictions (test-server format): train id -> label id, 255 -> 0 (unlabeled)."""
-    return TRAIN_ID_TO_ID[np.asarray(train_ids, dtype=np.uint8)]
+    return CITYSCAPES.to_label_ids(train_ids)
 
 
 def colorize(train_ids: np.ndarray) -> np.ndarray:
     """(H, W) train ids -> (H, W, 3) uint8 RGB with the official colours; ignore is black."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:NUM_CLASSES] = PALETTE
-    return lut[np.asarray(train_ids, dtype=np.uint8)]
+    return CITYSCAPES.colorize(train_ids)

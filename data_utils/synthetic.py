@@ -21,6 +21,13 @@ Files, as in the real dataset (`data_utils.cityscapes` reads them unchanged):
 Frame i of a split depends only on (seed, split, i), so more frames never change the first ones.
 
     python -m data_utils.synthetic --out data/demo --train 24 --val 8 --height 256 --width 512 --seed 0
+
+`--format hf` writes the same scenes as an HF `DatasetDict` (`save_to_disk`; splits "train" and "validation",
+Image columns "image" and "label") with another class table: the 19 classes merged into the 8 `GROUPS`, labels in
+the ADE20K convention (0 = unlabelled, group g = g + 1: read it with --reduce-labels), the names in
+`<out>/id2label.json`, and two frame sizes (even rows height x width, odd rows `second_size`):
+
+    python -m data_utils.synthetic --format hf --out data/demo-hf --train 24 --val 8 --height 128 --width 256
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import zoom
 
-from data_utils.labels import ID_TO_TRAIN_ID, NUM_CLASSES
+from data_utils.labels import CLASS_NAMES, ID_TO_TRAIN_ID, NUM_CLASSES
 from utils import UserError, atomic_write_json, fsync_dir
 
 SPLITS = {"train": ("synthtown", 0), "val": ("synthcity", 1)}  # split -> (city, stream index for seeding)
@@ -45,6 +52,25 @@ FRAME_ID = 19  # the annotated frame of each Cityscapes snippet is its 20th (_00
 INSTANCE_CLASS_IDS = frozenset(range(24, 34))  # person .. bicycle (incl. caravan, trailer): id*1000 + k
 MAX_ATTEMPTS = 25  # redraws until a frame shows all 19 classes
 FORMAT_VERSION = 1
+FORMATS = ("cityscapes", "hf")
+HF_SPLITS = {"train": "train", "validation": "val"}  # HF split name -> the scene stream it is drawn from
+
+# --format hf: the 19 Cityscapes train classes merged into 8 groups (Cityscapes' categories, vehicles split).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "flat": ("road", "sidewalk"),
+    "construction": ("building", "wall", "fence"),
+    "object": ("pole", "traffic light", "traffic sign"),
+    "nature": ("vegetation", "terrain"),
+    "sky": ("sky",),
+    "human": ("person", "rider"),
+    "vehicle": ("car", "truck", "bus", "train"),
+    "two-wheeler": ("motorcycle", "bicycle"),
+}
+GROUP_OF_TRAIN_ID = np.full(256, 255, dtype=np.uint8)  # Cityscapes train id -> group index (255 stays ignore)
+for _g, _members in enumerate(GROUPS.values()):
+    for _name in _members:
+        GROUP_OF_TRAIN_ID[CLASS_NAMES.index(_name)] = _g
+assert (GROUP_OF_TRAIN_ID[:NUM_CLASSES] < len(GROUPS)).all()  # every train class is in a group
 
 # Label ids (not train ids): the values written into *_gtFine_labelIds.png.
 EGO, BORDER, STATIC, GROUND, ROAD, SIDEWALK, PARKING, RAIL = 1, 2, 4, 6, 7, 8, 9, 10
@@ -486,18 +512,51 @@ def write_frame(root: Path, split: str, index: int, image, label_ids, inst) -> N
     Image.fromarray(inst.astype(np.uint16)).save(label_dir / f"{name}_gtFine_instanceIds.png")  # 16-bit PNG
 
 
-def _params(num_train, num_val, height, width, seed) -> dict:
-    return {"generator": "data_utils.synthetic", "format_version": FORMAT_VERSION, "num_train": num_train,
-            "num_val": num_val, "height": height, "width": width, "seed": seed}
+def second_size(height: int, width: int) -> tuple[int, int]:
+    """--format hf: the size of the odd rows, (1.25 height, 0.75 width) rounded to multiples of 8."""
+    return 8 * round(1.25 * height / 8), 8 * round(0.75 * width / 8)
+
+
+def hf_label(label_ids: np.ndarray) -> np.ndarray:
+    """Cityscapes label ids -> --format hf labels: group index + 1, 0 where the train id is ignore."""
+    return GROUP_OF_TRAIN_ID[ID_TO_TRAIN_ID[label_ids]] + np.uint8(1)  # 255 + 1 wraps to 0 (unlabelled)
+
+
+def write_hf_dataset(root: Path, num_train: int, num_val: int, height: int, width: int, seed: int, bar, task) -> None:
+    """The --format hf DatasetDict (see the module docstring) saved into `root`, plus id2label.json."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+    splits = {}
+    for split, count in (("train", num_train), ("validation", num_val)):
+        rows = {"image": [], "label": []}
+        for index in range(count):
+            h, w = (height, width) if index % 2 == 0 else second_size(height, width)
+            image, label_ids, _ = render_frame(seed, HF_SPLITS[split], index, h, w)
+            rows["image"].append(Image.fromarray(image, "RGB"))
+            rows["label"].append(Image.fromarray(hf_label(label_ids), "L"))
+            bar.advance(task)
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(root))
+    atomic_write_json(root / "id2label.json", {str(i): name for i, name in enumerate(GROUPS)})
+
+
+def _params(num_train, num_val, height, width, seed, format="cityscapes") -> dict:
+    params = {"generator": "data_utils.synthetic", "format_version": FORMAT_VERSION, "num_train": num_train,
+              "num_val": num_val, "height": height, "width": width, "seed": seed}
+    return params if format == "cityscapes" else {**params, "format": format}  # Cityscapes' file stays as it was
 
 
 def generate_dataset(out_root: str | os.PathLike, num_train: int, num_val: int, height: int = 256,
-                     width: int = 512, seed: int = 0, progress: bool = True) -> Path:
-    """Write a synthetic dataset in the Cityscapes layout to `out_root` (which must not exist or be empty).
+                     width: int = 512, seed: int = 0, progress: bool = True, format: str = "cityscapes") -> Path:
+    """Write a synthetic dataset in the Cityscapes layout (or, format="hf", the HF DatasetDict of the module
+    docstring) to `out_root` (which must not exist or be empty).
 
     Frames go to a temporary sibling folder that is renamed to `out_root` at the end, so `out_root` is
     either absent or complete. Returns `out_root` as a resolved Path.
     """
+    if format not in FORMATS:
+        raise UserError(f"unknown synthetic dataset format {format!r}; use one of {', '.join(FORMATS)}")
     out_root = Path(out_root).expanduser().resolve()
     if out_root.exists() and (not out_root.is_dir() or any(out_root.iterdir())):
         raise UserError(f"{out_root}: already exists and is not empty; choose a new --out folder or delete it")
@@ -511,11 +570,14 @@ def generate_dataset(out_root: str | os.PathLike, num_train: int, num_val: int, 
         from rich.progress import Progress
 
         with Progress(disable=not progress, transient=False) as bar:
-            task = bar.add_task(f"synthetic Cityscapes -> {out_root.name}", total=len(jobs))
-            for split, index in jobs:
+            task = bar.add_task(f"synthetic {'HF dataset' if format == 'hf' else 'Cityscapes'} -> {out_root.name}",
+                                total=len(jobs))
+            if format == "hf":
+                write_hf_dataset(tmp, num_train, num_val, height, width, seed, bar, task)
+            for split, index in jobs if format == "cityscapes" else ():
                 write_frame(tmp, split, index, *render_frame(seed, split, index, height, width))
                 bar.advance(task)
-        atomic_write_json(tmp / "synthetic.json", _params(num_train, num_val, height, width, seed))
+        atomic_write_json(tmp / "synthetic.json", _params(num_train, num_val, height, width, seed, format))
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         os.rename(tmp, out_root)  # atomic; fails if another process finished first (then out_root is not empty)
     except BaseException:
@@ -526,14 +588,14 @@ def generate_dataset(out_root: str | os.PathLike, num_train: int, num_val: int, 
 
 
 def ensure_demo_dataset(root: str | os.PathLike, num_train: int = 24, num_val: int = 8, height: int = 256,
-                        width: int = 512, seed: int = 0) -> Path:
+                        width: int = 512, seed: int = 0, format: str = "cityscapes") -> Path:
     """Return `root` holding the demo dataset with these parameters, generating it once if absent.
 
     Safe when several processes (DDP ranks) call it at once: each generates into its own temp folder and
     only the first rename wins. A folder made with other parameters, or not by this generator, is an error.
     """
     root = Path(root).expanduser().resolve()
-    wanted = _params(num_train, num_val, height, width, seed)
+    wanted = _params(num_train, num_val, height, width, seed, format)
 
     def existing() -> Path | None:
         marker = root / "synthetic.json"
@@ -551,7 +613,8 @@ def ensure_demo_dataset(root: str | os.PathLike, num_train: int = 24, num_val: i
     if existing() is not None:
         return root
     try:
-        return generate_dataset(root, num_train, num_val, height, width, seed, progress=sys.stderr.isatty())
+        return generate_dataset(root, num_train, num_val, height, width, seed, progress=sys.stderr.isatty(),
+                                format=format)
     except OSError:
         if existing() is not None:  # lost the race to another process that wrote the same dataset
             return root
@@ -566,12 +629,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=256, help="frame height in pixels (Cityscapes: 1024)")
     parser.add_argument("--width", type=int, default=512, help="frame width in pixels (Cityscapes: 2048)")
     parser.add_argument("--seed", type=int, default=0, help="frames are a pure function of (seed, split, index)")
+    parser.add_argument("--format", choices=FORMATS, default="cityscapes",
+                        help="the Cityscapes folder layout (19 classes), or an HF DatasetDict with 8 class groups and "
+                             "two frame sizes (train.py --hf-dataset OUT --reduce-labels)")
     args = parser.parse_args(argv)
     try:
-        out = generate_dataset(args.out, args.train, args.val, args.height, args.width, args.seed)
+        out = generate_dataset(args.out, args.train, args.val, args.height, args.width, args.seed, format=args.format)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.format == "hf":
+        print(f"wrote {args.train} train + {args.val} validation frames to {out}\n"
+              f"train on them: python train.py --preset demo-hf --hf-dataset {out}")
+        return 0
     print(f"wrote {args.train} train + {args.val} val frames to {out}\n"
           f"look at them: python -m data_utils.inspect --data-root {out} --split val --out {out}_overlays")
     return 0

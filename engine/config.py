@@ -77,8 +77,24 @@ class TrainConfig:
     augment: str = _f("gpu", "where the photometric jitter + blur run: on the device batch (gpu), per sample in "
                       "the loader workers (cpu), or nowhere (none; the flip stays)", AUGMENT_PLACES)
     demo_data: bool = _f(False, "generate the embedded synthetic Cityscapes-layout dataset into --data-root "
-                         "on first use (data_utils.synthetic)")
+                         "(with --hf-dataset: its HF form there) on first use (data_utils.synthetic)")
     num_workers: int = _f(8, "DataLoader worker processes per training process (PNG decoding)")
+    hf_dataset: str = _f("", "an HF dataset with image + label columns instead of the Cityscapes folder: a "
+                         "save_to_disk folder, a folder of parquet files or a hub name (data_utils.hf)")
+    image_column: str = _f("image", "--hf-dataset: the image column (Image feature)")
+    label_column: str = _f("label", "--hf-dataset: the label column (a single-channel Image of class indices, or "
+                           "a 2-D integer array)")
+    reduce_labels: bool = _f(False, "--hf-dataset: the ADE20K convention, label 0 = unlabelled and every other "
+                             "value - 1 (transformers' do_reduce_labels)")
+    classes: str = _f("", "classes file: a JSON list of names or id2label.json, optionally with a palette "
+                      "(data_utils.classes); '' = the dataset's own (Cityscapes' 19, an HF dataset's ClassLabel or "
+                      "id2label.json)")
+    class_names: tuple[str, ...] = _f((), "the class names in train-id order; train.py records the resolved "
+                                      "list, so a checkpoint's config names its classes (data_utils.source)")
+    class_palette: tuple[str, ...] = _f((), "the classes' colours as #rrggbb, recorded with class_names")
+    crop_size: tuple[int, int] = _f((0, 0), "random crop H W of the training frames, padded with ignore where a "
+                                    "frame is smaller (0 0 = native frames, the paper's 1024x2048); evaluation "
+                                    "stays at native size")
     # --- optimisation
     epochs: int = _f(160, "training epochs")
     batch_size: int = _f(2, "images per device per forward pass")
@@ -158,10 +174,12 @@ class TrainConfig:
         """--out, else runs/<run_name> (runs/demo/<run_name> on the demo data, apart from real runs)."""
         if self.out:
             return Path(self.out)
-        return Path("runs/demo" if self.demo_data else "runs") / self.run_name
+        demo = "runs/demo-hf" if self.hf_dataset else "runs/demo"  # the two demo datasets' runs stay apart
+        return Path(demo if self.demo_data else "runs") / self.run_name
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_TUPLE_FIELDS = {name for name, value in _DEFAULTS.items() if isinstance(value, tuple)}
 
 # The demo preset: only the deltas from the paper's recipe, each with its reason. It trains on the embedded
 # synthetic Cityscapes-layout scenes (generated into data/demo on first use) on 2 CPU cores in < 3 minutes.
@@ -186,13 +204,24 @@ DEMO_PRESET = {
 }
 # What the demo generates into data/demo (data_utils.synthetic.ensure_demo_dataset arguments).
 DEMO_DATA = {"num_train": 48, "num_val": 12, "height": 128, "width": 256, "seed": 0}
-PRESETS = {"demo": DEMO_PRESET}
+# The demo-hf preset: the demo on the same scenes written as an HF DatasetDict (data_utils.synthetic --format hf):
+# 8 class groups, two frame sizes, hence a crop; the deltas from the demo preset.
+DEMO_HF_PRESET = {
+    **DEMO_PRESET,
+    "data_root": "",
+    "hf_dataset": "data/demo-hf",      # generated there on first use (demo_data), DEMO_HF_DATA below
+    "reduce_labels": True,             # its labels follow the ADE20K convention (0 = unlabelled)
+    "val_split": "validation",         # HF's split name
+    "crop_size": (128, 192),           # frames are 128x256 and 160x192: one training size for the batch
+}
+DEMO_HF_DATA = {**DEMO_DATA, "format": "hf"}
+PRESETS = {"demo": DEMO_PRESET, "demo-hf": DEMO_HF_PRESET}
 
 # Fields that may differ when a run is resumed (where/how it runs, not what it computes).
 RESUMABLE_CHANGES = {"data_root", "sdt_source", "sdt_cache", "num_workers", "eval_every", "checkpoint_every",
                      "keep_states", "log_images", "wandb", "wandb_project", "wandb_entity", "out", "pretrained",
                      "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms", "compile",
-                     "channels_last"}
+                     "channels_last", "hf_dataset", "classes"}  # the resolved class_names are compared
 
 
 def _flag(name: str) -> str:
@@ -215,13 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     hints = get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind, help_text, choices = hints[f.name], f.metadata["help"], f.metadata["choices"]
-        if f.default != "":
+        if f.default not in ("", ()):
             shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
             help_text += f" (default: {shown})"
         if kind is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
         elif kind == tuple[float, float]:
             parser.add_argument(_flag(f.name), type=float, nargs=2, metavar=("B1", "B2"), help=help_text)
+        elif kind == tuple[int, int]:
+            parser.add_argument(_flag(f.name), type=int, nargs=2, metavar=("H", "W"), help=help_text)
+        elif kind == tuple[str, ...]:
+            parser.add_argument(_flag(f.name), nargs="+", metavar="NAME", help=help_text)
         else:
             parser.add_argument(_flag(f.name), type=kind, choices=choices, help=help_text)
     return parser
@@ -232,11 +265,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     given = vars(build_parser().parse_args(argv))
     resume = given.pop("resume", False)
     preset = PRESETS.get(given.pop("preset", None), {})
-    cfg = dataclasses.replace(TrainConfig(), **{**preset, **given})
-    if "betas" in given:
-        cfg.betas = tuple(cfg.betas)
+    cfg = dataclasses.replace(TrainConfig(), **{**preset, **_tuples(given)})
     validate(cfg)
     return cfg, resume
+
+
+def _tuples(values: dict) -> dict:
+    """Lists (argparse's nargs, JSON) of the tuple-typed fields as tuples."""
+    return {k: tuple(v) if isinstance(v, list) and k in _TUPLE_FIELDS else v for k, v in values.items()}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -263,6 +299,14 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("max_nonfinite", "log_images", "cpu_threads", "log_grad_norms", "warmup_steps", "num_workers"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    if min(cfg.crop_size) < 0 or (0 in cfg.crop_size and max(cfg.crop_size) > 0):
+        raise UserError(f"--crop-size needs H W >= 1 (or 0 0 for native frames), got "
+                        f"{' '.join(map(str, cfg.crop_size))}")
+    if cfg.reduce_labels and not cfg.hf_dataset:
+        raise UserError("--reduce-labels applies to --hf-dataset datasets; pass --hf-dataset PATH_OR_NAME or drop it")
+    if cfg.class_palette and len(cfg.class_palette) != len(cfg.class_names):
+        raise UserError(f"--class-palette has {len(cfg.class_palette)} colours for {len(cfg.class_names)} "
+                        "--class-names; give one per class")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
@@ -294,12 +338,12 @@ def load_config(path: str | Path) -> TrainConfig:
     unknown = sorted(set(data) - known)
     if unknown:
         raise UserError(f"{path}: unknown config keys {unknown}; was it written by a newer version of train.py?")
-    if "betas" in data:
-        data["betas"] = tuple(data["betas"])
-    return TrainConfig(**data)
+    return TrainConfig(**_tuples(data))
 
 
 def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
     """Fields (outside RESUMABLE_CHANGES) whose values differ: a resume must not silently change the study."""
     a, b = config_to_dict(saved), config_to_dict(requested)
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]]
+    unrecorded = {k for k in ("class_names", "class_palette") if not a[k]}  # saved before classes were recorded
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a
+            if k not in RESUMABLE_CHANGES | unrecorded and a[k] != b[k]]

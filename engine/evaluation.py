@@ -13,11 +13,12 @@ iteration later, when its fragments are in, so the loop never waits for the host
     metrics = evaluate_model(model, val_loader, accelerator, metrics_profile="study")
     metrics["miou"], metrics["boundary_f1"], metrics["boundary_iou"], metrics["fragments_per_image"]
     metrics["per_image"]  # the per-image statistics (metrics.per_image layout) for <checkpoint>.per_image.npz
+    metrics["classes"]  # the names of metrics["iou"]'s entries: the loader's dataset's class table
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -27,7 +28,6 @@ from rich.errors import LiveError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from data_utils.augment import normalize
-from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from metrics.segmentation import SegmentationMetrics, fragment_counts
 
 # Called with (names, images uint8 (N, 3, H, W) on the CPU, predicted train ids uint8 (N, H, W) on the CPU).
@@ -111,34 +111,36 @@ def _add_batch(metric: SegmentationMetrics, accelerator, stats: dict, fragments:
     metric.add_stats(stats, names)
 
 
-def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int = NUM_CLASSES,
-                   ignore_index: int = IGNORE_INDEX, boundary_px: int = 3, with_metrics: bool = True,
+def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int = 3, with_metrics: bool = True,
                    on_predictions: PredictionSink | None = None, description: str = "evaluating",
-                   show_progress: bool = True, metrics_profile: str = "default",
-                   class_names: Sequence[str] = CLASS_NAMES) -> dict:
+                   show_progress: bool = True, metrics_profile: str = "default") -> dict:
     """Run `model` over `loader` and return the metrics of all processes together.
 
     Args:
         model: returns {"logits": (N, C, H, W)} (prepared by accelerate or not).
         loader: yields {"image": (N, 3, H, W) uint8 or normalised float, "label": (N, H, W) integer train
             ids (uint8 from `SegmentationDataset`; the metrics take any integer dtype), "name"}; prepare it
-            with accelerate for multi-process evaluation.
+            with accelerate for multi-process evaluation. Its dataset's `classes` (a ClassTable) gives the
+            number of classes, their names and the ignore index.
         accelerator: an `accelerate.Accelerator` (device, gather_for_metrics, main process).
         with_metrics: False for splits without real labels (the Cityscapes test split): only predictions.
         on_predictions: optional PredictionSink, called on every process for its own batches (e.g. to
             write PNGs; a sample repeated at a distributed tail is simply written twice, identically).
         description, show_progress: the rich progress bar (main process only).
-        metrics_profile: "default" or "study" (SegmentationMetrics); class_names: C names for the per-image file.
+        metrics_profile: "default" or "study" (SegmentationMetrics).
 
     Returns:
         SegmentationMetrics.compute() (miou, iou, boundary_f1, trimap_iou, boundary_iou, boundary_iou_per_class,
-        fragments_per_image, num_images, metrics_profile) plus "per_image": SegmentationMetrics.per_image();
-        with_metrics=False gives {"num_images"} only (this process's count).
+        fragments_per_image, num_images, metrics_profile) plus "per_image": SegmentationMetrics.per_image() and
+        "classes" (the C names); with_metrics=False gives {"num_images"} only (this process's count).
     The model's train/eval mode is restored afterwards.
     """
-    metric = SegmentationMetrics(num_classes, ignore_index, boundary_px, profile=metrics_profile,
-                                 class_names=class_names)
-    fragments = HostFragments(num_classes)
+    classes = getattr(loader.dataset, "classes", None)  # None: an image-only loader (with_metrics=False)
+    metric = fragments = None
+    if with_metrics:
+        metric = SegmentationMetrics(classes.num_classes, classes.ignore_index, boundary_px, profile=metrics_profile,
+                                     class_names=classes.names)
+        fragments = HostFragments(classes.num_classes)
     was_training = model.training
     model.eval()
     num_images = 0
@@ -165,9 +167,11 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, num_classes: int
                     on_predictions(list(batch["name"]), batch["image"].cpu(), pred.to(torch.uint8).cpu())
                 num_images += images.shape[0]
                 bar.advance(task)
-            result = ({**metric.compute(), "per_image": metric.per_image()} if with_metrics
+            result = ({**metric.compute(), "per_image": metric.per_image(), "classes": list(classes.names)}
+                      if with_metrics
                       else {"num_images": num_images})
     finally:
-        fragments.close()
+        if fragments is not None:
+            fragments.close()
         model.train(was_training)
     return result

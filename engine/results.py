@@ -13,7 +13,6 @@ from pathlib import Path
 
 from rich.table import Table
 
-from data_utils.labels import CLASS_NAMES
 from engine.checkpoint import read_meta
 from engine.config import TrainConfig, config_to_dict
 from engine.results_format import REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
@@ -27,7 +26,8 @@ __all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "metrics_table", "p
 
 def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: int, checkpoint: str | Path,
                   split: str, seconds: float, boundary_px: int = 3) -> dict:
-    """Write the checkpoint's per-image statistics, then its results file, each atomically; returns the record.
+    """Write the results file for `metrics` (SegmentationMetrics.compute(); the names of its per-class IoU are
+    its "classes", as evaluate_model gives them, else those of `cfg`'s class table) atomically; returns the record.
 
     Args:
         path: the results file (`results_path(checkpoint)`); the per-image file goes to
@@ -38,9 +38,14 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         checkpoint: the checkpoint folder (its meta.json, if present, dates the results).
         split: the evaluated split; seconds: wall time of the evaluation.
     """
+    if "classes" in metrics:
+        classes = list(metrics["classes"])
+    else:
+        from engine.setup import class_table  # lazy: torch, models
+        classes = list(class_table(cfg).names)
     iou = list(metrics["iou"])
-    if len(iou) != len(CLASS_NAMES):
-        raise ValueError(f"metrics['iou'] has {len(iou)} values, expected {len(CLASS_NAMES)}")
+    if len(iou) != len(classes):
+        raise ValueError(f"metrics['iou'] has {len(iou)} values, expected one per class of {classes}")
     meta = read_meta(checkpoint) or {}
     write_per_image(per_image_path(checkpoint), metrics["per_image"])  # first: a results file implies its stats
     record = {
@@ -52,9 +57,10 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         "num_images": int(metrics["num_images"]),
         "metrics_profile": metrics["metrics_profile"],
         **{key: float(metrics[key]) for key in METRIC_KEYS},
-        "iou": {name: float(value) for name, value in zip(CLASS_NAMES, iou)},
+        "iou": {name: float(value) for name, value in zip(classes, iou)},
         "boundary_iou_per_class": {name: float(value)
-                                   for name, value in zip(CLASS_NAMES, metrics["boundary_iou_per_class"])},
+                                   for name, value in zip(classes, metrics["boundary_iou_per_class"])},
+        "classes": classes,
         "seconds": round(float(seconds), 3),
         "lambda_dice": cfg.loss_weights.get("dice", cfg.lambda_dice),
         "lambda_boundary": cfg.loss_weights.get("boundary", cfg.lambda_boundary),
@@ -71,10 +77,11 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
 def metrics_table(columns: dict[str, dict], title: str, caption: str | None = None, prefix: str = "") -> Table:
     """The console table of validation metrics that train.py (at the end) and evaluate.py print.
 
-    One row per metric of METRIC_KEYS (in percent; fragments per image as a count), then the IoU of each class;
-    one column per entry of `columns`, header -> a flat metrics dict with the keys `<prefix>miou`, ...,
-    `<prefix>iou/<class>` (metrics.jsonl's rows with prefix "val/"). A missing, None or NaN value (nothing to
-    average, e.g. a class absent from the split) shows as n/a.
+    One row per metric of METRIC_KEYS (in percent; fragments per image as a count), then the IoU of each class
+    (the classes of the `<prefix>iou/<class>` keys, in their order); one column per entry of `columns`, header ->
+    a flat metrics dict with the keys `<prefix>miou`, ..., `<prefix>iou/<class>` (metrics.jsonl's rows with
+    prefix "val/"). A missing, None or NaN value (nothing to average, e.g. a class absent from the split) shows
+    as n/a.
 
     Example:
         >>> metrics_table({"last (epoch 8)": rows[-1]}, "C_seed42: validation metrics (%)", prefix="val/")
@@ -83,8 +90,9 @@ def metrics_table(columns: dict[str, dict], title: str, caption: str | None = No
     table.add_column("metric")
     for header in columns:
         table.add_column(header, justify="right")
-    keys = [(METRIC_LABELS[key], key) for key in METRIC_KEYS]
-    keys += [(f"  IoU {name}", f"iou/{name}") for name in CLASS_NAMES]
+    class_keys = dict.fromkeys(k[len(prefix):] for column in columns.values() for k in column
+                               if k.startswith(f"{prefix}iou/"))  # ordered, each once
+    keys = [(METRIC_LABELS[key], key) for key in METRIC_KEYS] + [(f"  IoU {key[4:]}", key) for key in class_keys]
     for label, key in keys:
         values = [column.get(prefix + key) for column in columns.values()]
         scale, unit = (1, " (count)") if key in COUNT_KEYS else (100, "")

@@ -8,7 +8,8 @@ Format (one JSON object; metric values are fractions in [0, 1]; NaN is written a
     {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "runs/C_seed42/checkpoints/epoch_0160",
      "split": "val", "num_images": 500, "metrics_profile": "default", "miou": 0.8123, "boundary_f1": 0.7012,
      "trimap_iou": 0.6521, "boundary_iou": 0.4567, "fragments_per_image": 212.4,
-     "iou": {"road": 0.98, ..., "bicycle": 0.77}, "boundary_iou_per_class": {"road": 0.61, ...}, "seconds": 41.3,
+     "iou": {"road": 0.98, ..., "bicycle": 0.77}, "boundary_iou_per_class": {"road": 0.61, ...},
+     "classes": ["road", ..., "bicycle"], "seconds": 41.3,
      "lambda_dice": 1.0, "lambda_boundary": 0.2, "loss": {"ce": 1.0, "dice": 1.0, "boundary": 0.2},
      "backbone": "convnextv2_base", "boundary_px": 3, "checkpoint_saved_at": "2025-...", "config": {...}}
 
@@ -16,9 +17,10 @@ Format (one JSON object; metric values are fractions in [0, 1]; NaN is written a
 groups by; `loss` (optional: absent before recipes existed) the recipe {term: weight} trained with; lambda_dice /
 lambda_boundary the recipe's dice / boundary weights (the flags' values when it has no such term).
 
-Required: the keys of REQUIRED_KEYS. `iou` (and `boundary_iou_per_class`) map class names
-(`data_utils.labels.CLASS_NAMES`) to values; a class without a value (null, or left out) is one that never
-occurred. `boundary_f1` and `trimap_iou` are the estimators of `metrics_profile` (metrics.keys.PROFILES;
+Required: the keys of REQUIRED_KEYS. `classes` (optional: files written before it existed lack it) lists the
+dataset's class names in train-id order (its `data_utils.classes.ClassTable`); `iou` (and
+`boundary_iou_per_class`) map class names to values; a class without a value (null, or left out) is one that
+never occurred. `boundary_f1` and `trimap_iou` are the estimators of `metrics_profile` (metrics.keys.PROFILES;
 definitions in metrics.segmentation). Files written before the profiles, Boundary IoU and fragments existed
 lack those keys: they read as profile "default" with NaN for the missing metrics. Every results file has
 its per-image statistics beside it (metrics.per_image.per_image_path). `config` (optional) is the run's resolved
@@ -30,7 +32,6 @@ import json
 import math
 from pathlib import Path
 
-from data_utils.labels import CLASS_NAMES
 from metrics.keys import COUNT_KEYS, FRACTION_KEYS, PROFILES
 from utils.fileio import UserError
 
@@ -63,21 +64,22 @@ def _fraction_or_nan(value, path: Path, name: str) -> float:
     return float(value)
 
 
-def _per_class(values, path: Path, name: str) -> dict[str, float]:
-    """{class name: fraction or null} -> {class name: float (NaN for null)} in CLASS_NAMES order."""
+def _per_class(values, classes: list[str], path: Path, name: str) -> dict[str, float]:
+    """{class name: fraction or null} -> {class name: float (NaN for null)} in `classes` order."""
     if not isinstance(values, dict):
         raise UserError(f"{path}: `{name}` must map class names to values; {_REDO}")
-    unknown = sorted(set(values) - set(CLASS_NAMES))
+    unknown = sorted(set(values) - set(classes))
     if unknown:
-        raise UserError(f"{path}: unknown class names in `{name}`: {', '.join(unknown)} (expected Cityscapes' 19 "
-                        f"train classes); {_REDO}")
-    return {c: _fraction_or_nan(values[c], path, f"{name}/{c}") for c in CLASS_NAMES if c in values}
+        raise UserError(f"{path}: unknown class names in `{name}`: {', '.join(unknown)} (the file's classes: "
+                        f"{', '.join(classes)}); {_REDO}")
+    return {c: _fraction_or_nan(values[c], path, f"{name}/{c}") for c in classes if c in values}
 
 
 def read_results(path: str | Path) -> dict:
     """Read and validate a results file: the JSON object, with null metric values as NaN (also for the metric
     keys an older file lacks), `metrics_profile` ("default" for an older file), and `iou` (and
-    `boundary_iou_per_class`) in CLASS_NAMES order (only the classes the file lists).
+    `boundary_iou_per_class`) in `classes` order (only the classes the file lists; the file's order when it has
+    no `classes`).
 
     Raises UserError naming the file when it is missing, not JSON, lacks a required key, or holds a value of
     the wrong type or outside [0, 1].
@@ -116,9 +118,15 @@ def read_results(path: str | Path) -> dict:
     if record["metrics_profile"] not in PROFILES:
         raise UserError(f"{path}: unknown `metrics_profile` {record['metrics_profile']!r} (known: "
                         f"{', '.join(PROFILES)}); {_REDO}")
+    iou = record["iou"]
+    if not isinstance(iou, dict):
+        raise UserError(f"{path}: `iou` must map class names to values; {_REDO}")
+    classes = record.get("classes", list(iou))
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+        raise UserError(f"{path}: `classes` must list the class names; {_REDO}")
     for key in ("iou", "boundary_iou_per_class"):
         if key == "iou" or key in record:
-            record[key] = _per_class(record[key], path, key)
+            record[key] = _per_class(record[key], classes, path, key)
     if "config" in record and not isinstance(record["config"], dict):
         raise UserError(f"{path}: `config` must be the run's config object; {_REDO}")
     return record

@@ -7,18 +7,21 @@ uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader, Sampler
 
 from data_utils.augment import BatchAugment
-from data_utils.cityscapes import load_split, resolve_data_root
+from data_utils.classes import ClassTable
 from data_utils.dataset import SegmentationDataset, collate_batch
-from data_utils.labels import NUM_CLASSES
 from data_utils.options import WORKER_SDT_SOURCES
+from data_utils.source import DataSource
 from engine.config import TrainConfig
 from losses.registry import needs_sdt
+from metrics import SegmentationMetrics
 from models import build_model, takes_input_size
 from utils.fileio import UserError
 
@@ -40,15 +43,44 @@ def build_accelerator(cfg: TrainConfig, cpu: bool = False) -> Accelerator:
                        dataloader_config=DataLoaderConfiguration(non_blocking=True))
 
 
+def data_source(cfg: TrainConfig) -> DataSource:
+    """Where `cfg`'s frames and classes come from (its data fields)."""
+    return DataSource(data_root=cfg.data_root, hf_dataset=cfg.hf_dataset, image_column=cfg.image_column,
+                      label_column=cfg.label_column, reduce_labels=cfg.reduce_labels, classes_file=cfg.classes,
+                      class_names=cfg.class_names, class_palette=cfg.class_palette)
+
+
+def class_table(cfg: TrainConfig) -> ClassTable:
+    """The class table of `cfg`'s dataset (`DataSource.classes`: the recorded names first, so a checkpoint's
+    config alone gives it)."""
+    return data_source(cfg).classes(cfg.train_split)
+
+
+def with_class_table(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its dataset's class names and colours recorded (train.py saves this config everywhere).
+
+    A class count the metrics cannot handle is refused here, before any training, not at the first evaluation.
+    """
+    table = class_table(cfg)
+    try:
+        SegmentationMetrics(table.num_classes)
+    except ValueError as e:
+        raise UserError(f"{table.source}: {table.num_classes} classes, but the metrics cannot evaluate them ({e}); "
+                        "merge classes in a classes file (--classes FILE)") from None
+    return dataclasses.replace(cfg, class_names=table.names, class_palette=table.palette_hex)
+
+
 def build_model_from_config(cfg: TrainConfig, load_pretrained: bool = False) -> torch.nn.Module:
-    """The segmentor of `cfg` (random init; ImageNet backbone weights only when `load_pretrained`).
+    """The segmentor of `cfg` (random init; ImageNet backbone weights only when `load_pretrained`), with one
+    output channel per class of `class_table(cfg)`.
 
     evaluate.py calls it with the default (the weights come from the checkpoint); train.py loads the
     pretrained backbone only when it starts a run, not when it resumes one. A backbone built for one input
     size (Swin) gets the size of the training frames (`train_frame_size`).
     """
     img_size = train_frame_size(cfg) if takes_input_size(cfg.backbone) else None
-    model = build_model(backbone=cfg.backbone, num_classes=NUM_CLASSES,
+    num_classes = len(cfg.class_names) or class_table(cfg).num_classes  # recorded names: no data needed
+    model = build_model(backbone=cfg.backbone, num_classes=num_classes,
                         pretrained=(cfg.pretrained or None) if load_pretrained else None,
                         aux_head=cfg.aux_weight > 0, drop_path_rate=cfg.drop_path_rate,
                         grad_checkpointing=cfg.grad_checkpointing, head_channels=cfg.head_channels,
@@ -57,13 +89,11 @@ def build_model_from_config(cfg: TrainConfig, load_pretrained: bool = False) -> 
 
 
 def train_frame_size(cfg: TrainConfig) -> tuple[int, int]:
-    """(H, W) of the first frame of cfg's training split (the image header only)."""
-    from PIL import Image
-
-    records = load_split(resolve_data_root(cfg.data_root), cfg.train_split)
-    with Image.open(records[0]["image_path"]) as image:
-        width, height = image.size
-    return height, width
+    """(H, W) of what the model sees in training: the crop (--crop-size), else the first training frame."""
+    if min(cfg.crop_size) > 0:
+        return tuple(cfg.crop_size)
+    source = data_source(cfg)
+    return tuple(source.frames(cfg.train_split, source.classes(cfg.train_split)).label_size(0))
 
 
 def uses_sdt(cfg: TrainConfig) -> bool:
@@ -93,32 +123,36 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def build_dataloader(cfg: TrainConfig, split: str, train: bool) -> DataLoader:
-    """DataLoader over one split of `cfg.data_root` (not yet `accelerator.prepare`d).
+    """DataLoader over one split of `cfg`'s dataset (`data_source`; not yet `accelerator.prepare`d).
 
-    train=True: shuffled per (seed, epoch), random horizontal flip, full batches only; images stay uint8
-        when augmentation runs on the device (cfg.augment == "gpu"), else they are augmented and
-        normalised in the workers; "sdt" is in the batch when the loss needs it and cfg.sdt_source is
+    train=True: shuffled per (seed, epoch), random horizontal flip and crop (cfg.crop_size), full batches
+        only; images stay uint8 when augmentation runs on the device (cfg.augment == "gpu"), else they are
+        augmented and normalised in the workers; "sdt" is in the batch when the loss needs it and cfg.sdt_source is
         "cpu" or "cache" (with "gpu", train.py computes it on the device).
-    train=False: dataset order, no flip, no augmentation, uint8 images (evaluate_model normalises on the
-        device), no SDT, the last batch may be short.
+    train=False: dataset order, no flip, no crop, no augmentation, uint8 images (evaluate_model normalises on
+        the device), no SDT, the last batch may be short; one frame per batch when the frames may differ in
+        size (an HF dataset), so every frame is evaluated at its native size.
     Call `loader.dataset.set_epoch(epoch)` and `loader.sampler.set_epoch(epoch)` (or the prepared loader's
     `set_epoch`) before each training epoch.
     """
-    records = load_split(resolve_data_root(cfg.data_root), split)
+    source = data_source(cfg)
+    frames = source.frames(split, source.classes(cfg.train_split))
     if train:
         sdt_source = cfg.sdt_source if uses_sdt(cfg) and cfg.sdt_source in WORKER_SDT_SOURCES else "none"
         dataset = SegmentationDataset(
-            records, hflip=True, seed=cfg.seed, image_dtype="float" if cfg.augment == "cpu" else "uint8",
+            frames, hflip=True, seed=cfg.seed, image_dtype="float" if cfg.augment == "cpu" else "uint8",
             sdt_source=sdt_source, sdt_cache_dir=cfg.sdt_cache or None,
-            augment=BatchAugment() if cfg.augment == "cpu" else None)
+            augment=BatchAugment() if cfg.augment == "cpu" else None,
+            crop_size=tuple(cfg.crop_size) if min(cfg.crop_size) > 0 else None)
         if len(dataset) < cfg.batch_size:
-            raise UserError(f"{cfg.data_root or '$CITYSCAPES_DATASET'}: split {split!r} has {len(dataset)} frames, "
+            raise UserError(f"{source.where}: split {split!r} has {len(dataset)} frames, "
                             f"fewer than --batch-size {cfg.batch_size}; lower the batch size")
     else:
-        dataset = SegmentationDataset(records, hflip=False, seed=cfg.seed, image_dtype="uint8")
+        dataset = SegmentationDataset(frames, hflip=False, seed=cfg.seed, image_dtype="uint8")
     workers = cfg.num_workers
+    batch_size = cfg.batch_size if train or source.one_frame_size else 1
     return DataLoader(
-        dataset, batch_size=cfg.batch_size, collate_fn=collate_batch, drop_last=train,
+        dataset, batch_size=batch_size, collate_fn=collate_batch, drop_last=train,
         sampler=EpochShuffleSampler(len(dataset), cfg.seed) if train else None,
         num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
         prefetch_factor=2 if workers > 0 else None)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from data_utils.labels import CLASS_NAMES
 from engine.config import TrainConfig, config_to_dict
 from metrics.keys import METRIC_KEYS
 from utils.wandb_mode import wandb_init_mode, wandb_logged_in  # noqa: F401  (wandb_logged_in: re-exported)
@@ -50,24 +49,28 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
 
 def val_metrics_row(metrics: dict) -> dict:
     """evaluate_model's dict -> flat W&B keys: val/<metric> for METRIC_KEYS (val/miou, val/boundary_f1, ...),
-    val/iou/<class>."""
+    val/iou/<class> (the names of metrics["classes"])."""
     row = {f"val/{key}": float(metrics[key]) for key in METRIC_KEYS}
-    row.update({f"val/iou/{name}": float(v) for name, v in zip(CLASS_NAMES, metrics["iou"])})
+    row.update({f"val/iou/{name}": float(v) for name, v in zip(metrics["classes"], metrics["iou"])})
     return row
 
 
 @torch.no_grad()
-def prediction_overlays(model, dataset, num_images: int, device) -> list:
+def prediction_overlays(model, dataset, num_images: int, device, class_names=None) -> list:
     """W&B images of the first `num_images` val frames with prediction and ground-truth masks.
 
     `dataset` is the val split's `SegmentationDataset` (`build_dataloader(cfg, split, train=False).dataset`),
-    whose items carry uint8 (3, H, W) images.
+    whose items carry uint8 (3, H, W) images; `class_names` name the mask values (default: the dataset's
+    `classes`).
     """
     import wandb
 
     from data_utils.augment import normalize
 
-    class_labels = dict(enumerate(CLASS_NAMES)) | {255: "ignore"}
+    from data_utils.classes import IGNORE_INDEX
+
+    names = dataset.classes.names if class_names is None else class_names
+    class_labels = dict(enumerate(names)) | {IGNORE_INDEX: "ignore"}
     was_training = model.training
     model.eval()
     images = []

@@ -177,6 +177,8 @@ def _check(stats: dict) -> None:
             expected = (n, *({"C": C, "C+1": C + 1}.get(d, d) for d in trailing))
         if value.shape != expected:
             raise ValueError(f"`{key}` has shape {value.shape}, expected {expected}")
+        if kind == "i" and value.size and value.min() < 0:
+            raise ValueError(f"`{key}` holds negative counts")
     if len(set(np.asarray(stats["names"]).tolist())) != n:
         raise ValueError("image names are not unique")
 
@@ -204,8 +206,13 @@ def read_per_image(path: str | Path) -> dict[str, np.ndarray]:
             stats = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise UserError(f"{path}: no such per-image file; evaluate the checkpoint with evaluate.py") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{path}: corrupt per-image file ({e}); {redo}") from None
+    except (EOFError, zipfile.BadZipFile):
+        raise UserError(f"{path}: corrupt per-image file (truncated, or not a zip archive); {redo}") from None
+    except ValueError:  # what np.load says of a file that is no .npy/.npz, or of an array of Python objects
+        raise UserError(f"{path}: corrupt per-image file (not an .npz of plain arrays; pickled objects are "
+                        f"refused); {redo}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the per-image file ({e}); {redo}") from None
     try:
         _check(stats)
     except ValueError as e:

@@ -135,7 +135,7 @@ def bootstrap_metrics(stats: Mapping[str, Sequence[Mapping[str, np.ndarray]]], p
 
     Args:
         stats: {group: [per-image statistics of each of its runs (seeds)]}; each a mapping of the per-image
-            file's keys (`report.per_image`) to arrays over the same n images in the same order.
+            file's keys (`metrics.per_image`) to arrays over the same n images in the same order.
         pairs: the comparisons (X, Y); Δ = X − Y.
         metrics: names in BOOTSTRAP_METRICS.
         num_replicates: B >= 1.

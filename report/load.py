@@ -4,8 +4,9 @@ Two sources, one shape:
   - a runs tree: every `*.results.json` below RUNS_DIR (what `evaluate.py` writes beside each checkpoint), read
     by `engine.results_format.read_results` (plain JSON, no torch: the reader evaluate.py uses);
   - a tidy CSV, one row per (variant, seed, epoch): columns `variant, seed, epoch, mIoU, boundary_f1_mean,
-    trimap_mIoU_mean` and optional per-class IoU columns named by class (`road`, ..., `bicycle`) — the
-    format of the original study's released per-run files.
+    trimap_mIoU_mean` and optional per-class IoU columns named by class (every other column: `road`, ...,
+    `bicycle` for Cityscapes) — the format of the original study's released per-run files.
+The classes are the dataset's: the names a results file records (its `classes`), or the CSV's class columns.
 All metric values are fractions in [0, 1]; a per-class IoU may be missing (NaN: the class never occurred).
 
 Everything downstream is keyed by `Record.group`, not by the variant: `Grouping` is the single place that decides
@@ -22,13 +23,12 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from data_utils.labels import CLASS_NAMES
-from engine.results_format import boundary_schedule_of, read_results
+from engine.results_format import RESULTS_SUFFIX, boundary_schedule_of, read_results
 from losses.variants import LAMBDA_BOUNDARY
 from metrics.keys import COUNT_KEYS as COUNT_METRICS
 from metrics.keys import METRIC_LABELS
 from report.bootstrap import PROFILE_METRICS, full_set_values
-from report.per_image import per_image_path, read_per_image, select_images
+from metrics.per_image import per_image_path, read_per_image, subset
 from utils import UserError
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
@@ -142,7 +142,7 @@ def load_csv(path: str | Path) -> list[Record]:
     if missing:
         raise UserError(f"{path}: CSV lacks the column(s) {', '.join(missing)}; expected variant, seed, epoch, "
                         "mIoU, boundary_f1_mean, trimap_mIoU_mean and optional per-class columns")
-    classes = [c for c in CLASS_NAMES if c in header]
+    classes = [c for c in header if c not in ("variant", "seed", "epoch", *CSV_METRIC_COLUMNS)]
     records = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{path}:{line}"
@@ -261,7 +261,7 @@ class Study:
     groups: list[str] = field(init=False)
     seeds: list[int] = field(init=False)
     epochs: list[int] = field(init=False)
-    classes: list[str] = field(init=False)  # classes with a per-class IoU in at least one record (CLASS_NAMES order)
+    classes: list[str] = field(init=False)  # classes with a per-class IoU in at least one record (records' order)
 
     def __post_init__(self):
         self._index = {(r.group, r.epoch, r.seed): r for r in self.records}
@@ -272,8 +272,7 @@ class Study:
         self.groups = sorted(self.group_keys, key=order.__getitem__)
         self.seeds = sorted({r.seed for r in self.records})
         self.epochs = sorted({r.epoch for r in self.records})
-        present = set().union(*(r.iou.keys() for r in self.records))
-        self.classes = [c for c in CLASS_NAMES if c in present]
+        self.classes = list(dict.fromkeys(c for r in self.records for c in r.iou))  # each once, first seen first
 
     @classmethod
     def from_records(cls, records: list[Record]) -> "Study":
@@ -336,7 +335,7 @@ _REEVALUATE = "re-run `python evaluate.py CHECKPOINT` (it writes both files), or
 
 
 def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[str, np.ndarray]]], str] | None:
-    """The per-image statistics (`report.per_image`) of every run at `epoch`, for the image bootstrap.
+    """The per-image statistics (`metrics.per_image`) of every run at `epoch`, for the image bootstrap.
 
     Returns ({group: {seed: arrays}}, the runs' metrics profile), every run's arrays in the image order of the
     first run; None when no run at `epoch` has a per-image file (results written without one).
@@ -346,7 +345,7 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
     """
     records = sorted((r for r in study.records if r.epoch == epoch),
                      key=lambda r: (study.groups.index(r.group), r.seed))
-    paths = {r.source: per_image_path(r.source) for r in records}
+    paths = {r.source: per_image_path(r.source[:-len(RESULTS_SUFFIX)]) for r in records}  # beside the results
     missing = [r for r in records if not paths[r.source].is_file()]
     if len(missing) == len(records):
         return None
@@ -355,11 +354,7 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
         raise UserError(f"{paths[r.source]}: no per-image statistics for {r.group} seed {r.seed} ({len(missing)} of "
                         f"{len(records)} runs at epoch {epoch} lack them); the image bootstrap needs them for every "
                         f"run: {_REEVALUATE}")
-    profile = records[0].metrics_profile
-    odd = next((r for r in records if r.metrics_profile != profile), None)
-    if odd is not None:
-        raise UserError(f"{odd.source}: metrics profile {odd.metrics_profile!r}, but {records[0].source} has "
-                        f"{profile!r}; evaluate every run with the same metrics profile")
+    profile = records[0].metrics_profile  # one for all: Study refuses results of several profiles
     metric_names = PROFILE_METRICS[profile]
     out: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     ref_path, ref_names, ref_classes = None, None, None
@@ -380,7 +375,7 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
                                 f"{len(ref_names)}, not the same images (e.g. {example}); evaluate every run on "
                                 f"the same split, or pass --bootstrap 0")
             order = np.argsort(arrays["names"])[np.argsort(np.argsort(ref_names))]  # this file's rows in ref order
-            arrays = select_images(arrays, order)
+            arrays = subset(arrays, order)
         full = full_set_values(arrays, [metric_names[m] for m in METRICS])
         for m in METRICS:
             value, recorded = full[metric_names[m]], r.metrics[m]

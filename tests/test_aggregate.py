@@ -153,7 +153,7 @@ def test_results_files_read_by_the_reader_evaluate_uses(tmp_path):
     refuses a null global metric by saying so (a null is valid JSON, not an empty value)."""
     path = write_result(tmp_path, "C", 1, 10, 0.8)
     record = read_results_file(path)
-    assert list(record.iou) == ["road", "wall", "truck"]  # CLASS_NAMES order, only the classes listed
+    assert list(record.iou) == ["road", "wall", "truck"]  # the file's order (it records no `classes`)
     assert record.iou["road"] == pytest.approx(0.9) and record.iou["wall"] == pytest.approx(0.6)
     assert math.isnan(record.iou["truck"])  # null -> NaN: the class never occurred
     assert (record.lambda_boundary, record.split) == (0.2, "val")
@@ -162,7 +162,7 @@ def test_results_files_read_by_the_reader_evaluate_uses(tmp_path):
                                 ("boundary_f1", 81.2, r"`boundary_f1` = 81\.2 is not a fraction in \[0, 1\]"),
                                 ("seed", "1", r"`seed` = '1' is not an integer"),
                                 ("iou", {"roads": 0.5}, "unknown class names in `iou`: roads")):
-        path.write_text(json.dumps({**obj, key: value}))
+        path.write_text(json.dumps({**obj, "classes": ["road", "wall", "truck"], key: value}))
         with pytest.raises(UserError, match=f"{path.name}: {message}"):
             read_results_file(path)
 

@@ -1,4 +1,4 @@
-"""report.bootstrap against explicit per-replicate loops, report.per_image's validation, and aggregate.py's table 5b
+"""report.bootstrap against explicit per-replicate loops, metrics.per_image's validation, and aggregate.py's table 5b
 end to end on run dirs with results.json + per_image.npz."""
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import aggregate
 from bench import bench_bootstrap
 from bench.bench_bootstrap import loop_deltas, synthetic_stats
 from data_utils.labels import CLASS_NAMES
-from metrics.segmentation import iou_from_confusion
-from report.bootstrap import BOOTSTRAP_METRICS, bootstrap_metrics, paired_image_bootstrap
-from report.per_image import read_per_image, select_images
+from metrics.per_image import dataset_metrics, iou_from_confusion, read_per_image, subset
+from report.bootstrap import (BOOTSTRAP_METRICS, PROFILE_METRICS, bootstrap_metrics, full_set_values,
+                              paired_image_bootstrap)
 from utils import UserError, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,8 +93,8 @@ def test_paired_image_bootstrap_api(small_stats):
     assert set(out) == {("B", "A")} and {"delta", "ci_low", "ci_high", "p"} <= set(out["B", "A"])
     for key in ("delta", "ci_low", "ci_high", "p", "p_holm"):
         assert out["B", "A"][key] == ref["B", "A"][key]
-    # the full-set mIoU equals metrics.segmentation's (torch) reduction of the summed confusion
-    miou = [float(np.nanmean(iou_from_confusion(torch.from_numpy(c.sum(0))).numpy())) for c in confusions["B"]]
+    # the full-set mIoU equals metrics.per_image's reduction of the summed confusion
+    miou = [float(np.nanmean(iou_from_confusion(c.sum(0)))) for c in confusions["B"]]
     assert out["B", "A"]["x"] == pytest.approx(np.mean(miou), rel=1e-12)
 
 
@@ -139,6 +138,18 @@ def test_bench_runs_and_agrees_at_tiny_size(capsys):
     assert "replicates/s" in out and "Δ_b equal on those 5 replicates" in out
 
 
+@pytest.mark.parametrize("profile", ["default", "study"])
+def test_full_set_values_equal_the_evaluations_reduction(profile):
+    """The bootstrap's vectorised reductions on the full image set equal metrics.per_image.dataset_metrics, the
+    reduction results.json is written with (two implementations of one definition, held together here)."""
+    stats = synthetic_stats(np.random.default_rng(3), 12, 5, empty_image=True)
+    names = PROFILE_METRICS[profile]
+    ours = full_set_values(stats, list(names.values()))
+    reference = dataset_metrics(stats, profile)
+    for key, bootstrap_key in names.items():
+        assert ours[bootstrap_key] == pytest.approx(reference[key], rel=1e-12, abs=1e-12), key
+
+
 # ---------------------------------------------------------------------------------------------------- the reader
 def test_read_per_image_refuses_bad_files(tmp_path):
     good = synthetic_stats(np.random.default_rng(0), 5, 3)
@@ -147,14 +158,15 @@ def test_read_per_image_refuses_bad_files(tmp_path):
     arrays = read_per_image(path)
     assert arrays["confusion"].dtype == np.int64 and arrays["names"].tolist() == good["names"].tolist()
     cases = [({k: v for k, v in good.items() if k != "fragments"}, "per-image file lacks fragments"),
-             ({**good, "confusion": good["confusion"][:, :, :3]}, r"`confusion` is int64 \(5, 3, 3\), expected 5x3x4"),
-             ({**good, "boundary_f1": good["boundary_f1"].astype(np.int64)}, "`boundary_f1` is int64 .* float"),
-             ({**good, "names": np.array(["a", "b", "a", "c", "d"])}, "`names` repeats an image"),
+             ({**good, "confusion": good["confusion"][:, :, :3]},
+              r"`confusion` has shape \(5, 3, 3\), expected \(5, 3, 4\)"),
+             ({**good, "boundary_f1": good["boundary_f1"].astype(np.int64)}, "`boundary_f1` has dtype int64"),
+             ({**good, "names": np.array(["a", "b", "a", "c", "d"])}, "image names are not unique"),
              ({**good, "fragments": -good["fragments"]}, "`fragments` holds negative counts"),
              ({**good, "names": np.array(list("abcde"), dtype=object)}, "corrupt per-image file")]  # a pickle
     for arrays, message in cases:
         np.savez(path, **arrays)
-        with pytest.raises(UserError, match=f"{path.name}: {message}"):
+        with pytest.raises(UserError, match=f"{path.name}: (per-image file )?{message}"):
             read_per_image(path)
     np.savez_compressed(path, **good)
     path.write_bytes(path.read_bytes()[:100])  # a write cut short
@@ -167,14 +179,14 @@ def test_read_per_image_refuses_bad_files(tmp_path):
 # ---------------------------------------------------------------------------------------------------- aggregate.py
 def write_run(runs: Path, variant: str, seed: int, epoch: int, stats: dict, shuffle: int | None = None,
               profile: str = "default") -> Path:
-    """RUN/checkpoints/epoch_N.results.json with its values computed from `stats` by metrics.segmentation (torch,
+    """RUN/checkpoints/epoch_N.results.json with its values computed from `stats` by metrics.per_image (
     independent of report.bootstrap) for the metrics `profile`, and the per-image file beside it (images in a
     shuffled order: `shuffle`)."""
     ckpt = runs / f"{variant}_seed{seed}" / "checkpoints" / f"epoch_{epoch:04d}"
-    iou = iou_from_confusion(torch.from_numpy(stats["confusion"].sum(0))).numpy()
+    iou = iou_from_confusion(stats["confusion"].sum(0))
     if profile == "default":
         bf1 = np.nanmean(stats["boundary_f1"])
-        trimap = np.nanmean(iou_from_confusion(torch.from_numpy(stats["trimap_confusion"].sum(0))).numpy())
+        trimap = np.nanmean(iou_from_confusion(stats["trimap_confusion"].sum(0)))
     else:  # the study profile: means of the per-image scores over all images
         bf1, trimap = stats["study_boundary_f1"].mean(), stats["study_trimap_iou"].mean()
     C = len(stats["class_names"])
@@ -183,8 +195,9 @@ def write_run(runs: Path, variant: str, seed: int, epoch: int, stats: dict, shuf
         "num_images": len(stats["names"]), "miou": float(np.nanmean(iou)), "boundary_f1": float(bf1),
         "trimap_iou": float(trimap), "iou": dict(zip(CLASS_NAMES[:C], iou.tolist())), "seconds": 1.0,
         "lambda_dice": 1.0, "lambda_boundary": 0.2, "metrics_profile": profile})
-    order = np.random.default_rng(shuffle).permutation(len(stats["names"])) if shuffle is not None else slice(None)
-    np.savez_compressed(ckpt.with_name(ckpt.name + ".per_image.npz"), **select_images(stats, order))
+    order = np.random.default_rng(shuffle).permutation(len(stats["names"])) if shuffle is not None \
+        else np.arange(len(stats["names"]))
+    np.savez_compressed(ckpt.with_name(ckpt.name + ".per_image.npz"), **subset(stats, order))
     return ckpt
 
 
@@ -229,7 +242,7 @@ def test_aggregate_bootstrap_table_end_to_end(bootstrap_runs, tmp_path, monkeypa
         assert float(row["bootstrap p"]) == pytest.approx(r["p"]) and float(row["bootstrap Holm p"]) == pytest.approx(
             r["p_holm"])
     assert rows["mIoU", "A vs C"]["bootstrap significant (Holm p < 0.05)"] == "True"  # C is far better
-    assert rows["fragments per image", "A vs B"]["unit"] == "count"
+    assert rows["Fragments / image", "A vs B"]["unit"] == "count"
     # the t-test columns are table 5's test of the same per-seed values
     t5 = {(r["metric"], r["comparison"]): r for r in read_csv(out / "table5_significance.csv")}
     for key in (("mIoU", "A vs C"), ("Boundary F1", "B vs C"), ("Trimap IoU", "A vs B")):
@@ -264,7 +277,7 @@ def test_aggregate_bootstrap_refuses_incomplete_or_stale_statistics(bootstrap_ru
     with pytest.raises(UserError, match=r"epoch_0003\.per_image\.npz: no per-image statistics for B seed 2 \(1 of 6 "
                                         r"runs at epoch 3 lack them\)"):
         aggregate.main([str(runs), "--out", str(out)])
-    fewer = select_images(stats["B"][1], slice(0, 15))
+    fewer = subset(stats["B"][1], np.arange(15))
     np.savez_compressed(npz, **fewer)
     with pytest.raises(UserError, match=r"B_seed2/checkpoints/epoch_0003\.per_image\.npz: per-image statistics over 15 "
                                         r"images, .*A_seed1/checkpoints/epoch_0003\.per_image\.npz over 16, not the "
@@ -327,6 +340,6 @@ def test_aggregate_bootstrap_follows_the_metrics_profile(tmp_path):
                                                                           rel=1e-9)
     assert "metrics profile: study" in (out / "summary.md").read_text()
     write_run(runs, "B", 2, 4, stats["B"][1], profile="default")
-    with pytest.raises(UserError, match=r"B_seed2/checkpoints/epoch_0004\.results\.json: metrics profile "
-                                        r"'default', but .*A_seed1.* has 'study'"):
+    with pytest.raises(UserError, match=r"results of several metrics profiles \(default, study\) are mixed, "
+                                        r"e\.g\. .*B_seed2/checkpoints/epoch_0004\.results\.json"):
         aggregate.main([str(runs), "--out", str(tmp_path / "x")])

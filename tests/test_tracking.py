@@ -117,7 +117,7 @@ def test_prediction_overlays_of_uint8_val_frames(monkeypatch):
     dataset = [{"image": torch.randint(0, 256, (3, 4, 6), dtype=torch.uint8, generator=gen),
                 "label": torch.randint(0, 19, (4, 6), generator=gen), "name": f"frame_{i}"} for i in range(3)]
     model = ChannelArgmax().train()
-    images = prediction_overlays(model, dataset, num_images=2, device="cpu")
+    images = prediction_overlays(model, dataset, num_images=2, device="cpu", class_names=[f"c{i}" for i in range(19)])
     assert [im["caption"] for im in images] == ["frame_0", "frame_1"] and model.training  # the mode is restored
     torch.testing.assert_close(model.seen, normalize(dataset[1]["image"])[None])
     for image, item in zip(images, dataset):
@@ -127,4 +127,4 @@ def test_prediction_overlays_of_uint8_val_frames(monkeypatch):
         np.testing.assert_array_equal(masks["ground_truth"]["mask_data"], item["label"].numpy())
         assert masks["prediction"]["class_labels"][255] == "ignore"
     with pytest.raises(ValueError, match="uint8"):
-        prediction_overlays(model, [{**dataset[0], "image": normalize(dataset[0]["image"])}], 1, "cpu")
+        prediction_overlays(model, [{**dataset[0], "image": normalize(dataset[0]["image"])}], 1, "cpu", ["c0"])
