@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.demo_data:
             from data_utils.synthetic import ensure_demo_dataset
             ensure_demo_dataset(cfg.data_root, **DEMO_DATA)
-        train_loader = build_dataloader(cfg, cfg.train_split, train=True)
-        val_loader = build_dataloader(cfg, cfg.val_split, train=False)
+        train_loader = build_dataloader(cfg, cfg.train_split, train=True, rank=accelerator.process_index)
+        val_loader = build_dataloader(cfg, cfg.val_split, train=False, rank=accelerator.process_index)
     train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
     augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
     sdt_on_device = uses_sdt(cfg) and cfg.sdt_source == "gpu"

@@ -484,12 +484,32 @@ def test_resume_refuses_another_process_count(tiny_data, tmp_path):
         run_train(tiny_data, out, *flags)
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_equals_the_uninterrupted_run_with_and_without_loader_workers(tiny_data, tmp_path, workers):
+    """A run dir holding only epoch 1's checkpoint (as after a kill in epoch 2) resumes to the uninterrupted
+    run's epoch-2 weights, bit for bit: with persistent workers the loaders' first iter() in the resumed
+    process must not draw from the restored global torch RNG (which drives dropout)."""
+    flags = ("--variant", "C", "--epochs", "2", "--checkpoint-every", "1", "--keep-states", "2",
+             "--num-workers", workers)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_train(tiny_data, straight, *flags) == 0
+    shutil.copytree(straight / "checkpoints" / "epoch_0001", resumed / "checkpoints" / "epoch_0001")
+    assert run_train(tiny_data, resumed, *flags) == 0
+    a = load_file(straight / "checkpoints" / "epoch_0002" / "model.safetensors")
+    b = load_file(resumed / "checkpoints" / "epoch_0002" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tmp_path):
     """Run A trains 2 epochs; run B is SIGKILLed in epoch 2 (after epoch 1's checkpoint) and restarted with
     the same command, which resumes. Epoch 2's weights must be bit-identical (data order, flips,
-    augmentation, dropout, SDT, optimizer and RNG state all resume exactly)."""
+    augmentation, dropout, SDT, optimizer and RNG state all resume exactly). The demo preset as shipped,
+    so with its 2 persistent DataLoader workers."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, "train.py", *TINY, "--data-root", str(tiny_data), "--variant", "C",
+    demo_with_workers = [flag for flag in TINY if flag not in ("--num-workers", "0")]
+    assert DEMO_PRESET["num_workers"] == 2 and "--num-workers" not in demo_with_workers
+    command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), "--variant", "C",
                "--epochs", "2", "--checkpoint-every", "1", "--batch-size", "1"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run([*command, "--out", str(straight)], cwd=ROOT, env=env, check=True, capture_output=True)
