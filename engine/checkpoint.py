@@ -109,8 +109,16 @@ def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, r
     """Save the full training state after `progress.epoch` epochs; returns the checkpoint folder.
 
     Call on every process (each one writes its RNG state); the main process writes the rest and renames.
+    A model or optimizer tensor holding nan/inf is a UserError naming it, before anything is written.
     """
     final = checkpoint_path(run_dir, progress.epoch)
+    # accelerator._models/_optimizers: the objects save_state writes (accelerate has no public accessor)
+    bad = first_nonfinite_tensor(accelerator.unwrap_model(accelerator._models[0]), accelerator._optimizers) \
+        if accelerator._models else None
+    if bad is not None:
+        raise UserError(f"{final}: not written: {bad} holds nan/inf after epoch {progress.epoch}; the newest good "
+                        f"checkpoint is {find_resumable_checkpoint(run_dir) or 'none'}. Start again with a lower "
+                        "--lr or with --grad-clip (another --out)")
     tmp = final.with_name(f".tmp_{final.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
@@ -140,6 +148,24 @@ def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, r
         prune_training_states(run_dir, cfg.keep_states)
     accelerator.wait_for_everyone()
     return final
+
+
+def first_nonfinite_tensor(model: torch.nn.Module, optimizers=()) -> str | None:
+    """'model tensor <name>' or 'optimizer <key> of <parameter>' of the first tensor with a nan/inf, or None.
+
+    One host sync: the per-tensor flags are computed on the device and copied once.
+    """
+    names = {id(p): name for name, p in model.named_parameters()}
+    tensors = [(f"model tensor {name}", t) for name, t in model.state_dict().items()]
+    for optimizer in optimizers:
+        for param, state in getattr(optimizer, "optimizer", optimizer).state.items():
+            tensors += [(f"optimizer {key} of {names.get(id(param), 'a parameter')}", v)
+                        for key, v in state.items() if torch.is_tensor(v)]
+    if not tensors:
+        return None
+    device = tensors[0][1].device
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in tensors]).tolist()
+    return next((name for (name, _), ok in zip(tensors, finite) if not ok), None)
 
 
 def read_meta(ckpt: str | Path) -> dict | None:

@@ -23,12 +23,16 @@ class UserError(Exception):
 
 
 def run_main(main, error_exit: int = 1) -> None:
-    """Entry-script runner: exit with `main()`'s code; a `UserError` becomes one `error: ...` line on stderr."""
+    """Entry-script runner: exit with `main()`'s code; a `UserError` becomes one `error: ...` line on stderr,
+    Ctrl-C one `interrupted` line and exit code 130 (128 + SIGINT)."""
     try:
         sys.exit(main())
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(error_exit)
+    except KeyboardInterrupt:  # Ctrl-C outside a script's own handler: no traceback, the shell's code 130
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
