@@ -30,7 +30,6 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from safetensors import SafetensorError
 
 from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
 from data_utils.dataset import read_image
@@ -93,11 +92,7 @@ def load_checkpoint(ckpt: Path):
         model = build_model_from_config(cfg)
     except (RuntimeError, ValueError, KeyError) as e:  # e.g. a backbone name this timm does not know
         raise UserError(f"{ckpt / 'config.json'}: cannot build the model ({e})") from None
-    try:
-        load_weights_into(model, ckpt / WEIGHTS_NAME)  # strict: wrong backbone or class count -> UserError
-    except SafetensorError as e:  # a truncated or garbled file
-        raise UserError(f"{ckpt / WEIGHTS_NAME}: cannot read the weights ({e}); the checkpoint is corrupt, "
-                        "delete it") from None
+    load_weights_into(model, ckpt / WEIGHTS_NAME)  # strict, and a truncated file or wrong shapes -> UserError
     return cfg, meta, model
 
 

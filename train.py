@@ -21,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from data_utils.augment import BatchAugment
-from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint, read_meta,
-                               register_checkpoint_hooks, resume_from, save_checkpoint)
+from engine.checkpoint import (TrainingProgress, checkpoint_path, checkpoint_to_resume, find_resumable_checkpoint,
+                               read_meta, register_checkpoint_hooks, resume_from, save_checkpoint)
 from engine.config import DEMO_DATA, config_differences, load_config, parse_args, save_config
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
@@ -70,7 +70,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     console = Console(soft_wrap=True, quiet=not accelerator.is_main_process)  # log lines are not cut at 80 columns
 
     # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.
-    resume_ckpt = find_resumable_checkpoint(run_dir)
+    resume_ckpt = checkpoint_to_resume(run_dir)  # refuses if a newer, unusable checkpoint would be overwritten
     if require_resume and resume_ckpt is None:
         raise UserError(f"{run_dir}: --resume given but no complete checkpoint with training state is there")
     if resume_ckpt is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine.config import TrainConfig, save_config
@@ -84,8 +86,9 @@ def load_weights_into(model: torch.nn.Module, path: Path) -> None:
     """Load `model.safetensors` strictly; a mismatch is a UserError naming the checkpoint and the keys."""
     try:
         state = load_file(str(path))
-    except (OSError, RuntimeError) as e:
-        raise UserError(f"{path}: cannot read the weights ({e}); the checkpoint is corrupt, delete it") from None
+    except (OSError, RuntimeError, SafetensorError) as e:  # missing, truncated or garbled
+        raise UserError(f"{path}: cannot read the weights ({e}); the checkpoint is corrupt, delete it (a run "
+                        "then resumes from its previous checkpoint)") from None
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -177,17 +180,19 @@ def read_meta(ckpt: str | Path) -> dict | None:
     return meta if isinstance(meta, dict) and "epoch" in meta else None
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint folders (name epoch_XXXX, weights and meta present), oldest first."""
+def _checkpoint_folders(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, folder) of every RUN/checkpoints/epoch_XXXX folder, complete or not, oldest first."""
     folder = Path(run_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    found = []
-    for path in folder.iterdir():
-        match = CHECKPOINT_NAME.match(path.name)
-        if match and path.is_dir() and (path / WEIGHTS_NAME).is_file() and read_meta(path) is not None:
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    return sorted((int(m.group(1)), path) for path in folder.iterdir()
+                  if (m := CHECKPOINT_NAME.match(path.name)) and path.is_dir())
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders (name epoch_XXXX, weights and meta present), oldest first."""
+    return [path for _, path in _checkpoint_folders(run_dir)
+            if (path / WEIGHTS_NAME).is_file() and read_meta(path) is not None]
 
 
 def has_training_state(ckpt: Path) -> bool:
@@ -201,6 +206,22 @@ def find_resumable_checkpoint(run_dir: str | Path) -> Path | None:
         if has_training_state(ckpt):
             return ckpt
     return None
+
+
+def checkpoint_to_resume(run_dir: str | Path) -> Path | None:
+    """`find_resumable_checkpoint`, refusing when a newer epoch_XXXX folder exists that a resume would retrain
+    and overwrite (one without readable meta.json or weights, or one whose training state was pruned)."""
+    resume = find_resumable_checkpoint(run_dir)
+    resume_epoch = read_meta(resume)["epoch"] if resume is not None else 0
+    newer = [path for epoch, path in _checkpoint_folders(run_dir) if epoch > resume_epoch]
+    if newer:
+        path = newer[-1]
+        why = "holds weights only (its training state was pruned)" if path in list_checkpoints(run_dir) \
+            else f"is incomplete (no {WEIGHTS_NAME} or no readable meta.json)"
+        raise UserError(f"{path}: {why}, so this run cannot resume from it and would overwrite it; delete it to "
+                        f"resume from {resume or 'scratch (no earlier checkpoint with training state)'}, or pass "
+                        "another --out for a new run")
+    return resume
 
 
 def prune_training_states(run_dir: str | Path, keep: int) -> None:
@@ -220,7 +241,11 @@ def resume_from(accelerator, ckpt: Path, progress: TrainingProgress) -> dict:
     if not has_training_state(ckpt):
         raise UserError(f"{ckpt}: holds weights only (its training state was pruned); resume from the newest "
                         "checkpoint or start a new run with another --out")
-    accelerator.load_state(str(ckpt))
+    try:
+        accelerator.load_state(str(ckpt))
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError) as e:  # a damaged file
+        raise UserError(f"{ckpt}: cannot load the training state ({type(e).__name__}: {e}); the checkpoint is "
+                        "corrupt, delete it to resume from the previous one") from None
     meta = read_meta(ckpt)
     if progress.epoch != meta["epoch"]:
         raise UserError(f"{ckpt}: meta.json says epoch {meta['epoch']} but the saved state says {progress.epoch}; "

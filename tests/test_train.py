@@ -620,6 +620,45 @@ def test_resume_equals_the_uninterrupted_run_with_and_without_loader_workers(tin
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
+def test_broken_newest_checkpoint_stops_the_resume_with_one_line_and_overwrites_nothing(tiny_data, tmp_path):
+    """A truncated model.safetensors (or optimizer.bin) in the checkpoint to resume from, and a newest
+    checkpoint without meta.json whose older ones hold weights only: one line each, nothing retrained."""
+    out = tmp_path / "run"
+    flags = ("--variant", "A", "--epochs", "3", "--checkpoint-every", "1")  # keep-states 1: 1 and 2 are pruned
+    assert run_train(tiny_data, out, *flags) == 0
+    ckpts = out / "checkpoints"
+    shutil.rmtree(ckpts / "epoch_0003")
+    before = {p: p.read_bytes() for p in sorted(ckpts.rglob("*")) if p.is_file()}
+
+    # epoch 2 without meta.json, epoch 1 weights only: the old code restarted at epoch 0, overwriting both
+    (ckpts / "epoch_0002" / "meta.json").unlink()
+    del before[ckpts / "epoch_0002" / "meta.json"]
+    with pytest.raises(UserError, match=rf"^{re.escape(str(ckpts / 'epoch_0002'))}: is incomplete \(no "
+                                        r"model.safetensors or no readable meta.json\).*delete it to resume from "
+                                        r"scratch.*or pass another --out"):
+        run_train(tiny_data, out, *flags)
+    shutil.rmtree(ckpts / "epoch_0002")  # the first choice: then the weights-only epoch 1 is the newest
+    with pytest.raises(UserError, match=r"epoch_0001: holds weights only .*or pass another --out"):
+        run_train(tiny_data, out, *flags)
+    assert {p: p.read_bytes() for p in sorted(ckpts.rglob("*")) if p.is_file()} == {
+        p: b for p, b in before.items() if "epoch_0002" not in p.parts}
+
+    # a truncated file in the checkpoint resumed from
+    out = tmp_path / "cut"
+    assert run_train(tiny_data, out, "--variant", "A", "--epochs", "2", "--checkpoint-every", "1",
+                     "--keep-states", "2") == 0
+    shutil.rmtree(out / "checkpoints" / "epoch_0002")
+    for name, message in (("model.safetensors", "cannot read the weights"),
+                          ("optimizer.bin", "cannot load the training state")):
+        path = out / "checkpoints" / "epoch_0001" / name
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(UserError, match=rf"epoch_0001.*: {message} .*corrupt, delete it"):
+            run_train(tiny_data, out, "--variant", "A", "--epochs", "2", "--checkpoint-every", "1",
+                      "--keep-states", "2")
+        path.write_bytes(data)
+
+
 def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tmp_path):
     """Run A trains 2 epochs; run B is SIGKILLed in epoch 2 (after epoch 1's checkpoint) and restarted with
     the same command, which resumes. Epoch 2's weights must be bit-identical (data order, flips,
