@@ -1,5 +1,9 @@
 """Shared fixtures: a fresh accelerate state per test, and paths to the real Cityscapes frames in
 ../shared/data (skipped when absent)."""
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +49,25 @@ def cityscapes_fullres() -> Path:
 def seed_metrics() -> Path:
     """The original study's per-run metric CSVs."""
     return _need(SHARED_DATA / "seed_metrics")
+
+
+@pytest.fixture
+def lock_holder():
+    """`hold(folder, program)`: another process takes `utils.dirlock.folder_lock(folder)` and keeps it;
+    returns its Popen once it holds the lock. Held locks die with the test (SIGKILL)."""
+    holders = []
+
+    def hold(folder: Path, program: str) -> subprocess.Popen:
+        code = ("import time; from utils.dirlock import folder_lock\n"
+                f"with folder_lock({str(folder)!r}, {program!r}, 'wait'):\n"
+                "    print('locked', flush=True); time.sleep(600)")
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        holders.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    yield hold
+    for proc in holders:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -6,6 +6,7 @@ and says what to do.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -68,6 +69,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
             pass
         raise
     fsync_dir(path.parent)
+
+
+def remove_temp_files(path: str | os.PathLike) -> int:
+    """Delete the temp files `atomic_write_bytes(path, ...)` leaves when its process is killed mid-write
+    (`.<name>.<random>.tmp` beside `path`); returns how many. Only for a path no live process is writing."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for temp in stale:
+        temp.unlink(missing_ok=True)
+    return len(stale)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
