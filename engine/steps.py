@@ -86,9 +86,9 @@ class GradientMask:
       (`torch.where`, so the copy back costs no sync either; `accumulate_and_step` calls it).
     - Optimizer: a window of accumulated micro-batches none of which was kept must not step at all (AdamW
       would still decay its moments, count a step and apply weight decay on a zero gradient). At the end of
-      the window `accumulate_and_step` hands `window_skip()` to the optimizer as `found_inf`, the flag with
-      which fused Adam/AdamW skip an update on the device (as under torch's GradScaler); so the optimizer
-      must be created with `fused=True`. A window with some kept micro-batches steps on their gradients
+      the window `accumulate_and_step` calls `skip_step_unless_kept(optimizer)`, which sets `found_inf`, the
+      flag with which fused Adam/AdamW skip an update on the device (as under torch's GradScaler); so the
+      optimizer must be created with `fused=True`. A window with some kept micro-batches steps on their gradients
       (summed, divided by the window length as accelerate scales).
     """
 
@@ -122,12 +122,15 @@ class GradientMask:
                 buffer.copy_(torch.where(self.keep, buffer, saved))
         self._saved = []
 
-    def window_skip(self) -> torch.Tensor:
-        """1.0 if no micro-batch of the closing accumulation window was kept, else 0.0 (float32, on the device:
-        fused AdamW's `found_inf`); the next `set_keep` opens a new window."""
-        skip = (~self._window_kept).float() if self._window_kept is not None else torch.zeros(())
+    def skip_step_unless_kept(self, optimizer) -> None:
+        """At the end of an accumulation window: make the optimizer's coming step a no-op, on the device,
+        if none of the window's micro-batches was kept (fused Adam/AdamW read `found_inf`: 1.0 skips the
+        update and the step count); the next `set_keep` opens a new window. `optimizer` may be accelerate's
+        wrapper."""
+        kept = self._window_kept if self._window_kept is not None else torch.ones((), dtype=torch.bool)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        getattr(optimizer, "optimizer", optimizer).found_inf = (~kept).float().to(params[0].device)
         self._window_kept = None
-        return skip
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -226,7 +229,7 @@ def accumulate_and_step(accelerator, model, optimizer, loss: torch.Tensor, lr: f
             group["lr"] = lr
         if grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-        if mask is not None:  # read by fused Adam/AdamW's step on the device (the torch optimizer, not accelerate's wrapper)
-            getattr(optimizer, "optimizer", optimizer).found_inf = mask.window_skip().to(loss.device)
+        if mask is not None:
+            mask.skip_step_unless_kept(optimizer)
     optimizer.step()  # accelerate's wrapper skips it while gradients are still being accumulated
     optimizer.zero_grad(set_to_none=True)
