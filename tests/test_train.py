@@ -290,6 +290,39 @@ def test_skipped_micro_batch_leaves_parameters_buffers_and_optimizer_as_if_it_wa
     assert all(torch.isfinite(v).all() for v in model_2.values())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are a CUDA notion")
+def test_the_micro_step_with_its_nonfinite_guard_makes_no_host_sync():
+    """torch.cuda's sync debug mode raises on any device-to-host wait: none in a good or a bad micro-step
+    (loss log, gradient mask, BatchNorm restore, AdamW skip flag), accumulating or stepping."""
+    accelerator = Accelerator(gradient_accumulation_steps=2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.GELU(),
+                                torch.nn.Conv2d(8, 4, 1))
+    mask = GradientMask(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    log = EpochLossLog(accelerator)
+    inputs = torch.randn(6, 2, 3, 8, 6, device=accelerator.device)
+    inputs[3, 0, 0, 0, 0] = float("nan")
+
+    def micro_step(x):
+        with accelerator.accumulate(model):
+            mask.save_buffers()
+            loss = model(x).square().mean()
+            mask.set_keep(log.update({"loss": loss}, where=0))
+            accumulate_and_step(accelerator, model, optimizer, loss, lr=1e-3, grad_clip=1.0, mask=mask)
+
+    micro_step(inputs[0])  # first step: lazy CUDA initialisation and optimizer state
+    micro_step(inputs[1])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x in inputs[2:]:
+            micro_step(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert log.read().num_bad == 1
+
+
 def test_checkpoint_with_a_nonfinite_tensor_is_not_written_and_names_it(tmp_path):
     accelerator, cfg, model, optimizer, progress = _tiny_state(tmp_path)
     _one_step(model, optimizer)
