@@ -10,10 +10,10 @@ so drawing it from the restored global RNG would shift the dropout stream of the
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
-import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from data_utils.augment import BatchAugment

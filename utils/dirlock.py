@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -45,7 +44,3 @@ def folder_lock(folder: str | os.PathLike, program: str, hint: str) -> Iterator[
     finally:
         os.close(fd)  # releases the lock
 
-
-def program_name() -> str:
-    """The running script's file name (train.py, evaluate.py, ...) for the lock file."""
-    return Path(sys.argv[0]).name or "python"
