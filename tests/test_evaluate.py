@@ -197,34 +197,21 @@ def test_two_evaluators_never_write_one_run_at_once(data_root, tmp_path, lock_ho
     assert results_path(free).exists()
 
 
-def test_ctrl_c_stops_parallel_evaluation_at_once_leaving_no_temp_files(data_root, tmp_path):
+def test_ctrl_c_stops_parallel_evaluation_at_once_leaving_no_temp_files(data_root, tmp_path, process_groups):
     """SIGINT to the process group (a terminal's Ctrl-C) of `evaluate.py --all --workers 2` once the first
     results file is written: exit code 130 with one line, the queued checkpoints are not evaluated, and no
     temp file is left."""
-    import signal
-    import subprocess
     import sys
-    import time
 
     runs = tmp_path / "runs"
     first = make_checkpoint(runs / "A_seed1", 1, tiny_config(data_root, variant="A", seed=1))
     checkpoints = [first] + [first.with_name(f"epoch_{epoch:04d}") for epoch in range(2, 41)]
     for ckpt in checkpoints[1:]:
         shutil.copytree(first, ckpt, copy_function=os.link)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "evaluate.py", "--all", str(runs), "--workers", "2"],
-                            cwd=Path(evaluate.__file__).parent, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not any(results_path(c).exists() for c in checkpoints):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc = process_groups.start([sys.executable, "evaluate.py", "--all", str(runs), "--workers", "2"],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process_groups.wait_for(proc, lambda: any(results_path(c).exists() for c in checkpoints))
+    stdout, stderr = process_groups.ctrl_c(proc)
     assert proc.returncode == 130, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == "interrupted" and "Traceback" not in stderr, stderr[-2000:]
     evaluated = sum(results_path(c).exists() for c in checkpoints)

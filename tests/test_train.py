@@ -692,7 +692,7 @@ def test_broken_newest_checkpoint_stops_the_resume_with_one_line_and_overwrites_
         path.write_bytes(data)
 
 
-def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tmp_path):
+def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tmp_path, process_groups):
     """Run A trains 2 epochs; run B is SIGKILLed in epoch 2 (after epoch 1's checkpoint) and restarted with
     the same command, which resumes. Epoch 2's weights must be bit-identical (data order, flips,
     augmentation, dropout, SDT, optimizer and RNG state all resume exactly). The demo preset as shipped,
@@ -705,13 +705,8 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tm
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run([*command, "--out", str(straight)], cwd=ROOT, env=env, check=True, capture_output=True)
 
-    proc = subprocess.Popen([*command, "--out", str(killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    first = killed / "checkpoints" / "epoch_0001"
-    deadline = time.monotonic() + 120
-    while not first.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.01)
+    proc = process_groups.start([*command, "--out", str(killed)], env=env)
+    process_groups.wait_for(proc, (killed / "checkpoints" / "epoch_0001").exists)
     time.sleep(0.2)  # into epoch 2 (16 micro-batches of ~0.05-0.2 s each)
     assert not (killed / "checkpoints" / "epoch_0002").exists()
     os.killpg(proc.pid, signal.SIGKILL)
@@ -729,7 +724,8 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tm
     assert rows_a[1]["train/loss"] == rows_b[1]["train/loss"] and rows_a[1]["val/miou"] == rows_b[1]["val/miou"]
 
 
-def test_second_run_on_a_locked_run_dir_stops_and_ctrl_c_stops_with_one_line_and_code_130(tiny_data, tmp_path):
+def test_second_run_on_a_locked_run_dir_stops_and_ctrl_c_stops_with_one_line_and_code_130(tiny_data, tmp_path,
+                                                                                         process_groups):
     """Two real train.py on one --out: the second stops with one line naming the dir and the first's PID.
     Then Ctrl-C (SIGINT to the process group, as a terminal sends it, workers included) stops the first
     with one line saying where it resumes, no traceback, exit code 130, and the lock released."""
@@ -740,22 +736,13 @@ def test_second_run_on_a_locked_run_dir_stops_and_ctrl_c_stops_with_one_line_and
     out = tmp_path / "run"
     command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), "--variant", "B",
                "--epochs", "50", "--checkpoint-every", "1", "--batch-size", "1", "--out", str(out)]
-    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoints" / "epoch_0001").exists():
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-            time.sleep(0.05)
-        second = subprocess.run([*command, "--lr", "1e-4"], cwd=ROOT, env=env, capture_output=True, text=True)
-        assert second.returncode == 1
-        assert second.stderr.strip().splitlines() == [
-            f"error: {out}: in use by train.py (PID {first.pid}); wait for it to finish or stop it, or pass another --out"]
-        os.killpg(first.pid, signal.SIGINT)
-        stdout, stderr = first.communicate(timeout=60)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
+    first = process_groups.start(command, env=env)
+    process_groups.wait_for(first, (out / "checkpoints" / "epoch_0001").exists)
+    second = subprocess.run([*command, "--lr", "1e-4"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"error: {out}: in use by train.py (PID {first.pid}); wait for it to finish or stop it, or pass another --out"]
+    stdout, stderr = process_groups.ctrl_c(first)
     assert first.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
     last = stdout.strip().splitlines()[-1]
