@@ -21,9 +21,11 @@ import dataclasses
 import io
 import multiprocessing as mp
 import os
+import signal
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from contextlib import ExitStack, closing, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,6 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from safetensors import SafetensorError
 
 from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
 from data_utils.classes import ClassTable
@@ -44,7 +45,8 @@ from engine.results import metrics_table, read_results, results_path, write_resu
 from engine.setup import build_dataloader, build_model_from_config, class_table
 from metrics.keys import PROFILES
 from metrics.per_image import per_image_path, read_per_image
-from utils.fileio import UserError, atomic_write_bytes, run_main
+from utils.dirlock import folder_lock
+from utils.fileio import UserError, atomic_write_bytes, remove_temp_files, run_main
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
 
@@ -103,11 +105,7 @@ def load_checkpoint(ckpt: Path):
         model = build_model_from_config(cfg)
     except (RuntimeError, ValueError, KeyError) as e:  # e.g. a backbone name this timm does not know
         raise UserError(f"{ckpt / 'config.json'}: cannot build the model ({e})") from None
-    try:
-        load_weights_into(model, ckpt / WEIGHTS_NAME)  # strict: wrong backbone or class count -> UserError
-    except SafetensorError as e:  # a truncated or garbled file
-        raise UserError(f"{ckpt / WEIGHTS_NAME}: cannot read the weights ({e}); the checkpoint is corrupt, "
-                        "delete it") from None
+    load_weights_into(model, ckpt / WEIGHTS_NAME)  # strict, and a truncated file or wrong shapes -> UserError
     return cfg, meta, model
 
 
@@ -258,6 +256,8 @@ def _init_worker(devices: list[str], counter, threads: int) -> None:
         counter.value += 1
     if device != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = device
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    signal.signal(STOP_SIGNAL, _stop_in_worker)
     torch.set_num_threads(threads)
     import datasets
     from accelerate import Accelerator
@@ -266,15 +266,33 @@ def _init_worker(devices: list[str], counter, threads: int) -> None:
     _WORKER.update(accelerator=Accelerator(cpu=device == "cpu"), show_progress=False)
 
 
+STOP_SIGNAL = signal.SIGUSR1  # parent -> pool worker: stop evaluating (see stop_workers)
+
+
+def _stop_in_worker(signum, frame) -> None:
+    """Stop the running evaluation (its writes are atomic: finally/except blocks remove temp files) and
+    refuse the ones still queued, so the worker reaches the pool's end-of-work message and exits cleanly."""
+    _WORKER["stopping"] = True
+    if _WORKER.get("busy"):
+        raise KeyboardInterrupt
+
+
 def _evaluate_in_worker(ckpt: Path, args) -> tuple[Path, dict | None, str | None]:
     """(checkpoint, record, None) or (checkpoint, None, one-line error); never raises (the batch goes on)."""
+    if _WORKER.get("stopping"):
+        return ckpt, None, "not evaluated: interrupted"
+    _WORKER["busy"] = True
     try:
         return ckpt, evaluate_checkpoint(ckpt, args, _WORKER["accelerator"], _WORKER["show_progress"]), None
+    except KeyboardInterrupt:
+        return ckpt, None, "not evaluated: interrupted"
     except UserError as e:
         return ckpt, None, str(e)
     except Exception as e:  # a broken checkpoint must not stop the other evaluations
         last = traceback.extract_tb(e.__traceback__)[-1]
         return ckpt, None, f"{type(e).__name__}: {e} (at {Path(last.filename).name}:{last.lineno})"
+    finally:
+        _WORKER["busy"] = False
 
 
 def evaluate_all(checkpoints: list[Path], args):
@@ -291,9 +309,32 @@ def evaluate_all(checkpoints: list[Path], args):
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=_init_worker,
                              initargs=(devices, spawn.Value("i", 0), threads)) as pool:
-        futures = [pool.submit(_evaluate_in_worker, ckpt, args) for ckpt in checkpoints]
-        for future in as_completed(futures):
-            yield future.result()
+        futures = {pool.submit(_evaluate_in_worker, ckpt, args): ckpt for ckpt in checkpoints}
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:  # Ctrl-C, or the caller closing us: stop now, not after the queued checkpoints
+            stop_workers(pool)
+            for future, ckpt in futures.items():
+                if not future.done():
+                    remove_temp_files(results_path(ckpt))  # a worker killed while writing its results
+            raise
+
+
+def stop_workers(pool: ProcessPoolExecutor, grace_s: float = 5.0) -> None:
+    """Cancel the queued evaluations and stop the running ones now: STOP_SIGNAL interrupts each worker's
+    evaluation (`_stop_in_worker`), so it exits cleanly within a moment; one still alive after `grace_s`
+    seconds is terminated (the caller then removes what it may have left half-written)."""
+    processes = list((pool._processes or {}).values())  # no public handle before Python 3.14's terminate_workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, STOP_SIGNAL)
+    for process in processes:
+        process.join(timeout=grace_s)
+        if process.is_alive():
+            process.terminate()
+            process.join()
 
 
 def run_batch(args, console: Console) -> int:
@@ -307,9 +348,14 @@ def run_batch(args, console: Console) -> int:
     done, failures = [], []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
+    with ExitStack() as stack:
+        # One evaluator per run: each RUN/checkpoints folder it writes results into is locked until it ends.
+        for folder in sorted({ckpt.parent for ckpt in todo}):
+            stack.enter_context(folder_lock(folder, "evaluate.py", "wait for it to finish or stop it"))
+        bar = stack.enter_context(Progress(*columns, console=console))
+        results = stack.enter_context(closing(evaluate_all(todo, args)))  # closed on Ctrl-C: workers stop
         task = bar.add_task("checkpoints", total=len(todo))
-        for ckpt, record, error in evaluate_all(todo, args):
+        for ckpt, record, error in results:
             if error is None:
                 done.append(record)
             else:
@@ -362,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from accelerate import Accelerator
     accelerator = Accelerator()  # 1 process, or N under `accelerate launch`
-    record = evaluate_checkpoint(args.checkpoint, args, accelerator)
+    writes_results = accelerator.is_main_process and args.checkpoint.is_dir() and args.split not in UNLABELLED_SPLITS
+    with folder_lock(args.checkpoint.parent, "evaluate.py", "wait for it to finish or stop it") \
+            if writes_results else nullcontext():  # the folder --all locks too
+        record = evaluate_checkpoint(args.checkpoint, args, accelerator)
     if accelerator.is_main_process:
         if args.split in UNLABELLED_SPLITS:
             console.print(f"wrote {record['predictions']} predictions to {args.save_predictions} (labelIds/ for "

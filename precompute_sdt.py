@@ -9,7 +9,8 @@ train ids and turned into an int8 (C, H, W) map, C = the dataset's class count, 
 `data_utils.sdt.compute_sdt` (definition in the README); the file `<out>/<city>/<name>.sdt` is written to
 a temp file, fsync'ed and renamed, so a crash never leaves a file that reads as valid. Rerunning skips
 files that pass every check (header, shape, clip, length, CRC32) and redoes missing, partial or corrupt
-ones; temp files left by a killed run are deleted first (run one precompute per --out folder at a time).
+ones; temp files left by a killed run are deleted first (a second precompute on the same --out folder
+stops at once, naming the first one's PID: `utils.dirlock`).
 `--verify` writes nothing: it recomputes every map and compares it with the cache (exit status 1 on any
 difference or bad file). `--compress` stores zlib-compressed row deltas (lossless, ~75x smaller on real
 Cityscapes frames, ~17x on the synthetic demo, but decoded into memory instead of memory-mapped).
@@ -31,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
 from data_utils.source import DataSource
 from utils import UserError, run_main
+from utils.dirlock import folder_lock
 
 MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
 
@@ -165,16 +167,19 @@ def main(argv: list[str] | None = None) -> int:
                       f"({time.perf_counter() - start:.1f} s)", soft_wrap=True)
         return 1 if problems else 0
 
-    # 2b) Write missing or invalid files, skip valid ones.
+    # 2b) Write missing or invalid files, skip valid ones: one precompute per cache folder (out/.lock), so the
+    # stale temp files removed here are never another live run's.
     out.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temp_files(out)
-    tasks = [(i, op, args.compress, args.overwrite) for i, op in zip(indices, out_paths)]
-    counts, written_bytes, cache_bytes, raw_bytes = {"written": 0, "skipped": 0}, 0, 0, 0
-    for status, size, raw in run_with_progress(precompute_one, tasks, args.workers, f"SDT {args.split}", frames):
-        counts[status] += 1
-        cache_bytes += size
-        raw_bytes += raw
-        written_bytes += size if status == "written" else 0
+    with folder_lock(out, "precompute_sdt.py", "wait for it to finish or stop it"):
+        stale = remove_stale_temp_files(out)
+        tasks = [(i, op, args.compress, args.overwrite) for i, op in zip(indices, out_paths)]
+        counts, written_bytes, cache_bytes, raw_bytes = {"written": 0, "skipped": 0}, 0, 0, 0
+        for status, size, raw in run_with_progress(precompute_one, tasks, args.workers, f"SDT {args.split}",
+                                                   frames):
+            counts[status] += 1
+            cache_bytes += size
+            raw_bytes += raw
+            written_bytes += size if status == "written" else 0
 
     # 3) Summary: time and bytes.
     seconds = time.perf_counter() - start

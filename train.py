@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 
 import torch
 from accelerate.utils import set_seed
@@ -22,8 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from data_utils.augment import BatchAugment
-from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint, read_meta,
-                               register_checkpoint_hooks, resume_from, save_checkpoint)
+from engine.checkpoint import (TrainingProgress, checkpoint_path, checkpoint_to_resume, find_resumable_checkpoint,
+                               read_meta, register_checkpoint_hooks, resume_from, save_checkpoint)
 from engine.config import DEMO_DATA, DEMO_HF_DATA, config_differences, load_config, parse_args, save_config
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
@@ -31,11 +32,12 @@ from engine.schedule import get_lr
 from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt, with_class_table
 from engine.steps import (EpochLossLog, GradientMask, LossReading, accumulate_and_step, augmentation_seed,
                           device_images, forward_loss)
-from engine.tracking import init_wandb, prediction_overlays, val_metrics_row
+from engine.tracking import finish_wandb, init_wandb, prediction_overlays, val_metrics_row
 from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
 from metrics.keys import COUNT_KEYS, METRIC_KEYS, SHORT_LABELS
+from utils.dirlock import folder_lock
 from utils.fileio import UserError, run_main
 from utils.jsonl import EpochJsonl
 
@@ -49,10 +51,18 @@ HOST_READ_EVERY = 20
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------------------------------ config
     cfg, require_resume = parse_args(argv)
-    run_dir = cfg.run_dir
 
     # ------------------------------------------------------------------------------------- accelerator
     accelerator = build_accelerator(cfg)  # + torch.compile on CUDA (cfg.compile), non-blocking batch copies
+    # One run per run dir: the main process holds RUN/.lock until it ends (a kill -9 releases it too).
+    with folder_lock(cfg.run_dir, "train.py", "wait for it to finish or stop it, or pass another --out") \
+            if accelerator.is_main_process else nullcontext():
+        return train(cfg, require_resume, accelerator)
+
+
+def train(cfg, require_resume: bool, accelerator) -> int:
+    """The run itself, under the run-dir lock taken by `main`."""
+    run_dir = cfg.run_dir
     set_seed(cfg.seed, device_specific=True)  # + rank: dropout differs per process; DDP broadcasts the init
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
@@ -69,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = with_class_table(cfg)  # the dataset's class names and colours, recorded in every saved config
 
     # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.
-    resume_ckpt = find_resumable_checkpoint(run_dir)
+    resume_ckpt = checkpoint_to_resume(run_dir)  # refuses if a newer, unusable checkpoint would be overwritten
     if require_resume and resume_ckpt is None:
         raise UserError(f"{run_dir}: --resume given but no complete checkpoint with training state is there")
     if resume_ckpt is not None:
@@ -93,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # -------------------------------------------------------------------------------------------- data
     with accelerator.main_process_first():  # the first process builds the datasets caches, the others reuse them
-        train_loader = build_dataloader(cfg, cfg.train_split, train=True)
-        val_loader = build_dataloader(cfg, cfg.val_split, train=False)
+        train_loader = build_dataloader(cfg, cfg.train_split, train=True, rank=accelerator.process_index)
+        val_loader = build_dataloader(cfg, cfg.val_split, train=False, rank=accelerator.process_index)
     train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
     augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
     sdt_on_device = uses_sdt(cfg) and cfg.sdt_source == "gpu"
@@ -108,14 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 2 per GPU: BN stats over all GPUs
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # NHWC weights; device_images sends NHWC batches
-    gradient_mask = GradientMask(model)  # drops a non-finite micro-batch's gradient on the device
+    gradient_mask = GradientMask(model)  # undoes a non-finite micro-batch on the device (gradient, BN stats, step)
     loss_fn = build_loss(cfg.loss_weights, params=cfg.loss_params)  # --loss, or --variant with its λs
     aux_loss_fn = build_aux_loss(cfg.aux_loss, loss_fn)  # "composite" shares loss_fn, so its weights too
     loss_schedule = BoundaryWeightSchedule(cfg.boundary_schedule, loss_fn.weights, start=cfg.boundary_start,
                                            ramp_epochs=cfg.boundary_ramp_epochs, delta=cfg.steal_delta,
                                            floor=cfg.steal_floor)  # "constant" (the paper) keeps the weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                                  fused=accelerator.device.type == "cuda")
+                                  fused=True)  # fused: can skip an update on a device-side flag (GradientMask)
 
     # --------------------------------------------------------------------------------- prepare, resume
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
@@ -144,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     bars = Progress(*columns, console=console, disable=not accelerator.is_main_process)
     epoch_bar = bars.add_task("epochs", total=cfg.epochs, completed=progress.epoch, info="")
     step_bar = bars.add_task("steps", total=len(train_loader), info="")
+    epoch = progress.epoch
     try:
         bars.start()
         for epoch in range(progress.epoch, cfg.epochs):  # 0-based; logged as epoch + 1 (epochs completed)
@@ -166,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 labels = labels.long()  # on the device; the losses index with int64
                 lr = get_lr(progress.step, total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
                 with accelerator.accumulate(model):
+                    gradient_mask.save_buffers()  # BatchNorm statistics, put back if this micro-batch is bad
                     # gradient statistics on the last micro-batch of every log_grad_norms-th optimizer step
                     measure = bool(cfg.log_grad_norms) and accelerator.sync_gradients \
                         and progress.step % cfg.log_grad_norms == 0
@@ -176,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                                         seed=cfg.seed, lambda_boundary=cfg.lambda_boundary, weights=loss_fn.weights,
                                         boundary_schedule=cfg.boundary_schedule)
                     # On the device: all processes' terms gathered (they must agree on skipping a bad
-                    # batch), the epoch sums, and keep = all finite, which drops the gradient if False.
-                    gradient_mask.keep = loss_log.update(terms, where=(progress.step, epoch + 1, batch_index))
-                    accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, cfg.grad_clip)
+                    # batch), the epoch sums, and keep = all finite; if False the micro-batch is undone.
+                    gradient_mask.set_keep(loss_log.update(terms, where=(progress.step, epoch + 1, batch_index)))
+                    accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, cfg.grad_clip,
+                                        gradient_mask)
                 if accelerator.sync_gradients:
                     progress.step += 1
                 num_images += images.shape[0] * accelerator.num_processes
@@ -230,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
                     write_results(results_path(ckpt), metrics, cfg=cfg, epoch=progress.epoch, checkpoint=ckpt,
                                   split=cfg.val_split, seconds=row["val/seconds"])
             bars.update(epoch_bar, completed=progress.epoch)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the W&B run closed as failed, the shell's exit code 130
+        bars.stop()
+        finish_wandb(accelerator, exit_code=130)
+        console.print(f"interrupted at epoch {epoch + 1}, optimizer step {progress.step}; the same command resumes "
+                      f"from {find_resumable_checkpoint(run_dir) or 'the start (no checkpoint yet)'}")
+        return 130
     finally:
         bars.stop()
         accelerator.end_training()

@@ -10,13 +10,14 @@ Two parts, timed over --steps optimizer steps after --warmup steps:
 
 The step is train.py's: `engine.steps.forward_loss` under train.py's Accelerator
 (`engine.setup.build_accelerator`: autocast from --bf16, outputs converted to float32 by accelerate,
-torch.compile from --compile, non-blocking batch copies), then `accelerator.backward`, set LR, AdamW
-(fused on CUDA) `step` and `zero_grad(set_to_none=True)`: what `engine.steps.accumulate_and_step` does
+torch.compile from --compile, non-blocking batch copies), then `accelerator.backward`, set LR, fused AdamW
+`step` and `zero_grad(set_to_none=True)`: what `engine.steps.accumulate_and_step` does
 with grad_accum=1 and no clipping (split here so each phase can be timed). Every step is an optimizer
 step (the recipe steps every 4th micro-batch, so the optimizer share here is an upper bound). The step
 also does train.py's per-micro-step bookkeeping on the device, with no host sync: the loss terms into
 `engine.steps.EpochLossLog` and its finite flag into `GradientMask` (one `torch.where` per parameter
-gradient). `--host-sync` adds the two host reads of the loss per step that train.py did before that.
+gradient, the buffers copied before the forward and selected back after the backward, AdamW's
+`found_inf` set). `--host-sync` adds the two host reads of the loss per step that train.py did before that.
 
 Per part it prints images/s, ms per step split into data wait / augment+SDT / forward / backward /
 optimizer (CUDA events read once at the end, so the step has no host syncs; perf_counter on CPU, where
@@ -296,11 +297,11 @@ class Trainer:
         model = build_model_from_config(self.cfg)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.gradient_mask = GradientMask(model)  # as train.py: drops a non-finite batch's gradient on the device
+        self.gradient_mask = GradientMask(model)  # as train.py: undoes a non-finite batch on the device
         self.loss_fn = build_loss(self.cfg.loss_weights, fused=args.fused_loss, params=self.cfg.loss_params)
         self.aux_loss_fn = build_aux_loss(self.cfg.aux_loss, self.loss_fn)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
-                                      weight_decay=self.cfg.weight_decay, fused=device.type == "cuda")
+                                      weight_decay=self.cfg.weight_decay, fused=True)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.model.train()
         self.raw_model = model
@@ -311,15 +312,18 @@ class Trainer:
         """One training step (forward, loss, backward, AdamW); returns the detached loss (no host sync)."""
         if self.args.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        self.gradient_mask.save_buffers()  # train.py's bookkeeping, on the device
         terms, _ = forward_loss(self.model, images, labels, sdt, self.loss_fn, self.aux_loss_fn, self.cfg.aux_weight)
-        self.gradient_mask.keep = self.loss_log.update(terms)  # train.py's bookkeeping, on the device
+        self.gradient_mask.set_keep(self.loss_log.update(terms))
         if self.args.host_sync:  # train.py before efb20b8 checked finiteness before backward: the host waited here
             bool(torch.isfinite(terms["loss"]))
         timer.mark("forward")
         self.accelerator.backward(terms["loss"])
+        self.gradient_mask.restore_buffers()
         timer.mark("backward")
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr  # as accumulate_and_step (the LR is a function of the step there)
+        self.gradient_mask.skip_step_unless_kept(self.optimizer)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.args.host_sync:  # ... and read the loss for the progress bar after each step

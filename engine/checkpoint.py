@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import time
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine.config import TrainConfig, save_config
@@ -85,8 +87,9 @@ def load_weights_into(model: torch.nn.Module, path: Path) -> None:
     """Load `model.safetensors` strictly; a mismatch is a UserError naming the checkpoint and the keys."""
     try:
         state = load_file(str(path))
-    except (OSError, RuntimeError) as e:
-        raise UserError(f"{path}: cannot read the weights ({e}); the checkpoint is corrupt, delete it") from None
+    except (OSError, RuntimeError, SafetensorError) as e:  # missing, truncated or garbled
+        raise UserError(f"{path}: cannot read the weights ({e}); the checkpoint is corrupt, delete it (a run "
+                        "then resumes from its previous checkpoint)") from None
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -110,8 +113,16 @@ def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, r
     """Save the full training state after `progress.epoch` epochs; returns the checkpoint folder.
 
     Call on every process (each one writes its RNG state); the main process writes the rest and renames.
+    A model or optimizer tensor holding nan/inf is a UserError naming it, before anything is written.
     """
     final = checkpoint_path(run_dir, progress.epoch)
+    # accelerator._models/_optimizers: the objects save_state writes (accelerate has no public accessor)
+    bad = first_nonfinite_tensor(accelerator.unwrap_model(accelerator._models[0]), accelerator._optimizers) \
+        if accelerator._models else None
+    if bad is not None:
+        raise UserError(f"{final}: not written: {bad} holds nan/inf after epoch {progress.epoch}; the newest good "
+                        f"checkpoint is {find_resumable_checkpoint(run_dir) or 'none'}. Start again with a lower "
+                        "--lr or with --grad-clip (another --out)")
     tmp = final.with_name(f".tmp_{final.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
@@ -143,6 +154,24 @@ def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, r
     return final
 
 
+def first_nonfinite_tensor(model: torch.nn.Module, optimizers=()) -> str | None:
+    """'model tensor <name>' or 'optimizer <key> of <parameter>' of the first tensor with a nan/inf, or None.
+
+    One host sync: the per-tensor flags are computed on the device and copied once.
+    """
+    names = {id(p): name for name, p in model.named_parameters()}
+    tensors = [(f"model tensor {name}", t) for name, t in model.state_dict().items()]
+    for optimizer in optimizers:
+        for param, state in getattr(optimizer, "optimizer", optimizer).state.items():
+            tensors += [(f"optimizer {key} of {names.get(id(param), 'a parameter')}", v)
+                        for key, v in state.items() if torch.is_tensor(v)]
+    if not tensors:
+        return None
+    device = tensors[0][1].device
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in tensors]).tolist()
+    return next((name for (name, _), ok in zip(tensors, finite) if not ok), None)
+
+
 def read_meta(ckpt: str | Path) -> dict | None:
     """meta.json of a checkpoint folder, or None when absent/unreadable (not a complete checkpoint)."""
     try:
@@ -152,17 +181,19 @@ def read_meta(ckpt: str | Path) -> dict | None:
     return meta if isinstance(meta, dict) and "epoch" in meta else None
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint folders (name epoch_XXXX, weights and meta present), oldest first."""
+def _checkpoint_folders(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, folder) of every RUN/checkpoints/epoch_XXXX folder, complete or not, oldest first."""
     folder = Path(run_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    found = []
-    for path in folder.iterdir():
-        match = CHECKPOINT_NAME.match(path.name)
-        if match and path.is_dir() and (path / WEIGHTS_NAME).is_file() and read_meta(path) is not None:
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    return sorted((int(m.group(1)), path) for path in folder.iterdir()
+                  if (m := CHECKPOINT_NAME.match(path.name)) and path.is_dir())
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders (name epoch_XXXX, weights and meta present), oldest first."""
+    return [path for _, path in _checkpoint_folders(run_dir)
+            if (path / WEIGHTS_NAME).is_file() and read_meta(path) is not None]
 
 
 def has_training_state(ckpt: Path) -> bool:
@@ -176,6 +207,22 @@ def find_resumable_checkpoint(run_dir: str | Path) -> Path | None:
         if has_training_state(ckpt):
             return ckpt
     return None
+
+
+def checkpoint_to_resume(run_dir: str | Path) -> Path | None:
+    """`find_resumable_checkpoint`, refusing when a newer epoch_XXXX folder exists that a resume would retrain
+    and overwrite (one without readable meta.json or weights, or one whose training state was pruned)."""
+    resume = find_resumable_checkpoint(run_dir)
+    resume_epoch = read_meta(resume)["epoch"] if resume is not None else 0
+    newer = [path for epoch, path in _checkpoint_folders(run_dir) if epoch > resume_epoch]
+    if newer:
+        path = newer[-1]
+        why = "holds weights only (its training state was pruned)" if path in list_checkpoints(run_dir) \
+            else f"is incomplete (no {WEIGHTS_NAME} or no readable meta.json)"
+        raise UserError(f"{path}: {why}, so this run cannot resume from it and would overwrite it; delete it to "
+                        f"resume from {resume or 'scratch (no earlier checkpoint with training state)'}, or pass "
+                        "another --out for a new run")
+    return resume
 
 
 def prune_training_states(run_dir: str | Path, keep: int) -> None:
@@ -195,7 +242,11 @@ def resume_from(accelerator, ckpt: Path, progress: TrainingProgress) -> dict:
     if not has_training_state(ckpt):
         raise UserError(f"{ckpt}: holds weights only (its training state was pruned); resume from the newest "
                         "checkpoint or start a new run with another --out")
-    accelerator.load_state(str(ckpt))
+    try:
+        accelerator.load_state(str(ckpt))
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError) as e:  # a damaged file
+        raise UserError(f"{ckpt}: cannot load the training state ({type(e).__name__}: {e}); the checkpoint is "
+                        "corrupt, delete it to resume from the previous one") from None
     meta = read_meta(ckpt)
     if progress.epoch != meta["epoch"]:
         raise UserError(f"{ckpt}: meta.json says epoch {meta['epoch']} but the saved state says {progress.epoch}; "

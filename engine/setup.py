@@ -3,12 +3,16 @@
 The training data order is a pure function of (seed, epoch) (`EpochShuffleSampler`), the flips a pure
 function of (seed, epoch, index) (`SegmentationDataset`), and the photometric augmentation a pure function
 of (seed, rank, micro-step) (train.py), so a run resumed at an epoch boundary sees exactly the batches the
-uninterrupted run would have seen.
+uninterrupted run would have seen. The loaders draw their workers' base seed from a generator of their own
+(`loader_generator`), never from the global torch RNG: with persistent workers that draw happens at a
+loader's first iter() in a process, which is epoch 1 in a fresh run but the resumed epoch after a resume,
+so drawing it from the restored global RNG would shift the dropout stream of the resumed run.
 """
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
@@ -122,7 +126,18 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
-def build_dataloader(cfg: TrainConfig, split: str, train: bool) -> DataLoader:
+def loader_generator(seed: int, rank: int) -> torch.Generator:
+    """The DataLoader's own generator, a pure function of (run seed, rank).
+
+    torch draws each loader iterator's worker base seed from it (workers are seeded base + worker id), so
+    the draw leaves the global torch RNG (dropout) alone, and the worker seeds are the same in a fresh and
+    a resumed process. Nothing in the workers draws from their RNGs anyway (flips and augmentation are
+    seeded explicitly), but a transform that did would still be seeded per (seed, rank, worker).
+    """
+    return torch.Generator().manual_seed(int(np.random.default_rng([seed, rank, 0x10ADE5]).integers(2**63 - 1)))
+
+
+def build_dataloader(cfg: TrainConfig, split: str, train: bool, rank: int = 0) -> DataLoader:
     """DataLoader over one split of `cfg`'s dataset (`data_source`; not yet `accelerator.prepare`d).
 
     train=True: shuffled per (seed, epoch), random horizontal flip and crop (cfg.crop_size), full batches
@@ -133,7 +148,7 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool) -> DataLoader:
         the device), no SDT, the last batch may be short; one frame per batch when the frames may differ in
         size (an HF dataset), so every frame is evaluated at its native size.
     Call `loader.dataset.set_epoch(epoch)` and `loader.sampler.set_epoch(epoch)` (or the prepared loader's
-    `set_epoch`) before each training epoch.
+    `set_epoch`) before each training epoch. `rank` (the process index) seeds `loader_generator`.
     """
     source = data_source(cfg)
     frames = source.frames(split, source.classes(cfg.train_split))
@@ -155,4 +170,4 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool) -> DataLoader:
         dataset, batch_size=batch_size, collate_fn=collate_batch, drop_last=train,
         sampler=EpochShuffleSampler(len(dataset), cfg.seed) if train else None,
         num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=2 if workers > 0 else None)
+        prefetch_factor=2 if workers > 0 else None, generator=loader_generator(cfg.seed, rank))

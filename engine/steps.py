@@ -1,8 +1,9 @@
 """The body of one training micro-step, kept out of train.py so tests can drive it with their own model.
 
+    mask.save_buffers()  # BatchNorm statistics, copied on the device
     terms, _ = forward_loss(model, images, labels.long(), sdt, loss_fn, aux_loss_fn, aux_weight)
-    mask.keep = loss_log.update(terms, where=(step, epoch, batch_index))  # on the device: no host sync
-    accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, grad_clip)
+    mask.set_keep(loss_log.update(terms, where=(step, epoch, batch_index)))  # on the device: no host sync
+    accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, grad_clip, mask)
     ...
     reading = loss_log.read()  # every few micro-steps and at the epoch's end: the one host sync
 
@@ -12,8 +13,9 @@ the loss by the number of accumulation steps, so accum 4 x batch 1 gives the mea
 gradients (equal to one step on the 4 samples for a per-sample-mean loss and no batch-dependent layers).
 
 No host sync in the step: whether a micro-batch's loss is finite is decided on the device (`EpochLossLog`),
-its gradient is dropped on the device (`GradientMask`), and the host reads the loss sums and the
-non-finite count only when train.py asks (`EpochLossLog.read`).
+the micro-batch is undone on the device (`GradientMask`: its gradient, its BatchNorm updates, and the
+optimizer update of a window that kept nothing), and the host reads the loss sums and the non-finite count
+only when train.py asks (`EpochLossLog.read`).
 """
 from __future__ import annotations
 
@@ -69,23 +71,66 @@ def forward_loss(model, images: torch.Tensor, labels: torch.Tensor, sdt: torch.T
 
 
 class GradientMask:
-    """Drops the gradient of a bad micro-batch on the device, without a host sync.
+    """Undoes a bad micro-batch on the device, without a host sync: afterwards the parameters, the buffers
+    and the optimizer state are what they would be had the micro-batch not been in the data.
 
-    A hook on every trainable parameter replaces the gradient coming from the backward pass by zeros while
-    `keep` (a 0-dim bool tensor on the device, set before each backward) is False. The hook runs before
-    the gradient is added to `.grad` and before DDP all-reduces it, so a skipped micro-batch adds exactly
-    nothing to the accumulated gradients, on every process alike (each gets the same `keep`). Scaling the
-    loss by 0 instead would not do: 0 x nan = nan, so the gradient of a non-finite loss stays non-finite.
-    `keep = None` (the default) leaves gradients untouched.
+    - Gradient: a hook on every trainable parameter replaces the gradient coming from the backward pass by
+      zeros while `keep` (a 0-dim bool tensor on the device, set before each backward) is False. The hook
+      runs before the gradient is added to `.grad` and before DDP all-reduces it, so a skipped micro-batch
+      adds exactly nothing to the accumulated gradients, on every process alike (each gets the same `keep`).
+      Scaling the loss by 0 instead would not do: 0 x nan = nan. `keep = None` leaves gradients untouched.
+    - Buffers: the forward of a bad micro-batch has already written its statistics into the BatchNorm
+      running mean/var (nan or inf from a non-finite input) and counted it. `save_buffers()` before the
+      forward copies every buffer on the device; `restore_buffers()` after the backward (autograd checks
+      that BatchNorm's saved buffers are unchanged until then) puts them back where `keep` is False
+      (`torch.where`, so the copy back costs no sync either; `accumulate_and_step` calls it).
+    - Optimizer: a window of accumulated micro-batches none of which was kept must not step at all (AdamW
+      would still decay its moments, count a step and apply weight decay on a zero gradient). At the end of
+      the window `accumulate_and_step` calls `skip_step_unless_kept(optimizer)`, which sets `found_inf`, the
+      flag with which fused Adam/AdamW skip an update on the device (as under torch's GradScaler); so the
+      optimizer must be created with `fused=True`. A window with some kept micro-batches steps on their gradients
+      (summed, divided by the window length as accelerate scales).
     """
 
     def __init__(self, model: torch.nn.Module):
+        self.model = model
         self.keep: torch.Tensor | None = None
         self.handles = [p.register_hook(self._apply) for p in model.parameters() if p.requires_grad]
+        self._saved: list[torch.Tensor] = []
+        self._window_kept: torch.Tensor | None = None  # whether any micro-batch of the open window was kept
 
     def _apply(self, grad: torch.Tensor) -> torch.Tensor:
         # where, not multiply: it selects 0 even where grad is nan or inf
         return grad if self.keep is None else torch.where(self.keep, grad, 0.0)
+
+    def save_buffers(self) -> None:
+        """Copy the model's buffers (BatchNorm running statistics and counts) on the device; call before the forward.
+
+        The buffers are looked up each time: `accelerator.prepare` moves them to the device as new tensors.
+        """
+        self._saved = [b.detach().clone() for b in self.model.buffers()]
+
+    def set_keep(self, keep: torch.Tensor) -> None:
+        """Mark this micro-batch kept or not (0-dim bool on the device), after its forward, before its backward."""
+        self.keep = keep
+        self._window_kept = keep if self._window_kept is None else self._window_kept | keep
+
+    def restore_buffers(self) -> None:
+        """After the backward: where `keep` is False, put back the buffers `save_buffers` copied."""
+        with torch.no_grad():
+            for buffer, saved in zip(self.model.buffers(), self._saved):
+                buffer.copy_(torch.where(self.keep, buffer, saved))
+        self._saved = []
+
+    def skip_step_unless_kept(self, optimizer) -> None:
+        """At the end of an accumulation window: make the optimizer's coming step a no-op, on the device,
+        if none of the window's micro-batches was kept (fused Adam/AdamW read `found_inf`: 1.0 skips the
+        update and the step count); the next `set_keep` opens a new window. `optimizer` may be accelerate's
+        wrapper."""
+        kept = self._window_kept if self._window_kept is not None else torch.ones((), dtype=torch.bool)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        getattr(optimizer, "optimizer", optimizer).found_inf = (~kept).float().to(params[0].device)
+        self._window_kept = None
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -167,17 +212,24 @@ class EpochLossLog:
         return LossReading(means, int(num_kept), int(num_bad), first_bad)
 
 
-def accumulate_and_step(accelerator, model, optimizer, loss: torch.Tensor, lr: float, grad_clip: float = 0.0) -> None:
+def accumulate_and_step(accelerator, model, optimizer, loss: torch.Tensor, lr: float, grad_clip: float = 0.0,
+                        mask: GradientMask | None = None) -> None:
     """Backward of one micro-batch; at the end of an accumulation window set the LR, clip, step, zero grads.
 
     Must run inside `with accelerator.accumulate(model):` (the caller owns the context, so the forward
-    pass is inside it too, as DDP's no_sync requires).
+    pass is inside it too, as DDP's no_sync requires). With `mask`, a micro-batch that is not kept gets its
+    buffers back, and a window none of whose micro-batches was kept does not step (`GradientMask`; needs
+    a fused optimizer).
     """
     accelerator.backward(loss)
+    if mask is not None:
+        mask.restore_buffers()
     if accelerator.sync_gradients:
         for group in optimizer.param_groups:
             group["lr"] = lr
         if grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+        if mask is not None:
+            mask.skip_step_unless_kept(optimizer)
     optimizer.step()  # accelerate's wrapper skips it while gradients are still being accumulated
     optimizer.zero_grad(set_to_none=True)

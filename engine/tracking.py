@@ -47,6 +47,13 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
     return getattr(run, "id", None)
 
 
+def finish_wandb(accelerator, exit_code: int) -> None:
+    """Close the W&B run with `exit_code` (non-zero: W&B shows the run as failed, not finished); the later
+    `accelerator.end_training()` then finds it closed. No-op without a W&B tracker."""
+    if accelerator.is_main_process and any(t.name == "wandb" for t in accelerator.trackers):
+        accelerator.get_tracker("wandb", unwrap=True).finish(exit_code=exit_code)
+
+
 def val_metrics_row(metrics: dict) -> dict:
     """evaluate_model's dict -> flat W&B keys: val/<metric> for METRIC_KEYS (val/miou, val/boundary_f1, ...),
     val/iou/<class> (the names of metrics["classes"])."""

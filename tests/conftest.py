@@ -1,5 +1,10 @@
 """Shared fixtures: a fresh accelerate state per test, and paths to the real Cityscapes frames in
 ../shared/data (skipped when absent)."""
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +50,69 @@ def cityscapes_fullres() -> Path:
 def seed_metrics() -> Path:
     """The original study's per-run metric CSVs."""
     return _need(SHARED_DATA / "seed_metrics")
+
+
+@pytest.fixture
+def lock_holder():
+    """`hold(folder, program)`: another process takes `utils.dirlock.folder_lock(folder)` and keeps it;
+    returns its Popen once it holds the lock. Held locks die with the test (SIGKILL)."""
+    holders = []
+
+    def hold(folder: Path, program: str) -> subprocess.Popen:
+        code = ("import time; from utils.dirlock import folder_lock\n"
+                f"with folder_lock({str(folder)!r}, {program!r}, 'wait'):\n"
+                "    print('locked', flush=True); time.sleep(600)")
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        holders.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    yield hold
+    for proc in holders:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+
+class ProcessGroups:
+    """Scripts started in a process group of their own, as a shell runs a command: Ctrl-C goes to the
+    whole group (DataLoader and pool workers included). Whatever is still running at teardown is killed."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, command: list[str], **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def wait_for(proc: subprocess.Popen, ready, timeout_s: float = 180) -> None:
+        """Poll `ready()` until true; fail if `proc` ends first or after `timeout_s` (a liveness bound)."""
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"ended with {proc.returncode} first: {proc.communicate()[1][-3000:]}")
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.02)
+
+    @staticmethod
+    def ctrl_c(proc: subprocess.Popen, timeout_s: float = 60) -> tuple[str, str]:
+        """SIGINT to the group, as a terminal's Ctrl-C; returns (stdout, stderr) once the process ended."""
+        os.killpg(proc.pid, signal.SIGINT)
+        return proc.communicate(timeout=timeout_s)
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+@pytest.fixture
+def process_groups():
+    groups = ProcessGroups()
+    yield groups
+    groups.kill_all()

@@ -250,6 +250,43 @@ def test_batch_mode_with_two_worker_processes(data_root, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- results files
+def test_two_evaluators_never_write_one_run_at_once(data_root, tmp_path, lock_holder):
+    """Another evaluator holds RUN/checkpoints (a real process): --all and the one-checkpoint mode stop with
+    one line naming the folder and its PID, and write nothing; a run nobody holds is evaluated meanwhile."""
+    cfg = tiny_config(data_root, variant="B", seed=1)
+    busy, free = (make_checkpoint(tmp_path / "runs" / name, 1, cfg) for name in ("busy", "free"))
+    holder = lock_holder(busy.parent, "evaluate.py")
+    for argv in (["--all", str(tmp_path / "runs")], [str(busy)]):
+        with pytest.raises(UserError) as err:
+            evaluate.main(argv)
+        assert str(err.value) == f"{busy.parent}: in use by evaluate.py (PID {holder.pid}); wait for it to finish or stop it"
+        assert not results_path(busy).exists()
+    assert evaluate.main(["--all", str(tmp_path / "runs" / "free")]) == 0
+    assert results_path(free).exists()
+
+
+def test_ctrl_c_stops_parallel_evaluation_at_once_leaving_no_temp_files(data_root, tmp_path, process_groups):
+    """SIGINT to the process group (a terminal's Ctrl-C) of `evaluate.py --all --workers 2` once the first
+    results file is written: exit code 130 with one line, the queued checkpoints are not evaluated, and no
+    temp file is left."""
+    import sys
+
+    runs = tmp_path / "runs"
+    first = make_checkpoint(runs / "A_seed1", 1, tiny_config(data_root, variant="A", seed=1))
+    checkpoints = [first] + [first.with_name(f"epoch_{epoch:04d}") for epoch in range(2, 41)]
+    for ckpt in checkpoints[1:]:
+        shutil.copytree(first, ckpt, copy_function=os.link)
+    proc = process_groups.start([sys.executable, "evaluate.py", "--all", str(runs), "--workers", "2"],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process_groups.wait_for(proc, lambda: any(results_path(c).exists() for c in checkpoints))
+    stdout, stderr = process_groups.ctrl_c(proc)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted" and "Traceback" not in stderr, stderr[-2000:]
+    evaluated = sum(results_path(c).exists() for c in checkpoints)
+    assert 1 <= evaluated < len(checkpoints) // 2
+    assert [p.name for p in runs.rglob("*.tmp")] == []
+
+
 def test_results_round_trip_nan_and_validation(tmp_path):
     cfg = TrainConfig()
     iou = [0.5] * NUM_CLASSES

@@ -27,6 +27,7 @@ from data_utils.sdt import (
 )
 from data_utils.synthetic import generate_dataset
 from utils import UserError
+from utils.dirlock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -352,6 +353,20 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     assert "checksum mismatch" in err and "1 of" in err and "2 with problems" in err
 
 
+def test_second_precompute_on_one_cache_folder_stops_naming_the_first(demo_root, tmp_path, lock_holder):
+    """Another precompute holds the cache folder (a real process): this one stops with one line and touches
+    nothing, not even the temp files that look stale to it (they may be the other's)."""
+    out = tmp_path / "cache"
+    holder = lock_holder(out, "precompute_sdt.py")
+    in_flight = out / "city" / ".frame.sdt.abc123.tmp"
+    in_flight.parent.mkdir()
+    in_flight.write_bytes(b"being written by the other process")
+    with pytest.raises(UserError) as err:
+        precompute_sdt.main(["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--workers", "1"])
+    assert str(err.value) == f"{out}: in use by precompute_sdt.py (PID {holder.pid}); wait for it to finish or stop it"
+    assert in_flight.exists() and list(out.rglob("*.sdt")) == []
+
+
 def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
     out = tmp_path / "cache"
     args = ["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--workers", "1"]
@@ -365,7 +380,7 @@ def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="free disk space") as err:
         precompute_sdt.main(args)
     assert "\n" not in str(err.value)
-    assert not [p for p in out.rglob("*") if p.is_file() and p != first]
+    assert not [p for p in out.rglob("*") if p.is_file() and p not in (first, out / LOCK_NAME)]
     monkeypatch.undo()
     assert precompute_sdt.main(args) == 0  # the rerun redoes the wrong-resolution file
     assert read_sdt_file(first, expected_shape=(19, 64, 128)).shape == (19, 64, 128)

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -246,6 +247,100 @@ def _one_step(model, optimizer):
     optimizer.zero_grad()
 
 
+def test_skipped_micro_batch_leaves_parameters_buffers_and_optimizer_as_if_it_was_not_there():
+    """Micro-batches [x0, bad, x2] (bad: one nan pixel) with GradientMask vs the loop over [x0, x2]: after
+    the bad one, weights, BatchNorm running stats and counts, and the AdamW state (moments, step count) equal
+    their values before it, and at the end the two runs are bit-identical. accum 1: the bad micro-batch
+    closes a window of its own, which must not step at all (a zero-gradient AdamW step would still move)."""
+    inputs = torch.randn(3, 2, 3, 8, 6, generator=torch.Generator().manual_seed(0))
+    bad = inputs[1].clone()
+    bad[0, 0, 0, 0] = float("nan")
+
+    def run(batches, probe_after: int | None = None):
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        torch.manual_seed(0)
+        accelerator = Accelerator(cpu=True)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.GELU(),
+                                    torch.nn.Conv2d(8, 4, 1))
+        mask = GradientMask(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, fused=True)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        log, probes = EpochLossLog(accelerator), []
+        for i, x in enumerate(batches):
+            with accelerator.accumulate(model):
+                mask.save_buffers()
+                loss = model(x).square().mean()
+                mask.set_keep(log.update({"loss": loss}))
+                accumulate_and_step(accelerator, model, optimizer, loss, lr=1e-2, mask=mask)
+            probes.append(({k: v.clone() for k, v in model.state_dict().items()},
+                           {id_: {k: v.clone() for k, v in st.items()}
+                            for id_, st in optimizer.optimizer.state_dict()["state"].items()}))
+        assert log.read().num_bad == sum(not torch.isfinite(x).all() for x in batches)
+        return probes
+
+    with_bad, without = run([inputs[0], bad, inputs[2]]), run([inputs[0], inputs[2]])
+    (model_0, optim_0), (model_1, optim_1), (model_2, optim_2) = with_bad
+    assert all(torch.equal(model_0[k], model_1[k]) for k in model_0)  # nothing moved at the bad one
+    assert optim_0.keys() == optim_1.keys() and all(
+        torch.equal(optim_0[i][k], optim_1[i][k]) for i in optim_0 for k in optim_0[i])
+    assert int(model_1["1.num_batches_tracked"]) == 1 and int(optim_1[0]["step"]) == 1
+    ref_model, ref_optim = without[-1]
+    assert [k for k in ref_model if not torch.equal(ref_model[k], model_2[k])] == []
+    assert all(torch.equal(ref_optim[i][k], optim_2[i][k]) for i in ref_optim for k in ref_optim[i])
+    assert all(torch.isfinite(v).all() for v in model_2.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are a CUDA notion")
+def test_the_micro_step_with_its_nonfinite_guard_makes_no_host_sync():
+    """torch.cuda's sync debug mode raises on any device-to-host wait: none in a good or a bad micro-step
+    (loss log, gradient mask, BatchNorm restore, AdamW skip flag), accumulating or stepping."""
+    accelerator = Accelerator(gradient_accumulation_steps=2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.GELU(),
+                                torch.nn.Conv2d(8, 4, 1))
+    mask = GradientMask(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    log = EpochLossLog(accelerator)
+    inputs = torch.randn(6, 2, 3, 8, 6, device=accelerator.device)
+    inputs[3, 0, 0, 0, 0] = float("nan")
+
+    def micro_step(x):
+        with accelerator.accumulate(model):
+            mask.save_buffers()
+            loss = model(x).square().mean()
+            mask.set_keep(log.update({"loss": loss}, where=0))
+            accumulate_and_step(accelerator, model, optimizer, loss, lr=1e-3, grad_clip=1.0, mask=mask)
+
+    micro_step(inputs[0])  # first step: lazy CUDA initialisation and optimizer state
+    micro_step(inputs[1])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x in inputs[2:]:
+            micro_step(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert log.read().num_bad == 1
+
+
+def test_checkpoint_with_a_nonfinite_tensor_is_not_written_and_names_it(tmp_path):
+    accelerator, cfg, model, optimizer, progress = _tiny_state(tmp_path)
+    _one_step(model, optimizer)
+    progress.epoch = 1
+    name, bn = next((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    name += ".running_var"
+    bn.running_var[3] = float("inf")
+    with pytest.raises(UserError, match=rf"epoch_0001: not written: model tensor {name} holds nan/inf"):
+        save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
+    assert not (cfg.run_dir / "checkpoints").exists()
+    bn.running_var[3] = 1.0
+    next(iter(optimizer.optimizer.state.values()))["exp_avg_sq"].view(-1)[0] = float("nan")
+    with pytest.raises(UserError, match=r"not written: optimizer exp_avg_sq of \S+ holds nan/inf"):
+        save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
+    assert list_checkpoints(cfg.run_dir) == []
+
+
 def test_checkpoint_save_resume_round_trip_and_pruning(tmp_path):
     accelerator, cfg, model, optimizer, progress = _tiny_state(tmp_path)
     _one_step(model, optimizer)
@@ -421,6 +516,63 @@ def test_nonfinite_loss_stops_naming_step_and_terms_and_keeps_last_checkpoint(ti
     assert all(torch.isfinite(v).all() for v in load_file(out / "checkpoints/epoch_0002/model.safetensors").values())
 
 
+def test_one_nonfinite_pixel_is_skipped_without_a_trace_in_the_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """One nan pixel in micro-batch 2 of 4 with --max-nonfinite 1: the checkpoint holds only finite tensors
+    and equals (weights, BatchNorm statistics, AdamW state) a run that skips that micro-batch: its forward
+    runs (same dropout draws) without gradient, every buffer is put back from a copy, and no backward or
+    optimizer step happens."""
+    import train
+
+    bad_call = 2
+    flags = ("--variant", "B", "--epochs", "1", "--max-nonfinite", "1")
+    real_images, real_forward, real_step = train.device_images, train.forward_loss, train.accumulate_and_step
+
+    def poisoned_images(*args, **kwargs):
+        images = real_images(*args, **kwargs)
+        poisoned_images.calls += 1
+        if poisoned_images.calls == bad_call:
+            images = images.clone()
+            images[1, 2, 5, 7] = float("nan")
+        return images
+
+    poisoned_images.calls = 0
+    monkeypatch.setattr(train, "device_images", poisoned_images)
+    assert run_train(tiny_data, tmp_path / "nan", *flags) == 0
+    monkeypatch.undo()
+
+    def skipped_forward(model, *args, **kwargs):
+        skipped_forward.calls += 1
+        if skipped_forward.calls != bad_call:
+            return real_forward(model, *args, **kwargs)
+        buffers = [b.clone() for b in model.buffers()]
+        with torch.no_grad():
+            terms, stats = real_forward(model, *args, **kwargs)
+        for buffer, saved in zip(model.buffers(), buffers):
+            buffer.copy_(saved)
+        return {k: v * float("nan") for k, v in terms.items()}, stats  # counted as skipped, like the nan pixel
+
+    def skipped_step(*args, **kwargs):
+        skipped_step.calls += 1
+        if skipped_step.calls != bad_call:
+            real_step(*args, **kwargs)
+
+    skipped_forward.calls = skipped_step.calls = 0
+    monkeypatch.setattr(train, "forward_loss", skipped_forward)
+    monkeypatch.setattr(train, "accumulate_and_step", skipped_step)
+    assert run_train(tiny_data, tmp_path / "skip", *flags) == 0
+
+    assert [r["train/nonfinite_skipped"] for r in read_rows(tmp_path / "nan")] == [1]
+    ckpt_nan, ckpt_skip = (tmp_path / run / "checkpoints" / "epoch_0001" for run in ("nan", "skip"))
+    weights_nan, weights_skip = load_file(ckpt_nan / "model.safetensors"), load_file(ckpt_skip / "model.safetensors")
+    assert [k for k, v in weights_nan.items() if not torch.isfinite(v).all()] == []
+    assert [k for k in weights_skip if not torch.equal(weights_nan[k], weights_skip[k])] == []
+    optim_nan, optim_skip = (torch.load(c / "optimizer.bin", weights_only=False)["state"] for c in (ckpt_nan, ckpt_skip))
+    assert optim_nan.keys() == optim_skip.keys()
+    for i, state in optim_nan.items():
+        assert all(torch.equal(v, optim_skip[i][k]) for k, v in state.items()), i
+    assert {int(s["step"]) for s in optim_nan.values()} == {3}  # 4 micro-batches, one skipped
+
+
 def test_nonfinite_stop_comes_at_the_next_host_read_naming_the_first_bad_micro_batch(tiny_data, tmp_path,
                                                                                       monkeypatch):
     import train
@@ -487,23 +639,77 @@ def test_resume_refuses_another_process_count(tiny_data, tmp_path):
         run_train(tiny_data, out, *flags)
 
 
-def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_equals_the_uninterrupted_run_with_and_without_loader_workers(tiny_data, tmp_path, workers):
+    """A run dir holding only epoch 1's checkpoint (as after a kill in epoch 2) resumes to the uninterrupted
+    run's epoch-2 weights, bit for bit: with persistent workers the loaders' first iter() in the resumed
+    process must not draw from the restored global torch RNG (which drives dropout)."""
+    flags = ("--variant", "C", "--epochs", "2", "--checkpoint-every", "1", "--keep-states", "2",
+             "--num-workers", workers)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_train(tiny_data, straight, *flags) == 0
+    shutil.copytree(straight / "checkpoints" / "epoch_0001", resumed / "checkpoints" / "epoch_0001")
+    assert run_train(tiny_data, resumed, *flags) == 0
+    a = load_file(straight / "checkpoints" / "epoch_0002" / "model.safetensors")
+    b = load_file(resumed / "checkpoints" / "epoch_0002" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_broken_newest_checkpoint_stops_the_resume_with_one_line_and_overwrites_nothing(tiny_data, tmp_path):
+    """A truncated model.safetensors (or optimizer.bin) in the checkpoint to resume from, and a newest
+    checkpoint without meta.json whose older ones hold weights only: one line each, nothing retrained."""
+    out = tmp_path / "run"
+    flags = ("--variant", "A", "--epochs", "3", "--checkpoint-every", "1")  # keep-states 1: 1 and 2 are pruned
+    assert run_train(tiny_data, out, *flags) == 0
+    ckpts = out / "checkpoints"
+    shutil.rmtree(ckpts / "epoch_0003")
+    before = {p: p.read_bytes() for p in sorted(ckpts.rglob("*")) if p.is_file()}
+
+    # epoch 2 without meta.json, epoch 1 weights only: the old code restarted at epoch 0, overwriting both
+    (ckpts / "epoch_0002" / "meta.json").unlink()
+    del before[ckpts / "epoch_0002" / "meta.json"]
+    with pytest.raises(UserError, match=rf"^{re.escape(str(ckpts / 'epoch_0002'))}: is incomplete \(no "
+                                        r"model.safetensors or no readable meta.json\).*delete it to resume from "
+                                        r"scratch.*or pass another --out"):
+        run_train(tiny_data, out, *flags)
+    shutil.rmtree(ckpts / "epoch_0002")  # the first choice: then the weights-only epoch 1 is the newest
+    with pytest.raises(UserError, match=r"epoch_0001: holds weights only .*or pass another --out"):
+        run_train(tiny_data, out, *flags)
+    assert {p: p.read_bytes() for p in sorted(ckpts.rglob("*")) if p.is_file()} == {
+        p: b for p, b in before.items() if "epoch_0002" not in p.parts}
+
+    # a truncated file in the checkpoint resumed from
+    out = tmp_path / "cut"
+    assert run_train(tiny_data, out, "--variant", "A", "--epochs", "2", "--checkpoint-every", "1",
+                     "--keep-states", "2") == 0
+    shutil.rmtree(out / "checkpoints" / "epoch_0002")
+    for name, message in (("model.safetensors", "cannot read the weights"),
+                          ("optimizer.bin", "cannot load the training state")):
+        path = out / "checkpoints" / "epoch_0001" / name
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(UserError, match=rf"epoch_0001.*: {message} .*corrupt, delete it"):
+            run_train(tiny_data, out, "--variant", "A", "--epochs", "2", "--checkpoint-every", "1",
+                      "--keep-states", "2")
+        path.write_bytes(data)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tmp_path, process_groups):
     """Run A trains 2 epochs; run B is SIGKILLed in epoch 2 (after epoch 1's checkpoint) and restarted with
     the same command, which resumes. Epoch 2's weights must be bit-identical (data order, flips,
-    augmentation, dropout, SDT, optimizer and RNG state all resume exactly)."""
+    augmentation, dropout, SDT, optimizer and RNG state all resume exactly). The demo preset as shipped,
+    so with its 2 persistent DataLoader workers."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, "train.py", *TINY, "--data-root", str(tiny_data), "--variant", "C",
+    demo_with_workers = [flag for flag in TINY if flag not in ("--num-workers", "0")]
+    assert DEMO_PRESET["num_workers"] == 2 and "--num-workers" not in demo_with_workers
+    command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), "--variant", "C",
                "--epochs", "2", "--checkpoint-every", "1", "--batch-size", "1"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run([*command, "--out", str(straight)], cwd=ROOT, env=env, check=True, capture_output=True)
 
-    proc = subprocess.Popen([*command, "--out", str(killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    first = killed / "checkpoints" / "epoch_0001"
-    deadline = time.monotonic() + 120
-    while not first.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.01)
+    proc = process_groups.start([*command, "--out", str(killed)], env=env)
+    process_groups.wait_for(proc, (killed / "checkpoints" / "epoch_0001").exists)
     time.sleep(0.2)  # into epoch 2 (16 micro-batches of ~0.05-0.2 s each)
     assert not (killed / "checkpoints" / "epoch_0002").exists()
     os.killpg(proc.pid, signal.SIGKILL)
@@ -519,6 +725,65 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tm
     rows_a, rows_b = read_rows(straight), read_rows(killed)
     assert [r["epoch"] for r in rows_b] == [1, 2]  # no duplicate line for the interrupted epoch
     assert rows_a[1]["train/loss"] == rows_b[1]["train/loss"] and rows_a[1]["val/miou"] == rows_b[1]["val/miou"]
+
+
+def test_second_run_on_a_locked_run_dir_stops_and_ctrl_c_stops_with_one_line_and_code_130(tiny_data, tmp_path,
+                                                                                         process_groups):
+    """Two real train.py on one --out: the second stops with one line naming the dir and the first's PID.
+    Then Ctrl-C (SIGINT to the process group, as a terminal sends it, workers included) stops the first
+    with one line saying where it resumes, no traceback, exit code 130, and the lock released."""
+    from utils.dirlock import folder_lock
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    demo_with_workers = [flag for flag in TINY if flag not in ("--num-workers", "0")]
+    out = tmp_path / "run"
+    command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), "--variant", "B",
+               "--epochs", "50", "--checkpoint-every", "1", "--batch-size", "1", "--out", str(out)]
+    first = process_groups.start(command, env=env)
+    process_groups.wait_for(first, (out / "checkpoints" / "epoch_0001").exists)
+    second = subprocess.run([*command, "--lr", "1e-4"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"error: {out}: in use by train.py (PID {first.pid}); wait for it to finish or stop it, or pass another --out"]
+    stdout, stderr = process_groups.ctrl_c(first)
+    assert first.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
+    last = stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"interrupted at epoch \d+, optimizer step \d+; the same command resumes from "
+                        rf"{re.escape(str(out))}/checkpoints/epoch_\d{{4}}", last), last
+    assert [r["epoch"] for r in read_rows(out)] == list(range(1, len(read_rows(out)) + 1))  # one run's lines only
+    with folder_lock(out, "test", "-"):
+        pass
+
+
+def test_ctrl_c_closes_the_wandb_run_as_failed(tiny_data, tmp_path, monkeypatch):
+    import wandb
+
+    import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    exit_codes = []
+    real_finish = wandb.sdk.wandb_run.Run.finish
+
+    def recording_finish(self, exit_code=None, *args, **kwargs):
+        exit_codes.append(exit_code)
+        return real_finish(self, exit_code, *args, **kwargs)
+
+    def ctrl_c_in_epoch_2(*args, **kwargs):
+        ctrl_c_in_epoch_2.calls += 1
+        if ctrl_c_in_epoch_2.calls == 6:  # 4 micro-batches per epoch
+            raise KeyboardInterrupt
+        return real_images(*args, **kwargs)
+
+    real_images, ctrl_c_in_epoch_2.calls = train.device_images, 0
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "finish", recording_finish)
+    monkeypatch.setattr(train, "device_images", ctrl_c_in_epoch_2)
+    out = tmp_path / "run"
+    assert run_train(tiny_data, out, "--wandb", "--variant", "A", "--epochs", "2", "--checkpoint-every", "1") == 130
+    assert exit_codes[0] == 130  # the first close is the failed one; end_training's later finish is a no-op
+    assert (out / "checkpoints" / "epoch_0001").is_dir() and not (out / "checkpoints" / "epoch_0002").exists()
 
 
 def test_demo_setting_learns_well_above_majority_class(tiny_data, tmp_path):

@@ -6,6 +6,7 @@ and says what to do.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -23,12 +24,16 @@ class UserError(Exception):
 
 
 def run_main(main, error_exit: int = 1) -> None:
-    """Entry-script runner: exit with `main()`'s code; a `UserError` becomes one `error: ...` line on stderr."""
+    """Entry-script runner: exit with `main()`'s code; a `UserError` becomes one `error: ...` line on stderr,
+    Ctrl-C one `interrupted` line and exit code 130 (128 + SIGINT)."""
     try:
         sys.exit(main())
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(error_exit)
+    except KeyboardInterrupt:  # Ctrl-C outside a script's own handler: no traceback, the shell's code 130
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -64,6 +69,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
             pass
         raise
     fsync_dir(path.parent)
+
+
+def remove_temp_files(path: str | os.PathLike) -> int:
+    """Delete the temp files `atomic_write_bytes(path, ...)` leaves when its process is killed mid-write
+    (`.<name>.<random>.tmp` beside `path`); returns how many. Only for a path no live process is writing."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for temp in stale:
+        temp.unlink(missing_ok=True)
+    return len(stale)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

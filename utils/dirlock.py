@@ -1,0 +1,46 @@
+"""One process at a time per output folder: an exclusive `fcntl.flock` on `FOLDER/.lock`.
+
+    with folder_lock(run_dir, "train.py", hint="wait for it to finish, or pass another --out"):
+        ...  # only this process writes into run_dir
+
+The kernel releases the lock when the holder's file descriptor closes, at the latest when the process
+dies (also by SIGKILL), so a killed run never leaves a stale lock. The holder writes its PID and program
+into the file, and a second process stops at once with one line naming the folder and that PID. The
+`.lock` file itself stays (removing it would let a third process lock a fresh inode while the second
+still holds the old one). Local filesystems only: flock on NFS is not reliable everywhere.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from utils.fileio import UserError
+
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, program: str, hint: str) -> Iterator[Path]:
+    """Hold an exclusive lock on `folder` (created if missing) for the `with` block; yields the lock file.
+
+    Raises UserError `<folder>: in use by <program> (PID <pid>); <hint>` when another process holds it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process (PID unknown)"
+            raise UserError(f"{folder}: in use by {holder}; {hint}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{program} (PID {os.getpid()})\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
