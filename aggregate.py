@@ -23,19 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table as RichTable
-
-from report.figures import group_colors, plot_curves, plot_grad_trajectories, plot_lambda_sweep, plot_per_class
-from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
-from report.load import METRICS, Study, load_csv, load_runs_dir
-from report.stats import summarize
-from report.tables import (Table, completeness_notes, crossover_tables, extremes_table, global_metrics_table,
-                           lambda_sweep_table, per_class_table, significance_table, volatility_table)
-from utils import UserError, atomic_write_text
-
-console = Console(stderr=True)
+from utils import UserError, atomic_write_text, parse_args_first
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +46,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     if (args.runs_dir is None) == (args.from_csv is None):
         p.error("give either RUNS_DIR or --from-csv FILE (exactly one)")
     return args
+
+
+if __name__ == "__main__":
+    parse_args_first(parse_args, error_exit=2)  # --help and rejected flags answer before matplotlib and scipy load (~2 s)
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table as RichTable
+
+from report.figures import group_colors, plot_curves, plot_grad_trajectories, plot_lambda_sweep, plot_per_class
+from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
+from report.load import METRICS, Study, load_csv, load_runs_dir
+from report.stats import summarize
+from report.tables import (Table, completeness_notes, crossover_tables, extremes_table, global_metrics_table,
+                           lambda_sweep_table, per_class_table, significance_table, volatility_table)
+
+console = Console(stderr=True)
 
 
 def pick_epochs(study: Study, early: int | None, final: int | None) -> tuple[int | None, int]:

@@ -24,23 +24,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
-from safetensors import SafetensorError
-
-from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
-from data_utils.dataset import read_image
-from data_utils.labels import colorize, train_ids_to_label_ids
-from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
-from engine.config import load_config
-from engine.evaluation import evaluate_model
-from engine.results import metrics_table, read_results, results_path, write_results
-from engine.setup import build_dataloader, build_model_from_config
-from utils.fileio import UserError, atomic_write_bytes, run_main
+from utils.fileio import UserError, atomic_write_bytes, parse_args_first, run_main
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
 
@@ -75,6 +59,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if value is not None and value < (0 if name == "loader_workers" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     return args
+
+
+if __name__ == "__main__":
+    parse_args_first(parse_args)  # --help and rejected flags answer here, before torch & co. load (~5 s)
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from safetensors import SafetensorError
+
+from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
+from data_utils.dataset import read_image
+from data_utils.labels import colorize, train_ids_to_label_ids
+from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
+from engine.config import load_config
+from engine.evaluation import evaluate_model
+from engine.results import metrics_table, read_results, results_path, write_results
+from engine.setup import build_dataloader, build_model_from_config
 
 
 # ------------------------------------------------------------------------------------------ one checkpoint

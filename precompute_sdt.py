@@ -22,18 +22,7 @@ import time
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from data_utils.cityscapes import load_split
-from data_utils.dataset import read_label_ids
-from data_utils.labels import NUM_CLASSES, label_ids_to_train_ids
-from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
-from utils import UserError, run_main
-
-MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
+from utils import UserError, parse_args_first, run_main
 
 
 def usable_cpus() -> int:
@@ -57,6 +46,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     return args
+
+
+if __name__ == "__main__":
+    parse_args_first(parse_args, error_exit=2)  # --help and rejected flags answer before torch & co. load
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from data_utils.cityscapes import load_split
+from data_utils.dataset import read_label_ids
+from data_utils.labels import NUM_CLASSES, label_ids_to_train_ids
+from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
+
+MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
 
 
 def read_train_ids(label_path: str) -> np.ndarray:

@@ -13,6 +13,12 @@ from __future__ import annotations
 import math
 import time
 
+from engine.config import DEMO_DATA, config_differences, load_config, parse_args, save_config
+from utils.fileio import UserError, parse_args_first, run_main
+
+if __name__ == "__main__":
+    parse_args_first(parse_args)  # --help and rejected flags answer here, before torch & co. load (~5 s)
+
 import torch
 from accelerate.utils import set_seed
 from rich.console import Console
@@ -22,7 +28,6 @@ from rich.table import Table
 from data_utils.augment import BatchAugment
 from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint, read_meta,
                                register_checkpoint_hooks, resume_from, save_checkpoint)
-from engine.config import DEMO_DATA, config_differences, load_config, parse_args, save_config
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
 from engine.schedule import get_lr
@@ -33,7 +38,6 @@ from engine.tracking import init_wandb, prediction_overlays, val_metrics_row
 from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
-from utils.fileio import UserError, run_main
 from utils.jsonl import EpochJsonl
 
 # The loop's own bookkeeping does not make the host wait for the device each step: the loss terms, their

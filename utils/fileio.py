@@ -22,12 +22,39 @@ class UserError(Exception):
     """Bad input from the user (a missing file, a wrong shape, an unknown option): one line, path + fix."""
 
 
+def user_message(e: UserError) -> str:
+    """The one-line message of a UserError, also when it was raised in a DataLoader worker.
+
+    torch re-raises a worker's exception in the main process as the same type with the message
+    "Caught UserError in DataLoader worker process N.\nOriginal Traceback ...", whose last line is
+    `utils.fileio.UserError: <the original message>` (torch._utils.ExceptionWrapper.reraise).
+    """
+    message = str(e)
+    if message.startswith(f"Caught {type(e).__name__} ") and "\nOriginal Traceback" in message:
+        return message.rstrip("\n").rsplit("\n", 1)[-1].partition(": ")[2]
+    return message
+
+
 def run_main(main, error_exit: int = 1) -> None:
     """Entry-script runner: exit with `main()`'s code; a `UserError` becomes one `error: ...` line on stderr."""
     try:
         sys.exit(main())
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        sys.exit(error_exit)
+
+
+def parse_args_first(parse_args, error_exit: int = 1) -> None:
+    """For an entry script run as a program: parse and validate `sys.argv[1:]` before its heavy imports.
+
+    Called between an entry script's light imports and `import torch`, so `--help` and every rejected flag
+    answer at once (argparse exits by itself; a UserError from validation becomes the one `error:` line).
+    `main()` parses the same argv again, which takes milliseconds.
+    """
+    try:
+        parse_args(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
         sys.exit(error_exit)
 
 
