@@ -24,7 +24,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from utils.fileio import UserError, atomic_write_bytes, parse_args_first, run_main
+from utils.fileio import UserError, atomic_write_bytes, parse_args_first, run_main, user_message
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
 
@@ -252,7 +252,7 @@ def _evaluate_in_worker(ckpt: Path, args) -> tuple[Path, dict | None, str | None
     try:
         return ckpt, evaluate_checkpoint(ckpt, args, _WORKER["accelerator"], _WORKER["show_progress"]), None
     except UserError as e:
-        return ckpt, None, str(e)
+        return ckpt, None, user_message(e)  # one line, also when a DataLoader worker raised it
     except Exception as e:  # a broken checkpoint must not stop the other evaluations
         last = traceback.extract_tb(e.__traceback__)[-1]
         return ckpt, None, f"{type(e).__name__}: {e} (at {Path(last.filename).name}:{last.lineno})"

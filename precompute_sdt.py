@@ -17,12 +17,13 @@ Exit status: 0 done, 1 --verify found problems, 2 bad input (one `error:` line n
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import time
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
-from utils import UserError, parse_args_first, run_main
+from utils import UserError, free_space, human_bytes, make_output_dir, parse_args_first, run_main
 
 
 def usable_cpus() -> int:
@@ -92,9 +93,12 @@ def precompute_one(task: tuple[str, str, bool, bool]) -> tuple[str, int, int]:
     try:
         size = write_sdt_file(out_path, sdt, clip=SDT_CLIP, compress=compress)
     except OSError as e:
-        raise UserError(f"{out_path}: cannot write the SDT file ({e.strerror or e}); free disk space (a raw "
-                        f"file takes {sdt.nbytes / 2**20:.0f} MiB, --compress saves ~75x) and rerun: finished "
-                        "files are kept") from None
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{out_path}: cannot write the SDT file ({e.strerror or e}); pass a writable "
+                            "--out") from None
+        raise UserError(f"{out_path}: cannot write the SDT file ({e.strerror or e}); {free_space(out_path)} "
+                        f"free: free disk space (a raw file takes {sdt.nbytes / 2**20:.0f} MiB, --compress saves "
+                        "~75x) and rerun: finished files are kept") from None
     return "written", size, sdt.nbytes
 
 
@@ -135,13 +139,6 @@ def run_with_progress(fn, tasks: list, workers: int, description: str):
             pool.join()
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
@@ -166,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
 
     # 2b) Write missing or invalid files, skip valid ones.
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "--out")  # a read-only or blocked --out: one line, before any work
     stale = remove_stale_temp_files(out)
     tasks = [(lp, op, args.compress, args.overwrite) for lp, op in zip(label_paths, out_paths)]
     counts, written_bytes, cache_bytes, raw_bytes = {"written": 0, "skipped": 0}, 0, 0, 0

@@ -14,7 +14,7 @@ import math
 import time
 
 from engine.config import DEMO_DATA, config_differences, load_config, parse_args, save_config
-from utils.fileio import UserError, parse_args_first, run_main
+from utils.fileio import UserError, make_output_dir, parse_args_first, run_main
 
 if __name__ == "__main__":
     parse_args_first(parse_args)  # --help and rejected flags answer here, before torch & co. load (~5 s)
@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from data_utils.augment import BatchAugment
+from data_utils.dataset import check_frames
 from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint, read_meta,
                                register_checkpoint_hooks, resume_from, save_checkpoint)
 from engine.evaluation import evaluate_model
@@ -82,9 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         if meta["epoch"] >= cfg.epochs:
             console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
             return 0
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.json")
 
     # -------------------------------------------------------------------------------------------- data
     with accelerator.main_process_first():  # the first process builds the datasets caches, the others reuse them
@@ -93,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             ensure_demo_dataset(cfg.data_root, **DEMO_DATA)
         train_loader = build_dataloader(cfg, cfg.train_split, train=True)
         val_loader = build_dataloader(cfg, cfg.val_split, train=False)
+        if accelerator.is_main_process:  # a bad file stops the run now, not after an epoch of training
+            check_start = time.perf_counter()
+            checked = check_frames(train_loader.dataset, decode_labels=False, num_workers=cfg.num_workers) + \
+                check_frames(val_loader.dataset, decode_labels=True, num_workers=cfg.num_workers)
+            console.print(f"checked the {checked} frames of {cfg.train_split} and {cfg.val_split} (headers; val "
+                          f"label ids) in {time.perf_counter() - check_start:.1f} s")
     train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
     augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
     sdt_on_device = uses_sdt(cfg) and cfg.sdt_source == "gpu"
@@ -114,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                                            floor=cfg.steal_floor)  # "constant" (the paper) keeps the weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=accelerator.device.type == "cuda")
+    if accelerator.is_main_process:  # only now: an input error above leaves no run dir behind
+        make_output_dir(run_dir, "--out")
+        save_config(cfg, run_dir / "config.json")
 
     # --------------------------------------------------------------------------------- prepare, resume
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
