@@ -320,12 +320,16 @@ def checkpoint_table(record: dict) -> Table:
 
 
 def batch_table(records: list[dict], runs_dir: Path) -> Table:
+    """One row per checkpoint: its run (folder below `runs_dir`, wrapped, never cut, in a narrow terminal),
+    epoch and metrics."""
     table = Table(title=f"evaluated checkpoints under {runs_dir} (%)")
-    for column in ("checkpoint", "variant", "seed", "epoch", "mIoU", "Boundary F1", "Trimap IoU", "s"):
-        table.add_column(column, justify="left" if column == "checkpoint" else "right")
+    table.add_column("run", overflow="fold")
+    for column in ("variant", "seed", "epoch", "mIoU", "Boundary F1", "Trimap IoU", "s"):
+        table.add_column(column, justify="right", no_wrap=True)
     for r in records:
-        table.add_row(os.path.relpath(r["checkpoint"], runs_dir), r["variant"], str(r["seed"]), str(r["epoch"]),
-                      _pct(r["miou"]), _pct(r["boundary_f1"]), _pct(r["trimap_iou"]), f"{r['seconds']:.1f}")
+        run = os.path.relpath(Path(r["checkpoint"]).parent.parent, runs_dir)  # RUN/checkpoints/epoch_XXXX
+        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), _pct(r["miou"]), _pct(r["boundary_f1"]),
+                      _pct(r["trimap_iou"]), f"{r['seconds']:.1f}")
     return table
 
 
