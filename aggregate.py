@@ -24,21 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table as RichTable
-
-from report.figures import (group_colors, plot_bootstrap, plot_curves, plot_grad_trajectories, plot_lambda_sweep,
-                            plot_per_class)
-from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
-from report.load import METRICS, Study, load_csv, load_per_image, load_runs_dir
-from report.stats import summarize
-from report.tables import (Table, bootstrap_table, completeness_notes, crossover_tables, extremes_table,
-                           global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
-                           skipped_bootstrap_table, volatility_table)
-from utils import UserError, atomic_write_text
-
-console = Console(stderr=True)
+from utils import UserError, atomic_write_text, parse_args_first
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,6 +52,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.bootstrap < 0 or args.bootstrap_seed < 0:
         p.error("--bootstrap and --bootstrap-seed take integers >= 0")
     return args
+
+
+if __name__ == "__main__":
+    parse_args_first(parse_args, error_exit=2)  # --help and rejected flags answer before matplotlib and scipy load (~2 s)
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table as RichTable
+
+from report.figures import (group_colors, plot_bootstrap, plot_curves, plot_grad_trajectories, plot_lambda_sweep,
+                            plot_per_class)
+from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
+from report.load import METRICS, Study, load_csv, load_per_image, load_runs_dir
+from report.stats import summarize
+from report.tables import (Table, bootstrap_table, completeness_notes, crossover_tables, extremes_table,
+                           global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
+                           skipped_bootstrap_table, volatility_table)
+
+console = Console(stderr=True)
 
 
 def pick_epochs(study: Study, early: int | None, final: int | None) -> tuple[int | None, int]:

@@ -28,25 +28,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from contextlib import ExitStack, closing, nullcontext
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
-
-from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
-from data_utils.classes import ClassTable
-from data_utils.dataset import read_image
-from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
-from engine.config import load_config
-from engine.evaluation import evaluate_model
-from engine.results import metrics_table, read_results, results_path, write_results
-from engine.setup import build_dataloader, build_model_from_config, class_table
 from metrics.keys import PROFILES
-from metrics.per_image import per_image_path, read_per_image
-from utils.dirlock import folder_lock
-from utils.fileio import UserError, atomic_write_bytes, remove_temp_files, run_main
+from utils.fileio import UserError, atomic_write_bytes, parse_args_first, remove_temp_files, run_main, user_message
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
 
@@ -87,6 +70,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if value is not None and value < (0 if name == "loader_workers" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     return args
+
+
+if __name__ == "__main__":
+    parse_args_first(parse_args)  # --help and rejected flags answer here, before torch & co. load (~5 s)
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
+from data_utils.classes import ClassTable
+from data_utils.dataset import read_image
+from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
+from engine.config import load_config
+from engine.evaluation import evaluate_model
+from engine.results import metrics_table, read_results, results_path, write_results
+from engine.setup import build_dataloader, build_model_from_config, class_table
+from metrics.per_image import per_image_path, read_per_image
+from utils.dirlock import folder_lock
 
 
 # ------------------------------------------------------------------------------------------ one checkpoint
@@ -287,7 +292,7 @@ def _evaluate_in_worker(ckpt: Path, args) -> tuple[Path, dict | None, str | None
     except KeyboardInterrupt:
         return ckpt, None, "not evaluated: interrupted"
     except UserError as e:
-        return ckpt, None, str(e)
+        return ckpt, None, user_message(e)  # one line, also when a DataLoader worker raised it
     except Exception as e:  # a broken checkpoint must not stop the other evaluations
         last = traceback.extract_tb(e.__traceback__)[-1]
         return ckpt, None, f"{type(e).__name__}: {e} (at {Path(last.filename).name}:{last.lineno})"
@@ -387,14 +392,16 @@ def checkpoint_table(record: dict) -> Table:
 
 
 def batch_table(records: list[dict], runs_dir: Path) -> Table:
+    """One row per checkpoint: its run (folder below `runs_dir`, wrapped, never cut, in a narrow terminal),
+    epoch and metrics."""
     table = Table(title=f"evaluated checkpoints under {runs_dir} (%)")
-    for column in ("checkpoint", "variant", "seed", "epoch", "mIoU", "Boundary F1", "Trimap IoU", "Boundary IoU",
-                   "s"):
-        table.add_column(column, justify="left" if column == "checkpoint" else "right")
+    table.add_column("run", overflow="fold")
+    for column in ("variant", "seed", "epoch", "mIoU", "Boundary F1", "Trimap IoU", "Boundary IoU", "s"):
+        table.add_column(column, justify="right", no_wrap=True)
     for r in records:
-        table.add_row(os.path.relpath(r["checkpoint"], runs_dir), r["variant"], str(r["seed"]), str(r["epoch"]),
-                      _pct(r["miou"]), _pct(r["boundary_f1"]), _pct(r["trimap_iou"]), _pct(r["boundary_iou"]),
-                      f"{r['seconds']:.1f}")
+        run = os.path.relpath(Path(r["checkpoint"]).parent.parent, runs_dir)  # RUN/checkpoints/epoch_XXXX
+        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), _pct(r["miou"]), _pct(r["boundary_f1"]),
+                      _pct(r["trimap_iou"]), _pct(r["boundary_iou"]), f"{r['seconds']:.1f}")
     return table
 
 

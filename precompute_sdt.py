@@ -20,21 +20,13 @@ Exit status: 0 done, 1 --verify found problems, 2 bad input (one `error:` line n
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import time
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
-import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
-from data_utils.source import DataSource
-from utils import UserError, run_main
-from utils.dirlock import folder_lock
-
-MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
+from utils import UserError, free_space, human_bytes, make_output_dir, parse_args_first, run_main
 
 
 def usable_cpus() -> int:
@@ -65,6 +57,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+if __name__ == "__main__":
+    parse_args_first(parse_args, error_exit=2)  # --help and rejected flags answer before torch & co. load
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
+from data_utils.source import DataSource
+from utils.dirlock import folder_lock
+
+MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
 _FRAMES = None  # the split's frame source (PathFrames / HFFrames), set in every worker by _set_frames
 
 
@@ -87,9 +91,12 @@ def precompute_one(task: tuple[int, str, bool, bool]) -> tuple[str, int, int]:
     try:
         size = write_sdt_file(out_path, sdt, clip=SDT_CLIP, compress=compress)
     except OSError as e:
-        raise UserError(f"{out_path}: cannot write the SDT file ({e.strerror or e}); free disk space (a raw "
-                        f"file takes {sdt.nbytes / 2**20:.0f} MiB, --compress saves ~75x) and rerun: finished "
-                        "files are kept") from None
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{out_path}: cannot write the SDT file ({e.strerror or e}); pass a writable "
+                            "--out") from None
+        raise UserError(f"{out_path}: cannot write the SDT file ({e.strerror or e}); {free_space(out_path)} "
+                        f"free: free disk space (a raw file takes {sdt.nbytes / 2**20:.0f} MiB, --compress saves "
+                        "~75x) and rerun: finished files are kept") from None
     return "written", size, sdt.nbytes
 
 
@@ -134,13 +141,6 @@ def run_with_progress(fn, tasks: list, workers: int, description: str, frames):
             pool.join()
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2b) Write missing or invalid files, skip valid ones: one precompute per cache folder (out/.lock), so the
     # stale temp files removed here are never another live run's.
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "--out")  # a read-only or blocked --out: one line, before any work
     with folder_lock(out, "precompute_sdt.py", "wait for it to finish or stop it"):
         stale = remove_stale_temp_files(out)
         tasks = [(i, op, args.compress, args.overwrite) for i, op in zip(indices, out_paths)]

@@ -16,6 +16,12 @@ import math
 import time
 from contextlib import nullcontext
 
+from engine.config import DEMO_DATA, DEMO_HF_DATA, config_differences, load_config, parse_args, save_config
+from utils.fileio import UserError, make_output_dir, parse_args_first, run_main
+
+if __name__ == "__main__":
+    parse_args_first(parse_args)  # --help and rejected flags answer here, before torch & co. load (~5 s)
+
 import torch
 from accelerate.utils import set_seed
 from rich.console import Console
@@ -23,9 +29,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from data_utils.augment import BatchAugment
+from data_utils.dataset import check_frames
 from engine.checkpoint import (TrainingProgress, checkpoint_path, checkpoint_to_resume, find_resumable_checkpoint,
                                read_meta, register_checkpoint_hooks, resume_from, save_checkpoint)
-from engine.config import DEMO_DATA, DEMO_HF_DATA, config_differences, load_config, parse_args, save_config
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
 from engine.schedule import get_lr
@@ -37,8 +43,7 @@ from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
 from metrics.keys import COUNT_KEYS, METRIC_KEYS, SHORT_LABELS
-from utils.dirlock import folder_lock
-from utils.fileio import UserError, run_main
+from utils.dirlock import discard_unused, folder_lock
 from utils.jsonl import EpochJsonl
 
 # The loop's own bookkeeping does not make the host wait for the device each step: the loss terms, their
@@ -55,9 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------------------------- accelerator
     accelerator = build_accelerator(cfg)  # + torch.compile on CUDA (cfg.compile), non-blocking batch copies
     # One run per run dir: the main process holds RUN/.lock until it ends (a kill -9 releases it too).
-    with folder_lock(cfg.run_dir, "train.py", "wait for it to finish or stop it, or pass another --out") \
-            if accelerator.is_main_process else nullcontext():
-        return train(cfg, require_resume, accelerator)
+    created = not cfg.run_dir.exists()
+    if accelerator.is_main_process:
+        make_output_dir(cfg.run_dir, "--out")  # a read-only or blocked --out: one line, before any work
+    try:
+        with folder_lock(cfg.run_dir, "train.py", "wait for it to finish or stop it, or pass another --out") \
+                if accelerator.is_main_process else nullcontext():
+            return train(cfg, require_resume, accelerator)
+    except BaseException:
+        if created and accelerator.is_main_process:
+            discard_unused(cfg.run_dir)  # an input error leaves no run dir behind
+        raise
 
 
 def train(cfg, require_resume: bool, accelerator) -> int:
@@ -97,14 +110,17 @@ def train(cfg, require_resume: bool, accelerator) -> int:
         if meta["epoch"] >= cfg.epochs:
             console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
             return 0
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.json")
 
     # -------------------------------------------------------------------------------------------- data
     with accelerator.main_process_first():  # the first process builds the datasets caches, the others reuse them
         train_loader = build_dataloader(cfg, cfg.train_split, train=True, rank=accelerator.process_index)
         val_loader = build_dataloader(cfg, cfg.val_split, train=False, rank=accelerator.process_index)
+        if accelerator.is_main_process:  # a bad file stops the run now, not after an epoch of training
+            check_start = time.perf_counter()
+            checked = check_frames(train_loader.dataset, decode_labels=False, num_workers=cfg.num_workers) + \
+                check_frames(val_loader.dataset, decode_labels=True, num_workers=cfg.num_workers)
+            console.print(f"checked the {checked} frames of {cfg.train_split} and {cfg.val_split} (headers; val "
+                          f"label ids) in {time.perf_counter() - check_start:.1f} s")
     train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
     augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
     sdt_on_device = uses_sdt(cfg) and cfg.sdt_source == "gpu"
@@ -126,6 +142,8 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                                            floor=cfg.steal_floor)  # "constant" (the paper) keeps the weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=True)  # fused: can skip an update on a device-side flag (GradientMask)
+    if accelerator.is_main_process:  # only now: an input error above leaves nothing in the run dir
+        save_config(cfg, run_dir / "config.json")
 
     # --------------------------------------------------------------------------------- prepare, resume
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)

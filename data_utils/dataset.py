@@ -27,6 +27,7 @@ Image path choices:
 """
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,11 +45,17 @@ SDT_SOURCES = ("none", *WORKER_SDT_SOURCES)  # what this Dataset does: nothing, 
 IMAGE_DTYPES = ("float", "uint8")
 
 
-def _open_png(path: str) -> Image.Image:
-    """Open and fully decode a PNG; a missing or undecodable file becomes a UserError naming it."""
+IMAGE_MODES = ("RGB", "RGBA", "L", "LA", "P")  # 8-bit modes read_image converts to RGB
+LABEL_MODES = ("L", "P")  # 8-bit single-channel: a labelIds PNG
+
+
+def _open_png(path: str, decode: bool = True) -> Image.Image:
+    """Open a PNG (and fully decode it unless `decode=False`: header only); a missing or undecodable file
+    becomes a UserError naming it."""
     try:
         im = Image.open(path)
-        im.load()  # decode now: a truncated file raises here, not later inside np.asarray
+        if decode:
+            im.load()  # decode now: a truncated file raises here, not later inside np.asarray
     except FileNotFoundError:
         raise UserError(f"{path}: file not found; the dataset folder changed after it was listed, "
                         "rebuild the file list (rerun) or restore the file") from None
@@ -58,12 +65,28 @@ def _open_png(path: str) -> Image.Image:
     return im
 
 
+def _check_image_mode(path: str, mode: str) -> None:
+    if mode not in IMAGE_MODES:
+        raise UserError(f"{path}: image mode {mode}, expected 8-bit RGB; pass the *_leftImg8bit.png file")
+
+
+def _check_label_mode(path: str, mode: str) -> None:
+    if mode not in LABEL_MODES:
+        raise UserError(f"{path}: label mode {mode}, expected an 8-bit single-channel labelIds PNG; "
+                        "pass *_gtFine_labelIds.png, not the _color or _instanceIds file")
+
+
+def _check_same_size(image_path: str, label_path: str, image_wh: tuple[int, int], label_wh: tuple[int, int]):
+    if tuple(image_wh) != tuple(label_wh):
+        raise UserError(f"{label_path}: label is {label_wh[0]}x{label_wh[1]} but its image {image_path} is "
+                        f"{image_wh[0]}x{image_wh[1]} (WxH); replace the mismatched file")
+
+
 def read_image(path: str) -> np.ndarray:
     """A leftImg8bit PNG -> (H, W, 3) uint8 RGB."""
     im = _open_png(path)
     if im.mode != "RGB":
-        if im.mode not in ("RGBA", "L", "LA", "P"):
-            raise UserError(f"{path}: image mode {im.mode}, expected 8-bit RGB; pass the *_leftImg8bit.png file")
+        _check_image_mode(path, im.mode)
         im = im.convert("RGB")
     return np.array(im)
 
@@ -71,9 +94,7 @@ def read_image(path: str) -> np.ndarray:
 def read_label_ids(path: str) -> np.ndarray:
     """A gtFine labelIds PNG -> (H, W) uint8 label ids (values not yet checked)."""
     im = _open_png(path)
-    if im.mode not in ("L", "P"):
-        raise UserError(f"{path}: label mode {im.mode}, expected an 8-bit single-channel labelIds PNG; "
-                        "pass *_gtFine_labelIds.png, not the _color or _instanceIds file")
+    _check_label_mode(path, im.mode)
     return np.array(im)
 
 
@@ -86,9 +107,7 @@ def read_frame(image_path: str, label_path: str, classes: ClassTable = CITYSCAPE
     """
     image = read_image(image_path)
     label_ids = read_label_ids(label_path)
-    if image.shape[:2] != label_ids.shape:
-        raise UserError(f"{label_path}: label is {label_ids.shape[1]}x{label_ids.shape[0]} but its image "
-                        f"{image_path} is {image.shape[1]}x{image.shape[0]} (WxH); replace the mismatched file")
+    _check_same_size(image_path, label_path, image.shape[1::-1], label_ids.shape[::-1])
     return image, classes.to_train_ids(label_ids, label_path, fix=_label_fix(classes))
 
 
@@ -96,6 +115,53 @@ def _label_fix(classes: ClassTable) -> str:
     if classes.id_to_train_id is not None:
         return "pass the *_gtFine_labelIds.png file, not a colour, trainId or instance map"
     return f"list every class in the classes file ({classes.source}) or fix the label PNG"
+
+
+def check_frame(image_path: str, label_path: str, classes: ClassTable = CITYSCAPES, decode_label: bool = False) -> None:
+    """What `read_frame` would refuse, found without decoding the image: both PNG headers (mode, size),
+    and with `decode_label` the label's values too. Raises the same UserErrors as `read_frame`."""
+    with _open_png(image_path, decode=False) as image, _open_png(label_path, decode=False) as label:
+        _check_image_mode(image_path, image.mode)
+        _check_label_mode(label_path, label.mode)
+        _check_same_size(image_path, label_path, image.size, label.size)
+    if decode_label:
+        classes.to_train_ids(read_label_ids(label_path), label_path, fix=_label_fix(classes))
+
+
+_CHECKED = None  # the frames check_frames' forked workers check (inherited, not pickled per task)
+
+
+def _check_frame_task(task: tuple[int, bool]) -> None:
+    _CHECKED.check(*task)
+
+
+def check_frames(dataset: "SegmentationDataset", decode_labels: bool, num_workers: int) -> int:
+    """`frames.check(index, decode_labels)` on every frame of `dataset` (`PathFrames.check`: `check_frame`;
+    `HFFrames.check`); returns the number of frames. The first bad file raises its UserError (re-raised here
+    as it is, one line).
+
+    Headers only take ~0.1 ms a frame, so they are read in this process; decoding the labels (~60 ms a
+    full-size frame) runs in `num_workers` worker processes (0: in this one). train.py runs it on both splits
+    before the first step, with the val labels decoded, so a bad file stops the run at once instead of an
+    epoch later. Timings on real frames: BENCHMARKS.md.
+    """
+    global _CHECKED
+    tasks = [(index, decode_labels) for index in range(len(dataset.frames))]
+    _CHECKED = dataset.frames
+    try:
+        if not decode_labels or num_workers == 0 or len(tasks) < 2:
+            for task in tasks:
+                _check_frame_task(task)
+            return len(tasks)
+        # fork, as the DataLoader does: the workers need no imports and inherit _CHECKED. Leaving the block
+        # (an error included) terminates them at once.
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        with context.Pool(min(num_workers, len(tasks))) as pool:
+            for _ in pool.imap_unordered(_check_frame_task, tasks, chunksize=8):
+                pass
+        return len(tasks)
+    finally:
+        _CHECKED = None
 
 
 def hflip_decision(seed: int, epoch: int, index: int) -> tuple[bool, int]:
@@ -142,6 +208,10 @@ class PathFrames:
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return read_frame(self.image_paths[index], self.label_paths[index], self.classes)
+
+    def check(self, index: int, decode_label: bool = False) -> None:
+        """`check_frame` on frame `index`: PNG headers, and the label's values with `decode_label`."""
+        check_frame(self.image_paths[index], self.label_paths[index], self.classes, decode_label)
 
     def read_label(self, index: int) -> np.ndarray:
         """(H, W) uint8 train ids of frame `index` (its label PNG only)."""
@@ -276,5 +346,5 @@ def collate_batch(items: Sequence[dict]) -> dict:
     return batch
 
 
-__all__ = ["PathFrames", "SegmentationDataset", "collate_batch", "crop_offset", "crop_pad", "hflip_decision",
-           "read_frame", "read_image", "read_label_ids"]
+__all__ = ["PathFrames", "SegmentationDataset", "check_frame", "check_frames", "collate_batch", "crop_offset",
+           "crop_pad", "hflip_decision", "read_frame", "read_image", "read_label_ids"]

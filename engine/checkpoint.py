@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine.config import TrainConfig, save_config
-from utils.fileio import UserError, atomic_write_json, fsync_dir
+from utils.fileio import UserError, atomic_write_json, disk_full_advice, fsync_dir
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS_NAME = "model.safetensors"
@@ -128,18 +128,28 @@ def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, r
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_config(cfg, tmp / "config.json")
+            atomic_write_json(tmp / "meta.json", {
+                "epoch": progress.epoch, "step": progress.step, "variant": cfg.loss_label, "loss": cfg.loss_weights,
+                "seed": cfg.seed, "lambda_dice": cfg.lambda_dice, "lambda_boundary": cfg.lambda_boundary,
+                "wandb_run_id": wandb_run_id, "num_processes": accelerator.num_processes,
+                "nonfinite_skipped": progress.nonfinite_skipped, "training_state": True,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+            _fsync_tree(tmp)
+    except Exception as e:
+        reason = _write_failure(e)
+        if reason is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint would keep the disk full
+        raise UserError(f"{tmp}: cannot write the checkpoint ({reason}); {disk_full_advice(tmp.parent)} the "
+                        f"same command, which resumes from {find_resumable_checkpoint(run_dir) or 'the start'}"
+                        ) from None
     if accelerator.is_main_process:
-        save_config(cfg, tmp / "config.json")
-        atomic_write_json(tmp / "meta.json", {
-            "epoch": progress.epoch, "step": progress.step, "variant": cfg.loss_label, "loss": cfg.loss_weights,
-            "seed": cfg.seed, "lambda_dice": cfg.lambda_dice, "lambda_boundary": cfg.lambda_boundary,
-            "wandb_run_id": wandb_run_id, "num_processes": accelerator.num_processes,
-            "nonfinite_skipped": progress.nonfinite_skipped, "training_state": True,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
-        _fsync_tree(tmp)
         if final.exists():  # re-running an epoch after resuming from an older checkpoint
             old = final.with_name(f".old_{final.name}")
             shutil.rmtree(old, ignore_errors=True)
@@ -170,6 +180,20 @@ def first_nonfinite_tensor(model: torch.nn.Module, optimizers=()) -> str | None:
     device = tensors[0][1].device
     finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in tensors]).tolist()
     return next((name for (name, _), ok in zip(tensors, finite) if not ok), None)
+def _write_failure(e: Exception) -> str | None:
+    """Why a checkpoint write failed (no space, read-only, I/O error), or None for any other exception.
+
+    torch.save reports a full disk as `RuntimeError: [enforce fail at inline_container.cc:672] . unexpected
+    pos 576 vs 534`, safetensors as `SafetensorError: Error while serializing: I/O error: No space left on
+    device (os error 28)`, plain writes as OSError (errno ENOSPC).
+    """
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    if isinstance(e, RuntimeError) and ("unexpected pos" in str(e) or "PytorchStreamWriter" in str(e)):
+        return f"torch.save: {str(e).strip()}"
+    if isinstance(e, SafetensorError) and "I/O error" in str(e):
+        return f"safetensors: {str(e).strip()}"
+    return None
 
 
 def read_meta(ckpt: str | Path) -> dict | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
@@ -281,6 +282,12 @@ def validate(cfg: TrainConfig) -> None:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise UserError(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
+    if not 0 <= cfg.seed < 2**32:  # numpy's and accelerate's set_seed range
+        raise UserError(f"--seed must be in [0, 2**32), got {cfg.seed}")
+    for name in ("lambda_dice", "lambda_boundary", "aux_weight", "boundary_start", "steal_delta", "steal_floor"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{_flag(name)} is a loss weight: it must be finite and >= 0, got {value}")
     if cfg.variant not in VARIANTS:
         raise UserError(f"unknown --variant {cfg.variant!r}: use one of {', '.join(VARIANTS)}")
     if cfg.loss:

@@ -44,11 +44,45 @@ def load_sweep(path: str | Path) -> dict:
     return config
 
 
-def grid_runs(config: dict) -> list[dict]:
-    """Every run the sweep engine proposes, in its order, as {parameter: {"value": v}} dicts."""
+def check_parameters(config: dict, path: str | Path) -> None:
+    """Refuse, naming the key, a parameter that is not a train.py flag or a value train.py's parser refuses.
+
+    wandb passes each parameter as `--<key>=<value>` (`${args}`), so the key must be a flag's spelling
+    (`lambda-boundary`), and a list under `value:` (a typo for `values:`) becomes one value like `[1, 2]`.
+    """
+    from engine.config import build_parser  # torch-free
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    parser = build_parser()
+    parser.exit_on_error = False  # an ArgumentError to report, not argparse's exit
+    flags = {opt for action in parser._actions for opt in action.option_strings}
+    for key, spec in config.get("parameters", {}).items():
+        if f"--{key}" not in flags:
+            raise UserError(f"{path}: parameter {key!r} is not a train.py flag (--{key}); see python train.py "
+                            "--help (a flag's name, with hyphens: lambda-boundary)")
+        values = spec["values"] if "values" in spec else [spec["value"]] if "value" in spec else \
+            [spec[k] for k in ("min", "max") if k in spec]
+        for value in values:
+            arg = create_sweep_command_args({"args": {key: {"value": value}}})["args"]
+            try:
+                _, unknown = parser.parse_known_args(arg)
+            except argparse.ArgumentError as e:
+                unknown = [str(e)]
+            if unknown:
+                hint = "; a list to sweep over goes under `values:`, not `value:`" if isinstance(value, list) else ""
+                raise UserError(f"{path}: parameter {key!r}: train.py refuses {' '.join(arg)} "
+                                f"({'; '.join(unknown)}){hint}")
+
+
+def grid_runs(config: dict, count: int | None = None) -> list[dict]:
+    """The runs the sweep engine proposes, in its order, as {parameter: {"value": v}} dicts: the whole grid
+    (at most `count` runs), or `count` runs of a random or bayes search (which never end by themselves)."""
     runs: list = []
-    while (run := sweeps.next_run(config, runs)) is not None:
-        run.state = sweeps.RunState.finished  # as if done: the engine then proposes the next grid point
+    while count is None or len(runs) < count:
+        run = sweeps.next_run(config, runs)
+        if run is None:
+            break
+        run.state = sweeps.RunState.finished  # as if done: the engine then proposes the next point
         runs.append(run)
     return [run.config for run in runs]
 
@@ -71,17 +105,37 @@ def run_command(config: dict, run_config: dict) -> list[str]:
     return argv
 
 
+def resolve_accelerate(argv: list[str]) -> list[str]:
+    """`accelerate` from the running interpreter's environment: the script beside sys.executable, else
+    `python -m accelerate.commands.launch` (`${env} accelerate` would need the venv's bin on PATH)."""
+    if "accelerate" not in argv:
+        return argv
+    i = argv.index("accelerate")
+    beside = Path(sys.executable).parent / "accelerate"
+    if beside.is_file():
+        return [*argv[:i], str(beside), *argv[i + 1:]]
+    if argv[i + 1: i + 2] == ["launch"]:
+        return [*argv[:i], sys.executable, "-m", "accelerate.commands.launch", *argv[i + 2:]]
+    return [*argv[:i], sys.executable, "-m", "accelerate.commands.accelerate_cli", *argv[i + 1:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="sweep file, e.g. sweep.yaml")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("--count", type=int, default=None, help="launch at most N runs")
+    parser.add_argument("--count", type=int, default=None,
+                        help="launch at most N runs (required for method random or bayes)")
     argv = sys.argv[1:] if argv is None else list(argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []  # flags after -- go to every train.py
     args = parser.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
+    if args.count is not None and args.count < 1:
+        parser.error(f"--count must be >= 1, got {args.count}")
 
     config = load_sweep(args.sweep)
-    commands = [run_command(config, run) + extra for run in grid_runs(config)][: args.count]
+    if config["method"] != "grid" and args.count is None:
+        raise UserError(f"{args.sweep}: method {config['method']} proposes runs without end; pass --count N")
+    check_parameters(config, args.sweep)
+    commands = [resolve_accelerate(run_command(config, run)) + extra for run in grid_runs(config, args.count)]
     failed = []
     for i, command in enumerate(commands, 1):
         print(f"[{i}/{len(commands)}] {' '.join(command)}", flush=True)

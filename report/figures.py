@@ -122,6 +122,7 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
             if i == 0 and mark_epoch is not None:
                 ax.axvline(mark_epoch, color="gray", ls=":", lw=1)
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no epoch 1.25
             ax.set_xlabel("epoch")
             ax.set_ylabel(f"{METRIC_LABELS[m]} (%)")
             ax.set_title(METRIC_LABELS[m] if i == 0 else f"{METRIC_LABELS[m]}, epochs ≥ {zoom_from}")

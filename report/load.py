@@ -124,7 +124,7 @@ def load_runs_dir(runs_dir: str | Path) -> list[Record]:
     paths = sorted(runs_dir.rglob("*.results.json"))
     if not paths:
         raise UserError(f"{runs_dir}: no *.results.json below it; evaluate the checkpoints first "
-                        "(`python evaluate.py --all {runs_dir}`)")
+                        f"(`python evaluate.py --all {runs_dir}`)")
     return [read_results_file(p) for p in track(paths, description="reading results", transient=True)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,21 @@ def test_user_errors_on_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"empty: no \*\.results\.json below it"):
         load_runs_dir(tmp_path / "empty")
+    with pytest.raises(UserError, match=re.escape(f"(`python evaluate.py --all {tmp_path / 'empty'}`)")):
+        load_runs_dir(tmp_path / "empty")  # the folder itself, not a literal {runs_dir}
+
+
+def test_curves_have_integer_epoch_ticks(tmp_path, monkeypatch):
+    import report.figures as figures
+
+    for seed in (1, 2):
+        for epoch in (1, 2, 3):  # three evaluated epochs: matplotlib's default ticks would be 1.00, 1.25, ...
+            write_result(tmp_path / "runs", "A", seed, epoch, 0.5 + 0.01 * epoch + 0.001 * seed)
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig))
+    figures.plot_curves(Study.from_records(load_runs_dir(tmp_path / "runs")), tmp_path / "curves.png")
+    ticks = [t for ax in figs[0].axes if ax.get_xlabel() == "epoch" for t in ax.get_xticks()]
+    assert ticks and all(float(t).is_integer() for t in ticks)
 
 
 def test_cli_error_is_one_line_naming_the_file(tmp_path):

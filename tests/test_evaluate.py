@@ -374,3 +374,21 @@ def test_checkpoint_folder_names():
     assert evaluate.CHECKPOINT_NAME is CHECKPOINT_NAME
     assert [bool(CHECKPOINT_NAME.match(n)) for n in ("epoch_0010", "epoch_12345", "epoch_010", ".tmp_epoch_0010",
                                                      "epoch_0010.results.json")] == [True, True, False, False, False]
+
+
+def test_batch_table_shows_the_whole_run_name_at_80_columns(tmp_path):
+    """evaluate --all's table in an 80-column terminal: the run name wraps, it is never cut to `good/check…`."""
+    from rich.console import Console
+
+    runs = tmp_path / "runs"
+    names = ["lambda_sweep/C_lb0.05_steal_seed456", "lambda_sweep/D_lb0.5_linear_seed123"]
+    records = [{"checkpoint": str(runs / name / "checkpoints" / "epoch_0160"), "variant": name[13], "seed": 456,
+                "epoch": 160, "miou": 0.8, "boundary_f1": 0.7, "trimap_iou": 0.6, "seconds": 41.2} for name in names]
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(evaluate.batch_table(records, runs))
+    text = console.export_text()
+    assert "…" not in text
+    lines = [line for line in text.splitlines() if "│" in line]
+    first_cells = "".join(line.strip("│┃ ").split("│")[0].strip() for line in lines)
+    assert all(name in first_cells for name in names)
+    assert all(len(line) <= 80 for line in text.splitlines())

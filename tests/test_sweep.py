@@ -1,4 +1,7 @@
 """sweep.yaml: valid for wandb's sweep engine, 12 grid runs, each run's command accepted by train.py's parser."""
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +10,8 @@ from engine.config import build_parser, parse_args
 from engine.sweep_local import grid_runs, load_sweep, main as sweep_local_main, run_command
 from utils.fileio import UserError
 
-SWEEP = Path(__file__).resolve().parents[1] / "sweep.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "sweep.yaml"
 
 
 def test_sweep_yaml_is_valid_grid_of_12_runs():
@@ -51,3 +55,70 @@ def test_invalid_sweep_file_is_a_user_error(tmp_path):
     bad.write_text("method: sideways\nparameters:\n  seed:\n    values: [1]\n")
     with pytest.raises(UserError, match="not a valid W&B sweep"):
         load_sweep(bad)
+
+
+def _sweep_file(tmp_path, text: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+RANDOM = SWEEP.read_text().replace("method: grid", "method: random")
+
+
+@pytest.mark.parametrize("method", ["random", "bayes"])
+def test_random_and_bayes_need_count_and_stop_at_it(tmp_path, method):
+    path = _sweep_file(tmp_path, SWEEP.read_text().replace("method: grid", f"method: {method}"))
+    command = [sys.executable, "-m", "engine.sweep_local", str(path), "--dry-run"]
+    # A subprocess with a timeout: without a stop, the sweep engine proposes runs forever.
+    result = subprocess.run([*command, "--count", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert [line[:5] for line in result.stdout.splitlines() if line.startswith("[")] == ["[1/3]", "[2/3]", "[3/3]"]
+    with pytest.raises(UserError, match=f"method {method} proposes runs without end; pass --count N"):
+        sweep_local_main([str(path), "--dry-run"])
+
+
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_count_below_one_is_refused(count, capsys):
+    with pytest.raises(SystemExit):
+        sweep_local_main([str(SWEEP), "--dry-run", "--count", count])
+    assert f"--count must be >= 1, got {count}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ("  varient:\n    values: [A, B]\n", "parameter 'varient' is not a train.py flag (--varient)"),
+    ("  lambda_boundary:\n    values: [0.1]\n", "parameter 'lambda_boundary' is not a train.py flag"),
+    ("  seed:\n    value: [42, 123]\n", "parameter 'seed': train.py refuses --seed=[42, 123] (argument --seed: invalid "
+                                         "int value: '[42, 123]'); a list to sweep over goes under `values:`"),
+    ("  variant:\n    values: [A, E]\n", "parameter 'variant': train.py refuses --variant=E"),
+])
+def test_unknown_or_malformed_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch, parameters,
+                                                                          message):
+    from engine import sweep_local
+
+    text = f"program: train.py\nmethod: grid\nparameters:\n{parameters}"
+    text += "command:\n  - ${env}\n  - python\n  - ${program}\n  - ${args}\n"
+    path = _sweep_file(tmp_path, text)
+    launched = []
+    monkeypatch.setattr(sweep_local.subprocess, "run", lambda *a, **k: launched.append(a))
+    with pytest.raises(UserError, match=re.escape(f"{path}: {message}")):
+        sweep_local_main([str(path)])
+    assert launched == []
+
+
+def test_accelerate_comes_from_the_running_interpreter_not_from_path(tmp_path, monkeypatch):
+    from engine.sweep_local import resolve_accelerate
+
+    beside = str(Path(sys.executable).parent / "accelerate")
+    assert resolve_accelerate(["/usr/bin/env", "accelerate", "launch", "train.py"]) == [
+        "/usr/bin/env", beside, "launch", "train.py"]
+    # An interpreter without the script beside it: accelerate as a module of that interpreter.
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    assert resolve_accelerate(["/usr/bin/env", "accelerate", "launch", "train.py"]) == [
+        "/usr/bin/env", str(tmp_path / "python"), "-m", "accelerate.commands.launch", "train.py"]
+    monkeypatch.undo()
+    # The real thing, with the venv's bin not on PATH: the launcher is found and runs (its --help here).
+    path = _sweep_file(tmp_path, "program: train.py\nmethod: grid\nparameters:\n  seed:\n    values: [1]\n"
+                                 "command:\n  - ${env}\n  - accelerate\n  - launch\n  - --help\n")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert sweep_local_main([str(path)]) == 0

@@ -44,3 +44,15 @@ def folder_lock(folder: str | os.PathLike, program: str, hint: str) -> Iterator[
     finally:
         os.close(fd)  # releases the lock
 
+
+
+def discard_unused(folder: str | os.PathLike) -> None:
+    """Remove `folder` if it holds nothing but its `.lock` (a run that stopped on an input error before
+    writing anything), so a failed start leaves no folder behind. Called by the lock's holder."""
+    folder = Path(folder)
+    try:
+        if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass  # not ours to clean after all (a file appeared, or no permission): leave it

@@ -6,10 +6,12 @@ and says what to do.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,13 +25,87 @@ class UserError(Exception):
     """Bad input from the user (a missing file, a wrong shape, an unknown option): one line, path + fix."""
 
 
+def user_message(e: UserError) -> str:
+    """The one-line message of a UserError, also when it was raised in a DataLoader worker.
+
+    torch re-raises a worker's exception in the main process as the same type with the message
+    "Caught UserError in DataLoader worker process N.\nOriginal Traceback ...", whose last line is
+    `utils.fileio.UserError: <the original message>` (torch._utils.ExceptionWrapper.reraise).
+    """
+    message = str(e)
+    if message.startswith(f"Caught {type(e).__name__} ") and "\nOriginal Traceback" in message:
+        return message.rstrip("\n").rsplit("\n", 1)[-1].partition(": ")[2]
+    return message
+
+
 def run_main(main, error_exit: int = 1) -> None:
-    """Entry-script runner: exit with `main()`'s code; a `UserError` becomes one `error: ...` line on stderr,
-    Ctrl-C one `interrupted` line and exit code 130 (128 + SIGINT)."""
+    """Entry-script runner: exit with `main()`'s code; a `UserError`, and a write that failed on a full disk,
+    become one `error: ...` line on stderr; Ctrl-C one `interrupted` line and exit code 130 (128 + SIGINT)."""
     try:
         sys.exit(main())
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        sys.exit(error_exit)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not e.filename:
+            raise
+        print(f"error: {e.filename}: {e.strerror}; {disk_full_advice(e.filename)}", file=sys.stderr)
+        sys.exit(error_exit)
+    except KeyboardInterrupt:  # Ctrl-C outside a script's own handler: no traceback, the shell's code 130
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> "1.5 KiB" (binary units up to TiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """Free space on the disk holding `path` (or its nearest existing parent), e.g. "12.3 MiB"."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return human_bytes(shutil.disk_usage(path).free)
+
+
+def disk_full_advice(path: str | os.PathLike) -> str:
+    """The fix for a write that failed for lack of space, with the free space there."""
+    return f"{free_space(path)} free on that disk; free space there (or write elsewhere) and rerun"
+
+
+def make_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create the folder `path` (and its parents) and check that a file can be written in it.
+
+    A read-only disk, a file in the way or a missing permission becomes a UserError naming the folder and
+    `flag` (the option that chose it), before any work is done.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
+        raise UserError(f"{path}: cannot write an output folder there: {e.strerror or e}{where}; pass a writable "
+                        f"folder as {flag}") from None
+    return path
+
+
+def parse_args_first(parse_args, error_exit: int = 1) -> None:
+    """For an entry script run as a program: parse and validate `sys.argv[1:]` before its heavy imports.
+
+    Called between an entry script's light imports and `import torch`, so `--help` and every rejected flag
+    answer at once (argparse exits by itself; a UserError from validation becomes the one `error:` line).
+    `main()` parses the same argv again, which takes milliseconds.
+    """
+    try:
+        parse_args(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
         sys.exit(error_exit)
     except KeyboardInterrupt:  # Ctrl-C outside a script's own handler: no traceback, the shell's code 130
         print("interrupted", file=sys.stderr)
