@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from contextlib import ExitStack, closing, nullcontext
 from pathlib import Path
 
-from metrics.keys import PROFILES
+from metrics.keys import FRACTION_KEYS, PROFILES, SHORT_LABELS
 from utils.fileio import UserError, atomic_write_bytes, parse_args_first, remove_temp_files, run_main, user_message
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
@@ -396,12 +396,12 @@ def batch_table(records: list[dict], runs_dir: Path) -> Table:
     epoch and metrics."""
     table = Table(title=f"evaluated checkpoints under {runs_dir} (%)")
     table.add_column("run", overflow="fold")
-    for column in ("variant", "seed", "epoch", "mIoU", "Boundary F1", "Trimap IoU", "Boundary IoU", "s"):
+    for column in ("variant", "seed", "epoch", *(SHORT_LABELS[k] for k in FRACTION_KEYS), "s"):
         table.add_column(column, justify="right", no_wrap=True)
     for r in records:
         run = os.path.relpath(Path(r["checkpoint"]).parent.parent, runs_dir)  # RUN/checkpoints/epoch_XXXX
-        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), _pct(r["miou"]), _pct(r["boundary_f1"]),
-                      _pct(r["trimap_iou"]), _pct(r["boundary_iou"]), f"{r['seconds']:.1f}")
+        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), *(_pct(r[k]) for k in FRACTION_KEYS),
+                      f"{r['seconds']:.1f}")
     return table
 
 

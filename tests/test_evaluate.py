@@ -383,7 +383,8 @@ def test_batch_table_shows_the_whole_run_name_at_80_columns(tmp_path):
     runs = tmp_path / "runs"
     names = ["lambda_sweep/C_lb0.05_steal_seed456", "lambda_sweep/D_lb0.5_linear_seed123"]
     records = [{"checkpoint": str(runs / name / "checkpoints" / "epoch_0160"), "variant": name[13], "seed": 456,
-                "epoch": 160, "miou": 0.8, "boundary_f1": 0.7, "trimap_iou": 0.6, "seconds": 41.2} for name in names]
+                "epoch": 160, "miou": 0.8, "boundary_f1": 0.7, "trimap_iou": 0.6, "boundary_iou": 0.5,
+                "seconds": 41.2} for name in names]
     console = Console(width=80, record=True, file=open(os.devnull, "w"))
     console.print(evaluate.batch_table(records, runs))
     text = console.export_text()
