@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from engine.results_format import RESULTS_SUFFIX, boundary_schedule_of, read_results
+from engine.results_format import CONSENSUS_TAG, RESULTS_SUFFIX, boundary_schedule_of, read_results
 from losses.variants import LAMBDA_BOUNDARY
 from metrics.keys import COUNT_KEYS as COUNT_METRICS
 from metrics.keys import METRIC_LABELS
@@ -117,11 +117,11 @@ def read_results_file(path: str | Path) -> Record:
 
 
 def load_runs_dir(runs_dir: str | Path) -> list[Record]:
-    """Every `*.results.json` below `runs_dir` (sorted paths), as Records."""
+    """Every `*.results.json` below `runs_dir` (sorted paths) but the consensus files, as Records."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: not a directory; pass the folder holding the training runs")
-    paths = sorted(runs_dir.rglob("*.results.json"))
+    paths = sorted(p for p in runs_dir.rglob("*.results.json") if CONSENSUS_TAG not in p.name)
     if not paths:
         raise UserError(f"{runs_dir}: no *.results.json below it; evaluate the checkpoints first "
                         f"(`python evaluate.py --all {runs_dir}`)")
