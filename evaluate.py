@@ -283,7 +283,7 @@ def evaluate_consensus_pair(primary_ckpt: Path, veto_ckpt: Path, args, accelerat
         accelerator.free_memory()
     seconds = time.perf_counter() - start
     extra = {"consensus": consensus_record(primary_ckpt, veto_ckpt, results, protect_names, args.max_drop_size,
-                                           args.reassign)}
+                                           args.reassign, veto_variant=veto_cfg.loss_label, veto_seed=veto_cfg.seed)}
     record = {"checkpoint": str(primary_ckpt), "seconds": seconds, **extra,
               **{k: v for k, v in results["fused"].items() if k != "per_image"}}
     if accelerator.is_main_process:

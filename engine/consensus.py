@@ -87,9 +87,12 @@ def evaluate_consensus(primary: torch.nn.Module, veto: torch.nn.Module, loader, 
 
 
 def consensus_record(primary_ckpt, veto_ckpt, results: dict[str, dict], protect_names: list[str],
-                     max_drop_size: int | None, reassign: str) -> dict:
-    """The "consensus" object of a consensus results file: the checkpoints, the options, and the primary's and
-    veto's dataset metrics (METRIC_KEYS) on the same images, so a reader pairs fused with primary directly."""
-    return {"primary": str(primary_ckpt), "veto": str(veto_ckpt), "protect": list(protect_names),
+                     max_drop_size: int | None, reassign: str, veto_variant: str, veto_seed: int) -> dict:
+    """The "consensus" object of a consensus results file: the checkpoints (the veto's variant label and seed;
+    the primary's are the record's own), the options, and the primary's and veto's dataset metrics (METRIC_KEYS)
+    on the same images, so a reader pairs fused with primary directly (aggregate.py: with the primary's own
+    per-image file)."""
+    return {"primary": str(primary_ckpt), "veto": str(veto_ckpt), "veto_variant": veto_variant,
+            "veto_seed": int(veto_seed), "protect": list(protect_names),
             "max_drop_size": max_drop_size, "reassign": reassign,
             **{f"{m}_metrics": {k: float(results[m][k]) for k in METRIC_KEYS} for m in ("primary", "veto")}}

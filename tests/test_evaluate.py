@@ -5,6 +5,7 @@ pruned checkpoints hold) from a random-init convnextv2_atto + 32-channel UPerNet
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -19,6 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from scipy import ndimage
 
+import aggregate
 import evaluate
 from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, KNOWN_ID, NUM_CLASSES, label_ids_to_train_ids
 from data_utils.synthetic import generate_dataset
@@ -29,7 +31,7 @@ from engine.results_format import consensus_path
 from engine.setup import build_model_from_config
 from metrics import SegmentationMetrics
 from metrics.consensus import cc_veto
-from metrics.keys import METRIC_KEYS
+from metrics.keys import METRIC_KEYS, METRIC_LABELS
 from metrics.per_image import PER_IMAGE_SUFFIX, dataset_metrics, per_image_path, read_per_image, subset
 from utils.fileio import UserError, atomic_write_json
 
@@ -458,6 +460,26 @@ def test_consensus_pairs_vetoes_each_seed_at_the_final_epoch(data_root, tmp_path
             assert record["consensus"]["veto"] == str(runs / f"B_seed{s}" / "checkpoints" / "epoch_0003")
             assert (record["variant"], record["seed"], record["epoch"]) == (v, s, 3)
     assert "vetoed by veto" in capsys.readouterr().out
+
+    # aggregate.py's table 7: the Δs (fused − primary, mean over seeds) equal those of the files directly.
+    assert evaluate.main(["--all", str(runs)]) == 0  # the runs' own results (aggregate reads those as the study)
+    assert aggregate.main([str(runs), "--out", str(tmp_path / "report"), "--bootstrap", "50"]) == 0
+    with open(tmp_path / "report" / "table7_consensus.csv", newline="") as f:
+        rows = {(r["pairing"], r["metric"]): r for r in csv.DictReader(f)}
+    for v in ("C", "D"):
+        fused = [read_results(runs / f"{v}_seed{s}/checkpoints/epoch_0003.consensus.B_seed{s}.results.json")
+                 for s in (1, 2)]
+        own = [read_results(results_path(runs / f"{v}_seed{s}/checkpoints/epoch_0003")) for s in (1, 2)]
+        for key, factor in (("miou", 100), ("boundary_f1", 100), ("trimap_iou", 100), ("boundary_iou", 100),
+                            ("fragments_per_image", 1)):
+            row = rows[f"{v} vetoed by B", METRIC_LABELS[key]]
+            delta = np.mean([f[key] - o[key] for f, o in zip(fused, own)])
+            assert float(row["Δ mean over seeds"]) == pytest.approx(factor * delta, abs=1e-9)
+            assert float(row["bootstrap Δ"]) == pytest.approx(factor * delta, abs=1e-9)  # on the full image set
+            assert row["n_seeds"] == "2"
+            if key == "fragments_per_image":
+                base = np.mean([o[key] for o in own])
+                assert float(row["Δ %"]) == pytest.approx(100 * delta / base, abs=1e-9)
 
 
 def test_consensus_bad_input_is_one_line(data_root, tmp_path):
