@@ -68,7 +68,8 @@ from report.figures import (group_colors, plot_bootstrap, plot_curves, plot_grad
 from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
 from report.load import METRICS, Study, load_consensus, load_csv, load_per_image, load_runs_dir
 from report.stats import summarize
-from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, consensus_table, completeness_notes, crossover_tables, extremes_table,
+from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, completeness_notes, consensus_table,
+                           crossover_tables, extremes_table,
                            global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
                            skipped_bootstrap_table, volatility_table)
 

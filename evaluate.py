@@ -220,14 +220,20 @@ def build_eval_loader(cfg, split: str):
     return build_dataloader(cfg, split, train=False)
 
 
+def with_loader_flags(cfg, args):
+    """`cfg` with the data and loader flags of the command line (--data-root, --hf-dataset, --batch-size,
+    --loader-workers) where given."""
+    return dataclasses.replace(cfg, data_root=args.data_root or cfg.data_root,
+                               hf_dataset=args.hf_dataset or cfg.hf_dataset,
+                               batch_size=args.batch_size or cfg.batch_size,
+                               num_workers=cfg.num_workers if args.loader_workers is None else args.loader_workers)
+
+
 def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = True) -> dict:
     """Evaluate one checkpoint; returns the results record (or {"num_images"} for an unlabelled split)."""
     cfg, meta, model = load_checkpoint(ckpt)
-    overrides = {"data_root": args.data_root or cfg.data_root, "hf_dataset": args.hf_dataset or cfg.hf_dataset,
-                 "batch_size": args.batch_size or cfg.batch_size,
-                 "num_workers": cfg.num_workers if args.loader_workers is None else args.loader_workers}
     split = args.split or cfg.val_split
-    loader = build_eval_loader(dataclasses.replace(cfg, **overrides), split)
+    loader = build_eval_loader(with_loader_flags(cfg, args), split)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     loader = accelerator.prepare_data_loader(loader)
     writer = PredictionWriter(args.save_predictions, class_table(cfg)) if args.save_predictions else None
@@ -266,10 +272,7 @@ def evaluate_consensus_pair(primary_ckpt: Path, veto_ckpt: Path, args, accelerat
                         f"{cfg.val_split!r}; pass --split to evaluate both on one")
     protect = protect_indices(classes, None if args.protect is None else args.protect.split(","), str(primary_ckpt))
     protect_names = [classes.names[i] for i in protect]
-    overrides = {"data_root": args.data_root or cfg.data_root, "hf_dataset": args.hf_dataset or cfg.hf_dataset,
-                 "batch_size": args.batch_size or cfg.batch_size,
-                 "num_workers": cfg.num_workers if args.loader_workers is None else args.loader_workers}
-    loader = build_eval_loader(dataclasses.replace(cfg, **overrides), split)
+    loader = build_eval_loader(with_loader_flags(cfg, args), split)
     primary = accelerator.prepare_model(primary, evaluation_mode=True)
     veto = accelerator.prepare_model(veto, evaluation_mode=True)
     loader = accelerator.prepare_data_loader(loader)
@@ -303,8 +306,9 @@ def consensus_pairings(runs_dir: Path, pairs: list[tuple[str, str]]) -> list[tup
         cfg = load_config(ckpt / "config.json")
         key = (cfg.loss_label, cfg.seed)
         if key in finals and finals[key].parent != ckpt.parent:
-            raise UserError(f"{runs_dir}: two runs of variant {key[0]!r} seed {key[1]} ({finals[key].parent.parent.name}"
-                            f", {ckpt.parent.parent.name}); pass a folder holding one run per variant and seed")
+            raise UserError(f"{runs_dir}: two runs of variant {key[0]!r} seed {key[1]} "
+                            f"({finals[key].parent.parent.name}, {ckpt.parent.parent.name}); pass a folder holding "
+                            "one run per variant and seed")
         finals[key] = ckpt  # find_checkpoints is sorted: the run's last epoch comes last
     variants = sorted({v for v, _ in finals})
     out = []

@@ -50,7 +50,8 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
     if len(iou) != len(classes):
         raise ValueError(f"metrics['iou'] has {len(iou)} values, expected one per class of {classes}")
     meta = read_meta(checkpoint) or {}
-    write_per_image(per_image_file or per_image_path(checkpoint), metrics["per_image"])  # first: a results file implies its stats
+    # first: a results file implies its stats
+    write_per_image(per_image_file or per_image_path(checkpoint), metrics["per_image"])
     record = {
         "variant": cfg.loss_label,
         "seed": cfg.seed,

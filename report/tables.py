@@ -559,28 +559,26 @@ def consensus_table(consensus: dict[str, dict[int, tuple[dict, dict]]], profile:
         tests = []
         for p in pairings:
             seeds = sorted(per_seed[p])
-            tests.append(paired_ttest([per_seed[p][s][1][name] for s in seeds], [per_seed[p][s][0][name] for s in seeds]))
+            tests.append(paired_ttest([per_seed[p][s][1][name] for s in seeds],  # fused, primary
+                                      [per_seed[p][s][0][name] for s in seeds]))
         t_holm = holm([t[2] for t in tests])
         b = [boot[name][f"{p}|fused", f"{p}|primary"] if boot else None for p in pairings]
         for p, (delta, t, t_p), t_ph, r in zip(pairings, tests, t_holm, b):
             base = float(np.mean([v[0][name] for v in per_seed[p].values()]))
             pct = 100 * delta / base if base else math.nan
-            nan = math.nan
             rows.append([p, METRIC_LABELS[key], unit, len(per_seed[p]), factor * delta, pct, t, t_p, t_ph,
                          *((factor * r["delta"], factor * r["ci_low"], factor * r["ci_high"], r["p"], r["p_holm"])
-                           if r else (nan,) * 5)])
+                           if r else (math.nan,) * 5)])
             md_rows.append([p, METRIC_LABELS[key], str(len(per_seed[p])), _signed(delta, factor), _signed(pct, 1),
                             f"{_p(t_p)} ({_p(t_ph)})",
                             f"[{_signed(r['ci_low'], factor)}, {_signed(r['ci_high'], factor)}]" if r else "n/a",
                             f"{_p(r['p'])} ({_p(r['p_holm'])})" if r else "n/a"])
-    notes = [f"Δ = fused − primary (the consensus filter `metrics/consensus.py: cc_veto`), per seed s on primary seed "
-             "s vetoed by veto seed s, then the mean over seeds; in pp "
+    notes = ["Δ = fused − primary (the consensus filter `metrics/consensus.py: cc_veto`), per seed s on primary "
+             "seed s vetoed by veto seed s, then the mean over seeds; in pp "
              f"({', '.join(METRIC_LABELS[m] for m in COUNT_METRICS)}: a count); Δ % relative to the primary's mean.",
              "t-test: paired by seed (fused vs primary); bootstrap: the paired image bootstrap as table 5b "
              f"({num_replicates} replicates, seed {seed}); Holm within each metric over the "
              f"{len(pairings)} pairing(s).",
              f"metrics profile: {profile}."]
-    if not pairings:
-        notes = ["no consensus results at this epoch (`python evaluate.py --consensus-pairs C:B --all RUNS_DIR`)"]
     return Table(CONSENSUS_TABLE, "Table 7 — consensus filter: fused vs primary", _CONS_HEADER, rows, _CONS_MD_HEADER,
                  md_rows, notes)
