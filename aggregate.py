@@ -8,6 +8,8 @@ summary.md (all tables in Markdown), one CSV per table, curves.png and per_class
   4. inter-seed std per class and variant
   5. paired-by-seed t-tests of every pair of variants, Holm-corrected per metric, beside CI overlap
   5b. the paired image bootstrap of every pair beside the t-test (from the runs' *.per_image.npz; bootstrap.png)
+  7. the consensus filter, fused vs primary per pairing, when runs hold evaluate.py --consensus results
+     (table7_consensus.csv; docs/report.md)
   and the crossover analysis (ranking per epoch, last leader change, C−B gap early vs final).
 Runs are grouped by variant and λ_b schedule ("C", "C steal"). With a λ_b sweep (a variant run at several
 --lambda-boundary values) its constant-λ_b runs are grouped by (variant, λ_b) ("C λb=0.05") and
@@ -64,9 +66,10 @@ from rich.table import Table as RichTable
 from report.figures import (group_colors, plot_bootstrap, plot_curves, plot_grad_trajectories, plot_lambda_sweep,
                             plot_per_class)
 from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
-from report.load import METRICS, Study, load_csv, load_per_image, load_runs_dir
+from report.load import METRICS, Study, load_consensus, load_csv, load_per_image, load_runs_dir
 from report.stats import summarize
-from report.tables import (Table, bootstrap_table, completeness_notes, crossover_tables, extremes_table,
+from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, completeness_notes, consensus_table,
+                           crossover_tables, extremes_table,
                            global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
                            skipped_bootstrap_table, volatility_table)
 
@@ -145,6 +148,11 @@ def main(argv=None) -> int:
     t5b, boot = bootstrap_section(study, final, args)
     cross_summary, cross_rankings = crossover_tables(study, early, final)
     tables = [t1, t2, t3, t3b, t4, t5, t5b, cross_summary, cross_rankings]
+    consensus = load_consensus(args.runs_dir, final) if args.runs_dir else {}  # evaluate.py --consensus files
+    t7 = consensus_table(consensus, study.records[0].metrics_profile, args.bootstrap, args.bootstrap_seed) \
+        if consensus else None
+    if t7 is not None:
+        tables.append(t7)
     t6 = lambda_sweep_table(study, final)  # None unless a variant was run at several λ_b
     if t6 is not None:
         tables.append(t6)
@@ -194,6 +202,10 @@ def main(argv=None) -> int:
           "<details><summary>Ranking at every epoch</summary>\n", cross_rankings.to_markdown(), "</details>\n"]
     if t6 is not None:
         md += ["## λ_b sweep\n", t6.to_markdown()]
+    if t7 is not None:
+        md += ["## Consensus filter\n", t7.to_markdown()]
+    else:
+        (out / f"{CONSENSUS_TABLE}.csv").unlink(missing_ok=True)
     if trajectories is not None:
         md += ["## Gradient trajectories\n",
                f"{len(grad_logs)} run(s) with `grad_stats.jsonl`; groups {', '.join(trajectories.groups)}. Numbers "

@@ -4,6 +4,8 @@
     accelerate launch evaluate.py runs/C_seed42/checkpoints/epoch_0160      # the same over all GPUs
     python evaluate.py --all runs/ --workers 4                              # every checkpoint lacking valid results
     python evaluate.py CKPT --split test --save-predictions preds/          # test-server PNGs + colour overlays
+    python evaluate.py --consensus runs/C_seed42/checkpoints/epoch_0160 --veto runs/B_seed42/checkpoints/epoch_0160
+    python evaluate.py --consensus-pairs C:B,D:B --all runs/               # every seed's final epoch (docs/report.md)
 
 A checkpoint is a folder holding model.safetensors, config.json and meta.json (train.py writes them); the
 model is rebuilt from its config.json. Full-resolution single-scale inference, BF16 autocast on CUDA;
@@ -58,7 +60,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="estimators of Boundary F1 and Trimap IoU (docs/metrics.md; default: the checkpoint "
                              "config's metrics_profile)")
     parser.add_argument("--force", action="store_true", help="--all: re-evaluate checkpoints with valid results too")
+    consensus = parser.add_argument_group("consensus filter (metrics.consensus.cc_veto; docs/report.md)")
+    consensus.add_argument("--consensus", type=Path, metavar="PRIMARY_CKPT",
+                           help="evaluate PRIMARY_CKPT vetoed by --veto: primary, veto and fused maps")
+    consensus.add_argument("--veto", type=Path, metavar="VETO_CKPT", help="the veto checkpoint of --consensus")
+    consensus.add_argument("--consensus-pairs", metavar="C:B,D:B", default=None,
+                           help="with --all: primary variant C vetoed by B, seed by seed, at the final epoch")
+    consensus.add_argument("--max-drop-size", type=int, default=None, metavar="N",
+                           help="drop only unsupported components of at most N pixels (default: any size)")
+    consensus.add_argument("--protect", default=None, metavar="NAMES",
+                           help="comma-separated class names never dropped (default: fence, pole, traffic light, "
+                                "traffic sign, those of them the class table has)")
+    consensus.add_argument("--reassign", choices=("veto", "ignore"), default="veto",
+                           help="dropped pixels take the veto's labels or the ignore index")
     args = parser.parse_args(argv)
+    if args.consensus is not None or args.consensus_pairs is not None:
+        if (args.consensus is None) == (args.consensus_pairs is None) or args.checkpoint is not None:
+            parser.error("give --consensus PRIMARY_CKPT --veto VETO_CKPT or --consensus-pairs C:B --all RUNS_DIR")
+        if (args.consensus is None) != (args.veto is None) or (args.consensus_pairs is None) != (args.all is None):
+            parser.error("--consensus needs --veto VETO_CKPT, --consensus-pairs needs --all RUNS_DIR")
+        if args.split in UNLABELLED_SPLITS or args.save_predictions is not None:
+            parser.error("the consensus evaluation needs labels and writes no predictions")
+        if args.max_drop_size is not None and args.max_drop_size < 1:
+            parser.error(f"--max-drop-size must be positive, got {args.max_drop_size}")
+        if args.consensus_pairs is not None:
+            args.pairs = [tuple(p.split(":")) for p in args.consensus_pairs.split(",")]
+            if any(len(p) != 2 or not all(p) for p in args.pairs):
+                parser.error(f"--consensus-pairs {args.consensus_pairs!r}: use PRIMARY:VETO[,PRIMARY:VETO...]")
+        return args
+    if args.veto is not None:
+        parser.error("--veto goes with --consensus PRIMARY_CKPT")
     if (args.checkpoint is None) == (args.all is None):
         parser.error("give one checkpoint folder or --all RUNS_DIR (exactly one)")
     if args.all is not None and args.save_predictions is not None:
@@ -87,8 +118,11 @@ from data_utils.classes import ClassTable
 from data_utils.dataset import read_image
 from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
 from engine.config import load_config
+from engine.consensus import consensus_record, evaluate_consensus, protect_indices
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, read_results, results_path, write_results
+from engine.results_format import consensus_path
+from metrics.per_image import PER_IMAGE_SUFFIX
 from engine.setup import build_dataloader, build_model_from_config, class_table
 from metrics.per_image import per_image_path, read_per_image
 from utils.dirlock import folder_lock
@@ -186,14 +220,20 @@ def build_eval_loader(cfg, split: str):
     return build_dataloader(cfg, split, train=False)
 
 
+def with_loader_flags(cfg, args):
+    """`cfg` with the data and loader flags of the command line (--data-root, --hf-dataset, --batch-size,
+    --loader-workers) where given."""
+    return dataclasses.replace(cfg, data_root=args.data_root or cfg.data_root,
+                               hf_dataset=args.hf_dataset or cfg.hf_dataset,
+                               batch_size=args.batch_size or cfg.batch_size,
+                               num_workers=cfg.num_workers if args.loader_workers is None else args.loader_workers)
+
+
 def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = True) -> dict:
     """Evaluate one checkpoint; returns the results record (or {"num_images"} for an unlabelled split)."""
     cfg, meta, model = load_checkpoint(ckpt)
-    overrides = {"data_root": args.data_root or cfg.data_root, "hf_dataset": args.hf_dataset or cfg.hf_dataset,
-                 "batch_size": args.batch_size or cfg.batch_size,
-                 "num_workers": cfg.num_workers if args.loader_workers is None else args.loader_workers}
     split = args.split or cfg.val_split
-    loader = build_eval_loader(dataclasses.replace(cfg, **overrides), split)
+    loader = build_eval_loader(with_loader_flags(cfg, args), split)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     loader = accelerator.prepare_data_loader(loader)
     writer = PredictionWriter(args.save_predictions, class_table(cfg)) if args.save_predictions else None
@@ -214,6 +254,106 @@ def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = Tru
         record = write_results(results_path(ckpt), metrics, cfg=cfg, epoch=meta["epoch"], checkpoint=ckpt,
                                split=split, seconds=seconds)
     return record
+
+
+# ------------------------------------------------------------------------------------------- consensus
+def evaluate_consensus_pair(primary_ckpt: Path, veto_ckpt: Path, args, accelerator) -> dict:
+    """Evaluate `primary_ckpt` vetoed by `veto_ckpt` (engine.consensus) on the primary's split; writes
+    `consensus_path(primary, veto run)` and its per-image file; returns the record."""
+    cfg, meta, primary = load_checkpoint(primary_ckpt)
+    veto_cfg, _, veto = load_checkpoint(veto_ckpt)
+    classes = class_table(cfg)
+    if tuple(class_table(veto_cfg).names) != tuple(classes.names):
+        raise UserError(f"{veto_ckpt}: its class table differs from that of {primary_ckpt}; "
+                        "veto with a model of the same classes")
+    split = args.split or cfg.val_split
+    if args.split is None and veto_cfg.val_split != cfg.val_split:
+        raise UserError(f"{veto_ckpt}: validates on split {veto_cfg.val_split!r}, {primary_ckpt} on "
+                        f"{cfg.val_split!r}; pass --split to evaluate both on one")
+    protect = protect_indices(classes, None if args.protect is None else args.protect.split(","), str(primary_ckpt))
+    protect_names = [classes.names[i] for i in protect]
+    loader = build_eval_loader(with_loader_flags(cfg, args), split)
+    primary = accelerator.prepare_model(primary, evaluation_mode=True)
+    veto = accelerator.prepare_model(veto, evaluation_mode=True)
+    loader = accelerator.prepare_data_loader(loader)
+    veto_run = veto_ckpt.parent.parent.name
+    start = time.perf_counter()
+    try:
+        results = evaluate_consensus(primary, veto, loader, accelerator, protect, args.max_drop_size, args.reassign,
+                                     metrics_profile=args.metrics_profile or cfg.metrics_profile,
+                                     description=f"{primary_ckpt.parent.parent.name} vetoed by {veto_run}")
+    finally:
+        accelerator.free_memory()
+    seconds = time.perf_counter() - start
+    extra = {"consensus": consensus_record(primary_ckpt, veto_ckpt, results, protect_names, args.max_drop_size,
+                                           args.reassign, veto_variant=veto_cfg.loss_label, veto_seed=veto_cfg.seed)}
+    record = {"checkpoint": str(primary_ckpt), "seconds": seconds, **extra,
+              **{k: v for k, v in results["fused"].items() if k != "per_image"}}
+    if accelerator.is_main_process:
+        record = write_results(consensus_path(primary_ckpt, veto_run), results["fused"], cfg=cfg, epoch=meta["epoch"],
+                               checkpoint=primary_ckpt, split=split, seconds=seconds,
+                               per_image_file=consensus_path(primary_ckpt, veto_run, PER_IMAGE_SUFFIX), extra=extra)
+    return record
+
+
+def consensus_pairings(runs_dir: Path, pairs: list[tuple[str, str]]) -> list[tuple[Path, Path]]:
+    """(primary, veto) final-epoch checkpoints for each pair of variants and each seed both have, from the
+    checkpoints' config.json (variant label = `loss_label`, seed); a variant without runs is a UserError."""
+    finals: dict[tuple[str, int], Path] = {}
+    for ckpt in find_checkpoints(runs_dir):
+        if not (ckpt / "config.json").is_file():
+            continue
+        cfg = load_config(ckpt / "config.json")
+        key = (cfg.loss_label, cfg.seed)
+        if key in finals and finals[key].parent != ckpt.parent:
+            raise UserError(f"{runs_dir}: two runs of variant {key[0]!r} seed {key[1]} "
+                            f"({finals[key].parent.parent.name}, {ckpt.parent.parent.name}); pass a folder holding "
+                            "one run per variant and seed")
+        finals[key] = ckpt  # find_checkpoints is sorted: the run's last epoch comes last
+    variants = sorted({v for v, _ in finals})
+    out = []
+    for primary, veto in pairs:
+        for name in (primary, veto):
+            if name not in variants:
+                raise UserError(f"{runs_dir}: no runs of variant {name!r} (--consensus-pairs); it has "
+                                f"{', '.join(variants) or 'no checkpoints'}")
+        seeds = sorted({s for v, s in finals if v == primary} & {s for v, s in finals if v == veto})
+        if not seeds:
+            raise UserError(f"{runs_dir}: variants {primary!r} and {veto!r} share no seed; train both with one seed")
+        out += [(finals[primary, s], finals[veto, s]) for s in seeds]
+    return out
+
+
+def consensus_table(records: list[dict]) -> Table:
+    """One row per consensus evaluation: primary, veto, and fused vs primary mIoU and fragments per image."""
+    table = Table(title="consensus: primary vetoed by veto")
+    for column in ("primary", "veto", "mIoU primary", "mIoU fused", "fragments/img primary", "fragments/img fused"):
+        table.add_column(column, justify="right", overflow="fold")
+    for r in records:
+        c = r["consensus"]
+        table.add_row(*(f"{Path(c[k]).parent.parent.name}/{Path(c[k]).name}" for k in ("primary", "veto")),
+                      _pct(c["primary_metrics"]["miou"]), _pct(r["miou"]),
+                      f"{c['primary_metrics']['fragments_per_image']:.1f}", f"{r['fragments_per_image']:.1f}")
+    return table
+
+
+def run_consensus(args, console: Console) -> int:
+    """--consensus / --consensus-pairs: evaluate each pairing (one process), print the table."""
+    from accelerate import Accelerator
+    accelerator = Accelerator()
+    pairings = ([(args.consensus, args.veto)] if args.consensus is not None
+                else consensus_pairings(args.all, args.pairs))
+    records = []
+    with ExitStack() as stack:
+        for folder in sorted({p.parent for p, _ in pairings}):
+            stack.enter_context(folder_lock(folder, "evaluate.py", "wait for it to finish or stop it"))
+        for primary, veto in pairings:
+            records.append(evaluate_consensus_pair(primary, veto, args, accelerator))
+    if accelerator.is_main_process:
+        console.print(consensus_table(records))
+        for primary, veto in pairings:
+            console.print(f"wrote {consensus_path(primary, veto.parent.parent.name)}", soft_wrap=True)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------- batch mode
@@ -410,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     import datasets
     datasets.disable_progress_bars()  # listing a split is instant; our own bars show the work
+    if args.consensus is not None or args.consensus_pairs is not None:
+        return run_consensus(args, console)
     if args.all is not None:
         return run_batch(args, console)
 

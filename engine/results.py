@@ -25,7 +25,8 @@ __all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "metrics_table", "p
 
 
 def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: int, checkpoint: str | Path,
-                  split: str, seconds: float, boundary_px: int = 3) -> dict:
+                  split: str, seconds: float, boundary_px: int = 3, per_image_file: str | Path | None = None,
+                  extra: dict | None = None) -> dict:
     """Write the results file for `metrics` (SegmentationMetrics.compute(); the names of its per-class IoU are
     its "classes", as evaluate_model gives them, else those of `cfg`'s class table) atomically; returns the record.
 
@@ -37,6 +38,8 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         epoch: epochs trained when the checkpoint was saved.
         checkpoint: the checkpoint folder (its meta.json, if present, dates the results).
         split: the evaluated split; seconds: wall time of the evaluation.
+        per_image_file: where the per-image statistics go (default `per_image_path(checkpoint)`).
+        extra: more keys for the record (e.g. engine.consensus's "consensus" object).
     """
     if "classes" in metrics:
         classes = list(metrics["classes"])
@@ -47,7 +50,8 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
     if len(iou) != len(classes):
         raise ValueError(f"metrics['iou'] has {len(iou)} values, expected one per class of {classes}")
     meta = read_meta(checkpoint) or {}
-    write_per_image(per_image_path(checkpoint), metrics["per_image"])  # first: a results file implies its stats
+    # first: a results file implies its stats
+    write_per_image(per_image_file or per_image_path(checkpoint), metrics["per_image"])
     record = {
         "variant": cfg.loss_label,
         "seed": cfg.seed,
@@ -69,6 +73,7 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         "boundary_px": boundary_px,
         "checkpoint_saved_at": meta.get("saved_at"),
         "config": config_to_dict(cfg),
+        **(extra or {}),
     }
     atomic_write_json(path, record)  # NaN (a class absent from the split) becomes null
     return record

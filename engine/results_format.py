@@ -36,6 +36,7 @@ from metrics.keys import COUNT_KEYS, FRACTION_KEYS, PROFILES
 from utils.fileio import UserError
 
 RESULTS_SUFFIX = ".results.json"
+CONSENSUS_TAG = ".consensus."  # <checkpoint>.consensus.<veto run>.results.json: engine.consensus, not a run's own
 REQUIRED_KEYS = ("variant", "seed", "epoch", "checkpoint", "split", "num_images", "miou", "boundary_f1",
                  "trimap_iou", "iou", "seconds", "lambda_dice", "lambda_boundary")
 # The λ_b schedules (losses.schedule.SCHEDULE_KINDS) and the TrainConfig fields that parametrise each one.
@@ -48,6 +49,13 @@ def results_path(checkpoint: str | Path) -> Path:
     """RUN/checkpoints/epoch_0010 -> RUN/checkpoints/epoch_0010.results.json (beside, not inside)."""
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(checkpoint.name + RESULTS_SUFFIX)
+
+
+def consensus_path(checkpoint: str | Path, veto_run: str, suffix: str = RESULTS_SUFFIX) -> Path:
+    """RUN/checkpoints/epoch_0010, "B_seed42" -> RUN/checkpoints/epoch_0010.consensus.B_seed42.results.json (or
+    another `suffix`, e.g. the per-image file's)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.name}{CONSENSUS_TAG}{veto_run}{suffix}")
 
 
 def _is_number(value) -> bool:

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from engine.results_format import RESULTS_SUFFIX, boundary_schedule_of, read_results
+from engine.results_format import CONSENSUS_TAG, RESULTS_SUFFIX, boundary_schedule_of, read_results
 from losses.variants import LAMBDA_BOUNDARY
 from metrics.keys import COUNT_KEYS as COUNT_METRICS
 from metrics.keys import METRIC_LABELS
 from report.bootstrap import PROFILE_METRICS, full_set_values
-from metrics.per_image import per_image_path, read_per_image, subset
+from metrics.per_image import PER_IMAGE_SUFFIX, per_image_path, read_per_image, subset
 from utils import UserError
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
@@ -117,11 +117,11 @@ def read_results_file(path: str | Path) -> Record:
 
 
 def load_runs_dir(runs_dir: str | Path) -> list[Record]:
-    """Every `*.results.json` below `runs_dir` (sorted paths), as Records."""
+    """Every `*.results.json` below `runs_dir` (sorted paths) but the consensus files, as Records."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: not a directory; pass the folder holding the training runs")
-    paths = sorted(runs_dir.rglob("*.results.json"))
+    paths = sorted(p for p in runs_dir.rglob("*.results.json") if CONSENSUS_TAG not in p.name)
     if not paths:
         raise UserError(f"{runs_dir}: no *.results.json below it; evaluate the checkpoints first "
                         f"(`python evaluate.py --all {runs_dir}`)")
@@ -384,3 +384,29 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
                                 f"says {recorded:.6f} (a stale per-image file?); {_REEVALUATE}")
         out.setdefault(r.group, {})[r.seed] = arrays
     return out, profile
+
+
+def load_consensus(runs_dir: str | Path, epoch: int) -> dict[str, dict[int, tuple[dict, dict]]]:
+    """The consensus files (`engine.results_format.consensus_path`, evaluate.py --consensus) of primaries at
+    `epoch` below `runs_dir`: {"<primary variant> vetoed by <veto variant>": {seed: (primary arrays, fused
+    arrays)}}, the per-image statistics of the primary (its own file, in the fused file's image order) and of
+    the fused maps. {} when there are none. Raises UserError naming the file when one is unreadable or its
+    primary's per-image file is missing or covers other images.
+    """
+    out: dict[str, dict[int, tuple[dict, dict]]] = {}
+    for path in sorted(Path(runs_dir).rglob(f"*{CONSENSUS_TAG}*{RESULTS_SUFFIX}")):
+        record = read_results(path)
+        consensus = record.get("consensus")
+        if not isinstance(consensus, dict) or record["epoch"] != epoch:
+            continue
+        fused = read_per_image(path.with_name(path.name[: -len(RESULTS_SUFFIX)] + PER_IMAGE_SUFFIX))
+        primary_file = per_image_path(consensus["primary"])
+        if not primary_file.is_file():
+            raise UserError(f"{path}: its primary has no per-image file {primary_file}; {_REEVALUATE}")
+        primary = read_per_image(primary_file)
+        if sorted(primary["names"].tolist()) != sorted(fused["names"].tolist()):
+            raise UserError(f"{primary_file}: not the images of {path}; evaluate both on the same split")
+        order = np.argsort(primary["names"])[np.argsort(np.argsort(fused["names"]))]  # primary rows in fused order
+        pairing = f"{record['variant']} vetoed by {consensus['veto_variant']}"
+        out.setdefault(pairing, {})[record["seed"]] = (subset(primary, order), fused)
+    return out

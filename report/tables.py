@@ -526,3 +526,59 @@ def completeness_notes(study: Study) -> list[str]:
         if n < 2:
             notes.append(f"variant {g} has {n} seed in total: no CI and no t-test for it")
     return notes
+
+
+# ---------------------------------------------------------------------------------------------------- consensus
+CONSENSUS_TABLE = "table7_consensus"
+_CONS_HEADER = ["pairing", "metric", "unit", "n_seeds", "Δ mean over seeds", "Δ %", "t", "t-test p", "t-test Holm p",
+                "bootstrap Δ", "bootstrap 95% CI low", "bootstrap 95% CI high", "bootstrap p", "bootstrap Holm p"]
+_CONS_MD_HEADER = ["pairing", "metric", "seeds", "Δ", "Δ %", "t-test p (Holm)", "bootstrap 95 % CI",
+                   "bootstrap p (Holm)"]
+
+
+def consensus_table(consensus: dict[str, dict[int, tuple[dict, dict]]], profile: str, num_replicates: int,
+                    seed: int) -> Table:
+    """Table 7, the consensus matrix: for each pairing "X vetoed by Y" (`report.load.load_consensus`) and each
+    metric, fused − primary: the mean over seeds of the per-seed Δ (and in % of the primary's mean), the
+    paired-by-seed t-test (`report.stats.paired_ttest`), and the paired image bootstrap of fused vs primary
+    (`report.bootstrap.bootstrap_metrics`, `num_replicates` draws with `seed`; 0 = none); Holm within each
+    metric over the pairings."""
+    names = PROFILE_METRICS[profile]
+    pairings = list(consensus)
+    per_seed = {p: {s: tuple(full_set_values(a, names.values()) for a in arrays) for s, arrays in runs.items()}
+                for p, runs in consensus.items()}
+    boot = {}
+    if num_replicates and pairings:
+        stats = {f"{p}|{role}": [runs[s][i] for s in sorted(runs)] for p, runs in consensus.items()
+                 for i, role in enumerate(("primary", "fused"))}
+        boot = bootstrap_metrics(stats, [(f"{p}|fused", f"{p}|primary") for p in pairings], list(names.values()),
+                                 num_replicates, seed, progress=True)
+    rows, md_rows = [], []
+    for key, name in names.items():
+        unit, factor = metric_unit(key)
+        tests = []
+        for p in pairings:
+            seeds = sorted(per_seed[p])
+            tests.append(paired_ttest([per_seed[p][s][1][name] for s in seeds],  # fused, primary
+                                      [per_seed[p][s][0][name] for s in seeds]))
+        t_holm = holm([t[2] for t in tests])
+        b = [boot[name][f"{p}|fused", f"{p}|primary"] if boot else None for p in pairings]
+        for p, (delta, t, t_p), t_ph, r in zip(pairings, tests, t_holm, b):
+            base = float(np.mean([v[0][name] for v in per_seed[p].values()]))
+            pct = 100 * delta / base if base else math.nan
+            rows.append([p, METRIC_LABELS[key], unit, len(per_seed[p]), factor * delta, pct, t, t_p, t_ph,
+                         *((factor * r["delta"], factor * r["ci_low"], factor * r["ci_high"], r["p"], r["p_holm"])
+                           if r else (math.nan,) * 5)])
+            md_rows.append([p, METRIC_LABELS[key], str(len(per_seed[p])), _signed(delta, factor), _signed(pct, 1),
+                            f"{_p(t_p)} ({_p(t_ph)})",
+                            f"[{_signed(r['ci_low'], factor)}, {_signed(r['ci_high'], factor)}]" if r else "n/a",
+                            f"{_p(r['p'])} ({_p(r['p_holm'])})" if r else "n/a"])
+    notes = ["Δ = fused − primary (the consensus filter `metrics/consensus.py: cc_veto`), per seed s on primary "
+             "seed s vetoed by veto seed s, then the mean over seeds; in pp "
+             f"({', '.join(METRIC_LABELS[m] for m in COUNT_METRICS)}: a count); Δ % relative to the primary's mean.",
+             "t-test: paired by seed (fused vs primary); bootstrap: the paired image bootstrap as table 5b "
+             f"({num_replicates} replicates, seed {seed}); Holm within each metric over the "
+             f"{len(pairings)} pairing(s).",
+             f"metrics profile: {profile}."]
+    return Table(CONSENSUS_TABLE, "Table 7 — consensus filter: fused vs primary", _CONS_HEADER, rows, _CONS_MD_HEADER,
+                 md_rows, notes)

@@ -5,6 +5,7 @@ pruned checkpoints hold) from a random-init convnextv2_atto + 32-channel UPerNet
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -19,16 +20,19 @@ from PIL import Image
 from safetensors.torch import save_file
 from scipy import ndimage
 
+import aggregate
 import evaluate
 from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, KNOWN_ID, NUM_CLASSES, label_ids_to_train_ids
 from data_utils.synthetic import generate_dataset
 from engine.checkpoint import WEIGHTS_NAME
 from engine.config import DEMO_PRESET, TrainConfig, save_config
 from engine.results import read_results, results_path, write_results
+from engine.results_format import consensus_path
 from engine.setup import build_model_from_config
 from metrics import SegmentationMetrics
-from metrics.keys import METRIC_KEYS
-from metrics.per_image import dataset_metrics, per_image_path, read_per_image, subset
+from metrics.consensus import cc_veto
+from metrics.keys import METRIC_KEYS, METRIC_LABELS
+from metrics.per_image import PER_IMAGE_SUFFIX, dataset_metrics, per_image_path, read_per_image, subset
 from utils.fileio import UserError, atomic_write_json
 
 NUM_VAL = 3
@@ -393,3 +397,104 @@ def test_batch_table_shows_the_whole_run_name_at_80_columns(tmp_path):
     first_cells = "".join(line.strip("│┃ ").split("│")[0].strip() for line in lines)
     assert all(name in first_cells for name in names)
     assert all(len(line) <= 80 for line in text.splitlines())
+
+
+# ------------------------------------------------------------------------------------------- consensus
+def saved_train_ids(preds: Path, data_root: Path) -> list[np.ndarray]:
+    """The labelIds PNGs written by --save-predictions, in dataset order, as train ids."""
+    frames = sorted((data_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    return [label_ids_to_train_ids(np.array(Image.open(
+        preds / "labelIds" / p.parent.name / p.name.replace("_gtFine_labelIds.png", "_labelIds.png"))))
+        for p in frames]
+
+
+@pytest.mark.parametrize("options", [[], ["--reassign", "ignore", "--max-drop-size", "40", "--protect", "pole,road"]])
+def test_consensus_results_equal_cc_veto_of_the_saved_predictions(data_root, tmp_path, options):
+    runs = tmp_path / "runs"
+    primary = make_checkpoint(runs / "C_seed1", 2, tiny_config(data_root, variant="C", seed=1), weights_seed=1)
+    veto = make_checkpoint(runs / "B_seed1", 2, tiny_config(data_root, variant="B", seed=1), weights_seed=2)
+    for ckpt in (primary, veto):
+        assert evaluate.main([str(ckpt), "--save-predictions", str(tmp_path / ckpt.parent.parent.name)]) == 0
+    assert evaluate.main(["--consensus", str(primary), "--veto", str(veto), *options]) == 0
+
+    path = consensus_path(primary, "B_seed1")
+    record = read_results(path)  # the standard results format
+    stats = read_per_image(consensus_path(primary, "B_seed1", PER_IMAGE_SUFFIX))
+    protect = (CLASS_NAMES.index("pole"), CLASS_NAMES.index("road")) if options else (4, 5, 6, 7)
+    kwargs = {"reassign": "ignore", "max_drop_size": 40} if options else {}
+    targets = [label_ids_to_train_ids(np.array(Image.open(p)))
+               for p in sorted((data_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))]
+    primary_preds = saved_train_ids(tmp_path / "C_seed1", data_root)
+    fused = [cc_veto(p, v, NUM_CLASSES, protect, **kwargs)
+             for p, v in zip(primary_preds, saved_train_ids(tmp_path / "B_seed1", data_root))]
+    assert any((f != p).any() for f, p in zip(fused, primary_preds))  # the veto drops something here
+    for pred, target, confusion, fragments in zip(fused, targets, stats["confusion"], stats["fragments"]):
+        valid = target != IGNORE_INDEX
+        np.testing.assert_array_equal(confusion[:, :NUM_CLASSES], confusion_matrix(pred, target))
+        assert confusion[:, NUM_CLASSES].sum() == (pred[valid] >= NUM_CLASSES).sum()  # "ignore" pixels
+        assert fragments == sum(ndimage.label(pred == c, np.ones((3, 3)))[1] for c in range(NUM_CLASSES))
+    assert record["miou"] == pytest.approx(np.nanmean(confusion_iou(zip(fused, targets))), abs=1e-12)
+    assert_record_equals(record, dataset_metrics(stats, record["metrics_profile"]))
+    consensus = record["consensus"]
+    assert (consensus["primary"], consensus["veto"]) == (str(primary), str(veto))
+    assert consensus["protect"] == [CLASS_NAMES[i] for i in protect] and consensus["reassign"] == (kwargs.get(
+        "reassign", "veto"))
+    for role, ckpt in (("primary", primary), ("veto", veto)):
+        own = read_results(results_path(ckpt))
+        assert consensus[f"{role}_metrics"] == {k: pytest.approx(own[k], abs=1e-12) for k in METRIC_KEYS}
+
+
+def test_consensus_pairs_vetoes_each_seed_at_the_final_epoch(data_root, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for variant in ("B", "C", "D"):
+        for seed in (1, 2):
+            cfg = tiny_config(data_root, variant=variant, seed=seed)
+            for epoch in (1, 3):
+                make_checkpoint(runs / f"{variant}_seed{seed}", epoch, cfg, weights_seed=seed + epoch)
+    assert evaluate.main(["--consensus-pairs", "C:B,D:B", "--all", str(runs)]) == 0
+    written = sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*.consensus.*.results.json"))
+    assert written == [f"{v}_seed{s}/checkpoints/epoch_0003.consensus.B_seed{s}.results.json"
+                       for v in ("C", "D") for s in (1, 2)]
+    for v in ("C", "D"):
+        for s in (1, 2):
+            record = read_results(runs / written[(v == "D") * 2 + s - 1])
+            assert record["consensus"]["veto"] == str(runs / f"B_seed{s}" / "checkpoints" / "epoch_0003")
+            assert (record["variant"], record["seed"], record["epoch"]) == (v, s, 3)
+    assert "vetoed by veto" in capsys.readouterr().out
+
+    # aggregate.py's table 7: the Δs (fused − primary, mean over seeds) equal those of the files directly.
+    assert evaluate.main(["--all", str(runs)]) == 0  # the runs' own results (aggregate reads those as the study)
+    assert aggregate.main([str(runs), "--out", str(tmp_path / "report"), "--bootstrap", "50"]) == 0
+    with open(tmp_path / "report" / "table7_consensus.csv", newline="") as f:
+        rows = {(r["pairing"], r["metric"]): r for r in csv.DictReader(f)}
+    for v in ("C", "D"):
+        fused = [read_results(runs / f"{v}_seed{s}/checkpoints/epoch_0003.consensus.B_seed{s}.results.json")
+                 for s in (1, 2)]
+        own = [read_results(results_path(runs / f"{v}_seed{s}/checkpoints/epoch_0003")) for s in (1, 2)]
+        for key, factor in (("miou", 100), ("boundary_f1", 100), ("trimap_iou", 100), ("boundary_iou", 100),
+                            ("fragments_per_image", 1)):
+            row = rows[f"{v} vetoed by B", METRIC_LABELS[key]]
+            delta = np.mean([f[key] - o[key] for f, o in zip(fused, own)])
+            assert float(row["Δ mean over seeds"]) == pytest.approx(factor * delta, abs=1e-9)
+            assert float(row["bootstrap Δ"]) == pytest.approx(factor * delta, abs=1e-9)  # on the full image set
+            assert row["n_seeds"] == "2"
+            if key == "fragments_per_image":
+                base = np.mean([o[key] for o in own])
+                assert float(row["Δ %"]) == pytest.approx(100 * delta / base, abs=1e-9)
+
+
+def test_consensus_bad_input_is_one_line(data_root, tmp_path):
+    runs = tmp_path / "runs"
+    primary = make_checkpoint(runs / "C_seed1", 1, tiny_config(data_root, variant="C", seed=1))
+    other_split = make_checkpoint(runs / "B_seed1", 1, tiny_config(data_root, variant="B", seed=1, val_split="train"))
+    other_table = make_checkpoint(runs / "D_seed1", 1, tiny_config(
+        data_root, variant="D", seed=1, class_names=tuple(f"c{i}" for i in range(NUM_CLASSES))))
+    with pytest.raises(UserError, match=r"B_seed1.*validates on split 'train'.*pass --split"):
+        evaluate.main(["--consensus", str(primary), "--veto", str(other_split)])
+    with pytest.raises(UserError, match=r"D_seed1.*class table differs"):
+        evaluate.main(["--consensus", str(primary), "--veto", str(other_table)])
+    with pytest.raises(UserError, match=r"--protect names 'nope'"):
+        evaluate.main(["--consensus", str(primary), "--veto", str(other_split), "--split", "val", "--protect", "nope"])
+    with pytest.raises(UserError, match=r"no runs of variant 'A'"):
+        evaluate.main(["--consensus-pairs", "C:A", "--all", str(runs)])
+    assert not list(runs.rglob("*.consensus.*"))
