@@ -1,6 +1,9 @@
 """metrics.consensus (count_fragments, cc_veto) against explicit scipy.ndimage.label loops, one class and one
 component at a time, on random and real label maps."""
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +12,8 @@ from scipy import ndimage
 
 from data_utils.labels import IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids
 from metrics.consensus import THIN_CLASSES, cc_veto, count_fragments
+
+ROOT = Path(__file__).resolve().parents[1]
 
 C = NUM_CLASSES
 EIGHT = np.ones((3, 3), bool)
@@ -106,3 +111,12 @@ def test_bad_inputs():
         cc_veto(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), reassign="drop")
     with pytest.raises(ValueError, match="integer"):
         count_fragments(np.zeros((4, 4)))
+
+
+def test_bench_consensus_runs_on_real_maps(cityscapes_fullres):
+    """bench/bench_consensus.py checks cc_veto and count_fragments against its scipy procedures on real maps
+    before it times them, and prints both rows (the figures themselves go to BENCHMARKS.md, not into a test)."""
+    proc = subprocess.run([sys.executable, "bench/bench_consensus.py", "--data", str(cityscapes_fullres),
+                           "--images", "1", "--repeats", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "cc_veto: " in proc.stdout and "count_fragments: " in proc.stdout
