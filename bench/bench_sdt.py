@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from data_utils.labels import NUM_CLASSES, label_ids_to_train_ids  # noqa: E402
 from data_utils.sdt import SDT_CLIP, compute_sdt, compute_sdt_torch, read_sdt_file, write_sdt_file  # noqa: E402
 from data_utils.synthetic import generate_dataset  # noqa: E402
+from utils import UserError, run_main  # noqa: E402
 
 
 def reference_sdt(label: np.ndarray, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> np.ndarray:
@@ -173,7 +174,7 @@ def main() -> None:
 
     paths = sorted(Path(args.data).glob("gtFine/*/*/*_gtFine_labelIds.png"))
     if not paths:
-        sys.exit(f"error: {args.data}: no gtFine/<split>/<city>/*_gtFine_labelIds.png found; pass --data DIR")
+        raise UserError(f"{args.data}: no gtFine/<split>/<city>/*_gtFine_labelIds.png found; pass --data DIR")
     if args.frames:
         paths = paths[: args.frames]
     labels = bench_cpu(paths, args.repeats)
@@ -184,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -314,7 +314,7 @@ def _expected(demo_root: Path, out: Path) -> dict[Path, np.ndarray]:
 def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     out = tmp_path / "cache"
     args = ["--data-root", str(demo_root), "--split", "train", "--out", str(out)]
-    assert precompute_sdt.main(args + ["--workers", "2"]) == 0
+    assert precompute_sdt.main(args + ["--jobs", "2"]) == 0
     expected = _expected(demo_root, out)
     for path, sdt in expected.items():
         np.testing.assert_array_equal(read_sdt_file(path, expected_shape=sdt.shape), sdt)
@@ -330,7 +330,7 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     missing.unlink()
     before = untouched.stat()
     capsys.readouterr()
-    assert precompute_sdt.main(args + ["--workers", "1", "--compress"]) == 0
+    assert precompute_sdt.main(args + ["--jobs", "1", "--compress"]) == 0
     assert "3 written, 1 already valid, 1 stale temp files removed" in capsys.readouterr().err
     after = untouched.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # valid file skipped
@@ -340,7 +340,7 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     assert inspect_sdt_file(corrupt).compressed and not inspect_sdt_file(untouched).compressed
 
     # --verify: clean cache passes; a flipped byte (CRC) and a wrong-but-well-formed file are both reported.
-    assert precompute_sdt.main(args + ["--verify", "--workers", "1"]) == 0
+    assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == 0
     data = bytearray(untouched.read_bytes())
     data[100] ^= 0x01
     untouched.write_bytes(bytes(data))
@@ -348,7 +348,7 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     wrong[0, 0, 0] = -wrong[0, 0, 0] if wrong[0, 0, 0] else 1
     write_sdt_file(corrupt, wrong)
     capsys.readouterr()
-    assert precompute_sdt.main(args + ["--verify", "--workers", "1"]) == 1
+    assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == 1
     err = capsys.readouterr().err
     assert "checksum mismatch" in err and "1 of" in err and "2 with problems" in err
 
@@ -362,14 +362,14 @@ def test_second_precompute_on_one_cache_folder_stops_naming_the_first(demo_root,
     in_flight.parent.mkdir()
     in_flight.write_bytes(b"being written by the other process")
     with pytest.raises(UserError) as err:
-        precompute_sdt.main(["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--workers", "1"])
+        precompute_sdt.main(["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--jobs", "1"])
     assert str(err.value) == f"{out}: in use by precompute_sdt.py (PID {holder.pid}); wait for it to finish or stop it"
     assert in_flight.exists() and list(out.rglob("*.sdt")) == []
 
 
 def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
     out = tmp_path / "cache"
-    args = ["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--workers", "1"]
+    args = ["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--jobs", "1"]
     # a cache made at another resolution is redone (never read as valid) ...
     first = sorted(_expected(demo_root, out))[0]
     write_sdt_file(first, np.zeros((19, 32, 64), np.int8))
@@ -394,5 +394,5 @@ def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
     Image.fromarray(ids).save(label_path)
     with pytest.raises(UserError, match=str(label_path)):
         precompute_sdt.main(["--data-root", str(bad_root), "--split", "train", "--out", str(tmp_path / "c2"),
-                             "--workers", "1"])
+                             "--jobs", "1"])
     assert not list((tmp_path / "c2").rglob("*.sdt"))
