@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.ndimage import distance_transform_edt, gaussian_filter
+from scipy.ndimage import gaussian_filter
 
 import precompute_sdt
 from data_utils.labels import label_ids_to_train_ids
 from data_utils.sdt import (
     compute_sdt,
+    compute_sdt_reference,
     compute_sdt_torch,
     inspect_sdt_file,
     read_sdt_file,
@@ -30,19 +31,6 @@ from utils import UserError
 from utils.dirlock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def reference_sdt(label: np.ndarray, num_classes: int, clip: int) -> np.ndarray:
-    """The definition, written out with scipy: two EDTs per present class."""
-    sdt = np.zeros((num_classes, *label.shape), dtype=np.int8)
-    for c in range(num_classes):
-        inside = label == c
-        if not inside.any() or inside.all():
-            continue
-        phi = distance_transform_edt(~inside) - distance_transform_edt(inside)
-        sdt[c] = np.clip(np.rint(phi), -clip, clip).astype(np.int8)
-    sdt[:, label == 255] = 0
-    return sdt
 
 
 def blob_label(height: int, width: int, num_blob_classes: int, seed: int, ignore: bool = True) -> np.ndarray:
@@ -96,7 +84,8 @@ def test_random_blobs_match_scipy_reference(seed):
     blob_classes = int(rng.integers(1, num_classes + 1))  # classes above blob_classes stay absent
     clip = int(rng.choice([1, 3, 7, 20, 127]))  # small clips: most distances lie beyond the clip
     label = blob_label(height, width, blob_classes, seed)
-    np.testing.assert_array_equal(compute_sdt(label, num_classes, clip), reference_sdt(label, num_classes, clip))
+    np.testing.assert_array_equal(compute_sdt(label, num_classes, clip),
+                                  compute_sdt_reference(label, num_classes, clip))
 
 
 def test_far_distances_and_edge_cases_match_reference():
@@ -104,7 +93,7 @@ def test_far_distances_and_edge_cases_match_reference():
     label = np.zeros((300, 420), np.uint8)
     label[5:9, 400:404] = 1
     label[250:, :30] = 255
-    np.testing.assert_array_equal(compute_sdt(label, 3), reference_sdt(label, 3, 127))
+    np.testing.assert_array_equal(compute_sdt(label, 3), compute_sdt_reference(label, 3, 127))
     # one class covering the whole image, all ignore, one class + ignore only, a single pixel, one row/column
     cases = [np.full((20, 30), 2, np.uint8), np.full((20, 30), 255, np.uint8), np.zeros((1, 1), np.uint8)]
     partial = np.full((20, 30), 1, np.uint8)
@@ -113,16 +102,16 @@ def test_far_distances_and_edge_cases_match_reference():
     single[7, 8] = 1
     cases += [partial, single, blob_label(1, 200, 3, 1), blob_label(150, 1, 3, 2)]
     for label in cases:
-        np.testing.assert_array_equal(compute_sdt(label, 3), reference_sdt(label, 3, 127))
+        np.testing.assert_array_equal(compute_sdt(label, 3), compute_sdt_reference(label, 3, 127))
     assert not compute_sdt(cases[0], 3).any()  # full coverage -> zero map
 
 
 def test_real_labels_match_reference(cityscapes_sample, cityscapes_fullres):
     small = np.array(Image.open(next(cityscapes_sample.rglob("*_gtFine_labelTrainIds.png"))))
-    np.testing.assert_array_equal(compute_sdt(small), reference_sdt(small, 19, 127))
+    np.testing.assert_array_equal(compute_sdt(small), compute_sdt_reference(small, 19, 127))
     path = sorted((cityscapes_fullres / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))[0]
     label = label_ids_to_train_ids(np.array(Image.open(path)), str(path))
-    np.testing.assert_array_equal(compute_sdt(label), reference_sdt(label, 19, 127))
+    np.testing.assert_array_equal(compute_sdt(label), compute_sdt_reference(label, 19, 127))
 
 
 def test_input_types_and_bad_values():
