@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils import UserError, atomic_write_text, parse_args_first
+from utils import UserError, atomic_write_text, parse_args_first, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    parse_args_first(parse_args, error_exit=2)  # --help and rejected flags answer before matplotlib and scipy load (~2 s)
+    parse_args_first(parse_args)  # --help and rejected flags answer before matplotlib and scipy load (~2 s)
 
 from rich.console import Console
 from rich.markup import escape
@@ -234,8 +234,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # one line, never wrapped
-        sys.exit(2)
+    run_main(main)

@@ -2,7 +2,7 @@
 
     python evaluate.py runs/C_seed42/checkpoints/epoch_0160                 # one checkpoint on val
     accelerate launch evaluate.py runs/C_seed42/checkpoints/epoch_0160      # the same over all GPUs
-    python evaluate.py --all runs/ --workers 4                              # every checkpoint lacking valid results
+    python evaluate.py --all runs/ --jobs 4                                 # every checkpoint lacking valid results
     python evaluate.py CKPT --split test --save-predictions preds/          # test-server PNGs + colour overlays
     python evaluate.py --consensus runs/C_seed42/checkpoints/epoch_0160 --veto runs/B_seed42/checkpoints/epoch_0160
     python evaluate.py --consensus-pairs C:B,D:B --all runs/               # every seed's final epoch (docs/report.md)
@@ -31,7 +31,8 @@ from contextlib import ExitStack, closing, nullcontext
 from pathlib import Path
 
 from metrics.keys import FRACTION_KEYS, PROFILES, SHORT_LABELS
-from utils.fileio import UserError, atomic_write_bytes, parse_args_first, remove_temp_files, run_main, user_message
+from utils.fileio import (RenamedFlag, UserError, atomic_write_bytes, parse_args_first, remove_temp_files, run_main,
+                          user_message)
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
 
@@ -48,11 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the HF dataset (default: the checkpoint config's hf_dataset), e.g. after moving it")
     parser.add_argument("--split", default=None,
                         help="split to evaluate (default: the config's val_split; test: predictions only)")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--jobs", type=int, default=1,
                         help="--all: checkpoints evaluated at once, spread round-robin over the visible GPUs")
+    parser.add_argument("--workers", action=RenamedFlag, new="--jobs", dest="jobs", type=int)
     parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: config's)")
-    parser.add_argument("--loader-workers", type=int, default=None,
-                        help="DataLoader processes per evaluation (default: the config's num_workers)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader worker processes per evaluation (default: the config's num_workers)")
+    parser.add_argument("--loader-workers", action=RenamedFlag, new="--num-workers", dest="num_workers", type=int)
     parser.add_argument("--save-predictions", type=Path, metavar="DIR", default=None,
                         help="write DIR/labelIds/<city>/<name>_labelIds.png (the test server's format) and "
                              "DIR/overlay/<city>/<name>_overlay.jpg (one checkpoint only)")
@@ -96,9 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--save-predictions works on one checkpoint, not with --all")
     if args.split in UNLABELLED_SPLITS and args.save_predictions is None:
         parser.error(f"split {args.split!r} has no real labels, so no metrics: add --save-predictions DIR")
-    for name in ("workers", "batch_size", "loader_workers"):
+    for name in ("jobs", "batch_size", "num_workers"):
         value = getattr(args, name)
-        if value is not None and value < (0 if name == "loader_workers" else 1):
+        if value is not None and value < (0 if name == "num_workers" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     return args
 
@@ -222,11 +225,11 @@ def build_eval_loader(cfg, split: str):
 
 def with_loader_flags(cfg, args):
     """`cfg` with the data and loader flags of the command line (--data-root, --hf-dataset, --batch-size,
-    --loader-workers) where given."""
+    --num-workers) where given."""
     return dataclasses.replace(cfg, data_root=args.data_root or cfg.data_root,
                                hf_dataset=args.hf_dataset or cfg.hf_dataset,
                                batch_size=args.batch_size or cfg.batch_size,
-                               num_workers=cfg.num_workers if args.loader_workers is None else args.loader_workers)
+                               num_workers=cfg.num_workers if args.num_workers is None else args.num_workers)
 
 
 def evaluate_checkpoint(ckpt: Path, args, accelerator, show_progress: bool = True) -> dict:
@@ -441,9 +444,9 @@ def _evaluate_in_worker(ckpt: Path, args) -> tuple[Path, dict | None, str | None
 
 
 def evaluate_all(checkpoints: list[Path], args):
-    """Yield _evaluate_in_worker's tuples as checkpoints finish: in this process for --workers 1, else in a
+    """Yield _evaluate_in_worker's tuples as checkpoints finish: in this process for --jobs 1, else in a
     pool of spawned processes spread round-robin over the visible GPUs (or sharing the CPU)."""
-    if args.workers == 1:
+    if args.jobs == 1:
         from accelerate import Accelerator
         _WORKER.update(accelerator=Accelerator(), show_progress=True)
         for ckpt in checkpoints:
@@ -451,8 +454,8 @@ def evaluate_all(checkpoints: list[Path], args):
         return
     spawn = mp.get_context("spawn")  # CUDA cannot be forked
     devices = [str(i) for i in range(torch.cuda.device_count())] or ["cpu"]
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
-    with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=_init_worker,
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=_init_worker,
                              initargs=(devices, spawn.Value("i", 0), threads)) as pool:
         futures = {pool.submit(_evaluate_in_worker, ckpt, args): ckpt for ckpt in checkpoints}
         try:
@@ -487,8 +490,8 @@ def run_batch(args, console: Console) -> int:
     checkpoints = find_checkpoints(args.all)
     todo = [c for c in checkpoints if args.force or pending_reason(c, args.split, args.metrics_profile) is not None]
     console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
-                  f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.workers} "
-                  "worker(s)",
+                  f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.jobs} "
+                  "job(s)",
                   soft_wrap=True)
     done, failures = [], []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

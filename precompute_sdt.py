@@ -1,6 +1,6 @@
 """Precompute the signed distance maps (SDT) of one split into a cache folder, one file per frame.
 
-    python precompute_sdt.py --data-root /data/cityscapes --split train --out /data/sdt/train --workers 8
+    python precompute_sdt.py --data-root /data/cityscapes --split train --out /data/sdt/train --jobs 8
     python precompute_sdt.py --data-root /data/cityscapes --split train --out /data/sdt/train --verify
     python precompute_sdt.py --hf-dataset data/demo-hf --reduce-labels --split train --out data/demo-hf-sdt
 
@@ -15,7 +15,8 @@ stops at once, naming the first one's PID: `utils.dirlock`).
 difference or bad file). `--compress` stores zlib-compressed row deltas (lossless, ~75x smaller on real
 Cityscapes frames, ~17x on the synthetic demo, but decoded into memory instead of memory-mapped).
 
-Exit status: 0 done, 1 --verify found problems, 2 bad input (one `error:` line naming the file and the fix).
+Exit status: `utils.run_main`'s (2: bad input, one `error:` line naming the file and the fix); 1 when --verify
+found problems.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import time
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
-from utils import UserError, free_space, human_bytes, make_output_dir, parse_args_first, run_main
+from utils import RenamedFlag, UserError, free_space, human_bytes, make_output_dir, parse_args_first, run_main
 
 
 def usable_cpus() -> int:
@@ -43,8 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classes", default="", help="classes file (as train.py --classes); default: the dataset's")
     parser.add_argument("--split", default="train", help="split to process (train, val, ...)")
     parser.add_argument("--out", required=True, help="cache folder (one <city>/<name>.sdt per frame)")
-    parser.add_argument("--workers", type=int, default=usable_cpus(),
-                        help="worker processes, one frame each at a time (default: all usable CPUs)")
+    parser.add_argument("--jobs", type=int, default=usable_cpus(),
+                        help="parallel processes, one frame each at a time (default: all usable CPUs)")
+    parser.add_argument("--workers", action=RenamedFlag, new="--jobs", dest="jobs", type=int)
     parser.add_argument("--compress", action="store_true",
                         help="zlib-compress the files written now (lossless, ~75x smaller on Cityscapes, decoded "
                              "into memory when read); with --overwrite, re-encode all")
@@ -52,13 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="write nothing; recompute every map and compare it with the cache")
     parser.add_argument("--overwrite", action="store_true", help="recompute every file, even valid ones")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be >= 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     return args
 
 
 if __name__ == "__main__":
-    parse_args_first(parse_args, error_exit=2)  # --help and rejected flags answer before torch & co. load
+    parse_args_first(parse_args)  # --help and rejected flags answer before torch & co. load
 
 import numpy as np
 from rich.console import Console
@@ -115,17 +117,17 @@ def remove_stale_temp_files(out: Path) -> int:
     return len(stale)
 
 
-def run_with_progress(fn, tasks: list, workers: int, description: str, frames):
-    """Yield fn(task) for every task (in completion order) under a rich progress bar; the workers (this
-    process for one worker) see `frames`."""
+def run_with_progress(fn, tasks: list, jobs: int, description: str, frames):
+    """Yield fn(task) for every task (in completion order) under a rich progress bar, in `jobs` worker
+    processes (this process for one job), which see `frames`."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     pool = None
-    if workers > 1 and len(tasks) > 1:
+    if jobs > 1 and len(tasks) > 1:
         # fork (as torch's DataLoader does) so workers skip re-importing torch and datasets; the workers only
         # run numpy/edt/zlib code. The pool is made before rich starts its refresh thread.
         method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        pool = get_context(method).Pool(min(workers, len(tasks)), initializer=_set_frames, initargs=(frames,))
+        pool = get_context(method).Pool(min(jobs, len(tasks)), initializer=_set_frames, initargs=(frames,))
     else:
         _set_frames(frames)
     try:
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2a) --verify: recompute and compare, write nothing.
     if args.verify:
         tasks = list(zip(indices, out_paths))
-        problems = [p for p in run_with_progress(verify_one, tasks, args.workers, f"verify {args.split}", frames)
+        problems = [p for p in run_with_progress(verify_one, tasks, args.jobs, f"verify {args.split}", frames)
                     if p]
         for line in sorted(problems)[:MAX_PROBLEM_LINES]:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         stale = remove_stale_temp_files(out)
         tasks = [(i, op, args.compress, args.overwrite) for i, op in zip(indices, out_paths)]
         counts, written_bytes, cache_bytes, raw_bytes = {"written": 0, "skipped": 0}, 0, 0, 0
-        for status, size, raw in run_with_progress(precompute_one, tasks, args.workers, f"SDT {args.split}",
+        for status, size, raw in run_with_progress(precompute_one, tasks, args.jobs, f"SDT {args.split}",
                                                    frames):
             counts[status] += 1
             cache_bytes += size
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3) Summary: time and bytes.
     seconds = time.perf_counter() - start
     console.print(f"{args.split}: {counts['written']} written, {counts['skipped']} already valid, {stale} stale "
-                  f"temp files removed; {seconds:.1f} s with {args.workers} workers", soft_wrap=True)
+                  f"temp files removed; {seconds:.1f} s with {args.jobs} processes", soft_wrap=True)
     console.print(f"wrote {human_bytes(written_bytes)}; {out} holds {human_bytes(cache_bytes)} for {len(tasks)} "
                   f"frames (raw int8: {human_bytes(raw_bytes)}, {raw_bytes / max(cache_bytes, 1):.1f}x smaller)",
                   soft_wrap=True)
@@ -192,4 +194,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main, error_exit=2)
+    run_main(main)

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from bench.bench_metrics import DEFAULT_ROOT, best_seconds, load_pairs  # noqa: E402
 from data_utils.labels import NUM_CLASSES  # noqa: E402
 from metrics.consensus import THIN_CLASSES, cc_veto, count_fragments  # noqa: E402
+from utils import run_main  # noqa: E402
 
 EIGHT = np.ones((3, 3), bool)
 
@@ -76,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

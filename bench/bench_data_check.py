@@ -8,7 +8,7 @@ after a warm-up pass (files in the page cache), median. The full-split estimate 
 per frame to Cityscapes' 2975 train and 500 val frames (W workers on W free cores divide the label part by
 about W).
 
-    python bench/bench_data_check.py --workers 0,2
+    python bench/bench_data_check.py --num-workers 0,2
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="bench-check-hf-"))
 from data_utils.cityscapes import load_split  # noqa: E402
 from data_utils.dataset import SegmentationDataset, check_frames  # noqa: E402
+from utils.fileio import RenamedFlag, run_main  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
 CITYSCAPES_TRAIN, CITYSCAPES_VAL = 2975, 500
@@ -32,7 +33,9 @@ CITYSCAPES_TRAIN, CITYSCAPES_VAL = 2975, 500
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
+    parser.add_argument("--num-workers", default="0,2",
+                        help="comma list of check_frames' worker counts (train.py passes its --num-workers)")
+    parser.add_argument("--workers", action=RenamedFlag, new="--num-workers", dest="num_workers")
     parser.add_argument("--passes", type=int, default=5)
     args = parser.parse_args(argv)
     dataset = SegmentationDataset(load_split(args.data_root, "train"))
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} frames of {args.data_root}, {os.cpu_count()} CPUs")
     print(f"{'check':<26} {'workers':>7} {'median s':>9} {'ms/frame':>9} {'full split, 1 process, s':>25}")
     settings = [("headers (train)", False, 0, CITYSCAPES_TRAIN)] + [
-        ("headers + label ids (val)", True, int(w), CITYSCAPES_VAL) for w in args.workers.split(",")]
+        ("headers + label ids (val)", True, int(w), CITYSCAPES_VAL) for w in args.num_workers.split(",")]
     for name, decode, workers, full in settings:
         check_frames(dataset, decode, workers)  # warm-up: page cache
         times = []
@@ -55,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

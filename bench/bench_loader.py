@@ -6,11 +6,11 @@ source: none (variants A/B, or SDT computed on the device), cpu (compute_sdt in 
 a precomputed file, memory-mapped) and cache-z (a `precompute_sdt.py --compress` file, decoded in memory).
 Each stage runs in this process on one thread, over --passes passes of the frames after one warm-up pass
 (files are in the page cache, as after the first epoch). A worker is one process with one thread, so its
-rate is 1 / (time per item); then a real DataLoader with each --workers count measures what the machine
+rate is 1 / (time per item); then a real DataLoader with each --num-workers count measures what the machine
 gives (collate and inter-process transfer included).
 
     python bench/bench_loader.py                               # the 8 real 2048x1024 frames (shared data)
-    python bench/bench_loader.py --workers 1,2,4 --target 18   # workers needed for 18 img/s
+    python bench/bench_loader.py --num-workers 1,2,4 --target 18   # workers needed for 18 img/s
 
 Workers needed for a target rate R: ceil(R / per-worker rate), each on its own core, plus the cores the
 training process itself uses (its main thread and the pin-memory thread).
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from data_utils.cityscapes import load_split  # noqa: E402
 from data_utils.dataset import SegmentationDataset, collate_batch, read_image, read_label_ids  # noqa: E402
 from data_utils.labels import label_ids_to_train_ids  # noqa: E402
-from utils.fileio import atomic_write_json  # noqa: E402
+from utils.fileio import RenamedFlag, atomic_write_json, run_main  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
 SOURCES = ("none", "cpu", "cache", "cache-z")  # cache-z: precompute_sdt.py --compress files
@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT, help="Cityscapes-layout root (train split)")
     parser.add_argument("--sources", default="none,cpu,cache,cache-z", help=f"comma list of {', '.join(SOURCES)}")
     parser.add_argument("--passes", type=int, default=2, help="timed passes over the frames (after one warm-up)")
-    parser.add_argument("--workers", default="1,2", help="comma list of DataLoader worker counts to run ('' = none)")
+    parser.add_argument("--num-workers", default="1,2",
+                        help="comma list of DataLoader worker counts to run ('' = none)")
+    parser.add_argument("--workers", action=RenamedFlag, new="--num-workers", dest="num_workers")
     parser.add_argument("--batches", type=int, default=8, help="batches per DataLoader measurement")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--target", type=float, default=18.0, help="images/s the training loop needs")
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             rate = 1.0 / seconds
             needed = math.ceil(args.target / rate)
             measured = {}
-            for w in [int(x) for x in args.workers.split(",") if x]:
+            for w in [int(x) for x in args.num_workers.split(",") if x]:
                 measured[w] = loader_rate(records, source, caches, w, args.batches, args.batch_size)
             report["per_worker"][source] = {"ms_per_item": 1e3 * seconds, "images_per_s_per_worker": rate,
                                             "workers_for_target": needed, "dataloader_images_per_s": measured}
@@ -166,4 +168,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -39,6 +39,7 @@ from metrics import SegmentationMetrics  # noqa: E402
 from metrics.per_image import (STUDY_EPS, boundary_f1_per_class, dataset_metrics, per_image_path,  # noqa: E402
                                study_trimap_iou_scores, write_per_image)
 from metrics.segmentation import fragment_counts, segmentation_image_stats  # noqa: E402
+from utils import UserError, run_main  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
 SQUARE3 = np.ones((3, 3), bool)
@@ -49,7 +50,7 @@ def load_pairs(root: Path, limit: int, seed: int = 0) -> list[tuple[np.ndarray, 
     `limit` beyond the number of maps cycles through them with new perturbations."""
     paths = sorted((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
     if not paths:
-        raise SystemExit(f"error: no *_gtFine_labelIds.png under {root}/gtFine/val; pass --data DIR")
+        raise UserError(f"{root}: no gtFine/val/<city>/*_gtFine_labelIds.png; pass --data DIR")
     targets = [label_ids_to_train_ids(np.array(Image.open(p)), str(p)).astype(np.int64) for p in paths[:limit]]
     rng = np.random.default_rng(seed)
     pairs = []
@@ -262,4 +263,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -5,8 +5,8 @@
 
 Single-threaded on the CPU (threads are pinned to 1 before numpy/torch load; CPU times of this process,
 i.e. wall time on an idle core). For every real label
-(train + val labelIds) it times the reference (scipy's distance_transform_edt twice per present class, as
-the definition reads) and `compute_sdt` in the same run, checks that both are identical, and prints the
+(train + val labelIds) it times the reference (`data_utils.sdt.compute_sdt_reference`: scipy's EDT twice per
+present class, as the definition reads) and `compute_sdt` in the same run, checks that both are identical, and prints the
 ratio per frame and overall. Then the pure-torch path on the CPU, the CUDA path when a GPU is present
 (ms per 1024x2048 label for all 19 classes, CUDA events after a warm-up), and what the cache's lossless
 compression saves on a real frame and on the synthetic demo data.
@@ -27,27 +27,15 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from scipy.ndimage import distance_transform_edt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_utils.labels import NUM_CLASSES, label_ids_to_train_ids  # noqa: E402
-from data_utils.sdt import SDT_CLIP, compute_sdt, compute_sdt_torch, read_sdt_file, write_sdt_file  # noqa: E402
+from data_utils.sdt import (SDT_CLIP, compute_sdt, compute_sdt_reference, compute_sdt_torch,  # noqa: E402
+                            read_sdt_file, write_sdt_file)
 from data_utils.synthetic import generate_dataset  # noqa: E402
-
-
-def reference_sdt(label: np.ndarray, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> np.ndarray:
-    """The definition with scipy: two full-image EDTs per present class (the ~4 s/frame baseline)."""
-    sdt = np.zeros((num_classes, *label.shape), dtype=np.int8)
-    for c in range(num_classes):
-        inside = label == c
-        if not inside.any() or inside.all():
-            continue
-        phi = distance_transform_edt(~inside) - distance_transform_edt(inside)
-        sdt[c] = np.clip(np.rint(phi), -clip, clip).astype(np.int8)
-    sdt[:, label == 255] = 0
-    return sdt
+from utils import UserError, run_main  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> tuple[float, object]:
@@ -80,7 +68,7 @@ def bench_cpu(paths: list[Path], repeats: int) -> list[np.ndarray]:
     labels, total_ref, total_ours, exact = [], 0.0, 0.0, 0
     for path in paths:
         label = label_ids_to_train_ids(np.array(Image.open(path)), str(path))
-        t_ref, ref = best_time(lambda: reference_sdt(label), repeats)
+        t_ref, ref = best_time(lambda: compute_sdt_reference(label), repeats)
         t_ours, ours = best_time(lambda: compute_sdt(label), repeats)
         same = np.array_equal(ref, ours)
         total_ref, total_ours, exact = total_ref + t_ref, total_ours + t_ours, exact + same
@@ -173,7 +161,7 @@ def main() -> None:
 
     paths = sorted(Path(args.data).glob("gtFine/*/*/*_gtFine_labelIds.png"))
     if not paths:
-        sys.exit(f"error: {args.data}: no gtFine/<split>/<city>/*_gtFine_labelIds.png found; pass --data DIR")
+        raise UserError(f"{args.data}: no gtFine/<split>/<city>/*_gtFine_labelIds.png found; pass --data DIR")
     if args.frames:
         paths = paths[: args.frames]
     labels = bench_cpu(paths, args.repeats)
@@ -184,4 +172,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

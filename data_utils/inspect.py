@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from PIL import Image, ImageDraw
 from data_utils.cityscapes import list_frames, resolve_data_root
 from data_utils.dataset import read_frame
 from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize
-from utils import UserError, atomic_write_bytes
+from utils import atomic_write_bytes, run_main
 
 
 def overlay(image: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -52,20 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    try:
-        frames = list_frames(resolve_data_root(args.data_root), args.split)[: max(args.num, 0)]
-        out = Path(args.out)
-        counts = np.zeros(256, np.int64)
-        for frame in frames:
-            image, train_ids = read_frame(frame["image_path"], frame["label_path"])
-            counts += np.bincount(train_ids.ravel(), minlength=256)
-            path = out / f"{frame['name']}_overlay.png"
-            buffer = io.BytesIO()
-            Image.fromarray(overlay(image, train_ids)).save(buffer, format="PNG")
-            atomic_write_bytes(path, buffer.getvalue())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    frames = list_frames(resolve_data_root(args.data_root), args.split)[: max(args.num, 0)]
+    out = Path(args.out)
+    counts = np.zeros(256, np.int64)
+    for frame in frames:
+        image, train_ids = read_frame(frame["image_path"], frame["label_path"])
+        counts += np.bincount(train_ids.ravel(), minlength=256)
+        path = out / f"{frame['name']}_overlay.png"
+        buffer = io.BytesIO()
+        Image.fromarray(overlay(image, train_ids)).save(buffer, format="PNG")
+        atomic_write_bytes(path, buffer.getvalue())
     table = Table(title=f"{len(frames)} {args.split} frames: share of pixels per class")
     table.add_column("train id", justify="right")
     table.add_column("class")
@@ -80,4 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -45,7 +45,7 @@ from PIL import Image
 from scipy.ndimage import zoom
 
 from data_utils.labels import CLASS_NAMES, ID_TO_TRAIN_ID, NUM_CLASSES
-from utils import UserError, atomic_write_json, fsync_dir
+from utils import UserError, atomic_write_json, fsync_dir, run_main
 
 SPLITS = {"train": ("synthtown", 0), "val": ("synthcity", 1)}  # split -> (city, stream index for seeding)
 FRAME_ID = 19  # the annotated frame of each Cityscapes snippet is its 20th (_000019)
@@ -633,11 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Cityscapes folder layout (19 classes), or an HF DatasetDict with 8 class groups and "
                              "two frame sizes (train.py --hf-dataset OUT --reduce-labels)")
     args = parser.parse_args(argv)
-    try:
-        out = generate_dataset(args.out, args.train, args.val, args.height, args.width, args.seed, format=args.format)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = generate_dataset(args.out, args.train, args.val, args.height, args.width, args.seed, format=args.format)
     if args.format == "hf":
         print(f"wrote {args.train} train + {args.val} validation frames to {out}\n"
               f"train on them: python train.py --preset demo-hf --hf-dataset {out}")
@@ -648,4 +644,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

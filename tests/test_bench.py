@@ -126,7 +126,7 @@ def test_bench_loader_at_tiny_size(tmp_path):
     root = generate_dataset(tmp_path / "data", num_train=2, num_val=0, height=64, width=128, progress=False)
     out = tmp_path / "loader.json"
     assert bench_loader.main(["--data-root", str(root), "--sources", "none,cpu,cache,cache-z", "--passes", "1",
-                              "--workers", "0", "--batches", "2", "--batch-size", "1", "--target", "18",
+                              "--num-workers", "0", "--batches", "2", "--batch-size", "1", "--target", "18",
                               "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["size"] == [64, 128] and report["frames"] == 2

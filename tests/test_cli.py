@@ -1,7 +1,9 @@
-"""The four entry scripts' command lines: --help and every rejected flag answer before torch & co. are imported,
-and values that would fail late (or train silently wrong) are refused with one line."""
+"""The entry scripts' command lines: --help and every rejected flag answer before torch & co. are imported,
+values that would fail late (or train silently wrong) are refused with one line, one flag name means one thing,
+and bad input exits with utils.run_main's code."""
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import subprocess
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import parse_args
-from utils.fileio import UserError
+from utils.fileio import EXIT_BAD_INPUT, RenamedFlag, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "timm", "accelerate", "datasets")
@@ -33,11 +35,22 @@ def imported_modules(*argv: str) -> tuple[subprocess.CompletedProcess, set[str],
     ("evaluate.py", "--help"),
     ("precompute_sdt.py", "--help"),
     ("aggregate.py", "--help"),
+    ("-m", "engine.sweep_local", "--help"),
 ])
-def test_help_answers_before_the_heavy_imports(argv):
+def test_help_answers_before_the_heavy_imports_and_workers_means_dataloader_workers(argv):
+    """Also: the one flag about workers is --num-workers, and it counts DataLoader workers (as train.py's);
+    parallel processes are --jobs. The old spellings (utils.RenamedFlag) are hidden."""
     result, modules, _ = imported_modules(*argv)
     assert result.returncode == 0 and "usage:" in result.stdout
     assert not modules & set(HEAVY), f"{argv} imported {sorted(modules & set(HEAVY))} before answering --help"
+    options = re.findall(r"^  (--[\w-]+)(.*(?:\n {6,}.*)*)", result.stdout, flags=re.MULTILINE)  # (flag, its help)
+    helps = {flag: " ".join(text.split()) for flag, text in options}
+    assert helps, result.stdout
+    assert [flag for flag in helps if "worker" in flag] in ([], ["--num-workers"]), sorted(helps)
+    if "--num-workers" in helps:
+        assert "DataLoader worker processes" in helps["--num-workers"]
+    if "--jobs" in helps:
+        assert "DataLoader" not in helps["--jobs"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -45,15 +58,47 @@ def test_help_answers_before_the_heavy_imports(argv):
     (("train.py", "--lambda-dice", "nan"), "error: --lambda-dice is a loss weight: it must be finite and >= 0"),
     (("train.py", "--variant", "E"), "invalid choice: 'E'"),
     (("evaluate.py",), "give one checkpoint folder or --all RUNS_DIR"),
-    (("precompute_sdt.py", "--out", "x", "--workers", "0"), "--workers must be >= 1"),
+    (("precompute_sdt.py", "--out", "x", "--jobs", "0"), "--jobs must be >= 1"),
+    (("precompute_sdt.py", "--out", "x", "--workers", "0"), "--jobs must be >= 1"),  # old names: RenamedFlag
+    (("evaluate.py", "--all", "x", "--workers", "0"), "--jobs must be positive, got 0"),
+    (("evaluate.py", "--all", "x", "--loader-workers", "-1"), "--num-workers must be positive, got -1"),
     (("aggregate.py", "--out", "x"), "give either RUNS_DIR or --from-csv FILE"),
 ])
 def test_rejected_flags_answer_in_one_line_before_the_heavy_imports(argv, message):
     result, modules, errors = imported_modules(*argv)
-    assert result.returncode != 0
+    assert result.returncode == EXIT_BAD_INPUT  # argparse's refusals and our UserErrors alike
     assert message in errors[-1]
     assert not [line for line in errors if line.startswith("Traceback")]
     assert not modules & set(HEAVY), f"{argv} imported {sorted(modules & set(HEAVY))} before refusing it"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("-m", "engine.sweep_local", "{tmp}/absent.yaml"), "{tmp}/absent.yaml: cannot read the sweep file"),
+    (("-m", "data_utils.synthetic", "--out", "{tmp}/a_file"), "{tmp}/a_file: already exists and is not empty"),
+])
+def test_a_bad_input_file_is_one_error_line_and_exit_code_2(argv, message, tmp_path):
+    """utils.run_main's contract in the `python -m` tools; the other entry scripts meet it in
+    tests/test_faults.py (train.py, evaluate.py, precompute_sdt.py: a bad frame read in their workers) and
+    tests/test_aggregate.py::test_cli_error_is_one_line_naming_the_file."""
+    (tmp_path / "a_file").write_text("")
+    result = subprocess.run([sys.executable, *(a.format(tmp=tmp_path) for a in argv)], cwd=ROOT,
+                            capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == EXIT_BAD_INPUT and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {message.format(tmp=tmp_path)}")
+
+
+def test_a_renamed_flag_works_hidden_with_one_warning_line(capsys):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--old-jobs", action=RenamedFlag, new="--jobs", dest="jobs", type=int)
+    assert parser.parse_args([]).jobs == 1 and capsys.readouterr().err == ""
+    for _ in range(2):  # an entry script parses twice (parse_args_first, then main): one warning
+        assert parser.parse_args(["--old-jobs", "3"]).jobs == 3
+    assert parser.parse_args(["--old-jobs", "3", "--jobs", "4"]).jobs == 4  # the last one given wins
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: --old-jobs is now --jobs (the old name goes in the next release)"]
+    assert "--old-jobs" not in parser.format_help()
 
 
 @pytest.mark.parametrize("flags, message", [

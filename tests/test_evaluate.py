@@ -244,10 +244,10 @@ def test_batch_mode_redoes_results_without_per_image_file_or_of_another_profile(
 def test_batch_mode_with_two_worker_processes(data_root, tmp_path):
     runs = tmp_path / "runs"
     ckpts = [make_checkpoint(runs / "A_seed1", e, tiny_config(data_root), weights_seed=e) for e in (1, 2)]
-    assert evaluate.main(["--all", str(runs), "--workers", "2"]) == 0
+    assert evaluate.main(["--all", str(runs), "--jobs", "2"]) == 0
     in_workers = [read_results(results_path(c)) for c in ckpts]
     AcceleratorState._reset_state(True)
-    assert evaluate.main(["--all", str(runs), "--workers", "1", "--force"]) == 0
+    assert evaluate.main(["--all", str(runs), "--jobs", "1", "--force"]) == 0
     in_process = [read_results(results_path(c)) for c in ckpts]
     for a, b in zip(in_workers, in_process):
         assert all(a[key] == b[key] for key in METRIC_KEYS)
@@ -270,7 +270,7 @@ def test_two_evaluators_never_write_one_run_at_once(data_root, tmp_path, lock_ho
 
 
 def test_ctrl_c_stops_parallel_evaluation_at_once_leaving_no_temp_files(data_root, tmp_path, process_groups):
-    """SIGINT to the process group (a terminal's Ctrl-C) of `evaluate.py --all --workers 2` once the first
+    """SIGINT to the process group (a terminal's Ctrl-C) of `evaluate.py --all --jobs 2` once the first
     results file is written: exit code 130 with one line, the queued checkpoints are not evaluated, and no
     temp file is left."""
     import sys
@@ -280,7 +280,7 @@ def test_ctrl_c_stops_parallel_evaluation_at_once_leaving_no_temp_files(data_roo
     checkpoints = [first] + [first.with_name(f"epoch_{epoch:04d}") for epoch in range(2, 41)]
     for ckpt in checkpoints[1:]:
         shutil.copytree(first, ckpt, copy_function=os.link)
-    proc = process_groups.start([sys.executable, "evaluate.py", "--all", str(runs), "--workers", "2"],
+    proc = process_groups.start([sys.executable, "evaluate.py", "--all", str(runs), "--jobs", "2"],
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
     process_groups.wait_for(proc, lambda: any(results_path(c).exists() for c in checkpoints))
     stdout, stderr = process_groups.ctrl_c(proc)

@@ -24,7 +24,7 @@ from data_utils.cityscapes import load_split
 from data_utils.dataset import SegmentationDataset, check_frame, check_frames, collate_batch
 from data_utils.synthetic import generate_dataset
 from engine.config import DEMO_PRESET
-from utils.fileio import UserError, run_main
+from utils.fileio import EXIT_BAD_INPUT, UserError, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 64, 128
@@ -83,7 +83,7 @@ def one_error_line(fn, capsys) -> str:
     capsys.readouterr()  # drop what came before (datasets' progress bars)
     with pytest.raises(SystemExit) as exit_info:
         run_main(fn)
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == EXIT_BAD_INPUT
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     return lines[0]
@@ -111,7 +111,7 @@ def test_bad_frame_read_in_a_loader_worker_is_one_line(data, fault, capsys):
 def test_damaged_sdt_cache_file_read_in_a_loader_worker_is_one_line(data, tmp_path, capsys):
     cache = tmp_path / "sdt"
     assert precompute_sdt.main(["--data-root", str(data), "--split", "train", "--out", str(cache),
-                                "--workers", "1"]) == 0
+                                "--jobs", "1"]) == 0
     damaged = sorted(cache.rglob("*.sdt"))[1]
     damaged.write_bytes(damaged.read_bytes()[:100])  # truncated, as a full disk or a killed copy leaves it
     dataset = SegmentationDataset(frames(data, "train"), sdt_source="cache", sdt_cache_dir=cache)
@@ -155,7 +155,7 @@ def test_train_py_bad_val_label_stops_before_training_in_one_line_and_leaves_no_
     path = damage(frames(data, "val")[0], "label id 200")
     out = tmp_path / "run"
     code, stdout, error = run_script(*TRAIN, "--data-root", str(data), "--out", str(out))
-    assert code == 1 and error.startswith(f"error: {path}: label ids [200]")
+    assert code == EXIT_BAD_INPUT and error.startswith(f"error: {path}: label ids [200]")
     assert "epoch 1/1" not in stdout  # found by the check before the first step, not after epoch 1
     assert not out.exists()  # an input error writes nothing
 
@@ -163,7 +163,7 @@ def test_train_py_bad_val_label_stops_before_training_in_one_line_and_leaves_no_
 def test_train_py_truncated_train_image_is_one_line_from_the_workers(data, tmp_path):
     path = damage(frames(data, "train")[3], "truncated image")  # the header is intact: found when decoded
     code, _, error = run_script(*TRAIN, "--data-root", str(data), "--out", str(tmp_path / "run"))
-    assert code == 1 and error.startswith(f"error: {path}: cannot decode PNG")
+    assert code == EXIT_BAD_INPUT and error.startswith(f"error: {path}: cannot decode PNG")
 
 
 def test_evaluate_py_bad_label_is_one_line_from_the_workers(data, tmp_path):
@@ -180,14 +180,14 @@ def test_evaluate_py_bad_label_is_one_line_from_the_workers(data, tmp_path):
     (ckpt / "meta.json").write_text(json.dumps({"epoch": 1}))
     path = damage(frames(data, "val")[1], "label id 200")
     code, _, error = run_script("evaluate.py", str(ckpt))  # the config's 2 loader workers
-    assert code == 1 and error.startswith(f"error: {path}: label ids [200]")
+    assert code == EXIT_BAD_INPUT and error.startswith(f"error: {path}: label ids [200]")
 
 
 def test_precompute_sdt_py_bad_label_is_one_line_from_the_workers(data, tmp_path):
     path = damage(frames(data, "train")[2], "label id 200")
     code, _, error = run_script("precompute_sdt.py", "--data-root", str(data), "--split", "train", "--out",
-                                str(tmp_path / "sdt"), "--workers", "2")
-    assert code == 2 and error.startswith(f"error: {path}: label ids [200]")
+                                str(tmp_path / "sdt"), "--jobs", "2")
+    assert code == EXIT_BAD_INPUT and error.startswith(f"error: {path}: label ids [200]")
 
 
 # ------------------------------------------------------------------------------ full disk, read-only output
@@ -277,7 +277,7 @@ def test_read_only_or_blocked_output_folder_is_one_line_in_train_py(data, tmp_pa
 def test_read_only_output_folder_is_one_line_in_precompute_sdt(data, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    argv = ["--data-root", str(data), "--split", "val", "--workers", "1"]
+    argv = ["--data-root", str(data), "--split", "val", "--jobs", "1"]
     with pytest.raises(UserError, match=rf"^{blocker}: cannot write an output folder there: File exists"):
         precompute_sdt.main([*argv, "--out", str(blocker)])
 

@@ -281,7 +281,7 @@ def test_demo_hf_trains_and_evaluate_rebuilds_it_from_the_checkpoint(hf_root, hf
 
     results_file.unlink()
     AcceleratorState._reset_state(True)
-    assert evaluate.main([str(ckpt), "--loader-workers", "0"]) == 0
+    assert evaluate.main([str(ckpt), "--num-workers", "0"]) == 0
     by_evaluate = json.loads(results_file.read_text())
     assert by_evaluate["classes"] == GROUP_NAMES and by_evaluate["split"] == "validation"
     for key in ("miou", "boundary_f1", "trimap_iou", "iou", "num_images"):
@@ -313,14 +313,14 @@ def test_precompute_and_every_sdt_source_with_8_classes(hf_root, tmp_path):
 
     cache = tmp_path / "sdt"
     assert precompute_sdt.main(["--hf-dataset", str(hf_root), "--reduce-labels", "--split", "train",
-                                "--out", str(cache), "--workers", "2"]) == 0
+                                "--out", str(cache), "--jobs", "2"]) == 0
     classes = hf_source(hf_root).classes()
     frames = hf_source(hf_root).frames("train", classes)
     for index, name in enumerate(frames.names):
         np.testing.assert_array_equal(read_sdt_file(sdt_cache_path(cache, name)),
                                       compute_sdt(frames.read(index)[1], num_classes=8))
     assert precompute_sdt.main(["--hf-dataset", str(hf_root), "--reduce-labels", "--split", "train",
-                                "--out", str(cache), "--workers", "1", "--verify"]) == 0
+                                "--out", str(cache), "--jobs", "1", "--verify"]) == 0
     rows = {}
     for source, extra in (("cpu", []), ("cache", ["--sdt-cache", str(cache)]), ("gpu", [])):
         assert run_train(hf_root, tmp_path / source, "--sdt-source", source, "--num-workers", "0", *extra) == 0

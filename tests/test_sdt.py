@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.ndimage import distance_transform_edt, gaussian_filter
+from scipy.ndimage import gaussian_filter
 
 import precompute_sdt
 from data_utils.labels import label_ids_to_train_ids
 from data_utils.sdt import (
     compute_sdt,
+    compute_sdt_reference,
     compute_sdt_torch,
     inspect_sdt_file,
     read_sdt_file,
@@ -30,19 +31,6 @@ from utils import UserError
 from utils.dirlock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def reference_sdt(label: np.ndarray, num_classes: int, clip: int) -> np.ndarray:
-    """The definition, written out with scipy: two EDTs per present class."""
-    sdt = np.zeros((num_classes, *label.shape), dtype=np.int8)
-    for c in range(num_classes):
-        inside = label == c
-        if not inside.any() or inside.all():
-            continue
-        phi = distance_transform_edt(~inside) - distance_transform_edt(inside)
-        sdt[c] = np.clip(np.rint(phi), -clip, clip).astype(np.int8)
-    sdt[:, label == 255] = 0
-    return sdt
 
 
 def blob_label(height: int, width: int, num_blob_classes: int, seed: int, ignore: bool = True) -> np.ndarray:
@@ -96,7 +84,8 @@ def test_random_blobs_match_scipy_reference(seed):
     blob_classes = int(rng.integers(1, num_classes + 1))  # classes above blob_classes stay absent
     clip = int(rng.choice([1, 3, 7, 20, 127]))  # small clips: most distances lie beyond the clip
     label = blob_label(height, width, blob_classes, seed)
-    np.testing.assert_array_equal(compute_sdt(label, num_classes, clip), reference_sdt(label, num_classes, clip))
+    np.testing.assert_array_equal(compute_sdt(label, num_classes, clip),
+                                  compute_sdt_reference(label, num_classes, clip))
 
 
 def test_far_distances_and_edge_cases_match_reference():
@@ -104,7 +93,7 @@ def test_far_distances_and_edge_cases_match_reference():
     label = np.zeros((300, 420), np.uint8)
     label[5:9, 400:404] = 1
     label[250:, :30] = 255
-    np.testing.assert_array_equal(compute_sdt(label, 3), reference_sdt(label, 3, 127))
+    np.testing.assert_array_equal(compute_sdt(label, 3), compute_sdt_reference(label, 3, 127))
     # one class covering the whole image, all ignore, one class + ignore only, a single pixel, one row/column
     cases = [np.full((20, 30), 2, np.uint8), np.full((20, 30), 255, np.uint8), np.zeros((1, 1), np.uint8)]
     partial = np.full((20, 30), 1, np.uint8)
@@ -113,16 +102,16 @@ def test_far_distances_and_edge_cases_match_reference():
     single[7, 8] = 1
     cases += [partial, single, blob_label(1, 200, 3, 1), blob_label(150, 1, 3, 2)]
     for label in cases:
-        np.testing.assert_array_equal(compute_sdt(label, 3), reference_sdt(label, 3, 127))
+        np.testing.assert_array_equal(compute_sdt(label, 3), compute_sdt_reference(label, 3, 127))
     assert not compute_sdt(cases[0], 3).any()  # full coverage -> zero map
 
 
 def test_real_labels_match_reference(cityscapes_sample, cityscapes_fullres):
     small = np.array(Image.open(next(cityscapes_sample.rglob("*_gtFine_labelTrainIds.png"))))
-    np.testing.assert_array_equal(compute_sdt(small), reference_sdt(small, 19, 127))
+    np.testing.assert_array_equal(compute_sdt(small), compute_sdt_reference(small, 19, 127))
     path = sorted((cityscapes_fullres / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))[0]
     label = label_ids_to_train_ids(np.array(Image.open(path)), str(path))
-    np.testing.assert_array_equal(compute_sdt(label), reference_sdt(label, 19, 127))
+    np.testing.assert_array_equal(compute_sdt(label), compute_sdt_reference(label, 19, 127))
 
 
 def test_input_types_and_bad_values():
@@ -314,7 +303,7 @@ def _expected(demo_root: Path, out: Path) -> dict[Path, np.ndarray]:
 def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     out = tmp_path / "cache"
     args = ["--data-root", str(demo_root), "--split", "train", "--out", str(out)]
-    assert precompute_sdt.main(args + ["--workers", "2"]) == 0
+    assert precompute_sdt.main(args + ["--jobs", "2"]) == 0
     expected = _expected(demo_root, out)
     for path, sdt in expected.items():
         np.testing.assert_array_equal(read_sdt_file(path, expected_shape=sdt.shape), sdt)
@@ -330,7 +319,7 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     missing.unlink()
     before = untouched.stat()
     capsys.readouterr()
-    assert precompute_sdt.main(args + ["--workers", "1", "--compress"]) == 0
+    assert precompute_sdt.main(args + ["--jobs", "1", "--compress"]) == 0
     assert "3 written, 1 already valid, 1 stale temp files removed" in capsys.readouterr().err
     after = untouched.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # valid file skipped
@@ -340,7 +329,7 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     assert inspect_sdt_file(corrupt).compressed and not inspect_sdt_file(untouched).compressed
 
     # --verify: clean cache passes; a flipped byte (CRC) and a wrong-but-well-formed file are both reported.
-    assert precompute_sdt.main(args + ["--verify", "--workers", "1"]) == 0
+    assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == 0
     data = bytearray(untouched.read_bytes())
     data[100] ^= 0x01
     untouched.write_bytes(bytes(data))
@@ -348,7 +337,7 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     wrong[0, 0, 0] = -wrong[0, 0, 0] if wrong[0, 0, 0] else 1
     write_sdt_file(corrupt, wrong)
     capsys.readouterr()
-    assert precompute_sdt.main(args + ["--verify", "--workers", "1"]) == 1
+    assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == 1
     err = capsys.readouterr().err
     assert "checksum mismatch" in err and "1 of" in err and "2 with problems" in err
 
@@ -362,14 +351,14 @@ def test_second_precompute_on_one_cache_folder_stops_naming_the_first(demo_root,
     in_flight.parent.mkdir()
     in_flight.write_bytes(b"being written by the other process")
     with pytest.raises(UserError) as err:
-        precompute_sdt.main(["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--workers", "1"])
+        precompute_sdt.main(["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--jobs", "1"])
     assert str(err.value) == f"{out}: in use by precompute_sdt.py (PID {holder.pid}); wait for it to finish or stop it"
     assert in_flight.exists() and list(out.rglob("*.sdt")) == []
 
 
 def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
     out = tmp_path / "cache"
-    args = ["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--workers", "1"]
+    args = ["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--jobs", "1"]
     # a cache made at another resolution is redone (never read as valid) ...
     first = sorted(_expected(demo_root, out))[0]
     write_sdt_file(first, np.zeros((19, 32, 64), np.int8))
@@ -394,5 +383,5 @@ def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
     Image.fromarray(ids).save(label_path)
     with pytest.raises(UserError, match=str(label_path)):
         precompute_sdt.main(["--data-root", str(bad_root), "--split", "train", "--out", str(tmp_path / "c2"),
-                             "--workers", "1"])
+                             "--jobs", "1"])
     assert not list((tmp_path / "c2").rglob("*.sdt"))

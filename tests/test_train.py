@@ -31,7 +31,7 @@ from engine.schedule import get_lr
 from engine.setup import build_accelerator, build_model_from_config
 from engine.steps import EpochLossLog, GradientMask, accumulate_and_step, forward_loss
 from losses import build_loss
-from utils.fileio import UserError
+from utils.fileio import EXIT_BAD_INPUT, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -462,7 +462,7 @@ def test_worker_augmentation_and_sdt_cache_give_the_same_boundary_term_as_comput
 
     cache = tmp_path / "sdt_train"
     assert precompute_sdt.main(["--data-root", str(tiny_data), "--split", "train", "--out", str(cache),
-                                "--workers", "1"]) == 0
+                                "--jobs", "1"]) == 0
     assert len(list(cache.rglob("*.sdt"))) == 16
     flags = ("--variant", "C", "--epochs", "1", "--augment", "cpu", "--num-workers", "2")
     assert run_train(tiny_data, tmp_path / "cpu", *flags, "--sdt-source", "cpu") == 0
@@ -742,7 +742,7 @@ def test_second_run_on_a_locked_run_dir_stops_and_ctrl_c_stops_with_one_line_and
     first = process_groups.start(command, env=env)
     process_groups.wait_for(first, (out / "checkpoints" / "epoch_0001").exists)
     second = subprocess.run([*command, "--lr", "1e-4"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert second.returncode == 1
+    assert second.returncode == EXIT_BAD_INPUT
     assert second.stderr.strip().splitlines() == [
         f"error: {out}: in use by train.py (PID {first.pid}); wait for it to finish or stop it, or pass another --out"]
     stdout, stderr = process_groups.ctrl_c(first)

@@ -1,11 +1,14 @@
-"""Atomic writes (temp file in the same folder, fsync, rename) and the one error type shown to users.
+"""Atomic writes (temp file in the same folder, fsync, rename), the one error type shown to users, and the
+entry scripts' exits.
 
-A reader never sees a half-written file: either the old content or the new one. Entry scripts catch
-`UserError` and print its message as a single line (`error: ...`), so every message names the file
-and says what to do.
+A reader never sees a half-written file: either the old content or the new one. Entry scripts run their
+`main` under `run_main`, which prints a `UserError` as a single line (`error: ...`), so every message names
+the file and says what to do; its docstring is the exit-code contract of every script.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import errno
 import glob
 import json
@@ -38,22 +41,42 @@ def user_message(e: UserError) -> str:
     return message
 
 
-def run_main(main, error_exit: int = 1) -> None:
-    """Entry-script runner: exit with `main()`'s code; a `UserError`, and a write that failed on a full disk,
-    become one `error: ...` line on stderr; Ctrl-C one `interrupted` line and exit code 130 (128 + SIGINT)."""
-    try:
+EXIT_BAD_INPUT = 2  # argparse's own code for a usage error: a bad flag and a bad file answer alike (run_main)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+def run_main(main) -> None:
+    """Entry-script runner: `sys.exit(main())`, with one exit code per kind of end, the same in every script.
+
+    - 0: done; whatever else `main()` returns is its own documented result (1: done, but part of the work
+      failed: `evaluate.py --all` with a failed checkpoint, `precompute_sdt.py --verify` with differences,
+      a failed run of `engine.sweep_local`).
+    - 2 (`EXIT_BAD_INPUT`): bad input. A `UserError` (also one raised in a DataLoader worker), or a write that
+      failed on a full disk, becomes one `error: <file>: <reason>; <fix>` line on stderr, no traceback;
+      argparse exits with 2 for a bad flag too.
+    - 130 (`EXIT_INTERRUPTED`): Ctrl-C, one `interrupted` line (train.py prints where to resume first).
+    - 1: an unexpected error, with Python's traceback (a bug to report).
+    """
+    with _exit_codes():
         sys.exit(main())
+
+
+@contextlib.contextmanager
+def _exit_codes():
+    """run_main's one-line exits (its docstring); anything else propagates with its traceback."""
+    try:
+        yield
     except UserError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
-        sys.exit(error_exit)
+        sys.exit(EXIT_BAD_INPUT)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not e.filename:
             raise
         print(f"error: {e.filename}: {e.strerror}; {disk_full_advice(e.filename)}", file=sys.stderr)
-        sys.exit(error_exit)
+        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:  # Ctrl-C outside a script's own handler: no traceback, the shell's code 130
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def human_bytes(n: float) -> str:
@@ -95,21 +118,36 @@ def make_output_dir(path: str | os.PathLike, flag: str) -> Path:
     return path
 
 
-def parse_args_first(parse_args, error_exit: int = 1) -> None:
+def parse_args_first(parse_args) -> None:
     """For an entry script run as a program: parse and validate `sys.argv[1:]` before its heavy imports.
 
     Called between an entry script's light imports and `import torch`, so `--help` and every rejected flag
-    answer at once (argparse exits by itself; a UserError from validation becomes the one `error:` line).
-    `main()` parses the same argv again, which takes milliseconds.
+    answer at once, with `run_main`'s exit codes (argparse exits by itself; a UserError from validation
+    becomes the one `error:` line). `main()` parses the same argv again, which takes milliseconds.
     """
-    try:
+    with _exit_codes():
         parse_args(sys.argv[1:])
-    except UserError as e:
-        print(f"error: {user_message(e)}", file=sys.stderr)
-        sys.exit(error_exit)
-    except KeyboardInterrupt:  # Ctrl-C outside a script's own handler: no traceback, the shell's code 130
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+
+
+class RenamedFlag(argparse.Action):
+    """The old spelling of a renamed flag, kept working for one release: hidden from --help, it stores into
+    the new flag's dest after one `warning:` line on stderr (once per process: entry scripts parse twice).
+
+        parser.add_argument("--jobs", type=int, default=1, help="...")
+        parser.add_argument("--workers", action=RenamedFlag, new="--jobs", dest="jobs", type=int)
+    """
+    warned: set[str] = set()
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string not in RenamedFlag.warned:
+            RenamedFlag.warned.add(option_string)
+            print(f"warning: {option_string} is now {self.new} (the old name goes in the next release)",
+                  file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
