@@ -243,14 +243,14 @@ def main(argv=None) -> int:
                             entity=args.wandb_entity, run_id=run_id)
         console.print(f"W&B: {where}", soft_wrap=True)
         if args.wandb_report:  # report.wandb_report: written to --out, saved when logged in (else a UserError)
-            from report.wandb_report import REPORT_FILE, publish_report, run_groups
+            from report.wandb_report import REPORT_FILE, build_report, publish_report, report_entity, run_groups
 
-            url = publish_report(out / REPORT_FILE, args.wandb_entity, args.wandb_project,
-                                 groups=run_groups(records, bool(args.from_csv)), classes=study.classes,
-                                 headline=t1, tables=[t.name for t in tables], figures=list(figures),
-                                 aggregate_run_id=run_id, title=f"Loss ablation: {', '.join(study.groups)}",
-                                 description=f"aggregate.py over {source}: final epoch {final}, seeds "
-                                             f"{', '.join(map(str, study.seeds))}")
+            wandb_report = build_report(
+                report_entity(args.wandb_entity), args.wandb_project, groups=run_groups(records, bool(args.from_csv)),
+                classes=study.classes, headline=t1, tables=[t.name for t in tables], figures=list(figures),
+                aggregate_run_id=run_id, title="Loss-ablation report", description=f"aggregate.py over {source}: "
+                f"groups {', '.join(study.groups)}; seeds {', '.join(map(str, study.seeds))}; final epoch {final}")
+            url = publish_report(wandb_report, out / REPORT_FILE)
             console.print(f"W&B Report: {url}", soft_wrap=True)
     return 0
 

@@ -1,19 +1,9 @@
-"""The W&B Report of a study (`aggregate.py --wandb-report`), built with wandb-workspaces' Reports API.
+"""The W&B Report of a study (`aggregate.py --wandb-report`, docs/report.md#wb-report), with wandb-workspaces.
 
-`build_report` is pure (no network): the report's blocks are
-  - the headline: table 1 of the aggregate (mean ± CI per group at the final epoch), as Markdown;
-  - the training runs: one runset of the project's `train` runs in the aggregate's W&B groups, grouped by run
-    group (the group train.py gives a run, `engine.config.wandb_group`), with one line plot per fraction metric
-    (`metrics.keys.FRACTION_KEYS`: mIoU, Boundary F1, Trimap IoU, Boundary IoU) against `epoch`, the mean over a
-    group's seeds with a stderr band, and a bar plot of the per-class IoU of the runs' last evaluation (the W&B
-    summary: the final epoch of a finished run), mean ± stderr per group;
-  - the aggregate: one runset holding the aggregate run (`report.wandb_log.push_report`), with its tables and
-    figures as panels.
-`publish_report` writes the definition as JSON (`report_definition`), then saves the report when a W&B login is
-on this machine (`utils.wandb_mode.wandb_logged_in`) and otherwise stops with a UserError naming the file.
-
-wandb_workspaces is imported inside the functions: `import report.wandb_report` stays light, like the rest of
-report/.
+`build_report` builds it (pure: no network), `report_definition` turns it into JSON-able data for review,
+`publish_report` writes that and saves the report when logged in (`report_entity`: the entity it goes to).
+wandb_workspaces is imported inside the functions, so `import report.wandb_report` stays light (aggregate.py
+calls `check_entity` before its imports).
 """
 from __future__ import annotations
 
@@ -57,7 +47,15 @@ def run_groups(records: list[Record], from_csv: bool) -> list[str]:
 def build_report(entity: str, project: str, *, groups: list[str], classes: list[str], headline: Table,
                  tables: list[str], figures: list[str], aggregate_run_id: str | None, title: str,
                  description: str):
-    """The Report (a `wandb_workspaces.reports.v2.Report`, not saved) of one aggregate.
+    """The Report (a `wandb_workspaces.reports.v2.Report`, not saved) of one aggregate. Its blocks:
+      - the headline: `headline` (aggregate's table 1: mean ± CI per group at the final epoch) as Markdown;
+      - the training runs: a runset of the project's runs of job type `train` in `groups`, grouped by run group,
+        with a line plot per fraction metric (`metrics.keys.FRACTION_KEYS`: keys `val/miou`, ... as
+        `metrics.keys.val_key`) against `epoch`, the mean over a group's seeds with a stderr band, unsmoothed, and
+        a bar plot of `val/iou/<class>` per class (the W&B summary: a run's last evaluation, the final epoch of a
+        finished run), mean ± stderr per group;
+      - the aggregate: a runset of the aggregate run (job type `aggregate`, id `aggregate_run_id`), one panel per
+        table (`tables/<name>`) and per figure (`figures/<name>`) it logged (`report.wandb_log`).
 
     Args:
         entity, project: where the training runs and the aggregate run are, and where the report is saved.
@@ -144,16 +142,19 @@ def check_entity(entity: str | None) -> None:
                         f"REPORT_DIR/{REPORT_FILE}), or run `wandb login` first")
 
 
-def publish_report(path: Path, entity: str | None, project: str, **contents) -> str:
-    """Build the report (`build_report(entity, project, **contents)`), write its definition to `path`
-    (atomically), then save it to W&B; return its URL. Without a login (or with WANDB_MODE offline) a UserError
-    naming `path` says so after the file is written. No `entity`: the login's default entity."""
+def report_entity(entity: str | None) -> str:
+    """`entity`, or when None or "" the W&B login's default entity (asks the W&B server: `check_entity` first)."""
     check_entity(entity)
-    if not entity:
-        import wandb
+    if entity:
+        return entity
+    import wandb
 
-        entity = wandb.Api().default_entity
-    report = build_report(entity, project, **contents)
+    return wandb.Api().default_entity
+
+
+def publish_report(report, path: Path) -> str:
+    """Write the report's definition (`report_definition`) to `path` atomically, then save the report to W&B and
+    return its URL; when it cannot be saved from here, a UserError naming `path` (docs/report.md#wb-report)."""
     atomic_write_json(path, report_definition(report))
     reason = _not_saved_reason()
     if reason is not None:
@@ -162,6 +163,7 @@ def publish_report(path: Path, entity: str | None, project: str, **contents) -> 
     try:
         report.save()
     except Exception as e:  # network, permissions, a project wandb cannot find: the definition is kept
-        raise UserError(f"{path}: saving the W&B Report to {entity}/{project} failed ({e}); the definition is "
-                        "kept there; check the entity and project and rerun with --wandb-report") from None
+        raise UserError(f"{path}: saving the W&B Report to {report.entity}/{report.project} failed ({e}); the "
+                        "definition is kept there; check the entity and project and rerun with --wandb-report") \
+            from None
     return report.url
