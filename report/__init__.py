@@ -1,5 +1,5 @@
 """What aggregate.py is made of: loading results (`load`) and per-image statistics (`per_image`), statistics over
-seeds (`stats`), the paired image bootstrap (`bootstrap`), the study's tables (`tables`), its figures (`figures`)
+seeds (`stats`), the paired image bootstrap (`bootstrap`), the study's tables (`tables`), its figures (`figures`),
 the optional W&B upload (`wandb_log`) and W&B Report (`wandb_report`).
 
 Everything here works on plain numpy arrays and dicts; nothing imports torch or the training code (results
