@@ -50,7 +50,7 @@ def runs(tmp_path) -> Path:
 
 
 def build(runs: Path, out: Path, monkeypatch, *flags: str):
-    """Run aggregate.main with --wandb-report; returns the Report object it built (or None) and its UserError."""
+    """Run aggregate.main with --wandb-report: (the Report it built or None, its exit code, its UserError or None)."""
     built = []
     real = report.wandb_report.build_report
     monkeypatch.setattr(report.wandb_report, "build_report", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
