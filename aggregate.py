@@ -46,13 +46,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's image draws")
     p.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run (offline "
                    "unless logged in; WANDB_MODE is respected)")
+    p.add_argument("--wandb-report", action="store_true", help="also build a W&B Report of the project's "
+                   "training runs and of this aggregate (implies --wandb): its definition goes to "
+                   "REPORT_DIR/wandb_report.json, and it is saved to W&B when logged in (docs/report.md)")
     p.add_argument("--wandb-project", default="boundary-seg")
+    p.add_argument("--wandb-entity", default=None, help="W&B entity (team or user) of the runs and the report "
+                   "(default: your login's default entity)")
     p.add_argument("--wandb-name", default=None)
     args = p.parse_args(argv)
     if (args.runs_dir is None) == (args.from_csv is None):
         p.error("give either RUNS_DIR or --from-csv FILE (exactly one)")
     if args.bootstrap < 0 or args.bootstrap_seed < 0:
         p.error("--bootstrap and --bootstrap-seed take integers >= 0")
+    if args.wandb_report:  # the report shows the aggregate run's tables and figures: log them (--wandb)
+        from report.wandb_report import check_entity
+
+        check_entity(args.wandb_entity)
+        args.wandb = True
     return args
 
 
@@ -222,14 +232,26 @@ def main(argv=None) -> int:
 
     # -------- W&B (optional)
     if args.wandb:
-        from report.wandb_log import push_report
+        from report.wandb_log import new_run_id, push_report
 
         headline = {f"final/{g}/{m}": summarize(list(study.values(g, final, m).values())).mean
                     for g in study.groups for m in METRICS}
+        run_id = new_run_id()
         where = push_report(tables, figures, headline, project=args.wandb_project, name=args.wandb_name,
                             config={"source": str(source), "final_epoch": final, "early_epoch": early,
-                                    "variants": study.groups, "seeds": study.seeds, "band": args.band})
+                                    "variants": study.groups, "seeds": study.seeds, "band": args.band},
+                            entity=args.wandb_entity, run_id=run_id)
         console.print(f"W&B: {where}", soft_wrap=True)
+        if args.wandb_report:  # report.wandb_report: written to --out, saved when logged in (else a UserError)
+            from report.wandb_report import REPORT_FILE, build_report, publish_report, report_entity, run_groups
+
+            wandb_report = build_report(
+                report_entity(args.wandb_entity), args.wandb_project, groups=run_groups(records, bool(args.from_csv)),
+                classes=study.classes, headline=t1, tables=[t.name for t in tables], figures=list(figures),
+                aggregate_run_id=run_id, title="Loss-ablation report", description=f"aggregate.py over {source}: "
+                f"groups {', '.join(study.groups)}; seeds {', '.join(map(str, study.seeds))}; final epoch {final}")
+            url = publish_report(wandb_report, out / REPORT_FILE)
+            console.print(f"W&B Report: {url}", soft_wrap=True)
     return 0
 
 

@@ -341,11 +341,27 @@ def load_config(path: str | Path) -> TrainConfig:
         raise UserError(f"{path}: not valid JSON ({e}); the file is corrupt, restore it from a checkpoint") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object of config fields")
+    return config_from_dict(data, path)
+
+
+def config_from_dict(data: dict, where: str | Path) -> TrainConfig:
+    """A TrainConfig from a `config_to_dict` dict (a config.json, a results file's `config`), read at `where`.
+
+    Keys this version does not know raise a UserError naming `where`; keys it lacks take the paper's defaults.
+    """
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise UserError(f"{path}: unknown config keys {unknown}; was it written by a newer version of train.py?")
+        raise UserError(f"{where}: unknown config keys {unknown}; was it written by a newer version of train.py?")
     return TrainConfig(**_tuples(data))
+
+
+def wandb_group(cfg: TrainConfig) -> str:
+    """The W&B group of a run: its run name without the seed (`C_seed42` -> `C`, `C_lb0.05_seed42` -> `C_lb0.05`,
+    `C_steal_seed42` -> `C_steal`), so a group holds exactly the seeds of one setting and the runs of a λ_b
+    sweep or a schedule do not fall into the study's variant group."""
+    name, suffix = cfg.run_name, f"_seed{cfg.seed}"
+    return name[: -len(suffix)] if name.endswith(suffix) else name
 
 
 def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:

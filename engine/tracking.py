@@ -10,17 +10,10 @@ from pathlib import Path
 
 import torch
 
-from engine.config import TrainConfig, config_to_dict
-from metrics.keys import METRIC_KEYS
-from utils.wandb_mode import wandb_init_mode, wandb_logged_in  # noqa: F401  (wandb_logged_in: re-exported)
-
-
-def wandb_group(cfg: TrainConfig) -> str:
-    """The W&B group of a run: its run name without the seed (`C_seed42` -> `C`, `C_lb0.05_seed42` -> `C_lb0.05`,
-    `C_steal_seed42` -> `C_steal`), so a group holds exactly the seeds of one setting and the runs of a λ_b
-    sweep or a schedule do not fall into the study's variant group."""
-    name, suffix = cfg.run_name, f"_seed{cfg.seed}"
-    return name[: -len(suffix)] if name.endswith(suffix) else name
+from engine.config import TrainConfig, config_to_dict, wandb_group
+from metrics.keys import METRIC_KEYS, val_iou_key, val_key
+from utils.wandb_mode import TRAIN_JOB_TYPE, wandb_init_mode
+from utils.wandb_mode import wandb_logged_in  # noqa: F401  (re-exported)
 
 
 def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None) -> str | None:
@@ -29,7 +22,7 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
     `run_id` (from a checkpoint's meta.json) continues that run after a resume. Under `wandb agent`,
     wandb takes the run id from the agent's environment instead.
     """
-    init = {"name": cfg.run_name, "group": wandb_group(cfg), "dir": str(run_dir), "job_type": "train",
+    init = {"name": cfg.run_name, "group": wandb_group(cfg), "dir": str(run_dir), "job_type": TRAIN_JOB_TYPE,
             "tags": [f"variant-{cfg.variant}" if not cfg.loss else f"loss-{cfg.loss_label}", f"seed-{cfg.seed}",
                      cfg.backbone]}
     mode = wandb_init_mode()
@@ -57,8 +50,8 @@ def finish_wandb(accelerator, exit_code: int) -> None:
 def val_metrics_row(metrics: dict) -> dict:
     """evaluate_model's dict -> flat W&B keys: val/<metric> for METRIC_KEYS (val/miou, val/boundary_f1, ...),
     val/iou/<class> (the names of metrics["classes"])."""
-    row = {f"val/{key}": float(metrics[key]) for key in METRIC_KEYS}
-    row.update({f"val/iou/{name}": float(v) for name, v in zip(metrics["classes"], metrics["iou"])})
+    row = {val_key(key): float(metrics[key]) for key in METRIC_KEYS}
+    row.update({val_iou_key(name): float(v) for name, v in zip(metrics["classes"], metrics["iou"])})
     return row
 
 

@@ -13,3 +13,13 @@ METRIC_LABELS = {"miou": "mIoU", "boundary_f1": "Boundary F1", "trimap_iou": "Tr
 SHORT_LABELS = {"miou": "mIoU", "boundary_f1": "BF1", "trimap_iou": "Trimap", "boundary_iou": "BIoU",
                 "fragments_per_image": "frag/img"}  # train.py's epoch line
 PROFILES = ("default", "study")
+
+
+def val_key(metric: str) -> str:
+    """The metrics.jsonl / W&B key of a global validation metric (engine.tracking.val_metrics_row): "val/miou"."""
+    return f"val/{metric}"
+
+
+def val_iou_key(class_name: str) -> str:
+    """The metrics.jsonl / W&B key of a class's validation IoU: "val/iou/road"."""
+    return f"val/iou/{class_name}"

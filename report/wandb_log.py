@@ -9,27 +9,50 @@ disabled) is respected; otherwise the run goes online only when credentials are 
 from __future__ import annotations
 
 import math
+import secrets
+import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from report.tables import Table
-from utils.wandb_mode import wandb_init_mode
+from utils.wandb_mode import AGGREGATE_JOB_TYPE, wandb_init_mode
+
+if TYPE_CHECKING:  # light at import (report.wandb_report.check_entity runs before aggregate.py's imports)
+    from report.tables import Table
 
 
 def _cell(v):
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
+def table_key(name: str) -> str:
+    """The W&B key of a logged table: "tables/table1_final_epoch" (report.wandb_report's panels read it)."""
+    return f"tables/{name}"
+
+
+def figure_key(name: str) -> str:
+    """The W&B key of a logged figure: "figures/curves"."""
+    return f"figures/{name}"
+
+
+def new_run_id() -> str:
+    """A fresh W&B run id (8 random characters of a-z0-9, as wandb draws its own), chosen before the run starts
+    so the W&B Report can name the run."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
 def push_report(tables: list[Table], figures: dict[str, Path], headline: dict[str, float], *, project: str,
-                name: str | None, config: dict) -> str:
-    """Log every table as a wandb.Table and every figure as a wandb.Image to one run; return where it went
-    (the run's URL, or the `wandb sync` command for an offline run)."""
+                name: str | None, config: dict, entity: str | None = None, run_id: str | None = None) -> str:
+    """Log every table as a wandb.Table and every figure as a wandb.Image to one run (id `run_id`, or a new one;
+    `entity` None: the login's default); return where it went (the run's URL, or the `wandb sync` command for an
+    offline run)."""
     import wandb  # imported here: the report itself never needs wandb
 
-    run = wandb.init(project=project, name=name, job_type="aggregate", config=config, mode=wandb_init_mode())
+    run = wandb.init(project=project, entity=entity or None, name=name, id=run_id,
+                     job_type=AGGREGATE_JOB_TYPE, config=config, mode=wandb_init_mode())
     try:
-        payload = {f"tables/{t.name}": wandb.Table(columns=t.header, data=[[_cell(v) for v in r] for r in t.rows])
+        payload = {table_key(t.name): wandb.Table(columns=t.header, data=[[_cell(v) for v in r] for r in t.rows])
                    for t in tables}
-        payload.update({f"figures/{k}": wandb.Image(str(p)) for k, p in figures.items()})
+        payload.update({figure_key(k): wandb.Image(str(p)) for k, p in figures.items()})
         run.log(payload)
         for k, v in headline.items():  # final-epoch means, for the runs table of the dashboard
             run.summary[k] = _cell(v)

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 DEFAULT_HOST = "api.wandb.ai"
+TRAIN_JOB_TYPE, AGGREGATE_JOB_TYPE = "train", "aggregate"  # W&B job types of train.py's and aggregate.py's runs
 
 
 def wandb_logged_in() -> bool:
