@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 
 from data_utils.augment import BatchAugment
@@ -45,6 +45,18 @@ def build_accelerator(cfg: TrainConfig, cpu: bool = False) -> Accelerator:
                        log_with="wandb" if cfg.wandb else None, project_dir=str(cfg.run_dir), cpu=cpu,
                        dynamo_backend="inductor" if compile_model else "no",
                        dataloader_config=DataLoaderConfiguration(non_blocking=True))
+
+
+def configure_torch(cfg: TrainConfig) -> None:
+    """Seeds (+ rank: dropout differs per process; DDP broadcasts the init), CPU threads and cuDNN's kernel
+    choice for a run of `cfg` (train.py; bench/bench_train.py does the same before it builds the model)."""
+    set_seed(cfg.seed, device_specific=True)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed 1024x2048 input: autotuning pays off
+    if cfg.deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear upsampling backward has no such kernel
 
 
 def data_source(cfg: TrainConfig) -> DataSource:
