@@ -16,7 +16,7 @@ import math
 import time
 from contextlib import nullcontext
 
-from engine.config import DEMO_DATA, DEMO_HF_DATA, config_differences, load_config, parse_args, save_config
+from engine.config import config_differences, load_config, parse_args, save_config
 from utils.fileio import UserError, make_output_dir, parse_args_first, run_main
 
 if __name__ == "__main__":
@@ -34,8 +34,8 @@ from engine.checkpoint import (TrainingProgress, checkpoint_path, checkpoint_to_
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
 from engine.schedule import get_lr
-from engine.setup import (build_accelerator, build_dataloader, build_model_from_config, configure_torch, uses_sdt,
-                          with_class_table)
+from engine.setup import (build_accelerator, build_dataloader, build_model_from_config, configure_torch,
+                          ensure_demo_data, uses_sdt, with_class_table)
 from engine.steps import (EpochLossLog, GradientMask, LossReading, augmentation_seed, device_batch,
                           train_micro_step)
 from engine.tracking import finish_wandb, init_wandb, prediction_overlays, val_metrics_row
@@ -80,9 +80,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     console = Console(soft_wrap=True, quiet=not accelerator.is_main_process)  # log lines are not cut at 80 columns
     with accelerator.main_process_first():  # the first process generates the demo data, the others reuse it
         if cfg.demo_data:
-            from data_utils.synthetic import ensure_demo_dataset
-            root, params = (cfg.hf_dataset, DEMO_HF_DATA) if cfg.hf_dataset else (cfg.data_root, DEMO_DATA)
-            ensure_demo_dataset(root, **params)
+            ensure_demo_data(cfg)
         cfg = with_class_table(cfg)  # the dataset's class names and colours, recorded in every saved config
 
     # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.

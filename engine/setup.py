@@ -23,7 +23,7 @@ from data_utils.classes import ClassTable
 from data_utils.dataset import SegmentationDataset, collate_batch
 from data_utils.options import WORKER_SDT_SOURCES
 from data_utils.source import DataSource
-from engine.config import TrainConfig
+from engine.config import DEMO_DATA, DEMO_HF_DATA, TrainConfig
 from losses.registry import needs_sdt
 from metrics import SegmentationMetrics
 from models import build_model, takes_input_size
@@ -57,6 +57,13 @@ def configure_torch(cfg: TrainConfig) -> None:
     if cfg.deterministic:
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear upsampling backward has no such kernel
+
+
+def ensure_demo_data(cfg: TrainConfig) -> None:
+    """Generate the demo dataset `cfg` names (--data-root, or --hf-dataset for its HF form) on first use."""
+    from data_utils.synthetic import ensure_demo_dataset
+    root, params = (cfg.hf_dataset, DEMO_HF_DATA) if cfg.hf_dataset else (cfg.data_root, DEMO_DATA)
+    ensure_demo_dataset(root, **params)
 
 
 def data_source(cfg: TrainConfig) -> DataSource:
