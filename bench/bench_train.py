@@ -227,6 +227,11 @@ def names_no_data(cfg: TrainConfig) -> bool:
     return not (cfg.demo_data or cfg.data_root or cfg.hf_dataset or os.environ.get("CITYSCAPES_DATASET"))
 
 
+def synthetic_size(cfg: TrainConfig) -> tuple[int, int]:
+    """(H, W) of the synthetic frames: --crop-size, else Cityscapes' size."""
+    return tuple(cfg.crop_size) if min(cfg.crop_size) > 0 else CITYSCAPES_SIZE
+
+
 def prepare_dataset(root: Path, height: int, width: int, num_frames: int, unique_frames: int) -> Path:
     """A synthetic Cityscapes-layout train split of `num_frames` frames at height x width under `root`.
 
@@ -253,8 +258,8 @@ def with_data(cfg: TrainConfig, opts, workdir: Path) -> TrainConfig:
         ensure_demo_data(cfg)
     if not names_no_data(cfg):
         return cfg
-    height, width = cfg.crop_size if min(cfg.crop_size) > 0 else CITYSCAPES_SIZE
-    root = prepare_dataset(workdir / "data", height, width, cfg.batch_size * (opts.warmup + opts.steps), opts.frames)
+    frames_needed = cfg.batch_size * (opts.warmup + opts.steps)  # one epoch covers both parts' micro-steps
+    root = prepare_dataset(workdir / "data", *synthetic_size(cfg), frames_needed, opts.frames)
     return dataclasses.replace(cfg, data_root=str(root))
 
 
@@ -370,8 +375,8 @@ def run_single(cfg: TrainConfig, opts) -> dict:
     """Every part of --parts for one configuration; returns the JSON-able record."""
     workdir = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
-        if opts.flops_only and names_no_data(cfg):  # the synthetic frames' size, without making them
-            size = tuple(cfg.crop_size) if min(cfg.crop_size) > 0 else CITYSCAPES_SIZE
+        if opts.flops_only and names_no_data(cfg):
+            size = synthetic_size(cfg)  # without making the frames
         else:
             cfg = with_data(cfg, opts, workdir)
             size = train_frame_size(cfg)
