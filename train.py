@@ -16,14 +16,13 @@ import math
 import time
 from contextlib import nullcontext
 
-from engine.config import DEMO_DATA, DEMO_HF_DATA, config_differences, load_config, parse_args, save_config
+from engine.config import config_differences, load_config, parse_args, save_config
 from utils.fileio import UserError, make_output_dir, parse_args_first, run_main
 
 if __name__ == "__main__":
     parse_args_first(parse_args)  # --help and rejected flags answer here, before torch & co. load (~5 s)
 
 import torch
-from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -35,9 +34,10 @@ from engine.checkpoint import (TrainingProgress, checkpoint_path, checkpoint_to_
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
 from engine.schedule import get_lr
-from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt, with_class_table
-from engine.steps import (EpochLossLog, GradientMask, LossReading, accumulate_and_step, augmentation_seed,
-                          device_images, forward_loss)
+from engine.setup import (build_accelerator, build_dataloader, build_model_from_config, configure_torch,
+                          ensure_demo_data, uses_sdt, with_class_table)
+from engine.steps import (EpochLossLog, GradientMask, LossReading, augmentation_seed, device_batch,
+                          train_micro_step)
 from engine.tracking import finish_wandb, init_wandb, prediction_overlays, val_metrics_row
 from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
@@ -76,19 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 def train(cfg, require_resume: bool, accelerator) -> int:
     """The run itself, under the run-dir lock taken by `main`."""
     run_dir = cfg.run_dir
-    set_seed(cfg.seed, device_specific=True)  # + rank: dropout differs per process; DDP broadcasts the init
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
-    torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed 1024x2048 input: autotuning pays off
-    if cfg.deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear upsampling backward has no such kernel
+    configure_torch(cfg)  # seeds, CPU threads, cuDNN kernel choice
     console = Console(soft_wrap=True, quiet=not accelerator.is_main_process)  # log lines are not cut at 80 columns
     with accelerator.main_process_first():  # the first process generates the demo data, the others reuse it
         if cfg.demo_data:
-            from data_utils.synthetic import ensure_demo_dataset
-            root, params = (cfg.hf_dataset, DEMO_HF_DATA) if cfg.hf_dataset else (cfg.data_root, DEMO_DATA)
-            ensure_demo_dataset(root, **params)
+            ensure_demo_data(cfg)
         cfg = with_class_table(cfg)  # the dataset's class names and colours, recorded in every saved config
 
     # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.
@@ -123,9 +115,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                           f"label ids) in {time.perf_counter() - check_start:.1f} s")
     train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
     augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
-    sdt_on_device = uses_sdt(cfg) and cfg.sdt_source == "gpu"
-    if sdt_on_device:
-        from data_utils.sdt import compute_sdt_torch
+    sdt_classes = train_dataset.num_classes if uses_sdt(cfg) and cfg.sdt_source == "gpu" else 0  # SDT on the device
 
     # ----------------------------------------------------------------------------------- model and loss
     with accelerator.main_process_first():  # a hub download of the pretrained backbone happens once
@@ -188,28 +178,18 @@ def train(cfg, require_resume: bool, accelerator) -> int:
             for batch_index, batch in enumerate(train_loader):
                 micro_step = epoch * len(train_loader) + batch_index
                 seed = augmentation_seed(cfg.seed, accelerator.process_index, micro_step)
-                images = device_images(batch["image"], augment, seed, channels_last=cfg.channels_last)
-                labels = batch["label"]  # (N, H, W) uint8 from the loader: 1/8 of the bytes of int64 to copy
-                sdt = compute_sdt_torch(labels, train_dataset.num_classes, validate=False) if sdt_on_device \
-                    else batch.get("sdt")
-                labels = labels.long()  # on the device; the losses index with int64
+                images, labels, sdt = device_batch(batch, augment, seed, sdt_classes, cfg.channels_last)
                 lr = get_lr(progress.step, total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
-                with accelerator.accumulate(model):
-                    gradient_mask.save_buffers()  # BatchNorm statistics, put back if this micro-batch is bad
-                    # gradient statistics on the last micro-batch of every log_grad_norms-th optimizer step
-                    measure = bool(cfg.log_grad_norms) and accelerator.sync_gradients \
-                        and progress.step % cfg.log_grad_norms == 0
-                    terms, grad_stats = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn,
-                                                     cfg.aux_weight, grad_stats=measure)
-                    if grad_log is not None and grad_stats:  # the main process's micro-batch
-                        grad_log.append(grad_stats, epoch=epoch + 1, step=progress.step, variant=cfg.loss_label,
-                                        seed=cfg.seed, lambda_boundary=cfg.lambda_boundary, weights=loss_fn.weights,
-                                        boundary_schedule=cfg.boundary_schedule)
-                    # On the device: all processes' terms gathered (they must agree on skipping a bad
-                    # batch), the epoch sums, and keep = all finite; if False the micro-batch is undone.
-                    gradient_mask.set_keep(loss_log.update(terms, where=(progress.step, epoch + 1, batch_index)))
-                    accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, cfg.grad_clip,
-                                        gradient_mask)
+                # gradient statistics on the last micro-batch of every log_grad_norms-th optimizer step
+                measure = bool(cfg.log_grad_norms) and progress.step % cfg.log_grad_norms == 0
+                _, grad_stats = train_micro_step(
+                    accelerator, model, optimizer, images, labels, sdt, loss_fn=loss_fn, aux_loss_fn=aux_loss_fn,
+                    cfg=cfg, lr=lr, mask=gradient_mask, loss_log=loss_log,
+                    where=(progress.step, epoch + 1, batch_index), grad_stats=measure)
+                if grad_log is not None and grad_stats:  # the main process's micro-batch
+                    grad_log.append(grad_stats, epoch=epoch + 1, step=progress.step, variant=cfg.loss_label,
+                                    seed=cfg.seed, lambda_boundary=cfg.lambda_boundary, weights=loss_fn.weights,
+                                    boundary_schedule=cfg.boundary_schedule)
                 if accelerator.sync_gradients:
                     progress.step += 1
                 num_images += images.shape[0] * accelerator.num_processes

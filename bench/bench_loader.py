@@ -40,6 +40,26 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "citysc
 SOURCES = ("none", "cpu", "cache", "cache-z")  # cache-z: precompute_sdt.py --compress files
 
 
+def prepare_sdt_cache(data_root: Path, cache_dir: Path, compress: bool = False) -> Path:
+    """SDT cache files (data_utils.sdt format, as precompute_sdt.py writes them, zlib row deltas with
+    `compress`) for every train frame; identical labels (hard-linked PNGs) get hard-linked cache files, so
+    the cache costs one compute_sdt per distinct label file."""
+    from data_utils.sdt import compute_sdt, sdt_cache_path, write_sdt_file
+
+    done: dict[int, Path] = {}  # label file inode -> its cache file
+    for record in load_split(data_root, "train"):
+        out = Path(sdt_cache_path(cache_dir, record["name"]))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        inode = os.stat(record["label_path"]).st_ino
+        if inode in done:
+            os.link(done[inode], out)
+            continue
+        train_ids = label_ids_to_train_ids(read_label_ids(record["label_path"]), record["label_path"])
+        write_sdt_file(out, compute_sdt(train_ids), compress=compress)
+        done[inode] = out
+    return cache_dir
+
+
 def mean_seconds(fn, items: list, passes: int) -> float:
     """Mean seconds of fn(item) over `passes` passes of `items`, after one untimed pass."""
     for item in items:
@@ -135,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} cores, load average {report['load_average'][0]:.2f}")
     workdir = Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:
-        from bench.bench_train import prepare_sdt_cache
-
         caches = {source: prepare_sdt_cache(args.data_root, workdir / source, compress=source == "cache-z")
                   for source in sources if source.startswith("cache")}
         stages = stage_times(records, args.passes, sources, caches)

@@ -1,43 +1,45 @@
-"""Training-step speed and memory of ConvNeXt-V2 + UPerNet with the study's loss, and of the real data path.
+"""Training speed and memory of the step train.py runs, on the configuration train.py's flags give.
 
-Two parts, timed over --steps optimizer steps after --warmup steps:
-  model  model + loss + backward + AdamW on random tensors already on the device (no data loading);
-  data   the training data path of train.py: engine.setup.build_dataloader over a synthetic Cityscapes-layout
-         dataset (data_utils.synthetic, generated at the requested size; PNG decode + label mapping in the
-         workers, uint8 images), photometric augmentation (BatchAugment) on the device batch, the signed
-         distance maps from each --sdt-source (gpu: compute_sdt_torch on the device batch; cache: files
-         precomputed with data_utils.sdt; cpu: compute_sdt in the loader workers), then the same step.
+    python bench/bench_train.py                                  # train.py's defaults: the paper's recipe, full size
+    python bench/bench_train.py --preset demo                    # the demo's step on its data (CPU-sized)
+    python bench/bench_train.py --configs all --json bench.json  # the comparison matrix (below)
+    python bench/bench_train.py --flops-only                     # FLOPs per training image (meta device, no GPU)
 
-The step is train.py's: `engine.steps.forward_loss` under train.py's Accelerator
-(`engine.setup.build_accelerator`: autocast from --bf16, outputs converted to float32 by accelerate,
-torch.compile from --compile, non-blocking batch copies), then `accelerator.backward`, set LR, fused AdamW
-`step` and `zero_grad(set_to_none=True)`: what `engine.steps.accumulate_and_step` does
-with grad_accum=1 and no clipping (split here so each phase can be timed). Every step is an optimizer
-step (the recipe steps every 4th micro-batch, so the optimizer share here is an upper bound). The step
-also does train.py's per-micro-step bookkeeping on the device, with no host sync: the loss terms into
-`engine.steps.EpochLossLog` and its finite flag into `GradientMask` (one `torch.where` per parameter
-gradient, the buffers copied before the forward and selected back after the backward, AdamW's
-`found_inf` set). `--host-sync` adds the two host reads of the loss per step that train.py did before that.
+Options: every train.py flag (`engine.config`: the same fields, names, presets and defaults) plus the benchmark's
+own group (--steps, --warmup, --parts, --frames, --configs, --rounds, --flops-only, --json). The step is
+train.py's: its Accelerator (`engine.setup.build_accelerator`: precision, accumulation, compile on CUDA,
+non-blocking copies), `engine.setup.configure_torch`, model, loss and fused AdamW, the LR of `engine.schedule.get_lr`,
+and per micro-batch `engine.steps.device_batch` (augmentation and SDT on the device) and
+`engine.steps.train_micro_step` (forward, loss, the device-side bookkeeping, backward, the optimizer step every
+--grad-accum micro-batches); tests/test_bench.py checks that its weights after an epoch are train.py's. W&B is
+off, the backbone starts from random weights (the same speed), and the loss log is read once per part (train.py
+reads it every 20 micro-steps). `--host-sync` (the two host reads of the loss per step that train.py made before
+efb20b8) is gone with the benchmark's own trainer: train.py no longer makes them (history: BENCHMARKS.md).
 
-Per part it prints images/s, ms per step split into data wait / augment+SDT / forward / backward /
-optimizer (CUDA events read once at the end, so the step has no host syncs; perf_counter on CPU, where
-ops run synchronously), peak memory (torch.cuda.max_memory_allocated over the timed steps on CUDA; peak
-RSS of the main process on CPU), the model's FLOPs per training image (torch.utils.flop_counter on the
-meta device, forward + backward, with the grouped-convolution backward corrected, see `count_train_flops`)
-and the achieved TFLOP/s (model FLOPs x images/s; recomputation under checkpointing is not counted).
+Two parts, each --warmup micro-steps (the first one timed alone: compile, autotuning) then --steps timed ones:
+  step    the loader's first batch, kept on the device and fed again each micro-step: no data wait;
+  loader  the prepared DataLoader (workers, pinned memory) feeding the same step, as in train.py's epoch.
+Data: the config's (--data-root or $CITYSCAPES_DATASET, --hf-dataset, --preset demo's data), else a synthetic
+Cityscapes-layout train split at --crop-size (default: Cityscapes' 1024x2048) in a temporary folder: --frames
+rendered frames, hard-linked under new names up to what the loader part needs.
 
-    python bench/bench_train.py                                   # CPU: --preset small (256x512, atto)
-    python bench/bench_train.py --device cuda --preset full       # 1024x2048 ConvNeXt-V2-Base, bf16, compile
-    python bench/bench_train.py --device cuda --preset full --matrix --json bench_full.json   # < 5 min, H100
+Per part: images/s, ms per micro-step split into data wait / augment+SDT / step (CUDA events read once at the
+end, so the step gains no host sync; perf_counter on the CPU), peak memory (max_memory_allocated on CUDA, the
+main process's peak RSS on the CPU), MiB autograd saves for backward (eager step part), the model's FLOPs per
+training image (`count_train_flops`) and the achieved TFLOP/s (recomputation under checkpointing not counted).
 
---matrix runs one subprocess per configuration (clean peak memory each) and prints a table of the
-fast-path options against the plain eager baseline measured in the same run.
+--configs NAMES (a comma list of CONFIGS, or all) runs each configuration in its own process (clean peak
+memory, one compile each), its train.py flags added to the others given, and prints speed and memory ratios
+against the first; --rounds R runs the list R times in turn and keeps each row's medians (on a busy CPU, drift
+then hits every row alike).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime
+import itertools
+import json
 import math
 import os
 import platform
@@ -45,40 +47,39 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from statistics import median
+from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
-from data_utils.options import SDT_SOURCES  # noqa: E402
-from engine.config import VARIANTS, TrainConfig, validate  # noqa: E402
-from engine.setup import build_accelerator, build_dataloader, build_model_from_config, uses_sdt  # noqa: E402
-from engine.steps import EpochLossLog, GradientMask, augmentation_seed, device_images, forward_loss  # noqa: E402
+from data_utils.augment import BatchAugment  # noqa: E402
+from engine.config import TrainConfig, config_from_flags, config_to_dict  # noqa: E402
+from engine.config import build_parser as build_train_parser  # noqa: E402
+from engine.schedule import get_lr  # noqa: E402
+from engine.setup import (build_accelerator, build_dataloader, build_model_from_config, configure_torch,  # noqa: E402
+                          ensure_demo_data, train_frame_size, uses_sdt)
+from engine.steps import (EpochLossLog, GradientMask, augmentation_seed, device_batch, forward_loss,  # noqa: E402
+                          train_micro_step)
 from losses import build_aux_loss, build_loss  # noqa: E402
 from utils.fileio import UserError, atomic_write_json  # noqa: E402
 
 CITYSCAPES_TRAIN_IMAGES = 2975  # one epoch of the study
-PHASES = ("data", "augment_sdt", "forward", "backward", "optimizer")
-
-# --preset: full = the study's setting (and the issue's H100 measurement); small = what 2 CPU cores manage
-# (UPerNet at 128 channels as in train.py's demo preset: at 512 its 3x3 fuse conv is ~10x the atto backbone).
-PRESETS = {
-    "full": {"height": 1024, "width": 2048, "backbone": "convnextv2_base", "batch_size": 2, "steps": 10,
-             "warmup": 3, "bf16": True, "compile": True, "workers": 8, "head_channels": 512},
-    "small": {"height": 256, "width": 512, "backbone": "convnextv2_atto", "batch_size": 2, "steps": 5,
-              "warmup": 2, "bf16": False, "compile": False, "workers": 2, "head_channels": 128},
+CITYSCAPES_SIZE = (1024, 2048)
+PHASES = ("data", "augment_sdt", "step")
+PARTS = ("step", "loader")
+# --configs: train.py flags added to the ones given; each name one row of the comparison.
+CONFIGS = {
+    "eager-nchw": ["--no-compile", "--no-channels-last"],     # the plain baseline
+    "eager": ["--no-compile"],                                 # + channels_last
+    "eager-checkpointing": ["--no-compile", "--grad-checkpointing"],
+    "default": [],                                             # train.py's defaults: + compile on CUDA
+    "sdt-workers": ["--sdt-source", "cpu"],                    # the SDT in the loader workers, not on the device
 }
-
-# The issue's and the study's figures, printed beside ours for comparison (their measurements, not ours).
-REFERENCE_FIGURES = [
-    "study (RTX PRO 6000 Blackwell Max-Q, batch 2, 1024x2048): 4.78 img/s, 623 s/epoch, 32.8 GB peak, 113 GB SDT cache",
-    "issue, plain PyTorch on one H100 (random tensors, bf16, variant C, fused AdamW): eager 7.4 img/s 27.5 GiB; "
-    "compile 15.1 img/s 14.3 GiB (first step 122 s); eager + activation checkpointing 6.3 img/s 13.9 GiB",
-    "issue goal on one H100, end to end: >= 18 img/s and <= 16 GiB (epoch of 2975 images < 3 min)",
-]
+BENCH_FLAGS = ("steps", "warmup", "parts", "frames", "configs", "rounds", "flops_only", "json")
 
 
 # ----------------------------------------------------------------------------------------------- FLOPs
@@ -134,7 +135,7 @@ def model_flops_per_image(cfg: TrainConfig, height: int, width: int) -> dict[str
 
 # ----------------------------------------------------------------------------------------------- timing
 class PhaseTimer:
-    """Consecutive phases of each step, without host syncs.
+    """Consecutive phases of each micro-step, without host syncs.
 
     CUDA: an event is recorded at each mark and all are read after one synchronize at the end, so the
     intervals are the device's timeline (a "data" interval is the time the device waited for the batch).
@@ -159,14 +160,13 @@ class PhaseTimer:
         self.steps[-1].append((phase, self._now()))
 
     def mean_ms(self) -> dict[str, float]:
-        """Mean milliseconds per step of each phase (phases never marked are absent)."""
+        """Mean milliseconds per micro-step of each phase."""
         if self.cuda:
             torch.cuda.synchronize()
         totals: dict[str, float] = {}
         for marks in self.steps:
             for (_, a), (phase, b) in zip(marks, marks[1:]):
-                ms = a.elapsed_time(b) if self.cuda else (b - a) * 1e3
-                totals[phase] = totals.get(phase, 0.0) + ms
+                totals[phase] = totals.get(phase, 0.0) + (a.elapsed_time(b) if self.cuda else (b - a) * 1e3)
         return {k: v / max(len(self.steps), 1) for k, v in totals.items()}
 
 
@@ -222,6 +222,16 @@ def saved_for_backward_mib(fn, model: torch.nn.Module) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- data
+def names_no_data(cfg: TrainConfig) -> bool:
+    """Whether the config names no dataset (then the benchmark makes a synthetic one)."""
+    return not (cfg.demo_data or cfg.data_root or cfg.hf_dataset or os.environ.get("CITYSCAPES_DATASET"))
+
+
+def synthetic_size(cfg: TrainConfig) -> tuple[int, int]:
+    """(H, W) of the synthetic frames: --crop-size, else Cityscapes' size."""
+    return tuple(cfg.crop_size) if min(cfg.crop_size) > 0 else CITYSCAPES_SIZE
+
+
 def prepare_dataset(root: Path, height: int, width: int, num_frames: int, unique_frames: int) -> Path:
     """A synthetic Cityscapes-layout train split of `num_frames` frames at height x width under `root`.
 
@@ -241,207 +251,117 @@ def prepare_dataset(root: Path, height: int, width: int, num_frames: int, unique
     return root
 
 
-def prepare_sdt_cache(data_root: Path, cache_dir: Path, compress: bool = False) -> Path:
-    """SDT cache files (data_utils.sdt format, as precompute_sdt.py writes them, zlib row deltas with
-    `compress`) for every train frame; identical labels (hard-linked PNGs) get hard-linked cache files, so
-    the cache costs one compute_sdt per distinct label file."""
-    from data_utils.cityscapes import load_split
-    from data_utils.dataset import read_label_ids
-    from data_utils.labels import label_ids_to_train_ids
-    from data_utils.sdt import compute_sdt, sdt_cache_path, write_sdt_file
-
-    done: dict[int, Path] = {}  # label file inode -> its cache file
-    for record in load_split(data_root, "train"):
-        out = Path(sdt_cache_path(cache_dir, record["name"]))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        inode = os.stat(record["label_path"]).st_ino
-        if inode in done:
-            os.link(done[inode], out)
-            continue
-        train_ids = label_ids_to_train_ids(read_label_ids(record["label_path"]), record["label_path"])
-        write_sdt_file(out, compute_sdt(train_ids), compress=compress)
-        done[inode] = out
-    return cache_dir
-
-
-def frames_needed(args) -> int:
-    """Frames for one epoch that covers warm-up + timed steps (no loader restart inside the measurement)."""
-    return args.batch_size * (args.warmup + args.steps)
+def with_data(cfg: TrainConfig, opts, workdir: Path) -> TrainConfig:
+    """`cfg` with its training frames in place: the demo data generated as train.py does, or a synthetic
+    train split at --crop-size (Cityscapes' size without one) when the config names no dataset."""
+    if cfg.demo_data:
+        ensure_demo_data(cfg)
+    if not names_no_data(cfg):
+        return cfg
+    frames_needed = cfg.batch_size * (opts.warmup + opts.steps)  # one epoch covers both parts' micro-steps
+    root = prepare_dataset(workdir / "data", *synthetic_size(cfg), frames_needed, opts.frames)
+    return dataclasses.replace(cfg, data_root=str(root))
 
 
 # ----------------------------------------------------------------------------------------------- one run
-def train_config(args, sdt_source: str = "gpu", data_root: str = "", sdt_cache: str = "") -> TrainConfig:
-    """The TrainConfig train.py would get for these bench options (model, loss, loader fields)."""
-    return TrainConfig(
-        variant=args.variant, loss=args.loss, backbone=args.backbone, pretrained="", head_channels=args.head_channels,
-        grad_checkpointing=args.grad_checkpointing, batch_size=args.batch_size, grad_accum=1,
-        mixed_precision="bf16" if args.bf16 else "no", num_workers=args.workers, data_root=data_root,
-        sdt_source=sdt_source, sdt_cache=sdt_cache, augment="gpu", seed=0, wandb=False,
-        compile=bool(args.compile), channels_last=args.channels_last)
+def build_run(cfg: TrainConfig) -> SimpleNamespace:
+    """What train.py builds before its loop, in its order: Accelerator, seeds, training loader, model
+    (channels_last, GradientMask), loss, fused AdamW, `prepare`; `micro_step(batch, timer, loss_log)` is its
+    loop body (`engine.steps.device_batch`, the LR, `engine.steps.train_micro_step`).
+
+    `cfg` must name existing data (`with_data`)."""
+    accelerator = build_accelerator(cfg)
+    configure_torch(cfg)
+    loader = build_dataloader(cfg, cfg.train_split, train=True, rank=accelerator.process_index)
+    model = build_model_from_config(cfg)  # random init: pretrained weights run at the same speed
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run = SimpleNamespace(cfg=cfg, accelerator=accelerator, raw_model=model, mask=GradientMask(model),
+                          loss_fn=build_loss(cfg.loss_weights, params=cfg.loss_params), optimizer_step=0,
+                          micro_steps=0, augment=BatchAugment() if cfg.augment == "gpu" else None)
+    run.aux_loss_fn = build_aux_loss(cfg.aux_loss, run.loss_fn)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                  fused=True)
+    run.model, run.optimizer, run.loader = accelerator.prepare(model, optimizer, loader)
+    run.model.train()
+    run.sdt_classes = loader.dataset.num_classes if uses_sdt(cfg) and cfg.sdt_source == "gpu" else 0
+    run.total_steps = cfg.epochs * math.ceil(len(run.loader) / cfg.grad_accum)  # as train.py's LR schedule
+
+    def micro_step(batch: dict, timer: PhaseTimer, loss_log: EpochLossLog) -> None:
+        seed = augmentation_seed(cfg.seed, accelerator.process_index, run.micro_steps)
+        images, labels, sdt = device_batch(batch, run.augment, seed, run.sdt_classes, cfg.channels_last)
+        timer.mark("augment_sdt")
+        lr = get_lr(run.optimizer_step, run.total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
+        measure = bool(cfg.log_grad_norms) and run.optimizer_step % cfg.log_grad_norms == 0  # as train.py
+        train_micro_step(accelerator, run.model, run.optimizer, images, labels, sdt, loss_fn=run.loss_fn,
+                         aux_loss_fn=run.aux_loss_fn, cfg=cfg, lr=lr, mask=run.mask, loss_log=loss_log,
+                         where=run.micro_steps, grad_stats=measure)
+        run.optimizer_step += int(accelerator.sync_gradients)
+        run.micro_steps += 1
+        timer.mark("step")
+
+    run.micro_step = micro_step
+    return run
 
 
-def make_accelerator(args, device: torch.device):
-    """train.py's Accelerator (`engine.setup.build_accelerator`) for these options: mixed precision from
-    --bf16, torch.compile (inductor) from --compile on CUDA, non-blocking host->device batch copies."""
-    return build_accelerator(train_config(args), cpu=device.type == "cpu")
+def loader_batches(run: SimpleNamespace):
+    """The prepared loader's batches, epoch after epoch (set_epoch as train.py does)."""
+    for epoch in range(10**9):
+        run.loader.set_epoch(epoch)
+        run.loader.dataset.set_epoch(epoch)
+        yield from run.loader
 
 
-class Trainer:
-    """Model, loss, AdamW and Accelerator as train.py builds them, plus the bench-only fast-path switches."""
-
-    def __init__(self, args, device: torch.device, accelerator=None):
-        self.args, self.device = args, device
-        self.cfg = train_config(args)
-        torch.backends.cudnn.benchmark = True  # as train.py: fixed input size, autotuned conv kernels
-        self.accelerator = accelerator or make_accelerator(args, device)
-        model = build_model_from_config(self.cfg)
-        if args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.gradient_mask = GradientMask(model)  # as train.py: undoes a non-finite batch on the device
-        self.loss_fn = build_loss(self.cfg.loss_weights, fused=args.fused_loss, params=self.cfg.loss_params)
-        self.aux_loss_fn = build_aux_loss(self.cfg.aux_loss, self.loss_fn)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
-                                      weight_decay=self.cfg.weight_decay, fused=True)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.model.train()
-        self.raw_model = model
-        self.loss_log = EpochLossLog(self.accelerator)  # never read here: train.py reads it every 20 steps
-
-    def step(self, images: torch.Tensor, labels: torch.Tensor, sdt: torch.Tensor | None,
-             timer: PhaseTimer) -> torch.Tensor:
-        """One training step (forward, loss, backward, AdamW); returns the detached loss (no host sync)."""
-        if self.args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        self.gradient_mask.save_buffers()  # train.py's bookkeeping, on the device
-        terms, _ = forward_loss(self.model, images, labels, sdt, self.loss_fn, self.aux_loss_fn, self.cfg.aux_weight)
-        self.gradient_mask.set_keep(self.loss_log.update(terms))
-        if self.args.host_sync:  # train.py before efb20b8 checked finiteness before backward: the host waited here
-            bool(torch.isfinite(terms["loss"]))
-        timer.mark("forward")
-        self.accelerator.backward(terms["loss"])
-        self.gradient_mask.restore_buffers()
-        timer.mark("backward")
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr  # as accumulate_and_step (the LR is a function of the step there)
-        self.gradient_mask.skip_step_unless_kept(self.optimizer)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.args.host_sync:  # ... and read the loss for the progress bar after each step
-            terms["loss"].item()
-        timer.mark("optimizer")
-        return terms["loss"].detach()
-
-
-def _timed_loop(trainer: Trainer, next_batch, args) -> dict:
-    """Warm-up steps (the first one timed alone: compile / autotuning), then the timed steps."""
-    device = trainer.device
-    result: dict = {}
-    for i in range(args.warmup):
-        start = time.perf_counter()
-        next_batch(PhaseTimer(device), i)
+def time_part(run: SimpleNamespace, part: str, opts) -> dict:
+    """--warmup then --steps micro-steps of `part` (step: the first batch again and again; loader: the loader)."""
+    device = run.accelerator.device
+    from_loader = loader_batches(run)
+    if part == "step":
+        first = next(from_loader)
+        from_loader.close()
+    batches = itertools.repeat(first) if part == "step" else from_loader
+    loss_log = EpochLossLog(run.accelerator)
+    record: dict = {"part": part}
+    for i in range(opts.warmup):
+        start, timer = time.perf_counter(), PhaseTimer(device)
+        timer.start()
+        run.micro_step(next(batches), timer, loss_log)
         synchronize(device)
         if i == 0:
-            result["first_step_s"] = time.perf_counter() - start
+            record["first_step_s"] = time.perf_counter() - start
     reset_peak_memory(device)
     timer = PhaseTimer(device)
-    losses = []
     synchronize(device)
     start = time.perf_counter()
-    for i in range(args.steps):
-        losses.append(next_batch(timer, args.warmup + i))
+    for _ in range(opts.steps):
+        timer.start()
+        batch = next(batches)
+        timer.mark("data")
+        run.micro_step(batch, timer, loss_log)
     synchronize(device)
     wall = time.perf_counter() - start
-    final_loss = torch.stack(losses).float().mean().item()  # the one host read of the losses
-    images_per_s = args.batch_size * args.steps / wall
-    result.update({
-        "images_per_s": images_per_s, "ms_per_step": 1e3 * wall / args.steps, "phase_ms": timer.mean_ms(),
-        "peak_memory_gib": peak_memory_gib(device), "epoch_s": CITYSCAPES_TRAIN_IMAGES / images_per_s,
-        "mean_loss": final_loss, "loss_finite": math.isfinite(final_loss)})
-    return result
+    from_loader.close()  # ends the loader's iterator
+    reading = loss_log.read()  # the one host read of the losses (warm-up and timed micro-steps)
+    images_per_s = run.cfg.batch_size * run.accelerator.num_processes * opts.steps / wall
+    record.update({"images_per_s": images_per_s, "ms_per_step": 1e3 * wall / opts.steps,
+                   "phase_ms": timer.mean_ms(), "peak_memory_gib": peak_memory_gib(device),
+                   "epoch_s": CITYSCAPES_TRAIN_IMAGES / images_per_s, "mean_loss": reading.means["loss"],
+                   "loss_finite": reading.num_bad == 0})
+    if part == "step" and not (run.cfg.compile and device.type == "cuda"):  # the hooks see eager tensors
+        record["saved_for_backward_mib"] = measure_saved(run, first)
+    return record
 
 
-def random_batch(args, device: torch.device, with_sdt: bool):
-    """Fixed random (images (N, 3, H, W) float32, labels (N, H, W) int64, sdt (N, 19, H, W) int8 or None)."""
-    n, h, w = args.batch_size, args.height, args.width
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    images = torch.randn(n, 3, h, w, generator=gen).to(device)
-    labels = torch.randint(0, 19, (n, h, w), generator=gen).to(device)
-    sdt = torch.randint(-127, 128, (n, 19, h, w), generator=gen, dtype=torch.int8).to(device) if with_sdt else None
-    return images, labels, sdt
+def measure_saved(run: SimpleNamespace, batch: dict) -> float:
+    """saved_for_backward_mib of one extra (untimed) eager forward + loss on `batch`; its graph is dropped."""
+    images, labels, sdt = device_batch(batch, run.augment, 0, run.sdt_classes, run.cfg.channels_last)
+    kept = {}
 
+    def forward():
+        kept["terms"], _ = forward_loss(run.model, images, labels, sdt, run.loss_fn, run.aux_loss_fn,
+                                        run.cfg.aux_weight)
 
-def time_model_part(trainer: Trainer, args) -> dict:
-    """Model + loss + backward + optimizer on fixed random device tensors."""
-    images, labels, sdt = random_batch(args, trainer.device, trainer.loss_fn.uses_sdt)
-
-    def next_batch(timer: PhaseTimer, _i: int) -> torch.Tensor:
-        timer.start()
-        return trainer.step(images, labels, sdt, timer)
-
-    saved = None
-    if not args.compile:  # one extra (untimed) eager forward to count what autograd keeps
-        kept = {}
-
-        def forward():
-            images_ = images.contiguous(memory_format=torch.channels_last) if args.channels_last else images
-            kept["terms"], _ = forward_loss(trainer.model, images_, labels, sdt, trainer.loss_fn,
-                                            trainer.aux_loss_fn, trainer.cfg.aux_weight)
-
-        saved = saved_for_backward_mib(forward, trainer.raw_model)
-        kept["terms"]["loss"].backward()  # frees the graph; the gradients are dropped, no optimizer step
-        trainer.optimizer.zero_grad(set_to_none=True)
-    result = _timed_loop(trainer, next_batch, args)
-    result["saved_for_backward_mib"] = saved
-    return result
-
-
-def time_data_part(trainer: Trainer, args, sdt_source: str, data_root: Path, sdt_cache: Path | None) -> dict:
-    """train.py's data path: prepared DataLoader -> BatchAugment (+ compute_sdt_torch) on the device -> step."""
-    from data_utils.augment import BatchAugment
-
-    cfg = train_config(args, sdt_source, str(data_root), str(sdt_cache or ""))
-    loader = trainer.accelerator.prepare(build_dataloader(cfg, "train", train=True))
-    augment = BatchAugment()
-    on_device_sdt = uses_sdt(cfg) and sdt_source == "gpu"
-    if on_device_sdt:
-        from data_utils.sdt import compute_sdt_torch
-    state = {"epoch": 0, "iterator": None, "host_wait_s": 0.0}
-
-    def fetch():
-        while True:
-            if state["iterator"] is None:
-                loader.set_epoch(state["epoch"])
-                loader.dataset.set_epoch(state["epoch"])
-                state["iterator"] = iter(loader)
-            try:
-                return next(state["iterator"])
-            except StopIteration:  # only between warm-up and a short dataset; frames_needed avoids it
-                state["epoch"] += 1
-                state["iterator"] = None
-
-    def next_batch(timer: PhaseTimer, i: int) -> torch.Tensor:
-        timer.start()
-        start = time.perf_counter()
-        batch = fetch()
-        if i >= args.warmup:
-            state["host_wait_s"] += time.perf_counter() - start
-        timer.mark("data")
-        images = device_images(batch["image"], augment, augmentation_seed(cfg.seed, 0, i))
-        labels = batch["label"]  # uint8 from the loader, as in train.py
-        sdt = compute_sdt_torch(labels, validate=False) if on_device_sdt else batch.get("sdt")
-        labels = labels.long()
-        timer.mark("augment_sdt")
-        return trainer.step(images, labels, sdt, timer)
-
-    try:
-        result = _timed_loop(trainer, next_batch, args)
-    finally:
-        state["iterator"] = None  # dropping the last iterator shuts the persistent workers down
-        del loader
-    # The host's own wait in next(loader): on CUDA the host runs ahead, so this can be > 0 while the
-    # device never idles; the "data" phase is what the device waited.
-    result["host_data_wait_ms"] = 1e3 * state["host_wait_s"] / args.steps
-    return result
+    return saved_for_backward_mib(forward, run.raw_model)
 
 
 def describe_device(device: torch.device) -> str:
@@ -451,321 +371,175 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {cpu})"
 
 
-def run_single(args) -> dict:
-    """Both parts for one configuration; returns the JSON-able record."""
-    device = torch.device(args.device)
-    report = {
-        "date": datetime.date.today().isoformat(), "device": describe_device(device), "torch": torch.__version__,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "parts": [],
-    }
-    cfg = train_config(args)
-    report["flops_per_image"] = model_flops_per_image(cfg, args.height, args.width)
-    print(header(args, report))
-    if args.flops_only:
+def run_single(cfg: TrainConfig, opts) -> dict:
+    """Every part of --parts for one configuration; returns the JSON-able record."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    try:
+        if opts.flops_only and names_no_data(cfg):
+            size = synthetic_size(cfg)  # without making the frames
+        else:
+            cfg = with_data(cfg, opts, workdir)
+            size = train_frame_size(cfg)
+        report = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "size": list(size),
+                  "config": config_to_dict(cfg),
+                  "flops_per_image": model_flops_per_image(cfg, *size), "parts": []}
+        if opts.flops_only:
+            print(header(cfg, opts, report))
+            return report
+        run = build_run(cfg)
+        report["device"] = describe_device(run.accelerator.device)
+        print(header(cfg, opts, report))
+        for part in opts.parts.split(","):
+            record = time_part(run, part, opts)
+            record["tflops_per_s"] = report["flops_per_image"]["train"] * record["images_per_s"] / 1e12
+            report["parts"].append(record)
+            print(format_part(record))
         return report
-    trainer = Trainer(args, device)
-    parts = args.parts.split(",")
-    if "model" in parts:
-        record = {"part": "model", **time_model_part(trainer, args)}
-        report["parts"].append(finish(record, report))
-        print(format_part(record))
-    if "data" in parts:
-        workdir = Path(tempfile.mkdtemp(prefix="bench_train_", dir=args.tmp_dir))
-        try:
-            data_root = args.data_root or prepare_dataset(workdir / "data", args.height, args.width,
-                                                          frames_needed(args), args.frames)
-            for source in args.sdt_source.split(","):
-                cache = None
-                if source == "cache" and uses_sdt(cfg):
-                    cache = args.sdt_cache or prepare_sdt_cache(Path(data_root), workdir / "sdt_cache")
-                record = {"part": f"data sdt={source}" if uses_sdt(cfg) else "data",
-                          **time_data_part(trainer, args, source, Path(data_root), cache)}
-                report["parts"].append(finish(record, report))
-                print(format_part(record))
-                if not uses_sdt(cfg):
-                    break
-        finally:
-            if not args.keep_data:
-                shutil.rmtree(workdir, ignore_errors=True)
-    return report
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def finish(record: dict, report: dict) -> dict:
-    record["tflops_per_s"] = report["flops_per_image"]["train"] * record["images_per_s"] / 1e12
-    return record
-
-
-def header(args, report: dict) -> str:
-    flops = report["flops_per_image"]
-    compiled = args.compile and args.device == "cuda"  # build_accelerator ignores compile on the CPU
-    switches = [name for name, on in (("bf16", args.bf16), ("compile", compiled),
-                                      ("channels_last", args.channels_last), ("fused loss", args.fused_loss),
-                                      ("grad checkpointing", args.grad_checkpointing)) if on]
-    return (f"bench_train {report['date']}: {args.backbone} + UPerNet({args.head_channels}), loss "
-            f"{train_config(args).loss_label}, "
-            f"batch {args.batch_size} at {args.height}x{args.width}, {report['device']}, torch {report['torch']}, "
-            f"{', '.join(switches) or 'fp32 eager, plain loss'}; {args.workers} workers; "
-            f"{args.warmup} warm-up + {args.steps} timed steps\n"
+def header(cfg: TrainConfig, opts, report: dict) -> str:
+    flops, (height, width) = report["flops_per_image"], report["size"]
+    compiled = cfg.compile and torch.cuda.is_available()  # build_accelerator ignores compile on the CPU
+    switches = [name for name, on in (("compile", compiled), ("channels_last", cfg.channels_last),
+                                      ("grad checkpointing", cfg.grad_checkpointing)) if on]
+    return (f"bench_train {report['date']}: {cfg.backbone} + UPerNet({cfg.head_channels}), loss {cfg.loss_label}, "
+            f"batch {cfg.batch_size} x accum {cfg.grad_accum} at {height}x{width}, {report.get('device', '-')}, "
+            f"torch {report['torch']}, precision {cfg.mixed_precision}, {', '.join(switches) or 'eager, NCHW'}; "
+            f"{cfg.num_workers} workers, SDT {cfg.sdt_source if uses_sdt(cfg) else 'not needed'}, augment "
+            f"{cfg.augment}; {opts.warmup} warm-up + {opts.steps} timed micro-steps\n"
             f"model FLOPs per training image: {flops['forward'] / 1e12:.4g} TFLOP forward, "
             f"{flops['train'] / 1e12:.4g} TFLOP forward+backward (uncorrected torch counter: "
             f"{flops['train_uncorrected_counter'] / 1e12:.4g})")
 
 
 def format_part(r: dict) -> str:
-    phases = "  ".join(f"{k} {r['phase_ms'][k]:.1f}" for k in PHASES if k in r["phase_ms"])
-    line = (f"  {r['part']:<15} {r['images_per_s']:8.2f} img/s  {r['ms_per_step']:8.1f} ms/step ({phases})  "
-            f"peak {r['peak_memory_gib']:.2f} GiB  {r['tflops_per_s']:.4g} TFLOP/s  epoch {r['epoch_s']:.0f} s")
-    if "first_step_s" in r:
-        line += f"  first step {r['first_step_s']:.1f} s"
-    if r.get("saved_for_backward_mib") is not None:
+    phases = "  ".join(f"{k} {r['phase_ms'][k]:.1f}" for k in PHASES)
+    line = (f"  {r['part']:<7} {r['images_per_s']:8.2f} img/s  {r['ms_per_step']:8.1f} ms/step ({phases})  "
+            f"peak {r['peak_memory_gib']:.2f} GiB  {r['tflops_per_s']:.4g} TFLOP/s  epoch {r['epoch_s']:.0f} s  "
+            f"first step {r['first_step_s']:.1f} s")
+    if "saved_for_backward_mib" in r:
         line += f"  saved for backward {r['saved_for_backward_mib']:.0f} MiB"
-    if not r["loss_finite"]:
-        line += "  NON-FINITE LOSS"
-    return line
+    return line + ("" if r["loss_finite"] else "  NON-FINITE LOSS")
 
 
 # ----------------------------------------------------------------------------------------------- matrix
-def matrix_rows(args) -> list[tuple[str, list[str], str]]:
-    """(label, flags, parts): each fast-path option added to the plain eager baseline, then the default."""
-    plain = ["--no-compile", "--no-channels-last", "--no-fused-loss", "--no-grad-checkpointing"]
-    default = ["--compile" if args.compile else "--no-compile", "--channels-last", "--fused-loss",
-               "--no-grad-checkpointing"]
-    return [
-        ("plain eager (NCHW, autograd loss)", plain, "model"),
-        ("+ channels_last", plain[:1] + ["--channels-last", "--no-fused-loss", "--no-grad-checkpointing"], "model"),
-        ("+ channels_last + fused loss", plain[:1] + ["--channels-last", "--fused-loss", "--no-grad-checkpointing"],
-         "model"),
-        ("+ grad checkpointing", plain[:1] + ["--channels-last", "--fused-loss", "--grad-checkpointing"], "model"),
-        (f"default ({'compile, ' if args.compile else 'eager, '}channels_last, fused loss)", default, "model,data"),
-    ]
-
-
-def common_flags(args) -> list[str]:
-    """The resolved options every matrix row shares, as flags."""
-    return ["--device", args.device, "--height", str(args.height), "--width", str(args.width),
-            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--variant", args.variant, "--loss", args.loss, "--backbone", args.backbone,
-            "--head-channels", str(args.head_channels),
-            "--workers", str(args.workers), "--sdt-source", args.sdt_source, "--bf16" if args.bf16 else "--no-bf16",
-            *(["--host-sync"] if args.host_sync else [])]
-
-
-def run_matrix(args) -> dict:
-    """Each row in its own process (clean peak memory, one compile at most); the data set and SDT cache are
-    prepared once here (in the background while the model-only rows run, when the machine has the cores)."""
-    common = common_flags(args)
-    workdir = Path(tempfile.mkdtemp(prefix="bench_matrix_", dir=args.tmp_dir))
-    prepared: dict = {}
-
-    def prepare():
-        try:
-            root = args.data_root or prepare_dataset(workdir / "data", args.height, args.width,
-                                                     frames_needed(args), args.frames)
-            prepared["data_root"] = root
-            if "cache" in args.sdt_source.split(",") and uses_sdt(train_config(args)):
-                prepared["sdt_cache"] = args.sdt_cache or prepare_sdt_cache(Path(root), workdir / "sdt_cache")
-        except Exception as e:  # reported with the data rows
-            prepared["error"] = f"{type(e).__name__}: {e}"
-
-    background = (os.cpu_count() or 1) >= 8  # on a 2-core box it would slow the rows it runs beside
-    preparer = threading.Thread(target=prepare, daemon=True)
-    if background:
-        preparer.start()
-    else:
-        prepare()
-    rows = []
+def run_configs(cfg: TrainConfig, opts, argv: list[str]) -> dict:
+    """Each --configs row in its own process, --rounds times in turn, on data prepared once here."""
+    names = list(CONFIGS) if opts.configs == "all" else opts.configs.split(",")
+    common = [token for i, token in enumerate(argv) if not _bench_only(argv, i)]
+    workdir = Path(tempfile.mkdtemp(prefix="bench_configs_"))
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     try:
-        for label, flags, parts in matrix_rows(args):
-            extra = []
-            if "data" in parts:
-                if background:
-                    preparer.join()
-                if "error" in prepared:
-                    print(f"data set preparation failed: {prepared['error']}; timing the model part only")
-                    parts = "model"
-                else:
-                    extra = ["--data-root", str(prepared["data_root"])]
-                    if "sdt_cache" in prepared:
-                        extra += ["--sdt-cache", str(prepared["sdt_cache"])]
-            out = workdir / f"row{len(rows)}.json"
-            command = [sys.executable, str(Path(__file__).resolve()), *common, *flags, "--parts", parts,
-                       *extra, "--json", str(out)]
-            print(f"\n== {label}: {' '.join(flags)}", flush=True)
-            start = time.perf_counter()
-            proc = subprocess.run(command)
-            row = {"label": label, "flags": flags, "seconds": time.perf_counter() - start}
-            if proc.returncode == 0 and out.exists():
-                import json
-
-                row["report"] = json.loads(out.read_text())
-            else:
-                row["error"] = f"exit status {proc.returncode}"
-            rows.append(row)
+        data = with_data(cfg, opts, workdir)
+        common += ["--data-root", data.data_root] if data.data_root != cfg.data_root else []
+        for round_index in range(opts.rounds):
+            for name in names:
+                out = workdir / f"{name}.{round_index}.json"
+                command = [sys.executable, str(Path(__file__).resolve()), *common, *CONFIGS[name], "--json", str(out)]
+                print(f"\n== {name} (round {round_index + 1}/{opts.rounds}): {' '.join(CONFIGS[name]) or '-'}",
+                      flush=True)
+                code = subprocess.run(command).returncode
+                runs[name].append(json.loads(out.read_text()) if code == 0 and out.exists() else
+                                  {"error": f"exit status {code}"})
     finally:
-        if background and preparer.is_alive():
-            preparer.join()
-        if not args.keep_data:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return {"matrix": rows}
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"configs": [{"name": name, "flags": CONFIGS[name], "runs": runs[name], "parts": medians(runs[name])}
+                        for name in names]}
 
 
-def run_compare(args) -> dict:
-    """Step time of the matrix's eager model-only configurations, interleaved in one process.
-
-    Each round times one step of every configuration (the order rotated each round), and the median per
-    configuration is reported: on a machine shared with other work, slow drifts of the available CPU hit
-    all configurations alike, so the ratios stay meaningful where separate runs are not. Memory is not
-    measured here (all models live in one process): use --matrix for that.
-    """
-    device = torch.device(args.device)
-    rows, seen = [], set()
-    for label, flags, _ in matrix_rows(args):
-        if "--compile" not in flags and tuple(flags) not in seen:  # one process cannot mix compiled and eager
-            seen.add(tuple(flags))
-            rows.append((label, flags))
-    accelerator = make_accelerator(argparse.Namespace(**{**vars(args), "compile": False}), device)
-    trainers = [Trainer(parse_args(common_flags(args) + flags), device, accelerator) for _, flags in rows]
-    images, labels, sdt = random_batch(args, device, trainers[0].loss_fn.uses_sdt)
-
-    def one_step(trainer: Trainer) -> None:
-        timer = PhaseTimer(device)  # phases are not needed here, only the wall time around the step
-        timer.start()
-        trainer.step(images, labels, sdt, timer)
-
-    for trainer in trainers:
-        for _ in range(args.warmup):
-            one_step(trainer)
-    times = [[] for _ in rows]
-    for r in range(args.compare):
-        for k in range(len(rows)):
-            index = (k + r) % len(rows)
-            synchronize(device)
-            start = time.perf_counter()
-            one_step(trainers[index])
-            synchronize(device)
-            times[index].append(time.perf_counter() - start)
-    medians = [sorted(t)[len(t) // 2] for t in times]
-    fastest = [min(t) for t in times]  # noise from other work only adds time: the minimum is a second estimate
-    result = {"rounds": args.compare, "device": describe_device(device),
-              "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "rows": []}
-    print(f"\ninterleaved step times, {args.compare} rounds, {result['device']}:")
-    for (label, flags), t, median in zip(rows, times, medians):
-        result["rows"].append({"label": label, "flags": flags, "median_ms": 1e3 * median,
-                               "min_ms": 1e3 * min(t), "max_ms": 1e3 * max(t), "ratio": medians[0] / median,
-                               "ratio_of_minima": fastest[0] / min(t)})
-        print(f"  {label:<50} median {1e3 * median:8.1f} ms/step (min {1e3 * min(t):.1f}, max {1e3 * max(t):.1f})"
-              f"  speed x {medians[0] / median:.2f} (of minima: {fastest[0] / min(t):.2f})")
-    return result
+def _bench_only(argv: list[str], i: int) -> bool:
+    """Whether argv[i] is --configs/--rounds/--json or the value after one (rows get their own)."""
+    flags = ("--configs", "--rounds", "--json")
+    return argv[i].split("=")[0] in flags or (i > 0 and argv[i - 1] in flags)
 
 
-def format_matrix(matrix: dict) -> str:
-    """Table of all rows and parts, with speed and peak-memory ratios against the first row's model part."""
-    rows = matrix["matrix"]
-    base = next((r["report"]["parts"][0] for r in rows if "report" in r), None)
-    lines = ["", f"{'configuration':<50} {'part':<15} {'img/s':>7} {'ms/step':>8} {'peak GiB':>8} "
-                 f"{'saved MiB':>9} {'TFLOP/s':>8} {'1st step s':>10} {'speed x':>7} {'memory x':>8}"]
+def medians(runs: list[dict]) -> list[dict]:
+    """Per part over the rounds that ran: median img/s and ms/step, the highest peak, the first saved MiB."""
+    done = [r for r in runs if "parts" in r]
+    rows = []
+    for k, part in enumerate(done[0]["parts"] if done else []):
+        records = [r["parts"][k] for r in done]
+        row = {key: median(p[key] for p in records) for key in ("images_per_s", "ms_per_step", "tflops_per_s")}
+        rows.append({"part": part["part"], **row, "peak_memory_gib": max(p["peak_memory_gib"] for p in records),
+                     "saved_for_backward_mib": part.get("saved_for_backward_mib"),
+                     "first_step_s": part["first_step_s"]})
+    return rows
+
+
+def format_configs(result: dict) -> str:
+    """The rows and parts, with speed and peak-memory ratios against the first row's same part."""
+    rows = result["configs"]
+    base = {p["part"]: p for p in rows[0]["parts"]}
+    lines = ["", f"{'configuration':<20} {'part':<7} {'img/s':>8} {'ms/step':>8} {'peak GiB':>8} {'saved MiB':>9} "
+                 f"{'TFLOP/s':>8} {'1st step s':>10} {'speed x':>7} {'memory x':>8}"]
     for row in rows:
-        if "report" not in row:
-            lines.append(f"{row['label']:<50} failed ({row['error']})")
-            continue
-        for part in row["report"]["parts"]:
-            saved = part.get("saved_for_backward_mib")
-            lines.append(
-                f"{row['label']:<50} {part['part']:<15} {part['images_per_s']:7.2f} {part['ms_per_step']:8.1f} "
-                f"{part['peak_memory_gib']:8.2f} {'' if saved is None else f'{saved:.0f}':>9} "
-                f"{part['tflops_per_s']:8.3f} {part.get('first_step_s', float('nan')):10.1f} "
-                f"{part['images_per_s'] / base['images_per_s']:7.2f} "
-                f"{part['peak_memory_gib'] / base['peak_memory_gib']:8.2f}")
-    if base is not None:
-        lines.append(f"(speed x / memory x: against '{rows[0]['label']}', model part, measured in this run)")
-    lines += ["", "for comparison (not measured here):"] + [f"  {line}" for line in REFERENCE_FIGURES]
+        if not row["parts"]:
+            lines.append(f"{row['name']:<20} failed ({row['runs'][0].get('error')})")
+        for p in row["parts"]:
+            saved, ref = p["saved_for_backward_mib"], base.get(p["part"])
+            speed, memory = (p["images_per_s"] / ref["images_per_s"], p["peak_memory_gib"] / ref["peak_memory_gib"]) \
+                if ref else (math.nan, math.nan)
+            lines.append(f"{row['name']:<20} {p['part']:<7} {p['images_per_s']:8.2f} {p['ms_per_step']:8.1f} "
+                         f"{p['peak_memory_gib']:8.2f} {'' if saved is None else f'{saved:.0f}':>9} "
+                         f"{p['tflops_per_s']:8.3f} {p['first_step_s']:10.1f} {speed:7.2f} {memory:8.2f}")
+    lines.append(f"(speed x / memory x: against '{rows[0]['name']}', same part, measured in this run)")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="defaults for the options below (full on cuda, small on cpu); explicit flags win")
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--steps", type=int, help="timed optimizer steps")
-    parser.add_argument("--warmup", type=int, help="untimed steps first (>= 1; the first one is reported alone)")
-    parser.add_argument("--variant", default="C", choices=VARIANTS)
-    parser.add_argument("--loss", default="", help="a loss recipe instead of --variant, as train.py's --loss "
-                        "(e.g. 'ce=1,lovasz=0.5')")
-    parser.add_argument("--backbone")
-    parser.add_argument("--head-channels", type=int, help="UPerNet width (the study: 512)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                        help="torch.compile the model through accelerate (inductor), on CUDA only (ignored on "
-                             "the CPU, as in train.py); the first step reports the compile time")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast (train.py's default)")
-    parser.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=True,
-                        help="losses' fused autograd Function (default) or plain autograd")
-    parser.add_argument("--workers", type=int, help="DataLoader workers for the data part")
-    parser.add_argument("--host-sync", action="store_true",
-                        help="read the loss on the host twice per step, as train.py's finiteness check and "
-                             "progress bar did before efb20b8 (measures what those syncs cost; off = no host "
-                             "sync in the step, as train.py now)")
-    parser.add_argument("--sdt-source", default="gpu,cache",
-                        help=f"comma list of {', '.join(SDT_SOURCES)} for the data part (losses with the boundary term)")
-    parser.add_argument("--parts", default="model,data", help="comma list of model, data")
-    parser.add_argument("--data-root", type=Path, help="an existing Cityscapes-layout root at --height x --width "
-                        "(default: generate a synthetic one in a temporary folder)")
-    parser.add_argument("--sdt-cache", type=Path, help="an existing SDT cache for --data-root (default: precompute)")
-    parser.add_argument("--frames", type=int, default=8, help="distinct synthetic frames to render (the rest "
-                        "of the frames the steps need are hard links to them)")
-    parser.add_argument("--tmp-dir", help="where the temporary data set goes (default: the system's)")
-    parser.add_argument("--keep-data", action="store_true", help="keep the generated data set and SDT cache")
-    parser.add_argument("--matrix", action="store_true", help="run the comparison matrix (one process per row)")
-    parser.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
-                        help="time the matrix's eager model-only rows interleaved in one process for ROUNDS rounds "
-                             "(speed ratios on a busy machine)")
-    parser.add_argument("--flops-only", action="store_true", help="print the FLOP count per image and stop")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    preset = PRESETS[args.preset or ("full" if args.device == "cuda" else "small")]
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but torch sees no CUDA device")
-    for source in args.sdt_source.split(","):
-        if source not in SDT_SOURCES:
-            parser.error(f"--sdt-source: unknown {source!r}, use a comma list of {', '.join(SDT_SOURCES)}")
-    for part in args.parts.split(","):
-        if part not in ("model", "data"):
-            parser.error(f"--parts: unknown {part!r}, use a comma list of model, data")
-    if min(args.steps, args.warmup, args.batch_size) < 1:
-        parser.error("--steps, --warmup and --batch-size must be >= 1")
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's parser (engine.config: every TrainConfig field, --preset) plus the benchmark's own flags."""
+    parser = build_train_parser()
+    parser.description = __doc__.split("\n")[0]
+    parser.allow_abbrev = False  # exact names: --warmup is the benchmark's, --warmup-steps train.py's
+    bench = parser.add_argument_group("benchmark (the other flags are train.py's)")
+    bench.add_argument("--steps", type=int, default=12, help="timed micro-steps per part (a multiple of "
+                       "--grad-accum times whole optimizer steps)")
+    bench.add_argument("--warmup", type=int, default=4, help="untimed micro-steps first (the first is reported alone)")
+    bench.add_argument("--parts", default="step,loader", help=f"comma list of {', '.join(PARTS)}")
+    bench.add_argument("--frames", type=int, default=8, help="distinct synthetic frames rendered (the rest of the "
+                       "frames the loader part needs are hard links to them)")
+    bench.add_argument("--configs", default=None, help=f"comma list of {', '.join(CONFIGS)}, or all: one process "
+                       "per configuration, with speed and memory ratios against the first")
+    bench.add_argument("--rounds", type=int, default=1, help="with --configs: run the list this many times in turn")
+    bench.add_argument("--flops-only", action="store_true", default=False, help="print the FLOPs per image and stop")
+    bench.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """(train.py's config for these flags, with W&B off; the benchmark's options)."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    opts = argparse.Namespace(**{k: given.pop(k) for k in BENCH_FLAGS})
+    for names, known, flag in ((opts.parts, PARTS, "--parts"), (opts.configs or "all", (*CONFIGS, "all"), "--configs")):
+        unknown = [n for n in names.split(",") if n not in known]
+        if unknown:
+            parser.error(f"{flag}: unknown {', '.join(unknown)}; use a comma list of {', '.join(known)}")
+    if min(opts.steps, opts.warmup, opts.rounds, opts.frames) < 1:
+        parser.error("--steps, --warmup, --rounds and --frames must be >= 1")
     try:
-        validate(train_config(args))  # the loss recipe, as train.py checks it
+        cfg, _ = config_from_flags(given)  # as train.py resolves and checks them
     except UserError as e:
         parser.error(str(e))
-    return args
+    return dataclasses.replace(cfg, wandb=False), opts
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg, opts = parse_args(argv)
     import datasets
 
     datasets.disable_progress_bars()  # the file-list builder's bar would interleave with the results
-    if args.matrix or args.compare:
-        result = {}
-        if args.matrix:
-            result = run_matrix(args)
-            print(format_matrix(result))
-        if args.compare:
-            result["compare"] = run_compare(args)
+    if opts.configs:
+        result = run_configs(cfg, opts, argv)
+        print(format_configs(result))
     else:
-        result = run_single(args)
-    if args.json:
-        atomic_write_json(args.json, result)
+        result = run_single(cfg, opts)
+    if opts.json:
+        atomic_write_json(opts.json, result)
     return 0
 
 

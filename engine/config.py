@@ -263,7 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     """(config, resume): paper defaults, then the preset's deltas, then the flags given; and --resume."""
-    given = vars(build_parser().parse_args(argv))
+    return config_from_flags(vars(build_parser().parse_args(argv)))
+
+
+def config_from_flags(given: dict) -> tuple[TrainConfig, bool]:
+    """`parse_args` on flags already parsed by `build_parser()`'s parser (bench/bench_train.py adds its own)."""
+    given = dict(given)
     resume = given.pop("resume", False)
     preset = PRESETS.get(given.pop("preset", None), {})
     cfg = dataclasses.replace(TrainConfig(), **{**preset, **_tuples(given)})

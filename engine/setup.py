@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 
 from data_utils.augment import BatchAugment
@@ -23,7 +23,7 @@ from data_utils.classes import ClassTable
 from data_utils.dataset import SegmentationDataset, collate_batch
 from data_utils.options import WORKER_SDT_SOURCES
 from data_utils.source import DataSource
-from engine.config import TrainConfig
+from engine.config import DEMO_DATA, DEMO_HF_DATA, TrainConfig
 from losses.registry import needs_sdt
 from metrics import SegmentationMetrics
 from models import build_model, takes_input_size
@@ -45,6 +45,25 @@ def build_accelerator(cfg: TrainConfig, cpu: bool = False) -> Accelerator:
                        log_with="wandb" if cfg.wandb else None, project_dir=str(cfg.run_dir), cpu=cpu,
                        dynamo_backend="inductor" if compile_model else "no",
                        dataloader_config=DataLoaderConfiguration(non_blocking=True))
+
+
+def configure_torch(cfg: TrainConfig) -> None:
+    """Seeds (+ rank: dropout differs per process; DDP broadcasts the init), CPU threads and cuDNN's kernel
+    choice for a run of `cfg` (train.py; bench/bench_train.py does the same before it builds the model)."""
+    set_seed(cfg.seed, device_specific=True)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed 1024x2048 input: autotuning pays off
+    if cfg.deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)  # bilinear upsampling backward has no such kernel
+
+
+def ensure_demo_data(cfg: TrainConfig) -> None:
+    """Generate the demo dataset `cfg` names (--data-root, or --hf-dataset for its HF form) on first use."""
+    from data_utils.synthetic import ensure_demo_dataset
+    root, params = (cfg.hf_dataset, DEMO_HF_DATA) if cfg.hf_dataset else (cfg.data_root, DEMO_DATA)
+    ensure_demo_dataset(root, **params)
 
 
 def data_source(cfg: TrainConfig) -> DataSource:

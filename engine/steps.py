@@ -1,11 +1,17 @@
-"""The body of one training micro-step, kept out of train.py so tests can drive it with their own model.
+"""One training micro-step, kept out of train.py so bench/bench_train.py times the same step and tests can
+drive its parts with their own model. train.py's loop, per micro-batch:
 
-    mask.save_buffers()  # BatchNorm statistics, copied on the device
-    terms, _ = forward_loss(model, images, labels.long(), sdt, loss_fn, aux_loss_fn, aux_weight)
-    mask.set_keep(loss_log.update(terms, where=(step, epoch, batch_index)))  # on the device: no host sync
-    accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, grad_clip, mask)
+    images, labels, sdt = device_batch(batch, augment, seed, sdt_classes, channels_last)
+    terms, _ = train_micro_step(accelerator, model, optimizer, images, labels, sdt, loss_fn=..., ...)
     ...
     reading = loss_log.read()  # every few micro-steps and at the epoch's end: the one host sync
+
+where `train_micro_step` is, inside `accelerator.accumulate(model)`:
+
+    mask.save_buffers()  # BatchNorm statistics, copied on the device
+    terms, _ = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn, aux_weight)
+    mask.set_keep(loss_log.update(terms, where=(step, epoch, batch_index)))  # on the device: no host sync
+    accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, grad_clip, mask)
 
 `accelerator.accumulate` decides whether this micro-step closes an accumulation window (then gradients
 are all-reduced and the optimizer steps) or only adds its gradient (DDP's sync skipped). accelerate divides
@@ -43,6 +49,25 @@ def device_images(images: torch.Tensor, augment: BatchAugment | None, seed: int,
     elif images.dtype == torch.uint8:
         images = normalize(images)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def device_batch(batch: dict, augment: BatchAugment | None, seed: int, sdt_classes: int = 0,
+                 channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A prepared loader's batch (on the device) -> (images, labels, sdt) for `train_micro_step`.
+
+    images: `device_images` (augmented with `seed` when `augment` is given); labels: (N, H, W) int64 (the
+    loader ships uint8, 1/8 of the bytes to copy); sdt: computed on the device from the labels
+    (`compute_sdt_torch` over `sdt_classes` classes) when sdt_classes > 0 (--sdt-source gpu), else the batch's
+    "sdt" (from the workers or the cache), or None.
+    """
+    images = device_images(batch["image"], augment, seed, channels_last=channels_last)
+    labels = batch["label"]
+    if sdt_classes:
+        from data_utils.sdt import compute_sdt_torch
+        sdt = compute_sdt_torch(labels, sdt_classes, validate=False)  # the loader already mapped the labels
+    else:
+        sdt = batch.get("sdt")
+    return images, labels.long(), sdt  # .long() on the device; the losses index with int64
 
 
 def forward_loss(model, images: torch.Tensor, labels: torch.Tensor, sdt: torch.Tensor | None, loss_fn,
@@ -233,3 +258,27 @@ def accumulate_and_step(accelerator, model, optimizer, loss: torch.Tensor, lr: f
             mask.skip_step_unless_kept(optimizer)
     optimizer.step()  # accelerate's wrapper skips it while gradients are still being accumulated
     optimizer.zero_grad(set_to_none=True)
+
+
+def train_micro_step(accelerator, model, optimizer, images: torch.Tensor, labels: torch.Tensor,
+                     sdt: torch.Tensor | None, *, loss_fn, aux_loss_fn, cfg, lr: float, mask: GradientMask,
+                     loss_log: EpochLossLog, where=None,
+                     grad_stats: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """train.py's micro-step, inside `accelerator.accumulate(model)`: forward and loss (`forward_loss`), the
+    terms into `loss_log` and its finite flag into `mask` (on the device), then `accumulate_and_step`.
+
+    Args: the tensors from `device_batch`; cfg: the TrainConfig (aux_weight, grad_clip); lr: this optimizer
+        step's LR; where: what `loss_log` reports for a bad micro-batch; grad_stats: measure the terms'
+        gradient statistics if this micro-batch closes an accumulation window.
+    Returns `forward_loss`'s (terms, stats). Afterwards `accelerator.sync_gradients` tells whether the
+    optimizer stepped.
+    """
+    with accelerator.accumulate(model):
+        mask.save_buffers()  # BatchNorm statistics, put back if this micro-batch is bad
+        terms, stats = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn, cfg.aux_weight,
+                                    grad_stats=grad_stats and accelerator.sync_gradients)
+        # On the device: all processes' terms gathered (they must agree on skipping a bad batch), the epoch
+        # sums, and keep = all finite; if False the micro-batch is undone.
+        mask.set_keep(loss_log.update(terms, where=where))
+        accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, cfg.grad_clip, mask)
+    return terms, stats

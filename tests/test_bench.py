@@ -1,17 +1,21 @@
 """bench/bench_train.py and bench/bench_loader.py at tiny size on CPU, and the FLOP counting they report.
 
 No timing is asserted (speed claims live in BENCHMARKS.md); these check that the scripts run end to end,
-report consistent records, and that the FLOP and saved-memory counts match hand counts.
+report consistent records, that bench_train's step is train.py's (same weights after an epoch), and that the
+FLOP and saved-memory counts match hand counts.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import tempfile
 
 import pytest
 import torch
 
 from bench import bench_loader, bench_train
+from engine.config import parse_args
 
 
 class DictModel(torch.nn.Module):
@@ -75,49 +79,72 @@ def test_saved_for_backward_matches_hand_count():
     out["y"].sum().backward()
 
 
-def test_matrix_rows_parse_to_the_switches_they_name():
-    args = bench_train.parse_args(["--device", "cpu"])
-    rows = bench_train.matrix_rows(args)
-    parsed = [bench_train.parse_args(["--device", "cpu", *flags]) for _, flags, _ in rows]
-    switches = [(a.compile, a.channels_last, a.fused_loss, a.grad_checkpointing) for a in parsed]
-    assert switches == [(False, False, False, False), (False, True, False, False), (False, True, True, False),
-                        (False, True, True, True), (False, True, True, False)]
-    assert [parts for _, _, parts in rows] == ["model"] * 4 + ["model,data"]
-    # On CUDA the default row compiles; the preset gives the study's size.
-    assert bench_train.PRESETS["full"]["compile"] and bench_train.PRESETS["full"]["height"] == 1024
+TINY = ["--preset", "demo", "--no-demo-data", "--num-workers", "0", "--head-channels", "16", "--batch-size", "2"]
 
 
-def test_bench_train_runs_at_tiny_size(tmp_path):
+def test_configs_rows_are_train_py_flags_that_set_what_they_name():
+    base, _ = bench_train.parse_args([])
+    assert base == dataclasses.replace(parse_args([])[0], wandb=False)  # train.py's defaults: the paper's recipe
+    switches = {name: bench_train.parse_args(flags)[0] for name, flags in bench_train.CONFIGS.items()}
+    assert {name: (c.compile, c.channels_last, c.grad_checkpointing, c.sdt_source) for name, c in switches.items()} \
+        == {"eager-nchw": (False, False, False, "gpu"), "eager": (False, True, False, "gpu"),
+            "eager-checkpointing": (False, True, True, "gpu"), "default": (True, True, False, "gpu"),
+            "sdt-workers": (True, True, False, "cpu")}
+    for bad in (["--configs", "eager,nope"], ["--parts", "model"], ["--loss", "ce=1,nope=1"], ["--warmup-step", "1"]):
+        with pytest.raises(SystemExit):
+            bench_train.parse_args(bad)
+
+
+def test_bench_train_runs_at_tiny_size(tmp_path, monkeypatch):
+    """Both parts on a synthetic split it makes itself (no data named), with a recipe that needs the SDT on
+    the device; the phases add up to the step and the temporary data set is removed."""
+    monkeypatch.delenv("CITYSCAPES_DATASET", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     out = tmp_path / "bench.json"
-    argv = ["--device", "cpu", "--height", "64", "--width", "128", "--batch-size", "1", "--steps", "2",
-            "--warmup", "1", "--head-channels", "16", "--workers", "0", "--frames", "2",
-            "--sdt-source", "gpu,cache", "--tmp-dir", str(tmp_path), "--json", str(out)]
-    assert bench_train.main(argv) == 0
+    assert bench_train.main([*TINY, "--data-root", "", "--crop-size", "64", "128", "--batch-size", "1", "--steps", "2",
+                             "--warmup", "1", "--frames", "2", "--loss", "ce=1,lovasz=0.5,boundary=0.2",
+                             "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert [p["part"] for p in report["parts"]] == ["model", "data sdt=gpu", "data sdt=cache"]
+    assert report["size"] == [64, 128] and report["config"]["loss"] == "ce=1,lovasz=0.5,boundary=0.2"
+    assert [p["part"] for p in report["parts"]] == ["step", "loader"]
     flops = report["flops_per_image"]
     assert 0 < flops["forward"] < flops["train"] <= flops["train_uncorrected_counter"]
     for part in report["parts"]:
         assert part["loss_finite"] and part["images_per_s"] > 0 and part["peak_memory_gib"] > 0
         assert part["tflops_per_s"] == pytest.approx(flops["train"] * part["images_per_s"] / 1e12)
         assert part["epoch_s"] == pytest.approx(2975 / part["images_per_s"])
-        expected = {"forward", "backward", "optimizer"} | ({"data", "augment_sdt"} if "data" in part["part"] else set())
-        assert set(part["phase_ms"]) == expected
-        # CPU phases are consecutive perf_counter intervals: they add up to the step.
+        assert set(part["phase_ms"]) == set(bench_train.PHASES)
+        # CPU phases are consecutive perf_counter intervals: they add up to the micro-step.
         assert sum(part["phase_ms"].values()) == pytest.approx(part["ms_per_step"], rel=0.05)
     assert report["parts"][0]["saved_for_backward_mib"] > 0
-    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # the temporary data set is removed
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
 
 
-def test_bench_train_times_any_loss_recipe(tmp_path, capsys):
-    argv = ["--device", "cpu", "--height", "32", "--width", "64", "--batch-size", "1", "--steps", "1",
-            "--warmup", "1", "--head-channels", "16", "--workers", "0", "--parts", "model",
-            "--loss", "ce=1,lovasz=0.5,boundary=0.2", "--json", str(tmp_path / "bench.json")]
-    assert bench_train.main(argv) == 0
-    assert "loss ce+0.2·boundary+0.5·lovasz" in capsys.readouterr().out
-    assert json.loads((tmp_path / "bench.json").read_text())["parts"][0]["loss_finite"]
-    with pytest.raises(SystemExit):
-        bench_train.parse_args(["--device", "cpu", "--loss", "ce=1,nope=1"])
+def test_bench_step_is_the_step_train_py_runs(tmp_path):
+    """One epoch (3 micro-batches, accumulated 2 + 1: two optimizer steps on the poly LR) of train.py and of
+    the benchmark's loader part with the same flags: the same mean loss and bit-identical weights."""
+    from accelerate.state import AcceleratorState, GradientState
+    from safetensors.torch import load_file
+
+    import train
+    from data_utils.synthetic import generate_dataset
+
+    data = generate_dataset(tmp_path / "data", num_train=6, num_val=1, height=64, width=128, progress=False)
+    flags = [*TINY, "--data-root", str(data), "--epochs", "1", "--grad-accum", "2", "--variant", "C",
+             "--sdt-source", "gpu"]
+    assert train.main([*flags, "--no-wandb", "--out", str(tmp_path / "run")]) == 0
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    cfg, opts = bench_train.parse_args([*flags, "--warmup", "1", "--steps", "2"])
+    run = bench_train.build_run(cfg)
+    record = bench_train.time_part(run, "loader", opts)
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert (run.micro_steps, run.optimizer_step) == (3, row["step"]) == (3, 2)
+    assert record["mean_loss"] == pytest.approx(row["train/loss"], rel=1e-12)
+    trained = load_file(tmp_path / "run" / "checkpoints" / "epoch_0001" / "model.safetensors")
+    benched = run.accelerator.unwrap_model(run.model).state_dict()
+    assert trained.keys() == benched.keys()
+    assert [k for k in trained if not torch.equal(trained[k], benched[k])] == []
 
 
 def test_bench_loader_at_tiny_size(tmp_path):
@@ -139,34 +166,21 @@ def test_bench_loader_at_tiny_size(tmp_path):
         assert entry["dataloader_images_per_s"]["0"] > 0
 
 
-def test_interleaved_compare_at_tiny_size(tmp_path):
-    out = tmp_path / "compare.json"
-    assert bench_train.main(["--device", "cpu", "--height", "64", "--width", "128", "--batch-size", "1",
-                             "--warmup", "1", "--head-channels", "16", "--compare", "2", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["compare"]["rows"]
-    # The eager model-only rows of the matrix, the default row (a repeat of row 3 on CPU) dropped.
-    assert [r["label"] for r in rows] == [label for label, _, _ in bench_train.matrix_rows(
-        bench_train.parse_args(["--device", "cpu"]))][:4]
-    assert rows[0]["ratio"] == 1.0
-    for r in rows:
-        assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
-        assert r["ratio"] == pytest.approx(rows[0]["median_ms"] / r["median_ms"])
-        assert r["ratio_of_minima"] == pytest.approx(rows[0]["min_ms"] / r["min_ms"])
-
-
 @pytest.mark.slow
-def test_matrix_at_tiny_size(tmp_path):
-    """The --matrix command end to end (five subprocesses, ~1 min on 2 cores), with the full preset's switches
-    except compile (minutes on a CPU)."""
-    out = tmp_path / "matrix.json"
-    assert bench_train.main(["--device", "cpu", "--preset", "full", "--no-compile", "--backbone", "convnextv2_atto",
-                             "--height", "64", "--width", "128", "--head-channels", "16", "--steps", "1",
-                             "--warmup", "1", "--workers", "0", "--frames", "2", "--matrix", "--tmp-dir", str(tmp_path),
+def test_configs_at_tiny_size(tmp_path, monkeypatch):
+    """--configs end to end: two rows, two rounds (four subprocesses, ~1 min on 2 cores), on data made once."""
+    monkeypatch.delenv("CITYSCAPES_DATASET", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = tmp_path / "configs.json"
+    assert bench_train.main([*TINY, "--data-root", "", "--crop-size", "64", "128", "--steps", "1", "--warmup", "1",
+                             "--frames", "2", "--configs", "eager-nchw,eager-checkpointing", "--rounds", "2",
                              "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["matrix"]
-    assert [r["label"] for r in rows] == [label for label, _, _ in bench_train.matrix_rows(
-        bench_train.parse_args(["--device", "cpu", "--no-compile"]))]
-    assert all("report" in r for r in rows)
-    assert [p["part"] for p in rows[-1]["report"]["parts"]] == ["model", "data sdt=gpu", "data sdt=cache"]
-    assert all(r["report"]["options"]["bf16"] for r in rows)
-    assert [p.name for p in tmp_path.iterdir()] == ["matrix.json"]
+    rows = json.loads(out.read_text())["configs"]
+    assert [r["name"] for r in rows] == ["eager-nchw", "eager-checkpointing"]
+    for row in rows:
+        assert len(row["runs"]) == 2 and all("parts" in r for r in row["runs"])
+        assert [p["part"] for p in row["parts"]] == ["step", "loader"]
+    # Each row's flags, on top of the common ones: eager-nchw turns channels_last off, the other checkpoints.
+    assert [(r["runs"][0]["config"]["channels_last"], r["runs"][0]["config"]["grad_checkpointing"])
+            for r in rows] == [(False, False), (True, True)]
+    assert [p.name for p in tmp_path.iterdir()] == ["configs.json"]

@@ -521,11 +521,11 @@ def test_one_nonfinite_pixel_is_skipped_without_a_trace_in_the_checkpoint(tiny_d
     and equals (weights, BatchNorm statistics, AdamW state) a run that skips that micro-batch: its forward
     runs (same dropout draws) without gradient, every buffer is put back from a copy, and no backward or
     optimizer step happens."""
-    import train
+    from engine import steps
 
     bad_call = 2
     flags = ("--variant", "B", "--epochs", "1", "--max-nonfinite", "1")
-    real_images, real_forward, real_step = train.device_images, train.forward_loss, train.accumulate_and_step
+    real_images, real_forward, real_step = steps.device_images, steps.forward_loss, steps.accumulate_and_step
 
     def poisoned_images(*args, **kwargs):
         images = real_images(*args, **kwargs)
@@ -536,7 +536,7 @@ def test_one_nonfinite_pixel_is_skipped_without_a_trace_in_the_checkpoint(tiny_d
         return images
 
     poisoned_images.calls = 0
-    monkeypatch.setattr(train, "device_images", poisoned_images)
+    monkeypatch.setattr(steps, "device_images", poisoned_images)
     assert run_train(tiny_data, tmp_path / "nan", *flags) == 0
     monkeypatch.undo()
 
@@ -557,8 +557,8 @@ def test_one_nonfinite_pixel_is_skipped_without_a_trace_in_the_checkpoint(tiny_d
             real_step(*args, **kwargs)
 
     skipped_forward.calls = skipped_step.calls = 0
-    monkeypatch.setattr(train, "forward_loss", skipped_forward)
-    monkeypatch.setattr(train, "accumulate_and_step", skipped_step)
+    monkeypatch.setattr(steps, "forward_loss", skipped_forward)
+    monkeypatch.setattr(steps, "accumulate_and_step", skipped_step)
     assert run_train(tiny_data, tmp_path / "skip", *flags) == 0
 
     assert [r["train/nonfinite_skipped"] for r in read_rows(tmp_path / "nan")] == [1]
@@ -759,7 +759,7 @@ def test_second_run_on_a_locked_run_dir_stops_and_ctrl_c_stops_with_one_line_and
 def test_ctrl_c_closes_the_wandb_run_as_failed(tiny_data, tmp_path, monkeypatch):
     import wandb
 
-    import train
+    from engine import steps
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
@@ -777,9 +777,9 @@ def test_ctrl_c_closes_the_wandb_run_as_failed(tiny_data, tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real_images(*args, **kwargs)
 
-    real_images, ctrl_c_in_epoch_2.calls = train.device_images, 0
+    real_images, ctrl_c_in_epoch_2.calls = steps.device_images, 0
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "finish", recording_finish)
-    monkeypatch.setattr(train, "device_images", ctrl_c_in_epoch_2)
+    monkeypatch.setattr(steps, "device_images", ctrl_c_in_epoch_2)
     out = tmp_path / "run"
     assert run_train(tiny_data, out, "--wandb", "--variant", "A", "--epochs", "2", "--checkpoint-every", "1") == 130
     assert exit_codes[0] == 130  # the first close is the failed one; end_training's later finish is a no-op
