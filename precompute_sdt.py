@@ -6,7 +6,7 @@
 
 Each frame's label (a Cityscapes labelIds PNG, or an HF dataset row: the same flags as train.py) is mapped to
 train ids and turned into an int8 (C, H, W) map, C = the dataset's class count, by
-`data_utils.sdt.compute_sdt` (definition in the README); the file `<out>/<city>/<name>.sdt` is written to
+`data_utils.sdt.compute_sdt` (definition in data_utils/sdt.py); the file `<out>/<city>/<name>.sdt` is written to
 a temp file, fsync'ed and renamed, so a crash never leaves a file that reads as valid. Rerunning skips
 files that pass every check (header, shape, clip, length, CRC32) and redoes missing, partial or corrupt
 ones; temp files left by a killed run are deleted first (a second precompute on the same --out folder

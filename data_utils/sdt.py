@@ -1,7 +1,7 @@
 """Signed distance maps (SDT) for the Kervadec boundary loss: exact, clipped, int8, and their on-disk cache.
 
-Definition (the README states it once; every path here reproduces it bit for bit). For a train-id label map
-L (H, W) (0..C-1, 255 = ignore) and each class c, with M = (L == c):
+Definition (stated once, here; every path below reproduces it bit for bit). For a train-id label map L (H, W)
+(0..C-1, 255 = ignore) and each class c, with M = (L == c):
 
     phi_c = 0                                   if M is empty or M covers every pixel
     phi_c = edt(~M) - edt(M)                    otherwise

@@ -114,7 +114,8 @@ class GradientMask:
       the window `accumulate_and_step` calls `skip_step_unless_kept(optimizer)`, which sets `found_inf`, the
       flag with which fused Adam/AdamW skip an update on the device (as under torch's GradScaler); so the
       optimizer must be created with `fused=True`. A window with some kept micro-batches steps on their gradients
-      (summed, divided by the window length as accelerate scales).
+      (summed, divided by the window length as accelerate scales). Exception: under `--mixed-precision fp16`
+      torch's GradScaler sets `found_inf` itself, so a window with no kept micro-batch steps on a zero gradient.
     """
 
     def __init__(self, model: torch.nn.Module):

@@ -1,7 +1,7 @@
 """Per-term gradient trajectories: read every run's `grad_stats.jsonl` and average it per group and epoch.
 
-The file is written by train.py with `--log-grad-norms K` (`losses.gradients.GradStatsLog`; the README defines
-every key): one JSON object per logging step with "epoch" (1-based), "step", "variant", "seed",
+The file is written by train.py with `--log-grad-norms K` (`losses.gradients.GradStatsLog`, whose module
+docstring defines every key): one JSON object per logging step with "epoch" (1-based), "step", "variant", "seed",
 "lambda_boundary", "boundary_schedule" (absent in logs written before it existed) and the statistics
 "grad_norm/<logits|features>/<term>" and "grad_cos/<logits|features>/<term>_<term>" (null where undefined). The schedule's parameters, and the schedule of a log without "boundary_schedule", come from the run's
 `config.json` beside the log; without one, such a log counts as "constant". Only the file formats are shared with

@@ -457,7 +457,12 @@ def rankings(study: Study, metric: str,
 
 def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) -> tuple[Table, Table]:
     """Crossover analysis per metric over the epochs up to `final_epoch`: the ranking at every epoch, the last
-    epoch where the leader changes, and the C−B gap at the early versus the final epoch."""
+    epoch where the leader changes, and the C−B gap at the early versus the final epoch.
+
+    ranking: the groups by their mean over the seeds present at that epoch, best first (ties by name);
+    last leader change: the last evaluated epoch whose leader (rank 1) differs from the previous evaluated
+    epoch's (None, "never", when one group leads throughout); C−B gap: mean_C − mean_B in percentage points.
+    """
     rank_header = ["metric", "epoch", "min_seeds", "ranking", "leader", "leader_changed"]
     rank_rows, rank_md = [], []
     early_name = "early epoch" if early_epoch is None else f"epoch {early_epoch}"
