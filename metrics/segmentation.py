@@ -44,13 +44,14 @@ Profile "study" (the original study's corrected v0.2.0 estimators, which its pub
   non-empty union in the band of |pred = c ∧ target = c ∧ band| / |(pred = c ∨ target = c) ∧ band|.
 
 How it stays fast without a per-class loop: every pixel stores its class as one bit of an integer (class c ->
-bit c, 19 classes fit an int32), so the 3x3 erosion of all 19 class masks is one bitwise-AND window reduction
-and the tolerance dilation of all 19 boundary maps is one bitwise-OR window reduction (separable, implemented
-as shifted slices). In the default B and in Boundary IoU's inner bands a pixel carries at most its own class's
-bit, so "is this pixel a matched boundary pixel of its class" is a single bit test and all those counts come
-from one `torch.bincount` of a per-pixel code. The study's B crosses the contour, so a pixel there carries the
-bits of every class around it; its per-class counts come from a histogram of the bytes of the (few) nonzero
-pixels, decoded through a 256 x 8 table of bits.
+bit c, 19 classes fit an int32, 62 an int64; more classes, up to MAX_CLASSES = 255, take several int64 planes of
+62, each handled as below; a pixel's states come from the plane of its class), so the 3x3 erosion of all the
+class masks is one bitwise-AND window reduction and the tolerance dilation of all the boundary maps is one
+bitwise-OR window reduction (separable, implemented as shifted slices). In the default B and in Boundary IoU's
+inner bands a pixel carries at most its own class's bit, so "is this pixel a matched boundary pixel of its
+class" is a single bit test and all those counts come from one `torch.bincount` of a per-pixel code. The
+study's B crosses the contour, so a pixel there carries the bits of every class around it; its per-class counts
+come from a histogram of the bytes of the (few) nonzero pixels, decoded through a 256 x 8 table of bits.
 
 Example:
     >>> import torch
