@@ -576,12 +576,13 @@ def test_real_val_maps_match_cityscapesscripts(cityscapes_fullres, tmp_path, mon
 # Devices
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_equals_cpu():
+@pytest.mark.parametrize("num_classes", [C, 150])
+def test_cuda_equals_cpu(num_classes):
     rng = np.random.default_rng(21)
-    pairs = [random_pair(rng, 64, 96) for _ in range(3)]
+    pairs = [random_pair(rng, 64, 96, num_classes) for _ in range(3)]
     pred = torch.as_tensor(np.stack([p for p, _ in pairs]))
     target = torch.as_tensor(np.stack([t for _, t in pairs]))
-    cpu, cuda = SegmentationMetrics(), SegmentationMetrics()
+    cpu, cuda = SegmentationMetrics(num_classes), SegmentationMetrics(num_classes)
     cpu.update(pred, target)
     stats = cuda.image_stats(pred.cuda(), target.cuda())
     assert all(v.device.type == "cuda" for v in stats.values())
