@@ -376,9 +376,10 @@ def test_config_fields_preset_and_recorded_classes(tmp_path):
     assert default.crop_size == (0, 0) and class_table(default) is CITYSCAPES
     recorded = with_class_table(default)
     assert recorded.class_names == CITYSCAPES.names and class_table(recorded) is CITYSCAPES
-    # more classes than the metrics handle: refused before training, not at the first evaluation
-    with pytest.raises(UserError, match="70 classes, but the metrics cannot evaluate them"):
-        with_class_table(parse_args(["--class-names", *(f"c{i}" for i in range(70))])[0])
+    # more classes than uint8 label maps hold: refused before training, not at the first evaluation
+    assert len(with_class_table(parse_args(["--class-names", *(f"c{i}" for i in range(254))])[0]).class_names) == 254
+    with pytest.raises(UserError, match="255 classes; at most 254 fit uint8 label maps"):
+        with_class_table(parse_args(["--class-names", *(f"c{i}" for i in range(255))])[0])
 
 
 def test_metrics_and_losses_with_8_classes(hf_root):
