@@ -583,10 +583,10 @@ def generate_dataset(out_root: str | os.PathLike, num_train: int, num_val: int, 
     """
     if format not in FORMATS:
         raise UserError(f"unknown synthetic dataset format {format!r}; use one of {', '.join(FORMATS)}")
-    if num_classes is not None and not (format == "hf" and NUM_CLASSES <= num_classes <= 254):
-        raise UserError(f"num_classes={num_classes}: only with format hf, {NUM_CLASSES}..254 (labels are uint8 with "
-                        "0 = unlabelled and 255 = ignore); drop it or change it")
     out_root = Path(out_root).expanduser().resolve()
+    if num_classes is not None and not (format == "hf" and NUM_CLASSES <= num_classes <= 254):
+        raise UserError(f"{out_root}: --num-classes {num_classes} needs --format hf and {NUM_CLASSES}..254 (uint8 "
+                        "labels, 0 = unlabelled, 255 = ignore); drop it or choose one in that range")
     if out_root.exists() and (not out_root.is_dir() or any(out_root.iterdir())):
         raise UserError(f"{out_root}: already exists and is not empty; choose a new --out folder or delete it")
     if min(height, width) < 64 or num_train < 0 or num_val < 0 or num_train + num_val == 0:

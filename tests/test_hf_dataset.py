@@ -310,6 +310,8 @@ def test_150_classes_train_and_evaluate(tmp_path):
                            "2", "--height", str(H), "--width", str(W)]) == 0
     _, names = hf_classes(150)
     assert len(names) == 150 and names[126] == CITYSCAPES.names[18]
+    with pytest.raises(UserError, match="--num-classes 255 needs --format hf and 19..254"):
+        generate_dataset(tmp_path / "bad", 1, 1, format="hf", num_classes=255)
     assert run_train(root, tmp_path / "run", "--num-workers", "2") == 0
     results = assert_evaluate_rebuilds_the_run(tmp_path / "run", names, num_images=2)
     present = [n for n in names if not n.startswith("unused")]
