@@ -8,7 +8,9 @@ Timed on one CPU thread, every variant over the same maps, interleaved and best 
   scipy procedure (dilate XOR erode with border 0, dilated by the tolerance; target >= 10x);
 - what Boundary IoU (`parts=("default", "boundary_iou")` minus the default) and fragments (cc3d on the 8-bit
   prediction, as engine.evaluation counts them on its host thread) add to the default profile (target <= 50 %);
-- everything one evaluation computes (`SegmentationMetrics.update`: both profiles, Boundary IoU, fragments).
+- everything one evaluation computes (`SegmentationMetrics.update`: both profiles, Boundary IoU, fragments);
+- both profiles at C = 150 (ADE20K's count) on the same maps, train id t as class 7 t of 150
+  (`data_utils.synthetic.hf_classes`), so the classes span three bit planes, against the same references.
 The references' counts are checked against ours first (a benchmark of a wrong answer is worthless). A CUDA
 section runs when a GPU is present. --file-images N writes the per-image file of N perturbed maps and prints its
 size (the issue asks for 500 at C = 19).
@@ -35,6 +37,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
 from data_utils.labels import IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids  # noqa: E402
+from data_utils.synthetic import hf_classes  # noqa: E402
 from metrics import SegmentationMetrics  # noqa: E402
 from metrics.per_image import (STUDY_EPS, boundary_f1_per_class, dataset_metrics, per_image_path,  # noqa: E402
                                study_trimap_iou_scores, write_per_image)
@@ -146,8 +149,8 @@ def best_seconds(variants: dict, repeats: int) -> dict[str, float]:
     return {name: float(np.mean(times)) for name, times in best.items()}
 
 
-def check_against_references(pairs, ref_default, ref_study) -> None:
-    metric = SegmentationMetrics()
+def check_against_references(pairs, ref_default, ref_study, num_classes: int = NUM_CLASSES) -> None:
+    metric = SegmentationMetrics(num_classes)
     for (p, t), (confusion, trimap, f1), (study_f1, study_trimap) in zip(pairs, ref_default, ref_study):
         metric.reset()
         metric.update(torch.as_tensor(p)[None], torch.as_tensor(t)[None])
@@ -158,6 +161,29 @@ def check_against_references(pairs, ref_default, ref_study) -> None:
         assert abs(stats["study_boundary_f1"][0] - study_f1) < 1e-12, "study boundary F1 differs"
         assert abs(stats["study_trimap_iou"][0] - study_trimap) < 1e-12, "study trimap IoU differs"
         assert abs(study_trimap_iou_scores(trimap[None])[0] - study_trimap) < 1e-12
+
+
+def many_classes(pairs, ref_pairs: int, repeats: int, num_classes: int = 150) -> None:
+    """Both profiles at `num_classes` on `pairs` relabelled train id t -> class t * (C // 19), against the
+    references (timed on the first `ref_pairs`, checked first)."""
+    spread = hf_classes(num_classes)[0].astype(np.int64)
+    pairs = [(spread[p], spread[t]) for p, t in pairs]
+    start = time.perf_counter()
+    ref_default = [reference_default(p, t, C=num_classes) for p, t in pairs[:ref_pairs]]
+    ref_default_s = (time.perf_counter() - start) / ref_pairs
+    start = time.perf_counter()
+    ref_study = [reference_study(p, t, C=num_classes) for p, t in pairs[:ref_pairs]]
+    ref_study_s = (time.perf_counter() - start) / ref_pairs
+    check_against_references(pairs[:ref_pairs], ref_default, ref_study, num_classes)
+    tensors = [(torch.as_tensor(p)[None], torch.as_tensor(t)[None]) for p, t in pairs]
+
+    def parts(*names):
+        return lambda p, t: segmentation_image_stats(p, t, num_classes, parts=names)
+
+    seconds = best_seconds({"default": (parts("default"), tensors), "study": (parts("study"), tensors)}, repeats)
+    for profile, ref_s in (("default", ref_default_s), ("study", ref_study_s)):
+        print(f"C = {num_classes}, {profile} profile: ours {1000 * seconds[profile]:8.1f} ms/img, reference "
+              f"{1000 * ref_s:8.1f} ms/img: {ref_s / seconds[profile]:.1f}x (agreement checked on {ref_pairs} maps)")
 
 
 def main():
@@ -231,6 +257,8 @@ def main():
           f"{100 * per_image.max():+.2f} pp)")
     print(f"Trimap IoU on these {len(pairs)} maps: default (pooled) {100 * default['trimap_iou']:.2f}, study (mean "
           f"of the images) {100 * study['trimap_iou']:.2f} (on one image the two are the same number)")
+
+    many_classes(pairs, args.ref_images, args.repeats)
 
     if args.file_images:
         metric = SegmentationMetrics()

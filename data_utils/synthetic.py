@@ -28,6 +28,9 @@ the ADE20K convention (0 = unlabelled, group g = g + 1: read it with --reduce-la
 `<out>/id2label.json`, and two frame sizes (even rows height x width, odd rows `second_size`):
 
     python -m data_utils.synthetic --format hf --out data/demo-hf --train 24 --val 8 --height 128 --width 256
+
+`--num-classes N` (with --format hf) keeps the 19 classes apart, spread over a table of N (`hf_classes`), as
+ADE20K's 150 are: `--format hf --num-classes 150` holds classes 0, 7, ..., 126 under their Cityscapes names.
 """
 from __future__ import annotations
 
@@ -517,14 +520,34 @@ def second_size(height: int, width: int) -> tuple[int, int]:
     return 8 * round(1.25 * height / 8), 8 * round(0.75 * width / 8)
 
 
-def hf_label(label_ids: np.ndarray) -> np.ndarray:
-    """Cityscapes label ids -> --format hf labels: group index + 1, 0 where the train id is ignore."""
-    return GROUP_OF_TRAIN_ID[ID_TO_TRAIN_ID[label_ids]] + np.uint8(1)  # 255 + 1 wraps to 0 (unlabelled)
+def hf_classes(num_classes: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """The --format hf class table: (Cityscapes train id -> class index, 256 entries, 255 stays ignore; names).
+
+    Without `num_classes`: the 8 GROUPS. With it (19..254): train id t -> class t * (num_classes // 19) under
+    its Cityscapes name, the other classes named "unused k" (in no frame).
+    """
+    if num_classes is None:
+        return GROUP_OF_TRAIN_ID, list(GROUPS)
+    step = num_classes // NUM_CLASSES
+    lut = np.full(256, 255, dtype=np.uint8)
+    lut[:NUM_CLASSES] = np.arange(NUM_CLASSES) * step
+    names = [f"unused {k}" for k in range(num_classes)]
+    for train_id, name in enumerate(CLASS_NAMES):
+        names[train_id * step] = name
+    return lut, names
 
 
-def write_hf_dataset(root: Path, num_train: int, num_val: int, height: int, width: int, seed: int, bar, task) -> None:
+def hf_label(label_ids: np.ndarray, class_of_train_id: np.ndarray = GROUP_OF_TRAIN_ID) -> np.ndarray:
+    """Cityscapes label ids -> --format hf labels: class index + 1, 0 where the train id is ignore."""
+    return class_of_train_id[ID_TO_TRAIN_ID[label_ids]] + np.uint8(1)  # 255 + 1 wraps to 0 (unlabelled)
+
+
+def write_hf_dataset(root: Path, num_train: int, num_val: int, height: int, width: int, seed: int, bar, task,
+                     num_classes: int | None = None) -> None:
     """The --format hf DatasetDict (see the module docstring) saved into `root`, plus id2label.json."""
     import datasets
+
+    class_of_train_id, names = hf_classes(num_classes)
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
     splits = {}
@@ -534,21 +557,24 @@ def write_hf_dataset(root: Path, num_train: int, num_val: int, height: int, widt
             h, w = (height, width) if index % 2 == 0 else second_size(height, width)
             image, label_ids, _ = render_frame(seed, HF_SPLITS[split], index, h, w)
             rows["image"].append(Image.fromarray(image, "RGB"))
-            rows["label"].append(Image.fromarray(hf_label(label_ids), "L"))
+            rows["label"].append(Image.fromarray(hf_label(label_ids, class_of_train_id), "L"))
             bar.advance(task)
         splits[split] = datasets.Dataset.from_dict(rows, features=features)
     datasets.DatasetDict(splits).save_to_disk(str(root))
-    atomic_write_json(root / "id2label.json", {str(i): name for i, name in enumerate(GROUPS)})
+    atomic_write_json(root / "id2label.json", {str(i): name for i, name in enumerate(names)})
 
 
-def _params(num_train, num_val, height, width, seed, format="cityscapes") -> dict:
+def _params(num_train, num_val, height, width, seed, format="cityscapes", num_classes=None) -> dict:
     params = {"generator": "data_utils.synthetic", "format_version": FORMAT_VERSION, "num_train": num_train,
               "num_val": num_val, "height": height, "width": width, "seed": seed}
-    return params if format == "cityscapes" else {**params, "format": format}  # Cityscapes' file stays as it was
+    if format == "cityscapes":
+        return params  # Cityscapes' file stays as it was
+    return {**params, "format": format, **({"num_classes": num_classes} if num_classes is not None else {})}
 
 
 def generate_dataset(out_root: str | os.PathLike, num_train: int, num_val: int, height: int = 256,
-                     width: int = 512, seed: int = 0, progress: bool = True, format: str = "cityscapes") -> Path:
+                     width: int = 512, seed: int = 0, progress: bool = True, format: str = "cityscapes",
+                     num_classes: int | None = None) -> Path:
     """Write a synthetic dataset in the Cityscapes layout (or, format="hf", the HF DatasetDict of the module
     docstring) to `out_root` (which must not exist or be empty).
 
@@ -558,6 +584,9 @@ def generate_dataset(out_root: str | os.PathLike, num_train: int, num_val: int, 
     if format not in FORMATS:
         raise UserError(f"unknown synthetic dataset format {format!r}; use one of {', '.join(FORMATS)}")
     out_root = Path(out_root).expanduser().resolve()
+    if num_classes is not None and not (format == "hf" and NUM_CLASSES <= num_classes <= 254):
+        raise UserError(f"{out_root}: --num-classes {num_classes} needs --format hf and {NUM_CLASSES}..254 (uint8 "
+                        "labels, 0 = unlabelled, 255 = ignore); drop it or choose one in that range")
     if out_root.exists() and (not out_root.is_dir() or any(out_root.iterdir())):
         raise UserError(f"{out_root}: already exists and is not empty; choose a new --out folder or delete it")
     if min(height, width) < 64 or num_train < 0 or num_val < 0 or num_train + num_val == 0:
@@ -573,11 +602,11 @@ def generate_dataset(out_root: str | os.PathLike, num_train: int, num_val: int, 
             task = bar.add_task(f"synthetic {'HF dataset' if format == 'hf' else 'Cityscapes'} -> {out_root.name}",
                                 total=len(jobs))
             if format == "hf":
-                write_hf_dataset(tmp, num_train, num_val, height, width, seed, bar, task)
+                write_hf_dataset(tmp, num_train, num_val, height, width, seed, bar, task, num_classes)
             for split, index in jobs if format == "cityscapes" else ():
                 write_frame(tmp, split, index, *render_frame(seed, split, index, height, width))
                 bar.advance(task)
-        atomic_write_json(tmp / "synthetic.json", _params(num_train, num_val, height, width, seed, format))
+        atomic_write_json(tmp / "synthetic.json", _params(num_train, num_val, height, width, seed, format, num_classes))
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         os.rename(tmp, out_root)  # atomic; fails if another process finished first (then out_root is not empty)
     except BaseException:
@@ -632,8 +661,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="cityscapes",
                         help="the Cityscapes folder layout (19 classes), or an HF DatasetDict with 8 class groups and "
                              "two frame sizes (train.py --hf-dataset OUT --reduce-labels)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="--format hf: the 19 classes spread over a table of this many (19..254) instead of "
+                             "merged into 8 groups, e.g. 150 as ADE20K")
     args = parser.parse_args(argv)
-    out = generate_dataset(args.out, args.train, args.val, args.height, args.width, args.seed, format=args.format)
+    out = generate_dataset(args.out, args.train, args.val, args.height, args.width, args.seed, format=args.format,
+                           num_classes=args.num_classes)
     if args.format == "hf":
         print(f"wrote {args.train} train + {args.val} validation frames to {out}\n"
               f"train on them: python train.py --preset demo-hf --hf-dataset {out}")

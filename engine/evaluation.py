@@ -81,7 +81,7 @@ class HostFragments:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="fragments")
 
     def submit(self, pred: torch.Tensor) -> Future:
-        host = pred.to(torch.uint8).to("cpu", non_blocking=True)  # class ids < 62 fit a byte; pinned on CUDA
+        host = pred.to(torch.uint8).to("cpu", non_blocking=True)  # ids < MAX_CLASSES = 255 fit a byte; pinned
         copied = None
         if pred.device.type == "cuda":
             copied = torch.cuda.Event()

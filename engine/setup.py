@@ -25,7 +25,6 @@ from data_utils.options import WORKER_SDT_SOURCES
 from data_utils.source import DataSource
 from engine.config import DEMO_DATA, DEMO_HF_DATA, TrainConfig
 from losses.registry import needs_sdt
-from metrics import SegmentationMetrics
 from models import build_model, takes_input_size
 from utils.fileio import UserError
 
@@ -80,16 +79,8 @@ def class_table(cfg: TrainConfig) -> ClassTable:
 
 
 def with_class_table(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with its dataset's class names and colours recorded (train.py saves this config everywhere).
-
-    A class count the metrics cannot handle is refused here, before any training, not at the first evaluation.
-    """
+    """`cfg` with its dataset's class names and colours recorded (train.py saves this config everywhere)."""
     table = class_table(cfg)
-    try:
-        SegmentationMetrics(table.num_classes)
-    except ValueError as e:
-        raise UserError(f"{table.source}: {table.num_classes} classes, but the metrics cannot evaluate them ({e}); "
-                        "merge classes in a classes file (--classes FILE)") from None
     return dataclasses.replace(cfg, class_names=table.names, class_palette=table.palette_hex)
 
 

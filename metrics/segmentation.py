@@ -44,13 +44,14 @@ Profile "study" (the original study's corrected v0.2.0 estimators, which its pub
   non-empty union in the band of |pred = c ∧ target = c ∧ band| / |(pred = c ∨ target = c) ∧ band|.
 
 How it stays fast without a per-class loop: every pixel stores its class as one bit of an integer (class c ->
-bit c, 19 classes fit an int32), so the 3x3 erosion of all 19 class masks is one bitwise-AND window reduction
-and the tolerance dilation of all 19 boundary maps is one bitwise-OR window reduction (separable, implemented
-as shifted slices). In the default B and in Boundary IoU's inner bands a pixel carries at most its own class's
-bit, so "is this pixel a matched boundary pixel of its class" is a single bit test and all those counts come
-from one `torch.bincount` of a per-pixel code. The study's B crosses the contour, so a pixel there carries the
-bits of every class around it; its per-class counts come from a histogram of the bytes of the (few) nonzero
-pixels, decoded through a 256 x 8 table of bits.
+bit c, 19 classes fit an int32, 62 an int64; more classes, up to MAX_CLASSES = 255, take several int64 planes of
+62, each handled as below; a pixel's states come from the plane of its class), so the 3x3 erosion of all the
+class masks is one bitwise-AND window reduction and the tolerance dilation of all the boundary maps is one
+bitwise-OR window reduction (separable, implemented as shifted slices). In the default B and in Boundary IoU's
+inner bands a pixel carries at most its own class's bit, so "is this pixel a matched boundary pixel of its
+class" is a single bit test and all those counts come from one `torch.bincount` of a per-pixel code. The
+study's B crosses the contour, so a pixel there carries the bits of every class around it; its per-class counts
+come from a histogram of the bytes of the (few) nonzero pixels, decoded through a 256 x 8 table of bits.
 
 Example:
     >>> import torch
@@ -192,11 +193,85 @@ def _study_boundary_counts(bits: torch.Tensor, eroded: torch.Tensor, boundary_px
     return counts.view(4, n_img, num_classes).permute(1, 2, 0)
 
 
-def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int,
+# Classes per integer bit plane: bits 0..61 of an int64 hold classes, bit 62 the trimap contour riding along,
+# and the sign bit stays 0, so `x.clamp(max=1)` is "x != 0". More classes take several planes.
+CLASSES_PER_PLANE = 62
+MAX_CLASSES = 255  # label maps are uint8 with 255 = ignore, and predictions reach the host as uint8
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes={num_classes}: 1..{MAX_CLASSES} supported (train ids 0..{MAX_CLASSES - 1} "
+                         f"and ignore {MAX_CLASSES} in uint8 label maps)")
+
+
+def _plane_states(target_bit: torch.Tensor, pred_bit: torch.Tensor, width: int, contour: torch.Tensor | None,
                   boundary_px: int, rows: tuple[int, int], frame: tuple[bool, bool],
-                  parts: frozenset[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Joint histogram of (trimap band, pred-boundary state, GT-boundary state, P_d, G_d, target class, pred
-    class), and the study profile's boundary counts.
+                  parts: frozenset[str]) -> tuple[torch.Tensor | int, torch.Tensor | None, torch.Tensor | None]:
+    """The morphology of `_state_cells` on one bit plane of at most CLASSES_PER_PLANE classes.
+
+    Args:
+        target_bit, pred_bit: (N, h, W) the bit of each pixel's target / predicted class in the plane, 0..width-1,
+            or `width` where that class is in another plane or there is none (pred_bit is `width` wherever the
+            target is not valid, so the predicted masks are P = (pred == c) & valid).
+        contour: (N, h, W) 0/1 trimap contour, dilated along with the plane's boundaries (as bit `width` of the
+            GT map) into the trimap band; or None.
+
+    Returns:
+        state: (N, h, W) pred-boundary state * 12 + GT-boundary state * 4 + P_d * 2 + G_d of the plane's classes
+            (`_state_cells` defines them): nonzero only where the predicted or target class is in the plane;
+            0 for the states of parts left out.
+        band: (N, h, W) 0/1 trimap band, or None without a contour.
+        study: (N, width, 4) `_study_boundary_counts` of the plane's classes, or None without the "study" part.
+    """
+    # Class masks as bit planes: bit b of a pixel is set when the pixel belongs to the plane's class b.
+    class_bits = (1 << width) - 1
+    gt_bits = (1 << target_bit) & class_bits  # G for every class of the plane
+    pred_bits = (1 << pred_bit) & class_bits  # P for every class of the plane
+    bits = torch.stack([pred_bits, gt_bits])  # (2, N, h, W)
+    eroded = _erode_bits(bits) if parts & {"default", "boundary_iou", "study"} else None
+    study = _study_boundary_counts(bits, eroded, boundary_px, rows, frame, width) if "study" in parts else None
+    state, band = 0, None
+    if not parts & {"default", "boundary_iou"}:  # the band alone
+        if contour is not None:
+            band = _dilate_bits(contour, boundary_px)
+        return state, band, study
+
+    # One tolerance dilation serves B(P), B(G) and the trimap contour (riding along as bit `width` of the GT
+    # map). Boundary IoU's inner band M ∧ ¬erode_d(M) (d = r) is M ∧ dil_{r-1}(B(M)): a pixel of M within d of
+    # a non-M pixel is within d - 1 of the last pixel of M on the way there, a pixel of B(M) (the default's B).
+    # So the dilation runs as r - 1, then 1 more.
+    boundary = bits & ~eroded
+    marked = boundary.clone()
+    if contour is not None:
+        marked[1] |= contour << width
+    if "boundary_iou" in parts and boundary_px > 0:
+        near = _dilate_bits(marked, boundary_px - 1)
+        inner = (near & bits).clamp_(max=1)  # (2, N, h, W) 0/1: P_d, G_d
+        state = inner[0] * 2 + inner[1]
+        dilated = _dilate_bits(near, 1)
+    else:
+        dilated = _dilate_bits(marked, boundary_px)
+    if contour is not None:
+        band = dilated[1] >> width  # 0/1: within r of a contour pixel (bit `width` is the highest one set)
+    if "default" in parts:
+        # A pixel carries at most one bit of B(P) (its predicted class) and one of B(G) (its target
+        # class), so "matched boundary pixel of its class" is a single nonzero test.
+        pred_boundary, gt_boundary = boundary[0], boundary[1]  # (N, h, W) each
+        pred_state = pred_boundary.clamp(max=1) + (pred_boundary & dilated[1]).clamp_(max=1)  # 0/1/2
+        gt_state = gt_boundary.clamp(max=1) + (gt_boundary & dilated[0]).clamp_(max=1)  # 0/1/2
+        state = state + pred_state * 12 + gt_state * 4
+    return state, band, study
+
+
+NUM_STATES = 2 * 3 * 3 * 2 * 2  # per pixel: trimap band, pred-boundary state, GT-boundary state, P_d, G_d
+
+
+def _state_cells(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int,
+                 boundary_px: int, rows: tuple[int, int], frame: tuple[bool, bool],
+                 parts: frozenset[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each counted pixel's cell in the joint histogram of (trimap band, pred-boundary state, GT-boundary state,
+    P_d, G_d, target class, pred class), and the study profile's boundary counts.
 
     Args:
         pred, target: (N, h, W) integer maps (a full image or a band of rows with `boundary_px + 1` rows of
@@ -206,78 +281,57 @@ def _state_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ig
         parts: the PARTS to compute; a state of a part left out is 0.
 
     Returns:
-        (N, 2, 3, 3, 2, 2, K, K) int64 counts, K = C + 1, index C = no class. Boundary state (default
-        profile's B): 0 = not a boundary pixel, 1 = boundary pixel outside the other map's tolerance, 2 = matched
-        (inside it). P_d, G_d: 0/1, the pixel is in its class's Boundary-IoU inner band.
+        (N * counted rows * W,) integer cells of the flattened (N, 2, 3, 3, 2, 2, K, K) histogram, K = C + 1,
+        index C = no class. Boundary state (default profile's B): 0 = not a boundary pixel, 1 = boundary pixel
+        outside the other map's tolerance, 2 = matched (inside it). P_d, G_d: 0/1, the pixel is in its class's
+        Boundary-IoU inner band.
         (N, C, 4) int64 `_study_boundary_counts`, or None without the "study" part.
     """
     C, K = num_classes, num_classes + 1
     n_img = pred.shape[0]
-    num_states = 2 * 3 * 3 * 2 * 2
     # Everything below is elementwise integer arithmetic in one dtype (torch.where, gathers and mixed-dtype
-    # ops are several times slower per pixel on CPU) plus one bincount. Bits 0..C-1 hold the classes, bit C
-    # the trimap contour; values stay >= 0, so `x.clamp(max=1)` is the 0/1 "x != 0" in the same dtype.
-    dtype = torch.int32 if C <= 30 and n_img * num_states * K * K < 2**31 else torch.int64
+    # ops are several times slower per pixel on CPU) plus one bincount. Up to 30 classes and the contour bit
+    # fit an int32.
+    dtype = torch.int32 if C <= 30 and n_img * NUM_STATES * K * K < 2**31 else torch.int64
 
     # Class index per pixel, C = "no class" (ignored target pixels, predictions outside 0..C-1).
     target_cls = _class_index(target, C, dtype)  # (N, h, W) in 0..C
     if 0 <= ignore_index < C:  # an ignore label inside the class range (not Cityscapes' 255)
         target_cls.masked_fill_(target == ignore_index, C)
-    pred_cls = _class_index(pred, C, dtype)  # (N, h, W) in 0..C
+    valid = target_cls != C  # (N, h, W)
+    pred_cls = _class_index(pred, C, dtype).masked_fill_(~valid, C)  # (N, h, W) in 0..C; C where not valid
 
-    # Class masks as bit planes: bit c of a pixel is set when the pixel belongs to class c.
-    class_bits = (1 << C) - 1
-    gt_bits = (1 << target_cls) & class_bits  # G for every class; 0 on ignored pixels
-    valid_all_bits = -gt_bits.clamp(max=1)  # -1 (all bits set) on valid pixels, 0 on ignored ones
-    pred_bits = (1 << pred_cls) & class_bits & valid_all_bits  # P = (pred == c) & valid
-    bits = torch.stack([pred_bits, gt_bits])  # (2, N, h, W)
-    eroded = _erode_bits(bits) if parts & {"default", "boundary_iou", "study"} else None
-    study = _study_boundary_counts(bits, eroded, boundary_px, rows, frame, C) if "study" in parts else None
-
-    # Trimap contour: two 4-neighbours are a transition when both are valid and differ, i.e. when the XOR of
-    # their one-hot codes has two bits set (x & (x - 1) != 0); an ignored pixel (code 0) leaves one bit.
-    contour = torch.zeros_like(gt_bits)
+    # Trimap contour: a valid pixel with a 4-neighbour of another valid class.
+    contour = torch.zeros_like(valid)
     for dim in (-1, -2):
-        size = gt_bits.shape[dim]
+        size = valid.shape[dim]
         if size > 1:
-            xor = gt_bits.narrow(dim, 0, size - 1) ^ gt_bits.narrow(dim, 1, size - 1)
-            transition = xor & (xor - 1)  # nonzero on a valid-valid transition between a pixel and the next
-            contour.narrow(dim, 0, size - 1).bitwise_or_(transition)
-            contour.narrow(dim, 1, size - 1).bitwise_or_(transition)
-    contour = contour.clamp_(max=1) << C
+            transition = ((target_cls.narrow(dim, 0, size - 1) != target_cls.narrow(dim, 1, size - 1))
+                          & valid.narrow(dim, 0, size - 1) & valid.narrow(dim, 1, size - 1))
+            contour.narrow(dim, 0, size - 1).logical_or_(transition)
+            contour.narrow(dim, 1, size - 1).logical_or_(transition)
+    contour = contour.to(dtype)
 
-    # One tolerance dilation serves B(P), B(G) and the trimap contour (riding along as bit C of the GT map).
-    # Boundary IoU's inner band M ∧ ¬erode_d(M) (d = r) is M ∧ dil_{r-1}(B(M)): a pixel of M within d of a
-    # non-M pixel is within d - 1 of the last pixel of M on the way there, a pixel of B(M) (the default's B).
-    # So the dilation runs as r - 1, then 1 more.
-    boundary = bits & ~eroded if eroded is not None and parts & {"default", "boundary_iou"} else None
-    state = 0
-    if boundary is None:  # the band alone
-        band = _dilate_bits(contour, boundary_px) >> C
-    else:
-        marked = boundary.clone()
-        marked[1] |= contour
-        if "boundary_iou" in parts and boundary_px > 0:
-            near = _dilate_bits(marked, boundary_px - 1)
-            inner = (near & bits).clamp_(max=1)  # (2, N, h, W) 0/1: P_d, G_d
-            state = inner[0] * 2 + inner[1]
-            dilated = _dilate_bits(near, 1)
+    # The classes in bit planes of CLASSES_PER_PLANE (one plane up to 62 classes); a pixel's boundary states
+    # come from the plane of its class, the band from the first plane, which carries the contour.
+    study = []
+    for first in range(0, C, CLASSES_PER_PLANE):
+        width = min(CLASSES_PER_PLANE, C - first)
+        target_bit, pred_bit = ((target_cls, pred_cls) if width == C else  # class c -> bit c - first
+                                (_class_index(cls - first, width, dtype) for cls in (target_cls, pred_cls)))
+        plane_state, plane_band, plane_study = _plane_states(target_bit, pred_bit, width,
+                                                             contour if first == 0 else None, boundary_px, rows,
+                                                             frame, parts)
+        if first == 0:
+            state, band = plane_state, plane_band
         else:
-            dilated = _dilate_bits(marked, boundary_px)
-        band = dilated[1] >> C  # 0/1: within r of a contour pixel (bit C is the highest one set)
-        if "default" in parts:
-            # A pixel carries at most one bit of B(P) (its predicted class) and one of B(G) (its target
-            # class), so "matched boundary pixel of its class" is a single nonzero test.
-            pred_boundary, gt_boundary = boundary[0], boundary[1]  # (N, h, W) each
-            pred_state = pred_boundary.clamp(max=1) + (pred_boundary & dilated[1]).clamp_(max=1)  # 0/1/2
-            gt_state = gt_boundary.clamp(max=1) + (gt_boundary & dilated[0]).clamp_(max=1)  # 0/1/2
-            state = state + pred_state * 12 + gt_state * 4
+            state = state + plane_state
+        study.append(plane_study)
     state = band * 36 + state  # 0..71: band, pred state, GT state, P_d, G_d
     cell = (state * K + target_cls) * K + pred_cls  # (N, h, W) in 0 .. 72*K*K - 1
     cell = cell[:, rows[0]:rows[1]] + torch.arange(n_img, device=cell.device, dtype=dtype).view(n_img, 1, 1) * (
-        num_states * K * K)
-    counts = torch.bincount(cell.flatten(), minlength=n_img * num_states * K * K)
-    return counts.view(n_img, 2, 3, 3, 2, 2, K, K), study
+        NUM_STATES * K * K)
+    return cell.flatten(), torch.cat(study, 1) if "study" in parts else None
 
 
 PARTS = ("default", "study", "boundary_iou")  # what segmentation_image_stats computes besides the confusions
@@ -292,7 +346,7 @@ def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_class
     Args:
         pred: (N, H, W) or (H, W) integer predicted train ids (values outside 0..C-1 match no class).
         target: same shape, integer train ids; `ignore_index` (and any value outside 0..C-1) is ignored.
-        num_classes: C, at most 62 (each class is one bit of an integer; up to 30 fit an int32).
+        num_classes: C, 1..MAX_CLASSES (each class is one bit of an integer; 62 fit one int64 plane).
         ignore_index: the ignore label in `target`.
         boundary_px: r, the boundary tolerance, trimap band half-width and Boundary-IoU depth d in pixels.
         parts: which counts besides `confusion` and `trimap_confusion` to compute (a subset of PARTS):
@@ -309,8 +363,7 @@ def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_class
         raise ValueError("pred and target must be integer label maps (argmax the logits first)")
     if pred.device != target.device:
         raise ValueError(f"pred is on {pred.device} but target on {target.device}")
-    if not 1 <= num_classes <= 62:
-        raise ValueError(f"num_classes={num_classes}: 1..62 supported (one bit per class)")
+    _check_num_classes(num_classes)
     if boundary_px < 0:
         raise ValueError(f"boundary_px={boundary_px} must be >= 0")
     parts = frozenset(parts)
@@ -327,24 +380,30 @@ def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_class
     tile_rows = height
     if pred.device.type == "cpu":
         tile_rows = max(2 * context, CPU_TILE_PIXELS // max(1, n_img * width))
-    counts, study = 0, 0
+    cells, study = [], 0
     for top in range(0, height, tile_rows):
         bottom = min(height, top + tile_rows)
         lo, hi = max(0, top - context), min(height, bottom + context)
-        tile_counts, tile_study = _state_counts(pred[:, lo:hi], target[:, lo:hi], C, ignore_index, boundary_px,
-                                                rows=(top - lo, bottom - lo), frame=(lo == 0, hi == height),
-                                                parts=parts)
-        counts = counts + tile_counts
+        tile_cells, tile_study = _state_cells(pred[:, lo:hi], target[:, lo:hi], C, ignore_index, boundary_px,
+                                              rows=(top - lo, bottom - lo), frame=(lo == 0, hi == height),
+                                              parts=parts)
+        cells.append(tile_cells)
         if tile_study is not None:
             study = study + tile_study
+    # One histogram for all tiles: its 72 (C + 1)^2 cells per image (13 MB at C = 150) are zeroed once.
+    K = C + 1
+    counts = torch.bincount(torch.cat(cells), minlength=n_img * NUM_STATES * K * K).view(n_img, 2, 3, 3, 2, 2, K, K)
 
     # Reduce to small per-image tensors; row C (ignored targets) is dropped here.
     # counts dims: 0 image, 1 band, 2 pred state, 3 GT state, 4 P_d, 5 G_d, 6 target class, 7 pred class.
-    stats = {"confusion": counts.sum((1, 2, 3, 4, 5))[:, :C],  # (N, C, C+1)
-             "trimap_confusion": counts[:, 1].sum((1, 2, 3, 4))[:, :C]}  # (N, C, C+1)
+    by_band = counts.sum((2, 3, 4, 5))  # (N, 2, K, K): band x target class x predicted class
+    stats = {"confusion": by_band.sum(1)[:, :C],  # (N, C, C+1)
+             "trimap_confusion": by_band[:, 1, :C]}  # (N, C, C+1)
+    if parts & {"default", "boundary_iou"}:
+        by_pred = counts.sum((1, 3, 5, 6))  # (N, 3, 2, K): pred-boundary state x P_d x predicted class
+        by_gt = counts.sum((1, 2, 4, 7))  # (N, 3, 2, K): GT-boundary state x G_d x target class
     if "default" in parts:
-        by_pred_state = counts.sum((1, 3, 4, 5, 6))  # (N, 3, K): pred-boundary state x predicted class
-        by_gt_state = counts.sum((1, 2, 4, 5, 7))  # (N, 3, K): GT-boundary state x target class
+        by_pred_state, by_gt_state = by_pred.sum(2), by_gt.sum(2)  # (N, 3, K) each
         stats["boundary"] = torch.stack([
             by_pred_state[:, 2, :C],  # |B(P) & dil(B(G))|
             by_pred_state[:, 1, :C] + by_pred_state[:, 2, :C],  # |B(P)|
@@ -354,8 +413,8 @@ def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_class
     if "study" in parts:
         stats["study_boundary"] = study  # (N, C, 4)
     if "boundary_iou" in parts:
-        pred_inner = counts.sum((1, 2, 3, 5, 6))[:, 1, :C]  # (N, C) |P_d|
-        gt_inner = counts.sum((1, 2, 3, 4, 7))[:, 1, :C]  # (N, C) |G_d|
+        pred_inner = by_pred.sum(1)[:, 1, :C]  # (N, C) |P_d|
+        gt_inner = by_gt.sum(1)[:, 1, :C]  # (N, C) |G_d|
         both_inner = counts[:, :, :, :, 1, 1].sum((1, 2, 3)).diagonal(dim1=-2, dim2=-1)[:, :C]  # |G_d & P_d|
         stats["boundary_iou"] = torch.stack([both_inner, gt_inner + pred_inner - both_inner], dim=-1)  # (N, C, 2)
     return stats
@@ -390,8 +449,7 @@ class SegmentationMetrics:
 
     def __init__(self, num_classes: int = 19, ignore_index: int = 255, boundary_px: int = 3,
                  profile: str = "default", class_names: Sequence[str] | None = None):
-        if not 1 <= num_classes <= 62:
-            raise ValueError(f"num_classes={num_classes}: 1..62 supported")
+        _check_num_classes(num_classes)
         if boundary_px < 0:
             raise ValueError(f"boundary_px={boundary_px} must be >= 0")
         if profile not in PROFILES:

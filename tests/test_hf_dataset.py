@@ -23,7 +23,8 @@ from data_utils.hf import HFFrames, dataset_classes, open_hf_dataset, reduce_lab
 from data_utils.labels import CITYSCAPES, LABELS
 from data_utils.sdt import compute_sdt, read_sdt_file, sdt_cache_path
 from data_utils.source import DataSource
-from data_utils.synthetic import GROUPS, generate_dataset, render_frame, second_size
+from data_utils.synthetic import GROUPS, generate_dataset, hf_classes, render_frame, second_size
+from data_utils.synthetic import main as synthetic_main
 from utils.fileio import UserError
 
 H, W = 64, 128
@@ -266,31 +267,55 @@ def hf_runs(hf_root, tmp_path_factory) -> Path:
     return runs
 
 
-def test_demo_hf_trains_and_evaluate_rebuilds_it_from_the_checkpoint(hf_root, hf_runs, tmp_path):
+def assert_evaluate_rebuilds_the_run(run: Path, names: list[str], num_images: int) -> dict:
     """The run records its classes; evaluate.py rebuilds model, data and classes from the checkpoint's config
-    and gives train.py's numbers; another class list cannot resume the run."""
+    and gives train.py's numbers. Returns evaluate.py's results."""
     import evaluate
 
-    config = json.loads((hf_runs / "C_seed42" / "config.json").read_text())
-    assert config["class_names"] == GROUP_NAMES and len(config["class_palette"]) == 8
-    ckpt = hf_runs / "C_seed42" / "checkpoints" / "epoch_0001"
+    config = json.loads((run / "config.json").read_text())
+    assert config["class_names"] == names and len(config["class_palette"]) == len(names)
+    ckpt = run / "checkpoints" / "epoch_0001"
     results_file = ckpt.with_name("epoch_0001.results.json")
     by_train = json.loads(results_file.read_text())
-    assert by_train["classes"] == GROUP_NAMES and list(by_train["iou"]) == GROUP_NAMES
-    assert by_train["num_images"] == 3  # the validation split, each frame at its native size
+    assert by_train["classes"] == names and list(by_train["iou"]) == names
+    assert by_train["num_images"] == num_images  # the validation split, each frame at its native size
 
     results_file.unlink()
     AcceleratorState._reset_state(True)
     assert evaluate.main([str(ckpt), "--num-workers", "0"]) == 0
     by_evaluate = json.loads(results_file.read_text())
-    assert by_evaluate["classes"] == GROUP_NAMES and by_evaluate["split"] == "validation"
+    assert by_evaluate["classes"] == names and by_evaluate["split"] == "validation"
     for key in ("miou", "boundary_f1", "trimap_iou", "iou", "num_images"):
-        assert by_evaluate[key] == pytest.approx(by_train[key], abs=1e-6), key
+        assert by_evaluate[key] == pytest.approx(by_train[key], abs=1e-6, nan_ok=True), key
+    return by_evaluate
+
+
+def test_demo_hf_trains_and_evaluate_rebuilds_it_from_the_checkpoint(hf_root, hf_runs, tmp_path):
+    """evaluate.py rebuilds the demo-hf run (`assert_evaluate_rebuilds_the_run`); another class list cannot
+    resume the run."""
+    assert_evaluate_rebuilds_the_run(hf_runs / "C_seed42", GROUP_NAMES, num_images=3)
 
     (tmp_path / "other.json").write_text(json.dumps([f"c{i}" for i in range(8)]))
     with pytest.raises(UserError, match="class_names"):
         run_train(hf_root, hf_runs / "C_seed42", "--num-workers", "2", "--epochs", "2",
                   "--classes", str(tmp_path / "other.json"))
+
+
+def test_150_classes_train_and_evaluate(tmp_path):
+    """ADE20K's class count: `python -m data_utils.synthetic --format hf --num-classes 150` (the 19 classes at
+    0, 7, ..., 126: three bit planes in the metrics), one epoch with loader workers, evaluate.py from the
+    checkpoint."""
+    root = tmp_path / "hf150"
+    assert synthetic_main(["--format", "hf", "--num-classes", "150", "--out", str(root), "--train", "4", "--val",
+                           "2", "--height", str(H), "--width", str(W)]) == 0
+    _, names = hf_classes(150)
+    assert len(names) == 150 and names[126] == CITYSCAPES.names[18]
+    with pytest.raises(UserError, match="--num-classes 255 needs --format hf and 19..254"):
+        generate_dataset(tmp_path / "bad", 1, 1, format="hf", num_classes=255)
+    assert run_train(root, tmp_path / "run", "--num-workers", "2") == 0
+    results = assert_evaluate_rebuilds_the_run(tmp_path / "run", names, num_images=2)
+    present = [n for n in names if not n.startswith("unused")]
+    assert len(present) == 19 and all(results["iou"][n] is not None for n in present)  # a number: U_c > 0
 
 
 def test_aggregate_reports_the_dataset_classes(hf_runs, tmp_path):
@@ -353,9 +378,10 @@ def test_config_fields_preset_and_recorded_classes(tmp_path):
     assert default.crop_size == (0, 0) and class_table(default) is CITYSCAPES
     recorded = with_class_table(default)
     assert recorded.class_names == CITYSCAPES.names and class_table(recorded) is CITYSCAPES
-    # more classes than the metrics handle: refused before training, not at the first evaluation
-    with pytest.raises(UserError, match="70 classes, but the metrics cannot evaluate them"):
-        with_class_table(parse_args(["--class-names", *(f"c{i}" for i in range(70))])[0])
+    # more classes than uint8 label maps hold: refused before training, not at the first evaluation
+    assert len(with_class_table(parse_args(["--class-names", *(f"c{i}" for i in range(254))])[0]).class_names) == 254
+    with pytest.raises(UserError, match="255 classes; at most 254 fit uint8 label maps"):
+        with_class_table(parse_args(["--class-names", *(f"c{i}" for i in range(255))])[0])
 
 
 def test_metrics_and_losses_with_8_classes(hf_root):

@@ -34,11 +34,11 @@ def ref_dilate(mask: np.ndarray, r: int) -> np.ndarray:
     return ndimage.binary_dilation(mask, structure=np.ones((2 * r + 1, 2 * r + 1), bool), border_value=0)
 
 
-def ref_boundary_f1_image(pred: np.ndarray, target: np.ndarray, r: int = R) -> float | None:
+def ref_boundary_f1_image(pred: np.ndarray, target: np.ndarray, r: int = R, num_classes: int = C) -> float | None:
     """Mean F over classes present in the valid target; None when the image has no valid pixel."""
     valid = target != IGNORE_INDEX
     scores = []
-    for c in range(C):
+    for c in range(num_classes):
         gt = target == c
         if not gt.any():
             continue
@@ -75,11 +75,12 @@ def ref_trimap_band(target: np.ndarray, r: int = R) -> np.ndarray:
     return (chessboard <= r) & valid
 
 
-def ref_intersection_union(pred: np.ndarray, target: np.ndarray, where: np.ndarray) -> np.ndarray:
+def ref_intersection_union(pred: np.ndarray, target: np.ndarray, where: np.ndarray,
+                           num_classes: int = C) -> np.ndarray:
     """(C, 2) per-class I_c, U_c over the pixels in `where` (valid pixels only)."""
     where = where & (target != IGNORE_INDEX)
-    out = np.zeros((C, 2), np.int64)
-    for c in range(C):
+    out = np.zeros((num_classes, 2), np.int64)
+    for c in range(num_classes):
         out[c, 0] = np.sum((pred == c) & (target == c) & where)
         out[c, 1] = np.sum(((pred == c) | (target == c)) & where)
     return out
@@ -91,10 +92,10 @@ def ref_study_boundary(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_dilation(mask, square, border_value=0) ^ ndimage.binary_erosion(mask, square, border_value=0)
 
 
-def ref_study_boundary_f1_image(pred: np.ndarray, target: np.ndarray, r: int = R) -> float:
+def ref_study_boundary_f1_image(pred: np.ndarray, target: np.ndarray, r: int = R, num_classes: int = C) -> float:
     valid = target != IGNORE_INDEX
     scores = []
-    for c in range(C):
+    for c in range(num_classes):
         gt = (target == c) & valid
         if not gt.any():
             continue
@@ -108,19 +109,19 @@ def ref_study_boundary_f1_image(pred: np.ndarray, target: np.ndarray, r: int = R
     return float(np.mean(scores)) if scores else 0.0
 
 
-def ref_study_trimap_iou_image(pred: np.ndarray, target: np.ndarray, r: int = R) -> float:
+def ref_study_trimap_iou_image(pred: np.ndarray, target: np.ndarray, r: int = R, num_classes: int = C) -> float:
     band = ref_trimap_band(target, r)
     if not band.any():
         return 0.0
-    counts = ref_intersection_union(pred, target, band)
+    counts = ref_intersection_union(pred, target, band, num_classes)
     return float(np.mean([i / u for i, u in counts if u > 0]))
 
 
-def ref_boundary_iou_counts(pred: np.ndarray, target: np.ndarray, d: int = R) -> np.ndarray:
+def ref_boundary_iou_counts(pred: np.ndarray, target: np.ndarray, d: int = R, num_classes: int = C) -> np.ndarray:
     """(C, 2) |G_d & P_d|, |G_d | P_d| with d successive 3x3 erosions, outside counting as inside."""
     valid = target != IGNORE_INDEX
-    out = np.zeros((C, 2), np.int64)
-    for c in range(C):
+    out = np.zeros((num_classes, 2), np.int64)
+    for c in range(num_classes):
         inner = []
         for mask in ((target == c) & valid, (pred == c) & valid):
             eroded = ndimage.binary_erosion(mask, np.ones((3, 3), bool), iterations=d, border_value=1) if d else mask
@@ -129,32 +130,33 @@ def ref_boundary_iou_counts(pred: np.ndarray, target: np.ndarray, d: int = R) ->
     return out
 
 
-def ref_fragments(pred: np.ndarray) -> int:
-    return sum(ndimage.label(pred == c, structure=np.ones((3, 3), bool))[1] for c in range(C))
+def ref_fragments(pred: np.ndarray, num_classes: int = C) -> int:
+    return sum(ndimage.label(pred == c, structure=np.ones((3, 3), bool))[1] for c in range(num_classes))
 
 
-def ref_metrics(preds, targets, r: int = R, profile: str = "default") -> dict:
-    iu = np.zeros((C, 2), np.int64)
-    iu_band = np.zeros((C, 2), np.int64)
-    iu_boundary = np.zeros((C, 2), np.int64)
+def ref_metrics(preds, targets, r: int = R, profile: str = "default", num_classes: int = C) -> dict:
+    n = num_classes
+    iu = np.zeros((n, 2), np.int64)
+    iu_band = np.zeros((n, 2), np.int64)
+    iu_boundary = np.zeros((n, 2), np.int64)
     f_scores, study_f_scores, study_trimap_scores = [], [], []
     for pred, target in zip(preds, targets):
-        iu += ref_intersection_union(pred, target, np.ones(target.shape, bool))
-        iu_band += ref_intersection_union(pred, target, ref_trimap_band(target, r))
-        iu_boundary += ref_boundary_iou_counts(pred, target, r)
-        f = ref_boundary_f1_image(pred, target, r)
+        iu += ref_intersection_union(pred, target, np.ones(target.shape, bool), n)
+        iu_band += ref_intersection_union(pred, target, ref_trimap_band(target, r), n)
+        iu_boundary += ref_boundary_iou_counts(pred, target, r, n)
+        f = ref_boundary_f1_image(pred, target, r, n)
         if f is not None:
             f_scores.append(f)
-        study_f_scores.append(ref_study_boundary_f1_image(pred, target, r))
-        study_trimap_scores.append(ref_study_trimap_iou_image(pred, target, r))
+        study_f_scores.append(ref_study_boundary_f1_image(pred, target, r, n))
+        study_trimap_scores.append(ref_study_trimap_iou_image(pred, target, r, n))
 
     def iou(counts):
-        return [counts[c, 0] / counts[c, 1] if counts[c, 1] > 0 else math.nan for c in range(C)]
+        return [counts[c, 0] / counts[c, 1] if counts[c, 1] > 0 else math.nan for c in range(n)]
 
     per_class, boundary_iou = iou(iu), iou(iu_boundary)
     out = {"iou": per_class, "miou": float(np.nanmean(per_class)), "boundary_iou_per_class": boundary_iou,
            "boundary_iou": float(np.nanmean(boundary_iou)) if not np.isnan(boundary_iou).all() else math.nan,
-           "fragments_per_image": float(np.mean([ref_fragments(p) for p in preds]))}
+           "fragments_per_image": float(np.mean([ref_fragments(p, n) for p in preds]))}
     if profile == "default":
         out["trimap_iou"] = float(np.nanmean(iou(iu_band)))
         out["boundary_f1"] = float(np.mean(f_scores)) if f_scores else math.nan
@@ -173,8 +175,9 @@ def blob_map(rng: np.random.Generator, h: int, w: int, classes: np.ndarray) -> n
     return classes[noise.argmax(0)].astype(np.int64)
 
 
-def random_pair(rng: np.random.Generator, h: int = 40, w: int = 56) -> tuple[np.ndarray, np.ndarray]:
-    classes = rng.choice(C, size=rng.integers(2, 7), replace=False)
+def random_pair(rng: np.random.Generator, h: int = 40, w: int = 56,
+                num_classes: int = C) -> tuple[np.ndarray, np.ndarray]:
+    classes = rng.choice(num_classes, size=rng.integers(2, 7), replace=False)
     target = blob_map(rng, h, w, classes)
     # Ignore regions: a random blob and, sometimes, a band along an image edge.
     ignore = ndimage.gaussian_filter(rng.random((h, w)), 3) > 0.53
@@ -183,16 +186,16 @@ def random_pair(rng: np.random.Generator, h: int = 40, w: int = 56) -> tuple[np.
     target[ignore] = IGNORE_INDEX
     # Prediction: the target (its ignore pixels filled with noise) shifted by a few pixels, plus wrong blobs
     # of present or absent classes, plus a few out-of-range values that match no class.
-    pred = np.where(ignore, rng.integers(0, C, (h, w)), target)
+    pred = np.where(ignore, rng.integers(0, num_classes, (h, w)), target)
     pred = np.roll(pred, (rng.integers(-3, 4), rng.integers(-3, 4)), axis=(0, 1))
     wrong = ndimage.gaussian_filter(rng.random((h, w)), 2) > 0.56
-    pred[wrong] = rng.choice(C, size=2)[rng.integers(0, 2, int(wrong.sum()))]
+    pred[wrong] = rng.choice(num_classes, size=2)[rng.integers(0, 2, int(wrong.sum()))]
     pred[rng.random((h, w)) < 0.003] = IGNORE_INDEX
     return pred.astype(np.int64), target
 
 
-def run_metrics(preds, targets, **kwargs) -> dict:
-    metric = SegmentationMetrics(num_classes=C, **kwargs)
+def run_metrics(preds, targets, num_classes: int = C, **kwargs) -> dict:
+    metric = SegmentationMetrics(num_classes=num_classes, **kwargs)
     metric.update(torch.as_tensor(np.stack(preds)), torch.as_tensor(np.stack(targets)))
     return metric.compute()
 
@@ -301,6 +304,49 @@ def test_out_of_range_values_match_no_class():
     odd_target[target == IGNORE_INDEX] = -7  # another out-of-range value than 255: ignored as well
     ours = run_metrics([pred], [odd_target])
     assert_metrics_close(ours, ref_metrics([pred], [target]))
+
+
+# More classes than one bit plane holds (ADE20K 150, COCO-Stuff 171): the classes go in planes of 62
+
+@pytest.mark.parametrize("num_classes", [63, 124, 150, 255])
+def test_many_classes_match_reference(num_classes):
+    rng = np.random.default_rng(num_classes)
+    pairs = [random_pair(rng, num_classes=num_classes) for _ in range(3)]
+    preds, targets = [p for p, _ in pairs], [t for _, t in pairs]
+    for profile in PROFILES:
+        assert_metrics_close(run_metrics(preds, targets, num_classes, profile=profile),
+                             ref_metrics(preds, targets, profile=profile, num_classes=num_classes))
+
+
+def test_classes_on_both_sides_of_a_plane_edge():
+    """Stripes of classes 0 | 61 | 62 | 123 | 124 | 149 (61/62 and 123/124 sit in different planes) under an
+    ignore block; the prediction moves the edges, adds class 130 (absent from the target) and values 150, 255."""
+    num_classes = 150
+    target = np.repeat(np.array([0, 61, 62, 123, 124, 149]), 8)[None].repeat(24, 0)  # (24, 48)
+    target[3:7, 18:30] = IGNORE_INDEX
+    pred = np.roll(target, 1, axis=1)
+    pred[12:18, 30:36] = 130
+    pred[20:, :3], pred[0, 40:] = 150, IGNORE_INDEX
+    for profile in PROFILES:
+        ours = run_metrics([pred], [target], num_classes, profile=profile)
+        assert_metrics_close(ours, ref_metrics([pred], [target], profile=profile, num_classes=num_classes))
+    present = {0, 61, 62, 123, 124, 149}
+    assert all(math.isnan(ours["iou"][c]) == (c not in present | {130}) for c in range(num_classes))
+    assert ours["iou"][130] == 0.0 and 0 < ours["boundary_iou_per_class"][124] < 1
+
+
+@pytest.mark.parametrize("classes_per_plane", [1, 4])
+def test_several_planes_equal_one_plane(monkeypatch, classes_per_plane):
+    """At C = 19 the counts from planes of 1 or 4 classes equal those of the single plane bit for bit."""
+    rng = np.random.default_rng(17)
+    pairs = [random_pair(rng) for _ in range(3)]
+    pred = torch.as_tensor(np.stack([p for p, _ in pairs]))
+    target = torch.as_tensor(np.stack([t for _, t in pairs]))
+    one_plane = seg.segmentation_image_stats(pred, target)
+    monkeypatch.setattr(seg, "CLASSES_PER_PLANE", classes_per_plane)
+    planes = seg.segmentation_image_stats(pred, target)
+    for key in seg.DEVICE_STAT_KEYS:
+        assert torch.equal(one_plane[key], planes[key]), key
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,6 +478,9 @@ def test_ignore_transitions_are_not_trimap_contours():
 def test_empty_metric_and_bad_inputs():
     out = SegmentationMetrics().compute()
     assert out["num_images"] == 0 and math.isnan(out["miou"]) and len(out["iou"]) == C
+    for num_classes in (0, seg.MAX_CLASSES + 1):  # uint8 label maps: train ids 0..254, 255 = ignore
+        with pytest.raises(ValueError, match="1..255 supported"):
+            SegmentationMetrics(num_classes)
     metric = SegmentationMetrics()
     with pytest.raises(ValueError):
         metric.update(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
@@ -527,12 +576,13 @@ def test_real_val_maps_match_cityscapesscripts(cityscapes_fullres, tmp_path, mon
 # Devices
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_equals_cpu():
+@pytest.mark.parametrize("num_classes", [C, 150])
+def test_cuda_equals_cpu(num_classes):
     rng = np.random.default_rng(21)
-    pairs = [random_pair(rng, 64, 96) for _ in range(3)]
+    pairs = [random_pair(rng, 64, 96, num_classes) for _ in range(3)]
     pred = torch.as_tensor(np.stack([p for p, _ in pairs]))
     target = torch.as_tensor(np.stack([t for _, t in pairs]))
-    cpu, cuda = SegmentationMetrics(), SegmentationMetrics()
+    cpu, cuda = SegmentationMetrics(num_classes), SegmentationMetrics(num_classes)
     cpu.update(pred, target)
     stats = cuda.image_stats(pred.cuda(), target.cuda())
     assert all(v.device.type == "cuda" for v in stats.values())
