@@ -6,6 +6,7 @@ and `offline` otherwise; offline runs are written under `RUN/wandb/` and can be 
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -69,8 +70,16 @@ def sigterm_as_ctrl_c():
     process as Ctrl-C does (train.py: the W&B run closed as failed, exit code 130; the same command resumes),
     after marking the W&B run, if one is active, as preempting: a W&B sweep requeues a preempting run that
     exits non-zero, and the next `wandb agent` continues it with the same id and config, hence the same run dir
-    (https://docs.wandb.ai/models/sweeps/signal-handling-sweep-runs). The previous handler is back on exit."""
+    (https://docs.wandb.ai/models/sweeps/signal-handling-sweep-runs). The previous handler is back on exit.
+    A process forked within (a DataLoader or multiprocessing.Pool worker) inherits the handler but ends on
+    SIGTERM as it would without it: a pool's terminate() stops its workers with SIGTERM."""
+    owner = os.getpid()
+
     def stop(signum, frame):
+        if os.getpid() != owner:  # a forked worker: SIGTERM's default action, death, with no traceback
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         run = getattr(sys.modules.get("wandb"), "run", None)  # no import: a run without W&B has none
         if run is not None:
             run.mark_preempting()

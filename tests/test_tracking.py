@@ -3,6 +3,7 @@ aggregate.py). Nothing here starts wandb: init_wandb is driven with a stand-in a
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -154,7 +155,7 @@ def test_a_restart_in_the_same_run_dir_continues_its_wandb_run(no_login, tmp_pat
 
 
 def test_a_real_offline_restart_writes_to_the_same_wandb_run(no_login, tmp_path, monkeypatch):
-    """The same with wandb itself (offline): both starts write offline-run-*-<the same id>."""
+    """The same with wandb itself (offline): both starts write to the same run id."""
     from accelerate import Accelerator
 
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
@@ -167,7 +168,8 @@ def test_a_real_offline_restart_writes_to_the_same_wandb_run(no_login, tmp_path,
         accelerator.end_training()
     offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert ids[0] and ids[0] == ids[1] and len(offline_runs) == 2
-    assert all(path.name.endswith(ids[0]) for path in offline_runs)
+    # offline-run-<time>-<id>, with -1 added by wandb when both starts fall in the same second
+    assert all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{ids[0]}(-\d+)?", path.name) for path in offline_runs)
 
 
 def test_sigterm_marks_the_wandb_run_preempting_and_stops_as_ctrl_c(monkeypatch):
@@ -191,3 +193,19 @@ def test_sigterm_marks_the_wandb_run_preempting_and_stops_as_ctrl_c(monkeypatch)
         os.kill(os.getpid(), signal.SIGTERM)
         pytest.fail("SIGTERM did not stop the block")
     assert marked == [True]
+
+
+def test_a_worker_forked_under_the_sigterm_handler_still_dies_by_sigterm():
+    """A multiprocessing.Pool's terminate() (check_frames' pool when train.py stops) sends its workers SIGTERM:
+    they must die of it, not raise KeyboardInterrupt with a traceback."""
+    import multiprocessing
+    import signal
+
+    from engine.tracking import sigterm_as_ctrl_c
+
+    with sigterm_as_ctrl_c():
+        worker = multiprocessing.get_context("fork").Process(target=signal.pause)
+        worker.start()
+        worker.terminate()  # SIGTERM
+        worker.join(60)
+    assert worker.exitcode == -signal.SIGTERM

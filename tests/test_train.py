@@ -820,8 +820,9 @@ def test_sigterm_before_the_first_checkpoint_then_the_same_command_continues_the
     monkeypatch.setattr(train, "device_images", real_images)
     assert run_train(tiny_data, out, *flags) == 0
     assert read_meta(out / "checkpoints" / "epoch_0001")["wandb_run_id"] == run_id
-    offline_runs = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)
+    offline_runs = sorted((out / "wandb").glob("offline-run-*"))  # -<id>, or -<id>-1 within the same second
+    assert len(offline_runs) == 2 and all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", p.name)
+                                          for p in offline_runs)
 
 
 def test_demo_setting_learns_well_above_majority_class(tiny_data, tmp_path):
