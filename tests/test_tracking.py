@@ -203,9 +203,21 @@ def test_a_worker_forked_under_the_sigterm_handler_still_dies_by_sigterm():
 
     from engine.tracking import sigterm_as_ctrl_c
 
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()  # set by the worker: a signal before the child's after-fork reset would be lost
     with sigterm_as_ctrl_c():
-        worker = multiprocessing.get_context("fork").Process(target=signal.pause)
+        worker = context.Process(target=_set_then_pause, args=(ready,), daemon=True)
         worker.start()
+        assert ready.wait(60)
         worker.terminate()  # SIGTERM
         worker.join(60)
+    if worker.is_alive():
+        worker.kill()
     assert worker.exitcode == -signal.SIGTERM
+
+
+def _set_then_pause(ready) -> None:
+    import signal
+
+    ready.set()
+    signal.pause()
