@@ -38,7 +38,7 @@ from engine.setup import (build_accelerator, build_dataloader, build_model_from_
                           ensure_demo_data, uses_sdt, with_class_table)
 from engine.steps import (EpochLossLog, GradientMask, LossReading, augmentation_seed, device_batch,
                           train_micro_step)
-from engine.tracking import finish_wandb, init_wandb, prediction_overlays, val_metrics_row
+from engine.tracking import finish_wandb, init_wandb, prediction_overlays, sigterm_as_ctrl_c, val_metrics_row
 from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         make_output_dir(cfg.run_dir, "--out")  # a read-only or blocked --out: one line, before any work
     try:
         with folder_lock(cfg.run_dir, "train.py", "wait for it to finish or stop it, or pass another --out") \
-                if accelerator.is_main_process else nullcontext():
+                if accelerator.is_main_process else nullcontext(), sigterm_as_ctrl_c():  # SLURM's stop: resumable
             return train(cfg, require_resume, accelerator)
     except BaseException:
         if created and accelerator.is_main_process:

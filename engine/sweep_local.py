@@ -3,18 +3,26 @@
     python -m engine.sweep_local sweep.yaml                      # all 12 runs of the grid, one after another
     python -m engine.sweep_local sweep.yaml --dry-run            # print the commands only
     python -m engine.sweep_local sweep.yaml -- --preset demo --epochs 2   # extra train.py flags for every run
+    python -m engine.sweep_local sweep.yaml --index 5            # only cell 5 of the grid (a SLURM array task)
 
 The grid comes from `sweeps.next_run` (the engine the W&B server uses, installed by `wandb[sweeps]`), and
 each command from the file's `command:` list with wandb agent's macros (`${env}`, `${interpreter}`,
 `${program}`, `${args}`, ...) filled exactly as `wandb agent` fills them. Runs log to W&B offline unless
 you are logged in. A rerun continues the grid: train.py resumes a run dir that holds a checkpoint and
 returns at once for a finished one.
+
+The cells of a grid, in the order `sweeps.next_run` proposes them (and the W&B server, which runs the same
+engine): the parameters sorted by name, then their cartesian product with the last name varying fastest,
+each parameter's values in the file's order. `--index i` (0-based) is the i-th cell of that order, the line
+`[i+1/N]` of the full sweep. sweep.yaml (seed before variant): cell i = variant "ABCD"[i % 4] with seed
+(42, 123, 456)[i // 4], so cell 0 is A/42, cell 5 B/123, cell 11 D/456.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import warnings
@@ -123,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="sweep file, e.g. sweep.yaml")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("--count", type=int, default=None,
-                        help="launch at most N runs (required for method random or bayes)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--count", type=int, default=None,
+                       help="launch at most N runs (required for method random or bayes)")
+    which.add_argument("--index", type=int, default=None,
+                       help="launch only cell I (0-based) of a grid, in the order above (one SLURM array task)")
     argv = sys.argv[1:] if argv is None else list(argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []  # flags after -- go to every train.py
     args = parser.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
@@ -132,20 +143,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--count must be >= 1, got {args.count}")
 
     config = load_sweep(args.sweep)
+    if args.index is not None and config["method"] != "grid":
+        raise UserError(f"{args.sweep}: --index picks a cell of a grid, and method {config['method']} has no fixed "
+                        "cells; pass --count N instead")
     if config["method"] != "grid" and args.count is None:
         raise UserError(f"{args.sweep}: method {config['method']} proposes runs without end; pass --count N")
     check_parameters(config, args.sweep)
     commands = [resolve_accelerate(run_command(config, run)) + extra for run in grid_runs(config, args.count)]
+    numbered = list(enumerate(commands, 1))
+    if args.index is not None:
+        if not 0 <= args.index < len(commands):
+            raise UserError(f"{args.sweep}: --index {args.index} is out of range: the grid has {len(commands)} "
+                            f"cells; pass an index from 0 to {len(commands) - 1}")
+        numbered = [numbered[args.index]]
     failed = []
-    for i, command in enumerate(commands, 1):
-        print(f"[{i}/{len(commands)}] {' '.join(command)}", flush=True)
+    for i, command in numbered:
+        print(f"[{i}/{len(commands)}] {shlex.join(command)}", flush=True)
         if args.dry_run:
             continue
         result = subprocess.run(command, env=os.environ.copy())
         if result.returncode != 0:
             failed.append((command, result.returncode))
     for command, code in failed:
-        print(f"failed (exit {code}): {' '.join(command)}", file=sys.stderr)
+        print(f"failed (exit {code}): {shlex.join(command)}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -6,22 +6,36 @@ and `offline` otherwise; offline runs are written under `RUN/wandb/` and can be 
 """
 from __future__ import annotations
 
+import os
+import signal
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from engine.config import TrainConfig, config_to_dict, wandb_group
 from metrics.keys import METRIC_KEYS, val_iou_key, val_key
+from utils.fileio import atomic_write_text
 from utils.wandb_mode import TRAIN_JOB_TYPE, wandb_init_mode
 from utils.wandb_mode import wandb_logged_in  # noqa: F401  (re-exported)
+
+WANDB_RUN_ID_FILE = "wandb_run_id.txt"  # in the run dir: the id of its W&B run, from its first start on
 
 
 def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None) -> str | None:
     """Start the W&B tracker (name = `cfg.run_name`, group = `wandb_group(cfg)`); returns the W&B run id.
 
-    `run_id` (from a checkpoint's meta.json) continues that run after a resume. Under `wandb agent`,
-    wandb takes the run id from the agent's environment instead.
+    One run dir, one W&B run: the id is kept in `RUN/wandb_run_id.txt` from the first start on, and a later
+    start in the same run dir continues that W&B run (`resume="allow"`) instead of adding a second run to the
+    group: a resume from a checkpoint, or a requeued SLURM task preempted before its first checkpoint.
+    `run_id` (a checkpoint's meta.json) takes precedence over the file. Under `wandb agent`, wandb ignores both
+    and takes the run id from the agent's environment (a run requeued by the sweep keeps its id, see
+    `sigterm_as_ctrl_c`); the file then records that id.
     """
+    id_file = run_dir / WANDB_RUN_ID_FILE
+    if not run_id and id_file.is_file():
+        run_id = id_file.read_text().strip() or None
     init = {"name": cfg.run_name, "group": wandb_group(cfg), "dir": str(run_dir), "job_type": TRAIN_JOB_TYPE,
             "tags": [f"variant-{cfg.variant}" if not cfg.loss else f"loss-{cfg.loss_label}", f"seed-{cfg.seed}",
                      cfg.backbone]}
@@ -37,7 +51,38 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
     if not accelerator.is_main_process:
         return None
     run = accelerator.get_tracker("wandb", unwrap=True)
-    return getattr(run, "id", None)
+    run_id = getattr(run, "id", None)
+    if run_id and not (id_file.is_file() and id_file.read_text().strip() == run_id):
+        atomic_write_text(id_file, run_id + "\n")
+    return run_id
+
+
+@contextmanager
+def sigterm_as_ctrl_c():
+    """Within: SIGTERM, which SLURM sends a job it preempts, requeues or stops at its time limit, stops the
+    process as Ctrl-C does (train.py: the W&B run closed as failed, exit code 130; the same command resumes),
+    after marking the W&B run, if one is active, as preempting: a W&B sweep requeues a preempting run that
+    exits non-zero, and the next `wandb agent` continues it with the same id and config, hence the same run dir
+    (https://docs.wandb.ai/models/sweeps/signal-handling-sweep-runs). The previous handler is back on exit.
+    A process forked within (a DataLoader or multiprocessing.Pool worker) inherits the handler but ends on
+    SIGTERM as it would without it: a pool's terminate() stops its workers with SIGTERM."""
+    owner = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != owner:  # a forked worker: SIGTERM's default action, death, with no traceback
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        run = getattr(sys.modules.get("wandb"), "run", None)  # no import: a run without W&B has none
+        if run is not None:
+            run.mark_preempting()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def finish_wandb(accelerator, exit_code: int) -> None:

@@ -1,5 +1,7 @@
 """sweep.yaml: valid for wandb's sweep engine, 12 grid runs, each run's command accepted by train.py's parser."""
+import itertools
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +124,51 @@ def test_accelerate_comes_from_the_running_interpreter_not_from_path(tmp_path, m
                                  "command:\n  - ${env}\n  - accelerate\n  - launch\n  - --help\n")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     assert sweep_local_main([str(path)]) == 0
+
+
+# ---------------------------------------------------------------------------------------------------- --index
+def _documented_cells(config: dict) -> list[dict]:
+    """The grid order engine.sweep_local's docstring states, built independently of the sweep engine:
+    parameters sorted by name, their cartesian product with the last name varying fastest."""
+    names = sorted(config["parameters"])
+    return [dict(zip(names, values)) for values in itertools.product(*(config["parameters"][n]["values"]
+                                                                          for n in names))]
+
+
+def _dry_run_lines(capsys, *flags) -> list[str]:
+    assert sweep_local_main([str(SWEEP), "--dry-run", *flags]) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+
+
+def test_index_runs_exactly_one_cell_in_the_documented_order(capsys):
+    config = load_sweep(SWEEP)
+    cells = _documented_cells(config)
+    assert [{k: v["value"] for k, v in run.items()} for run in grid_runs(config)] == cells
+    assert cells[5] == {"seed": 123, "variant": "B"}  # the docstring's example
+    full = _dry_run_lines(capsys, "--", "--epochs", "1")
+    flags = set()
+    for index, cell in enumerate(cells):
+        (line,) = _dry_run_lines(capsys, "--index", str(index), "--", "--epochs", "1")
+        assert line == full[index]  # the line [index+1/12] of the whole sweep, extra flags included
+        assert line.startswith(f"[{index + 1}/12] ")
+        argv = shlex.split(line.split("] ", 1)[1])
+        cfg, _ = parse_args(argv[argv.index("train.py") + 1:])
+        assert (cfg.variant, cfg.seed, cfg.epochs) == (cell["variant"], cell["seed"], 1)
+        flags.add((cfg.variant, cfg.seed))
+    assert flags == {(v, s) for v in "ABCD" for s in (42, 123, 456)}  # 12 distinct cells cover the grid
+
+
+@pytest.mark.parametrize("index", ["12", "-1"])
+def test_index_out_of_range_names_the_file_and_the_valid_range(index):
+    with pytest.raises(UserError, match=re.escape(f"{SWEEP}: --index {index} is out of range: the grid has 12 "
+                                                  "cells; pass an index from 0 to 11")):
+        sweep_local_main([str(SWEEP), "--dry-run", "--index", index])
+
+
+def test_index_is_refused_for_random_search_and_with_count(tmp_path, capsys):
+    path = _sweep_file(tmp_path, RANDOM)
+    with pytest.raises(UserError, match="method random has no fixed cells; pass --count N instead"):
+        sweep_local_main([str(path), "--dry-run", "--index", "0"])
+    with pytest.raises(SystemExit):
+        sweep_local_main([str(SWEEP), "--dry-run", "--index", "0", "--count", "1"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -3,6 +3,7 @@ aggregate.py). Nothing here starts wandb: init_wandb is driven with a stand-in a
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -90,7 +91,7 @@ def test_init_wandb_arguments(no_login, tmp_path, monkeypatch):
     assert accelerator.project == cfg.wandb_project and accelerator.config["lambda_boundary"] == 0.05
     assert (tmp_path / "run").is_dir()
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    init_wandb(accelerator, cfg, tmp_path / "run", run_id=None)
+    init_wandb(accelerator, cfg, tmp_path / "another_run", run_id=None)  # a new run dir: no id to continue
     assert "mode" not in accelerator.init_kwargs["wandb"] and "id" not in accelerator.init_kwargs["wandb"]
 
 
@@ -128,3 +129,95 @@ def test_prediction_overlays_of_uint8_val_frames(monkeypatch):
         assert masks["prediction"]["class_labels"][255] == "ignore"
     with pytest.raises(ValueError, match="uint8"):
         prediction_overlays(model, [{**dataset[0], "image": normalize(dataset[0]["image"])}], 1, "cpu", ["c0"])
+
+
+# ---------------------------------------------------------------------------------------------------- requeue
+class NewRunAccelerator(RecordingAccelerator):
+    """As RecordingAccelerator, with the id wandb gives: the one asked for (resume="allow"), else a new one."""
+
+    def get_tracker(self, name, unwrap):
+        return type("Run", (), {"id": self.init_kwargs["wandb"].get("id", "new456")})()
+
+
+def test_a_restart_in_the_same_run_dir_continues_its_wandb_run(no_login, tmp_path):
+    """A requeued task preempted before its first checkpoint (no meta.json to take the id from) continues the
+    W&B run of its first start; a checkpoint's id takes precedence; another run dir gets another run."""
+    cfg, accelerator, run_dir = TrainConfig(seed=7), NewRunAccelerator(), tmp_path / "C_seed7"
+    assert init_wandb(accelerator, cfg, run_dir, run_id=None) == "new456"
+    assert "id" not in accelerator.init_kwargs["wandb"]  # the first start: wandb picks the id
+    assert (run_dir / "wandb_run_id.txt").read_text() == "new456\n"
+    assert init_wandb(accelerator, cfg, run_dir, run_id=None) == "new456"  # the rerun, same command
+    assert (accelerator.init_kwargs["wandb"]["id"], accelerator.init_kwargs["wandb"]["resume"]) == ("new456", "allow")
+    assert init_wandb(accelerator, cfg, run_dir, run_id="fromckpt") == "fromckpt"
+    assert (run_dir / "wandb_run_id.txt").read_text() == "fromckpt\n"
+    assert init_wandb(accelerator, cfg, tmp_path / "C_seed8", run_id=None) == "new456"
+    assert "id" not in accelerator.init_kwargs["wandb"]
+
+
+def test_a_real_offline_restart_writes_to_the_same_wandb_run(no_login, tmp_path, monkeypatch):
+    """The same with wandb itself (offline): both starts write to the same run id."""
+    from accelerate import Accelerator
+
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    cfg, run_dir = TrainConfig(), tmp_path / "run"
+    ids = []
+    for _ in range(2):
+        accelerator = Accelerator(log_with="wandb", cpu=True)
+        ids.append(init_wandb(accelerator, cfg, run_dir, run_id=None))
+        accelerator.end_training()
+    offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert ids[0] and ids[0] == ids[1] and len(offline_runs) == 2
+    # offline-run-<time>-<id>, with -1 added by wandb when both starts fall in the same second
+    assert all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{ids[0]}(-\d+)?", path.name) for path in offline_runs)
+
+
+def test_sigterm_marks_the_wandb_run_preempting_and_stops_as_ctrl_c(monkeypatch):
+    import os
+    import signal
+    import sys
+    import types
+
+    from engine.tracking import sigterm_as_ctrl_c
+
+    marked = []
+    run = types.SimpleNamespace(mark_preempting=lambda: marked.append(True))
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(run=run))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), sigterm_as_ctrl_c():
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("SIGTERM did not stop the block")
+    assert marked == [True] and signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(run=None))  # no active run: stops all the same
+    with pytest.raises(KeyboardInterrupt), sigterm_as_ctrl_c():
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("SIGTERM did not stop the block")
+    assert marked == [True]
+
+
+def test_a_worker_forked_under_the_sigterm_handler_still_dies_by_sigterm():
+    """A multiprocessing.Pool's terminate() (check_frames' pool when train.py stops) sends its workers SIGTERM:
+    they must die of it, not raise KeyboardInterrupt with a traceback."""
+    import multiprocessing
+    import signal
+
+    from engine.tracking import sigterm_as_ctrl_c
+
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()  # set by the worker: a signal before the child's after-fork reset would be lost
+    with sigterm_as_ctrl_c():
+        worker = context.Process(target=_set_then_pause, args=(ready,), daemon=True)
+        worker.start()
+        assert ready.wait(60)
+        worker.terminate()  # SIGTERM
+        worker.join(60)
+    if worker.is_alive():
+        worker.kill()
+    assert worker.exitcode == -signal.SIGTERM
+
+
+def _set_then_pause(ready) -> None:
+    import signal
+
+    ready.set()
+    signal.pause()

@@ -786,6 +786,45 @@ def test_ctrl_c_closes_the_wandb_run_as_failed(tiny_data, tmp_path, monkeypatch)
     assert (out / "checkpoints" / "epoch_0001").is_dir() and not (out / "checkpoints" / "epoch_0002").exists()
 
 
+def test_sigterm_before_the_first_checkpoint_then_the_same_command_continues_the_wandb_run(tiny_data, tmp_path,
+                                                                                        monkeypatch):
+    """SLURM's preemption or requeue (SIGTERM) in epoch 1: the W&B run is marked preempting (a sweep requeues
+    it) and closed with exit code 130; the requeued task, the same command with no checkpoint to resume from,
+    trains from the start into the same W&B run (engine.tracking.init_wandb), not a second run of the group."""
+    import signal
+
+    import wandb
+
+    import train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    preempting = []
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "mark_preempting", lambda self: preempting.append(self.id))
+
+    def sigterm_at_micro_batch_2(*args, **kwargs):
+        sigterm_at_micro_batch_2.calls += 1
+        if sigterm_at_micro_batch_2.calls == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_images(*args, **kwargs)
+
+    real_images, sigterm_at_micro_batch_2.calls = train.device_images, 0
+    monkeypatch.setattr(train, "device_images", sigterm_at_micro_batch_2)
+    out, flags = tmp_path / "run", ("--wandb", "--variant", "A", "--epochs", "1")
+    handler_before = signal.getsignal(signal.SIGTERM)
+    assert run_train(tiny_data, out, *flags) == 130
+    run_id = (out / "wandb_run_id.txt").read_text().strip()
+    assert preempting == [run_id] and not (out / "checkpoints").exists()
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # train.main put the handler back
+    monkeypatch.setattr(train, "device_images", real_images)
+    assert run_train(tiny_data, out, *flags) == 0
+    assert read_meta(out / "checkpoints" / "epoch_0001")["wandb_run_id"] == run_id
+    offline_runs = sorted((out / "wandb").glob("offline-run-*"))  # -<id>, or -<id>-1 within the same second
+    assert len(offline_runs) == 2 and all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", p.name)
+                                          for p in offline_runs)
+
+
 def test_demo_setting_learns_well_above_majority_class(tiny_data, tmp_path):
     """A smaller demo (64x128, 16 frames, 6 epochs): val mIoU must be far above predicting the majority class."""
     import numpy as np
