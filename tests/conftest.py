@@ -1,5 +1,5 @@
-"""Shared fixtures: a fresh accelerate state per test, and paths to the real Cityscapes frames in
-../shared/data (skipped when absent)."""
+"""Shared fixtures: a fresh accelerate state per test, the study's vendored CSVs (reference/), and paths to the
+real Cityscapes frames in ../shared/data (skipped when absent: Cityscapes' license keeps them out of the repo)."""
 import os
 import signal
 import subprocess
@@ -30,7 +30,8 @@ def fresh_accelerate_state():
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"{path} is absent: the shared real-data folder is not next to the repo")
+        pytest.skip(f"needs real Cityscapes frames, absent at {path}: Cityscapes' license keeps them out of the "
+                    "repo; place them there (a folder `shared/data` beside the repo) to run this test")
     return path
 
 
@@ -48,8 +49,8 @@ def cityscapes_fullres() -> Path:
 
 @pytest.fixture
 def seed_metrics() -> Path:
-    """The original study's per-run metric CSVs."""
-    return _need(SHARED_DATA / "seed_metrics")
+    """The original study's per-run metric CSVs, vendored in the repo (reference/README.md)."""
+    return ROOT / "reference"
 
 
 @pytest.fixture
