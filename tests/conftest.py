@@ -30,8 +30,8 @@ def fresh_accelerate_state():
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"needs real Cityscapes frames, absent at {path}: Cityscapes' license keeps them out of the "
-                    "repo; place them there (a folder `shared/data` beside the repo) to run this test")
+        pytest.skip(f"needs the real Cityscapes frames in {path} (absent; Cityscapes' license keeps them out of "
+                    "the repo)")
     return path
 
 
