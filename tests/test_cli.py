@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from engine.config import parse_args
 from utils.fileio import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "timm", "accelerate", "datasets")
-
-
-def imported_modules(*argv: str) -> tuple[subprocess.CompletedProcess, set[str], list[str]]:
-    """Run `python -X importtime <argv>` from the repo root: (result, top-level names of the modules it
-    imported, its stderr lines other than importtime's)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=ROOT, capture_output=True, text=True)
-    modules = {line.rsplit("|", 1)[1].strip().split(".")[0]
-               for line in result.stderr.splitlines() if line.startswith("import time:") and "|" in line}
-    assert "argparse" in modules  # importtime really reported
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
-    return result, modules, errors
+HEAVY = {"torch", "timm", "accelerate", "datasets"}
 
 
 @pytest.mark.parametrize("argv", [
@@ -34,10 +19,10 @@ def imported_modules(*argv: str) -> tuple[subprocess.CompletedProcess, set[str],
     ("precompute_sdt.py", "--help"),
     ("aggregate.py", "--help"),
 ])
-def test_help_answers_before_the_heavy_imports(argv):
-    result, modules, _ = imported_modules(*argv)
+def test_help_answers_before_the_heavy_imports(argv, python_imports):
+    result, modules = python_imports(*argv)
     assert result.returncode == 0 and "usage:" in result.stdout
-    assert not modules & set(HEAVY), f"{argv} imported {sorted(modules & set(HEAVY))} before answering --help"
+    assert not modules & HEAVY, f"{argv} imported {sorted(modules & HEAVY)} before answering --help"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -48,12 +33,13 @@ def test_help_answers_before_the_heavy_imports(argv):
     (("precompute_sdt.py", "--out", "x", "--workers", "0"), "--workers must be >= 1"),
     (("aggregate.py", "--out", "x"), "give either RUNS_DIR or --from-csv FILE"),
 ])
-def test_rejected_flags_answer_in_one_line_before_the_heavy_imports(argv, message):
-    result, modules, errors = imported_modules(*argv)
+def test_rejected_flags_answer_in_one_line_before_the_heavy_imports(argv, message, python_imports):
+    result, modules = python_imports(*argv)
+    errors = result.stderr.splitlines()
     assert result.returncode != 0
     assert message in errors[-1]
     assert not [line for line in errors if line.startswith("Traceback")]
-    assert not modules & set(HEAVY), f"{argv} imported {sorted(modules & set(HEAVY))} before refusing it"
+    assert not modules & HEAVY, f"{argv} imported {sorted(modules & HEAVY)} before refusing it"
 
 
 @pytest.mark.parametrize("flags, message", [
