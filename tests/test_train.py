@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -900,8 +901,10 @@ def test_loss_recipe_trains_end_to_end_is_recorded_and_grouped_by_its_label(tiny
     from report.load import Study, load_runs_dir
 
     out = tmp_path / "runs" / "recipe"
+    children = set(multiprocessing.active_children())
     assert run_train(tiny_data, out, "--loss", "ce=1,lovasz=0.5", "--epochs", "2", "--num-workers", "2",
                      "--log-grad-norms", "2") == 0
+    assert set(multiprocessing.active_children()) <= children  # the loader workers stopped with train.main
     rows = read_rows(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     for row in rows:
