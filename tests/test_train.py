@@ -707,7 +707,7 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tm
     command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), "--variant", "C",
                "--epochs", "2", "--checkpoint-every", "1", "--batch-size", "1"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run([*command, "--out", str(straight)], cwd=ROOT, env=env, check=True, capture_output=True)
+    uninterrupted = process_groups.start([*command, "--out", str(straight)], env=env)  # beside the others: 2 cores
 
     proc = process_groups.start([*command, "--out", str(killed)], env=env)
     process_groups.wait_for(proc, (killed / "checkpoints" / "epoch_0001").exists)
@@ -719,6 +719,8 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tm
     result = subprocess.run([*command, "--out", str(killed)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout
+    stderr = uninterrupted.communicate(timeout=300)[1]
+    assert uninterrupted.returncode == 0, stderr[-3000:]
     a = load_file(straight / "checkpoints" / "epoch_0002" / "model.safetensors")
     b = load_file(killed / "checkpoints" / "epoch_0002" / "model.safetensors")
     assert a.keys() == b.keys()
