@@ -17,7 +17,7 @@ Runs are grouped by variant and λ_b schedule ("C", "C steal"). With a λ_b swee
 the per-term gradient logs of `train.py --log-grad-norms K`, grad_trajectories.png/.csv plot them per group.
 
     python aggregate.py runs/ --out report/
-    python aggregate.py --from-csv ../shared/data/seed_metrics/pilot_results.csv --out report_pilot/
+    python aggregate.py --from-csv reference/pilot_results.csv --out reports/paper/
     python aggregate.py runs/ --out report/ --early-epoch 20 --wandb
 """
 from __future__ import annotations

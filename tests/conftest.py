@@ -1,5 +1,5 @@
-"""Shared fixtures: a fresh accelerate state per test, and paths to the real Cityscapes frames in
-../shared/data (skipped when absent)."""
+"""Shared fixtures: a fresh accelerate state per test, the study's vendored CSVs (reference/), and paths to the
+real Cityscapes frames in ../shared/data (skipped when absent: Cityscapes' license keeps them out of the repo)."""
 import os
 import signal
 import subprocess
@@ -30,7 +30,8 @@ def fresh_accelerate_state():
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"{path} is absent: the shared real-data folder is not next to the repo")
+        pytest.skip(f"needs the real Cityscapes frames in {path} (absent; Cityscapes' license keeps them out of "
+                    "the repo)")
     return path
 
 
@@ -48,8 +49,8 @@ def cityscapes_fullres() -> Path:
 
 @pytest.fixture
 def seed_metrics() -> Path:
-    """The original study's per-run metric CSVs."""
-    return _need(SHARED_DATA / "seed_metrics")
+    """The original study's per-run metric CSVs, vendored in the repo (reference/README.md)."""
+    return ROOT / "reference"
 
 
 @pytest.fixture
@@ -116,3 +117,23 @@ def process_groups():
     groups = ProcessGroups()
     yield groups
     groups.kill_all()
+
+
+def _run_python(*argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run `python -X importtime ARGV` from the repo root, as a user would: (the finished process, with its stderr
+    less importtime's lines; the dotted name of every module it imported, parent packages included, so
+    `"torch" in modules` holds whenever any part of torch was imported)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=ROOT, capture_output=True, text=True)
+    timing = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert timing, f"python -X importtime reported nothing: {result.stderr[-2000:]}"
+    modules = {line.rsplit("|", 1)[1].strip() for line in timing} - {"imported package"}  # less the header
+    result.stderr = "".join(line for line in result.stderr.splitlines(keepends=True)
+                            if not line.startswith("import time:"))
+    return result, modules
+
+
+@pytest.fixture
+def python_imports():
+    """`python_imports(*argv)` -> (process, modules imported): a fresh interpreter, to check what a script or an
+    import pulls in (e.g. that --help answers before torch)."""
+    return _run_python

@@ -168,15 +168,14 @@ def test_results_files_read_by_the_reader_evaluate_uses(tmp_path):
             read_results_file(path)
 
 
-def test_report_imports_no_torch():
+def test_report_imports_no_torch(python_imports):
     """aggregate.py only reads files: loading the report package must not import torch or the training code (it
     may use the torch-free vocabularies: losses.registry / losses.variants for term names and λ_b, metrics.keys)."""
-    code = ("import sys, aggregate, report.load, report.gradients; "
-            "print(sorted(m for m in ('torch', 'accelerate', 'engine.config', 'engine.results', 'losses.loss', "
-            "'losses.fused', 'metrics.segmentation') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    result, modules = python_imports("-c", "import aggregate, report.load, report.gradients")
+    assert result.returncode == 0, result.stderr
+    training = {"torch", "accelerate", "engine.config", "engine.results", "losses.loss", "losses.fused",
+                "metrics.segmentation"}
+    assert not modules & training, sorted(modules & training)
 
 
 def test_user_errors_on_bad_input(tmp_path):

@@ -6,28 +6,13 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from engine.config import parse_args
 from utils.fileio import EXIT_BAD_INPUT, RenamedFlag, UserError
 
-ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "timm", "accelerate", "datasets")
-
-
-def imported_modules(*argv: str) -> tuple[subprocess.CompletedProcess, set[str], list[str]]:
-    """Run `python -X importtime <argv>` from the repo root: (result, top-level names of the modules it
-    imported, its stderr lines other than importtime's)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=ROOT, capture_output=True, text=True)
-    modules = {line.rsplit("|", 1)[1].strip().split(".")[0]
-               for line in result.stderr.splitlines() if line.startswith("import time:") and "|" in line}
-    assert "argparse" in modules  # importtime really reported
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
-    return result, modules, errors
+HEAVY = {"torch", "timm", "accelerate", "datasets"}
 
 
 @pytest.mark.parametrize("argv", [
@@ -37,12 +22,12 @@ def imported_modules(*argv: str) -> tuple[subprocess.CompletedProcess, set[str],
     ("aggregate.py", "--help"),
     ("-m", "engine.sweep_local", "--help"),
 ])
-def test_help_answers_before_the_heavy_imports_and_workers_means_dataloader_workers(argv):
+def test_help_answers_before_the_heavy_imports_and_workers_means_dataloader_workers(argv, python_imports):
     """Also: the one flag about workers is --num-workers, and it counts DataLoader workers (as train.py's);
     parallel processes are --jobs. The old spellings (utils.RenamedFlag) are hidden."""
-    result, modules, _ = imported_modules(*argv)
+    result, modules = python_imports(*argv)
     assert result.returncode == 0 and "usage:" in result.stdout
-    assert not modules & set(HEAVY), f"{argv} imported {sorted(modules & set(HEAVY))} before answering --help"
+    assert not modules & HEAVY, f"{argv} imported {sorted(modules & HEAVY)} before answering --help"
     options = re.findall(r"^  (--[\w-]+)(.*(?:\n {6,}.*)*)", result.stdout, flags=re.MULTILINE)  # (flag, its help)
     helps = {flag: " ".join(text.split()) for flag, text in options}
     assert helps, result.stdout
@@ -64,25 +49,25 @@ def test_help_answers_before_the_heavy_imports_and_workers_means_dataloader_work
     (("evaluate.py", "--all", "x", "--loader-workers", "-1"), "--num-workers must be positive, got -1"),
     (("aggregate.py", "--out", "x"), "give either RUNS_DIR or --from-csv FILE"),
 ])
-def test_rejected_flags_answer_in_one_line_before_the_heavy_imports(argv, message):
-    result, modules, errors = imported_modules(*argv)
+def test_rejected_flags_answer_in_one_line_before_the_heavy_imports(argv, message, python_imports):
+    result, modules = python_imports(*argv)
+    errors = result.stderr.splitlines()
     assert result.returncode == EXIT_BAD_INPUT  # argparse's refusals and our UserErrors alike
     assert message in errors[-1]
     assert not [line for line in errors if line.startswith("Traceback")]
-    assert not modules & set(HEAVY), f"{argv} imported {sorted(modules & set(HEAVY))} before refusing it"
+    assert not modules & HEAVY, f"{argv} imported {sorted(modules & HEAVY)} before refusing it"
 
 
 @pytest.mark.parametrize("argv, message", [
     (("-m", "engine.sweep_local", "{tmp}/absent.yaml"), "{tmp}/absent.yaml: cannot read the sweep file"),
     (("-m", "data_utils.synthetic", "--out", "{tmp}/a_file"), "{tmp}/a_file: already exists and is not empty"),
 ])
-def test_a_bad_input_file_is_one_error_line_and_exit_code_2(argv, message, tmp_path):
+def test_a_bad_input_file_is_one_error_line_and_exit_code_2(argv, message, tmp_path, python_imports):
     """utils.run_main's contract in the `python -m` tools; the other entry scripts meet it in
     tests/test_faults.py (train.py, evaluate.py, precompute_sdt.py: a bad frame read in their workers) and
     tests/test_aggregate.py::test_cli_error_is_one_line_naming_the_file."""
     (tmp_path / "a_file").write_text("")
-    result = subprocess.run([sys.executable, *(a.format(tmp=tmp_path) for a in argv)], cwd=ROOT,
-                            capture_output=True, text=True)
+    result, _ = python_imports(*(a.format(tmp=tmp_path) for a in argv))
     lines = result.stderr.strip().splitlines()
     assert result.returncode == EXIT_BAD_INPUT and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: {message.format(tmp=tmp_path)}")

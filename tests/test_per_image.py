@@ -1,7 +1,5 @@
 """metrics.per_image: the file round trip and its checks, and the reductions of resampled statistics against
 evaluations of the resampled images."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -64,8 +62,8 @@ def test_round_trip_and_bad_files(tmp_path):
         read_per_image(tmp_path / "missing.per_image.npz")
 
 
-def test_reading_needs_no_torch():
+def test_reading_needs_no_torch(python_imports):
     """report/ reads these files: metrics.per_image, metrics.keys and metrics.consensus import without torch."""
-    code = "import sys, metrics.per_image, metrics.keys, metrics.consensus; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    result, modules = python_imports("-c", "import metrics.per_image, metrics.keys, metrics.consensus")
+    assert result.returncode == 0, result.stderr
+    assert "torch" not in modules

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -706,7 +707,7 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tm
     command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), "--variant", "C",
                "--epochs", "2", "--checkpoint-every", "1", "--batch-size", "1"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run([*command, "--out", str(straight)], cwd=ROOT, env=env, check=True, capture_output=True)
+    uninterrupted = process_groups.start([*command, "--out", str(straight)], env=env)  # beside the others: 2 cores
 
     proc = process_groups.start([*command, "--out", str(killed)], env=env)
     process_groups.wait_for(proc, (killed / "checkpoints" / "epoch_0001").exists)
@@ -718,6 +719,8 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tm
     result = subprocess.run([*command, "--out", str(killed)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout
+    stderr = uninterrupted.communicate(timeout=300)[1]
+    assert uninterrupted.returncode == 0, stderr[-3000:]
     a = load_file(straight / "checkpoints" / "epoch_0002" / "model.safetensors")
     b = load_file(killed / "checkpoints" / "epoch_0002" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -939,8 +942,10 @@ def test_loss_recipe_trains_end_to_end_is_recorded_and_grouped_by_its_label(tiny
     from report.load import Study, load_runs_dir
 
     out = tmp_path / "runs" / "recipe"
+    children = set(multiprocessing.active_children())
     assert run_train(tiny_data, out, "--loss", "ce=1,lovasz=0.5", "--epochs", "2", "--num-workers", "2",
                      "--log-grad-norms", "2") == 0
+    assert set(multiprocessing.active_children()) <= children  # the loader workers stopped with train.main
     rows = read_rows(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     for row in rows:
