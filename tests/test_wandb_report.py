@@ -12,8 +12,8 @@ import aggregate
 import report.wandb_log
 import report.wandb_report
 from metrics.keys import FRACTION_KEYS, METRIC_KEYS
-from tests.test_cli import HEAVY, imported_modules
-from utils import UserError, atomic_write_json
+from tests.test_cli import HEAVY
+from utils import EXIT_BAD_INPUT, UserError, atomic_write_json
 
 CLASSES = ["road", "wall", "truck"]  # the dataset's class names, as the results files record them
 
@@ -135,10 +135,11 @@ def test_csv_input_groups_are_the_variants(tmp_path, monkeypatch, no_login):
     assert (tmp_path / "o" / report.wandb_report.REPORT_FILE).is_file()
 
 
-def test_no_entity_and_no_login_is_one_line_before_any_work(tmp_path, no_login):
-    result, modules, errors = imported_modules("aggregate.py", "--from-csv", str(tmp_path / "x.csv"), "--out",
-                                               str(tmp_path / "o"), "--wandb-report")
-    assert result.returncode == 2 and len(errors) == 1
+def test_no_entity_and_no_login_is_one_line_before_any_work(tmp_path, no_login, python_imports):
+    result, modules = python_imports("aggregate.py", "--from-csv", str(tmp_path / "x.csv"), "--out",
+                                     str(tmp_path / "o"), "--wandb-report")
+    errors = result.stderr.splitlines()
+    assert result.returncode == EXIT_BAD_INPUT and len(errors) == 1
     assert errors[0].startswith("error: --wandb-report: no W&B entity") and "`wandb login`" in errors[0]
     assert not modules & {*HEAVY, "wandb", "wandb_workspaces", "matplotlib"}
     assert not (tmp_path / "o").exists()
