@@ -798,7 +798,7 @@ def test_sigterm_before_the_first_checkpoint_then_the_same_command_continues_the
 
     import wandb
 
-    import train
+    from engine import steps
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
@@ -812,15 +812,15 @@ def test_sigterm_before_the_first_checkpoint_then_the_same_command_continues_the
             os.kill(os.getpid(), signal.SIGTERM)
         return real_images(*args, **kwargs)
 
-    real_images, sigterm_at_micro_batch_2.calls = train.device_images, 0
-    monkeypatch.setattr(train, "device_images", sigterm_at_micro_batch_2)
+    real_images, sigterm_at_micro_batch_2.calls = steps.device_images, 0
+    monkeypatch.setattr(steps, "device_images", sigterm_at_micro_batch_2)
     out, flags = tmp_path / "run", ("--wandb", "--variant", "A", "--epochs", "1")
     handler_before = signal.getsignal(signal.SIGTERM)
     assert run_train(tiny_data, out, *flags) == 130
     run_id = (out / "wandb_run_id.txt").read_text().strip()
     assert preempting == [run_id] and not (out / "checkpoints").exists()
     assert signal.getsignal(signal.SIGTERM) is handler_before  # train.main put the handler back
-    monkeypatch.setattr(train, "device_images", real_images)
+    monkeypatch.setattr(steps, "device_images", real_images)
     assert run_train(tiny_data, out, *flags) == 0
     assert read_meta(out / "checkpoints" / "epoch_0001")["wandb_run_id"] == run_id
     offline_runs = sorted((out / "wandb").glob("offline-run-*"))  # -<id>, or -<id>-1 within the same second
