@@ -23,7 +23,6 @@ the per-term gradient logs of `train.py --log-grad-norms K`, grad_trajectories.p
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from utils import UserError, atomic_write_text, parse_args_first, run_main
