@@ -17,6 +17,7 @@ import pytest
 
 from engine.config import parse_args
 from engine.sweep_local import grid_runs, load_sweep, main as sweep_local_main
+from utils.fileio import EXIT_BAD_INPUT
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "slurm").glob("*.sbatch"))
@@ -60,7 +61,7 @@ def test_grid_task_5_prints_the_command_of_cell_5(capsys):
 
 def test_grid_outside_an_array_task_stops_with_one_line():
     result = sbatch("grid_array.sbatch", DRY_RUN="1")
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == EXIT_BAD_INPUT and result.stdout == ""
     assert result.stderr.splitlines() == ["error: slurm/grid_array.sbatch: not an array task (no "
                                           "SLURM_ARRAY_TASK_ID); submit it with sbatch, or set SLURM_ARRAY_TASK_ID=I "
                                           "with DRY_RUN=1"]
@@ -71,7 +72,7 @@ def test_wandb_agent_task_prints_one_agent_for_one_run():
                     SLURM_ARRAY_TASK_ID="3")
     assert (result.returncode, result.stdout) == (0, "wandb agent --count 1 team/boundary-seg/ab12cd34\n")
     missing = sbatch("wandb_agent_array.sbatch", DRY_RUN="1", SWEEP_ID="")
-    assert missing.returncode == 1 and missing.stderr.startswith(
+    assert missing.returncode == EXIT_BAD_INPUT and missing.stderr.startswith(
         "error: slurm/wandb_agent_array.sbatch: SWEEP_ID is not set; run wandb sweep sweep.yaml, then")
 
 
@@ -112,10 +113,10 @@ def test_multinode_main_node_from_scontrol_or_override(tmp_path):
     assert inner[inner.index("--main_process_ip") + 1: inner.index("--main_process_port") + 2] == [
         "10.0.0.5", "--main_process_port", "29600"]
     missing = sbatch("multinode.sbatch", DRY_RUN="1")
-    assert missing.returncode == 1 and missing.stderr.startswith("error: slurm/multinode.sbatch: not in a SLURM job")
+    assert missing.returncode == EXIT_BAD_INPUT and missing.stderr.startswith("error: slurm/multinode.sbatch: not in a SLURM job")
     scontrol.write_text("#!/bin/bash\n")  # answers nothing
     empty = sbatch("multinode.sbatch", SCONTROL=str(scontrol), **env)
-    assert empty.returncode == 1 and empty.stderr == ("error: slurm/multinode.sbatch: no first host in "
+    assert empty.returncode == EXIT_BAD_INPUT and empty.stderr == ("error: slurm/multinode.sbatch: no first host in "
                                                       "SLURM_JOB_NODELIST=host[A-B]; set MAIN_NODE=HOST\n")
 
 
