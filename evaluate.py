@@ -14,7 +14,7 @@ metrics as defined in `metrics/segmentation.py`, in the checkpoint config's metr
 resumable: a checkpoint whose results file is valid, for the same split, the same save of the checkpoint and
 the profile asked for, with its per-image file beside it, is skipped; a corrupt one is redone. A
 checkpoint that cannot be evaluated (corrupt weights, a config that does not match them) is reported at the
-end and makes the exit code 1, while the others are still evaluated.
+end and makes the exit code 3 (utils.fileio.EXIT_PARTIAL_FAILURE), while the others are still evaluated.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from contextlib import ExitStack, closing, nullcontext
 from pathlib import Path
 
 from metrics.keys import FRACTION_KEYS, PROFILES, SHORT_LABELS
-from utils.fileio import (RenamedFlag, UserError, atomic_write_bytes, parse_args_first, remove_temp_files, run_main,
+from utils.fileio import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, atomic_write_bytes, parse_args_first, remove_temp_files, run_main,
                           user_message)
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
@@ -486,7 +486,7 @@ def stop_workers(pool: ProcessPoolExecutor, grace_s: float = 5.0) -> None:
 
 
 def run_batch(args, console: Console) -> int:
-    """--all: evaluate what is pending, print a table, list the failures; exit code 1 if any failed."""
+    """--all: evaluate what is pending, print a table, list the failures (EXIT_PARTIAL_FAILURE if any)."""
     checkpoints = find_checkpoints(args.all)
     todo = [c for c in checkpoints if args.force or pending_reason(c, args.split, args.metrics_profile) is not None]
     console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
@@ -516,7 +516,7 @@ def run_batch(args, console: Console) -> int:
         console.print(f"[red]{len(failures)} checkpoint(s) could not be evaluated:[/red]")
         for ckpt, error in failures:
             console.print(f"  {ckpt}: {error}", soft_wrap=True)
-        return 1
+        return EXIT_PARTIAL_FAILURE
     return 0
 
 

@@ -11,12 +11,13 @@ a temp file, fsync'ed and renamed, so a crash never leaves a file that reads as 
 files that pass every check (header, shape, clip, length, CRC32) and redoes missing, partial or corrupt
 ones; temp files left by a killed run are deleted first (a second precompute on the same --out folder
 stops at once, naming the first one's PID: `utils.dirlock`).
-`--verify` writes nothing: it recomputes every map and compares it with the cache (exit status 1 on any
-difference or bad file). `--compress` stores zlib-compressed row deltas (lossless, ~75x smaller on real
+`--verify` writes nothing: it recomputes every map and compares it with the cache, and lists the frames that
+differ or whose file is bad. `--compress` stores zlib-compressed row deltas (lossless, ~75x smaller on real
 Cityscapes frames, ~17x on the synthetic demo, but decoded into memory instead of memory-mapped).
 
-Exit status: `utils.run_main`'s (2: bad input, one `error:` line naming the file and the fix); 1 when --verify
-found problems.
+Exit status: `utils.run_main`'s. 0: done (--verify: every file matches); 3 (EXIT_PARTIAL_FAILURE): --verify
+found frames that differ or a bad file (listed), the others match; 2: bad input, one `error:` line naming the
+file and the fix; 130: interrupted.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import time
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
-from utils import RenamedFlag, UserError, free_space, human_bytes, make_output_dir, parse_args_first, run_main
+from utils import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, free_space, human_bytes, make_output_dir,
+                   parse_args_first, run_main)
 
 
 def usable_cpus() -> int:
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"... and {len(problems) - MAX_PROBLEM_LINES} more")
         console.print(f"verified {len(tasks)} frames of '{args.split}' in {out}: {len(problems)} with problems "
                       f"({time.perf_counter() - start:.1f} s)", soft_wrap=True)
-        return 1 if problems else 0
+        return EXIT_PARTIAL_FAILURE if problems else 0
 
     # 2b) Write missing or invalid files, skip valid ones: one precompute per cache folder (out/.lock), so the
     # stale temp files removed here are never another live run's.

@@ -33,7 +33,7 @@ from metrics import SegmentationMetrics
 from metrics.consensus import cc_veto
 from metrics.keys import METRIC_KEYS, METRIC_LABELS
 from metrics.per_image import PER_IMAGE_SUFFIX, dataset_metrics, per_image_path, read_per_image, subset
-from utils.fileio import UserError, atomic_write_json
+from utils.fileio import EXIT_PARTIAL_FAILURE, UserError, atomic_write_json
 
 NUM_VAL = 3
 
@@ -194,7 +194,7 @@ def test_batch_mode_is_resumable_and_reports_failures(data_root, tmp_path, capsy
     incomplete = runs / "C_seed4" / "checkpoints" / "epoch_0001"
     incomplete.mkdir(parents=True)  # a folder without files, e.g. copied half-way
 
-    assert evaluate.main(["--all", str(runs)]) == 1
+    assert evaluate.main(["--all", str(runs)]) == EXIT_PARTIAL_FAILURE  # the others done, the failures listed
     out = capsys.readouterr().out
     assert all(read_results(results_path(c))["num_images"] == NUM_VAL for c in good)
     for bad, why in ((corrupt, "cannot read the weights"), (mismatched, "do not fit the model"),
@@ -209,7 +209,7 @@ def test_batch_mode_is_resumable_and_reports_failures(data_root, tmp_path, capsy
     meta = json.loads((good[1] / "meta.json").read_text())
     atomic_write_json(good[1] / "meta.json", {**meta, "saved_at": "2025-02-02T00:00:00"})
     shutil.rmtree(incomplete)
-    assert evaluate.main(["--all", str(runs)]) == 1  # the two broken checkpoints still fail
+    assert evaluate.main(["--all", str(runs)]) == EXIT_PARTIAL_FAILURE  # the two broken checkpoints still fail
     out = capsys.readouterr().out
     assert "5 checkpoints under" in out and "2 to evaluate" not in out and "4 to evaluate" in out
     after = _results_state(good)

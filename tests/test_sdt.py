@@ -27,7 +27,7 @@ from data_utils.sdt import (
     write_sdt_file,
 )
 from data_utils.synthetic import generate_dataset
-from utils import UserError
+from utils import EXIT_PARTIAL_FAILURE, UserError
 from utils.dirlock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -337,7 +337,7 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     wrong[0, 0, 0] = -wrong[0, 0, 0] if wrong[0, 0, 0] else 1
     write_sdt_file(corrupt, wrong)
     capsys.readouterr()
-    assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == 1
+    assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == EXIT_PARTIAL_FAILURE  # 2 differ, 2 match
     err = capsys.readouterr().err
     assert "checksum mismatch" in err and "1 of" in err and "2 with problems" in err
 
