@@ -30,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from contextlib import ExitStack, closing, nullcontext
 from pathlib import Path
 
+from engine.config import add_data_source_flags
 from metrics.keys import FRACTION_KEYS, PROFILES, SHORT_LABELS
 from utils.fileio import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, atomic_write_bytes, parse_args_first, remove_temp_files, run_main,
                           user_message)
@@ -43,10 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoint", nargs="?", type=Path, help="a checkpoint folder (RUN/checkpoints/epoch_XXXX)")
     parser.add_argument("--all", type=Path, metavar="RUNS_DIR",
                         help="evaluate every RUNS_DIR/**/checkpoints/epoch_XXXX that has no valid results file")
-    parser.add_argument("--data-root", default=None,
-                        help="Cityscapes root (default: the checkpoint config's data_root, else $CITYSCAPES_DATASET)")
-    parser.add_argument("--hf-dataset", default=None,
-                        help="the HF dataset (default: the checkpoint config's hf_dataset), e.g. after moving it")
     parser.add_argument("--split", default=None,
                         help="split to evaluate (default: the config's val_split; test: predictions only)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -63,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="estimators of Boundary F1 and Trimap IoU (docs/metrics.md; default: the checkpoint "
                              "config's metrics_profile)")
     parser.add_argument("--force", action="store_true", help="--all: re-evaluate checkpoints with valid results too")
+    add_data_source_flags(parser, ("data_root", "hf_dataset"), from_checkpoint=True)  # e.g. after moving the data
     consensus = parser.add_argument_group("consensus filter (metrics.consensus.cc_veto; docs/report.md)")
     consensus.add_argument("--consensus", type=Path, metavar="PRIMARY_CKPT",
                            help="evaluate PRIMARY_CKPT vetoed by --veto: primary, veto and fused maps")

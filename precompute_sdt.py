@@ -28,6 +28,7 @@ import time
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
+from engine.config import add_data_source_flags
 from utils import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, free_space, human_bytes, make_output_dir,
                    parse_args_first, run_main)
 
@@ -38,12 +39,6 @@ def usable_cpus() -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", default="", help="Cityscapes root (default: $CITYSCAPES_DATASET)")
-    parser.add_argument("--hf-dataset", default="", help="an HF dataset instead (as train.py --hf-dataset)")
-    parser.add_argument("--image-column", default="image", help="--hf-dataset: the image column")
-    parser.add_argument("--label-column", default="label", help="--hf-dataset: the label column")
-    parser.add_argument("--reduce-labels", action="store_true", help="--hf-dataset: 0 = unlabelled, others - 1")
-    parser.add_argument("--classes", default="", help="classes file (as train.py --classes); default: the dataset's")
     parser.add_argument("--split", default="train", help="split to process (train, val, ...)")
     parser.add_argument("--out", required=True, help="cache folder (one <city>/<name>.sdt per frame)")
     parser.add_argument("--jobs", type=int, default=usable_cpus(),
@@ -55,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verify", action="store_true",
                         help="write nothing; recompute every map and compare it with the cache")
     parser.add_argument("--overwrite", action="store_true", help="recompute every file, even valid ones")
+    add_data_source_flags(parser)
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
