@@ -385,3 +385,30 @@ def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
         precompute_sdt.main(["--data-root", str(bad_root), "--split", "train", "--out", str(tmp_path / "c2"),
                              "--jobs", "1"])
     assert not list((tmp_path / "c2").rglob("*.sdt"))
+
+
+@pytest.mark.parametrize("crop", [None, (32, 48)], ids=["native", "crop"])
+def test_sdt_sources_agree_on_native_frames_and_differ_under_a_crop(demo_root, tmp_path, crop):
+    """docs/sdt.md: the maps of --sdt-source cpu (workers), cache (precompute_sdt.py's files) and gpu (the
+    device batch's labels, as engine.steps.device_batch computes them) are equal on native frames (flipped or
+    not); under a crop, cpu and cache crop the whole frame's map, gpu maps the cropped label: they differ."""
+    from data_utils.cityscapes import load_split
+    from data_utils.dataset import SegmentationDataset
+
+    cache = tmp_path / "cache"
+    assert precompute_sdt.main(["--data-root", str(demo_root), "--split", "train", "--out", str(cache),
+                                "--jobs", "1"]) == 0
+    records = load_split(demo_root, "train")
+    common = {"hflip": True, "seed": 5, "image_dtype": "uint8", "crop_size": crop}
+    cpu = SegmentationDataset(records, sdt_source="cpu", **common)
+    cached = SegmentationDataset(records, sdt_source="cache", sdt_cache_dir=cache, **common)
+    gpu = SegmentationDataset(records, sdt_source="none", **common)  # labels only: the SDT is made on the device
+    differ = []
+    for i in range(len(cpu)):
+        worker_sdt = cpu[i]["sdt"]
+        assert torch.equal(cached[i]["sdt"], worker_sdt)
+        label = gpu[i]["label"]
+        assert torch.equal(label, cpu[i]["label"])  # the same flip and window
+        device_sdt = compute_sdt_torch(label[None].long(), cpu.num_classes, validate=False)[0]
+        differ.append(not torch.equal(device_sdt, worker_sdt))
+    assert any(differ) if crop else not any(differ), differ
