@@ -44,6 +44,14 @@ FEATURES = datasets.Features(
 )
 
 
+def frame_city(name: str) -> str | None:
+    """The city of a frame named `<city>_<sequence>_<frame>` ("frankfurt_000000_000294" -> "frankfurt": the part
+    before the last two "_" fields), the folder its files sit in; None for a name without those two fields (an
+    HF dataset's `<split>_<row>`), whose files go straight into the folder above."""
+    parts = name.rsplit("_", 2)
+    return parts[0] if len(parts) == 3 else None
+
+
 def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
     """The dataset root: the argument if given, else `$CITYSCAPES_DATASET`, else a `UserError`.
 

@@ -1,5 +1,5 @@
-"""Where the data pipeline's optional work runs: the names TrainConfig's choices, the Dataset and bench/ share
-(no torch here, so engine.config can import them)."""
+"""Names of the data pipeline that light importers share: TrainConfig's choices, the Dataset, bench/ and the entry
+scripts' parsers (no torch here, so engine.config and `--help` can import them)."""
 from __future__ import annotations
 
 # Signed distance maps for a loss that needs them: "cpu" computes them in the loader workers, "cache" reads
@@ -8,3 +8,5 @@ WORKER_SDT_SOURCES = ("cpu", "cache")
 SDT_SOURCES = ("gpu", *WORKER_SDT_SOURCES)
 # The photometric jitter + blur: on the device batch, per sample in the loader workers, or nowhere.
 AUGMENT_PLACES = ("gpu", "cpu", "none")
+# Splits without real labels (Cityscapes ships placeholders for test): evaluated into predictions, no metrics.
+UNLABELLED_SPLITS = ("test",)

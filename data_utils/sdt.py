@@ -497,13 +497,13 @@ class SdtFileInfo:
 
 
 def sdt_cache_path(cache_dir: str | os.PathLike, name: str) -> Path:
-    """`<cache_dir>/<city>/<name>.sdt` for a frame name such as "frankfurt_000000_000294" (city = the part
-    before the last two "_" fields; names without them go straight into `cache_dir`)."""
+    """`<cache_dir>/<city>/<name>.sdt` for a frame name such as "frankfurt_000000_000294" (the city:
+    `data_utils.cityscapes.frame_city`; a name without one goes straight into `cache_dir`)."""
+    from data_utils.cityscapes import frame_city  # lazy: that module loads HF datasets, the SDT maths need not
+
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"frame name must be a plain file stem, got {name!r}")
-    parts = name.rsplit("_", 2)
-    folder = Path(cache_dir) / parts[0] if len(parts) == 3 else Path(cache_dir)
-    return folder / f"{name}{SDT_SUFFIX}"
+    return Path(cache_dir) / (frame_city(name) or "") / f"{name}{SDT_SUFFIX}"
 
 
 def _encode_rows(sdt_int8: np.ndarray) -> bytes:

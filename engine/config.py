@@ -179,7 +179,9 @@ class TrainConfig:
         return Path(demo if self.demo_data else "runs") / self.run_name
 
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = get_type_hints(TrainConfig)
+_DEFAULTS = {name: f.default for name, f in _FIELDS.items()}
 _TUPLE_FIELDS = {name for name, value in _DEFAULTS.items() if isinstance(value, tuple)}
 
 # The demo preset: only the deltas from the paper's recipe, each with its reason. It trains on the embedded
@@ -242,23 +244,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="require resuming from the run dir's latest complete checkpoint (without it, a run "
                              "dir holding one is resumed automatically)")
-    hints = get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        kind, help_text, choices = hints[f.name], f.metadata["help"], f.metadata["choices"]
-        if f.default not in ("", ()):
-            shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
-            help_text += f" (default: {shown})"
-        if kind is bool:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
-        elif kind == tuple[float, float]:
-            parser.add_argument(_flag(f.name), type=float, nargs=2, metavar=("B1", "B2"), help=help_text)
-        elif kind == tuple[int, int]:
-            parser.add_argument(_flag(f.name), type=int, nargs=2, metavar=("H", "W"), help=help_text)
-        elif kind == tuple[str, ...]:
-            parser.add_argument(_flag(f.name), nargs="+", metavar="NAME", help=help_text)
-        else:
-            parser.add_argument(_flag(f.name), type=kind, choices=choices, help=help_text)
+        _add_field_flag(parser, f.name)
     return parser
+
+
+# The fields that say where a split's frames and classes come from (data_utils.source.DataSource's).
+DATA_SOURCE_FIELDS = ("data_root", "hf_dataset", "image_column", "label_column", "reduce_labels", "classes")
+
+
+def add_data_source_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] = DATA_SOURCE_FIELDS,
+                          from_checkpoint: bool = False) -> None:
+    """Add train.py's flags of the DATA_SOURCE_FIELDS `names`, as one "data source" group, to another script's
+    parser (precompute_sdt.py, evaluate.py): one declaration, the field's, for the flag, its type and its help.
+
+    Defaults are TrainConfig's, or None with `from_checkpoint` (evaluate.py: None = the checkpoint config's).
+    """
+    group = parser.add_argument_group("data source (as train.py's flags)")
+    for name in names:
+        if name not in DATA_SOURCE_FIELDS:
+            raise ValueError(f"{name!r} is not a data source field: use some of {', '.join(DATA_SOURCE_FIELDS)}")
+        if from_checkpoint:
+            _add_field_flag(group, name, default=None, default_text="the checkpoint config's")
+        else:
+            _add_field_flag(group, name, default=_DEFAULTS[name])
+
+
+def _add_field_flag(parser, name: str, default=argparse.SUPPRESS, default_text: str | None = None) -> None:
+    """The flag of TrainConfig field `name`: `--kebab-case`, its type, choices and help from the field. The help
+    ends with "(default: ...)": `default_text`, else the field's default (none shown for '' and ())."""
+    f = _FIELDS[name]
+    kind, help_text, choices = _HINTS[name], f.metadata["help"], f.metadata["choices"]
+    if default_text is None and f.default not in ("", ()):
+        default_text = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    if default_text is not None:
+        help_text += f" (default: {default_text})"
+    if kind is bool:
+        parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+    elif kind == tuple[float, float]:
+        parser.add_argument(_flag(name), type=float, nargs=2, metavar=("B1", "B2"), default=default, help=help_text)
+    elif kind == tuple[int, int]:
+        parser.add_argument(_flag(name), type=int, nargs=2, metavar=("H", "W"), default=default, help=help_text)
+    elif kind == tuple[str, ...]:
+        parser.add_argument(_flag(name), nargs="+", metavar="NAME", default=default, help=help_text)
+    else:
+        parser.add_argument(_flag(name), type=kind, choices=choices, default=default, help=help_text)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:

@@ -135,6 +135,28 @@ def test_data_root_from_environment(demo_root, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ bad input
+def test_the_city_of_a_frame_name_places_cache_files_and_predictions_alike(tmp_path):
+    """One rule (data_utils.cityscapes.frame_city) for the SDT cache's and the test-server predictions' folders."""
+    from data_utils.cityscapes import frame_city
+    from data_utils.labels import CITYSCAPES
+    from data_utils.sdt import sdt_cache_path
+    from engine.predictions import PredictionWriter
+
+    cases = {"frankfurt_000000_000294": "frankfurt", "bad_honnef_000001_000019": "bad_honnef",
+             "validation_000003": None, "frame": None}
+    assert {name: frame_city(name) for name in cases} == cases
+    writer = PredictionWriter(tmp_path / "preds", CITYSCAPES, threads=1)
+    writer(list(cases), torch.zeros(len(cases), 3, 2, 4, dtype=torch.uint8), torch.zeros(len(cases), 2, 4,
+                                                                                          dtype=torch.uint8))
+    assert writer.close() == len(cases)
+    for name, city in cases.items():
+        folder = tmp_path / "cache" / city if city else tmp_path / "cache"
+        assert sdt_cache_path(tmp_path / "cache", name) == folder / f"{name}.sdt"
+        png = tmp_path / "preds" / "labelIds" / (city or "") / f"{name}_labelIds.png"
+        assert np.array(Image.open(png)).tolist() == [[7] * 4] * 2  # train id 0 (road) as label id 7
+        assert (tmp_path / "preds" / "overlay" / (city or "") / f"{name}_overlay.jpg").is_file()
+
+
 def test_missing_root_errors_name_the_path(tmp_path, monkeypatch):
     monkeypatch.delenv("CITYSCAPES_DATASET", raising=False)
     with pytest.raises(UserError, match="CITYSCAPES_DATASET"):

@@ -24,16 +24,17 @@ import aggregate
 import evaluate
 from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, KNOWN_ID, NUM_CLASSES, label_ids_to_train_ids
 from data_utils.synthetic import generate_dataset
+from engine.batch_eval import pending_reason
 from engine.checkpoint import WEIGHTS_NAME
 from engine.config import DEMO_PRESET, TrainConfig, save_config
-from engine.results import read_results, results_path, write_results
+from engine.results import batch_table, checkpoint_table, read_results, results_path, write_results
 from engine.results_format import consensus_path
 from engine.setup import build_model_from_config
 from metrics import SegmentationMetrics
 from metrics.consensus import cc_veto
 from metrics.keys import METRIC_KEYS, METRIC_LABELS
 from metrics.per_image import PER_IMAGE_SUFFIX, dataset_metrics, per_image_path, read_per_image, subset
-from utils.fileio import UserError, atomic_write_json
+from utils.fileio import EXIT_PARTIAL_FAILURE, UserError, atomic_write_json
 
 NUM_VAL = 3
 
@@ -194,7 +195,7 @@ def test_batch_mode_is_resumable_and_reports_failures(data_root, tmp_path, capsy
     incomplete = runs / "C_seed4" / "checkpoints" / "epoch_0001"
     incomplete.mkdir(parents=True)  # a folder without files, e.g. copied half-way
 
-    assert evaluate.main(["--all", str(runs)]) == 1
+    assert evaluate.main(["--all", str(runs)]) == EXIT_PARTIAL_FAILURE  # the others done, the failures listed
     out = capsys.readouterr().out
     assert all(read_results(results_path(c))["num_images"] == NUM_VAL for c in good)
     for bad, why in ((corrupt, "cannot read the weights"), (mismatched, "do not fit the model"),
@@ -209,7 +210,7 @@ def test_batch_mode_is_resumable_and_reports_failures(data_root, tmp_path, capsy
     meta = json.loads((good[1] / "meta.json").read_text())
     atomic_write_json(good[1] / "meta.json", {**meta, "saved_at": "2025-02-02T00:00:00"})
     shutil.rmtree(incomplete)
-    assert evaluate.main(["--all", str(runs)]) == 1  # the two broken checkpoints still fail
+    assert evaluate.main(["--all", str(runs)]) == EXIT_PARTIAL_FAILURE  # the two broken checkpoints still fail
     out = capsys.readouterr().out
     assert "5 checkpoints under" in out and "2 to evaluate" not in out and "4 to evaluate" in out
     after = _results_state(good)
@@ -228,14 +229,14 @@ def test_batch_mode_redoes_results_without_per_image_file_or_of_another_profile(
     ckpts = [make_checkpoint(runs / "A_seed1", e, tiny_config(data_root), weights_seed=e) for e in (1, 2)]
     assert evaluate.main(["--all", str(runs)]) == 0
     per_image_path(ckpts[0]).unlink()  # e.g. results written before per-image files existed
-    assert evaluate.pending_reason(ckpts[0], "val") == "no per-image statistics beside the results"
+    assert pending_reason(ckpts[0], "val") == "no per-image statistics beside the results"
     per_image_path(ckpts[1]).write_bytes(b"PK\x03\x04 cut short")
-    assert evaluate.pending_reason(ckpts[1], "val") == "corrupt per-image statistics, redoing"
+    assert pending_reason(ckpts[1], "val") == "corrupt per-image statistics, redoing"
     capsys.readouterr()
     assert evaluate.main(["--all", str(runs)]) == 0
     assert "2 to evaluate" in capsys.readouterr().out
     assert all(read_per_image(per_image_path(c))["names"].shape == (NUM_VAL,) for c in ckpts)
-    assert evaluate.pending_reason(ckpts[0], "val", "study") == "results are for metrics profile 'default'"
+    assert pending_reason(ckpts[0], "val", "study") == "results are for metrics profile 'default'"
     assert evaluate.main(["--all", str(runs), "--metrics-profile", "study"]) == 0
     assert {read_results(results_path(c))["metrics_profile"] for c in ckpts} == {"study"}
 
@@ -328,7 +329,7 @@ def test_results_round_trip_nan_and_validation(tmp_path):
         for reader in (read_results, read_results_file):  # evaluate.py and aggregate.py refuse it alike
             with pytest.raises(UserError, match=str(path)):
                 reader(path)
-        assert evaluate.pending_reason(path.parent / "epoch_0160", "val") == "corrupt results file, redoing"
+        assert pending_reason(path.parent / "epoch_0160", "val") == "corrupt results file, redoing"
 
 
 def render(table) -> list[list[str]]:
@@ -363,7 +364,7 @@ def test_metrics_table_rows_and_missing_values():
               "seconds": 41.25, "miou": 0.8, "boundary_f1": 0.7, "trimap_iou": 0.6, "boundary_iou": 0.5,
               "fragments_per_image": 99.0, "metrics_profile": "study",
               "iou": {name: 0.5 for name in CLASS_NAMES} | {"train": float("nan")}}
-    table = evaluate.checkpoint_table(record)
+    table = checkpoint_table(record)
     assert table.title == "C_seed42/epoch_0160 on val"
     assert table.caption == "500 images, 41.2 s, metrics profile study"
     rows = render(table)
@@ -373,9 +374,10 @@ def test_metrics_table_rows_and_missing_values():
 
 def test_checkpoint_folder_names():
     """evaluate.py --all and the checkpoint module recognise checkpoint folders by one pattern."""
+    from engine import batch_eval
     from engine.checkpoint import CHECKPOINT_NAME
 
-    assert evaluate.CHECKPOINT_NAME is CHECKPOINT_NAME
+    assert batch_eval.CHECKPOINT_NAME is CHECKPOINT_NAME
     assert [bool(CHECKPOINT_NAME.match(n)) for n in ("epoch_0010", "epoch_12345", "epoch_010", ".tmp_epoch_0010",
                                                      "epoch_0010.results.json")] == [True, True, False, False, False]
 
@@ -390,7 +392,7 @@ def test_batch_table_shows_the_whole_run_name_at_80_columns(tmp_path):
                 "epoch": 160, "miou": 0.8, "boundary_f1": 0.7, "trimap_iou": 0.6, "boundary_iou": 0.5,
                 "seconds": 41.2} for name in names]
     console = Console(width=80, record=True, file=open(os.devnull, "w"))
-    console.print(evaluate.batch_table(records, runs))
+    console.print(batch_table(records, runs))
     text = console.export_text()
     assert "…" not in text
     lines = [line for line in text.splitlines() if "│" in line]

@@ -27,7 +27,7 @@ from data_utils.sdt import (
     write_sdt_file,
 )
 from data_utils.synthetic import generate_dataset
-from utils import UserError
+from utils import EXIT_PARTIAL_FAILURE, UserError
 from utils.dirlock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -337,7 +337,7 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     wrong[0, 0, 0] = -wrong[0, 0, 0] if wrong[0, 0, 0] else 1
     write_sdt_file(corrupt, wrong)
     capsys.readouterr()
-    assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == 1
+    assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == EXIT_PARTIAL_FAILURE  # 2 differ, 2 match
     err = capsys.readouterr().err
     assert "checksum mismatch" in err and "1 of" in err and "2 with problems" in err
 
@@ -385,3 +385,30 @@ def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
         precompute_sdt.main(["--data-root", str(bad_root), "--split", "train", "--out", str(tmp_path / "c2"),
                              "--jobs", "1"])
     assert not list((tmp_path / "c2").rglob("*.sdt"))
+
+
+@pytest.mark.parametrize("crop", [None, (32, 48)], ids=["native", "crop"])
+def test_sdt_sources_agree_on_native_frames_and_differ_under_a_crop(demo_root, tmp_path, crop):
+    """docs/sdt.md: the maps of --sdt-source cpu (workers), cache (precompute_sdt.py's files) and gpu (the
+    device batch's labels, as engine.steps.device_batch computes them) are equal on native frames (flipped or
+    not); under a crop, cpu and cache crop the whole frame's map, gpu maps the cropped label: they differ."""
+    from data_utils.cityscapes import load_split
+    from data_utils.dataset import SegmentationDataset
+
+    cache = tmp_path / "cache"
+    assert precompute_sdt.main(["--data-root", str(demo_root), "--split", "train", "--out", str(cache),
+                                "--jobs", "1"]) == 0
+    records = load_split(demo_root, "train")
+    common = {"hflip": True, "seed": 5, "image_dtype": "uint8", "crop_size": crop}
+    cpu = SegmentationDataset(records, sdt_source="cpu", **common)
+    cached = SegmentationDataset(records, sdt_source="cache", sdt_cache_dir=cache, **common)
+    gpu = SegmentationDataset(records, sdt_source="none", **common)  # labels only: the SDT is made on the device
+    differ = []
+    for i in range(len(cpu)):
+        worker_sdt = cpu[i]["sdt"]
+        assert torch.equal(cached[i]["sdt"], worker_sdt)
+        label = gpu[i]["label"]
+        assert torch.equal(label, cpu[i]["label"])  # the same flip and window
+        device_sdt = compute_sdt_torch(label[None].long(), cpu.num_classes, validate=False)[0]
+        differ.append(not torch.equal(device_sdt, worker_sdt))
+    assert any(differ) if crop else not any(differ), differ
