@@ -38,10 +38,10 @@ from PIL import Image
 from data_utils.augment import BatchAugment, normalize
 from data_utils.classes import IGNORE_INDEX, ClassTable
 from data_utils.labels import CITYSCAPES
-from data_utils.options import WORKER_SDT_SOURCES
+from data_utils.options import DATASET_SDT_SOURCES
 from utils import UserError
+from utils.conventions import SDT_CLIP
 
-SDT_SOURCES = ("none", *WORKER_SDT_SOURCES)  # what this Dataset does: nothing, or a worker-side source
 IMAGE_DTYPES = ("float", "uint8")
 
 
@@ -249,11 +249,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __init__(self, records, *, hflip: bool = False, seed: int = 0, image_dtype: str = "float",
                  sdt_source: str = "none", sdt_cache_dir: str | Path | None = None,
-                 augment: BatchAugment | None = None, crop_size: tuple[int, int] | None = None, sdt_clip: int = 127):
+                 augment: BatchAugment | None = None, crop_size: tuple[int, int] | None = None, sdt_clip: int = SDT_CLIP):
         if image_dtype not in IMAGE_DTYPES:
             raise ValueError(f"image_dtype must be one of {IMAGE_DTYPES}, got {image_dtype!r}")
-        if sdt_source not in SDT_SOURCES:
-            raise ValueError(f"sdt_source must be one of {SDT_SOURCES}, got {sdt_source!r}")
+        if sdt_source not in DATASET_SDT_SOURCES:
+            raise ValueError(f"sdt_source must be one of {DATASET_SDT_SOURCES}, got {sdt_source!r}")
         if sdt_source == "cache" and sdt_cache_dir is None:
             raise ValueError("sdt_source='cache' needs sdt_cache_dir (the folder written by precompute_sdt.py)")
         if augment is not None and image_dtype != "float":

@@ -51,18 +51,19 @@ import edt
 import numpy as np
 import torch
 
-from data_utils.labels import IGNORE_INDEX, NUM_CLASSES
+from data_utils.labels import NUM_CLASSES
 from utils import UserError, atomic_write_bytes
+from utils.conventions import IGNORE_INDEX, SDT_CLIP
 
-SDT_CLIP = 127  # int8 range; distances >= 127.5 px are stored as 127
+INT8_MAX = int(np.iinfo(np.int8).max)  # the largest clip int8 storage holds
 
 # --------------------------------------------------------------------------------------------------------
 # Shared checks and rounding
 
 
 def _check_clip(clip: int) -> int:
-    if isinstance(clip, bool) or not isinstance(clip, (int, np.integer)) or not 1 <= clip <= 127:
-        raise ValueError(f"clip must be an integer in 1..127 (int8 storage), got {clip!r}")
+    if isinstance(clip, bool) or not isinstance(clip, (int, np.integer)) or not 1 <= clip <= INT8_MAX:
+        raise ValueError(f"clip must be an integer in 1..{INT8_MAX} (int8 storage), got {clip!r}")
     return int(clip)
 
 

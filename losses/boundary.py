@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from losses.functional import SDT_SCALE
+from utils.conventions import SDT_CLIP
 
 
 def boundary_loss(probs: torch.Tensor, sdt: torch.Tensor) -> torch.Tensor:
@@ -25,5 +25,5 @@ def boundary_loss(probs: torch.Tensor, sdt: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"sdt has shape {tuple(sdt.shape)} but the logits have {tuple(probs.shape)}")
     total = (probs * sdt).sum()  # int8 promotes to probs' float dtype inside the multiply
     if not sdt.is_floating_point():
-        total = total / SDT_SCALE
+        total = total / SDT_CLIP
     return total / probs.numel()

@@ -14,6 +14,7 @@ from losses.functional import log_probs_float
 from losses.fused import FUSED_TERMS, fused_loss_terms
 from losses.registry import TERMS, needs_sdt, recipe_label, term_params
 from losses.variants import AUX_LOSS_KINDS, resolve_loss
+from utils.conventions import IGNORE_INDEX
 from utils.fileio import UserError
 
 
@@ -34,7 +35,7 @@ class SegmentationLoss:
             function through autograd (same values).
     """
 
-    def __init__(self, name: str, weights: dict[str, float], ignore_index: int = 255, fused: bool = True,
+    def __init__(self, name: str, weights: dict[str, float], ignore_index: int = IGNORE_INDEX, fused: bool = True,
                  params: dict[str, dict[str, float]] | None = None):
         self.name = name
         self.terms = tuple(weights)
@@ -93,7 +94,7 @@ def build_loss(
     loss: str | dict = "C",
     lambda_dice: float | None = None,
     lambda_boundary: float | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     *,
     fused: bool = True,
     params: dict[str, dict[str, float]] | None = None,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 
+from utils.conventions import IGNORE_INDEX
+
 THIN_CLASSES = (4, 5, 6, 7)  # Cityscapes fence, pole, traffic light, traffic sign: a veto would erase them
 
 
@@ -54,7 +56,7 @@ def count_fragments(label_map: np.ndarray, num_classes: int = 19) -> int:
 
 
 def cc_veto(primary: np.ndarray, veto: np.ndarray, num_classes: int = 19, protect=THIN_CLASSES,
-            max_drop_size: int | None = None, reassign: str = "veto", ignore_index: int = 255) -> np.ndarray:
+            max_drop_size: int | None = None, reassign: str = "veto", ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """The consensus filter "primary vetoed by veto": drop the primary's components the veto does not support.
 
     For each class c not in `protect`, every 8-connected component of `primary == c` without a single pixel

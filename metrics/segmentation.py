@@ -74,6 +74,7 @@ from metrics.consensus import count_fragments
 from metrics.keys import PROFILES
 from metrics.per_image import (boundary_f1_scores, dataset_metrics, study_boundary_f1_scores,
                                study_trimap_iou_scores)
+from utils.conventions import IGNORE_INDEX
 
 # Keys of the per-image stats (all with leading dim N, integer counts):
 #   confusion         (N, C, C+1): rows = target class over valid pixels, columns = predicted class; the last
@@ -339,7 +340,7 @@ PARTS = ("default", "study", "boundary_iou")  # what segmentation_image_stats co
 
 @torch.no_grad()
 def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 19,
-                             ignore_index: int = 255, boundary_px: int = 3,
+                             ignore_index: int = IGNORE_INDEX, boundary_px: int = 3,
                              parts=PARTS) -> dict[str, torch.Tensor]:
     """Per-image counts behind every metric but fragments (DEVICE_STAT_KEYS), computed on the inputs' device.
 
@@ -447,7 +448,7 @@ class SegmentationMetrics:
     device of the stats added; nothing syncs with the host until `compute()` / `per_image()`.
     """
 
-    def __init__(self, num_classes: int = 19, ignore_index: int = 255, boundary_px: int = 3,
+    def __init__(self, num_classes: int = 19, ignore_index: int = IGNORE_INDEX, boundary_px: int = 3,
                  profile: str = "default", class_names: Sequence[str] | None = None):
         _check_num_classes(num_classes)
         if boundary_px < 0:
