@@ -30,6 +30,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from contextlib import ExitStack, closing, nullcontext
 from pathlib import Path
 
+from data_utils.labels import THIN_CLASSES
+from metrics.consensus import REASSIGN_MODES
 from metrics.keys import FRACTION_KEYS, PROFILES, SHORT_LABELS
 from utils.fileio import (RenamedFlag, UserError, atomic_write_bytes, parse_args_first, remove_temp_files, run_main,
                           user_message)
@@ -72,9 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     consensus.add_argument("--max-drop-size", type=int, default=None, metavar="N",
                            help="drop only unsupported components of at most N pixels (default: any size)")
     consensus.add_argument("--protect", default=None, metavar="NAMES",
-                           help="comma-separated class names never dropped (default: fence, pole, traffic light, "
-                                "traffic sign, those of them the class table has)")
-    consensus.add_argument("--reassign", choices=("veto", "ignore"), default="veto",
+                           help=f"comma-separated class names never dropped (default: {', '.join(THIN_CLASSES)}, "
+                                "those of them the class table has)")
+    consensus.add_argument("--reassign", choices=REASSIGN_MODES, default="veto",
                            help="dropped pixels take the veto's labels or the ignore index")
     args = parser.parse_args(argv)
     if args.consensus is not None or args.consensus_pairs is not None:

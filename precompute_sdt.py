@@ -66,7 +66,9 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
+from data_utils.sdt import compute_sdt
+from data_utils.sdt_cache import inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
+from utils.conventions import SDT_CLIP
 from data_utils.source import DataSource
 from utils.dirlock import folder_lock
 

@@ -2,7 +2,7 @@
 split: both models run on each batch of one loader, the fused maps are made on the host, and the primary, veto
 and fused maps go through the same SegmentationMetrics path as `engine.evaluation.evaluate_model`.
 
-    results = evaluate_consensus(primary, veto, loader, accelerator, protect=(4, 5, 6, 7))
+    results = evaluate_consensus(primary, veto, loader, accelerator, protect=protect_indices(classes, None, ckpt))
     results["fused"]["miou"], results["fused"]["fragments_per_image"], results["primary"]["miou"]
 
 evaluate.py --consensus / --consensus-pairs writes `engine.results_format.consensus_path(primary, veto run)`:
@@ -16,22 +16,21 @@ from accelerate.utils import gather_object
 from rich.progress import Progress
 
 from data_utils.classes import ClassTable
+from data_utils.labels import THIN_CLASSES
 from engine.evaluation import BAR_COLUMNS, _live, predict
 from metrics.consensus import cc_veto
 from metrics.keys import METRIC_KEYS
 from metrics.segmentation import SegmentationMetrics, fragment_counts
 from utils.fileio import UserError
 
-DEFAULT_PROTECT = ("fence", "pole", "traffic light", "traffic sign")  # thin classes a veto would erase
 MAPS = ("primary", "veto", "fused")
-REASSIGN = ("veto", "ignore")
 
 
 def protect_indices(classes: ClassTable, names: list[str] | None, where: str) -> tuple[int, ...]:
-    """Class names -> train ids of `classes`; None: those of DEFAULT_PROTECT the table has (none for a table
-    without them). An unknown name is a UserError naming `where` (the checkpoint)."""
+    """Class names -> train ids of `classes`; None: those of Cityscapes' THIN_CLASSES the table has (none for
+    a table without them). An unknown name is a UserError naming `where` (the checkpoint)."""
     if names is None:
-        return tuple(i for i, name in enumerate(classes.names) if name in DEFAULT_PROTECT)
+        return tuple(i for i, name in enumerate(classes.names) if name in THIN_CLASSES)
     unknown = [n for n in names if n not in classes.names]
     if unknown:
         raise UserError(f"{where}: --protect names {', '.join(map(repr, unknown))}, not classes of its table; "

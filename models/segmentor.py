@@ -101,7 +101,7 @@ class UPerNetSegmentor(nn.Module):
     `torch.autocast("cuda", torch.bfloat16)`): the forward has no dtype- or layout-specific code.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int = 19, aux_head: bool = True,
+    def __init__(self, backbone: nn.Module, num_classes: int, aux_head: bool = True,
                  head_channels: int = 512):
         super().__init__()
         in_channels = list(backbone.feature_info.channels())
