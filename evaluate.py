@@ -115,7 +115,7 @@ import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, resolve_data_root
@@ -130,6 +130,7 @@ from engine.results_format import consensus_path
 from metrics.per_image import PER_IMAGE_SUFFIX
 from engine.setup import build_dataloader, build_model_from_config, class_table
 from metrics.per_image import per_image_path, read_per_image
+from utils.console import pct, progress_columns
 from utils.dirlock import folder_lock
 
 
@@ -337,7 +338,7 @@ def consensus_table(records: list[dict]) -> Table:
     for r in records:
         c = r["consensus"]
         table.add_row(*(f"{Path(c[k]).parent.parent.name}/{Path(c[k]).name}" for k in ("primary", "veto")),
-                      _pct(c["primary_metrics"]["miou"]), _pct(r["miou"]),
+                      pct(c["primary_metrics"]["miou"]), pct(r["miou"]),
                       f"{c['primary_metrics']['fragments_per_image']:.1f}", f"{r['fragments_per_image']:.1f}")
     return table
 
@@ -496,13 +497,11 @@ def run_batch(args, console: Console) -> int:
                   "job(s)",
                   soft_wrap=True)
     done, failures = [], []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
     with ExitStack() as stack:
         # One evaluator per run: each RUN/checkpoints folder it writes results into is locked until it ends.
         for folder in sorted({ckpt.parent for ckpt in todo}):
             stack.enter_context(folder_lock(folder, "evaluate.py", "wait for it to finish or stop it"))
-        bar = stack.enter_context(Progress(*columns, console=console))
+        bar = stack.enter_context(Progress(*progress_columns(), console=console))
         results = stack.enter_context(closing(evaluate_all(todo, args)))  # closed on Ctrl-C: workers stop
         task = bar.add_task("checkpoints", total=len(todo))
         for ckpt, record, error in results:
@@ -523,10 +522,6 @@ def run_batch(args, console: Console) -> int:
 
 
 # --------------------------------------------------------------------------------------------- reports
-def _pct(value: float) -> str:
-    return "n/a" if value != value else f"{100 * value:.2f}"  # NaN: nothing to average
-
-
 def checkpoint_table(record: dict) -> Table:
     """One checkpoint's results record (write_results) as `engine.results.metrics_table`."""
     ckpt = Path(record["checkpoint"])
@@ -545,7 +540,7 @@ def batch_table(records: list[dict], runs_dir: Path) -> Table:
         table.add_column(column, justify="right", no_wrap=True)
     for r in records:
         run = os.path.relpath(Path(r["checkpoint"]).parent.parent, runs_dir)  # RUN/checkpoints/epoch_XXXX
-        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), *(_pct(r[k]) for k in FRACTION_KEYS),
+        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), *(pct(r[k]) for k in FRACTION_KEYS),
                       f"{r['seconds']:.1f}")
     return table
 

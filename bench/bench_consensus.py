@@ -34,8 +34,8 @@ def scipy_fragments(label_map: np.ndarray) -> int:
 
 
 def scipy_veto(primary: np.ndarray, veto: np.ndarray) -> np.ndarray:
-    """cc_veto with evaluate.py's default options through one scipy.ndimage.label call per class and a bincount of the veto's
-    support per component."""
+    """cc_veto with evaluate.py's default options through one scipy.ndimage.label call per class and a bincount
+    of the veto's support per component."""
     out = primary.copy()
     for c in range(NUM_CLASSES):
         if c in PROTECT:

@@ -228,7 +228,8 @@ def main():
     full = SegmentationMetrics(NUM_CLASSES)
     variants = {"default": (parts("default"), tensors), "study": (parts("study"), tensors),
                 "default + boundary_iou": (parts("default", "boundary_iou"), tensors),
-                "fragments": (lambda p: fragment_counts(p, NUM_CLASSES), preds_uint8), "update (everything)": (full.update, tensors)}
+                "fragments": (lambda p: fragment_counts(p, NUM_CLASSES), preds_uint8),
+                "update (everything)": (full.update, tensors)}
     seconds = best_seconds(variants, args.repeats)
 
     def ms(s):

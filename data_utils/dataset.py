@@ -254,7 +254,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __init__(self, records, *, hflip: bool = False, seed: int = 0, image_dtype: str = "float",
                  sdt_source: str = "none", sdt_cache_dir: str | Path | None = None,
-                 augment: BatchAugment | None = None, crop_size: tuple[int, int] | None = None, sdt_clip: int = SDT_CLIP):
+                 augment: BatchAugment | None = None, crop_size: tuple[int, int] | None = None,
+                 sdt_clip: int = SDT_CLIP):
         if image_dtype not in IMAGE_DTYPES:
             raise ValueError(f"image_dtype must be one of {IMAGE_DTYPES}, got {image_dtype!r}")
         if sdt_source not in DATASET_SDT_SOURCES:

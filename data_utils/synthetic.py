@@ -42,6 +42,7 @@ from data_utils.labels import CITYSCAPES
 from data_utils.layout import INSTANCE_SUFFIX, image_path, label_path
 from data_utils.scene import render_scene
 from utils import UserError, atomic_write_json, fsync_dir, run_main
+from utils.console import progress_columns
 from utils.conventions import IGNORE_INDEX
 
 NUM_CLASSES = CITYSCAPES.num_classes  # 19: every frame shows them all
@@ -190,7 +191,7 @@ def generate_dataset(out_root: str | os.PathLike, num_train: int, num_val: int, 
     try:
         from rich.progress import Progress
 
-        with Progress(disable=not progress, transient=False) as bar:
+        with Progress(*progress_columns(), disable=not progress, transient=False) as bar:
             task = bar.add_task(f"synthetic {'HF dataset' if format == 'hf' else 'Cityscapes'} -> {out_root.name}",
                                 total=len(jobs))
             if format == "hf":

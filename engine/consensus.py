@@ -17,10 +17,11 @@ from rich.progress import Progress
 
 from data_utils.classes import ClassTable
 from data_utils.labels import THIN_CLASSES
-from engine.evaluation import BAR_COLUMNS, _live, predict
+from engine.evaluation import _live, predict
 from metrics.consensus import cc_veto
 from metrics.keys import METRIC_KEYS
 from metrics.segmentation import SegmentationMetrics, fragment_counts
+from utils.console import progress_columns
 from utils.fileio import UserError
 
 MAPS = ("primary", "veto", "fused")
@@ -51,7 +52,7 @@ def evaluate_consensus(primary: torch.nn.Module, veto: torch.nn.Module, loader, 
                                       class_names=classes.names) for m in MAPS}
     modes = (primary.training, veto.training)
     primary.eval(), veto.eval()
-    bar = Progress(*BAR_COLUMNS, transient=True, disable=not (show_progress and accelerator.is_main_process))
+    bar = Progress(*progress_columns(), transient=True, disable=not (show_progress and accelerator.is_main_process))
     task = bar.add_task(description, total=len(loader))
     try:
         with _live(bar), torch.no_grad():

@@ -18,6 +18,7 @@ from engine.config import TrainConfig, config_to_dict
 from engine.results_format import REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
 from metrics.keys import COUNT_KEYS, METRIC_KEYS, METRIC_LABELS
 from metrics.per_image import per_image_path, write_per_image
+from utils.console import pct
 from utils.fileio import atomic_write_json
 
 __all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "metrics_table", "per_image_path", "read_results",
@@ -100,6 +101,8 @@ def metrics_table(columns: dict[str, dict], title: str, caption: str | None = No
     keys = [(METRIC_LABELS[key], key) for key in METRIC_KEYS] + [(f"  IoU {key[4:]}", key) for key in class_keys]
     for label, key in keys:
         values = [column.get(prefix + key) for column in columns.values()]
-        scale, unit = (1, " (count)") if key in COUNT_KEYS else (100, "")
-        table.add_row(label + unit, *("n/a" if v is None or math.isnan(v) else f"{scale * v:.2f}" for v in values))
+        if key in COUNT_KEYS:
+            table.add_row(label + " (count)", *("n/a" if v is None or math.isnan(v) else f"{v:.2f}" for v in values))
+        else:
+            table.add_row(label, *map(pct, values))
     return table

@@ -13,8 +13,8 @@ def dice_loss(probs: torch.Tensor, target: torch.Tensor, ignore_index: int = IGN
     """Class-mean smoothed soft Dice over the whole batch: 1 − (1/C) Σ_c (2·I_c + 1) / (S_c + 1),
 
     with I_c = Σ_{n,x} p_c·y_c·v and S_c = Σ_{n,x} (p_c + y_c)·v (all C classes); the smoothing 1 is
-    DICE_SMOOTH. Classes absent from the batch are kept in the mean: their term is 1 / (Σ p_c·v + 1), so predicting them anywhere is penalised and
-    predicting them nowhere gives a perfect 1.
+    DICE_SMOOTH. Classes absent from the batch are kept in the mean: their term is 1 / (Σ p_c·v + 1), so
+    predicting them anywhere is penalised and predicting them nowhere gives a perfect 1.
 
     Args:
         probs: (N, C, H, W) float softmax probabilities.

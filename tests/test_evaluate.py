@@ -303,7 +303,8 @@ def test_results_round_trip_nan_and_validation(tmp_path):
     iou[3] = float("nan")  # a class absent from the split
     metrics = {"miou": 0.5, "boundary_f1": 0.25, "trimap_iou": 0.125, "boundary_iou": 0.375,
                "fragments_per_image": 212.5, "iou": iou, "boundary_iou_per_class": iou, "num_images": 500,
-               "metrics_profile": "study", "per_image": SegmentationMetrics(NUM_CLASSES, class_names=CLASS_NAMES).per_image()}
+               "metrics_profile": "study",
+               "per_image": SegmentationMetrics(NUM_CLASSES, class_names=CLASS_NAMES).per_image()}
     path = tmp_path / "epoch_0160.results.json"
     write_results(path, metrics, cfg=cfg, epoch=160, checkpoint=tmp_path / "epoch_0160", split="val", seconds=12.5)
     assert json.loads(path.read_text())["iou"]["wall"] is None  # JSON has no NaN
@@ -409,8 +410,8 @@ def test_batch_table_shows_the_whole_run_name_at_80_columns(tmp_path):
 def saved_train_ids(preds: Path, data_root: Path) -> list[np.ndarray]:
     """The labelIds PNGs written by --save-predictions, in dataset order, as train ids."""
     frames = sorted((data_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
-    return [read_train_ids(str(preds / "labelIds" / p.parent.name / p.name.replace("_gtFine_labelIds.png", "_labelIds.png")))
-            for p in frames]
+    return [read_train_ids(str(preds / "labelIds" / p.parent.name / p.name.replace("_gtFine_labelIds.png",
+                                                                                    "_labelIds.png"))) for p in frames]
 
 
 @pytest.mark.parametrize("options", [[], ["--reassign", "ignore", "--max-drop-size", "40", "--protect", "pole,road"]])
