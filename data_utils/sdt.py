@@ -59,8 +59,9 @@ def check_clip(clip: int) -> int:
 
 def _check_num_classes(num_classes: int) -> int:
     integer = isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool)
-    if not integer or not 1 <= num_classes <= 255:
-        raise ValueError(f"num_classes must be an integer in 1..255 (255 is the ignore index), got {num_classes!r}")
+    if not integer or not 1 <= num_classes <= IGNORE_INDEX:
+        raise ValueError(f"num_classes must be an integer in 1..{IGNORE_INDEX} ({IGNORE_INDEX} is the ignore index), "
+                         f"got {num_classes!r}")
     return int(num_classes)
 
 

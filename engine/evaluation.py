@@ -53,8 +53,6 @@ def predict(model: torch.nn.Module, images: torch.Tensor, size: tuple[int, int] 
     return logits.argmax(1)
 
 
-
-
 @contextlib.contextmanager
 def _live(bar: Progress):
     """Show `bar` while the block runs; nested inside train.py's bars (rich >= 14), else silently hidden."""
