@@ -16,7 +16,7 @@ def boundary_loss(probs: torch.Tensor, sdt: torch.Tensor) -> torch.Tensor:
 
     Args:
         probs: (N, C, H, W) float softmax probabilities.
-        sdt: (N, C, H, W) signed distance map, either int8 (φ = sdt / 127, the division is applied once to
+        sdt: (N, C, H, W) signed distance map, either int8 (φ = sdt / SDT_CLIP, the division is applied once to
             the sum, not to a full-size tensor) or float (already φ).
     Returns:
         scalar tensor in [−1, 1]; negative at the optimum.

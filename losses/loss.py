@@ -53,7 +53,7 @@ class SegmentationLoss:
         Args:
             logits: (N, C, H, W) any float dtype (the loss is computed in float32).
             target: (N, H, W) int64 train ids, `ignore_index` at unlabelled pixels.
-            sdt: (N, C, H, W) signed distance map, int8 (φ = sdt / 127) or float φ; needed when `uses_sdt`.
+            sdt: (N, C, H, W) signed distance map, int8 (φ = sdt / SDT_CLIP, 127) or float φ; needed when `uses_sdt`.
         Returns:
             {"loss": weighted total, and each term's unweighted value under its name}; float32 scalar
             tensors, still attached to the graph.
