@@ -24,7 +24,7 @@ if __name__ == "__main__":
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from data_utils.augment import BatchAugment
@@ -43,6 +43,7 @@ from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
 from metrics.keys import COUNT_KEYS, METRIC_KEYS, SHORT_LABELS
+from utils.console import pct, progress_columns
 from utils.dirlock import discard_unused, folder_lock
 from utils.jsonl import EpochJsonl
 
@@ -157,9 +158,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                   f"{accelerator.device.type}, {steps_per_epoch} optimizer steps/epoch, run dir {run_dir}")
 
     # ------------------------------------------------------------------------------------------- train
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-    bars = Progress(*columns, console=console, disable=not accelerator.is_main_process)
+    bars = Progress(*progress_columns(info=True), console=console, disable=not accelerator.is_main_process)
     epoch_bar = bars.add_task("epochs", total=cfg.epochs, completed=progress.epoch, info="")
     step_bar = bars.add_task("steps", total=len(train_loader), info="")
     epoch = progress.epoch
@@ -291,8 +290,8 @@ def epoch_summary(row: dict, epochs: int) -> str:
     if "train/peak_memory_gib" in row:
         line += f" | {row['train/peak_memory_gib']:.1f} GiB"
     if "val/miou" in row:
-        line += " | val " + " ".join(f"{SHORT_LABELS[k]} {row[f'val/{k}'] * (1 if k in COUNT_KEYS else 100):.2f}"
-                                     for k in METRIC_KEYS)
+        line += " | val " + " ".join(f"{SHORT_LABELS[k]} " + (f"{row[f'val/{k}']:.2f}" if k in COUNT_KEYS
+                                                                 else pct(row[f'val/{k}'])) for k in METRIC_KEYS)
     return line
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import get_type_hints
 
 from data_utils.options import AUGMENT_PLACES, SDT_SOURCES
-from losses.registry import TERMS, recipe_slug, term_params, terms_of_kind
-from losses.schedule import SCHEDULE_KINDS
+from losses.registry import TERMS, recipe_slug, term_params
+from losses.schedule import SCHEDULE_KINDS, check_boundary_schedule
 from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, LAMBDA_DICE, LOSS_WEIGHTS,
                              resolve_loss, variant_summary)
 from metrics.keys import PROFILES
@@ -331,9 +331,7 @@ def validate(cfg: TrainConfig) -> None:
         if fixed:
             raise UserError(f"--loss {cfg.loss!r} sets every term's weight: drop {', '.join(fixed)}")
     cfg.loss_label  # noqa: B018  (resolving it checks the recipe and its term parameters: UserError if bad)
-    if cfg.boundary_schedule != "constant" and not terms_of_kind(cfg.loss_weights, "boundary"):
-        raise UserError(f"--boundary-schedule {cfg.boundary_schedule} needs a loss with a boundary term (C, D, or "
-                        f"a --loss recipe with one); {cfg.loss_label} has only {', '.join(cfg.loss_weights)}")
+    check_boundary_schedule(cfg.boundary_schedule, cfg.loss_weights, cfg.loss_label)
     if cfg.sdt_source == "cache" and not cfg.sdt_cache:
         raise UserError("--sdt-source cache needs --sdt-cache DIR (the folder written by precompute_sdt.py)")
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:

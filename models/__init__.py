@@ -1,7 +1,7 @@
 """ConvNeXt-V2 (any timm backbone with levels at strides 4/8/16/32) + UPerNet + auxiliary FCN head.
 
 Example:
-    >>> model = build_model("convnextv2_base", pretrained="weights/convnextv2_base.safetensors")
+    >>> model = build_model("convnextv2_base", num_classes=19, pretrained="weights/convnextv2_base.safetensors")
     >>> out = model(images)            # training: {"logits", "aux_logits"}, eval: {"logits"}
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ __all__ = ["UPerNetSegmentor", "build_model", "takes_input_size"]
 
 def build_model(
     backbone: str = "convnextv2_base",
-    num_classes: int = 19,
+    *,
+    num_classes: int,
     pretrained: str | None = None,
     aux_head: bool = True,
     drop_path_rate: float = 0.0,
@@ -25,7 +26,7 @@ def build_model(
 
     Args:
         backbone: timm model name (features_only; its levels at strides 4/8/16/32, `models.segmentor`).
-        num_classes: logits channels (19 Cityscapes train ids).
+        num_classes: logits channels: the dataset's class count (19 for Cityscapes).
         pretrained: None (random init), a local .safetensors/.pth timm checkpoint of the classification
             model, or a hub name ("timm:convnextv2_base.fcmae_ft_in22k_in1k_384", "hf-hub:timm/...").
             Only the backbone is loaded; the heads keep their initialisation.

@@ -94,14 +94,14 @@ class UPerNetSegmentor(nn.Module):
 
     Training mode adds "aux_logits" (N, num_classes, H, W) from the FCN head on the stride-16 features
     (when built with one); eval mode returns "logits" only. `return_features=True` adds "features"
-    (N, 512, H/4, W/4): UPerNet's fused map, the last shared map before the classifier. Logits are
+    (N, head_channels, H/4, W/4): UPerNet's fused map, the last shared map before the classifier. Logits are
     upsampled bilinearly (align_corners=False) to the input size, which may be any size (odd too).
 
     channels_last and bf16 autocast work as usual (`model.to(memory_format=torch.channels_last)`,
     `torch.autocast("cuda", torch.bfloat16)`): the forward has no dtype- or layout-specific code.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int = 19, aux_head: bool = True,
+    def __init__(self, backbone: nn.Module, num_classes: int, aux_head: bool = True,
                  head_channels: int = 512):
         super().__init__()
         in_channels = list(backbone.feature_info.channels())
@@ -121,7 +121,7 @@ class UPerNetSegmentor(nn.Module):
         features = self.backbone(images)  # 4 maps, strides 4, 8, 16, 32
         if self.backbone_nhwc:  # (N, h, w, C) -> (N, C, h, w): a view with channels_last strides
             features = [f.permute(0, 3, 1, 2) for f in features]
-        fused = self.decode_head.fuse(features)  # (N, 512, H/4, W/4)
+        fused = self.decode_head.fuse(features)  # (N, head_channels, H/4, W/4)
         out = {"logits": resize_bilinear(self.decode_head.classify(fused), size)}
         if self.training and self.aux_head is not None:
             out["aux_logits"] = resize_bilinear(self.aux_head(features[AUX_LEVEL]), size)

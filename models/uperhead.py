@@ -3,10 +3,12 @@ laid out as MMSegmentation's `UPerHead` (mmseg/models/decode_heads/uper_head.py)
 and counts line up with the configs the study used:
 
     stride-32 features ── PPM (pool scales 1, 2, 3, 6) ─ 3x3 bottleneck ──────────────┐ lateral 4
-    stride-4/8/16 features ── 1x1 lateral convs to 512 ──────────────────────────────┤ laterals 1..3
+    stride-4/8/16 features ── 1x1 lateral convs to `channels` ─────────────────────────┤ laterals 1..3
     top-down: lateral[i-1] += upsample(lateral[i]), then a 3x3 FPN conv on levels 1..3
-    all four levels upsampled to stride 4 → concat (4·512) → 3x3 fuse to 512  = "features"
-    → Dropout2d(0.1) → 1x1 classifier                                             = logits at stride 4
+    all four levels upsampled to stride 4 → concat (4·channels) → 3x3 fuse to channels  = "features"
+    → Dropout2d(0.1) → 1x1 classifier                                                   = logits at stride 4
+
+`channels` is 512 in MMSegmentation's configs and the study (`--head-channels`; the CPU demo uses fewer).
 
 Every conv is a `ConvModule` (conv without bias, BatchNorm, ReLU) except one: the PPM branch with pool
 scale 1. Its input is a 1x1 map, so with batch size 1 per device BatchNorm in training mode sees one

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.results_format import SCHEDULE_PARAMS, boundary_schedule_of
+from engine.results_format import boundary_schedule_of
 from losses.registry import TERMS  # torch-free: the term names, for the order of the statistics
+from losses.schedule import SCHEDULE_PARAMS
 from report.load import Grouping, RunSetting
 from report.stats import Summary, summarize
 from report.tables import Table

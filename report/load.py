@@ -56,7 +56,7 @@ class Record:
     lambda_boundary: float | None = None  # None when the source does not say (the tidy CSV)
     split: str | None = None
     boundary_schedule: str = "constant"  # the run's λ_b schedule (config.boundary_schedule; the CSV: constant)
-    schedule_params: tuple[tuple[str, float], ...] = ()  # its parameters (engine.results_format.SCHEDULE_PARAMS)
+    schedule_params: tuple[tuple[str, float], ...] = ()  # its parameters (losses.schedule.SCHEDULE_PARAMS)
     group: str = ""  # set by assign_groups
     metrics_profile: str | None = None  # "default" / "study" (metrics.keys.PROFILES); None: the source does not say
 
@@ -175,7 +175,7 @@ class RunSetting:
 
     variant: str
     lambda_boundary: float | None = None  # None: the source does not say (the tidy CSV)
-    boundary_schedule: str = "constant"  # "constant", "linear" or "steal" (train.py --boundary-schedule)
+    boundary_schedule: str = "constant"  # losses.schedule.SCHEDULE_KINDS (train.py --boundary-schedule)
     schedule_params: tuple[tuple[str, float], ...] | None = ()  # ((TrainConfig field, value), ...); None: unknown
 
 

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
+from data_utils.labels import CITYSCAPES
 from engine.checkpoint import (TrainingProgress, find_resumable_checkpoint, list_checkpoints, read_meta,
                                register_checkpoint_hooks, resume_from, save_checkpoint)
 from engine.config import (DEMO_PRESET, TrainConfig, build_parser, config_differences, load_config, parse_args,
@@ -843,8 +844,8 @@ def test_demo_setting_learns_well_above_majority_class(tiny_data, tmp_path):
     train_counts = np.zeros(256, np.int64)
     for rec in load_split(tiny_data, "train"):
         train_counts += np.bincount(read_frame(rec["image_path"], rec["label_path"])[1].ravel(), minlength=256)
-    majority = int(train_counts[:19].argmax())
-    trivial = SegmentationMetrics()
+    majority = int(train_counts[:CITYSCAPES.num_classes].argmax())
+    trivial = SegmentationMetrics(CITYSCAPES.num_classes)
     for rec in load_split(tiny_data, "val"):
         label = torch.from_numpy(read_frame(rec["image_path"], rec["label_path"])[1].astype(np.int64))[None]
         trivial.update(torch.full_like(label, majority), label)
