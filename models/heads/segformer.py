@@ -7,7 +7,7 @@ with Transformers", NeurIPS 2021, §3.2), on any backbone's four levels:
     1x1 fuse conv (no bias) + BatchNorm + ReLU -> channels                       = "features"
     → Dropout2d(0.1) → 1x1 classifier                                          = logits at stride 4
 
-Laid out as HF transformers' `SegformerDecodeHead` (modeling_segformer.py: `linear_c`, `linear_fuse`, the
+Laid out as HF transformers' `SegformerDecodeHead` (modeling_segformer.py: per-level projections, `linear_fuse`, the
 reversed concatenation), and equal to it output for output with copied weights (tests/test_heads.py); the
 per-level Linear over the flattened tokens is the same map as a 1x1 conv, whose weight is the Linear's with
 two unit dimensions. One difference: dropout before the classifier is channel-wise (Dropout2d, as in the
