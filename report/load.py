@@ -11,7 +11,9 @@ All metric values are fractions in [0, 1]; a per-class IoU may be missing (NaN: 
 
 Everything downstream is keyed by `Record.group`, not by the variant: `Grouping` is the single place that decides
 which runs are aggregated together: one group per variant and λ_b schedule ("C", "C steal"), split further where
-λ_b or the schedule's parameters differ among those runs (a λ_b sweep: "C λb=0.05", "C λb=0.2").
+λ_b or the schedule's parameters differ among those runs (a λ_b sweep: "C λb=0.05", "C λb=0.2"). A run with a
+head other than the study's UPerNet (train.py --head) carries it in its variant ("C segformer"), so the heads of
+one variant are never pooled and the study's variant comparisons stay UPerNet's.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from metrics.keys import COUNT_KEYS as COUNT_METRICS
 from metrics.keys import METRIC_LABELS
 from report.bootstrap import PROFILE_METRICS, full_set_values
 from metrics.per_image import PER_IMAGE_SUFFIX, per_image_path, read_per_image, subset
+from models.heads import DEFAULT_HEAD
 from utils import UserError
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
@@ -47,7 +50,7 @@ def metric_unit(metric: str) -> tuple[str, float]:
 class Record:
     """The evaluation of one checkpoint: one (variant, seed, epoch)."""
 
-    variant: str
+    variant: str  # the loss (results' `variant`), then the head when it is not the study's ("C segformer")
     seed: int
     epoch: int
     metrics: dict[str, float]  # METRICS -> fraction
@@ -101,8 +104,9 @@ def read_results_file(path: str | Path) -> Record:
                             "every run needs all three global metrics: re-run `python evaluate.py "
                             "CHECKPOINT` on a labelled split, or move the file out of RUNS_DIR")
     schedule, params = boundary_schedule_of(obj.get("config") or {}, path)
+    head = (obj.get("config") or {}).get("head", DEFAULT_HEAD)  # results written before --head: UPerNet
     return Record(
-        variant=obj["variant"],
+        variant=obj["variant"] if head == DEFAULT_HEAD else f"{obj['variant']} {head}",
         seed=obj["seed"],
         epoch=obj["epoch"],
         metrics={m: obj[m] for m in METRICS},

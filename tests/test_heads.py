@@ -256,3 +256,53 @@ def test_config_saved_before_the_head_flag_means_upernet(tmp_path):
     assert isinstance(fpn.decode_head, head_class("fpn")) and fpn.num_classes == CLASSES
     with pytest.raises(UserError, match="unknown --head 'mask2former': use one of upernet, segformer, fpn"):
         validate(dataclasses.replace(loaded, head="mask2former"))
+
+
+def test_unknown_head_flag_is_refused_before_the_heavy_imports(python_imports):
+    result, modules = python_imports("train.py", "--head", "mask2former")
+    assert result.returncode == 2 and "invalid choice: 'mask2former'" in result.stderr.splitlines()[-1]
+    assert not modules & {"torch", "timm", "accelerate"}, sorted(modules & {"torch", "timm", "accelerate"})
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory) -> Path:
+    """4 train / 2 val synthetic frames at 64x128 in the Cityscapes layout: the smallest demo that trains."""
+    from data_utils.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("data") / "demo", num_train=4, num_val=2, height=64, width=128,
+                            progress=False)
+
+
+@pytest.mark.parametrize("head", [name for name in HEADS if name != "upernet"])  # upernet: tests/test_train.py
+def test_head_trains_evaluates_from_its_checkpoint_and_aggregates(small_demo, tmp_path, head, capsys):
+    """The demo preset with --head: one epoch trains, evaluate.py rebuilds the model from the checkpoint's config
+    alone (the same metrics as train.py's evaluation), and aggregate.py reports the run as its own group."""
+    import aggregate
+    import evaluate
+    import train
+
+    runs = tmp_path / "runs"
+    assert train.main(["--preset", "demo", "--no-demo-data", "--no-wandb", "--num-workers", "0", "--epochs", "1",
+                       "--batch-size", "2", "--head-channels", "16", "--head", head, "--data-root", str(small_demo),
+                       "--out", str(runs / "run")]) == 0
+    assert f"convnextv2_atto + {head}," in capsys.readouterr().out
+    ckpt = runs / "run" / "checkpoints" / "epoch_0001"
+    results = ckpt.with_name("epoch_0001.results.json")
+    written = json.loads(results.read_text())
+    assert written["config"]["head"] == head
+    results.unlink()
+    assert evaluate.main([str(ckpt)]) == 0
+    assert json.loads(results.read_text())["miou"] == pytest.approx(written["miou"])
+    assert aggregate.main([str(runs), "--out", str(tmp_path / "report"), "--bootstrap", "100"]) == 0
+    table = (tmp_path / "report" / "table1_final_epoch.csv").read_text()
+    assert f"C {head}," in table
+    # the same run as the study's head would have written it before --head existed (no `head` in its config):
+    # one runs tree holds both, grouped apart ("C" and "C <head>") instead of refused as a second result for C
+    from report.load import Study, load_runs_dir
+
+    old = json.loads(results.read_text())
+    del old["config"]["head"]
+    (runs / "old" / "checkpoints").mkdir(parents=True)
+    (runs / "old" / "checkpoints" / "epoch_0001.results.json").write_text(json.dumps(old))
+    assert Study.from_records(load_runs_dir(runs)).groups == ["C", f"C {head}"]
