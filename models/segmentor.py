@@ -118,7 +118,7 @@ class Segmentor(nn.Module):
         in_channels = list(backbone.feature_info.channels())
         self.backbone = backbone
         self.backbone_nhwc = _is_nhwc(backbone)
-        self.head = head
+        self.head_name = head  # the HEADS name of decode_head
         self.decode_head = head_class(head)(in_channels, num_classes, channels=head_channels)
         self.aux_head = FCNHead(in_channels[AUX_LEVEL], num_classes) if aux_head else None
         self.num_classes = num_classes

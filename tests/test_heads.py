@@ -33,7 +33,7 @@ def head_model(request):
 
 def test_backbone_levels_feed_the_head_in_channels(head_model):
     assert tuple(head_model.backbone.feature_info.reduction()) == FEATURE_STRIDES
-    assert isinstance(head_model.decode_head, head_class(head_model.head))
+    assert isinstance(head_model.decode_head, head_class(head_model.head_name))
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -50,6 +50,13 @@ def test_output_shapes_at_odd_size(head_model, training):
     assert out["features"].shape == (2, WIDTH, *stride4)
     with torch.no_grad():
         assert set(head_model.eval()(x[:1])) == {"logits"}  # features only when asked
+
+
+def test_aux_head_is_optional_for_every_head(head_model):
+    model = build_model(TINY, num_classes=CLASSES, head=head_model.head_name, head_channels=WIDTH, aux_head=False)
+    assert model.aux_head is None
+    with torch.no_grad():
+        assert set(model.train()(torch.randn(2, 3, 64, 64))) == {"logits"}
 
 
 def test_features_are_the_map_the_classifier_reads(head_model):
@@ -104,7 +111,7 @@ def test_channels_last_bf16_autocast(head_model):
 
 
 def test_sync_batchnorm_conversion(head_model):
-    synced = nn.SyncBatchNorm.convert_sync_batchnorm(build_model(TINY, head=head_model.head, head_channels=WIDTH))
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(build_model(TINY, head=head_model.head_name, head_channels=WIDTH))
     assert not any(type(m) is nn.BatchNorm2d for m in synced.decode_head.modules())
 
 
