@@ -93,6 +93,14 @@ def _int(value, where: str, name: str) -> int:
         raise UserError(f"{where}: `{name}` = {value!r} is not an integer") from None
 
 
+def report_variant(variant: str, config: dict | None) -> str:
+    """The variant a run is reported under: its loss (`variant` as results files and gradient logs write it),
+    then its head when that is not the study's UPerNet ("C segformer"). A config without `head` (written before
+    train.py --head existed), or none, means UPerNet."""
+    head = (config or {}).get("head", DEFAULT_HEAD)
+    return variant if head == DEFAULT_HEAD else f"{variant} {head}"
+
+
 def read_results_file(path: str | Path) -> Record:
     """One `<ckpt>.results.json` -> Record, through the one validating reader evaluate.py uses too
     (`engine.results_format.read_results`). Corrupt or incomplete files, and a global metric that is null
@@ -104,9 +112,8 @@ def read_results_file(path: str | Path) -> Record:
                             "every run needs all three global metrics: re-run `python evaluate.py "
                             "CHECKPOINT` on a labelled split, or move the file out of RUNS_DIR")
     schedule, params = boundary_schedule_of(obj.get("config") or {}, path)
-    head = (obj.get("config") or {}).get("head", DEFAULT_HEAD)  # results written before --head: UPerNet
     return Record(
-        variant=obj["variant"] if head == DEFAULT_HEAD else f"{obj['variant']} {head}",
+        variant=report_variant(obj["variant"], obj.get("config")),
         seed=obj["seed"],
         epoch=obj["epoch"],
         metrics={m: obj[m] for m in METRICS},

@@ -252,7 +252,7 @@ def test_config_saved_before_the_head_flag_means_upernet(tmp_path):
     from engine.config import config_to_dict, load_config, parse_args, validate
     from engine.setup import build_model_from_config
 
-    cfg, _ = parse_args(["--preset", "demo", "--head-channels", "16", "--classes", ""])
+    cfg, _ = parse_args(["--preset", "demo", "--head-channels", "16"])
     old = {k: v for k, v in config_to_dict(cfg).items() if k != "head"}
     old["class_names"] = [f"c{i}" for i in range(CLASSES)]  # recorded classes: no dataset needed to rebuild
     (tmp_path / "config.json").write_text(json.dumps(old))
@@ -283,8 +283,9 @@ def small_demo(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("head", [name for name in HEADS if name != "upernet"])  # upernet: tests/test_train.py
 def test_head_trains_evaluates_from_its_checkpoint_and_aggregates(small_demo, tmp_path, head, capsys):
-    """The demo preset with --head: one epoch trains, evaluate.py rebuilds the model from the checkpoint's config
-    alone (the same metrics as train.py's evaluation), and aggregate.py reports the run as its own group."""
+    """The demo preset with --head: one epoch trains (with the gradient statistics, which read the head's
+    features), evaluate.py rebuilds the model from the checkpoint's config alone (the same metrics as train.py's
+    evaluation), and aggregate.py reports the run, and its gradient log, as a group of its own."""
     import aggregate
     import evaluate
     import train
@@ -292,7 +293,7 @@ def test_head_trains_evaluates_from_its_checkpoint_and_aggregates(small_demo, tm
     runs = tmp_path / "runs"
     assert train.main(["--preset", "demo", "--no-demo-data", "--no-wandb", "--num-workers", "0", "--epochs", "1",
                        "--batch-size", "2", "--head-channels", "16", "--head", head, "--data-root", str(small_demo),
-                       "--out", str(runs / "run")]) == 0
+                       "--log-grad-norms", "1", "--out", str(runs / "run")]) == 0
     assert f"convnextv2_atto + {head}," in capsys.readouterr().out
     ckpt = runs / "run" / "checkpoints" / "epoch_0001"
     results = ckpt.with_name("epoch_0001.results.json")
@@ -306,7 +307,11 @@ def test_head_trains_evaluates_from_its_checkpoint_and_aggregates(small_demo, tm
     assert f"C {head}," in table
     # the same run as the study's head would have written it before --head existed (no `head` in its config):
     # one runs tree holds both, grouped apart ("C" and "C <head>") instead of refused as a second result for C
+    from report.gradients import load_grad_logs
     from report.load import Study, load_runs_dir
+
+    (points,) = load_grad_logs(runs)
+    assert {p.variant for p in points} == {f"C {head}"} and points[0].values["grad_norm/features/dice"] > 0
 
     old = json.loads(results.read_text())
     del old["config"]["head"]
