@@ -31,7 +31,7 @@ def head_model(request):
     return build_model(TINY, num_classes=CLASSES, head=request.param, head_channels=WIDTH)
 
 
-def test_backbone_levels_feed_the_head_in_channels(head_model):
+def test_builds_the_registered_class_on_the_levels_at_strides_4_to_32(head_model):
     assert tuple(head_model.backbone.feature_info.reduction()) == FEATURE_STRIDES
     assert isinstance(head_model.decode_head, head_class(head_model.head_name))
 
@@ -50,6 +50,20 @@ def test_output_shapes_at_odd_size(head_model, training):
     assert out["features"].shape == (2, WIDTH, *stride4)
     with torch.no_grad():
         assert set(head_model.eval()(x[:1])) == {"logits"}  # features only when asked
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_levels_whose_sizes_do_not_halve(head):
+    """resnet18 at 66x98: levels 17x25, 9x13, 5x7, 3x4 (each stride-2 conv rounds up), so no level is exactly
+    twice the next; every head still fuses at the stride-4 level's size and returns logits at the input size."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=CLASSES, head=head, head_channels=WIDTH).eval()
+    x = torch.randn(1, 3, 66, 98)
+    with torch.no_grad():
+        sizes = [tuple(f.shape[-2:]) for f in model.backbone(x)]
+        out = model(x, return_features=True)
+    assert sizes == [(17, 25), (9, 13), (5, 7), (3, 4)]
+    assert out["features"].shape == (1, WIDTH, 17, 25) and out["logits"].shape == (1, CLASSES, 66, 98)
 
 
 def test_aux_head_is_optional_for_every_head(head_model):

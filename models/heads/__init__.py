@@ -40,9 +40,9 @@ class HeadEntry:
 
 
 HEADS = {head.name: head for head in (
-    HeadEntry("upernet", "models.heads.upernet:UPerHead", "UPerNet (Xiao et al. 2018), the study's"),
-    HeadEntry("segformer", "models.heads.segformer:SegFormerHead", "SegFormer's all-MLP decoder (Xie et al. 2021)"),
-    HeadEntry("fpn", "models.heads.fpn:FPNHead", "Panoptic FPN's semantic branch (Kirillov et al. 2019)"),
+    HeadEntry("upernet", "models.heads.upernet:UPerHead", "UPerNet, Xiao et al. 2018, the study's"),
+    HeadEntry("segformer", "models.heads.segformer:SegFormerHead", "SegFormer's all-MLP decoder, Xie et al. 2021"),
+    HeadEntry("fpn", "models.heads.fpn:FPNHead", "Panoptic FPN's semantic branch, Kirillov et al. 2019"),
 )}
 DEFAULT_HEAD = "upernet"  # the study's; a saved config without a `head` key means it
 
@@ -59,5 +59,5 @@ def head_class(name: str) -> type:
 
 
 def head_summary() -> str:
-    """"upernet (UPerNet ...), segformer (...), ..." for --help."""
-    return ", ".join(f"{h.name} ({h.summary})" for h in HEADS.values())
+    """"upernet: UPerNet, ...; segformer: ...; ..." for --help."""
+    return "; ".join(f"{h.name}: {h.summary}" for h in HEADS.values())
