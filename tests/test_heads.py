@@ -184,6 +184,9 @@ def test_segformer_head_equals_hf_segformer_decode_head(size):
         actual = ours.eval()(features)
     assert actual.shape == expected.shape == (2, CLASSES, *features[0].shape[-2:])
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    hf.dropout.p = ours.dropout.p = 0.0  # training mode: BatchNorm on the batch's statistics (dropouts differ: off)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.train()(features), hf.train()(features), rtol=1e-5, atol=1e-5)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
 
 
