@@ -1,4 +1,5 @@
-"""Train ConvNeXt-V2 + UPerNet on Cityscapes with one loss variant; defaults are the paper's recipe.
+"""Train ConvNeXt-V2 + UPerNet (or another --head) on Cityscapes with one loss variant; defaults are the paper's
+recipe.
 
     accelerate launch train.py --variant B --seed 123        # the paper's recipe, 1..N GPUs
     accelerate launch train.py --loss "ce=1,lovasz=0.5"      # any recipe of the registered loss terms
@@ -153,7 +154,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
         if accelerator.is_main_process and cfg.log_grad_norms else None
     if cfg.wandb:
         wandb_run_id = init_wandb(accelerator, cfg, run_dir, wandb_run_id)
-    console.print(f"{cfg.run_name}: {cfg.backbone} + UPerNet, loss {loss_fn}, {len(train_dataset)} train / "
+    console.print(f"{cfg.run_name}: {cfg.backbone} + {cfg.head}, loss {loss_fn}, {len(train_dataset)} train / "
                   f"{len(val_dataset)} val frames, {accelerator.num_processes} process(es) on "
                   f"{accelerator.device.type}, {steps_per_epoch} optimizer steps/epoch, run dir {run_dir}")
 

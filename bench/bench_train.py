@@ -404,7 +404,7 @@ def header(cfg: TrainConfig, opts, report: dict) -> str:
     compiled = cfg.compile and torch.cuda.is_available()  # build_accelerator ignores compile on the CPU
     switches = [name for name, on in (("compile", compiled), ("channels_last", cfg.channels_last),
                                       ("grad checkpointing", cfg.grad_checkpointing)) if on]
-    return (f"bench_train {report['date']}: {cfg.backbone} + UPerNet({cfg.head_channels}), loss {cfg.loss_label}, "
+    return (f"bench_train {report['date']}: {cfg.backbone} + {cfg.head}({cfg.head_channels}), loss {cfg.loss_label}, "
             f"batch {cfg.batch_size} x accum {cfg.grad_accum} at {height}x{width}, {report.get('device', '-')}, "
             f"torch {report['torch']}, precision {cfg.mixed_precision}, {', '.join(switches) or 'eager, NCHW'}; "
             f"{cfg.num_workers} workers, SDT {cfg.sdt_source if uses_sdt(cfg) else 'not needed'}, augment "

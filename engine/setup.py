@@ -97,8 +97,8 @@ def build_model_from_config(cfg: TrainConfig, load_pretrained: bool = False) -> 
     model = build_model(backbone=cfg.backbone, num_classes=num_classes,
                         pretrained=(cfg.pretrained or None) if load_pretrained else None,
                         aux_head=cfg.aux_weight > 0, drop_path_rate=cfg.drop_path_rate,
-                        grad_checkpointing=cfg.grad_checkpointing, head_channels=cfg.head_channels,
-                        img_size=img_size)
+                        grad_checkpointing=cfg.grad_checkpointing, head=cfg.head,
+                        head_channels=cfg.head_channels, img_size=img_size)
     return model
 
 

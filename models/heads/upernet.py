@@ -17,31 +17,15 @@ come from two numbers. That branch is therefore a 1x1 conv WITH bias + ReLU and 
 PPM bottleneck that follows (BatchNorm over the concatenation at full stride-32 resolution) normalises
 its output. Every other layer matches MMSegmentation exactly. BatchNorm becomes SyncBatchNorm in
 multi-GPU training via `torch.nn.SyncBatchNorm.convert_sync_batchnorm` (train.py).
+
+The study's head (`--head upernet`, the default); registered in `models.heads.HEADS`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-
-def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize with align_corners=False (MMSegmentation's `resize` as UPerHead calls it)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-class ConvModule(nn.Sequential):
-    """conv (no bias) → BatchNorm → ReLU, initialised as mmcv's ConvModule (Kaiming fan_out, BN 1/0)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-        nn.init.kaiming_normal_(self[0].weight, mode="fan_out", nonlinearity="relu")
+from models.layers import ConvModule, init_classifier, resize_bilinear
 
 
 class PoolingBranch(nn.Sequential):
@@ -95,9 +79,7 @@ class UPerHead(nn.Module):
         self.fpn_bottleneck = ConvModule(len(in_channels) * channels, channels, 3)
         # Classifier (mmseg's BaseDecodeHead.cls_seg: Dropout2d then a 1x1 conv, normal(std=0.01) init).
         self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-        nn.init.normal_(self.conv_seg.weight, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        self.conv_seg = init_classifier(nn.Conv2d(channels, num_classes, 1))
 
     def psp_forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C32, h, w) -> (N, channels, h, w): x concatenated with its upsampled pooled branches."""
