@@ -6,7 +6,7 @@
     python bench/bench_train.py --flops-only                     # FLOPs per training image (meta device, no GPU)
 
 Options: every train.py flag (`engine.config`: the same fields, names, presets and defaults) plus the benchmark's
-own group (--steps, --warmup, --parts, --frames, --configs, --rounds, --flops-only, --json). The step is
+own group (--steps, --warmup, --parts, --frames, --configs, --rounds, --guard-ratio, --flops-only, --json). The step is
 train.py's: its Accelerator (`engine.setup.build_accelerator`: precision, accumulation, compile on CUDA,
 non-blocking copies), `engine.setup.configure_torch`, `engine.setup.build_training` (loader, model, losses, fused
 AdamW, the non-finite guard, `prepare`), the LR of `engine.schedule.get_lr`, and per micro-batch
@@ -14,7 +14,9 @@ AdamW, the non-finite guard, `prepare`), the LR of `engine.schedule.get_lr`, and
 backward, the optimizer step every --grad-accum micro-batches); tests/test_bench.py checks that its weights after
 an epoch are train.py's. W&B is off, the backbone starts from random weights (the same speed), and the loss log
 is read once per part (train.py reads it every 20 micro-steps). `--max-nonfinite 1` (the `guard` row of
---configs) turns the non-finite guard on, as in train.py; at train.py's default 0 it is off.
+--configs) turns the non-finite guard on, as in train.py; at train.py's default 0 it is off. `--guard-ratio`
+times the step with the guard off and on in one process, micro-steps alternated: the ratio of two medians,
+robust to a busy machine where separate processes are not.
 
 Two parts, each --warmup micro-steps (the first one timed alone: compile, autotuning) then --steps timed ones:
   step    the loader's first batch, kept on the device and fed again each micro-step: no data wait;
@@ -78,7 +80,7 @@ CONFIGS = {
     "sdt-workers": ["--sdt-source", "cpu"],                    # the SDT in the loader workers, not on the device
     "guard": ["--max-nonfinite", "1"],                         # the non-finite guard on (train.py: off at 0)
 }
-BENCH_FLAGS = ("steps", "warmup", "parts", "frames", "configs", "rounds", "flops_only", "json")
+BENCH_FLAGS = ("steps", "warmup", "parts", "frames", "configs", "rounds", "guard_ratio", "flops_only", "json")
 
 
 # ----------------------------------------------------------------------------------------------- FLOPs
@@ -406,6 +408,52 @@ def format_part(r: dict) -> str:
     return line + ("" if r["loss_finite"] else "  NON-FINITE LOSS")
 
 
+# ----------------------------------------------------------------------------------------------- guard
+def compare_guard(cfg: TrainConfig, opts) -> dict:
+    """--guard-ratio: the step with the non-finite guard off (--max-nonfinite 0, train.py's default) and on (1),
+    both built here side by side from the same seed, fed the same batch with the same dropout draws, their
+    micro-steps alternated (the order swapped each time, so drift on a busy machine hits both alike); the
+    median ms of each over --steps
+    after --warmup, their ratio, and whether the two models' weights are still bit-identical (they must be on
+    finite data: the guard only undoes non-finite micro-batches)."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench_guard_"))
+    try:
+        cfg = with_data(cfg, opts, workdir)
+        runs = {name: build_run(dataclasses.replace(cfg, max_nonfinite=k)) for name, k in (("off", 0), ("on", 1))}
+        device = runs["off"].accelerator.device
+        batches = loader_batches(runs["off"])
+        batch = next(batches)
+        batches.close()
+        times: dict[str, list[float]] = {"off": [], "on": []}
+        for i in range(opts.warmup + opts.steps):
+            for name in (("off", "on") if i % 2 == 0 else ("on", "off")):
+                torch.manual_seed(cfg.seed + i)  # the same dropout draws for both at micro-step i
+                timer = PhaseTimer(device)
+                timer.start()
+                synchronize(device)
+                start = time.perf_counter()
+                runs[name].micro_step(batch, timer)
+                synchronize(device)
+                if i >= opts.warmup:
+                    times[name].append(1e3 * (time.perf_counter() - start))
+        weights = [run.accelerator.unwrap_model(run.model).state_dict() for run in runs.values()]
+        report = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                  "device": describe_device(device), "config": config_to_dict(cfg),
+                  "ms_per_step": {name: median(t) for name, t in times.items()},
+                  "identical_weights": all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])}
+        report["ratio_on_off"] = report["ms_per_step"]["on"] / report["ms_per_step"]["off"]
+        return report
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def format_guard(report: dict) -> str:
+    ms = report["ms_per_step"]
+    return (f"non-finite guard, {report['device']}: off (--max-nonfinite 0) {ms['off']:.1f} ms/micro-step, on "
+            f"(--max-nonfinite 1) {ms['on']:.1f} ms/micro-step (medians): on/off = {report['ratio_on_off']:.3f}; "
+            f"weights {'bit-identical' if report['identical_weights'] else 'DIFFER'}")
+
+
 # ----------------------------------------------------------------------------------------------- matrix
 def run_configs(cfg: TrainConfig, opts, argv: list[str]) -> dict:
     """Each --configs row in its own process, --rounds times in turn, on data prepared once here."""
@@ -486,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--configs", default=None, help=f"comma list of {', '.join(CONFIGS)}, or all: one process "
                        "per configuration, with speed and memory ratios against the first")
     bench.add_argument("--rounds", type=int, default=1, help="with --configs: run the list this many times in turn")
+    bench.add_argument("--guard-ratio", action="store_true", default=False, help="time the step with the non-finite "
+                       "guard off (--max-nonfinite 0) and on (1) in this process, alternating, and print the ratio")
     bench.add_argument("--flops-only", action="store_true", default=False, help="print the FLOPs per image and stop")
     bench.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     return parser
@@ -515,7 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
 
     datasets.disable_progress_bars()  # the file-list builder's bar would interleave with the results
-    if opts.configs:
+    if opts.guard_ratio:
+        result = compare_guard(cfg, opts)
+        print(format_guard(result))
+    elif opts.configs:
         result = run_configs(cfg, opts, argv)
         print(format_configs(result))
     else:

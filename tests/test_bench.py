@@ -153,6 +153,28 @@ def test_bench_step_is_the_step_train_py_runs(tmp_path):
     assert [k for k in trained if not torch.equal(trained[k], benched[k])] == []
 
 
+def test_guard_ratio_times_the_step_with_the_guard_off_and_on(tmp_path, monkeypatch):
+    """--guard-ratio at tiny size: two medians and their ratio, both runs built by build_training with the guard
+    off and on (hooks only on the second), and their weights still bit-identical after the alternated steps."""
+    import train
+
+    monkeypatch.delenv("CITYSCAPES_DATASET", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    built = []
+    monkeypatch.setattr(bench_train, "build_training", lambda *a, **k: built.append(train.build_training(*a, **k))
+                        or built[-1])
+    out = tmp_path / "guard.json"
+    assert bench_train.main([*TINY, "--data-root", "", "--crop-size", "64", "128", "--batch-size", "1", "--steps", "2",
+                             "--warmup", "1", "--frames", "1", "--guard-ratio", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    ms = report["ms_per_step"]
+    assert ms["off"] > 0 and report["ratio_on_off"] == pytest.approx(ms["on"] / ms["off"])
+    assert report["identical_weights"] is True
+    assert [(b.step.cfg.max_nonfinite, b.step.mask.active, bool(b.step.mask.handles)) for b in built] == [
+        (0, False, False), (1, True, True)]
+    assert [p.name for p in tmp_path.iterdir()] == ["guard.json"]
+
+
 def test_bench_loader_at_tiny_size(tmp_path):
     from data_utils.synthetic import generate_dataset
 
