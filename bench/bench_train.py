@@ -413,8 +413,8 @@ def compare_guard(cfg: TrainConfig, opts) -> dict:
     """--guard-ratio: the step with the non-finite guard off (--max-nonfinite 0, train.py's default) and on (1),
     both built here side by side from the same seed, fed the same batch with the same dropout draws, their
     micro-steps alternated (the order swapped each time, so drift on a busy machine hits both alike); the
-    median ms of each over --steps
-    after --warmup, their ratio, and whether the two models' weights are still bit-identical (they must be on
+    median ms of each over --steps after --warmup, the median of the --steps ratios on/off of the two
+    micro-steps run back to back, and whether the two models' weights are still bit-identical (they must be on
     finite data: the guard only undoes non-finite micro-batches)."""
     workdir = Path(tempfile.mkdtemp(prefix="bench_guard_"))
     try:
@@ -439,9 +439,9 @@ def compare_guard(cfg: TrainConfig, opts) -> dict:
         weights = [run.accelerator.unwrap_model(run.model).state_dict() for run in runs.values()]
         report = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
                   "device": describe_device(device), "config": config_to_dict(cfg),
-                  "ms_per_step": {name: median(t) for name, t in times.items()},
+                  "ms_per_step": {name: median(t) for name, t in times.items()}, "ms": times,
+                  "ratio_on_off": median(on / off for on, off in zip(times["on"], times["off"])),
                   "identical_weights": all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])}
-        report["ratio_on_off"] = report["ms_per_step"]["on"] / report["ms_per_step"]["off"]
         return report
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -450,7 +450,8 @@ def compare_guard(cfg: TrainConfig, opts) -> dict:
 def format_guard(report: dict) -> str:
     ms = report["ms_per_step"]
     return (f"non-finite guard, {report['device']}: off (--max-nonfinite 0) {ms['off']:.1f} ms/micro-step, on "
-            f"(--max-nonfinite 1) {ms['on']:.1f} ms/micro-step (medians): on/off = {report['ratio_on_off']:.3f}; "
+            f"(--max-nonfinite 1) {ms['on']:.1f} ms/micro-step (medians); on/off = {report['ratio_on_off']:.3f} "
+            f"(median of {len(report['ms']['on'])} back-to-back pairs); "
             f"weights {'bit-identical' if report['identical_weights'] else 'DIFFER'}")
 
 
