@@ -154,7 +154,8 @@ def build_training(cfg: TrainConfig, accelerator: Accelerator, load_pretrained: 
                 checked += check_frames(val_loader.dataset, decode_labels=True, num_workers=cfg.num_workers)
             check_seconds = time.perf_counter() - start
     augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
-    sdt_classes = train_loader.dataset.num_classes if uses_sdt(cfg) and cfg.sdt_source == "gpu" else 0  # SDT on the device
+    on_device_sdt = uses_sdt(cfg) and cfg.sdt_source == "gpu"  # the SDT computed on the device, per batch
+    sdt_classes = train_loader.dataset.num_classes if on_device_sdt else 0
 
     with accelerator.main_process_first():  # a hub download of the pretrained backbone happens once
         model = build_model_from_config(cfg, load_pretrained=load_pretrained)
