@@ -243,6 +243,11 @@ class StepState:
     augment: BatchAugment | None = None
     sdt_classes: int = 0
 
+    def __post_init__(self):
+        if self.mask.active != self.loss_log.each_step:  # the mask needs `keep` at every micro-step
+            raise ValueError("StepState: an active GradientMask needs an EpochLossLog with each_step=True, "
+                             "an inactive one each_step=False")
+
     def new_epoch(self) -> EpochLossLog:
         """A fresh loss log for the next epoch (its means start again), guarded as the mask is."""
         self.loss_log = EpochLossLog(self.accelerator, each_step=self.mask.active)

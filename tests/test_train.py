@@ -298,6 +298,8 @@ def test_guard_is_off_at_max_nonfinite_0_and_gathers_once_per_read(tiny_data, mo
         trainable = sum(p.requires_grad for p in accelerator.unwrap_model(state.model).parameters())
         assert len(state.mask.handles) == (trainable if hooks is None else hooks)
         assert state.mask.active == state.loss_log.each_step == (max_nonfinite > 0)
+        with pytest.raises(ValueError, match="GradientMask needs an EpochLossLog"):  # a mask without its answers
+            dataclasses.replace(state, loss_log=EpochLossLog(accelerator, each_step=not state.mask.active))
         gathers = []
         monkeypatch.setattr(accelerator, "gather", lambda t: gathers.append(t.shape) or t)
         batch = next(iter(training.train_loader))
