@@ -576,8 +576,8 @@ class NaNLossAfter:
 
 
 def test_nonfinite_loss_stops_naming_step_and_terms_and_keeps_last_checkpoint(tiny_data, tmp_path, monkeypatch):
-    import train
-
+    """At the default --max-nonfinite 0 the guard is off (nothing undone, the bad step reaches the weights):
+    the run still stops with one line at the read that closes the epoch, before its checkpoint."""
     # batch 4: 4 micro-batches per epoch; the 5th loss call is epoch 2's first micro-batch
     monkeypatch.setattr(engine.setup, "build_loss", lambda *a, **k: NaNLossAfter(build_loss(*a, **k), 5, 10**9))
     out = tmp_path / "stop"
@@ -1009,8 +1009,6 @@ def test_wandb_mode_is_offline_unless_logged_in(tmp_path, monkeypatch):
 
 
 def test_wandb_offline_run_with_overlays_continues_the_same_run_after_resume(tiny_data, tmp_path, monkeypatch):
-    import train
-
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline")
