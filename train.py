@@ -42,7 +42,8 @@ from engine.tracking import finish_wandb, init_wandb, prediction_overlays, sigte
 from losses import build_aux_loss, build_loss
 from losses.gradients import GradStatsLog
 from losses.schedule import BoundaryWeightSchedule
-from metrics.keys import COUNT_KEYS, METRIC_KEYS, SHORT_LABELS
+from metrics.keys import val_key
+from metrics.registry import METRICS
 from utils.dirlock import discard_unused, folder_lock
 from utils.jsonl import EpochJsonl
 
@@ -290,9 +291,8 @@ def epoch_summary(row: dict, epochs: int) -> str:
             f"{row['train/images_per_s']:.2f} img/s | {row['train/epoch_seconds']:.0f} s")
     if "train/peak_memory_gib" in row:
         line += f" | {row['train/peak_memory_gib']:.1f} GiB"
-    if "val/miou" in row:
-        line += " | val " + " ".join(f"{SHORT_LABELS[k]} {row[f'val/{k}'] * (1 if k in COUNT_KEYS else 100):.2f}"
-                                     for k in METRIC_KEYS)
+    if val_key("miou") in row:
+        line += " | val " + " ".join(f"{m.short} {m.show(row[val_key(m.key)])}" for m in METRICS)
     return line
 
 

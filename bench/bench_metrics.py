@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from data_utils.labels import IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids  # noqa: E402
 from data_utils.synthetic import hf_classes  # noqa: E402
 from metrics import SegmentationMetrics  # noqa: E402
-from metrics.per_image import (STUDY_EPS, boundary_f1_per_class, dataset_metrics, per_image_path,  # noqa: E402
-                               study_trimap_iou_scores, write_per_image)
+from metrics.per_image import dataset_metrics, per_image_path, write_per_image  # noqa: E402
+from metrics.reductions import STUDY_EPS, boundary_f1_per_class, study_trimap_iou_scores  # noqa: E402
 from metrics.segmentation import fragment_counts, segmentation_image_stats  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 

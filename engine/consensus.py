@@ -19,7 +19,7 @@ from data_utils.classes import ClassTable
 from engine.evaluation import BAR_COLUMNS, _live, predict
 from metrics.consensus import cc_veto
 from metrics.keys import METRIC_KEYS
-from metrics.segmentation import SegmentationMetrics, fragment_counts
+from metrics.segmentation import SegmentationMetrics, host_image_stats
 from utils.fileio import UserError
 
 DEFAULT_PROTECT = ("fence", "pole", "traffic light", "traffic sign")  # thin classes a veto would erase
@@ -68,7 +68,7 @@ def evaluate_consensus(primary: torch.nn.Module, veto: torch.nn.Module, loader, 
                 stats = {}
                 for m, pred in preds.items():
                     counts = metrics[m].image_stats(pred, labels)
-                    counts["fragments"] = fragment_counts(pred, C).to(labels.device)
+                    counts.update({k: v.to(labels.device) for k, v in host_image_stats(pred, C).items()})
                     stats.update({f"{m}/{k}": v for k, v in counts.items()})
                 names = list(batch["name"])
                 if index + 1 == len(loader):  # see engine.evaluation._add_batch: only the last batch has a tail

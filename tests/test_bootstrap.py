@@ -16,7 +16,8 @@ import aggregate
 from bench import bench_bootstrap
 from bench.bench_bootstrap import loop_deltas, synthetic_stats
 from data_utils.labels import CLASS_NAMES
-from metrics.per_image import dataset_metrics, iou_from_confusion, read_per_image, subset
+from metrics.per_image import dataset_metrics, read_per_image, subset
+from metrics.reductions import iou_from_confusion
 from report.bootstrap import (BOOTSTRAP_METRICS, PROFILE_METRICS, bootstrap_metrics, full_set_values,
                               paired_image_bootstrap)
 from utils import UserError, atomic_write_json
@@ -79,7 +80,7 @@ def test_blocks_of_replicates_change_nothing(small_stats):
     blocks = bootstrap_metrics(small_stats, [("A", "B"), ("A", "C")], metrics, 50, 3, chunk_replicates=7)
     for m in metrics:
         for pair in whole[m]:  # counts sum exactly in float64; per-image scores up to the order of the sums
-            if BOOTSTRAP_METRICS[m].key in ("boundary_f1", "study_boundary_f1", "study_trimap_iou"):
+            if BOOTSTRAP_METRICS[m].array in ("boundary_f1", "study_boundary_f1", "study_trimap_iou"):
                 np.testing.assert_allclose(whole[m][pair]["samples"], blocks[m][pair]["samples"], rtol=1e-13)
             else:
                 np.testing.assert_array_equal(whole[m][pair]["samples"], blocks[m][pair]["samples"])
