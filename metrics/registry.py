@@ -31,6 +31,7 @@ from importlib import import_module
 
 import numpy as np
 
+from metrics.hausdorff import hd95_dataset, hd95_of_sums, hd95_per_class, hd95_terms
 from metrics.reductions import (boundary_f1_scores, boundary_iou_of_sums, boundary_iou_per_class, confusion_sums,
                                 identity, image_terms, iou_from_confusion, mean, mean_of_sums, miou_of_sums,
                                 nanmean, study_boundary_f1_scores, study_trimap_iou_scores)
@@ -173,6 +174,10 @@ METRICS: tuple[Metric, ...] = (
            "metrics.segmentation:fragment_stats", host=True,
            reduce=lambda s: mean(s["fragments"].astype(np.float64)),
            resample=Resample("fragments", image_terms(skip_nan=False), mean_of_sums)),
+    Metric("hd95", "HD95", "HD95", "px", {"hd95": (("C",), "f"), "hd95_excluded": ((), "i")},
+           "metrics.hausdorff:hd95_image_stats", reduce=hd95_dataset,
+           resample=Resample("hd95", hd95_terms, hd95_of_sums),
+           per_class="hd95_per_class", class_values=hd95_per_class, reference="metrics.hausdorff:hd95"),
 )
 
 
