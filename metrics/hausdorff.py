@@ -115,8 +115,8 @@ def _nearest_sq(queries, targets, shape: tuple[int, int]):
     are sorted by (group, column, row), so for a query (g, i, j) the nearest targets of column k above and
     below row i are the neighbours of key (g, k, i) in that order (one searchsorted); columns k within
     w of j are searched (w = each of NEAR_WINDOWS in turn, for the queries not done yet), which is exact when the
-    best squared distance is <= (w + 1)² (every other column is further away). Far queries (the rest: a boundary far from the other map's boundary of its
-    class) are compared with every target of their group.
+    best squared distance is <= (w + 1)² (every other column is further away). Far queries (the rest: a boundary
+    far from the other map's boundary of its class) are compared with every target of their group.
     """
     import torch
 
@@ -185,7 +185,7 @@ def _percentile_per_group(sq, group, num_groups: int):
     return torch.where(counts > 0, value, torch.full_like(value, math.nan))
 
 
-def hd95_image_stats(pred, target, num_classes: int = 19, ignore_index: int = 255, boundary_px: int = 3) -> dict:
+def hd95_image_stats(pred, target, num_classes: int, ignore_index: int = 255, boundary_px: int = 3) -> dict:
     """`hd95` of every image of a batch, on the inputs' device (the HD95 record's producer).
 
     Args:

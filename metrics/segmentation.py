@@ -430,14 +430,14 @@ def fragment_counts(pred: torch.Tensor, num_classes: int = 19) -> torch.Tensor:
     return torch.tensor([count_fragments(m, num_classes) for m in maps], dtype=torch.int64)
 
 
-def fragment_stats(pred: torch.Tensor, num_classes: int = 19) -> dict[str, torch.Tensor]:
+def fragment_stats(pred: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
     """The fragments record's producer (on the host): {"fragments": `fragment_counts`}."""
     return {"fragments": fragment_counts(pred, num_classes)}
 
 
 @torch.no_grad()
-def device_image_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 19, ignore_index: int = 255,
-                       boundary_px: int = 3) -> dict[str, torch.Tensor]:
+def device_image_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int,
+                       boundary_px: int) -> dict[str, torch.Tensor]:
     """Every device-side record's per-image statistics of a batch (`metrics.registry`), on the inputs' device."""
     if pred.dim() == 2:
         pred, target = pred[None], target[None]
@@ -447,7 +447,7 @@ def device_image_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: in
     return stats
 
 
-def host_image_stats(pred: torch.Tensor, num_classes: int = 19) -> dict[str, torch.Tensor]:
+def host_image_stats(pred: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
     """Every host-side record's per-image statistics (on the CPU) of a batch of predictions (any device)."""
     stats = {}
     for producer in producers(host=True):

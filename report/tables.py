@@ -431,7 +431,8 @@ def bootstrap_table(study: Study, epoch: int, per_image: dict[str, dict[int, dic
              "sample of images like these? It does not cover another training seed.",
              "**Paired-by-seed t-test** (as table 5, pairs = common seeds): measures **training-seed variance** — "
              "would the difference hold for models trained with other seeds, on these images?",
-             f"\"X vs Y\": Δ = X − Y on all images, in pp ({unit_notes(names)}); the 95 % CI, bootstrap p and Holm p (within each metric, over its "
+             f"\"X vs Y\": Δ = X − Y on all images, in pp ({unit_notes(names)}); the 95 % CI, bootstrap p and "
+             "Holm p (within each metric, over its "
              f"{len(pairs)} comparisons) as defined in `report/bootstrap.py: bootstrap_metrics`; bootstrap p = 0: "
              f"no replicate reached 0 (p < {2 / num_replicates:.2g}); significant = Holm p < {ALPHA}.",
              f"metrics profile: {profile} (Boundary F1 and Trimap IoU as that profile defines them)."]

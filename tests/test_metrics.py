@@ -267,7 +267,8 @@ def test_batched_equals_one_at_a_time_and_gathered_halves():
     # What a 2-process evaluation does: per-process stats, gathered (concatenated), then added.
     halves = SegmentationMetrics()
     stats = [halves.image_stats(pred[:2], target[:2]), halves.image_stats(pred[2:], target[2:])]
-    halves.add_stats({**{k: torch.cat([s[k] for s in stats]) for k in stats[0]}, **seg.host_image_stats(pred)})
+    host = seg.host_image_stats(pred, halves.num_classes)  # fragments, computed on the host
+    halves.add_stats({**{k: torch.cat([s[k] for s in stats]) for k in stats[0]}, **host})
     assert _same(batched.compute(), single.compute())
     assert _same(batched.compute(), halves.compute())
     for key, value in batched.image_stats(pred[:2], target[:2]).items():
