@@ -37,8 +37,9 @@ from engine.setup import build_accelerator, build_training, configure_torch, ens
 from engine.steps import LossReading, StepState, augmentation_seed, device_batch
 from engine.tracking import finish_wandb, init_wandb, prediction_overlays, sigterm_as_ctrl_c, val_metrics_row
 from losses.gradients import GradStatsLog, term_gradient_stats
-from metrics.keys import COUNT_KEYS, METRIC_KEYS, SHORT_LABELS, val_key
-from utils.console import pct, progress_columns
+from metrics.keys import val_key
+from metrics.registry import METRICS
+from utils.console import progress_columns
 from utils.dirlock import discard_unused, folder_lock
 from utils.jsonl import EpochJsonl
 
@@ -288,8 +289,7 @@ def epoch_summary(row: dict, epochs: int) -> str:
     if "train/peak_memory_gib" in row:
         line += f" | {row['train/peak_memory_gib']:.1f} GiB"
     if val_key("miou") in row:
-        line += " | val " + " ".join(f"{SHORT_LABELS[k]} " + (f"{row[val_key(k)]:.2f}" if k in COUNT_KEYS
-                                                                 else pct(row[val_key(k)])) for k in METRIC_KEYS)
+        line += " | val " + " ".join(f"{m.short} {m.show(row[val_key(m.key)])}" for m in METRICS)
     return line
 
 
