@@ -45,10 +45,10 @@ Profile "study" (the original study's corrected v0.2.0 estimators, which its pub
 
 How it stays fast without a per-class loop: every pixel stores its class as one bit of an integer (class c ->
 bit c, 30 classes fit an int32, 62 an int64; more classes, up to MAX_CLASSES = 255, take several int64 planes of
-62, each handled as below; a pixel's states come from the plane of its class; on the CPU only the classes that
-occur in a tile of rows take bits, renumbered, so at C = 150 a tile of a real image is one int32 plane), so the 3x3 erosion of all the
-class masks is one bitwise-AND window reduction and the tolerance dilation of all the boundary maps is one
-bitwise-OR window reduction (separable, implemented as shifted slices). In the default B and in Boundary IoU's
+62, each handled as below; a pixel's states come from the plane of its class; on the CPU, above 30 classes only
+those that occur in a tile of rows take bits, renumbered, so at C = 150 a tile of a real image is one int32
+plane), so the 3x3 erosion of all the class masks is one bitwise-AND window reduction and the tolerance dilation
+of all the boundary maps is one bitwise-OR window reduction (separable, implemented as shifted slices). In the default B and in Boundary IoU's
 inner bands a pixel carries at most its own class's bit, so "is this pixel a matched boundary pixel of its
 class" is a single bit test and all those counts come from one `torch.bincount` of a per-pixel code. The
 study's B crosses the contour, so a pixel there carries the bits of every class around it; its per-class counts
@@ -358,11 +358,12 @@ def _tile_classes(target_cls: torch.Tensor, pred_cls: torch.Tensor,
 
     Returns:
         classes: (k,) int64 the classes 0..C-1 present in target_cls or pred_cls, ascending, and class 0
-            always; None (keep all C, indices unchanged) on a GPU, where k would cost a host sync, or when every class is present.
+            always; None (keep all C, indices unchanged) on a GPU, where k would cost a host sync, up to C = 30
+            (one int32 plane already), or when every class is present.
         target_idx, pred_idx: (N, h, W) each pixel's position in `classes`, k = no class.
     """
     C = num_classes
-    if target_cls.device.type != "cpu":
+    if target_cls.device.type != "cpu" or C <= 30:  # up to 30 classes are one int32 plane anyway
         return None, target_cls, pred_cls
     seen = torch.bincount(target_cls.flatten(), minlength=C + 1)[:C] > 0
     seen |= torch.bincount(pred_cls.flatten(), minlength=C + 1)[:C] > 0
@@ -373,7 +374,7 @@ def _tile_classes(target_cls: torch.Tensor, pred_cls: torch.Tensor,
         return None, target_cls, pred_cls
     lookup = torch.full((C + 1,), k, dtype=target_cls.dtype)
     lookup[classes] = torch.arange(k, dtype=target_cls.dtype)
-    return classes, lookup[target_cls], lookup[pred_cls]
+    return classes, *(lookup.index_select(0, x.flatten()).view_as(x) for x in (target_cls, pred_cls))
 
 
 PARTS = ("default", "study", "boundary_iou")  # what segmentation_image_stats computes besides the confusions
