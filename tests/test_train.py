@@ -715,6 +715,29 @@ def test_boundary_schedule_per_epoch_and_gradient_statistics_log(tiny_data, tmp_
         assert -1 <= rows[epoch - 1]["grad_cos/features/dice_boundary"] <= 1
 
 
+def test_compiled_evaluation_runs_one_graph_for_a_short_last_batch(tiny_data):
+    """5 frames in batches of 2: the last batch (1 frame) is padded to 2, so a compiled model traces one graph
+    for the whole evaluation, and the metrics equal the eager model's."""
+    from torch._dynamo.testing import CompileCounter
+
+    from engine.evaluation import evaluate_model
+    from engine.setup import build_dataloader
+
+    cfg = _tiny_cfg(data_root=str(tiny_data), batch_size=2, num_workers=0)
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg)
+    loader = build_dataloader(cfg, cfg.val_split, train=False)
+    assert [len(b["name"]) for b in loader] == [2, 2, 1]
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = evaluate_model(torch.compile(model, backend=counter), loader, Accelerator(cpu=True))
+    eager = evaluate_model(model, loader, Accelerator(cpu=True))
+    torch._dynamo.reset()
+    assert counter.frame_count == 1
+    assert compiled["num_images"] == eager["num_images"] == 5
+    assert compiled["miou"] == pytest.approx(eager["miou"], abs=1e-12)
+
+
 @pytest.mark.slow  # ~1 min: dynamo traces the model twice
 def test_compiled_run_compiles_two_graphs_whatever_the_step_or_batch(tiny_data, tmp_path, monkeypatch):
     """Two epochs under torch.compile, every other step measuring gradient statistics, each epoch evaluated
