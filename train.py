@@ -235,7 +235,9 @@ def train_micro_step(state: StepState, images: torch.Tensor, labels: torch.Tenso
     with accelerator.accumulate(model):  # the forward inside too, as DDP's no_sync requires
         mask.save_buffers()  # BatchNorm statistics, put back if this micro-batch is bad
         measure = grad_stats and accelerator.sync_gradients
-        out = model(images, return_features=True) if measure else model(images)  # {"logits", "aux_logits", ...}
+        # Always with the features (UPerNet's and SegFormer's: a ReLU output the backward keeps anyway), so a
+        # compiled model runs one graph whether or not this step measures (a bool argument is a compile guard).
+        out = model(images, return_features=True)  # {"logits", "aux_logits", "features"}
         terms = state.loss_fn(out["logits"], labels, sdt)  # {"loss": weighted total, <term>: each unweighted}
         stats = term_gradient_stats(terms, out["logits"], out["features"]) if measure else {}
         if "aux_logits" in out and state.aux_loss_fn is not None and cfg.aux_weight > 0:

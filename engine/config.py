@@ -116,8 +116,8 @@ class TrainConfig:
     deterministic: bool = _f(False, "deterministic cuDNN kernels instead of cudnn.benchmark (slower)")
     cpu_threads: int = _f(0, "torch CPU threads per process (0 = torch's default, one per core)")
     compile: bool = _f(True, "torch.compile the model (inductor, through accelerate's dynamo backend) when CUDA "
-                       "is available; ignored on CPU. The first training step compiles for ~2 min on an H100 "
-                       "(issue 8's measurement), the first evaluation compiles the eval graph")
+                       "is available; ignored on CPU. Two compiles per run: the first training step (~2 min on an H100, "
+                       "issue 8's measurement) and the first evaluation; none after (docs/performance.md)")
     channels_last: bool = _f(True, "keep the model weights and input batches in channels_last (NHWC) memory "
                              "layout, the layout cuDNN's bf16 convs and ConvNeXt's LayerNorm/MLP want")
     # --- evaluation, checkpoints, logging

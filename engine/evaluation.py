@@ -36,6 +36,18 @@ from utils.console import progress_columns
 PredictionSink = Callable[[list[str], torch.Tensor, torch.Tensor], None]
 
 
+def pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """`images` (N, ...) with its last image repeated up to `size` rows (unchanged when N >= size).
+
+    The short last batch of an evaluation goes through the model padded to the full batch size: a compiled
+    model then runs the graph of the full batches instead of compiling another for the new size (minutes on
+    a GPU; docs/performance.md). Evaluation mode computes every image on its own, so the padding changes
+    nothing but the time of one batch.
+    """
+    missing = size - images.shape[0]
+    return images if missing <= 0 else torch.cat([images, images[-1:].expand(missing, *images.shape[1:])])
+
+
 def predict(model: torch.nn.Module, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """(N, 3, H, W) uint8 or normalised float images on the model's device -> (N, H', W') int64 train ids.
 
@@ -148,13 +160,16 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int
     bar = Progress(*progress_columns(), transient=True,
                    disable=not (show_progress and accelerator.is_main_process))
     task = bar.add_task(description, total=len(loader))
+    full_batch = 0
     pending = None  # the previous batch: (stats, host stats future, names), added once its host stats are in
     try:
         with _live(bar), torch.no_grad():  # not inference_mode: train.py trains this model again afterwards
             for index, batch in enumerate(loader):
                 images = batch["image"].to(accelerator.device, non_blocking=True)
                 labels = batch["label"].to(accelerator.device, non_blocking=True) if with_metrics else None
-                pred = predict(model, images, size=None if labels is None else labels.shape[-2:])
+                full_batch = full_batch or images.shape[0]  # the first batch's size, the loader's
+                pred = predict(model, pad_batch(images, full_batch),
+                               size=None if labels is None else labels.shape[-2:])[:images.shape[0]]
                 if with_metrics:
                     stats = metric.image_stats(pred, labels)  # small per-image counts, on the device
                     current = (stats, host_stats.submit(pred), list(batch["name"]))

@@ -44,10 +44,11 @@ Profile "study" (the original study's corrected v0.2.0 estimators, which its pub
   non-empty union in the band of |pred = c ∧ target = c ∧ band| / |(pred = c ∨ target = c) ∧ band|.
 
 How it stays fast without a per-class loop: every pixel stores its class as one bit of an integer (class c ->
-bit c, 19 classes fit an int32, 62 an int64; more classes, up to MAX_CLASSES = 255, take several int64 planes of
-62, each handled as below; a pixel's states come from the plane of its class), so the 3x3 erosion of all the
-class masks is one bitwise-AND window reduction and the tolerance dilation of all the boundary maps is one
-bitwise-OR window reduction (separable, implemented as shifted slices). In the default B and in Boundary IoU's
+bit c, 30 classes fit an int32, 62 an int64; more classes, up to MAX_CLASSES = 255, take several int64 planes of
+62, each handled as below; a pixel's states come from the plane of its class; on the CPU, above 30 classes only
+those that occur in a tile of rows take bits, renumbered, so at C = 150 a tile of a real image is one int32
+plane), so the 3x3 erosion of all the class masks is one bitwise-AND window reduction and the tolerance dilation
+of all the boundary maps is one bitwise-OR window reduction (separable, implemented as shifted slices). In the default B and in Boundary IoU's
 inner bands a pixel carries at most its own class's bit, so "is this pixel a matched boundary pixel of its
 class" is a single bit test and all those counts come from one `torch.bincount` of a per-pixel code. The
 study's B crosses the contour, so a pixel there carries the bits of every class around it; its per-class counts
@@ -290,10 +291,10 @@ def _state_cells(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ign
     """
     C, K = num_classes, num_classes + 1
     n_img = pred.shape[0]
-    # Everything below is elementwise integer arithmetic in one dtype (torch.where, gathers and mixed-dtype
-    # ops are several times slower per pixel on CPU) plus one bincount. Up to 30 classes and the contour bit
-    # fit an int32.
-    dtype = torch.int32 if C <= 30 and n_img * NUM_STATES * K * K < 2**31 else torch.int64
+    # Everything below is elementwise integer arithmetic in one dtype per stage (torch.where, gathers and
+    # mixed-dtype ops are several times slower per pixel on CPU) plus one bincount. The cells fit an int32 up
+    # to ~1800 images at C = 150; the class bits below pick their own dtype.
+    dtype = torch.int32 if n_img * NUM_STATES * K * K < 2**31 else torch.int64
 
     # Class index per pixel, C = "no class" (ignored target pixels, predictions outside 0..C-1).
     target_cls = _class_index(target, C, dtype)  # (N, h, W) in 0..C
@@ -311,15 +312,22 @@ def _state_cells(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ign
                           & valid.narrow(dim, 0, size - 1) & valid.narrow(dim, 1, size - 1))
             contour.narrow(dim, 0, size - 1).logical_or_(transition)
             contour.narrow(dim, 1, size - 1).logical_or_(transition)
-    contour = contour.to(dtype)
 
-    # The classes in bit planes of CLASSES_PER_PLANE (one plane up to 62 classes); a pixel's boundary states
+    # The bits: on the CPU only the k classes that occur in the tile, renumbered 0..k-1 (k = none); up to 30
+    # of them (and the contour bit) fit an int32, up to 62 one int64 plane. Every class's masks and morphology
+    # are its own, so which bit carries it changes no count.
+    classes, target_idx, pred_idx = _tile_classes(target_cls, pred_cls, C)
+    k = C if classes is None else len(classes)
+    bits_dtype = torch.int32 if k <= 30 else torch.int64
+    target_idx, pred_idx, contour = (x.to(bits_dtype) for x in (target_idx, pred_idx, contour))
+
+    # The k classes in bit planes of CLASSES_PER_PLANE (one plane up to 62 classes); a pixel's boundary states
     # come from the plane of its class, the band from the first plane, which carries the contour.
     study = []
-    for first in range(0, C, CLASSES_PER_PLANE):
-        width = min(CLASSES_PER_PLANE, C - first)
-        target_bit, pred_bit = ((target_cls, pred_cls) if width == C else  # class c -> bit c - first
-                                (_class_index(cls - first, width, dtype) for cls in (target_cls, pred_cls)))
+    for first in range(0, k, CLASSES_PER_PLANE):
+        width = min(CLASSES_PER_PLANE, k - first)
+        target_bit, pred_bit = ((target_idx, pred_idx) if width == k else  # index i -> bit i - first
+                                (_class_index(idx - first, width, bits_dtype) for idx in (target_idx, pred_idx)))
         plane_state, plane_band, plane_study = _plane_states(target_bit, pred_bit, width,
                                                              contour if first == 0 else None, boundary_px, rows,
                                                              frame, parts)
@@ -328,11 +336,45 @@ def _state_cells(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ign
         else:
             state = state + plane_state
         study.append(plane_study)
-    state = band * 36 + state  # 0..71: band, pred state, GT state, P_d, G_d
+    state = (band * 36 + state).to(dtype)  # 0..71: band, pred state, GT state, P_d, G_d
     cell = (state * K + target_cls) * K + pred_cls  # (N, h, W) in 0 .. 72*K*K - 1
     cell = cell[:, rows[0]:rows[1]] + torch.arange(n_img, device=cell.device, dtype=dtype).view(n_img, 1, 1) * (
         NUM_STATES * K * K)
-    return cell.flatten(), torch.cat(study, 1) if "study" in parts else None
+    if "study" not in parts:
+        return cell.flatten(), None
+    study = torch.cat(study, 1)  # (N, k, 4)
+    if classes is not None:  # back to the class numbers
+        study = study.new_zeros(n_img, C, 4).index_copy_(1, classes, study)
+    return cell.flatten(), study
+
+
+def _tile_classes(target_cls: torch.Tensor, pred_cls: torch.Tensor,
+                  num_classes: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The classes that occur in a CPU tile and the pixels' indices among them.
+
+    Args:
+        target_cls, pred_cls: (N, h, W) class indices in 0..C, C = no class (pred_cls is C where the target
+            is not valid).
+
+    Returns:
+        classes: (k,) int64 the classes 0..C-1 present in target_cls or pred_cls, ascending, and class 0
+            always; None (keep all C, indices unchanged) on a GPU, where k would cost a host sync, up to C = 30
+            (one int32 plane already), or when every class is present.
+        target_idx, pred_idx: (N, h, W) each pixel's position in `classes`, k = no class.
+    """
+    C = num_classes
+    if target_cls.device.type != "cpu" or C <= 30:  # up to 30 classes are one int32 plane anyway
+        return None, target_cls, pred_cls
+    seen = torch.bincount(target_cls.flatten(), minlength=C + 1)[:C] > 0
+    seen |= torch.bincount(pred_cls.flatten(), minlength=C + 1)[:C] > 0
+    seen[0] = True  # at least one class, so that there is a plane (for a tile without any, one without pixels)
+    classes = seen.nonzero().squeeze(1)
+    k = len(classes)
+    if k == C:
+        return None, target_cls, pred_cls
+    lookup = torch.full((C + 1,), k, dtype=target_cls.dtype)
+    lookup[classes] = torch.arange(k, dtype=target_cls.dtype)
+    return classes, *(lookup.index_select(0, x.flatten()).view_as(x) for x in (target_cls, pred_cls))
 
 
 PARTS = ("default", "study", "boundary_iou")  # what segmentation_image_stats computes besides the confusions

@@ -337,6 +337,40 @@ def test_classes_on_both_sides_of_a_plane_edge():
     assert ours["iou"][130] == 0.0 and 0 < ours["boundary_iou_per_class"][124] < 1
 
 
+@pytest.mark.parametrize("num_classes, present", [(63, 63), (150, 100), (255, 200)])
+def test_dense_classes_match_reference(num_classes, present):
+    """Many classes in one map (2x2 blocks of `present` random classes): on the CPU the tile's classes still
+    take several planes (100 -> 2, 200 -> 4), or all C keep their bits (C = 63, every class present)."""
+    rng = np.random.default_rng(num_classes + 1)
+    classes = rng.choice(num_classes, present, replace=False)
+    blocks = rng.permutation(np.resize(classes, 16 * 24)).reshape(16, 24)
+    target = np.kron(blocks, np.ones((2, 2), np.int64))  # (32, 48)
+    target[rng.random(target.shape) < 0.05] = IGNORE_INDEX
+    pred = np.roll(target, 1, axis=0)
+    pred[rng.random(target.shape) < 0.1] = rng.integers(0, num_classes)
+    for profile in PROFILES:
+        assert_metrics_close(run_metrics([pred], [target], num_classes, profile=profile),
+                             ref_metrics([pred], [target], profile=profile, num_classes=num_classes))
+
+
+@pytest.mark.parametrize("num_classes", [31, 150, 255])
+def test_tile_classes_equal_all_classes(monkeypatch, num_classes):
+    """The CPU's per-tile renumbering of the classes present (`_tile_classes`) changes no count: equal to
+    every class keeping its own bit (what a GPU does), with row tiles of 6 rows, one of them without a valid
+    pixel."""
+    rng = np.random.default_rng(29)
+    pairs = [random_pair(rng, num_classes=num_classes) for _ in range(2)]
+    pred = torch.as_tensor(np.stack([p for p, _ in pairs]))
+    target = torch.as_tensor(np.stack([t for _, t in pairs]))
+    target[:, 6:12] = IGNORE_INDEX
+    monkeypatch.setattr(seg, "CPU_TILE_PIXELS", 2 * 56 * 6)
+    renumbered = seg.segmentation_image_stats(pred, target, num_classes)
+    monkeypatch.setattr(seg, "_tile_classes", lambda target_cls, pred_cls, _: (None, target_cls, pred_cls))
+    all_classes = seg.segmentation_image_stats(pred, target, num_classes)
+    for key in seg.DEVICE_STAT_KEYS:
+        assert torch.equal(renumbered[key], all_classes[key]), key
+
+
 @pytest.mark.parametrize("classes_per_plane", [1, 4])
 def test_several_planes_equal_one_plane(monkeypatch, classes_per_plane):
     """At C = 19 the counts from planes of 1 or 4 classes equal those of the single plane bit for bit."""

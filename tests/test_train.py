@@ -715,6 +715,56 @@ def test_boundary_schedule_per_epoch_and_gradient_statistics_log(tiny_data, tmp_
         assert -1 <= rows[epoch - 1]["grad_cos/features/dice_boundary"] <= 1
 
 
+def test_compiled_evaluation_runs_one_graph_for_a_short_last_batch(tiny_data):
+    """5 frames in batches of 2: the last batch (1 frame) is padded to 2, so a compiled model traces one graph
+    for the whole evaluation, and the metrics equal the eager model's."""
+    from torch._dynamo.testing import CompileCounter
+
+    from engine.evaluation import evaluate_model
+    from engine.setup import build_dataloader
+
+    cfg = _tiny_cfg(data_root=str(tiny_data), batch_size=2, num_workers=0)
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg)
+    loader = build_dataloader(cfg, cfg.val_split, train=False)
+    assert [len(b["name"]) for b in loader] == [2, 2, 1]
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = evaluate_model(torch.compile(model, backend=counter), loader, Accelerator(cpu=True))
+    eager = evaluate_model(model, loader, Accelerator(cpu=True))
+    torch._dynamo.reset()
+    assert counter.frame_count == 1
+    assert compiled["num_images"] == eager["num_images"] == 5
+    assert compiled["miou"] == pytest.approx(eager["miou"], abs=1e-12)
+
+
+@pytest.mark.slow  # ~1 min: dynamo traces the model twice
+def test_compiled_run_compiles_two_graphs_whatever_the_step_or_batch(tiny_data, tmp_path, monkeypatch):
+    """Two epochs under torch.compile, every other step measuring gradient statistics, each epoch evaluated
+    on 5 frames in batches of 4 (the last one of 1): dynamo compiles exactly the two graphs docs/performance.md
+    promises (training mode, evaluation mode), without a graph break. Dynamo's "eager" backend stands in for
+    inductor (the same graphs and guards, no code generation), on the CPU where train.py never compiles."""
+    from accelerate.utils import DynamoBackend
+    from torch._dynamo.utils import counters
+
+    import train
+
+    def compiling_accelerator(cfg):
+        accelerator = build_accelerator(cfg)
+        accelerator.state.dynamo_plugin.backend = DynamoBackend.EAGER
+        return accelerator
+
+    monkeypatch.setattr(train, "build_accelerator", compiling_accelerator)
+    torch._dynamo.reset()
+    counters.clear()
+    assert run_train(tiny_data, tmp_path / "run", "--variant", "C", "--epochs", "2", "--batch-size", "4",
+                     "--compile", "--log-grad-norms", "2") == 0
+    assert len((tmp_path / "run" / "grad_stats.jsonl").read_text().splitlines()) == 4  # steps 0, 2, 4, 6
+    assert counters["stats"]["unique_graphs"] == 2
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    torch._dynamo.reset()
+
+
 def test_resume_refuses_other_settings_and_finished_run_returns(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_train(tiny_data, out, "--variant", "A", "--epochs", "1") == 0
