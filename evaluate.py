@@ -33,6 +33,7 @@ from pathlib import Path
 from metrics.keys import FRACTION_KEYS, PROFILES, SHORT_LABELS
 from utils.fileio import (RenamedFlag, UserError, atomic_write_bytes, parse_args_first, remove_temp_files, run_main,
                           user_message)
+from utils.threads import set_torch_threads, threads_per_job
 
 UNLABELLED_SPLITS = ("test",)  # Cityscapes ships placeholder labels for test: predictions only, no metrics
 
@@ -448,13 +449,14 @@ def evaluate_all(checkpoints: list[Path], args):
     pool of spawned processes spread round-robin over the visible GPUs (or sharing the CPU)."""
     if args.jobs == 1:
         from accelerate import Accelerator
+        set_torch_threads(jobs=1)
         _WORKER.update(accelerator=Accelerator(), show_progress=True)
         for ckpt in checkpoints:
             yield _evaluate_in_worker(ckpt, args)
         return
     spawn = mp.get_context("spawn")  # CUDA cannot be forked
     devices = [str(i) for i in range(torch.cuda.device_count())] or ["cpu"]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = threads_per_job(args.jobs)  # this process's cores shared by the jobs (utils.threads)
     with ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=_init_worker,
                              initargs=(devices, spawn.Value("i", 0), threads)) as pool:
         futures = {pool.submit(_evaluate_in_worker, ckpt, args): ckpt for ckpt in checkpoints}

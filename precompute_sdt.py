@@ -28,10 +28,7 @@ from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 from utils import RenamedFlag, UserError, free_space, human_bytes, make_output_dir, parse_args_first, run_main
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from utils.threads import set_torch_threads, usable_cpus
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,8 +72,10 @@ _FRAMES = None  # the split's frame source (PathFrames / HFFrames), set in every
 
 
 def _set_frames(frames) -> None:
+    """Every worker (and this process for one job): the frames, and one compute thread (utils.threads)."""
     global _FRAMES
     _FRAMES = frames
+    set_torch_threads(threads=1)
 
 
 def precompute_one(task: tuple[int, str, bool, bool]) -> tuple[str, int, int]:

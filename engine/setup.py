@@ -27,6 +27,7 @@ from engine.config import DEMO_DATA, DEMO_HF_DATA, TrainConfig
 from losses.registry import needs_sdt
 from models import build_model, takes_input_size
 from utils.fileio import UserError
+from utils.threads import set_torch_threads
 
 
 def build_accelerator(cfg: TrainConfig, cpu: bool = False) -> Accelerator:
@@ -50,8 +51,7 @@ def configure_torch(cfg: TrainConfig) -> None:
     """Seeds (+ rank: dropout differs per process; DDP broadcasts the init), CPU threads and cuDNN's kernel
     choice for a run of `cfg` (train.py; bench/bench_train.py does the same before it builds the model)."""
     set_seed(cfg.seed, device_specific=True)
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
+    set_torch_threads(threads=cfg.cpu_threads)  # 0: one per core this process may use (utils.threads)
     torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed 1024x2048 input: autotuning pays off
     if cfg.deterministic:
         torch.backends.cudnn.deterministic = True
