@@ -234,23 +234,35 @@ def test_triton_kernels_cross_chunks_and_tiles_in_interpreter(tmp_path):
 
 @needs_triton
 @pytest.mark.slow
+def test_triton_kernels_many_tiles_at_a_small_clip_in_interpreter(tmp_path):
+    """Slow (~30 s of CPU in the interpreter): 150x200 at clip 20, 4 classes: 19 x 4 tiles whose row passes stop at
+    the clip, not at the early exit."""
+    run_in_triton_interpreter(tmp_path, "check(blob_label(150, 200, 3, 11)[None], 4, 20)\n")
+
+
+@needs_triton
+@pytest.mark.slow
 def test_triton_kernels_far_distances_across_chunks_in_interpreter(tmp_path):
-    """Slow (~2 min in the interpreter): 150x200 at clip 20 (many tiles that stop at the clip), a hand-made image
-    whose nearest class pixels lie two chunks away, and the runtime self-check batch (which crosses a chunk)."""
+    """Slow (~25 s of CPU in the interpreter): nearest class pixels two scan chunks away, 100+ rows and columns."""
     run_in_triton_interpreter(tmp_path, (
-        "check(np.stack([blob_label(150, 200, 3, seed) for seed in range(2)]), 4, 20)\n"
         "far = np.ones((140, 96), np.uint8)\n"
         "far[3:5, 40:44] = 0\n"
         "far[135:, 70:] = 2\n"
         "far[60:70, :10] = 255\n"
-        "check(far[None], 3, 127)\n"
-        "_self_check_triton(sdt_triton, torch.device('cpu'), 127)\n"))
+        "check(far[None], 3, 127)\n"))
+
+
+@needs_triton
+@pytest.mark.slow
+def test_triton_kernels_pass_the_runtime_self_check_in_interpreter(tmp_path):
+    """Slow (~45 s of CPU in the interpreter): the batch every GPU checks the kernels on before it trusts them."""
+    run_in_triton_interpreter(tmp_path, "_self_check_triton(sdt_triton, torch.device('cpu'), 20)\n")
 
 
 @needs_triton
 @pytest.mark.slow
 def test_triton_kernels_match_numpy_on_a_real_crop_in_interpreter(tmp_path, cityscapes_fullres):
-    """Slow (~2 min in the interpreter): an 80x136 crop of a real label (11 of the 19 classes present) at the
+    """Slow (~1 min of CPU in the interpreter): an 80x136 crop of a real label (11 of the 19 classes present) at the
     default clip."""
     label_path = cityscapes_fullres / "gtFine/train/aachen/aachen_000006_000019_gtFine_labelIds.png"
     run_in_triton_interpreter(tmp_path, (
