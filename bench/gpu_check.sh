@@ -76,7 +76,8 @@ step cuda_tests 40 10 "^[0-9]+ passed in " "$PYTHON -m pytest -q -rs -p no:cache
 if [ "$DRY_RUN" = 1 ]; then
   total=0
   for i in "${!NAMES[@]}"; do
-    printf '[%s] timeout %s s (GPU work %s s): %s\n' "${NAMES[$i]}" "${TIMEOUTS[$i]}" "${GPU_SECONDS[$i]}" "${COMMANDS[$i]}"
+    printf '[%s] timeout %s s (GPU work %s s): %s\n' \
+      "${NAMES[$i]}" "${TIMEOUTS[$i]}" "${GPU_SECONDS[$i]}" "${COMMANDS[$i]}"
     total=$((total + TIMEOUTS[i]))
   done
   echo "total time limit: $total s; writes $OUT"
@@ -153,7 +154,9 @@ for i in "${!NAMES[@]}"; do
   start=$EPOCHREALTIME
   # the figure lines on the console as they come; everything in the log
   limit=${TIMEOUTS[$i]}
-  if [ -n "${GPU_CHECK_MAX_LIMIT_S:-}" ] && [ "$GPU_CHECK_MAX_LIMIT_S" -lt "$limit" ]; then limit=$GPU_CHECK_MAX_LIMIT_S; fi
+  if [ -n "${GPU_CHECK_MAX_LIMIT_S:-}" ] && [ "$GPU_CHECK_MAX_LIMIT_S" -lt "$limit" ]; then
+    limit=$GPU_CHECK_MAX_LIMIT_S
+  fi
   timeout --kill-after=10 "$limit" bash -c "${COMMANDS[$i]}" 2>&1 | tee "$WORK/$name.log" \
     | { grep --line-buffered -E "${FIGURES[$i]}" || true; } | sed -u 's/^/   /'
   printf '%s %s %s\n' "${PIPESTATUS[0]}" "$start" "$EPOCHREALTIME" >"$WORK/$name.rc"

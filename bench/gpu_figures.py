@@ -1,6 +1,6 @@
 """The GPU figures of bench/gpu_check.sh that are not a training step: GPU work first, one line per figure at once.
 
-    python bench/gpu_figures.py sdt --data DIR        # compute_sdt_torch per 19-class 1024x2048 label, then CPU compute_sdt
+    python bench/gpu_figures.py sdt --data DIR        # compute_sdt_torch per 19-class label, then CPU compute_sdt
     python bench/gpu_figures.py metrics --data DIR    # segmentation_image_stats img/s, both profiles, C = 19
     python bench/gpu_figures.py evaluate --data DIR   # evaluate_model img/s: loader, forward (bf16) and metrics
 
