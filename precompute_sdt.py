@@ -11,12 +11,13 @@ a temp file, fsync'ed and renamed, so a crash never leaves a file that reads as 
 files that pass every check (header, shape, clip, length, CRC32) and redoes missing, partial or corrupt
 ones; temp files left by a killed run are deleted first (a second precompute on the same --out folder
 stops at once, naming the first one's PID: `utils.dirlock`).
-`--verify` writes nothing: it recomputes every map and compares it with the cache (exit status 1 on any
-difference or bad file). `--compress` stores zlib-compressed row deltas (lossless, ~75x smaller on real
+`--verify` writes nothing: it recomputes every map and compares it with the cache, and lists the frames that
+differ or whose file is bad. `--compress` stores zlib-compressed row deltas (lossless, ~75x smaller on real
 Cityscapes frames, ~17x on the synthetic demo, but decoded into memory instead of memory-mapped).
 
-Exit status: `utils.run_main`'s (2: bad input, one `error:` line naming the file and the fix); 1 when --verify
-found problems.
+Exit status: `utils.run_main`'s. 0: done (--verify: every file matches); 3 (EXIT_PARTIAL_FAILURE): --verify
+found frames that differ or a bad file (listed), the others match; 2: bad input, one `error:` line naming the
+file and the fix; 130: interrupted.
 """
 from __future__ import annotations
 
@@ -27,18 +28,14 @@ import time
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
-from utils import RenamedFlag, UserError, free_space, human_bytes, make_output_dir, parse_args_first, run_main
+from engine.config import add_data_source_flags
+from utils import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, free_space, human_bytes, make_output_dir,
+                   parse_args_first, run_main)
 from utils.threads import set_torch_threads, usable_cpus
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", default="", help="Cityscapes root (default: $CITYSCAPES_DATASET)")
-    parser.add_argument("--hf-dataset", default="", help="an HF dataset instead (as train.py --hf-dataset)")
-    parser.add_argument("--image-column", default="image", help="--hf-dataset: the image column")
-    parser.add_argument("--label-column", default="label", help="--hf-dataset: the label column")
-    parser.add_argument("--reduce-labels", action="store_true", help="--hf-dataset: 0 = unlabelled, others - 1")
-    parser.add_argument("--classes", default="", help="classes file (as train.py --classes); default: the dataset's")
     parser.add_argument("--split", default="train", help="split to process (train, val, ...)")
     parser.add_argument("--out", required=True, help="cache folder (one <city>/<name>.sdt per frame)")
     parser.add_argument("--jobs", type=int, default=usable_cpus(),
@@ -50,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verify", action="store_true",
                         help="write nothing; recompute every map and compare it with the cache")
     parser.add_argument("--overwrite", action="store_true", help="recompute every file, even valid ones")
+    add_data_source_flags(parser)
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
@@ -61,10 +59,13 @@ if __name__ == "__main__":
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
-from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
+from data_utils.sdt import compute_sdt
+from data_utils.sdt_cache import inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
+from utils.conventions import SDT_CLIP
 from data_utils.source import DataSource
+from utils.console import progress_columns
 from utils.dirlock import folder_lock
 
 MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
@@ -119,8 +120,6 @@ def remove_stale_temp_files(out: Path) -> int:
 def run_with_progress(fn, tasks: list, jobs: int, description: str, frames):
     """Yield fn(task) for every task (in completion order) under a rich progress bar, in `jobs` worker
     processes (this process for one job), which see `frames`."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
     pool = None
     if jobs > 1 and len(tasks) > 1:
         # fork (as torch's DataLoader does) so workers skip re-importing torch and datasets; the workers only
@@ -131,7 +130,7 @@ def run_with_progress(fn, tasks: list, jobs: int, description: str, frames):
         _set_frames(frames)
     try:
         results = map(fn, tasks) if pool is None else pool.imap_unordered(fn, tasks, chunksize=1)
-        with Progress(*columns, console=Console(stderr=True)) as bar:
+        with Progress(*progress_columns(), console=Console(stderr=True)) as bar:
             task_id = bar.add_task(description, total=len(tasks))
             for result in results:
                 bar.advance(task_id)
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"... and {len(problems) - MAX_PROBLEM_LINES} more")
         console.print(f"verified {len(tasks)} frames of '{args.split}' in {out}: {len(problems)} with problems "
                       f"({time.perf_counter() - start:.1f} s)", soft_wrap=True)
-        return 1 if problems else 0
+        return EXIT_PARTIAL_FAILURE if problems else 0
 
     # 2b) Write missing or invalid files, skip valid ones: one precompute per cache folder (out/.lock), so the
     # stale temp files removed here are never another live run's.

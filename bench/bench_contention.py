@@ -24,7 +24,7 @@ from utils.threads import set_torch_threads, usable_cpus  # noqa: E402
 
 import torch  # noqa: E402
 
-from bench.bench_metrics import DEFAULT_ROOT, load_pairs  # noqa: E402
+from bench.bench_metrics import DEFAULT_ROOT, NUM_CLASSES, load_pairs  # noqa: E402
 from metrics.segmentation import segmentation_image_stats  # noqa: E402
 
 BUSY_LOOP = "while True: pass"
@@ -33,7 +33,7 @@ BUSY_LOOP = "while True: pass"
 def seconds_per_image(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     start = time.perf_counter()
     for pred, target in pairs:
-        segmentation_image_stats(pred, target)
+        segmentation_image_stats(pred, target, NUM_CLASSES)
     return (time.perf_counter() - start) / len(pairs)
 
 

@@ -25,7 +25,7 @@ from utils import run_main  # noqa: E402  (first: sets OpenMP's wait policy befo
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.bench_metrics import DEFAULT_ROOT, load_pairs  # noqa: E402
+from bench.bench_metrics import DEFAULT_ROOT, NUM_CLASSES, load_pairs  # noqa: E402
 
 NO_CUDA = 3  # exit status without CUDA, after the CPU-side setup
 
@@ -58,14 +58,15 @@ def sdt_figures(args) -> int:
 
     batches = [torch.from_numpy(label)[None].cuda() for label in labels]
     first = time.perf_counter()
-    gpu_maps = [compute_sdt_torch(b, validate=False) for b in batches]  # self-check + Triton compile
+    gpu_maps = [compute_sdt_torch(b, NUM_CLASSES, validate=False) for b in batches]  # self-check + Triton compile
     torch.cuda.synchronize()
     path = "torch (Triton unavailable)" if sdt_module._triton_error else "Triton"
-    seconds = cuda_seconds(lambda: [compute_sdt_torch(b, validate=False) for b in batches], args.repeats) / len(labels)
+    seconds = cuda_seconds(lambda: [compute_sdt_torch(b, NUM_CLASSES, validate=False) for b in batches],
+                           args.repeats) / len(labels)
     figure("sdt_gpu_ms_per_label", 1e3 * seconds, "ms per 19-class 1024x2048 label",
            f"[{path}; first call with the self-check and compile {time.perf_counter() - first:.1f} s]")
     start = time.perf_counter()
-    cpu_maps = [compute_sdt(label) for label in labels]
+    cpu_maps = [compute_sdt(label, NUM_CLASSES) for label in labels]
     cpu_s = (time.perf_counter() - start) / len(labels)
     same = all(np.array_equal(g[0].cpu().numpy(), c) for g, c in zip(gpu_maps, cpu_maps))
     figure("sdt_cpu_ms_per_label", 1e3 * cpu_s, "ms per label, CPU compute_sdt on this host, same labels",
@@ -82,7 +83,8 @@ def metrics_figures(args) -> int:
     preds = torch.stack([torch.as_tensor(p) for p, _ in pairs]).cuda()
     targets = torch.stack([torch.as_tensor(t) for _, t in pairs]).cuda()
     for profile in ("default", "study"):
-        seconds = cuda_seconds(lambda: segmentation_image_stats(preds, targets, parts=(profile,)), args.repeats)
+        seconds = cuda_seconds(lambda: segmentation_image_stats(preds, targets, NUM_CLASSES, parts=(profile,)),
+                               args.repeats)
         figure(f"metrics_gpu_{profile}_img_per_s", len(pairs) / seconds, "img/s",
                f"[{profile} profile, C = 19, batch {len(pairs)} of 1024x2048]")
     return 0

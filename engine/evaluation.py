@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import gather_object
 from rich.errors import LiveError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from data_utils.augment import normalize
 from metrics.segmentation import SegmentationMetrics, fragment_counts
+from utils.console import progress_columns
 
 # Called with (names, images uint8 (N, 3, H, W) on the CPU, predicted train ids uint8 (N, H, W) on the CPU).
 PredictionSink = Callable[[list[str], torch.Tensor, torch.Tensor], None]
@@ -50,10 +51,6 @@ def predict(model: torch.nn.Module, images: torch.Tensor, size: tuple[int, int] 
     if tuple(logits.shape[-2:]) != size:
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
     return logits.argmax(1)
-
-
-BAR_COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
 
 
 @contextlib.contextmanager
@@ -144,7 +141,7 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int
     was_training = model.training
     model.eval()
     num_images = 0
-    bar = Progress(*BAR_COLUMNS, transient=True,
+    bar = Progress(*progress_columns(), transient=True,
                    disable=not (show_progress and accelerator.is_main_process))
     task = bar.add_task(description, total=len(loader))
     pending = None  # the previous batch: (stats, fragments future, names), added once its fragments are in

@@ -9,6 +9,7 @@ resumed from an older epoch rewrites it) is recognised as stale by evaluate.py.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from rich.table import Table
@@ -16,12 +17,13 @@ from rich.table import Table
 from engine.checkpoint import read_meta
 from engine.config import TrainConfig, config_to_dict
 from engine.results_format import REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
-from metrics.keys import COUNT_KEYS, METRIC_KEYS, METRIC_LABELS
+from metrics.keys import COUNT_KEYS, FRACTION_KEYS, METRIC_KEYS, METRIC_LABELS, SHORT_LABELS
 from metrics.per_image import per_image_path, write_per_image
+from utils.console import pct
 from utils.fileio import atomic_write_json
 
-__all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "metrics_table", "per_image_path", "read_results",
-           "results_path", "write_results"]
+__all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "batch_table", "checkpoint_table", "metrics_table",
+           "per_image_path", "read_results", "results_path", "write_results"]
 
 
 def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: int, checkpoint: str | Path,
@@ -100,6 +102,31 @@ def metrics_table(columns: dict[str, dict], title: str, caption: str | None = No
     keys = [(METRIC_LABELS[key], key) for key in METRIC_KEYS] + [(f"  IoU {key[4:]}", key) for key in class_keys]
     for label, key in keys:
         values = [column.get(prefix + key) for column in columns.values()]
-        scale, unit = (1, " (count)") if key in COUNT_KEYS else (100, "")
-        table.add_row(label + unit, *("n/a" if v is None or math.isnan(v) else f"{scale * v:.2f}" for v in values))
+        if key in COUNT_KEYS:
+            table.add_row(label + " (count)", *("n/a" if v is None or math.isnan(v) else f"{v:.2f}" for v in values))
+        else:
+            table.add_row(label, *map(pct, values))
+    return table
+
+
+def checkpoint_table(record: dict) -> Table:
+    """One checkpoint's results record (write_results) as `metrics_table`: evaluate.py's one-checkpoint table."""
+    ckpt = Path(record["checkpoint"])
+    flat = {**record, **{f"iou/{name}": value for name, value in record["iou"].items()}}
+    return metrics_table({"%": flat}, f"{ckpt.parent.parent.name}/{ckpt.name} on {record['split']}",
+                         caption=f"{record['num_images']} images, {record['seconds']:.1f} s, metrics profile "
+                                 f"{record.get('metrics_profile', 'default')}")
+
+
+def batch_table(records: list[dict], runs_dir: Path) -> Table:
+    """evaluate.py --all's table, one row per checkpoint: its run (folder below `runs_dir`, wrapped, never cut, in
+    a narrow terminal), epoch and metrics."""
+    table = Table(title=f"evaluated checkpoints under {runs_dir} (%)")
+    table.add_column("run", overflow="fold")
+    for column in ("variant", "seed", "epoch", *(SHORT_LABELS[k] for k in FRACTION_KEYS), "s"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for r in records:
+        run = os.path.relpath(Path(r["checkpoint"]).parent.parent, runs_dir)  # RUN/checkpoints/epoch_XXXX
+        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), *(pct(r[k]) for k in FRACTION_KEYS),
+                      f"{r['seconds']:.1f}")
     return table

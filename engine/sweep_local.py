@@ -9,7 +9,8 @@ The grid comes from `sweeps.next_run` (the engine the W&B server uses, installed
 each command from the file's `command:` list with wandb agent's macros (`${env}`, `${interpreter}`,
 `${program}`, `${args}`, ...) filled exactly as `wandb agent` fills them. Runs log to W&B offline unless
 you are logged in. A rerun continues the grid: train.py resumes a run dir that holds a checkpoint and
-returns at once for a finished one.
+returns at once for a finished one. A failed run does not stop the others: each is listed at the end with its
+own exit code, and the exit status is then `utils.fileio.EXIT_PARTIAL_FAILURE` (3).
 
 The cells of a grid, in the order `sweeps.next_run` proposes them (and the W&B server, which runs the same
 engine): the parameters sorted by name, then their cartesian product with the last name varying fastest,
@@ -34,7 +35,7 @@ with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic v1 config names: o
     warnings.simplefilter("ignore", UserWarning)
     import sweeps
 
-from utils.fileio import UserError, run_main
+from utils.fileio import EXIT_PARTIAL_FAILURE, UserError, run_main
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append((command, result.returncode))
     for command, code in failed:
         print(f"failed (exit {code}): {shlex.join(command)}", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_PARTIAL_FAILURE if failed else 0
 
 
 if __name__ == "__main__":

@@ -106,3 +106,33 @@ def test_edge_values_of_seeds_and_loss_weights_are_accepted():
     assert (cfg.seed, cfg.lambda_boundary, cfg.aux_weight) == (0, 0.0, 0.0)
     cfg, _ = parse_args(["--seed", str(2**32 - 1), "--lambda-dice", "1e3"])
     assert cfg.seed == 2**32 - 1 and math.isfinite(cfg.lambda_dice)
+
+
+def test_the_data_source_flags_are_train_pys_in_every_script(capsys, monkeypatch):
+    """--data-root, --hf-dataset, ... are declared once (TrainConfig's fields, engine.config.add_data_source_flags):
+    precompute_sdt.py has them all with train.py's defaults, evaluate.py the two that say where the data is, with
+    the checkpoint config's as default; every script shows the field's help."""
+    import dataclasses
+
+    import evaluate
+    import precompute_sdt
+    from engine.config import DATA_SOURCE_FIELDS, TrainConfig
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per flag: help texts compare whole
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    given = {"data_root": "/data", "hf_dataset": "hf", "image_column": "img", "label_column": "lab",
+             "reduce_labels": True, "classes": "c.json"}
+    flags = [a for name, value in given.items()
+             for a in ([f"--{name.replace('_', '-')}"] + ([] if value is True else [value]))]
+    assert {n: getattr(precompute_sdt.parse_args(["--out", "x", *flags]), n) for n in given} == given
+    assert {n: getattr(precompute_sdt.parse_args(["--out", "x"]), n) for n in DATA_SOURCE_FIELDS} == {
+        n: fields[n].default for n in DATA_SOURCE_FIELDS}
+    defaults = evaluate.parse_args(["ckpt"])
+    assert (defaults.data_root, defaults.hf_dataset) == (None, None)  # None: the checkpoint config's
+    assert evaluate.parse_args(["ckpt", "--data-root", "/data", "--hf-dataset", "hf"]).hf_dataset == "hf"
+    for parse, names in ((parse_args, DATA_SOURCE_FIELDS), (precompute_sdt.parse_args, DATA_SOURCE_FIELDS),
+                         (evaluate.parse_args, ("data_root", "hf_dataset"))):
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        shown = " ".join(capsys.readouterr().out.split())
+        assert all(" ".join(fields[n].metadata["help"].split()) in shown for n in names), shown

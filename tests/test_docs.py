@@ -66,3 +66,46 @@ def test_docs_index_lists_every_page():
     index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
     pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"README.md"}
     assert pages == set(re.findall(r"\]\(([\w-]+\.md)\)", index)), "docs/README.md: one line per page"
+
+
+# README's import rule: the packages in data-flow order; each imports only those before it (and utils, which
+# imports none of them); none imports an entry script or bench/ (benchmarks, which import anything, as scripts do).
+LAYERS = ("data_utils", "models", "losses", "metrics", "engine", "report")
+ENTRY_SCRIPTS = tuple(p.stem for p in sorted(ROOT.glob("*.py")) if p.name != "conftest.py")
+TOP = (*ENTRY_SCRIPTS, "bench")
+
+
+def project_imports(path: Path) -> set[str]:
+    """The top-level project names (packages, entry scripts) a file imports anywhere, lazy imports included."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names & {*LAYERS, "utils", *TOP}
+
+
+def test_project_imports_finds_lazy_imports_and_skips_others(tmp_path):
+    source = tmp_path / "x.py"
+    source.write_text("import numpy\nimport engine.config as c\nfrom metrics.keys import A\n"
+                      "def f():\n    from report import load\n    import evaluate\nfrom . import sibling\n")
+    assert project_imports(source) == {"engine", "metrics", "report", "evaluate"}
+
+
+def test_readme_data_flow_sentence_holds_for_every_import():
+    """README.md: "a package imports only the packages before it ..., never one after it": checked on every
+    import statement of every package (report/'s freedom from torch: tests/test_aggregate.py)."""
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert " → ".join(f"`{p}`" for p in LAYERS) + " → the entry scripts" in readme
+    assert {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()} == {*LAYERS, "utils", "bench"}
+    assert {"train", "evaluate", "precompute_sdt", "aggregate"} <= set(ENTRY_SCRIPTS)
+    wrong = []
+    for rank, package in enumerate(("utils", *LAYERS)):
+        allowed = {"utils", *LAYERS[:rank]}  # utils (rank 0) may import only itself
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for name in sorted(project_imports(path) - allowed - {package}):
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, "imports against README's data flow: " + "; ".join(wrong)

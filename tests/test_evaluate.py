@@ -22,18 +22,25 @@ from scipy import ndimage
 
 import aggregate
 import evaluate
-from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, KNOWN_ID, NUM_CLASSES, label_ids_to_train_ids
+from data_utils.dataset import read_train_ids
+from data_utils.labels import CITYSCAPES, THIN_CLASSES
 from data_utils.synthetic import generate_dataset
+from engine.batch_eval import pending_reason
 from engine.checkpoint import WEIGHTS_NAME
 from engine.config import DEMO_PRESET, TrainConfig, save_config
-from engine.results import read_results, results_path, write_results
+from engine.results import batch_table, checkpoint_table, read_results, results_path, write_results
 from engine.results_format import consensus_path
 from engine.setup import build_model_from_config
 from metrics import SegmentationMetrics
 from metrics.consensus import cc_veto
 from metrics.keys import METRIC_KEYS, METRIC_LABELS
 from metrics.per_image import PER_IMAGE_SUFFIX, dataset_metrics, per_image_path, read_per_image, subset
-from utils.fileio import UserError, atomic_write_json
+from utils.conventions import IGNORE_INDEX
+from utils.fileio import EXIT_PARTIAL_FAILURE, UserError, atomic_write_json
+
+CLASS_NAMES, NUM_CLASSES = CITYSCAPES.names, CITYSCAPES.num_classes  # the demo data's classes
+KNOWN_IDS = sorted(CITYSCAPES.id_to_train_id)  # the label ids a labelIds PNG may hold (0..33)
+LABEL_FIX = "pass *_labelIds.png files"
 
 NUM_VAL = 3
 
@@ -95,10 +102,10 @@ def test_single_checkpoint_results_match_its_saved_predictions(data_root, tmp_pa
         city = gt_path.parent.name
         png = Image.open(preds / "labelIds" / city / f"{name}_labelIds.png")
         pred_ids = np.array(png)
-        assert png.mode == "L" and KNOWN_ID[pred_ids].all()  # 8-bit label ids, as the test server wants
+        assert png.mode == "L" and np.isin(pred_ids, KNOWN_IDS).all()  # 8-bit label ids, as the test server wants
         overlay = Image.open(preds / "overlay" / city / f"{name}_overlay.jpg")
         assert overlay.size == (128, 64)
-        pairs.append((label_ids_to_train_ids(pred_ids), label_ids_to_train_ids(np.array(Image.open(gt_path)))))
+        pairs.append((CITYSCAPES.to_train_ids(pred_ids, name, LABEL_FIX), read_train_ids(str(gt_path))))
     assert len(pairs) == NUM_VAL
     expected = confusion_iou(pairs)
     np.testing.assert_allclose([record["iou"][n] for n in CLASS_NAMES], expected, atol=1e-12)
@@ -164,7 +171,7 @@ def test_test_split_without_labels_writes_predictions_only(data_root, tmp_path):
     written = sorted(out.glob("labelIds/*/*_labelIds.png"))
     images = sorted((root / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png"))
     assert [p.name.replace("_labelIds", "") for p in written] == [p.name.replace("_leftImg8bit", "") for p in images]
-    assert all(KNOWN_ID[np.array(Image.open(p))].all() for p in written)
+    assert all(np.isin(np.array(Image.open(p)), KNOWN_IDS).all() for p in written)
     assert not results_path(ckpt).exists()  # no labels, no metrics
 
 
@@ -194,7 +201,7 @@ def test_batch_mode_is_resumable_and_reports_failures(data_root, tmp_path, capsy
     incomplete = runs / "C_seed4" / "checkpoints" / "epoch_0001"
     incomplete.mkdir(parents=True)  # a folder without files, e.g. copied half-way
 
-    assert evaluate.main(["--all", str(runs)]) == 1
+    assert evaluate.main(["--all", str(runs)]) == EXIT_PARTIAL_FAILURE  # the others done, the failures listed
     out = capsys.readouterr().out
     assert all(read_results(results_path(c))["num_images"] == NUM_VAL for c in good)
     for bad, why in ((corrupt, "cannot read the weights"), (mismatched, "do not fit the model"),
@@ -209,7 +216,7 @@ def test_batch_mode_is_resumable_and_reports_failures(data_root, tmp_path, capsy
     meta = json.loads((good[1] / "meta.json").read_text())
     atomic_write_json(good[1] / "meta.json", {**meta, "saved_at": "2025-02-02T00:00:00"})
     shutil.rmtree(incomplete)
-    assert evaluate.main(["--all", str(runs)]) == 1  # the two broken checkpoints still fail
+    assert evaluate.main(["--all", str(runs)]) == EXIT_PARTIAL_FAILURE  # the two broken checkpoints still fail
     out = capsys.readouterr().out
     assert "5 checkpoints under" in out and "2 to evaluate" not in out and "4 to evaluate" in out
     after = _results_state(good)
@@ -228,14 +235,14 @@ def test_batch_mode_redoes_results_without_per_image_file_or_of_another_profile(
     ckpts = [make_checkpoint(runs / "A_seed1", e, tiny_config(data_root), weights_seed=e) for e in (1, 2)]
     assert evaluate.main(["--all", str(runs)]) == 0
     per_image_path(ckpts[0]).unlink()  # e.g. results written before per-image files existed
-    assert evaluate.pending_reason(ckpts[0], "val") == "no per-image statistics beside the results"
+    assert pending_reason(ckpts[0], "val") == "no per-image statistics beside the results"
     per_image_path(ckpts[1]).write_bytes(b"PK\x03\x04 cut short")
-    assert evaluate.pending_reason(ckpts[1], "val") == "corrupt per-image statistics, redoing"
+    assert pending_reason(ckpts[1], "val") == "corrupt per-image statistics, redoing"
     capsys.readouterr()
     assert evaluate.main(["--all", str(runs)]) == 0
     assert "2 to evaluate" in capsys.readouterr().out
     assert all(read_per_image(per_image_path(c))["names"].shape == (NUM_VAL,) for c in ckpts)
-    assert evaluate.pending_reason(ckpts[0], "val", "study") == "results are for metrics profile 'default'"
+    assert pending_reason(ckpts[0], "val", "study") == "results are for metrics profile 'default'"
     assert evaluate.main(["--all", str(runs), "--metrics-profile", "study"]) == 0
     assert {read_results(results_path(c))["metrics_profile"] for c in ckpts} == {"study"}
 
@@ -297,7 +304,8 @@ def test_results_round_trip_nan_and_validation(tmp_path):
     iou[3] = float("nan")  # a class absent from the split
     metrics = {"miou": 0.5, "boundary_f1": 0.25, "trimap_iou": 0.125, "boundary_iou": 0.375,
                "fragments_per_image": 212.5, "iou": iou, "boundary_iou_per_class": iou, "num_images": 500,
-               "metrics_profile": "study", "per_image": SegmentationMetrics(class_names=CLASS_NAMES).per_image()}
+               "metrics_profile": "study",
+               "per_image": SegmentationMetrics(NUM_CLASSES, class_names=CLASS_NAMES).per_image()}
     path = tmp_path / "epoch_0160.results.json"
     write_results(path, metrics, cfg=cfg, epoch=160, checkpoint=tmp_path / "epoch_0160", split="val", seconds=12.5)
     assert json.loads(path.read_text())["iou"]["wall"] is None  # JSON has no NaN
@@ -328,7 +336,7 @@ def test_results_round_trip_nan_and_validation(tmp_path):
         for reader in (read_results, read_results_file):  # evaluate.py and aggregate.py refuse it alike
             with pytest.raises(UserError, match=str(path)):
                 reader(path)
-        assert evaluate.pending_reason(path.parent / "epoch_0160", "val") == "corrupt results file, redoing"
+        assert pending_reason(path.parent / "epoch_0160", "val") == "corrupt results file, redoing"
 
 
 def render(table) -> list[list[str]]:
@@ -363,7 +371,7 @@ def test_metrics_table_rows_and_missing_values():
               "seconds": 41.25, "miou": 0.8, "boundary_f1": 0.7, "trimap_iou": 0.6, "boundary_iou": 0.5,
               "fragments_per_image": 99.0, "metrics_profile": "study",
               "iou": {name: 0.5 for name in CLASS_NAMES} | {"train": float("nan")}}
-    table = evaluate.checkpoint_table(record)
+    table = checkpoint_table(record)
     assert table.title == "C_seed42/epoch_0160 on val"
     assert table.caption == "500 images, 41.2 s, metrics profile study"
     rows = render(table)
@@ -373,9 +381,10 @@ def test_metrics_table_rows_and_missing_values():
 
 def test_checkpoint_folder_names():
     """evaluate.py --all and the checkpoint module recognise checkpoint folders by one pattern."""
+    from engine import batch_eval
     from engine.checkpoint import CHECKPOINT_NAME
 
-    assert evaluate.CHECKPOINT_NAME is CHECKPOINT_NAME
+    assert batch_eval.CHECKPOINT_NAME is CHECKPOINT_NAME
     assert [bool(CHECKPOINT_NAME.match(n)) for n in ("epoch_0010", "epoch_12345", "epoch_010", ".tmp_epoch_0010",
                                                      "epoch_0010.results.json")] == [True, True, False, False, False]
 
@@ -390,7 +399,7 @@ def test_batch_table_shows_the_whole_run_name_at_80_columns(tmp_path):
                 "epoch": 160, "miou": 0.8, "boundary_f1": 0.7, "trimap_iou": 0.6, "boundary_iou": 0.5,
                 "seconds": 41.2} for name in names]
     console = Console(width=80, record=True, file=open(os.devnull, "w"))
-    console.print(evaluate.batch_table(records, runs))
+    console.print(batch_table(records, runs))
     text = console.export_text()
     assert "…" not in text
     lines = [line for line in text.splitlines() if "│" in line]
@@ -403,9 +412,8 @@ def test_batch_table_shows_the_whole_run_name_at_80_columns(tmp_path):
 def saved_train_ids(preds: Path, data_root: Path) -> list[np.ndarray]:
     """The labelIds PNGs written by --save-predictions, in dataset order, as train ids."""
     frames = sorted((data_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
-    return [label_ids_to_train_ids(np.array(Image.open(
-        preds / "labelIds" / p.parent.name / p.name.replace("_gtFine_labelIds.png", "_labelIds.png"))))
-        for p in frames]
+    return [read_train_ids(str(preds / "labelIds" / p.parent.name / p.name.replace("_gtFine_labelIds.png",
+                                                                                    "_labelIds.png"))) for p in frames]
 
 
 @pytest.mark.parametrize("options", [[], ["--reassign", "ignore", "--max-drop-size", "40", "--protect", "pole,road"]])
@@ -420,9 +428,9 @@ def test_consensus_results_equal_cc_veto_of_the_saved_predictions(data_root, tmp
     path = consensus_path(primary, "B_seed1")
     record = read_results(path)  # the standard results format
     stats = read_per_image(consensus_path(primary, "B_seed1", PER_IMAGE_SUFFIX))
-    protect = (CLASS_NAMES.index("pole"), CLASS_NAMES.index("road")) if options else (4, 5, 6, 7)
+    protect = tuple(CLASS_NAMES.index(n) for n in (("pole", "road") if options else THIN_CLASSES))
     kwargs = {"reassign": "ignore", "max_drop_size": 40} if options else {}
-    targets = [label_ids_to_train_ids(np.array(Image.open(p)))
+    targets = [read_train_ids(str(p))
                for p in sorted((data_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))]
     primary_preds = saved_train_ids(tmp_path / "C_seed1", data_root)
     fused = [cc_veto(p, v, NUM_CLASSES, protect, **kwargs)

@@ -24,7 +24,7 @@ from data_utils.cityscapes import load_split
 from data_utils.dataset import SegmentationDataset, check_frame, check_frames, collate_batch
 from data_utils.synthetic import generate_dataset
 from engine.config import DEMO_PRESET
-from utils.fileio import EXIT_BAD_INPUT, UserError, run_main
+from utils.fileio import EXIT_BAD_INPUT, EXIT_PARTIAL_FAILURE, UserError, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 64, 128
@@ -188,6 +188,26 @@ def test_precompute_sdt_py_bad_label_is_one_line_from_the_workers(data, tmp_path
     code, _, error = run_script("precompute_sdt.py", "--data-root", str(data), "--split", "train", "--out",
                                 str(tmp_path / "sdt"), "--jobs", "2")
     assert code == EXIT_BAD_INPUT and error.startswith(f"error: {path}: label ids [200]")
+
+
+def test_a_partial_failure_and_a_crash_exit_with_different_codes(data, tmp_path):
+    """utils.run_main: `precompute_sdt.py --verify` (a real process) finding one damaged cache file among valid
+    ones exits with EXIT_PARTIAL_FAILURE (3), listing it; an unexpected error exits with 1 and its traceback."""
+    import precompute_sdt
+
+    assert EXIT_PARTIAL_FAILURE not in (0, 1, EXIT_BAD_INPUT)
+    cache = tmp_path / "sdt"
+    flags = ("--data-root", str(data), "--split", "train", "--out", str(cache), "--jobs", "1")
+    assert precompute_sdt.main(list(flags)) == 0
+    damaged = sorted(cache.rglob("*.sdt"))[1]
+    damaged.write_bytes(damaged.read_bytes()[:-1])  # cut short: the others stay valid
+    result = subprocess.run([sys.executable, "precompute_sdt.py", *flags, "--verify"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == EXIT_PARTIAL_FAILURE, result.stderr[-2000:]
+    assert str(damaged) in result.stderr and "1 with problems" in result.stderr
+    crash = subprocess.run([sys.executable, "-c", "from utils import run_main; run_main(lambda: 1 / 0)"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert crash.returncode == 1 and "Traceback" in crash.stderr and "ZeroDivisionError" in crash.stderr
 
 
 # ------------------------------------------------------------------------------ full disk, read-only output

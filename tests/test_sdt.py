@@ -16,19 +16,12 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 import precompute_sdt
-from data_utils.labels import label_ids_to_train_ids
-from data_utils.sdt import (
-    _self_check_labels,
-    compute_sdt,
-    compute_sdt_reference,
-    compute_sdt_torch,
-    inspect_sdt_file,
-    read_sdt_file,
-    sdt_cache_path,
-    write_sdt_file,
-)
+from data_utils.dataset import read_train_ids
+from data_utils.labels import CITYSCAPES
+from data_utils.sdt import _self_check_labels, compute_sdt, compute_sdt_reference, compute_sdt_torch
+from data_utils.sdt_cache import inspect_sdt_file, read_sdt_file, sdt_cache_path, write_sdt_file
 from data_utils.synthetic import generate_dataset
-from utils import UserError
+from utils import EXIT_PARTIAL_FAILURE, UserError
 from utils.dirlock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,10 +102,11 @@ def test_far_distances_and_edge_cases_match_reference():
 
 def test_real_labels_match_reference(cityscapes_sample, cityscapes_fullres):
     small = np.array(Image.open(next(cityscapes_sample.rglob("*_gtFine_labelTrainIds.png"))))
-    np.testing.assert_array_equal(compute_sdt(small), compute_sdt_reference(small, 19, 127))
+    C = CITYSCAPES.num_classes
+    np.testing.assert_array_equal(compute_sdt(small, C), compute_sdt_reference(small, C, 127))
     path = sorted((cityscapes_fullres / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))[0]
-    label = label_ids_to_train_ids(np.array(Image.open(path)), str(path))
-    np.testing.assert_array_equal(compute_sdt(label), compute_sdt_reference(label, 19, 127))
+    label = read_train_ids(str(path))
+    np.testing.assert_array_equal(compute_sdt(label, C), compute_sdt_reference(label, C, 127))
 
 
 def test_input_types_and_bad_values():
@@ -190,9 +184,8 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 
 _INTERPRETER_PRELUDE = """\
 import numpy as np, torch
-from PIL import Image
 from tests.test_sdt import blob_label
-from data_utils.labels import label_ids_to_train_ids
+from data_utils.dataset import read_train_ids
 from data_utils.sdt import compute_sdt, _self_check_labels, _self_check_triton
 from data_utils.sdt_triton import sdt_triton
 
@@ -266,7 +259,7 @@ def test_triton_kernels_match_numpy_on_a_real_crop_in_interpreter(tmp_path, city
     default clip."""
     label_path = cityscapes_fullres / "gtFine/train/aachen/aachen_000006_000019_gtFine_labelIds.png"
     run_in_triton_interpreter(tmp_path, (
-        f"train_ids = label_ids_to_train_ids(np.array(Image.open({str(label_path)!r})))\n"
+        f"train_ids = read_train_ids({str(label_path)!r})\n"
         "crop = np.ascontiguousarray(train_ids[360:440, 1020:1156])\n"
         "assert len(set(np.unique(crop).tolist()) - {255}) == 11\n"
         "check(crop[None], 19, 127)\n"))
@@ -378,7 +371,7 @@ def demo_root(tmp_path_factory) -> Path:
 def _expected(demo_root: Path, out: Path) -> dict[Path, np.ndarray]:
     labels = sorted((demo_root / "gtFine" / "train").rglob("*_gtFine_labelIds.png"))
     return {sdt_cache_path(out, p.name.replace("_gtFine_labelIds.png", "")):
-            compute_sdt(label_ids_to_train_ids(np.array(Image.open(p)))) for p in labels}
+            compute_sdt(read_train_ids(str(p)), CITYSCAPES.num_classes) for p in labels}
 
 
 def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
@@ -418,7 +411,7 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     wrong[0, 0, 0] = -wrong[0, 0, 0] if wrong[0, 0, 0] else 1
     write_sdt_file(corrupt, wrong)
     capsys.readouterr()
-    assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == 1
+    assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == EXIT_PARTIAL_FAILURE  # 2 differ, 2 match
     err = capsys.readouterr().err
     assert "checksum mismatch" in err and "1 of" in err and "2 with problems" in err
 
@@ -466,3 +459,30 @@ def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
         precompute_sdt.main(["--data-root", str(bad_root), "--split", "train", "--out", str(tmp_path / "c2"),
                              "--jobs", "1"])
     assert not list((tmp_path / "c2").rglob("*.sdt"))
+
+
+@pytest.mark.parametrize("crop", [None, (32, 48)], ids=["native", "crop"])
+def test_sdt_sources_agree_on_native_frames_and_differ_under_a_crop(demo_root, tmp_path, crop):
+    """docs/sdt.md: the maps of --sdt-source cpu (workers), cache (precompute_sdt.py's files) and gpu (the
+    device batch's labels, as engine.steps.device_batch computes them) are equal on native frames (flipped or
+    not); under a crop, cpu and cache crop the whole frame's map, gpu maps the cropped label: they differ."""
+    from data_utils.cityscapes import load_split
+    from data_utils.dataset import SegmentationDataset
+
+    cache = tmp_path / "cache"
+    assert precompute_sdt.main(["--data-root", str(demo_root), "--split", "train", "--out", str(cache),
+                                "--jobs", "1"]) == 0
+    records = load_split(demo_root, "train")
+    common = {"hflip": True, "seed": 5, "image_dtype": "uint8", "crop_size": crop}
+    cpu = SegmentationDataset(records, sdt_source="cpu", **common)
+    cached = SegmentationDataset(records, sdt_source="cache", sdt_cache_dir=cache, **common)
+    gpu = SegmentationDataset(records, sdt_source="none", **common)  # labels only: the SDT is made on the device
+    differ = []
+    for i in range(len(cpu)):
+        worker_sdt = cpu[i]["sdt"]
+        assert torch.equal(cached[i]["sdt"], worker_sdt)
+        label = gpu[i]["label"]
+        assert torch.equal(label, cpu[i]["label"])  # the same flip and window
+        device_sdt = compute_sdt_torch(label[None].long(), cpu.num_classes, validate=False)[0]
+        differ.append(not torch.equal(device_sdt, worker_sdt))
+    assert any(differ) if crop else not any(differ), differ

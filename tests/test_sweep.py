@@ -10,7 +10,7 @@ import pytest
 
 from engine.config import build_parser, parse_args
 from engine.sweep_local import grid_runs, load_sweep, main as sweep_local_main, run_command
-from utils.fileio import UserError
+from utils.fileio import EXIT_PARTIAL_FAILURE, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "sweep.yaml"
@@ -124,6 +124,18 @@ def test_accelerate_comes_from_the_running_interpreter_not_from_path(tmp_path, m
                                  "command:\n  - ${env}\n  - accelerate\n  - launch\n  - --help\n")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     assert sweep_local_main([str(path)]) == 0
+
+
+def test_a_failed_run_does_not_stop_the_others_and_exits_with_the_partial_failure_code(tmp_path, capsys):
+    """Two real runs (python -c exiting with the seed's value): the failing first one is listed with its own exit
+    code, the second still runs, and the sweep exits with EXIT_PARTIAL_FAILURE, not 1 (a crash's code)."""
+    path = _sweep_file(tmp_path, "program: train.py\nmethod: grid\nparameters:\n  seed:\n    values: [2, 0]\n"
+                                 "command:\n  - ${interpreter}\n  - -c\n"
+                                 "  - import sys; sys.exit(int(sys.argv[-1].split('=')[-1]))\n  - ${args}\n")
+    assert sweep_local_main([str(path)]) == EXIT_PARTIAL_FAILURE
+    out, err = capsys.readouterr()
+    assert "[1/2]" in out and "[2/2]" in out  # the run after the failure ran too
+    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("failed")] == ["failed (exit 2)"]
 
 
 # ---------------------------------------------------------------------------------------------------- --index

@@ -42,20 +42,23 @@ def user_message(e: UserError) -> str:
 
 
 EXIT_BAD_INPUT = 2  # argparse's own code for a usage error: a bad flag and a bad file answer alike (run_main)
+EXIT_PARTIAL_FAILURE = 3  # done, but some items failed (listed at the end) while the others succeeded
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def run_main(main) -> None:
     """Entry-script runner: `sys.exit(main())`, with one exit code per kind of end, the same in every script.
 
-    - 0: done; whatever else `main()` returns is its own documented result (1: done, but part of the work
-      failed: `evaluate.py --all` with a failed checkpoint, `precompute_sdt.py --verify` with differences,
-      a failed run of `engine.sweep_local`).
+    - 0: done.
+    - 3 (`EXIT_PARTIAL_FAILURE`): done, but some items failed while the others succeeded; the failures are
+      listed at the end: `evaluate.py --all` with a checkpoint that could not be evaluated,
+      `precompute_sdt.py --verify` with frames that differ from the cache, a failed run of `engine.sweep_local`.
+      `main()` returns it; a rerun redoes only what failed.
     - 2 (`EXIT_BAD_INPUT`): bad input. A `UserError` (also one raised in a DataLoader worker), or a write that
       failed on a full disk, becomes one `error: <file>: <reason>; <fix>` line on stderr, no traceback;
       argparse exits with 2 for a bad flag too.
     - 130 (`EXIT_INTERRUPTED`): Ctrl-C, one `interrupted` line (train.py prints where to resume first).
-    - 1: an unexpected error, with Python's traceback (a bug to report).
+    - 1: an unexpected error (a crash), with Python's traceback (a bug to report); nothing else exits with 1.
     """
     with _exit_codes():
         sys.exit(main())

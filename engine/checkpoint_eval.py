@@ -1,0 +1,110 @@
+"""Evaluate one saved checkpoint: rebuild the model from its config.json, load its weights, run
+`engine.evaluation.evaluate_model` over a split and write `<checkpoint>.results.json` + `.per_image.npz`.
+
+    record = evaluate_checkpoint(Path("runs/C_seed42/checkpoints/epoch_0160"), EvalOptions(), accelerator)
+    record["miou"], record["boundary_f1"]      # the results file's record (engine.results.write_results)
+
+A checkpoint is a folder holding model.safetensors, config.json and meta.json (train.py writes them); anything
+off (a missing file, corrupt weights, a config that does not match them) is a UserError naming the folder.
+A split without labels (`data_utils.options.UNLABELLED_SPLITS`) gives predictions only, no metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from data_utils.cityscapes import LABEL_DIR, resolve_data_root
+from data_utils.image_only import ImageOnlyDataset, collate_images
+from data_utils.options import UNLABELLED_SPLITS
+from engine.checkpoint import WEIGHTS_NAME, load_weights_into, read_meta
+from engine.config import TrainConfig, load_config
+from engine.evaluation import evaluate_model
+from engine.predictions import PredictionWriter
+from engine.results import results_path, write_results
+from engine.setup import build_dataloader, build_model_from_config, class_table
+from utils import UserError
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What evaluate.py's flags of the same names change in an evaluation; None: the checkpoint config's value."""
+
+    split: str | None = None  # None: the config's val_split
+    data_root: str | None = None
+    hf_dataset: str | None = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+    metrics_profile: str | None = None
+    save_predictions: Path | None = None  # write test-server PNGs and overlays there (engine.predictions)
+
+    @classmethod
+    def from_namespace(cls, args) -> EvalOptions:
+        """The options of an argparse namespace holding (at least) these names."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    def apply(self, cfg: TrainConfig) -> TrainConfig:
+        """`cfg` with the data and loader options given (data_root, hf_dataset, batch_size, num_workers)."""
+        return dataclasses.replace(cfg, data_root=self.data_root or cfg.data_root,
+                                   hf_dataset=self.hf_dataset or cfg.hf_dataset,
+                                   batch_size=self.batch_size or cfg.batch_size,
+                                   num_workers=cfg.num_workers if self.num_workers is None else self.num_workers)
+
+
+def load_checkpoint(ckpt: Path):
+    """(config, meta, model with the checkpoint's weights); a UserError naming the folder if anything is off."""
+    if not ckpt.is_dir():
+        raise UserError(f"{ckpt}: not a checkpoint folder; pass RUN/checkpoints/epoch_XXXX")
+    for name in (WEIGHTS_NAME, "config.json", "meta.json"):
+        if not (ckpt / name).is_file():
+            raise UserError(f"{ckpt}: lacks {name}; the checkpoint is incomplete, delete it or re-save it")
+    meta = read_meta(ckpt)
+    if meta is None:
+        raise UserError(f"{ckpt / 'meta.json'}: unreadable or without an epoch; the checkpoint is corrupt")
+    cfg = load_config(ckpt / "config.json")
+    try:
+        model = build_model_from_config(cfg)
+    except (RuntimeError, ValueError, KeyError) as e:  # e.g. a backbone name this timm does not know
+        raise UserError(f"{ckpt / 'config.json'}: cannot build the model ({e})") from None
+    load_weights_into(model, ckpt / WEIGHTS_NAME)  # strict, and a truncated file or wrong shapes -> UserError
+    return cfg, meta, model
+
+
+def build_eval_loader(cfg: TrainConfig, split: str):
+    """The split's loader in dataset order; a split without labels gets an image-only loader."""
+    root = None if cfg.hf_dataset else resolve_data_root(cfg.data_root)
+    if root is not None and split in UNLABELLED_SPLITS and not (root / LABEL_DIR / split).is_dir():
+        return torch.utils.data.DataLoader(ImageOnlyDataset(root, split), batch_size=cfg.batch_size,
+                                           num_workers=cfg.num_workers, collate_fn=collate_images)
+    return build_dataloader(cfg, split, train=False)
+
+
+def evaluate_checkpoint(ckpt: Path, options: EvalOptions, accelerator, show_progress: bool = True) -> dict:
+    """Evaluate one checkpoint; returns the results record (or {"num_images", "predictions"} for a split without
+    labels). The main process writes the results file (`results_path(ckpt)`) and its per-image file."""
+    cfg, meta, model = load_checkpoint(ckpt)
+    split = options.split or cfg.val_split
+    loader = build_eval_loader(options.apply(cfg), split)
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    loader = accelerator.prepare_data_loader(loader)
+    writer = PredictionWriter(options.save_predictions, class_table(cfg)) if options.save_predictions else None
+    start = time.perf_counter()
+    try:
+        metrics = evaluate_model(model, loader, accelerator, with_metrics=split not in UNLABELLED_SPLITS,
+                                 on_predictions=writer, description=f"{ckpt.parent.parent.name}/{ckpt.name}",
+                                 show_progress=show_progress,
+                                 metrics_profile=options.metrics_profile or cfg.metrics_profile)
+    finally:
+        written = writer.close() if writer else 0
+        accelerator.free_memory()  # drop the prepared model and loader before the next checkpoint
+    seconds = time.perf_counter() - start
+    if split in UNLABELLED_SPLITS:
+        return {"num_images": metrics["num_images"], "predictions": written}
+    record = {"checkpoint": str(ckpt), "seconds": seconds, **{k: v for k, v in metrics.items() if k != "per_image"}}
+    if accelerator.is_main_process:
+        record = write_results(results_path(ckpt), metrics, cfg=cfg, epoch=meta["epoch"], checkpoint=ckpt,
+                               split=split, seconds=seconds)
+    return record
