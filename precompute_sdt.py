@@ -31,10 +31,7 @@ from pathlib import Path
 from engine.config import add_data_source_flags
 from utils import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, free_space, human_bytes, make_output_dir,
                    parse_args_first, run_main)
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from utils.threads import set_torch_threads, usable_cpus
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,8 +73,10 @@ _FRAMES = None  # the split's frame source (PathFrames / HFFrames), set in every
 
 
 def _set_frames(frames) -> None:
+    """Every worker (and this process for one job): the frames, and one compute thread (utils.threads)."""
     global _FRAMES
     _FRAMES = frames
+    set_torch_threads(threads=1)
 
 
 def precompute_one(task: tuple[int, str, bool, bool]) -> tuple[str, int, int]:

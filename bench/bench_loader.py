@@ -5,7 +5,8 @@ setting: random flip, uint8 image for augmentation on the device), per stage and
 source: none (variants A/B, or SDT computed on the device), cpu (compute_sdt in the worker), cache (read
 a precomputed file, memory-mapped) and cache-z (a `precompute_sdt.py --compress` file, decoded in memory).
 Each stage runs in this process on one thread, over --passes passes of the frames after one warm-up pass
-(files are in the page cache, as after the first epoch). A worker is one process with one thread, so its
+(files are in the page cache, as after the first epoch), timed in CPU seconds of this process (a busy host
+does not inflate them; on a quiet core they equal wall time). A worker is one process with one thread, so its
 rate is 1 / (time per item); then a real DataLoader with each --num-workers count measures what the machine
 gives (collate and inter-process transfer included).
 
@@ -18,6 +19,7 @@ training process itself uses (its main thread and the pin-memory thread).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import math
 import os
@@ -29,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
+from data_utils import dataset as dataset_module  # noqa: E402
 from data_utils.cityscapes import load_split  # noqa: E402
 from data_utils.dataset import (SegmentationDataset, collate_batch, read_image, read_label_ids,  # noqa: E402
                                 read_train_ids)
@@ -64,14 +68,17 @@ def prepare_sdt_cache(data_root: Path, cache_dir: Path, compress: bool = False) 
 
 
 def mean_seconds(fn, items: list, passes: int) -> float:
-    """Mean seconds of fn(item) over `passes` passes of `items`, after one untimed pass."""
+    """Mean CPU seconds of this process per fn(item) over `passes` passes of `items`, after one untimed pass.
+
+    CPU time, not wall time: what the item costs a worker that has its core to itself, which a busy host does
+    not inflate by the time other processes hold the core (on a quiet core the two agree)."""
     for item in items:
         fn(item)
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(passes):
         for item in items:
             fn(item)
-    return (time.perf_counter() - start) / (passes * len(items))
+    return (time.process_time() - start) / (passes * len(items))
 
 
 def make_dataset(records, source: str, caches: dict[str, Path]) -> SegmentationDataset:
@@ -83,7 +90,8 @@ def make_dataset(records, source: str, caches: dict[str, Path]) -> SegmentationD
 
 def stage_times(records: list[dict], passes: int, sources: list[str], caches: dict[str, Path]) -> dict[str, float]:
     """Seconds per frame of each stage of SegmentationDataset.__getitem__, one thread (each stage on
-    inputs decoded beforehand, so the stages add up to about one item)."""
+    inputs decoded beforehand, so the stages add up to about one item), and PIL's decode of the same files as
+    the reference for the decoder `read_image` / `read_label_ids` use (pyspng where it can)."""
     from data_utils import sdt, sdt_cache
 
     label_ids = {r["name"]: read_label_ids(r["label_path"]) for r in records}
@@ -91,7 +99,9 @@ def stage_times(records: list[dict], passes: int, sources: list[str], caches: di
     images = {r["name"]: read_image(r["image_path"]) for r in records}
     stages = {
         "decode image PNG": lambda r: read_image(r["image_path"]),
+        "decode image PNG, PIL only (reference)": lambda r: np.array(Image.open(r["image_path"])),
         "decode label PNG": lambda r: read_label_ids(r["label_path"]),
+        "decode label PNG, PIL only (reference)": lambda r: np.array(Image.open(r["label_path"])),
         "label ids -> train ids": lambda r: CITYSCAPES.to_train_ids(label_ids[r["name"]], r["label_path"], LABEL_FIX),
         "to tensors (uint8 CHW image, uint8 label)": lambda r: (
             torch.from_numpy(np.ascontiguousarray(images[r["name"]].transpose(2, 0, 1))),
@@ -106,6 +116,16 @@ def stage_times(records: list[dict], passes: int, sources: list[str], caches: di
             return np.array(sdt_cache.read_sdt_file(path, expected_shape=shape), dtype=np.int8)
         stages[f"read SDT file + copy ({source} source)"] = read
     return {name: mean_seconds(fn, records, passes) for name, fn in stages.items()}
+
+
+@contextlib.contextmanager
+def pil_only():
+    """`read_image` / `read_label_ids` decode with PIL alone, as they do where pyspng is not installed."""
+    saved, dataset_module.pyspng = dataset_module.pyspng, None
+    try:
+        yield
+    finally:
+        dataset_module.pyspng = saved
 
 
 def item_seconds(records, source: str, caches: dict[str, Path], passes: int) -> float:
@@ -163,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                   for source in sources if source.startswith("cache")}
         stages = stage_times(records, args.passes, sources, caches)
         report["stage_ms"] = {k: 1e3 * v for k, v in stages.items()}
-        print("stage (one thread)                          ms/frame")
+        print("stage (one thread)                          CPU ms/frame")
         for name, seconds in stages.items():
             print(f"  {name:<42} {1e3 * seconds:8.1f}")
 
@@ -181,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
                                             "workers_for_target": needed, "dataloader_images_per_s": measured}
             shown = "  ".join(f"{v:.2f} ({w})" for w, v in measured.items())
             print(f"  {source:<9} {1e3 * seconds:8.1f} {rate:12.2f} {needed:16d}            {shown}")
+        if "none" in sources:  # the same item with PIL decoding every PNG: the decoder's gain, same run
+            with pil_only():
+                seconds = item_seconds(records, "none", caches, args.passes)
+            report["per_worker"]["none, PIL only (reference)"] = {"ms_per_item": 1e3 * seconds,
+                                                                  "images_per_s_per_worker": 1.0 / seconds}
+            print(f"  none, PIL only (reference) {1e3 * seconds:8.1f} ms/item, {1.0 / seconds:.2f} img/s per worker")
         report["target_images_per_s"] = args.target
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

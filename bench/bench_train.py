@@ -80,7 +80,8 @@ CONFIGS = {
     "sdt-workers": ["--sdt-source", "cpu"],                    # the SDT in the loader workers, not on the device
     "guard": ["--max-nonfinite", "1"],                         # the non-finite guard on (train.py: off at 0)
 }
-BENCH_FLAGS = ("steps", "warmup", "parts", "frames", "configs", "rounds", "guard_ratio", "flops_only", "json")
+BENCH_FLAGS = ("steps", "warmup", "parts", "frames", "configs", "rounds", "guard_ratio", "flops_only", "json",
+               "cuda_only")
 
 
 # ----------------------------------------------------------------------------------------------- FLOPs
@@ -372,12 +373,16 @@ def run_single(cfg: TrainConfig, opts) -> dict:
             return report
         run = build_run(cfg)
         report["device"] = describe_device(run.accelerator.device)
-        print(header(cfg, opts, report))
+        print(header(cfg, opts, report), flush=True)
+        if opts.cuda_only and not torch.cuda.is_available():
+            print("no CUDA: --cuda-only stops after the set-up", flush=True)
+            report["stopped"] = "no CUDA"
+            return report
         for part in opts.parts.split(","):
             record = time_part(run, part, opts)
             record["tflops_per_s"] = report["flops_per_image"]["train"] * record["images_per_s"] / 1e12
             report["parts"].append(record)
-            print(format_part(record))
+            print(format_part(record), flush=True)
         return report
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -539,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "guard off (--max-nonfinite 0) and on (1) in this process, alternating, and print the ratio")
     bench.add_argument("--flops-only", action="store_true", default=False, help="print the FLOPs per image and stop")
     bench.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    bench.add_argument("--cuda-only", action="store_true", default=False,
+                       help="without CUDA, stop after the set-up with exit status 3 (bench/gpu_check.sh: its CPU cost)")
     return parser
 
 
@@ -576,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_single(cfg, opts)
     if opts.json:
         atomic_write_json(opts.json, result)
-    return 0
+    return 3 if result.get("stopped") else 0
 
 
 if __name__ == "__main__":

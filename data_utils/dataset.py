@@ -35,6 +35,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+try:
+    import pyspng  # libspng: about half of PIL's time on a Cityscapes frame (docs/performance.md)
+except ImportError:  # requirements.txt installs it; without it PIL decodes everything, identically
+    pyspng = None
+
 from data_utils.augment import BatchAugment, normalize
 from data_utils.classes import IGNORE_INDEX, ClassTable
 from data_utils.labels import CITYSCAPES
@@ -65,6 +70,34 @@ def _open_png(path: str, decode: bool = True) -> Image.Image:
     return im
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PIL mode -> (bit depth, colour type) of the PNGs `_decode_fast` hands to pyspng: 8-bit truecolour and 8-bit
+# greyscale, what Cityscapes and the synthetic data ship. The rest (palette, alpha, 16-bit, 1-bit, interlaced) goes
+# to PIL: pyspng returns palette PNGs as RGB, not as indices, and 16-bit ones in another layout.
+_FAST_PNG_TYPES = {"RGB": (8, 2), "L": (8, 0)}
+
+
+def _decode_fast(path: str, mode: str) -> np.ndarray | None:
+    """`path` decoded by pyspng, bit-identical to `np.array(Image.open(path))`, when it is a non-interlaced PNG of
+    `mode` ("RGB" or "L"); None otherwise or when pyspng cannot read it (PIL then decodes it or names the problem).
+    pyspng skips an ancillary chunk (text, gamma, ...) whose checksum is wrong, which PIL refuses; the image data
+    are checked by both."""
+    if pyspng is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    header_ok = data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) > 28
+    if not header_ok or (data[24], data[25]) != _FAST_PNG_TYPES[mode] or data[28] != 0:
+        return None
+    try:
+        return pyspng.load(data, mode)
+    except RuntimeError:  # damaged: let PIL report it in the project's words
+        return None
+
+
 def _check_image_mode(path: str, mode: str) -> None:
     if mode not in IMAGE_MODES:
         raise UserError(f"{path}: image mode {mode}, expected 8-bit RGB; pass the *_leftImg8bit.png file")
@@ -84,6 +117,9 @@ def _check_same_size(image_path: str, label_path: str, image_wh: tuple[int, int]
 
 def read_image(path: str) -> np.ndarray:
     """A leftImg8bit PNG -> (H, W, 3) uint8 RGB."""
+    fast = _decode_fast(path, "RGB")
+    if fast is not None:
+        return fast
     im = _open_png(path)
     if im.mode != "RGB":
         _check_image_mode(path, im.mode)
@@ -93,6 +129,9 @@ def read_image(path: str) -> np.ndarray:
 
 def read_label_ids(path: str) -> np.ndarray:
     """A gtFine labelIds PNG -> (H, W) uint8 label ids (values not yet checked)."""
+    fast = _decode_fast(path, "L")
+    if fast is not None:
+        return fast
     im = _open_png(path)
     _check_label_mode(path, im.mode)
     return np.array(im)

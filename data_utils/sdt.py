@@ -398,16 +398,25 @@ def _use_triton(labels: torch.Tensor) -> bool:
     return True
 
 
-def _self_check_triton(sdt_triton, device: torch.device, clip: int) -> None:
-    """Once per (device, clip): the kernels must reproduce the pure-torch maps on a small fixed batch
-    (classes, ignore, an absent class, distances beyond 127 px, a single-value image), else RuntimeError."""
-    label = torch.zeros((2, 40, 300), dtype=torch.uint8)
+def _self_check_labels() -> torch.Tensor:
+    """The self-check's fixed (2, 72, 300) batch of 5 classes: classes, ignore, an absent class (4), distances
+    beyond 127 px, a single-value image, and class regions on both sides of the kernels' 64-row scan chunk
+    (`sdt_triton.COLUMN_BLOCK_H`), several 32-column strips and 64-column tiles."""
+    label = torch.zeros((2, 72, 300), dtype=torch.uint8)
     label[0, :, 90:] = 1
     label[0, 10:18, 150:163] = 2
     label[0, 25:, 240:] = IGNORE_INDEX
     label[0, 3, 5] = 2
+    label[0, 62:68, :50] = 2  # across the chunk boundary, 59 rows below column 5's class-2 pixel
+    label[0, 70, 100:104] = 3  # in the second chunk only: the upward scan carries it into the first
     label[1] = 3  # one class fills the image
-    label = label.to(device)
+    return label
+
+
+def _self_check_triton(sdt_triton, device: torch.device, clip: int) -> None:
+    """Once per (device, clip): the kernels must reproduce the pure-torch maps on `_self_check_labels`,
+    else RuntimeError."""
+    label = _self_check_labels().to(device)
     if not torch.equal(sdt_triton(label, 5, clip), _sdt_torch(label, 5, clip)):
         raise RuntimeError(f"the kernels disagree with the pure-torch maps on the self-check (clip={clip})")
     _triton_checked.add((device, clip))

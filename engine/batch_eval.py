@@ -28,6 +28,7 @@ from engine.results import read_results, results_path
 from metrics.per_image import per_image_path, read_per_image
 from utils import UserError, user_message
 from utils.fileio import remove_temp_files
+from utils.threads import set_torch_threads, threads_per_job
 
 Outcome = tuple[Path, dict | None, str | None]  # (checkpoint, results record, None) or (checkpoint, None, error)
 
@@ -118,13 +119,14 @@ def evaluate_all(checkpoints: list[Path], options: EvalOptions, jobs: int = 1) -
     spawned processes spread round-robin over the visible GPUs (or sharing the CPU)."""
     if jobs == 1:
         from accelerate import Accelerator
+        set_torch_threads(jobs=1)
         _WORKER.update(accelerator=Accelerator(), show_progress=True)
         for ckpt in checkpoints:
             yield _evaluate_in_worker(ckpt, options)
         return
     spawn = mp.get_context("spawn")  # CUDA cannot be forked
     devices = [str(i) for i in range(torch.cuda.device_count())] or ["cpu"]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_job(jobs)  # this process's cores shared by the jobs (utils.threads)
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker,
                              initargs=(devices, spawn.Value("i", 0), threads)) as pool:
         futures = {pool.submit(_evaluate_in_worker, ckpt, options): ckpt for ckpt in checkpoints}

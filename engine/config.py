@@ -114,7 +114,7 @@ class TrainConfig:
     mixed_precision: str = _f("bf16", "autocast precision", ("no", "bf16", "fp16"))
     max_nonfinite: int = _f(0, "skip up to this many micro-batches with a non-finite loss before stopping the run")
     deterministic: bool = _f(False, "deterministic cuDNN kernels instead of cudnn.benchmark (slower)")
-    cpu_threads: int = _f(0, "torch CPU threads per process (0 = torch's default, one per core)")
+    cpu_threads: int = _f(0, "torch CPU threads per process (0 = one per core it may use: utils.threads)")
     compile: bool = _f(True, "torch.compile the model (inductor, through accelerate's dynamo backend) when CUDA "
                        "is available; ignored on CPU. Two compiles per run: the first training step (~2 min on an H100, "
                        "issue 8's measurement) and the first evaluation; none after (docs/performance.md)")

@@ -34,6 +34,7 @@ from losses.registry import needs_sdt
 from losses.schedule import BoundaryWeightSchedule
 from models import build_model, takes_input_size
 from utils.fileio import UserError
+from utils.threads import set_torch_threads
 
 
 def build_accelerator(cfg: TrainConfig, cpu: bool = False) -> Accelerator:
@@ -57,8 +58,7 @@ def configure_torch(cfg: TrainConfig) -> None:
     """Seeds (+ rank: dropout differs per process; DDP broadcasts the init), CPU threads and cuDNN's kernel
     choice for a run of `cfg` (train.py; bench/bench_train.py does the same before it builds the model)."""
     set_seed(cfg.seed, device_specific=True)
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
+    set_torch_threads(threads=cfg.cpu_threads)  # 0: one per core this process may use (utils.threads)
     torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed 1024x2048 input: autotuning pays off
     if cfg.deterministic:
         torch.backends.cudnn.deterministic = True
@@ -239,8 +239,9 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool, rank: int = 0) -
         augmented and normalised in the workers; "sdt" is in the batch when the loss needs it and cfg.sdt_source is
         "cpu" or "cache" (with "gpu", train.py computes it on the device).
     train=False: dataset order, no flip, no crop, no augmentation, uint8 images (evaluate_model normalises on
-        the device), no SDT, the last batch may be short; one frame per batch when the frames may differ in
-        size (an HF dataset), so every frame is evaluated at its native size.
+        the device), no SDT, workers that do not persist between evaluations, the last batch may be short; one
+        frame per batch when the frames may differ in size (an HF dataset), so every frame is evaluated at its
+        native size.
     Call `loader.dataset.set_epoch(epoch)` and `loader.sampler.set_epoch(epoch)` (or the prepared loader's
     `set_epoch`) before each training epoch. `rank` (the process index) seeds `loader_generator`.
     """
@@ -260,8 +261,10 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool, rank: int = 0) -
         dataset = SegmentationDataset(frames, hflip=False, seed=cfg.seed, image_dtype="uint8")
     workers = cfg.num_workers
     batch_size = cfg.batch_size if train or source.one_frame_size else 1
+    # Training workers persist across epochs; evaluation's start at each evaluation and stop after it, rather
+    # than sit idle (memory, processes) through the training between two evaluations.
     return DataLoader(
         dataset, batch_size=batch_size, collate_fn=collate_batch, drop_last=train,
         sampler=EpochShuffleSampler(len(dataset), cfg.seed) if train else None,
-        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+        num_workers=workers, persistent_workers=train and workers > 0, pin_memory=torch.cuda.is_available(),
         prefetch_factor=2 if workers > 0 else None, generator=loader_generator(cfg.seed, rank))

@@ -195,6 +195,26 @@ def test_bench_loader_at_tiny_size(tmp_path):
         assert entry["dataloader_images_per_s"]["0"] > 0
 
 
+def test_bench_contention_runs_and_stops_its_busy_processes(cityscapes_fullres, capsys, monkeypatch):
+    import subprocess
+
+    from bench import bench_contention
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    assert bench_contention.main(["--data", str(cityscapes_fullres), "--images", "1", "--passes", "1",
+                                  "--busy", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 torch thread(s)" in out and "slowdown" in out
+    assert len(started) == 1 and started[0].poll() is not None  # the busy process is gone
+
+
 @pytest.mark.slow
 def test_configs_at_tiny_size(tmp_path, monkeypatch):
     """--configs end to end: two rows, two rounds (four subprocesses, ~1 min on 2 cores), on data made once."""

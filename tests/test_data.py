@@ -14,10 +14,19 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter, maximum_filter, minimum_filter
 
+from data_utils import dataset as dataset_module
 from data_utils import synthetic
 from data_utils.augment import BatchAugment, colour_matrices, gaussian_blur, normalize
 from data_utils.cityscapes import CityscapesBuilder, list_frames, load_split, resolve_data_root
-from data_utils.dataset import SegmentationDataset, collate_batch, hflip_decision, read_frame, read_train_ids
+from data_utils.dataset import (
+    SegmentationDataset,
+    collate_batch,
+    hflip_decision,
+    read_frame,
+    read_image,
+    read_label_ids,
+    read_train_ids,
+)
 from data_utils.labels import CITYSCAPES
 from utils import UserError
 
@@ -213,6 +222,78 @@ def test_corrupt_png_names_the_file(scratch_root, damage):
     dataset = SegmentationDataset([frame])
     with pytest.raises(UserError, match=rf"{frame['image_path']}: cannot decode PNG"):
         dataset[0]
+
+
+def _save_png(path, array: np.ndarray, mode: str | None = None, **options) -> str:
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    image.save(path, **options)
+    return str(path)
+
+
+@pytest.fixture
+def decoder_calls(monkeypatch):
+    """The files pyspng decoded (a spy on `pyspng.load`); fails when pyspng is not installed."""
+    pyspng = pytest.importorskip("pyspng")
+    calls, real_load = [], pyspng.load
+
+    def load(data, *args, **kwargs):
+        calls.append(len(data))
+        return real_load(data, *args, **kwargs)
+
+    monkeypatch.setattr(pyspng, "load", load)
+    return calls
+
+
+IMAGE_CASES = {  # name -> (array, PIL mode to save, options): every 8-bit mode read_image accepts
+    "RGB": ((0, 256, (37, 53, 3)), None, {}),
+    "RGB, transparent colour": ((0, 256, (37, 53, 3)), None, {"transparency": (1, 2, 3)}),
+    "RGB, optimized": ((0, 4, (37, 53, 3)), None, {"optimize": True}),
+    "RGBA": ((0, 256, (37, 53, 4)), None, {}),
+    "L": ((0, 256, (37, 53)), None, {}),
+    "LA": ((0, 256, (37, 53, 2)), None, {}),
+    "P": ((0, 256, (37, 53, 3)), "P", {}),
+}
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_read_image_equals_pil_for_every_mode(tmp_path, case, decoder_calls):
+    """pyspng where it can (8-bit RGB), PIL for the rest: always PIL's RGB pixels, bit for bit."""
+    (low, high, shape), mode, options = IMAGE_CASES[case]
+    array = np.random.default_rng(0).integers(low, high, shape, dtype=np.uint8)
+    path = _save_png(tmp_path / "image.png", array, mode, **options)
+    expected = np.array(Image.open(path).convert("RGB"))
+    out = read_image(path)
+    assert out.dtype == np.uint8 and out.flags.writeable
+    np.testing.assert_array_equal(out, expected)
+    assert len(decoder_calls) == (Image.open(path).mode == "RGB")
+
+
+@pytest.mark.parametrize("mode", ["L", "P"])
+def test_read_label_ids_equals_pil(tmp_path, mode, decoder_calls):
+    ids = np.random.default_rng(1).integers(0, 34, (41, 67), dtype=np.uint8)
+    path = _save_png(tmp_path / "label.png", ids, mode)
+    np.testing.assert_array_equal(read_label_ids(path), np.array(Image.open(path)))
+    np.testing.assert_array_equal(read_label_ids(path), ids)
+    assert len(decoder_calls) == 2 * (mode == "L")
+
+
+def test_sixteen_bit_label_is_refused_by_either_decoder(tmp_path, decoder_calls):
+    path = _save_png(tmp_path / "instanceIds.png", np.full((9, 11), 26001, np.uint16))
+    with pytest.raises(UserError, match="label mode I;16, expected an 8-bit single-channel"):
+        read_label_ids(path)
+    assert decoder_calls == []
+
+
+def test_real_frames_decode_as_pil_does(cityscapes_fullres, decoder_calls, monkeypatch):
+    """The real 2048x1024 frames (pyspng) equal PIL's pixels, and PIL alone (no pyspng) gives the same."""
+    record = list_frames(cityscapes_fullres, "train")[0]
+    fast = read_frame(record["image_path"], record["label_path"])
+    assert len(decoder_calls) == 2
+    monkeypatch.setattr(dataset_module, "pyspng", None)
+    slow = read_frame(record["image_path"], record["label_path"])
+    np.testing.assert_array_equal(fast[0], _png(record["image_path"]))
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
 
 
 def test_unknown_label_id_names_the_file(scratch_root):

@@ -18,7 +18,7 @@ from scipy.ndimage import gaussian_filter
 import precompute_sdt
 from data_utils.dataset import read_train_ids
 from data_utils.labels import CITYSCAPES
-from data_utils.sdt import compute_sdt, compute_sdt_reference, compute_sdt_torch
+from data_utils.sdt import _self_check_labels, compute_sdt, compute_sdt_reference, compute_sdt_torch
 from data_utils.sdt_cache import inspect_sdt_file, read_sdt_file, sdt_cache_path, write_sdt_file
 from data_utils.synthetic import generate_dataset
 from utils import EXIT_PARTIAL_FAILURE, UserError
@@ -180,27 +180,106 @@ def test_triton_failure_falls_back_to_torch(monkeypatch, failure):
     assert sdt_module._triton_error is not None
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-def test_triton_kernels_match_numpy_in_interpreter(tmp_path):
-    """The CUDA kernels, run on CPU tensors by Triton's interpreter. In a fresh process: TRITON_INTERPRET
-    must be set before triton first reads its settings."""
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+_INTERPRETER_PRELUDE = """\
+import numpy as np, torch
+from tests.test_sdt import blob_label
+from data_utils.dataset import read_train_ids
+from data_utils.sdt import compute_sdt, _self_check_labels, _self_check_triton
+from data_utils.sdt_triton import sdt_triton
+
+def check(labels, num_classes, clip):
+    out = sdt_triton(torch.from_numpy(labels).contiguous(), num_classes, clip).numpy()
+    for k in range(len(labels)):
+        np.testing.assert_array_equal(out[k], compute_sdt(labels[k], num_classes, clip))
+"""
+
+
+def run_in_triton_interpreter(tmp_path: Path, code: str) -> None:
+    """Run `code` (after a prelude defining `check(labels, num_classes, clip)`: the kernels against
+    `compute_sdt`) with the CUDA kernels on CPU tensors, through Triton's interpreter. In a fresh process:
+    TRITON_INTERPRET must be set before triton first reads its settings."""
     script = tmp_path / "check_triton.py"
-    script.write_text(
-        "import numpy as np, torch\n"
-        "from tests.test_sdt import blob_label\n"
-        "from data_utils.sdt import compute_sdt\n"
-        "from data_utils.sdt_triton import sdt_triton\n"
-        "for clip, num_classes, shape in ((3, 3, (12, 20)), (127, 3, (4, 24))):\n"
-        "    labels = np.stack([blob_label(*shape, num_classes - 1, seed) for seed in range(2)])\n"
-        "    labels[1, :, -3:] = 2  # the last class present too\n"
-        "    out = sdt_triton(torch.from_numpy(labels).contiguous(), num_classes, clip).numpy()\n"
-        "    for k in range(2):\n"
-        "        np.testing.assert_array_equal(out[k], compute_sdt(labels[k], num_classes, clip))\n"
-        "print('ok')\n")
+    script.write_text(_INTERPRETER_PRELUDE + code + "\nprint('ok')\n")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+                            timeout=900)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@needs_triton
+def test_triton_kernels_match_numpy_in_interpreter(tmp_path):
+    """One tile in every dimension, both clip extremes, the last class present."""
+    run_in_triton_interpreter(tmp_path, (
+        "for clip, num_classes, shape in ((3, 3, (12, 20)), (127, 3, (4, 24))):\n"
+        "    labels = np.stack([blob_label(*shape, num_classes - 1, seed) for seed in range(2)])\n"
+        "    labels[1, :, -3:] = 2\n"
+        "    check(labels, num_classes, clip)\n"))
+
+
+@needs_triton
+def test_triton_kernels_cross_chunks_and_tiles_in_interpreter(tmp_path):
+    """140x96: three 64-row scan chunks (the last partial), three 32-column strips, 18 x 2 row-pass tiles (the
+    last of each partial); clip 127, so the row passes' early exits are the only bound."""
+    run_in_triton_interpreter(tmp_path, "check(blob_label(140, 96, 2, 7)[None], 3, 127)\n")
+
+
+@needs_triton
+@pytest.mark.slow
+def test_triton_kernels_many_tiles_at_a_small_clip_in_interpreter(tmp_path):
+    """Slow (~30 s of CPU in the interpreter): 150x200 at clip 20, 4 classes: 19 x 4 tiles whose row passes stop at
+    the clip, not at the early exit."""
+    run_in_triton_interpreter(tmp_path, "check(blob_label(150, 200, 3, 11)[None], 4, 20)\n")
+
+
+@needs_triton
+@pytest.mark.slow
+def test_triton_kernels_far_distances_across_chunks_in_interpreter(tmp_path):
+    """Slow (~25 s of CPU in the interpreter): nearest class pixels two scan chunks away, 100+ rows and columns."""
+    run_in_triton_interpreter(tmp_path, (
+        "far = np.ones((140, 96), np.uint8)\n"
+        "far[3:5, 40:44] = 0\n"
+        "far[135:, 70:] = 2\n"
+        "far[60:70, :10] = 255\n"
+        "check(far[None], 3, 127)\n"))
+
+
+@needs_triton
+@pytest.mark.slow
+def test_triton_kernels_pass_the_runtime_self_check_in_interpreter(tmp_path):
+    """Slow (~45 s of CPU in the interpreter): the batch every GPU checks the kernels on before it trusts them."""
+    run_in_triton_interpreter(tmp_path, "_self_check_triton(sdt_triton, torch.device('cpu'), 20)\n")
+
+
+@needs_triton
+@pytest.mark.slow
+def test_triton_kernels_match_numpy_on_a_real_crop_in_interpreter(tmp_path, cityscapes_fullres):
+    """Slow (~1 min of CPU in the interpreter): an 80x136 crop of a real label (11 of the 19 classes present) at the
+    default clip."""
+    label_path = cityscapes_fullres / "gtFine/train/aachen/aachen_000006_000019_gtFine_labelIds.png"
+    run_in_triton_interpreter(tmp_path, (
+        f"train_ids = read_train_ids({str(label_path)!r})\n"
+        "crop = np.ascontiguousarray(train_ids[360:440, 1020:1156])\n"
+        "assert len(set(np.unique(crop).tolist()) - {255}) == 11\n"
+        "check(crop[None], 19, 127)\n"))
+
+
+def test_self_check_batch_crosses_a_scan_chunk():
+    """The runtime self-check (run once per GPU before the kernels are trusted) must reach the code that carries
+    the column scans from one 64-row chunk to the next, in both directions."""
+    pytest.importorskip("triton")
+    from data_utils.sdt_triton import COLUMN_BLOCK_H, COLUMN_BLOCK_W, ROW_BLOCK_W
+
+    labels = _self_check_labels().numpy()
+    assert labels.shape[1] > COLUMN_BLOCK_H and labels.shape[2] > 2 * max(COLUMN_BLOCK_W, ROW_BLOCK_W)
+
+    def class_columns(rows: np.ndarray) -> set[tuple[int, int]]:
+        return {(c, x) for x in range(rows.shape[1]) for c in np.unique(rows[:, x]).tolist() if c != 255}
+
+    above, below = class_columns(labels[0, :COLUMN_BLOCK_H]), class_columns(labels[0, COLUMN_BLOCK_H:])
+    assert above - below, "a column whose class pixels lie above the boundary only (carried down)"
+    assert below - above, "a column whose class pixels lie below the boundary only (carried up)"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -491,6 +491,18 @@ def tiny_data(tmp_path_factory) -> Path:
     return generate_dataset(tmp_path_factory.mktemp("data") / "tiny", num_train=16, num_val=5, height=64, width=128)
 
 
+def test_training_workers_persist_and_evaluation_workers_do_not(tiny_data):
+    """Evaluation's loader workers would otherwise sit idle through all the training between evaluations."""
+    from engine.setup import build_dataloader
+
+    cfg = _tiny_cfg(data_root=str(tiny_data), num_workers=2)
+    train_loader, val_loader = build_dataloader(cfg, "train", train=True), build_dataloader(cfg, "val", train=False)
+    assert train_loader.persistent_workers and train_loader.num_workers == 2
+    assert not val_loader.persistent_workers and val_loader.num_workers == 2
+    assert [len(batch["name"]) for batch in val_loader] == [4, 1]  # and they still deliver every frame
+    assert [len(batch["name"]) for batch in val_loader] == [4, 1]  # twice: workers started anew
+
+
 TINY = ["--preset", "demo", "--no-demo-data", "--no-wandb", "--num-workers", "0", "--head-channels", "32"]
 
 
