@@ -24,7 +24,8 @@ from data_utils.classes import ClassTable
 from engine.batch_eval import find_checkpoints
 from engine.checkpoint_eval import EvalOptions, build_eval_loader, load_checkpoint
 from engine.config import load_config
-from engine.evaluation import BAR_COLUMNS, _live, predict
+from engine.evaluation import BAR_COLUMNS, _live
+from engine.inference import predict
 from engine.results import percent, write_results
 from engine.results_format import consensus_path
 from engine.setup import class_table
