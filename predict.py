@@ -20,47 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine.inference_flags import add_inference_flags, inference_kwargs, pair
 from utils.fileio import EXIT_PARTIAL_FAILURE, parse_args_first, run_main
-
-
-def pair(text: str) -> tuple[int, int]:
-    """'1024,768' -> (1024, 768); '512' -> (512, 512)."""
-    values = [int(v) for v in text.split(",")]
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give H,W as two positive integers, e.g. 1024,1024")
-    return values[0], values[1]
-
-
-def scales(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive factors, e.g. 0.5,0.75,1.0,1.25,1.5,1.75")
-    return values
-
-
-def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    """--slide/--crop/--stride/--flip/--scales, as predict.py and evaluate.py take them (engine.inference)."""
-    group = parser.add_argument_group("inference mode (engine/inference.py; default: whole image, single scale)")
-    group.add_argument("--slide", action="store_true", help="sliding-window inference (needs --crop)")
-    group.add_argument("--crop", type=pair, metavar="H,W", help="--slide: window size")
-    group.add_argument("--stride", type=pair, metavar="H,W", help="--slide: window step (default 2/3 of --crop)")
-    group.add_argument("--flip", action="store_true", help="add left-right flipped passes (mean softmax)")
-    group.add_argument("--scales", type=scales, default=(1.0,), metavar="S,S,...",
-                       help="image scale factors, e.g. 0.5,0.75,1.0,1.25,1.5,1.75 (mean softmax; default 1.0)")
-
-
-def inference_from_args(parser: argparse.ArgumentParser, args):
-    """The engine.inference.Inference the flags ask for (parser.error on --crop/--stride without --slide)."""
-    if args.slide != (args.crop is not None) or (args.stride is not None and not args.slide):
-        parser.error("--slide needs --crop H,W (and optionally --stride H,W); --crop/--stride go with --slide")
-    from engine.inference import Inference  # light: torch is loaded by then anyway
-    return Inference(mode="slide" if args.slide else "whole", crop=args.crop, stride=args.stride, flip=args.flip,
-                     scales=args.scales)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,10 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size must be >= 1 and --num-workers >= 0")
     if args.gt is not None and not args.gt.is_dir():
         parser.error(f"--gt {args.gt}: not a folder; pass the folder holding the label PNGs")
-    try:
-        args.inference = inference_from_args(parser, args)
-    except ValueError as e:
-        parser.error(str(e))
+    args.inference = inference_kwargs(parser, args)  # engine.inference.Inference(**...) in main
     return args
 
 
@@ -103,6 +61,7 @@ from rich.console import Console
 
 from data_utils.image_files import find_images
 from engine.checkpoint_eval import load_checkpoint
+from engine.inference import Inference
 from engine.predict_images import METRICS_FILE, predict_images, resolve_checkpoint, write_metrics
 from utils import make_output_dir
 
@@ -127,6 +86,7 @@ def run_export(args, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.inference = Inference(**args.inference)
     console = Console()
     if args.export is not None:
         return run_export(args, console)

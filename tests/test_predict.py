@@ -17,6 +17,7 @@ from engine.checkpoint_eval import load_checkpoint
 from engine.inference import Inference
 from engine.inference import predict as predict_ids
 from engine.predict_images import resolve_checkpoint
+from report.load import load_runs_dir
 from utils import UserError
 from utils.fileio import EXIT_BAD_INPUT, EXIT_PARTIAL_FAILURE
 
@@ -154,3 +155,48 @@ def test_export_round_trips_through_onnxruntime(run_dir, tmp_path, capsys):
     (got,) = onnxruntime.InferenceSession(str(onnx_path)).run(["logits"], {"images": image.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, LogitsFromUint8(model).eval()(image).numpy(), atol=1e-3)
+
+
+# ------------------------------------------------------------------ evaluate.py and aggregate.py under TTA (§4)
+def test_evaluate_records_the_mode_and_aggregate_compares_without_mixing(run_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    import aggregate
+    import evaluate
+    from engine.results import read_results, results_path
+    from metrics.per_image import read_per_image
+
+    runs = tmp_path / "runs"
+    for variant in ("C", "B"):
+        shutil.copytree(run_dir, runs / f"{variant}_seed42")
+    tag = "whole-flip-ms0.5,1"
+    for variant in ("C", "B"):
+        ckpt = runs / f"{variant}_seed42" / "checkpoints" / "epoch_0001"
+        whole_before = results_path(ckpt).read_bytes()  # train.py's own (whole) evaluation
+        assert evaluate.main([str(ckpt), "--flip", "--scales", "0.5,1", "--num-workers", "0"]) == 0
+        assert results_path(ckpt).read_bytes() == whole_before  # the study's file is left alone
+        tta = ckpt.with_name(f"epoch_0001.inference.{tag}.results.json")
+        record = read_results(tta)
+        assert record["inference"] == {"mode": "whole", "crop": None, "stride": None, "flip": True,
+                                       "scales": [0.5, 1.0], "tag": tag}
+        assert read_per_image(ckpt.with_name(f"epoch_0001.inference.{tag}.per_image.npz"))["names"].size == 2
+        if variant == "B":  # a second variant, so that the tables have a pair
+            for path in (results_path(ckpt), tta):
+                path.write_text(json.dumps({**json.loads(path.read_text()), "variant": "B"}))
+    capsys.readouterr()
+    assert aggregate.main([str(runs), "--out", str(tmp_path / "report"), "--bootstrap", "0",
+                           "--compare-inference", tag]) == 0
+    whole = {r.variant: r for r in load_runs_dir(runs)}
+    table = (tmp_path / "report" / "table8_inference.csv").read_text().splitlines()
+    assert table[0] == "group,metric,single,rank single,tta,rank tta,tta_gain_pp,seeds"
+    c_miou = next(line.split(",") for line in table if line.startswith("C,miou"))
+    c_tta = read_results(runs / "C_seed42" / "checkpoints" / f"epoch_0001.inference.{tag}.results.json")
+    assert float(c_miou[2]) == pytest.approx(100 * whole["C"].metrics["miou"], abs=1e-6)
+    assert float(c_miou[6]) == pytest.approx(100 * (c_tta["miou"] - whole["C"].metrics["miou"]), abs=1e-6)
+    assert (tmp_path / "report" / "table8b_inference_pairs.csv").read_text().count("\n") == 1 + 3  # B - C, 3 metrics
+    # a file of one mode posing as another's is refused: one table never mixes modes
+    c_ckpt = runs / "C_seed42" / "checkpoints" / "epoch_0001"
+    shutil.copy(c_ckpt.with_name(f"epoch_0001.inference.{tag}.results.json"), results_path(c_ckpt))
+    with pytest.raises(UserError, match="never mixes modes"):
+        aggregate.main([str(runs), "--out", str(tmp_path / "report2"), "--bootstrap", "0"])
