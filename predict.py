@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gt", type=Path, metavar="LABEL_DIR", help="ground-truth label PNGs (searched "
                         "recursively): adds <name>_gt_error.png and DIR/metrics.csv")
     parser.add_argument("--batch-size", type=int, default=1, help="same-size images per forward pass")
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes reading the images")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes reading the images")
     parser.add_argument("--export", type=Path, metavar="MODEL.onnx", help="write the model as ONNX instead "
                         "(dynamic H, W; checked with onnxruntime; needs requirements-export.txt)")
     parser.add_argument("--export-size", type=pair, default=None, metavar="H,W",
@@ -68,19 +68,24 @@ from utils import make_output_dir
 
 def run_export(args, console: Console) -> int:
     """--export: write the ONNX file and compare it with torch on one image of another size than the traced one."""
-    from engine.export import check_onnx, export_onnx, require_export_packages
+    from engine.export import ExportMismatch, check_onnx, export_onnx, require_export_packages
 
     require_export_packages()  # before loading anything: the refusal is instant
     ckpt = resolve_checkpoint(args.checkpoint)
     cfg, _, model = load_checkpoint(ckpt)
     height, width = args.export_size or (tuple(cfg.crop_size) if min(cfg.crop_size) > 0 else (256, 512))
-    console.print(f"exporting {ckpt} traced at {height}x{width} (takes a minute on a CPU) ...")
-    export_onnx(model, args.export, (height, width))
+    console.print(f"exporting {ckpt} traced at {height}x{width} ...", soft_wrap=True)
+    opset = export_onnx(model, args.export, (height, width))
     image = torch.randint(0, 256, (3, height + 32, width + 64), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
-    check = check_onnx(model, args.export, image)
-    console.print(f"wrote {args.export}; onnxruntime vs torch on a {width + 64}x{height + 32} image: max |Δlogit| "
-                  f"{check['max_abs_diff']:.2e}, equal argmax {100 * check['argmax_agreement']:.3f} %")
+    try:
+        check = check_onnx(model, args.export, image)
+    except ExportMismatch as e:  # the file stays, for a look; the exit status says it is not to be used
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        return 1
+    console.print(f"wrote {args.export} (opset {opset}); onnxruntime vs torch on a {width + 64}x{height + 32} "
+                  f"image: max |Δlogit| {check['max_abs_diff']:.2e}, equal argmax "
+                  f"{100 * check['argmax_agreement']:.3f} %", soft_wrap=True)
     return 0
 
 

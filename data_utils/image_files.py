@@ -76,7 +76,8 @@ def read_rgb(path: str | Path) -> tuple[np.ndarray, str | None]:
         if mode == "L":
             return np.asarray(im.convert("RGB")), "grayscale repeated over RGB"
         if mode in ("RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1"):
-            return np.asarray(im.convert("RGB")), f"{mode} converted to RGB" + (" (alpha dropped)" if "A" in mode else "")
+            dropped = " (alpha dropped)" if "A" in mode else ""
+            return np.asarray(im.convert("RGB")), f"{mode} converted to RGB{dropped}"
         raise ValueError(f"image mode {mode} is not supported (RGB, RGBA, grayscale, palette, 16-bit)")
 
 

@@ -62,7 +62,8 @@ def _image_row(name: str, pred: torch.Tensor, target: torch.Tensor, classes) -> 
 
 
 def predict_images(ckpt: Path, inputs: list[ImageInput], out_dir: Path, inference: Inference, accelerator,
-                   batch_size: int = 1, num_workers: int = 2, gt_dir: Path | None = None, console=None) -> PredictReport:
+                   batch_size: int = 1, num_workers: int = 2, gt_dir: Path | None = None,
+                   console=None) -> PredictReport:
     """Predict this process's share of `inputs` into `out_dir`; returns its PredictReport (see module docstring).
 
     Unreadable images are reported (one line each, on `console`) and skipped; every other image gets all its
