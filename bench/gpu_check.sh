@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures BENCHMARKS.md waits for, in one run of under 8 minutes on one H100/H200:
+# The GPU figures BENCHMARKS.md waits for, in one run of under 9 minutes on one H100/H200:
 #
 #   bash bench/gpu_check.sh                        # prints one table, writes gpu_check.json
 #   bash bench/gpu_check.sh --out DIR/check.json --data /path/to/cityscapes_fullres
@@ -8,9 +8,9 @@
 # Steps: the tests that skip without CUDA; compute_sdt_torch per 1024x2048 label (bench_sdt.py); metrics
 # images/s on the GPU (bench_metrics.py); augmentation on the GPU (bench_augment.py); the overhead of a
 # --log-grad-norms step at full size (bench_grad_stats.py); train.py's default training step with data and
-# SDT on the device, full size (bench_train.py). Each runs under `timeout` with its own limit (the limits add
-# up to 8 minutes); a step that fails or runs out of time is recorded as such and the check goes on. A step
-# is "ok" when it exits 0 and prints its figure (a CUDA section skipped for want of a GPU is not ok).
+# SDT on the device, full size (bench_train.py); predict.py's inference modes (bench_predict.py). Each runs
+# under `timeout` with its own limit (the limits add up to 8 min 45 s); a step that fails or runs out of time
+# is recorded as such and the check goes on. A step is "ok" when it exits 0 and prints its figure (a CUDA section skipped for want of a GPU is not ok).
 # --data: real Cityscapes-layout frames (default: the bench scripts' ../shared/data/cityscapes_fullres);
 # without them a few synthetic 1024x2048 frames are generated first. The JSON (written atomically) holds
 # the card's name, driver, torch and CUDA versions, and per step its command, limit, exit code, seconds,
@@ -65,6 +65,12 @@ step grad_stats 60 "^overhead|^amortised|^peak memory" \
 # train.py's defaults (the paper's recipe at 1024x2048, bf16, compile, SDT on the device, 8 loader workers);
 # a warm-up of one accumulation window, the first micro-step compiles (~2 min).
 step train 210 "^  (step|loader) " "$PYTHON bench/bench_train.py --warmup 4 --steps 8 --frames 4 --json $WORK/train.json"
+# ---- predict (issue 25) ----------------------------------------------------------------------------------------
+# predict.py's inference modes (engine/inference.py) for the base model at 1024x2048, bf16: images/s, ratio to
+# whole and peak memory per mode (bench_predict.py; BENCHMARKS.md "Predict: inference modes").
+step predict 45 "^(whole|slide|flip)" "$PYTHON bench/bench_predict.py --device cuda --backbone convnextv2_base \
+--head-channels 512 --images 8 --repeats 2"
+# ---- end predict -----------------------------------------------------------------------------------------------
 
 if [ "$DRY_RUN" = 1 ]; then
   total=0
