@@ -184,6 +184,8 @@ def test_evaluate_records_the_mode_and_aggregate_compares_without_mixing(run_dir
             for path in (results_path(ckpt), tta):
                 path.write_text(json.dumps({**json.loads(path.read_text()), "variant": "B"}))
     capsys.readouterr()
+    assert evaluate.main(["--all", str(runs), "--flip", "--scales", "0.5,1", "--num-workers", "0"]) == 0
+    assert "2 already evaluated on their val split, 0 to evaluate" in " ".join(capsys.readouterr().out.split())
     assert aggregate.main([str(runs), "--out", str(tmp_path / "report"), "--bootstrap", "0",
                            "--compare-inference", tag]) == 0
     whole = {r.variant: r for r in load_runs_dir(runs)}
