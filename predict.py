@@ -110,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
 
     failures = gather_object(report.failures)
     metrics = gather_object(report.metrics)
+    without_gt = gather_object(report.without_gt)
     written = sum(gather_object([report.written]))
     if not accelerator.is_main_process:
         return 0
     if args.gt is not None:
         write_metrics(metrics, args.out / METRICS_FILE)
         console.print(f"{len(metrics)} images had ground truth: metrics in {args.out / METRICS_FILE}")
+        if without_gt:
+            console.print(f"note: no label in {args.gt} for {len(without_gt)} images, e.g. {without_gt[0]} (looked "
+                          "for <frame>_gtFine_labelIds.png, <frame>_gtFine_labelTrainIds.png, <stem>.png)",
+                          soft_wrap=True)
     console.print(f"wrote the outputs of {written} images to {args.out}")
     if failures:
         listed = "; ".join(f"{path}: {error}" for path, error in failures[:5])

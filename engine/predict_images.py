@@ -48,6 +48,7 @@ class PredictReport:
     written: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line error)
     metrics: list[dict] = field(default_factory=list)  # --gt: per-image rows
+    without_gt: list[str] = field(default_factory=list)  # --gt: images without a label file there
 
 
 def _image_row(name: str, pred: torch.Tensor, target: torch.Tensor, classes) -> dict:
@@ -88,6 +89,8 @@ def predict_images(ckpt: Path, inputs: list[ImageInput], out_dir: Path, inferenc
                 image_input = mine[item["index"]]
                 target = None
                 found = None if gt_index is None else find_ground_truth(gt_index, image_input.name)
+                if gt_index is not None and found is None:
+                    report.without_gt.append(str(image_input.path))
                 if found is not None:
                     try:
                         target = torch.from_numpy(read_ground_truth(*found, classes, tuple(pred.shape)))
