@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     without_gt = gather_object(report.without_gt)
     written = sum(gather_object([report.written]))
     if not accelerator.is_main_process:
-        return 0
+        return EXIT_PARTIAL_FAILURE if failures else 0  # every process exits alike
     if args.gt is not None:
         write_metrics(metrics, args.out / METRICS_FILE)
         console.print(f"{len(metrics)} images had ground truth: metrics in {args.out / METRICS_FILE}")

@@ -210,3 +210,28 @@ def test_export_refuses_clearly_without_the_optional_packages(run_dir, tmp_path,
     with pytest.raises(UserError, match="needs onnxruntime_missing_for_this_test .*requirements-export.txt"):
         predict.main([str(run_dir), "--export", str(tmp_path / "m.onnx")])
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_inputs_and_report_failures_once(run_dir, images, tmp_path):
+    """CPU DDP as tests/test_train.py launches it: each image is written by one process, the failure summary
+    (gathered from both) is printed once, and the exit code is 3."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    inputs = tmp_path / "in"
+    shutil.copytree(images, inputs)
+    (inputs / "broken.png").write_bytes(b"garbage")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    out = tmp_path / "preds"
+    result = subprocess.run([*launch, "predict.py", str(run_dir), str(inputs), "--out", str(out), "--num-workers",
+                             "0"], cwd=predict.Path(predict.__file__).parent, env=env, capture_output=True, text=True)
+    # each process exits with 3; torchrun, under accelerate launch, turns any non-zero exit of its workers into 1
+    assert result.returncode == 1 and "exitcode: 3" in result.stderr, result.stderr[-3000:]
+    assert " ".join(result.stdout.split()).count("1 of 6 images failed") == 1
+    for name in NAMES:
+        assert all((out / f"{name}{suffix}").is_file() for suffix in OUTPUTS), name
