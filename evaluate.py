@@ -28,9 +28,11 @@ import argparse
 from contextlib import ExitStack, closing
 from pathlib import Path
 
+from data_utils.labels import THIN_CLASSES
 from data_utils.options import UNLABELLED_SPLITS
 from engine.config import add_data_source_flags
 from engine.inference_flags import add_inference_flags, inference_kwargs
+from metrics.consensus import REASSIGN_MODES
 from metrics.keys import PROFILES
 from utils.fileio import EXIT_PARTIAL_FAILURE, RenamedFlag, parse_args_first, run_main
 
@@ -68,9 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     consensus.add_argument("--max-drop-size", type=int, default=None, metavar="N",
                            help="drop only unsupported components of at most N pixels (default: any size)")
     consensus.add_argument("--protect", default=None, metavar="NAMES",
-                           help="comma-separated class names never dropped (default: fence, pole, traffic light, "
-                                "traffic sign, those of them the class table has)")
-    consensus.add_argument("--reassign", choices=("veto", "ignore"), default="veto",
+                           help=f"comma-separated class names never dropped (default: {', '.join(THIN_CLASSES)}, "
+                                "those of them the class table has)")
+    consensus.add_argument("--reassign", choices=REASSIGN_MODES, default="veto",
                            help="dropped pixels take the veto's labels or the ignore index")
     args = parser.parse_args(argv)
     args.inference = inference_kwargs(parser, args)  # engine.inference.Inference(**...) in main
@@ -114,11 +116,11 @@ from rich.progress import Progress
 from engine.batch_eval import evaluate_all, find_checkpoints, pending_reason
 from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint
 from engine.consensus import consensus_pairings, consensus_table, evaluate_consensus_pair
-from engine.evaluation import BAR_COLUMNS
 from engine.inference import Inference
 from engine.results import batch_table, checkpoint_table
 from engine.results_format import consensus_path, inference_path
 from metrics.per_image import PER_IMAGE_SUFFIX
+from utils.console import progress_columns
 from utils.dirlock import folder_lock
 
 
@@ -163,7 +165,7 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
     done, failures = [], []
     with ExitStack() as stack:
         lock_runs(stack, todo)
-        bar = stack.enter_context(Progress(*BAR_COLUMNS, console=console))
+        bar = stack.enter_context(Progress(*progress_columns(), console=console))
         outcomes = stack.enter_context(closing(evaluate_all(todo, options, args.jobs)))  # closed on Ctrl-C
         task = bar.add_task("checkpoints", total=len(todo))
         for ckpt, record, error in outcomes:

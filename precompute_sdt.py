@@ -62,10 +62,13 @@ if __name__ == "__main__":
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
-from data_utils.sdt import SDT_CLIP, compute_sdt, inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
+from data_utils.sdt import compute_sdt
+from data_utils.sdt_cache import inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
+from utils.conventions import SDT_CLIP
 from data_utils.source import DataSource
+from utils.console import progress_columns
 from utils.dirlock import folder_lock
 
 MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
@@ -118,8 +121,6 @@ def remove_stale_temp_files(out: Path) -> int:
 def run_with_progress(fn, tasks: list, jobs: int, description: str, frames):
     """Yield fn(task) for every task (in completion order) under a rich progress bar, in `jobs` worker
     processes (this process for one job), which see `frames`."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
     pool = None
     if jobs > 1 and len(tasks) > 1:
         # fork (as torch's DataLoader does) so workers skip re-importing torch and datasets; the workers only
@@ -130,7 +131,7 @@ def run_with_progress(fn, tasks: list, jobs: int, description: str, frames):
         _set_frames(frames)
     try:
         results = map(fn, tasks) if pool is None else pool.imap_unordered(fn, tasks, chunksize=1)
-        with Progress(*columns, console=Console(stderr=True)) as bar:
+        with Progress(*progress_columns(), console=Console(stderr=True)) as bar:
             task_id = bar.add_task(description, total=len(tasks))
             for result in results:
                 bar.advance(task_id)

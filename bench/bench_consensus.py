@@ -19,11 +19,13 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
 from bench.bench_metrics import DEFAULT_ROOT, best_seconds, load_pairs  # noqa: E402
-from data_utils.labels import NUM_CLASSES  # noqa: E402
-from metrics.consensus import THIN_CLASSES, cc_veto, count_fragments  # noqa: E402
+from data_utils.labels import CITYSCAPES, THIN_CLASSES  # noqa: E402
+from metrics.consensus import cc_veto, count_fragments  # noqa: E402
 from utils import run_main  # noqa: E402
 
 EIGHT = np.ones((3, 3), bool)
+NUM_CLASSES = CITYSCAPES.num_classes
+PROTECT = tuple(CITYSCAPES.names.index(name) for name in THIN_CLASSES)  # evaluate.py's default --protect
 
 
 def scipy_fragments(label_map: np.ndarray) -> int:
@@ -32,11 +34,11 @@ def scipy_fragments(label_map: np.ndarray) -> int:
 
 
 def scipy_veto(primary: np.ndarray, veto: np.ndarray) -> np.ndarray:
-    """cc_veto's default options through one scipy.ndimage.label call per class and a bincount of the veto's
-    support per component."""
+    """cc_veto with evaluate.py's default options through one scipy.ndimage.label call per class and a bincount
+    of the veto's support per component."""
     out = primary.copy()
     for c in range(NUM_CLASSES):
-        if c in THIN_CLASSES:
+        if c in PROTECT:
             continue
         components, n = ndimage.label(primary == c, structure=EIGHT)
         if n == 0:
@@ -58,10 +60,10 @@ def main() -> None:
     vetoes = [p for p, _ in load_pairs(args.data, args.images, seed=1)]
     for primary, veto in zip(primaries, vetoes):  # a benchmark of a wrong answer is worthless
         assert count_fragments(primary, NUM_CLASSES) == scipy_fragments(primary)
-        assert np.array_equal(cc_veto(primary, veto, NUM_CLASSES), scipy_veto(primary, veto))
+        assert np.array_equal(cc_veto(primary, veto, NUM_CLASSES, PROTECT), scipy_veto(primary, veto))
     pairs = list(zip(primaries, vetoes))
     seconds = best_seconds({
-        "cc_veto": (lambda p, v: cc_veto(p, v, NUM_CLASSES), pairs),
+        "cc_veto": (lambda p, v: cc_veto(p, v, NUM_CLASSES, PROTECT), pairs),
         "cc_veto, scipy per class": (scipy_veto, pairs),
         "count_fragments": (lambda p: count_fragments(p, NUM_CLASSES), [(p,) for p in primaries]),
         "count_fragments, scipy per class": (scipy_fragments, [(p,) for p in primaries]),

@@ -32,19 +32,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
 from data_utils.cityscapes import load_split  # noqa: E402
-from data_utils.dataset import SegmentationDataset, collate_batch, read_image, read_label_ids  # noqa: E402
-from data_utils.labels import label_ids_to_train_ids  # noqa: E402
+from data_utils.dataset import (SegmentationDataset, collate_batch, read_image, read_label_ids,  # noqa: E402
+                                read_train_ids)
+from data_utils.labels import CITYSCAPES  # noqa: E402
 from utils.fileio import RenamedFlag, atomic_write_json, run_main  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
+LABEL_FIX = "pass *_gtFine_labelIds.png files"  # what to do about a value outside the Cityscapes table
 SOURCES = ("none", "cpu", "cache", "cache-z")  # cache-z: precompute_sdt.py --compress files
 
 
 def prepare_sdt_cache(data_root: Path, cache_dir: Path, compress: bool = False) -> Path:
-    """SDT cache files (data_utils.sdt format, as precompute_sdt.py writes them, zlib row deltas with
+    """SDT cache files (data_utils.sdt_cache format, as precompute_sdt.py writes them, zlib row deltas with
     `compress`) for every train frame; identical labels (hard-linked PNGs) get hard-linked cache files, so
     the cache costs one compute_sdt per distinct label file."""
-    from data_utils.sdt import compute_sdt, sdt_cache_path, write_sdt_file
+    from data_utils.sdt import compute_sdt
+    from data_utils.sdt_cache import sdt_cache_path, write_sdt_file
 
     done: dict[int, Path] = {}  # label file inode -> its cache file
     for record in load_split(data_root, "train"):
@@ -54,8 +57,8 @@ def prepare_sdt_cache(data_root: Path, cache_dir: Path, compress: bool = False) 
         if inode in done:
             os.link(done[inode], out)
             continue
-        train_ids = label_ids_to_train_ids(read_label_ids(record["label_path"]), record["label_path"])
-        write_sdt_file(out, compute_sdt(train_ids), compress=compress)
+        train_ids = read_train_ids(record["label_path"])
+        write_sdt_file(out, compute_sdt(train_ids, CITYSCAPES.num_classes), compress=compress)
         done[inode] = out
     return cache_dir
 
@@ -81,25 +84,26 @@ def make_dataset(records, source: str, caches: dict[str, Path]) -> SegmentationD
 def stage_times(records: list[dict], passes: int, sources: list[str], caches: dict[str, Path]) -> dict[str, float]:
     """Seconds per frame of each stage of SegmentationDataset.__getitem__, one thread (each stage on
     inputs decoded beforehand, so the stages add up to about one item)."""
-    from data_utils import sdt
+    from data_utils import sdt, sdt_cache
 
     label_ids = {r["name"]: read_label_ids(r["label_path"]) for r in records}
-    train_ids = {name: label_ids_to_train_ids(ids, name) for name, ids in label_ids.items()}
+    train_ids = {name: CITYSCAPES.to_train_ids(ids, name, LABEL_FIX) for name, ids in label_ids.items()}
     images = {r["name"]: read_image(r["image_path"]) for r in records}
     stages = {
         "decode image PNG": lambda r: read_image(r["image_path"]),
         "decode label PNG": lambda r: read_label_ids(r["label_path"]),
-        "label ids -> train ids": lambda r: label_ids_to_train_ids(label_ids[r["name"]], r["label_path"]),
+        "label ids -> train ids": lambda r: CITYSCAPES.to_train_ids(label_ids[r["name"]], r["label_path"], LABEL_FIX),
         "to tensors (uint8 CHW image, uint8 label)": lambda r: (
             torch.from_numpy(np.ascontiguousarray(images[r["name"]].transpose(2, 0, 1))),
             torch.from_numpy(np.ascontiguousarray(train_ids[r["name"]], dtype=np.uint8))),
     }
     if "cpu" in sources:
-        stages["compute_sdt (cpu source)"] = lambda r: sdt.compute_sdt(train_ids[r["name"]])
+        stages["compute_sdt (cpu source)"] = lambda r: sdt.compute_sdt(train_ids[r["name"]], CITYSCAPES.num_classes)
     for source, cache_dir in caches.items():
         def read(r, cache_dir=cache_dir):
-            path = sdt.sdt_cache_path(cache_dir, r["name"])
-            return np.array(sdt.read_sdt_file(path, expected_shape=(19, *train_ids[r["name"]].shape)), dtype=np.int8)
+            path = sdt_cache.sdt_cache_path(cache_dir, r["name"])
+            shape = (CITYSCAPES.num_classes, *train_ids[r["name"]].shape)
+            return np.array(sdt_cache.read_sdt_file(path, expected_shape=shape), dtype=np.int8)
         stages[f"read SDT file + copy ({source} source)"] = read
     return {name: mean_seconds(fn, records, passes) for name, fn in stages.items()}
 

@@ -32,18 +32,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
-from data_utils.labels import IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids  # noqa: E402
+from data_utils.dataset import read_train_ids  # noqa: E402
+from data_utils.labels import CITYSCAPES  # noqa: E402
 from data_utils.synthetic import hf_classes  # noqa: E402
 from metrics import SegmentationMetrics  # noqa: E402
 from metrics.per_image import (STUDY_EPS, boundary_f1_per_class, dataset_metrics, per_image_path,  # noqa: E402
                                study_trimap_iou_scores, write_per_image)
 from metrics.segmentation import fragment_counts, segmentation_image_stats  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
+from utils.conventions import IGNORE_INDEX  # noqa: E402
 
+NUM_CLASSES = CITYSCAPES.num_classes  # the real label maps here are Cityscapes'
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
 SQUARE3 = np.ones((3, 3), bool)
 
@@ -54,7 +56,7 @@ def load_pairs(root: Path, limit: int, seed: int = 0) -> list[tuple[np.ndarray, 
     paths = sorted((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
     if not paths:
         raise UserError(f"{root}: no gtFine/val/<city>/*_gtFine_labelIds.png; pass --data DIR")
-    targets = [label_ids_to_train_ids(np.array(Image.open(p)), str(p)).astype(np.int64) for p in paths[:limit]]
+    targets = [read_train_ids(str(p)).astype(np.int64) for p in paths[:limit]]
     rng = np.random.default_rng(seed)
     pairs = []
     for i in range(limit):
@@ -221,12 +223,13 @@ def main():
     preds_uint8 = [(p.to(torch.uint8),) for p, _ in tensors]  # what the evaluation loop hands its host thread
 
     def parts(*names):
-        return lambda p, t: segmentation_image_stats(p, t, parts=names)
+        return lambda p, t: segmentation_image_stats(p, t, NUM_CLASSES, parts=names)
 
-    full = SegmentationMetrics()
+    full = SegmentationMetrics(NUM_CLASSES)
     variants = {"default": (parts("default"), tensors), "study": (parts("study"), tensors),
                 "default + boundary_iou": (parts("default", "boundary_iou"), tensors),
-                "fragments": (fragment_counts, preds_uint8), "update (everything)": (full.update, tensors)}
+                "fragments": (lambda p: fragment_counts(p, NUM_CLASSES), preds_uint8),
+                "update (everything)": (full.update, tensors)}
     seconds = best_seconds(variants, args.repeats)
 
     def ms(s):
@@ -261,7 +264,7 @@ def main():
     many_classes(pairs, args.ref_images, args.repeats)
 
     if args.file_images:
-        metric = SegmentationMetrics()
+        metric = SegmentationMetrics(NUM_CLASSES)
         for i, (p, t) in enumerate(load_pairs(args.data, args.file_images, seed=1)):
             metric.update(torch.as_tensor(p)[None], torch.as_tensor(t)[None], names=[f"frame_{i:06d}"])
         with tempfile.TemporaryDirectory() as folder:
@@ -277,12 +280,12 @@ def main():
         batches = [(preds[i:i + batch], targets[i:i + batch]) for i in range(0, len(pairs), batch)]
 
         def on_gpu(p, t):
-            segmentation_image_stats(p, t)
+            segmentation_image_stats(p, t, NUM_CLASSES)
             torch.cuda.synchronize()
 
         gpu_s = best_seconds({"gpu": (on_gpu, batches)}, args.repeats)["gpu"] * len(batches) / len(pairs)
-        cpu_stats = segmentation_image_stats(preds[:batch].cpu(), targets[:batch].cpu())
-        gpu_stats = segmentation_image_stats(preds[:batch], targets[:batch])
+        cpu_stats = segmentation_image_stats(preds[:batch].cpu(), targets[:batch].cpu(), NUM_CLASSES)
+        gpu_stats = segmentation_image_stats(preds[:batch], targets[:batch], NUM_CLASSES)
         same = all(torch.equal(cpu_stats[k], gpu_stats[k].cpu()) for k in cpu_stats)
         print(f"segmentation_image_stats, {torch.cuda.get_device_name()} (batch {batch}): {1 / gpu_s:8.1f} img/s "
               f"({1000 * gpu_s:.2f} ms/img; goal >= 200 img/s); counts equal to CPU: {same}")

@@ -26,14 +26,17 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_utils.labels import NUM_CLASSES, label_ids_to_train_ids  # noqa: E402
-from data_utils.sdt import (SDT_CLIP, compute_sdt, compute_sdt_reference, compute_sdt_torch,  # noqa: E402
-                            read_sdt_file, write_sdt_file)
+from data_utils.dataset import read_train_ids  # noqa: E402
+from data_utils.labels import CITYSCAPES  # noqa: E402
+from data_utils.sdt import compute_sdt, compute_sdt_reference, compute_sdt_torch  # noqa: E402
+from data_utils.sdt_cache import read_sdt_file, write_sdt_file  # noqa: E402
+from utils.conventions import SDT_CLIP  # noqa: E402
+
+C = CITYSCAPES.num_classes  # the real labels here are Cityscapes'
 from data_utils.synthetic import generate_dataset  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 
@@ -67,12 +70,12 @@ def bench_cpu(paths: list[Path], repeats: int) -> list[np.ndarray]:
     print(f"{'frame':34s} {'classes':>7s} {'scipy (s)':>10s} {'ours (s)':>9s} {'ratio':>6s}  exact")
     labels, total_ref, total_ours, exact = [], 0.0, 0.0, 0
     for path in paths:
-        label = label_ids_to_train_ids(np.array(Image.open(path)), str(path))
-        t_ref, ref = best_time(lambda: compute_sdt_reference(label), repeats)
-        t_ours, ours = best_time(lambda: compute_sdt(label), repeats)
+        label = read_train_ids(str(path))
+        t_ref, ref = best_time(lambda: compute_sdt_reference(label, C), repeats)
+        t_ours, ours = best_time(lambda: compute_sdt(label, C), repeats)
         same = np.array_equal(ref, ours)
         total_ref, total_ours, exact = total_ref + t_ref, total_ours + t_ours, exact + same
-        present = int(np.count_nonzero(np.bincount(label.ravel(), minlength=256)[:NUM_CLASSES]))
+        present = int(np.count_nonzero(np.bincount(label.ravel(), minlength=256)[:C]))
         print(f"{path.name.replace('_gtFine_labelIds.png', ''):34s} {present:7d} {t_ref:10.3f} {t_ours:9.3f} "
               f"{t_ref / t_ours:6.1f}  {'yes' if same else 'NO'}")
         labels.append(label)
@@ -86,8 +89,8 @@ def bench_torch_cpu(labels: list[np.ndarray], repeats: int) -> None:
     torch.set_num_threads(1)
     times, exact = [], 0
     for label in labels:
-        t, out = best_time(lambda: compute_sdt_torch(torch.from_numpy(label)[None]), repeats)
-        t_np, ref = best_time(lambda: compute_sdt(label), repeats)
+        t, out = best_time(lambda: compute_sdt_torch(torch.from_numpy(label)[None], C), repeats)
+        t_np, ref = best_time(lambda: compute_sdt(label, C), repeats)
         times.append((t, t_np))
         exact += np.array_equal(out[0].numpy(), ref)
     t_torch, t_np = (sum(x) / len(times) for x in zip(*times))
@@ -104,8 +107,8 @@ def bench_cuda(labels: list[np.ndarray], iters: int) -> None:
     device = torch.device("cuda")
     print(f"CUDA on {torch.cuda.get_device_name(device)}:")
     batch = torch.from_numpy(np.stack(labels[:2])).to(device)
-    paths = {"compute_sdt_torch": compute_sdt_torch,  # Triton kernels when triton is installed
-             "pure torch fallback": lambda x: sdt_module._sdt_torch(x.to(torch.uint8), NUM_CLASSES, SDT_CLIP)}
+    paths = {"compute_sdt_torch": lambda x: compute_sdt_torch(x, C),  # Triton kernels when triton is installed
+             "pure torch fallback": lambda x: sdt_module._sdt_torch(x.to(torch.uint8), C, SDT_CLIP)}
     for name, fn in paths.items():
         for n in (1, 2):
             x = batch[:n]
@@ -113,7 +116,7 @@ def bench_cuda(labels: list[np.ndarray], iters: int) -> None:
             torch.cuda.synchronize()
             if name == "compute_sdt_torch" and sdt_module._triton_error:
                 print(f"  Triton path unavailable ({sdt_module._triton_error}): timings are the pure-torch path")
-            exact = all(np.array_equal(out[k].cpu().numpy(), compute_sdt(labels[k])) for k in range(n))
+            exact = all(np.array_equal(out[k].cpu().numpy(), compute_sdt(labels[k], C)) for k in range(n))
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             runs = iters if name == "compute_sdt_torch" else max(iters // 10, 1)
             start.record()
@@ -130,7 +133,7 @@ def bench_cuda(labels: list[np.ndarray], iters: int) -> None:
 def bench_cache(label: np.ndarray, demo_frames: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sdt = compute_sdt(label)
+        sdt = compute_sdt(label, C)
         print(f"cache files, one real {label.shape[0]}x{label.shape[1]} frame (raw int8 {sdt.nbytes / 2**20:.1f} MiB):")
         for compress in (False, True):
             path = tmp / f"frame_{compress}.sdt"
@@ -142,7 +145,7 @@ def bench_cache(label: np.ndarray, demo_frames: int) -> None:
         root = generate_dataset(tmp / "demo", num_train=demo_frames, num_val=0, progress=False)
         raw = packed = 0
         for png in sorted(root.rglob("*_gtFine_labelIds.png")):
-            sdt = compute_sdt(label_ids_to_train_ids(np.array(Image.open(png)), str(png)))
+            sdt = compute_sdt(read_train_ids(str(png)), C)
             raw += sdt.nbytes
             packed += write_sdt_file(tmp / "demo.sdt", sdt, compress=True)
         print(f"  synthetic demo data ({demo_frames} frames 256x512): raw {raw / 2**20:.1f} MiB, "

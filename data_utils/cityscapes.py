@@ -1,9 +1,7 @@
 """Cityscapes through HF `datasets`: a builder that lists frames (paths, not pixels) in a stable order.
 
-The folder layout is the official one (also what `data_utils.synthetic` writes):
-
-    <root>/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png   RGB image
-    <root>/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png    8-bit label ids (0..33)
+The folder layout is the official one, spelled once in `data_utils.layout` (also what `data_utils.synthetic`
+writes): <root>/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png, and the labels under <root>/gtFine/.
 
 `datasets` 5.x has no loading scripts, so `CityscapesBuilder` is used by direct instantiation:
 
@@ -27,12 +25,10 @@ from pathlib import Path
 
 import datasets
 
+from data_utils.layout import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, LABEL_SUFFIX, image_path, label_path
 from utils import UserError
 
 ENV_VAR = "CITYSCAPES_DATASET"  # cityscapesScripts' convention for the dataset root
-IMAGE_DIR, LABEL_DIR = "leftImg8bit", "gtFine"
-IMAGE_SUFFIX = "_leftImg8bit.png"
-LABEL_SUFFIX = "_gtFine_labelIds.png"
 
 FEATURES = datasets.Features(
     {
@@ -42,14 +38,6 @@ FEATURES = datasets.Features(
         "label_path": datasets.Value("string"),  # absolute path of the *_gtFine_labelIds.png
     }
 )
-
-
-def frame_city(name: str) -> str | None:
-    """The city of a frame named `<city>_<sequence>_<frame>` ("frankfurt_000000_000294" -> "frankfurt": the part
-    before the last two "_" fields), the folder its files sit in; None for a name without those two fields (an
-    HF dataset's `<split>_<row>`), whose files go straight into the folder above."""
-    parts = name.rsplit("_", 2)
-    return parts[0] if len(parts) == 3 else None
 
 
 def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
@@ -104,11 +92,11 @@ def list_frames(root: Path, split: str) -> list[dict[str, str]]:
     images, labels = _scan_pngs(image_dir, IMAGE_SUFFIX), _scan_pngs(label_dir, LABEL_SUFFIX)
     for name in sorted(images.keys() - labels.keys())[:1]:
         city, path = images[name]
-        raise UserError(f"{path}: image has no label (expected {label_dir / city / (name + LABEL_SUFFIX)}); "
+        raise UserError(f"{path}: image has no label (expected {label_path(root, split, city, name)}); "
                         "restore the gtFine file or remove the image")
     for name in sorted(labels.keys() - images.keys())[:1]:
         city, path = labels[name]
-        raise UserError(f"{path}: label has no image (expected {image_dir / city / (name + IMAGE_SUFFIX)}); "
+        raise UserError(f"{path}: label has no image (expected {image_path(root, split, city, name)}); "
                         "restore the leftImg8bit file or remove the label")
     if not images:
         raise UserError(f"{image_dir}: split '{split}' holds no <city>/*{IMAGE_SUFFIX} files")

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from utils import UserError
-
-IGNORE_INDEX = 255  # train id of unlabelled pixels in every label map (uint8)
+from utils.conventions import IGNORE_INDEX  # re-exported: the class tables' ignore train id
 
 
 def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:

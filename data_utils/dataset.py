@@ -38,10 +38,10 @@ from PIL import Image
 from data_utils.augment import BatchAugment, normalize
 from data_utils.classes import IGNORE_INDEX, ClassTable
 from data_utils.labels import CITYSCAPES
-from data_utils.options import WORKER_SDT_SOURCES
+from data_utils.options import DATASET_SDT_SOURCES
 from utils import UserError
+from utils.conventions import SDT_CLIP
 
-SDT_SOURCES = ("none", *WORKER_SDT_SOURCES)  # what this Dataset does: nothing, or a worker-side source
 IMAGE_DTYPES = ("float", "uint8")
 
 
@@ -111,6 +111,12 @@ def read_frame(image_path: str, label_path: str, classes: ClassTable = CITYSCAPE
     return image, classes.to_train_ids(label_ids, label_path, fix=_label_fix(classes))
 
 
+def read_train_ids(label_path: str, classes: ClassTable = CITYSCAPES) -> np.ndarray:
+    """A label PNG alone -> (H, W) uint8 train ids (255 = ignore); UserError naming the file for a corrupt PNG
+    or a value outside `classes` (for Cityscapes: a file that is not a *_gtFine_labelIds.png)."""
+    return classes.to_train_ids(read_label_ids(label_path), label_path, fix=_label_fix(classes))
+
+
 def _label_fix(classes: ClassTable) -> str:
     if classes.id_to_train_id is not None:
         return "pass the *_gtFine_labelIds.png file, not a colour, trainId or instance map"
@@ -125,7 +131,7 @@ def check_frame(image_path: str, label_path: str, classes: ClassTable = CITYSCAP
         _check_label_mode(label_path, label.mode)
         _check_same_size(image_path, label_path, image.size, label.size)
     if decode_label:
-        classes.to_train_ids(read_label_ids(label_path), label_path, fix=_label_fix(classes))
+        read_train_ids(label_path, classes)
 
 
 _CHECKED = None  # the frames check_frames' forked workers check (inherited, not pickled per task)
@@ -215,8 +221,7 @@ class PathFrames:
 
     def read_label(self, index: int) -> np.ndarray:
         """(H, W) uint8 train ids of frame `index` (its label PNG only)."""
-        path = self.label_paths[index]
-        return self.classes.to_train_ids(read_label_ids(path), path, fix=_label_fix(self.classes))
+        return read_train_ids(self.label_paths[index], self.classes)
 
     def label_size(self, index: int) -> tuple[int, int]:
         """(H, W) of frame `index`'s label, from the PNG header only (no decoding)."""
@@ -249,11 +254,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __init__(self, records, *, hflip: bool = False, seed: int = 0, image_dtype: str = "float",
                  sdt_source: str = "none", sdt_cache_dir: str | Path | None = None,
-                 augment: BatchAugment | None = None, crop_size: tuple[int, int] | None = None, sdt_clip: int = 127):
+                 augment: BatchAugment | None = None, crop_size: tuple[int, int] | None = None,
+                 sdt_clip: int = SDT_CLIP):
         if image_dtype not in IMAGE_DTYPES:
             raise ValueError(f"image_dtype must be one of {IMAGE_DTYPES}, got {image_dtype!r}")
-        if sdt_source not in SDT_SOURCES:
-            raise ValueError(f"sdt_source must be one of {SDT_SOURCES}, got {sdt_source!r}")
+        if sdt_source not in DATASET_SDT_SOURCES:
+            raise ValueError(f"sdt_source must be one of {DATASET_SDT_SOURCES}, got {sdt_source!r}")
         if sdt_source == "cache" and sdt_cache_dir is None:
             raise ValueError("sdt_source='cache' needs sdt_cache_dir (the folder written by precompute_sdt.py)")
         if augment is not None and image_dtype != "float":
@@ -285,13 +291,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def _sdt(self, index: int, train_ids: np.ndarray) -> np.ndarray:
         """(C, H, W) int8 signed distance map of the unflipped label."""
-        from data_utils import sdt  # lazy: only runs that use an SDT need it
+        from data_utils import sdt, sdt_cache  # lazy: only runs that use an SDT need them
 
         if self.sdt_source == "cpu":
             return sdt.compute_sdt(train_ids, num_classes=self.num_classes, clip=self.sdt_clip)
-        path = sdt.sdt_cache_path(self.sdt_cache_dir, self.names[index])
+        path = sdt_cache.sdt_cache_path(self.sdt_cache_dir, self.names[index])
         expected = (self.num_classes, *train_ids.shape)
-        return sdt.read_sdt_file(path, expected_shape=expected, expected_clip=self.sdt_clip)
+        return sdt_cache.read_sdt_file(path, expected_shape=expected, expected_clip=self.sdt_clip)
 
     def __getitem__(self, index: int) -> dict:
         image, train_ids = self.frames.read(index)

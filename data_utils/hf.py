@@ -28,6 +28,7 @@ from PIL import Image
 
 from data_utils.classes import ClassTable, names_from_json
 from utils import UserError
+from utils.conventions import IGNORE_INDEX
 
 ID2LABEL = "id2label.json"
 _REDUCE_FIX = ("give a classes file listing every class (--classes FILE), or --reduce-labels if 0 marks "
@@ -126,9 +127,9 @@ def dataset_classes(name_or_path: str, ds: datasets.Dataset, label_column: str,
 
 def reduce_labels_(label: np.ndarray) -> np.ndarray:
     """transformers' do_reduce_labels: 0 -> 255 (ignore), v -> v - 1, 255 stays 255. In place for uint8."""
-    label[label == 0] = 255
+    label[label == 0] = IGNORE_INDEX
     label -= 1
-    label[label == 254] = 255
+    label[label == IGNORE_INDEX - 1] = IGNORE_INDEX  # what ignore became
     return label
 
 

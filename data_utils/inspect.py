@@ -19,25 +19,26 @@ from PIL import Image, ImageDraw
 
 from data_utils.cityscapes import list_frames, resolve_data_root
 from data_utils.dataset import read_frame
-from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize
+from data_utils.labels import CITYSCAPES
 from utils import atomic_write_bytes, run_main
+from utils.conventions import IGNORE_INDEX
 
 
 def overlay(image: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """(H, W, 3) uint8 image + (H, W) train ids -> (2H + legend, W, 3) uint8: image above, blend below."""
-    colours = colorize(train_ids).astype(np.float32)
+    colours = CITYSCAPES.colorize(train_ids).astype(np.float32)
     blend = image.astype(np.float32)
     valid = train_ids != IGNORE_INDEX
     blend[valid] = (1 - alpha) * blend[valid] + alpha * colours[valid]
     stacked = np.concatenate([image, blend.astype(np.uint8)], axis=0)
-    present = [c for c in range(NUM_CLASSES) if (train_ids == c).any()]
+    present = [c for c in range(CITYSCAPES.num_classes) if (train_ids == c).any()]
     legend = Image.new("RGB", (image.shape[1], 14 * ((len(present) + 3) // 4) + 4), (255, 255, 255))
     draw = ImageDraw.Draw(legend)
     column_w = image.shape[1] // 4
     for k, c in enumerate(present):
         x, y = (k % 4) * column_w + 4, (k // 4) * 14 + 3
-        draw.rectangle([x, y, x + 10, y + 10], fill=tuple(int(v) for v in PALETTE[c]))
-        draw.text((x + 14, y - 1), CLASS_NAMES[c], fill=(0, 0, 0))
+        draw.rectangle([x, y, x + 10, y + 10], fill=CITYSCAPES.palette[c])
+        draw.text((x + 14, y - 1), CITYSCAPES.names[c], fill=(0, 0, 0))
     return np.concatenate([stacked, np.asarray(legend)], axis=0)
 
 
@@ -66,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("class")
     table.add_column("pixels %", justify="right")
     total = max(int(counts.sum()), 1)
-    for c in range(NUM_CLASSES):
-        table.add_row(str(c), CLASS_NAMES[c], f"{100 * counts[c] / total:.2f}")
-    table.add_row("255", "(ignored)", f"{100 * counts[IGNORE_INDEX] / total:.2f}")
+    for c, name in enumerate(CITYSCAPES.names):
+        table.add_row(str(c), name, f"{100 * counts[c] / total:.2f}")
+    table.add_row(str(IGNORE_INDEX), "(ignored)", f"{100 * counts[IGNORE_INDEX] / total:.2f}")
     Console().print(table)
     print(f"wrote {len(frames)} overlays to {Path(args.out).resolve()}")
     return 0

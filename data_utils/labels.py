@@ -2,18 +2,14 @@
 
 34 label ids (0..33, plus the license plate at -1) map to 19 train ids (0..18); everything else maps to
 `IGNORE_INDEX` (255). The license plate's official train id is -1, which we also map to 255.
-`CITYSCAPES` is this table as a `data_utils.classes.ClassTable`: the form every module outside data_utils/ uses.
+`CITYSCAPES` is this table as a `data_utils.classes.ClassTable`, the one form every module uses: `.names`,
+`.palette`, `.num_classes`, `.to_train_ids` (labelIds -> train ids), `.to_label_ids`, `.colorize`.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 from data_utils.classes import IGNORE_INDEX, ClassTable
-from utils import UserError
-
-NUM_CLASSES = 19
 
 
 class Label(NamedTuple):
@@ -62,43 +58,12 @@ LABELS: tuple[Label, ...] = (
     Label("license plate", -1, 255, "vehicle", (0, 0, 142)),  # official train id -1 -> ignore
 )
 
-# The 19 evaluated classes in train-id order (road ... bicycle) and their colours.
-CLASS_NAMES: tuple[str, ...] = tuple(
-    lab.name for lab in sorted((l for l in LABELS if l.train_id != 255), key=lambda l: l.train_id)
-)
-PALETTE: np.ndarray = np.array(
-    [lab.color for lab in sorted((l for l in LABELS if l.train_id != 255), key=lambda l: l.train_id)],
-    dtype=np.uint8,
-)  # (19, 3) RGB
-assert len(CLASS_NAMES) == NUM_CLASSES and CLASS_NAMES[0] == "road" and CLASS_NAMES[-1] == "bicycle"
-
-# The Cityscapes class table: what every module outside data_utils/ sees of Cityscapes (data_utils.classes).
-CITYSCAPES = ClassTable(CLASS_NAMES, tuple(map(tuple, PALETTE.tolist())), IGNORE_INDEX,
+# The Cityscapes class table: the 19 evaluated classes in train-id order (road ... bicycle), their official
+# colours and the label id -> train id map. What every module sees of Cityscapes (data_utils.classes).
+_EVALUATED = sorted((lab for lab in LABELS if lab.train_id != IGNORE_INDEX), key=lambda lab: lab.train_id)
+CITYSCAPES = ClassTable(tuple(lab.name for lab in _EVALUATED), tuple(lab.color for lab in _EVALUATED), IGNORE_INDEX,
                         id_to_train_id={lab.id: lab.train_id for lab in LABELS if lab.id >= 0}, source="Cityscapes")
+assert CITYSCAPES.num_classes == 19 and CITYSCAPES.names[0] == "road" and CITYSCAPES.names[-1] == "bicycle"
 
-# Lookup tables over all uint8 values. KNOWN_ID marks the ids a labelIds PNG may contain (0..33).
-ID_TO_TRAIN_ID = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-KNOWN_ID = np.zeros(256, dtype=bool)
-for _lab in LABELS:
-    if _lab.id >= 0:
-        ID_TO_TRAIN_ID[_lab.id] = _lab.train_id
-        KNOWN_ID[_lab.id] = True
-
-
-def label_ids_to_train_ids(label_ids: np.ndarray, path: str = "<array>") -> np.ndarray:
-    """Map a `_gtFine_labelIds` array (H, W) to train ids (uint8, 255 = ignore): `CITYSCAPES.to_train_ids`.
-
-    Raises `UserError` naming `path` when the map holds a value outside the official table.
-    """
-    return CITYSCAPES.to_train_ids(label_ids, path, fix="pass the *_gtFine_labelIds.png file, not a colour, "
-                                   "trainId or instance map")
-
-
-def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
-    """Inverse map for predictions (test-server format): train id -> label id, 255 -> 0 (unlabeled)."""
-    return CITYSCAPES.to_label_ids(train_ids)
-
-
-def colorize(train_ids: np.ndarray) -> np.ndarray:
-    """(H, W) train ids -> (H, W, 3) uint8 RGB with the official colours; ignore is black."""
-    return CITYSCAPES.colorize(train_ids)
+# Thin classes a consensus veto would erase (metrics.consensus.cc_veto's `protect`; evaluate.py --protect's default)
+THIN_CLASSES = ("fence", "pole", "traffic light", "traffic sign")

@@ -1,4 +1,5 @@
-"""Signed distance maps (SDT) for the Kervadec boundary loss: exact, clipped, int8, and their on-disk cache.
+"""Signed distance maps (SDT) for the Kervadec boundary loss: exact, clipped, int8 (the maths; their cache
+files are `data_utils.sdt_cache`).
 
 Definition (stated once, here; every path below reproduces it bit for bit). For a train-id label map L (H, W)
 (0..C-1, 255 = ignore) and each class c, with M = (L == c):
@@ -32,50 +33,41 @@ Torch (`compute_sdt_torch`, any device, exact integer arithmetic):
   Inside distances use one label-aware channel: in column x' the nearest pixel whose label differs from
   L(y, x) is at vertical distance 0 if L(y, x') != L(y, x), else at the length r(y, x') to the end of
   the run of equal labels (the "run distance"). On CUDA with Triton both passes run as fused kernels.
-
-Cache file (one per image, `<cache_dir>/<city>/<name>.sdt`, see `write_sdt_file`): a 64-byte header
-(magic, version, flags, dtype, C, clip, H, W, payload length, payload CRC32, header CRC32) followed by the
-C*H*W int8 payload in C order, memory-mappable; or, with compression, a zlib stream of the row-delta
-encoded payload (lossless, read fully into memory).
 """
 from __future__ import annotations
 
-import os
-import struct
 import warnings
-import zlib
-from dataclasses import dataclass
-from pathlib import Path
 
 import edt
 import numpy as np
 import torch
 
-from data_utils.labels import IGNORE_INDEX, NUM_CLASSES
-from utils import UserError, atomic_write_bytes
+from utils import UserError
+from utils.conventions import IGNORE_INDEX, SDT_CLIP
 
-SDT_CLIP = 127  # int8 range; distances >= 127.5 px are stored as 127
+INT8_MAX = int(np.iinfo(np.int8).max)  # the largest clip int8 storage holds
 
 # --------------------------------------------------------------------------------------------------------
 # Shared checks and rounding
 
 
-def _check_clip(clip: int) -> int:
-    if isinstance(clip, bool) or not isinstance(clip, (int, np.integer)) or not 1 <= clip <= 127:
-        raise ValueError(f"clip must be an integer in 1..127 (int8 storage), got {clip!r}")
+def check_clip(clip: int) -> int:
+    if isinstance(clip, bool) or not isinstance(clip, (int, np.integer)) or not 1 <= clip <= INT8_MAX:
+        raise ValueError(f"clip must be an integer in 1..{INT8_MAX} (int8 storage), got {clip!r}")
     return int(clip)
 
 
 def _check_num_classes(num_classes: int) -> int:
     integer = isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool)
-    if not integer or not 1 <= num_classes <= 255:
-        raise ValueError(f"num_classes must be an integer in 1..255 (255 is the ignore index), got {num_classes!r}")
+    if not integer or not 1 <= num_classes <= IGNORE_INDEX:
+        raise ValueError(f"num_classes must be an integer in 1..{IGNORE_INDEX} ({IGNORE_INDEX} is the ignore index), "
+                         f"got {num_classes!r}")
     return int(num_classes)
 
 
 def _bad_values_message(bad: list[int], num_classes: int) -> str:
     return (f"label map holds values {bad} that are neither train ids 0..{num_classes - 1} nor ignore "
-            f"({IGNORE_INDEX}); map *_gtFine_labelIds.png with data_utils.labels.label_ids_to_train_ids first")
+            f"({IGNORE_INDEX}); map *_gtFine_labelIds.png with data_utils.labels.CITYSCAPES.to_train_ids first")
 
 
 def _round_clip_sq(sq: np.ndarray, clip: int) -> np.ndarray:
@@ -94,7 +86,7 @@ def _round_clip_sq(sq: np.ndarray, clip: int) -> np.ndarray:
 # The reference: the definition read literally, with scipy
 
 
-def compute_sdt_reference(label: np.ndarray, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> np.ndarray:
+def compute_sdt_reference(label: np.ndarray, num_classes: int, clip: int = SDT_CLIP) -> np.ndarray:
     """The module docstring's definition written out: two full-image scipy EDTs per present class.
 
     The slow reference (seconds per 1024x2048 label) that `compute_sdt` and `compute_sdt_torch` must equal
@@ -118,7 +110,7 @@ def compute_sdt_reference(label: np.ndarray, num_classes: int = NUM_CLASSES, cli
 # CPU: numpy + edt
 
 
-def _as_label_map(label, num_classes: int) -> np.ndarray:
+def as_label_map(label, num_classes: int) -> np.ndarray:
     """Validate a (H, W) train-id map and return it as a C-contiguous uint8 array."""
     label = np.asarray(label)
     if label.ndim != 2 or label.size == 0:
@@ -214,7 +206,7 @@ def _rounded_distance(two_labels: np.ndarray, clip: int) -> np.ndarray:
     return _round_clip_sq(sq, clip)[:, :width]
 
 
-def compute_sdt(label, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> np.ndarray:
+def compute_sdt(label, num_classes: int, clip: int = SDT_CLIP) -> np.ndarray:
     """Signed distance maps of one train-id label map, exactly as defined in the module docstring.
 
     Args:
@@ -233,8 +225,8 @@ def compute_sdt(label, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> 
         >>> compute_sdt(label, num_classes=2)[0, 0]
         array([-2, -1,  1,  2,  3,  4], dtype=int8)
     """
-    num_classes, clip = _check_num_classes(num_classes), _check_clip(clip)
-    label = _as_label_map(label, num_classes)
+    num_classes, clip = _check_num_classes(num_classes), check_clip(clip)
+    label = as_label_map(label, num_classes)
     height, width = label.shape
     sdt = np.zeros((num_classes, height, width), dtype=np.int8)
     boxes = _class_bounding_boxes(label, num_classes)
@@ -421,7 +413,7 @@ def _self_check_triton(sdt_triton, device: torch.device, clip: int) -> None:
     _triton_checked.add((device, clip))
 
 
-def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP, *,
+def compute_sdt_torch(labels: torch.Tensor, num_classes: int, clip: int = SDT_CLIP, *,
                       validate: bool = True) -> torch.Tensor:
     """Signed distance maps of a batch of train-id maps on their device, bit-identical to `compute_sdt`.
 
@@ -448,7 +440,7 @@ def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip
         >>> compute_sdt_torch(labels, num_classes=2).shape
         torch.Size([2, 2, 64, 96])
     """
-    num_classes, clip = _check_num_classes(num_classes), _check_clip(clip)
+    num_classes, clip = _check_num_classes(num_classes), check_clip(clip)
     labels = _check_label_batch(labels, num_classes, validate)
     if _use_triton(labels):
         from data_utils.sdt_triton import sdt_triton
@@ -463,183 +455,3 @@ def compute_sdt_torch(labels: torch.Tensor, num_classes: int = NUM_CLASSES, clip
             warnings.warn(f"compute_sdt_torch: the Triton kernels failed ({_triton_error}); using the pure-torch "
                           "path from now on (identical maps, slower)", RuntimeWarning, stacklevel=2)
     return _sdt_torch(labels, num_classes, clip)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Cache files: one per image, validated, memory-mappable (or zlib-compressed)
-
-SDT_SUFFIX = ".sdt"
-SDT_MAGIC = b"BSEGSDT\n"  # the newline catches text-mode mangling, as PNG's signature does
-SDT_VERSION = 1
-HEADER_SIZE = 64  # bytes; the payload starts here (aligned for the memory map)
-FLAG_ZLIB = 1  # payload = zlib(row deltas mod 256) instead of raw int8
-ZLIB_LEVEL = 6
-# magic, version, flags, dtype, num_classes, clip, height, width, payload bytes, payload crc32
-_HEADER = struct.Struct("<8sHH2sHHIIQI")
-_HEADER_CRC = struct.Struct("<I")  # crc32 of the fields above, right after them
-
-
-@dataclass(frozen=True)
-class SdtFileInfo:
-    """What the header of a cache file says (already validated)."""
-
-    path: Path
-    num_classes: int
-    height: int
-    width: int
-    clip: int
-    compressed: bool
-    payload_bytes: int
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.num_classes, self.height, self.width)
-
-
-def sdt_cache_path(cache_dir: str | os.PathLike, name: str) -> Path:
-    """`<cache_dir>/<city>/<name>.sdt` for a frame name such as "frankfurt_000000_000294" (the city:
-    `data_utils.cityscapes.frame_city`; a name without one goes straight into `cache_dir`)."""
-    from data_utils.cityscapes import frame_city  # lazy: that module loads HF datasets, the SDT maths need not
-
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(f"frame name must be a plain file stem, got {name!r}")
-    return Path(cache_dir) / (frame_city(name) or "") / f"{name}{SDT_SUFFIX}"
-
-
-def _encode_rows(sdt_int8: np.ndarray) -> bytes:
-    """Lossless: differences between consecutive rows (mod 256), then zlib. Neighbouring rows of a distance
-    map differ by -1, 0 or +1 almost everywhere, which zlib packs far better than the raw values."""
-    rows = sdt_int8.view(np.uint8)
-    delta = rows.copy()
-    np.subtract(rows[:, 1:], rows[:, :-1], out=delta[:, 1:])
-    return zlib.compress(memoryview(delta).cast("B"), ZLIB_LEVEL)
-
-
-def _decode_rows(payload: bytes, shape: tuple[int, int, int], path: Path) -> np.ndarray:
-    try:
-        raw = zlib.decompress(payload)
-    except zlib.error as e:
-        raise _corrupt(path, f"compressed payload does not decode ({e})") from None
-    if len(raw) != shape[0] * shape[1] * shape[2]:
-        raise _corrupt(path, f"payload decodes to {len(raw)} bytes, header says {shape}")
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()
-    for y in range(1, shape[1]):  # running sum down the rows, one vectorised add per row
-        np.add(rows[:, y - 1], rows[:, y], out=rows[:, y])
-    return rows.view(np.int8)
-
-
-def write_sdt_file(path: str | os.PathLike, sdt_int8: np.ndarray, *, clip: int = SDT_CLIP,
-                   compress: bool = False) -> int:
-    """Write one (C, H, W) int8 map atomically (temp file in the same folder, fsync, rename).
-
-    Args:
-        path: destination, usually `sdt_cache_path(cache_dir, name)`; parent folders are created.
-        sdt_int8: (C, H, W) int8 with values in [-clip, clip].
-        clip: the clip the map was computed with (stored in the header, checked on read).
-        compress: store zlib-compressed row deltas (lossless; not memory-mappable) instead of raw int8.
-
-    Returns the file size in bytes. A failure (e.g. disk full: OSError) leaves no file behind that could
-    later be read as valid: the temp file is removed and `path` is untouched.
-    """
-    clip = _check_clip(clip)
-    sdt_int8 = np.ascontiguousarray(sdt_int8)
-    if sdt_int8.dtype != np.int8 or sdt_int8.ndim != 3 or 0 in sdt_int8.shape:
-        raise ValueError(f"expected a (C, H, W) int8 array, got {sdt_int8.dtype} {sdt_int8.shape}")
-    if int(sdt_int8.min()) < -clip or int(sdt_int8.max()) > clip:
-        raise ValueError(f"values outside [-{clip}, {clip}]: not a map computed with clip={clip}")
-    num_classes, height, width = sdt_int8.shape
-    payload = _encode_rows(sdt_int8) if compress else memoryview(sdt_int8).cast("B")
-    fields = _HEADER.pack(SDT_MAGIC, SDT_VERSION, FLAG_ZLIB if compress else 0, b"i1", num_classes, clip,
-                          height, width, len(payload), zlib.crc32(payload))
-    header = fields + _HEADER_CRC.pack(zlib.crc32(fields))
-    data = bytearray(HEADER_SIZE + len(payload))
-    data[:len(header)] = header
-    data[HEADER_SIZE:] = payload
-    atomic_write_bytes(path, data)
-    return len(data)
-
-
-def _corrupt(path: Path, why: str) -> UserError:
-    return UserError(f"{path}: {why}; delete it or rerun precompute_sdt.py (it redoes invalid files)")
-
-
-def _open_checked(path: str | os.PathLike, expected_shape, expected_clip) -> tuple[SdtFileInfo, np.memmap]:
-    """Validate a cache file and return its header info and its payload bytes (memory-mapped uint8)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            header = f.read(HEADER_SIZE)
-            file_bytes = os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
-        raise UserError(f"{path}: SDT cache file not found; run precompute_sdt.py for this split with this "
-                        "--out folder, or compute the maps on the fly (SDT source cpu)") from None
-    if len(header) < _HEADER.size + _HEADER_CRC.size or header[:8] != SDT_MAGIC:
-        raise _corrupt(path, "not an SDT cache file (bad or truncated header)")
-    fields = header[:_HEADER.size]
-    (stored_header_crc,) = _HEADER_CRC.unpack_from(header, _HEADER.size)
-    if zlib.crc32(fields) != stored_header_crc:
-        raise _corrupt(path, "header checksum mismatch (corrupt file)")
-    _, version, flags, dtype, num_classes, clip, height, width, payload_bytes, payload_crc = _HEADER.unpack(fields)
-    if version != SDT_VERSION:
-        raise UserError(f"{path}: SDT cache format version {version}, this code reads version {SDT_VERSION}; "
-                        "rerun precompute_sdt.py --overwrite")
-    if dtype != b"i1" or flags & ~FLAG_ZLIB:
-        raise _corrupt(path, f"unsupported dtype {dtype!r} or flags {flags}")
-    info = SdtFileInfo(path, num_classes, height, width, clip, bool(flags & FLAG_ZLIB), payload_bytes)
-    if expected_shape is not None and tuple(expected_shape) != info.shape:
-        raise UserError(f"{path}: cached SDT has shape (C, H, W) = {info.shape} but {tuple(expected_shape)} is "
-                        "expected (made for another resolution or class count); rerun precompute_sdt.py "
-                        "--overwrite, or point to the cache made for these labels")
-    if expected_clip is not None and expected_clip != clip:
-        raise UserError(f"{path}: cached SDT was clipped at {clip}, {expected_clip} is expected; rerun "
-                        "precompute_sdt.py --overwrite with the same clip")
-    if payload_bytes == 0 or (not info.compressed and payload_bytes != num_classes * height * width):
-        raise _corrupt(path, f"header says {payload_bytes} payload bytes for shape {info.shape}")
-    if file_bytes != HEADER_SIZE + payload_bytes:
-        raise _corrupt(path, f"truncated or padded: {file_bytes - HEADER_SIZE} payload bytes, header says "
-                             f"{payload_bytes}")
-    payload = np.memmap(path, dtype=np.uint8, mode="r", offset=HEADER_SIZE, shape=(payload_bytes,))
-    if zlib.crc32(payload) != payload_crc:
-        raise _corrupt(path, "payload checksum mismatch (corrupt file)")
-    return info, payload
-
-
-def inspect_sdt_file(path: str | os.PathLike, expected_shape: tuple[int, int, int] | None = None,
-                     expected_clip: int | None = None) -> SdtFileInfo:
-    """Validate a cache file without decoding it: header fields and their CRC, file length, payload CRC32,
-    and optionally the (C, H, W) shape and clip the caller expects. Raises UserError naming the file."""
-    return _open_checked(path, expected_shape, expected_clip)[0]
-
-
-def read_sdt_file(path: str | os.PathLike, expected_shape: tuple[int, int, int] | None = None, *,
-                  expected_clip: int | None = None) -> np.ndarray:
-    """Read one cache file as a read-only (C, H, W) int8 array, after `inspect_sdt_file`'s checks.
-
-    Raw files come back memory-mapped (np.memmap: pages are shared between DataLoader workers through the
-    OS page cache); compressed ones are decoded into memory. Raises UserError on any mismatch or corruption.
-    """
-    info, payload = _open_checked(path, expected_shape, expected_clip)
-    if not info.compressed:
-        return payload.view(np.int8).reshape(info.shape)  # still the memory map, no copy
-    sdt = _decode_rows(payload, info.shape, info.path)
-    sdt.flags.writeable = False
-    return sdt
-
-
-def verify_sdt_file(path: str | os.PathLike, label, num_classes: int = NUM_CLASSES, clip: int = SDT_CLIP) -> str | None:
-    """Recompute the map of `label` ((H, W) train ids) and compare it with the cache file at `path`.
-
-    Returns None when the file is valid and identical, else a one-line description of the problem (missing,
-    corrupt, wrong shape or clip, or how many values differ). Bad labels raise UserError as in compute_sdt.
-    """
-    label = _as_label_map(label, num_classes)
-    try:
-        cached = read_sdt_file(path, expected_shape=(num_classes, *label.shape), expected_clip=clip)
-    except UserError as e:
-        return str(e)
-    fresh = compute_sdt(label, num_classes=num_classes, clip=clip)
-    differing = int(np.count_nonzero(cached != fresh))
-    if differing:
-        return (f"{path}: {differing} of {fresh.size} values differ from the map recomputed from its labels; "
-                "rerun precompute_sdt.py --overwrite")
-    return None

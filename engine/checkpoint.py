@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from engine.config import TrainConfig, save_config
+from engine.config import TrainConfig, config_differences, load_config, save_config
 from utils.fileio import UserError, atomic_write_json, disk_full_advice, fsync_dir
 
 CHECKPOINTS = "checkpoints"
@@ -247,6 +247,33 @@ def checkpoint_to_resume(run_dir: str | Path) -> Path | None:
                         f"resume from {resume or 'scratch (no earlier checkpoint with training state)'}, or pass "
                         "another --out for a new run")
     return resume
+
+
+def resume_checkpoint(cfg: TrainConfig, num_processes: int, require: bool = False) -> tuple[Path | None, bool]:
+    """The checkpoint a run of `cfg` resumes from, checked: (checkpoint or None for a fresh start, finished).
+
+    `finished`: the checkpoint already holds cfg.epochs epochs (nothing to do). A UserError, one line, when
+    `require` (--resume) and there is nothing to resume; when a newer, unusable checkpoint would be
+    overwritten (`checkpoint_to_resume`); when the checkpoint was made with other settings than `cfg`
+    (`engine.config.config_differences`); or when it was saved by another process count: the optimizer-step
+    count per epoch, the effective batch and the per-rank RNG states all depend on it, so resuming on
+    another count would silently change the LR schedule.
+    """
+    run_dir = cfg.run_dir
+    ckpt = checkpoint_to_resume(run_dir)
+    if ckpt is None:
+        if require:
+            raise UserError(f"{run_dir}: --resume given but no complete checkpoint with training state is there")
+        return None, False
+    differences = config_differences(load_config(ckpt / "config.json"), cfg)
+    if differences:
+        raise UserError(f"{ckpt}: this run was made with other settings ({'; '.join(differences)}); "
+                        "pass the same flags to resume it, or another --out for a new run")
+    meta = read_meta(ckpt)
+    if meta.get("num_processes", num_processes) != num_processes:
+        raise UserError(f"{ckpt}: saved by {meta['num_processes']} process(es), now {num_processes}; resume with "
+                        f"--num_processes {meta['num_processes']}, or start a new run with another --out")
+    return ckpt, meta["epoch"] >= cfg.epochs
 
 
 def prune_training_states(run_dir: str | Path, keep: int) -> None:

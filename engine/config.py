@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import get_type_hints
 
 from data_utils.options import AUGMENT_PLACES, SDT_SOURCES
-from losses.registry import TERMS, recipe_slug, term_params, terms_of_kind
-from losses.schedule import SCHEDULE_KINDS
+from losses.registry import TERMS, recipe_slug, term_params
+from losses.schedule import SCHEDULE_KINDS, check_boundary_schedule
 from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, LAMBDA_DICE, LOSS_WEIGHTS,
                              resolve_loss, variant_summary)
 from metrics.keys import PROFILES
+from models.heads import DEFAULT_HEAD, HEADS, head_summary
 from utils.fileio import UserError, atomic_write_json
 
 VARIANTS = tuple(LOSS_WEIGHTS)  # ("A", "B", "C", "D")
@@ -60,11 +61,14 @@ class TrainConfig:
                        AUX_LOSS_KINDS)
     # --- model
     backbone: str = _f("convnextv2_base", "timm backbone with feature levels at strides 4, 8, 16, 32 (ConvNeXt, "
-                       "ResNet, EfficientNet, RegNet, Swin, ...; not single-stride ViTs) + UPerNet head")
+                       "ResNet, EfficientNet, RegNet, Swin, ...; not single-stride ViTs)")
+    head: str = _f(DEFAULT_HEAD, f"decode head on the backbone's four levels (models.heads): {head_summary()}",
+                   tuple(HEADS))
     pretrained: str = _f("timm:convnextv2_base.fcmae_ft_in22k_in1k_384",
                          "ImageNet backbone weights: a .safetensors/.pth file, or timm:<name> to download "
                          "('' = random init)")
-    head_channels: int = _f(512, "width of the UPerNet PPM/FPN/fuse convs (MMSegmentation's UPerNet)")
+    head_channels: int = _f(512, "width of the head, whichever it is (512: the PPM/FPN/fuse convs of "
+                            "MMSegmentation's UPerNet)")
     drop_path_rate: float = _f(0.0, "stochastic depth in the backbone (not stated in the paper: off)")
     grad_checkpointing: bool = _f(False, "recompute backbone activations in backward: less memory, slower")
     # --- data: Cityscapes fine at native 1024x2048, no crop, no resize
@@ -160,15 +164,17 @@ class TrainConfig:
     def run_name(self) -> str:
         """`<variant>_seed<seed>` (the W&B run name and default run dir); a λ that differs from the paper's
         value and a non-constant λ_b schedule join the name (`C_lb0.1_seed42`, `C_steal_seed42`), so the runs
-        of a λ sweep get a directory each. A --loss recipe names the run by its terms and weights
-        (`ce1_lovasz0.5_seed42`), a term parameter off its default joins it (`..._gamma1_seed42`)."""
+        of a λ sweep get a directory each; so does a head other than the study's (`C_segformer_seed42`). A --loss
+        recipe names the run by its terms and weights (`ce1_lovasz0.5_seed42`), a term parameter off its default
+        joins it (`..._gamma1_seed42`)."""
         if self.loss:
             name = recipe_slug(self.loss_weights) + "".join(f"_{p}{v:g}" for p, v in self._changed_params())
         else:
             name = self.variant + "".join(f"_{tag}{getattr(self, attr):g}" for attr, tag in (
                 ("lambda_dice", "ld"), ("lambda_boundary", "lb")) if getattr(self, attr) != _DEFAULTS[attr])
+        head = "" if self.head == DEFAULT_HEAD else f"_{self.head}"
         schedule = "" if self.boundary_schedule == "constant" else f"_{self.boundary_schedule}"
-        return f"{name}{schedule}_seed{self.seed}"
+        return f"{name}{head}{schedule}_seed{self.seed}"
 
     @property
     def run_dir(self) -> Path:
@@ -238,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     the user gave and apply them on top of a preset.
     """
     parser = argparse.ArgumentParser(
-        description="Train ConvNeXt-V2 + UPerNet on Cityscapes with one loss variant (defaults: the paper's recipe).",
+        description="Train ConvNeXt-V2 + UPerNet (or another --head) on Cityscapes with one loss variant (defaults: "
+                    "the paper's recipe).",
         argument_default=argparse.SUPPRESS)
     parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset instead of the paper's recipe")
     parser.add_argument("--resume", action="store_true",
@@ -325,15 +332,15 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"{_flag(name)} is a loss weight: it must be finite and >= 0, got {value}")
     if cfg.variant not in VARIANTS:
         raise UserError(f"unknown --variant {cfg.variant!r}: use one of {', '.join(VARIANTS)}")
+    if cfg.head not in HEADS:
+        raise UserError(f"unknown --head {cfg.head!r}: use one of {', '.join(HEADS)}")
     if cfg.loss:
         fixed = [_flag(name) for name in ("variant", "lambda_dice", "lambda_boundary")
                  if getattr(cfg, name) != _DEFAULTS[name]]
         if fixed:
             raise UserError(f"--loss {cfg.loss!r} sets every term's weight: drop {', '.join(fixed)}")
     cfg.loss_label  # noqa: B018  (resolving it checks the recipe and its term parameters: UserError if bad)
-    if cfg.boundary_schedule != "constant" and not terms_of_kind(cfg.loss_weights, "boundary"):
-        raise UserError(f"--boundary-schedule {cfg.boundary_schedule} needs a loss with a boundary term (C, D, or "
-                        f"a --loss recipe with one); {cfg.loss_label} has only {', '.join(cfg.loss_weights)}")
+    check_boundary_schedule(cfg.boundary_schedule, cfg.loss_weights, cfg.loss_label)
     if cfg.sdt_source == "cache" and not cfg.sdt_cache:
         raise UserError("--sdt-source cache needs --sdt-cache DIR (the folder written by precompute_sdt.py)")
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:

@@ -2,7 +2,7 @@
 split: both models run on each batch of one loader, the fused maps are made on the host, and the primary, veto
 and fused maps go through the same SegmentationMetrics path as `engine.evaluation.evaluate_model`.
 
-    results = evaluate_consensus(primary, veto, loader, accelerator, protect=(4, 5, 6, 7))
+    results = evaluate_consensus(primary, veto, loader, accelerator, protect=protect_indices(classes, None, ckpt))
     results["fused"]["miou"], results["fused"]["fragments_per_image"], results["primary"]["miou"]
 
 evaluate.py --consensus / --consensus-pairs (`evaluate_consensus_pair`, over `consensus_pairings`) writes
@@ -21,30 +21,30 @@ from rich.progress import Progress
 from rich.table import Table
 
 from data_utils.classes import ClassTable
+from data_utils.labels import THIN_CLASSES
 from engine.batch_eval import find_checkpoints
 from engine.checkpoint_eval import EvalOptions, build_eval_loader, load_checkpoint
 from engine.config import load_config
-from engine.evaluation import BAR_COLUMNS, _live
+from engine.evaluation import _live
 from engine.inference import predict
-from engine.results import percent, write_results
+from engine.results import write_results
 from engine.results_format import consensus_path
 from engine.setup import class_table
 from metrics.consensus import cc_veto
 from metrics.keys import METRIC_KEYS
 from metrics.per_image import PER_IMAGE_SUFFIX
 from metrics.segmentation import SegmentationMetrics, fragment_counts
+from utils.console import pct, progress_columns
 from utils.fileio import UserError
 
-DEFAULT_PROTECT = ("fence", "pole", "traffic light", "traffic sign")  # thin classes a veto would erase
 MAPS = ("primary", "veto", "fused")
-REASSIGN = ("veto", "ignore")
 
 
 def protect_indices(classes: ClassTable, names: list[str] | None, where: str) -> tuple[int, ...]:
-    """Class names -> train ids of `classes`; None: those of DEFAULT_PROTECT the table has (none for a table
-    without them). An unknown name is a UserError naming `where` (the checkpoint)."""
+    """Class names -> train ids of `classes`; None: those of Cityscapes' THIN_CLASSES the table has (none for
+    a table without them). An unknown name is a UserError naming `where` (the checkpoint)."""
     if names is None:
-        return tuple(i for i, name in enumerate(classes.names) if name in DEFAULT_PROTECT)
+        return tuple(i for i, name in enumerate(classes.names) if name in THIN_CLASSES)
     unknown = [n for n in names if n not in classes.names]
     if unknown:
         raise UserError(f"{where}: --protect names {', '.join(map(repr, unknown))}, not classes of its table; "
@@ -65,7 +65,7 @@ def evaluate_consensus(primary: torch.nn.Module, veto: torch.nn.Module, loader, 
                                       class_names=classes.names) for m in MAPS}
     modes = (primary.training, veto.training)
     primary.eval(), veto.eval()
-    bar = Progress(*BAR_COLUMNS, transient=True, disable=not (show_progress and accelerator.is_main_process))
+    bar = Progress(*progress_columns(), transient=True, disable=not (show_progress and accelerator.is_main_process))
     task = bar.add_task(description, total=len(loader))
     try:
         with _live(bar), torch.no_grad():
@@ -189,6 +189,6 @@ def consensus_table(records: list[dict]) -> Table:
     for r in records:
         c = r["consensus"]
         table.add_row(*(f"{Path(c[k]).parent.parent.name}/{Path(c[k]).name}" for k in ("primary", "veto")),
-                      percent(c["primary_metrics"]["miou"]), percent(r["miou"]),
+                      pct(c["primary_metrics"]["miou"]), pct(r["miou"]),
                       f"{c['primary_metrics']['fragments_per_image']:.1f}", f"{r['fragments_per_image']:.1f}")
     return table

@@ -25,17 +25,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 from accelerate.utils import gather_object
 from rich.errors import LiveError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from engine.inference import WHOLE, Inference, predict
 from metrics.segmentation import SegmentationMetrics, fragment_counts
+from utils.console import progress_columns
 
 # Called with (names, images uint8 (N, 3, H, W) on the CPU, predicted train ids uint8 (N, H, W) on the CPU).
 PredictionSink = Callable[[list[str], torch.Tensor, torch.Tensor], None]
 
 
-BAR_COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
 
 
 @contextlib.contextmanager
@@ -128,7 +127,7 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int
     was_training = model.training
     model.eval()
     num_images = 0
-    bar = Progress(*BAR_COLUMNS, transient=True,
+    bar = Progress(*progress_columns(), transient=True,
                    disable=not (show_progress and accelerator.is_main_process))
     task = bar.add_task(description, total=len(loader))
     pending = None  # the previous batch: (stats, fragments future, names), added once its fragments are in

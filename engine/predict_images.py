@@ -22,12 +22,12 @@ from rich.progress import Progress
 from data_utils.image_files import ImageFileDataset, ImageInput
 from engine.checkpoint import list_checkpoints
 from engine.checkpoint_eval import load_checkpoint
-from engine.evaluation import BAR_COLUMNS
 from engine.inference import Inference, predict
 from engine.predict_outputs import find_ground_truth, read_ground_truth, write_outputs
 from engine.setup import class_table
 from metrics.segmentation import SegmentationMetrics
 from utils import UserError, atomic_write_text, user_message
+from utils.console import progress_columns
 
 METRICS_FILE = "metrics.csv"  # --gt: one row per image with ground truth
 
@@ -78,7 +78,7 @@ def predict_images(ckpt: Path, inputs: list[ImageInput], out_dir: Path, inferenc
     with accelerator.split_between_processes(inputs) as mine:
         loader = torch.utils.data.DataLoader(ImageFileDataset(mine), batch_size=None, num_workers=num_workers)
         pending: dict[tuple, list[dict]] = {}  # image size -> items waiting for a full batch
-        bar = Progress(*BAR_COLUMNS, console=console, disable=not accelerator.is_main_process)
+        bar = Progress(*progress_columns(), console=console, disable=not accelerator.is_main_process)
         task = bar.add_task("predicting", total=len(mine))
 
         def run(batch: list[dict]) -> None:

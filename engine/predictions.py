@@ -3,7 +3,7 @@
     DIR/labelIds/<city>/<name>_labelIds.png   8-bit label values (Cityscapes' label ids, else class indices)
     DIR/overlay/<city>/<name>_overlay.jpg     the image blended 50/50 with the prediction in the classes' palette
 
-`<city>` is `data_utils.cityscapes.frame_city(name)`; a name without a city (an HF dataset's) goes straight
+`<city>` is `data_utils.layout.frame_city(name)`; a name without a city (an HF dataset's) goes straight
 into labelIds/ and overlay/. Each file is written atomically.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_utils.cityscapes import frame_city
+from data_utils.layout import frame_city
 from data_utils.classes import ClassTable
 from utils import atomic_write_bytes
 

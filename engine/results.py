@@ -19,10 +19,11 @@ from engine.config import TrainConfig, config_to_dict
 from engine.results_format import REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
 from metrics.keys import COUNT_KEYS, FRACTION_KEYS, METRIC_KEYS, METRIC_LABELS, SHORT_LABELS
 from metrics.per_image import per_image_path, write_per_image
+from utils.console import pct
 from utils.fileio import atomic_write_json
 
 __all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "batch_table", "checkpoint_table", "metrics_table",
-           "per_image_path", "percent", "read_results", "results_path", "write_results"]
+           "per_image_path", "read_results", "results_path", "write_results"]
 
 
 def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: int, checkpoint: str | Path,
@@ -101,14 +102,11 @@ def metrics_table(columns: dict[str, dict], title: str, caption: str | None = No
     keys = [(METRIC_LABELS[key], key) for key in METRIC_KEYS] + [(f"  IoU {key[4:]}", key) for key in class_keys]
     for label, key in keys:
         values = [column.get(prefix + key) for column in columns.values()]
-        scale, unit = (1, " (count)") if key in COUNT_KEYS else (100, "")
-        table.add_row(label + unit, *("n/a" if v is None or math.isnan(v) else f"{scale * v:.2f}" for v in values))
+        if key in COUNT_KEYS:
+            table.add_row(label + " (count)", *("n/a" if v is None or math.isnan(v) else f"{v:.2f}" for v in values))
+        else:
+            table.add_row(label, *map(pct, values))
     return table
-
-
-def percent(value: float) -> str:
-    """A fraction as a percent cell with two decimals; NaN (nothing to average) as n/a."""
-    return "n/a" if value != value else f"{100 * value:.2f}"
 
 
 def checkpoint_table(record: dict) -> Table:
@@ -129,6 +127,6 @@ def batch_table(records: list[dict], runs_dir: Path) -> Table:
         table.add_column(column, justify="right", no_wrap=True)
     for r in records:
         run = os.path.relpath(Path(r["checkpoint"]).parent.parent, runs_dir)  # RUN/checkpoints/epoch_XXXX
-        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), *(percent(r[k]) for k in FRACTION_KEYS),
+        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), *(pct(r[k]) for k in FRACTION_KEYS),
                       f"{r['seconds']:.1f}")
     return table

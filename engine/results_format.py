@@ -32,6 +32,7 @@ import json
 import math
 from pathlib import Path
 
+from losses.schedule import SCHEDULE_PARAMS  # the λ_b schedules and their TrainConfig fields (torch-free)
 from metrics.keys import COUNT_KEYS, FRACTION_KEYS, PROFILES
 from utils.fileio import UserError
 
@@ -39,9 +40,6 @@ RESULTS_SUFFIX = ".results.json"
 CONSENSUS_TAG = ".consensus."  # <checkpoint>.consensus.<veto run>.results.json: engine.consensus, not a run's own
 REQUIRED_KEYS = ("variant", "seed", "epoch", "checkpoint", "split", "num_images", "miou", "boundary_f1",
                  "trimap_iou", "iou", "seconds", "lambda_dice", "lambda_boundary")
-# The λ_b schedules (losses.schedule.SCHEDULE_KINDS) and the TrainConfig fields that parametrise each one.
-SCHEDULE_PARAMS = {"constant": (), "linear": ("boundary_start", "boundary_ramp_epochs"),
-                   "steal": ("steal_delta", "steal_floor")}
 _REDO = "delete it and re-run evaluate.py (evaluate.py --all RUNS_DIR redoes it automatically)"
 
 

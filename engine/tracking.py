@@ -1,4 +1,6 @@
-"""What a run records: `RUN/metrics.jsonl` (one JSON object per epoch) and the same dict in W&B.
+"""A run's W&B side: one W&B run per run dir (`init_wandb`, `finish_wandb`), SIGTERM handled as Ctrl-C, and
+the validation row and prediction overlays it logs; the same per-epoch dict goes to `RUN/metrics.jsonl`
+through `utils.jsonl.EpochJsonl`.
 
 W&B without an account (`utils.wandb_mode`): unless `WANDB_MODE` is set (then wandb obeys it), a run is
 `online` when an API key is found (`WANDB_API_KEY`, or the netrc entry `wandb login` writes for the W&B host)

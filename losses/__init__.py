@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 
-from losses.registry import TERMS, needs_sdt, parse_recipe, recipe_label, recipe_slug, recipe_text
+from losses.registry import TERMS, needs_sdt, parse_recipe, recipe_label, recipe_slug
 from losses.variants import AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, LAMBDA_DICE, LOSS_WEIGHTS, resolve_loss
 
 # name -> module, for the torch-heavy names: the loss callable and every registered term's function
@@ -25,7 +25,7 @@ _LAZY = {"SegmentationLoss": "losses.loss", "build_loss": "losses.loss", "build_
          **{term.function.split(":")[1]: term.function.split(":")[0] for term in TERMS.values()}}
 
 __all__ = ["AUX_LOSS_KINDS", "AUX_LOSS_WEIGHT", "LAMBDA_BOUNDARY", "LAMBDA_DICE", "LOSS_WEIGHTS", "TERMS",
-           "needs_sdt", "parse_recipe", "recipe_label", "recipe_slug", "recipe_text", "resolve_loss", *_LAZY]
+           "needs_sdt", "parse_recipe", "recipe_label", "recipe_slug", "resolve_loss", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from losses.functional import SDT_SCALE
+from utils.conventions import SDT_CLIP
 
 
 def boundary_loss(probs: torch.Tensor, sdt: torch.Tensor) -> torch.Tensor:
@@ -16,7 +16,7 @@ def boundary_loss(probs: torch.Tensor, sdt: torch.Tensor) -> torch.Tensor:
 
     Args:
         probs: (N, C, H, W) float softmax probabilities.
-        sdt: (N, C, H, W) signed distance map, either int8 (φ = sdt / 127, the division is applied once to
+        sdt: (N, C, H, W) signed distance map, either int8 (φ = sdt / SDT_CLIP, the division is applied once to
             the sum, not to a full-size tensor) or float (already φ).
     Returns:
         scalar tensor in [−1, 1]; negative at the optimum.
@@ -25,5 +25,5 @@ def boundary_loss(probs: torch.Tensor, sdt: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"sdt has shape {tuple(sdt.shape)} but the logits have {tuple(probs.shape)}")
     total = (probs * sdt).sum()  # int8 promotes to probs' float dtype inside the multiply
     if not sdt.is_floating_point():
-        total = total / SDT_SCALE
+        total = total / SDT_CLIP
     return total / probs.numel()

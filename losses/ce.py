@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from utils.conventions import IGNORE_INDEX
 
-def cross_entropy_loss(log_probs: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+
+def cross_entropy_loss(log_probs: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """CE = Σ_x v·(−log p_target(x)) / Σ_x v; equals F.cross_entropy(logits, target, ignore_index=...).
 
     Args:

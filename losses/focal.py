@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 
 from losses.functional import _valid_and_safe_target
+from utils.conventions import IGNORE_INDEX
 
 
-def focal_loss(log_probs: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, *,
+def focal_loss(log_probs: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX, *,
                gamma: float) -> torch.Tensor:
     """Focal = Σ_x v·(−(1 − p_t)^γ · log p_t) / Σ_x v, p_t = p_target(x) (notation: `losses.functional`).
 

@@ -2,9 +2,10 @@
 
 Notation (shapes), used by the docstrings of every term file (`losses/ce.py`, `dice.py`, `boundary.py`,
 `focal.py`, `tversky.py`, `lovasz.py`): logits (N, C, H, W) of any float dtype; target (N, H, W) int64 train
-ids with `ignore_index` (255) at unlabelled pixels; v = (target != ignore_index); y_c = one-hot(target), zero
-at ignore pixels; p = softmax(logits) over C; φ (N, C, H, W) the signed distance map / 127; sums over x run
-over all pixels of all N images.
+ids with `ignore_index` (`utils.conventions.IGNORE_INDEX`, 255) at unlabelled pixels; v = (target !=
+ignore_index); y_c = one-hot(target), zero at ignore pixels; p = softmax(logits) over C; φ (N, C, H, W) the
+signed distance map / `utils.conventions.SDT_CLIP` (int8 maps store it times 127); sums over x run over all
+pixels of all N images.
 
 Everything is computed in float32 whatever the logits dtype (bf16 under autocast; float64 inputs stay
 float64 so gradcheck works). `log_probs` is computed once by `log_softmax` and `p = log_probs.exp()` once;
@@ -25,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-SDT_SCALE = 127.0  # int8 signed distance maps are stored clipped to [-127, 127]; φ = sdt_int8 / 127
+from utils.conventions import IGNORE_INDEX
 
 
 def log_probs_float(logits: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ def _pixel_weighted_class_sum(probs: torch.Tensor, weight: torch.Tensor) -> torc
 
 
 def class_sums(probs: torch.Tensor, target: torch.Tensor,
-               ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch-level soft counts behind Dice and Tversky, each (C,), over valid pixels of all N images:
 
         TP_c = Σ p_c·y_c·v      (the probability of the true class, summed per true class)

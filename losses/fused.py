@@ -24,7 +24,9 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from losses.functional import SDT_SCALE, class_sums, log_probs_float
+from losses.dice import DICE_SMOOTH
+from losses.functional import class_sums, log_probs_float
+from utils.conventions import IGNORE_INDEX, SDT_CLIP
 
 FUSED_TERMS = ("ce", "dice", "boundary")  # the terms this Function computes
 
@@ -47,14 +49,14 @@ class FusedSegmentationLoss(torch.autograd.Function):
             # Same reductions as dice_loss, kept (C,) for the backward.
             intersection, predicted, target_count = class_sums(probs, target, ignore_index)
             cardinality = predicted + target_count
-            dice = 1.0 - ((2.0 * intersection + 1.0) / (cardinality + 1.0)).mean()  # as dice_loss
+            dice = 1.0 - ((2.0 * intersection + DICE_SMOOTH) / (cardinality + DICE_SMOOTH)).mean()  # as dice_loss
         boundary = ce.new_zeros(())
         if use_bnd:
             if sdt.shape != probs.shape:
                 raise ValueError(f"sdt has shape {tuple(sdt.shape)} but the logits have {tuple(probs.shape)}")
             boundary = (probs * sdt).sum()  # transient full-size product
             if not sdt.is_floating_point():
-                boundary = boundary / SDT_SCALE
+                boundary = boundary / SDT_CLIP
             boundary = boundary / probs.numel()
         loss = w_ce * ce + w_dice * dice + w_bnd * boundary
 
@@ -77,14 +79,14 @@ class FusedSegmentationLoss(torch.autograd.Function):
 
         # G = ∂L/∂p for the Dice and boundary terms, built in place in one float32 map.
         if ctx.use_bnd:
-            scale = gamma / (probs.numel() * (1.0 if sdt.is_floating_point() else SDT_SCALE))
+            scale = gamma / (probs.numel() * (1.0 if sdt.is_floating_point() else SDT_CLIP))
             grad = sdt.to(probs.dtype, copy=True).mul_(scale)  # copy: never scale the caller's sdt
         else:
             grad = torch.zeros_like(probs)
         if ctx.use_dice:
-            denom = cardinality + 1.0
+            denom = cardinality + DICE_SMOOTH
             a = -2.0 / (num_classes * denom) * beta  # (C,), at the true class only
-            b = (2.0 * intersection + 1.0) / (num_classes * denom.square()) * beta  # (C,), every class
+            b = (2.0 * intersection + DICE_SMOOTH) / (num_classes * denom.square()) * beta  # (C,), every class
             grad.addcmul_(b.view(1, -1, 1, 1), valid_f)
             grad.scatter_add_(1, safe_target, a[safe_target] * valid_f)
         if ctx.use_dice or ctx.use_bnd:
@@ -98,7 +100,7 @@ class FusedSegmentationLoss(torch.autograd.Function):
         return grad.to(ctx.logits_dtype), None, None, None, None, None, None, None, None
 
 
-def fused_loss_terms(logits, target, sdt, weights: dict[str, float], ignore_index: int = 255):
+def fused_loss_terms(logits, target, sdt, weights: dict[str, float], ignore_index: int = IGNORE_INDEX):
     """(weighted sum, {term: value}) for the terms named in `weights`, a non-empty subset of FUSED_TERMS.
 
     CE is always computed (it is nearly free here); without "ce" in `weights` it weighs 0 and is not returned.

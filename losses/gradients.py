@@ -6,9 +6,10 @@ The study explains C < D by "gradient interference" between Dice and the boundar
 term (`retain_graph=True`, so the training backward that follows still works), and returns
 
     grad_norm/logits/<t>    = ‖∂t/∂logits‖₂       over all N·C·H·W entries (logits at the input size)
-    grad_norm/features/<t>  = ‖∂t/∂features‖₂     over all N·512·H/4·W/4 entries (UPerNet's fused map, the last
-                                                   map the classes share; the path to it is Dropout2d, the 1x1
-                                                   classifier and the bilinear upsampling)
+    grad_norm/features/<t>  = ‖∂t/∂features‖₂     over all N·F·H/4·W/4 entries (the head's fused map, F =
+                                                   --head-channels: the last map the classes share, models.heads;
+                                                   the path to it is Dropout2d, the 1x1 classifier and the
+                                                   bilinear upsampling)
     grad_cos/<where>/<a>_<b>  = ⟨g_a, g_b⟩ / (‖g_a‖₂·‖g_b‖₂), clamped to [−1, 1], for every pair of terms a, b
                                  in recipe order (C: ce_dice, ce_boundary, dice_boundary; NaN when either
                                  gradient is exactly zero)

@@ -14,6 +14,7 @@ from losses.functional import log_probs_float
 from losses.fused import FUSED_TERMS, fused_loss_terms
 from losses.registry import TERMS, needs_sdt, recipe_label, term_params
 from losses.variants import AUX_LOSS_KINDS, resolve_loss
+from utils.conventions import IGNORE_INDEX
 from utils.fileio import UserError
 
 
@@ -34,7 +35,7 @@ class SegmentationLoss:
             function through autograd (same values).
     """
 
-    def __init__(self, name: str, weights: dict[str, float], ignore_index: int = 255, fused: bool = True,
+    def __init__(self, name: str, weights: dict[str, float], ignore_index: int = IGNORE_INDEX, fused: bool = True,
                  params: dict[str, dict[str, float]] | None = None):
         self.name = name
         self.terms = tuple(weights)
@@ -52,7 +53,7 @@ class SegmentationLoss:
         Args:
             logits: (N, C, H, W) any float dtype (the loss is computed in float32).
             target: (N, H, W) int64 train ids, `ignore_index` at unlabelled pixels.
-            sdt: (N, C, H, W) signed distance map, int8 (φ = sdt / 127) or float φ; needed when `uses_sdt`.
+            sdt: (N, C, H, W) signed distance map, int8 (φ = sdt / SDT_CLIP, 127) or float φ; needed when `uses_sdt`.
         Returns:
             {"loss": weighted total, and each term's unweighted value under its name}; float32 scalar
             tensors, still attached to the graph.
@@ -93,7 +94,7 @@ def build_loss(
     loss: str | dict = "C",
     lambda_dice: float | None = None,
     lambda_boundary: float | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     *,
     fused: bool = True,
     params: dict[str, dict[str, float]] | None = None,

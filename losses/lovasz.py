@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 
 from losses.functional import _valid_and_safe_target
+from utils.conventions import IGNORE_INDEX
 
 
-def lovasz_softmax_loss(probs: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def lovasz_softmax_loss(probs: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Lovász = mean over the classes c present in the batch's valid target of loss_c, where (notation:
     `losses.functional`), over the valid pixels i of all N images pooled:
 

@@ -110,11 +110,6 @@ def parse_recipe(text: str, where: str = "--loss") -> dict[str, float]:
     return check_recipe(weights, where)
 
 
-def recipe_text(weights: dict[str, float]) -> str:
-    """The canonical flag value: "ce=1,lovasz=0.5" (TERMS order)."""
-    return ",".join(f"{name}={w:g}" for name, w in check_recipe(weights).items())
-
-
 def recipe_label(weights: dict[str, float]) -> str:
     """The canonical human label: "ce+0.5·lovasz" (TERMS order, a weight of 1 not written)."""
     return "+".join(name if w == 1 else f"{w:g}·{name}" for name, w in check_recipe(weights).items())

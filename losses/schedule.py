@@ -35,10 +35,26 @@ this is their schedule: w_ce = w_dice = max(0.01, 1 − 0.01·e), w_b = min(0.01
 """
 from __future__ import annotations
 
-from losses.registry import terms_of_kind
+from losses.registry import recipe_label, terms_of_kind
 from utils.fileio import UserError
 
-SCHEDULE_KINDS = ("constant", "linear", "steal")
+# Each schedule and the run settings that parametrise it (TrainConfig fields, flags --boundary-start, ...; what
+# results files and aggregate.py group runs by, engine.results_format): the one list of schedule names.
+SCHEDULE_PARAMS = {"constant": (), "linear": ("boundary_start", "boundary_ramp_epochs"),
+                   "steal": ("steal_delta", "steal_floor")}
+SCHEDULE_KINDS = tuple(SCHEDULE_PARAMS)
+
+
+def check_boundary_schedule(kind: str, weights: dict[str, float], label: str | None = None) -> None:
+    """Refuse an unknown schedule, or one that moves λ_b for a recipe without a boundary term (A, B,
+    "ce=1,lovasz=0.5"): UserError naming the flag. `label` names the loss (default: the recipe's label).
+    BoundaryWeightSchedule runs it, and engine.config before any data loads."""
+    if kind not in SCHEDULE_KINDS:
+        raise UserError(f"unknown boundary schedule {kind!r}: choose one of {', '.join(SCHEDULE_KINDS)} "
+                        "(--boundary-schedule)")
+    if kind != "constant" and not terms_of_kind(weights, "boundary"):
+        raise UserError(f"--boundary-schedule {kind} needs a loss with a boundary term (C, D, or a --loss recipe "
+                        f"with one); {label or recipe_label(weights)} has only {', '.join(weights)}")
 
 
 class BoundaryWeightSchedule:
@@ -61,14 +77,9 @@ class BoundaryWeightSchedule:
 
     def __init__(self, kind: str, base_weights: dict[str, float], *, start: float = 0.0, end: float | None = None,
                  ramp_epochs: int = 0, delta: float = 0.01, floor: float = 0.01):
-        if kind not in SCHEDULE_KINDS:
-            raise UserError(f"unknown boundary schedule {kind!r}: choose one of {', '.join(SCHEDULE_KINDS)} "
-                            "(--boundary-schedule)")
+        check_boundary_schedule(kind, base_weights)
         self.boundary_terms = terms_of_kind(base_weights, "boundary")
         self.region_terms = terms_of_kind(base_weights, "region")  # the terms "steal" takes weight from
-        if kind != "constant" and not self.boundary_terms:
-            raise UserError(f"--boundary-schedule {kind} needs a loss with a boundary term (C, D, or a recipe "
-                            f"with one); this one has only {', '.join(base_weights)}")
         checks = {"--boundary-start": start, "--boundary-ramp-epochs": ramp_epochs, "--steal-delta": delta,
                   "--steal-floor": floor}
         if end is not None:

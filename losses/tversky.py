@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 
 from losses.functional import class_sums
+from utils.conventions import IGNORE_INDEX
 
 
-def tversky_loss(probs: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, *, alpha: float,
+def tversky_loss(probs: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX, *, alpha: float,
                  beta: float) -> torch.Tensor:
     """Tversky = 1 − (1/C) Σ_c (TP_c + 1) / (TP_c + α·FP_c + β·FN_c + 1), over the whole batch and all C classes
 

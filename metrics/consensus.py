@@ -7,7 +7,7 @@ components in Python.
 Example:
     >>> import numpy as np
     >>> label_map = np.zeros((4, 6), np.uint8); label_map[1:3, 1:3] = 13; label_map[0, 5] = 13
-    >>> count_fragments(label_map)  # road (one piece, holes allowed) + two car pieces
+    >>> count_fragments(label_map, num_classes=14)  # class 0 (one piece, holes allowed) + two pieces of 13
     3
 """
 from __future__ import annotations
@@ -15,7 +15,9 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 
-THIN_CLASSES = (4, 5, 6, 7)  # Cityscapes fence, pole, traffic light, traffic sign: a veto would erase them
+from utils.conventions import IGNORE_INDEX
+
+REASSIGN_MODES = ("veto", "ignore")  # what a dropped component's pixels become (cc_veto, evaluate.py --reassign)
 
 
 def _components(label_map: np.ndarray, num_classes: int, skip=()) -> tuple[np.ndarray, int]:
@@ -42,7 +44,7 @@ def _components(label_map: np.ndarray, num_classes: int, skip=()) -> tuple[np.nd
     return ids, int(count)
 
 
-def count_fragments(label_map: np.ndarray, num_classes: int = 19) -> int:
+def count_fragments(label_map: np.ndarray, num_classes: int) -> int:
     """The number of 8-connected components of `label_map == c`, summed over the classes c in 0..C-1.
 
     Args:
@@ -53,8 +55,9 @@ def count_fragments(label_map: np.ndarray, num_classes: int = 19) -> int:
     return _components(np.asarray(label_map), num_classes)[1]
 
 
-def cc_veto(primary: np.ndarray, veto: np.ndarray, num_classes: int = 19, protect=THIN_CLASSES,
-            max_drop_size: int | None = None, reassign: str = "veto", ignore_index: int = 255) -> np.ndarray:
+def cc_veto(primary: np.ndarray, veto: np.ndarray, num_classes: int, protect: tuple[int, ...] = (),
+            max_drop_size: int | None = None, reassign: str = "veto",
+            ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """The consensus filter "primary vetoed by veto": drop the primary's components the veto does not support.
 
     For each class c not in `protect`, every 8-connected component of `primary == c` without a single pixel
@@ -64,10 +67,10 @@ def cc_veto(primary: np.ndarray, veto: np.ndarray, num_classes: int = 19, protec
     Args:
         primary, veto: (H, W) integer label maps of the same shape (predicted train ids).
         num_classes: C; primary values outside 0..C-1 are never dropped.
-        protect: classes whose components are always kept (default: the thin classes fence, pole, traffic light,
-            traffic sign, which a veto would erase).
+        protect: train ids whose components are always kept: the dataset's thin classes, which a veto would
+            erase (the caller's choice; evaluate.py: `engine.consensus.protect_indices`).
         max_drop_size: only components of at most this many pixels can be dropped (None: any size).
-        reassign: "veto" or "ignore".
+        reassign: one of REASSIGN_MODES, "veto" or "ignore".
         ignore_index: the label "ignore" writes.
 
     Returns:
@@ -76,8 +79,8 @@ def cc_veto(primary: np.ndarray, veto: np.ndarray, num_classes: int = 19, protec
     primary, veto = np.asarray(primary), np.asarray(veto)
     if primary.shape != veto.shape:
         raise ValueError(f"primary {primary.shape} and veto {veto.shape} differ in shape")
-    if reassign not in ("veto", "ignore"):
-        raise ValueError(f"reassign={reassign!r}: use 'veto' or 'ignore'")
+    if reassign not in REASSIGN_MODES:
+        raise ValueError(f"reassign={reassign!r}: use one of {', '.join(REASSIGN_MODES)}")
     ids, count = _components(primary, num_classes, skip=tuple(protect))
     ids = ids.ravel()
     supported = np.bincount(ids[veto.ravel() == primary.ravel()], minlength=count + 1) > 0  # some veto == c pixel

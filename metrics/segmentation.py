@@ -74,6 +74,7 @@ from metrics.consensus import count_fragments
 from metrics.keys import PROFILES
 from metrics.per_image import (boundary_f1_scores, dataset_metrics, study_boundary_f1_scores,
                                study_trimap_iou_scores)
+from utils.conventions import IGNORE_INDEX
 
 # Keys of the per-image stats (all with leading dim N, integer counts):
 #   confusion         (N, C, C+1): rows = target class over valid pixels, columns = predicted class; the last
@@ -196,7 +197,7 @@ def _study_boundary_counts(bits: torch.Tensor, eroded: torch.Tensor, boundary_px
 # Classes per integer bit plane: bits 0..61 of an int64 hold classes, bit 62 the trimap contour riding along,
 # and the sign bit stays 0, so `x.clamp(max=1)` is "x != 0". More classes take several planes.
 CLASSES_PER_PLANE = 62
-MAX_CLASSES = 255  # label maps are uint8 with 255 = ignore, and predictions reach the host as uint8
+MAX_CLASSES = IGNORE_INDEX  # label maps are uint8 with 255 = ignore, and predictions reach the host as uint8
 
 
 def _check_num_classes(num_classes: int) -> None:
@@ -338,8 +339,8 @@ PARTS = ("default", "study", "boundary_iou")  # what segmentation_image_stats co
 
 
 @torch.no_grad()
-def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 19,
-                             ignore_index: int = 255, boundary_px: int = 3,
+def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                             ignore_index: int = IGNORE_INDEX, boundary_px: int = 3,
                              parts=PARTS) -> dict[str, torch.Tensor]:
     """Per-image counts behind every metric but fragments (DEVICE_STAT_KEYS), computed on the inputs' device.
 
@@ -420,12 +421,12 @@ def segmentation_image_stats(pred: torch.Tensor, target: torch.Tensor, num_class
     return stats
 
 
-def fragment_counts(pred: torch.Tensor, num_classes: int = 19) -> torch.Tensor:
+def fragment_counts(pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(N, H, W) or (H, W) integer predictions (any device) -> (N,) int64 fragments on the CPU
     (`metrics.consensus.count_fragments` per image)."""
     pred = pred.reshape(-1, *pred.shape[-2:])
-    if pred.dtype != torch.uint8 and num_classes < 255:  # 8-bit maps: a quarter of the bytes of int32
-        pred = torch.where((pred >= 0) & (pred < num_classes), pred, 255).to(torch.uint8)
+    if pred.dtype != torch.uint8 and num_classes < MAX_CLASSES:  # 8-bit maps: a quarter of the bytes of int32
+        pred = torch.where((pred >= 0) & (pred < num_classes), pred, MAX_CLASSES).to(torch.uint8)  # no class
     maps = pred.cpu().numpy()
     return torch.tensor([count_fragments(m, num_classes) for m in maps], dtype=torch.int64)
 
@@ -434,8 +435,8 @@ class SegmentationMetrics:
     """Keeps the per-image counts of an evaluation and reduces them to the metrics of one profile.
 
     Args:
-        num_classes: C (19 for Cityscapes).
-        ignore_index: the ignore label in targets (255).
+        num_classes: C, the dataset's (its `data_utils.classes.ClassTable.num_classes`; 19 for Cityscapes).
+        ignore_index: the ignore label in targets (`utils.conventions.IGNORE_INDEX`).
         boundary_px: r, the Boundary-F1 tolerance, Trimap band half-width and Boundary-IoU depth in pixels (3).
         profile: "default" or "study": which estimators of Boundary F1 and Trimap IoU `compute` reports (the
             module docstring defines both; the per-image statistics hold both).
@@ -447,7 +448,7 @@ class SegmentationMetrics:
     device of the stats added; nothing syncs with the host until `compute()` / `per_image()`.
     """
 
-    def __init__(self, num_classes: int = 19, ignore_index: int = 255, boundary_px: int = 3,
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, boundary_px: int = 3,
                  profile: str = "default", class_names: Sequence[str] | None = None):
         _check_num_classes(num_classes)
         if boundary_px < 0:

@@ -1,4 +1,4 @@
-"""Auxiliary FCN head (as MMSegmentation's `FCNHead` in its UPerNet configs: num_convs=1,
+"""Auxiliary FCN head for every head (as MMSegmentation's `FCNHead` in its UPerNet configs: num_convs=1,
 concat_input=False, channels=256) on the stride-16 features. Its logits are upsampled to the input size
 and trained with weight 0.4 (`losses.AUX_LOSS_WEIGHT`); the segmentor runs it in training mode only.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.uperhead import ConvModule
+from models.layers import ConvModule, init_classifier
 
 
 class FCNHead(nn.Module):
@@ -24,9 +24,7 @@ class FCNHead(nn.Module):
         super().__init__()
         self.convs = ConvModule(in_channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-        nn.init.normal_(self.conv_seg.weight, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        self.conv_seg = init_classifier(nn.Conv2d(channels, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H/16, W/16) -> logits (N, num_classes, H/16, W/16)."""

@@ -1,5 +1,5 @@
-"""Backbone (any timm model with feature levels at strides 4/8/16/32) + UPerNet head + aux FCN head,
-and loading ImageNet weights of the timm classification model into the features-only backbone.
+"""Backbone (any timm model with feature levels at strides 4/8/16/32) + a registered head (`models.heads`) +
+aux FCN head, and loading ImageNet weights of the timm classification model into the features-only backbone.
 
 The backbone follows timm's feature contract (`feature_info`: per level `num_chs`, `reduction`, `module`):
 the four levels at reductions FEATURE_STRIDES are chosen from `feature_info.reduction()` of all the model's
@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 
 from models.aux_head import FCNHead
-from models.uperhead import UPerHead, resize_bilinear
+from models.heads import DEFAULT_HEAD, head_class
+from models.layers import resize_bilinear
 from utils.fileio import UserError
 
-FEATURE_STRIDES = (4, 8, 16, 32)  # what UPerNet expects from the backbone's four levels
+FEATURE_STRIDES = (4, 8, 16, 32)  # what every head expects from the backbone's four levels
 AUX_LEVEL = 2  # the aux FCN head reads the stride-16 level
 HUB_PREFIXES = ("timm:", "hf-hub:")  # pretrained=... names fetched by timm instead of read from a file
 
@@ -54,7 +55,7 @@ def pyramid_indices(name: str) -> tuple[int, ...]:
     strides = [info["reduction"] for info in _probe(name).feature_info.info]  # every level, stem included
     if any(s not in strides for s in FEATURE_STRIDES):
         raise UserError(
-            f"backbone {name!r} has feature levels at strides {strides}, UPerNet needs {list(FEATURE_STRIDES)}: "
+            f"backbone {name!r} has feature levels at strides {strides}, the heads need {list(FEATURE_STRIDES)}: "
             "choose a hierarchical backbone (ConvNeXt, ResNet, EfficientNet, RegNet, Swin, ...); single-stride "
             "ViTs cannot work"
         )
@@ -67,7 +68,7 @@ def create_backbone(name: str, drop_path_rate: float = 0.0,
     4/8/16/32 (`pyramid_indices`).
 
     The result is a timm features-only model: forward returns a list of four maps, (N, C_i, H/s_i, W/s_i), or
-    (N, H/s_i, W/s_i, C_i) when its `output_fmt` is NHWC (UPerNetSegmentor permutes those), and
+    (N, H/s_i, W/s_i, C_i) when its `output_fmt` is NHWC (Segmentor permutes those), and
     `feature_info.channels()` / `.reduction()` describe them.
 
     Args:
@@ -89,25 +90,36 @@ def _is_nhwc(backbone: nn.Module) -> bool:
     return getattr(fmt, "value", fmt) == "NHWC"
 
 
-class UPerNetSegmentor(nn.Module):
-    """images (N, 3, H, W) -> {"logits": (N, num_classes, H, W), ...}.
+class Segmentor(nn.Module):
+    """images (N, 3, H, W) -> {"logits": (N, num_classes, H, W), ...}: backbone -> a registered head (+ aux head).
 
     Training mode adds "aux_logits" (N, num_classes, H, W) from the FCN head on the stride-16 features
     (when built with one); eval mode returns "logits" only. `return_features=True` adds "features"
-    (N, 512, H/4, W/4): UPerNet's fused map, the last shared map before the classifier. Logits are
-    upsampled bilinearly (align_corners=False) to the input size, which may be any size (odd too).
+    (N, head_channels, H/4, W/4): the head's fused map, the last shared map before its classifier (the
+    contract of `models.heads`). Logits are upsampled bilinearly (align_corners=False) to the input size,
+    which may be any size (odd too).
+
+    Args:
+        backbone: a timm features-only model with levels at strides 4/8/16/32 (`create_backbone`).
+        head: a name of `models.heads.HEADS` ("upernet", the study's). The head's parameters are named
+            `decode_head.*` whatever the head, the aux head's `aux_head.*` (state dicts saved before the
+            registry load unchanged).
+        num_classes: logits channels.
+        aux_head: add the auxiliary FCN head on the stride-16 features (used in training mode only).
+        head_channels: the head's width (`--head-channels`).
 
     channels_last and bf16 autocast work as usual (`model.to(memory_format=torch.channels_last)`,
     `torch.autocast("cuda", torch.bfloat16)`): the forward has no dtype- or layout-specific code.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int = 19, aux_head: bool = True,
+    def __init__(self, backbone: nn.Module, num_classes: int, head: str = DEFAULT_HEAD, aux_head: bool = True,
                  head_channels: int = 512):
         super().__init__()
         in_channels = list(backbone.feature_info.channels())
         self.backbone = backbone
         self.backbone_nhwc = _is_nhwc(backbone)
-        self.decode_head = UPerHead(in_channels, num_classes, channels=head_channels)
+        self.head_name = head  # the HEADS name of decode_head
+        self.decode_head = head_class(head)(in_channels, num_classes, channels=head_channels)
         self.aux_head = FCNHead(in_channels[AUX_LEVEL], num_classes) if aux_head else None
         self.num_classes = num_classes
 
@@ -121,7 +133,7 @@ class UPerNetSegmentor(nn.Module):
         features = self.backbone(images)  # 4 maps, strides 4, 8, 16, 32
         if self.backbone_nhwc:  # (N, h, w, C) -> (N, C, h, w): a view with channels_last strides
             features = [f.permute(0, 3, 1, 2) for f in features]
-        fused = self.decode_head.fuse(features)  # (N, 512, H/4, W/4)
+        fused = self.decode_head.fuse(features)  # (N, head_channels, H/4, W/4)
         out = {"logits": resize_bilinear(self.decode_head.classify(fused), size)}
         if self.training and self.aux_head is not None:
             out["aux_logits"] = resize_bilinear(self.aux_head(features[AUX_LEVEL]), size)

@@ -4,8 +4,9 @@ The file is written by train.py with `--log-grad-norms K` (`losses.gradients.Gra
 docstring defines every key): one JSON object per logging step with "epoch" (1-based), "step", "variant", "seed",
 "lambda_boundary", "boundary_schedule" (absent in logs written before it existed) and the statistics
 "grad_norm/<logits|features>/<term>" and "grad_cos/<logits|features>/<term>_<term>" (null where undefined). The schedule's parameters, and the schedule of a log without "boundary_schedule", come from the run's
-`config.json` beside the log; without one, such a log counts as "constant". Only the file formats are shared with
-the training code; nothing here imports it.
+`config.json` beside the log; without one, such a log counts as "constant". So does the head, which joins the
+variant as in the results (`report.load.report_variant`). Only the file formats are shared with the training
+code; nothing here imports it.
 
 Aggregation, per group (as `report.load.Grouping` decides for the results), statistic and epoch:
     per seed: the mean over that seed's logging steps in the epoch (nulls left out);
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.results_format import SCHEDULE_PARAMS, boundary_schedule_of
+from engine.results_format import boundary_schedule_of
 from losses.registry import TERMS  # torch-free: the term names, for the order of the statistics
-from report.load import Grouping, RunSetting
+from losses.schedule import SCHEDULE_PARAMS
+from report.load import Grouping, RunSetting, report_variant
 from report.stats import Summary, summarize
 from report.tables import Table
 from utils import UserError
@@ -58,8 +60,8 @@ def _statistic_order(name: str) -> tuple:
     return (kind != "grad_norm", _WHERE_ORDER.index(where) if where in _WHERE_ORDER else 9, order, name)
 
 
-def _run_schedule(log_path: Path) -> tuple[str, tuple[tuple[str, float], ...]] | None:
-    """The λ_b schedule (kind, parameters) in the config.json that train.py writes beside the log; None without."""
+def _run_config(log_path: Path) -> dict | None:
+    """The config.json that train.py writes beside the log; None without."""
     path = log_path.parent / "config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -70,14 +72,15 @@ def _run_schedule(log_path: Path) -> tuple[str, tuple[tuple[str, float], ...]] |
                         "(epoch_XXXX/config.json)") from None
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a JSON object of config fields; restore it from a checkpoint folder")
-    return boundary_schedule_of(config, path)
+    return config
 
 
 def read_grad_log(path: str | Path) -> list[GradPoint]:
     """One run's grad_stats.jsonl -> GradPoints. A last line cut short (the run was killed while writing it) is
     skipped; any other malformed line raises a UserError naming the file and line."""
     path = Path(path)
-    run_schedule = _run_schedule(path)
+    run_config = _run_config(path)
+    run_schedule = None if run_config is None else boundary_schedule_of(run_config, path.parent / "config.json")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -110,7 +113,8 @@ def read_grad_log(path: str | Path) -> list[GradPoint]:
         params = run_schedule[1] if run_schedule and run_schedule[0] == kind else () if kind == "constant" else None
         try:
             lam = obj.get("lambda_boundary")
-            points.append(GradPoint(str(obj["variant"]), int(obj["seed"]), None if lam is None else float(lam),
+            points.append(GradPoint(report_variant(str(obj["variant"]), run_config), int(obj["seed"]),
+                                    None if lam is None else float(lam),
                                     int(obj["epoch"]), int(obj["step"]), values, where, kind, params))
         except (TypeError, ValueError):
             raise UserError(f"{where}: epoch, step, seed must be integers and lambda_boundary a number; "

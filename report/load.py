@@ -11,7 +11,9 @@ All metric values are fractions in [0, 1]; a per-class IoU may be missing (NaN: 
 
 Everything downstream is keyed by `Record.group`, not by the variant: `Grouping` is the single place that decides
 which runs are aggregated together: one group per variant and λ_b schedule ("C", "C steal"), split further where
-λ_b or the schedule's parameters differ among those runs (a λ_b sweep: "C λb=0.05", "C λb=0.2").
+λ_b or the schedule's parameters differ among those runs (a λ_b sweep: "C λb=0.05", "C λb=0.2"). A run with a
+head other than the study's UPerNet (train.py --head) carries it in its variant ("C segformer"), so the heads of
+one variant are never pooled and the study's variant comparisons stay UPerNet's.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from metrics.keys import COUNT_KEYS as COUNT_METRICS
 from metrics.keys import METRIC_LABELS
 from report.bootstrap import PROFILE_METRICS, full_set_values
 from metrics.per_image import PER_IMAGE_SUFFIX, per_image_path, read_per_image, subset
+from models.heads import DEFAULT_HEAD
 from utils import UserError
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
@@ -47,7 +50,7 @@ def metric_unit(metric: str) -> tuple[str, float]:
 class Record:
     """The evaluation of one checkpoint: one (variant, seed, epoch)."""
 
-    variant: str
+    variant: str  # the loss (results' `variant`), then the head when it is not the study's ("C segformer")
     seed: int
     epoch: int
     metrics: dict[str, float]  # METRICS -> fraction
@@ -56,7 +59,7 @@ class Record:
     lambda_boundary: float | None = None  # None when the source does not say (the tidy CSV)
     split: str | None = None
     boundary_schedule: str = "constant"  # the run's λ_b schedule (config.boundary_schedule; the CSV: constant)
-    schedule_params: tuple[tuple[str, float], ...] = ()  # its parameters (engine.results_format.SCHEDULE_PARAMS)
+    schedule_params: tuple[tuple[str, float], ...] = ()  # its parameters (losses.schedule.SCHEDULE_PARAMS)
     group: str = ""  # set by assign_groups
     metrics_profile: str | None = None  # "default" / "study" (metrics.keys.PROFILES); None: the source does not say
     inference: str = "whole"  # the inference mode's tag (engine.inference.Inference.tag); older files: whole
@@ -91,6 +94,14 @@ def _int(value, where: str, name: str) -> int:
         raise UserError(f"{where}: `{name}` = {value!r} is not an integer") from None
 
 
+def report_variant(variant: str, config: dict | None) -> str:
+    """The variant a run is reported under: its loss (`variant` as results files and gradient logs write it),
+    then its head when that is not the study's UPerNet ("C segformer"). A config without `head` (written before
+    train.py --head existed), or none, means UPerNet."""
+    head = (config or {}).get("head", DEFAULT_HEAD)
+    return variant if head == DEFAULT_HEAD else f"{variant} {head}"
+
+
 def read_results_file(path: str | Path) -> Record:
     """One `<ckpt>.results.json` -> Record, through the one validating reader evaluate.py uses too
     (`engine.results_format.read_results`). Corrupt or incomplete files, and a global metric that is null
@@ -103,7 +114,7 @@ def read_results_file(path: str | Path) -> Record:
                             "CHECKPOINT` on a labelled split, or move the file out of RUNS_DIR")
     schedule, params = boundary_schedule_of(obj.get("config") or {}, path)
     return Record(
-        variant=obj["variant"],
+        variant=report_variant(obj["variant"], obj.get("config")),
         seed=obj["seed"],
         epoch=obj["epoch"],
         metrics={m: obj[m] for m in METRICS},
@@ -203,7 +214,7 @@ class RunSetting:
 
     variant: str
     lambda_boundary: float | None = None  # None: the source does not say (the tidy CSV)
-    boundary_schedule: str = "constant"  # "constant", "linear" or "steal" (train.py --boundary-schedule)
+    boundary_schedule: str = "constant"  # losses.schedule.SCHEDULE_KINDS (train.py --boundary-schedule)
     schedule_params: tuple[tuple[str, float], ...] | None = ()  # ((TrainConfig field, value), ...); None: unknown
 
 

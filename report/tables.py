@@ -18,6 +18,7 @@ import numpy as np
 from report.bootstrap import PROFILE_METRICS, bootstrap_metrics, full_set_values
 from report.load import COUNT_METRICS, METRIC_LABELS, METRICS, STUDY_LAMBDA_B, Study, metric_unit
 from report.stats import Summary, holm, intervals_overlap, paired_ttest, summarize, t_quantile
+from utils.console import pct
 
 # The per-class deltas the study discusses: boundary-only vs CE, boundary-only vs Dice, Dice+boundary vs Dice.
 DELTA_PAIRS = (("D", "A"), ("D", "B"), ("C", "B"))
@@ -73,14 +74,9 @@ def _csv_cell(v) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- formatting
-def pct(x: float) -> str:
-    """A fraction as percent with two decimals ("81.28"); NaN -> "n/a"."""
-    return "n/a" if not np.isfinite(x) else f"{100 * x:.2f}"
-
-
 def signed_pct(x: float) -> str:
-    """A difference of fractions in percentage points, signed ("+5.29", "−2.10")."""
-    return "n/a" if not np.isfinite(x) else f"{100 * x:+.2f}".replace("-", "−")
+    """A difference of fractions in percentage points, signed with a typographic minus ("+5.29", "−2.10")."""
+    return pct(x, signed=True).replace("-", "−")
 
 
 def pm(mean: float, half: float) -> str:

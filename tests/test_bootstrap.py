@@ -15,7 +15,7 @@ import pytest
 import aggregate
 from bench import bench_bootstrap
 from bench.bench_bootstrap import loop_deltas, synthetic_stats
-from data_utils.labels import CLASS_NAMES
+from data_utils.labels import CITYSCAPES
 from metrics.per_image import dataset_metrics, iou_from_confusion, read_per_image, subset
 from report.bootstrap import (BOOTSTRAP_METRICS, PROFILE_METRICS, bootstrap_metrics, full_set_values,
                               paired_image_bootstrap)
@@ -193,7 +193,7 @@ def write_run(runs: Path, variant: str, seed: int, epoch: int, stats: dict, shuf
     atomic_write_json(ckpt.with_name(ckpt.name + ".results.json"), {
         "variant": variant, "seed": seed, "epoch": epoch, "checkpoint": str(ckpt), "split": "val",
         "num_images": len(stats["names"]), "miou": float(np.nanmean(iou)), "boundary_f1": float(bf1),
-        "trimap_iou": float(trimap), "iou": dict(zip(CLASS_NAMES[:C], iou.tolist())), "seconds": 1.0,
+        "trimap_iou": float(trimap), "iou": dict(zip(CITYSCAPES.names[:C], iou.tolist())), "seconds": 1.0,
         "lambda_dice": 1.0, "lambda_boundary": 0.2, "metrics_profile": profile})
     order = np.random.default_rng(shuffle).permutation(len(stats["names"])) if shuffle is not None \
         else np.arange(len(stats["names"]))
@@ -216,7 +216,7 @@ def bootstrap_runs(tmp_path) -> tuple[Path, dict[str, list[dict]]]:
     for g, q in (("A", 0.6), ("B", 0.62), ("C", 0.8)):
         stats[g] = [synthetic_stats(rng, 16, 4, quality=q) for _ in (1, 2)]
         for seed, s in zip((1, 2), stats[g]):
-            s["class_names"] = np.array(CLASS_NAMES[:4])
+            s["class_names"] = np.array(CITYSCAPES.names[:4])
             write_run(runs, g, seed, 3, s, shuffle=5 if (g, seed) == ("C", 2) else None)
     return runs, stats
 
@@ -302,7 +302,7 @@ def test_aggregate_bootstrap_skipped_without_per_image_statistics(tmp_path):
     for g in "AB":
         for seed in (1, 2):
             s = synthetic_stats(rng, 6, 3)
-            s["class_names"] = np.array(CLASS_NAMES[:3])
+            s["class_names"] = np.array(CITYSCAPES.names[:3])
             write_run(runs, g, seed, 2, s)
             next(runs.rglob(f"{g}_seed{seed}/checkpoints/*.per_image.npz")).unlink()
     assert aggregate.main([str(runs), "--out", str(tmp_path / "o")]) == 0
@@ -328,7 +328,7 @@ def test_aggregate_bootstrap_follows_the_metrics_profile(tmp_path):
     for g, q in (("A", 0.6), ("B", 0.7)):
         stats[g] = [synthetic_stats(rng, 10, 3, quality=q) for _ in (1, 2)]
         for seed, s in zip((1, 2), stats[g]):
-            s["class_names"] = np.array(CLASS_NAMES[:3])
+            s["class_names"] = np.array(CITYSCAPES.names[:3])
             write_run(runs, g, seed, 4, s, profile="study")
     out = tmp_path / "o"
     assert aggregate.main([str(runs), "--out", str(out), "--bootstrap", "100"]) == 0

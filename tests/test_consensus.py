@@ -10,12 +10,14 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from data_utils.labels import IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids
-from metrics.consensus import THIN_CLASSES, cc_veto, count_fragments
+from data_utils.labels import CITYSCAPES, THIN_CLASSES
+from metrics.consensus import cc_veto, count_fragments
+from utils.conventions import IGNORE_INDEX
 
 ROOT = Path(__file__).resolve().parents[1]
 
-C = NUM_CLASSES
+C = CITYSCAPES.num_classes
+THIN = tuple(CITYSCAPES.names.index(name) for name in THIN_CLASSES)  # (4, 5, 6, 7): fence, pole, lights, signs
 EIGHT = np.ones((3, 3), bool)
 
 
@@ -56,7 +58,7 @@ def real_maps(cityscapes_fullres, count: int = 2):
     paths = sorted((cityscapes_fullres / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))[:count]
     rng = np.random.default_rng(1)
     for path in paths:
-        target = label_ids_to_train_ids(np.array(Image.open(path)), str(path))
+        target = CITYSCAPES.to_train_ids(np.array(Image.open(path)), str(path), "fix")
         primary = np.where(target == IGNORE_INDEX, 0, target).astype(np.uint8)
         noise = rng.random(primary.shape) < 0.003
         primary[noise] = rng.integers(0, C, int(noise.sum()))
@@ -70,11 +72,11 @@ OPTIONS = list(itertools.product((None, 6), ("veto", "ignore")))  # max_drop_siz
 @pytest.mark.parametrize("seed", range(4))
 def test_random_maps_match_scipy_loops(seed):
     primary, veto = random_maps(np.random.default_rng(seed))
-    assert count_fragments(primary) == ref_fragments(primary)
-    assert count_fragments(primary.astype(np.int64)) == ref_fragments(primary)  # any integer dtype
+    assert count_fragments(primary, C) == ref_fragments(primary)
+    assert count_fragments(primary.astype(np.int64), C) == ref_fragments(primary)  # any integer dtype
     for max_drop_size, reassign in OPTIONS:
-        for protect in (THIN_CLASSES, ()):
-            ours = cc_veto(primary, veto, protect=protect, max_drop_size=max_drop_size, reassign=reassign)
+        for protect in (THIN, ()):
+            ours = cc_veto(primary, veto, C, protect=protect, max_drop_size=max_drop_size, reassign=reassign)
             ref = ref_cc_veto(primary, veto, protect, max_drop_size, reassign)
             np.testing.assert_array_equal(ours, ref, err_msg=f"{max_drop_size} {reassign} {protect}")
             assert ours.dtype == primary.dtype
@@ -82,10 +84,10 @@ def test_random_maps_match_scipy_loops(seed):
 
 def test_real_maps_match_scipy_loops(cityscapes_fullres):
     for primary, veto in real_maps(cityscapes_fullres):
-        assert count_fragments(primary) == ref_fragments(primary)
+        assert count_fragments(primary, C) == ref_fragments(primary)
         for max_drop_size, reassign in OPTIONS:
-            ours = cc_veto(primary, veto, max_drop_size=max_drop_size and 400, reassign=reassign)
-            np.testing.assert_array_equal(ours, ref_cc_veto(primary, veto, THIN_CLASSES, max_drop_size and 400,
+            ours = cc_veto(primary, veto, C, THIN, max_drop_size=max_drop_size and 400, reassign=reassign)
+            np.testing.assert_array_equal(ours, ref_cc_veto(primary, veto, THIN, max_drop_size and 400,
                                                             reassign))
 
 
@@ -96,21 +98,22 @@ def test_hand_made_veto():
     primary[0, 7] = 5  # a pole the veto does not see: protected
     veto = np.zeros_like(primary)
     veto[2, 2] = 13
-    out = cc_veto(primary, veto)
+    out = cc_veto(primary, veto, C, THIN)
     assert out[4, 6] == 0 and (out[1:3, 1:3] == 13).all() and out[0, 7] == 5
-    assert cc_veto(primary, veto, reassign="ignore")[4, 6] == IGNORE_INDEX
-    assert cc_veto(primary, veto, max_drop_size=0)[4, 6] == 13  # larger than the limit: kept
-    assert count_fragments(primary) == 4  # road (one piece around the others), two cars, a pole
+    assert cc_veto(primary, veto, C)[0, 7] == 0  # unprotected, the unsupported pole goes too
+    assert cc_veto(primary, veto, C, THIN, reassign="ignore")[4, 6] == IGNORE_INDEX
+    assert cc_veto(primary, veto, C, THIN, max_drop_size=0)[4, 6] == 13  # larger than the limit: kept
+    assert count_fragments(primary, C) == 4  # road (one piece around the others), two cars, a pole
     assert primary[4, 6] == 13  # inputs untouched
 
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="shape"):
-        cc_veto(np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8))
-    with pytest.raises(ValueError, match="reassign"):
-        cc_veto(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), reassign="drop")
+        cc_veto(np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8), C)
+    with pytest.raises(ValueError, match="reassign='drop': use one of veto, ignore"):
+        cc_veto(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), C, reassign="drop")
     with pytest.raises(ValueError, match="integer"):
-        count_fragments(np.zeros((4, 4)))
+        count_fragments(np.zeros((4, 4)), C)
 
 
 def test_bench_consensus_runs_on_real_maps(cityscapes_fullres):

@@ -17,8 +17,8 @@ from scipy.ndimage import gaussian_filter, maximum_filter, minimum_filter
 from data_utils import synthetic
 from data_utils.augment import BatchAugment, colour_matrices, gaussian_blur, normalize
 from data_utils.cityscapes import CityscapesBuilder, list_frames, load_split, resolve_data_root
-from data_utils.dataset import SegmentationDataset, collate_batch, hflip_decision, read_frame
-from data_utils.labels import ID_TO_TRAIN_ID, NUM_CLASSES, label_ids_to_train_ids
+from data_utils.dataset import SegmentationDataset, collate_batch, hflip_decision, read_frame, read_train_ids
+from data_utils.labels import CITYSCAPES
 from utils import UserError
 
 SAMPLE = "frankfurt_000000_000294"
@@ -64,9 +64,12 @@ OFFICIAL_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 
                       26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # every other id in 0..33 -> 255
 
 
+C = CITYSCAPES.num_classes
+
+
 def test_label_table_matches_cityscapes_scripts():
-    for label_id in range(34):
-        assert ID_TO_TRAIN_ID[label_id] == OFFICIAL_TRAIN_IDS.get(label_id, 255), label_id
+    mapped = CITYSCAPES.to_train_ids(np.arange(34, dtype=np.uint8)[None], "label ids 0..33", "fix the table")[0]
+    assert mapped.tolist() == [OFFICIAL_TRAIN_IDS.get(label_id, 255) for label_id in range(34)]
 
 
 def test_real_sample_mapping_reproduces_official_train_ids(cityscapes_sample, tmp_path):
@@ -78,7 +81,7 @@ def test_real_sample_mapping_reproduces_official_train_ids(cityscapes_sample, tm
     """
     paths = _sample_paths(cityscapes_sample)
     label_ids, official = _png(paths["labelIds"]), _png(paths["labelTrainIds"])
-    mapped = label_ids_to_train_ids(label_ids)
+    mapped = read_train_ids(str(paths["labelIds"]))
     for label_id in np.unique(label_ids):
         values, counts = np.unique(official[label_ids == label_id], return_counts=True)
         assert values[counts.argmax()] == mapped[label_ids == label_id][0], f"label id {label_id}"
@@ -136,10 +139,10 @@ def test_data_root_from_environment(demo_root, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ bad input
 def test_the_city_of_a_frame_name_places_cache_files_and_predictions_alike(tmp_path):
-    """One rule (data_utils.cityscapes.frame_city) for the SDT cache's and the test-server predictions' folders."""
-    from data_utils.cityscapes import frame_city
+    """One rule (data_utils.layout.frame_city) for the SDT cache's and the test-server predictions' folders."""
+    from data_utils.layout import frame_city
     from data_utils.labels import CITYSCAPES
-    from data_utils.sdt import sdt_cache_path
+    from data_utils.sdt_cache import sdt_cache_path
     from engine.predictions import PredictionWriter
 
     cases = {"frankfurt_000000_000294": "frankfurt", "bad_honnef_000001_000019": "bad_honnef",
@@ -241,14 +244,15 @@ def test_generator_builder_dataset_round_trip(demo_root, tmp_path):
         assert item["name"] == record["name"] and "sdt" not in item
         assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, H, W)
         np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), image_png)
-        np.testing.assert_array_equal(item["label"].numpy(), ID_TO_TRAIN_ID[label_png])
+        train_ids = read_train_ids(record["label_path"])
+        np.testing.assert_array_equal(item["label"].numpy(), train_ids)
         mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
         expected = ((image_png / 255.0 - mean) / std).transpose(2, 0, 1)
         np.testing.assert_allclose(dataset_f[i]["image"].numpy(), expected, atol=1e-5)
         _check_instances_agree(label_png.astype(np.int64),
                                _png(record["label_path"].replace("labelIds", "instanceIds")).astype(np.int64))
-        present = set(np.unique(ID_TO_TRAIN_ID[label_png]).tolist())
-        assert present >= set(range(NUM_CLASSES)), f"{record['name']} lacks {set(range(NUM_CLASSES)) - present}"
+        present = set(np.unique(train_ids).tolist())
+        assert present >= set(range(C)), f"{record['name']} lacks {set(range(C)) - present}"
         seen |= set(np.unique(label_png).tolist())
     assert seen & {1, 2, 4, 6, 9, 10}, "some void ids appear"
     batch = collate_batch([dataset_u8[0], dataset_u8[1]])
@@ -365,10 +369,10 @@ def test_flip_moves_image_label_and_sdt_together(demo_root, tmp_path, source):
     records = list_frames(demo_root, "train")
     cache = tmp_path / "sdt"
     if source == "cache":
-        from data_utils.sdt import sdt_cache_path, write_sdt_file
+        from data_utils.sdt_cache import sdt_cache_path, write_sdt_file
 
         for r in records:
-            write_sdt_file(sdt_cache_path(cache, r["name"]), compute_sdt(ID_TO_TRAIN_ID[_png(r["label_path"])]))
+            write_sdt_file(sdt_cache_path(cache, r["name"]), compute_sdt(read_train_ids(r["label_path"]), C))
     # Seed 2 flips frames [x, x, -] in epoch 0 and [-, x, x] in epoch 1: both cases in both epochs.
     dataset = SegmentationDataset(records, hflip=True, seed=2, image_dtype="uint8", sdt_source=source,
                                   sdt_cache_dir=cache if source == "cache" else None)
@@ -376,19 +380,20 @@ def test_flip_moves_image_label_and_sdt_together(demo_root, tmp_path, source):
         dataset.set_epoch(epoch)
         for want in (True, False):
             i = _index_with_flip(2, epoch, len(records), want)
-            image, label = _png(records[i]["image_path"]), ID_TO_TRAIN_ID[_png(records[i]["label_path"])]
+            image, label = _png(records[i]["image_path"]), read_train_ids(records[i]["label_path"])
             if want:
                 image, label = image[:, ::-1], label[:, ::-1]
             item = dataset[i]
             np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), image)
             np.testing.assert_array_equal(item["label"].numpy(), label)
-            assert item["sdt"].dtype == torch.int8 and item["sdt"].shape == (NUM_CLASSES, H, W)
+            assert item["sdt"].dtype == torch.int8 and item["sdt"].shape == (C, H, W)
             # The SDT of the flipped label, computed from scratch: flip and distance transform commute.
-            np.testing.assert_array_equal(item["sdt"].numpy(), compute_sdt(np.ascontiguousarray(label)))
+            np.testing.assert_array_equal(item["sdt"].numpy(), compute_sdt(np.ascontiguousarray(label), C))
 
 
 def test_sdt_cache_missing_or_mismatched_file_names_the_path(demo_root, tmp_path):
-    from data_utils.sdt import compute_sdt, sdt_cache_path, write_sdt_file
+    from data_utils.sdt import compute_sdt
+    from data_utils.sdt_cache import sdt_cache_path, write_sdt_file
 
     records = list_frames(demo_root, "val")
     cache = tmp_path / "sdt"
@@ -396,11 +401,11 @@ def test_sdt_cache_missing_or_mismatched_file_names_the_path(demo_root, tmp_path
     path = sdt_cache_path(cache, records[0]["name"])
     with pytest.raises(UserError, match=rf"{path}: SDT cache file not found"):
         dataset[0]
-    label = ID_TO_TRAIN_ID[_png(records[0]["label_path"])]
-    write_sdt_file(path, compute_sdt(label, clip=20), clip=20)  # made with another clip
+    label = read_train_ids(records[0]["label_path"])
+    write_sdt_file(path, compute_sdt(label, C, clip=20), clip=20)  # made with another clip
     with pytest.raises(UserError, match=rf"{path}: cached SDT was clipped at 20"):
         dataset[0]
-    write_sdt_file(path, compute_sdt(label[:, :-1]))  # made for another size
+    write_sdt_file(path, compute_sdt(label[:, :-1], C))  # made for another size
     with pytest.raises(UserError, match=rf"{path}: cached SDT has shape"):
         dataset[0]
 
@@ -448,7 +453,7 @@ def test_real_fullres_frame_through_dataset(cityscapes_fullres, tmp_path):
     assert item["image"].shape == (3, 1024, 2048) and item["image"].dtype == torch.float32
     assert item["label"].shape == (1024, 2048)
     values = set(item["label"].unique().tolist())
-    assert values <= set(range(NUM_CLASSES)) | {255} and len(values) > 5
+    assert values <= set(range(C)) | {255} and len(values) > 5
 
 
 # ------------------------------------------------------------------------------------------ augmentation

@@ -97,12 +97,10 @@ def test_tiny_model_matches_separate_autograd(variant):
 
 def test_real_convnextv2_atto_matches_separate_autograd():
     from models import build_model
-    from models.uperhead import UPerHead
 
     torch.manual_seed(0)
-    model = build_model("convnextv2_atto", num_classes=19, aux_head=True)
     # a narrow UPerNet keeps this fast on a CPU (as the demo preset does); the layers are the real ones
-    model.decode_head = UPerHead(model.decode_head.in_channels, 19, channels=32)
+    model = build_model("convnextv2_atto", num_classes=19, aux_head=True, head_channels=32)
     model.train()  # Dropout2d active: every forward below draws the same mask from the same seed
     images, target, sdt = make_batch(n=2, h=64, w=64, seed=1)
     ours = our_stats(model, images, target, sdt, "C", dropout_seed=7)

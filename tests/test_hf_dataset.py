@@ -21,7 +21,8 @@ from data_utils.classes import IGNORE_INDEX, ClassTable, default_palette, read_c
 from data_utils.dataset import SegmentationDataset, collate_batch, crop_offset, crop_pad
 from data_utils.hf import HFFrames, dataset_classes, open_hf_dataset, reduce_labels_
 from data_utils.labels import CITYSCAPES, LABELS
-from data_utils.sdt import compute_sdt, read_sdt_file, sdt_cache_path
+from data_utils.sdt import compute_sdt
+from data_utils.sdt_cache import read_sdt_file, sdt_cache_path
 from data_utils.source import DataSource
 from data_utils.synthetic import GROUPS, generate_dataset, hf_classes, render_frame, second_size
 from data_utils.synthetic import main as synthetic_main
@@ -217,7 +218,7 @@ def test_crop_moves_image_label_and_sdt_together_with_ignore_padding(hf_root, tm
     for name in frames.names[:2]:
         path = sdt_cache_path(tmp_path, name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        from data_utils.sdt import write_sdt_file
+        from data_utils.sdt_cache import write_sdt_file
         write_sdt_file(path, compute_sdt(frames.read(frames.names.index(name))[1], classes.num_classes))
     by_source = {src: SegmentationDataset(frames, hflip=True, seed=5, image_dtype="uint8", sdt_source=src,
                                           sdt_cache_dir=tmp_path, crop_size=crop) for src in ("cpu", "cache")}

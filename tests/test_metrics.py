@@ -13,11 +13,13 @@ from PIL import Image
 from scipy import ndimage
 
 import metrics.segmentation as seg
-from data_utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, label_ids_to_train_ids, train_ids_to_label_ids
+from data_utils.dataset import read_train_ids
+from data_utils.labels import CITYSCAPES
 from metrics import SegmentationMetrics
 from metrics.keys import METRIC_KEYS, PROFILES
+from utils.conventions import IGNORE_INDEX
 
-C = NUM_CLASSES
+C = CITYSCAPES.num_classes  # the real frames below are Cityscapes'
 R = 3
 
 
@@ -247,9 +249,9 @@ def test_cpu_row_tiles_equal_one_tile(monkeypatch):
     pairs = [random_pair(rng, h=61, w=37) for _ in range(2)]
     pred = torch.as_tensor(np.stack([p for p, _ in pairs]))
     target = torch.as_tensor(np.stack([t for _, t in pairs]))
-    whole = seg.segmentation_image_stats(pred, target, boundary_px=4)
+    whole = seg.segmentation_image_stats(pred, target, C, boundary_px=4)
     monkeypatch.setattr(seg, "CPU_TILE_PIXELS", 2 * 37 * 8)
-    tiled = seg.segmentation_image_stats(pred, target, boundary_px=4)
+    tiled = seg.segmentation_image_stats(pred, target, C, boundary_px=4)
     for key in seg.DEVICE_STAT_KEYS:
         assert torch.equal(whole[key], tiled[key]), key
 
@@ -259,15 +261,15 @@ def test_batched_equals_one_at_a_time_and_gathered_halves():
     pairs = [random_pair(rng) for _ in range(4)]
     pred = torch.as_tensor(np.stack([p for p, _ in pairs]))
     target = torch.as_tensor(np.stack([t for _, t in pairs]))
-    batched = SegmentationMetrics()
+    batched = SegmentationMetrics(C)
     batched.update(pred, target)
-    single = SegmentationMetrics()
+    single = SegmentationMetrics(C)
     for i in range(4):
         single.update(pred[i], target[i])  # (H, W) works too
     # What a 2-process evaluation does: per-process stats, gathered (concatenated), then added.
-    halves = SegmentationMetrics()
+    halves = SegmentationMetrics(C)
     stats = [halves.image_stats(pred[:2], target[:2]), halves.image_stats(pred[2:], target[2:])]
-    fragments = seg.fragment_counts(pred)
+    fragments = seg.fragment_counts(pred, C)
     halves.add_stats({**{k: torch.cat([s[k] for s in stats]) for k in seg.DEVICE_STAT_KEYS}, "fragments": fragments})
     assert _same(batched.compute(), single.compute())
     assert _same(batched.compute(), halves.compute())
@@ -288,7 +290,7 @@ def test_input_dtypes_agree():
     pred = np.where(pred == IGNORE_INDEX, 0, pred)  # keep values in uint8 range for every dtype
     results = []
     for dtype in (torch.int64, torch.int32, torch.uint8, torch.int16):
-        metric = SegmentationMetrics()
+        metric = SegmentationMetrics(C)
         metric.update(torch.as_tensor(pred).to(dtype)[None], torch.as_tensor(target).to(dtype)[None])
         results.append(metric.compute())
     assert all(_same(results[0], r) for r in results[1:])
@@ -342,9 +344,9 @@ def test_several_planes_equal_one_plane(monkeypatch, classes_per_plane):
     pairs = [random_pair(rng) for _ in range(3)]
     pred = torch.as_tensor(np.stack([p for p, _ in pairs]))
     target = torch.as_tensor(np.stack([t for _, t in pairs]))
-    one_plane = seg.segmentation_image_stats(pred, target)
+    one_plane = seg.segmentation_image_stats(pred, target, C)
     monkeypatch.setattr(seg, "CLASSES_PER_PLANE", classes_per_plane)
-    planes = seg.segmentation_image_stats(pred, target)
+    planes = seg.segmentation_image_stats(pred, target, C)
     for key in seg.DEVICE_STAT_KEYS:
         assert torch.equal(one_plane[key], planes[key]), key
 
@@ -416,7 +418,7 @@ def test_empty_boundaries_and_images_without_valid_pixels():
 
     pred = whole.copy()
     pred[5:9, 5:9] = 2
-    metric = SegmentationMetrics()
+    metric = SegmentationMetrics(C)
     metric.update(torch.as_tensor(pred)[None], torch.as_tensor(whole)[None])  # B(G) empty, B(P) not -> 0
     metric.update(torch.zeros(1, h, w, dtype=torch.long), torch.full((1, h, w), IGNORE_INDEX))  # skipped
     out = metric.compute()
@@ -426,7 +428,7 @@ def test_empty_boundaries_and_images_without_valid_pixels():
 def test_border_is_not_a_contour():
     """A class touching the image frame has no boundary along the frame (outside counts as inside)."""
     target = two_halves(10, 12)
-    stats = SegmentationMetrics().image_stats(torch.as_tensor(target)[None], torch.as_tensor(target)[None])
+    stats = SegmentationMetrics(C).image_stats(torch.as_tensor(target)[None], torch.as_tensor(target)[None])
     gt_boundary_px = stats["boundary"][0, :, 3]
     assert gt_boundary_px[0] == 10 and gt_boundary_px[1] == 10  # one column each side of the edge
 
@@ -434,7 +436,7 @@ def test_border_is_not_a_contour():
 def test_study_boundary_is_the_two_pixel_band_and_the_frame():
     """The study's B(M) = dilate(M) XOR erode(M) with outside = background: both sides of an edge, and the frame."""
     target = two_halves(10, 12)  # class 0 in columns 0..5, class 1 in 6..11
-    stats = SegmentationMetrics().image_stats(torch.as_tensor(target)[None], torch.as_tensor(target)[None])
+    stats = SegmentationMetrics(C).image_stats(torch.as_tensor(target)[None], torch.as_tensor(target)[None])
     # dilate(G_0) = columns 0..6; erode(G_0) = rows 1..8 x columns 1..4; B = 70 - 32 pixels
     assert stats["study_boundary"][0, 0, 3] == 10 * 7 - 8 * 4
     assert stats["boundary"][0, 0, 3] == 10  # the default's 1-px inner ring, no frame
@@ -445,7 +447,7 @@ def test_study_profile_averages_over_all_images():
     target = two_halves()
     pred = torch.as_tensor(np.stack([target, target]))
     targets = torch.as_tensor(np.stack([target, np.full_like(target, IGNORE_INDEX)]))
-    default, study = SegmentationMetrics(), SegmentationMetrics(profile="study")
+    default, study = SegmentationMetrics(C), SegmentationMetrics(C, profile="study")
     default.update(pred, targets)
     study.update(pred, targets)
     assert default.compute()["boundary_f1"] == 1.0 and default.compute()["trimap_iou"] == 1.0
@@ -470,18 +472,18 @@ def test_ignore_transitions_are_not_trimap_contours():
     target[:, 10:20] = IGNORE_INDEX  # class 0 | ignore | class 0: no valid-valid transition anywhere
     target[:, 20:] = 1  # ... except none either: ignore separates 0 and 1
     pred = np.ones_like(target)
-    stats = SegmentationMetrics().image_stats(torch.as_tensor(pred)[None], torch.as_tensor(target)[None])
+    stats = SegmentationMetrics(C).image_stats(torch.as_tensor(pred)[None], torch.as_tensor(target)[None])
     assert stats["trimap_confusion"].sum() == 0
     assert stats["confusion"].sum() == 12 * 20
 
 
 def test_empty_metric_and_bad_inputs():
-    out = SegmentationMetrics().compute()
+    out = SegmentationMetrics(C).compute()
     assert out["num_images"] == 0 and math.isnan(out["miou"]) and len(out["iou"]) == C
     for num_classes in (0, seg.MAX_CLASSES + 1):  # uint8 label maps: train ids 0..254, 255 = ignore
         with pytest.raises(ValueError, match="1..255 supported"):
             SegmentationMetrics(num_classes)
-    metric = SegmentationMetrics()
+    metric = SegmentationMetrics(C)
     with pytest.raises(ValueError):
         metric.update(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError):
@@ -493,7 +495,7 @@ def test_empty_metric_and_bad_inputs():
 
 def _sample_frame(cityscapes_sample):
     gt_path = next((cityscapes_sample / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
-    target = label_ids_to_train_ids(np.array(Image.open(gt_path)), str(gt_path)).astype(np.int64)
+    target = read_train_ids(str(gt_path)).astype(np.int64)
     # A plausible prediction: shifted by a few pixels, ignore pixels predicted as road, a wrong block.
     pred = np.roll(np.where(target == IGNORE_INDEX, 0, target), (2, -3), axis=(0, 1))
     pred[40:70, 100:160] = 13
@@ -523,7 +525,7 @@ def official_scores(pairs, gt_paths, tmp_path, monkeypatch) -> dict:
     pred_paths = []
     for (pred, _), gt_path in zip(pairs, gt_paths):
         pred_paths.append(tmp_path / gt_path.name.replace("_gtFine_labelIds", "_pred"))
-        Image.fromarray(train_ids_to_label_ids(pred)).save(pred_paths[-1])
+        Image.fromarray(CITYSCAPES.to_label_ids(pred)).save(pred_paths[-1])
     args = ev.CArgs()
     for name, value in vars(ev.args).items():
         setattr(args, name, value)
@@ -533,7 +535,7 @@ def official_scores(pairs, gt_paths, tmp_path, monkeypatch) -> dict:
 
 def assert_equals_official(pairs, official):
     out = run_metrics([p for p, _ in pairs], [t for _, t in pairs])
-    for c, name in enumerate(CLASS_NAMES):
+    for c, name in enumerate(CITYSCAPES.names):
         assert out["iou"][c] == pytest.approx(official["classScores"][name], abs=1e-12, nan_ok=True), name
     assert out["miou"] == pytest.approx(official["averageScoreClasses"], abs=1e-12)
 
@@ -567,7 +569,7 @@ def test_real_val_maps_match_cityscapesscripts(cityscapes_fullres, tmp_path, mon
     rng = np.random.default_rng(0)
     pairs = []
     for i, gt_path in enumerate(gt_paths):
-        target = label_ids_to_train_ids(np.array(Image.open(gt_path)), str(gt_path)).astype(np.int64)
+        target = read_train_ids(str(gt_path)).astype(np.int64)
         pairs.append((perturbed(target, rng, ("shifted", "noisy", "blocked")[i % 3]), target))
     assert_equals_official(pairs, official_scores(pairs, gt_paths, tmp_path, monkeypatch))
 

@@ -16,12 +16,13 @@ from models.segmentor import FEATURE_STRIDES
 from utils.fileio import UserError
 
 TINY = "convnextv2_atto"
+C = 19  # classes of the models built here (Cityscapes' count; any count works)
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return build_model(TINY)
+    return build_model(TINY, num_classes=C)
 
 
 def test_backbone_levels_match_feature_info(tiny_model):
@@ -42,9 +43,9 @@ def test_output_shapes_at_odd_size(tiny_model, training):
         out = tiny_model(x, return_features=True)
     expected = {"logits", "features"} | ({"aux_logits"} if training else set())
     assert set(out) == expected  # eval mode has no aux output
-    assert out["logits"].shape == (2, 19, 130, 258)
+    assert out["logits"].shape == (2, C, 130, 258)
     if training:
-        assert out["aux_logits"].shape == (2, 19, 130, 258)
+        assert out["aux_logits"].shape == (2, C, 130, 258)
     # The fused UPerNet map is at stride 4 (floor of the odd size through the 4x4 stem) with 512 channels.
     assert out["features"].shape == (2, 512, 130 // 4, 258 // 4)
     tiny_model.eval()
@@ -78,9 +79,9 @@ def test_batch_one_training_step():
 def test_channels_last_bf16_autocast_and_sync_bn_conversion():
     torch.manual_seed(2)
     # the demo preset's head width: bf16 backward on a CPU without native bf16 takes ~40 s at the default 512
-    model = build_model(TINY, head_channels=128).train().to(memory_format=torch.channels_last)
+    model = build_model(TINY, head_channels=128, num_classes=C).train().to(memory_format=torch.channels_last)
     images = torch.randn(2, 3, 64, 96).contiguous(memory_format=torch.channels_last)
-    target = torch.randint(0, 19, (2, 64, 96))
+    target = torch.randint(0, C, (2, 64, 96))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images)
         assert out["logits"].dtype == torch.bfloat16
@@ -88,7 +89,7 @@ def test_channels_last_bf16_autocast_and_sync_bn_conversion():
     assert loss.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(model.backbone.stem_0.weight.grad).all()
-    synced = nn.SyncBatchNorm.convert_sync_batchnorm(build_model(TINY))
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(build_model(TINY, num_classes=C))
     assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
     assert not any(type(m) is nn.BatchNorm2d for m in synced.modules())
 
@@ -98,11 +99,11 @@ def test_grad_checkpointing_gives_same_gradients():
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(3)
-        model = build_model(TINY, aux_head=False, grad_checkpointing=checkpointing).train()
+        model = build_model(TINY, aux_head=False, grad_checkpointing=checkpointing, num_classes=C).train()
         torch.manual_seed(4)  # same dropout masks
         model(images)["logits"].square().mean().backward()
         grads.append(model.backbone.stages_1.blocks[0].conv_dw.weight.grad)
-    assert build_model(TINY, grad_checkpointing=True).backbone.grad_checkpointing
+    assert build_model(TINY, grad_checkpointing=True, num_classes=C).backbone.grad_checkpointing
     torch.testing.assert_close(grads[0], grads[1])
 
 
@@ -113,7 +114,7 @@ def _conv_bn(cin, cout, k):
 def test_parameter_count_of_base_configuration():
     # Built on the meta device: shapes only, no weights allocated.
     with torch.device("meta"):
-        model = build_model("convnextv2_base")
+        model = build_model("convnextv2_base", num_classes=C)
         classifier = timm.create_model("convnextv2_base", pretrained=False)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # Backbone = the ImageNet classifier minus its head (LayerNorm 1024 + Linear 1024 -> 1000).
@@ -141,12 +142,12 @@ def test_parameter_count_of_base_configuration():
 
 def test_state_dict_round_trip_is_bit_exact(tmp_path):
     torch.manual_seed(5)
-    model = build_model(TINY).train()
+    model = build_model(TINY, num_classes=C).train()
     model(torch.randn(2, 3, 64, 64))  # move BN running statistics off their initial values
     path = tmp_path / "model.safetensors"
     save_file(model.state_dict(), str(path))
     torch.manual_seed(6)
-    restored = build_model(TINY)
+    restored = build_model(TINY, num_classes=C)
     restored.load_state_dict(load_file(str(path)), strict=True)
     for (name, a), (_, b) in zip(model.state_dict().items(), restored.state_dict().items()):
         assert a.dtype == b.dtype and torch.equal(a, b), name
@@ -169,7 +170,7 @@ def test_pretrained_file_loads_into_backbone(tmp_path, classifier_state, suffix)
         save_file(classifier_state, str(path))
     else:
         torch.save({"state_dict": classifier_state}, path)  # a wrapped training checkpoint
-    model = build_model(TINY, pretrained=str(path))
+    model = build_model(TINY, pretrained=str(path), num_classes=C)
     backbone_state = model.backbone.state_dict()
     assert len(backbone_state) == len(classifier_state) - 4  # all but head.norm.* / head.fc.*
     for key, value in backbone_state.items():
@@ -186,7 +187,7 @@ def test_wrong_pretrained_file_names_mismatched_keys(tmp_path, classifier_state)
     path = tmp_path / "wrong.safetensors"
     save_file(state, str(path))
     with pytest.raises(UserError) as err:
-        build_model(TINY, pretrained=str(path))
+        build_model(TINY, pretrained=str(path), num_classes=C)
     message = str(err.value)
     assert str(path) in message and "\n" not in message
     model_shape = tuple(classifier_state["stages.3.blocks.1.mlp.fc2.weight"].shape)
@@ -196,21 +197,21 @@ def test_wrong_pretrained_file_names_mismatched_keys(tmp_path, classifier_state)
 
 def test_pretrained_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        build_model(TINY, pretrained=str(tmp_path / "absent.safetensors"))
+        build_model(TINY, pretrained=str(tmp_path / "absent.safetensors"), num_classes=C)
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="cannot read") as err:
-        build_model(TINY, pretrained=str(corrupt))
+        build_model(TINY, pretrained=str(corrupt), num_classes=C)
     assert "\n" not in str(err.value)
     torch_corrupt = tmp_path / "corrupt.pth"
     torch_corrupt.write_bytes(b"\x80\x02 truncated pickle")
     with pytest.raises(UserError, match="cannot read") as err:
-        build_model(TINY, pretrained=str(torch_corrupt))
+        build_model(TINY, pretrained=str(torch_corrupt), num_classes=C)
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="another architecture"):
-        build_model(TINY, pretrained="timm:convnextv2_base.fcmae_ft_in22k_in1k_384")
+        build_model(TINY, pretrained="timm:convnextv2_base.fcmae_ft_in22k_in1k_384", num_classes=C)
     with pytest.raises(UserError, match="unknown backbone"):
-        build_model("no_such_net")
+        build_model("no_such_net", num_classes=C)
 
 
 # ---------------------------------------------------------------- other backbones: timm's feature contract
@@ -243,7 +244,7 @@ def test_fixed_input_size_backbone_needs_the_frame_size_and_evaluates_other_size
 
     assert takes_input_size("swin_tiny_patch4_window7_224") and not takes_input_size("resnet18")
     with pytest.raises(UserError, match="built for one input size"):
-        build_model("swin_tiny_patch4_window7_224")
+        build_model("swin_tiny_patch4_window7_224", num_classes=C)
     model = build_model("swin_tiny_patch4_window7_224", num_classes=5, head_channels=16, img_size=(64, 96)).eval()
     with torch.no_grad():  # built for 64x96 (the training frames), evaluated at another size
         assert model(torch.randn(1, 3, 96, 128))["logits"].shape == (1, 5, 96, 128)
@@ -251,7 +252,7 @@ def test_fixed_input_size_backbone_needs_the_frame_size_and_evaluates_other_size
 
 def test_single_stride_backbone_is_refused_naming_its_strides():
     with pytest.raises(UserError) as err:
-        build_model("vit_tiny_patch16_224")
+        build_model("vit_tiny_patch16_224", num_classes=C)
     message = str(err.value)
     assert "strides [16, 16," in message and "[4, 8, 16, 32]" in message and "\n" not in message
 
@@ -262,7 +263,7 @@ def test_pretrained_file_loads_into_a_stride_chosen_backbone(tmp_path, name):
     state = timm.create_model(name, pretrained=False).state_dict()
     path = tmp_path / "classifier.safetensors"
     save_file(state, str(path))
-    model = build_model(name, pretrained=str(path), img_size=(224, 224))
+    model = build_model(name, pretrained=str(path), img_size=(224, 224), num_classes=C)
     for key, value in model.backbone.state_dict().items():  # resnet: the same names; swin: layers_0 <- layers.0
         first, dot, rest = key.partition(".")
         source = key if key in state else first.replace("_", ".", 1) + dot + rest

@@ -8,12 +8,12 @@ import torch
 from metrics import SegmentationMetrics
 from metrics.keys import PROFILES
 from metrics.per_image import ARRAYS, dataset_metrics, per_image_path, read_per_image, subset, write_per_image
-from tests.test_metrics import random_pair
+from tests.test_metrics import C, random_pair
 from utils.fileio import UserError
 
 
 def evaluated(pairs, names, profile="default") -> SegmentationMetrics:
-    metric = SegmentationMetrics(profile=profile)
+    metric = SegmentationMetrics(C, profile=profile)
     for (pred, target), name in zip(pairs, names):
         metric.update(torch.as_tensor(pred)[None], torch.as_tensor(target)[None], names=[name])
     return metric

@@ -12,13 +12,14 @@ from PIL import Image
 
 import predict
 from data_utils.image_files import find_images, read_rgb
-from data_utils.labels import CITYSCAPES, label_ids_to_train_ids
+from data_utils.labels import CITYSCAPES
 from engine.checkpoint_eval import load_checkpoint
 from engine.inference import Inference
 from engine.inference import predict as predict_ids
 from engine.predict_images import resolve_checkpoint
 from report.load import load_runs_dir
 from utils import UserError
+from utils.conventions import IGNORE_INDEX
 from utils.fileio import EXIT_BAD_INPUT, EXIT_PARTIAL_FAILURE
 
 
@@ -75,7 +76,7 @@ def test_demo_run_folder_with_flip_writes_every_output_matching_the_inference_mo
                                    inference=Inference(flip=True))[0].numpy()
         np.testing.assert_array_equal(train_ids, expected)
         label_ids = np.asarray(Image.open(out / f"{name}_labelIds.png"))
-        np.testing.assert_array_equal(label_ids_to_train_ids(label_ids), train_ids)  # ids the test server reads
+        np.testing.assert_array_equal(CITYSCAPES.to_train_ids(label_ids, "labelIds", ""), train_ids)  # ids the test server reads
         np.testing.assert_array_equal(np.asarray(Image.open(out / f"{name}_color.png")),
                                       CITYSCAPES.colorize(train_ids))
         overlay = Image.open(out / f"{name}_overlay.jpg")
@@ -114,8 +115,8 @@ def test_ground_truth_gives_error_view_and_metrics_checked_against_numpy(run_dir
         pred = np.asarray(Image.open(out / f"{name}_trainIds.png"))
         label = next((data / "gtFine" / "val").rglob(f"{name.split('/')[-1].removesuffix('_leftImg8bit')}"
                                                      "_gtFine_labelIds.png"))
-        target = label_ids_to_train_ids(np.asarray(Image.open(label)))
-        valid = target != 255
+        target = CITYSCAPES.to_train_ids(np.asarray(Image.open(label)), str(label), "")
+        valid = target != IGNORE_INDEX
         assert float(accuracy) == pytest.approx(100 * (pred[valid] == target[valid]).mean(), abs=0.006)
         side_by_side = np.asarray(Image.open(out / f"{name}_gt_error.png"))
         assert side_by_side.shape == (*pred.shape[:1], 2 * pred.shape[1], 3)

@@ -16,16 +16,10 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 import precompute_sdt
-from data_utils.labels import label_ids_to_train_ids
-from data_utils.sdt import (
-    compute_sdt,
-    compute_sdt_reference,
-    compute_sdt_torch,
-    inspect_sdt_file,
-    read_sdt_file,
-    sdt_cache_path,
-    write_sdt_file,
-)
+from data_utils.dataset import read_train_ids
+from data_utils.labels import CITYSCAPES
+from data_utils.sdt import compute_sdt, compute_sdt_reference, compute_sdt_torch
+from data_utils.sdt_cache import inspect_sdt_file, read_sdt_file, sdt_cache_path, write_sdt_file
 from data_utils.synthetic import generate_dataset
 from utils import EXIT_PARTIAL_FAILURE, UserError
 from utils.dirlock import LOCK_NAME
@@ -108,10 +102,11 @@ def test_far_distances_and_edge_cases_match_reference():
 
 def test_real_labels_match_reference(cityscapes_sample, cityscapes_fullres):
     small = np.array(Image.open(next(cityscapes_sample.rglob("*_gtFine_labelTrainIds.png"))))
-    np.testing.assert_array_equal(compute_sdt(small), compute_sdt_reference(small, 19, 127))
+    C = CITYSCAPES.num_classes
+    np.testing.assert_array_equal(compute_sdt(small, C), compute_sdt_reference(small, C, 127))
     path = sorted((cityscapes_fullres / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))[0]
-    label = label_ids_to_train_ids(np.array(Image.open(path)), str(path))
-    np.testing.assert_array_equal(compute_sdt(label), compute_sdt_reference(label, 19, 127))
+    label = read_train_ids(str(path))
+    np.testing.assert_array_equal(compute_sdt(label, C), compute_sdt_reference(label, C, 127))
 
 
 def test_input_types_and_bad_values():
@@ -297,7 +292,7 @@ def demo_root(tmp_path_factory) -> Path:
 def _expected(demo_root: Path, out: Path) -> dict[Path, np.ndarray]:
     labels = sorted((demo_root / "gtFine" / "train").rglob("*_gtFine_labelIds.png"))
     return {sdt_cache_path(out, p.name.replace("_gtFine_labelIds.png", "")):
-            compute_sdt(label_ids_to_train_ids(np.array(Image.open(p)))) for p in labels}
+            compute_sdt(read_train_ids(str(p)), CITYSCAPES.num_classes) for p in labels}
 
 
 def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):

@@ -3,10 +3,12 @@ laid out as MMSegmentation's `UPerHead` (mmseg/models/decode_heads/uper_head.py)
 and counts line up with the configs the study used:
 
     stride-32 features ── PPM (pool scales 1, 2, 3, 6) ─ 3x3 bottleneck ──────────────┐ lateral 4
-    stride-4/8/16 features ── 1x1 lateral convs to 512 ──────────────────────────────┤ laterals 1..3
+    stride-4/8/16 features ── 1x1 lateral convs to `channels` ─────────────────────────┤ laterals 1..3
     top-down: lateral[i-1] += upsample(lateral[i]), then a 3x3 FPN conv on levels 1..3
-    all four levels upsampled to stride 4 → concat (4·512) → 3x3 fuse to 512  = "features"
-    → Dropout2d(0.1) → 1x1 classifier                                             = logits at stride 4
+    all four levels upsampled to stride 4 → concat (4·channels) → 3x3 fuse to channels  = "features"
+    → Dropout2d(0.1) → 1x1 classifier                                                   = logits at stride 4
+
+`channels` is 512 in MMSegmentation's configs and the study (`--head-channels`; the CPU demo uses fewer).
 
 Every conv is a `ConvModule` (conv without bias, BatchNorm, ReLU) except one: the PPM branch with pool
 scale 1. Its input is a 1x1 map, so with batch size 1 per device BatchNorm in training mode sees one
@@ -15,31 +17,15 @@ come from two numbers. That branch is therefore a 1x1 conv WITH bias + ReLU and 
 PPM bottleneck that follows (BatchNorm over the concatenation at full stride-32 resolution) normalises
 its output. Every other layer matches MMSegmentation exactly. BatchNorm becomes SyncBatchNorm in
 multi-GPU training via `torch.nn.SyncBatchNorm.convert_sync_batchnorm` (train.py).
+
+The study's head (`--head upernet`, the default); registered in `models.heads.HEADS`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-
-def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize with align_corners=False (MMSegmentation's `resize` as UPerHead calls it)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-class ConvModule(nn.Sequential):
-    """conv (no bias) → BatchNorm → ReLU, initialised as mmcv's ConvModule (Kaiming fan_out, BN 1/0)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-        nn.init.kaiming_normal_(self[0].weight, mode="fan_out", nonlinearity="relu")
+from models.layers import ConvModule, init_classifier, resize_bilinear
 
 
 class PoolingBranch(nn.Sequential):
@@ -93,9 +79,7 @@ class UPerHead(nn.Module):
         self.fpn_bottleneck = ConvModule(len(in_channels) * channels, channels, 3)
         # Classifier (mmseg's BaseDecodeHead.cls_seg: Dropout2d then a 1x1 conv, normal(std=0.01) init).
         self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-        nn.init.normal_(self.conv_seg.weight, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        self.conv_seg = init_classifier(nn.Conv2d(channels, num_classes, 1))
 
     def psp_forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C32, h, w) -> (N, channels, h, w): x concatenated with its upsampled pooled branches."""
