@@ -159,6 +159,7 @@ def test_export_round_trips_through_onnxruntime(run_dir, tmp_path, capsys):
 
 # ------------------------------------------------------------------ evaluate.py and aggregate.py under TTA (§4)
 def test_evaluate_records_the_mode_and_aggregate_compares_without_mixing(run_dir, tmp_path, capsys):
+    import csv
     import json
     import shutil
 
@@ -191,8 +192,10 @@ def test_evaluate_records_the_mode_and_aggregate_compares_without_mixing(run_dir
                            "--compare-inference", tag]) == 0
     whole = {r.variant: r for r in load_runs_dir(runs)}
     table = (tmp_path / "report" / "table8_inference.csv").read_text().splitlines()
-    assert table[0] == "group,metric,single,rank single,tta,rank tta,tta_gain_pp,seeds"
-    c_miou = next(line.split(",") for line in table if line.startswith("C,miou"))
+    rows = list(csv.reader(table))
+    assert rows[0] == ["group", "metric", "single-scale (%)", "rank single-scale", f"{tag} (%)", f"rank {tag}",
+                       "TTA gain (pp)", "seeds"]
+    c_miou = next(row for row in csv.reader(table) if row[:2] == ["C", "miou"])
     c_tta = read_results(runs / "C_seed42" / "checkpoints" / f"epoch_0001.inference.{tag}.results.json")
     assert float(c_miou[2]) == pytest.approx(100 * whole["C"].metrics["miou"], abs=1e-6)
     assert float(c_miou[6]) == pytest.approx(100 * (c_tta["miou"] - whole["C"].metrics["miou"]), abs=1e-6)
