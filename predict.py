@@ -58,6 +58,7 @@ if __name__ == "__main__":
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from data_utils.image_files import find_images
 from engine.checkpoint_eval import load_checkpoint
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         listed = "; ".join(f"{path}: {error}" for path, error in failures[:5])
         more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
-        console.print(f"[red]{len(failures)} of {len(inputs)} images failed:[/red] {listed}{more}", soft_wrap=True)
+        console.print(f"[red]{len(failures)} of {len(inputs)} images failed:[/red] {escape(listed)}{more}",
+                      soft_wrap=True)
         return EXIT_PARTIAL_FAILURE
     return 0
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 from rich.progress import Progress
 
 from data_utils.image_files import ImageFileDataset, ImageInput
@@ -108,8 +109,8 @@ def predict_images(ckpt: Path, inputs: list[ImageInput], out_dir: Path, inferenc
             for item in loader:
                 if item["error"] is not None:
                     report.failures.append((str(mine[item["index"]].path), item["error"]))
-                    bar.console.print(f"[red]unreadable[/red] {mine[item['index']].path}: {item['error']}",
-                                      soft_wrap=True, markup=True)
+                    bar.console.print(f"[red]unreadable[/red] {escape(str(mine[item['index']].path))}: "
+                                      f"{escape(item['error'])}", soft_wrap=True)
                     bar.advance(task)
                     continue
                 if item["note"] is not None:

@@ -76,7 +76,8 @@ def test_demo_run_folder_with_flip_writes_every_output_matching_the_inference_mo
                                    inference=Inference(flip=True))[0].numpy()
         np.testing.assert_array_equal(train_ids, expected)
         label_ids = np.asarray(Image.open(out / f"{name}_labelIds.png"))
-        np.testing.assert_array_equal(CITYSCAPES.to_train_ids(label_ids, "labelIds", ""), train_ids)  # ids the test server reads
+        # the label ids the test server reads map back to the train ids
+        np.testing.assert_array_equal(CITYSCAPES.to_train_ids(label_ids, "labelIds", ""), train_ids)
         np.testing.assert_array_equal(np.asarray(Image.open(out / f"{name}_color.png")),
                                       CITYSCAPES.colorize(train_ids))
         overlay = Image.open(out / f"{name}_overlay.jpg")
