@@ -10,6 +10,9 @@ summary.md (all tables in Markdown), one CSV per table, curves.png and per_class
   5b. the paired image bootstrap of every pair beside the t-test (from the runs' *.per_image.npz; bootstrap.png)
   7. the consensus filter, fused vs primary per pairing, when runs hold evaluate.py --consensus results
      (table7_consensus.csv; docs/report.md)
+  8. with --compare-inference MODE: ranks and paired Δs under single-scale and under test-time augmentation
+     (table8_inference.csv, table8b_inference_pairs.csv; report/inference_compare.py, docs/inference.md)
+Only the results of one inference mode make the tables (--inference, default whole): modes are never mixed.
   and the crossover analysis (ranking per epoch, last leader change, C−B gap early vs final).
 Runs are grouped by variant and λ_b schedule ("C", "C steal"). With a λ_b sweep (a variant run at several
 --lambda-boundary values) its constant-λ_b runs are grouped by (variant, λ_b) ("C λb=0.05") and
@@ -19,6 +22,7 @@ the per-term gradient logs of `train.py --log-grad-norms K`, grad_trajectories.p
     python aggregate.py runs/ --out report/
     python aggregate.py --from-csv reference/pilot_results.csv --out reports/paper/
     python aggregate.py runs/ --out report/ --early-epoch 20 --wandb
+    python aggregate.py runs/ --out report/ --compare-inference whole-flip-ms0.5,0.75,1,1.25,1.5,1.75
 """
 from __future__ import annotations
 
@@ -43,6 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=10_000, metavar="B", help="replicates of the paired image "
                    "bootstrap at the final epoch (table 5b; needs *.per_image.npz beside the results); 0 = off")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's image draws")
+    p.add_argument("--inference", default="whole", metavar="MODE",
+                   help="the inference mode whose results make the tables (engine.inference's tag, e.g. "
+                        "whole-flip-ms0.5,1,1.5; default whole, the study's protocol); modes are never mixed")
+    p.add_argument("--compare-inference", default=None, metavar="MODE", help="add tables 8a/8b: each variant's "
+                   "metrics and rank, and the paired Δ between variants, under --inference and under MODE")
     p.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run (offline "
                    "unless logged in; WANDB_MODE is respected)")
     p.add_argument("--wandb-report", action="store_true", help="also build a W&B Report of the project's "
@@ -55,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.runs_dir is None) == (args.from_csv is None):
         p.error("give either RUNS_DIR or --from-csv FILE (exactly one)")
+    if args.from_csv and (args.inference != "whole" or args.compare_inference):
+        p.error("--inference and --compare-inference read a runs folder's results, not --from-csv")
+    if args.compare_inference == args.inference:
+        p.error(f"--compare-inference {args.compare_inference}: give another mode than --inference's")
     if args.bootstrap < 0 or args.bootstrap_seed < 0:
         p.error("--bootstrap and --bootstrap-seed take integers >= 0")
     if args.wandb_report:  # the report shows the aggregate run's tables and figures: log them (--wandb)
@@ -75,7 +88,9 @@ from rich.table import Table as RichTable
 from report.figures import (group_colors, plot_bootstrap, plot_curves, plot_grad_trajectories, plot_lambda_sweep,
                             plot_per_class)
 from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
-from report.load import METRICS, Study, load_consensus, load_csv, load_per_image, load_runs_dir
+from report.inference_compare import inference_tables
+from report.load import (METRICS, Study, inference_modes, load_consensus, load_csv, load_per_image,
+                         load_runs_dir)
 from report.stats import summarize
 from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, completeness_notes, consensus_table,
                            crossover_tables, extremes_table,
@@ -114,6 +129,15 @@ def bootstrap_section(study: Study, final: int, args: argparse.Namespace) -> tup
     return bootstrap_table(study, final, *loaded, args.bootstrap, args.bootstrap_seed)
 
 
+def inference_comparison(study: Study, final: int, args: argparse.Namespace) -> tuple[Table, Table]:
+    """Tables 8a/8b (report.inference_compare): --inference's study beside --compare-inference's, at `final`."""
+    other = Study.from_records(load_runs_dir(args.runs_dir, args.compare_inference))
+    if final not in other.epochs:
+        raise UserError(f"--compare-inference {args.compare_inference}: no results at the final epoch {final} (its "
+                        f"epochs: {', '.join(map(str, other.epochs))}); evaluate them with evaluate.py's mode flags")
+    return inference_tables(study, other, args.compare_inference, final)
+
+
 def print_table(t: Table) -> None:
     rt = RichTable(title=t.title, title_justify="left")
     for i, h in enumerate(t.md_header):
@@ -130,12 +154,17 @@ def main(argv=None) -> int:
     # -------- load: one Record per (variant, seed, epoch), grouped by variant and λ_b schedule (report.load.Grouping:
     #          split further by λ_b for a λ_b sweep, e.g. "C λb=0.05"; a schedule is its own group, e.g. "C steal")
     source = args.from_csv or args.runs_dir
-    records = load_csv(args.from_csv) if args.from_csv else load_runs_dir(args.runs_dir)
+    records = load_csv(args.from_csv) if args.from_csv else load_runs_dir(args.runs_dir, args.inference)
     study = Study.from_records(records)
     early, final = pick_epochs(study, args.early_epoch, args.final_epoch)
     console.print(f"{len(records)} results from {source}: variants {', '.join(study.groups)}, "
                   f"seeds {', '.join(map(str, study.seeds))}, {len(study.epochs)} epochs "
                   f"({study.epochs[0]}…{study.epochs[-1]})")
+    others = [] if args.from_csv else [m for m in inference_modes(args.runs_dir) if m != args.inference]
+    if others and not args.compare_inference:
+        console.print(f"results of inference mode {args.inference} only; also there: {', '.join(others)} "
+                      "(--inference MODE for their tables, --compare-inference MODE to set them side by side)",
+                      soft_wrap=True)
     completeness = completeness_notes(study)
     for line in completeness:  # holes are reported, never dropped silently
         console.print(f"[yellow]{line}[/yellow]" if not line.startswith("complete") else line, soft_wrap=True)
@@ -162,6 +191,8 @@ def main(argv=None) -> int:
         if consensus else None
     if t7 is not None:
         tables.append(t7)
+    t8 = inference_comparison(study, final, args) if args.compare_inference else None
+    tables += list(t8 or ())
     t6 = lambda_sweep_table(study, final)  # None unless a variant was run at several λ_b
     if t6 is not None:
         tables.append(t6)
@@ -215,6 +246,8 @@ def main(argv=None) -> int:
         md += ["## Consensus filter\n", t7.to_markdown()]
     else:
         (out / f"{CONSENSUS_TABLE}.csv").unlink(missing_ok=True)
+    if t8 is not None:
+        md += ["## Single-scale vs test-time augmentation\n", *(t.to_markdown() for t in t8)]
     if trajectories is not None:
         md += ["## Gradient trajectories\n",
                f"{len(grad_logs)} run(s) with `grad_stats.jsonl`; groups {', '.join(trajectories.groups)}. Numbers "
@@ -226,6 +259,8 @@ def main(argv=None) -> int:
     print_table(cross_summary)
     if t6 is not None:
         print_table(t6)
+    for t in t8 or ():
+        print_table(t)
     n_csv = len(tables) + (trajectories is not None)
     console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} PNG(s) to {out}/")
 

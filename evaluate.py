@@ -4,11 +4,14 @@
     accelerate launch evaluate.py runs/C_seed42/checkpoints/epoch_0160      # the same over all GPUs
     python evaluate.py --all runs/ --jobs 4                                 # every checkpoint lacking valid results
     python evaluate.py CKPT --split test --save-predictions preds/          # test-server PNGs + colour overlays
+    python evaluate.py --all runs/ --flip --scales 0.5,0.75,1,1.25,1.5,1.75  # TTA results beside the whole-image ones
     python evaluate.py --consensus runs/C_seed42/checkpoints/epoch_0160 --veto runs/B_seed42/checkpoints/epoch_0160
     python evaluate.py --consensus-pairs C:B,D:B --all runs/               # every seed's final epoch (docs/report.md)
 
 A checkpoint is a folder holding model.safetensors, config.json and meta.json (train.py writes them); the
-model is rebuilt from its config.json (engine.checkpoint_eval). Full-resolution single-scale inference, BF16
+model is rebuilt from its config.json (engine.checkpoint_eval). Full-resolution single-scale inference by
+default, or --slide / --flip / --scales (engine/inference.py; the mode goes into the results, and into the file
+names as <ckpt>.inference.<mode>.results.json + .per_image.npz, so the study's whole-image files stay); BF16
 autocast on CUDA; metrics as defined in `metrics/segmentation.py`, in the checkpoint config's metrics profile
 unless --metrics-profile says otherwise; the per-image statistics go to `<checkpoint>.per_image.npz`. Batch
 mode (engine.batch_eval) is resumable: a checkpoint whose results file is valid, for the same split, the same
@@ -28,6 +31,7 @@ from pathlib import Path
 from data_utils.labels import THIN_CLASSES
 from data_utils.options import UNLABELLED_SPLITS
 from engine.config import add_data_source_flags
+from engine.inference_flags import add_inference_flags, inference_kwargs
 from metrics.consensus import REASSIGN_MODES
 from metrics.keys import PROFILES
 from utils.fileio import EXIT_PARTIAL_FAILURE, RenamedFlag, parse_args_first, run_main
@@ -56,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "config's metrics_profile)")
     parser.add_argument("--force", action="store_true", help="--all: re-evaluate checkpoints with valid results too")
     add_data_source_flags(parser, ("data_root", "hf_dataset"), from_checkpoint=True)  # e.g. after moving the data
+    add_inference_flags(parser)  # results of another mode than whole go to <ckpt>.inference.<mode>.results.json
     consensus = parser.add_argument_group("consensus filter (metrics.consensus.cc_veto; docs/report.md)")
     consensus.add_argument("--consensus", type=Path, metavar="PRIMARY_CKPT",
                            help="evaluate PRIMARY_CKPT vetoed by --veto: primary, veto and fused maps")
@@ -70,7 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     consensus.add_argument("--reassign", choices=REASSIGN_MODES, default="veto",
                            help="dropped pixels take the veto's labels or the ignore index")
     args = parser.parse_args(argv)
+    args.inference = inference_kwargs(parser, args)  # engine.inference.Inference(**...) in main
     if args.consensus is not None or args.consensus_pairs is not None:
+        if args.slide or args.flip or tuple(args.scales) != (1.0,):
+            parser.error("the consensus evaluation is whole-image single-scale: drop --slide/--flip/--scales")
         if (args.consensus is None) == (args.consensus_pairs is None) or args.checkpoint is not None:
             parser.error("give --consensus PRIMARY_CKPT --veto VETO_CKPT or --consensus-pairs C:B --all RUNS_DIR")
         if (args.consensus is None) != (args.veto is None) or (args.consensus_pairs is None) != (args.all is None):
@@ -108,9 +116,10 @@ from rich.progress import Progress
 from engine.batch_eval import evaluate_all, find_checkpoints, pending_reason
 from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint
 from engine.consensus import consensus_pairings, consensus_table, evaluate_consensus_pair
-from engine.results import batch_table, checkpoint_table, results_path
-from engine.results_format import consensus_path
-from metrics.per_image import per_image_path
+from engine.inference import Inference
+from engine.results import batch_table, checkpoint_table
+from engine.results_format import consensus_path, inference_path
+from metrics.per_image import PER_IMAGE_SUFFIX
 from utils.console import progress_columns
 from utils.dirlock import folder_lock
 
@@ -136,8 +145,10 @@ def run_one(args, options: EvalOptions, console: Console) -> int:
                           "the test server, overlay/ to look at)")
         else:
             console.print(checkpoint_table(record))
-            console.print(f"wrote {results_path(args.checkpoint)} and {per_image_path(args.checkpoint).name} "
-                          f"(metrics profile {record['metrics_profile']})")
+            tag = options.inference.tag
+            console.print(f"wrote {inference_path(args.checkpoint, tag)} and "
+                          f"{inference_path(args.checkpoint, tag, PER_IMAGE_SUFFIX).name} (metrics profile "
+                          f"{record['metrics_profile']}, inference {tag})", soft_wrap=True)
             if args.save_predictions:
                 console.print(f"wrote predictions to {args.save_predictions}")
     return 0
@@ -146,7 +157,8 @@ def run_one(args, options: EvalOptions, console: Console) -> int:
 def run_batch(args, options: EvalOptions, console: Console) -> int:
     """--all: evaluate what is pending, print a table, list the failures (EXIT_PARTIAL_FAILURE if any)."""
     checkpoints = find_checkpoints(args.all)
-    todo = [c for c in checkpoints if args.force or pending_reason(c, args.split, args.metrics_profile) is not None]
+    todo = [c for c in checkpoints
+            if args.force or pending_reason(c, args.split, args.metrics_profile, options.inference.tag) is not None]
     console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
                   f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.jobs} "
                   "job(s)", soft_wrap=True)
@@ -193,6 +205,7 @@ def run_consensus(args, options: EvalOptions, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.inference = Inference(**args.inference)
     options = EvalOptions.from_namespace(args)
     console = Console()
     import datasets

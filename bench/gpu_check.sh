@@ -9,7 +9,8 @@
 # augmentation on the device, fused loss; bench_train.py, on the real train frames when --data has them), the
 # same in plain eager (no compile, NCHW); compute_sdt_torch per 19-class label against CPU compute_sdt on the
 # same labels; metrics img/s on the GPU, both profiles, C = 19; evaluation img/s with the forward
-# (bench/gpu_figures.py); the tests that skip without CUDA. No CPU reference runs here: the CPU benchmarks have
+# (bench/gpu_figures.py); the tests that skip without CUDA; predict.py's inference modes (whole, slide, flip +
+# scales) for the base model at 1024x2048 (bench_predict.py). No CPU reference runs here: the CPU benchmarks have
 # their own commands. Every step does its GPU work first and prints each figure the moment it has it (unbuffered);
 # after every step the JSON is rewritten, so a step that runs out of time keeps the figures it printed and a
 # killed check keeps the steps before. Each step runs under `timeout` with its own limit: twice its CPU-side
@@ -63,15 +64,20 @@ TRAIN="$PYTHON bench/bench_train.py --data-root $DATA --warmup 4 --steps 8 --cud
 FIGURES_PY="$PYTHON bench/gpu_figures.py"
 # step NAME LIMIT_S GPU_S FIGURE_REGEX COMMAND; GPU_S: the GPU work the limit allows beyond twice the CPU cost.
 step train 180 140 "^bench_train|^  (step|loader) " "$TRAIN --json $WORK/train.json"  # the first step compiles (~2 min)
-step train_eager 60 30 "^bench_train|^  step " \
+step train_eager 55 30 "^bench_train|^  step " \
   "$TRAIN --parts step --no-compile --no-channels-last --json $WORK/train_eager.json"
-step sdt 40 25 "^FIGURE " "$FIGURES_PY sdt --data $DATA --images 4"  # includes the kernels' compile and self-check
-step metrics 25 10 "^FIGURE " "$FIGURES_PY metrics --data $DATA --images 8"
-step evaluate 45 25 "^FIGURE " "$FIGURES_PY evaluate --data $DATA"
+step sdt 35 25 "^FIGURE " "$FIGURES_PY sdt --data $DATA --images 4"  # includes the kernels' compile and self-check
+step metrics 20 10 "^FIGURE " "$FIGURES_PY metrics --data $DATA --images 8"
+step evaluate 40 25 "^FIGURE " "$FIGURES_PY evaluate --data $DATA"
 # The tests skipped without CUDA (tests/test_gpu_check.py keeps this list equal to theirs).
 CUDA_TESTS="tests/test_data.py::test_batch_augment_same_on_gpu tests/test_metrics.py::test_cuda_equals_cpu \
+tests/test_hd95.py::test_cuda_equals_cpu \
 tests/test_train.py::test_the_micro_step_with_its_nonfinite_guard_makes_no_host_sync"
-step cuda_tests 40 10 "^[0-9]+ passed in " "$PYTHON -m pytest -q -rs -p no:cacheprovider $CUDA_TESTS"
+step cuda_tests 30 10 "^[0-9]+ passed in " "$PYTHON -m pytest -q -rs -p no:cacheprovider $CUDA_TESTS"
+# predict.py's inference modes (engine/inference.py) for the base model at 1024x2048, bf16: images/s, ratio to
+# whole and peak memory per mode (bench_predict.py; BENCHMARKS.md "Predict: inference modes").
+step predict 30 12 "^(whole|slide|flip)" "$PYTHON bench/bench_predict.py --device cuda --backbone convnextv2_base \
+--head-channels 512 --images 4 --repeats 1"
 
 if [ "$DRY_RUN" = 1 ]; then
   total=0

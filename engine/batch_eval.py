@@ -15,6 +15,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,8 +26,9 @@ import torch
 
 from engine.checkpoint import CHECKPOINT_NAME, read_meta
 from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint
-from engine.results import read_results, results_path
-from metrics.per_image import per_image_path, read_per_image
+from engine.results import read_results
+from engine.results_format import inference_path
+from metrics.per_image import PER_IMAGE_SUFFIX, read_per_image
 from utils import UserError, user_message
 from utils.fileio import remove_temp_files
 from utils.threads import set_torch_threads, threads_per_job
@@ -41,10 +44,13 @@ def find_checkpoints(runs_dir: Path) -> list[Path]:
                   if p.is_dir() and p.parent.name == "checkpoints" and CHECKPOINT_NAME.match(p.name))
 
 
-def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = None) -> str | None:
+def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = None,
+                   inference_tag: str = "whole") -> str | None:
     """Why `ckpt` must be (re)evaluated on `split` (None: its config's val_split), or None when its results file
-    is valid and current, in `metrics_profile` (None: any), with a readable per-image file beside it."""
-    path = results_path(ckpt)
+    (of inference mode `inference_tag`) is valid and current, in `metrics_profile` (None: any), with a readable
+    per-image file beside it."""
+    path = inference_path(ckpt, inference_tag)
+    per_image = inference_path(ckpt, inference_tag, PER_IMAGE_SUFFIX)
     if not path.exists():
         return "new"
     try:
@@ -55,10 +61,10 @@ def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = 
         return f"results are for split {record['split']!r}"
     if metrics_profile is not None and record["metrics_profile"] != metrics_profile:
         return f"results are for metrics profile {record['metrics_profile']!r}"
-    if not per_image_path(ckpt).exists():
+    if not per_image.exists():
         return "no per-image statistics beside the results"
     try:
-        read_per_image(per_image_path(ckpt))
+        read_per_image(per_image)
     except UserError:
         return "corrupt per-image statistics, redoing"
     meta = read_meta(ckpt) or {}
@@ -80,6 +86,7 @@ def _init_worker(devices: list[str], counter, threads: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
     signal.signal(STOP_SIGNAL, _stop_in_worker)
+    sys.unraisablehook = _stop_again
     torch.set_num_threads(threads)
     import datasets
     from accelerate import Accelerator
@@ -94,6 +101,16 @@ def _stop_in_worker(signum, frame) -> None:
     _WORKER["stopping"] = True
     if _WORKER.get("busy"):
         raise KeyboardInterrupt
+
+
+def _stop_again(unraisable) -> None:
+    """The stop landed where Python cannot raise (a weakref or __del__ callback during garbage collection) and
+    would be printed as "Exception ignored" with a traceback instead of stopping the evaluation: send it again a
+    moment later from another thread, when the callback is over and it lands in the evaluation's own code."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt) and _WORKER.get("busy"):
+        threading.Timer(0.01, os.kill, (os.getpid(), STOP_SIGNAL)).start()
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _evaluate_in_worker(ckpt: Path, options: EvalOptions) -> Outcome:
@@ -137,7 +154,7 @@ def evaluate_all(checkpoints: list[Path], options: EvalOptions, jobs: int = 1) -
             stop_workers(pool)
             for future, ckpt in futures.items():
                 if not future.done():
-                    remove_temp_files(results_path(ckpt))  # a worker killed while writing its results
+                    remove_temp_files(inference_path(ckpt, options.inference.tag))  # a worker killed mid-write
             raise
 
 

@@ -1,5 +1,6 @@
 """Evaluate one saved checkpoint: rebuild the model from its config.json, load its weights, run
-`engine.evaluation.evaluate_model` over a split and write `<checkpoint>.results.json` + `.per_image.npz`.
+`engine.evaluation.evaluate_model` over a split and write `<checkpoint>.results.json` + `.per_image.npz`
+(`<checkpoint>.inference.<mode>.results.json` + `.per_image.npz` for another mode than whole: engine.inference).
 
     record = evaluate_checkpoint(Path("runs/C_seed42/checkpoints/epoch_0160"), EvalOptions(), accelerator)
     record["miou"], record["boundary_f1"]      # the results file's record (engine.results.write_results)
@@ -23,8 +24,11 @@ from data_utils.options import UNLABELLED_SPLITS
 from engine.checkpoint import WEIGHTS_NAME, load_weights_into, read_meta
 from engine.config import TrainConfig, load_config
 from engine.evaluation import evaluate_model
+from engine.inference import WHOLE, Inference
 from engine.predictions import PredictionWriter
-from engine.results import results_path, write_results
+from engine.results import write_results
+from engine.results_format import inference_path
+from metrics.per_image import PER_IMAGE_SUFFIX
 from engine.setup import build_dataloader, build_model_from_config, class_table
 from utils import UserError
 
@@ -40,6 +44,7 @@ class EvalOptions:
     num_workers: int | None = None
     metrics_profile: str | None = None
     save_predictions: Path | None = None  # write test-server PNGs and overlays there (engine.predictions)
+    inference: Inference = WHOLE  # engine.inference: whole, slide, flip, scales (--slide, --flip, --scales)
 
     @classmethod
     def from_namespace(cls, args) -> EvalOptions:
@@ -84,7 +89,7 @@ def build_eval_loader(cfg: TrainConfig, split: str):
 
 def evaluate_checkpoint(ckpt: Path, options: EvalOptions, accelerator, show_progress: bool = True) -> dict:
     """Evaluate one checkpoint; returns the results record (or {"num_images", "predictions"} for a split without
-    labels). The main process writes the results file (`results_path(ckpt)`) and its per-image file."""
+    labels). The main process writes the results file (`inference_path(ckpt, tag)`) and its per-image file."""
     cfg, meta, model = load_checkpoint(ckpt)
     split = options.split or cfg.val_split
     loader = build_eval_loader(options.apply(cfg), split)
@@ -96,7 +101,8 @@ def evaluate_checkpoint(ckpt: Path, options: EvalOptions, accelerator, show_prog
         metrics = evaluate_model(model, loader, accelerator, with_metrics=split not in UNLABELLED_SPLITS,
                                  on_predictions=writer, description=f"{ckpt.parent.parent.name}/{ckpt.name}",
                                  show_progress=show_progress,
-                                 metrics_profile=options.metrics_profile or cfg.metrics_profile)
+                                 metrics_profile=options.metrics_profile or cfg.metrics_profile,
+                                 inference=options.inference)
     finally:
         written = writer.close() if writer else 0
         accelerator.free_memory()  # drop the prepared model and loader before the next checkpoint
@@ -105,6 +111,8 @@ def evaluate_checkpoint(ckpt: Path, options: EvalOptions, accelerator, show_prog
         return {"num_images": metrics["num_images"], "predictions": written}
     record = {"checkpoint": str(ckpt), "seconds": seconds, **{k: v for k, v in metrics.items() if k != "per_image"}}
     if accelerator.is_main_process:
-        record = write_results(results_path(ckpt), metrics, cfg=cfg, epoch=meta["epoch"], checkpoint=ckpt,
-                               split=split, seconds=seconds)
+        tag = options.inference.tag  # "whole": the usual file names; else the mode is in both names
+        record = write_results(inference_path(ckpt, tag), metrics, cfg=cfg, epoch=meta["epoch"], checkpoint=ckpt,
+                               split=split, seconds=seconds, per_image_file=inference_path(ckpt, tag, PER_IMAGE_SUFFIX),
+                               extra={"inference": options.inference.to_dict()})
     return record

@@ -25,7 +25,8 @@ from data_utils.labels import THIN_CLASSES
 from engine.batch_eval import find_checkpoints
 from engine.checkpoint_eval import EvalOptions, build_eval_loader, load_checkpoint
 from engine.config import load_config
-from engine.evaluation import _live, predict
+from engine.evaluation import _live
+from engine.inference import predict
 from engine.results import write_results
 from engine.results_format import consensus_path
 from engine.setup import class_table

@@ -1,6 +1,7 @@
 """The inference loop shared by train.py (every epoch) and evaluate.py: model -> argmax -> SegmentationMetrics.
 
-Single-scale, full-resolution inference. Each process computes the small per-image count tensors of its
+The forward pass is `engine.inference.predict` (whole-image single-scale by default; slide, flip and
+multi-scale as its `Inference` says). Each process computes the small per-image count tensors of its
 batches (`SegmentationMetrics.image_stats`), `accelerator.gather_for_metrics` collects them with the image
 names (dropping the samples a distributed sampler repeats at the tail) and every process adds the same counts,
 so the result is identical on 1 or N GPUs and no 1024x2048 prediction map ever crosses processes.
@@ -23,12 +24,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import gather_object
 from rich.errors import LiveError
 from rich.progress import Progress
 
-from data_utils.augment import normalize
+from engine.inference import WHOLE, Inference, predict
 from metrics.segmentation import SegmentationMetrics, host_image_stats
 from utils.console import progress_columns
 
@@ -46,24 +46,6 @@ def pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     """
     missing = size - images.shape[0]
     return images if missing <= 0 else torch.cat([images, images[-1:].expand(missing, *images.shape[1:])])
-
-
-def predict(model: torch.nn.Module, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """(N, 3, H, W) uint8 or normalised float images on the model's device -> (N, H', W') int64 train ids.
-
-    Logits are upsampled (bilinear) to `size` (default: the image size) before the argmax; BF16 autocast on
-    CUDA. The caller sets eval mode and the grad mode.
-    """
-    if images.dtype == torch.uint8:
-        images = normalize(images)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if images.device.type == "cuda"
-                else contextlib.nullcontext())
-    with autocast:
-        logits = model(images)["logits"]  # (N, C, h, w)
-    size = tuple(size or images.shape[-2:])
-    if tuple(logits.shape[-2:]) != size:
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-    return logits.argmax(1)
 
 
 @contextlib.contextmanager
@@ -126,7 +108,8 @@ def _add_batch(metric: SegmentationMetrics, accelerator, stats: dict, host_stats
 
 def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int = 3, with_metrics: bool = True,
                    on_predictions: PredictionSink | None = None, description: str = "evaluating",
-                   show_progress: bool = True, metrics_profile: str = "default") -> dict:
+                   show_progress: bool = True, metrics_profile: str = "default",
+                   inference: Inference = WHOLE) -> dict:
     """Run `model` over `loader` and return the metrics of all processes together.
 
     Args:
@@ -141,6 +124,7 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int
             write PNGs; a sample repeated at a distributed tail is simply written twice, identically).
         description, show_progress: the rich progress bar (main process only).
         metrics_profile: "default" or "study" (SegmentationMetrics).
+        inference: how images become predictions (engine.inference; default whole-image single-scale).
 
     Returns:
         SegmentationMetrics.compute() (every record's value and per-class values, num_images, metrics_profile)
@@ -168,8 +152,8 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int
                 images = batch["image"].to(accelerator.device, non_blocking=True)
                 labels = batch["label"].to(accelerator.device, non_blocking=True) if with_metrics else None
                 full_batch = full_batch or images.shape[0]  # the first batch's size, the loader's
-                pred = predict(model, pad_batch(images, full_batch),
-                               size=None if labels is None else labels.shape[-2:])[:images.shape[0]]
+                pred = predict(model, pad_batch(images, full_batch), size=None if labels is None else labels.shape[-2:],
+                               inference=inference)[:images.shape[0]]
                 if with_metrics:
                     stats = metric.image_stats(pred, labels)  # small per-image counts, on the device
                     current = (stats, host_stats.submit(pred), list(batch["name"]))

@@ -58,6 +58,20 @@ def consensus_path(checkpoint: str | Path, veto_run: str, suffix: str = RESULTS_
     return checkpoint.with_name(f"{checkpoint.name}{CONSENSUS_TAG}{veto_run}{suffix}")
 
 
+INFERENCE_TAG = ".inference."  # <checkpoint>.inference.<mode tag>.results.json: evaluate.py --flip/--scales/--slide
+
+
+def inference_path(checkpoint: str | Path, tag: str, suffix: str = RESULTS_SUFFIX) -> Path:
+    """The results file of `checkpoint` evaluated in inference mode `tag` (engine.inference.Inference.tag):
+    results_path(checkpoint) for "whole" (the study's protocol), else
+    RUN/checkpoints/epoch_0010.inference.whole-flip-ms0.5,1,1.5.results.json (or another `suffix`, e.g. the
+    per-image file's)."""
+    checkpoint = Path(checkpoint)
+    if tag == "whole":
+        return checkpoint.with_name(checkpoint.name + suffix)
+    return checkpoint.with_name(f"{checkpoint.name}{INFERENCE_TAG}{tag}{suffix}")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

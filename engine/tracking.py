@@ -112,9 +112,8 @@ def prediction_overlays(model, dataset, num_images: int, device, class_names=Non
     """
     import wandb
 
-    from data_utils.augment import normalize
-
     from data_utils.classes import IGNORE_INDEX
+    from engine.inference import predict
 
     names = dataset.classes.names if class_names is None else class_names
     class_labels = dict(enumerate(names)) | {IGNORE_INDEX: "ignore"}
@@ -127,7 +126,7 @@ def prediction_overlays(model, dataset, num_images: int, device, class_names=Non
         if image.dtype != torch.uint8:
             raise ValueError(f"prediction_overlays needs uint8 images (the val dataset's), got {image.dtype}")
         rgb = image.permute(1, 2, 0).numpy()  # (H, W, 3)
-        pred = model(normalize(image)[None].to(device))["logits"].argmax(1)[0].byte().cpu().numpy()
+        pred = predict(model, image[None].to(device))[0].byte().cpu().numpy()  # engine.inference: the eval path
         masks = {"prediction": {"mask_data": pred, "class_labels": class_labels},
                  "ground_truth": {"mask_data": item["label"].byte().numpy(), "class_labels": class_labels}}
         images.append(wandb.Image(rgb, masks=masks, caption=item["name"]))

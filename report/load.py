@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from engine.results_format import CONSENSUS_TAG, RESULTS_SUFFIX, boundary_schedule_of, read_results
+from engine.results_format import CONSENSUS_TAG, INFERENCE_TAG, RESULTS_SUFFIX, boundary_schedule_of, read_results
 from losses.variants import LAMBDA_BOUNDARY
 from metrics.keys import METRIC_LABELS
 from metrics.per_image import PER_IMAGE_SUFFIX, per_image_path, read_per_image, subset
@@ -68,6 +68,7 @@ class Record:
     schedule_params: tuple[tuple[str, float], ...] = ()  # its parameters (losses.schedule.SCHEDULE_PARAMS)
     group: str = ""  # set by assign_groups
     metrics_profile: str | None = None  # "default" / "study" (metrics.keys.PROFILES); None: the source does not say
+    inference: str = "whole"  # the inference mode's tag (engine.inference.Inference.tag); older files: whole
 
     @property
     def setting(self) -> "RunSetting":
@@ -130,19 +131,46 @@ def read_results_file(path: str | Path) -> Record:
         boundary_schedule=schedule,
         schedule_params=params,
         metrics_profile=obj["metrics_profile"],
+        inference=(obj.get("inference") or {}).get("tag", "whole"),
     )
 
 
-def load_runs_dir(runs_dir: str | Path) -> list[Record]:
-    """Every `*.results.json` below `runs_dir` (sorted paths) but the consensus files, as Records."""
+def _inference_tag_of(path: Path) -> str:
+    """The mode tag in a results file's name: <ckpt>.inference.<tag>.results.json, else whole."""
+    name = path.name[: -len(RESULTS_SUFFIX)]
+    return name.split(INFERENCE_TAG, 1)[1] if INFERENCE_TAG in name else "whole"
+
+
+def inference_modes(runs_dir: str | Path) -> list[str]:
+    """The inference-mode tags of the results files below `runs_dir` (consensus files aside), whole first."""
+    tags = {_inference_tag_of(p) for p in Path(runs_dir).rglob(f"*{RESULTS_SUFFIX}") if CONSENSUS_TAG not in p.name}
+    return sorted(tags, key=lambda tag: (tag != "whole", tag))
+
+
+def load_runs_dir(runs_dir: str | Path, inference: str = "whole") -> list[Record]:
+    """Every `*.results.json` below `runs_dir` (sorted paths) of inference mode `inference` (engine.inference's
+    tag; whole: the study's protocol), consensus files aside, as Records. A file whose record names another mode
+    than its file name is refused: one table never mixes inference modes."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir}: not a directory; pass the folder holding the training runs")
-    paths = sorted(p for p in runs_dir.rglob("*.results.json") if CONSENSUS_TAG not in p.name)
+    paths = sorted(p for p in runs_dir.rglob("*.results.json")
+                   if CONSENSUS_TAG not in p.name and _inference_tag_of(p) == inference)
     if not paths:
+        modes = inference_modes(runs_dir)
+        if modes:
+            raise UserError(f"{runs_dir}: no results of inference mode {inference!r} below it (modes there: "
+                            f"{', '.join(modes)}); pass --inference with one of them, or run evaluate.py with the "
+                            "mode's flags")
         raise UserError(f"{runs_dir}: no *.results.json below it; evaluate the checkpoints first "
                         f"(`python evaluate.py --all {runs_dir}`)")
-    return [read_results_file(p) for p in track(paths, description="reading results", transient=True)]
+    records = [read_results_file(p) for p in track(paths, description="reading results", transient=True)]
+    for record in records:
+        if record.inference != inference:
+            raise UserError(f"{record.source}: results of inference mode {record.inference!r} among mode "
+                            f"{inference!r}'s; a table never mixes modes: rename or move the file (evaluate.py "
+                            "names it <ckpt>.inference.<mode>.results.json)")
+    return records
 
 
 def load_csv(path: str | Path) -> list[Record]:

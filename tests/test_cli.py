@@ -20,6 +20,7 @@ HEAVY = {"torch", "timm", "accelerate", "datasets"}
     ("evaluate.py", "--help"),
     ("precompute_sdt.py", "--help"),
     ("aggregate.py", "--help"),
+    ("predict.py", "--help"),
     ("-m", "engine.sweep_local", "--help"),
 ])
 def test_help_answers_before_the_heavy_imports_and_workers_means_dataloader_workers(argv, python_imports):
@@ -48,6 +49,9 @@ def test_help_answers_before_the_heavy_imports_and_workers_means_dataloader_work
     (("evaluate.py", "--all", "x", "--workers", "0"), "--jobs must be positive, got 0"),
     (("evaluate.py", "--all", "x", "--loader-workers", "-1"), "--num-workers must be positive, got -1"),
     (("aggregate.py", "--out", "x"), "give either RUNS_DIR or --from-csv FILE"),
+    (("predict.py", "CKPT", "img.png"), "give INPUT... and --out DIR (or --export MODEL.onnx)"),
+    (("predict.py", "CKPT", "x.png", "--out", "o", "--crop", "8,8"), "--slide needs --crop H,W"),
+    (("evaluate.py", "CKPT", "--stride", "4,4"), "--slide needs --crop H,W"),
 ])
 def test_rejected_flags_answer_in_one_line_before_the_heavy_imports(argv, message, python_imports):
     result, modules = python_imports(*argv)

@@ -60,7 +60,7 @@ def test_script_parses_and_rejects_an_unknown_argument():
 def test_dry_run_lists_every_figure_within_7_minutes_with_existing_entry_points_and_flags(tmp_path):
     steps = dry_run("--data", str(tmp_path))  # no frames there: the synthetic data step comes first
     assert [name for name, _, _ in steps] == ["data", "train", "train_eager", "sdt", "metrics", "evaluate",
-                                              "cuda_tests"]
+                                              "cuda_tests", "predict"]
     assert sum(limit for _, limit, _ in steps) <= SEVEN_MINUTES  # a cold compile included (the train step)
     for name, _, argv in steps:
         assert argv[0] == "python", name
@@ -86,7 +86,7 @@ def test_dry_run_lists_every_figure_within_7_minutes_with_existing_entry_points_
     assert "data" not in [name for name, _, _ in steps]
     for name, _, argv in steps:
         given = [argv[i + 1] for i, a in enumerate(argv) if a in ("--data", "--data-root")]
-        assert given == ([] if name == "cuda_tests" else [str(frames)]), name
+        assert given == ([] if name in ("cuda_tests", "predict") else [str(frames)]), name  # predict: random images
 
 
 def test_a_failing_or_timed_out_step_is_recorded_and_the_check_goes_on(tmp_path):
@@ -116,11 +116,12 @@ esac
     status = {s["step"]: s["status"] for s in record["steps"]}
     assert status == {"data": "failed (no figure in the output)", "train": "ok",
                       "train_eager": "timed out (1 figure lines kept)", "sdt": "failed (exit 3)",
-                      "metrics": "failed (no figure in the output)", "evaluate": "ok", "cuda_tests": "ok"}
+                      "metrics": "failed (no figure in the output)", "evaluate": "ok", "cuda_tests": "ok",
+                      "predict": "failed (no figure in the output)"}  # the stand-in prints none of its figures
     steps = {s["step"]: s for s in record["steps"]}
     assert steps["train_eager"]["figures"] == ["step 2 img/s"]
     assert steps["evaluate"]["figures"] == ["FIGURE steps_so_far: 5"]  # data .. metrics were in the JSON already
-    assert steps["sdt"]["exit_code"] == 3 and "boom" in steps["sdt"]["output"] and steps["sdt"]["timeout_s"] == 40
+    assert steps["sdt"]["exit_code"] == 3 and "boom" in steps["sdt"]["output"] and steps["sdt"]["timeout_s"] == 35
     assert all(s["gpu"] == record["gpu"] for s in record["steps"])
     assert re.search(r"^sdt +failed \(exit 3\)", run.stdout, re.M)
     assert "   step 2 img/s" in run.stdout  # printed while the step ran
