@@ -17,6 +17,7 @@ which the next save removes. Only the newest `keep_states` checkpoints keep the 
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import pickle
@@ -231,6 +232,42 @@ def find_resumable_checkpoint(run_dir: str | Path) -> Path | None:
         if has_training_state(ckpt):
             return ckpt
     return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder a user means by `path`: a checkpoint folder as is, a run folder (or its
+    checkpoints/ folder) its latest complete checkpoint. A path that does not exist is a UserError listing the
+    nearest existing checkpoints (difflib over those under its nearest existing parent folder)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint or run folder{_nearest_checkpoints(path)}")
+    run = path.parent if path.name == CHECKPOINTS else path
+    if path.is_dir() and not CHECKPOINT_NAME.match(path.name) and (run / CHECKPOINTS).is_dir():
+        complete = list_checkpoints(run)
+        if not complete:
+            raise UserError(f"{run}: a run folder without a complete checkpoint yet (RUN/{CHECKPOINTS}/epoch_XXXX "
+                            "holding model.safetensors and meta.json); train it first")
+        return complete[-1]
+    return path
+
+
+def _nearest_checkpoints(path: Path, count: int = 3) -> str:
+    """'; nearest existing checkpoints: A, B' for a `path` that does not exist ('' if none is near). A complete
+    checkpoint is as near as the closer of itself and its run folder (difflib's ratio), so a mistyped run folder
+    finds it; within a run the newest comes first."""
+    parent = next((p for p in path.absolute().parents if p.is_dir()), None)
+    if parent is None or parent == Path("/"):
+        return ""
+    found = [c for folder in sorted(parent.glob(f"**/{CHECKPOINTS}")) for c in reversed(list_checkpoints(folder.parent))]
+    given = str(path) if path.is_absolute() else os.path.normpath(path)
+    shown = [str(c) if path.is_absolute() else os.path.relpath(c) for c in found]
+
+    def nearness(text: str) -> float:
+        run = str(Path(text).parent.parent)
+        return max(difflib.SequenceMatcher(None, given, t).ratio() for t in (text, run))
+    scored = sorted(((nearness(t), t) for t in shown), key=lambda st: -st[0])
+    near = [t for score, t in scored[:count] if score >= 0.6]
+    return f"; nearest existing checkpoints: {', '.join(near)}" if near else ""
 
 
 def checkpoint_to_resume(run_dir: str | Path) -> Path | None:

@@ -20,7 +20,7 @@ import torch
 from data_utils.cityscapes import LABEL_DIR, resolve_data_root
 from data_utils.image_only import ImageOnlyDataset, collate_images
 from data_utils.options import UNLABELLED_SPLITS
-from engine.checkpoint import WEIGHTS_NAME, load_weights_into, read_meta
+from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
 from engine.config import TrainConfig, load_config
 from engine.evaluation import evaluate_model
 from engine.predictions import PredictionWriter
@@ -57,10 +57,14 @@ class EvalOptions:
 def load_checkpoint(ckpt: Path):
     """(config, meta, model with the checkpoint's weights); a UserError naming the folder if anything is off."""
     if not ckpt.is_dir():
-        raise UserError(f"{ckpt}: not a checkpoint folder; pass RUN/checkpoints/epoch_XXXX")
-    for name in (WEIGHTS_NAME, "config.json", "meta.json"):
-        if not (ckpt / name).is_file():
-            raise UserError(f"{ckpt}: lacks {name}; the checkpoint is incomplete, delete it or re-save it")
+        raise UserError(f"{ckpt}: not a checkpoint folder; pass RUN/checkpoints/epoch_XXXX or a run folder")
+    lacking = [name for name in (WEIGHTS_NAME, "config.json", "meta.json") if not (ckpt / name).is_file()]
+    if len(lacking) == 3 and not CHECKPOINT_NAME.match(ckpt.name):
+        raise UserError(f"{ckpt}: neither a checkpoint folder (RUN/checkpoints/epoch_XXXX) nor a run folder; "
+                        "for every run below a folder use --all FOLDER")
+    if lacking:
+        raise UserError(f"{ckpt}: lacks {lacking[0]}; the checkpoint is incomplete (still being written, or copied "
+                        "half-way): copy it again or evaluate another epoch")
     meta = read_meta(ckpt)
     if meta is None:
         raise UserError(f"{ckpt / 'meta.json'}: unreadable or without an epoch; the checkpoint is corrupt")
