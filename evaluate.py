@@ -31,11 +31,12 @@ from data_utils.options import UNLABELLED_SPLITS
 from engine.config import add_data_source_flags
 from metrics.consensus import REASSIGN_MODES
 from metrics.keys import PROFILES
+from utils.cli import ArgumentParser
 from utils.fileio import EXIT_PARTIAL_FAILURE, RenamedFlag, parse_args_first, run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", type=Path,
                         help="a checkpoint folder (RUN/checkpoints/epoch_XXXX), or a run folder: its latest checkpoint")

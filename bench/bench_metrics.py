@@ -23,7 +23,6 @@ random rectangles overwritten with other classes (new contours, absent classes, 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from metrics.per_image import (STUDY_EPS, boundary_f1_per_class, dataset_metrics
                                study_trimap_iou_scores, write_per_image)
 from metrics.segmentation import fragment_counts, segmentation_image_stats  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.conventions import IGNORE_INDEX  # noqa: E402
 
 NUM_CLASSES = CITYSCAPES.num_classes  # the real label maps here are Cityscapes'
@@ -189,7 +189,7 @@ def many_classes(pairs, ref_pairs: int, repeats: int, num_classes: int = 150) ->
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="cityscapes_fullres root")
     parser.add_argument("--images", type=int, default=15, help="val maps timed for our implementation")
     parser.add_argument("--ref-images", type=int, default=3, help="maps timed for the (slow) references")

@@ -4,6 +4,7 @@ and bad input exits with utils.run_main's code."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 
@@ -136,3 +137,103 @@ def test_the_data_source_flags_are_train_pys_in_every_script(capsys, monkeypatch
             parse(["--help"])
         shown = " ".join(capsys.readouterr().out.split())
         assert all(" ".join(fields[n].metadata["help"].split()) in shown for n in names), shown
+
+
+# ------------------------------------------------------------------------- no abbreviations, "did you mean"
+def _parsers():
+    """(name, parse function, arguments that parse) of every entry script, called in-process."""
+    import aggregate
+    import evaluate
+    import precompute_sdt
+    from data_utils import inspect as inspect_cli
+    from data_utils import synthetic
+    from engine import sweep_local
+    return [
+        ("train.py", parse_args, []),
+        ("evaluate.py", evaluate.parse_args, ["ckpt"]),
+        ("precompute_sdt.py", precompute_sdt.parse_args, ["--out", "x"]),
+        ("aggregate.py", aggregate.parse_args, ["runs", "--out", "x"]),
+        ("sweep_local", sweep_local.main, ["absent.yaml"]),
+        ("synthetic", synthetic.main, ["--out", "x"]),
+        ("inspect", inspect_cli.main, ["--out", "x"]),
+    ]
+
+
+@pytest.mark.parametrize("script, typo, meant", [
+    ("train.py", ["--epoch", "2"], "--epochs"),
+    ("evaluate.py", ["--batch", "2"], "--batch-size"),
+    ("precompute_sdt.py", ["--overwrit"], "--overwrite"),
+    ("aggregate.py", ["--boot", "5"], "--bootstrap or --bootstrap-seed"),  # both start so: both named
+    ("sweep_local", ["--dry"], "--dry-run"),
+    ("synthetic", ["--heigh", "64"], "--height"),
+    ("inspect", ["--nu", "2"], "--num"),
+])
+def test_no_flag_is_abbreviated_and_a_typo_gets_did_you_mean(script, typo, meant, capsys):
+    """`--epoch 2` was taken as `--epochs 2` (argparse's allow_abbrev): now every script refuses it, exit 2,
+    naming the close flags (utils.cli.ArgumentParser)."""
+    parse, valid = next((parse, valid) for name, parse, valid in _parsers() if name == script)
+    with pytest.raises(SystemExit) as exit_:
+        parse([*valid, *typo])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(f"error: unrecognized arguments: {' '.join(typo)}; did you mean {meant}?"), error
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "precompute_sdt.py", "aggregate.py", "sweep_local",
+                                    "synthetic", "inspect"])
+def test_every_option_has_help(script, capsys):
+    parse = next(parse for name, parse, _ in _parsers() if name == script)
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    text = capsys.readouterr().out
+    options = re.findall(r"^  (-[\w-]+(?:, --[\w-]+)?)((?: [A-Z_{}\[\],.\w-]+)*)(.*(?:\n {6,}.*)*)", text,
+                         flags=re.MULTILINE)
+    assert options
+    without = [flag for flag, _, help_text in options if not help_text.strip()]
+    assert not without, f"{script}: no help for {without}"
+
+
+def test_train_help_is_grouped_one_line_per_flag_mostly_and_without_internal_text(capsys, monkeypatch):
+    from engine.config import FLAG_GROUPS, TrainConfig, build_parser
+    monkeypatch.setenv("COLUMNS", "120")
+    text = build_parser().format_help()
+    titles = [line[:-1] for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles == ["options", "where the settings come from", *FLAG_GROUPS.values()]
+    for f in dataclasses.fields(TrainConfig):  # each field in its group, declared beside it
+        group = text.split(FLAG_GROUPS[f.metadata["group"]] + ":\n")[1].split("\n\n")[0]
+        assert f"--{f.name.replace('_', '-')}" in group
+    assert "issue" not in text.lower()
+    flag_lines = [line for line in text.splitlines() if line.startswith("  --")]
+    continued = [line for line in text.splitlines() if line.startswith(" " * 10)]
+    assert len(continued) < len(flag_lines) // 4, "most flags' help should fit one line at 120 columns"
+
+
+def test_lowercase_variants_and_close_choices():
+    assert parse_args(["--variant", "c"])[0].variant == "C"
+    assert parse_args(["--head", "SegFormer", "--mixed-precision", "BF16"])[0].head == "segformer"
+    from engine.config import build_parser
+    parser = build_parser()
+    parser.exit_on_error = False
+    with pytest.raises(argparse.ArgumentError, match=r"invalid choice: 'uper' \(choose from upernet, segformer, "
+                                                     r"fpn\); did you mean upernet\?"):
+        parser.parse_args(["--head", "uper"])
+    with pytest.raises(argparse.ArgumentError, match="invalid choice: 'E'"):
+        parser.parse_args(["--variant", "E"])
+
+
+def test_unknown_backbone_and_class_names_get_did_you_mean():
+    from data_utils.classes import ClassTable
+    from engine.consensus import protect_indices
+    from models.segmentor import _probe
+    with pytest.raises(UserError, match=r"unknown backbone 'convnextv2_bse'.*; did you mean convnextv2_base"):
+        _probe("convnextv2_bse")
+    table = ClassTable(("road", "sidewalk", "pole"))
+    with pytest.raises(UserError, match=r"--protect names 'pol'.*; did you mean pole\?$"):
+        protect_indices(table, ["pol"], "ckpt")
+
+
+def test_did_you_mean_ranks_close_matches_and_ignores_case():
+    from utils.cli import did_you_mean
+    assert did_you_mean("--epoch", ["--epochs", "--eval-every", "--lr"]) == "; did you mean --epochs?"
+    assert did_you_mean("Upernet", ["upernet", "fpn"]) == "; did you mean upernet?"
+    assert did_you_mean("xyz", ["upernet", "fpn"]) == ""
