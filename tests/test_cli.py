@@ -237,3 +237,76 @@ def test_did_you_mean_ranks_close_matches_and_ignores_case():
     assert did_you_mean("--epoch", ["--epochs", "--eval-every", "--lr"]) == "; did you mean --epochs?"
     assert did_you_mean("Upernet", ["upernet", "fpn"]) == "; did you mean upernet?"
     assert did_you_mean("xyz", ["upernet", "fpn"]) == ""
+
+
+# ------------------------------------------------------------------------------------ --config, --print-config
+FLAGS = ["--preset", "demo", "--variant", "b", "--lambda-dice", "0.5", "--crop-size", "64", "96", "--no-wandb"]
+# a mix: preset, a choice in any case, a float, a tuple, a boolean
+
+
+def test_a_config_file_and_the_same_flags_give_identical_config_json(tmp_path):
+    import yaml
+
+    from engine.config import save_config
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"preset": "demo", "variant": "b", "lambda-dice": 0.5,
+                                                     "crop_size": [64, 96], "wandb": False}))
+    (tmp_path / "c.json").write_text('{"preset": "demo", "variant": "B", "lambda_dice": 0.5, "crop_size": [64, 96], '
+                                     '"wandb": false}')
+    written = []
+    for argv in (FLAGS, ["--config", str(tmp_path / "c.yaml")], ["--config", str(tmp_path / "c.json")]):
+        cfg, _ = parse_args(argv)
+        save_config(cfg, tmp_path / "config.json")
+        written.append((tmp_path / "config.json").read_bytes())
+    assert written[0] == written[1] == written[2]
+    assert (cfg.variant, cfg.lambda_dice, cfg.crop_size, cfg.wandb, cfg.epochs) == ("B", 0.5, (64, 96), False, 8)
+
+
+def test_a_runs_config_json_works_as_is_and_flags_override_it(tmp_path):
+    from engine.config import save_config
+    cfg, _ = parse_args([*FLAGS, "--class-names", "road", "car", "--seed", "123"])
+    save_config(cfg, tmp_path / "config.json")  # as train.py writes RUN/config.json: every field, () as []
+    assert parse_args(["--config", str(tmp_path / "config.json")])[0] == cfg
+    again, _ = parse_args(["--seed", "7", "--config", str(tmp_path / "config.json"), "--lr", "0.01"])
+    assert again == dataclasses.replace(cfg, seed=7, lr=0.01)  # the command line wins, wherever it stands
+
+
+def test_print_config_prints_yaml_that_gives_back_the_config(tmp_path, capsys):
+    import yaml
+
+    from engine.config import config_to_dict
+    cfg, _ = parse_args(FLAGS)
+    with pytest.raises(SystemExit) as exit_:
+        parse_args([*FLAGS, "--print-config"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert yaml.safe_load(text) == config_to_dict(cfg)
+    (tmp_path / "printed.yaml").write_text(text)
+    assert parse_args(["--config", str(tmp_path / "printed.yaml")])[0] == cfg
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epoch: 2\n", r"c.yaml: unknown setting 'epoch'; did you mean epochs\?"),
+    ("lr: fast\n", r"c.yaml: lr: argument --lr: invalid float value: 'fast'"),
+    ("head: uper\n", r"c.yaml: head: .*invalid choice: 'uper'.*; did you mean upernet\?"),
+    ("- 1\n", r"c.yaml: a config file is a mapping"),
+    ("seed: [1\n", r"c.yaml: cannot read the config file"),
+])
+def test_a_bad_config_file_is_one_line_naming_it(text, message, tmp_path):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserError, match=message):
+        parse_args(["--config", str(tmp_path / "c.yaml")])
+    with pytest.raises(UserError, match=r"absent.yaml: no such config file \(--config\)"):
+        parse_args(["--config", str(tmp_path / "absent.yaml")])
+
+
+def test_a_sweep_file_may_name_a_config_file(tmp_path):
+    import yaml
+
+    from engine.sweep_local import check_parameters, grid_runs, run_command
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"preset": "demo", "epochs": 3, "lambda_boundary": 0.3}))
+    sweep = {"method": "grid", "program": "train.py", "command": ["${interpreter}", "${program}", "${args}"],
+             "parameters": {"config": {"value": str(tmp_path / "base.yaml")}, "seed": {"values": [1, 2]}}}
+    check_parameters(sweep, "sweep.yaml")
+    configs = [parse_args(run_command(sweep, run)[2:])[0] for run in grid_runs(sweep)]
+    assert [(c.seed, c.epochs, c.lambda_boundary, c.backbone) for c in configs] == [
+        (1, 3, 0.3, "convnextv2_atto"), (2, 3, 0.3, "convnextv2_atto")]
