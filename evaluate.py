@@ -1,11 +1,11 @@
 """Evaluate checkpoints: metrics into `<checkpoint>.results.json`, or predictions for the Cityscapes test server.
 
-    python evaluate.py runs/C_seed42/checkpoints/epoch_0160                 # one checkpoint on val
-    python evaluate.py runs/C_seed42                                        # a run's latest checkpoint
-    accelerate launch evaluate.py runs/C_seed42/checkpoints/epoch_0160      # the same over all GPUs
+    python evaluate.py runs/cityscapes/convnextv2_base/C_seed42/checkpoints/epoch_0160   # one checkpoint on val
+    python evaluate.py runs/cityscapes/convnextv2_base/C_seed42             # a run folder: its latest checkpoint
+    accelerate launch evaluate.py RUN/checkpoints/epoch_0160               # the same over all GPUs
     python evaluate.py --all runs/ --jobs 4                                 # every checkpoint lacking valid results
     python evaluate.py CKPT --split test --save-predictions preds/          # test-server PNGs + colour overlays
-    python evaluate.py --consensus runs/C_seed42/checkpoints/epoch_0160 --veto runs/B_seed42/checkpoints/epoch_0160
+    python evaluate.py --consensus RUNS/C_seed42 --veto RUNS/B_seed42       # RUNS = runs/cityscapes/convnextv2_base
     python evaluate.py --consensus-pairs C:B,D:B --all runs/               # every seed's final epoch (docs/report.md)
 
 A checkpoint is a folder holding model.safetensors, config.json and meta.json (train.py writes them); the

@@ -9,7 +9,7 @@ Reads top to bottom: config -> Accelerator -> data -> model -> loss -> optimizer
 epoch loop (train, evaluate, log, checkpoint) -> end_training. The logic lives in the packages; what is
 here is the order of things. Output: RUN/config.json, RUN/metrics.jsonl (one line per epoch),
 RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json, epoch_XXXX.per_image.npz) with RUN = --out or
-runs/<variant>_seed<seed>.
+runs/<dataset>/<backbone>/<run name> (engine.config.TrainConfig.run_dir).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import math
 import time
 from contextlib import nullcontext
 
-from engine.config import config_differences, load_config, parse_args, save_config
+from engine.config import extension_note, load_config, parse_args, resume_refusal, save_config
 from utils.fileio import UserError, make_output_dir, parse_args_first, run_main
 
 if __name__ == "__main__":
@@ -29,6 +29,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from data_utils.augment import BatchAugment
+from data_utils.cityscapes import resolve_data_root
 from data_utils.dataset import check_frames
 from engine.checkpoint import (TrainingProgress, checkpoint_path, checkpoint_to_resume, find_resumable_checkpoint,
                                read_meta, register_checkpoint_hooks, resume_from, save_checkpoint)
@@ -90,10 +91,12 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     if require_resume and resume_ckpt is None:
         raise UserError(f"{run_dir}: --resume given but no complete checkpoint with training state is there")
     if resume_ckpt is not None:
-        differences = config_differences(load_config(resume_ckpt / "config.json"), cfg)
-        if differences:
-            raise UserError(f"{resume_ckpt}: this run was made with other settings ({'; '.join(differences)}); "
-                            "pass the same flags to resume it, or another --out for a new run")
+        saved = load_config(resume_ckpt / "config.json")
+        if not cfg.hf_dataset:
+            resolve_data_root(cfg.data_root)  # an input error first: it would be the next one after the refusal
+        refusal = resume_refusal(saved, cfg)
+        if refusal:
+            raise UserError(f"{resume_ckpt}: {refusal}")
         meta = read_meta(resume_ckpt)
         if meta.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
             # The optimizer-step count per epoch, the effective batch and the per-rank RNG states all depend
@@ -101,9 +104,14 @@ def train(cfg, require_resume: bool, accelerator) -> int:
             raise UserError(f"{resume_ckpt}: saved by {meta['num_processes']} process(es), now "
                             f"{accelerator.num_processes}; resume with --num_processes {meta['num_processes']}, "
                             "or start a new run with another --out")
-        if meta["epoch"] >= cfg.epochs:
+        if meta["epoch"] > cfg.epochs:
+            raise UserError(f"{resume_ckpt}: this run already trained {meta['epoch']} epochs, more than --epochs "
+                            f"{cfg.epochs}; evaluate one of its checkpoints, or pass another --out for a new run")
+        if meta["epoch"] == cfg.epochs:
             console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
             return 0
+        if extension_note(saved, cfg, meta["epoch"]):
+            console.print(f"{run_dir}: {extension_note(saved, cfg, meta['epoch'])}")
 
     # -------------------------------------------------------------------------------------------- data
     with accelerator.main_process_first():  # the first process builds the datasets caches, the others reuse them

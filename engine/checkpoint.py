@@ -258,7 +258,8 @@ def _nearest_checkpoints(path: Path, count: int = 3) -> str:
     parent = next((p for p in path.absolute().parents if p.is_dir()), None)
     if parent is None or parent == Path("/"):
         return ""
-    found = [c for folder in sorted(parent.glob(f"**/{CHECKPOINTS}")) for c in reversed(list_checkpoints(folder.parent))]
+    found = [ckpt for folder in sorted(parent.glob(f"**/{CHECKPOINTS}"))
+             for ckpt in reversed(list_checkpoints(folder.parent))]
     given = str(path) if path.is_absolute() else os.path.normpath(path)
     shown = [str(c) if path.is_absolute() else os.path.relpath(c) for c in found]
 

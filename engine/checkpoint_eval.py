@@ -1,7 +1,8 @@
 """Evaluate one saved checkpoint: rebuild the model from its config.json, load its weights, run
 `engine.evaluation.evaluate_model` over a split and write `<checkpoint>.results.json` + `.per_image.npz`.
 
-    record = evaluate_checkpoint(Path("runs/C_seed42/checkpoints/epoch_0160"), EvalOptions(), accelerator)
+    ckpt = Path("runs/cityscapes/convnextv2_base/C_seed42/checkpoints/epoch_0160")
+    record = evaluate_checkpoint(ckpt, EvalOptions(), accelerator)
     record["miou"], record["boundary_f1"]      # the results file's record (engine.results.write_results)
 
 A checkpoint is a folder holding model.safetensors, config.json and meta.json (train.py writes them); anything

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
@@ -155,11 +157,12 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """`<variant>_seed<seed>` (the W&B run name and default run dir); a λ that differs from the paper's
-        value and a non-constant λ_b schedule join the name (`C_lb0.1_seed42`, `C_steal_seed42`), so the runs
-        of a λ sweep get a directory each; so does a head other than the study's (`C_segformer_seed42`). A --loss
-        recipe names the run by its terms and weights (`ce1_lovasz0.5_seed42`), a term parameter off its default
-        joins it (`..._gamma1_seed42`)."""
+        """The W&B run name and the run folder's last part: `<variant>_seed<seed>` for the study's grid, with
+        what else differs from the recipe joined in (docs/training.md, "Run folders"): a λ off the paper's
+        value (`C_lb0.1_seed42`), a --loss recipe by its terms and weights (`ce1_lovasz0.5_seed42`) and term
+        parameters off their defaults (`..._gamma1_seed42`), a head other than the study's (`C_segformer_seed42`),
+        a λ_b schedule (`C_steal_seed42`), a crop (`C_crop512x1024_seed42`), and any other setting that changes
+        what is computed as a short hash of those settings (`C_x3fa1c2_seed42`)."""
         if self.loss:
             name = recipe_slug(self.loss_weights) + "".join(f"_{p}{v:g}" for p, v in self._changed_params())
         else:
@@ -167,15 +170,28 @@ class TrainConfig:
                 ("lambda_dice", "ld"), ("lambda_boundary", "lb")) if getattr(self, attr) != _DEFAULTS[attr])
         head = "" if self.head == DEFAULT_HEAD else f"_{self.head}"
         schedule = "" if self.boundary_schedule == "constant" else f"_{self.boundary_schedule}"
-        return f"{name}{head}{schedule}_seed{self.seed}"
+        base = recipe_of(self)
+        crop = "" if self.crop_size == base["crop_size"] else f"_crop{self.crop_size[0]}x{self.crop_size[1]}"
+        others = {k: v for k, v in config_to_dict(self).items() if k not in _NAMED_FIELDS and v != _plain(base[k])}
+        digest = f"_x{hashlib.sha1(json.dumps(others, sort_keys=True).encode()).hexdigest()[:6]}" if others else ""
+        return f"{name}{head}{schedule}{crop}{digest}_seed{self.seed}"
+
+    @property
+    def dataset_name(self) -> str:
+        """The run folder's first part: cityscapes, demo (the embedded demo), demo-hf, or the --hf-dataset as
+        given, `/` as `_` (`data/ade` -> data_ade, `org/name` -> org_name)."""
+        if self.demo_data:
+            return "demo-hf" if self.hf_dataset else "demo"
+        if self.hf_dataset:
+            return os.path.normpath(self.hf_dataset).lstrip("/.").replace("/", "_") or "hf"
+        return "cityscapes"
 
     @property
     def run_dir(self) -> Path:
-        """--out, else runs/<run_name> (runs/demo/<run_name> on the demo data, apart from real runs)."""
+        """--out, else runs/<dataset_name>/<backbone>/<run_name> (`runs/cityscapes/convnextv2_base/C_seed42`)."""
         if self.out:
             return Path(self.out)
-        demo = "runs/demo-hf" if self.hf_dataset else "runs/demo"  # the two demo datasets' runs stay apart
-        return Path(demo if self.demo_data else "runs") / self.run_name
+        return Path("runs") / self.dataset_name / self.backbone / self.run_name
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -219,11 +235,31 @@ DEMO_HF_PRESET = {
 DEMO_HF_DATA = {**DEMO_DATA, "format": "hf"}
 PRESETS = {"demo": DEMO_PRESET, "demo-hf": DEMO_HF_PRESET}
 
+def recipe_of(cfg: TrainConfig) -> dict:
+    """The recipe `cfg`'s run name is measured against: the demo preset's on the demo data, else the paper's."""
+    if cfg.demo_data:
+        return {**_DEFAULTS, **(DEMO_HF_PRESET if cfg.hf_dataset else DEMO_PRESET)}
+    return _DEFAULTS
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 # Fields that may differ when a run is resumed (where/how it runs, not what it computes).
 RESUMABLE_CHANGES = {"data_root", "sdt_source", "sdt_cache", "num_workers", "eval_every", "checkpoint_every",
                      "keep_states", "log_images", "wandb", "wandb_project", "wandb_entity", "out", "pretrained",
                      "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms", "compile",
                      "channels_last", "hf_dataset", "classes"}  # the resolved class_names are compared
+
+# Fields that may change when a run is resumed, beyond RESUMABLE_CHANGES: a longer (or shorter) schedule
+# extends the run from its newest checkpoint (docs/training.md, "Resume").
+EXTENDABLE_CHANGES = {"epochs"}
+# Fields the run folder spells out (or that do not change what is computed): the others join its name as a hash.
+_NAMED_FIELDS = RESUMABLE_CHANGES - {"pretrained"} | EXTENDABLE_CHANGES | {
+    "variant", "seed", "loss", "lambda_dice", "lambda_boundary", "focal_gamma", "tversky_alpha", "tversky_beta",
+    "head", "boundary_schedule", "crop_size", "backbone", "demo_data", "hf_dataset", "class_names", "class_palette"}
+
 
 
 def _flag(name: str) -> str:
@@ -466,14 +502,45 @@ def config_from_dict(data: dict, where: str | Path) -> TrainConfig:
 def wandb_group(cfg: TrainConfig) -> str:
     """The W&B group of a run: its run name without the seed (`C_seed42` -> `C`, `C_lb0.05_seed42` -> `C_lb0.05`,
     `C_steal_seed42` -> `C_steal`), so a group holds exactly the seeds of one setting and the runs of a λ_b
-    sweep or a schedule do not fall into the study's variant group."""
+    sweep or a schedule do not fall into the study's variant group; on other data or another backbone than the
+    paper's, the run folder's dataset and backbone lead it (`demo/convnextv2_atto/C`)."""
     name, suffix = cfg.run_name, f"_seed{cfg.seed}"
-    return name[: -len(suffix)] if name.endswith(suffix) else name
+    name = name[: -len(suffix)] if name.endswith(suffix) else name
+    if (cfg.dataset_name, cfg.backbone) == ("cityscapes", _DEFAULTS["backbone"]):
+        return name
+    return f"{cfg.dataset_name}/{cfg.backbone}/{name}"
 
 
 def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
-    """Fields (outside RESUMABLE_CHANGES) whose values differ: a resume must not silently change the study."""
+    """The settings (outside RESUMABLE_CHANGES and EXTENDABLE_CHANGES) whose values differ, as `--flag old -> new`:
+    a resume must not silently change the study."""
     a, b = config_to_dict(saved), config_to_dict(requested)
     unrecorded = {k for k in ("class_names", "class_palette") if not a[k]}  # saved before classes were recorded
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a
-            if k not in RESUMABLE_CHANGES | unrecorded and a[k] != b[k]]
+    return [f"{_flag(k)} {_shown(a[k])} -> {_shown(b[k])}" for k in a
+            if k not in RESUMABLE_CHANGES | EXTENDABLE_CHANGES | unrecorded and a[k] != b[k]]
+
+
+def _shown(value, width: int = 40) -> str:
+    """A setting's value as a flag takes it ('' for empty text), cut to `width` characters."""
+    text = " ".join(map(str, value)) if isinstance(value, list) else repr(value) if value == "" else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def resume_refusal(saved: TrainConfig, requested: TrainConfig, shown: int = 4) -> str | None:
+    """Why a run folder made with `saved` cannot be resumed with `requested` (one line: the first `shown`
+    differing settings, old -> new, and how many more), or None when it can."""
+    differences = config_differences(saved, requested)
+    if not differences:
+        return None
+    more = f" and {len(differences) - shown} more" if len(differences) > shown else ""
+    return (f"this run was made with other settings ({'; '.join(differences[:shown])}{more}); pass the same flags "
+            "to resume it, or another --out for a new run")
+
+
+def extension_note(saved: TrainConfig, requested: TrainConfig, done: int) -> str | None:
+    """The line train.py prints when a run resumed after `done` epochs gets another --epochs (None if the same):
+    the LR schedule (a function of the total step count) is recomputed for the new length."""
+    if saved.epochs == requested.epochs:
+        return None
+    return (f"--epochs {saved.epochs} -> {requested.epochs}: continuing from epoch {done} with the LR schedule "
+            f"of a {requested.epochs}-epoch run (not identical to a fresh {requested.epochs}-epoch run)")

@@ -5,7 +5,7 @@ through `read_results`, so both accept and refuse the same files; `engine.result
 
 Format (one JSON object; metric values are fractions in [0, 1]; NaN is written as null):
 
-    {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "runs/C_seed42/checkpoints/epoch_0160",
+    {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "RUN/checkpoints/epoch_0160",
      "split": "val", "num_images": 500, "metrics_profile": "default", "miou": 0.8123, "boundary_f1": 0.7012,
      "trimap_iou": 0.6521, "boundary_iou": 0.4567, "fragments_per_image": 212.4,
      "iou": {"road": 0.98, ..., "bicycle": 0.77}, "boundary_iou_per_class": {"road": 0.61, ...},
