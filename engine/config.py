@@ -354,7 +354,8 @@ def config_from_flags(given: dict) -> tuple[TrainConfig, bool]:
     resume = given.pop("resume", False)
     print_config = given.pop("print_config", False)
     from_file = read_config_file(given.pop("config")) if "config" in given else {}
-    preset = PRESETS.get(given.pop("preset", None) or from_file.pop("preset", None), {})
+    file_preset = from_file.pop("preset", None)
+    preset = PRESETS.get(given.pop("preset", None) or file_preset, {})  # --preset wins over the file's
     cfg = dataclasses.replace(TrainConfig(), **{**preset, **from_file, **_tuples(given)})
     validate(cfg)
     if print_config:
@@ -385,8 +386,14 @@ def read_config_file(path: str | Path) -> dict:
     settings = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name == "preset" or (name in _TUPLE_FIELDS and value in ([], ())):
-            settings[name] = tuple(value) if name != "preset" else value  # no flag spells an empty list
+        if name == "preset":
+            if value not in PRESETS:
+                raise UserError(f"{path}: preset {value!r} is not one of {', '.join(PRESETS)}"
+                                f"{did_you_mean(str(value), PRESETS)}")
+            settings[name] = value
+            continue
+        if name in _TUPLE_FIELDS and value in ([], ()):
+            settings[name] = ()  # no flag spells an empty list
             continue
         if name not in _FIELDS:
             raise UserError(f"{path}: unknown setting {key!r}{did_you_mean(name, _FIELDS)}; the settings are "

@@ -268,6 +268,9 @@ def test_a_runs_config_json_works_as_is_and_flags_override_it(tmp_path):
     assert parse_args(["--config", str(tmp_path / "config.json")])[0] == cfg
     again, _ = parse_args(["--seed", "7", "--config", str(tmp_path / "config.json"), "--lr", "0.01"])
     assert again == dataclasses.replace(cfg, seed=7, lr=0.01)  # the command line wins, wherever it stands
+    (tmp_path / "demo.yaml").write_text("preset: demo-hf\nseed: 3\n")
+    mixed, _ = parse_args(["--config", str(tmp_path / "demo.yaml"), "--preset", "demo"])  # --preset wins
+    assert (mixed.hf_dataset, mixed.backbone, mixed.seed) == ("", "convnextv2_atto", 3)
 
 
 def test_print_config_prints_yaml_that_gives_back_the_config(tmp_path, capsys):
@@ -289,6 +292,7 @@ def test_print_config_prints_yaml_that_gives_back_the_config(tmp_path, capsys):
     ("lr: fast\n", r"c.yaml: lr: argument --lr: invalid float value: 'fast'"),
     ("head: uper\n", r"c.yaml: head: .*invalid choice: 'uper'.*; did you mean upernet\?"),
     ("- 1\n", r"c.yaml: a config file is a mapping"),
+    ("preset: dem\n", r"c.yaml: preset 'dem' is not one of demo, demo-hf; did you mean demo\?"),
     ("seed: [1\n", r"c.yaml: cannot read the config file"),
 ])
 def test_a_bad_config_file_is_one_line_naming_it(text, message, tmp_path):
