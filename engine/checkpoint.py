@@ -254,12 +254,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def _nearest_checkpoints(path: Path, count: int = 3) -> str:
     """'; nearest existing checkpoints: A, B' for a `path` that does not exist ('' if none is near). A complete
     checkpoint is as near as the closer of itself and its run folder (difflib's ratio), so a mistyped run folder
-    finds it; within a run the newest comes first."""
+    finds it; within a run the newest comes first. Searched: runs up to 5 folders below the nearest existing
+    parent folder of `path` (runs/<dataset>/<backbone>/<run> from the folder holding runs/)."""
     parent = next((p for p in path.absolute().parents if p.is_dir()), None)
     if parent is None or parent == Path("/"):
         return ""
-    found = [ckpt for folder in sorted(parent.glob(f"**/{CHECKPOINTS}"))
-             for ckpt in reversed(list_checkpoints(folder.parent))]
+    folders = sorted(f for depth in range(6) for f in parent.glob("/".join(["*"] * depth + [CHECKPOINTS])))
+    found = [ckpt for folder in folders for ckpt in reversed(list_checkpoints(folder.parent))]
     given = str(path) if path.is_absolute() else os.path.normpath(path)
     shown = [str(c) if path.is_absolute() else os.path.relpath(c) for c in found]
 

@@ -243,6 +243,7 @@ def recipe_of(cfg: TrainConfig) -> dict:
 
 
 def _plain(value):
+    """A field value as config_to_dict writes it (tuples as lists)."""
     return list(value) if isinstance(value, tuple) else value
 
 

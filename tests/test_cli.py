@@ -314,3 +314,16 @@ def test_a_sweep_file_may_name_a_config_file(tmp_path):
     configs = [parse_args(run_command(sweep, run)[2:])[0] for run in grid_runs(sweep)]
     assert [(c.seed, c.epochs, c.lambda_boundary, c.backbone) for c in configs] == [
         (1, 3, 0.3, "convnextv2_atto"), (2, 3, 0.3, "convnextv2_atto")]
+
+
+def test_sweep_local_help_shows_the_extra_flags_form_and_index_5_prints_5_of_12(capsys):
+    from pathlib import Path
+
+    from engine import sweep_local
+    with pytest.raises(SystemExit):
+        sweep_local.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[-- TRAIN_FLAGS ...]" in text and "Flags after -- go to every run's train.py" in text
+    sweep = str(Path(__file__).resolve().parents[1] / "sweep.yaml")
+    assert sweep_local.main([sweep, "--dry-run", "--index", "5"]) == 0
+    assert capsys.readouterr().out.startswith("[5/12] ")

@@ -205,6 +205,8 @@ def test_a_run_folder_means_its_latest_checkpoint_and_a_missing_path_lists_the_n
     with pytest.raises(UserError, match=rf"^runs/demo/C_seed43: no such checkpoint or run folder; nearest existing "
                                         rf"checkpoints: {latest}, {older}$"):
         evaluate.main(["runs/demo/C_seed43"])
+    with pytest.raises(UserError, match=rf"^rnus/demo/C_seed42: no such .*; nearest existing checkpoints: {latest}, "):
+        evaluate.main(["rnus/demo/C_seed42"])  # searched from the working folder
     with pytest.raises(UserError, match="^runs: neither a checkpoint folder .* use --all FOLDER$"):
         evaluate.main(["runs"])  # a folder of runs
     Path("runs/empty/checkpoints").mkdir(parents=True)
