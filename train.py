@@ -5,20 +5,20 @@ recipe.
     accelerate launch train.py --loss "ce=1,lovasz=0.5"      # any recipe of the registered loss terms
     python train.py --preset demo                            # synthetic data, tiny model, 2 CPU cores, < 3 min
 
-Reads top to bottom: config -> Accelerator -> data -> model -> loss -> optimizer -> prepare -> resume ->
-epoch loop (train, evaluate, log, checkpoint) -> end_training. The logic lives in the packages; what is
-here is the order of things. Output: RUN/config.json, RUN/metrics.jsonl (one line per epoch),
+Reads top to bottom: config -> Accelerator -> resume checks -> data, model, loss, optimizer, prepare
+(engine.setup.build_training) -> resume -> epoch loop (train, evaluate, log, checkpoint) -> end_training;
+then the micro-step (`train_micro_step`: forward, loss, backward, optimizer step). The logic lives in the
+packages; what is here is the order of things. Output: RUN/config.json, RUN/metrics.jsonl (one line per epoch),
 RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json, epoch_XXXX.per_image.npz) with RUN = --out or
 runs/<dataset>/<backbone>/<run name> (engine.config.TrainConfig.run_dir).
 """
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 
-from engine.config import extension_note, load_config, parse_args, resume_refusal, save_config
-from utils.fileio import UserError, make_output_dir, parse_args_first, run_main
+from engine.config import extension_note, load_config, parse_args, save_config
+from utils.fileio import EXIT_INTERRUPTED, UserError, make_output_dir, parse_args_first, run_main
 
 if __name__ == "__main__":
     parse_args_first(parse_args)  # --help and rejected flags answer here, before torch & co. load (~5 s)
@@ -28,31 +28,25 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from data_utils.augment import BatchAugment
-from data_utils.cityscapes import resolve_data_root
-from data_utils.dataset import check_frames
-from engine.checkpoint import (TrainingProgress, checkpoint_path, checkpoint_to_resume, find_resumable_checkpoint,
-                               read_meta, register_checkpoint_hooks, resume_from, save_checkpoint)
+from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint,
+                               read_meta, register_checkpoint_hooks, resume_checkpoint, resume_from, save_checkpoint)
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
 from engine.schedule import get_lr
-from engine.setup import (build_accelerator, build_dataloader, build_model_from_config, configure_torch,
-                          ensure_demo_data, uses_sdt, with_class_table)
-from engine.steps import (EpochLossLog, GradientMask, LossReading, augmentation_seed, device_batch,
-                          train_micro_step)
+from engine.setup import build_accelerator, build_training, configure_torch, ensure_demo_data, with_class_table
+from engine.steps import LossReading, StepState, augmentation_seed, device_batch
 from engine.tracking import finish_wandb, init_wandb, prediction_overlays, sigterm_as_ctrl_c, val_metrics_row
-from losses import build_aux_loss, build_loss
-from losses.gradients import GradStatsLog
-from losses.schedule import BoundaryWeightSchedule
-from metrics.keys import COUNT_KEYS, METRIC_KEYS, SHORT_LABELS
-from utils.console import pct, progress_columns
+from losses.gradients import GradStatsLog, term_gradient_stats
+from metrics.keys import val_key
+from metrics.registry import METRICS
+from utils.console import progress_columns
 from utils.dirlock import discard_unused, folder_lock
 from utils.jsonl import EpochJsonl
 
-# The loop's own bookkeeping does not make the host wait for the device each step: the loss terms, their
-# epoch sums and the non-finite check stay on the device (engine.steps.EpochLossLog, GradientMask), and
-# the host reads them (progress bar, non-finite stop) every HOST_READ_EVERY micro-steps and at the end of
-# each epoch, one transfer each time.
+# The loop's own bookkeeping does not make the host wait for the device each step: the loss terms and the
+# non-finite check stay on the device (engine.steps.EpochLossLog, GradientMask), and the host reads them
+# (progress bar, non-finite stop) every HOST_READ_EVERY micro-steps and at the end of each epoch, one
+# transfer each time.
 HOST_READ_EVERY = 20
 
 
@@ -87,71 +81,29 @@ def train(cfg, require_resume: bool, accelerator) -> int:
         cfg = with_class_table(cfg)  # the dataset's class names and colours, recorded in every saved config
 
     # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.
-    resume_ckpt = checkpoint_to_resume(run_dir)  # refuses if a newer, unusable checkpoint would be overwritten
-    if require_resume and resume_ckpt is None:
-        raise UserError(f"{run_dir}: --resume given but no complete checkpoint with training state is there")
-    if resume_ckpt is not None:
-        saved = load_config(resume_ckpt / "config.json")
-        if not cfg.hf_dataset:
-            resolve_data_root(cfg.data_root)  # an input error first: it would be the next one after the refusal
-        refusal = resume_refusal(saved, cfg)
-        if refusal:
-            raise UserError(f"{resume_ckpt}: {refusal}")
-        meta = read_meta(resume_ckpt)
-        if meta.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
-            # The optimizer-step count per epoch, the effective batch and the per-rank RNG states all depend
-            # on the process count: resuming on another count would silently change the LR schedule.
-            raise UserError(f"{resume_ckpt}: saved by {meta['num_processes']} process(es), now "
-                            f"{accelerator.num_processes}; resume with --num_processes {meta['num_processes']}, "
-                            "or start a new run with another --out")
-        if meta["epoch"] > cfg.epochs:
-            raise UserError(f"{resume_ckpt}: this run already trained {meta['epoch']} epochs, more than --epochs "
-                            f"{cfg.epochs}; evaluate one of its checkpoints, or pass another --out for a new run")
-        if meta["epoch"] == cfg.epochs:
-            console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
-            return 0
-        if extension_note(saved, cfg, meta["epoch"]):
-            console.print(f"{run_dir}: {extension_note(saved, cfg, meta['epoch'])}")
+    resume_ckpt, finished = resume_checkpoint(cfg, accelerator.num_processes, require=require_resume)
+    if finished:
+        console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
+        return 0
+    if resume_ckpt is not None:  # another --epochs extends the run: say how
+        note = extension_note(load_config(resume_ckpt / "config.json"), cfg, read_meta(resume_ckpt)["epoch"])
+        if note:
+            console.print(f"{run_dir}: {note}")
 
-    # -------------------------------------------------------------------------------------------- data
-    with accelerator.main_process_first():  # the first process builds the datasets caches, the others reuse them
-        train_loader = build_dataloader(cfg, cfg.train_split, train=True, rank=accelerator.process_index)
-        val_loader = build_dataloader(cfg, cfg.val_split, train=False, rank=accelerator.process_index)
-        if accelerator.is_main_process:  # a bad file stops the run now, not after an epoch of training
-            check_start = time.perf_counter()
-            checked = check_frames(train_loader.dataset, decode_labels=False, num_workers=cfg.num_workers) + \
-                check_frames(val_loader.dataset, decode_labels=True, num_workers=cfg.num_workers)
-            console.print(f"checked the {checked} frames of {cfg.train_split} and {cfg.val_split} (headers; val "
-                          f"label ids) in {time.perf_counter() - check_start:.1f} s")
+    # ------------------------------------------ data, model, loss, optimizer, prepare (engine.setup.build_training)
+    training = build_training(cfg, accelerator, load_pretrained=resume_ckpt is None, check_data=True)
+    state, train_loader, val_loader = training.step, training.train_loader, training.val_loader
+    model, loss_fn = state.model, state.loss_fn
     train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
-    augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
-    sdt_classes = train_dataset.num_classes if uses_sdt(cfg) and cfg.sdt_source == "gpu" else 0  # SDT on the device
-
-    # ----------------------------------------------------------------------------------- model and loss
-    with accelerator.main_process_first():  # a hub download of the pretrained backbone happens once
-        model = build_model_from_config(cfg, load_pretrained=resume_ckpt is None)
-    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 2 per GPU: BN stats over all GPUs
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # NHWC weights; device_images sends NHWC batches
-    gradient_mask = GradientMask(model)  # undoes a non-finite micro-batch on the device (gradient, BN stats, step)
-    loss_fn = build_loss(cfg.loss_weights, params=cfg.loss_params)  # --loss, or --variant with its λs
-    aux_loss_fn = build_aux_loss(cfg.aux_loss, loss_fn)  # "composite" shares loss_fn, so its weights too
-    loss_schedule = BoundaryWeightSchedule(cfg.boundary_schedule, loss_fn.weights, start=cfg.boundary_start,
-                                           ramp_epochs=cfg.boundary_ramp_epochs, delta=cfg.steal_delta,
-                                           floor=cfg.steal_floor)  # "constant" (the paper) keeps the weights
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                                  fused=True)  # fused: can skip an update on a device-side flag (GradientMask)
+    console.print(f"checked the {training.frames_checked} frames of {cfg.train_split} and {cfg.val_split} (headers; "
+                  f"val label ids) in {training.check_seconds:.1f} s")
     if accelerator.is_main_process:  # only now: an input error above leaves nothing in the run dir
         save_config(cfg, run_dir / "config.json")
 
-    # --------------------------------------------------------------------------------- prepare, resume
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    # ------------------------------------------------------------------------------------------ resume
     progress = TrainingProgress()  # epoch and optimizer step, saved inside the accelerate state
     accelerator.register_for_checkpointing(progress)
     register_checkpoint_hooks(accelerator)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)  # accumulate() syncs at the loader's end
-    total_steps = cfg.epochs * steps_per_epoch
     wandb_run_id = None
     if resume_ckpt is not None:
         wandb_run_id = resume_from(accelerator, resume_ckpt, progress).get("wandb_run_id")
@@ -164,7 +116,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
         wandb_run_id = init_wandb(accelerator, cfg, run_dir, wandb_run_id)
     console.print(f"{cfg.run_name}: {cfg.backbone} + {cfg.head}, loss {loss_fn}, {len(train_dataset)} train / "
                   f"{len(val_dataset)} val frames, {accelerator.num_processes} process(es) on "
-                  f"{accelerator.device.type}, {steps_per_epoch} optimizer steps/epoch, run dir {run_dir}")
+                  f"{accelerator.device.type}, {training.steps_per_epoch} optimizer steps/epoch, run dir {run_dir}")
 
     # ------------------------------------------------------------------------------------------- train
     bars = Progress(*progress_columns(info=True), console=console, disable=not accelerator.is_main_process)
@@ -177,23 +129,21 @@ def train(cfg, require_resume: bool, accelerator) -> int:
             model.train()
             train_loader.set_epoch(epoch)  # data order = f(seed, epoch)
             train_dataset.set_epoch(epoch)  # flips = f(seed, epoch, index)
-            loss_fn.weights.update(loss_schedule.weights_at(epoch))  # λ_b schedule = f(epoch)
+            loss_fn.weights.update(training.loss_schedule.weights_at(epoch))  # λ_b schedule = f(epoch)
             bars.reset(step_bar, total=len(train_loader), description=f"epoch {epoch + 1}/{cfg.epochs}")
             if accelerator.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(accelerator.device)
-            loss_log, num_images = EpochLossLog(accelerator), 0
+            loss_log, num_images = state.new_epoch(), 0
             epoch_start = time.perf_counter()
             for batch_index, batch in enumerate(train_loader):
                 micro_step = epoch * len(train_loader) + batch_index
                 seed = augmentation_seed(cfg.seed, accelerator.process_index, micro_step)
-                images, labels, sdt = device_batch(batch, augment, seed, sdt_classes, cfg.channels_last)
-                lr = get_lr(progress.step, total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
+                images, labels, sdt = device_batch(batch, state.augment, seed, state.sdt_classes, cfg.channels_last)
+                lr = get_lr(progress.step, training.total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
                 # gradient statistics on the last micro-batch of every log_grad_norms-th optimizer step
                 measure = bool(cfg.log_grad_norms) and progress.step % cfg.log_grad_norms == 0
-                _, grad_stats = train_micro_step(
-                    accelerator, model, optimizer, images, labels, sdt, loss_fn=loss_fn, aux_loss_fn=aux_loss_fn,
-                    cfg=cfg, lr=lr, mask=gradient_mask, loss_log=loss_log,
-                    where=(progress.step, epoch + 1, batch_index), grad_stats=measure)
+                grad_stats = train_micro_step(state, images, labels, sdt, lr=lr,
+                                              where=(progress.step, epoch + 1, batch_index), grad_stats=measure)
                 if grad_log is not None and grad_stats:  # the main process's micro-batch
                     grad_log.append(grad_stats, epoch=epoch + 1, step=progress.step, variant=cfg.loss_label,
                                     seed=cfg.seed, lambda_boundary=cfg.lambda_boundary, weights=loss_fn.weights,
@@ -230,14 +180,14 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                 eval_start = time.perf_counter()
                 metrics = evaluate_model(model, val_loader, accelerator, metrics_profile=cfg.metrics_profile)
                 row.update(val_metrics_row(metrics))  # val/miou, val/boundary_f1, ..., val/iou/<class>
-                row["val/seconds"] = time.perf_counter() - eval_start
+                row[val_key("seconds")] = time.perf_counter() - eval_start
             overlays = {}
             if accelerator.is_main_process:
                 if grad_log is not None:
                     row.update(grad_log.epoch_means(progress.epoch))  # grad_norm/..., grad_cos/...: epoch means
                 history.append(row)
-                if cfg.wandb and cfg.log_images and "val/miou" in row:
-                    overlays["val/predictions"] = prediction_overlays(  # eager: no compile for a few frames
+                if cfg.wandb and cfg.log_images and val_key("miou") in row:
+                    overlays[val_key("predictions")] = prediction_overlays(  # eager: no compile for a few frames
                         accelerator.unwrap_model(model, keep_torch_compile=False), val_dataset, cfg.log_images,
                         accelerator.device)
             accelerator.log({**row, **overlays}, step=progress.epoch)
@@ -247,14 +197,14 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                 ckpt = save_checkpoint(accelerator, cfg, progress, run_dir, wandb_run_id)
                 if accelerator.is_main_process:
                     write_results(results_path(ckpt), metrics, cfg=cfg, epoch=progress.epoch, checkpoint=ckpt,
-                                  split=cfg.val_split, seconds=row["val/seconds"])
+                                  split=cfg.val_split, seconds=row[val_key("seconds")])
             bars.update(epoch_bar, completed=progress.epoch)
-    except KeyboardInterrupt:  # Ctrl-C: one line, the W&B run closed as failed, the shell's exit code 130
+    except KeyboardInterrupt:  # Ctrl-C: one line, the W&B run closed as failed, the shell's code for Ctrl-C
         bars.stop()
-        finish_wandb(accelerator, exit_code=130)
+        finish_wandb(accelerator, exit_code=EXIT_INTERRUPTED)
         console.print(f"interrupted at epoch {epoch + 1}, optimizer step {progress.step}; the same command resumes "
                       f"from {find_resumable_checkpoint(run_dir) or 'the start (no checkpoint yet)'}")
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         bars.stop()
         accelerator.end_training()
@@ -265,6 +215,50 @@ def train(cfg, require_resume: bool, accelerator) -> int:
         console.print(final_table(history.rows, cfg.run_name))
     console.print(f"done: {checkpoint_path(run_dir, cfg.epochs)}")
     return 0
+
+
+def train_micro_step(state: StepState, images: torch.Tensor, labels: torch.Tensor, sdt: torch.Tensor | None,
+                     lr: float, where=None, grad_stats: bool = False) -> dict[str, torch.Tensor]:
+    """One micro-batch: forward, loss, backward, and at the end of an accumulation window the optimizer step.
+
+    Args: `state` (engine.steps.StepState, from engine.setup.build_training); the tensors from
+        `engine.steps.device_batch`: images (N, 3, H, W) normalised, labels (N, H, W) int64, sdt (N, C, H, W)
+        int8 or None; lr: this optimizer step's LR; where: what the loss log reports for a bad micro-batch;
+        grad_stats: measure each main-head term's gradient statistics if this micro-batch closes a window
+        (`losses.gradients.term_gradient_stats`: one extra backward per term, the parameters untouched).
+    Returns the gradient statistics ({} unless measured). Afterwards `accelerator.sync_gradients` says whether
+    the optimizer stepped. bench/bench_train.py times this function.
+
+    `accelerator.accumulate` decides whether this micro-step closes an accumulation window (then gradients
+    are all-reduced and the optimizer steps) or only adds its gradient (DDP's sync skipped); it divides the
+    loss by --grad-accum, so accum 4 x batch 1 gives the mean of the 4 per-batch gradients. The `mask` calls
+    undo a micro-batch with a non-finite loss on the device (--max-nonfinite K > 0; no-ops when K = 0:
+    engine.steps.GradientMask).
+    """
+    cfg, accelerator, model, optimizer, mask = state.cfg, state.accelerator, state.model, state.optimizer, state.mask
+    with accelerator.accumulate(model):  # the forward inside too, as DDP's no_sync requires
+        mask.save_buffers()  # BatchNorm statistics, put back if this micro-batch is bad
+        measure = grad_stats and accelerator.sync_gradients
+        out = model(images, return_features=True) if measure else model(images)  # {"logits", "aux_logits", ...}
+        terms = state.loss_fn(out["logits"], labels, sdt)  # {"loss": weighted total, <term>: each unweighted}
+        stats = term_gradient_stats(terms, out["logits"], out["features"]) if measure else {}
+        if "aux_logits" in out and state.aux_loss_fn is not None and cfg.aux_weight > 0:
+            terms["aux"] = state.aux_loss_fn(out["aux_logits"], labels, sdt)["loss"]
+            terms["loss"] = terms["loss"] + cfg.aux_weight * terms["aux"]
+        # On the device, no host sync: the terms into the epoch's log; with the mask on, all processes' terms
+        # gathered (they must agree on undoing a bad micro-batch) and keep = all finite.
+        mask.set_keep(state.loss_log.update(terms, where=where))
+        accelerator.backward(terms["loss"])
+        mask.restore_buffers()
+        if accelerator.sync_gradients:  # the window's last micro-batch: LR, clip, step
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            mask.skip_step_unless_kept(optimizer)  # a window that kept no micro-batch does not step
+        optimizer.step()  # accelerate's wrapper skips it while gradients are still being accumulated
+        optimizer.zero_grad(set_to_none=True)
+    return stats
 
 
 def check_nonfinite(reading: LossReading, progress: TrainingProgress, cfg, console: Console) -> None:
@@ -298,18 +292,17 @@ def epoch_summary(row: dict, epochs: int) -> str:
             f"{row['train/images_per_s']:.2f} img/s | {row['train/epoch_seconds']:.0f} s")
     if "train/peak_memory_gib" in row:
         line += f" | {row['train/peak_memory_gib']:.1f} GiB"
-    if "val/miou" in row:
-        line += " | val " + " ".join(f"{SHORT_LABELS[k]} " + (f"{row[f'val/{k}']:.2f}" if k in COUNT_KEYS
-                                                                 else pct(row[f'val/{k}'])) for k in METRIC_KEYS)
+    if val_key("miou") in row:
+        line += " | val " + " ".join(f"{m.short} {m.show(row[val_key(m.key)])}" for m in METRICS)
     return line
 
 
 def final_table(rows: list[dict], title: str) -> Table:
     """Final table: each val metric (percent) at the last evaluated epoch and at its best epoch."""
-    evaluated = [r for r in rows if r.get("val/miou") is not None]
-    last, best = evaluated[-1], max(evaluated, key=lambda r: r["val/miou"])
+    evaluated = [r for r in rows if r.get(val_key("miou")) is not None]
+    last, best = evaluated[-1], max(evaluated, key=lambda r: r[val_key("miou")])
     return metrics_table({f"last (epoch {last['epoch']})": last, f"best mIoU (epoch {best['epoch']})": best},
-                         f"{title}: validation metrics (%)", prefix="val/")
+                         f"{title}: validation metrics (%)", prefix=val_key(""))
 
 
 if __name__ == "__main__":

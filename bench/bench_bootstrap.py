@@ -51,6 +51,8 @@ def synthetic_stats(rng: np.random.Generator, n: int, C: int, quality: float = 0
     f1 = np.clip(rng.normal(quality, 0.1, size=n), 0, 1)
     if empty_image:
         f1[0] = np.nan
+    hd95 = np.where(target_px > 0, rng.gamma(2.0, 10 / quality, size=(n, C)), np.nan)  # NaN: class excluded
+    hd95[rng.random((n, C)) < 0.1] = np.nan
     return {
         "names": np.array([f"city_{i:06d}_000019" for i in range(n)]),
         "class_names": np.array([f"class{c}" for c in range(C)]),
@@ -63,6 +65,8 @@ def synthetic_stats(rng: np.random.Generator, n: int, C: int, quality: float = 0
         "study_trimap_iou": np.clip(rng.normal(quality - 0.2, 0.1, size=n), 0, 1),
         "boundary_iou": np.stack([rng.binomial(union, quality), union], axis=-1),
         "fragments": rng.integers(20, 200, size=n),
+        "hd95": hd95,
+        "hd95_excluded": rng.integers(0, 3, size=n),
     }
 
 
@@ -82,6 +86,9 @@ def run_value_loop(run: dict[str, np.ndarray], metric: str, images: np.ndarray) 
     if metric == "boundary_iou":
         counts = run["boundary_iou"][images].sum(0)  # (C, 2)
         return _iou_mean_loop(counts[:, 0], counts[:, 1])
+    if metric == "hd95":  # the mean over the drawn (image, class) pairs that are not excluded
+        values = [v for i in images for v in run["hd95"][i] if not math.isnan(v)]
+        return sum(values) / len(values) if values else math.nan
     key = {"fragments_per_image": "fragments"}.get(metric, metric)
     values = [run[key][i] for i in images]
     if metric == "boundary_f1":  # the default profile skips images without a score

@@ -10,7 +10,8 @@ Timed on one CPU thread, every variant over the same maps, interleaved and best 
   prediction, as engine.evaluation counts them on its host thread) add to the default profile (target <= 50 %);
 - everything one evaluation computes (`SegmentationMetrics.update`: both profiles, Boundary IoU, fragments);
 - both profiles at C = 150 (ADE20K's count) on the same maps, train id t as class 7 t of 150
-  (`data_utils.synthetic.hf_classes`), so the classes span three bit planes, against the same references.
+  (`data_utils.synthetic.hf_classes`), so the classes span three bit planes, against the same references;
+- HD95 (`metrics.hausdorff`) against MONAI's compute_hausdorff_distance(percentile=95) and the scipy reference.
 The references' counts are checked against ours first (a benchmark of a wrong answer is worthless). A CUDA
 section runs when a GPU is present. --file-images N writes the per-image file of N perturbed maps and prints its
 size (the issue asks for 500 at C = 19).
@@ -20,6 +21,7 @@ random rectangles overwritten with other classes (new contours, absent classes, 
 
     python bench/bench_metrics.py                      # CPU, one thread (the issue's setting)
     python bench/bench_metrics.py --ref-images 2 --cuda-batch 8 --file-images 500
+    python bench/bench_metrics.py --images 3 --hd95-only    # HD95 against MONAI and scipy only
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from data_utils.dataset import read_train_ids  # noqa: E402
 from data_utils.labels import CITYSCAPES  # noqa: E402
 from data_utils.synthetic import hf_classes  # noqa: E402
-from metrics import SegmentationMetrics  # noqa: E402
-from metrics.per_image import (STUDY_EPS, boundary_f1_per_class, dataset_metrics, per_image_path,  # noqa: E402
-                               study_trimap_iou_scores, write_per_image)
+from metrics import SegmentationMetrics, hd95  # noqa: E402
+from metrics.hausdorff import hd95_image_stats  # noqa: E402
+from metrics.per_image import dataset_metrics, per_image_path, write_per_image  # noqa: E402
+from metrics.reductions import STUDY_EPS, boundary_f1_per_class, study_trimap_iou_scores  # noqa: E402
 from metrics.segmentation import fragment_counts, segmentation_image_stats  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
@@ -188,6 +192,52 @@ def many_classes(pairs, ref_pairs: int, repeats: int, num_classes: int = 150) ->
               f"{1000 * ref_s:8.1f} ms/img: {ref_s / seconds[profile]:.1f}x (agreement checked on {ref_pairs} maps)")
 
 
+def monai_hd95(pred: np.ndarray, target: np.ndarray, num_classes: int = NUM_CLASSES):
+    """A callable running MONAI's compute_hausdorff_distance(percentile=95) on the one-hot maps of P and G (built
+    here, outside the timing), or None without MONAI (a test dependency, requirements.txt)."""
+    try:
+        from monai.metrics import compute_hausdorff_distance
+    except ImportError:
+        return None
+    valid = (target != IGNORE_INDEX) & (target < num_classes)
+    one_hot = [torch.from_numpy(np.where(valid & (m < num_classes), m, num_classes)) for m in (pred, target)]
+    one_hot = [torch.nn.functional.one_hot(m, num_classes + 1)[..., :num_classes].permute(2, 0, 1)[None].float()
+               for m in one_hot]
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the excluded classes' "is all 0" warnings
+            return compute_hausdorff_distance(*one_hot, include_background=True, percentile=95)[0].double().numpy()
+    return run
+
+
+def hd95_section(pairs, repeats: int) -> None:
+    """HD95 on one CPU thread: the batched path (`hd95_image_stats`, what an evaluation runs) against MONAI's
+    compute_hausdorff_distance(percentile=95) (KD-trees per class) and the scipy reference `metrics.hd95` (an
+    exact EDT per class); all three agree first."""
+    tensors = [(torch.as_tensor(p)[None], torch.as_tensor(t)[None]) for p, t in pairs]
+    ours = best_seconds({"hd95": (lambda p, t: hd95_image_stats(p, t, NUM_CLASSES), tensors)}, repeats)["hd95"]
+    start = time.perf_counter()
+    refs = [hd95(p, t, NUM_CLASSES) for p, t in pairs]
+    ref_s = (time.perf_counter() - start) / len(pairs)
+    for (p, t), ref in zip(tensors, refs):
+        np.testing.assert_allclose(hd95_image_stats(p, t, NUM_CLASSES)["hd95"][0].numpy(), ref, rtol=1e-12)
+    print(f"HD95 on {len(pairs)} maps: scipy reference {1000 * ref_s:8.1f} ms/img; ours (batched, CPU) "
+          f"{1000 * ours:8.1f} ms/img, {ref_s / ours:.1f}x the reference")
+    runs = [monai_hd95(p, t) for p, t in pairs]
+    if runs[0] is None:
+        print("HD95: MONAI not installed (pip install monai), its timing skipped")
+        return
+    start = time.perf_counter()
+    monai = [run() for run in runs]
+    monai_s = (time.perf_counter() - start) / len(pairs)
+    for ref, theirs in zip(refs, monai):
+        finite = np.isfinite(theirs)
+        assert np.array_equal(np.isnan(ref), ~finite) and np.allclose(ref[finite], theirs[finite], rtol=1e-5)
+    print(f"HD95, MONAI compute_hausdorff_distance(percentile=95): {1000 * monai_s:8.1f} ms/img; ours "
+          f"{monai_s / ours:.1f}x MONAI; values equal (float32 rounding)")
+
+
 def main():
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="cityscapes_fullres root")
@@ -196,6 +246,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (the issue: 1)")
     parser.add_argument("--repeats", type=int, default=5, help="best of this many passes, per map")
     parser.add_argument("--cuda-batch", type=int, default=8, help="batch size of the CUDA section")
+    parser.add_argument("--hd95-images", type=int, default=3, help="maps timed for HD95 against MONAI and scipy")
+    parser.add_argument("--hd95-only", action="store_true", help="time HD95 only (and on a GPU, its CUDA row)")
     parser.add_argument("--file-images", type=int, default=0,
                         help="also write the per-image file of this many perturbed maps and print its size")
     args = parser.parse_args()
@@ -206,6 +258,10 @@ def main():
     print(f"{len(pairs)} real val label maps at {h}x{w}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+    if args.hd95_only:
+        hd95_section(pairs[:args.hd95_images], args.repeats)
+        return
 
     # References: scipy morphology per class (single-threaded by nature), timed once.
     ref_pairs = pairs[:args.ref_images]
@@ -262,6 +318,7 @@ def main():
           f"of the images) {100 * study['trimap_iou']:.2f} (on one image the two are the same number)")
 
     many_classes(pairs, args.ref_images, args.repeats)
+    hd95_section(pairs[:args.hd95_images], args.repeats)
 
     if args.file_images:
         metric = SegmentationMetrics(NUM_CLASSES)
@@ -289,6 +346,17 @@ def main():
         same = all(torch.equal(cpu_stats[k], gpu_stats[k].cpu()) for k in cpu_stats)
         print(f"segmentation_image_stats, {torch.cuda.get_device_name()} (batch {batch}): {1 / gpu_s:8.1f} img/s "
               f"({1000 * gpu_s:.2f} ms/img; goal >= 200 img/s); counts equal to CPU: {same}")
+
+        def hd95_on_gpu(p, t):
+            hd95_image_stats(p, t, NUM_CLASSES)
+            torch.cuda.synchronize()
+
+        hd_s = best_seconds({"gpu": (hd95_on_gpu, batches)}, args.repeats)["gpu"] * len(batches) / len(pairs)
+        cpu_hd = hd95_image_stats(preds[:batch].cpu(), targets[:batch].cpu(), NUM_CLASSES)["hd95"]
+        gpu_hd = hd95_image_stats(preds[:batch], targets[:batch], NUM_CLASSES)["hd95"].cpu()
+        same = bool(torch.allclose(cpu_hd, gpu_hd, rtol=1e-12, atol=0, equal_nan=True))
+        print(f"hd95_image_stats, {torch.cuda.get_device_name()} (batch {batch}): {1 / hd_s:8.1f} img/s "
+              f"({1000 * hd_s:.2f} ms/img); equal to CPU: {same}")
     else:
         print("CUDA: not available, GPU section skipped")
 

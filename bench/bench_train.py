@@ -6,15 +6,17 @@
     python bench/bench_train.py --flops-only                     # FLOPs per training image (meta device, no GPU)
 
 Options: every train.py flag (`engine.config`: the same fields, names, presets and defaults) plus the benchmark's
-own group (--steps, --warmup, --parts, --frames, --configs, --rounds, --flops-only, --json). The step is
+own group (--steps, --warmup, --parts, --frames, --configs, --rounds, --guard-ratio, --flops-only, --json). The step is
 train.py's: its Accelerator (`engine.setup.build_accelerator`: precision, accumulation, compile on CUDA,
-non-blocking copies), `engine.setup.configure_torch`, model, loss and fused AdamW, the LR of `engine.schedule.get_lr`,
-and per micro-batch `engine.steps.device_batch` (augmentation and SDT on the device) and
-`engine.steps.train_micro_step` (forward, loss, the device-side bookkeeping, backward, the optimizer step every
---grad-accum micro-batches); tests/test_bench.py checks that its weights after an epoch are train.py's. W&B is
-off, the backbone starts from random weights (the same speed), and the loss log is read once per part (train.py
-reads it every 20 micro-steps). `--host-sync` (the two host reads of the loss per step that train.py made before
-efb20b8) is gone with the benchmark's own trainer: train.py no longer makes them (history: BENCHMARKS.md).
+non-blocking copies), `engine.setup.configure_torch`, `engine.setup.build_training` (loader, model, losses, fused
+AdamW, the non-finite guard, `prepare`), the LR of `engine.schedule.get_lr`, and per micro-batch
+`engine.steps.device_batch` (augmentation and SDT on the device) and `train.train_micro_step` (forward, loss,
+backward, the optimizer step every --grad-accum micro-batches); tests/test_bench.py checks that its weights after
+an epoch are train.py's. W&B is off, the backbone starts from random weights (the same speed), and the loss log
+is read once per part (train.py reads it every 20 micro-steps). `--max-nonfinite 1` (the `guard` row of
+--configs) turns the non-finite guard on, as in train.py; at train.py's default 0 it is off. `--guard-ratio`
+times the step with the guard off and on in one process, micro-steps alternated: the ratio of two medians,
+robust to a busy machine where separate processes are not.
 
 Two parts, each --warmup micro-steps (the first one timed alone: compile, autotuning) then --steps timed ones:
   step    the loader's first batch, kept on the device and fed again each micro-step: no data wait;
@@ -56,15 +58,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
-from data_utils.augment import BatchAugment  # noqa: E402
 from engine.config import TrainConfig, config_from_flags, config_to_dict  # noqa: E402
 from engine.config import build_parser as build_train_parser  # noqa: E402
 from engine.schedule import get_lr  # noqa: E402
-from engine.setup import (build_accelerator, build_dataloader, build_model_from_config, configure_torch,  # noqa: E402
+from engine.setup import (build_accelerator, build_model_from_config, build_training, configure_torch,  # noqa: E402
                           ensure_demo_data, train_frame_size, uses_sdt)
-from engine.steps import (EpochLossLog, GradientMask, augmentation_seed, device_batch, forward_loss,  # noqa: E402
-                          train_micro_step)
-from losses import build_aux_loss, build_loss  # noqa: E402
+from engine.steps import augmentation_seed, device_batch  # noqa: E402
+from train import train_micro_step  # noqa: E402
 from utils.fileio import UserError, atomic_write_json  # noqa: E402
 
 CITYSCAPES_TRAIN_IMAGES = 2975  # one epoch of the study
@@ -78,8 +78,9 @@ CONFIGS = {
     "eager-checkpointing": ["--no-compile", "--grad-checkpointing"],
     "default": [],                                             # train.py's defaults: + compile on CUDA
     "sdt-workers": ["--sdt-source", "cpu"],                    # the SDT in the loader workers, not on the device
+    "guard": ["--max-nonfinite", "1"],                         # the non-finite guard on (train.py: off at 0)
 }
-BENCH_FLAGS = ("steps", "warmup", "parts", "frames", "configs", "rounds", "flops_only", "json")
+BENCH_FLAGS = ("steps", "warmup", "parts", "frames", "configs", "rounds", "guard_ratio", "flops_only", "json")
 
 
 # ----------------------------------------------------------------------------------------------- FLOPs
@@ -265,37 +266,25 @@ def with_data(cfg: TrainConfig, opts, workdir: Path) -> TrainConfig:
 
 # ----------------------------------------------------------------------------------------------- one run
 def build_run(cfg: TrainConfig) -> SimpleNamespace:
-    """What train.py builds before its loop, in its order: Accelerator, seeds, training loader, model
-    (channels_last, GradientMask), loss, fused AdamW, `prepare`; `micro_step(batch, timer, loss_log)` is its
-    loop body (`engine.steps.device_batch`, the LR, `engine.steps.train_micro_step`).
-
-    `cfg` must name existing data (`with_data`)."""
+    """What train.py builds before its loop: its Accelerator, seeds and `engine.setup.build_training` (no val
+    loader, random init); `micro_step(batch, timer)` is its loop body (`engine.steps.device_batch`, the LR,
+    `train.train_micro_step`). `cfg` must name existing data (`with_data`)."""
     accelerator = build_accelerator(cfg)
     configure_torch(cfg)
-    loader = build_dataloader(cfg, cfg.train_split, train=True, rank=accelerator.process_index)
-    model = build_model_from_config(cfg)  # random init: pretrained weights run at the same speed
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    run = SimpleNamespace(cfg=cfg, accelerator=accelerator, raw_model=model, mask=GradientMask(model),
-                          loss_fn=build_loss(cfg.loss_weights, params=cfg.loss_params), optimizer_step=0,
-                          micro_steps=0, augment=BatchAugment() if cfg.augment == "gpu" else None)
-    run.aux_loss_fn = build_aux_loss(cfg.aux_loss, run.loss_fn)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                                  fused=True)
-    run.model, run.optimizer, run.loader = accelerator.prepare(model, optimizer, loader)
+    training = build_training(cfg, accelerator, load_pretrained=False, val=False)  # the same speed as pretrained
+    run = SimpleNamespace(cfg=cfg, accelerator=accelerator, state=training.step, model=training.step.model,
+                          loader=training.train_loader, total_steps=training.total_steps, optimizer_step=0,
+                          micro_steps=0)
     run.model.train()
-    run.sdt_classes = loader.dataset.num_classes if uses_sdt(cfg) and cfg.sdt_source == "gpu" else 0
-    run.total_steps = cfg.epochs * math.ceil(len(run.loader) / cfg.grad_accum)  # as train.py's LR schedule
 
-    def micro_step(batch: dict, timer: PhaseTimer, loss_log: EpochLossLog) -> None:
+    def micro_step(batch: dict, timer: PhaseTimer) -> None:
+        state = run.state
         seed = augmentation_seed(cfg.seed, accelerator.process_index, run.micro_steps)
-        images, labels, sdt = device_batch(batch, run.augment, seed, run.sdt_classes, cfg.channels_last)
+        images, labels, sdt = device_batch(batch, state.augment, seed, state.sdt_classes, cfg.channels_last)
         timer.mark("augment_sdt")
         lr = get_lr(run.optimizer_step, run.total_steps, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps)
         measure = bool(cfg.log_grad_norms) and run.optimizer_step % cfg.log_grad_norms == 0  # as train.py
-        train_micro_step(accelerator, run.model, run.optimizer, images, labels, sdt, loss_fn=run.loss_fn,
-                         aux_loss_fn=run.aux_loss_fn, cfg=cfg, lr=lr, mask=run.mask, loss_log=loss_log,
-                         where=run.micro_steps, grad_stats=measure)
+        train_micro_step(state, images, labels, sdt, lr=lr, where=run.micro_steps, grad_stats=measure)
         run.optimizer_step += int(accelerator.sync_gradients)
         run.micro_steps += 1
         timer.mark("step")
@@ -320,12 +309,12 @@ def time_part(run: SimpleNamespace, part: str, opts) -> dict:
         first = next(from_loader)
         from_loader.close()
     batches = itertools.repeat(first) if part == "step" else from_loader
-    loss_log = EpochLossLog(run.accelerator)
+    loss_log = run.state.new_epoch()  # read once, at the end
     record: dict = {"part": part}
     for i in range(opts.warmup):
         start, timer = time.perf_counter(), PhaseTimer(device)
         timer.start()
-        run.micro_step(next(batches), timer, loss_log)
+        run.micro_step(next(batches), timer)
         synchronize(device)
         if i == 0:
             record["first_step_s"] = time.perf_counter() - start
@@ -337,7 +326,7 @@ def time_part(run: SimpleNamespace, part: str, opts) -> dict:
         timer.start()
         batch = next(batches)
         timer.mark("data")
-        run.micro_step(batch, timer, loss_log)
+        run.micro_step(batch, timer)
     synchronize(device)
     wall = time.perf_counter() - start
     from_loader.close()  # ends the loader's iterator
@@ -353,15 +342,10 @@ def time_part(run: SimpleNamespace, part: str, opts) -> dict:
 
 
 def measure_saved(run: SimpleNamespace, batch: dict) -> float:
-    """saved_for_backward_mib of one extra (untimed) eager forward + loss on `batch`; its graph is dropped."""
-    images, labels, sdt = device_batch(batch, run.augment, 0, run.sdt_classes, run.cfg.channels_last)
-    kept = {}
-
-    def forward():
-        kept["terms"], _ = forward_loss(run.model, images, labels, sdt, run.loss_fn, run.aux_loss_fn,
-                                        run.cfg.aux_weight)
-
-    return saved_for_backward_mib(forward, run.raw_model)
+    """saved_for_backward_mib of one extra (untimed) eager micro-step on `batch` (it updates the weights too)."""
+    timer = PhaseTimer(run.accelerator.device)
+    timer.start()
+    return saved_for_backward_mib(lambda: run.micro_step(batch, timer), run.accelerator.unwrap_model(run.model))
 
 
 def describe_device(device: torch.device) -> str:
@@ -422,6 +406,53 @@ def format_part(r: dict) -> str:
     if "saved_for_backward_mib" in r:
         line += f"  saved for backward {r['saved_for_backward_mib']:.0f} MiB"
     return line + ("" if r["loss_finite"] else "  NON-FINITE LOSS")
+
+
+# ----------------------------------------------------------------------------------------------- guard
+def compare_guard(cfg: TrainConfig, opts) -> dict:
+    """--guard-ratio: the step with the non-finite guard off (--max-nonfinite 0, train.py's default) and on (1),
+    both built here side by side from the same seed, fed the same batch with the same dropout draws, their
+    micro-steps alternated (the order swapped each time, so drift on a busy machine hits both alike); the
+    median ms of each over --steps after --warmup, the median of the --steps ratios on/off of the two
+    micro-steps run back to back, and whether the two models' weights are still bit-identical (they must be on
+    finite data: the guard only undoes non-finite micro-batches)."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench_guard_"))
+    try:
+        cfg = with_data(cfg, opts, workdir)
+        runs = {name: build_run(dataclasses.replace(cfg, max_nonfinite=k)) for name, k in (("off", 0), ("on", 1))}
+        device = runs["off"].accelerator.device
+        batches = loader_batches(runs["off"])
+        batch = next(batches)
+        batches.close()
+        times: dict[str, list[float]] = {"off": [], "on": []}
+        for i in range(opts.warmup + opts.steps):
+            for name in (("off", "on") if i % 2 == 0 else ("on", "off")):
+                torch.manual_seed(cfg.seed + i)  # the same dropout draws for both at micro-step i
+                timer = PhaseTimer(device)
+                timer.start()
+                synchronize(device)
+                start = time.perf_counter()
+                runs[name].micro_step(batch, timer)
+                synchronize(device)
+                if i >= opts.warmup:
+                    times[name].append(1e3 * (time.perf_counter() - start))
+        weights = [run.accelerator.unwrap_model(run.model).state_dict() for run in runs.values()]
+        report = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                  "device": describe_device(device), "config": config_to_dict(cfg),
+                  "ms_per_step": {name: median(t) for name, t in times.items()}, "ms": times,
+                  "ratio_on_off": median(on / off for on, off in zip(times["on"], times["off"])),
+                  "identical_weights": all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])}
+        return report
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def format_guard(report: dict) -> str:
+    ms = report["ms_per_step"]
+    return (f"non-finite guard, {report['device']}: off (--max-nonfinite 0) {ms['off']:.1f} ms/micro-step, on "
+            f"(--max-nonfinite 1) {ms['on']:.1f} ms/micro-step (medians); on/off = {report['ratio_on_off']:.3f} "
+            f"(median of {len(report['ms']['on'])} back-to-back pairs); "
+            f"weights {'bit-identical' if report['identical_weights'] else 'DIFFER'}")
 
 
 # ----------------------------------------------------------------------------------------------- matrix
@@ -504,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--configs", default=None, help=f"comma list of {', '.join(CONFIGS)}, or all: one process "
                        "per configuration, with speed and memory ratios against the first")
     bench.add_argument("--rounds", type=int, default=1, help="with --configs: run the list this many times in turn")
+    bench.add_argument("--guard-ratio", action="store_true", default=False, help="time the step with the non-finite "
+                       "guard off (--max-nonfinite 0) and on (1) in this process, alternating, and print the ratio")
     bench.add_argument("--flops-only", action="store_true", default=False, help="print the FLOPs per image and stop")
     bench.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     return parser
@@ -533,7 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
 
     datasets.disable_progress_bars()  # the file-list builder's bar would interleave with the results
-    if opts.configs:
+    if opts.guard_ratio:
+        result = compare_guard(cfg, opts)
+        print(format_guard(result))
+    elif opts.configs:
         result = run_configs(cfg, opts, argv)
         print(format_configs(result))
     else:

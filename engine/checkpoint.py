@@ -31,7 +31,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from engine.config import TrainConfig, save_config
+from data_utils.cityscapes import resolve_data_root
+from engine.config import TrainConfig, load_config, resume_refusal, save_config
 from utils.fileio import UserError, atomic_write_json, disk_full_advice, fsync_dir
 
 CHECKPOINTS = "checkpoints"
@@ -286,6 +287,38 @@ def checkpoint_to_resume(run_dir: str | Path) -> Path | None:
                         f"resume from {resume or 'scratch (no earlier checkpoint with training state)'}, or pass "
                         "another --out for a new run")
     return resume
+
+
+def resume_checkpoint(cfg: TrainConfig, num_processes: int, require: bool = False) -> tuple[Path | None, bool]:
+    """The checkpoint a run of `cfg` resumes from, checked: (checkpoint or None for a fresh start, finished).
+
+    `finished`: the checkpoint already holds cfg.epochs epochs (nothing to do). A UserError, one line, when
+    `require` (--resume) and there is nothing to resume; when a newer, unusable checkpoint would be
+    overwritten (`checkpoint_to_resume`); when the data root is missing (reported before the next check); when
+    the checkpoint was made with other settings than `cfg` (`engine.config.resume_refusal`); when it holds more
+    epochs than cfg.epochs (more extend the run); or when it was saved by another process count: the optimizer-step
+    count per epoch, the effective batch and the per-rank RNG states all depend on it, so resuming on
+    another count would silently change the LR schedule.
+    """
+    run_dir = cfg.run_dir
+    ckpt = checkpoint_to_resume(run_dir)
+    if ckpt is None:
+        if require:
+            raise UserError(f"{run_dir}: --resume given but no complete checkpoint with training state is there")
+        return None, False
+    if not cfg.hf_dataset:
+        resolve_data_root(cfg.data_root)  # an input error first: it would be the next one after the refusal
+    refusal = resume_refusal(load_config(ckpt / "config.json"), cfg)
+    if refusal:
+        raise UserError(f"{ckpt}: {refusal}")
+    meta = read_meta(ckpt)
+    if meta.get("num_processes", num_processes) != num_processes:
+        raise UserError(f"{ckpt}: saved by {meta['num_processes']} process(es), now {num_processes}; resume with "
+                        f"--num_processes {meta['num_processes']}, or start a new run with another --out")
+    if meta["epoch"] > cfg.epochs:  # more --epochs extend the run (engine.config.EXTENDABLE_CHANGES), fewer cannot
+        raise UserError(f"{ckpt}: this run already trained {meta['epoch']} epochs, more than --epochs {cfg.epochs}; "
+                        "evaluate one of its checkpoints, or pass another --out for a new run")
+    return ckpt, meta["epoch"] == cfg.epochs
 
 
 def prune_training_states(run_dir: str | Path, keep: int) -> None:

@@ -32,7 +32,7 @@ from engine.setup import class_table
 from metrics.consensus import cc_veto
 from metrics.keys import METRIC_KEYS
 from metrics.per_image import PER_IMAGE_SUFFIX
-from metrics.segmentation import SegmentationMetrics, fragment_counts
+from metrics.segmentation import SegmentationMetrics, host_image_stats
 from utils.console import pct, progress_columns
 from utils.cli import did_you_mean
 from utils.fileio import UserError
@@ -81,7 +81,7 @@ def evaluate_consensus(primary: torch.nn.Module, veto: torch.nn.Module, loader, 
                 stats = {}
                 for m, pred in preds.items():
                     counts = metrics[m].image_stats(pred, labels)
-                    counts["fragments"] = fragment_counts(pred, C).to(labels.device)
+                    counts.update({k: v.to(labels.device) for k, v in host_image_stats(pred, C).items()})
                     stats.update({f"{m}/{k}": v for k, v in counts.items()})
                 names = list(batch["name"])
                 if index + 1 == len(loader):  # see engine.evaluation._add_batch: only the last batch has a tail

@@ -5,10 +5,11 @@ batches (`SegmentationMetrics.image_stats`), `accelerator.gather_for_metrics` co
 names (dropping the samples a distributed sampler repeats at the tail) and every process adds the same counts,
 so the result is identical on 1 or N GPUs and no 1024x2048 prediction map ever crosses processes.
 
-Fragments (connected components, `metrics.consensus.count_fragments`) have no GPU kernel: each batch's
-prediction is copied to the host as uint8 (2 MB per 1024x2048 frame, asynchronously) and counted by cc3d on a
-background thread while the device runs the next batch's forward pass; a batch's stats are gathered one
-iteration later, when its fragments are in, so the loop never waits for the host except after the last batch.
+The records computed on the host (`metrics.registry`, host=True: fragments, connected components by cc3d) have
+no GPU kernel: each batch's prediction is copied to the host as uint8 (2 MB per 1024x2048 frame,
+asynchronously) and counted on a background thread while the device runs the next batch's forward pass; a
+batch's stats are gathered one iteration later, when its host stats are in, so the loop never waits for the
+host except after the last batch.
 
     metrics = evaluate_model(model, val_loader, accelerator, metrics_profile="study")
     metrics["miou"], metrics["boundary_f1"], metrics["boundary_iou"], metrics["fragments_per_image"]
@@ -28,7 +29,7 @@ from rich.errors import LiveError
 from rich.progress import Progress
 
 from data_utils.augment import normalize
-from metrics.segmentation import SegmentationMetrics, fragment_counts
+from metrics.segmentation import SegmentationMetrics, host_image_stats
 from utils.console import progress_columns
 
 # Called with (names, images uint8 (N, 3, H, W) on the CPU, predicted train ids uint8 (N, H, W) on the CPU).
@@ -66,16 +67,18 @@ def _live(bar: Progress):
         bar.stop()
 
 
-class HostFragments:
-    """Counts the fragments of prediction batches on the host, on one background thread.
+class HostStats:
+    """Computes the host-side statistics (`metrics.segmentation.host_image_stats`) of prediction batches on one
+    background thread.
 
     `submit(pred)` starts the uint8 copy to the host without waiting for the device (a CUDA event marks its
-    end) and returns a Future of the (N,) int64 fragment counts; cc3d runs on the thread once the copy is done.
+    end) and returns a Future of the {name: (N, ...) tensor} statistics, computed on the thread once the copy
+    is done.
     """
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="fragments")
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="host-stats")
 
     def submit(self, pred: torch.Tensor) -> Future:
         host = pred.to(torch.uint8).to("cpu", non_blocking=True)  # ids < MAX_CLASSES = 255 fit a byte; pinned
@@ -85,21 +88,22 @@ class HostFragments:
             copied.record()
         return self.pool.submit(self._count, host, copied)
 
-    def _count(self, host: torch.Tensor, copied) -> torch.Tensor:
+    def _count(self, host: torch.Tensor, copied) -> dict[str, torch.Tensor]:
         if copied is not None:
             copied.synchronize()
-        return fragment_counts(host, self.num_classes)
+        return host_image_stats(host, self.num_classes)
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
 
 
-def _add_batch(metric: SegmentationMetrics, accelerator, stats: dict, fragments: Future, names: list[str],
+def _add_batch(metric: SegmentationMetrics, accelerator, stats: dict, host_stats: Future, names: list[str],
                last: bool) -> None:
     """Gather one batch's stats and names over the processes and add them. Only the loader's last batch goes
     through `gather_for_metrics` (it drops the tail a distributed sampler repeats, and it must be called while
     that batch is the current one); earlier batches have nothing to drop."""
-    stats = {**stats, "fragments": fragments.result().to(stats["confusion"].device)}
+    device = stats["confusion"].device
+    stats = {**stats, **{k: v.to(device) for k, v in host_stats.result().items()}}
     if last:
         stats = accelerator.gather_for_metrics(stats)
         names = accelerator.gather_for_metrics(names, use_gather_object=True)
@@ -127,24 +131,24 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int
         metrics_profile: "default" or "study" (SegmentationMetrics).
 
     Returns:
-        SegmentationMetrics.compute() (miou, iou, boundary_f1, trimap_iou, boundary_iou, boundary_iou_per_class,
-        fragments_per_image, num_images, metrics_profile) plus "per_image": SegmentationMetrics.per_image() and
+        SegmentationMetrics.compute() (every record's value and per-class values, num_images, metrics_profile)
+        plus "per_image": SegmentationMetrics.per_image() and
         "classes" (the C names); with_metrics=False gives {"num_images"} only (this process's count).
     The model's train/eval mode is restored afterwards.
     """
     classes = getattr(loader.dataset, "classes", None)  # None: an image-only loader (with_metrics=False)
-    metric = fragments = None
+    metric = host_stats = None
     if with_metrics:
         metric = SegmentationMetrics(classes.num_classes, classes.ignore_index, boundary_px, profile=metrics_profile,
                                      class_names=classes.names)
-        fragments = HostFragments(classes.num_classes)
+        host_stats = HostStats(classes.num_classes)
     was_training = model.training
     model.eval()
     num_images = 0
     bar = Progress(*progress_columns(), transient=True,
                    disable=not (show_progress and accelerator.is_main_process))
     task = bar.add_task(description, total=len(loader))
-    pending = None  # the previous batch: (stats, fragments future, names), added once its fragments are in
+    pending = None  # the previous batch: (stats, host stats future, names), added once its host stats are in
     try:
         with _live(bar), torch.no_grad():  # not inference_mode: train.py trains this model again afterwards
             for index, batch in enumerate(loader):
@@ -153,7 +157,7 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int
                 pred = predict(model, images, size=None if labels is None else labels.shape[-2:])
                 if with_metrics:
                     stats = metric.image_stats(pred, labels)  # small per-image counts, on the device
-                    current = (stats, fragments.submit(pred), list(batch["name"]))
+                    current = (stats, host_stats.submit(pred), list(batch["name"]))
                     if pending is not None:
                         _add_batch(metric, accelerator, *pending, last=False)
                     pending = current
@@ -168,7 +172,7 @@ def evaluate_model(model: torch.nn.Module, loader, accelerator, boundary_px: int
                       if with_metrics
                       else {"num_images": num_images})
     finally:
-        if fragments is not None:
-            fragments.close()
+        if host_stats is not None:
+            host_stats.close()
         model.train(was_training)
     return result

@@ -8,7 +8,6 @@ resumed from an older epoch rewrites it) is recognised as stale by evaluate.py.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -17,8 +16,9 @@ from rich.table import Table
 from engine.checkpoint import read_meta
 from engine.config import TrainConfig, config_to_dict
 from engine.results_format import REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
-from metrics.keys import COUNT_KEYS, FRACTION_KEYS, METRIC_KEYS, METRIC_LABELS, SHORT_LABELS
+from metrics.keys import METRIC_KEYS
 from metrics.per_image import per_image_path, write_per_image
+from metrics.registry import METRICS
 from utils.console import pct
 from utils.fileio import atomic_write_json
 
@@ -62,10 +62,9 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         "split": split,
         "num_images": int(metrics["num_images"]),
         "metrics_profile": metrics["metrics_profile"],
-        **{key: float(metrics[key]) for key in METRIC_KEYS},
-        "iou": {name: float(value) for name, value in zip(classes, iou)},
-        "boundary_iou_per_class": {name: float(value)
-                                   for name, value in zip(classes, metrics["boundary_iou_per_class"])},
+        **{m.key: float(metrics[m.key]) for m in METRICS},
+        **{m.per_class: {name: float(value) for name, value in zip(classes, metrics[m.per_class])}
+           for m in METRICS if m.per_class is not None},  # "iou", "boundary_iou_per_class", ...
         "classes": classes,
         "seconds": round(float(seconds), 3),
         "lambda_dice": cfg.loss_weights.get("dice", cfg.lambda_dice),
@@ -84,7 +83,8 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
 def metrics_table(columns: dict[str, dict], title: str, caption: str | None = None, prefix: str = "") -> Table:
     """The console table of validation metrics that train.py (at the end) and evaluate.py print.
 
-    One row per metric of METRIC_KEYS (in percent; fragments per image as a count), then the IoU of each class
+    One row per metric record (`metrics.registry.METRICS`: fractions in percent, other units as they are, the unit
+    in the label), then the IoU of each class
     (the classes of the `<prefix>iou/<class>` keys, in their order); one column per entry of `columns`, header ->
     a flat metrics dict with the keys `<prefix>miou`, ..., `<prefix>iou/<class>` (metrics.jsonl's rows with
     prefix "val/"). A missing, None or NaN value (nothing to average, e.g. a class absent from the split) shows
@@ -99,13 +99,12 @@ def metrics_table(columns: dict[str, dict], title: str, caption: str | None = No
         table.add_column(header, justify="right")
     class_keys = dict.fromkeys(k[len(prefix):] for column in columns.values() for k in column
                                if k.startswith(f"{prefix}iou/"))  # ordered, each once
-    keys = [(METRIC_LABELS[key], key) for key in METRIC_KEYS] + [(f"  IoU {key[4:]}", key) for key in class_keys]
-    for label, key in keys:
+    for m in METRICS:
+        unit = "" if m.is_fraction else f" ({m.display[0]})"
+        table.add_row(m.label + unit, *(m.show(column.get(prefix + m.key)) for column in columns.values()))
+    for key in class_keys:
         values = [column.get(prefix + key) for column in columns.values()]
-        if key in COUNT_KEYS:
-            table.add_row(label + " (count)", *("n/a" if v is None or math.isnan(v) else f"{v:.2f}" for v in values))
-        else:
-            table.add_row(label, *map(pct, values))
+        table.add_row(f"  IoU {key[4:]}", *map(pct, values))
     return table
 
 
@@ -123,10 +122,10 @@ def batch_table(records: list[dict], runs_dir: Path) -> Table:
     a narrow terminal), epoch and metrics."""
     table = Table(title=f"evaluated checkpoints under {runs_dir} (%)")
     table.add_column("run", overflow="fold")
-    for column in ("variant", "seed", "epoch", *(SHORT_LABELS[k] for k in FRACTION_KEYS), "s"):
+    for column in ("variant", "seed", "epoch", *(m.short for m in METRICS if m.is_fraction), "s"):
         table.add_column(column, justify="right", no_wrap=True)
     for r in records:
         run = os.path.relpath(Path(r["checkpoint"]).parent.parent, runs_dir)  # RUN/checkpoints/epoch_XXXX
-        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), *(pct(r[k]) for k in FRACTION_KEYS),
+        table.add_row(run, r["variant"], str(r["seed"]), str(r["epoch"]), *(m.show(r[m.key]) for m in METRICS if m.is_fraction),
                       f"{r['seconds']:.1f}")
     return table

@@ -3,7 +3,8 @@
 evaluate.py (`--all`: is a checkpoint's results file valid?) and aggregate.py (`report.load`) read results files
 through `read_results`, so both accept and refuse the same files; `engine.results.write_results` writes them.
 
-Format (one JSON object; metric values are fractions in [0, 1]; NaN is written as null):
+Format (one JSON object; every metric record of `metrics.registry` under its key, and its per-class values under
+its `per_class` key: fractions in [0, 1], counts and pixels >= 0; NaN is written as null):
 
     {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "RUN/checkpoints/epoch_0160",
      "split": "val", "num_images": 500, "metrics_profile": "default", "miou": 0.8123, "boundary_f1": 0.7012,
@@ -33,7 +34,8 @@ import math
 from pathlib import Path
 
 from losses.schedule import SCHEDULE_PARAMS  # the λ_b schedules and their TrainConfig fields (torch-free)
-from metrics.keys import COUNT_KEYS, FRACTION_KEYS, PROFILES
+from metrics.keys import PROFILES
+from metrics.registry import METRICS
 from utils.fileio import UserError
 
 RESULTS_SUFFIX = ".results.json"
@@ -70,15 +72,24 @@ def _fraction_or_nan(value, path: Path, name: str) -> float:
     return float(value)
 
 
-def _per_class(values, classes: list[str], path: Path, name: str) -> dict[str, float]:
-    """{class name: fraction or null} -> {class name: float (NaN for null)} in `classes` order."""
+def _value_or_nan(value, path: Path, name: str, fraction: bool) -> float:
+    """A metric's value: a fraction (`_fraction_or_nan`), else null -> NaN or a number >= 0."""
+    if fraction:
+        return _fraction_or_nan(value, path, name)
+    if value is not None and not (_is_number(value) and value >= 0):
+        raise UserError(f"{path}: `{name}` = {value!r} is not a number >= 0; {_REDO}")
+    return math.nan if value is None else float(value)
+
+
+def _per_class(values, classes: list[str], path: Path, name: str, fraction: bool) -> dict[str, float]:
+    """{class name: value or null} -> {class name: float (NaN for null)} in `classes` order."""
     if not isinstance(values, dict):
         raise UserError(f"{path}: `{name}` must map class names to values; {_REDO}")
     unknown = sorted(set(values) - set(classes))
     if unknown:
         raise UserError(f"{path}: unknown class names in `{name}`: {', '.join(unknown)} (the file's classes: "
                         f"{', '.join(classes)}); {_REDO}")
-    return {c: _fraction_or_nan(values[c], path, f"{name}/{c}") for c in classes if c in values}
+    return {c: _value_or_nan(values[c], path, f"{name}/{c}", fraction) for c in classes if c in values}
 
 
 def read_results(path: str | Path) -> dict:
@@ -113,13 +124,8 @@ def read_results(path: str | Path) -> dict:
     for key in ("seconds", "lambda_dice", "lambda_boundary"):
         if not _is_number(record[key]) or not record[key] >= 0:
             raise UserError(f"{path}: `{key}` = {record[key]!r} is not a number >= 0; {_REDO}")
-    for key in FRACTION_KEYS:
-        record[key] = _fraction_or_nan(record.get(key), path, key)
-    for key in COUNT_KEYS:
-        value = record.get(key)
-        if value is not None and not (_is_number(value) and value >= 0):
-            raise UserError(f"{path}: `{key}` = {value!r} is not a number >= 0; {_REDO}")
-        record[key] = math.nan if value is None else float(value)
+    for m in METRICS:
+        record[m.key] = _value_or_nan(record.get(m.key), path, m.key, m.is_fraction)
     record.setdefault("metrics_profile", "default")
     if record["metrics_profile"] not in PROFILES:
         raise UserError(f"{path}: unknown `metrics_profile` {record['metrics_profile']!r} (known: "
@@ -130,9 +136,9 @@ def read_results(path: str | Path) -> dict:
     classes = record.get("classes", list(iou))
     if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
         raise UserError(f"{path}: `classes` must list the class names; {_REDO}")
-    for key in ("iou", "boundary_iou_per_class"):
-        if key == "iou" or key in record:
-            record[key] = _per_class(record[key], classes, path, key)
+    for m in METRICS:
+        if m.per_class is not None and (m.per_class in REQUIRED_KEYS or m.per_class in record):
+            record[m.per_class] = _per_class(record[m.per_class], classes, path, m.per_class, m.is_fraction)
     if "config" in record and not isinstance(record["config"], dict):
         raise UserError(f"{path}: `config` must be the run's config object; {_REDO}")
     return record

@@ -1,4 +1,5 @@
-"""Accelerator, model and data built from a TrainConfig: what train.py, evaluate.py and bench/ share.
+"""Accelerator, model and data built from a TrainConfig: what train.py, evaluate.py and bench/ share;
+`build_training` is everything train.py's loop runs on (bench/bench_train.py times the same).
 
 The training data order is a pure function of (seed, epoch) (`EpochShuffleSampler`), the flips a pure
 function of (seed, epoch, index) (`SegmentationDataset`), and the photometric augmentation a pure function
@@ -11,6 +12,9 @@ so drawing it from the restored global RNG would shift the dropout stream of the
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,11 +24,14 @@ from torch.utils.data import DataLoader, Sampler
 
 from data_utils.augment import BatchAugment
 from data_utils.classes import ClassTable
-from data_utils.dataset import SegmentationDataset, collate_batch
+from data_utils.dataset import SegmentationDataset, check_frames, collate_batch
 from data_utils.options import WORKER_SDT_SOURCES
 from data_utils.source import DataSource
 from engine.config import DEMO_DATA, DEMO_HF_DATA, TrainConfig
+from engine.steps import EpochLossLog, GradientMask, StepState
+from losses import build_aux_loss, build_loss
 from losses.registry import needs_sdt
+from losses.schedule import BoundaryWeightSchedule
 from models import build_model, takes_input_size
 from utils.fileio import UserError
 
@@ -100,6 +107,83 @@ def build_model_from_config(cfg: TrainConfig, load_pretrained: bool = False) -> 
                         grad_checkpointing=cfg.grad_checkpointing, head=cfg.head,
                         head_channels=cfg.head_channels, img_size=img_size)
     return model
+
+
+@dataclass
+class Training:
+    """What train.py's loop runs on (`build_training`).
+
+    step: the micro-step's state (engine.steps.StepState: prepared model and optimizer, losses, guard);
+    train_loader / val_loader: the prepared loaders (val_loader None when not asked for);
+    loss_schedule: the λ_b schedule, `weights_at(epoch)` for `step.loss_fn.weights`;
+    steps_per_epoch, total_steps: optimizer steps (the LR schedule's length, `engine.schedule.get_lr`);
+    frames_checked, check_seconds: what `check_data` checked (0 when not asked for).
+    """
+    step: StepState
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    loss_schedule: BoundaryWeightSchedule
+    steps_per_epoch: int
+    total_steps: int
+    frames_checked: int = 0
+    check_seconds: float = 0.0
+
+
+def build_training(cfg: TrainConfig, accelerator: Accelerator, load_pretrained: bool = False, val: bool = True,
+                   check_data: bool = False) -> Training:
+    """Data, model, losses, optimizer and guard of a run of `cfg`, prepared by `accelerator`, in train.py's
+    order (the global RNG draws, e.g. the model's init, come in the same order wherever it is called).
+
+    Call after `configure_torch(cfg)` (the seeds) and with `cfg`'s data in place. The loaders
+    (`build_dataloader`; with `check_data`, every frame checked by the main process first,
+    `data_utils.dataset.check_frames`, so a bad file stops the run before any training); the model
+    (`build_model_from_config`: ImageNet weights when `load_pretrained`; SyncBatchNorm under multi-GPU DDP;
+    channels_last when cfg.channels_last); the loss, the aux loss and the λ_b schedule; fused AdamW; the
+    non-finite guard (`GradientMask`, active when cfg.max_nonfinite > 0, and `EpochLossLog`); one
+    `accelerator.prepare`. `val=False` builds no val loader (bench/bench_train.py).
+    """
+    rank = accelerator.process_index
+    checked, check_seconds = 0, 0.0
+    with accelerator.main_process_first():  # the first process builds the datasets caches, the others reuse them
+        train_loader = build_dataloader(cfg, cfg.train_split, train=True, rank=rank)
+        val_loader = build_dataloader(cfg, cfg.val_split, train=False, rank=rank) if val else None
+        if check_data and accelerator.is_main_process:  # a bad file stops the run now, not after an epoch
+            start = time.perf_counter()
+            checked = check_frames(train_loader.dataset, decode_labels=False, num_workers=cfg.num_workers)
+            if val_loader is not None:
+                checked += check_frames(val_loader.dataset, decode_labels=True, num_workers=cfg.num_workers)
+            check_seconds = time.perf_counter() - start
+    augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
+    on_device_sdt = uses_sdt(cfg) and cfg.sdt_source == "gpu"  # the SDT computed on the device, per batch
+    sdt_classes = train_loader.dataset.num_classes if on_device_sdt else 0
+
+    with accelerator.main_process_first():  # a hub download of the pretrained backbone happens once
+        model = build_model_from_config(cfg, load_pretrained=load_pretrained)
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch 2 per GPU: BN stats over all GPUs
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # NHWC weights; device_images sends NHWC batches
+    # --max-nonfinite K > 0: undo a non-finite micro-batch on the device (gradient, BN stats, step); K = 0: off
+    mask = GradientMask(model, active=cfg.max_nonfinite > 0)
+    loss_fn = build_loss(cfg.loss_weights, params=cfg.loss_params)  # --loss, or --variant with its λs
+    aux_loss_fn = build_aux_loss(cfg.aux_loss, loss_fn)  # "composite" shares loss_fn, so its weights too
+    loss_schedule = BoundaryWeightSchedule(cfg.boundary_schedule, loss_fn.weights, start=cfg.boundary_start,
+                                           ramp_epochs=cfg.boundary_ramp_epochs, delta=cfg.steal_delta,
+                                           floor=cfg.steal_floor)  # "constant" (the paper) keeps the weights
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                  fused=True)  # fused: can skip an update on a device-side flag (GradientMask)
+
+    if val_loader is None:
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    else:
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)  # accumulate() syncs at the loader's end
+    step = StepState(cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, loss_fn=loss_fn,
+                     aux_loss_fn=aux_loss_fn, mask=mask, loss_log=EpochLossLog(accelerator, each_step=mask.active),
+                     augment=augment, sdt_classes=sdt_classes)
+    return Training(step=step, train_loader=train_loader, val_loader=val_loader, loss_schedule=loss_schedule,
+                    steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
+                    frames_checked=checked, check_seconds=check_seconds)
 
 
 def train_frame_size(cfg: TrainConfig) -> tuple[int, int]:

@@ -1,38 +1,30 @@
-"""One training micro-step, kept out of train.py so bench/bench_train.py times the same step and tests can
-drive its parts with their own model. train.py's loop, per micro-batch:
+"""What train.py's micro-step uses, kept out of train.py so bench/bench_train.py and the tests build the
+same: the device batch (`device_batch`), the non-finite guard (`GradientMask`, `EpochLossLog`) and the step's
+state (`StepState`, built by `engine.setup.build_training`). The step itself is `train.train_micro_step`,
+readable in train.py: inside `accelerator.accumulate(model)`, forward, loss, backward and (every --grad-accum
+micro-batches) the optimizer step, with the guard's four calls around them.
 
-    images, labels, sdt = device_batch(batch, augment, seed, sdt_classes, channels_last)
-    terms, _ = train_micro_step(accelerator, model, optimizer, images, labels, sdt, loss_fn=..., ...)
-    ...
-    reading = loss_log.read()  # every few micro-steps and at the epoch's end: the one host sync
-
-where `train_micro_step` is, inside `accelerator.accumulate(model)`:
-
-    mask.save_buffers()  # BatchNorm statistics, copied on the device
-    terms, _ = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn, aux_weight)
-    mask.set_keep(loss_log.update(terms, where=(step, epoch, batch_index)))  # on the device: no host sync
-    accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, grad_clip, mask)
-
-`accelerator.accumulate` decides whether this micro-step closes an accumulation window (then gradients
-are all-reduced and the optimizer steps) or only adds its gradient (DDP's sync skipped). accelerate divides
-the loss by the number of accumulation steps, so accum 4 x batch 1 gives the mean of the 4 per-batch
-gradients (equal to one step on the 4 samples for a per-sample-mean loss and no batch-dependent layers).
-
-No host sync in the step: whether a micro-batch's loss is finite is decided on the device (`EpochLossLog`),
-the micro-batch is undone on the device (`GradientMask`: its gradient, its BatchNorm updates, and the
-optimizer update of a window that kept nothing), and the host reads the loss sums and the non-finite count
-only when train.py asks (`EpochLossLog.read`).
+The guard costs something only when it can act. With `--max-nonfinite K > 0` a micro-batch whose loss is
+not finite is undone on the device, without a host sync (`GradientMask`: its gradient, its BatchNorm
+updates, and the optimizer update of a window that kept nothing); for that every micro-step copies the
+model's buffers and all-gathers the loss terms (every process must agree on undoing it before its backward).
+With K = 0 (the default) nothing is undone: a bad micro-batch stops the run at the next host read, before
+any checkpoint, so the mask is off (no hooks, no copies) and the loss terms are all-gathered once per read,
+not per micro-step (`EpochLossLog`). Either way the host reads the loss sums and the non-finite count only
+when train.py asks (`EpochLossLog.read`). Cost of each: BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 
 from data_utils.augment import BatchAugment, normalize
-from losses.gradients import term_gradient_stats
+from engine.config import TrainConfig
 
 
 def augmentation_seed(run_seed: int, rank: int, micro_step: int) -> int:
@@ -53,7 +45,7 @@ def device_images(images: torch.Tensor, augment: BatchAugment | None, seed: int,
 
 def device_batch(batch: dict, augment: BatchAugment | None, seed: int, sdt_classes: int = 0,
                  channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A prepared loader's batch (on the device) -> (images, labels, sdt) for `train_micro_step`.
+    """A prepared loader's batch (on the device) -> (images, labels, sdt) for `train.train_micro_step`.
 
     images: `device_images` (augmented with `seed` when `augment` is given); labels: (N, H, W) int64 (the
     loader ships uint8, 1/8 of the bytes to copy); sdt: computed on the device from the labels
@@ -70,34 +62,13 @@ def device_batch(batch: dict, augment: BatchAugment | None, seed: int, sdt_class
     return images, labels.long(), sdt  # .long() on the device; the losses index with int64
 
 
-def forward_loss(model, images: torch.Tensor, labels: torch.Tensor, sdt: torch.Tensor | None, loss_fn,
-                 aux_loss_fn=None, aux_weight: float = 0.0,
-                 grad_stats: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Forward pass and the recipe's loss, plus `aux_weight` x the aux head's loss when the model has one.
-
-    Args:
-        images: (N, 3, H, W) normalised float; labels: (N, H, W) int64 train ids (255 ignore; the loader
-            ships uint8, so call `.long()` on the device batch);
-        sdt: (N, C, H, W) int8 signed distance maps, or None for a loss that does not need them.
-        grad_stats: also measure each main-head term's gradient norm w.r.t. the logits and UPerNet's fused
-            features (`losses.gradients.term_gradient_stats`: one extra backward per term, params untouched).
-    Returns:
-        (terms, stats). terms: {"loss": main + aux_weight * aux (what is back-propagated), <term>: each of the
-        main head's unweighted terms, "aux": the aux head's loss when present}; stats: the
-        gradient statistics, {} unless asked for. Scalar tensors.
-    """
-    out = model(images, return_features=True) if grad_stats else model(images)
-    terms = loss_fn(out["logits"], labels, sdt)
-    stats = term_gradient_stats(terms, out["logits"], out["features"]) if grad_stats else {}
-    if "aux_logits" in out and aux_loss_fn is not None and aux_weight > 0:
-        terms["aux"] = aux_loss_fn(out["aux_logits"], labels, sdt)["loss"]
-        terms["loss"] = terms["loss"] + aux_weight * terms["aux"]
-    return terms, stats
-
-
 class GradientMask:
     """Undoes a bad micro-batch on the device, without a host sync: afterwards the parameters, the buffers
     and the optimizer state are what they would be had the micro-batch not been in the data.
+
+    train.train_micro_step calls, in this order: `save_buffers()` before the forward, `set_keep(keep)` after
+    the loss (keep from `EpochLossLog.update`), `restore_buffers()` after the backward and, at the end of an
+    accumulation window, `skip_step_unless_kept(optimizer)` before the optimizer step.
 
     - Gradient: a hook on every trainable parameter replaces the gradient coming from the backward pass by
       zeros while `keep` (a 0-dim bool tensor on the device, set before each backward) is False. The hook
@@ -108,20 +79,23 @@ class GradientMask:
       running mean/var (nan or inf from a non-finite input) and counted it. `save_buffers()` before the
       forward copies every buffer on the device; `restore_buffers()` after the backward (autograd checks
       that BatchNorm's saved buffers are unchanged until then) puts them back where `keep` is False
-      (`torch.where`, so the copy back costs no sync either; `accumulate_and_step` calls it).
+      (`torch.where`, so the copy back costs no sync either).
     - Optimizer: a window of accumulated micro-batches none of which was kept must not step at all (AdamW
-      would still decay its moments, count a step and apply weight decay on a zero gradient). At the end of
-      the window `accumulate_and_step` calls `skip_step_unless_kept(optimizer)`, which sets `found_inf`, the
-      flag with which fused Adam/AdamW skip an update on the device (as under torch's GradScaler); so the
-      optimizer must be created with `fused=True`. A window with some kept micro-batches steps on their gradients
-      (summed, divided by the window length as accelerate scales). Exception: under `--mixed-precision fp16`
-      torch's GradScaler sets `found_inf` itself, so a window with no kept micro-batch steps on a zero gradient.
+      would still decay its moments, count a step and apply weight decay on a zero gradient).
+      `skip_step_unless_kept(optimizer)` sets `found_inf`, the flag with which fused Adam/AdamW skip an
+      update on the device (as under torch's GradScaler); so the optimizer must be created with `fused=True`.
+      A window with some kept micro-batches steps on their gradients (summed, divided by the window length
+      as accelerate scales). Exception: under `--mixed-precision fp16` torch's GradScaler sets `found_inf`
+      itself, so a window with no kept micro-batch steps on a zero gradient.
+
+    `active=False` (train.py with --max-nonfinite 0, where a bad micro-batch stops the run instead): no hooks,
+    and every method is a no-op, so the step pays nothing for the guard.
     """
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, active: bool = True):
+        self.model, self.active = model, active
         self.keep: torch.Tensor | None = None
-        self.handles = [p.register_hook(self._apply) for p in model.parameters() if p.requires_grad]
+        self.handles = [p.register_hook(self._apply) for p in model.parameters() if p.requires_grad] if active else []
         self._saved: list[torch.Tensor] = []
         self._window_kept: torch.Tensor | None = None  # whether any micro-batch of the open window was kept
 
@@ -134,15 +108,19 @@ class GradientMask:
 
         The buffers are looked up each time: `accelerator.prepare` moves them to the device as new tensors.
         """
-        self._saved = [b.detach().clone() for b in self.model.buffers()]
+        if self.active:
+            self._saved = [b.detach().clone() for b in self.model.buffers()]
 
-    def set_keep(self, keep: torch.Tensor) -> None:
+    def set_keep(self, keep: torch.Tensor | None) -> None:
         """Mark this micro-batch kept or not (0-dim bool on the device), after its forward, before its backward."""
-        self.keep = keep
-        self._window_kept = keep if self._window_kept is None else self._window_kept | keep
+        if self.active:
+            self.keep = keep
+            self._window_kept = keep if self._window_kept is None else self._window_kept | keep
 
     def restore_buffers(self) -> None:
         """After the backward: where `keep` is False, put back the buffers `save_buffers` copied."""
+        if not self.active:
+            return
         with torch.no_grad():
             for buffer, saved in zip(self.model.buffers(), self._saved):
                 buffer.copy_(torch.where(self.keep, buffer, saved))
@@ -153,6 +131,8 @@ class GradientMask:
         if none of the window's micro-batches was kept (fused Adam/AdamW read `found_inf`: 1.0 skips the
         update and the step count); the next `set_keep` opens a new window. `optimizer` may be accelerate's
         wrapper."""
+        if not self.active:
+            return
         kept = self._window_kept if self._window_kept is not None else torch.ones((), dtype=torch.bool)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         getattr(optimizer, "optimizer", optimizer).found_inf = (~kept).float().to(params[0].device)
@@ -179,107 +159,96 @@ class LossReading:
 
 
 class EpochLossLog:
-    """One epoch's loss terms, accumulated on the device and read on the host only in `read()`.
+    """One epoch's loss terms, kept on the device and brought to the host only by `read()`.
 
-    `update(terms)` gathers every process's terms, (P, K) for the K names, so all processes agree on
-    whether the micro-batch is good: it is bad when any term of any process is nan or inf. Good micro-batches
-    are added to the epoch sums; of the bad ones the log counts them and keeps the first one's values
-    and position, all with device ops (`torch.where`), so the step never waits for the device.
+    A micro-batch is good when every term of every process is finite: good ones count in the epoch means;
+    of the bad ones the log counts them and reports the first one's values and position. `update(terms)`
+    adds a micro-batch's scalar terms (as float64) to the read window, on the device, and decides whether
+    it is good
+    - at once when `each_step` (what `GradientMask` needs: the same answer on every process before the
+      backward): every process's terms are all-gathered, (P, K) for the K names, one small collective per
+      micro-step, and `update` returns `keep`, a 0-dim bool on the device;
+    - in `read()` otherwise (--max-nonfinite 0: nothing to undo): the window's terms are all-gathered
+      there, one collective per read, and `update` returns None.
+    `read()` copies the window to the host (one transfer, the one host sync) and adds it to the epoch's sums;
+    call it at the same micro-steps on every process.
     """
 
-    def __init__(self, accelerator):
-        self.accelerator = accelerator
+    def __init__(self, accelerator, each_step: bool = True):
+        self.accelerator, self.each_step = accelerator, each_step
         self.names: list[str] | None = None  # the terms' names, set by the first update
-
-    def _start(self, names: list[str], num_processes: int, device: torch.device) -> None:
-        zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
-        self.names = names
-        self.sums, self.num_kept = zeros(len(names)), zeros()  # finite micro-batches of the epoch
-        self.num_bad, self.first_index = zeros(), zeros()  # since the last read
-        self.first_values = zeros(num_processes, len(names))
+        self.window: list[torch.Tensor] = []  # since the last read: (P, K) per micro-step (each_step), else (1, K)
         self.positions: list = []  # host: `where` of each update since the last read
+        self.sums: list[float] = []  # host: the epoch's sum of each term over the good micro-batches
+        self.num_kept = 0
 
-    def update(self, terms: dict[str, torch.Tensor], where=None) -> torch.Tensor:
-        """Add one micro-batch's scalar terms; returns `keep`, a 0-dim bool on the device (all finite).
+    def update(self, terms: dict[str, torch.Tensor], where=None) -> torch.Tensor | None:
+        """Add one micro-batch's scalar terms; returns `keep` (all finite, on the device) when `each_step`.
 
         `where` (any object, e.g. (optimizer step, epoch, batch)) is what `read` reports for a bad one.
         """
-        names = list(terms)
-        values = torch.stack([terms[k].detach().double() for k in names])[None]  # (1, K)
-        values = self.accelerator.gather(values)  # (P, K): one small all-gather per micro-step
         if self.names is None:
-            self._start(names, values.shape[0], values.device)
-        keep = torch.isfinite(values).all()
-        self.sums += torch.where(keep, values.sum(0), 0.0)  # where, not multiply: 0 x nan = nan
-        self.num_kept += keep * values.shape[0]
-        first = (self.num_bad == 0) & ~keep
-        self.first_index = torch.where(first, len(self.positions), self.first_index)
-        self.first_values = torch.where(first, values, self.first_values)
-        self.num_bad += ~keep
+            self.names, self.sums = list(terms), [0.0] * len(terms)
+        values = torch.stack([terms[k].detach().double() for k in self.names])[None]  # (1, K)
         self.positions.append(where)
-        return keep
+        if not self.each_step:
+            self.window.append(values)
+            return None
+        values = self.accelerator.gather(values)  # (P, K): one small all-gather per micro-step
+        self.window.append(values)
+        return torch.isfinite(values).all()
 
     def read(self) -> LossReading:
-        """Copy the log to the host (one transfer, the one host sync) and start a new window of bad ones."""
-        if self.names is None:
-            return LossReading({}, 0, 0, None)
-        packed = torch.cat([self.sums, self.num_kept[None], self.num_bad[None], self.first_index[None],
-                            self.first_values.flatten()]).tolist()
-        k = len(self.names)
-        sums, (num_kept, num_bad, first_index), rows = packed[:k], packed[k:k + 3], packed[k + 3:]
-        means = {name: total / num_kept if num_kept else math.nan for name, total in zip(self.names, sums)}
-        first_bad = None
-        if num_bad:
-            rows = [rows[i:i + k] for i in range(0, len(rows), k)]
-            bad_row = next(row for row in rows if not all(map(math.isfinite, row)))
-            first_bad = (self.positions[int(first_index)], dict(zip(self.names, bad_row)))
-        self.num_bad.zero_()
-        self.positions = []
-        return LossReading(means, int(num_kept), int(num_bad), first_bad)
+        """Bring the window to the host (one transfer; without `each_step` one all-gather first), add its good
+        micro-batches to the epoch sums, and start a new window."""
+        window = torch.stack(self.window) if self.window else None  # (W, P, K), or (W, 1, K) without each_step
+        if window is not None and not self.each_step:
+            window = self.accelerator.gather(window.transpose(0, 1).contiguous()).transpose(0, 1)  # (W, P, K)
+        rows = window.tolist() if window is not None else []  # W x P x K floats
+        num_bad, first_bad = 0, None
+        for where, values in zip(self.positions, rows):
+            if all(math.isfinite(v) for process in values for v in process):
+                for k in range(len(self.sums)):
+                    self.sums[k] += sum(process[k] for process in values)
+                self.num_kept += len(values)
+                continue
+            num_bad += 1
+            if first_bad is None:
+                bad_row = next(row for row in values if not all(map(math.isfinite, row)))
+                first_bad = (where, dict(zip(self.names, bad_row)))
+        self.window, self.positions = [], []
+        means = {name: total / self.num_kept if self.num_kept else math.nan
+                 for name, total in zip(self.names or [], self.sums)}
+        return LossReading(means, self.num_kept, num_bad, first_bad)
 
 
-def accumulate_and_step(accelerator, model, optimizer, loss: torch.Tensor, lr: float, grad_clip: float = 0.0,
-                        mask: GradientMask | None = None) -> None:
-    """Backward of one micro-batch; at the end of an accumulation window set the LR, clip, step, zero grads.
+@dataclass
+class StepState:
+    """What train.train_micro_step uses, built by `engine.setup.build_training` (tests build their own).
 
-    Must run inside `with accelerator.accumulate(model):` (the caller owns the context, so the forward
-    pass is inside it too, as DDP's no_sync requires). With `mask`, a micro-batch that is not kept gets its
-    buffers back, and a window none of whose micro-batches was kept does not step (`GradientMask`; needs
-    a fused optimizer).
+    model and optimizer are the `accelerator.prepare`d ones (the optimizer a fused AdamW, for `mask`);
+    loss_fn returns {"loss": the weighted total, <term>: each unweighted term} (losses.build_loss);
+    aux_loss_fn is applied to the aux head's logits when the model has one and cfg.aux_weight > 0;
+    mask: active when cfg.max_nonfinite > 0; loss_log: the current epoch's (train.py starts a new one per
+    epoch), `each_step` as the mask is active; augment / sdt_classes: for `device_batch`.
     """
-    accelerator.backward(loss)
-    if mask is not None:
-        mask.restore_buffers()
-    if accelerator.sync_gradients:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-        if mask is not None:
-            mask.skip_step_unless_kept(optimizer)
-    optimizer.step()  # accelerate's wrapper skips it while gradients are still being accumulated
-    optimizer.zero_grad(set_to_none=True)
+    cfg: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[..., dict[str, torch.Tensor]]
+    aux_loss_fn: Callable[..., dict[str, torch.Tensor]] | None
+    mask: GradientMask
+    loss_log: EpochLossLog
+    augment: BatchAugment | None = None
+    sdt_classes: int = 0
 
+    def __post_init__(self):
+        if self.mask.active != self.loss_log.each_step:  # the mask needs `keep` at every micro-step
+            raise ValueError("StepState: an active GradientMask needs an EpochLossLog with each_step=True, "
+                             "an inactive one each_step=False")
 
-def train_micro_step(accelerator, model, optimizer, images: torch.Tensor, labels: torch.Tensor,
-                     sdt: torch.Tensor | None, *, loss_fn, aux_loss_fn, cfg, lr: float, mask: GradientMask,
-                     loss_log: EpochLossLog, where=None,
-                     grad_stats: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """train.py's micro-step, inside `accelerator.accumulate(model)`: forward and loss (`forward_loss`), the
-    terms into `loss_log` and its finite flag into `mask` (on the device), then `accumulate_and_step`.
-
-    Args: the tensors from `device_batch`; cfg: the TrainConfig (aux_weight, grad_clip); lr: this optimizer
-        step's LR; where: what `loss_log` reports for a bad micro-batch; grad_stats: measure the terms'
-        gradient statistics if this micro-batch closes an accumulation window.
-    Returns `forward_loss`'s (terms, stats). Afterwards `accelerator.sync_gradients` tells whether the
-    optimizer stepped.
-    """
-    with accelerator.accumulate(model):
-        mask.save_buffers()  # BatchNorm statistics, put back if this micro-batch is bad
-        terms, stats = forward_loss(model, images, labels, sdt, loss_fn, aux_loss_fn, cfg.aux_weight,
-                                    grad_stats=grad_stats and accelerator.sync_gradients)
-        # On the device: all processes' terms gathered (they must agree on skipping a bad batch), the epoch
-        # sums, and keep = all finite; if False the micro-batch is undone.
-        mask.set_keep(loss_log.update(terms, where=where))
-        accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr, cfg.grad_clip, mask)
-    return terms, stats
+    def new_epoch(self) -> EpochLossLog:
+        """A fresh loss log for the next epoch (its means start again), guarded as the mask is."""
+        self.loss_log = EpochLossLog(self.accelerator, each_step=self.mask.active)
+        return self.loss_log

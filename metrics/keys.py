@@ -1,17 +1,17 @@
-"""The names of the dataset-level metrics, owned here (torch-free: engine.config, engine.results_format and
-report/ import it without torch). A new global metric is one entry of each table below.
+"""Views of the metric records (`metrics.registry.METRICS`, which owns every metric's name, label and unit) and
+the metrics.jsonl / W&B key rules. Torch-free: engine.config, engine.results_format and report/ import it.
 
-METRIC_KEYS are the results.json / metrics.jsonl keys of the global metrics (definitions in
-`metrics.segmentation`); every one but `fragments_per_image` (a count) is a fraction in [0, 1].
-PROFILES are the estimators of Boundary F1 and Trimap IoU that `SegmentationMetrics(profile=...)` reports.
+METRIC_KEYS are the results.json / metrics.jsonl keys of the dataset-level metrics, in registry order;
+FRACTION_KEYS those in [0, 1], COUNT_KEYS the counts. PROFILES are the estimators of Boundary F1 and Trimap IoU
+that `SegmentationMetrics(profile=...)` reports (a record's reduce and resample may differ per profile).
 """
-METRIC_KEYS = ("miou", "boundary_f1", "trimap_iou", "boundary_iou", "fragments_per_image")
-FRACTION_KEYS = ("miou", "boundary_f1", "trimap_iou", "boundary_iou")
-COUNT_KEYS = ("fragments_per_image",)
-METRIC_LABELS = {"miou": "mIoU", "boundary_f1": "Boundary F1", "trimap_iou": "Trimap IoU",
-                 "boundary_iou": "Boundary IoU", "fragments_per_image": "Fragments / image"}
-SHORT_LABELS = {"miou": "mIoU", "boundary_f1": "BF1", "trimap_iou": "Trimap", "boundary_iou": "BIoU",
-                "fragments_per_image": "frag/img"}  # train.py's epoch line
+from metrics.registry import METRICS
+
+METRIC_KEYS = tuple(m.key for m in METRICS)
+FRACTION_KEYS = tuple(m.key for m in METRICS if m.unit == "fraction")
+COUNT_KEYS = tuple(m.key for m in METRICS if m.unit == "count")
+METRIC_LABELS = {m.key: m.label for m in METRICS}
+SHORT_LABELS = {m.key: m.short for m in METRICS}  # train.py's epoch line
 PROFILES = ("default", "study")
 
 

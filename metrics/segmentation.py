@@ -72,8 +72,8 @@ import torch
 
 from metrics.consensus import count_fragments
 from metrics.keys import PROFILES
-from metrics.per_image import (boundary_f1_scores, dataset_metrics, study_boundary_f1_scores,
-                               study_trimap_iou_scores)
+from metrics.per_image import dataset_metrics
+from metrics.registry import METRICS, producers, stat_specs
 from utils.conventions import IGNORE_INDEX
 
 # Keys of the per-image stats (all with leading dim N, integer counts):
@@ -84,8 +84,8 @@ from utils.conventions import IGNORE_INDEX
 #   study_boundary    (N, C, 4):   the same with the study profile's B.
 #   boundary_iou      (N, C, 2):   per class |G_d & P_d|, |G_d | P_d|.
 #   fragments         (N,):        components of the prediction (on the host: `fragment_counts`).
+# (`segmentation_image_stats`' keys; every record's statistics: `metrics.registry.stat_specs()`)
 DEVICE_STAT_KEYS = ("confusion", "trimap_confusion", "boundary", "study_boundary", "boundary_iou")
-STAT_KEYS = DEVICE_STAT_KEYS + ("fragments",)
 
 
 def _erode_bits(x: torch.Tensor) -> torch.Tensor:
@@ -431,6 +431,31 @@ def fragment_counts(pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.tensor([count_fragments(m, num_classes) for m in maps], dtype=torch.int64)
 
 
+def fragment_stats(pred: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """The fragments record's producer (on the host): {"fragments": `fragment_counts`}."""
+    return {"fragments": fragment_counts(pred, num_classes)}
+
+
+@torch.no_grad()
+def device_image_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int,
+                       boundary_px: int) -> dict[str, torch.Tensor]:
+    """Every device-side record's per-image statistics of a batch (`metrics.registry`), on the inputs' device."""
+    if pred.dim() == 2:
+        pred, target = pred[None], target[None]
+    stats = {}
+    for producer in producers(host=False):
+        stats.update(producer(pred, target, num_classes, ignore_index, boundary_px))
+    return stats
+
+
+def host_image_stats(pred: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """Every host-side record's per-image statistics (on the CPU) of a batch of predictions (any device)."""
+    stats = {}
+    for producer in producers(host=True):
+        stats.update(producer(pred, num_classes))
+    return stats
+
+
 class SegmentationMetrics:
     """Keeps the per-image counts of an evaluation and reduces them to the metrics of one profile.
 
@@ -442,8 +467,8 @@ class SegmentationMetrics:
             module docstring defines both; the per-image statistics hold both).
         class_names: C names, in train-id order, for the per-image file (default "0", "1", ...).
 
-    Distributed use: `stats = metric.image_stats(pred, target)` plus `stats["fragments"]` (from
-    `fragment_counts`, on the host), then `metric.add_stats(accelerator.gather_for_metrics(stats), names)` on
+    Distributed use: `stats = metric.image_stats(pred, target)` plus the host-side statistics (from
+    `host_image_stats`: fragments), then `metric.add_stats(accelerator.gather_for_metrics(stats), names)` on
     every process (engine.evaluation does this); `update` does it all in one process. The counts stay on the
     device of the stats added; nothing syncs with the host until `compute()` / `per_image()`.
     """
@@ -471,51 +496,49 @@ class SegmentationMetrics:
         return len(self._names)
 
     def image_stats(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(N, H, W) pred/target -> the per-image counts of DEVICE_STAT_KEYS (see `segmentation_image_stats`)."""
-        return segmentation_image_stats(pred, target, self.num_classes, self.ignore_index, self.boundary_px)
+        """(N, H, W) pred/target -> the per-image statistics of every device-side record (`device_image_stats`)."""
+        return device_image_stats(pred, target, self.num_classes, self.ignore_index, self.boundary_px)
 
     def add_stats(self, stats: dict[str, torch.Tensor], names: Sequence[str] | None = None) -> None:
-        """Add per-image stats (every key of STAT_KEYS, possibly gathered across processes) and the images'
-        names (default: their running index)."""
-        missing = [k for k in STAT_KEYS if k not in stats]
+        """Add per-image stats (every key of `metrics.registry.stat_specs()`, possibly gathered across
+        processes) and the images' names (default: their running index)."""
+        keys = stat_specs()
+        missing = [k for k in keys if k not in stats]
         if missing:
-            raise ValueError(f"stats lack {', '.join(missing)} (fragments come from fragment_counts)")
+            raise ValueError(f"stats lack {', '.join(missing)} (host-side ones come from host_image_stats)")
         n = stats["confusion"].shape[0]
         names = [str(self.num_images + i) for i in range(n)] if names is None else list(names)
         if len(names) != n:
             raise ValueError(f"{len(names)} names for {n} images")
-        self._stats.append({k: stats[k] for k in STAT_KEYS})
+        self._stats.append({k: stats[k] for k in keys})
         self._names += names
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, names: Sequence[str] | None = None) -> None:
         """Add a batch of (N, H, W) integer maps (single process; see the class docstring for distributed)."""
         stats = self.image_stats(pred, target)
-        stats["fragments"] = fragment_counts(pred, self.num_classes)
+        stats.update(host_image_stats(pred, self.num_classes))
         self.add_stats(stats, names)
 
     def per_image(self) -> dict[str, np.ndarray]:
         """The per-image statistics in the `<checkpoint>.per_image.npz` layout (`metrics.per_image.ARRAYS`)."""
         C = self.num_classes
-        if self._stats:
-            counts = {k: torch.cat([s[k].cpu() for s in self._stats]).numpy().astype(np.int64) for k in STAT_KEYS}
-        else:
-            shapes = {"confusion": (0, C, C + 1), "trimap_confusion": (0, C, C + 1), "boundary": (0, C, 4),
-                      "study_boundary": (0, C, 4), "boundary_iou": (0, C, 2), "fragments": (0,)}
-            counts = {k: np.zeros(shape, np.int64) for k, shape in shapes.items()}
-        return {
-            "names": np.array(self._names, dtype=str), "class_names": np.array(self.class_names, dtype=str),
-            "boundary_px": np.int64(self.boundary_px),
-            "confusion": counts["confusion"], "trimap_confusion": counts["trimap_confusion"],
-            "boundary": counts["boundary"],
-            "boundary_f1": boundary_f1_scores(counts["confusion"], counts["boundary"]),
-            "study_boundary_f1": study_boundary_f1_scores(counts["confusion"], counts["study_boundary"]),
-            "study_trimap_iou": study_trimap_iou_scores(counts["trimap_confusion"]),
-            "boundary_iou": counts["boundary_iou"], "fragments": counts["fragments"],
-        }
+        dims = {"C": C, "C+1": C + 1}
+        stats = {}
+        for key, (trailing, kind) in stat_specs().items():
+            dtype = np.int64 if kind == "i" else np.float64
+            if self._stats:
+                stats[key] = torch.cat([s[key].cpu() for s in self._stats]).numpy().astype(dtype)
+            else:
+                stats[key] = np.zeros((0, *(dims.get(d, d) for d in trailing)), dtype)
+        arrays = {"names": np.array(self._names, dtype=str), "class_names": np.array(self.class_names, dtype=str),
+                  "boundary_px": np.int64(self.boundary_px)}
+        for m in METRICS:
+            arrays.update(m.image_arrays(stats))
+        return arrays
 
     def compute(self) -> dict:
-        """`metrics.per_image.dataset_metrics` of the images added so far, in this profile: {"miou", "iou"
-        (list of C, NaN where U_c = 0), "boundary_f1", "trimap_iou", "boundary_iou", "boundary_iou_per_class",
-        "fragments_per_image", "num_images", "metrics_profile"}. Fractions in [0, 1]; NaN where nothing to average.
+        """`metrics.per_image.dataset_metrics` of the images added so far, in this profile: every record's value
+        and per-class values ({"miou", "iou" (list of C, NaN where U_c = 0), "boundary_f1", ...}), "num_images"
+        and "metrics_profile". Fractions in [0, 1]; NaN where nothing to average.
         """
         return dataset_metrics(self.per_image(), self.profile)

@@ -19,12 +19,13 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from rich.progress import track
 
+from metrics.keys import PROFILES
+from metrics.registry import METRICS, Resample
 from report.stats import holm
 
 CHUNK_BYTES = 64 * 2**20  # memory bound of one block of replicates (W, the image draws and W @ F, float64)
@@ -32,78 +33,23 @@ LEVEL = 95.0  # the interval: the 2.5 and 97.5 percentiles of the replicates' Δ
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
-def _confusion_sums(confusion: np.ndarray) -> np.ndarray:
-    """(n, C, C+1) per-image confusions -> (n, 3, C): intersection I_c, target area T_c, predicted area P_c
-    (all the IoU needs, and each one adds up over images)."""
-    C = confusion.shape[1]
-    return np.stack([np.diagonal(confusion[:, :, :C], axis1=1, axis2=2),  # pred == target == c
-                     confusion.sum(2),  # target == c, whatever was predicted
-                     confusion[:, :, :C].sum(1)], axis=1)  # pred == c on valid pixels
+def _bootstrap_names() -> tuple[dict[str, Resample], dict[str, dict[str, str]]]:
+    """Every record's resample form (`metrics.registry`) under its results.json key, and where a profile has its
+    own estimator, under "<profile>_<key>" (study_boundary_f1, study_trimap_iou); and per profile the map
+    results.json key -> that name."""
+    forms, names = {}, {profile: {} for profile in PROFILES}
+    for m in METRICS:
+        for profile in PROFILES:
+            form = m.resampler(profile)
+            name = m.key if form is m.resampler(PROFILES[0]) else f"{profile}_{m.key}"
+            forms.setdefault(name, form)
+            names[profile][m.key] = name
+    return forms, names
 
 
-def _mean_iou(intersection: np.ndarray, union: np.ndarray) -> np.ndarray:
-    """Mean over the last axis of I_c / U_c over the classes with U_c > 0; NaN where no class has U_c > 0."""
-    present = union > 0
-    iou = np.divide(intersection, union, out=np.zeros(union.shape), where=present)
-    count = present.sum(-1)
-    return np.divide(iou.sum(-1), count, out=np.full(count.shape, np.nan), where=count > 0)
-
-
-def _miou_of_sums(sums: np.ndarray) -> np.ndarray:
-    """(..., 3, C) summed (I, T, P) -> (...) mIoU, U_c = T_c + P_c − I_c (`metrics.segmentation`'s mIoU)."""
-    i, t, p = sums[..., 0, :], sums[..., 1, :], sums[..., 2, :]
-    return _mean_iou(i, t + p - i)
-
-
-def _boundary_iou_of_sums(sums: np.ndarray) -> np.ndarray:
-    """(..., C, 2) summed (|G_d ∧ P_d|, |G_d ∨ P_d|) -> (...) Boundary IoU, mean over classes with a union."""
-    return _mean_iou(sums[..., 0], sums[..., 1])
-
-
-def _image_terms(skip_nan: bool) -> Callable[[np.ndarray], np.ndarray]:
-    """(n,) per-image values -> (n, 3): value (NaN -> 0), 1 if the image is counted, 1 if it is a NaN that
-    makes the mean NaN. skip_nan: NaN images are left out (not counted); else every image counts and a NaN
-    drawn makes the mean NaN."""
-    def terms(x: np.ndarray) -> np.ndarray:
-        nan = np.isnan(x)
-        counted = ~nan if skip_nan else np.ones_like(nan)
-        return np.stack([np.where(nan, 0.0, x), counted, nan & (not skip_nan)], axis=1)
-    return terms
-
-
-def _mean_of_sums(sums: np.ndarray) -> np.ndarray:
-    """(..., 3) summed image terms (`_image_terms`) -> (...) mean over the counted images; NaN if none is
-    counted or a NaN image was drawn."""
-    total, counted, nans = sums[..., 0], sums[..., 1], sums[..., 2]
-    return np.divide(total, counted, out=np.full(total.shape, np.nan), where=(counted > 0) & (nans == 0))
-
-
-@dataclass(frozen=True)
-class BootstrapMetric:
-    """A dataset-level metric as reduce(Σ_images terms(per-image array)); Σ is what a replicate reweights."""
-
-    key: str  # the per-image file's array it is computed from
-    terms: Callable[[np.ndarray], np.ndarray]  # (n, ...) array -> (n, ...) per-image terms that add up
-    reduce: Callable[[np.ndarray], np.ndarray]  # (..., term dims) sums over images -> (...) metric value
-
-
-# name -> metric; the names are results.json's metric keys, study_* the study profile's (PROFILE_METRICS)
-BOOTSTRAP_METRICS = {
-    "miou": BootstrapMetric("confusion", _confusion_sums, _miou_of_sums),
-    "boundary_f1": BootstrapMetric("boundary_f1", _image_terms(skip_nan=True), _mean_of_sums),
-    "trimap_iou": BootstrapMetric("trimap_confusion", _confusion_sums, _miou_of_sums),
-    "study_boundary_f1": BootstrapMetric("study_boundary_f1", _image_terms(skip_nan=False), _mean_of_sums),
-    "study_trimap_iou": BootstrapMetric("study_trimap_iou", _image_terms(skip_nan=False), _mean_of_sums),
-    "boundary_iou": BootstrapMetric("boundary_iou", lambda counts: counts, _boundary_iou_of_sums),
-    "fragments_per_image": BootstrapMetric("fragments", _image_terms(skip_nan=False), _mean_of_sums),
-}
-# results.json key -> BOOTSTRAP_METRICS name, per metrics profile (results.json `metrics_profile`)
-PROFILE_METRICS = {
-    "default": {"miou": "miou", "boundary_f1": "boundary_f1", "trimap_iou": "trimap_iou",
-                "boundary_iou": "boundary_iou", "fragments_per_image": "fragments_per_image"},
-    "study": {"miou": "miou", "boundary_f1": "study_boundary_f1", "trimap_iou": "study_trimap_iou",
-              "boundary_iou": "boundary_iou", "fragments_per_image": "fragments_per_image"},
-}
+# name -> Resample (array, terms, reduce): the metric is reduce(Σ_images terms(per-image array));
+# PROFILE_METRICS: results.json key -> BOOTSTRAP_METRICS name, per metrics profile (results.json `metrics_profile`)
+BOOTSTRAP_METRICS, PROFILE_METRICS = _bootstrap_names()
 
 
 def full_set_values(stats: Mapping[str, np.ndarray], metrics: Sequence[str]) -> dict[str, float]:
@@ -111,7 +57,7 @@ def full_set_values(stats: Mapping[str, np.ndarray], metrics: Sequence[str]) -> 
     out = {}
     for m in metrics:
         spec = BOOTSTRAP_METRICS[m]
-        out[m] = float(spec.reduce(np.asarray(spec.terms(np.asarray(stats[spec.key])), dtype=np.float64).sum(0)))
+        out[m] = float(spec.reduce(np.asarray(spec.terms(np.asarray(stats[spec.array])), dtype=np.float64).sum(0)))
     return out
 
 
@@ -147,14 +93,11 @@ def bootstrap_metrics(stats: Mapping[str, Sequence[Mapping[str, np.ndarray]]], p
     Definitions. Replicate b = 1..B draws the n images with the indices of row b of
     `numpy.random.default_rng(seed).integers(0, n, size=(B, n))` (with replacement; an image drawn k times
     counts k times), the same rows for every run, pair and metric (paired). A run's value on a draw, from its
-    per-image arrays over the drawn images:
-      - mIoU (`miou`) and Trimap IoU (`trimap_iou`, default profile): the confusion (trimap confusion) summed
-        over the draw; IoU_c = I_c / U_c, mIoU = mean over the classes with U_c > 0 (as `metrics.segmentation`);
-      - Boundary F1 (`boundary_f1`, default profile): the mean of the per-image scores, NaN images skipped;
-      - study profile (`study_boundary_f1`, `study_trimap_iou`) and `fragments_per_image`: the mean of the
-        per-image values over all drawn images;
-      - Boundary IoU (`boundary_iou`): the per-class counts |G_d ∧ P_d|, |G_d ∨ P_d| summed, I_c / U_c, mean
-        over the classes with U_c > 0.
+    per-image arrays over the drawn images, is its record's resample form (`metrics.registry.Resample`):
+    reduce(Σ_drawn images terms(array)), the dataset value of `metrics.per_image.dataset_metrics` on those
+    images. E.g. mIoU (`miou`): the confusion summed over the draw, IoU_c = I_c / U_c, the mean over the classes
+    with U_c > 0; Boundary F1 (`boundary_f1`, default profile): the mean of the per-image scores, NaN images
+    skipped; `study_boundary_f1`, `study_trimap_iou`, `fragments_per_image`: the mean over all drawn images.
     A group's value is the mean over its runs; Δ_b = X_b − Y_b. The point Δ is the same on the full image set
     (every image once). Over the B replicates (those with a finite Δ_b): the 95 % interval is the 2.5 and 97.5
     percentiles of Δ_b (`numpy.percentile`, linear interpolation); p = min(1, 2 · min(fraction of Δ_b <= 0,
@@ -184,10 +127,10 @@ def bootstrap_metrics(stats: Mapping[str, Sequence[Mapping[str, np.ndarray]]], p
     columns, blocks, offset = [], {}, 0
     for m in metrics:
         spec = BOOTSTRAP_METRICS[m]
-        terms = [np.asarray(spec.terms(np.asarray(run[spec.key])), dtype=np.float64) for run in runs]
+        terms = [np.asarray(spec.terms(np.asarray(run[spec.array])), dtype=np.float64) for run in runs]
         shapes = {t.shape for t in terms}
         if len(shapes) != 1:
-            raise ValueError(f"`{spec.key}` differs in shape between runs: {sorted(shapes)}; the runs must "
+            raise ValueError(f"`{spec.array}` differs in shape between runs: {sorted(shapes)}; the runs must "
                              "cover the same images and classes")
         shape = terms[0].shape
         columns += [t.reshape(shape[0], -1) for t in terms]

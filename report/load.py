@@ -27,11 +27,12 @@ from rich.progress import track
 
 from engine.results_format import CONSENSUS_TAG, RESULTS_SUFFIX, boundary_schedule_of, read_results
 from losses.variants import LAMBDA_BOUNDARY
-from metrics.keys import COUNT_KEYS as COUNT_METRICS
 from metrics.keys import METRIC_LABELS
-from report.bootstrap import PROFILE_METRICS, full_set_values
 from metrics.per_image import PER_IMAGE_SUFFIX, per_image_path, read_per_image, subset
+from metrics.registry import METRICS as RECORDS
+from metrics.registry import UNIT_NOTES, metric
 from models.heads import DEFAULT_HEAD
+from report.bootstrap import PROFILE_METRICS, full_set_values
 from utils import UserError
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
@@ -40,10 +41,15 @@ CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap
 METRICS = tuple(CSV_METRIC_COLUMNS.values())
 
 
-def metric_unit(metric: str) -> tuple[str, float]:
-    """(unit, factor) in which the tables and figures show a metric's differences: ("count", 1) for a count,
-    ("pp", 100) for a fraction."""
-    return ("count", 1.0) if metric in COUNT_METRICS else ("pp", 100.0)
+def metric_unit(key: str) -> tuple[str, float]:
+    """(unit, factor) in which the tables and figures show a metric's differences (its record's `display`):
+    ("pp", 100) for a fraction, ("count", 1) for a count, ("px", 1) for pixels."""
+    return metric(key).display
+
+
+def unit_notes(keys) -> str:
+    """"Fragments / image: a count, ...": the metrics among `keys` that are not fractions, for a table's note."""
+    return ", ".join(f"{metric(k).label}: {UNIT_NOTES[metric(k).unit]}" for k in keys if not metric(k).is_fraction)
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class Record:
     variant: str  # the loss (results' `variant`), then the head when it is not the study's ("C segformer")
     seed: int
     epoch: int
-    metrics: dict[str, float]  # METRICS -> fraction
+    metrics: dict[str, float]  # METRICS (and from a results file every record of metrics.registry) -> value
     iou: dict[str, float]  # class name -> fraction (NaN: class absent); empty when the source has none
     source: str  # "file" or "file:line", for error messages
     lambda_boundary: float | None = None  # None when the source does not say (the tidy CSV)
@@ -116,7 +122,7 @@ def read_results_file(path: str | Path) -> Record:
         variant=report_variant(obj["variant"], obj.get("config")),
         seed=obj["seed"],
         epoch=obj["epoch"],
-        metrics={m: obj[m] for m in METRICS},
+        metrics={m.key: obj[m.key] for m in RECORDS},
         iou=obj["iou"],
         source=str(path),
         lambda_boundary=float(obj["lambda_boundary"]),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from report.bootstrap import PROFILE_METRICS, bootstrap_metrics, full_set_values
-from report.load import COUNT_METRICS, METRIC_LABELS, METRICS, STUDY_LAMBDA_B, Study, metric_unit
+from report.load import METRIC_LABELS, METRICS, STUDY_LAMBDA_B, Study, metric_unit, unit_notes
 from report.stats import Summary, holm, intervals_overlap, paired_ttest, summarize, t_quantile
 from utils.console import pct
 
@@ -427,8 +427,8 @@ def bootstrap_table(study: Study, epoch: int, per_image: dict[str, dict[int, dic
              "sample of images like these? It does not cover another training seed.",
              "**Paired-by-seed t-test** (as table 5, pairs = common seeds): measures **training-seed variance** — "
              "would the difference hold for models trained with other seeds, on these images?",
-             f"\"X vs Y\": Δ = X − Y on all images, in pp ({', '.join(METRIC_LABELS[m] for m in COUNT_METRICS)}: "
-             "a count); the 95 % CI, bootstrap p and Holm p (within each metric, over its "
+             f"\"X vs Y\": Δ = X − Y on all images, in pp ({unit_notes(names)}); the 95 % CI, bootstrap p and "
+             "Holm p (within each metric, over its "
              f"{len(pairs)} comparisons) as defined in `report/bootstrap.py: bootstrap_metrics`; bootstrap p = 0: "
              f"no replicate reached 0 (p < {2 / num_replicates:.2g}); significant = Holm p < {ALPHA}.",
              f"metrics profile: {profile} (Boundary F1 and Trimap IoU as that profile defines them)."]
@@ -576,7 +576,7 @@ def consensus_table(consensus: dict[str, dict[int, tuple[dict, dict]]], profile:
                             f"{_p(r['p'])} ({_p(r['p_holm'])})" if r else "n/a"])
     notes = ["Δ = fused − primary (the consensus filter `metrics/consensus.py: cc_veto`), per seed s on primary "
              "seed s vetoed by veto seed s, then the mean over seeds; in pp "
-             f"({', '.join(METRIC_LABELS[m] for m in COUNT_METRICS)}: a count); Δ % relative to the primary's mean.",
+             f"({unit_notes(names)}); Δ % relative to the primary's mean.",
              "t-test: paired by seed (fused vs primary); bootstrap: the paired image bootstrap as table 5b "
              f"({num_replicates} replicates, seed {seed}); Holm within each metric over the "
              f"{len(pairings)} pairing(s).",

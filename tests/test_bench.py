@@ -86,10 +86,11 @@ def test_configs_rows_are_train_py_flags_that_set_what_they_name():
     base, _ = bench_train.parse_args([])
     assert base == dataclasses.replace(parse_args([])[0], wandb=False)  # train.py's defaults: the paper's recipe
     switches = {name: bench_train.parse_args(flags)[0] for name, flags in bench_train.CONFIGS.items()}
-    assert {name: (c.compile, c.channels_last, c.grad_checkpointing, c.sdt_source) for name, c in switches.items()} \
-        == {"eager-nchw": (False, False, False, "gpu"), "eager": (False, True, False, "gpu"),
-            "eager-checkpointing": (False, True, True, "gpu"), "default": (True, True, False, "gpu"),
-            "sdt-workers": (True, True, False, "cpu")}
+    assert {name: (c.compile, c.channels_last, c.grad_checkpointing, c.sdt_source, c.max_nonfinite)
+            for name, c in switches.items()} \
+        == {"eager-nchw": (False, False, False, "gpu", 0), "eager": (False, True, False, "gpu", 0),
+            "eager-checkpointing": (False, True, True, "gpu", 0), "default": (True, True, False, "gpu", 0),
+            "sdt-workers": (True, True, False, "cpu", 0), "guard": (True, True, False, "gpu", 1)}
     for bad in (["--configs", "eager,nope"], ["--parts", "model"], ["--loss", "ce=1,nope=1"], ["--warmup-step", "1"]):
         with pytest.raises(SystemExit):
             bench_train.parse_args(bad)
@@ -122,12 +123,17 @@ def test_bench_train_runs_at_tiny_size(tmp_path, monkeypatch):
 
 def test_bench_step_is_the_step_train_py_runs(tmp_path):
     """One epoch (3 micro-batches, accumulated 2 + 1: two optimizer steps on the poly LR) of train.py and of
-    the benchmark's loader part with the same flags: the same mean loss and bit-identical weights."""
+    the benchmark's loader part with the same flags: the same mean loss and bit-identical weights. Both
+    build with engine.setup.build_training and step with train.train_micro_step."""
     from accelerate.state import AcceleratorState, GradientState
     from safetensors.torch import load_file
 
+    import engine.setup
     import train
     from data_utils.synthetic import generate_dataset
+
+    assert bench_train.build_training is train.build_training is engine.setup.build_training
+    assert bench_train.train_micro_step is train.train_micro_step
 
     data = generate_dataset(tmp_path / "data", num_train=6, num_val=1, height=64, width=128, progress=False)
     flags = [*TINY, "--data-root", str(data), "--epochs", "1", "--grad-accum", "2", "--variant", "C",
@@ -145,6 +151,29 @@ def test_bench_step_is_the_step_train_py_runs(tmp_path):
     benched = run.accelerator.unwrap_model(run.model).state_dict()
     assert trained.keys() == benched.keys()
     assert [k for k in trained if not torch.equal(trained[k], benched[k])] == []
+
+
+def test_guard_ratio_times_the_step_with_the_guard_off_and_on(tmp_path, monkeypatch):
+    """--guard-ratio at tiny size: two medians and their ratio, both runs built by build_training with the guard
+    off and on (hooks only on the second), and their weights still bit-identical after the alternated steps."""
+    import train
+
+    monkeypatch.delenv("CITYSCAPES_DATASET", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    built = []
+    monkeypatch.setattr(bench_train, "build_training", lambda *a, **k: built.append(train.build_training(*a, **k))
+                        or built[-1])
+    out = tmp_path / "guard.json"
+    assert bench_train.main([*TINY, "--data-root", "", "--crop-size", "64", "128", "--batch-size", "1", "--steps", "2",
+                             "--warmup", "1", "--frames", "1", "--guard-ratio", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    ms = report["ms_per_step"]
+    pairs = sorted(on / off for on, off in zip(report["ms"]["on"], report["ms"]["off"]))
+    assert ms["off"] > 0 and len(pairs) == 2 and report["ratio_on_off"] == pytest.approx((pairs[0] + pairs[1]) / 2)
+    assert report["identical_weights"] is True
+    assert [(b.step.cfg.max_nonfinite, b.step.mask.active, bool(b.step.mask.handles)) for b in built] == [
+        (0, False, False), (1, True, True)]
+    assert [p.name for p in tmp_path.iterdir()] == ["guard.json"]
 
 
 def test_bench_loader_at_tiny_size(tmp_path):

@@ -35,6 +35,7 @@ from metrics import SegmentationMetrics
 from metrics.consensus import cc_veto
 from metrics.keys import METRIC_KEYS, METRIC_LABELS
 from metrics.per_image import PER_IMAGE_SUFFIX, dataset_metrics, per_image_path, read_per_image, subset
+from metrics.registry import METRICS
 from utils.conventions import IGNORE_INDEX
 from utils.fileio import EXIT_PARTIAL_FAILURE, UserError, atomic_write_json
 
@@ -331,6 +332,10 @@ def test_results_round_trip_nan_and_validation(tmp_path):
                "fragments_per_image": 212.5, "iou": iou, "boundary_iou_per_class": iou, "num_images": 500,
                "metrics_profile": "study",
                "per_image": SegmentationMetrics(NUM_CLASSES, class_names=CLASS_NAMES).per_image()}
+    for m in METRICS:  # every other record: a plain value, valid in any unit
+        metrics.setdefault(m.key, 0.5)
+        if m.per_class is not None:
+            metrics.setdefault(m.per_class, iou)
     path = tmp_path / "epoch_0160.results.json"
     write_results(path, metrics, cfg=cfg, epoch=160, checkpoint=tmp_path / "epoch_0160", split="val", seconds=12.5)
     assert json.loads(path.read_text())["iou"]["wall"] is None  # JSON has no NaN
@@ -388,8 +393,9 @@ def test_metrics_table_rows_and_missing_values():
     assert rows[0] == ["mIoU", "50.00", "61.23"] and rows[1] == ["Boundary F1", "25.00", "25.00"]
     assert rows[2] == ["Trimap IoU", "n/a", "n/a"] and rows[3] == ["Boundary IoU", "12.50", "12.50"]
     assert rows[4] == ["Fragments / image (count)", "212.50", "212.50"]  # a count, not percent
-    assert [r[0] for r in rows[5:]] == [f"IoU {name}" for name in CLASS_NAMES]
-    assert rows[5][1:] == ["0.00", "n/a"] and rows[6][1:] == ["1.00", "1.00"] and rows[-1][1:] == ["18.00", "n/a"]
+    n = len(METRICS)  # one row per record (those not in `last` show n/a), then the classes
+    assert [r[0] for r in rows[n:]] == [f"IoU {name}" for name in CLASS_NAMES]
+    assert rows[n][1:] == ["0.00", "n/a"] and rows[n + 1][1:] == ["1.00", "1.00"] and rows[-1][1:] == ["18.00", "n/a"]
 
     # evaluate.py's one-checkpoint table from a results record
     record = {"checkpoint": "runs/C_seed42/checkpoints/epoch_0160", "split": "val", "num_images": 500,
@@ -401,7 +407,7 @@ def test_metrics_table_rows_and_missing_values():
     assert table.caption == "500 images, 41.2 s, metrics profile study"
     rows = render(table)
     assert rows[:3] == [["mIoU", "80.00"], ["Boundary F1", "70.00"], ["Trimap IoU", "60.00"]]
-    assert dict(rows[5:])["IoU train"] == "n/a" and dict(rows[5:])["IoU road"] == "50.00"
+    assert dict(rows[n:])["IoU train"] == "n/a" and dict(rows[n:])["IoU road"] == "50.00"
 
 
 def test_checkpoint_folder_names():

@@ -27,11 +27,13 @@ from safetensors.torch import load_file
 from data_utils.labels import CITYSCAPES
 from engine.checkpoint import (TrainingProgress, find_resumable_checkpoint, list_checkpoints, read_meta,
                                register_checkpoint_hooks, resume_from, save_checkpoint)
+import engine.setup
+import engine.steps
 from engine.config import (DEMO_PRESET, TrainConfig, build_parser, config_differences, load_config, parse_args,
                            save_config)
 from engine.schedule import get_lr
 from engine.setup import build_accelerator, build_model_from_config
-from engine.steps import EpochLossLog, GradientMask, accumulate_and_step, forward_loss
+from engine.steps import EpochLossLog, GradientMask, StepState
 from losses import build_loss
 from utils.fileio import EXIT_BAD_INPUT, UserError
 
@@ -170,8 +172,36 @@ def _tiny_cfg(**overrides) -> TrainConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
+class DictOut(torch.nn.Module):
+    """A plain net with the segmentor's output, {"logits": ...}, for train.train_micro_step."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images):
+        return {"logits": self.net(images)}
+
+
+def square_loss(logits, labels=None, sdt=None) -> dict[str, torch.Tensor]:
+    """A loss in the recipes' form ({"loss": total, <term>: ...}) that needs no labels."""
+    return {"loss": logits.square().mean(), "mean": logits.mean()}
+
+
+def step_state(accelerator, model, optimizer, loss_fn, guard: bool, **cfg) -> StepState:
+    """The micro-step's state around a prepared `model` and `optimizer` (train.py's comes from build_training);
+    `guard`: the non-finite guard on (--max-nonfinite > 0). The mask must hook the unwrapped model's
+    parameters: `accelerator.unwrap_model(model)` is the module the caller built."""
+    mask = GradientMask(accelerator.unwrap_model(model), active=guard)
+    return StepState(cfg=_tiny_cfg(**cfg), accelerator=accelerator, model=model, optimizer=optimizer,
+                     loss_fn=loss_fn, aux_loss_fn=None, mask=mask, loss_log=EpochLossLog(accelerator, each_step=guard))
+
+
 def test_grad_accumulation_4x1_equals_one_step_on_4_samples():
-    """accum 4 x batch 1 == batch 4, CE on a model without batch-dependent layers (BN in eval mode, no dropout)."""
+    """accum 4 x batch 1 == batch 4, CE on a model without batch-dependent layers (BN in eval mode, no dropout),
+    through train.py's micro-step."""
+    import train
+
     torch.manual_seed(0)
     images = torch.randn(4, 3, 32, 64)
     labels = torch.randint(0, 19, (4, 32, 64))  # no ignore pixels: every sample weighs the same in the CE mean
@@ -187,11 +217,10 @@ def test_grad_accumulation_4x1_equals_one_step_on_4_samples():
         model.eval()
         optimizer = optimizer_cls(model.parameters(), lr=0.1)
         model, optimizer = accelerator.prepare(model, optimizer)
+        state = step_state(accelerator, model, optimizer, loss_fn, guard=False, aux_weight=0.0)
         snapshots = []
         for i in range(0, 4, batch):
-            with accelerator.accumulate(model):
-                terms, _ = forward_loss(model, images[i:i + batch], labels[i:i + batch], None, loss_fn)
-                accumulate_and_step(accelerator, model, optimizer, terms["loss"], lr=1e-3)
+            train.train_micro_step(state, images[i:i + batch], labels[i:i + batch], None, lr=1e-3)
             snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return snapshots, init.state_dict()
 
@@ -279,6 +308,61 @@ def test_nonfinite_micro_batch_adds_no_gradient_and_is_logged_on_the_device(tmp_
     assert set(load_file(ckpt / "model.safetensors")) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
+@pytest.mark.parametrize("each_step", [True, False])
+def test_loss_log_means_counts_and_first_bad_against_a_plain_loop(each_step):
+    """The log's reading, whether it decides at every micro-step (the guard on) or at the read (off), equals
+    a plain loop over the micro-batches: means over the finite ones, the bad ones counted per read, the
+    first bad one's position and values."""
+    log = EpochLossLog(Accelerator(cpu=True), each_step=each_step)
+    values = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    values[2, 1], values[5, 0] = float("nan"), float("inf")
+    readings = []
+    for i, row in enumerate(values):
+        keep = log.update({"loss": row[0], "ce": row[1], "dice": row[2]}, where=("batch", i))
+        assert (keep is None) != each_step and (keep is None or bool(keep) == bool(torch.isfinite(row).all()))
+        if i in (3, 6):
+            readings.append(log.read())
+    for reading, seen in zip(readings, (4, 7)):
+        good = [row for row in values[:seen].tolist() if all(map(math.isfinite, row))]
+        assert reading.num_kept == len(good)
+        assert reading.means == pytest.approx({k: sum(r[j] for r in good) / len(good)
+                                               for j, k in enumerate(("loss", "ce", "dice"))}, rel=1e-15)
+    (where_1, values_1), (where_2, values_2) = readings[0].first_bad, readings[1].first_bad
+    assert (readings[0].num_bad, where_1, readings[1].num_bad, where_2) == (1, ("batch", 2), 1, ("batch", 5))
+    assert math.isnan(values_1["ce"]) and values_1["loss"] == values[2, 0] and values_2["loss"] == math.inf
+
+
+def test_guard_is_off_at_max_nonfinite_0_and_gathers_once_per_read(tiny_data, monkeypatch):
+    """--max-nonfinite 0 (the default): no gradient hooks, no buffer copies, and the loss terms are gathered
+    once per read instead of once per micro-step; K > 0: a hook on every trainable parameter and a gather
+    per micro-step. Through build_training and train.py's micro-step."""
+    import train
+
+    for max_nonfinite, hooks, gathers_per_step, gathers_per_read in ((0, 0, 0, 1), (1, None, 1, 0)):
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        cfg, _ = parse_args([*TINY, "--data-root", str(tiny_data), "--variant", "B",
+                             "--max-nonfinite", str(max_nonfinite)])
+        accelerator = build_accelerator(cfg, cpu=True)
+        training = engine.setup.build_training(cfg, accelerator, val=False)
+        state = training.step
+        trainable = sum(p.requires_grad for p in accelerator.unwrap_model(state.model).parameters())
+        assert len(state.mask.handles) == (trainable if hooks is None else hooks)
+        assert state.mask.active == state.loss_log.each_step == (max_nonfinite > 0)
+        with pytest.raises(ValueError, match="GradientMask needs an EpochLossLog"):  # a mask without its answers
+            dataclasses.replace(state, loss_log=EpochLossLog(accelerator, each_step=not state.mask.active))
+        gathers = []
+        monkeypatch.setattr(accelerator, "gather", lambda t: gathers.append(t.shape) or t)
+        batch = next(iter(training.train_loader))
+        images, labels, sdt = engine.steps.device_batch(batch, state.augment, 0, state.sdt_classes)
+        for _ in range(2):
+            train.train_micro_step(state, images, labels, sdt, lr=1e-3)
+        assert len(gathers) == 2 * gathers_per_step
+        reading = state.loss_log.read()
+        assert len(gathers) == 2 * gathers_per_step + gathers_per_read and reading.num_kept == 2
+        monkeypatch.undo()
+
+
 # ------------------------------------------------------------------------------------------- checkpoints
 def _tiny_state(tmp_path):
     accelerator = Accelerator(cpu=True)
@@ -304,31 +388,28 @@ def test_skipped_micro_batch_leaves_parameters_buffers_and_optimizer_as_if_it_wa
     the bad one, weights, BatchNorm running stats and counts, and the AdamW state (moments, step count) equal
     their values before it, and at the end the two runs are bit-identical. accum 1: the bad micro-batch
     closes a window of its own, which must not step at all (a zero-gradient AdamW step would still move)."""
+    import train
+
     inputs = torch.randn(3, 2, 3, 8, 6, generator=torch.Generator().manual_seed(0))
     bad = inputs[1].clone()
     bad[0, 0, 0, 0] = float("nan")
 
-    def run(batches, probe_after: int | None = None):
+    def run(batches):
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
         torch.manual_seed(0)
         accelerator = Accelerator(cpu=True)
-        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.GELU(),
-                                    torch.nn.Conv2d(8, 4, 1))
-        mask = GradientMask(model)
+        model = DictOut(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                            torch.nn.GELU(), torch.nn.Conv2d(8, 4, 1)))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, fused=True)
         model, optimizer = accelerator.prepare(model, optimizer)
-        log, probes = EpochLossLog(accelerator), []
-        for i, x in enumerate(batches):
-            with accelerator.accumulate(model):
-                mask.save_buffers()
-                loss = model(x).square().mean()
-                mask.set_keep(log.update({"loss": loss}))
-                accumulate_and_step(accelerator, model, optimizer, loss, lr=1e-2, mask=mask)
+        state, probes = step_state(accelerator, model, optimizer, square_loss, guard=True), []
+        for x in batches:
+            train.train_micro_step(state, x, None, None, lr=1e-2)
             probes.append(({k: v.clone() for k, v in model.state_dict().items()},
                            {id_: {k: v.clone() for k, v in st.items()}
                             for id_, st in optimizer.optimizer.state_dict()["state"].items()}))
-        assert log.read().num_bad == sum(not torch.isfinite(x).all() for x in batches)
+        assert state.loss_log.read().num_bad == sum(not torch.isfinite(x).all() for x in batches)
         return probes
 
     with_bad, without = run([inputs[0], bad, inputs[2]]), run([inputs[0], inputs[2]])
@@ -336,7 +417,7 @@ def test_skipped_micro_batch_leaves_parameters_buffers_and_optimizer_as_if_it_wa
     assert all(torch.equal(model_0[k], model_1[k]) for k in model_0)  # nothing moved at the bad one
     assert optim_0.keys() == optim_1.keys() and all(
         torch.equal(optim_0[i][k], optim_1[i][k]) for i in optim_0 for k in optim_0[i])
-    assert int(model_1["1.num_batches_tracked"]) == 1 and int(optim_1[0]["step"]) == 1
+    assert int(model_1["net.1.num_batches_tracked"]) == 1 and int(optim_1[0]["step"]) == 1
     ref_model, ref_optim = without[-1]
     assert [k for k in ref_model if not torch.equal(ref_model[k], model_2[k])] == []
     assert all(torch.equal(ref_optim[i][k], optim_2[i][k]) for i in ref_optim for k in ref_optim[i])
@@ -344,25 +425,24 @@ def test_skipped_micro_batch_leaves_parameters_buffers_and_optimizer_as_if_it_wa
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are a CUDA notion")
-def test_the_micro_step_with_its_nonfinite_guard_makes_no_host_sync():
+@pytest.mark.parametrize("guard", [True, False])
+def test_the_micro_step_with_its_nonfinite_guard_makes_no_host_sync(guard):
     """torch.cuda's sync debug mode raises on any device-to-host wait: none in a good or a bad micro-step
-    (loss log, gradient mask, BatchNorm restore, AdamW skip flag), accumulating or stepping."""
+    (loss log, gradient mask, BatchNorm restore, AdamW skip flag), accumulating or stepping, guard on or off.
+    Without the guard the bad micro-batch reaches the weights, so the two after it are non-finite too."""
+    import train
+
     accelerator = Accelerator(gradient_accumulation_steps=2)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.GELU(),
-                                torch.nn.Conv2d(8, 4, 1))
-    mask = GradientMask(model)
+    model = DictOut(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                        torch.nn.GELU(), torch.nn.Conv2d(8, 4, 1)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     model, optimizer = accelerator.prepare(model, optimizer)
-    log = EpochLossLog(accelerator)
+    state = step_state(accelerator, model, optimizer, square_loss, guard=guard, grad_clip=1.0)
     inputs = torch.randn(6, 2, 3, 8, 6, device=accelerator.device)
     inputs[3, 0, 0, 0, 0] = float("nan")
 
     def micro_step(x):
-        with accelerator.accumulate(model):
-            mask.save_buffers()
-            loss = model(x).square().mean()
-            mask.set_keep(log.update({"loss": loss}, where=0))
-            accumulate_and_step(accelerator, model, optimizer, loss, lr=1e-3, grad_clip=1.0, mask=mask)
+        train.train_micro_step(state, x, None, None, lr=1e-3, where=0)
 
     micro_step(inputs[0])  # first step: lazy CUDA initialisation and optimizer state
     micro_step(inputs[1])
@@ -373,7 +453,7 @@ def test_the_micro_step_with_its_nonfinite_guard_makes_no_host_sync():
             micro_step(x)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert log.read().num_bad == 1
+    assert state.loss_log.read().num_bad == (1 if guard else 3)
 
 
 def test_checkpoint_with_a_nonfinite_tensor_is_not_written_and_names_it(tmp_path):
@@ -547,10 +627,10 @@ class NaNLossAfter:
 
 
 def test_nonfinite_loss_stops_naming_step_and_terms_and_keeps_last_checkpoint(tiny_data, tmp_path, monkeypatch):
-    import train
-
+    """At the default --max-nonfinite 0 the guard is off (nothing undone, the bad step reaches the weights):
+    the run still stops with one line at the read that closes the epoch, before its checkpoint."""
     # batch 4: 4 micro-batches per epoch; the 5th loss call is epoch 2's first micro-batch
-    monkeypatch.setattr(train, "build_loss", lambda *a, **k: NaNLossAfter(build_loss(*a, **k), 5, 10**9))
+    monkeypatch.setattr(engine.setup, "build_loss", lambda *a, **k: NaNLossAfter(build_loss(*a, **k), 5, 10**9))
     out = tmp_path / "stop"
     flags = ("--variant", "B", "--epochs", "2", "--checkpoint-every", "1", "--aux-weight", "0")
     with pytest.raises(UserError, match=r"non-finite loss at optimizer step 4 \(epoch 2, batch 0\): ce=nan") as err:
@@ -560,7 +640,7 @@ def test_nonfinite_loss_stops_naming_step_and_terms_and_keeps_last_checkpoint(ti
     assert find_resumable_checkpoint(out) == out / "checkpoints" / "epoch_0001"
 
     # with a tolerance, one bad micro-batch is skipped and the run goes on
-    monkeypatch.setattr(train, "build_loss", lambda *a, **k: NaNLossAfter(build_loss(*a, **k), 5, 5))
+    monkeypatch.setattr(engine.setup, "build_loss", lambda *a, **k: NaNLossAfter(build_loss(*a, **k), 5, 5))
     out = tmp_path / "skip"
     assert run_train(tiny_data, out, *flags, "--max-nonfinite", "1") == 0
     rows = read_rows(out)
@@ -573,11 +653,12 @@ def test_one_nonfinite_pixel_is_skipped_without_a_trace_in_the_checkpoint(tiny_d
     and equals (weights, BatchNorm statistics, AdamW state) a run that skips that micro-batch: its forward
     runs (same dropout draws) without gradient, every buffer is put back from a copy, and no backward or
     optimizer step happens."""
+    import train
     from engine import steps
 
     bad_call = 2
     flags = ("--variant", "B", "--epochs", "1", "--max-nonfinite", "1")
-    real_images, real_forward, real_step = steps.device_images, steps.forward_loss, steps.accumulate_and_step
+    real_images, real_step = steps.device_images, train.train_micro_step
 
     def poisoned_images(*args, **kwargs):
         images = real_images(*args, **kwargs)
@@ -592,25 +673,21 @@ def test_one_nonfinite_pixel_is_skipped_without_a_trace_in_the_checkpoint(tiny_d
     assert run_train(tiny_data, tmp_path / "nan", *flags) == 0
     monkeypatch.undo()
 
-    def skipped_forward(model, *args, **kwargs):
-        skipped_forward.calls += 1
-        if skipped_forward.calls != bad_call:
-            return real_forward(model, *args, **kwargs)
-        buffers = [b.clone() for b in model.buffers()]
-        with torch.no_grad():
-            terms, stats = real_forward(model, *args, **kwargs)
-        for buffer, saved in zip(model.buffers(), buffers):
+    def skipping_step(state, images, labels, sdt, lr, where=None, grad_stats=False):
+        skipping_step.calls += 1
+        if skipping_step.calls != bad_call:
+            return real_step(state, images, labels, sdt, lr, where=where, grad_stats=grad_stats)
+        buffers = [b.clone() for b in state.model.buffers()]
+        with state.accelerator.accumulate(state.model), torch.no_grad():
+            state.model(images)  # the same dropout draws as the nan run's forward
+        for buffer, saved in zip(state.model.buffers(), buffers):
             buffer.copy_(saved)
-        return {k: v * float("nan") for k, v in terms.items()}, stats  # counted as skipped, like the nan pixel
+        nan = torch.tensor(float("nan"))
+        state.loss_log.update({name: nan for name in state.loss_log.names}, where=where)  # counted as skipped
+        return {}
 
-    def skipped_step(*args, **kwargs):
-        skipped_step.calls += 1
-        if skipped_step.calls != bad_call:
-            real_step(*args, **kwargs)
-
-    skipped_forward.calls = skipped_step.calls = 0
-    monkeypatch.setattr(steps, "forward_loss", skipped_forward)
-    monkeypatch.setattr(steps, "accumulate_and_step", skipped_step)
+    skipping_step.calls = 0
+    monkeypatch.setattr(train, "train_micro_step", skipping_step)
     assert run_train(tiny_data, tmp_path / "skip", *flags) == 0
 
     assert [r["train/nonfinite_skipped"] for r in read_rows(tmp_path / "nan")] == [1]
@@ -625,6 +702,27 @@ def test_one_nonfinite_pixel_is_skipped_without_a_trace_in_the_checkpoint(tiny_d
     assert {int(s["step"]) for s in optim_nan.values()} == {3}  # 4 micro-batches, one skipped
 
 
+def test_guard_on_and_off_give_bit_identical_runs_on_finite_batches(tiny_data, tmp_path):
+    """--max-nonfinite 1 (gradient hooks, buffer copies, the AdamW skip flag, a gather per micro-step) and 0
+    (none of it) on finite data, over accumulation windows: bit-identical weights, BatchNorm statistics and
+    AdamW state after the epoch, and the same logged losses."""
+    flags = ("--variant", "C", "--epochs", "1", "--batch-size", "2", "--grad-accum", "3")  # 8 micro-batches
+    for k in ("0", "1"):
+        assert run_train(tiny_data, tmp_path / k, *flags, "--max-nonfinite", k) == 0
+    off, on = (tmp_path / k / "checkpoints" / "epoch_0001" for k in ("0", "1"))
+    weights_off, weights_on = load_file(off / "model.safetensors"), load_file(on / "model.safetensors")
+    assert weights_off.keys() == weights_on.keys()
+    assert [k for k in weights_off if not torch.equal(weights_off[k], weights_on[k])] == []
+    optim_off, optim_on = (torch.load(c / "optimizer.bin", weights_only=False)["state"] for c in (off, on))
+    assert optim_off.keys() == optim_on.keys()
+    for i, state in optim_off.items():
+        assert all(torch.equal(v, optim_on[i][k]) for k, v in state.items()), i
+    assert {int(s["step"]) for s in optim_off.values()} == {3}  # windows of 3, 3 and the short last 2
+    (row_off,), (row_on,) = read_rows(tmp_path / "0"), read_rows(tmp_path / "1")
+    assert {k: v for k, v in row_off.items() if k.startswith("train/loss") or k.startswith("val/miou")} == \
+        {k: v for k, v in row_on.items() if k.startswith("train/loss") or k.startswith("val/miou")}
+
+
 def test_nonfinite_stop_comes_at_the_next_host_read_naming_the_first_bad_micro_batch(tiny_data, tmp_path,
                                                                                       monkeypatch):
     import train
@@ -636,7 +734,7 @@ def test_nonfinite_stop_comes_at_the_next_host_read_naming_the_first_bad_micro_b
         losses.append(NaNLossAfter(build_loss(*args, **kwargs), 2, 10**9))
         return losses[-1]
 
-    monkeypatch.setattr(train, "build_loss", nan_from_second_call)
+    monkeypatch.setattr(engine.setup, "build_loss", nan_from_second_call)
     out = tmp_path / "late"
     with pytest.raises(UserError, match=r"non-finite loss at optimizer step 1 \(epoch 1, batch 1\): ce=nan.*"
                                         r"\(2 non-finite micro-batch\(es\) so far\)"):
@@ -971,15 +1069,13 @@ def test_wandb_mode_is_offline_unless_logged_in(tmp_path, monkeypatch):
 
 
 def test_wandb_offline_run_with_overlays_continues_the_same_run_after_resume(tiny_data, tmp_path, monkeypatch):
-    import train
-
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "run"
     flags = ("--wandb", "--log-images", "2", "--variant", "B", "--epochs", "2", "--checkpoint-every", "1",
              "--aux-weight", "0")
-    monkeypatch.setattr(train, "build_loss", lambda *a, **k: NaNLossAfter(build_loss(*a, **k), 5, 10**9))
+    monkeypatch.setattr(engine.setup, "build_loss", lambda *a, **k: NaNLossAfter(build_loss(*a, **k), 5, 10**9))
     with pytest.raises(UserError, match="non-finite"):
         run_train(tiny_data, out, *flags)  # stops in epoch 2; epoch 1 is checkpointed
     monkeypatch.undo()
