@@ -30,10 +30,11 @@ import argparse
 from pathlib import Path
 
 from utils import UserError, atomic_write_text, parse_args_first, run_main
+from utils.cli import ArgumentParser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs_dir", nargs="?", help="folder searched recursively for *.results.json")
     p.add_argument("--from-csv", metavar="FILE", help="tidy CSV instead of a runs folder (variant, seed, epoch, "
@@ -57,10 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wandb-report", action="store_true", help="also build a W&B Report of the project's "
                    "training runs and of this aggregate (implies --wandb): its definition goes to "
                    "REPORT_DIR/wandb_report.json, and it is saved to W&B when logged in (docs/report.md)")
-    p.add_argument("--wandb-project", default="boundary-seg")
+    p.add_argument("--wandb-project", default="boundary-seg", help="W&B project of the aggregate run and of the "
+                   "training runs the report shows (default: boundary-seg)")
     p.add_argument("--wandb-entity", default=None, help="W&B entity (team or user) of the runs and the report "
                    "(default: your login's default entity)")
-    p.add_argument("--wandb-name", default=None)
+    p.add_argument("--wandb-name", default=None, help="name of the aggregate's W&B run (default: W&B's)")
     args = p.parse_args(argv)
     if (args.runs_dir is None) == (args.from_csv is None):
         p.error("give either RUNS_DIR or --from-csv FILE (exactly one)")

@@ -1,11 +1,12 @@
 """Evaluate checkpoints: metrics into `<checkpoint>.results.json`, or predictions for the Cityscapes test server.
 
-    python evaluate.py runs/C_seed42/checkpoints/epoch_0160                 # one checkpoint on val
-    accelerate launch evaluate.py runs/C_seed42/checkpoints/epoch_0160      # the same over all GPUs
+    python evaluate.py runs/cityscapes/convnextv2_base/C_seed42/checkpoints/epoch_0160   # one checkpoint on val
+    python evaluate.py runs/cityscapes/convnextv2_base/C_seed42             # a run folder: its latest checkpoint
+    accelerate launch evaluate.py RUN/checkpoints/epoch_0160               # the same over all GPUs
     python evaluate.py --all runs/ --jobs 4                                 # every checkpoint lacking valid results
     python evaluate.py CKPT --split test --save-predictions preds/          # test-server PNGs + colour overlays
     python evaluate.py --all runs/ --flip --scales 0.5,0.75,1,1.25,1.5,1.75  # TTA results beside the whole-image ones
-    python evaluate.py --consensus runs/C_seed42/checkpoints/epoch_0160 --veto runs/B_seed42/checkpoints/epoch_0160
+    python evaluate.py --consensus RUNS/C_seed42 --veto RUNS/B_seed42       # RUNS = runs/cityscapes/convnextv2_base
     python evaluate.py --consensus-pairs C:B,D:B --all runs/               # every seed's final epoch (docs/report.md)
 
 A checkpoint is a folder holding model.safetensors, config.json and meta.json (train.py writes them); the
@@ -34,13 +35,15 @@ from engine.config import add_data_source_flags
 from engine.inference_flags import add_inference_flags, inference_kwargs
 from metrics.consensus import REASSIGN_MODES
 from metrics.keys import PROFILES
+from utils.cli import ArgumentParser
 from utils.fileio import EXIT_PARTIAL_FAILURE, RenamedFlag, parse_args_first, run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?", type=Path, help="a checkpoint folder (RUN/checkpoints/epoch_XXXX)")
+    parser.add_argument("checkpoint", nargs="?", type=Path,
+                        help="a checkpoint folder (RUN/checkpoints/epoch_XXXX), or a run folder: its latest checkpoint")
     parser.add_argument("--all", type=Path, metavar="RUNS_DIR",
                         help="evaluate every RUNS_DIR/**/checkpoints/epoch_XXXX that has no valid results file")
     parser.add_argument("--split", default=None,
@@ -114,6 +117,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from engine.batch_eval import evaluate_all, find_checkpoints, pending_reason
+from engine.checkpoint import resolve_checkpoint
 from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint
 from engine.consensus import consensus_pairings, consensus_table, evaluate_consensus_pair
 from engine.inference import Inference
@@ -203,11 +207,23 @@ def run_consensus(args, options: EvalOptions, console: Console) -> int:
     return 0
 
 
+def resolve_checkpoint_args(args, console: Console) -> None:
+    """CHECKPOINT, --consensus and --veto: a run folder means its latest checkpoint (one line says which)."""
+    for name in ("checkpoint", "consensus", "veto"):
+        given = getattr(args, name)
+        if given is not None:
+            setattr(args, name, resolve_checkpoint(given))
+            if getattr(args, name) != given:
+                console.print(f"{given}: a run folder; evaluating its latest checkpoint, {getattr(args, name).name}",
+                              soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.inference = Inference(**args.inference)
     options = EvalOptions.from_namespace(args)
     console = Console()
+    resolve_checkpoint_args(args, console)
     import datasets
     datasets.disable_progress_bars()  # listing a split is instant; our own bars show the work
     if args.consensus is not None or args.consensus_pairs is not None:

@@ -31,11 +31,12 @@ from pathlib import Path
 from engine.config import add_data_source_flags
 from utils import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, free_space, human_bytes, make_output_dir,
                    parse_args_first, run_main)
+from utils.cli import ArgumentParser
 from utils.threads import set_torch_threads, usable_cpus
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--split", default="train", help="split to process (train, val, ...)")
     parser.add_argument("--out", required=True, help="cache folder (one <city>/<name>.sdt per frame)")
     parser.add_argument("--jobs", type=int, default=usable_cpus(),

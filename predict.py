@@ -1,6 +1,6 @@
 """Run a trained checkpoint on your own images, or export it to ONNX.
 
-    python predict.py runs/demo/C_seed42 photos/ --out preds/                 # a run folder: its newest checkpoint
+    python predict.py runs/demo/convnextv2_atto/C_seed42 photos/ --out preds/   # a run folder: its newest checkpoint
     python predict.py CKPT frames/*.png one.jpg --out preds/ --flip --scales 0.75,1,1.25
     python predict.py CKPT big/ --out preds/ --slide --crop 1024,1024 --stride 768,768
     python predict.py CKPT val_images/ --out preds/ --gt gtFine/val/          # + ground truth, error view, metrics.csv
@@ -63,7 +63,8 @@ from rich.markup import escape
 from data_utils.image_files import find_images
 from engine.checkpoint_eval import load_checkpoint
 from engine.inference import Inference
-from engine.predict_images import METRICS_FILE, predict_images, resolve_checkpoint, write_metrics
+from engine.checkpoint import resolve_checkpoint
+from engine.predict_images import METRICS_FILE, predict_images, write_metrics
 from utils import make_output_dir
 
 

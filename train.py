@@ -10,14 +10,14 @@ Reads top to bottom: config -> Accelerator -> resume checks -> data, model, loss
 then the micro-step (`train_micro_step`: forward, loss, backward, optimizer step). The logic lives in the
 packages; what is here is the order of things. Output: RUN/config.json, RUN/metrics.jsonl (one line per epoch),
 RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json, epoch_XXXX.per_image.npz) with RUN = --out or
-runs/<variant>_seed<seed>.
+runs/<dataset>/<backbone>/<run name> (engine.config.TrainConfig.run_dir).
 """
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
 
-from engine.config import parse_args, save_config
+from engine.config import extension_note, load_config, parse_args, save_config
 from utils.fileio import EXIT_INTERRUPTED, UserError, make_output_dir, parse_args_first, run_main
 
 if __name__ == "__main__":
@@ -29,7 +29,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint,
-                               register_checkpoint_hooks, resume_checkpoint, resume_from, save_checkpoint)
+                               read_meta, register_checkpoint_hooks, resume_checkpoint, resume_from, save_checkpoint)
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
 from engine.schedule import get_lr
@@ -85,6 +85,10 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     if finished:
         console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
         return 0
+    if resume_ckpt is not None:  # another --epochs extends the run: say how
+        note = extension_note(load_config(resume_ckpt / "config.json"), cfg, read_meta(resume_ckpt)["epoch"])
+        if note:
+            console.print(f"{run_dir}: {note}")
 
     # ------------------------------------------ data, model, loss, optimizer, prepare (engine.setup.build_training)
     training = build_training(cfg, accelerator, load_pretrained=resume_ckpt is None, check_data=True)

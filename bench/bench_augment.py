@@ -10,7 +10,6 @@ per image, the usual way of writing this pipeline. The issue's bar is >= 10 imag
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
 from data_utils.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
 
@@ -54,7 +54,7 @@ def timed(fn, device: torch.device, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=6, help="timed calls (seeds 0..repeats-1), averaged")

@@ -17,7 +17,6 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one core, the setting (before numpy loads its BLAS)
 
-import argparse  # noqa: E402
 import itertools  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo packages are top-level
 from report.bootstrap import PROFILE_METRICS, bootstrap_metrics, paired_image_bootstrap  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 
 def synthetic_stats(rng: np.random.Generator, n: int, C: int, quality: float = 0.8,
@@ -107,7 +107,7 @@ def loop_deltas(stats: dict[str, list[dict]], pairs: list[tuple[str, str]], metr
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replicates", type=int, default=10_000)
     p.add_argument("--groups", type=int, default=4)
     p.add_argument("--seeds", type=int, default=3, help="runs per group")

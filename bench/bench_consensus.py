@@ -10,7 +10,6 @@ results are checked against ours first.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from bench.bench_metrics import DEFAULT_ROOT, best_seconds, load_pairs  # noqa: 
 from data_utils.labels import CITYSCAPES, THIN_CLASSES  # noqa: E402
 from metrics.consensus import cc_veto, count_fragments  # noqa: E402
 from utils import run_main  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 EIGHT = np.ones((3, 3), bool)
 NUM_CLASSES = CITYSCAPES.num_classes
@@ -50,7 +50,7 @@ def scipy_veto(primary: np.ndarray, veto: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="cityscapes_fullres folder")
     parser.add_argument("--images", type=int, default=6, help="label maps timed")
     parser.add_argument("--repeats", type=int, default=3, help="passes; each map's best time counts")

@@ -12,7 +12,6 @@ about W).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="bench-check-hf-"))
 from data_utils.cityscapes import load_split  # noqa: E402
 from data_utils.dataset import SegmentationDataset, check_frames  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.fileio import RenamedFlag, run_main  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
@@ -31,7 +31,7 @@ CITYSCAPES_TRAIN, CITYSCAPES_VAL = 2975, 500
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--num-workers", default="0,2",
                         help="comma list of check_frames' worker counts (train.py passes its --num-workers)")

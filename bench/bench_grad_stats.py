@@ -14,7 +14,6 @@ of each.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from losses import AUX_LOSS_WEIGHT, build_loss  # noqa: E402
 from losses.gradients import term_gradient_stats  # noqa: E402
 from models import build_model  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 
 def make_batch(n: int, h: int, w: int, num_classes: int, device: torch.device):
@@ -40,7 +40,7 @@ def make_batch(n: int, h: int, w: int, num_classes: int, device: torch.device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backbone", default="convnextv2_atto")
     parser.add_argument("--head-channels", type=int, default=128, help="UPerNet width (512 in the paper)")

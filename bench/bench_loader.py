@@ -18,7 +18,6 @@ training process itself uses (its main thread and the pin-memory thread).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import math
@@ -39,6 +38,7 @@ from data_utils.cityscapes import load_split  # noqa: E402
 from data_utils.dataset import (SegmentationDataset, collate_batch, read_image, read_label_ids,  # noqa: E402
                                 read_train_ids)
 from data_utils.labels import CITYSCAPES  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.fileio import RenamedFlag, atomic_write_json, run_main  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes_fullres"
@@ -150,7 +150,7 @@ def loader_rate(records, source: str, caches: dict[str, Path], workers: int, bat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT, help="Cityscapes-layout root (train split)")
     parser.add_argument("--sources", default="none,cpu,cache,cache-z", help=f"comma list of {', '.join(SOURCES)}")
     parser.add_argument("--passes", type=int, default=2, help="timed passes over the frames (after one warm-up)")

@@ -25,7 +25,6 @@ random rectangles overwritten with other classes (new contours, absent classes, 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from metrics.per_image import dataset_metrics, per_image_path, write_per_image  
 from metrics.reductions import STUDY_EPS, boundary_f1_per_class, study_trimap_iou_scores  # noqa: E402
 from metrics.segmentation import fragment_counts, segmentation_image_stats  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.conventions import IGNORE_INDEX  # noqa: E402
 
 NUM_CLASSES = CITYSCAPES.num_classes  # the real label maps here are Cityscapes'
@@ -239,7 +239,7 @@ def hd95_section(pairs, repeats: int) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="cityscapes_fullres root")
     parser.add_argument("--images", type=int, default=15, help="val maps timed for our implementation")
     parser.add_argument("--ref-images", type=int, default=3, help="maps timed for the (slow) references")

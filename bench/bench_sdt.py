@@ -18,7 +18,6 @@ import os
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"  # before numpy / torch load: one core for every measurement
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -39,6 +38,7 @@ from utils.conventions import SDT_CLIP  # noqa: E402
 C = CITYSCAPES.num_classes  # the real labels here are Cityscapes'
 from data_utils.synthetic import generate_dataset  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> tuple[float, object]:
@@ -153,7 +153,7 @@ def bench_cache(label: np.ndarray, demo_frames: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cityscapes_fullres"),
                         help="folder with gtFine/<split>/<city>/*_gtFine_labelIds.png (real labels)")
     parser.add_argument("--frames", type=int, default=0, help="use only the first N labels (0 = all)")

@@ -28,7 +28,7 @@ BOUND = 0.25
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     seconds: dict[str, list[float]] = {name: [] for name in COMMANDS}

@@ -10,7 +10,6 @@ pixels per class over the inspected frames.
 """
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from data_utils.cityscapes import list_frames, resolve_data_root
 from data_utils.dataset import read_frame
 from data_utils.labels import CITYSCAPES
 from utils import atomic_write_bytes, run_main
+from utils.cli import ArgumentParser
 from utils.conventions import IGNORE_INDEX
 
 
@@ -43,9 +43,9 @@ def overlay(image: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_utils.inspect", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m data_utils.inspect", description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=None, help="dataset root (default: $CITYSCAPES_DATASET)")
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--split", default="val", help="split to inspect (default: val)")
     parser.add_argument("--num", type=int, default=4, help="how many frames (the first by name)")
     parser.add_argument("--out", required=True, help="folder for the overlay PNGs")
     args = parser.parse_args(argv)

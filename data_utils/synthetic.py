@@ -27,7 +27,6 @@ ADE20K's 150 are: `--format hf --num-classes 150` holds classes 0, 7, ..., 126 u
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from data_utils.labels import CITYSCAPES
 from data_utils.layout import INSTANCE_SUFFIX, image_path, label_path
 from data_utils.scene import render_scene
 from utils import UserError, atomic_write_json, fsync_dir, run_main
+from utils.cli import ArgumentParser
 from utils.console import progress_columns
 from utils.conventions import IGNORE_INDEX
 
@@ -244,7 +244,7 @@ def ensure_demo_dataset(root: str | os.PathLike, num_train: int = 24, num_val: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_utils.synthetic", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m data_utils.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument("--train", type=int, default=24, help="number of train frames")
     parser.add_argument("--val", type=int, default=8, help="number of val frames")

@@ -17,6 +17,7 @@ which the next save removes. Only the newest `keep_states` checkpoints keep the 
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import pickle
@@ -30,7 +31,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from engine.config import TrainConfig, config_differences, load_config, save_config
+from data_utils.cityscapes import resolve_data_root
+from engine.config import TrainConfig, load_config, resume_refusal, save_config
 from utils.fileio import UserError, atomic_write_json, disk_full_advice, fsync_dir
 
 CHECKPOINTS = "checkpoints"
@@ -233,6 +235,44 @@ def find_resumable_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder a user means by `path`: a checkpoint folder as is, a run folder (or its
+    checkpoints/ folder) its latest complete checkpoint. A path that does not exist is a UserError listing the
+    nearest existing checkpoints (difflib over those under its nearest existing parent folder)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint or run folder{_nearest_checkpoints(path)}")
+    run = path.parent if path.name == CHECKPOINTS else path
+    if path.is_dir() and not CHECKPOINT_NAME.match(path.name) and (run / CHECKPOINTS).is_dir():
+        complete = list_checkpoints(run)
+        if not complete:
+            raise UserError(f"{run}: a run folder without a complete checkpoint yet (RUN/{CHECKPOINTS}/epoch_XXXX "
+                            "holding model.safetensors and meta.json); train it first")
+        return complete[-1]
+    return path
+
+
+def _nearest_checkpoints(path: Path, count: int = 3) -> str:
+    """'; nearest existing checkpoints: A, B' for a `path` that does not exist ('' if none is near). A complete
+    checkpoint is as near as the closer of itself and its run folder (difflib's ratio), so a mistyped run folder
+    finds it; within a run the newest comes first. Searched: runs up to 5 folders below the nearest existing
+    parent folder of `path` (runs/<dataset>/<backbone>/<run> from the folder holding runs/)."""
+    parent = next((p for p in path.absolute().parents if p.is_dir()), None)
+    if parent is None or parent == Path("/"):
+        return ""
+    folders = sorted(f for depth in range(6) for f in parent.glob("/".join(["*"] * depth + [CHECKPOINTS])))
+    found = [ckpt for folder in folders for ckpt in reversed(list_checkpoints(folder.parent))]
+    given = str(path) if path.is_absolute() else os.path.normpath(path)
+    shown = [str(c) if path.is_absolute() else os.path.relpath(c) for c in found]
+
+    def nearness(text: str) -> float:
+        run = str(Path(text).parent.parent)
+        return max(difflib.SequenceMatcher(None, given, t).ratio() for t in (text, run))
+    scored = sorted(((nearness(t), t) for t in shown), key=lambda st: -st[0])
+    near = [t for score, t in scored[:count] if score >= 0.6]
+    return f"; nearest existing checkpoints: {', '.join(near)}" if near else ""
+
+
 def checkpoint_to_resume(run_dir: str | Path) -> Path | None:
     """`find_resumable_checkpoint`, refusing when a newer epoch_XXXX folder exists that a resume would retrain
     and overwrite (one without readable meta.json or weights, or one whose training state was pruned)."""
@@ -254,8 +294,9 @@ def resume_checkpoint(cfg: TrainConfig, num_processes: int, require: bool = Fals
 
     `finished`: the checkpoint already holds cfg.epochs epochs (nothing to do). A UserError, one line, when
     `require` (--resume) and there is nothing to resume; when a newer, unusable checkpoint would be
-    overwritten (`checkpoint_to_resume`); when the checkpoint was made with other settings than `cfg`
-    (`engine.config.config_differences`); or when it was saved by another process count: the optimizer-step
+    overwritten (`checkpoint_to_resume`); when the data root is missing (reported before the next check); when
+    the checkpoint was made with other settings than `cfg` (`engine.config.resume_refusal`); when it holds more
+    epochs than cfg.epochs (more extend the run); or when it was saved by another process count: the optimizer-step
     count per epoch, the effective batch and the per-rank RNG states all depend on it, so resuming on
     another count would silently change the LR schedule.
     """
@@ -265,15 +306,19 @@ def resume_checkpoint(cfg: TrainConfig, num_processes: int, require: bool = Fals
         if require:
             raise UserError(f"{run_dir}: --resume given but no complete checkpoint with training state is there")
         return None, False
-    differences = config_differences(load_config(ckpt / "config.json"), cfg)
-    if differences:
-        raise UserError(f"{ckpt}: this run was made with other settings ({'; '.join(differences)}); "
-                        "pass the same flags to resume it, or another --out for a new run")
+    if not cfg.hf_dataset:
+        resolve_data_root(cfg.data_root)  # an input error first: it would be the next one after the refusal
+    refusal = resume_refusal(load_config(ckpt / "config.json"), cfg)
+    if refusal:
+        raise UserError(f"{ckpt}: {refusal}")
     meta = read_meta(ckpt)
     if meta.get("num_processes", num_processes) != num_processes:
         raise UserError(f"{ckpt}: saved by {meta['num_processes']} process(es), now {num_processes}; resume with "
                         f"--num_processes {meta['num_processes']}, or start a new run with another --out")
-    return ckpt, meta["epoch"] >= cfg.epochs
+    if meta["epoch"] > cfg.epochs:  # more --epochs extend the run (engine.config.EXTENDABLE_CHANGES), fewer cannot
+        raise UserError(f"{ckpt}: this run already trained {meta['epoch']} epochs, more than --epochs {cfg.epochs}; "
+                        "evaluate one of its checkpoints, or pass another --out for a new run")
+    return ckpt, meta["epoch"] == cfg.epochs
 
 
 def prune_training_states(run_dir: str | Path, keep: int) -> None:

@@ -2,7 +2,8 @@
 `engine.evaluation.evaluate_model` over a split and write `<checkpoint>.results.json` + `.per_image.npz`
 (`<checkpoint>.inference.<mode>.results.json` + `.per_image.npz` for another mode than whole: engine.inference).
 
-    record = evaluate_checkpoint(Path("runs/C_seed42/checkpoints/epoch_0160"), EvalOptions(), accelerator)
+    ckpt = Path("runs/cityscapes/convnextv2_base/C_seed42/checkpoints/epoch_0160")
+    record = evaluate_checkpoint(ckpt, EvalOptions(), accelerator)
     record["miou"], record["boundary_f1"]      # the results file's record (engine.results.write_results)
 
 A checkpoint is a folder holding model.safetensors, config.json and meta.json (train.py writes them); anything
@@ -21,7 +22,7 @@ import torch
 from data_utils.cityscapes import LABEL_DIR, resolve_data_root
 from data_utils.image_only import ImageOnlyDataset, collate_images
 from data_utils.options import UNLABELLED_SPLITS
-from engine.checkpoint import WEIGHTS_NAME, load_weights_into, read_meta
+from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
 from engine.config import TrainConfig, load_config
 from engine.evaluation import evaluate_model
 from engine.inference import WHOLE, Inference
@@ -62,10 +63,14 @@ class EvalOptions:
 def load_checkpoint(ckpt: Path):
     """(config, meta, model with the checkpoint's weights); a UserError naming the folder if anything is off."""
     if not ckpt.is_dir():
-        raise UserError(f"{ckpt}: not a checkpoint folder; pass RUN/checkpoints/epoch_XXXX")
-    for name in (WEIGHTS_NAME, "config.json", "meta.json"):
-        if not (ckpt / name).is_file():
-            raise UserError(f"{ckpt}: lacks {name}; the checkpoint is incomplete, delete it or re-save it")
+        raise UserError(f"{ckpt}: not a checkpoint folder; pass RUN/checkpoints/epoch_XXXX or a run folder")
+    lacking = [name for name in (WEIGHTS_NAME, "config.json", "meta.json") if not (ckpt / name).is_file()]
+    if len(lacking) == 3 and not CHECKPOINT_NAME.match(ckpt.name):
+        raise UserError(f"{ckpt}: neither a checkpoint folder (RUN/checkpoints/epoch_XXXX) nor a run folder; "
+                        "for every run below a folder use --all FOLDER")
+    if lacking:
+        raise UserError(f"{ckpt}: lacks {lacking[0]}; the checkpoint is incomplete (still being written, or copied "
+                        "half-way): copy it again or evaluate another epoch")
     meta = read_meta(ckpt)
     if meta is None:
         raise UserError(f"{ckpt / 'meta.json'}: unreadable or without an epoch; the checkpoint is corrupt")

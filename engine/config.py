@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
+
+import yaml
 
 from data_utils.options import AUGMENT_PLACES, SDT_SOURCES
 from losses.registry import TERMS, recipe_slug, term_params
@@ -26,113 +30,105 @@ from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, L
                              resolve_loss, variant_summary)
 from metrics.keys import PROFILES
 from models.heads import DEFAULT_HEAD, HEADS, head_summary
+from utils.cli import ArgumentParser, any_case, did_you_mean
 from utils.fileio import UserError, atomic_write_json
 
 VARIANTS = tuple(LOSS_WEIGHTS)  # ("A", "B", "C", "D")
 
 
-def _f(default, help: str, choices=None):
-    """A dataclass field carrying its one-line comment as the CLI help (and optional choices)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+# The --help groups, in their order; each field says its group by the factory that declares it (below).
+FLAG_GROUPS = {
+    "studied": "what is studied (the loss and the seed)",
+    "model": "model",
+    "data": "data",
+    "optim": "optimisation",
+    "eval": "evaluation and checkpoints",
+    "logging": "logging (Weights & Biases)",
+    "runtime": "runtime (how the run executes, not what it computes)",
+}
+
+
+def _group(key: str):
+    """The field factory of --help group `key`: a dataclass field carrying its one-line help, optional choices
+    and the group (`FLAG_GROUPS`)."""
+    def field_of(default, help: str, choices=None):
+        return field(default=default, metadata={"help": help, "choices": choices, "group": key})
+    return field_of
+
+
+_studied, _model, _data, _optim, _eval, _logging, _runtime = map(_group, FLAG_GROUPS)
 
 
 @dataclass
 class TrainConfig:
-    # Defaults = the paper's recipe (§3.1-3.2) unless the comment says otherwise.
-    # --- what is studied
-    variant: str = _f("C", f"loss variant: {variant_summary()}", VARIANTS)
-    seed: int = _f(42, "seeds weights init, data order, flips, augmentation, dropout (study: 42, 123, 456)")
-    lambda_dice: float = _f(LAMBDA_DICE, "λ_d, weight of the Dice term in B and C")
-    lambda_boundary: float = _f(LAMBDA_BOUNDARY, "λ_b, weight of the Kervadec boundary term in C and D")
-    loss: str = _f("", f"a loss recipe term=weight,... instead of --variant (beyond the paper), e.g. "
-                   f"'ce=1,lovasz=0.5,boundary=0.2'; terms: {', '.join(TERMS)} ('' = --variant)")
-    focal_gamma: float = _f(TERMS["focal"].params["gamma"], "focal term: focusing parameter γ (Lin et al.)")
-    tversky_alpha: float = _f(TERMS["tversky"].params["alpha"], "tversky term: weight α of the false positives")
-    tversky_beta: float = _f(TERMS["tversky"].params["beta"], "tversky term: weight β of the false negatives")
-    boundary_schedule: str = _f("constant", "λ_b per epoch (losses.schedule; beyond the paper): constant, linear "
-                                "ramp from --boundary-start to λ_b, or Kervadec's steal", SCHEDULE_KINDS)
-    boundary_start: float = _f(0.0, "linear schedule: λ_b in the first epoch")
-    boundary_ramp_epochs: int = _f(40, "linear schedule: epochs to go from --boundary-start to λ_b (not from the paper)")
-    steal_delta: float = _f(0.01, "steal schedule: weight moved each epoch from every region term to the boundary")
-    steal_floor: float = _f(0.01, "steal schedule: lowest weight of a region term")
-    aux_weight: float = _f(AUX_LOSS_WEIGHT, "weight of the auxiliary FCN head's loss (from the study's code; "
-                           "0 = no aux head)")
-    aux_loss: str = _f("composite", "aux head loss: the variant's composite loss (study's code) or plain CE",
-                       AUX_LOSS_KINDS)
-    # --- model
-    backbone: str = _f("convnextv2_base", "timm backbone with feature levels at strides 4, 8, 16, 32 (ConvNeXt, "
-                       "ResNet, EfficientNet, RegNet, Swin, ...; not single-stride ViTs)")
-    head: str = _f(DEFAULT_HEAD, f"decode head on the backbone's four levels (models.heads): {head_summary()}",
-                   tuple(HEADS))
-    pretrained: str = _f("timm:convnextv2_base.fcmae_ft_in22k_in1k_384",
-                         "ImageNet backbone weights: a .safetensors/.pth file, or timm:<name> to download "
-                         "('' = random init)")
-    head_channels: int = _f(512, "width of the head, whichever it is (512: the PPM/FPN/fuse convs of "
-                            "MMSegmentation's UPerNet)")
-    drop_path_rate: float = _f(0.0, "stochastic depth in the backbone (not stated in the paper: off)")
-    grad_checkpointing: bool = _f(False, "recompute backbone activations in backward: less memory, slower")
-    # --- data: Cityscapes fine at native 1024x2048, no crop, no resize
-    data_root: str = _f("", "Cityscapes root holding leftImg8bit/ and gtFine/ ('' = $CITYSCAPES_DATASET)")
-    train_split: str = _f("train", "split trained on (2975 images)")
-    val_split: str = _f("val", "split evaluated (500 images)")
-    sdt_source: str = _f("gpu", "signed distance maps for the boundary loss: computed per batch on the training "
-                         "device (gpu), in the loader workers (cpu), or read from precompute_sdt.py's cache",
-                         SDT_SOURCES)
-    sdt_cache: str = _f("", "folder written by precompute_sdt.py (for --sdt-source cache)")
-    augment: str = _f("gpu", "where the photometric jitter + blur run: on the device batch (gpu), per sample in "
-                      "the loader workers (cpu), or nowhere (none; the flip stays)", AUGMENT_PLACES)
-    demo_data: bool = _f(False, "generate the embedded synthetic Cityscapes-layout dataset into --data-root "
-                         "(with --hf-dataset: its HF form there) on first use (data_utils.synthetic)")
-    num_workers: int = _f(8, "DataLoader worker processes per training process (PNG decoding)")
-    hf_dataset: str = _f("", "an HF dataset with image + label columns instead of the Cityscapes folder: a "
-                         "save_to_disk folder, a folder of parquet files or a hub name (data_utils.hf)")
-    image_column: str = _f("image", "--hf-dataset: the image column (Image feature)")
-    label_column: str = _f("label", "--hf-dataset: the label column (a single-channel Image of class indices, or "
-                           "a 2-D integer array)")
-    reduce_labels: bool = _f(False, "--hf-dataset: the ADE20K convention, label 0 = unlabelled and every other "
-                             "value - 1 (transformers' do_reduce_labels)")
-    classes: str = _f("", "classes file: a JSON list of names or id2label.json, optionally with a palette "
-                      "(data_utils.classes); '' = the dataset's own (Cityscapes' 19, an HF dataset's ClassLabel or "
-                      "id2label.json)")
-    class_names: tuple[str, ...] = _f((), "the class names in train-id order; train.py records the resolved "
-                                      "list, so a checkpoint's config names its classes (data_utils.source)")
-    class_palette: tuple[str, ...] = _f((), "the classes' colours as #rrggbb, recorded with class_names")
-    crop_size: tuple[int, int] = _f((0, 0), "random crop H W of the training frames, padded with ignore where a "
-                                    "frame is smaller (0 0 = native frames, the paper's 1024x2048); evaluation "
-                                    "stays at native size")
-    # --- optimisation
-    epochs: int = _f(160, "training epochs")
-    batch_size: int = _f(2, "images per device per forward pass")
-    grad_accum: int = _f(4, "forward passes accumulated per optimizer step (effective batch 2 x 4 = 8)")
-    lr: float = _f(6e-5, "AdamW peak learning rate")
-    weight_decay: float = _f(0.01, "AdamW decoupled weight decay")
-    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
-    poly_power: float = _f(1.0, "polynomial LR decay power, from --lr to --min-lr over all optimizer steps")
-    min_lr: float = _f(0.0, "LR at the end of the decay")
-    warmup_steps: int = _f(0, "linear LR warm-up in optimizer steps (the paper has none)")
-    grad_clip: float = _f(0.0, "max global gradient norm, 0 = no clipping (the paper has none)")
-    mixed_precision: str = _f("bf16", "autocast precision", ("no", "bf16", "fp16"))
-    max_nonfinite: int = _f(0, "skip up to this many micro-batches with a non-finite loss before stopping the run")
-    deterministic: bool = _f(False, "deterministic cuDNN kernels instead of cudnn.benchmark (slower)")
-    cpu_threads: int = _f(0, "torch CPU threads per process (0 = one per core it may use: utils.threads)")
-    compile: bool = _f(True, "torch.compile the model (inductor, through accelerate's dynamo backend) when CUDA "
-                       "is available; ignored on CPU. Two compiles per run: the first training step (~2 min on an H100, "
-                       "issue 8's measurement) and the first evaluation; none after (docs/performance.md)")
-    channels_last: bool = _f(True, "keep the model weights and input batches in channels_last (NHWC) memory "
-                             "layout, the layout cuDNN's bf16 convs and ConvNeXt's LayerNorm/MLP want")
-    # --- evaluation, checkpoints, logging
-    eval_every: int = _f(1, "evaluate on val every N epochs and at the last epoch")
-    metrics_profile: str = _f("default", "estimators of Boundary F1 and Trimap IoU: this project's (default) or "
-                              "the original study's v0.2.0 ones (study; docs/metrics.md)", PROFILES)
-    checkpoint_every: int = _f(10, "checkpoint every N epochs and at the last epoch (160 epochs: 16 checkpoints)")
-    keep_states: int = _f(1, "keep optimizer/RNG state in the newest N checkpoints; older ones keep weights only")
-    log_images: int = _f(0, "log N val prediction overlays to W&B at each evaluation")
-    log_grad_norms: int = _f(0, "every K optimizer steps, log each loss term's gradient norm w.r.t. logits and "
-                             "features (one extra backward per term) to grad_stats.jsonl; 0 = off")
-    wandb: bool = _f(True, "log to Weights & Biases (offline unless logged in or WANDB_MODE is set)")
-    wandb_project: str = _f("boundary-seg", "W&B project")
-    wandb_entity: str = _f("", "W&B entity, team or user ('' = your default)")
-    out: str = _f("", "run directory ('' = runs/<variant>_seed<seed>, runs/demo/... for the demo data)")
+    # Defaults = the paper's recipe (§3.1-3.2) unless the help says otherwise.
+    variant: str = _studied("C", f"loss variant: {variant_summary()}", VARIANTS)
+    seed: int = _studied(42, "seed of init, data order, augmentation (study: 42, 123, 456)")
+    lambda_dice: float = _studied(LAMBDA_DICE, "λ_d, weight of the Dice term in B and C")
+    lambda_boundary: float = _studied(LAMBDA_BOUNDARY, "λ_b, weight of the Kervadec boundary term in C and D")
+    loss: str = _studied("", f"recipe term=weight,... instead of --variant, e.g. 'ce=1,lovasz=0.5'; terms: "
+                         f"{', '.join(TERMS)}")
+    focal_gamma: float = _studied(TERMS["focal"].params["gamma"], "focal term: focusing parameter γ")
+    tversky_alpha: float = _studied(TERMS["tversky"].params["alpha"], "tversky term: weight α of false positives")
+    tversky_beta: float = _studied(TERMS["tversky"].params["beta"], "tversky term: weight β of false negatives")
+    boundary_schedule: str = _studied("constant", "λ_b per epoch (beyond the paper)", SCHEDULE_KINDS)
+    boundary_start: float = _studied(0.0, "linear schedule: λ_b in the first epoch")
+    boundary_ramp_epochs: int = _studied(40, "linear schedule: epochs from --boundary-start to λ_b")
+    steal_delta: float = _studied(0.01, "steal schedule: weight moved per epoch from each region term")
+    steal_floor: float = _studied(0.01, "steal schedule: lowest weight of a region term")
+    aux_weight: float = _studied(AUX_LOSS_WEIGHT, "weight of the auxiliary FCN head's loss (0 = no aux head)")
+    aux_loss: str = _studied("composite", "aux head loss: the variant's composite (study's code) or CE",
+                             AUX_LOSS_KINDS)
+    backbone: str = _model("convnextv2_base", "timm backbone, strides 4-32 (not plain ViTs)")
+    head: str = _model(DEFAULT_HEAD, f"decode head (models.heads): {head_summary()}", tuple(HEADS))
+    pretrained: str = _model("timm:convnextv2_base.fcmae_ft_in22k_in1k_384",
+                             "backbone weights: a .safetensors/.pth file or timm:<name> ('' = random init)")
+    head_channels: int = _model(512, "width of the head (512: MMSegmentation's UPerNet)")
+    drop_path_rate: float = _model(0.0, "stochastic depth in the backbone (not in the paper: off)")
+    data_root: str = _data("", "Cityscapes root with leftImg8bit/ and gtFine/ ('' = $CITYSCAPES_DATASET)")
+    train_split: str = _data("train", "split trained on (2975 images)")
+    val_split: str = _data("val", "split evaluated (500 images)")
+    sdt_source: str = _data("gpu", "boundary-loss distance maps: on the device, workers or a cache", SDT_SOURCES)
+    sdt_cache: str = _data("", "folder written by precompute_sdt.py (for --sdt-source cache)")
+    augment: str = _data("gpu", "where photometric jitter + blur run (none: the flip only)", AUGMENT_PLACES)
+    demo_data: bool = _data(False, "generate the synthetic demo data on first use")
+    hf_dataset: str = _data("", "HF dataset (folder or hub name) instead of Cityscapes")
+    image_column: str = _data("image", "--hf-dataset: the image column")
+    label_column: str = _data("label", "--hf-dataset: the label column (class-index image or 2-D array)")
+    reduce_labels: bool = _data(False, "--hf-dataset: ADE20K labels (0 = unlabelled)")
+    classes: str = _data("", "classes file: JSON list of names or id2label.json ('' = the dataset's own)")
+    class_names: tuple[str, ...] = _data((), "class names in train-id order (recorded by train.py)")
+    class_palette: tuple[str, ...] = _data((), "class colours as #rrggbb, one per class name")
+    crop_size: tuple[int, int] = _data((0, 0), "random training crop H W (0 0 = native frames)")
+    epochs: int = _optim(160, "training epochs (more epochs extend a run: docs/training.md)")
+    batch_size: int = _optim(2, "images per device per forward pass")
+    grad_accum: int = _optim(4, "forward passes per optimizer step (effective batch 2 x 4 = 8)")
+    lr: float = _optim(6e-5, "AdamW peak learning rate")
+    weight_decay: float = _optim(0.01, "AdamW decoupled weight decay")
+    betas: tuple[float, float] = _optim((0.9, 0.999), "AdamW betas")
+    poly_power: float = _optim(1.0, "polynomial LR decay power, --lr to --min-lr over all steps")
+    min_lr: float = _optim(0.0, "LR at the end of the decay")
+    warmup_steps: int = _optim(0, "linear LR warm-up in optimizer steps (the paper has none)")
+    grad_clip: float = _optim(0.0, "max global gradient norm (0 = none, as the paper)")
+    max_nonfinite: int = _optim(0, "micro-batches with a non-finite loss skipped before the run stops")
+    eval_every: int = _eval(1, "evaluate on val every N epochs and at the last")
+    metrics_profile: str = _eval("default", "Boundary F1 / Trimap IoU estimators (docs/metrics.md)", PROFILES)
+    checkpoint_every: int = _eval(10, "checkpoint every N epochs and at the last")
+    keep_states: int = _eval(1, "newest N checkpoints keep optimizer state, older weights only")
+    out: str = _eval("", "run folder ('' = derived from the settings: docs/training.md)")
+    log_images: int = _logging(0, "log N val prediction overlays to W&B per evaluation")
+    log_grad_norms: int = _logging(0, "every K steps, log each loss term's gradient norms (0 = off)")
+    wandb: bool = _logging(True, "log to Weights & Biases (offline unless logged in)")
+    wandb_project: str = _logging("boundary-seg", "W&B project")
+    wandb_entity: str = _logging("", "W&B entity, team or user ('' = your default)")
+    mixed_precision: str = _runtime("bf16", "autocast precision", ("no", "bf16", "fp16"))
+    num_workers: int = _runtime(8, "DataLoader worker processes per training process")
+    grad_checkpointing: bool = _runtime(False, "recompute backbone activations (less memory)")
+    deterministic: bool = _runtime(False, "deterministic cuDNN kernels (slower)")
+    cpu_threads: int = _runtime(0, "torch CPU threads per process (0 = the usable cores: utils.threads)")
+    compile: bool = _runtime(True, "torch.compile on CUDA: two compiles, at the first step and evaluation "
+                           "(docs/performance.md)")
+    channels_last: bool = _runtime(True, "NHWC weights and batches (cuDNN's bf16 convs)")
 
     @property
     def loss_label(self) -> str:
@@ -162,11 +158,12 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """`<variant>_seed<seed>` (the W&B run name and default run dir); a λ that differs from the paper's
-        value and a non-constant λ_b schedule join the name (`C_lb0.1_seed42`, `C_steal_seed42`), so the runs
-        of a λ sweep get a directory each; so does a head other than the study's (`C_segformer_seed42`). A --loss
-        recipe names the run by its terms and weights (`ce1_lovasz0.5_seed42`), a term parameter off its default
-        joins it (`..._gamma1_seed42`)."""
+        """The W&B run name and the run folder's last part: `<variant>_seed<seed>` for the study's grid, with
+        what else differs from the recipe joined in (docs/training.md, "Run folders"): a λ off the paper's
+        value (`C_lb0.1_seed42`), a --loss recipe by its terms and weights (`ce1_lovasz0.5_seed42`) and term
+        parameters off their defaults (`..._gamma1_seed42`), a head other than the study's (`C_segformer_seed42`),
+        a λ_b schedule (`C_steal_seed42`), a crop (`C_crop512x1024_seed42`), and any other setting that changes
+        what is computed as a short hash of those settings (`C_x3fa1c2_seed42`)."""
         if self.loss:
             name = recipe_slug(self.loss_weights) + "".join(f"_{p}{v:g}" for p, v in self._changed_params())
         else:
@@ -174,15 +171,28 @@ class TrainConfig:
                 ("lambda_dice", "ld"), ("lambda_boundary", "lb")) if getattr(self, attr) != _DEFAULTS[attr])
         head = "" if self.head == DEFAULT_HEAD else f"_{self.head}"
         schedule = "" if self.boundary_schedule == "constant" else f"_{self.boundary_schedule}"
-        return f"{name}{head}{schedule}_seed{self.seed}"
+        base = recipe_of(self)
+        crop = "" if self.crop_size == base["crop_size"] else f"_crop{self.crop_size[0]}x{self.crop_size[1]}"
+        others = {k: v for k, v in config_to_dict(self).items() if k not in _NAMED_FIELDS and v != _plain(base[k])}
+        digest = f"_x{hashlib.sha1(json.dumps(others, sort_keys=True).encode()).hexdigest()[:6]}" if others else ""
+        return f"{name}{head}{schedule}{crop}{digest}_seed{self.seed}"
+
+    @property
+    def dataset_name(self) -> str:
+        """The run folder's first part: cityscapes, demo (the embedded demo), demo-hf, or the --hf-dataset as
+        given, `/` as `_` (`data/ade` -> data_ade, `org/name` -> org_name)."""
+        if self.demo_data:
+            return "demo-hf" if self.hf_dataset else "demo"
+        if self.hf_dataset:
+            return os.path.normpath(self.hf_dataset).lstrip("/.").replace("/", "_") or "hf"
+        return "cityscapes"
 
     @property
     def run_dir(self) -> Path:
-        """--out, else runs/<run_name> (runs/demo/<run_name> on the demo data, apart from real runs)."""
+        """--out, else runs/<dataset_name>/<backbone>/<run_name> (`runs/cityscapes/convnextv2_base/C_seed42`)."""
         if self.out:
             return Path(self.out)
-        demo = "runs/demo-hf" if self.hf_dataset else "runs/demo"  # the two demo datasets' runs stay apart
-        return Path(demo if self.demo_data else "runs") / self.run_name
+        return Path("runs") / self.dataset_name / self.backbone / self.run_name
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -226,11 +236,32 @@ DEMO_HF_PRESET = {
 DEMO_HF_DATA = {**DEMO_DATA, "format": "hf"}
 PRESETS = {"demo": DEMO_PRESET, "demo-hf": DEMO_HF_PRESET}
 
+def recipe_of(cfg: TrainConfig) -> dict:
+    """The recipe `cfg`'s run name is measured against: the demo preset's on the demo data, else the paper's."""
+    if cfg.demo_data:
+        return {**_DEFAULTS, **(DEMO_HF_PRESET if cfg.hf_dataset else DEMO_PRESET)}
+    return _DEFAULTS
+
+
+def _plain(value):
+    """A field value as config_to_dict writes it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 # Fields that may differ when a run is resumed (where/how it runs, not what it computes).
 RESUMABLE_CHANGES = {"data_root", "sdt_source", "sdt_cache", "num_workers", "eval_every", "checkpoint_every",
                      "keep_states", "log_images", "wandb", "wandb_project", "wandb_entity", "out", "pretrained",
                      "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms", "compile",
                      "channels_last", "hf_dataset", "classes"}  # the resolved class_names are compared
+
+# Fields that may change when a run is resumed, beyond RESUMABLE_CHANGES: a longer (or shorter) schedule
+# extends the run from its newest checkpoint (docs/training.md, "Resume").
+EXTENDABLE_CHANGES = {"epochs"}
+# Fields the run folder spells out (or that do not change what is computed): the others join its name as a hash.
+_NAMED_FIELDS = RESUMABLE_CHANGES - {"pretrained"} | EXTENDABLE_CHANGES | {
+    "variant", "seed", "loss", "lambda_dice", "lambda_boundary", "focal_gamma", "tversky_alpha", "tversky_beta",
+    "head", "boundary_schedule", "crop_size", "backbone", "demo_data", "hf_dataset", "class_names", "class_palette"}
+
 
 
 def _flag(name: str) -> str:
@@ -238,21 +269,29 @@ def _flag(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """argparse parser with one flag per TrainConfig field, plus --preset and --resume.
+    """argparse parser with one flag per TrainConfig field, in the field's --help group (`FLAG_GROUPS`), plus
+    --preset, --config, --print-config and --resume.
 
     Field defaults are NOT set on the parser (they are `SUPPRESS`ed), so `parse_args` can tell which flags
-    the user gave and apply them on top of a preset.
+    the user gave and apply them on top of a preset and a config file.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Train ConvNeXt-V2 + UPerNet (or another --head) on Cityscapes with one loss variant (defaults: "
                     "the paper's recipe).",
+        usage="%(prog)s [--preset NAME] [--config FILE] [--print-config] [--resume] [--FLAG VALUE ...]",
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=38),
         argument_default=argparse.SUPPRESS)
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset instead of the paper's recipe")
-    parser.add_argument("--resume", action="store_true",
-                        help="require resuming from the run dir's latest complete checkpoint (without it, a run "
-                             "dir holding one is resumed automatically)")
+    start = parser.add_argument_group("where the settings come from")
+    start.add_argument("--preset", choices=sorted(PRESETS), type=any_case(PRESETS),
+                       help="start from a preset instead of the paper's recipe")
+    start.add_argument("--config", metavar="FILE", help="YAML/JSON settings (e.g. a run's config.json); flags given "
+                       "override it")
+    start.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
+    start.add_argument("--resume", action="store_true",
+                       help="require resuming from the run folder's latest checkpoint (else resumed if there)")
+    groups = {key: parser.add_argument_group(title) for key, title in FLAG_GROUPS.items()}
     for f in dataclasses.fields(TrainConfig):
-        _add_field_flag(parser, f.name)
+        _add_field_flag(groups[f.metadata["group"]], f.name)
     return parser
 
 
@@ -277,13 +316,17 @@ def add_data_source_flags(parser: argparse.ArgumentParser, names: tuple[str, ...
             _add_field_flag(group, name, default=_DEFAULTS[name])
 
 
+_METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
 def _add_field_flag(parser, name: str, default=argparse.SUPPRESS, default_text: str | None = None) -> None:
     """The flag of TrainConfig field `name`: `--kebab-case`, its type, choices and help from the field. The help
     ends with "(default: ...)": `default_text`, else the field's default (none shown for '' and ())."""
     f = _FIELDS[name]
     kind, help_text, choices = _HINTS[name], f.metadata["help"], f.metadata["choices"]
     if default_text is None and f.default not in ("", ()):
-        default_text = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        default_text = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else \
+            ("on" if f.default else "off") if isinstance(f.default, bool) else f.default
     if default_text is not None:
         help_text += f" (default: {default_text})"
     if kind is bool:
@@ -293,13 +336,17 @@ def _add_field_flag(parser, name: str, default=argparse.SUPPRESS, default_text: 
     elif kind == tuple[int, int]:
         parser.add_argument(_flag(name), type=int, nargs=2, metavar=("H", "W"), default=default, help=help_text)
     elif kind == tuple[str, ...]:
-        parser.add_argument(_flag(name), nargs="+", metavar="NAME", default=default, help=help_text)
+        parser.add_argument(_flag(name), nargs="+", metavar=name.split("_")[-1].upper().rstrip("S"), default=default,
+                            help=help_text)
     else:
-        parser.add_argument(_flag(name), type=kind, choices=choices, default=default, help=help_text)
+        convert = any_case(choices) if choices and kind is str else kind  # --variant c is C
+        parser.add_argument(_flag(name), type=convert, choices=choices, default=default, help=help_text,
+                            metavar=None if choices else _METAVARS[kind])
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
-    """(config, resume): paper defaults, then the preset's deltas, then the flags given; and --resume."""
+    """(config, resume): paper defaults, then the preset's deltas, then the --config file's settings, then the
+    flags given; and --resume. --print-config prints the resolved config as YAML and exits (SystemExit 0)."""
     return config_from_flags(vars(build_parser().parse_args(argv)))
 
 
@@ -307,10 +354,72 @@ def config_from_flags(given: dict) -> tuple[TrainConfig, bool]:
     """`parse_args` on flags already parsed by `build_parser()`'s parser (bench/bench_train.py adds its own)."""
     given = dict(given)
     resume = given.pop("resume", False)
-    preset = PRESETS.get(given.pop("preset", None), {})
-    cfg = dataclasses.replace(TrainConfig(), **{**preset, **_tuples(given)})
+    print_config = given.pop("print_config", False)
+    from_file = read_config_file(given.pop("config")) if "config" in given else {}
+    file_preset = from_file.pop("preset", None)
+    preset = PRESETS.get(given.pop("preset", None) or file_preset, {})  # --preset wins over the file's
+    cfg = dataclasses.replace(TrainConfig(), **{**preset, **from_file, **_tuples(given)})
     validate(cfg)
+    if print_config:
+        print(config_yaml(cfg), end="")
+        raise SystemExit(0)
     return cfg, resume
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The settings of a --config file: a YAML or JSON mapping of field names (`lambda_boundary` or
+    `lambda-boundary`) to values, e.g. a run's config.json as is; `preset` may name a preset. Each value goes
+    through its flag's parser, so a file is checked exactly as the same flags would be (UserError naming the
+    file and the setting)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file (--config)") from None
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read the config file ({type(e).__name__}: {e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file is a mapping of settings (lambda_boundary: 0.1, ...)")
+    parser = build_parser()
+    parser.exit_on_error = False
+    settings = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name == "preset":
+            if value not in PRESETS:
+                raise UserError(f"{path}: preset {value!r} is not one of {', '.join(PRESETS)}"
+                                f"{did_you_mean(str(value), PRESETS)}")
+            settings[name] = value
+            continue
+        if name in _TUPLE_FIELDS and value in ([], ()):
+            settings[name] = ()  # no flag spells an empty list
+            continue
+        if name not in _FIELDS:
+            raise UserError(f"{path}: unknown setting {key!r}{did_you_mean(name, _FIELDS)}; the settings are "
+                            "train.py's flags (python train.py --help)")
+        try:
+            parsed = vars(parser.parse_known_args(_as_flags(name, value))[0])
+        except argparse.ArgumentError as e:
+            raise UserError(f"{path}: {key}: {e}") from None
+        settings.update(_tuples(parsed))
+    return settings
+
+
+def _as_flags(name: str, value) -> list[str]:
+    """The command-line form of one setting (`_as_flags("crop_size", [128, 192])` -> --crop-size 128 192)."""
+    if isinstance(value, bool):
+        return [_flag(name) if value else "--no-" + _flag(name)[2:]]
+    if isinstance(value, (list, tuple)):
+        return [_flag(name), *map(str, value)]
+    return [f"{_flag(name)}={value}"]
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The config as YAML (--print-config): a --config file that gives back `cfg`."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
 def _tuples(values: dict) -> dict:
@@ -331,9 +440,10 @@ def validate(cfg: TrainConfig) -> None:
         if not (math.isfinite(value) and value >= 0):
             raise UserError(f"{_flag(name)} is a loss weight: it must be finite and >= 0, got {value}")
     if cfg.variant not in VARIANTS:
-        raise UserError(f"unknown --variant {cfg.variant!r}: use one of {', '.join(VARIANTS)}")
+        raise UserError(f"unknown --variant {cfg.variant!r}: use one of {', '.join(VARIANTS)}"
+                        f"{did_you_mean(cfg.variant, VARIANTS)}")
     if cfg.head not in HEADS:
-        raise UserError(f"unknown --head {cfg.head!r}: use one of {', '.join(HEADS)}")
+        raise UserError(f"unknown --head {cfg.head!r}: use one of {', '.join(HEADS)}{did_you_mean(cfg.head, HEADS)}")
     if cfg.loss:
         fixed = [_flag(name) for name in ("variant", "lambda_dice", "lambda_boundary")
                  if getattr(cfg, name) != _DEFAULTS[name]]
@@ -401,14 +511,45 @@ def config_from_dict(data: dict, where: str | Path) -> TrainConfig:
 def wandb_group(cfg: TrainConfig) -> str:
     """The W&B group of a run: its run name without the seed (`C_seed42` -> `C`, `C_lb0.05_seed42` -> `C_lb0.05`,
     `C_steal_seed42` -> `C_steal`), so a group holds exactly the seeds of one setting and the runs of a λ_b
-    sweep or a schedule do not fall into the study's variant group."""
+    sweep or a schedule do not fall into the study's variant group; on other data or another backbone than the
+    paper's, the run folder's dataset and backbone lead it (`demo/convnextv2_atto/C`)."""
     name, suffix = cfg.run_name, f"_seed{cfg.seed}"
-    return name[: -len(suffix)] if name.endswith(suffix) else name
+    name = name[: -len(suffix)] if name.endswith(suffix) else name
+    if (cfg.dataset_name, cfg.backbone) == ("cityscapes", _DEFAULTS["backbone"]):
+        return name
+    return f"{cfg.dataset_name}/{cfg.backbone}/{name}"
 
 
 def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
-    """Fields (outside RESUMABLE_CHANGES) whose values differ: a resume must not silently change the study."""
+    """The settings (outside RESUMABLE_CHANGES and EXTENDABLE_CHANGES) whose values differ, as `--flag old -> new`:
+    a resume must not silently change the study."""
     a, b = config_to_dict(saved), config_to_dict(requested)
     unrecorded = {k for k in ("class_names", "class_palette") if not a[k]}  # saved before classes were recorded
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a
-            if k not in RESUMABLE_CHANGES | unrecorded and a[k] != b[k]]
+    return [f"{_flag(k)} {_shown(a[k])} -> {_shown(b[k])}" for k in a
+            if k not in RESUMABLE_CHANGES | EXTENDABLE_CHANGES | unrecorded and a[k] != b[k]]
+
+
+def _shown(value, width: int = 40) -> str:
+    """A setting's value as a flag takes it ('' for empty text), cut to `width` characters."""
+    text = " ".join(map(str, value)) if isinstance(value, list) else repr(value) if value == "" else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def resume_refusal(saved: TrainConfig, requested: TrainConfig, shown: int = 4) -> str | None:
+    """Why a run folder made with `saved` cannot be resumed with `requested` (one line: the first `shown`
+    differing settings, old -> new, and how many more), or None when it can."""
+    differences = config_differences(saved, requested)
+    if not differences:
+        return None
+    more = f" and {len(differences) - shown} more" if len(differences) > shown else ""
+    return (f"this run was made with other settings ({'; '.join(differences[:shown])}{more}); pass the same flags "
+            "to resume it, or another --out for a new run")
+
+
+def extension_note(saved: TrainConfig, requested: TrainConfig, done: int) -> str | None:
+    """The line train.py prints when a run resumed after `done` epochs gets another --epochs (None if the same):
+    the LR schedule (a function of the total step count) is recomputed for the new length."""
+    if saved.epochs == requested.epochs:
+        return None
+    return (f"--epochs {saved.epochs} -> {requested.epochs}: continuing from epoch {done} with the LR schedule "
+            f"of a {requested.epochs}-epoch run (not identical to a fresh {requested.epochs}-epoch run)")

@@ -35,6 +35,7 @@ from metrics.keys import METRIC_KEYS
 from metrics.per_image import PER_IMAGE_SUFFIX
 from metrics.segmentation import SegmentationMetrics, host_image_stats
 from utils.console import pct, progress_columns
+from utils.cli import did_you_mean
 from utils.fileio import UserError
 
 MAPS = ("primary", "veto", "fused")
@@ -48,7 +49,7 @@ def protect_indices(classes: ClassTable, names: list[str] | None, where: str) ->
     unknown = [n for n in names if n not in classes.names]
     if unknown:
         raise UserError(f"{where}: --protect names {', '.join(map(repr, unknown))}, not classes of its table; "
-                        f"use some of {', '.join(classes.names)}")
+                        f"use some of {', '.join(classes.names)}{did_you_mean(unknown[0], classes.names)}")
     return tuple(classes.names.index(n) for n in names)
 
 

@@ -1,6 +1,6 @@
 """predict.py's work: a checkpoint over any images, same-size images batched, every output written per image.
 
-    ckpt = resolve_checkpoint(Path("runs/demo/C_seed42"))     # a run folder -> its newest complete checkpoint
+    ckpt = resolve_checkpoint(Path("runs/demo/convnextv2_atto/C_seed42"))  # engine.checkpoint: a run folder -> its newest checkpoint
     report = predict_images(ckpt, find_images(["photos/"]), Path("preds"), Inference(flip=True), accelerator)
     report.failures     # [(path, one-line error)]: unreadable images; the others were written
 
@@ -21,7 +21,6 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from data_utils.image_files import ImageFileDataset, ImageInput
-from engine.checkpoint import list_checkpoints
 from engine.checkpoint_eval import load_checkpoint
 from engine.inference import Inference, predict
 from engine.predict_outputs import find_ground_truth, read_ground_truth, write_outputs
@@ -31,17 +30,6 @@ from utils import UserError, atomic_write_text, user_message
 from utils.console import progress_columns
 
 METRICS_FILE = "metrics.csv"  # --gt: one row per image with ground truth
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder as is; a run folder -> its newest complete checkpoint (RUN/checkpoints/epoch_XXXX)."""
-    if (path / "checkpoints").is_dir():
-        checkpoints = list_checkpoints(path)
-        if not checkpoints:
-            raise UserError(f"{path}: a run folder without a complete checkpoint; train it first or pass "
-                            "RUN/checkpoints/epoch_XXXX")
-        return checkpoints[-1]
-    return path  # load_checkpoint names what is missing
 
 
 @dataclass

@@ -6,7 +6,7 @@ through `read_results`, so both accept and refuse the same files; `engine.result
 Format (one JSON object; every metric record of `metrics.registry` under its key, and its per-class values under
 its `per_class` key: fractions in [0, 1], counts and pixels >= 0; NaN is written as null):
 
-    {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "runs/C_seed42/checkpoints/epoch_0160",
+    {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "RUN/checkpoints/epoch_0160",
      "split": "val", "num_images": 500, "metrics_profile": "default", "miou": 0.8123, "boundary_f1": 0.7012,
      "trimap_iou": 0.6521, "boundary_iou": 0.4567, "fragments_per_image": 212.4,
      "iou": {"road": 0.98, ..., "bicycle": 0.77}, "boundary_iou_per_class": {"road": 0.61, ...},

@@ -14,9 +14,9 @@ own exit code, and the exit status is then `utils.fileio.EXIT_PARTIAL_FAILURE` (
 
 The cells of a grid, in the order `sweeps.next_run` proposes them (and the W&B server, which runs the same
 engine): the parameters sorted by name, then their cartesian product with the last name varying fastest,
-each parameter's values in the file's order. `--index i` (0-based) is the i-th cell of that order, the line
-`[i+1/N]` of the full sweep. sweep.yaml (seed before variant): cell i = variant "ABCD"[i % 4] with seed
-(42, 123, 456)[i // 4], so cell 0 is A/42, cell 5 B/123, cell 11 D/456.
+each parameter's values in the file's order. `--index i` (0-based) is the i-th cell of that order, printed as
+`[i/N]` there and in the full sweep (whose lines run from [0/N] to [N-1/N]). sweep.yaml (seed before variant):
+cell i = variant "ABCD"[i % 4] with seed (42, 123, 456)[i // 4], so cell 0 is A/42, cell 5 B/123, cell 11 D/456.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic v1 config names: o
     import sweeps
 
 from utils.fileio import EXIT_PARTIAL_FAILURE, UserError, run_main
+from utils.cli import ArgumentParser
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -129,7 +130,11 @@ def resolve_accelerate(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            usage="python -m engine.sweep_local SWEEP_FILE [--dry-run] [--count N | --index I] "
+                                  "[-- TRAIN_FLAGS ...]",
+                            epilog="Flags after -- go to every run's train.py, e.g. `-- --preset demo --epochs 2`. "
+                                   "Each run's line is [i/N]: cell i (0-based, the --index of that run) of N.")
     parser.add_argument("sweep", help="sweep file, e.g. sweep.yaml")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     which = parser.add_mutually_exclusive_group()
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.sweep}: method {config['method']} proposes runs without end; pass --count N")
     check_parameters(config, args.sweep)
     commands = [resolve_accelerate(run_command(config, run)) + extra for run in grid_runs(config, args.count)]
-    numbered = list(enumerate(commands, 1))
+    numbered = list(enumerate(commands))  # [i/N]: i is the cell's --index
     if args.index is not None:
         if not 0 <= args.index < len(commands):
             raise UserError(f"{args.sweep}: --index {args.index} is out of range: the grid has {len(commands)} "

@@ -15,7 +15,7 @@ File layout (n images in dataset order, C classes; np.savez_compressed, no pickl
     image dimension n: int64 counts or float64 per-image scores (NaN: undefined for that image).
 
 Example:
-    >>> stats = read_per_image("runs/C_seed42/checkpoints/epoch_0160.per_image.npz")
+    >>> stats = read_per_image("runs/cityscapes/convnextv2_base/C_seed42/checkpoints/epoch_0160.per_image.npz")
     >>> dataset_metrics(subset(stats, [0, 0, 3]), "study")["miou"]  # images 0 (twice) and 3
 """
 from __future__ import annotations

@@ -19,6 +19,7 @@ import torch.nn as nn
 from models.aux_head import FCNHead
 from models.heads import DEFAULT_HEAD, head_class
 from models.layers import resize_bilinear
+from utils.cli import did_you_mean
 from utils.fileio import UserError
 
 FEATURE_STRIDES = (4, 8, 16, 32)  # what every head expects from the backbone's four levels
@@ -35,9 +36,8 @@ def _probe(name: str) -> nn.Module:
     except RuntimeError as e:
         if "Unknown model" not in str(e):
             raise
-        raise UserError(
-            f"unknown backbone {name!r}: pass a timm model name such as convnextv2_base (see timm.list_models())"
-        ) from None
+        raise UserError(f"unknown backbone {name!r}: pass a timm model name such as convnextv2_base (see "
+                        f"timm.list_models()){did_you_mean(name, timm.list_models())}") from None
 
 
 def takes_input_size(name: str) -> bool:

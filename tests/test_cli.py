@@ -4,6 +4,7 @@ and bad input exits with utils.run_main's code."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 
@@ -140,3 +141,193 @@ def test_the_data_source_flags_are_train_pys_in_every_script(capsys, monkeypatch
             parse(["--help"])
         shown = " ".join(capsys.readouterr().out.split())
         assert all(" ".join(fields[n].metadata["help"].split()) in shown for n in names), shown
+
+
+# ------------------------------------------------------------------------- no abbreviations, "did you mean"
+def _parsers():
+    """(name, parse function, arguments that parse) of every entry script, called in-process."""
+    import aggregate
+    import evaluate
+    import precompute_sdt
+    from data_utils import inspect as inspect_cli
+    from data_utils import synthetic
+    from engine import sweep_local
+    return [
+        ("train.py", parse_args, []),
+        ("evaluate.py", evaluate.parse_args, ["ckpt"]),
+        ("precompute_sdt.py", precompute_sdt.parse_args, ["--out", "x"]),
+        ("aggregate.py", aggregate.parse_args, ["runs", "--out", "x"]),
+        ("sweep_local", sweep_local.main, ["absent.yaml"]),
+        ("synthetic", synthetic.main, ["--out", "x"]),
+        ("inspect", inspect_cli.main, ["--out", "x"]),
+    ]
+
+
+@pytest.mark.parametrize("script, typo, meant", [
+    ("train.py", ["--epoch", "2"], "--epochs"),
+    ("evaluate.py", ["--batch", "2"], "--batch-size"),
+    ("precompute_sdt.py", ["--overwrit"], "--overwrite"),
+    ("aggregate.py", ["--boot", "5"], "--bootstrap or --bootstrap-seed"),  # both start so: both named
+    ("sweep_local", ["--dry"], "--dry-run"),
+    ("synthetic", ["--heigh", "64"], "--height"),
+    ("inspect", ["--nu", "2"], "--num"),
+])
+def test_no_flag_is_abbreviated_and_a_typo_gets_did_you_mean(script, typo, meant, capsys):
+    """`--epoch 2` was taken as `--epochs 2` (argparse's allow_abbrev): now every script refuses it, exit 2,
+    naming the close flags (utils.cli.ArgumentParser)."""
+    parse, valid = next((parse, valid) for name, parse, valid in _parsers() if name == script)
+    with pytest.raises(SystemExit) as exit_:
+        parse([*valid, *typo])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(f"error: unrecognized arguments: {' '.join(typo)}; did you mean {meant}?"), error
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "precompute_sdt.py", "aggregate.py", "sweep_local",
+                                    "synthetic", "inspect"])
+def test_every_option_has_help(script, capsys):
+    parse = next(parse for name, parse, _ in _parsers() if name == script)
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    text = capsys.readouterr().out
+    options = re.findall(r"^  (-[\w-]+(?:, --[\w-]+)?)((?: [A-Z_{}\[\],.\w-]+)*)(.*(?:\n {6,}.*)*)", text,
+                         flags=re.MULTILINE)
+    assert options
+    without = [flag for flag, _, help_text in options if not help_text.strip()]
+    assert not without, f"{script}: no help for {without}"
+
+
+def test_train_help_is_grouped_one_line_per_flag_mostly_and_without_internal_text(capsys, monkeypatch):
+    from engine.config import FLAG_GROUPS, TrainConfig, build_parser
+    monkeypatch.setenv("COLUMNS", "120")
+    text = build_parser().format_help()
+    titles = [line[:-1] for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles == ["options", "where the settings come from", *FLAG_GROUPS.values()]
+    for f in dataclasses.fields(TrainConfig):  # each field in its group, declared beside it
+        group = text.split(FLAG_GROUPS[f.metadata["group"]] + ":\n")[1].split("\n\n")[0]
+        assert f"--{f.name.replace('_', '-')}" in group
+    assert "issue" not in text.lower()
+    flag_lines = [line for line in text.splitlines() if line.startswith("  --")]
+    continued = [line for line in text.splitlines() if line.startswith(" " * 10)]
+    assert len(continued) < len(flag_lines) // 4, "most flags' help should fit one line at 120 columns"
+
+
+def test_lowercase_variants_and_close_choices():
+    assert parse_args(["--variant", "c"])[0].variant == "C"
+    assert parse_args(["--head", "SegFormer", "--mixed-precision", "BF16"])[0].head == "segformer"
+    from engine.config import build_parser
+    parser = build_parser()
+    parser.exit_on_error = False
+    with pytest.raises(argparse.ArgumentError, match=r"invalid choice: 'uper' \(choose from upernet, segformer, "
+                                                     r"fpn\); did you mean upernet\?"):
+        parser.parse_args(["--head", "uper"])
+    with pytest.raises(argparse.ArgumentError, match="invalid choice: 'E'"):
+        parser.parse_args(["--variant", "E"])
+
+
+def test_unknown_backbone_and_class_names_get_did_you_mean():
+    from data_utils.classes import ClassTable
+    from engine.consensus import protect_indices
+    from models.segmentor import _probe
+    with pytest.raises(UserError, match=r"unknown backbone 'convnextv2_bse'.*; did you mean convnextv2_base"):
+        _probe("convnextv2_bse")
+    table = ClassTable(("road", "sidewalk", "pole"))
+    with pytest.raises(UserError, match=r"--protect names 'pol'.*; did you mean pole\?$"):
+        protect_indices(table, ["pol"], "ckpt")
+
+
+def test_did_you_mean_ranks_close_matches_and_ignores_case():
+    from utils.cli import did_you_mean
+    assert did_you_mean("--epoch", ["--epochs", "--eval-every", "--lr"]) == "; did you mean --epochs?"
+    assert did_you_mean("Upernet", ["upernet", "fpn"]) == "; did you mean upernet?"
+    assert did_you_mean("xyz", ["upernet", "fpn"]) == ""
+
+
+# ------------------------------------------------------------------------------------ --config, --print-config
+FLAGS = ["--preset", "demo", "--variant", "b", "--lambda-dice", "0.5", "--crop-size", "64", "96", "--no-wandb"]
+# a mix: preset, a choice in any case, a float, a tuple, a boolean
+
+
+def test_a_config_file_and_the_same_flags_give_identical_config_json(tmp_path):
+    import yaml
+
+    from engine.config import save_config
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"preset": "demo", "variant": "b", "lambda-dice": 0.5,
+                                                     "crop_size": [64, 96], "wandb": False}))
+    (tmp_path / "c.json").write_text('{"preset": "demo", "variant": "B", "lambda_dice": 0.5, "crop_size": [64, 96], '
+                                     '"wandb": false}')
+    written = []
+    for argv in (FLAGS, ["--config", str(tmp_path / "c.yaml")], ["--config", str(tmp_path / "c.json")]):
+        cfg, _ = parse_args(argv)
+        save_config(cfg, tmp_path / "config.json")
+        written.append((tmp_path / "config.json").read_bytes())
+    assert written[0] == written[1] == written[2]
+    assert (cfg.variant, cfg.lambda_dice, cfg.crop_size, cfg.wandb, cfg.epochs) == ("B", 0.5, (64, 96), False, 8)
+
+
+def test_a_runs_config_json_works_as_is_and_flags_override_it(tmp_path):
+    from engine.config import save_config
+    cfg, _ = parse_args([*FLAGS, "--class-names", "road", "car", "--seed", "123"])
+    save_config(cfg, tmp_path / "config.json")  # as train.py writes RUN/config.json: every field, () as []
+    assert parse_args(["--config", str(tmp_path / "config.json")])[0] == cfg
+    again, _ = parse_args(["--seed", "7", "--config", str(tmp_path / "config.json"), "--lr", "0.01"])
+    assert again == dataclasses.replace(cfg, seed=7, lr=0.01)  # the command line wins, wherever it stands
+    (tmp_path / "demo.yaml").write_text("preset: demo-hf\nseed: 3\n")
+    mixed, _ = parse_args(["--config", str(tmp_path / "demo.yaml"), "--preset", "demo"])  # --preset wins
+    assert (mixed.hf_dataset, mixed.backbone, mixed.seed) == ("", "convnextv2_atto", 3)
+
+
+def test_print_config_prints_yaml_that_gives_back_the_config(tmp_path, capsys):
+    import yaml
+
+    from engine.config import config_to_dict
+    cfg, _ = parse_args(FLAGS)
+    with pytest.raises(SystemExit) as exit_:
+        parse_args([*FLAGS, "--print-config"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert yaml.safe_load(text) == config_to_dict(cfg)
+    (tmp_path / "printed.yaml").write_text(text)
+    assert parse_args(["--config", str(tmp_path / "printed.yaml")])[0] == cfg
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epoch: 2\n", r"c.yaml: unknown setting 'epoch'; did you mean epochs\?"),
+    ("lr: fast\n", r"c.yaml: lr: argument --lr: invalid float value: 'fast'"),
+    ("head: uper\n", r"c.yaml: head: .*invalid choice: 'uper'.*; did you mean upernet\?"),
+    ("- 1\n", r"c.yaml: a config file is a mapping"),
+    ("preset: dem\n", r"c.yaml: preset 'dem' is not one of demo, demo-hf; did you mean demo\?"),
+    ("seed: [1\n", r"c.yaml: cannot read the config file"),
+])
+def test_a_bad_config_file_is_one_line_naming_it(text, message, tmp_path):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserError, match=message):
+        parse_args(["--config", str(tmp_path / "c.yaml")])
+    with pytest.raises(UserError, match=r"absent.yaml: no such config file \(--config\)"):
+        parse_args(["--config", str(tmp_path / "absent.yaml")])
+
+
+def test_a_sweep_file_may_name_a_config_file(tmp_path):
+    import yaml
+
+    from engine.sweep_local import check_parameters, grid_runs, run_command
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"preset": "demo", "epochs": 3, "lambda_boundary": 0.3}))
+    sweep = {"method": "grid", "program": "train.py", "command": ["${interpreter}", "${program}", "${args}"],
+             "parameters": {"config": {"value": str(tmp_path / "base.yaml")}, "seed": {"values": [1, 2]}}}
+    check_parameters(sweep, "sweep.yaml")
+    configs = [parse_args(run_command(sweep, run)[2:])[0] for run in grid_runs(sweep)]
+    assert [(c.seed, c.epochs, c.lambda_boundary, c.backbone) for c in configs] == [
+        (1, 3, 0.3, "convnextv2_atto"), (2, 3, 0.3, "convnextv2_atto")]
+
+
+def test_sweep_local_help_shows_the_extra_flags_form_and_index_5_prints_5_of_12(capsys):
+    from pathlib import Path
+
+    from engine import sweep_local
+    with pytest.raises(SystemExit):
+        sweep_local.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[-- TRAIN_FLAGS ...]" in text and "Flags after -- go to every run's train.py" in text
+    sweep = str(Path(__file__).resolve().parents[1] / "sweep.yaml")
+    assert sweep_local.main([sweep, "--dry-run", "--index", "5"]) == 0
+    assert capsys.readouterr().out.startswith("[5/12] ")

@@ -190,6 +190,31 @@ def _results_state(ckpts):
     return {c: results_path(c).read_bytes() if results_path(c).exists() else None for c in ckpts}
 
 
+def test_a_run_folder_means_its_latest_checkpoint_and_a_missing_path_lists_the_nearest(data_root, tmp_path,
+                                                                                         monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(data_root, variant="C", seed=42)
+    run = Path("runs") / "demo" / "C_seed42"
+    older, latest = (make_checkpoint(run, e, cfg) for e in (4, 8))
+    (run / "checkpoints" / "epoch_0012").mkdir()  # incomplete (being written): not the latest checkpoint
+    assert evaluate.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"{run}: a run folder; evaluating its latest checkpoint, epoch_0008" in out
+    assert results_path(latest).is_file() and not results_path(older).exists()
+    assert "delete" not in out
+
+    with pytest.raises(UserError, match=rf"^runs/demo/C_seed43: no such checkpoint or run folder; nearest existing "
+                                        rf"checkpoints: {latest}, {older}$"):
+        evaluate.main(["runs/demo/C_seed43"])
+    with pytest.raises(UserError, match=rf"^rnus/demo/C_seed42: no such .*; nearest existing checkpoints: {latest}, "):
+        evaluate.main(["rnus/demo/C_seed42"])  # searched from the working folder
+    with pytest.raises(UserError, match="^runs: neither a checkpoint folder .* use --all FOLDER$"):
+        evaluate.main(["runs"])  # a folder of runs
+    Path("runs/empty/checkpoints").mkdir(parents=True)
+    with pytest.raises(UserError, match="^runs/empty: a run folder without a complete checkpoint yet"):
+        evaluate.main(["runs/empty"])
+
+
 def test_batch_mode_is_resumable_and_reports_failures(data_root, tmp_path, capsys):
     runs = tmp_path / "runs"
     cfg = tiny_config(data_root, variant="A", seed=1)

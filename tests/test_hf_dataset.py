@@ -297,7 +297,7 @@ def test_demo_hf_trains_and_evaluate_rebuilds_it_from_the_checkpoint(hf_root, hf
     assert_evaluate_rebuilds_the_run(hf_runs / "C_seed42", GROUP_NAMES, num_images=3)
 
     (tmp_path / "other.json").write_text(json.dumps([f"c{i}" for i in range(8)]))
-    with pytest.raises(UserError, match="class_names"):
+    with pytest.raises(UserError, match="--class-names"):
         run_train(hf_root, hf_runs / "C_seed42", "--num-workers", "2", "--epochs", "2",
                   "--classes", str(tmp_path / "other.json"))
 
@@ -364,7 +364,7 @@ def test_config_fields_preset_and_recorded_classes(tmp_path):
     cfg, _ = parse_args(["--preset", "demo-hf", "--crop-size", "32", "48", "--class-names", "a", "b",
                          "--class-palette", "#000001", "#000002"])
     assert cfg.crop_size == (32, 48) and cfg.class_names == ("a", "b") and cfg.val_split == "validation"
-    assert cfg.run_dir == Path("runs/demo-hf/C_seed42")  # apart from the Cityscapes demo's runs/demo
+    assert cfg.run_dir == Path("runs/demo-hf/convnextv2_atto/C_crop32x48_seed42")  # apart from runs/demo
     assert {k for k in DEMO_HF_PRESET if DEMO_HF_PRESET[k] != DEMO_PRESET.get(k)} == {
         "data_root", "hf_dataset", "reduce_labels", "val_split", "crop_size"}
     save_config(cfg, tmp_path / "config.json")

@@ -16,7 +16,7 @@ from data_utils.labels import CITYSCAPES
 from engine.checkpoint_eval import load_checkpoint
 from engine.inference import Inference
 from engine.inference import predict as predict_ids
-from engine.predict_images import resolve_checkpoint
+from engine.checkpoint import resolve_checkpoint
 from report.load import load_runs_dir
 from utils import UserError
 from utils.conventions import IGNORE_INDEX

@@ -53,7 +53,7 @@ def test_grid_task_5_prints_the_command_of_cell_5(capsys):
     task, *train = result.stdout.splitlines()
     assert shlex.split(task) == [sys.executable, "-m", "engine.sweep_local", "sweep.yaml", "--index", "5", "--",
                                  "--epochs", "1"]
-    assert train == expected  # sweep_local's own line for cell 5: [6/12] ... accelerate launch train.py ...
+    assert train == expected  # sweep_local's own line for cell 5: [5/12] ... accelerate launch train.py ...
     argv = shlex.split(train[0].split("] ", 1)[1])
     cfg, _ = parse_args(argv[argv.index("train.py") + 1:])
     assert (cfg.variant, cfg.seed, cfg.epochs) == (cell["variant"], cell["seed"], 1)

@@ -75,7 +75,7 @@ def test_random_and_bayes_need_count_and_stop_at_it(tmp_path, method):
     # A subprocess with a timeout: without a stop, the sweep engine proposes runs forever.
     result = subprocess.run([*command, "--count", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    assert [line[:5] for line in result.stdout.splitlines() if line.startswith("[")] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert [line[:5] for line in result.stdout.splitlines() if line.startswith("[")] == ["[0/3]", "[1/3]", "[2/3]"]
     with pytest.raises(UserError, match=f"method {method} proposes runs without end; pass --count N"):
         sweep_local_main([str(path), "--dry-run"])
 
@@ -134,7 +134,7 @@ def test_a_failed_run_does_not_stop_the_others_and_exits_with_the_partial_failur
                                  "  - import sys; sys.exit(int(sys.argv[-1].split('=')[-1]))\n  - ${args}\n")
     assert sweep_local_main([str(path)]) == EXIT_PARTIAL_FAILURE
     out, err = capsys.readouterr()
-    assert "[1/2]" in out and "[2/2]" in out  # the run after the failure ran too
+    assert "[0/2]" in out and "[1/2]" in out  # the run after the failure ran too
     assert [line.split(":")[0] for line in err.splitlines() if line.startswith("failed")] == ["failed (exit 2)"]
 
 
@@ -161,8 +161,8 @@ def test_index_runs_exactly_one_cell_in_the_documented_order(capsys):
     flags = set()
     for index, cell in enumerate(cells):
         (line,) = _dry_run_lines(capsys, "--index", str(index), "--", "--epochs", "1")
-        assert line == full[index]  # the line [index+1/12] of the whole sweep, extra flags included
-        assert line.startswith(f"[{index + 1}/12] ")
+        assert line == full[index]  # the line [index/12] of the whole sweep, extra flags included
+        assert line.startswith(f"[{index}/12] ")
         argv = shlex.split(line.split("] ", 1)[1])
         cfg, _ = parse_args(argv[argv.index("train.py") + 1:])
         assert (cfg.variant, cfg.seed, cfg.epochs) == (cell["variant"], cell["seed"], 1)

@@ -49,7 +49,7 @@ def test_every_field_has_a_flag_and_defaults_are_the_paper_recipe():
         6e-5, 0.01, (0.9, 0.999), 1.0, 0.0, 0)
     assert (cfg.epochs, cfg.lambda_dice, cfg.lambda_boundary, cfg.aux_weight) == (160, 1.0, 0.2, 0.4)
     assert (cfg.eval_every, cfg.checkpoint_every, cfg.sdt_source, cfg.augment) == (1, 10, "gpu", "gpu")
-    assert cfg.run_dir == Path("runs/C_seed42")
+    assert cfg.run_dir == Path("runs/cityscapes/convnextv2_base/C_seed42")
     flags = {opt for action in build_parser()._actions for opt in action.option_strings}
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in flags
@@ -62,7 +62,8 @@ def test_flags_override_preset_which_overrides_defaults():
     assert (cfg.variant, cfg.seed, cfg.lambda_boundary, cfg.epochs, cfg.betas, cfg.wandb) == (
         "B", 123, 0.5, 3, (0.8, 0.95), False)
     assert cfg.backbone == DEMO_PRESET["backbone"] and cfg.lr == DEMO_PRESET["lr"]
-    assert cfg.run_dir == Path("runs/demo/B_lb0.5_seed123")  # demo runs stay apart from real ones
+    assert cfg.run_dir.parent == Path("runs/demo/convnextv2_atto")  # demo runs stay apart from real ones
+    assert re.fullmatch(r"B_lb0\.5_x[0-9a-f]{6}_seed123", cfg.run_name)  # --betas off the demo's: a hash
     # the preset changes only the fields it lists
     demo, _ = parse_args(["--preset", "demo"])
     changed = {k for k, v in dataclasses.asdict(demo).items() if v != getattr(TrainConfig(), k)}
@@ -74,6 +75,55 @@ def test_run_name_encodes_variant_seed_and_non_default_lambdas():
         [], ["--variant", "D", "--seed", "456"], ["--lambda-boundary", "0.05"], ["--lambda-dice", "0.5"],
         ["--lambda-boundary", "0.2"], ["--boundary-schedule", "steal"])]
     assert names == ["C_seed42", "D_seed456", "C_lb0.05_seed42", "C_ld0.5_seed42", "C_seed42", "C_steal_seed42"]
+
+
+RUN_SETTINGS = [  # what differs from the paper's recipe, one setting at a time, and the traps of issue 24
+    [], ["--seed", "123"], ["--variant", "b"], ["--lambda-boundary", "0.1"], ["--boundary-schedule", "steal"],
+    ["--head", "fpn"], ["--crop-size", "512", "1024"], ["--backbone", "resnet50"], ["--lr", "1e-4"],
+    ["--loss", "ce=1,lovasz=0.5"], ["--preset", "demo"], ["--preset", "demo-hf"],
+    ["--preset", "demo-hf", "--no-demo-data"], ["--preset", "demo", "--no-demo-data", "--data-root", "data/demo"],
+    ["--hf-dataset", "org/ade"], ["--pretrained", ""], ["--mixed-precision", "no"],
+]
+
+
+def test_run_folders_tell_apart_what_differs_from_the_recipe_and_not_the_epochs():
+    dirs = [parse_args(flags)[0].run_dir for flags in RUN_SETTINGS]
+    assert len(set(dirs)) == len(dirs), dirs  # no two settings share a folder (and resume each other)
+    assert dirs[:8] == [Path(p) for p in (
+        "runs/cityscapes/convnextv2_base/C_seed42", "runs/cityscapes/convnextv2_base/C_seed123",
+        "runs/cityscapes/convnextv2_base/B_seed42", "runs/cityscapes/convnextv2_base/C_lb0.1_seed42",
+        "runs/cityscapes/convnextv2_base/C_steal_seed42", "runs/cityscapes/convnextv2_base/C_fpn_seed42",
+        "runs/cityscapes/convnextv2_base/C_crop512x1024_seed42", "runs/cityscapes/resnet50/C_seed42")]
+    assert dirs[10:12] == [Path("runs/demo/convnextv2_atto/C_seed42"), Path("runs/demo-hf/convnextv2_atto/C_seed42")]
+    assert str(dirs[14]).startswith("runs/org_ade/convnextv2_base/C_")
+    # the demo's recipe off the demo data (the trap: it wrote into the paper's folder)
+    assert dirs[13].parent == Path("runs/cityscapes/convnextv2_atto") and "_x" in dirs[13].name
+    # --epochs is no part of the folder: a longer schedule extends the run (docs/training.md, "Resume")
+    assert parse_args(["--preset", "demo", "--epochs", "1"])[0].run_dir == dirs[10]
+    assert parse_args(["--out", "mine"])[0].run_dir == Path("mine")
+
+
+def test_wandb_groups_hold_the_seeds_of_one_setting_and_name_other_data_or_backbones():
+    from engine.config import wandb_group
+    groups = [wandb_group(parse_args(flags)[0]) for flags in RUN_SETTINGS]
+    assert groups[0] == groups[1] == "C"  # the study's groups keep their names
+    assert groups[10:12] == ["demo/convnextv2_atto/C", "demo-hf/convnextv2_atto/C"]
+    assert groups[7] == "cityscapes/resnet50/C"
+    assert len(set(groups)) == len(groups) - 1  # only the two seeds share one
+
+
+def test_the_resume_refusal_names_only_the_differing_settings_on_one_line():
+    from engine.config import resume_refusal
+    paper, _ = parse_args([])
+    assert resume_refusal(paper, dataclasses.replace(paper, num_workers=0, epochs=200, data_root="x")) is None
+    assert resume_refusal(paper, dataclasses.replace(paper, lambda_dice=0.5)) == (
+        "this run was made with other settings (--lambda-dice 1.0 -> 0.5); pass the same flags to resume it, or "
+        "another --out for a new run")
+    demo_hf, _ = parse_args(["--preset", "demo-hf", "--no-demo-data", "--class-names", *"abcdefgh"])
+    refusal = resume_refusal(paper, demo_hf)  # the issue's ~1 500-character message
+    assert "\n" not in refusal and len(refusal) < 300, refusal
+    assert "--pretrained" not in refusal  # the weights come from the checkpoint: it may change on resume
+    assert "--backbone convnextv2_base -> convnextv2_atto" in refusal and " more); pass the same flags" in refusal
 
 
 def test_bad_flags_fail_with_one_clear_line(capsys):
@@ -92,7 +142,7 @@ def test_config_json_round_trip(tmp_path):
     assert load_config(tmp_path / "config.json") == cfg
     assert json.loads((tmp_path / "config.json").read_text())["betas"] == [0.85, 0.99]
     other = dataclasses.replace(cfg, lambda_boundary=0.1, num_workers=0)
-    assert config_differences(cfg, other) == ["lambda_boundary: 0.2 -> 0.1"]  # workers may change on resume
+    assert config_differences(cfg, other) == ["--lambda-boundary 0.2 -> 0.1"]  # workers may change on resume
     (tmp_path / "bad.json").write_text('{"variant": "A", "learning_rate": 1}')
     with pytest.raises(UserError, match="unknown config keys"):
         load_config(tmp_path / "bad.json")
@@ -123,14 +173,16 @@ def _tiny_cfg(**overrides) -> TrainConfig:
 
 
 class DictOut(torch.nn.Module):
-    """A plain net with the segmentor's output, {"logits": ...}, for train.train_micro_step."""
+    """A plain net with the segmentor's output, {"logits": ...} (+ "features": its input), for
+    train.train_micro_step, which always asks for the features (one compiled graph, docs/performance.md)."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, images):
-        return {"logits": self.net(images)}
+    def forward(self, images, return_features: bool = False):
+        out = {"logits": self.net(images)}
+        return {**out, "features": images} if return_features else out
 
 
 def square_loss(logits, labels=None, sdt=None) -> dict[str, torch.Tensor]:
@@ -780,10 +832,19 @@ def test_compiled_run_compiles_two_graphs_whatever_the_step_or_batch(tiny_data, 
 def test_resume_refuses_other_settings_and_finished_run_returns(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_train(tiny_data, out, "--variant", "A", "--epochs", "1") == 0
-    with pytest.raises(UserError, match=r"other settings \(lambda_dice: 1.0 -> 0.5\)"):
+    with pytest.raises(UserError, match=r"other settings \(--lambda-dice 1.0 -> 0.5\); pass the same flags"):
         run_train(tiny_data, out, "--variant", "A", "--epochs", "1", "--lambda-dice", "0.5")
+    with pytest.raises(UserError, match="absent: Cityscapes root does not exist"):  # the input error comes first
+        run_train(tiny_data, out, "--variant", "A", "--epochs", "1", "--lambda-dice", "0.5",
+                  "--data-root", str(tmp_path / "absent"))
     assert run_train(tiny_data, out, "--variant", "A", "--epochs", "1") == 0
     assert "nothing to do" in capsys.readouterr().out
+    # A longer schedule extends the run from its newest checkpoint, saying so; a shorter one than done is refused.
+    assert run_train(tiny_data, out, "--variant", "A", "--epochs", "2") == 0
+    assert "--epochs 1 -> 2: continuing from epoch 1 with the LR schedule of a 2-epoch run" in capsys.readouterr().out
+    assert [row["epoch"] for row in read_rows(out)] == [1, 2] and load_config(out / "config.json").epochs == 2
+    with pytest.raises(UserError, match="epoch_0002: this run already trained 2 epochs, more than --epochs 1"):
+        run_train(tiny_data, out, "--variant", "A", "--epochs", "1")
     with pytest.raises(UserError, match="--resume given but no complete checkpoint"):
         run_train(tiny_data, tmp_path / "empty", "--variant", "A", "--resume")
 

@@ -1,0 +1,71 @@
+"""The entry scripts' argparse parser: no silent abbreviations, and "did you mean ..." for a mistyped flag or choice.
+
+    parser = ArgumentParser(description="...")   # what every entry script builds instead of argparse's
+    parser.parse_args(["--epoch", "2"])          # error: unrecognized arguments: --epoch 2; did you mean --epochs?
+
+argparse would take `--epoch 2` as `--epochs 2` (allow_abbrev): a typo of one flag can silently set another.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, options: Iterable[str], count: int = 3, cutoff: float = 0.6) -> str:
+    """'; did you mean X or Y?' for the `options` closest to `word` ('' if none is close), case ignored.
+
+    Close: difflib's similarity ratio at least `cutoff`, and within 0.1 of the best match, so a clear winner
+    comes alone.
+
+    >>> did_you_mean("--epoch", ["--epochs", "--lr"])
+    '; did you mean --epochs?'
+    """
+    by_lower = {str(o).lower(): str(o) for o in options}
+    matcher = difflib.SequenceMatcher()
+    matcher.set_seq2(str(word).lower())
+    scored = []
+    for option in by_lower:
+        matcher.set_seq1(option)
+        if matcher.real_quick_ratio() >= cutoff and matcher.quick_ratio() >= cutoff and matcher.ratio() >= cutoff:
+            scored.append((matcher.ratio(), option))
+    scored.sort(key=lambda so: -so[0])
+    near = [by_lower[option] for score, option in scored[:count] if score >= scored[0][0] - 0.1]
+    return f"; did you mean {' or '.join(near)}?" if near else ""
+
+
+def flag_hint(typed: str, flags: list[str]) -> str:
+    """`did_you_mean` for a flag: the flags it abbreviates (what argparse's allow_abbrev would have taken) when
+    there are any (at most 3), else the close ones."""
+    longer = [f for f in flags if f.startswith(typed)]
+    return f"; did you mean {' or '.join(longer[:3])}?" if longer else did_you_mean(typed, flags)
+
+
+def any_case(choices: Iterable[str]):
+    """argparse `type=` for string choices given in any case: the canonical choice (`--variant c` -> "C")."""
+    canonical = {c.lower(): c for c in choices}
+
+    def convert(value: str) -> str:
+        return canonical.get(value.lower(), value)  # not a choice: argparse's check reports it (with a hint)
+    return convert
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with `allow_abbrev=False` and a close-match hint on an unknown flag or choice."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            flags = [opt for action in self._actions for opt in action.option_strings if opt.startswith("--")]
+            first = next((e.split("=", 1)[0] for e in extras if e.startswith("-")), "")
+            self.error(f"unrecognized arguments: {' '.join(extras)}{flag_hint(first, flags) if first else ''}")
+        return namespace
+
+    def _check_value(self, action, value):  # argparse's hook for `choices` (the same message, plus the hint)
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from {', '.join(choices)})"
+                                                 f"{did_you_mean(str(value), choices)}")
