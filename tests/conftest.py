@@ -47,6 +47,14 @@ def cityscapes_fullres() -> Path:
     return _need(SHARED_DATA / "cityscapes_fullres")
 
 
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """16 train / 5 val synthetic frames at 64x128 in the Cityscapes layout (5: a short last val batch)."""
+    from data_utils.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("data") / "tiny", num_train=16, num_val=5, height=64, width=128)
+
+
 @pytest.fixture
 def seed_metrics() -> Path:
     """The original study's per-run metric CSVs, vendored in the repo (reference/README.md)."""
