@@ -408,22 +408,26 @@ def test_boundary_schedule_per_epoch_and_gradient_statistics_log(tiny_data, tmp_
 
 
 def test_second_run_on_a_locked_run_dir_stops_and_ctrl_c_stops_with_one_line_and_code_130(tiny_data, tmp_path,
-                                                                                         process_groups):
-    """Two real train.py on one --out: the second stops with one line naming the dir and the first's PID.
-    Then Ctrl-C (SIGINT to the process group, as a terminal sends it, workers included) stops the first
-    with one line saying where it resumes, no traceback, exit code 130, and the lock released."""
+                                                                                         process_groups, capsys):
+    """A real train.py holds its --out; a second run on it (train.main under run_main, as the script runs it)
+    stops with exit code 2 and one line naming the dir and the first's PID. Then Ctrl-C (SIGINT to the process
+    group, as a terminal sends it, workers included) stops the first with one line saying where it resumes,
+    no traceback, exit code 130, and the lock released."""
     from utils.dirlock import folder_lock
+    from utils.fileio import run_main
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     demo_with_workers = [flag for flag in TINY if flag not in ("--num-workers", "0")]
     out = tmp_path / "run"
-    command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), "--variant", "B",
-               "--epochs", "50", "--checkpoint-every", "1", "--batch-size", "1", "--out", str(out)]
+    flags = ["--variant", "B", "--epochs", "50", "--checkpoint-every", "1"]
+    command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), *flags, "--out", str(out)]
     first = process_groups.start(command, env=env)
     process_groups.wait_for(first, (out / "checkpoints" / "epoch_0001").exists)
-    second = subprocess.run([*command, "--lr", "1e-4"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert second.returncode == EXIT_BAD_INPUT
-    assert second.stderr.strip().splitlines() == [
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as second:
+        run_main(lambda: run_train(tiny_data, out, *flags, "--lr", "1e-4"))
+    assert second.value.code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {out}: in use by train.py (PID {first.pid}); wait for it to finish or stop it, or pass another --out"]
     stdout, stderr = process_groups.ctrl_c(first)
     assert first.returncode == 130, stderr[-2000:]
