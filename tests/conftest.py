@@ -20,8 +20,14 @@ def pytest_collection_finish(session):
     """Everything imported by now (torch, timm, datasets, wandb, the test modules: ~0.6 M objects) lives until the
     end: move it out of the garbage collector's sight. Each train.main / evaluate checkpoint ends with
     accelerate's free_memory, a full gc.collect that would otherwise walk all of it (~0.3 s of CPU, hundreds of
-    times per suite); objects made by the tests are still collected."""
+    times per suite); objects made by the tests are still collected.
+
+    And torch computes on one thread in this process: the tests' tensors are small, and the 2 cores are shared
+    with DataLoader workers and the scripts tests start; a second thread mostly spins (paired, near-idle
+    2-core machine, OMP_NUM_THREADS=2 vs 1: test_real_val_maps_match_cityscapesscripts 7.8 -> 4.9 s wall,
+    9.3 -> 4.9 s CPU; the small ones the same wall at half the CPU)."""
     gc.freeze()
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
