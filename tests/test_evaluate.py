@@ -447,13 +447,23 @@ def saved_train_ids(preds: Path, data_root: Path) -> list[np.ndarray]:
                                                                                     "_labelIds.png"))) for p in frames]
 
 
-@pytest.mark.parametrize("options", [[], ["--reassign", "ignore", "--max-drop-size", "40", "--protect", "pole,road"]])
-def test_consensus_results_equal_cc_veto_of_the_saved_predictions(data_root, tmp_path, options):
-    runs = tmp_path / "runs"
-    primary = make_checkpoint(runs / "C_seed1", 2, tiny_config(data_root, variant="C", seed=1), weights_seed=1)
-    veto = make_checkpoint(runs / "B_seed1", 2, tiny_config(data_root, variant="B", seed=1), weights_seed=2)
+@pytest.fixture(scope="module")
+def evaluated_pair(data_root, tmp_path_factory) -> Path:
+    """ROOT/runs/{C,B}_seed1/checkpoints/epoch_0002 (a primary and a veto), each evaluated with its predictions
+    saved in ROOT/{C,B}_seed1; made once for the module, copied by each test (the consensus writes beside them)."""
+    root = tmp_path_factory.mktemp("pair")
+    primary = make_checkpoint(root / "runs" / "C_seed1", 2, tiny_config(data_root, variant="C", seed=1), weights_seed=1)
+    veto = make_checkpoint(root / "runs" / "B_seed1", 2, tiny_config(data_root, variant="B", seed=1), weights_seed=2)
     for ckpt in (primary, veto):
-        assert evaluate.main([str(ckpt), "--save-predictions", str(tmp_path / ckpt.parent.parent.name)]) == 0
+        assert evaluate.main([str(ckpt), "--save-predictions", str(root / ckpt.parent.parent.name)]) == 0
+    return root
+
+
+@pytest.mark.parametrize("options", [[], ["--reassign", "ignore", "--max-drop-size", "40", "--protect", "pole,road"]])
+def test_consensus_results_equal_cc_veto_of_the_saved_predictions(evaluated_pair, data_root, tmp_path, options):
+    shutil.copytree(evaluated_pair, tmp_path, dirs_exist_ok=True)
+    runs = tmp_path / "runs"
+    primary, veto = (runs / name / "checkpoints" / "epoch_0002" for name in ("C_seed1", "B_seed1"))
     assert evaluate.main(["--consensus", str(primary), "--veto", str(veto), *options]) == 0
 
     path = consensus_path(primary, "B_seed1")
@@ -502,6 +512,8 @@ def test_consensus_pairs_vetoes_each_seed_at_the_final_epoch(data_root, tmp_path
     assert "vetoed by veto" in capsys.readouterr().out
 
     # aggregate.py's table 7: the Δs (fused − primary, mean over seeds) equal those of the files directly.
+    for early in runs.glob("*/checkpoints/epoch_0001"):  # table 7 is of the final epoch: evaluate that one only
+        shutil.rmtree(early)
     assert evaluate.main(["--all", str(runs)]) == 0  # the runs' own results (aggregate reads those as the study)
     assert aggregate.main([str(runs), "--out", str(tmp_path / "report"), "--bootstrap", "50"]) == 0
     with open(tmp_path / "report" / "table7_consensus.csv", newline="") as f:

@@ -264,7 +264,11 @@ def hf_runs(hf_root, tmp_path_factory) -> Path:
     """RUNS/C_seed42: one epoch of the demo-hf path as shipped (DataLoader workers on, SDT in the workers) on
     8 classes, two frame sizes and crops."""
     runs = tmp_path_factory.mktemp("runs")
-    assert run_train(hf_root, runs / "C_seed42", "--num-workers", "2") == 0
+    threads = torch.get_num_threads()  # train.main sets the preset's 1 thread: not for the tests after this one
+    try:
+        assert run_train(hf_root, runs / "C_seed42", "--num-workers", "2") == 0
+    finally:
+        torch.set_num_threads(threads)
     return runs
 
 

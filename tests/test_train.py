@@ -1,6 +1,8 @@
-"""train.py and its engine parts: config/CLI, LR schedule, gradient accumulation, checkpoints, resume, the demo.
+"""train.py and its engine parts: LR schedule, gradient accumulation, the non-finite guard, run folders, whole
+runs, the demo.
 
 Runs use the synthetic Cityscapes-layout data at 64x128 with convnextv2_atto and a 32-channel UPerNet on CPU.
+Config and CLI tests are in tests/test_config.py, checkpoint and resume tests in tests/test_checkpoint.py.
 """
 from __future__ import annotations
 
@@ -10,11 +12,8 @@ import math
 import multiprocessing
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,55 +25,21 @@ from safetensors.torch import load_file
 
 from data_utils.labels import CITYSCAPES
 from engine.checkpoint import (TrainingProgress, find_resumable_checkpoint, list_checkpoints, read_meta,
-                               register_checkpoint_hooks, resume_from, save_checkpoint)
+                               register_checkpoint_hooks, save_checkpoint)
 import engine.setup
 import engine.steps
-from engine.config import (DEMO_PRESET, TrainConfig, build_parser, config_differences, load_config, parse_args,
-                           save_config)
+from engine.config import DEMO_PRESET, load_config, parse_args
 from engine.schedule import get_lr
 from engine.setup import build_accelerator, build_model_from_config
 from engine.steps import EpochLossLog, GradientMask, StepState
 from losses import build_loss
+from tests.tiny_training import TINY, _tiny_cfg, read_rows, run_train
 from utils.fileio import EXIT_BAD_INPUT, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------ config and CLI
-def test_every_field_has_a_flag_and_defaults_are_the_paper_recipe():
-    cfg, resume = parse_args([])
-    assert not resume
-    assert (cfg.backbone, cfg.batch_size, cfg.grad_accum, cfg.mixed_precision) == ("convnextv2_base", 2, 4, "bf16")
-    assert (cfg.lr, cfg.weight_decay, cfg.betas, cfg.poly_power, cfg.min_lr, cfg.warmup_steps) == (
-        6e-5, 0.01, (0.9, 0.999), 1.0, 0.0, 0)
-    assert (cfg.epochs, cfg.lambda_dice, cfg.lambda_boundary, cfg.aux_weight) == (160, 1.0, 0.2, 0.4)
-    assert (cfg.eval_every, cfg.checkpoint_every, cfg.sdt_source, cfg.augment) == (1, 10, "gpu", "gpu")
-    assert cfg.run_dir == Path("runs/cityscapes/convnextv2_base/C_seed42")
-    flags = {opt for action in build_parser()._actions for opt in action.option_strings}
-    for f in dataclasses.fields(TrainConfig):
-        assert "--" + f.name.replace("_", "-") in flags
-
-
-def test_flags_override_preset_which_overrides_defaults():
-    cfg, resume = parse_args(["--preset", "demo", "--variant=B", "--seed", "123", "--lambda-boundary", "0.5",
-                              "--epochs", "3", "--betas", "0.8", "0.95", "--no-wandb", "--resume"])
-    assert resume
-    assert (cfg.variant, cfg.seed, cfg.lambda_boundary, cfg.epochs, cfg.betas, cfg.wandb) == (
-        "B", 123, 0.5, 3, (0.8, 0.95), False)
-    assert cfg.backbone == DEMO_PRESET["backbone"] and cfg.lr == DEMO_PRESET["lr"]
-    assert cfg.run_dir.parent == Path("runs/demo/convnextv2_atto")  # demo runs stay apart from real ones
-    assert re.fullmatch(r"B_lb0\.5_x[0-9a-f]{6}_seed123", cfg.run_name)  # --betas off the demo's: a hash
-    # the preset changes only the fields it lists
-    demo, _ = parse_args(["--preset", "demo"])
-    changed = {k for k, v in dataclasses.asdict(demo).items() if v != getattr(TrainConfig(), k)}
-    assert changed == set(DEMO_PRESET)
-
-
-def test_run_name_encodes_variant_seed_and_non_default_lambdas():
-    names = [parse_args(flags)[0].run_name for flags in (
-        [], ["--variant", "D", "--seed", "456"], ["--lambda-boundary", "0.05"], ["--lambda-dice", "0.5"],
-        ["--lambda-boundary", "0.2"], ["--boundary-schedule", "steal"])]
-    assert names == ["C_seed42", "D_seed456", "C_lb0.05_seed42", "C_ld0.5_seed42", "C_seed42", "C_steal_seed42"]
 
 
 RUN_SETTINGS = [  # what differs from the paper's recipe, one setting at a time, and the traps of issue 24
@@ -126,31 +91,6 @@ def test_the_resume_refusal_names_only_the_differing_settings_on_one_line():
     assert "--backbone convnextv2_base -> convnextv2_atto" in refusal and " more); pass the same flags" in refusal
 
 
-def test_bad_flags_fail_with_one_clear_line(capsys):
-    with pytest.raises(SystemExit):
-        parse_args(["--variant", "E"])
-    assert "invalid choice: 'E'" in capsys.readouterr().err
-    with pytest.raises(UserError, match="--batch-size must be >= 1"):
-        parse_args(["--batch-size", "0"])
-    with pytest.raises(UserError, match="--sdt-cache"):
-        parse_args(["--sdt-source", "cache"])
-
-
-def test_config_json_round_trip(tmp_path):
-    cfg, _ = parse_args(["--preset", "demo", "--variant", "D", "--betas", "0.85", "0.99", "--out", "x"])
-    save_config(cfg, tmp_path / "config.json")
-    assert load_config(tmp_path / "config.json") == cfg
-    assert json.loads((tmp_path / "config.json").read_text())["betas"] == [0.85, 0.99]
-    other = dataclasses.replace(cfg, lambda_boundary=0.1, num_workers=0)
-    assert config_differences(cfg, other) == ["--lambda-boundary 0.2 -> 0.1"]  # workers may change on resume
-    (tmp_path / "bad.json").write_text('{"variant": "A", "learning_rate": 1}')
-    with pytest.raises(UserError, match="unknown config keys"):
-        load_config(tmp_path / "bad.json")
-    (tmp_path / "cut.json").write_text('{"variant": ')
-    with pytest.raises(UserError, match="not valid JSON"):
-        load_config(tmp_path / "cut.json")
-
-
 # ------------------------------------------------------------------------------------------- LR schedule
 def test_poly_schedule_first_middle_last():
     base, total = 6e-5, 1000
@@ -167,9 +107,6 @@ def test_poly_schedule_first_middle_last():
 
 
 # -------------------------------------------------------------------------------- gradient accumulation
-def _tiny_cfg(**overrides) -> TrainConfig:
-    cfg, _ = parse_args(["--preset", "demo", "--head-channels", "32", "--no-wandb"])
-    return dataclasses.replace(cfg, **overrides)
 
 
 class DictOut(torch.nn.Module):
@@ -245,21 +182,6 @@ def test_grad_accumulation_4x1_equals_one_step_on_4_samples():
 
 
 # ------------------------------------------------------------------------------------------- fast path
-def test_fast_path_flags_default_on_may_change_on_resume_and_compile_only_on_cuda(monkeypatch):
-    cfg, _ = parse_args([])
-    assert cfg.compile and cfg.channels_last
-    off, _ = parse_args(["--no-compile", "--no-channels-last", "--no-wandb"])
-    assert not off.compile and not off.channels_last
-    assert config_differences(cfg, off) == []  # how a run executes, not what it computes: a resume may change them
-    assert parse_args(["--preset", "demo"])[0].compile is False
-    # An `accelerate launch --dynamo_backend inductor` (or accelerate config) does not override --no-compile.
-    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
-    for compile_flag in (True, False):
-        AcceleratorState._reset_state(True)
-        accelerator = build_accelerator(dataclasses.replace(off, compile=compile_flag))
-        expected = "INDUCTOR" if compile_flag and torch.cuda.is_available() else "NO"  # ignored on the CPU
-        assert accelerator.state.dynamo_plugin.backend.value == expected
-        assert accelerator.non_blocking and accelerator.gradient_accumulation_steps == off.grad_accum
 
 
 @pytest.mark.parametrize("dynamo_backend", ["no", "aot_eager"])
@@ -366,23 +288,6 @@ def test_guard_is_off_at_max_nonfinite_0_and_gathers_once_per_read(tiny_data, mo
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
-def _tiny_state(tmp_path):
-    accelerator = Accelerator(cpu=True)
-    cfg = _tiny_cfg(out=str(tmp_path / "run"), keep_states=1)
-    model = build_model_from_config(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-    register_checkpoint_hooks(accelerator)
-    return accelerator, cfg, model, optimizer, progress
-
-
-def _one_step(model, optimizer):
-    out = model(torch.randn(2, 3, 32, 64))
-    (out["logits"].square().mean() + out["aux_logits"].square().mean()).backward()
-    optimizer.step()
-    optimizer.zero_grad()
 
 
 def test_skipped_micro_batch_leaves_parameters_buffers_and_optimizer_as_if_it_was_not_there():
@@ -458,89 +363,7 @@ def test_the_micro_step_with_its_nonfinite_guard_makes_no_host_sync(guard):
     assert state.loss_log.read().num_bad == (1 if guard else 3)
 
 
-def test_checkpoint_with_a_nonfinite_tensor_is_not_written_and_names_it(tmp_path):
-    accelerator, cfg, model, optimizer, progress = _tiny_state(tmp_path)
-    _one_step(model, optimizer)
-    progress.epoch = 1
-    name, bn = next((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
-    name += ".running_var"
-    bn.running_var[3] = float("inf")
-    with pytest.raises(UserError, match=rf"epoch_0001: not written: model tensor {name} holds nan/inf"):
-        save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
-    assert not (cfg.run_dir / "checkpoints").exists()
-    bn.running_var[3] = 1.0
-    next(iter(optimizer.optimizer.state.values()))["exp_avg_sq"].view(-1)[0] = float("nan")
-    with pytest.raises(UserError, match=r"not written: optimizer exp_avg_sq of \S+ holds nan/inf"):
-        save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
-    assert list_checkpoints(cfg.run_dir) == []
-
-
-def test_checkpoint_save_resume_round_trip_and_pruning(tmp_path):
-    accelerator, cfg, model, optimizer, progress = _tiny_state(tmp_path)
-    _one_step(model, optimizer)
-    progress.epoch, progress.step = 1, 7
-    first = save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id="abc123")
-    assert first.name == "epoch_0001"
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
-    assert read_meta(first)["wandb_run_id"] == "abc123" and read_meta(first)["step"] == 7
-    assert load_config(first / "config.json") == cfg
-    assert set(load_file(first / "model.safetensors")) == set(saved)  # unwrapped keys, no "module." prefix
-
-    _one_step(model, optimizer)
-    progress.epoch, progress.step = 2, 14
-    second = save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id="abc123")
-    expected_draw = torch.rand(3)  # the torch RNG stream continues from the state saved in `second`
-    saved_moments = [optimizer.state[p]["exp_avg"].clone() for p in model.parameters()]
-    # keep_states=1: the older checkpoint keeps weights, config and meta only; the newest can be resumed
-    assert sorted(p.name for p in first.iterdir()) == ["config.json", "meta.json", "model.safetensors"]
-    assert read_meta(first)["training_state"] is False
-    assert find_resumable_checkpoint(cfg.run_dir) == second
-    with pytest.raises(UserError, match="weights only"):
-        resume_from(accelerator, first, progress)
-
-    # resume restores weights, optimizer, progress counters and the RNG stream
-    _one_step(model, optimizer)  # moves weights, AdamW moments and the RNG on
-    progress.epoch, progress.step = 0, 0
-    meta = resume_from(accelerator, second, progress)
-    assert (progress.epoch, progress.step, meta["wandb_run_id"]) == (2, 14, "abc123")
-    for k, v in load_file(second / "model.safetensors").items():
-        assert torch.equal(model.state_dict()[k], v), k
-    assert torch.equal(torch.rand(3), expected_draw)
-    for p, moment in zip(model.parameters(), saved_moments):
-        assert torch.equal(optimizer.state[p]["exp_avg"], moment)
-
-
-def test_crash_during_save_leaves_no_complete_looking_checkpoint(tmp_path, monkeypatch):
-    import engine.checkpoint as ckpt_module
-
-    accelerator, cfg, model, optimizer, progress = _tiny_state(tmp_path)
-    progress.epoch = 1
-
-    def boom(*args, **kwargs):  # a crash, not a failed write (that one cleans up: tests/test_faults.py)
-        raise RuntimeError("simulated crash")
-
-    for target in ("save_file", "save_config"):  # during the weights, then after accelerate's state files
-        with monkeypatch.context() as m:
-            m.setattr(ckpt_module, target, boom)
-            with pytest.raises(RuntimeError, match="simulated crash"):
-                save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
-        folder = cfg.run_dir / "checkpoints"
-        assert not (folder / "epoch_0001").exists()
-        assert [p.name for p in folder.iterdir()] == [".tmp_epoch_0001"]
-        assert list_checkpoints(cfg.run_dir) == [] and find_resumable_checkpoint(cfg.run_dir) is None
-
-    final = save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)  # cleans the temp
-    assert [p.name for p in (cfg.run_dir / "checkpoints").iterdir()] == ["epoch_0001"]
-    assert find_resumable_checkpoint(cfg.run_dir) == final
-
-
 # ------------------------------------------------------------------------------------- whole training runs
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """16 train / 5 val synthetic frames at 64x128 in the Cityscapes layout (5: a short last val batch)."""
-    from data_utils.synthetic import generate_dataset
-
-    return generate_dataset(tmp_path_factory.mktemp("data") / "tiny", num_train=16, num_val=5, height=64, width=128)
 
 
 def test_training_workers_persist_and_evaluation_workers_do_not(tiny_data):
@@ -553,22 +376,6 @@ def test_training_workers_persist_and_evaluation_workers_do_not(tiny_data):
     assert not val_loader.persistent_workers and val_loader.num_workers == 2
     assert [len(batch["name"]) for batch in val_loader] == [4, 1]  # and they still deliver every frame
     assert [len(batch["name"]) for batch in val_loader] == [4, 1]  # twice: workers started anew
-
-
-TINY = ["--preset", "demo", "--no-demo-data", "--no-wandb", "--num-workers", "0", "--head-channels", "32"]
-
-
-def run_train(data: Path, out: Path, *flags: str) -> int:
-    """train.main in this process on the tiny data (fast: no interpreter start)."""
-    import train
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return train.main([*TINY, "--data-root", str(data), "--out", str(out), *flags])
-
-
-def read_rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("variant, sdt_source", [("A", "gpu"), ("B", "gpu"), ("C", "gpu"), ("D", "cpu")])
@@ -829,146 +636,27 @@ def test_compiled_run_compiles_two_graphs_whatever_the_step_or_batch(tiny_data, 
     torch._dynamo.reset()
 
 
-def test_resume_refuses_other_settings_and_finished_run_returns(tiny_data, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert run_train(tiny_data, out, "--variant", "A", "--epochs", "1") == 0
-    with pytest.raises(UserError, match=r"other settings \(--lambda-dice 1.0 -> 0.5\); pass the same flags"):
-        run_train(tiny_data, out, "--variant", "A", "--epochs", "1", "--lambda-dice", "0.5")
-    with pytest.raises(UserError, match="absent: Cityscapes root does not exist"):  # the input error comes first
-        run_train(tiny_data, out, "--variant", "A", "--epochs", "1", "--lambda-dice", "0.5",
-                  "--data-root", str(tmp_path / "absent"))
-    assert run_train(tiny_data, out, "--variant", "A", "--epochs", "1") == 0
-    assert "nothing to do" in capsys.readouterr().out
-    # A longer schedule extends the run from its newest checkpoint, saying so; a shorter one than done is refused.
-    assert run_train(tiny_data, out, "--variant", "A", "--epochs", "2") == 0
-    assert "--epochs 1 -> 2: continuing from epoch 1 with the LR schedule of a 2-epoch run" in capsys.readouterr().out
-    assert [row["epoch"] for row in read_rows(out)] == [1, 2] and load_config(out / "config.json").epochs == 2
-    with pytest.raises(UserError, match="epoch_0002: this run already trained 2 epochs, more than --epochs 1"):
-        run_train(tiny_data, out, "--variant", "A", "--epochs", "1")
-    with pytest.raises(UserError, match="--resume given but no complete checkpoint"):
-        run_train(tiny_data, tmp_path / "empty", "--variant", "A", "--resume")
-
-
-def test_resume_refuses_another_process_count(tiny_data, tmp_path):
-    """The LR schedule's length and the per-rank RNG states depend on the process count: no silent resume."""
-    out = tmp_path / "run"
-    flags = ("--variant", "A", "--epochs", "2", "--checkpoint-every", "1", "--keep-states", "2")
-    assert run_train(tiny_data, out, *flags) == 0
-    shutil.rmtree(out / "checkpoints" / "epoch_0002")  # as if killed during epoch 2
-    meta_path = out / "checkpoints" / "epoch_0001" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "num_processes": 2}))
-    with pytest.raises(UserError, match=r"saved by 2 process\(es\), now 1; resume with --num_processes 2"):
-        run_train(tiny_data, out, *flags)
-
-
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_resume_equals_the_uninterrupted_run_with_and_without_loader_workers(tiny_data, tmp_path, workers):
-    """A run dir holding only epoch 1's checkpoint (as after a kill in epoch 2) resumes to the uninterrupted
-    run's epoch-2 weights, bit for bit: with persistent workers the loaders' first iter() in the resumed
-    process must not draw from the restored global torch RNG (which drives dropout)."""
-    flags = ("--variant", "C", "--epochs", "2", "--checkpoint-every", "1", "--keep-states", "2",
-             "--num-workers", workers)
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert run_train(tiny_data, straight, *flags) == 0
-    shutil.copytree(straight / "checkpoints" / "epoch_0001", resumed / "checkpoints" / "epoch_0001")
-    assert run_train(tiny_data, resumed, *flags) == 0
-    a = load_file(straight / "checkpoints" / "epoch_0002" / "model.safetensors")
-    b = load_file(resumed / "checkpoints" / "epoch_0002" / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []
-
-
-def test_broken_newest_checkpoint_stops_the_resume_with_one_line_and_overwrites_nothing(tiny_data, tmp_path):
-    """A truncated model.safetensors (or optimizer.bin) in the checkpoint to resume from, and a newest
-    checkpoint without meta.json whose older ones hold weights only: one line each, nothing retrained."""
-    out = tmp_path / "run"
-    flags = ("--variant", "A", "--epochs", "3", "--checkpoint-every", "1")  # keep-states 1: 1 and 2 are pruned
-    assert run_train(tiny_data, out, *flags) == 0
-    ckpts = out / "checkpoints"
-    shutil.rmtree(ckpts / "epoch_0003")
-    before = {p: p.read_bytes() for p in sorted(ckpts.rglob("*")) if p.is_file()}
-
-    # epoch 2 without meta.json, epoch 1 weights only: the old code restarted at epoch 0, overwriting both
-    (ckpts / "epoch_0002" / "meta.json").unlink()
-    del before[ckpts / "epoch_0002" / "meta.json"]
-    with pytest.raises(UserError, match=rf"^{re.escape(str(ckpts / 'epoch_0002'))}: is incomplete \(no "
-                                        r"model.safetensors or no readable meta.json\).*delete it to resume from "
-                                        r"scratch.*or pass another --out"):
-        run_train(tiny_data, out, *flags)
-    shutil.rmtree(ckpts / "epoch_0002")  # the first choice: then the weights-only epoch 1 is the newest
-    with pytest.raises(UserError, match=r"epoch_0001: holds weights only .*or pass another --out"):
-        run_train(tiny_data, out, *flags)
-    assert {p: p.read_bytes() for p in sorted(ckpts.rglob("*")) if p.is_file()} == {
-        p: b for p, b in before.items() if "epoch_0002" not in p.parts}
-
-    # a truncated file in the checkpoint resumed from
-    out = tmp_path / "cut"
-    assert run_train(tiny_data, out, "--variant", "A", "--epochs", "2", "--checkpoint-every", "1",
-                     "--keep-states", "2") == 0
-    shutil.rmtree(out / "checkpoints" / "epoch_0002")
-    for name, message in (("model.safetensors", "cannot read the weights"),
-                          ("optimizer.bin", "cannot load the training state")):
-        path = out / "checkpoints" / "epoch_0001" / name
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
-        with pytest.raises(UserError, match=rf"epoch_0001.*: {message} .*corrupt, delete it"):
-            run_train(tiny_data, out, "--variant", "A", "--epochs", "2", "--checkpoint-every", "1",
-                      "--keep-states", "2")
-        path.write_bytes(data)
-
-
-def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tiny_data, tmp_path, process_groups):
-    """Run A trains 2 epochs; run B is SIGKILLed in epoch 2 (after epoch 1's checkpoint) and restarted with
-    the same command, which resumes. Epoch 2's weights must be bit-identical (data order, flips,
-    augmentation, dropout, SDT, optimizer and RNG state all resume exactly). The demo preset as shipped,
-    so with its 2 persistent DataLoader workers."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    demo_with_workers = [flag for flag in TINY if flag not in ("--num-workers", "0")]
-    assert DEMO_PRESET["num_workers"] == 2 and "--num-workers" not in demo_with_workers
-    command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), "--variant", "C",
-               "--epochs", "2", "--checkpoint-every", "1", "--batch-size", "1"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    uninterrupted = process_groups.start([*command, "--out", str(straight)], env=env)  # beside the others: 2 cores
-
-    proc = process_groups.start([*command, "--out", str(killed)], env=env)
-    process_groups.wait_for(proc, (killed / "checkpoints" / "epoch_0001").exists)
-    time.sleep(0.2)  # into epoch 2 (16 micro-batches of ~0.05-0.2 s each)
-    assert not (killed / "checkpoints" / "epoch_0002").exists()
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-
-    result = subprocess.run([*command, "--out", str(killed)], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "resumed from" in result.stdout
-    stderr = uninterrupted.communicate(timeout=300)[1]
-    assert uninterrupted.returncode == 0, stderr[-3000:]
-    a = load_file(straight / "checkpoints" / "epoch_0002" / "model.safetensors")
-    b = load_file(killed / "checkpoints" / "epoch_0002" / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    rows_a, rows_b = read_rows(straight), read_rows(killed)
-    assert [r["epoch"] for r in rows_b] == [1, 2]  # no duplicate line for the interrupted epoch
-    assert rows_a[1]["train/loss"] == rows_b[1]["train/loss"] and rows_a[1]["val/miou"] == rows_b[1]["val/miou"]
-
-
 def test_second_run_on_a_locked_run_dir_stops_and_ctrl_c_stops_with_one_line_and_code_130(tiny_data, tmp_path,
-                                                                                         process_groups):
-    """Two real train.py on one --out: the second stops with one line naming the dir and the first's PID.
-    Then Ctrl-C (SIGINT to the process group, as a terminal sends it, workers included) stops the first
-    with one line saying where it resumes, no traceback, exit code 130, and the lock released."""
+                                                                                         process_groups, capsys):
+    """A real train.py holds its --out; a second run on it (train.main under run_main, as the script runs it)
+    stops with exit code 2 and one line naming the dir and the first's PID. Then Ctrl-C (SIGINT to the process
+    group, as a terminal sends it, workers included) stops the first with one line saying where it resumes,
+    no traceback, exit code 130, and the lock released."""
     from utils.dirlock import folder_lock
+    from utils.fileio import run_main
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     demo_with_workers = [flag for flag in TINY if flag not in ("--num-workers", "0")]
     out = tmp_path / "run"
-    command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), "--variant", "B",
-               "--epochs", "50", "--checkpoint-every", "1", "--batch-size", "1", "--out", str(out)]
+    flags = ["--variant", "B", "--epochs", "50", "--checkpoint-every", "1"]
+    command = [sys.executable, "train.py", *demo_with_workers, "--data-root", str(tiny_data), *flags, "--out", str(out)]
     first = process_groups.start(command, env=env)
     process_groups.wait_for(first, (out / "checkpoints" / "epoch_0001").exists)
-    second = subprocess.run([*command, "--lr", "1e-4"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert second.returncode == EXIT_BAD_INPUT
-    assert second.stderr.strip().splitlines() == [
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as second:
+        run_main(lambda: run_train(tiny_data, out, *flags, "--lr", "1e-4"))
+    assert second.value.code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {out}: in use by train.py (PID {first.pid}); wait for it to finish or stop it, or pass another --out"]
     stdout, stderr = process_groups.ctrl_c(first)
     assert first.returncode == 130, stderr[-2000:]
@@ -1179,24 +867,6 @@ def test_loss_recipe_trains_end_to_end_is_recorded_and_grouped_by_its_label(tiny
     assert read_meta(out / "checkpoints" / "epoch_0002")["loss"] == {"ce": 1.0, "lovasz": 0.5}
     study = Study.from_records(load_runs_dir(tmp_path / "runs"))
     assert study.groups == ["ce+0.5·lovasz"]
-
-
-def test_recipe_flags_run_name_and_refusals():
-    cfg, _ = parse_args(["--loss", "lovasz=0.5,ce=1,boundary=0.2"])
-    assert cfg.loss_weights == {"ce": 1.0, "boundary": 0.2, "lovasz": 0.5}
-    assert (cfg.loss_label, cfg.run_name) == ("ce+0.2·boundary+0.5·lovasz", "ce1_boundary0.2_lovasz0.5_seed42")
-    cfg, _ = parse_args(["--loss", "ce,focal=0.5", "--focal-gamma", "1", "--boundary-schedule", "constant"])
-    assert (cfg.loss_label, cfg.run_name, cfg.loss_params) == (
-        "ce+0.5·focal gamma=1", "ce1_focal0.5_gamma1_seed42", {"focal": {"gamma": 1.0}})
-    with pytest.raises(UserError, match="unknown loss term 'dyce'; registered terms: ce, dice"):
-        parse_args(["--loss", "ce=1,dyce=1"])
-    with pytest.raises(UserError, match="needs a loss with a boundary term .* ce\\+0.5·lovasz has only ce, lovasz"):
-        parse_args(["--loss", "ce=1,lovasz=0.5", "--boundary-schedule", "steal"])  # refused before any data loads
-    with pytest.raises(UserError, match="sets every term's weight: drop --lambda-boundary"):
-        parse_args(["--loss", "ce=1,boundary=0.5", "--lambda-boundary", "0.1"])
-    from engine.setup import uses_sdt
-
-    assert uses_sdt(parse_args(["--loss", "ce=1,boundary=0.5"])[0]) and not uses_sdt(parse_args(["--variant", "B"])[0])
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "swin_tiny_patch4_window7_224"])

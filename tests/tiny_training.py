@@ -1,0 +1,32 @@
+"""The tiny training setup that tests/test_train.py and tests/test_checkpoint.py share: the demo preset with a
+32-channel UPerNet, no loader workers and no W&B, run in this process on conftest's `tiny_data`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from accelerate.state import AcceleratorState, GradientState
+
+from engine.config import TrainConfig, parse_args
+
+
+def _tiny_cfg(**overrides) -> TrainConfig:
+    cfg, _ = parse_args(["--preset", "demo", "--head-channels", "32", "--no-wandb"])
+    return dataclasses.replace(cfg, **overrides)
+
+
+TINY = ["--preset", "demo", "--no-demo-data", "--no-wandb", "--num-workers", "0", "--head-channels", "32"]
+
+
+def run_train(data: Path, out: Path, *flags: str) -> int:
+    """train.main in this process on the tiny data (fast: no interpreter start)."""
+    import train
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return train.main([*TINY, "--data-root", str(data), "--out", str(out), *flags])
+
+
+def read_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
