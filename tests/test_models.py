@@ -35,22 +35,7 @@ def test_backbone_levels_match_feature_info(tiny_model):
         assert f.shape == (1, channels, 64 // stride, 128 // stride)
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_output_shapes_at_odd_size(tiny_model, training):
-    tiny_model.train(training)
-    x = torch.randn(2, 3, 130, 258)
-    with torch.no_grad():
-        out = tiny_model(x, return_features=True)
-    expected = {"logits", "features"} | ({"aux_logits"} if training else set())
-    assert set(out) == expected  # eval mode has no aux output
-    assert out["logits"].shape == (2, C, 130, 258)
-    if training:
-        assert out["aux_logits"].shape == (2, C, 130, 258)
-    # The fused UPerNet map is at stride 4 (floor of the odd size through the 4x4 stem) with 512 channels.
-    assert out["features"].shape == (2, 512, 130 // 4, 258 // 4)
-    tiny_model.eval()
-    with torch.no_grad():
-        assert set(tiny_model(x[:1])) == {"logits"}  # features only when asked
+# Output shapes at odd sizes, aux and features: tests/test_heads.py, for every registered head.
 
 
 def test_batch_one_training_step():
