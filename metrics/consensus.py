@@ -124,8 +124,8 @@ def _votes(preds, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     # (a handful of seeds), not over the classes.
     support = np.stack([((stack == s) & valid).sum(0) * v for s, v in zip(stack, valid)])  # (N, H, W)
     count = support.max(0)
-    label = np.where(support == count, np.where(valid, stack, np.iinfo(np.int64).max), np.iinfo(np.int64).max)
-    label = label.min(0)  # ties: the lowest class id
+    candidates = np.where(valid & (support == count), stack, num_classes)  # the labels with the most votes
+    label = candidates.min(0)  # ties: the lowest class id
     return stack, np.where(count > 0, label, -1), count
 
 

@@ -80,6 +80,8 @@ def test_majority_vote_and_agreement_match_loops(n):
     np.testing.assert_array_equal(study_compat.majority_vote(preds, ignore_index=254),
                                   np.where(label >= 0, label, 254))
     assert consensus.agreement_map(preds, C).dtype == np.float32
+    as_uint8 = [p.astype(np.uint8) for p in preds]  # the dtype predictions travel in
+    np.testing.assert_array_equal(consensus.majority_vote(as_uint8, C), voted.astype(np.uint8))
 
 
 def test_majority_vote_hand_made_ties_and_voids():
