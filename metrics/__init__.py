@@ -14,6 +14,8 @@ from metrics.registry import METRICS, Metric, metric
 
 _LAZY = {"SegmentationMetrics": "metrics.segmentation", "segmentation_image_stats": "metrics.segmentation",
          "count_fragments": "metrics.consensus", "cc_veto": "metrics.consensus",
+         "fragments_per_class": "metrics.consensus", "majority_vote": "metrics.consensus",
+         "agreement_map": "metrics.consensus",
          "dataset_metrics": "metrics.per_image", "read_per_image": "metrics.per_image",
          "write_per_image": "metrics.per_image", "iou_from_confusion": "metrics.reductions",
          "boundary_f1_per_class": "metrics.reductions"}

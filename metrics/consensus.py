@@ -1,4 +1,5 @@
-"""Connected components of label maps: fragments per image and the study's consensus (veto) filter. Torch-free.
+"""Connected components of label maps: fragments per image (in all or per class), the study's consensus (veto)
+filter, and the pixel-wise majority vote and agreement of N prediction maps. Torch-free.
 
 One multi-label pass of `cc3d.connected_components` (connected-components-3d) labels the 8-connected components
 of every class at once (a component never spans two classes), so neither function loops over classes or
@@ -55,6 +56,22 @@ def count_fragments(label_map: np.ndarray, num_classes: int) -> int:
     return _components(np.asarray(label_map), num_classes)[1]
 
 
+def fragments_per_class(label_map: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) int64: entry c is the number of 8-connected components of `label_map == c` (their sum is
+    `count_fragments`; values outside 0..C-1 count for no class).
+
+    Example:
+        >>> label_map = np.zeros((4, 6), np.uint8); label_map[1:3, 1:3] = 2; label_map[0, 5] = 2
+        >>> fragments_per_class(label_map, num_classes=3).tolist()
+        [1, 0, 2]
+    """
+    label_map = np.asarray(label_map)
+    ids, count = _components(label_map, num_classes)
+    component_class = np.zeros(count + 1, np.int64)  # every pixel of a component holds its class
+    component_class[ids.ravel()] = label_map.ravel()
+    return np.bincount(component_class[1:], minlength=num_classes).astype(np.int64)
+
+
 def cc_veto(primary: np.ndarray, veto: np.ndarray, num_classes: int, protect: tuple[int, ...] = (),
             max_drop_size: int | None = None, reassign: str = "veto",
             ignore_index: int = IGNORE_INDEX) -> np.ndarray:
@@ -92,3 +109,52 @@ def cc_veto(primary: np.ndarray, veto: np.ndarray, num_classes: int, protect: tu
     out = primary.copy()
     out[dropped] = veto[dropped] if reassign == "veto" else ignore_index
     return out
+
+
+def _votes(preds, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stack (N, H, W), majority label (H, W) with -1 where no voter is valid, its vote count (H, W))."""
+    if len(preds) == 0:
+        raise ValueError("expected at least one prediction map, got none")
+    stack = np.stack([np.asarray(p) for p in preds])
+    if stack.ndim != 3 or not np.issubdtype(stack.dtype, np.integer):
+        raise ValueError(f"expected (H, W) integer maps of one shape, got {stack.dtype} maps of shape "
+                         f"{stack.shape[1:]}")
+    valid = (stack >= 0) & (stack < num_classes)
+    # Voter i's support: how many voters emit its label (0 for an invalid label). A loop over the N voters
+    # (a handful of seeds), not over the classes.
+    support = np.stack([((stack == s) & valid).sum(0) * v for s, v in zip(stack, valid)])  # (N, H, W)
+    count = support.max(0)
+    candidates = np.where(valid & (support == count), stack, num_classes)  # the labels with the most votes
+    label = candidates.min(0)  # ties: the lowest class id
+    return stack, np.where(count > 0, label, -1), count
+
+
+def majority_vote(preds, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """The pixel-wise majority vote of N label maps (an ensemble of seeds or models), as the study defines it.
+
+    At each pixel the winner is the class in 0..C-1 emitted by the most maps; ties go to the lowest class id;
+    values outside 0..C-1 (an ignore index) cast no vote, and a pixel where no map emits a class gets
+    `ignore_index`.
+
+    Args:
+        preds: N >= 1 (H, W) integer maps of the same shape.
+        num_classes: C.
+        ignore_index: the label of pixels without a vote.
+
+    Returns:
+        An (H, W) map of the inputs' (common) dtype.
+    """
+    stack, label, count = _votes(preds, num_classes)
+    return np.where(count > 0, label, ignore_index).astype(stack.dtype)
+
+
+def agreement_map(preds, num_classes: int) -> np.ndarray:
+    """The pixel-wise agreement of N label maps, as the study defines it: the number of maps that emit the
+    `majority_vote` winner, divided by N (1 = unanimous, 1/N = no two maps agree; 0 where no map emits a class
+    in 0..C-1). An uncertainty proxy.
+
+    Returns:
+        An (H, W) float32 map in [0, 1].
+    """
+    stack, _, count = _votes(preds, num_classes)
+    return (count / len(stack)).astype(np.float32)

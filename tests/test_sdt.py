@@ -486,3 +486,58 @@ def test_sdt_sources_agree_on_native_frames_and_differ_under_a_crop(demo_root, t
         device_sdt = compute_sdt_torch(label[None].long(), cpu.num_classes, validate=False)[0]
         differ.append(not torch.equal(device_sdt, worker_sdt))
     assert any(differ) if crop else not any(differ), differ
+
+
+def _liviaets_one_hot2dist(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """LIVIAETS boundary-loss's one_hot2dist, written out: per present class, edt(~M) on ~M, -(edt(M) - 1) on M."""
+    from scipy.ndimage import distance_transform_edt as edt
+
+    res = np.zeros((num_classes, *label.shape))
+    for c in range(num_classes):
+        pos = label == c
+        if pos.any():
+            res[c] = edt(~pos) * ~pos - (edt(pos) - 1) * pos
+    return res
+
+
+def _study_readme_sdt(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """The study README's signed_distance_transform, written out: edt(~M) - edt(M) for a present, not full class
+    (else 0), divided per class by its largest |value| + 1e-7."""
+    from scipy.ndimage import distance_transform_edt as edt
+
+    res = np.zeros((num_classes, *label.shape))
+    for c in range(num_classes):
+        m = label == c
+        if m.any() and not m.all():
+            res[c] = edt(~m) - edt(m)
+    return res / (np.abs(res).reshape(num_classes, -1).max(1) + 1e-7)[:, None, None]
+
+
+def test_differences_from_liviaets_and_the_study_readme():
+    """docs/sdt.md's table, cell by cell: inside offset of 1, rounding, clip, ignore, absent and full classes,
+    per-class-maximum normalisation."""
+    C = 4
+    label = blob_label(40, 52, 3, seed=5, ignore=False)  # classes 0..2 present, 3 absent, no ignore
+    ours = compute_sdt(label, C).astype(np.float64)
+    inside = np.stack([label == c for c in range(C)])
+    livi = _liviaets_one_hot2dist(label, C)
+    np.testing.assert_array_equal(ours, np.rint(livi - inside))  # LIVIAETS is ours + 1 inside, then rounding
+    assert np.any(livi != np.rint(livi))  # ... which they don't do
+    phi = livi - inside  # the unrounded signed distance, the study README's before normalisation
+    readme = _study_readme_sdt(label, C)
+    scale = np.abs(phi).reshape(C, -1).max(1) + 1e-7
+    np.testing.assert_allclose(readme * scale[:, None, None], phi, rtol=1e-12, atol=1e-12)
+    assert scale[0] != scale[1]  # a different scale per class, against our fixed 127
+    assert np.allclose(np.abs(readme[:3]).reshape(3, -1).max(1), 1.0) and not readme[3].any()
+    assert not ours[3].any() and not livi[3].any()  # absent class: 0 for all three
+
+    far = np.ones((3, 300), np.uint8)
+    far[:, 0] = 0  # class 1 reaches 299 px from class 0
+    assert compute_sdt(far, 2)[0].max() == 127 and _liviaets_one_hot2dist(far, 2)[0].max() == 299
+
+    full = np.zeros((6, 7), np.uint8)
+    assert not compute_sdt(full, 2).any() and not _study_readme_sdt(full, 2).any()
+    assert _liviaets_one_hot2dist(full, 2)[0].any()  # not guarded there
+
+    ignored = blob_label(30, 30, 3, seed=6)
+    assert not compute_sdt(ignored, 3)[:, ignored == 255].any()  # 0 at ignore here; no ignore label there
