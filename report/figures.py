@@ -5,6 +5,7 @@ Every figure colours a variant the same way (`group_colors`), so A is the same b
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -61,6 +62,14 @@ def _save(fig, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _caveat_footnote(fig, study: Study) -> None:
+    """The study's estimator caveats (`Study.caveats`: metrics not computed by the toolkit's estimator) under the
+    figure, where the panels' titles name the estimator."""
+    if study.caveats:
+        text = "\n".join(textwrap.fill(line, 170) for line in study.caveats)
+        fig.text(0.5, 0.0, text, ha="center", va="top", fontsize=8, color="darkred")
 
 
 def _mean_and_half(study: Study, group: str, epoch: int, metric: str, band: str) -> tuple[float, float] | None:
@@ -125,7 +134,7 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no epoch 1.25
             ax.set_xlabel("epoch")
             ax.set_ylabel(f"{METRIC_LABELS[m]} (%)")
-            ax.set_title(METRIC_LABELS[m] if i == 0 else f"{METRIC_LABELS[m]}, epochs ≥ {zoom_from}")
+            ax.set_title(study.label(m) if i == 0 else f"{study.label(m)}, epochs ≥ {zoom_from}")
     band_text = "mean ± 1.96·SE" if band == "normal" else "mean ± t(0.975, n−1)·SE"
     handles, labels = axes[0, 0].get_legend_handles_labels()
     mark = f"; dotted: epoch {mark_epoch}" if mark_epoch is not None else ""
@@ -133,6 +142,7 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
     fig.tight_layout(rect=(0, 0, 1, 0.93 if rows == 2 else 0.86))
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
                bbox_to_anchor=(0.5, 0.965 if rows == 2 else 0.93))
+    _caveat_footnote(fig, study)
     _save(fig, path)
     return path
 
@@ -152,10 +162,11 @@ def _plot_single_epoch(study: Study, path: Path) -> Path:
                       ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(study.groups) - 0.4)
         ax.set_ylabel(f"{METRIC_LABELS[m]} (%)")
-        ax.set_title(f"{METRIC_LABELS[m]}, epoch {epoch}")
+        ax.set_title(f"{study.label(m)}, epoch {epoch}")
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Mean over seeds; thick: ± 1.96·SE, thin: ± t(0.975, n−1)·SE", fontsize=10)
     fig.tight_layout()
+    _caveat_footnote(fig, study)
     _save(fig, path)
     return path
 
@@ -228,13 +239,14 @@ def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal"
         ax.minorticks_off()
         ax.set_xlabel("λ_b")
         ax.set_ylabel(f"{METRIC_LABELS[m]} (%)")
-        ax.set_title(f"{METRIC_LABELS[m]}, epoch {epoch}")
+        ax.set_title(f"{study.label(m)}, epoch {epoch}")
         ax.grid(alpha=0.3)
     band_text = "mean ± 1.96·SE" if band == "normal" else "mean ± t(0.975, n−1)·SE"
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.suptitle(f"λ_b sweep: mean over seeds, bars {band_text} (none where < 2 seeds)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.86))
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 0.93))
+    _caveat_footnote(fig, study)
     _save(fig, path)
     return path
 
