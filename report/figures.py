@@ -172,8 +172,8 @@ def _plot_single_epoch(study: Study, path: Path) -> Path:
 
 
 def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
-    """Per-class IoU at `epoch` (mean ± inter-seed std) as grouped bars, classes sorted by Δ(D−A) largest first;
-    below, each group's Δ against the reference (A when present) in percentage points. None without per-class IoU."""
+    """Per-class IoU at `epoch` (mean ± inter-seed std) as grouped bars on a 0-100 % axis, classes sorted by Δ(D−A)
+    largest first; below, each group's Δ against the reference (A when present) in percentage points (the zoom). None without per-class IoU."""
     if not study.classes:
         return None
     colors = group_colors(study.groups, study.group_keys)
@@ -193,8 +193,7 @@ def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
         sd = np.array([100 * stats[c][g].std for c in order])
         ax_iou.bar(x + (k - (len(study.groups) - 1) / 2) * width, mu, width, yerr=np.nan_to_num(sd),
                    color=colors[g], label=VARIANT_NAMES.get(g, g), error_kw={"lw": 0.8, "capsize": 1.5})
-    lows = [100 * stats[c][g].mean for c in order for g in study.groups if np.isfinite(stats[c][g].mean)]
-    ax_iou.set_ylim(max(0.0, min(lows) - 5) if lows else 0, 100)  # bars start near the data: the gaps are small
+    ax_iou.set_ylim(0, 100)  # bars from 0, so their lengths compare honestly; the Δ panel below zooms on the gaps
     ax_iou.set_ylabel("IoU (%)")
     ax_iou.set_title(f"Per-class IoU at epoch {epoch} (mean ± inter-seed std), sorted by Δ({key}−{ref})")
     ax_iou.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)

@@ -391,6 +391,22 @@ def test_official_per_class_deltas(official):
     assert "most volatile overall: truck in B" in vol  # B's truck IoU spans 4.4 pp over seeds
 
 
+def test_per_class_chart_starts_at_zero(seed_metrics, tmp_path, monkeypatch):
+    """The official file's per-class IoUs lie in 52-98 %: bars from 52 % would make a 2 pp gap look like a 2×
+    one. The IoU axis starts at 0; the Δ panel below shows the gaps at their own scale."""
+    import report.figures
+
+    figures, save = [], report.figures._save
+    monkeypatch.setattr(report.figures, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    study = Study.from_records(load_csv(seed_metrics / "pilot_results_official.csv"))
+    assert min(v for r in study.records for v in r.iou.values()) > 0.5  # the data are far from 0
+    report.figures.plot_per_class(study, 160, tmp_path / "per_class_iou.png")
+    ax_iou, ax_delta = figures[0].axes
+    assert ax_iou.get_ylim() == (0.0, 100.0)
+    bottom, top = ax_delta.get_ylim()
+    assert top - bottom < 20  # the zoom: Δs of a few pp fill their panel
+
+
 def test_official_significance(official):
     t5 = by(read_csv(official / "table5_significance.csv"), "metric", "comparison")
     assert len(t5) == 18
