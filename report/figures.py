@@ -195,7 +195,8 @@ def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
                    color=colors[g], label=VARIANT_NAMES.get(g, g), error_kw={"lw": 0.8, "capsize": 1.5})
     ax_iou.set_ylim(0, 100)  # bars from 0, so their lengths compare honestly; the Δ panel below zooms on the gaps
     ax_iou.set_ylabel("IoU (%)")
-    ax_iou.set_title(f"Per-class IoU at epoch {epoch} (mean ± inter-seed std), sorted by Δ({key}−{ref})")
+    sorting = f", sorted by Δ({key}−{ref})" if key != ref else ""
+    ax_iou.set_title(f"Per-class IoU at epoch {epoch} (mean ± inter-seed std){sorting}")
     ax_iou.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
     ax_iou.grid(axis="y", alpha=0.3)
 
@@ -206,7 +207,11 @@ def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
                      label=f"Δ({g}−{ref})")
     ax_delta.axhline(0, color="black", lw=0.8)
     ax_delta.set_ylabel(f"Δ vs {ref} (pp)")
-    ax_delta.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
+    if others:  # one group has no Δ: legend() without labelled bars would warn on the user's console
+        ax_delta.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
+    else:
+        ax_delta.text(0.5, 0.5, f"one group ({ref}): no Δ to show", transform=ax_delta.transAxes, ha="center",
+                      va="center", color="gray")
     ax_delta.grid(axis="y", alpha=0.3)
     ax_delta.set_xticks(x, order, rotation=45, ha="right")
     fig.tight_layout()

@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,20 @@ def runs_tree(tmp_path) -> Path:
     write_result(runs, "C", 1, 10, 0.71)
     write_result(runs, "C", 1, 20, 0.78)
     return runs
+
+
+def test_one_variant_report_raises_no_library_warning(tmp_path):
+    """A first report has one variant (no Δ, no pair to test): no matplotlib/numpy/scipy warning may reach the
+    console (matplotlib's "No artists with labels found to put in legend" did, from the empty Δ panel)."""
+    runs = tmp_path / "runs"
+    for seed, offset in ((1, 0.0), (2, 0.02), (3, 0.04)):
+        write_result(runs, "A", seed, 10, 0.70 + offset)
+        write_result(runs, "A", seed, 20, 0.80 + offset)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert aggregate.main([str(runs), "--out", str(tmp_path / "report")]) == 0
+    assert [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught] == []
+    assert_png(tmp_path / "report" / "per_class_iou.png")
 
 
 def test_results_tree_end_to_end(runs_tree, tmp_path, capsys):
