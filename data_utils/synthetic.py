@@ -244,22 +244,13 @@ def ensure_demo_dataset(root: str | os.PathLike, num_train: int = 24, num_val: i
         raise
 
 
-def hf_train_command(out: Path, params: dict) -> str:
-    """The train.py command that trains on the --format hf dataset `params` (its synthetic.json) just written to
-    `out`, as printed: the demo-hf preset; for other data than the preset's own (engine.config.DEMO_HF_DATA, which
-    the preset would insist on regenerating) --no-demo-data, and a crop both frame sizes hold when the preset's
-    does not fit."""
-    from engine.config import DEMO_HF_DATA, DEMO_HF_PRESET
-
-    command = ["python", "train.py", "--preset", "demo-hf", "--hf-dataset", shlex.quote(str(out))]
-    if params == _params(**DEMO_HF_DATA):
-        return " ".join(command)
-    height, width = params["height"], params["width"]
-    crop = min(height, second_size(height, width)[0]), min(width, second_size(height, width)[1])
-    command.append("--no-demo-data")
-    if crop != tuple(DEMO_HF_PRESET["crop_size"]):
-        command += ["--crop-size", str(crop[0]), str(crop[1])]
-    return " ".join(command)
+def hf_train_command(out: Path, height: int, width: int) -> str:
+    """The train.py command, as printed, that trains on the --format hf dataset just written to `out` whatever its
+    sizes and class table: the demo-hf preset on these data as they are (--no-demo-data: without it the preset
+    insists on its own 48 + 12 frames at 128x256), cropped to a size both frame sizes hold."""
+    second = second_size(height, width)
+    return (f"python train.py --preset demo-hf --no-demo-data --hf-dataset {shlex.quote(str(out))} "
+            f"--crop-size {min(height, second[0])} {min(width, second[1])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,9 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     out = generate_dataset(args.out, args.train, args.val, args.height, args.width, args.seed, format=args.format,
                            num_classes=args.num_classes)
     if args.format == "hf":
-        params = _params(args.train, args.val, args.height, args.width, args.seed, args.format, args.num_classes)
         print(f"wrote {args.train} train + {args.val} validation frames to {out}\n"
-              f"train on them: {hf_train_command(out, params)}")
+              f"train on them: {hf_train_command(out, args.height, args.width)}")
         return 0
     print(f"wrote {args.train} train + {args.val} val frames to {out}\n"
           f"look at them: python -m data_utils.inspect --data-root {out} --split val --out {out}_overlays")

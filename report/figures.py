@@ -173,7 +173,8 @@ def _plot_single_epoch(study: Study, path: Path) -> Path:
 
 def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
     """Per-class IoU at `epoch` (mean ± inter-seed std) as grouped bars on a 0-100 % axis, classes sorted by Δ(D−A)
-    largest first; below, each group's Δ against the reference (A when present) in percentage points (the zoom). None without per-class IoU."""
+    largest first; below, each group's Δ against the reference (A when present) in percentage points (the zoom).
+    None without per-class IoU."""
     if not study.classes:
         return None
     colors = group_colors(study.groups, study.group_keys)

@@ -50,9 +50,9 @@ ESTIMATOR_CAVEATS = {
                 "contour and which the study itself retracted: not comparable to the toolkit's or the study's "
                 "corrected values (reference/README.md)",
 }
-# Known tidy CSVs (SHA-256 of the file's bytes, line ends as \n) whose metric columns come from such an estimator: metric -> name.
-# reference/pilot_results.csv: its boundary columns are v0.1.0's (its mIoU is sound); the official file's are the
-# study's corrected per-class values.
+# Known tidy CSVs (SHA-256 of the file's bytes, line ends as \n) whose metric columns come from such an estimator:
+# digest -> {metric: name}. reference/pilot_results.csv: its boundary columns are v0.1.0's (its mIoU is sound);
+# pilot_results_official.csv, not listed, holds the study's corrected per-class values.
 CSV_ESTIMATORS = {
     "586d68f86b3453fc36919e7a563d8a2c9c2b74ef832f0ee79612ea0f405030c5": {"boundary_f1": STUDY_V010,
                                                                          "trimap_iou": STUDY_V010},

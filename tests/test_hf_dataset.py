@@ -312,8 +312,8 @@ def test_the_generators_train_hint_works_as_printed(tmp_path, capsys):
     generated with ..."). Run here as printed, plus one epoch, a small head and no W&B for speed."""
     import shlex
 
-    from engine.config import DEMO_HF_DATA
-    from data_utils.synthetic import _params, hf_train_command
+    from data_utils.synthetic import hf_train_command
+    from engine.config import DEMO_HF_PRESET
 
     root = tmp_path / "my hf"  # a space: the printed path must survive the shell
     assert synthetic_main(["--format", "hf", "--out", str(root), "--train", "4", "--val", "2", "--height", str(H),
@@ -324,9 +324,10 @@ def test_the_generators_train_hint_works_as_printed(tmp_path, capsys):
     assert run_flags(argv[2:], "--epochs", "1", "--out", str(tmp_path / "run"), "--no-wandb", "--head-channels",
                      "32") == 0
     assert (tmp_path / "run" / "checkpoints" / "epoch_0001.results.json").is_file()
-    # the preset's own data: the bare preset command (it regenerates nothing, the parameters match)
-    assert hf_train_command(Path("data/x"), _params(**DEMO_HF_DATA)) == \
-        "python train.py --preset demo-hf --hf-dataset data/x"
+    # the crop both sizes hold (64x128 and 80x96 here); for the preset's own sizes, the preset's crop
+    assert second_size(H, W) == (80, 96) and hint.endswith("--crop-size 64 96")
+    crop = DEMO_HF_PRESET["crop_size"]
+    assert hf_train_command(Path("x"), 128, 256).endswith(f"--crop-size {crop[0]} {crop[1]}")
 
 
 def run_flags(argv: list[str], *flags: str) -> int:
