@@ -162,6 +162,8 @@ def main(argv=None) -> int:
     console.print(f"{len(records)} results from {source}: variants {', '.join(study.groups)}, "
                   f"seeds {', '.join(map(str, study.seeds))}, {len(study.epochs)} epochs "
                   f"({study.epochs[0]}…{study.epochs[-1]})")
+    for line in study.caveats:  # metrics from another estimator than the toolkit's (report.load.ESTIMATOR_CAVEATS)
+        console.print(f"[yellow]caveat: {escape(line)}[/yellow]", soft_wrap=True)
     others = [] if args.from_csv else [m for m in inference_modes(args.runs_dir) if m != args.inference]
     if others and not args.compare_inference:
         console.print(f"results of inference mode {args.inference} only; also there: {', '.join(others)} "
@@ -236,6 +238,7 @@ def main(argv=None) -> int:
           f"Source: `{source}` — {len(records)} results; variants {', '.join(study.groups)}; seeds "
           f"{', '.join(map(str, study.seeds))}; epochs {', '.join(map(str, study.epochs))}. Final epoch {final}, "
           f"early epoch {early if early is not None else 'n/a'}. Values in percent; Δ in percentage points (pp).\n",
+          *[f"**Caveat.** {line}\n" for line in study.caveats],
           "## Data completeness\n", *[f"- {line}" for line in completeness], "",
           "## Global metrics\n", t1.to_markdown(), t2.to_markdown(),
           "## Per-class IoU\n", t3.to_markdown(), t3b.to_markdown(), t4.to_markdown(),

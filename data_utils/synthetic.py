@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -243,6 +244,15 @@ def ensure_demo_dataset(root: str | os.PathLike, num_train: int = 24, num_val: i
         raise
 
 
+def hf_train_command(out: Path, height: int, width: int) -> str:
+    """The train.py command, as printed, that trains on the --format hf dataset just written to `out` whatever its
+    sizes and class table: the demo-hf preset on these data as they are (--no-demo-data: without it the preset
+    insists on its own 48 + 12 frames at 128x256), cropped to a size both frame sizes hold."""
+    second = second_size(height, width)
+    return (f"python train.py --preset demo-hf --no-demo-data --hf-dataset {shlex.quote(str(out))} "
+            f"--crop-size {min(height, second[0])} {min(width, second[1])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m data_utils.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
@@ -262,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                            num_classes=args.num_classes)
     if args.format == "hf":
         print(f"wrote {args.train} train + {args.val} validation frames to {out}\n"
-              f"train on them: python train.py --preset demo-hf --hf-dataset {out}")
+              f"train on them: {hf_train_command(out, args.height, args.width)}")
         return 0
     print(f"wrote {args.train} train + {args.val} val frames to {out}\n"
           f"look at them: python -m data_utils.inspect --data-root {out} --split val --out {out}_overlays")

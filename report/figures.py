@@ -5,6 +5,7 @@ Every figure colours a variant the same way (`group_colors`), so A is the same b
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -61,6 +62,14 @@ def _save(fig, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _caveat_footnote(fig, study: Study) -> None:
+    """The study's estimator caveats (`Study.caveats`: metrics not computed by the toolkit's estimator) under the
+    figure, where the panels' titles name the estimator."""
+    if study.caveats:
+        text = "\n".join(textwrap.fill(line, 170) for line in study.caveats)
+        fig.text(0.5, 0.0, text, ha="center", va="top", fontsize=8, color="darkred")
 
 
 def _mean_and_half(study: Study, group: str, epoch: int, metric: str, band: str) -> tuple[float, float] | None:
@@ -125,7 +134,7 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no epoch 1.25
             ax.set_xlabel("epoch")
             ax.set_ylabel(f"{METRIC_LABELS[m]} (%)")
-            ax.set_title(METRIC_LABELS[m] if i == 0 else f"{METRIC_LABELS[m]}, epochs ≥ {zoom_from}")
+            ax.set_title(study.label(m) if i == 0 else f"{study.label(m)}, epochs ≥ {zoom_from}")
     band_text = "mean ± 1.96·SE" if band == "normal" else "mean ± t(0.975, n−1)·SE"
     handles, labels = axes[0, 0].get_legend_handles_labels()
     mark = f"; dotted: epoch {mark_epoch}" if mark_epoch is not None else ""
@@ -133,6 +142,7 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
     fig.tight_layout(rect=(0, 0, 1, 0.93 if rows == 2 else 0.86))
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
                bbox_to_anchor=(0.5, 0.965 if rows == 2 else 0.93))
+    _caveat_footnote(fig, study)
     _save(fig, path)
     return path
 
@@ -152,17 +162,19 @@ def _plot_single_epoch(study: Study, path: Path) -> Path:
                       ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(study.groups) - 0.4)
         ax.set_ylabel(f"{METRIC_LABELS[m]} (%)")
-        ax.set_title(f"{METRIC_LABELS[m]}, epoch {epoch}")
+        ax.set_title(f"{study.label(m)}, epoch {epoch}")
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Mean over seeds; thick: ± 1.96·SE, thin: ± t(0.975, n−1)·SE", fontsize=10)
     fig.tight_layout()
+    _caveat_footnote(fig, study)
     _save(fig, path)
     return path
 
 
 def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
-    """Per-class IoU at `epoch` (mean ± inter-seed std) as grouped bars, classes sorted by Δ(D−A) largest first;
-    below, each group's Δ against the reference (A when present) in percentage points. None without per-class IoU."""
+    """Per-class IoU at `epoch` (mean ± inter-seed std) as grouped bars on a 0-100 % axis, classes sorted by Δ(D−A)
+    largest first; below, each group's Δ against the reference (A when present) in percentage points (the zoom).
+    None without per-class IoU."""
     if not study.classes:
         return None
     colors = group_colors(study.groups, study.group_keys)
@@ -182,10 +194,10 @@ def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
         sd = np.array([100 * stats[c][g].std for c in order])
         ax_iou.bar(x + (k - (len(study.groups) - 1) / 2) * width, mu, width, yerr=np.nan_to_num(sd),
                    color=colors[g], label=VARIANT_NAMES.get(g, g), error_kw={"lw": 0.8, "capsize": 1.5})
-    lows = [100 * stats[c][g].mean for c in order for g in study.groups if np.isfinite(stats[c][g].mean)]
-    ax_iou.set_ylim(max(0.0, min(lows) - 5) if lows else 0, 100)  # bars start near the data: the gaps are small
+    ax_iou.set_ylim(0, 100)  # bars from 0, so their lengths compare honestly; the Δ panel below zooms on the gaps
     ax_iou.set_ylabel("IoU (%)")
-    ax_iou.set_title(f"Per-class IoU at epoch {epoch} (mean ± inter-seed std), sorted by Δ({key}−{ref})")
+    sorting = f", sorted by Δ({key}−{ref})" if key != ref else ""
+    ax_iou.set_title(f"Per-class IoU at epoch {epoch} (mean ± inter-seed std){sorting}")
     ax_iou.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
     ax_iou.grid(axis="y", alpha=0.3)
 
@@ -196,7 +208,11 @@ def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
                      label=f"Δ({g}−{ref})")
     ax_delta.axhline(0, color="black", lw=0.8)
     ax_delta.set_ylabel(f"Δ vs {ref} (pp)")
-    ax_delta.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
+    if others:  # one group has no Δ: legend() without labelled bars would warn on the user's console
+        ax_delta.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
+    else:
+        ax_delta.text(0.5, 0.5, f"one group ({ref}): no Δ to show", transform=ax_delta.transAxes, ha="center",
+                      va="center", color="gray")
     ax_delta.grid(axis="y", alpha=0.3)
     ax_delta.set_xticks(x, order, rotation=45, ha="right")
     fig.tight_layout()
@@ -228,13 +244,14 @@ def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal"
         ax.minorticks_off()
         ax.set_xlabel("λ_b")
         ax.set_ylabel(f"{METRIC_LABELS[m]} (%)")
-        ax.set_title(f"{METRIC_LABELS[m]}, epoch {epoch}")
+        ax.set_title(f"{study.label(m)}, epoch {epoch}")
         ax.grid(alpha=0.3)
     band_text = "mean ± 1.96·SE" if band == "normal" else "mean ± t(0.975, n−1)·SE"
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.suptitle(f"λ_b sweep: mean over seeds, bars {band_text} (none where < 2 seeds)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.86))
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 0.93))
+    _caveat_footnote(fig, study)
     _save(fig, path)
     return path
 

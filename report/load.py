@@ -18,6 +18,8 @@ one variant are never pooled and the study's variant comparisons stay UPerNet's.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +41,22 @@ CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap
 # The global metrics of the tables and curves: the study's three, the ones both sources (results files and the
 # study's CSVs) hold. The image bootstrap (report.bootstrap.PROFILE_METRICS) covers the others too.
 METRICS = tuple(CSV_METRIC_COLUMNS.values())
+
+# Estimators other than the toolkit's (metrics/), by the short name shown beside a metric's label wherever a report
+# prints it, -> the one-line caveat under the tables, on the console and in the figures.
+STUDY_V010 = "study's v0.1.0 estimator"
+ESTIMATOR_CAVEATS = {
+    STUDY_V010: "computed by the original study's first (v0.1.0) estimator, which measured only the road-vs-rest "
+                "contour and which the study itself retracted: not comparable to the toolkit's or the study's "
+                "corrected values (reference/README.md)",
+}
+# Known tidy CSVs (SHA-256 of the file's bytes, line ends as \n) whose metric columns come from such an estimator:
+# digest -> {metric: name}. reference/pilot_results.csv: its boundary columns are v0.1.0's (its mIoU is sound);
+# pilot_results_official.csv, not listed, holds the study's corrected per-class values.
+CSV_ESTIMATORS = {
+    "586d68f86b3453fc36919e7a563d8a2c9c2b74ef832f0ee79612ea0f405030c5": {"boundary_f1": STUDY_V010,
+                                                                         "trimap_iou": STUDY_V010},
+}
 
 
 def metric_unit(key: str) -> tuple[str, float]:
@@ -69,6 +87,7 @@ class Record:
     group: str = ""  # set by assign_groups
     metrics_profile: str | None = None  # "default" / "study" (metrics.keys.PROFILES); None: the source does not say
     inference: str = "whole"  # the inference mode's tag (engine.inference.Inference.tag); older files: whole
+    estimators: tuple[tuple[str, str], ...] = ()  # (metric, ESTIMATOR_CAVEATS name) where not the toolkit's
 
     @property
     def setting(self) -> "RunSetting":
@@ -173,14 +192,21 @@ def load_runs_dir(runs_dir: str | Path, inference: str = "whole") -> list[Record
     return records
 
 
+def csv_estimators(raw: bytes) -> tuple[tuple[str, str], ...]:
+    """A tidy CSV's provenance, as data: (metric, estimator) for the columns a known file (CSV_ESTIMATORS, by the
+    SHA-256 of its bytes with \r\n read as \n, so a Windows checkout matches) holds from another estimator."""
+    digest = hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
+    return tuple(CSV_ESTIMATORS.get(digest, {}).items())
+
+
 def load_csv(path: str | Path) -> list[Record]:
     """A tidy CSV (one row per variant, seed, epoch; fractions) -> Records. Per-class columns are optional."""
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            rows = list(reader)
+        raw = path.read_bytes()
+        reader = csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""))
+        header = reader.fieldnames or []
+        rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: cannot read CSV ({e})") from None
     missing = [c for c in ("variant", "seed", "epoch", *CSV_METRIC_COLUMNS) if c not in header]
@@ -188,6 +214,7 @@ def load_csv(path: str | Path) -> list[Record]:
         raise UserError(f"{path}: CSV lacks the column(s) {', '.join(missing)}; expected variant, seed, epoch, "
                         "mIoU, boundary_f1_mean, trimap_mIoU_mean and optional per-class columns")
     classes = [c for c in header if c not in ("variant", "seed", "epoch", *CSV_METRIC_COLUMNS)]
+    estimators = csv_estimators(raw)
     records = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{path}:{line}"
@@ -200,6 +227,7 @@ def load_csv(path: str | Path) -> list[Record]:
             metrics={m: _fraction(row[col], where, col, allow_nan=False) for col, m in CSV_METRIC_COLUMNS.items()},
             iou={c: _fraction(row[c], where, c, allow_nan=True) for c in classes},
             source=where,
+            estimators=estimators,
         ))
     if not records:
         raise UserError(f"{path}: the CSV has a header but no rows")
@@ -318,6 +346,22 @@ class Study:
         self.seeds = sorted({r.seed for r in self.records})
         self.epochs = sorted({r.epoch for r in self.records})
         self.classes = list(dict.fromkeys(c for r in self.records for c in r.iou))  # each once, first seen first
+        self.estimators = {m: name for r in self.records for m, name in r.estimators}  # metric -> not the toolkit's
+
+    def label(self, metric: str) -> str:
+        """A metric's label as every table, figure and console line shows it: "Boundary F1", or with the estimator
+        that computed it when that is not the toolkit's ("Boundary F1 (study's v0.1.0 estimator)")."""
+        name = self.estimators.get(metric)
+        return METRIC_LABELS[metric] if name is None else f"{METRIC_LABELS[metric]} ({name})"
+
+    @property
+    def caveats(self) -> list[str]:
+        """One line per estimator other than the toolkit's: "Boundary F1, Trimap IoU: computed by ...", for the
+        notes of the tables, the console and the figures (ESTIMATOR_CAVEATS)."""
+        by_name: dict[str, list[str]] = {}
+        for m, name in self.estimators.items():
+            by_name.setdefault(name, []).append(METRIC_LABELS[m])
+        return [f"{', '.join(labels)}: {ESTIMATOR_CAVEATS[name]}" for name, labels in by_name.items()]
 
     @classmethod
     def from_records(cls, records: list[Record]) -> "Study":

@@ -122,9 +122,9 @@ def global_metrics_table(study: Study, epoch: int, name: str, title: str) -> Tab
     header = ["variant", "n_seeds", "seeds"]
     md_header = ["variant", "n"]
     for m in METRICS:
-        lab = METRIC_LABELS[m]
+        lab = METRIC_LABELS[m]  # the CSV's columns keep their names; the Markdown's carry the estimator caveat
         header += [f"{lab} mean (%)", f"{lab} ±1.96·SE (%)", f"{lab} ±t·SE (%)", f"{lab} std (pp)"]
-        md_header += [f"{lab} ± 1.96·SE", f"{lab} ± t·SE"]
+        md_header += [f"{study.label(m)} ± 1.96·SE", f"{study.label(m)} ± t·SE"]
     rows, md_rows = [], []
     for g in study.groups:
         seeds = study.seeds_at(g, epoch)
@@ -136,7 +136,7 @@ def global_metrics_table(study: Study, epoch: int, name: str, title: str) -> Tab
             md_row += [pm(s.mean, s.half_normal), pm(s.mean, s.half_t)]
         rows.append(row)
         md_rows.append(md_row)
-    notes = [interval_note(study, epoch)] + seed_notes(study, epoch)
+    notes = [interval_note(study, epoch)] + seed_notes(study, epoch) + study.caveats
     return Table(name, title, header, rows, md_header, md_rows, notes)
 
 
@@ -160,9 +160,9 @@ def lambda_sweep_table(study: Study, epoch: int) -> Table | None:
     header = ["variant", "lambda_boundary", "n_seeds", "seeds"]
     md_header = ["variant", "λ_b", "n"]
     for m in METRICS:
-        lab = METRIC_LABELS[m]
+        lab = METRIC_LABELS[m]  # the CSV's columns keep their names; the Markdown's carry the estimator caveat
         header += [f"{lab} mean (%)", f"{lab} ±1.96·SE (%)", f"{lab} ±t·SE (%)", f"{lab} std (pp)"]
-        md_header += [f"{lab} ± 1.96·SE", f"{lab} ± t·SE"]
+        md_header += [f"{study.label(m)} ± 1.96·SE", f"{study.label(m)} ± t·SE"]
     rows, md_rows, notes = [], [], [interval_note(study, epoch)]
     for variant, points in sweep.items():
         best = {m: (-math.inf, None) for m in METRICS}
@@ -334,7 +334,7 @@ def significance_table(study: Study, epoch: int) -> Table:
         for (a, b, n, delta, t, p, ov_n, ov_t), ph in zip(tests, p_holm):
             sig = None if not np.isfinite(ph) else bool(ph < ALPHA)
             rows.append([METRIC_LABELS[m], f"{a} vs {b}", n, _p100(delta), t, p, ph, sig, ov_n, ov_t])
-            md_rows.append([METRIC_LABELS[m], f"{a} vs {b}", str(n), signed_pct(delta),
+            md_rows.append([study.label(m), f"{a} vs {b}", str(n), signed_pct(delta),
                             "n/a" if not np.isfinite(t) else f"{t:.2f}".replace("-", "−"),
                             "n/a" if not np.isfinite(p) else f"{p:.4f}",
                             "n/a" if not np.isfinite(ph) else f"{ph:.4f}",
@@ -343,7 +343,7 @@ def significance_table(study: Study, epoch: int) -> Table:
              f"within each metric's {len(pairs)} comparisons; significant = Holm p < {ALPHA}.",
              "The paper argued from non-overlapping 1.96·SE intervals; with n = 3 seeds that interval is 2.2× "
              "narrower than the t interval, and overlap/non-overlap is not a test.",
-             "n/a: fewer than 2 common seeds (no test; left out of the Holm family)."]
+             "n/a: fewer than 2 common seeds (no test; left out of the Holm family)."] + study.caveats
     return Table("table5_significance", f"Table 5 — significance at epoch {epoch}", header, rows, md_header,
                  md_rows, notes)
 
@@ -477,7 +477,7 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
             prev_leader = leader
             ranking = " > ".join(g for g, _ in order)
             rank_rows.append([METRIC_LABELS[m], e, n_min, ranking, leader, changed])
-            rank_md.append([METRIC_LABELS[m], f"{e}" + ("*" if n_min < full else ""),
+            rank_md.append([study.label(m), f"{e}" + ("*" if n_min < full else ""),
                             " > ".join(f"{g} {pct(mu)}" for g, mu in order), "←" if changed else ""])
         gaps = []
         group_c, group_b = study.group_of("C"), study.group_of("B")
@@ -490,19 +490,19 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
             gaps.append(c.mean - b.mean)
         final_leader = ranks[-1][1][0][0] if ranks else "n/a"
         sum_rows.append([METRIC_LABELS[m], final_leader, last_change, previous, _p100(gaps[0]), _p100(gaps[1])])
-        sum_md.append([METRIC_LABELS[m], final_leader,
+        sum_md.append([study.label(m), final_leader,
                        "never" if last_change is None else str(last_change),
                        previous or "—", signed_pct(gaps[0]), signed_pct(gaps[1])])
     notes = ["ranking by the mean over the seeds present at each epoch; the last leader change is the last "
              "evaluated epoch whose leader differs from the previous evaluated epoch's.",
-             "C−B gap = mean_C − mean_B (pp)."] + sweep_notes(study)
+             "C−B gap = mean_C − mean_B (pp)."] + sweep_notes(study) + study.caveats
     sum_md_header = ["metric", "final leader", "last leader change", "previous leader",
                      *(h.replace(" (pp)", "") for h in sum_header[4:])]
     summary = Table("crossover_summary", "Crossover — leader changes and the C−B gap", sum_header, sum_rows,
                     sum_md_header, sum_md, notes)
     detail = Table("crossover_rankings", "Ranking of the variants at every evaluated epoch (mean, %)",
                    rank_header, rank_rows, ["metric", "epoch", "ranking (best first)", "leader changed"], rank_md,
-                   ["* : at least one variant has fewer seeds at this epoch than in the whole study."])
+                   ["* : at least one variant has fewer seeds at this epoch than in the whole study."] + study.caveats)
     return summary, detail
 
 

@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,20 @@ def runs_tree(tmp_path) -> Path:
     return runs
 
 
+def test_one_variant_report_raises_no_library_warning(tmp_path):
+    """A first report has one variant (no Δ, no pair to test): no matplotlib/numpy/scipy warning may reach the
+    console (matplotlib's "No artists with labels found to put in legend" did, from the empty Δ panel)."""
+    runs = tmp_path / "runs"
+    for seed, offset in ((1, 0.0), (2, 0.02), (3, 0.04)):
+        write_result(runs, "A", seed, 10, 0.70 + offset)
+        write_result(runs, "A", seed, 20, 0.80 + offset)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert aggregate.main([str(runs), "--out", str(tmp_path / "report")]) == 0
+    assert [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught] == []
+    assert_png(tmp_path / "report" / "per_class_iou.png")
+
+
 def test_results_tree_end_to_end(runs_tree, tmp_path, capsys):
     out = tmp_path / "report"
     assert aggregate.main([str(runs_tree), "--out", str(out)]) == 0
@@ -343,6 +358,40 @@ def test_pilot_missing_seed_and_crossover(pilot):
     assert r2(cross["mIoU"]["C−B gap at epoch 10 (pp)"]) == 2.26
 
 
+V010 = "(study's v0.1.0 estimator)"
+
+
+def test_pilot_boundary_columns_carry_the_v010_caveat(seed_metrics, tmp_path, monkeypatch, capsys):
+    """pilot_results.csv's Boundary F1 / Trimap IoU come from the study's retracted v0.1.0 estimator
+    (reference/README.md): every place a report shows them says so; mIoU, and the official file, do not."""
+    import report.figures
+
+    figures, save = [], report.figures._save
+    monkeypatch.setattr(report.figures, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    assert aggregate.main(["--from-csv", str(seed_metrics / "pilot_results.csv"), "--out", str(tmp_path)]) == 0
+    console = capsys.readouterr().err
+    summary = (tmp_path / "summary.md").read_text()
+    headers = [line for line in summary.splitlines() if line.startswith("| variant | n |")]  # tables 1 and 2
+    assert len(headers) == 2
+    for header in headers:
+        assert f"Boundary F1 {V010} ± 1.96·SE" in header and f"Trimap IoU {V010} ± t·SE" in header
+        assert "mIoU ± 1.96·SE" in header  # mIoU is the toolkit's definition: unmarked
+    assert f"| Trimap IoU {V010} | A vs B |" in summary  # table 5 rows
+    assert "**Caveat.** Boundary F1, Trimap IoU: computed by the original study's first (v0.1.0) estimator" in summary
+    assert "caveat: Boundary F1, Trimap IoU: computed by the original study's first (v0.1.0)" in console
+    assert "v0.1.0" in console[console.index("Table 1"):]  # the printed table's header (wrapped by rich)
+    titles = [ax.get_title() for fig in figures for ax in fig.axes]
+    assert f"Boundary F1 {V010}" in titles and f"Trimap IoU {V010}, epochs ≥ 80" in titles and "mIoU" in titles
+    notes = [t.get_text() for fig in figures for t in fig.texts]
+    assert any("v0.1.0" in n and "retracted" in n for n in notes)
+    # known by its content, not its name: a copy elsewhere, with Windows line ends, is still v0.1.0's
+    copy = tmp_path / "mine.csv"
+    copy.write_bytes((seed_metrics / "pilot_results.csv").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    assert Study.from_records(load_csv(copy)).label("trimap_iou") == f"Trimap IoU {V010}"
+    official = Study.from_records(load_csv(seed_metrics / "pilot_results_official.csv"))
+    assert official.caveats == [] and official.label("boundary_f1") == "Boundary F1"
+
+
 def test_official_per_class_deltas(official):
     t3 = by(read_csv(official / "table3_per_class_iou.csv"), "class")
     assert r2(t3["truck"]["Δ(D−B) (pp)"]) == 5.29
@@ -355,6 +404,22 @@ def test_official_per_class_deltas(official):
     assert extremes["top-1"]["class"] == "truck" and extremes["bottom-1"]["class"] == "traffic light"
     vol = (official / "summary.md").read_text()
     assert "most volatile overall: truck in B" in vol  # B's truck IoU spans 4.4 pp over seeds
+
+
+def test_per_class_chart_starts_at_zero(seed_metrics, tmp_path, monkeypatch):
+    """The official file's per-class IoUs lie in 52-98 %: bars from 52 % would make a 2 pp gap look like a 2×
+    one. The IoU axis starts at 0; the Δ panel below shows the gaps at their own scale."""
+    import report.figures
+
+    figures, save = [], report.figures._save
+    monkeypatch.setattr(report.figures, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    study = Study.from_records(load_csv(seed_metrics / "pilot_results_official.csv"))
+    assert min(v for r in study.records for v in r.iou.values()) > 0.5  # the data are far from 0
+    report.figures.plot_per_class(study, 160, tmp_path / "per_class_iou.png")
+    ax_iou, ax_delta = figures[0].axes
+    assert ax_iou.get_ylim() == (0.0, 100.0)
+    bottom, top = ax_delta.get_ylim()
+    assert top - bottom < 20  # the zoom: Δs of a few pp fill their panel
 
 
 def test_official_significance(official):

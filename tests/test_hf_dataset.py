@@ -306,6 +306,43 @@ def test_demo_hf_trains_and_evaluate_rebuilds_it_from_the_checkpoint(hf_root, hf
                   "--classes", str(tmp_path / "other.json"))
 
 
+def test_the_generators_train_hint_works_as_printed(tmp_path, capsys):
+    """`python -m data_utils.synthetic --format hf` prints the train.py command for what it wrote; with other
+    sizes than the demo-hf preset's own data, that command was refused ("synthetic.json: demo dataset was
+    generated with ..."). Run here as printed, plus one epoch, a small head and no W&B for speed."""
+    import shlex
+
+    from data_utils.synthetic import hf_train_command
+    from engine.config import DEMO_HF_PRESET
+
+    root = tmp_path / "my hf"  # a space: the printed path must survive the shell
+    assert synthetic_main(["--format", "hf", "--out", str(root), "--train", "4", "--val", "2", "--height", str(H),
+                           "--width", str(W)]) == 0
+    hint = capsys.readouterr().out.split("train on them: ", 1)[1].strip()
+    argv = shlex.split(hint)
+    assert argv[:2] == ["python", "train.py"]
+    assert run_flags(argv[2:], "--epochs", "1", "--out", str(tmp_path / "run"), "--no-wandb", "--head-channels",
+                     "32") == 0
+    assert (tmp_path / "run" / "checkpoints" / "epoch_0001.results.json").is_file()
+    # the crop both sizes hold (64x128 and 80x96 here); for the preset's own sizes, the preset's crop
+    assert second_size(H, W) == (80, 96) and hint.endswith("--crop-size 64 96")
+    crop = DEMO_HF_PRESET["crop_size"]
+    assert hf_train_command(Path("x"), 128, 256).endswith(f"--crop-size {crop[0]} {crop[1]}")
+
+
+def run_flags(argv: list[str], *flags: str) -> int:
+    """train.main on `argv` as a user would type it, in this process."""
+    import train
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    threads = torch.get_num_threads()  # train.main sets the preset's 1 thread: not for the tests after this one
+    try:
+        return train.main([*argv, *flags])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_150_classes_train_and_evaluate(tmp_path):
     """ADE20K's class count: `python -m data_utils.synthetic --format hf --num-classes 150` (the 19 classes at
     0, 7, ..., 126: three bit planes in the metrics), one epoch with loader workers, evaluate.py from the
