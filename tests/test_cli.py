@@ -331,3 +331,84 @@ def test_sweep_local_help_shows_the_extra_flags_form_and_index_5_prints_5_of_12(
     sweep = str(Path(__file__).resolve().parents[1] / "sweep.yaml")
     assert sweep_local.main([sweep, "--dry-run", "--index", "5"]) == 0
     assert capsys.readouterr().out.startswith("[5/12] ")
+
+
+# ------------------------------------------------------------- eight common mistakes: one line, exit 2, before torch
+# name: (argv, the error line's start); {tmp} is a test folder, {root} a Cityscapes-layout root in it
+MISTAKES = {
+    "missing data root": (["train.py", "--data-root", "{tmp}/cityscapes"],
+                          "error: {tmp}/cityscapes: Cityscapes root does not exist"),
+    "wrong classes file": (["train.py", "--data-root", "{root}", "--classes", "{tmp}/classes.json"],
+                           "error: {tmp}/classes.json: not a readable JSON classes file"),
+    "missing checkpoint": (["evaluate.py", "{tmp}/runs/C_seed42"],
+                           "error: {tmp}/runs/C_seed42: no such checkpoint or run folder"),
+    "bad config file": (["train.py", "--config", "{tmp}/c.yaml"],
+                        "error: {tmp}/c.yaml: cannot read the config file (ParserError: expected ',' or ']'"),
+    "unknown flag": (["train.py", "--epoch", "2"],
+                     "train.py: error: unrecognized arguments: --epoch 2; did you mean --epochs?"),
+    "unknown variant": (["train.py", "--variant", "E"], "train.py: error: argument --variant: invalid choice: 'E'"),
+    "bad number": (["train.py", "--lr", "fast"], "train.py: error: argument --lr: invalid float value: 'fast'"),
+    "missing sdt cache": (["train.py", "--data-root", "{root}", "--sdt-source", "cache", "--sdt-cache", "{tmp}/sdt"],
+                          "error: {tmp}/sdt: no such SDT cache folder (--sdt-cache)"),
+}
+# The same early path checks in the other entry scripts
+OTHER_SCRIPTS = {
+    "predict: missing checkpoint": (["predict.py", "{tmp}/ckpt", "{tmp}/x.png", "--out", "{tmp}/o"],
+                                    "error: {tmp}/ckpt: no such checkpoint or run folder"),
+    "precompute_sdt: missing data root": (["precompute_sdt.py", "--data-root", "{tmp}/cityscapes", "--out", "{tmp}/o"],
+                                          "error: {tmp}/cityscapes: Cityscapes root does not exist"),
+    "precompute_sdt: missing classes file": (["precompute_sdt.py", "--data-root", "{root}", "--classes",
+                                              "{tmp}/absent.json", "--out", "{tmp}/o"],
+                                             "error: {tmp}/absent.json: classes file not found"),
+    "evaluate: missing --data-root": (["evaluate.py", "{tmp}/runs", "--data-root", "{tmp}/cityscapes"],
+                                      "error: {tmp}/cityscapes: Cityscapes root does not exist"),
+    "evaluate: missing --veto": (["evaluate.py", "--consensus", "{tmp}/runs", "--veto", "{tmp}/runs/B"],
+                                 "error: {tmp}/runs/B: no such checkpoint or run folder"),
+    "train: missing --hf-dataset folder": (["train.py", "--hf-dataset", "{tmp}/hf"], "error: {tmp}/hf: no such folder"),
+    "train: --hf-dataset a file": (["train.py", "--hf-dataset", "{tmp}/c.yaml"], "error: {tmp}/c.yaml: not a folder"),
+}
+
+
+@pytest.fixture
+def mistake(tmp_path):
+    """`mistake(argv, line)` -> (argv, line) with {tmp} and {root} filled in, the files they name made."""
+    (tmp_path / "root" / "leftImg8bit").mkdir(parents=True)
+    (tmp_path / "root" / "gtFine").mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "classes.json").write_text('["road", "car"')  # a bracket short
+    (tmp_path / "c.yaml").write_text("seed: [1\n")
+
+    def fill(argv, line):
+        values = {"tmp": tmp_path, "root": tmp_path / "root"}
+        return [a.format(**values) for a in argv], line.format(**values)
+    return fill
+
+
+@pytest.mark.parametrize("name", [*MISTAKES, *OTHER_SCRIPTS])
+def test_a_common_mistake_is_one_line_and_exit_2_before_torch_loads(name, mistake, python_imports):
+    """Bad paths answered at parse_args_first (utils.fileio), not after ~5 s (30 s on a busy node) of imports."""
+    argv, line = mistake(*{**MISTAKES, **OTHER_SCRIPTS}[name])
+    result, modules = python_imports(*argv)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith(line), result.stderr
+    assert result.stdout == ""
+    assert not modules & HEAVY, f"{name}: imported {sorted(modules & HEAVY)} before the error"
+
+
+@pytest.mark.parametrize("name", MISTAKES)
+def test_a_common_mistake_under_a_two_process_launch_is_one_line_and_exit_2(name, mistake):
+    """engine.launch (accelerate launch with the scripts' exit codes) on 2 gloo processes: each process meets the
+    mistake, one prints it (utils.fileio.print_error), no launcher traceback, table or warning, exit code 2."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv, line = mistake(*MISTAKES[name])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run([sys.executable, "-m", "engine.launch", "--multi_gpu", "--num_processes", "2", *argv],
+                            cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), result.stdout + result.stderr
