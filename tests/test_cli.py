@@ -412,3 +412,23 @@ def test_a_common_mistake_under_a_two_process_launch_is_one_line_and_exit_2(name
     assert result.returncode == EXIT_BAD_INPUT, result.stderr
     lines = (result.stdout + result.stderr).splitlines()
     assert len(lines) == 1 and lines[0].startswith(line), result.stdout + result.stderr
+
+
+def test_engine_launch_passes_success_through_and_a_crash_keeps_code_1_and_its_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    launch = [sys.executable, "-m", "engine.launch"]
+    done = subprocess.run([*launch, "--cpu", "train.py", "--preset", "demo", "--print-config"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "backbone: convnextv2_atto" in done.stdout, done.stderr
+    assert "values were not passed" not in done.stderr  # the toolkit's launch defaults
+    (tmp_path / "crash.py").write_text("raise RuntimeError('a bug')\n")
+    crash = subprocess.run([*launch, "--multi_gpu", "--num_processes", "2", str(tmp_path / "crash.py")], cwd=root,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert crash.returncode == 1
+    assert "RuntimeError: a bug" in crash.stderr and "Root Cause" in crash.stderr  # the traceback and the table
