@@ -478,7 +478,8 @@ def check_paths(cfg: TrainConfig) -> None:
     utils.fileio.parse_args_first, so a mistyped path answers at once): the dataset's folder (unless the demo
     makes it on first use) and classes file (data_utils.paths.check_data_paths), and the SDT cache folder when
     the loss reads one. Their contents are checked where they are read."""
-    check_data_paths(cfg.data_root, cfg.hf_dataset, cfg.classes, generated=cfg.demo_data)
+    classes_file = "" if cfg.class_names else cfg.classes  # recorded names win: the file is not read (DataSource)
+    check_data_paths(cfg.data_root, cfg.hf_dataset, classes_file, generated=cfg.demo_data)
     cache = Path(cfg.sdt_cache).expanduser()
     if cfg.sdt_source == "cache" and needs_sdt(cfg.loss_weights) and not cache.is_dir():
         raise UserError(f"{cache}: no such SDT cache folder (--sdt-cache); write it first: python precompute_sdt.py "

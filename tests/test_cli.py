@@ -432,3 +432,34 @@ def test_engine_launch_passes_success_through_and_a_crash_keeps_code_1_and_its_t
                            env=env, capture_output=True, text=True, timeout=120)
     assert crash.returncode == 1
     assert "RuntimeError: a bug" in crash.stderr and "Root Cause" in crash.stderr  # the traceback and the table
+
+
+def test_an_error_line_is_printed_at_once_by_the_first_process_and_late_by_the_others(monkeypatch, capsys):
+    """utils.fileio.print_error: LOCAL_RANK 0 (or none: plain python) prints at once; another process waits
+    LAUNCHED_ERROR_DELAY_S (the launcher stops it meanwhile when the first one met the same error), then prints:
+    an error only it meets is not lost."""
+    import time
+
+    from utils import fileio
+    monkeypatch.setattr(fileio, "LAUNCHED_ERROR_DELAY_S", 0.2)
+    for rank, delayed in ((None, False), ("0", False), ("1", True)):
+        if rank is None:
+            monkeypatch.delenv("LOCAL_RANK", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_RANK", rank)
+        start = time.perf_counter()
+        fileio.print_error("error: x")
+        assert (time.perf_counter() - start >= 0.2) == delayed, rank
+        assert capsys.readouterr().err == "error: x\n"
+
+
+def test_recorded_class_names_need_no_classes_file(tmp_path):
+    """A run's config.json records the class names; resuming it after its classes file moved works (DataSource
+    reads the recorded names first), so the early check does not ask for the file either."""
+    from engine.config import check_paths
+    (tmp_path / "leftImg8bit").mkdir()
+    (tmp_path / "gtFine").mkdir()
+    cfg, _ = parse_args(["--data-root", str(tmp_path), "--classes", str(tmp_path / "moved.json")])
+    with pytest.raises(UserError, match="moved.json: classes file not found"):
+        check_paths(cfg)
+    check_paths(dataclasses.replace(cfg, class_names=("road", "car")))
