@@ -1,7 +1,7 @@
 """The entry scripts' argparse parser: no silent abbreviations, and "did you mean ..." for a mistyped flag or choice.
 
     parser = ArgumentParser(description="...")   # what every entry script builds instead of argparse's
-    parser.parse_args(["--epoch", "2"])          # prog: error: unrecognized arguments: --epoch 2; did you mean --epochs?
+    parser.parse_args(["--epoch", "2"])  # prog: error: unrecognized arguments: --epoch 2; did you mean --epochs?
 
 argparse would take `--epoch 2` as `--epochs 2` (allow_abbrev): a typo of one flag can silently set another.
 """
