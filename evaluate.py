@@ -31,6 +31,8 @@ from pathlib import Path
 
 from data_utils.labels import THIN_CLASSES
 from data_utils.options import UNLABELLED_SPLITS
+from data_utils.paths import check_data_paths
+from engine.checkpoint_paths import resolve_checkpoint
 from engine.config import add_data_source_flags
 from engine.inference_flags import add_inference_flags, inference_kwargs
 from metrics.consensus import REASSIGN_MODES
@@ -110,14 +112,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The checkpoints named exist (`resolve_checkpoint`), and so does the data folder given (torch-free: run by
+    utils.fileio.parse_args_first before torch loads)."""
+    for given in (args.checkpoint, args.consensus, args.veto):
+        if given is not None:
+            resolve_checkpoint(given)
+    if args.data_root or args.hf_dataset:
+        check_data_paths(args.data_root, args.hf_dataset)
+
+
 if __name__ == "__main__":
-    parse_args_first(parse_args)  # --help and rejected flags answer here, before torch & co. load (~5 s)
+    # --help, rejected flags and missing files answer here, before torch & co. load (~5 s, 30 s on a busy node)
+    parse_args_first(parse_args, check_paths)
 
 from rich.console import Console
 from rich.progress import Progress
 
 from engine.batch_eval import evaluate_all, find_checkpoints, pending_reason
-from engine.checkpoint import resolve_checkpoint
 from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint
 from engine.consensus import consensus_pairings, consensus_table, evaluate_consensus_pair
 from engine.inference import Inference

@@ -28,6 +28,7 @@ import time
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
+from data_utils.paths import check_data_paths
 from engine.config import add_data_source_flags
 from utils import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, free_space, human_bytes, make_output_dir,
                    parse_args_first, run_main)
@@ -56,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    parse_args_first(parse_args)  # --help and rejected flags answer before torch & co. load
+    # --help, rejected flags and missing files answer before torch & co. load
+    parse_args_first(parse_args, lambda args: check_data_paths(args.data_root, args.hf_dataset, args.classes))
 
 import numpy as np
 from rich.console import Console

@@ -20,13 +20,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine.checkpoint_paths import resolve_checkpoint
 from engine.inference_flags import add_inference_flags, inference_kwargs, pair
+from utils.cli import ArgumentParser
 from utils.fileio import EXIT_PARTIAL_FAILURE, parse_args_first, run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (recursive) or globs")
     parser.add_argument("--out", type=Path, metavar="DIR", help="where the outputs go (mirrors input sub-folders)")
@@ -54,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    parse_args_first(parse_args)  # --help and rejected flags answer here, before torch & co. load
+    # --help, rejected flags and a missing checkpoint answer here, before torch & co. load
+    parse_args_first(parse_args, lambda args: resolve_checkpoint(args.checkpoint))
 
 import torch
 from rich.console import Console
@@ -63,7 +66,6 @@ from rich.markup import escape
 from data_utils.image_files import find_images
 from engine.checkpoint_eval import load_checkpoint
 from engine.inference import Inference
-from engine.checkpoint import resolve_checkpoint
 from engine.predict_images import METRICS_FILE, predict_images, write_metrics
 from utils import make_output_dir
 

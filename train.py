@@ -17,11 +17,12 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 
-from engine.config import extension_note, load_config, parse_args, save_config
+from engine.config import check_paths, extension_note, load_config, parse_args, save_config
 from utils.fileio import EXIT_INTERRUPTED, UserError, make_output_dir, parse_args_first, run_main
 
 if __name__ == "__main__":
-    parse_args_first(parse_args)  # --help and rejected flags answer here, before torch & co. load (~5 s)
+    # --help, rejected flags and missing files answer here, before torch & co. load (~5 s, 30 s on a busy node)
+    parse_args_first(parse_args, lambda parsed: check_paths(parsed[0]))
 
 import torch
 from rich.console import Console

@@ -26,9 +26,8 @@ from pathlib import Path
 import datasets
 
 from data_utils.layout import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, LABEL_SUFFIX, image_path, label_path
+from data_utils.paths import resolve_data_root  # noqa: F401 (re-exported)
 from utils import UserError
-
-ENV_VAR = "CITYSCAPES_DATASET"  # cityscapesScripts' convention for the dataset root
 
 FEATURES = datasets.Features(
     {
@@ -38,28 +37,6 @@ FEATURES = datasets.Features(
         "label_path": datasets.Value("string"),  # absolute path of the *_gtFine_labelIds.png
     }
 )
-
-
-def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
-    """The dataset root: the argument if given, else `$CITYSCAPES_DATASET`, else a `UserError`.
-
-    The folder must exist and hold `leftImg8bit/` and `gtFine/`. Returns the resolved absolute path.
-    """
-    if data_root is None or str(data_root) == "":
-        env = os.environ.get(ENV_VAR, "")
-        if not env:
-            raise UserError(f"no Cityscapes root given: pass --data-root DIR or set {ENV_VAR}=DIR "
-                            "(the folder holding leftImg8bit/ and gtFine/)")
-        data_root = env
-    root = Path(data_root).expanduser().resolve()
-    if not root.is_dir():
-        raise UserError(f"{root}: Cityscapes root does not exist; pass --data-root DIR or set {ENV_VAR} "
-                        "to the folder holding leftImg8bit/ and gtFine/")
-    for sub in (IMAGE_DIR, LABEL_DIR):
-        if not (root / sub).is_dir():
-            raise UserError(f"{root / sub}: missing; a Cityscapes root holds leftImg8bit/ and gtFine/ "
-                            "(unpack leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip there)")
-    return root
 
 
 def _available_splits(root: Path) -> list[str]:

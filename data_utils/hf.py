@@ -19,7 +19,6 @@ Arrow on disk and is never materialised in memory.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import datasets
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from data_utils.classes import ClassTable, names_from_json
+from data_utils.paths import hf_dataset_kind
 from utils import UserError
 from utils.conventions import IGNORE_INDEX
 
@@ -37,25 +37,18 @@ _REDUCE_FIX = ("give a classes file listing every class (--classes FILE), or --r
 
 def open_hf_dataset(name_or_path: str) -> datasets.DatasetDict:
     """The dataset's splits as a DatasetDict (see the module docstring for the three forms); UserError naming it."""
+    kind = hf_dataset_kind(name_or_path)  # a path that cannot be a dataset: UserError
     path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"{path}: not a folder; pass a folder written by save_to_disk or holding parquet files")
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            try:
-                loaded = datasets.load_from_disk(str(path))
-            except (OSError, ValueError, json.JSONDecodeError) as e:
-                raise UserError(f"{path}: cannot load the saved dataset ({e}); save it again with save_to_disk") \
-                    from None
-            if isinstance(loaded, datasets.Dataset):
-                loaded = datasets.DatasetDict({str(loaded.split or "train"): loaded})
-            return loaded
-        if next(path.rglob("*.parquet"), None) is not None:
-            return datasets.load_dataset("parquet", data_dir=str(path))
-        raise UserError(f"{path}: holds neither a save_to_disk dataset (dataset_dict.json, state.json) nor parquet "
-                        "files; pass such a folder or a hub dataset name")
-    if name_or_path.startswith((".", "/", "~")) or os.sep + os.sep in name_or_path:
-        raise UserError(f"{path}: no such folder; pass an existing dataset folder or a hub dataset name")
+    if kind == "saved":
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}: cannot load the saved dataset ({e}); save it again with save_to_disk") from None
+        if isinstance(loaded, datasets.Dataset):
+            loaded = datasets.DatasetDict({str(loaded.split or "train"): loaded})
+        return loaded
+    if kind == "parquet":
+        return datasets.load_dataset("parquet", data_dir=str(path))
     if datasets.config.HF_HUB_OFFLINE:
         raise UserError(f"{name_or_path}: no such local folder, and hub dataset names cannot be loaded offline "
                         "(HF_HUB_OFFLINE is set); load it once online, or save_to_disk it and pass the folder")

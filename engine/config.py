@@ -24,7 +24,8 @@ from typing import get_type_hints
 import yaml
 
 from data_utils.options import AUGMENT_PLACES, SDT_SOURCES
-from losses.registry import TERMS, recipe_slug, term_params
+from data_utils.paths import check_data_paths
+from losses.registry import TERMS, needs_sdt, recipe_slug, term_params
 from losses.schedule import SCHEDULE_KINDS, check_boundary_schedule
 from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, LAMBDA_DICE, LOSS_WEIGHTS,
                              resolve_loss, variant_summary)
@@ -377,6 +378,10 @@ def read_config_file(path: str | Path) -> dict:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except FileNotFoundError:
         raise UserError(f"{path}: no such config file (--config)") from None
+    except yaml.MarkedYAMLError as e:  # its message spans lines: the problem and where, in one
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: cannot read the config file ({type(e).__name__}: {e.problem}{where})") from None
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
         raise UserError(f"{path}: cannot read the config file ({type(e).__name__}: {e})") from None
     if data is None:
@@ -466,6 +471,19 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.class_palette and len(cfg.class_palette) != len(cfg.class_names):
         raise UserError(f"--class-palette has {len(cfg.class_palette)} colours for {len(cfg.class_names)} "
                         "--class-names; give one per class")
+
+
+def check_paths(cfg: TrainConfig) -> None:
+    """The files and folders `cfg` reads exist (torch-free: train.py runs it before its heavy imports, through
+    utils.fileio.parse_args_first, so a mistyped path answers at once): the dataset's folder (unless the demo
+    makes it on first use) and classes file (data_utils.paths.check_data_paths), and the SDT cache folder when
+    the loss reads one. Their contents are checked where they are read."""
+    classes_file = "" if cfg.class_names else cfg.classes  # recorded names win: the file is not read (DataSource)
+    check_data_paths(cfg.data_root, cfg.hf_dataset, classes_file, generated=cfg.demo_data)
+    cache = Path(cfg.sdt_cache).expanduser()
+    if cfg.sdt_source == "cache" and needs_sdt(cfg.loss_weights) and not cache.is_dir():
+        raise UserError(f"{cache}: no such SDT cache folder (--sdt-cache); write it first: python precompute_sdt.py "
+                        f"--split {cfg.train_split} --out {cfg.sdt_cache} with this run's data flags")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

@@ -331,3 +331,135 @@ def test_sweep_local_help_shows_the_extra_flags_form_and_index_5_prints_5_of_12(
     sweep = str(Path(__file__).resolve().parents[1] / "sweep.yaml")
     assert sweep_local.main([sweep, "--dry-run", "--index", "5"]) == 0
     assert capsys.readouterr().out.startswith("[5/12] ")
+
+
+# ------------------------------------------------------------- eight common mistakes: one line, exit 2, before torch
+# name: (argv, the error line's start); {tmp} is a test folder, {root} a Cityscapes-layout root in it
+MISTAKES = {
+    "missing data root": (["train.py", "--data-root", "{tmp}/cityscapes"],
+                          "error: {tmp}/cityscapes: Cityscapes root does not exist"),
+    "wrong classes file": (["train.py", "--data-root", "{root}", "--classes", "{tmp}/classes.json"],
+                           "error: {tmp}/classes.json: not a readable JSON classes file"),
+    "missing checkpoint": (["evaluate.py", "{tmp}/runs/C_seed42"],
+                           "error: {tmp}/runs/C_seed42: no such checkpoint or run folder"),
+    "bad config file": (["train.py", "--config", "{tmp}/c.yaml"],
+                        "error: {tmp}/c.yaml: cannot read the config file (ParserError: expected ',' or ']'"),
+    "unknown flag": (["train.py", "--epoch", "2"],
+                     "train.py: error: unrecognized arguments: --epoch 2; did you mean --epochs?"),
+    "unknown variant": (["train.py", "--variant", "E"], "train.py: error: argument --variant: invalid choice: 'E'"),
+    "bad number": (["train.py", "--lr", "fast"], "train.py: error: argument --lr: invalid float value: 'fast'"),
+    "missing sdt cache": (["train.py", "--data-root", "{root}", "--sdt-source", "cache", "--sdt-cache", "{tmp}/sdt"],
+                          "error: {tmp}/sdt: no such SDT cache folder (--sdt-cache)"),
+}
+# The same early path checks in the other entry scripts
+OTHER_SCRIPTS = {
+    "predict: missing checkpoint": (["predict.py", "{tmp}/ckpt", "{tmp}/x.png", "--out", "{tmp}/o"],
+                                    "error: {tmp}/ckpt: no such checkpoint or run folder"),
+    "precompute_sdt: missing data root": (["precompute_sdt.py", "--data-root", "{tmp}/cityscapes", "--out", "{tmp}/o"],
+                                          "error: {tmp}/cityscapes: Cityscapes root does not exist"),
+    "precompute_sdt: missing classes file": (["precompute_sdt.py", "--data-root", "{root}", "--classes",
+                                              "{tmp}/absent.json", "--out", "{tmp}/o"],
+                                             "error: {tmp}/absent.json: classes file not found"),
+    "evaluate: missing --data-root": (["evaluate.py", "{tmp}/runs", "--data-root", "{tmp}/cityscapes"],
+                                      "error: {tmp}/cityscapes: Cityscapes root does not exist"),
+    "evaluate: missing --veto": (["evaluate.py", "--consensus", "{tmp}/runs", "--veto", "{tmp}/runs/B"],
+                                 "error: {tmp}/runs/B: no such checkpoint or run folder"),
+    "train: missing --hf-dataset folder": (["train.py", "--hf-dataset", "{tmp}/hf"], "error: {tmp}/hf: no such folder"),
+    "train: --hf-dataset a file": (["train.py", "--hf-dataset", "{tmp}/c.yaml"], "error: {tmp}/c.yaml: not a folder"),
+}
+
+
+@pytest.fixture
+def mistake(tmp_path):
+    """`mistake(argv, line)` -> (argv, line) with {tmp} and {root} filled in, the files they name made."""
+    (tmp_path / "root" / "leftImg8bit").mkdir(parents=True)
+    (tmp_path / "root" / "gtFine").mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "classes.json").write_text('["road", "car"')  # a bracket short
+    (tmp_path / "c.yaml").write_text("seed: [1\n")
+
+    def fill(argv, line):
+        values = {"tmp": tmp_path, "root": tmp_path / "root"}
+        return [a.format(**values) for a in argv], line.format(**values)
+    return fill
+
+
+@pytest.mark.parametrize("name", [*MISTAKES, *OTHER_SCRIPTS])
+def test_a_common_mistake_is_one_line_and_exit_2_before_torch_loads(name, mistake, python_imports):
+    """Bad paths answered at parse_args_first (utils.fileio), not after ~5 s (30 s on a busy node) of imports."""
+    argv, line = mistake(*{**MISTAKES, **OTHER_SCRIPTS}[name])
+    result, modules = python_imports(*argv)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith(line), result.stderr
+    assert result.stdout == ""
+    assert not modules & HEAVY, f"{name}: imported {sorted(modules & HEAVY)} before the error"
+
+
+@pytest.mark.parametrize("name", MISTAKES)
+def test_a_common_mistake_under_a_two_process_launch_is_one_line_and_exit_2(name, mistake):
+    """engine.launch (accelerate launch with the scripts' exit codes) on 2 gloo processes: each process meets the
+    mistake, one prints it (utils.fileio.print_error), no launcher traceback, table or warning, exit code 2."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv, line = mistake(*MISTAKES[name])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run([sys.executable, "-m", "engine.launch", "--multi_gpu", "--num_processes", "2", *argv],
+                            cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), result.stdout + result.stderr
+
+
+def test_engine_launch_passes_success_through_and_a_crash_keeps_code_1_and_its_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    launch = [sys.executable, "-m", "engine.launch"]
+    done = subprocess.run([*launch, "--cpu", "train.py", "--preset", "demo", "--print-config"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "backbone: convnextv2_atto" in done.stdout, done.stderr
+    assert "values were not passed" not in done.stderr  # the toolkit's launch defaults
+    (tmp_path / "crash.py").write_text("raise RuntimeError('a bug')\n")
+    crash = subprocess.run([*launch, "--multi_gpu", "--num_processes", "2", str(tmp_path / "crash.py")], cwd=root,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert crash.returncode == 1
+    assert "RuntimeError: a bug" in crash.stderr and "Root Cause" in crash.stderr  # the traceback and the table
+
+
+def test_an_error_line_is_printed_at_once_by_the_first_process_and_late_by_the_others(monkeypatch, capsys):
+    """utils.fileio.print_error: LOCAL_RANK 0 (or none: plain python) prints at once; another process waits
+    LAUNCHED_ERROR_DELAY_S (the launcher stops it meanwhile when the first one met the same error), then prints:
+    an error only it meets is not lost."""
+    import time
+
+    from utils import fileio
+    monkeypatch.setattr(fileio, "LAUNCHED_ERROR_DELAY_S", 0.2)
+    for rank, delayed in ((None, False), ("0", False), ("1", True)):
+        if rank is None:
+            monkeypatch.delenv("LOCAL_RANK", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_RANK", rank)
+        start = time.perf_counter()
+        fileio.print_error("error: x")
+        assert (time.perf_counter() - start >= 0.2) == delayed, rank
+        assert capsys.readouterr().err == "error: x\n"
+
+
+def test_recorded_class_names_need_no_classes_file(tmp_path):
+    """A run's config.json records the class names; resuming it after its classes file moved works (DataSource
+    reads the recorded names first), so the early check does not ask for the file either."""
+    from engine.config import check_paths
+    (tmp_path / "leftImg8bit").mkdir()
+    (tmp_path / "gtFine").mkdir()
+    cfg, _ = parse_args(["--data-root", str(tmp_path), "--classes", str(tmp_path / "moved.json")])
+    with pytest.raises(UserError, match="moved.json: classes file not found"):
+        check_paths(cfg)
+    check_paths(dataclasses.replace(cfg, class_names=("road", "car")))

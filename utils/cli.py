@@ -1,7 +1,7 @@
 """The entry scripts' argparse parser: no silent abbreviations, and "did you mean ..." for a mistyped flag or choice.
 
     parser = ArgumentParser(description="...")   # what every entry script builds instead of argparse's
-    parser.parse_args(["--epoch", "2"])          # error: unrecognized arguments: --epoch 2; did you mean --epochs?
+    parser.parse_args(["--epoch", "2"])  # prog: error: unrecognized arguments: --epoch 2; did you mean --epochs?
 
 argparse would take `--epoch 2` as `--epochs 2` (allow_abbrev): a typo of one flag can silently set another.
 """
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from collections.abc import Iterable
+
+from utils.fileio import EXIT_BAD_INPUT, print_error
 
 
 def did_you_mean(word: str, options: Iterable[str], count: int = 3, cutoff: float = 0.6) -> str:
@@ -51,7 +54,9 @@ def any_case(choices: Iterable[str]):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser with `allow_abbrev=False` and a close-match hint on an unknown flag or choice."""
+    """argparse's parser with `allow_abbrev=False`, a close-match hint on an unknown flag or choice, and a
+    rejected flag answered in one line (`prog: error: ...`, no usage block: --help shows it), once per machine
+    under a launcher (utils.fileio.print_error), exit 2."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
@@ -63,6 +68,10 @@ class ArgumentParser(argparse.ArgumentParser):
             first = next((e.split("=", 1)[0] for e in extras if e.startswith("-")), "")
             self.error(f"unrecognized arguments: {' '.join(extras)}{flag_hint(first, flags) if first else ''}")
         return namespace
+
+    def error(self, message: str):
+        print_error(f"{self.prog}: error: {message}")
+        sys.exit(EXIT_BAD_INPUT)
 
     def _check_value(self, action, value):  # argparse's hook for `choices` (the same message, plus the hint)
         if action.choices is not None and value not in action.choices:

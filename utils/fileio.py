@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -56,7 +57,8 @@ def run_main(main) -> None:
       `main()` returns it; a rerun redoes only what failed.
     - 2 (`EXIT_BAD_INPUT`): bad input. A `UserError` (also one raised in a DataLoader worker), or a write that
       failed on a full disk, becomes one `error: <file>: <reason>; <fix>` line on stderr, no traceback;
-      argparse exits with 2 for a bad flag too.
+      argparse exits with 2 for a bad flag too. Under a launcher, once per machine (`print_error`); through
+      `python -m engine.launch` the launch exits with the same codes.
     - 130 (`EXIT_INTERRUPTED`): Ctrl-C, one `interrupted` line (train.py prints where to resume first).
     - 1: an unexpected error (a crash), with Python's traceback (a bug to report); nothing else exits with 1.
     """
@@ -70,16 +72,36 @@ def _exit_codes():
     try:
         yield
     except UserError as e:
-        print(f"error: {user_message(e)}", file=sys.stderr)
+        print_error(f"error: {user_message(e)}")
         sys.exit(EXIT_BAD_INPUT)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not e.filename:
             raise
-        print(f"error: {e.filename}: {e.strerror}; {disk_full_advice(e.filename)}", file=sys.stderr)
+        print_error(f"error: {e.filename}: {e.strerror}; {disk_full_advice(e.filename)}")
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:  # Ctrl-C outside a script's own handler: no traceback, the shell's code 130
-        print("interrupted", file=sys.stderr)
+        if is_local_main_process():  # Ctrl-C reaches every process of a launch: one line
+            print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+# Under a launcher (accelerate launch, torchrun) every process of a machine meets the same bad flag or file at
+# once; the first process (LOCAL_RANK 0) prints it. The others wait this long first: when the first one exits,
+# the launcher stops them, so the line comes once; an error only they meet is still printed, this much later.
+LAUNCHED_ERROR_DELAY_S = 5.0
+
+
+def is_local_main_process() -> bool:
+    """Whether this is the first process on its machine: LOCAL_RANK (set by torchrun and accelerate launch for
+    each process they start) is 0, or unset (a plain `python script.py`)."""
+    return os.environ.get("LOCAL_RANK", "0") in ("", "0")
+
+
+def print_error(line: str) -> None:
+    """Print an error line on stderr, once per machine under a launcher (`LAUNCHED_ERROR_DELAY_S`)."""
+    if not is_local_main_process():
+        time.sleep(LAUNCHED_ERROR_DELAY_S)
+    print(line, file=sys.stderr, flush=True)
 
 
 def human_bytes(n: float) -> str:
@@ -121,15 +143,19 @@ def make_output_dir(path: str | os.PathLike, flag: str) -> Path:
     return path
 
 
-def parse_args_first(parse_args) -> None:
+def parse_args_first(parse_args, check_paths=None) -> None:
     """For an entry script run as a program: parse and validate `sys.argv[1:]` before its heavy imports.
 
     Called between an entry script's light imports and `import torch`, so `--help` and every rejected flag
     answer at once, with `run_main`'s exit codes (argparse exits by itself; a UserError from validation
-    becomes the one `error:` line). `main()` parses the same argv again, which takes milliseconds.
+    becomes the one `error:` line). `check_paths(parsed)`, given what `parse_args` returned, checks that the
+    files and folders named exist (cheap, torch-free checks; the full ones run where the files are read), so a
+    mistyped path answers at once too. `main()` parses the same argv again, which takes milliseconds.
     """
     with _exit_codes():
-        parse_args(sys.argv[1:])
+        parsed = parse_args(sys.argv[1:])
+        if check_paths is not None:
+            check_paths(parsed)
 
 
 class RenamedFlag(argparse.Action):

@@ -1,0 +1,85 @@
+"""Checkpoint folders by path, torch-free: their names, which are complete, and the folder a user means
+(`resolve_checkpoint`). evaluate.py and predict.py resolve their checkpoint arguments with it before torch loads
+(utils.fileio.parse_args_first), so a mistyped path answers at once; engine.checkpoint re-exports every name.
+
+    RUN/checkpoints/epoch_XXXX/   model.safetensors, meta.json, config.json (+ the accelerate state)
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from pathlib import Path
+
+from utils.fileio import UserError
+
+CHECKPOINTS = "checkpoints"
+WEIGHTS_NAME = "model.safetensors"
+CHECKPOINT_NAME = re.compile(r"^epoch_(\d{4,})$")  # a checkpoint folder; the group is its epoch
+
+
+def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"epoch_{epoch:04d}"
+
+
+def read_meta(ckpt: str | Path) -> dict | None:
+    """meta.json of a checkpoint folder, or None when absent/unreadable (not a complete checkpoint)."""
+    try:
+        meta = json.loads((Path(ckpt) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and "epoch" in meta else None
+
+
+def checkpoint_folders(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, folder) of every RUN/checkpoints/epoch_XXXX folder, complete or not, oldest first."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)), path) for path in folder.iterdir()
+                  if (m := CHECKPOINT_NAME.match(path.name)) and path.is_dir())
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders (name epoch_XXXX, weights and meta present), oldest first."""
+    return [path for _, path in checkpoint_folders(run_dir)
+            if (path / WEIGHTS_NAME).is_file() and read_meta(path) is not None]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder a user means by `path`: a checkpoint folder as is, a run folder (or its
+    checkpoints/ folder) its latest complete checkpoint. A path that does not exist is a UserError listing the
+    nearest existing checkpoints (difflib over those under its nearest existing parent folder)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint or run folder{_nearest_checkpoints(path)}")
+    run = path.parent if path.name == CHECKPOINTS else path
+    if path.is_dir() and not CHECKPOINT_NAME.match(path.name) and (run / CHECKPOINTS).is_dir():
+        complete = list_checkpoints(run)
+        if not complete:
+            raise UserError(f"{run}: a run folder without a complete checkpoint yet (RUN/{CHECKPOINTS}/epoch_XXXX "
+                            "holding model.safetensors and meta.json); train it first")
+        return complete[-1]
+    return path
+
+
+def _nearest_checkpoints(path: Path, count: int = 3) -> str:
+    """'; nearest existing checkpoints: A, B' for a `path` that does not exist ('' if none is near). A complete
+    checkpoint is as near as the closer of itself and its run folder (difflib's ratio), so a mistyped run folder
+    finds it; within a run the newest comes first. Searched: runs up to 5 folders below the nearest existing
+    parent folder of `path` (runs/<dataset>/<backbone>/<run> from the folder holding runs/)."""
+    parent = next((p for p in path.absolute().parents if p.is_dir()), None)
+    if parent is None or parent == Path("/"):
+        return ""
+    folders = sorted(f for depth in range(6) for f in parent.glob("/".join(["*"] * depth + [CHECKPOINTS])))
+    found = [ckpt for folder in folders for ckpt in reversed(list_checkpoints(folder.parent))]
+    given = str(path) if path.is_absolute() else os.path.normpath(path)
+    shown = [str(c) if path.is_absolute() else os.path.relpath(c) for c in found]
+
+    def nearness(text: str) -> float:
+        run = str(Path(text).parent.parent)
+        return max(difflib.SequenceMatcher(None, given, t).ratio() for t in (text, run))
+    scored = sorted(((nearness(t), t) for t in shown), key=lambda st: -st[0])
+    near = [t for score, t in scored[:count] if score >= 0.6]
+    return f"; nearest existing checkpoints: {', '.join(near)}" if near else ""
