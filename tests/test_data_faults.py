@@ -1,0 +1,123 @@
+"""Data and files that are wrong in ways the checks before the work did not see (issue 23 §3): a stale SDT
+cache, val frames of two sizes, an empty HF split, a crop larger than every frame, a per-image file over
+fewer images than its results, non-finite or bit-rotten checkpoint weights, a meta.json field of the wrong type.
+
+Each test names its row of docs/faults.md. Checkpoints are the tiny ones of tests/test_checkpoint.py
+(`_tiny_state`: saved without training) and tests/test_evaluate.py (`make_checkpoint`: random-init weights).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import evaluate
+from engine.checkpoint import (WEIGHTS_NAME, load_weights_into, read_meta, resume_checkpoint, resume_from,
+                               save_checkpoint)
+from engine.checkpoint_eval import load_checkpoint
+from tests.test_checkpoint import _one_step, _tiny_state
+from tests.test_evaluate import make_checkpoint, tiny_config
+from utils.fileio import EXIT_BAD_INPUT, UserError, run_main
+
+H, W = 64, 128
+
+
+def one_error_line(fn, capsys) -> str:
+    """Run `fn` under utils.run_main; the single line it printed on stderr (asserted to be one line, exit 2)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(fn)
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """4 train / 3 val synthetic frames at 64x128 in the Cityscapes layout (read only; copy to change)."""
+    from data_utils.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("data") / "tiny", num_train=4, num_val=3, height=H, width=W,
+                            progress=False)
+
+
+# -------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_with_a_nan_weight_is_refused_on_load_naming_the_tensor(tiny, tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "runs" / "A_seed1", 1, tiny_config(tiny))
+    state = load_file(ckpt / WEIGHTS_NAME)
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[5]
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, ckpt / WEIGHTS_NAME)  # written so (no checksum in this meta.json): the load must see it
+    line = one_error_line(lambda: evaluate.main([str(ckpt)]), capsys)
+    assert line == (f"error: {ckpt / WEIGHTS_NAME}: tensor {name} holds nan/inf; the checkpoint is unusable, use "
+                    "another epoch (or delete it: a run then resumes from its previous checkpoint)")
+    assert not list(ckpt.parent.glob("*.results.json"))  # nothing evaluated, nothing written
+    state[name].view(-1)[0] = float("inf")
+    save_file(state, ckpt / WEIGHTS_NAME)
+    with pytest.raises(UserError, match=f"tensor {name} holds nan/inf"):  # predict.py's load, the same function
+        load_checkpoint(ckpt)
+
+
+def _rot_tail(path: Path, count: int = 64) -> None:
+    """Same-size bit-rot: the last `count` bytes set to 0xff."""
+    data = bytearray(path.read_bytes())
+    data[-count:] = b"\xff" * count
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", [WEIGHTS_NAME, "optimizer.bin"])
+def test_bit_rot_in_a_checkpoint_is_refused_by_its_checksum_on_resume_and_evaluate(tmp_path, name):
+    accelerator, cfg, model, optimizer, progress = _tiny_state(tmp_path)
+    _one_step(model, optimizer)
+    progress.epoch, progress.step = 1, 3
+    ckpt = save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
+    assert set(read_meta(ckpt)["checksums"]) == {p.name for p in ckpt.iterdir()} - {"meta.json"}
+    size = (ckpt / name).stat().st_size
+    _rot_tail(ckpt / name)
+    assert (ckpt / name).stat().st_size == size
+    with pytest.raises(UserError, match=rf"^{ckpt / name}: does not match the sha256 checksum meta.json recorded"):
+        resume_from(accelerator, ckpt, progress)
+    if name == WEIGHTS_NAME:
+        with pytest.raises(UserError, match=rf"^{ckpt / name}: does not match the sha256 checksum"):
+            load_checkpoint(ckpt)
+
+
+def test_checkpoints_without_checksums_still_load_and_pruning_keeps_the_checksums_of_what_is_kept(tmp_path):
+    accelerator, cfg, model, optimizer, progress = _tiny_state(tmp_path)  # keep_states=1
+    _one_step(model, optimizer)
+    progress.epoch = 1
+    first = save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
+    progress.epoch = 2
+    second = save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
+    assert set(read_meta(first)["checksums"]) == {WEIGHTS_NAME, "config.json"}  # pruned to weights + config
+    load_checkpoint(first)
+    meta = read_meta(second)
+    del meta["checksums"]  # as saved before checksums existed
+    (second / "meta.json").write_text(json.dumps(meta))
+    progress.epoch = 0
+    assert resume_from(accelerator, second, progress)["epoch"] == 2 == progress.epoch
+
+
+def test_meta_json_field_of_the_wrong_type_is_one_line_in_evaluate_and_resume(tiny, tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "runs" / "A_seed1", 1, tiny_config(tiny))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    (ckpt / "meta.json").write_text(json.dumps({**meta, "epoch": "x"}))
+    line = one_error_line(lambda: evaluate.main([str(ckpt)]), capsys)
+    assert line == (f"error: {ckpt}: meta.json's `epoch` is \"x\", not an integer >= 0; the checkpoint is corrupt: "
+                    "copy it again or evaluate another epoch")
+
+    accelerator, cfg, model, optimizer, progress = _tiny_state(tmp_path / "resume")
+    progress.epoch = 1
+    ckpt = save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
+    good = read_meta(ckpt)
+    for field, value in (("epoch", "x"), ("num_processes", 0), ("training_state", "yes")):
+        (ckpt / "meta.json").write_text(json.dumps({**good, field: value}))
+        line = one_error_line(lambda: resume_checkpoint(cfg, num_processes=1), capsys)
+        assert line.startswith(f"error: {ckpt}: is incomplete (meta.json's `{field}` is {json.dumps(value)}, not ")
+        assert line.endswith("delete it to resume from scratch (no earlier checkpoint with training state), or pass "
+                             "another --out for a new run")
