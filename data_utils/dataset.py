@@ -336,7 +336,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return sdt.compute_sdt(train_ids, num_classes=self.num_classes, clip=self.sdt_clip)
         path = sdt_cache.sdt_cache_path(self.sdt_cache_dir, self.names[index])
         expected = (self.num_classes, *train_ids.shape)
-        return sdt_cache.read_sdt_file(path, expected_shape=expected, expected_clip=self.sdt_clip)
+        # labels: refused when made from other labels (a stale cache); the fingerprint costs ~1 ms a full frame
+        return sdt_cache.read_sdt_file(path, expected_shape=expected, expected_clip=self.sdt_clip, labels=train_ids)
 
     def __getitem__(self, index: int) -> dict:
         image, train_ids = self.frames.read(index)

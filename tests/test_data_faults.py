@@ -27,14 +27,16 @@ H, W = 64, 128
 
 
 def one_error_line(fn, capsys) -> str:
-    """Run `fn` under utils.run_main; the single line it printed on stderr (asserted to be one line, exit 2)."""
+    """Run `fn` under utils.run_main: exit 2, no traceback, and one `error:` line, the last on stderr (after
+    datasets' "Generating ... split" progress text, issue 23 §5); returns it."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         run_main(fn)
     assert exit_info.value.code == EXIT_BAD_INPUT
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and [line for line in lines if line.startswith("error:")] == lines[-1:], lines
+    return lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +123,49 @@ def test_meta_json_field_of_the_wrong_type_is_one_line_in_evaluate_and_resume(ti
         assert line.startswith(f"error: {ckpt}: is incomplete (meta.json's `{field}` is {json.dumps(value)}, not ")
         assert line.endswith("delete it to resume from scratch (no earlier checkpoint with training state), or pass "
                              "another --out for a new run")
+
+
+# ------------------------------------------------------------------------------------------------ SDT cache
+def test_stale_sdt_cache_from_other_labels_of_the_same_shape_is_refused_naming_the_frame(tiny, tmp_path, capsys):
+    """N36: a cache made by precompute_sdt.py from another dataset of the same frame size and names trained with
+    exit 0. train.py (the demo preset's loader workers, the cache read in them) stops with one line naming the
+    frame's file; the precompute_sdt.py rerun it names redoes the stale files, and training then runs."""
+    import precompute_sdt
+    from data_utils.synthetic import generate_dataset
+    from tests.tiny_training import run_train
+
+    other = generate_dataset(tmp_path / "other", num_train=4, num_val=3, height=H, width=W, seed=99, progress=False)
+    cache = tmp_path / "sdt"
+    made = ["--split", "train", "--out", str(cache), "--jobs", "1"]
+    assert precompute_sdt.main(["--data-root", str(other), *made]) == 0  # the other dataset's labels
+    flags = ("--variant", "C", "--epochs", "1", "--sdt-source", "cache", "--sdt-cache", str(cache),
+             "--num-workers", "2", "--batch-size", "2")
+    line = one_error_line(lambda: run_train(tiny, tmp_path / "run", *flags), capsys)
+    assert line.startswith(f"error: {cache}/") and ".sdt: made from other labels than this frame's" in line
+    assert line.endswith("remake it: rerun precompute_sdt.py for this split with this --out and the run's data "
+                         "flags (it redoes stale files)")
+    assert precompute_sdt.main(["--data-root", str(tiny), *made]) == 0
+    assert "4 written, 0 already valid" in capsys.readouterr().err  # every stale file redone
+    assert precompute_sdt.main(["--data-root", str(tiny), *made, "--verify"]) == 0
+    assert run_train(tiny, tmp_path / "run2", *flags) == 0  # (run/.lock: the failed run's workers until gc)
+
+
+def test_sdt_cache_of_format_version_1_is_refused_with_the_command_that_remakes_it(tiny, tmp_path):
+    import precompute_sdt
+    from data_utils.dataset import SegmentationDataset
+    from data_utils.cityscapes import load_split
+
+    cache = tmp_path / "sdt"
+    made = ["--data-root", str(tiny), "--split", "train", "--out", str(cache), "--jobs", "1"]
+    assert precompute_sdt.main(made) == 0
+    path = sorted(cache.rglob("*.sdt"))[0]
+    data = bytearray(path.read_bytes())
+    data[8:10] = (1).to_bytes(2, "little")  # as written before label fingerprints
+    path.write_bytes(bytes(data))
+    dataset = SegmentationDataset(load_split(tiny, "train"), sdt_source="cache", sdt_cache_dir=cache)
+    index = dataset.names.index(path.stem)
+    with pytest.raises(UserError, match=rf"^{path}: SDT cache format version 1 \(not tied to its labels\), this code "
+                                        r"reads version 2; remake the cache: rerun precompute_sdt.py"):
+        dataset[index]
+    assert precompute_sdt.main(made) == 0
+    assert dataset[index]["sdt"].shape == (dataset.num_classes, H, W)
