@@ -6,7 +6,7 @@ evaluates them (`engine.checkpoint_eval.evaluate_checkpoint`), one failure never
         ...
 
 A checkpoint is pending when its results file is missing, corrupt, for another split or metrics profile, lacks
-its per-image file, or predates the checkpoint's last save. With jobs > 1 the checkpoints are evaluated in
+its per-image file (or has one over another number of images), or predates the checkpoint's last save. With jobs > 1 the checkpoints are evaluated in
 spawned processes spread round-robin over the visible GPUs (or sharing the CPU); closing the generator
 (Ctrl-C in the caller) stops them at once (`stop_workers`).
 """
@@ -64,9 +64,11 @@ def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = 
     if not per_image.exists():
         return "no per-image statistics beside the results"
     try:
-        read_per_image(per_image)
+        covered = len(read_per_image(per_image)["names"])
     except UserError:
         return "corrupt per-image statistics, redoing"
+    if covered != record["num_images"]:  # aggregate.py would refuse it and send the user back here
+        return f"per-image statistics cover {covered} of the {record['num_images']} images of the results, redoing"
     meta = read_meta(ckpt) or {}
     if record.get("checkpoint_saved_at") != meta.get("saved_at"):
         return "checkpoint saved again since its evaluation"

@@ -169,3 +169,23 @@ def test_sdt_cache_of_format_version_1_is_refused_with_the_command_that_remakes_
         dataset[index]
     assert precompute_sdt.main(made) == 0
     assert dataset[index]["sdt"].shape == (dataset.num_classes, H, W)
+
+
+# ----------------------------------------------------------------------------------------- evaluate --all
+def test_per_image_file_over_fewer_images_than_its_results_is_redone_by_evaluate_all(tiny, tmp_path, capsys):
+    """A per_image.npz that is valid by itself but covers 2 of the 3 images: evaluate --all kept it and aggregate
+    refused it, sending the user back to evaluate: a loop. evaluate --all now redoes it."""
+    from engine.batch_eval import pending_reason
+    from metrics.per_image import per_image_path, read_per_image, subset, write_per_image
+
+    runs = tmp_path / "runs"
+    ckpt = make_checkpoint(runs / "A_seed1", 1, tiny_config(tiny))
+    assert evaluate.main(["--all", str(runs)]) == 0
+    full = read_per_image(per_image_path(ckpt))
+    write_per_image(per_image_path(ckpt), subset(full, [0, 2]))
+    assert pending_reason(ckpt, "val") == "per-image statistics cover 2 of the 3 images of the results, redoing"
+    capsys.readouterr()
+    assert evaluate.main(["--all", str(runs)]) == 0
+    assert "1 to evaluate" in capsys.readouterr().out
+    assert read_per_image(per_image_path(ckpt))["names"].tolist() == full["names"].tolist()
+    assert pending_reason(ckpt, "val") is None
