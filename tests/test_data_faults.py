@@ -189,3 +189,33 @@ def test_per_image_file_over_fewer_images_than_its_results_is_redone_by_evaluate
     assert "1 to evaluate" in capsys.readouterr().out
     assert read_per_image(per_image_path(ckpt))["names"].tolist() == full["names"].tolist()
     assert pending_reason(ckpt, "val") is None
+
+
+# ------------------------------------------------------------------------------------------- HF datasets
+@pytest.fixture(scope="module")
+def hf_empty_val(tmp_path_factory) -> dict[str, Path]:
+    """The same 2 train rows and an empty validation split, as save_to_disk writes them and as parquet files."""
+    import datasets
+    from data_utils.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("hf")
+    saved = generate_dataset(root / "saved", num_train=2, num_val=0, height=H, width=W, progress=False, format="hf")
+    train = datasets.load_from_disk(str(saved / "train"))
+    (root / "parquet" / "data").mkdir(parents=True)
+    train.to_parquet(str(root / "parquet" / "data" / "train-00000-of-00001.parquet"))
+    train.select([]).to_parquet(str(root / "parquet" / "data" / "validation-00000-of-00001.parquet"))
+    shutil.copy(saved / "id2label.json", root / "parquet")
+    return {"saved": saved, "parquet": root / "parquet"}
+
+
+@pytest.mark.parametrize("kind", ["saved", "parquet"])
+def test_hf_dataset_with_an_empty_validation_split_is_one_line(hf_empty_val, kind, tmp_path, capsys):
+    import train
+
+    path = hf_empty_val[kind]
+    argv = ["--preset", "demo", "--no-demo-data", "--no-wandb", "--hf-dataset", str(path), "--out",
+            str(tmp_path / "run"), "--epochs", "1"]
+    line = one_error_line(lambda: train.main(argv), capsys)
+    assert line == (f"error: {path}: split 'validation' has no rows; add frames to it, or leave it out of the dataset "
+                    "and train and evaluate on splits that have frames (--train-split / --val-split)")
+    assert not (tmp_path / "run").exists()
