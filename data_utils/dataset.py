@@ -28,6 +28,7 @@ Image path choices:
 from __future__ import annotations
 
 import multiprocessing
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -232,6 +233,30 @@ def crop_pad(array: np.ndarray, top: int, left: int, crop: tuple[int, int], fill
     return out
 
 
+HF_SIZE_SAMPLE = 32  # rows whose size `check_crop_size` reads in an HF dataset (each one decoded)
+
+
+def frame_sizes(frames, sample: int | None = None) -> Counter:
+    """{(H, W): number of frames} of a frame source, from `frames.label_size`: `PathFrames` read the PNG header
+    only (~0.03 ms a frame once cached), `HFFrames` decode the label, so give those a `sample`: that many rows,
+    evenly spaced, are read instead of all."""
+    n = len(frames)
+    indices = range(n) if sample is None or n <= sample else np.linspace(0, n - 1, sample).round().astype(int)
+    return Counter(tuple(frames.label_size(int(i))) for i in indices)
+
+
+def check_crop_size(crop: tuple[int, int], frames, where: str) -> None:
+    """Refuse a crop taller or wider than every frame (all but padding, and at --crop-size 100000 100000 a
+    MemoryError in a loader worker): a UserError saying the largest frame size. The sizes: `frame_sizes` of all
+    frames of a Cityscapes-layout split (headers), of `HF_SIZE_SAMPLE` rows of an HF dataset."""
+    sizes = frame_sizes(frames, sample=None if isinstance(frames, PathFrames) else HF_SIZE_SAMPLE)
+    largest = (max(h for h, _ in sizes), max(w for _, w in sizes))
+    if crop[0] > largest[0] or crop[1] > largest[1]:
+        raise UserError(f"--crop-size {crop[0]} {crop[1]}: larger than every frame of {where} (the largest is "
+                        f"{largest[0]}x{largest[1]}, HxW), so it would crop nothing and pad the rest; pass a crop of "
+                        f"at most {largest[0]} {largest[1]}, or 0 0 for native frames")
+
+
 def _column(records, key: str) -> list[str]:
     if hasattr(records, "column_names"):  # a datasets.Dataset: read the column once, not row by row
         return [str(v) for v in records[key]]
@@ -392,5 +417,5 @@ def collate_batch(items: Sequence[dict]) -> dict:
     return batch
 
 
-__all__ = ["PathFrames", "SegmentationDataset", "check_frame", "check_frames", "collate_batch", "crop_offset",
-           "crop_pad", "hflip_decision", "read_frame", "read_image", "read_label_ids"]
+__all__ = ["PathFrames", "SegmentationDataset", "check_crop_size", "check_frame", "check_frames", "collate_batch",
+           "crop_offset", "crop_pad", "frame_sizes", "hflip_decision", "read_frame", "read_image", "read_label_ids"]

@@ -219,3 +219,36 @@ def test_hf_dataset_with_an_empty_validation_split_is_one_line(hf_empty_val, kin
     assert line == (f"error: {path}: split 'validation' has no rows; add frames to it, or leave it out of the dataset "
                     "and train and evaluate on splits that have frames (--train-split / --val-split)")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------- frame sizes
+def test_val_frames_of_two_sizes_are_evaluated_one_per_batch(tiny, tmp_path):
+    """A Cityscapes-layout val split with frames of two sizes passed the check before training, then failed after
+    the whole first epoch suggesting --crop-size (which does not apply to val). The val loader now reads the PNG
+    headers and takes one frame per batch when they differ: the run trains and evaluates every val frame."""
+    from data_utils.synthetic import render_frame, second_size, write_frame
+    from engine.setup import build_dataloader
+    from tests.tiny_training import read_rows, run_train, _tiny_cfg
+
+    data = Path(shutil.copytree(tiny, tmp_path / "data"))
+    write_frame(data, "val", 1, *render_frame(0, "val", 1, *second_size(H, W)))  # 80x96 among 64x128 frames
+    cfg = _tiny_cfg(data_root=str(data), demo_data=False, batch_size=2)
+    assert build_dataloader(cfg, "val", train=False).batch_size == 1
+    assert build_dataloader(_tiny_cfg(data_root=str(tiny), demo_data=False, batch_size=2), "val",
+                            train=False).batch_size == 2  # one size: batches as before
+    assert run_train(data, tmp_path / "run", "--variant", "A", "--epochs", "1", "--batch-size", "2") == 0
+    assert read_rows(tmp_path / "run")[-1]["val/miou"] > 0
+
+
+def test_crop_larger_than_every_frame_is_one_line_before_any_work(tiny, tmp_path, capsys):
+    from tests.tiny_training import run_train
+
+    line = one_error_line(lambda: run_train(tiny, tmp_path / "run", "--epochs", "1", "--crop-size", "100000",
+                                            "100000"), capsys)
+    assert line == (f"error: --crop-size 100000 100000: larger than every frame of split 'train' of {tiny} (the "
+                    f"largest is {H}x{W}, HxW), so it would crop nothing and pad the rest; pass a crop of at most "
+                    f"{H} {W}, or 0 0 for native frames")
+    assert not (tmp_path / "run").exists()
+    line = one_error_line(lambda: run_train(tiny, tmp_path / "run", "--epochs", "1", "--crop-size", "32", "129"),
+                          capsys)
+    assert line.startswith("error: --crop-size 32 129: larger than every frame")
