@@ -6,9 +6,9 @@ evaluates them (`engine.checkpoint_eval.evaluate_checkpoint`), one failure never
         ...
 
 A checkpoint is pending when its results file is missing, corrupt, for another split or metrics profile, lacks
-its per-image file (or has one over another number of images), or predates the checkpoint's last save. With jobs > 1 the checkpoints are evaluated in
-spawned processes spread round-robin over the visible GPUs (or sharing the CPU); closing the generator
-(Ctrl-C in the caller) stops them at once (`stop_workers`).
+its per-image file (or has one over another number of images), or predates the checkpoint's last save. With
+jobs > 1 the checkpoints are evaluated in spawned processes spread round-robin over the visible GPUs (or sharing
+the CPU); closing the generator (Ctrl-C in the caller) stops them at once (`stop_workers`).
 """
 from __future__ import annotations
 

@@ -31,12 +31,13 @@ from safetensors.torch import load_file, save_file
 
 from data_utils.cityscapes import resolve_data_root
 from engine.config import TrainConfig, load_config, resume_refusal, save_config
-from engine.checkpoint_paths import (CHECKPOINT_NAME, CHECKPOINTS, WEIGHTS_NAME,  # noqa: F401 (re-exported)
+from engine.checkpoint_paths import (CHECKPOINT_NAME, CHECKPOINTS, CHECKSUMS, WEIGHTS_NAME,  # noqa: F401 (re-exported)
                                      checkpoint_folders, checkpoint_path, list_checkpoints, meta_problem,
                                      read_meta, resolve_checkpoint)
 from utils.fileio import UserError, atomic_write_json, disk_full_advice, fsync_dir
 
 _KEEP_WHEN_PRUNED = {WEIGHTS_NAME, "config.json", "meta.json"}
+_USE_ANOTHER = "use another epoch (or delete it: a run then resumes from its previous checkpoint)"
 
 
 @dataclass
@@ -101,10 +102,6 @@ def load_weights_into(model: torch.nn.Module, path: Path) -> None:
         raise UserError(f"{path}: weights do not fit the model built from config.json "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})")
     model.load_state_dict(state)
-
-
-_USE_ANOTHER = "use another epoch (or delete it: a run then resumes from its previous checkpoint)"
-CHECKSUMS = "checksums"  # meta.json key: {file name: sha256 hex digest} of the checkpoint's other files
 
 
 def file_sha256(path: Path) -> str:

@@ -16,6 +16,7 @@ from utils.fileio import UserError
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS_NAME = "model.safetensors"
+CHECKSUMS = "checksums"  # meta.json key: {file name: sha256 hex digest} of the checkpoint's other files
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d{4,})$")  # a checkpoint folder; the group is its epoch
 
 
@@ -32,8 +33,8 @@ _META_FIELDS = {
     "training_state": ("true or false", lambda v: isinstance(v, bool)),
     "saved_at": ("a date string", lambda v: isinstance(v, str)),
     "wandb_run_id": ("a string or null", lambda v: v is None or isinstance(v, str)),
-    "checksums": ("an object of file name -> sha256 hex digest",
-                  lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(d, str) for k, d in v.items())),
+    CHECKSUMS: ("an object of file name -> sha256 hex digest",
+                lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values())),
 }
 
 

@@ -12,12 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 import evaluate
-from engine.checkpoint import (WEIGHTS_NAME, load_weights_into, read_meta, resume_checkpoint, resume_from,
-                               save_checkpoint)
+from engine.checkpoint import WEIGHTS_NAME, read_meta, resume_checkpoint, resume_from, save_checkpoint
 from engine.checkpoint_eval import load_checkpoint
 from tests.test_checkpoint import _one_step, _tiny_state
 from tests.test_evaluate import make_checkpoint, tiny_config
