@@ -257,6 +257,17 @@ def check_crop_size(crop: tuple[int, int], frames, where: str) -> None:
                         f"at most {largest[0]} {largest[1]}, or 0 0 for native frames")
 
 
+def check_one_frame_size(frames, where: str) -> None:
+    """Refuse training batches of native frames (no crop, batch size > 1) over frames of several sizes (they
+    cannot be stacked): a UserError listing the sizes, before any work rather than at the first batch."""
+    sizes = frame_sizes(frames)
+    if len(sizes) > 1:
+        listed = ", ".join(f"{h}x{w} ({n} frame{'s' if n > 1 else ''})" for (h, w), n in sizes.most_common(3))
+        raise UserError(f"{where} holds frames of {len(sizes)} sizes (HxW: {listed}{', ...' if len(sizes) > 3 else ''}"
+                        "); frames are not resized, so a training batch needs one size: pass --crop-size H W or "
+                        "--batch-size 1")
+
+
 def _column(records, key: str) -> list[str]:
     if hasattr(records, "column_names"):  # a datasets.Dataset: read the column once, not row by row
         return [str(v) for v in records[key]]
@@ -417,5 +428,6 @@ def collate_batch(items: Sequence[dict]) -> dict:
     return batch
 
 
-__all__ = ["PathFrames", "SegmentationDataset", "check_crop_size", "check_frame", "check_frames", "collate_batch",
-           "crop_offset", "crop_pad", "frame_sizes", "hflip_decision", "read_frame", "read_image", "read_label_ids"]
+__all__ = ["PathFrames", "SegmentationDataset", "check_crop_size", "check_frame", "check_frames", "check_one_frame_size",
+           "collate_batch", "crop_offset", "crop_pad", "frame_sizes", "hflip_decision", "read_frame", "read_image",
+           "read_label_ids"]

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from data_utils.augment import BatchAugment
 from data_utils.classes import ClassTable
-from data_utils.dataset import SegmentationDataset, check_crop_size, check_frames, collate_batch, frame_sizes
+from data_utils.dataset import (SegmentationDataset, check_crop_size, check_frames, check_one_frame_size, collate_batch,
+                                frame_sizes)
 from data_utils.options import WORKER_SDT_SOURCES
 from data_utils.source import DataSource
 from engine.config import DEMO_DATA, DEMO_HF_DATA, TrainConfig
@@ -242,14 +243,18 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool, rank: int = 0) -
         the device), no SDT, workers that do not persist between evaluations, the last batch may be short; one
         frame per batch when the frames may differ in size (an HF dataset, or a Cityscapes-layout split whose
         PNG headers show several sizes), so every frame is evaluated at its native size.
-    A crop (train=True) taller or wider than every frame is refused (`check_crop_size`).
+    A crop (train=True) taller or wider than every frame is refused (`check_crop_size`), and so are native frames
+    of several sizes in batches of more than one (`check_one_frame_size`).
     Call `loader.dataset.set_epoch(epoch)` and `loader.sampler.set_epoch(epoch)` (or the prepared loader's
     `set_epoch`) before each training epoch. `rank` (the process index) seeds `loader_generator`.
     """
     source = data_source(cfg)
     frames = source.frames(split, source.classes(cfg.train_split))
-    if train and min(cfg.crop_size) > 0:  # before any work: a huge crop fails in a worker, out of memory
+    # frame sizes before any work (PNG headers): a huge crop fails in a worker out of memory, mixed sizes at a batch
+    if train and min(cfg.crop_size) > 0:
         check_crop_size(tuple(cfg.crop_size), frames, f"split '{split}' of {source.where}")
+    elif train and cfg.batch_size > 1 and source.one_frame_size:
+        check_one_frame_size(frames, f"split '{split}' of {source.where}")
     if train:
         sdt_source = cfg.sdt_source if uses_sdt(cfg) and cfg.sdt_source in WORKER_SDT_SOURCES else "none"
         dataset = SegmentationDataset(

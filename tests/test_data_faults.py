@@ -250,3 +250,16 @@ def test_crop_larger_than_every_frame_is_one_line_before_any_work(tiny, tmp_path
     line = one_error_line(lambda: run_train(tiny, tmp_path / "run", "--epochs", "1", "--crop-size", "32", "129"),
                           capsys)
     assert line.startswith("error: --crop-size 32 129: larger than every frame")
+
+
+def test_train_frames_of_two_sizes_without_a_crop_are_one_line_before_any_work(tiny, tmp_path, capsys):
+    from data_utils.synthetic import render_frame, second_size, write_frame
+    from tests.tiny_training import run_train
+
+    data = Path(shutil.copytree(tiny, tmp_path / "data"))
+    write_frame(data, "train", 2, *render_frame(0, "train", 2, *second_size(H, W)))
+    line = one_error_line(lambda: run_train(data, tmp_path / "run", "--epochs", "1", "--batch-size", "2"), capsys)
+    assert line == (f"error: split 'train' of {data} holds frames of 2 sizes (HxW: {H}x{W} (3 frames), 80x96 (1 "
+                    "frame)); frames are not resized, so a training batch needs one size: pass --crop-size H W or "
+                    "--batch-size 1")
+    assert not (tmp_path / "run").exists()
