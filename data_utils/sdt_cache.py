@@ -61,7 +61,7 @@ def label_fingerprint(labels: np.ndarray) -> bytes:
     """16 bytes that identify an (H, W) uint8 train-id map: the first 16 bytes of sha256(H, W as two little-endian
     uint32, then the map's bytes in C order). It is taken of exactly what `compute_sdt` reads (after the
     labelIds -> train-id mapping or --reduce-labels), so any change that changes the map changes it. Cost: ~1 ms
-    for a 2048x1024 frame, ~10% of decoding its label PNG (docs/sdt.md)."""
+    for a 2048x1024 frame, ~12% of decoding its label PNG (docs/sdt.md)."""
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
     if labels.ndim != 2:
         raise ValueError(f"expected an (H, W) train-id map, got shape {labels.shape}")
