@@ -1,0 +1,118 @@
+"""Every numeric flag of train.py has a declared range (utils.cli.Range on its TrainConfig field), checked by the
+flag's parser (argparse's one line, exit 2), by a --config file, by a sweep's values and cells before any run,
+and by `validate`; YAML files that do not parse are one line naming the file, line and column."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import re
+from typing import get_type_hints
+
+import pytest
+
+from engine.config import TrainConfig, parse_args, validate
+from utils.cli import Range
+from utils.fileio import EXIT_BAD_INPUT, UserError
+
+# The bad values of issue #23 §4 (each a traceback from the optimizer or the model, or accepted silently),
+# and the seeds and loss weights refused before.
+BAD = [
+    (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+    (["--lr", "inf"], "argument --lr: must be a finite number > 0, got inf"),
+    (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
+    (["--betas", "1.5", "0.9"], "argument --betas: must be a finite number in [0, 1), got 1.5"),
+    (["--betas", "0.9", "-0.1"], "argument --betas: must be a finite number in [0, 1), got -0.1"),
+    (["--weight-decay", "-1"], "argument --weight-decay: must be a finite number >= 0, got -1"),
+    (["--weight-decay", "nan"], "argument --weight-decay: must be a finite number >= 0, got nan"),
+    (["--head-channels", "0"], "argument --head-channels: must be an integer >= 1, got 0"),
+    (["--head-channels", "-5"], "argument --head-channels: must be an integer >= 1, got -5"),
+    (["--drop-path-rate", "2"], "argument --drop-path-rate: must be a finite number in [0, 1), got 2"),
+    (["--drop-path-rate", "-0.5"], "argument --drop-path-rate: must be a finite number in [0, 1), got -0.5"),
+    (["--poly-power", "-1"], "argument --poly-power: must be a finite number >= 0, got -1"),
+    (["--grad-clip", "-1"], "argument --grad-clip: must be a finite number >= 0, got -1"),
+    (["--grad-clip", "nan"], "argument --grad-clip: must be a finite number >= 0, got nan"),
+    (["--min-lr", "nan"], "argument --min-lr: must be a finite number >= 0, got nan"),
+    (["--num-workers", "-1"], "argument --num-workers: must be an integer >= 0, got -1"),
+    (["--crop-size", "-1", "64"], "argument --crop-size: must be an integer >= 0, got -1"),
+    (["--seed", "-1"], "argument --seed: must be an integer in [0, 4294967296), got -1"),
+    (["--seed", str(2**32)], "argument --seed: must be an integer in [0, 4294967296)"),
+    (["--lambda-dice", "nan"], "argument --lambda-dice: must be a finite number >= 0, got nan"),
+    (["--lambda-boundary", "-5"], "argument --lambda-boundary: must be a finite number >= 0, got -5"),
+    (["--aux-weight", "inf"], "argument --aux-weight: must be a finite number >= 0, got inf"),
+    (["--boundary-start", "-0.1"], "argument --boundary-start"),
+    (["--steal-delta", "nan"], "argument --steal-delta"),
+    (["--steal-floor", "-1"], "argument --steal-floor"),
+    (["--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
+]
+
+
+def _numeric_fields() -> dict[str, type]:
+    """The TrainConfig fields holding numbers (by their type hints, not by engine.config's own list)."""
+    numbers = {int, float, tuple[int, int], tuple[float, float]}
+    hints = get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig) if hints[f.name] in numbers}
+
+
+def test_every_numeric_field_declares_a_range_that_holds_its_default():
+    """A new numeric flag cannot forget its range: this lists every int/float field (booleans are not numbers)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    numeric = _numeric_fields()
+    assert {"lr", "betas", "seed", "head_channels", "crop_size", "num_workers"} <= set(numeric)
+    assert "wandb" not in numeric
+    for name in numeric:
+        bounds = fields[name].metadata.get("bounds")
+        assert isinstance(bounds, Range), f"TrainConfig.{name} declares no bounds=Range(...)"
+        default = fields[name].default
+        for value in default if isinstance(default, tuple) else (default,):
+            assert value in bounds, f"TrainConfig.{name}: default {value} outside {bounds}"
+
+
+@pytest.mark.parametrize("flags, message", BAD)
+def test_a_number_out_of_range_is_argparses_one_line_and_exit_2(flags, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_args(flags)
+    assert stop.value.code == EXIT_BAD_INPUT
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pytest: error: {message}"), lines
+
+
+@pytest.mark.parametrize("flags, message", BAD[:12])
+def test_the_same_values_in_a_config_file_are_refused_naming_the_file(flags, message, tmp_path):
+    name = flags[0][2:].replace("-", "_")
+    values = [{"nan": ".nan", "inf": ".inf"}.get(v, v) for v in flags[1:]]  # YAML's spelling
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{name}: {values[0] if len(values) == 1 else '[' + ', '.join(values) + ']'}\n")
+    with pytest.raises(UserError, match=re.escape(f"{config}: {name}: {message}")):
+        parse_args(["--config", str(config)])
+
+
+@pytest.mark.parametrize("name, value", [("lr", math.nan), ("head_channels", 0), ("betas", (0.9, 1.0)),
+                                         ("drop_path_rate", 2.0), ("crop_size", (-1, 64)), ("seed", -5)])
+def test_validate_checks_the_same_ranges_for_configs_built_in_code(name, value):
+    """Presets and TrainConfig(...) in code do not go through the parser."""
+    with pytest.raises(UserError, match=rf"^--{name.replace('_', '-')} must be "):
+        validate(dataclasses.replace(TrainConfig(), **{name: value}))
+
+
+def test_edge_values_are_accepted():
+    cfg, _ = parse_args(["--seed", "0", "--lambda-boundary", "0", "--aux-weight", "0", "--num-workers", "0",
+                         "--poly-power", "0", "--grad-clip", "0", "--betas", "0", "0.999", "--min-lr", "0"])
+    assert (cfg.seed, cfg.lambda_boundary, cfg.num_workers, cfg.betas) == (0, 0.0, 0, (0.0, 0.999))
+    cfg, _ = parse_args(["--seed", str(2**32 - 1), "--lambda-dice", "1e3", "--drop-path-rate", "0.99"])
+    assert cfg.seed == 2**32 - 1 and cfg.drop_path_rate == 0.99
+
+
+def test_range_membership_matches_explicit_comparisons_on_random_values():
+    rng = random.Random(0)
+    specials = [math.nan, math.inf, -math.inf, 0.0, 1.0, -1.0]
+    for _ in range(200):
+        lo, hi = sorted(rng.choice([rng.uniform(-3, 3), -math.inf, math.inf, 0.0]) for _ in range(2))
+        lo_open, hi_open = rng.random() < 0.5, rng.random() < 0.5
+        r = Range(lo, hi, lo_open, hi_open)
+        for x in specials + [rng.uniform(-4, 4) for _ in range(5)] + [v for v in (lo, hi) if math.isfinite(v)]:
+            above = x > lo if lo_open else x >= lo
+            below = x < hi if hi_open else x <= hi
+            expected = not math.isnan(x) and not math.isinf(x) and above and below
+            assert (x in r) == expected, (r, x)
+            assert (r.refusal(x) is None) == expected
