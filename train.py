@@ -41,7 +41,7 @@ from losses.gradients import GradStatsLog, term_gradient_stats
 from metrics.keys import val_key
 from metrics.registry import METRICS
 from utils.console import progress_columns
-from utils.dirlock import discard_unused, folder_lock
+from utils.dirlock import discard_unused, folder_lock, missing_folders
 from utils.jsonl import EpochJsonl
 
 # The loop's own bookkeeping does not make the host wait for the device each step: the loss terms and the
@@ -54,11 +54,12 @@ HOST_READ_EVERY = 20
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------------------------------ config
     cfg, require_resume = parse_args(argv)
+    check_paths(cfg)  # as parse_args_first does before the imports (main() may be called in-process)
 
     # ------------------------------------------------------------------------------------- accelerator
     accelerator = build_accelerator(cfg)  # + torch.compile on CUDA (cfg.compile), non-blocking batch copies
     # One run per run dir: the main process holds RUN/.lock until it ends (a kill -9 releases it too).
-    created = not cfg.run_dir.exists()
+    created = missing_folders(cfg.run_dir)  # the run dir and the parents --out creates
     if accelerator.is_main_process:
         make_output_dir(cfg.run_dir, "--out")  # a read-only or blocked --out: one line, before any work
     try:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             return train(cfg, require_resume, accelerator)
     except BaseException:
         if created and accelerator.is_main_process:
-            discard_unused(cfg.run_dir)  # an input error leaves no run dir behind
+            discard_unused(cfg.run_dir, created[1:])  # an input error leaves no run dir (nor its new parents)
         raise
 
 

@@ -116,3 +116,35 @@ def test_range_membership_matches_explicit_comparisons_on_random_values():
             expected = not math.isnan(x) and not math.isinf(x) and above and below
             assert (x in r) == expected, (r, x)
             assert (r.refusal(x) is None) == expected
+
+
+DEMO = ["--preset", "demo", "--no-wandb", "--epochs", "1", "--num-workers", "0", "--head-channels", "8"]
+
+
+def test_a_missing_sdt_cache_is_refused_before_the_run_dir_is_made(tmp_path):
+    """train.main in-process checks the paths too (before: the first batch failed, leaving config.json and
+    metrics.jsonl in the run dir)."""
+    import train
+
+    out = tmp_path / "new" / "run"
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'absent'}: no such SDT cache folder (--sdt-cache)")):
+        train.main([*DEMO, "--sdt-source", "cache", "--sdt-cache", str(tmp_path / "absent"), "--out", str(out)])
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_input_error_removes_the_folders_out_created_and_only_those(tmp_path, monkeypatch):
+    import train
+
+    def input_error(*args):
+        raise UserError("a bad frame")
+
+    monkeypatch.setattr(train, "train", input_error)  # the run's input error, after the run dir was made
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "made" / "also made" / "run"
+    with pytest.raises(UserError, match="a bad frame"):
+        train.main([*DEMO, "--out", str(out)])
+    assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
+    (tmp_path / "kept" / "made" / "other run").mkdir(parents=True)  # a parent holding another run stays
+    with pytest.raises(UserError, match="a bad frame"):
+        train.main([*DEMO, "--out", str(tmp_path / "kept" / "made" / "run")])
+    assert sorted(p.name for p in (tmp_path / "kept" / "made").iterdir()) == ["other run"]
