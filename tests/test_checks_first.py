@@ -148,3 +148,16 @@ def test_an_input_error_removes_the_folders_out_created_and_only_those(tmp_path,
     with pytest.raises(UserError, match="a bad frame"):
         train.main([*DEMO, "--out", str(tmp_path / "kept" / "made" / "run")])
     assert sorted(p.name for p in (tmp_path / "kept" / "made").iterdir()) == ["other run"]
+
+
+def test_a_run_folder_before_its_first_checkpoint_is_called_a_run_not_an_incomplete_checkpoint(tmp_path):
+    """evaluate.py RUN_DIR during the first epoch said "the checkpoint is incomplete (...): copy it again"."""
+    from engine.checkpoint_paths import resolve_checkpoint
+
+    run = tmp_path / "C_seed42"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("")  # train.py writes both before the first step
+    with pytest.raises(UserError, match=re.escape(f"{run}: a run folder without a complete checkpoint yet")) as e:
+        resolve_checkpoint(run)
+    assert "delete" not in str(e.value)
