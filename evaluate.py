@@ -127,7 +127,6 @@ if __name__ == "__main__":
     parse_args_first(parse_args, check_paths)
 
 from rich.console import Console
-from rich.progress import Progress
 
 from engine.batch_eval import evaluate_all, find_checkpoints, pending_reason
 from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint
@@ -136,6 +135,7 @@ from engine.inference import Inference
 from engine.results import batch_table, checkpoint_table
 from engine.results_format import consensus_path, inference_path
 from metrics.per_image import PER_IMAGE_SUFFIX
+from utils.bars import Bars
 from utils.console import progress_columns
 from utils.dirlock import folder_lock
 
@@ -181,7 +181,7 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
     done, failures = [], []
     with ExitStack() as stack:
         lock_runs(stack, todo)
-        bar = stack.enter_context(Progress(*progress_columns(), console=console))
+        bar = stack.enter_context(Bars(*progress_columns(), console=console))
         outcomes = stack.enter_context(closing(evaluate_all(todo, options, args.jobs)))  # closed on Ctrl-C
         task = bar.add_task("checkpoints", total=len(todo))
         for ckpt, record, error in outcomes:

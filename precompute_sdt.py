@@ -62,12 +62,12 @@ if __name__ == "__main__":
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
 
 from data_utils.sdt import compute_sdt
 from data_utils.sdt_cache import inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
 from utils.conventions import SDT_CLIP
 from data_utils.source import DataSource
+from utils.bars import Bars
 from utils.console import progress_columns
 from utils.dirlock import folder_lock
 
@@ -133,7 +133,7 @@ def run_with_progress(fn, tasks: list, jobs: int, description: str, frames):
         _set_frames(frames)
     try:
         results = map(fn, tasks) if pool is None else pool.imap_unordered(fn, tasks, chunksize=1)
-        with Progress(*progress_columns(), console=Console(stderr=True)) as bar:
+        with Bars(*progress_columns(), console=Console(stderr=True)) as bar:
             task_id = bar.add_task(description, total=len(tasks))
             for result in results:
                 bar.advance(task_id)

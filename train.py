@@ -26,7 +26,6 @@ if __name__ == "__main__":
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint,
@@ -40,6 +39,7 @@ from engine.tracking import finish_wandb, init_wandb, prediction_overlays, sigte
 from losses.gradients import GradStatsLog, term_gradient_stats
 from metrics.keys import val_key
 from metrics.registry import METRICS
+from utils.bars import Bars
 from utils.console import progress_columns
 from utils.dirlock import discard_unused, folder_lock, missing_folders
 from utils.jsonl import EpochJsonl
@@ -121,7 +121,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                   f"{accelerator.device.type}, {training.steps_per_epoch} optimizer steps/epoch, run dir {run_dir}")
 
     # ------------------------------------------------------------------------------------------- train
-    bars = Progress(*progress_columns(info=True), console=console, disable=not accelerator.is_main_process)
+    bars = Bars(*progress_columns(info=True), console=console, disable=not accelerator.is_main_process)
     epoch_bar = bars.add_task("epochs", total=cfg.epochs, completed=progress.epoch, info="")
     step_bar = bars.add_task("steps", total=len(train_loader), info="")
     epoch = progress.epoch
@@ -202,11 +202,14 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                                   split=cfg.val_split, seconds=row[val_key("seconds")])
             bars.update(epoch_bar, completed=progress.epoch)
     except KeyboardInterrupt:  # Ctrl-C: one line, the W&B run closed as failed, the shell's code for Ctrl-C
-        bars.stop()
+        bars.clear()
         finish_wandb(accelerator, exit_code=EXIT_INTERRUPTED)
         console.print(f"interrupted at epoch {epoch + 1}, optimizer step {progress.step}; the same command resumes "
                       f"from {find_resumable_checkpoint(run_dir) or 'the start (no checkpoint yet)'}")
         return EXIT_INTERRUPTED
+    except BaseException:
+        bars.clear()  # an error line follows: no stale bars above it
+        raise
     finally:
         bars.stop()
         accelerator.end_training()

@@ -28,6 +28,7 @@ from PIL import Image
 from data_utils.classes import ClassTable, names_from_json
 from data_utils.paths import hf_dataset_kind
 from utils import UserError
+from utils.bars import no_datasets_bars
 from utils.conventions import IGNORE_INDEX
 
 ID2LABEL = "id2label.json"
@@ -48,7 +49,8 @@ def open_hf_dataset(name_or_path: str) -> datasets.DatasetDict:
             loaded = datasets.DatasetDict({str(loaded.split or "train"): loaded})
         return loaded
     if kind == "parquet":
-        return datasets.load_dataset("parquet", data_dir=str(path))
+        with no_datasets_bars():  # "Generating train split: ..." for local files
+            return datasets.load_dataset("parquet", data_dir=str(path))
     if datasets.config.HF_HUB_OFFLINE:
         raise UserError(f"{name_or_path}: no such local folder, and hub dataset names cannot be loaded offline "
                         "(HF_HUB_OFFLINE is set); load it once online, or save_to_disk it and pass the folder")

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import random
 import re
+from contextlib import nullcontext
 from typing import get_type_hints
 
 import pytest
@@ -161,3 +162,52 @@ def test_a_run_folder_before_its_first_checkpoint_is_called_a_run_not_an_incompl
     with pytest.raises(UserError, match=re.escape(f"{run}: a run folder without a complete checkpoint yet")) as e:
         resolve_checkpoint(run)
     assert "delete" not in str(e.value)
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_bars_are_cleared_before_an_error_and_kept_on_success(terminal):
+    """utils.bars.Bars (train.py, evaluate.py --all, precompute_sdt.py): a rich Progress left its last state
+    ("epochs 0/2 ... eta -:--:--") above the error line."""
+    import io
+
+    from rich.console import Console
+
+    from utils.bars import Bars
+    from utils.console import progress_columns
+
+    def run(fail: bool) -> str:
+        out = io.StringIO()
+        console = Console(file=out, force_terminal=terminal, width=100)
+        with pytest.raises(RuntimeError) if fail else nullcontext():
+            with Bars(*progress_columns(), console=console) as bars:
+                bars.add_task("epochs", total=2)
+                if fail:
+                    raise RuntimeError("boom")
+        bars.stop()  # again: a no-op, no blank line
+        console.print("error: the line after")
+        return out.getvalue()
+
+    # on a terminal the drawn bar is erased by control codes; what stays visible is what follows the last erase
+    visible = run(fail=True).rsplit("\x1b[2K", 1)[-1]
+    assert "epochs" not in visible and "-:--:--" not in visible
+    assert re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", visible).strip() == "error: the line after"
+    assert "epochs" in run(fail=False).rsplit("\x1b[2K", 1)[-1] or not terminal
+
+
+def test_train_py_prints_no_progress_text_before_an_error_line(tmp_path, monkeypatch, capfd):
+    """Neither HF datasets' "Generating train split" (building the file list of a new dataset) nor the training
+    bars' last state come before the error line."""
+    import train
+    from data_utils.synthetic import generate_dataset
+
+    data = generate_dataset(tmp_path / "data", num_train=4, num_val=2, height=64, width=64)
+
+    def bad_batch(*args, **kwargs):
+        raise UserError("a bad batch")
+
+    monkeypatch.setattr(train, "train_micro_step", bad_batch)
+    with pytest.raises(UserError, match="a bad batch"):
+        train.main([*DEMO, "--no-demo-data", "--data-root", str(data), "--out", str(tmp_path / "run")])
+    printed = "".join(capfd.readouterr())
+    assert "Generating" not in printed and "examples/s" not in printed
+    assert not re.search(r"(epochs|epoch 1/1) .*\d/\d", printed), printed
