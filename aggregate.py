@@ -31,6 +31,7 @@ from pathlib import Path
 
 from utils import UserError, atomic_write_text, parse_args_first, run_main
 from utils.cli import ArgumentParser
+from utils.console import plural
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -159,8 +160,8 @@ def main(argv=None) -> int:
     records = load_csv(args.from_csv) if args.from_csv else load_runs_dir(args.runs_dir, args.inference)
     study = Study.from_records(records)
     early, final = pick_epochs(study, args.early_epoch, args.final_epoch)
-    console.print(f"{len(records)} results from {source}: variants {', '.join(study.groups)}, "
-                  f"seeds {', '.join(map(str, study.seeds))}, {len(study.epochs)} epochs "
+    console.print(f"{plural(len(records), 'result')} from {source}: variants {', '.join(study.groups)}, "
+                  f"seeds {', '.join(map(str, study.seeds))}, {plural(len(study.epochs), 'epoch')} "
                   f"({study.epochs[0]}…{study.epochs[-1]})")
     for line in study.caveats:  # metrics from another estimator than the toolkit's (report.load.ESTIMATOR_CAVEATS)
         console.print(f"[yellow]caveat: {escape(line)}[/yellow]", soft_wrap=True)
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
     for t in tables:
         atomic_write_text(out / f"{t.name}.csv", t.to_csv())
     md = ["# Loss-ablation report\n",
-          f"Source: `{source}` — {len(records)} results; variants {', '.join(study.groups)}; seeds "
+          f"Source: `{source}` — {plural(len(records), 'result')}; variants {', '.join(study.groups)}; seeds "
           f"{', '.join(map(str, study.seeds))}; epochs {', '.join(map(str, study.epochs))}. Final epoch {final}, "
           f"early epoch {early if early is not None else 'n/a'}. Values in percent; Δ in percentage points (pp).\n",
           *[f"**Caveat.** {line}\n" for line in study.caveats],
@@ -255,9 +256,9 @@ def main(argv=None) -> int:
         md += ["## Single-scale vs test-time augmentation\n", *(t.to_markdown() for t in t8)]
     if trajectories is not None:
         md += ["## Gradient trajectories\n",
-               f"{len(grad_logs)} run(s) with `grad_stats.jsonl`; groups {', '.join(trajectories.groups)}. Numbers "
-               "per group, statistic and epoch in `grad_trajectories.csv`.", "", *[f"- {n}" for n in grad_table.notes],
-               ""]
+               f"{plural(len(grad_logs), 'run')} with `grad_stats.jsonl`; groups {', '.join(trajectories.groups)}. "
+               "Numbers per group, statistic and epoch in `grad_trajectories.csv`.", "",
+               *[f"- {n}" for n in grad_table.notes], ""]
     md += ["## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
     atomic_write_text(out / "summary.md", "\n".join(md))
     print_table(t1)
@@ -267,7 +268,7 @@ def main(argv=None) -> int:
     for t in t8 or ():
         print_table(t)
     n_csv = len(tables) + (trajectories is not None)
-    console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} PNG(s) to {out}/")
+    console.print(f"wrote summary.md, {plural(n_csv, 'CSV')} and {plural(len(figures), 'PNG')} to {out}/")
 
     # -------- W&B (optional)
     if args.wandb:

@@ -136,7 +136,7 @@ from engine.results import batch_table, checkpoint_table
 from engine.results_format import consensus_path, inference_path
 from metrics.per_image import PER_IMAGE_SUFFIX
 from utils.bars import Bars
-from utils.console import progress_columns
+from utils.console import plural, progress_columns
 from utils.dirlock import folder_lock
 
 
@@ -175,9 +175,9 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
     checkpoints = find_checkpoints(args.all)
     todo = [c for c in checkpoints
             if args.force or pending_reason(c, args.split, args.metrics_profile, options.inference.tag) is not None]
-    console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
-                  f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.jobs} "
-                  "job(s)", soft_wrap=True)
+    console.print(f"{plural(len(checkpoints), 'checkpoint')} under {args.all}: {len(checkpoints) - len(todo)} "
+                  f"already evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with "
+                  f"{plural(args.jobs, 'job')}", soft_wrap=True)
     done, failures = [], []
     with ExitStack() as stack:
         lock_runs(stack, todo)
@@ -194,7 +194,7 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
     if done:
         console.print(batch_table(sorted(done, key=lambda r: r["checkpoint"]), args.all))
     if failures:
-        console.print(f"[red]{len(failures)} checkpoint(s) could not be evaluated:[/red]")
+        console.print(f"[red]{plural(len(failures), 'checkpoint')} could not be evaluated:[/red]")
         for ckpt, error in failures:
             console.print(f"  {ckpt}: {error}", soft_wrap=True)
         return EXIT_PARTIAL_FAILURE

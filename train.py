@@ -40,7 +40,7 @@ from losses.gradients import GradStatsLog, term_gradient_stats
 from metrics.keys import val_key
 from metrics.registry import METRICS
 from utils.bars import Bars
-from utils.console import progress_columns
+from utils.console import plural, progress_columns
 from utils.dirlock import discard_unused, folder_lock, missing_folders
 from utils.jsonl import EpochJsonl
 
@@ -85,7 +85,8 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.
     resume_ckpt, finished = resume_checkpoint(cfg, accelerator.num_processes, require=require_resume)
     if finished:
-        console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
+        console.print(f"{run_dir}: already trained for {plural(cfg.epochs, 'epoch')} ({resume_ckpt.name}); nothing "
+                      "to do")
         return 0
     if resume_ckpt is not None:  # another --epochs extends the run: say how
         note = extension_note(load_config(resume_ckpt / "config.json"), cfg, read_meta(resume_ckpt)["epoch"])
@@ -97,8 +98,8 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     state, train_loader, val_loader = training.step, training.train_loader, training.val_loader
     model, loss_fn = state.model, state.loss_fn
     train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
-    console.print(f"checked the {training.frames_checked} frames of {cfg.train_split} and {cfg.val_split} (headers; "
-                  f"val label ids) in {training.check_seconds:.1f} s")
+    console.print(f"checked the {plural(training.frames_checked, 'frame')} of {cfg.train_split} and {cfg.val_split} "
+                  f"(headers; val label ids) in {training.check_seconds:.1f} s")
     if accelerator.is_main_process:  # only now: an input error above leaves nothing in the run dir
         save_config(cfg, run_dir / "config.json")
 
@@ -117,8 +118,9 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     if cfg.wandb:
         wandb_run_id = init_wandb(accelerator, cfg, run_dir, wandb_run_id)
     console.print(f"{cfg.run_name}: {cfg.backbone} + {cfg.head}, loss {loss_fn}, {len(train_dataset)} train / "
-                  f"{len(val_dataset)} val frames, {accelerator.num_processes} process(es) on "
-                  f"{accelerator.device.type}, {training.steps_per_epoch} optimizer steps/epoch, run dir {run_dir}")
+                  f"{plural(len(val_dataset), 'val frame')}, "
+                  f"{plural(accelerator.num_processes, 'process', 'processes')} on {accelerator.device.type}, "
+                  f"{plural(training.steps_per_epoch, 'optimizer step')}/epoch, run dir {run_dir}")
 
     # ------------------------------------------------------------------------------------------- train
     bars = Bars(*progress_columns(info=True), console=console, disable=not accelerator.is_main_process)
@@ -283,11 +285,13 @@ def check_nonfinite(reading: LossReading, progress: TrainingProgress, cfg, conso
     where = f"optimizer step {step} (epoch {epoch}, batch {batch_index})"
     report = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
     if progress.nonfinite_skipped > cfg.max_nonfinite:
-        raise UserError(f"non-finite loss at {where}: {report} ({progress.nonfinite_skipped} non-finite "
-                        f"micro-batch(es) so far); last good checkpoint: "
+        raise UserError(f"non-finite loss at {where}: {report} ("
+                        f"{plural(progress.nonfinite_skipped, 'non-finite micro-batch', 'non-finite micro-batches')} "
+                        f"so far); last good checkpoint: "
                         f"{find_resumable_checkpoint(cfg.run_dir) or 'none'}. Lower --lr, or allow skipping "
                         f"with --max-nonfinite K ({cfg.max_nonfinite} now)")
-    console.print(f"[yellow]skipped {reading.num_bad} micro-batch(es) with a non-finite loss, the first at "
+    console.print(f"[yellow]skipped {plural(reading.num_bad, 'micro-batch', 'micro-batches')} with a non-finite loss, "
+                  f"the first at "
                   f"{where}: {report} ({progress.nonfinite_skipped}/{cfg.max_nonfinite})")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from utils import UserError
+from utils.console import plural
 from utils.conventions import IGNORE_INDEX  # re-exported: the class tables' ignore train id
 
 
@@ -82,12 +83,12 @@ class ClassTable:
         if duplicates:
             raise UserError(f"{self.source}: class names {duplicates} appear twice; give every class its own name")
         if len(names) >= IGNORE_INDEX:
-            raise UserError(f"{self.source}: {len(names)} classes; at most {IGNORE_INDEX - 1} fit uint8 label maps "
-                            f"with {IGNORE_INDEX} = ignore")
+            raise UserError(f"{self.source}: {plural(len(names), 'class', 'classes')}; at most {IGNORE_INDEX - 1} fit "
+                            f"uint8 label maps with {IGNORE_INDEX} = ignore")
         palette = tuple(_colour(c, self.source) for c in self.palette) or default_palette(len(names))
         if len(palette) != len(names):
-            raise UserError(f"{self.source}: {len(palette)} palette colours for {len(names)} classes; give one "
-                            "colour per class or none")
+            raise UserError(f"{self.source}: {plural(len(palette), 'palette colour')} for "
+                            f"{plural(len(names), 'class', 'classes')}; give one colour per class or none")
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "palette", palette)
         # lut[v] = train id of raw value v; -1 = a value the dataset's label maps must not hold

@@ -33,6 +33,7 @@ from engine.config import TrainConfig, load_config, resume_refusal, save_config
 from engine.checkpoint_paths import (CHECKPOINT_NAME, CHECKPOINTS, WEIGHTS_NAME,  # noqa: F401 (re-exported)
                                      checkpoint_folders, checkpoint_path, list_checkpoints, read_meta,
                                      resolve_checkpoint)
+from utils.console import plural
 from utils.fileio import UserError, atomic_write_json, disk_full_advice, fsync_dir
 
 _KEEP_WHEN_PRUNED = {WEIGHTS_NAME, "config.json", "meta.json"}
@@ -245,11 +246,12 @@ def resume_checkpoint(cfg: TrainConfig, num_processes: int, require: bool = Fals
         raise UserError(f"{ckpt}: {refusal}")
     meta = read_meta(ckpt)
     if meta.get("num_processes", num_processes) != num_processes:
-        raise UserError(f"{ckpt}: saved by {meta['num_processes']} process(es), now {num_processes}; resume with "
-                        f"--num_processes {meta['num_processes']}, or start a new run with another --out")
+        raise UserError(f"{ckpt}: saved by {plural(meta['num_processes'], 'process', 'processes')}, now "
+                        f"{num_processes}; resume with --num_processes {meta['num_processes']}, or start a new run "
+                        "with another --out")
     if meta["epoch"] > cfg.epochs:  # more --epochs extend the run (engine.config.EXTENDABLE_CHANGES), fewer cannot
-        raise UserError(f"{ckpt}: this run already trained {meta['epoch']} epochs, more than --epochs {cfg.epochs}; "
-                        "evaluate one of its checkpoints, or pass another --out for a new run")
+        raise UserError(f"{ckpt}: this run already trained {plural(meta['epoch'], 'epoch')}, more than --epochs "
+                        f"{cfg.epochs}; evaluate one of its checkpoints, or pass another --out for a new run")
     return ckpt, meta["epoch"] == cfg.epochs
 
 

@@ -31,6 +31,7 @@ from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, L
 from metrics.keys import PROFILES
 from models.heads import DEFAULT_HEAD, HEADS, head_summary
 from utils.cli import ArgumentParser, Range, any_case, did_you_mean
+from utils.console import plural
 from utils.fileio import UserError, atomic_write_json, read_yaml
 
 VARIANTS = tuple(LOSS_WEIGHTS)  # ("A", "B", "C", "D")
@@ -480,7 +481,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.reduce_labels and not cfg.hf_dataset:
         raise UserError("--reduce-labels applies to --hf-dataset datasets; pass --hf-dataset PATH_OR_NAME or drop it")
     if cfg.class_palette and len(cfg.class_palette) != len(cfg.class_names):
-        raise UserError(f"--class-palette has {len(cfg.class_palette)} colours for {len(cfg.class_names)} "
+        raise UserError(f"--class-palette has {plural(len(cfg.class_palette), 'colour')} for {len(cfg.class_names)} "
                         "--class-names; give one per class")
 
 

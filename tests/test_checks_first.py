@@ -211,3 +211,30 @@ def test_train_py_prints_no_progress_text_before_an_error_line(tmp_path, monkeyp
     printed = "".join(capfd.readouterr())
     assert "Generating" not in printed and "examples/s" not in printed
     assert not re.search(r"(epochs|epoch 1/1) .*\d/\d", printed), printed
+
+
+def test_plural_against_the_english_of_a_few_counts():
+    from utils.console import noun_for, plural
+
+    assert [plural(n, "checkpoint") for n in (0, 1, 2)] == ["0 checkpoints", "1 checkpoint", "2 checkpoints"]
+    assert plural(1, "process", "processes") == "1 process" and plural(4, "process", "processes") == "4 processes"
+    assert (noun_for(1, "seed"), noun_for(3, "seed")) == ("seed", "seeds")
+
+
+# A counted noun in a printed f-string: "{len(x)} frames" (says "1 frames") or "checkpoint(s)".
+COUNTED = re.compile(r"\{len\([^{}]*\)\} [a-z]+s\b|[a-z]\((?:e)?s\)")
+
+
+def test_no_message_counts_with_a_fixed_plural_or_an_s_in_brackets():
+    """"1 checkpoints", "job(s)" (issue #23 §5): counts go through utils.console.plural / noun_for."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted(root.glob("**/*.py")):
+        if {"tests", "bench", ".venv", "runs", "data"} & set(path.relative_to(root).parts):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\bf[\"']", line) and COUNTED.search(line):
+                found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)
