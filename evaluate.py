@@ -106,9 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.split in UNLABELLED_SPLITS and args.save_predictions is None:
         parser.error(f"split {args.split!r} has no real labels, so no metrics: add --save-predictions DIR")
     for name in ("jobs", "batch_size", "num_workers"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "num_workers" else 1):
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+        value, lowest = getattr(args, name), 0 if name == "num_workers" else 1  # 0 workers: load in the main process
+        if value is not None and value < lowest:
+            parser.error(f"--{name.replace('_', '-')} must be >= {lowest}, got {value}")
     return args
 
 

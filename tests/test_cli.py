@@ -46,8 +46,9 @@ def test_help_answers_before_the_heavy_imports_and_workers_means_dataloader_work
     (("evaluate.py",), "give one checkpoint folder or --all RUNS_DIR"),
     (("precompute_sdt.py", "--out", "x", "--jobs", "0"), "--jobs must be >= 1"),
     (("precompute_sdt.py", "--out", "x", "--workers", "0"), "--jobs must be >= 1"),  # old names: RenamedFlag
-    (("evaluate.py", "--all", "x", "--workers", "0"), "--jobs must be positive, got 0"),
-    (("evaluate.py", "--all", "x", "--loader-workers", "-1"), "--num-workers must be positive, got -1"),
+    (("evaluate.py", "--all", "x", "--workers", "0"), "--jobs must be >= 1, got 0"),
+    (("evaluate.py", "--all", "x", "--loader-workers", "-1"), "--num-workers must be >= 0, got -1"),  # 0 is allowed
+    (("evaluate.py", "--all", "x", "--num-workers", "-1"), "--num-workers must be >= 0, got -1"),
     (("aggregate.py", "--out", "x"), "give either RUNS_DIR or --from-csv FILE"),
     (("predict.py", "CKPT", "img.png"), "give INPUT... and --out DIR (or --export MODEL.onnx)"),
     (("predict.py", "CKPT", "x.png", "--out", "o", "--crop", "8,8"), "--slide needs --crop H,W"),
