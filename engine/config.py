@@ -30,7 +30,7 @@ from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, L
                              resolve_loss, variant_summary)
 from metrics.keys import PROFILES
 from models.heads import DEFAULT_HEAD, HEADS, head_summary
-from utils.cli import ArgumentParser, Range, any_case, did_you_mean
+from utils.cli import ArgumentParser, Range, any_case, did_you_mean, shell_command
 from utils.console import plural
 from utils.fileio import UserError, atomic_write_json, read_yaml
 
@@ -494,8 +494,9 @@ def check_paths(cfg: TrainConfig) -> None:
     check_data_paths(cfg.data_root, cfg.hf_dataset, classes_file, generated=cfg.demo_data)
     cache = Path(cfg.sdt_cache).expanduser()
     if cfg.sdt_source == "cache" and needs_sdt(cfg.loss_weights) and not cache.is_dir():
-        raise UserError(f"{cache}: no such SDT cache folder (--sdt-cache); write it first: python precompute_sdt.py "
-                        f"--split {cfg.train_split} --out {cfg.sdt_cache} with this run's data flags")
+        write = shell_command("python", "precompute_sdt.py", "--split", cfg.train_split, "--out", cfg.sdt_cache)
+        raise UserError(f"{cache}: no such SDT cache folder (--sdt-cache); write it first: {write} with this run's "
+                        "data flags")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

@@ -36,6 +36,7 @@ from metrics.registry import UNIT_NOTES, metric
 from models.heads import DEFAULT_HEAD
 from report.bootstrap import PROFILE_METRICS, full_set_values
 from utils import UserError
+from utils.cli import shell_command
 from utils.console import noun_for, plural
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
@@ -183,7 +184,7 @@ def load_runs_dir(runs_dir: str | Path, inference: str = "whole") -> list[Record
                             f"{', '.join(modes)}); pass --inference with one of them, or run evaluate.py with the "
                             "mode's flags")
         raise UserError(f"{runs_dir}: no *.results.json below it; evaluate the checkpoints first "
-                        f"(`python evaluate.py --all {runs_dir}`)")
+                        f"(`{shell_command('python', 'evaluate.py', '--all', runs_dir)}`)")
     records = [read_results_file(p) for p in track(paths, description="reading results", transient=True)]
     for record in records:
         if record.inference != inference:

@@ -8,6 +8,7 @@ import math
 import random
 import re
 from contextlib import nullcontext
+from pathlib import Path
 from typing import get_type_hints
 
 import pytest
@@ -227,8 +228,6 @@ COUNTED = re.compile(r"\{len\([^{}]*\)\} [a-z]+s\b|[a-z]\((?:e)?s\)")
 
 def test_no_message_counts_with_a_fixed_plural_or_an_s_in_brackets():
     """"1 checkpoints", "job(s)" (issue #23 §5): counts go through utils.console.plural / noun_for."""
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     found = []
     for path in sorted(root.glob("**/*.py")):
@@ -238,3 +237,50 @@ def test_no_message_counts_with_a_fixed_plural_or_an_s_in_brackets():
             if re.search(r"\bf[\"']", line) and COUNTED.search(line):
                 found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def _hint_args(message: str, command: str) -> list[str]:
+    """The words of the command `command ...` quoted in `message` (up to a backquote or ' with ')."""
+    import shlex
+
+    start = message.index(command)
+    text = re.split(r"`| with this run", message[start:])[0]
+    return shlex.split(text)
+
+
+def test_printed_commands_quote_a_path_with_a_space(tmp_path, capsys):
+    """A hint pasted into a shell must give back the path (issue #23 §5): utils.cli.shell_command everywhere."""
+    from data_utils import synthetic
+    from engine.config import check_paths
+    from report.load import load_runs_dir
+
+    folder = tmp_path / "my runs"
+    cache = str(tmp_path / "sdt cache")
+    cfg, _ = parse_args(["--preset", "demo", "--sdt-source", "cache", "--sdt-cache", cache])
+    with pytest.raises(UserError) as error:
+        check_paths(cfg)
+    words = _hint_args(str(error.value), "python precompute_sdt.py")
+    assert words[words.index("--out") + 1] == cache
+    folder.mkdir()
+    with pytest.raises(UserError) as error:
+        load_runs_dir(folder)
+    assert _hint_args(str(error.value), "python evaluate.py") == ["python", "evaluate.py", "--all", str(folder)]
+    out = tmp_path / "my data"
+    assert synthetic.main(["--out", str(out), "--train", "1", "--val", "1", "--height", "64", "--width", "64"]) == 0
+    look = capsys.readouterr().out.split("look at them: ")[1].strip()
+    assert _hint_args(look, "python")[4] == str(out)
+    words = _hint_args(synthetic.hf_train_command(out, 64, 128), "python")
+    assert words[words.index("--hf-dataset") + 1] == str(out)
+
+
+def test_shell_command_round_trips_through_the_shells_split():
+    import shlex
+
+    from utils.cli import shell_command
+
+    rng = random.Random(1)
+    alphabet = "ab /'\"$*;&|()~-=\\\t"
+    for _ in range(200):
+        words = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 8))) for _ in range(rng.randrange(1, 5))]
+        assert shlex.split(shell_command(*words)) == words
+    assert shell_command("python", "evaluate.py", "--all", Path("my runs")) == "python evaluate.py --all 'my runs'"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import shlex
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -44,6 +45,13 @@ def flag_hint(typed: str, flags: list[str]) -> str:
     there are any (at most 3), else the close ones."""
     longer = [f for f in flags if f.startswith(typed)]
     return f"; did you mean {' or '.join(longer[:3])}?" if longer else did_you_mean(typed, flags)
+
+
+def shell_command(*words) -> str:
+    """A command printed as a hint, ready to paste: each word quoted where the shell needs it, so a path with a
+    space stays one argument (`shell_command("python", "evaluate.py", "--all", "my runs")` ->
+    "python evaluate.py --all 'my runs'"). Every printed command goes through it."""
+    return shlex.join(str(word) for word in words)
 
 
 def any_case(choices: Iterable[str]):
