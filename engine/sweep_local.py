@@ -106,12 +106,18 @@ def grid_runs(config: dict, count: int | None = None) -> list[dict]:
     """The runs the sweep engine proposes, in its order, as {parameter: {"value": v}} dicts: the whole grid
     (at most `count` runs), or `count` runs of a random or bayes search (which never end by themselves)."""
     runs: list = []
-    while count is None or len(runs) < count:
-        run = sweeps.next_run(config, runs)
-        if run is None:
-            break
-        run.state = sweeps.RunState.finished  # as if done: the engine then proposes the next point
-        runs.append(run)
+    with warnings.catch_warnings():
+        if config.get("method") == "bayes":
+            # The engine fits a Gaussian process to runs without a metric yet (all are proposed before any runs),
+            # and sklearn warns that its length scale hit a bound, once per proposal: nothing a user can act on.
+            from sklearn.exceptions import ConvergenceWarning
+            warnings.simplefilter("ignore", ConvergenceWarning)
+        while count is None or len(runs) < count:
+            run = sweeps.next_run(config, runs)
+            if run is None:
+                break
+            run.state = sweeps.RunState.finished  # as if done: the engine then proposes the next point
+            runs.append(run)
     return [run.config for run in runs]
 
 

@@ -228,3 +228,16 @@ def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, tex
     message = str(error.value)
     assert "\n" not in message and "<unicode string>" not in message
     assert message.startswith(f"{path}: cannot read the {what} at {where}: {problem}"), message
+
+
+def test_a_bayes_sweep_prints_no_sklearn_convergence_warning(tmp_path, capfd):
+    """Issue #23 §5: sklearn's ConvergenceWarning (the Gaussian process fitted to runs without a metric yet)
+    reached the console once per proposed run."""
+    import warnings
+
+    path = _sweep_file(tmp_path, SWEEP.read_text().replace("method: grid", "method: bayes"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert sweep_local_main([str(path), "--dry-run", "--count", "4"]) == 0
+    assert not [w for w in caught if "ConvergenceWarning" in w.category.__name__]
+    assert "ConvergenceWarning" not in capfd.readouterr().err
