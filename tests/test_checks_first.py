@@ -284,3 +284,24 @@ def test_shell_command_round_trips_through_the_shells_split():
         words = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 8))) for _ in range(rng.randrange(1, 5))]
         assert shlex.split(shell_command(*words)) == words
     assert shell_command("python", "evaluate.py", "--all", Path("my runs")) == "python evaluate.py --all 'my runs'"
+
+
+@pytest.mark.parametrize("stored, dtype", [(40, "uint8"), (300, "int64")])
+def test_reduce_labels_errors_quote_the_value_as_stored(stored, dtype):
+    """--reduce-labels shifts 1..N to 0..N-1: a bad value was quoted shifted (the file has 40, the message said 39)."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from data_utils.classes import ClassTable
+    from data_utils.hf import HFFrames
+
+    label = np.ones((4, 8), dtype=dtype)
+    label[1, 2] = stored
+    ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 4))], "label": [label.tolist()]})
+    frames = HFFrames(ds, "image", "label", ClassTable(names=tuple("abcdefgh"), source="classes.json"),
+                      reduce_labels=True, split="train", where="ade [train]")
+    with pytest.raises(UserError, match=rf"ade \[train\] row 0, column 'label': label (values \[{stored}\] are "
+                                        rf"neither class indices 1\.\.8 \(0 = unlabelled|value {stored} does not fit)") as e:
+        frames.read(0)
+    assert "or --reduce-labels" not in str(e.value)  # it is given
