@@ -117,9 +117,10 @@ def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, r
     bad = first_nonfinite_tensor(accelerator.unwrap_model(accelerator._models[0]), accelerator._optimizers) \
         if accelerator._models else None
     if bad is not None:
+        clip = f"a smaller --grad-clip (now {cfg.grad_clip:g})" if cfg.grad_clip > 0 else "with --grad-clip"
         raise UserError(f"{final}: not written: {bad} holds nan/inf after epoch {progress.epoch}; the newest good "
                         f"checkpoint is {find_resumable_checkpoint(run_dir) or 'none'}. Start again with a lower "
-                        "--lr or with --grad-clip (another --out)")
+                        f"--lr or {clip} (another --out)")
     tmp = final.with_name(f".tmp_{final.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save

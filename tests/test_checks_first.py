@@ -305,3 +305,24 @@ def test_reduce_labels_errors_quote_the_value_as_stored(stored, dtype):
                                         rf"neither class indices 1\.\.8 \(0 = unlabelled|value {stored} does not fit)") as e:
         frames.read(0)
     assert "or --reduce-labels" not in str(e.value)  # it is given
+
+
+@pytest.mark.parametrize("grad_clip, advice", [(0.0, "a lower --lr or with --grad-clip (another --out)"),
+                                               (1.0, "a lower --lr or a smaller --grad-clip (now 1) (another --out)")])
+def test_nonfinite_weights_advise_grad_clip_only_when_it_is_not_given(tmp_path, grad_clip, advice):
+    from types import SimpleNamespace
+
+    import torch
+
+    from engine.checkpoint import TrainingProgress, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    accelerator = SimpleNamespace(_models=[model], _optimizers=[], unwrap_model=lambda m: m)
+    cfg = dataclasses.replace(TrainConfig(), grad_clip=grad_clip, out=str(tmp_path / "run"))
+    progress = TrainingProgress()
+    progress.epoch = 1
+    with pytest.raises(UserError, match="holds nan/inf") as error:
+        save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
+    assert str(error.value).endswith(advice)
