@@ -33,6 +33,10 @@ from utils import UserError, atomic_write_text, parse_args_first, run_main
 from utils.cli import ArgumentParser
 from utils.console import plural
 
+# The most bootstrap replicates: 10x the default, p-values to 2e-5. Time and memory grow with B (8·B bytes per pair
+# and metric, then percentiles over them): --bootstrap 100000000 ran for minutes before printing anything.
+MAX_BOOTSTRAP = 100_000
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -47,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--band", choices=("normal", "t"), default="normal",
                    help="shaded band of the curves: mean ± 1.96·SE (normal, as the paper) or ± t(0.975, n−1)·SE")
     p.add_argument("--bootstrap", type=int, default=10_000, metavar="B", help="replicates of the paired image "
-                   "bootstrap at the final epoch (table 5b; needs *.per_image.npz beside the results); 0 = off")
+                   "bootstrap at the final epoch (table 5b; needs *.per_image.npz beside the results); 0 = off, "
+                   f"at most {MAX_BOOTSTRAP}")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's image draws")
     p.add_argument("--inference", default="whole", metavar="MODE",
                    help="the inference mode whose results make the tables (engine.inference's tag, e.g. "
@@ -73,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--compare-inference {args.compare_inference}: give another mode than --inference's")
     if args.bootstrap < 0 or args.bootstrap_seed < 0:
         p.error("--bootstrap and --bootstrap-seed take integers >= 0")
+    if args.bootstrap > MAX_BOOTSTRAP:
+        p.error(f"--bootstrap {args.bootstrap}: at most {MAX_BOOTSTRAP} replicates (the default 10000 already gives "
+                "p-values to 2e-4; time and memory grow with B)")
     if args.wandb_report:  # the report shows the aggregate run's tables and figures: log them (--wandb)
         from report.wandb_report import check_entity
 

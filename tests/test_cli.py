@@ -50,6 +50,7 @@ def test_help_answers_before_the_heavy_imports_and_workers_means_dataloader_work
     (("evaluate.py", "--all", "x", "--loader-workers", "-1"), "--num-workers must be >= 0, got -1"),  # 0 is allowed
     (("evaluate.py", "--all", "x", "--num-workers", "-1"), "--num-workers must be >= 0, got -1"),
     (("aggregate.py", "--out", "x"), "give either RUNS_DIR or --from-csv FILE"),
+    (("aggregate.py", "runs", "--out", "x", "--bootstrap", "100000000"), "--bootstrap 100000000: at most 100000"),
     (("predict.py", "CKPT", "img.png"), "give INPUT... and --out DIR (or --export MODEL.onnx)"),
     (("predict.py", "CKPT", "x.png", "--out", "o", "--crop", "8,8"), "--slide needs --crop H,W"),
     (("evaluate.py", "CKPT", "--stride", "4,4"), "--slide needs --crop H,W"),
