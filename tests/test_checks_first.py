@@ -1,6 +1,9 @@
-"""Every numeric flag of train.py has a declared range (utils.cli.Range on its TrainConfig field), checked by the
-flag's parser (argparse's one line, exit 2), by a --config file, by a sweep's values and cells before any run,
-and by `validate`; YAML files that do not parse are one line naming the file, line and column."""
+"""Issue #23 §4-5: checks before any work, and the words of the messages.
+
+Every numeric flag of train.py has a declared range (utils.cli.Range on its TrainConfig field), checked by the
+flag's parser (argparse's one line, exit 2), by a --config file and by `validate` (sweeps: tests/test_sweep.py);
+paths are checked and folders made only after the checks; no stale progress text before an error line; counts,
+command hints, --reduce-labels values and the non-finite advice say what is true."""
 from __future__ import annotations
 
 import dataclasses
