@@ -48,7 +48,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_utils.classes import class_presence  # noqa: F401  (re-exported: the presence choose_samples takes)
 from utils.conventions import IGNORE_INDEX
 from utils.fileio import UserError, atomic_write_bytes, atomic_write_json
 
@@ -119,7 +118,8 @@ def choose_samples(names: Sequence[str], presence: np.ndarray, k: int = DEFAULT_
 
     Args:
         names: the split's frame names (N, unique).
-        presence: (N, C) bool, presence[i, c]: class c occurs in frame i's label (`class_presence`).
+        presence: (N, C) bool, presence[i, c]: class c occurs in frame i's label
+            (`data_utils.classes.class_presence`).
         k: how many (all N when N < k).
     Returns the chosen names in selection order.
     """

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.samples import (CheckpointSamples, RunSamples, SampleSink, choose_samples, class_presence,
-                            encode_label_png, read_predictions, read_sample_set, run_samples_dir, safe_stem,
-                            samples_dir, write_predictions, write_sample_set)
+from data_utils.classes import class_presence
+from engine.samples import (CheckpointSamples, RunSamples, SampleSink, choose_samples, encode_label_png,
+                            read_predictions, read_sample_set, run_samples_dir, safe_stem, samples_dir,
+                            write_predictions, write_sample_set)
 from utils.fileio import EXIT_BAD_INPUT, UserError, run_main
 
 PALETTE = [[128, 64, 128], [70, 70, 70], [220, 20, 60], [0, 0, 142]]
