@@ -33,6 +33,19 @@ from utils import UserError, atomic_write_text, parse_args_first, run_main
 from utils.cli import ArgumentParser
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg")  # --format: the PNG summary.md links, and vector copies for papers
+
+
+def figure_formats(value: str) -> tuple[str, ...]:
+    """argparse type of --format: "png,pdf" -> ("png", "pdf"); an unknown format names the valid ones."""
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
+    bad = [f for f in formats if f not in FIGURE_FORMATS]
+    if bad or not formats:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad) or repr(value)}: not a figure format; valid: "
+                                         f"{', '.join(FIGURE_FORMATS)} (comma-separated, e.g. png,pdf)")
+    return formats
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "whole-flip-ms0.5,1,1.5; default whole, the study's protocol); modes are never mixed")
     p.add_argument("--compare-inference", default=None, metavar="MODE", help="add tables 8a/8b: each variant's "
                    "metrics and rank, and the paired Δ between variants, under --inference and under MODE")
+    p.add_argument("--format", type=figure_formats, default=("png",), metavar="FMT[,FMT...]",
+                   help="figure formats, comma-separated: png (summary.md links it; always written), pdf, svg "
+                        "(vector, for papers); default png")
     p.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run (offline "
                    "unless logged in; WANDB_MODE is respected)")
     p.add_argument("--wandb-report", action="store_true", help="also build a W&B Report of the project's "
@@ -205,18 +221,20 @@ def main(argv=None) -> int:
 
     # -------- figures
     out.mkdir(parents=True, exist_ok=True)
-    figures = {"curves": plot_curves(study, out / "curves.png", band=args.band, mark_epoch=early)}
-    per_class = plot_per_class(study, final, out / "per_class_iou.png")
+    figures = {"curves": plot_curves(study, out / "curves.png", band=args.band, mark_epoch=early,
+                                     formats=args.format)}
+    per_class = plot_per_class(study, final, out / "per_class_iou.png", formats=args.format)
     if per_class is not None:
         figures["per_class_iou"] = per_class
     else:  # no per-class IoU in this input: a figure left from an earlier report would contradict summary.md
         (out / "per_class_iou.png").unlink(missing_ok=True)
     if boot:
-        figures["bootstrap"] = plot_bootstrap(boot, out / "bootstrap.png")
+        figures["bootstrap"] = plot_bootstrap(boot, out / "bootstrap.png", formats=args.format)
     else:
         (out / "bootstrap.png").unlink(missing_ok=True)
     if t6 is not None:
-        figures["lambda_sweep"] = plot_lambda_sweep(study, final, out / "lambda_sweep.png", band=args.band)
+        figures["lambda_sweep"] = plot_lambda_sweep(study, final, out / "lambda_sweep.png", band=args.band,
+                                                     formats=args.format)
     else:
         for stale in ("lambda_sweep.png", "table6_lambda_sweep.csv"):
             (out / stale).unlink(missing_ok=True)
@@ -224,12 +242,16 @@ def main(argv=None) -> int:
         keys = {**trajectories.group_keys, **study.group_keys}  # colours as in the other figures
         colors = group_colors(study.groups + [g for g in trajectories.groups if g not in keys], keys)
         figures["grad_trajectories"] = plot_grad_trajectories(trajectories, out / "grad_trajectories.png", args.band,
-                                                              colors)
+                                                              colors, formats=args.format)
         grad_table = grad_trajectory_table(trajectories)
         atomic_write_text(out / "grad_trajectories.csv", grad_table.to_csv())
     else:
         for stale in ("grad_trajectories.png", "grad_trajectories.csv"):
             (out / stale).unlink(missing_ok=True)
+    for stem in ("curves", "per_class_iou", "bootstrap", "lambda_sweep", "grad_trajectories"):
+        for fmt in FIGURE_FORMATS[1:]:  # vector copies of an earlier --format that this report did not make
+            if stem not in figures or fmt not in args.format:
+                (out / f"{stem}.{fmt}").unlink(missing_ok=True)
 
     # -------- write: one CSV per table, then summary.md (every file atomically)
     for t in tables:
@@ -267,7 +289,8 @@ def main(argv=None) -> int:
     for t in t8 or ():
         print_table(t)
     n_csv = len(tables) + (trajectories is not None)
-    console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} PNG(s) to {out}/")
+    kinds = "/".join(f.upper() for f in dict.fromkeys(("png", *args.format)))
+    console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} figure(s) ({kinds}) to {out}/")
 
     # -------- W&B (optional)
     if args.wandb:

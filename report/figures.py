@@ -1,4 +1,5 @@
-"""The study's figures (matplotlib, Agg backend, PNG): per-epoch curves with CI bands, per-class IoU bars.
+"""The study's figures (matplotlib, Agg backend; PNG, plus PDF/SVG copies on request: aggregate.py --format): per-epoch
+curves with CI bands, per-class IoU bars.
 
 Every figure colours a variant the same way (`group_colors`), so A is the same blue in every plot.
 """
@@ -57,11 +58,23 @@ def _shade(color: str, t: float) -> str:
     return matplotlib.colors.to_hex(np.clip(rgb, 0, 1))
 
 
-def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+# No creation date in the vector files: the same report gives the same bytes (pdf: CreationDate, svg: Date).
+_NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
+def figure_path(path: Path, fmt: str) -> Path:
+    """The file of figure `path` (its PNG) in format `fmt`: curves.png -> curves.pdf."""
+    return path.with_suffix(f".{fmt}")
+
+
+def _save(fig, path: Path, formats: tuple[str, ...] = ("png",)) -> None:
+    """Write `fig` to `path` (PNG) and beside it in every other format of `formats` (matplotlib's names; aggregate.py
+    --format offers pdf and svg), atomically."""
+    for fmt in dict.fromkeys(("png", *formats)):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata=_NO_DATE.get(fmt))
+        atomic_write_bytes(figure_path(path, fmt), buf.getvalue())
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _caveat_footnote(fig, study: Study) -> None:
@@ -95,7 +108,7 @@ def _curve(study: Study, group: str, metric: str, band: str):
 
 
 def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int | None = None,
-                mark_epoch: int | None = None) -> Path:
+                mark_epoch: int | None = None, formats: tuple[str, ...] = ("png",)) -> Path:
     """Per-epoch mean over seeds of mIoU, Boundary F1 and Trimap IoU, one line per group, shaded 95 % band.
 
     Two rows: the whole run on top; below, the same curves from epoch `zoom_from` (default: the middle of
@@ -105,7 +118,7 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
     """
     colors = group_colors(study.groups, study.group_keys)
     if len(study.epochs) == 1:  # nothing to draw a curve through: show the intervals themselves
-        return _plot_single_epoch(study, path)
+        return _plot_single_epoch(study, path, formats)
     last = study.epochs[-1]
     if zoom_from is None:
         zoom_from = next((e for e in study.epochs if e >= last / 2), last)
@@ -143,11 +156,11 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
                bbox_to_anchor=(0.5, 0.965 if rows == 2 else 0.93))
     _caveat_footnote(fig, study)
-    _save(fig, path)
+    _save(fig, path, formats)
     return path
 
 
-def _plot_single_epoch(study: Study, path: Path) -> Path:
+def _plot_single_epoch(study: Study, path: Path, formats: tuple[str, ...] = ("png",)) -> Path:
     """One evaluated epoch: per metric, each group's mean with its 1.96·SE (thick) and t (thin) interval."""
     colors = group_colors(study.groups, study.group_keys)
     epoch = study.epochs[0]
@@ -167,11 +180,11 @@ def _plot_single_epoch(study: Study, path: Path) -> Path:
     fig.suptitle("Mean over seeds; thick: ± 1.96·SE, thin: ± t(0.975, n−1)·SE", fontsize=10)
     fig.tight_layout()
     _caveat_footnote(fig, study)
-    _save(fig, path)
+    _save(fig, path, formats)
     return path
 
 
-def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
+def plot_per_class(study: Study, epoch: int, path: Path, formats: tuple[str, ...] = ("png",)) -> Path | None:
     """Per-class IoU at `epoch` (mean ± inter-seed std) as grouped bars on a 0-100 % axis, classes sorted by Δ(D−A)
     largest first; below, each group's Δ against the reference (A when present) in percentage points (the zoom).
     None without per-class IoU."""
@@ -216,11 +229,12 @@ def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
     ax_delta.grid(axis="y", alpha=0.3)
     ax_delta.set_xticks(x, order, rotation=45, ha="right")
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, formats)
     return path
 
 
-def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal") -> Path | None:
+def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal",
+                      formats: tuple[str, ...] = ("png",)) -> Path | None:
     """Final-epoch mIoU, Boundary F1 and Trimap IoU against λ_b (log axis), one line per λ_b-swept variant:
     mean over seeds with its 95 % interval as error bars (`band`: 1.96·SE or t·SE). None without a sweep."""
     sweep = study.lambda_sweep
@@ -252,11 +266,12 @@ def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal"
     fig.tight_layout(rect=(0, 0, 1, 0.86))
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 0.93))
     _caveat_footnote(fig, study)
-    _save(fig, path)
+    _save(fig, path, formats)
     return path
 
 
-def plot_grad_trajectories(traj, path: Path, band: str = "normal", colors: dict[str, str] | None = None) -> Path:
+def plot_grad_trajectories(traj, path: Path, band: str = "normal", colors: dict[str, str] | None = None,
+                           formats: tuple[str, ...] = ("png",)) -> Path:
     """Per-term gradient statistics over epochs (`report.gradients.GradTrajectories`), one line per group.
 
     Rows: gradients w.r.t. the logits, then w.r.t. the features. Columns: the L2 norm of each unweighted
@@ -309,11 +324,12 @@ def plot_grad_trajectories(traj, path: Path, band: str = "normal", colors: dict[
     fig.tight_layout(rect=(0, 0, 1, 0.88 if len(wheres) > 1 else 0.8))
     fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 6), frameon=False,
                bbox_to_anchor=(0.5, 0.955 if len(wheres) > 1 else 0.91))
-    _save(fig, path)
+    _save(fig, path, formats)
     return path
 
 
-def plot_bootstrap(results: dict[str, dict[tuple[str, str], dict]], path: Path) -> Path:
+def plot_bootstrap(results: dict[str, dict[tuple[str, str], dict]], path: Path,
+                   formats: tuple[str, ...] = ("png",)) -> Path:
     """The image bootstrap's replicates (table 5b): one panel per metric, one violin per pair "X vs Y" showing
     the distribution of Δ_b = X_b − Y_b, its 95 % interval as a bar and the full-set Δ as a dot; a line at 0.
     `results`: {metric key: {(X, Y): bootstrap result}} (`report.tables.bootstrap_table`)."""
@@ -347,5 +363,5 @@ def plot_bootstrap(results: dict[str, dict[tuple[str, str], dict]], path: Path) 
     fig.suptitle(f"Paired image bootstrap, {replicates} replicates: Δ_b distribution (violin), 95 % interval "
                  f"(bar), Δ on all images (dot); red: Holm p < {ALPHA}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    _save(fig, path)
+    _save(fig, path, formats)
     return path

@@ -206,7 +206,7 @@ def test_curves_have_integer_epoch_ticks(tmp_path, monkeypatch):
         for epoch in (1, 2, 3):  # three evaluated epochs: matplotlib's default ticks would be 1.00, 1.25, ...
             write_result(tmp_path / "runs", "A", seed, epoch, 0.5 + 0.01 * epoch + 0.001 * seed)
     figs = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig))
+    monkeypatch.setattr(figures, "_save", lambda fig, path, formats=(): figs.append(fig))
     figures.plot_curves(Study.from_records(load_runs_dir(tmp_path / "runs")), tmp_path / "curves.png")
     ticks = [t for ax in figs[0].axes if ax.get_xlabel() == "epoch" for t in ax.get_xticks()]
     assert ticks and all(float(t).is_integer() for t in ticks)
@@ -296,6 +296,29 @@ def test_results_tree_end_to_end(runs_tree, tmp_path, capsys):
     assert by(t5, "metric", "comparison")[("mIoU", "A vs C")]["t"] == ""  # 1 common seed: no test
 
 
+def test_figure_formats(runs_tree, tmp_path):
+    """--format png,pdf,svg: every figure also as PDF and SVG (summary.md links the PNGs); a later report with
+    fewer formats removes the copies it no longer makes; an unknown format is one line naming the valid ones."""
+    out = tmp_path / "report"
+    assert aggregate.main([str(runs_tree), "--out", str(out), "--format", "png,pdf,svg"]) == 0
+    stems = ["curves", "per_class_iou"]
+    for stem in stems:
+        assert_png(out / f"{stem}.png")
+        assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+        svg = (out / f"{stem}.svg").read_text()
+        assert "<svg" in svg and svg.rstrip().endswith("</svg>")
+    summary = (out / "summary.md").read_text()
+    assert all(f"({stem}.png)" in summary for stem in stems) and ".pdf)" not in summary and ".svg)" not in summary
+    first = (out / "curves.pdf").read_bytes()
+    assert aggregate.main([str(runs_tree), "--out", str(out), "--format", "pdf"]) == 0
+    assert (out / "curves.pdf").read_bytes() == first  # no creation date: the same report, the same bytes
+    assert (out / "curves.png").is_file() and not list(out.glob("*.svg"))
+    proc = subprocess.run([sys.executable, "aggregate.py", str(runs_tree), "--out", str(out), "--format", "png,eps"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "eps: not a figure format; valid: png, pdf, svg" in proc.stderr
+
+
 def test_early_epoch_option_and_single_epoch(runs_tree, tmp_path):
     with pytest.raises(UserError, match="--early-epoch 15: no result at that epoch; evaluated epochs: 10, 20"):
         aggregate.main([str(runs_tree), "--out", str(tmp_path / "o"), "--early-epoch", "15"])
@@ -367,7 +390,7 @@ def test_pilot_boundary_columns_carry_the_v010_caveat(seed_metrics, tmp_path, mo
     import report.figures
 
     figures, save = [], report.figures._save
-    monkeypatch.setattr(report.figures, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    monkeypatch.setattr(report.figures, "_save", lambda fig, path, formats=(): (figures.append(fig), save(fig, path)))
     assert aggregate.main(["--from-csv", str(seed_metrics / "pilot_results.csv"), "--out", str(tmp_path)]) == 0
     console = capsys.readouterr().err
     summary = (tmp_path / "summary.md").read_text()
@@ -412,7 +435,7 @@ def test_per_class_chart_starts_at_zero(seed_metrics, tmp_path, monkeypatch):
     import report.figures
 
     figures, save = [], report.figures._save
-    monkeypatch.setattr(report.figures, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    monkeypatch.setattr(report.figures, "_save", lambda fig, path, formats=(): (figures.append(fig), save(fig, path)))
     study = Study.from_records(load_csv(seed_metrics / "pilot_results_official.csv"))
     assert min(v for r in study.records for v in r.iou.values()) > 0.5  # the data are far from 0
     report.figures.plot_per_class(study, 160, tmp_path / "per_class_iou.png")
