@@ -113,7 +113,7 @@ from report.stats import summarize
 from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, completeness_notes, consensus_table,
                            crossover_tables, extremes_table,
                            global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
-                           skipped_bootstrap_table, volatility_table)
+                           shown, skipped_bootstrap_table, volatility_table)
 
 console = Console(stderr=True)
 
@@ -157,6 +157,9 @@ def inference_comparison(study: Study, final: int, args: argparse.Namespace) -> 
 
 
 def print_table(t: Table) -> None:
+    if not t.md_rows:  # a table with nothing to show (report.tables.shown): its title and why
+        console.print(f"{t.title}: {'; '.join(t.notes)}", soft_wrap=True)
+        return
     rt = RichTable(title=t.title, title_justify="left")
     for i, h in enumerate(t.md_header):
         rt.add_column(h, justify="left" if i == 0 else "right")
@@ -175,7 +178,10 @@ def main(argv=None) -> int:
     records = load_csv(args.from_csv) if args.from_csv else load_runs_dir(args.runs_dir, args.inference)
     study = Study.from_records(records)
     early, final = pick_epochs(study, args.early_epoch, args.final_epoch)
-    console.print(f"{len(records)} results from {source}: variants {', '.join(study.groups)}, "
+    from_history = sum(r.from_history for r in records)  # train.py's epochs without a checkpoint (load_history)
+    counted = f"{len(records) - from_history} results" + (f" (+ {from_history} evaluated epochs without a "
+                                                          "checkpoint, from the runs' metrics.jsonl)" if from_history else "")
+    console.print(f"{counted} from {source}: variants {', '.join(study.groups)}, "
                   f"seeds {', '.join(map(str, study.seeds))}, {len(study.epochs)} epochs "
                   f"({study.epochs[0]}…{study.epochs[-1]})")
     for line in study.caveats:  # metrics from another estimator than the toolkit's (report.load.ESTIMATOR_CAVEATS)
@@ -257,16 +263,17 @@ def main(argv=None) -> int:
     for t in tables:
         atomic_write_text(out / f"{t.name}.csv", t.to_csv())
     md = ["# Loss-ablation report\n",
-          f"Source: `{source}` — {len(records)} results; variants {', '.join(study.groups)}; seeds "
+          f"Source: `{source}` — {counted}; variants {', '.join(study.groups)}; seeds "
           f"{', '.join(map(str, study.seeds))}; epochs {', '.join(map(str, study.epochs))}. Final epoch {final}, "
           f"early epoch {early if early is not None else 'n/a'}. Values in percent; Δ in percentage points (pp).\n",
           *[f"**Caveat.** {line}\n" for line in study.caveats],
           "## Data completeness\n", *[f"- {line}" for line in completeness], "",
           "## Global metrics\n", t1.to_markdown(), t2.to_markdown(),
-          "## Per-class IoU\n", t3.to_markdown(), t3b.to_markdown(), t4.to_markdown(),
-          "## Significance\n", t5.to_markdown(), t5b.to_markdown(),
-          "## Crossover\n", cross_summary.to_markdown(),
-          "<details><summary>Ranking at every epoch</summary>\n", cross_rankings.to_markdown(), "</details>\n"]
+          "## Per-class IoU\n", *(shown(t, study).to_markdown() for t in (t3, t3b, t4)),
+          "## Significance\n", *(shown(t, study).to_markdown() for t in (t5, t5b)),
+          "## Crossover\n", shown(cross_summary, study).to_markdown(),
+          "<details><summary>Ranking at every epoch</summary>\n", shown(cross_rankings, study).to_markdown(),
+          "</details>\n"]
     if t6 is not None:
         md += ["## λ_b sweep\n", t6.to_markdown()]
     if t7 is not None:
@@ -283,7 +290,7 @@ def main(argv=None) -> int:
     md += ["## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
     atomic_write_text(out / "summary.md", "\n".join(md))
     print_table(t1)
-    print_table(cross_summary)
+    print_table(shown(cross_summary, study))
     if t6 is not None:
         print_table(t6)
     for t in t8 or ():

@@ -187,6 +187,7 @@ def _plot_single_epoch(study: Study, path: Path, formats: tuple[str, ...] = ("pn
 def plot_per_class(study: Study, epoch: int, path: Path, formats: tuple[str, ...] = ("png",)) -> Path | None:
     """Per-class IoU at `epoch` (mean ± inter-seed std) as grouped bars on a 0-100 % axis, classes sorted by Δ(D−A)
     largest first; below, each group's Δ against the reference (A when present) in percentage points (the zoom).
+    One group: the bars alone, classes in the dataset's order (no Δ panel: there is nothing to subtract).
     None without per-class IoU."""
     if not study.classes:
         return None
@@ -200,8 +201,11 @@ def plot_per_class(study: Study, epoch: int, path: Path, formats: tuple[str, ...
 
     x = np.arange(len(order))
     width = 0.8 / len(study.groups)
-    fig, (ax_iou, ax_delta) = plt.subplots(2, 1, figsize=(max(10, 0.75 * len(order)), 7.5), sharex=True,
-                                           gridspec_kw={"height_ratios": [3, 2]})
+    if others:
+        fig, (ax_iou, ax_delta) = plt.subplots(2, 1, figsize=(max(10, 0.75 * len(order)), 7.5), sharex=True,
+                                               gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        fig, ax_iou = plt.subplots(figsize=(max(10, 0.75 * len(order)), 4.8))
     for k, g in enumerate(study.groups):
         mu = np.array([100 * stats[c][g].mean for c in order])
         sd = np.array([100 * stats[c][g].std for c in order])
@@ -210,22 +214,24 @@ def plot_per_class(study: Study, epoch: int, path: Path, formats: tuple[str, ...
     ax_iou.set_ylim(0, 100)  # bars from 0, so their lengths compare honestly; the Δ panel below zooms on the gaps
     ax_iou.set_ylabel("IoU (%)")
     sorting = f", sorted by Δ({key}−{ref})" if key != ref else ""
-    ax_iou.set_title(f"Per-class IoU at epoch {epoch} (mean ± inter-seed std){sorting}")
+    spread = "mean ± inter-seed std" if len(study.seeds) > 1 else "one seed: no std"
+    ax_iou.set_title(f"Per-class IoU at epoch {epoch} ({spread}){sorting}")
     ax_iou.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
     ax_iou.grid(axis="y", alpha=0.3)
+    if not others:  # one group: no Δ panel (it would read "Δ(C−C)")
+        ax_iou.set_xticks(x, order, rotation=45, ha="right")
+        fig.tight_layout()
+        _save(fig, path, formats)
+        return path
 
-    width_d = 0.8 / max(1, len(others))
+    width_d = 0.8 / len(others)
     for k, g in enumerate(others):
         d = np.array([100 * (stats[c][g].mean - stats[c][ref].mean) for c in order])
         ax_delta.bar(x + (k - (len(others) - 1) / 2) * width_d, d, width_d, color=colors[g],
                      label=f"Δ({g}−{ref})")
     ax_delta.axhline(0, color="black", lw=0.8)
     ax_delta.set_ylabel(f"Δ vs {ref} (pp)")
-    if others:  # one group has no Δ: legend() without labelled bars would warn on the user's console
-        ax_delta.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
-    else:
-        ax_delta.text(0.5, 0.5, f"one group ({ref}): no Δ to show", transform=ax_delta.transAxes, ha="center",
-                      va="center", color="gray")
+    ax_delta.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
     ax_delta.grid(axis="y", alpha=0.3)
     ax_delta.set_xticks(x, order, rotation=45, ha="right")
     fig.tight_layout()

@@ -11,7 +11,7 @@ import csv
 import io
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -51,11 +51,8 @@ class Table:
             lines.append("| " + " | ".join(self.md_header) + " |")
             lines.append("|" + "|".join("---:" if _is_numeric(col) else "---" for col in zip(*self.md_rows)) + "|")
             lines += ["| " + " | ".join(row) + " |" for row in self.md_rows]
-        else:
-            lines.append("_(no rows)_")
         if self.notes:
-            lines.append("")
-            lines += [f"- {n}" for n in self.notes]
+            lines += [""] * bool(self.md_rows) + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
 
@@ -504,6 +501,29 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
                    rank_header, rank_rows, ["metric", "epoch", "ranking (best first)", "leader changed"], rank_md,
                    ["* : at least one variant has fewer seeds at this epoch than in the whole study."] + study.caveats)
     return summary, detail
+
+
+# ---------------------------------------------------------------------------------------------------- small reports
+# Tables that compare groups, and the one that measures the spread over seeds: with one group (one seed) they
+# have nothing to show (`shown`).
+COMPARING_TABLES = ("table3b_d_vs_b_extremes", "table5_significance", BOOTSTRAP_TABLE, "crossover_summary",
+                    "crossover_rankings")
+SPREAD_TABLES = ("table4_class_volatility",)
+
+
+def shown(table: Table, study: Study) -> Table:
+    """`table` as summary.md shows it: a table comparing groups when the study has one group, or the inter-seed
+    spread when every group has one seed, is one line saying what it needs, not an empty or all-n/a table (a demo's
+    first report). The CSV keeps the table's rows."""
+    if table.name in COMPARING_TABLES and len(study.groups) < 2:
+        why = (f"needs ≥ 2 groups to compare; this report has one ({', '.join(study.groups)}): train another "
+               "variant (train.py --variant) into the same runs folder")
+    elif table.name in SPREAD_TABLES and max((len({r.seed for r in study.records if r.group == g})
+                                              for g in study.groups), default=0) < 2:
+        why = "needs ≥ 2 seeds of a group for an inter-seed spread; every group here has one (train.py --seed)"
+    else:
+        return table
+    return replace(table, md_rows=[], notes=[why])
 
 
 # ---------------------------------------------------------------------------------------------------- completeness

@@ -260,6 +260,77 @@ def test_one_variant_report_raises_no_library_warning(tmp_path):
     assert_png(tmp_path / "report" / "per_class_iou.png")
 
 
+def write_history(run_dir: Path, mious: dict[int, float], profile: str = "default") -> None:
+    """A run's config.json and metrics.jsonl as train.py writes them: one row per epoch, val/<metric> and
+    val/iou/<class> for the epochs in `mious` (the others trained but not evaluated)."""
+    atomic_write_json(run_dir / "config.json", {"val_split": "val", "metrics_profile": profile})
+    rows = []
+    for epoch in range(1, max(mious) + 1):
+        row = {"epoch": epoch, "train/loss": 1.0 / epoch}
+        if epoch in mious:
+            row.update({"val/miou": mious[epoch], "val/boundary_f1": 0.7, "val/trimap_iou": 0.5,
+                        "val/iou/road": mious[epoch] + 0.1, "val/iou/wall": None, "val/iou/truck": None})
+        rows.append(json.dumps(row))
+    (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def test_curves_show_every_evaluated_epoch(tmp_path, monkeypatch):
+    """train.py evaluates every epoch but writes a results file only beside a checkpoint (the demo: epochs 4 and
+    8 of 8): the report reads the other evaluations from the run's metrics.jsonl, so the curves have all 8
+    points; a results file wins where both exist, and a run whose config evaluated with another metrics profile
+    than its results keeps its metrics.jsonl out."""
+    import report.figures as figures
+
+    runs = tmp_path / "runs"
+    for epoch in (4, 8):
+        write_result(runs, "C", 42, epoch, 0.30 + 0.01 * epoch)
+    evaluated = {e: 0.20 + 0.01 * e for e in (1, 2, 3, 5, 6)} | {4: 0.0, 8: 0.0}  # 7: not evaluated (--eval-every)
+    write_history(runs / "C_s42", evaluated)
+    records = load_runs_dir(runs)
+    study = Study.from_records(records)
+    assert study.epochs == [1, 2, 3, 4, 5, 6, 8]
+    assert sum(r.from_history for r in records) == 5
+    assert study.values("C", 4, "miou") == {42: pytest.approx(0.34)}  # the results file, not metrics.jsonl's 0
+    assert study.values("C", 2, "road") == {42: pytest.approx(0.32)} and math.isnan(study.values("C", 2, "wall")[42])
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, formats=(): figs.append(fig))
+    figures.plot_curves(study, tmp_path / "curves.png")
+    line = next(ax for ax in figs[0].axes if ax.get_title() == "mIoU").lines[0]
+    assert list(line.get_xdata()) == [1, 2, 3, 4, 5, 6, 8]
+    np.testing.assert_allclose(line.get_ydata(), [21, 22, 23, 34, 25, 26, 38])
+    # another metrics profile in the run's config than in its results: only the results files count
+    write_history(runs / "C_s42", evaluated, profile="study")
+    assert Study.from_records(load_runs_dir(runs)).epochs == [4, 8]
+
+
+def test_one_variant_report_shows_what_it_can(tmp_path, monkeypatch):
+    """One variant, one seed (the demo): no table without rows in summary.md (a table comparing groups, or the
+    inter-seed spread, is one line saying what it needs), and the per-class figure has no Δ(C−C) panel."""
+    import report.figures as figures
+
+    runs = tmp_path / "runs"
+    for epoch in (4, 8):
+        write_result(runs, "C", 42, epoch, 0.30 + 0.01 * epoch)
+    texts = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path, formats=(): (
+        texts.append([t.get_text() for ax in fig.axes for t in (ax.title, *ax.texts, ax.yaxis.label)]),
+        save(fig, path, formats)))
+    assert aggregate.main([str(runs), "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    sections = summary.split("### ")[1:]
+    for section in sections:  # each table has rows, or says why not
+        body = section.split("\n", 1)[1]
+        assert "|" in body or "\n- " in body, section
+    assert "(no rows)" not in summary
+    for title in ("Table 3b", "Table 5 ", "Table 5b", "Crossover", "Ranking"):
+        section = next(s for s in sections if s.startswith(title))
+        assert "needs ≥ 2 groups to compare; this report has one (C)" in section and "|" not in section
+    assert "needs ≥ 2 seeds of a group" in next(s for s in sections if s.startswith("Table 4"))
+    per_class = texts[1]
+    assert not any("Δ" in t for t in per_class) and "IoU (%)" in per_class
+
+
 def test_results_tree_end_to_end(runs_tree, tmp_path, capsys):
     out = tmp_path / "report"
     assert aggregate.main([str(runs_tree), "--out", str(out)]) == 0
