@@ -303,13 +303,13 @@ def main(argv=None) -> int:
     if args.wandb:
         from report.wandb_log import new_run_id, push_report
 
-        headline = {f"final/{g}/{m}": summarize(list(study.values(g, final, m).values())).mean
+        headline = {f"final/{g}/{study.key(m)}": summarize(list(study.values(g, final, m).values())).mean
                     for g in study.groups for m in METRICS}
         run_id = new_run_id()
         where = push_report(tables, figures, headline, project=args.wandb_project, name=args.wandb_name,
                             config={"source": str(source), "final_epoch": final, "early_epoch": early,
                                     "variants": study.groups, "seeds": study.seeds, "band": args.band},
-                            entity=args.wandb_entity, run_id=run_id)
+                            entity=args.wandb_entity, run_id=run_id, out_dir=out)
         console.print(f"W&B: {where}", soft_wrap=True)
         if args.wandb_report:  # report.wandb_report: written to --out, saved when logged in (else a UserError)
             from report.wandb_report import REPORT_FILE, build_report, publish_report, report_entity, run_groups

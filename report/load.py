@@ -51,6 +51,9 @@ ESTIMATOR_CAVEATS = {
                 "contour and which the study itself retracted: not comparable to the toolkit's or the study's "
                 "corrected values (reference/README.md)",
 }
+# ... -> the tag a W&B key of such a metric carries (`Study.key`): "boundary_f1_study_v0_1_0" (no dots, which
+# W&B reads as nesting, no spaces).
+ESTIMATOR_KEY_TAGS = {STUDY_V010: "study_v0_1_0"}
 # Known tidy CSVs (SHA-256 of the file's bytes, line ends as \n) whose metric columns come from such an estimator:
 # digest -> {metric: name}. reference/pilot_results.csv: its boundary columns are v0.1.0's (its mIoU is sound);
 # pilot_results_official.csv, not listed, holds the study's corrected per-class values.
@@ -412,6 +415,13 @@ class Study:
         that computed it when that is not the toolkit's ("Boundary F1 (study's v0.1.0 estimator)")."""
         name = self.estimators.get(metric)
         return METRIC_LABELS[metric] if name is None else f"{METRIC_LABELS[metric]} ({name})"
+
+    def key(self, metric: str) -> str:
+        """A metric's key as the W&B run of the report logs it: "boundary_f1", or with the tag of the estimator that
+        computed it when that is not the toolkit's ("boundary_f1_study_v0_1_0", ESTIMATOR_KEY_TAGS), so a chart
+        never sets the study's retracted values beside the toolkit's under one key."""
+        name = self.estimators.get(metric)
+        return metric if name is None else f"{metric}_{ESTIMATOR_KEY_TAGS[name]}"
 
     @property
     def caveats(self) -> list[str]:

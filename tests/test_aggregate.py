@@ -536,12 +536,48 @@ def test_official_significance(official):
 
 # ---------------------------------------------------------------------------------------------------- W&B
 def test_wandb_offline_run(runs_tree, tmp_path, monkeypatch):
+    """--wandb writes its W&B files under --out (not the current folder): one offline run holding every table
+    and figure, and the final means in its summary."""
+    from tests.wandb_files import offline_runs
+
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    assert aggregate.main([str(runs_tree), "--out", str(tmp_path / "o"), "--wandb"]) == 0
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "o"
+    assert aggregate.main([str(runs_tree), "--out", str(out), "--wandb"]) == 0
+    assert not (tmp_path / "wandb").exists()
+    (run,) = offline_runs(out / "wandb")
+    (row,) = run.history
+    assert row["tables/table1_final_epoch"]["_type"] == "table-file" and row["figures/curves"]["_type"] == "image-file"
+    assert run.summary["final/A/miou"] == pytest.approx(0.82)
+
+
+def test_v010_metrics_carry_the_caveat_in_the_csv_and_wandb(seed_metrics, tmp_path, monkeypatch):
+    """The study's v0.1.0 Boundary F1 / Trimap IoU (pilot_results.csv) are marked in the CSV tables' column names
+    and metric cells, and in the W&B run's table columns and summary keys (report.load.Study.label / .key), so
+    no file or chart shows them under the toolkit's names; mIoU stays unmarked."""
+    from tests.wandb_files import offline_runs
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "o"
+    assert aggregate.main(["--from-csv", str(seed_metrics / "pilot_results.csv"), "--out", str(out), "--bootstrap",
+                           "0", "--wandb"]) == 0
+    header = read_csv(out / "table1_final_epoch.csv")[0].keys()
+    assert f"Boundary F1 {V010} mean (%)" in header and f"Trimap IoU {V010} ±t·SE (%)" in header
+    assert "mIoU mean (%)" in header and "Boundary F1 mean (%)" not in header
+    for name in ("table5_significance", "crossover_summary", "crossover_rankings"):
+        assert {r["metric"] for r in read_csv(out / f"{name}.csv")} == {"mIoU", f"Boundary F1 {V010}",
+                                                                         f"Trimap IoU {V010}"}, name
+    (run,) = offline_runs(out / "wandb")
+    t1 = by(read_csv(out / "table1_final_epoch.csv"), "variant")
+    assert run.summary["final/A/boundary_f1_study_v0_1_0"] == pytest.approx(
+        float(t1["A"][f"Boundary F1 {V010} mean (%)"]) / 100)
+    assert "final/A/miou" in run.summary and "final/A/boundary_f1" not in run.summary
+    table = json.loads((run.path.parent / "files" / run.history[0]["tables/table1_final_epoch"]["path"]).read_text())
+    assert f"Boundary F1 {V010} mean (%)" in table["columns"]
 
 
 # ---------------------------------------------------------------------------------------------------- λ_b sweep
