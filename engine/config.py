@@ -120,14 +120,13 @@ class TrainConfig:
     out: str = _eval("", "run folder ('' = derived from the settings: docs/training.md)")
     samples: int = _eval(DEFAULT_SAMPLES, "val images whose predictions are kept beside each checkpoint's results "
                          "(0 = off; docs/evaluation.md)")
-    log_images: int = _logging(4, "log the first N sample images (--samples) to W&B per evaluation, with the "
-                               "ground truth and prediction as class-labelled masks (0 = off)")
-    log_every: int = _logging(50, "log each loss term and the LR to W&B every N optimizer steps (0 = off)")
+    log_images: int = _logging(4, "W&B: N of the --samples images, with masks, per evaluation (0 = off)")
+    log_every: int = _logging(50, "W&B: each loss term and the LR every N optimizer steps (0 = off)")
     log_grad_norms: int = _logging(0, "every K steps, log each loss term's gradient norms (0 = off)")
     wandb: bool = _logging(True, "log to Weights & Biases (offline unless logged in)")
     wandb_project: str = _logging("boundary-seg", "W&B project")
     wandb_entity: str = _logging("", "W&B entity, team or user ('' = your default)")
-    wandb_artifacts: bool = _logging(False, "upload the final checkpoint (weights, config) to W&B as an artifact")
+    wandb_artifacts: bool = _logging(False, "W&B: upload the final checkpoint as an artifact")
     mixed_precision: str = _runtime("bf16", "autocast precision", ("no", "bf16", "fp16"))
     num_workers: int = _runtime(8, "DataLoader worker processes per training process")
     grad_checkpointing: bool = _runtime(False, "recompute backbone activations (less memory)")
