@@ -222,6 +222,35 @@ def test_the_report_of_a_run_has_every_evaluated_epoch(offline_run):
     assert study.values("A", 1, "miou") == {42: pytest.approx(first["val/miou"], abs=1e-12)}
 
 
+def test_a_corrupt_sample_set_costs_the_wandb_images_only(tmp_path):
+    """RUN/samples/ damaged during a run (a file edited): train.py's W&B row keeps its per-class table, the images
+    are skipped with one line naming the file and the command that remakes it, and training goes on."""
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from engine.samples import run_samples_dir, write_sample_set
+    from engine.tracking import evaluation_media
+
+    rng = np.random.default_rng(0)
+    frames = {f"f{i}": (rng.integers(0, 256, (8, 12, 3), dtype=np.uint8), rng.integers(0, 3, (8, 12), dtype=np.uint8))
+              for i in range(3)}
+    write_sample_set(tmp_path, "val", list(frames), ["a", "b", "c"], [[0, 0, 0], [9, 9, 9], [200, 0, 0]],
+                     frames.__getitem__)
+    metrics = {"classes": ["a", "b", "c"], "iou": [0.5, float("nan"), 0.25]}
+    predictions = {name: label for name, (_, label) in frames.items()}
+    console = Console(file=io.StringIO(), width=300)
+    media = evaluation_media(metrics, tmp_path, predictions, 2, console)
+    assert len(media["val/samples"]) == 2 and media["val/per_class"].data == [["a", 0.5], ["b", None], ["c", 0.25]]
+    gt = run_samples_dir(tmp_path) / "f0_gt.png"
+    gt.write_bytes(gt.read_bytes()[:-8])  # a damaged ground-truth PNG
+    media = evaluation_media(metrics, tmp_path, predictions, 2, console)
+    assert set(media) == {"val/per_class"}
+    (line,) = console.file.getvalue().splitlines()
+    assert line.startswith(f"W&B sample images skipped: {gt}: corrupt") and "python evaluate.py" in line
+
+
 # ---------------------------------------------------------------------------------------------------- requeue
 class NewRunAccelerator(RecordingAccelerator):
     """As RecordingAccelerator, with the id wandb gives: the one asked for (resume="allow"), else a new one."""
