@@ -179,8 +179,9 @@ def main(argv=None) -> int:
     study = Study.from_records(records)
     early, final = pick_epochs(study, args.early_epoch, args.final_epoch)
     from_history = sum(r.from_history for r in records)  # train.py's epochs without a checkpoint (load_history)
-    counted = f"{len(records) - from_history} results" + (f" (+ {from_history} evaluated epochs without a "
-                                                          "checkpoint, from the runs' metrics.jsonl)" if from_history else "")
+    counted = f"{len(records) - from_history} results" + (
+        f" (+ {from_history} evaluated epochs without a checkpoint, from the runs' metrics.jsonl)" if from_history
+        else "")
     console.print(f"{counted} from {source}: variants {', '.join(study.groups)}, "
                   f"seeds {', '.join(map(str, study.seeds))}, {len(study.epochs)} epochs "
                   f"({study.epochs[0]}…{study.epochs[-1]})")

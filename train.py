@@ -164,7 +164,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                 log_step = bool(cfg.wandb and cfg.log_every and accelerator.sync_gradients
                                 and progress.step % cfg.log_every == 0)
                 if (batch_index + 1) % HOST_READ_EVERY == 0 or batch_index + 1 == len(train_loader) or log_step:
-                    reading = loss_log.read()  # the one host sync, every HOST_READ_EVERY micro-steps
+                    reading = loss_log.read()  # the one host sync, every HOST_READ_EVERY micro-steps (and W&B row)
                     check_nonfinite(reading, progress, cfg, console)  # raises past --max-nonfinite
                     bars.update(step_bar, info=f"mean loss {reading.means['loss']:.4f}  lr {lr:.2e}")
                 if log_step:
