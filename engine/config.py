@@ -224,6 +224,7 @@ DEMO_PRESET = {
     "cpu_threads": 1,                  # one compute thread: one per core oversubscribes 2 cores next to the workers
     "sdt_source": "cpu",               # on a CPU the workers' EDT is ~25x faster than the torch (GPU) path
     "checkpoint_every": 4,
+    "log_every": 4,                    # 12 optimizer steps per epoch: W&B's per-step curves get 24 points, not 1
     "head_channels": 128,              # UPerNet at 512 channels costs 7x the whole atto backbone on a CPU
     "wandb_project": "boundary-seg-demo",
 }
