@@ -871,7 +871,13 @@ def test_wandb_offline_run_with_overlays_continues_the_same_run_after_resume(tin
     assert run_id and read_meta(out / "checkpoints" / "epoch_0002")["wandb_run_id"] == run_id
     offline_runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)
-    assert list((offline_runs[-1] / "files" / "media").rglob("*.png"))  # the prediction overlays
+    assert list((offline_runs[-1] / "files" / "media").rglob("*.png"))  # the sample images
+    # the resumed run appends its epochs to the same W&B run: epoch 1 before the stop, epoch 2 after it
+    from tests.wandb_files import OfflineRun
+
+    epochs = [[row["epoch"] for row in OfflineRun.read(next(p.glob("*.wandb"))).history if "epoch" in row]
+              for p in offline_runs]
+    assert epochs == [[1], [2]]
 
 
 # ------------------------------------------------------------------------------- loss recipes, other backbones
