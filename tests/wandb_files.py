@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def read_records(path: Path) -> list:
         if kind == 0:  # zeros: the rest of the block is padding
             pos += BLOCK - pos % BLOCK
             continue
+        if pos + HEADER + length > len(data):
+            break  # still being written
         chunk = data[pos + HEADER:pos + HEADER + length]
         pos += HEADER + length
         pending = chunk if kind in (1, 2) else pending + chunk
@@ -65,9 +68,17 @@ class OfflineRun:
     config: dict = field(default_factory=dict)
 
     @classmethod
-    def read(cls, path: Path) -> "OfflineRun":
+    def read(cls, path: Path, timeout_s: float = 60) -> "OfflineRun":
+        """The run's records once its log ends with the `exit` record: wandb's service process may still be
+        writing the tail (the last summary, the exit) for a moment after `run.finish()` returned."""
+        deadline = time.monotonic() + timeout_s
+        records = read_records(path)
+        while not (records and records[-1].WhichOneof("record_type") == "exit"):
+            assert time.monotonic() < deadline, f"{path}: no exit record after {timeout_s} s (the run never ended?)"
+            time.sleep(0.2)
+            records = read_records(path)
         run = cls(path)
-        for record in read_records(path):
+        for record in records:
             kind = record.WhichOneof("record_type")
             if kind == "history":
                 run.history.append(_items(record.history.item))
