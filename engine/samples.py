@@ -23,7 +23,8 @@ tests/test_samples.py checks a real frame). `<stem>` is the name made safe for a
 may contain '/').
 
 The sample (`choose_samples`) is a pure function of the split's names and the classes each frame's label holds,
-so every run of a study, trained or evaluated anywhere, keeps the same images.
+so every run of a study, trained or evaluated anywhere, keeps the same images. A checkpoint's names are the first
+K of RUN/samples/'s names, in the same order (fewer when evaluated with a smaller --samples).
 
     names = choose_samples(val_names, presence, k=8)                    # presence: (N, C) bool
     write_sample_set(run_dir, "val", names, class_names, palette, read_frame)

@@ -342,3 +342,26 @@ def test_evaluate_all_fills_in_missing_samples_without_recomputing_metrics(strai
     assert read_predictions(run / "checkpoints" / "epoch_0001.results.json").names == before.names
     assert evaluate.main(["--all", str(tmp_path / "runs")]) == 0  # nothing left to fill in
     assert "lack their prediction samples" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_check_labels_returns_what_each_label_holds_in_dataset_order(tiny_data, workers):
+    from data_utils.dataset import check_labels
+    from engine.config import parse_args
+    from engine.setup import build_dataloader
+    cfg, _ = parse_args(["--preset", "demo", "--no-demo-data", "--data-root", str(tiny_data)])
+    dataset = build_dataloader(cfg, "val", train=False).dataset
+    names, presence = reference_presence(tiny_data)
+    assert list(dataset.names) == names
+    np.testing.assert_array_equal(check_labels(dataset, num_workers=workers), presence)
+
+
+def test_a_negative_samples_flag_is_one_line(capsys):
+    import evaluate
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.parse_args(["x", "--samples", "-1"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip().endswith("--samples must be >= 0 (0: none), got -1")
+    with pytest.raises(UserError, match="--samples must be >= 0, got -1"):
+        from engine.config import parse_args
+        parse_args(["--preset", "demo", "--samples", "-1"])
