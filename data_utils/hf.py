@@ -172,11 +172,10 @@ class HFFrames:
         return self.classes.to_train_ids(label, where, fix=_CLASSES_FIX if self.reduce_labels else _REDUCE_FIX,
                                          shift=int(self.reduce_labels))
 
-    def check(self, index: int, decode_label: bool = False) -> None:
+    def check(self, index: int, decode_label: bool = False) -> np.ndarray | None:
         """What `read` would refuse in row `index`'s label, with `decode_label` (an HF row has no header to read
-        apart from its data: without it, nothing is checked here)."""
-        if decode_label:
-            self.read_label(index)
+        apart from its data: without it, nothing is checked here); returns the decoded train ids, or None."""
+        return self.read_label(index) if decode_label else None
 
     def label_size(self, index: int) -> tuple[int, int]:
         """(H, W) of row `index`'s label (decodes it)."""
