@@ -140,6 +140,8 @@ def write_hf_dataset(root: Path, num_train: int, num_val: int, height: int, widt
     """The --format hf DatasetDict (see the module docstring) saved into `root`, plus id2label.json."""
     import datasets
 
+    from utils.bars import no_datasets_bars
+
     class_of_train_id, names = hf_classes(num_classes)
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
@@ -153,7 +155,8 @@ def write_hf_dataset(root: Path, num_train: int, num_val: int, height: int, widt
             rows["label"].append(Image.fromarray(hf_label(label_ids, class_of_train_id), "L"))
             bar.advance(task)
         splits[split] = datasets.Dataset.from_dict(rows, features=features)
-    datasets.DatasetDict(splits).save_to_disk(str(root))
+    with no_datasets_bars():  # "Saving the dataset (1/1 shards)": our own bar counts the frames
+        datasets.DatasetDict(splits).save_to_disk(str(root))
     atomic_write_json(root / "id2label.json", {str(i): name for i, name in enumerate(names)})
 
 
