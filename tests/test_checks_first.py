@@ -329,3 +329,11 @@ def test_nonfinite_weights_advise_grad_clip_only_when_it_is_not_given(tmp_path, 
     with pytest.raises(UserError, match="holds nan/inf") as error:
         save_checkpoint(accelerator, cfg, progress, cfg.run_dir, wandb_run_id=None)
     assert str(error.value).endswith(advice)
+
+
+def test_generating_an_hf_dataset_prints_no_bar_of_hf_datasets(tmp_path, capfd):
+    """Only the generator's own bar (no "Saving the dataset (1/1 shards)"), also when train.py makes demo-hf data."""
+    from data_utils.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "hf", num_train=2, num_val=1, height=64, width=64, format="hf")
+    assert "Saving the dataset" not in "".join(capfd.readouterr())
