@@ -29,7 +29,6 @@ import sys
 import warnings
 from pathlib import Path
 
-
 with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic v1 config names: one UserWarning per model
     warnings.simplefilter("ignore", UserWarning)
     import sweeps
@@ -82,7 +81,7 @@ def check_parameters(config: dict, path: str | Path) -> None:
 
 def check_cells(runs: list[tuple[int, dict]], extra: list[str], path: str | Path) -> None:
     """Refuse, before the first run starts, a cell whose flags train.py would refuse (`seed: -5`,
-    `lambda_boundary: nan`, `--loss` with `--variant`): each cell's flags (`runs`: (index, run config)) plus the
+    `lambda-boundary: .nan`, `--loss` with `--variant`): each cell's flags (`runs`: (index, run config)) plus the
     `extra` ones through train.py's own parser and checks (engine.config: each flag's range, then `validate`),
     one line naming the cell. Otherwise every run would start, fail, and the sweep end with all of them failed."""
     from engine.config import build_parser, config_from_flags  # torch-free
