@@ -298,3 +298,16 @@ def test_screenshots_of_each_panel(viewer_browser, reports, tmp_path):
         image.save(path, optimize=True)
         assert non_blank(path) > 10 and path.stat().st_size < 120_000
     viewer_browser.check_clean()
+
+
+# ---------------------------------------------------------------------------------------------------- W&B
+def test_wandb_run_holds_the_viewer_page(reports, tmp_path, monkeypatch):
+    """aggregate.py --wandb logs viewer.html as a wandb.Html: the offline run's media holds the page, unchanged
+    (no W&B stylesheet injected: that would be a link to the network)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # wherever the run's files go (WANDB_DIR or --out), they stay under tmp_path
+    out = tmp_path / "report"
+    assert aggregate.main([str(reports["demo"]["runs"]), "--out", str(out), "--wandb"]) == 0
+    pages = list(tmp_path.rglob("media/html/viewer_*.html"))
+    assert len(pages) == 1 and pages[0].read_text(encoding="utf-8") == (out / VIEWER_FILE).read_text(encoding="utf-8")
