@@ -33,7 +33,8 @@ GROUPS = ["A", "B", "C", "D"]
 PANELS = ["curves", "per_class", "tables"]
 
 
-def write_study(runs: Path, groups: list[str], seeds: list[int], epochs: list[int], seed: int = 0) -> dict:
+def write_study(runs: Path, groups: list[str], seeds: list[int], epochs: list[int], seed: int = 0,
+                classes: list[str] = CLASSES, palette: list[str] = PALETTE) -> dict:
     """Results files of every (group, seed, epoch) with random values of every registry metric and per-class IoU
     and Boundary IoU (group A never sees "pole": NaN); returns {(group, seed, epoch): the values written}."""
     rng = np.random.default_rng(seed)
@@ -41,16 +42,16 @@ def write_study(runs: Path, groups: list[str], seeds: list[int], epochs: list[in
     for g in groups:
         for s in seeds:
             for e in epochs:
-                iou = {c: float(rng.uniform(0.05, 0.95)) for c in CLASSES}
-                biou = {c: float(rng.uniform(0.02, 0.8)) for c in CLASSES}
-                if g == "A":
+                iou = {c: float(rng.uniform(0.05, 0.95)) for c in classes}
+                biou = {c: float(rng.uniform(0.02, 0.8)) for c in classes}
+                if g == "A" and "pole" in classes:
                     iou["pole"] = biou["pole"] = float("nan")
                 values = {"miou": float(rng.uniform(0.3, 0.8)), "boundary_f1": float(rng.uniform(0.3, 0.8)),
                           "trimap_iou": float(rng.uniform(0.3, 0.8)), "boundary_iou": float(rng.uniform(0.2, 0.6)),
                           "fragments_per_image": float(rng.uniform(50, 300)), "hd95": float(rng.uniform(5, 60))}
                 write_result(runs, g, s, e, values["miou"], values["boundary_f1"], values["trimap_iou"], iou=iou,
-                             config={"class_names": CLASSES, "class_palette": PALETTE},
-                             extra={"classes": CLASSES, "boundary_iou": values["boundary_iou"],
+                             config={"class_names": classes, "class_palette": palette},
+                             extra={"classes": classes, "boundary_iou": values["boundary_iou"],
                                     "fragments_per_image": values["fragments_per_image"], "hd95": values["hd95"],
                                     "boundary_iou_per_class": biou})
                 written[(g, s, e)] = {**values, "iou": iou, "boundary_iou_per_class": biou}
@@ -311,3 +312,36 @@ def test_wandb_run_holds_the_viewer_page(reports, tmp_path, monkeypatch):
     assert aggregate.main([str(reports["demo"]["runs"]), "--out", str(out), "--wandb"]) == 0
     pages = list(tmp_path.rglob("media/html/viewer_*.html"))
     assert len(pages) == 1 and pages[0].read_text(encoding="utf-8") == (out / VIEWER_FILE).read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------- size, speed
+@pytest.mark.slow
+def test_study_shape_size_and_render_time(viewer_browser, tmp_path):
+    """The study's shape (4 groups x 3 seeds x 160 epochs, Cityscapes' 19 classes, every metric): the page beside
+    plotly.js stays small; the time to draw each panel is printed (`pytest -s`), not asserted."""
+    import time
+
+    import plotly.offline
+
+    from data_utils.labels import CITYSCAPES
+
+    names = list(CITYSCAPES.names)
+    palette = ["#%02x%02x%02x" % tuple(rgb) for rgb in CITYSCAPES.palette]
+    write_study(tmp_path / "runs", GROUPS, [1, 2, 3], list(range(1, 161)), classes=names, palette=palette)
+    start = time.perf_counter()
+    assert aggregate.main([str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--bootstrap", "0"]) == 0
+    aggregate_s = time.perf_counter() - start
+    html = tmp_path / "report" / VIEWER_FILE
+    size, plotly_size = html.stat().st_size, len(plotly.offline.get_plotlyjs().encode())
+    assert size - plotly_size < 3_000_000
+    start = time.perf_counter()
+    viewer_browser.open_viewer(html)  # until the first tab (curves) is drawn
+    times = {"open + curves": time.perf_counter() - start}
+    for panel in PANELS[1:]:
+        start = time.perf_counter()
+        viewer_browser.show_panel(panel)
+        times[panel] = time.perf_counter() - start
+    viewer_browser.check_clean()
+    print(f"\nstudy shape: aggregate.py {aggregate_s:.1f} s; viewer.html {size / 1e6:.2f} MB "
+          f"({(size - plotly_size) / 1e6:.2f} MB besides plotly.js); Chromium: "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
