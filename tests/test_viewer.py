@@ -345,9 +345,17 @@ def test_study_shape_size_and_render_time(viewer_browser, tmp_path):
     html = tmp_path / "report" / VIEWER_FILE
     size, plotly_size = html.stat().st_size, len(plotly.offline.get_plotlyjs().encode())
     assert size - plotly_size < 3_000_000
-    start = time.perf_counter()
-    viewer_browser.open_viewer(html)  # until the first tab (curves) is drawn
-    times = {"open + curves": time.perf_counter() - start}
+    reference = tmp_path / "plotly_only.html"  # the floor: parsing plotly.js alone, timed in the same run
+    reference.write_text(f"<!DOCTYPE html><html><body><script>{plotly.offline.get_plotlyjs()}</script></body></html>")
+    times = {}
+    for _ in range(2):  # the second open: Chromium's code cache warm, as when a user reopens the file
+        start = time.perf_counter()
+        viewer_browser.open(reference)
+        times["plotly.js alone"] = time.perf_counter() - start
+        start = time.perf_counter()
+        viewer_browser.open_viewer(html)  # until the first tab (curves) is drawn
+        times["open + curves"] = time.perf_counter() - start
+        print(", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
     for panel in PANELS[1:]:
         start = time.perf_counter()
         viewer_browser.show_panel(panel)
