@@ -285,6 +285,34 @@ def test_from_csv_gives_curves_and_tables_and_says_why_no_images(viewer_browser,
     viewer_browser.check_clean()
 
 
+def test_per_class_from_a_csv_and_lambda_sweep_groups(viewer_browser, seed_metrics, tmp_path):
+    """The study's 160-epoch CSV (per-class IoU columns, Cityscapes' palette for its names), and a λ_b sweep whose
+    groups ("C λb=0.05") are the curves' lines and the per-class reference."""
+    out = tmp_path / "paper-160"
+    assert aggregate.main(["--from-csv", str(seed_metrics / "pilot_results_official.csv"), "--out", str(out)]) == 0
+    data = payload(out / VIEWER_FILE)
+    assert [m["key"] for m in data["per_class"]["metrics"]] == ["miou"]
+    assert data["classes"]["palette"][0] == [128, 64, 128]  # road
+    viewer_browser.open_viewer(out / VIEWER_FILE)
+    viewer_browser.show_panel("per_class")
+    viewer_browser.check_clean()
+
+    runs = tmp_path / "sweep"
+    for seed in (1, 2):
+        for epoch in (5, 10):
+            write_result(runs, "A", seed, epoch, 0.6 + 0.01 * seed)
+            for lam in (0.05, 0.2):
+                write_result(runs / f"lb{lam:g}", "C", seed, epoch, 0.62 + lam / 10 + 0.01 * seed, lam=lam)
+    assert aggregate.main([str(runs), "--out", str(tmp_path / "sweep_report"), "--bootstrap", "0"]) == 0
+    page = viewer_browser.open_viewer(tmp_path / "sweep_report" / VIEWER_FILE)
+    groups = ["A", "C λb=0.05", "C λb=0.2"]
+    assert [t["group"] for t in traces(page, "curves-plot", "mean")] == groups
+    viewer_browser.show_panel("per_class")
+    page.select_option("#per-class-reference", "C λb=0.05")
+    assert sorted(t["group"] for t in traces(page, "per-class-deltas", "delta")) == ["A", "C λb=0.2"]
+    viewer_browser.check_clean()
+
+
 def test_palette_and_classes_come_from_the_results(reports):
     data = payload(reports["four"]["out"] / VIEWER_FILE)
     assert data["classes"]["names"] == CLASSES
