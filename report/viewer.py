@@ -24,6 +24,7 @@ Values are shown in a metric's display unit (report.load.metric_unit: fractions 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -49,7 +50,7 @@ _DIGITS = 4  # decimals kept of a displayed value (percent: 1e-4 pp), which keep
 
 def _num(x: float) -> float | None:
     """A displayed value rounded to _DIGITS decimals; NaN -> None (JSON null: a gap in a line, no bar)."""
-    return round(x, _DIGITS) if x == x else None
+    return round(x, _DIGITS) if math.isfinite(x) else None
 
 
 def _unit(key: str) -> str:
@@ -65,7 +66,7 @@ def curves_data(study: Study, early: int | None, final: int) -> dict:
     values; aligned with `epochs` (null where a group or seed has no result)."""
     metrics = []
     for m in RECORDS:
-        if not any(m.key in r.metrics and r.metrics[m.key] == r.metrics[m.key] for r in study.records):
+        if all(math.isnan(r.metrics.get(m.key, math.nan)) for r in study.records):
             continue  # no value in this input (a tidy CSV holds three metrics; older results lack the newer ones)
         _, factor = metric_unit(m.key)
         groups = {}
