@@ -200,7 +200,9 @@ def render_html(data: dict) -> str:
     parts = {
         "TITLE": _html_text(data.get("title", "viewer")),
         "STYLE": (ASSETS / "viewer.css").read_text(encoding="utf-8"),
-        "DATA": payload.replace("</", "<\\/"),  # JSON's "\/" is "/": the payload reads back unchanged
+        # "<" only occurs inside JSON strings, where \u003c reads back as "<": no "</script>" or "<!--" can end or
+        # confuse the script element, whatever the class or group names hold
+        "DATA": payload.replace("<", "\\u003c"),
         "SCRIPTS": "\n".join(f"<script>{_inline_script(js)}</script>" for js in scripts),
     }
     template = (ASSETS / "viewer.html").read_text(encoding="utf-8")

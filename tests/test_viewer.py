@@ -24,7 +24,7 @@ from scipy import stats as sps
 
 import aggregate
 from metrics.registry import METRICS as RECORDS
-from report.viewer import VIEWER_FILE
+from report.viewer import VIEWER_FILE, build_viewer
 from tests.test_aggregate import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +125,17 @@ def test_viewer_is_one_self_contained_file(reports):
     plotly_js = plotly.offline.get_plotlyjs()
     assert html.count(plotly_js[:200]) == 1
     assert len(html.encode()) - len(plotly_js.encode()) < 300_000
+
+
+def test_markup_in_the_data_reads_back_unchanged(viewer_browser, reports, tmp_path):
+    """Names holding "</script>" or "<!--" neither end the payload's script element nor reach the page as HTML."""
+    data = payload(reports["demo"]["out"] / VIEWER_FILE)
+    tricky = "C </script><!--<script>alert(1)</script> & <b>x</b>"
+    data["title"] = data["source"] = tricky
+    page = viewer_browser.open_viewer(build_viewer(data, tmp_path / VIEWER_FILE))
+    assert page.evaluate("VIEWER.data.title") == tricky and page.title() == tricky
+    assert page.inner_text("header h1") == tricky
+    viewer_browser.check_clean()
 
 
 def test_harness_records_every_attempted_request(viewer_browser, reports):
