@@ -32,7 +32,7 @@ from data_utils.classes import default_palette
 from data_utils.labels import CITYSCAPES
 from engine.results_format import read_results
 from metrics.registry import METRICS as RECORDS
-from report.figures import VARIANT_NAMES, group_colors
+from report.figures import VARIANT_NAMES, group_colors, per_class_pair
 from report.load import Study, metric_unit
 from report.stats import summarize
 from report.tables import BOOTSTRAP_TABLE, CONSENSUS_TABLE, Table
@@ -118,8 +118,7 @@ def per_class_data(study: Study, final: int) -> dict | None:
         metrics.append({"key": m.key, "label": _class_label(m.key, m.label), "unit": _unit(m.key), "values": values})
     if not metrics:
         return None
-    reference = study.group_of("A") or study.groups[0]  # as report.figures.plot_per_class: Δ against A, sorted by D
-    compare = study.group_of("D") if study.group_of("D") not in (None, reference) else study.groups[-1]
+    reference, compare = per_class_pair(study)  # as per_class_iou.png: Δ against A, sorted by Δ(D−A)
     return {"classes": study.classes, "epochs": study.epochs, "epoch": final, "metrics": metrics,
             "reference": reference, "compare": compare}
 
