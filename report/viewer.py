@@ -60,10 +60,11 @@ def _unit(key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- panels' data
-def curves_data(study: Study, early: int | None, final: int) -> dict:
+def curves_data(study: Study, early: int | None, final: int, band: str = "normal") -> dict:
     """Per metric of metrics.registry with a value in the input: per group, the mean over seeds at every epoch
     with the half-widths of both 95 % intervals (report.stats.summarize), the number of seeds, and each seed's
-    values; aligned with `epochs` (null where a group or seed has no result)."""
+    values; aligned with `epochs` (null where a group or seed has no result). `band` ("normal" or "t", as
+    aggregate.py --band) is the interval shown first."""
     metrics = []
     for m in RECORDS:
         if all(math.isnan(r.metrics.get(m.key, math.nan)) for r in study.records):
@@ -86,7 +87,7 @@ def curves_data(study: Study, early: int | None, final: int) -> dict:
         marks = [{"epoch": final, "label": f"{'early and ' if early == final else ''}final epoch {final}"}]
     else:
         marks = [{"epoch": early, "label": f"early epoch {early}"}, {"epoch": final, "label": f"final epoch {final}"}]
-    return {"epochs": study.epochs, "metrics": metrics, "marks": marks,
+    return {"epochs": study.epochs, "metrics": metrics, "marks": marks, "band": band,
             "bands": {"normal": "mean ± 1.96·SE", "t": "mean ± t(0.975, n−1)·SE"}}
 
 
@@ -157,9 +158,10 @@ def images_absent(from_csv: bool) -> str:
 
 
 def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: int, source: str,
-                runs_dir: str | Path | None = None, title: str = "Loss-ablation report") -> dict:
+                runs_dir: str | Path | None = None, band: str = "normal", title: str = "Loss-ablation report") -> dict:
     """The viewer's JSON payload (module docstring) for `study`: `tables` are aggregate.py's report.tables Tables,
-    `early`/`final` the crossover's epochs, `runs_dir` None for a tidy CSV (no images, the default palette)."""
+    `early`/`final` the crossover's epochs, `runs_dir` None for a tidy CSV (no images, the default palette),
+    `band` the curves' interval shown first."""
     colors = group_colors(study.groups, study.group_keys)
     per_class = per_class_data(study, final)
     absent = {}
@@ -174,7 +176,7 @@ def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: 
         "groups": study.groups,
         "colors": {g: colors[g] for g in study.groups},
         "group_labels": {g: VARIANT_NAMES.get(g, g) for g in study.groups},
-        "curves": curves_data(study, early, final),
+        "curves": curves_data(study, early, final, band),
         "per_class": per_class,
         "tables": tables_data(tables),
         "images": images,

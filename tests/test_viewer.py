@@ -164,6 +164,7 @@ def test_curves_one_mean_line_per_group_with_both_bands(viewer_browser, reports)
     with values is offered."""
     r = reports["four"]
     page = viewer_browser.open_viewer(r["out"] / VIEWER_FILE)
+    assert page.input_value("#curves-band") == "normal"  # aggregate.py --band's default
     offered = page.eval_on_selector_all("#curves-metric option", "os => os.map(o => o.value)")
     assert offered == [m.key for m in RECORDS]  # the fixture holds every metric
     for band, factor in (("normal", 1.96), ("t", sps.t.ppf(0.975, len(r["seeds"]) - 1))):
@@ -298,7 +299,7 @@ def test_from_csv_gives_curves_and_tables_and_says_why_no_images(viewer_browser,
 
 def test_per_class_from_a_csv_and_lambda_sweep_groups(viewer_browser, seed_metrics, tmp_path):
     """The study's 160-epoch CSV (per-class IoU columns, Cityscapes' palette for its names), and a λ_b sweep whose
-    groups ("C λb=0.05") are the curves' lines and the per-class reference."""
+    groups ("C λb=0.05") are the curves' lines and the per-class reference (with --band t shown first)."""
     out = tmp_path / "paper-160"
     assert aggregate.main(["--from-csv", str(seed_metrics / "pilot_results_official.csv"), "--out", str(out)]) == 0
     data = payload(out / VIEWER_FILE)
@@ -314,8 +315,9 @@ def test_per_class_from_a_csv_and_lambda_sweep_groups(viewer_browser, seed_metri
             write_result(runs, "A", seed, epoch, 0.6 + 0.01 * seed)
             for lam in (0.05, 0.2):
                 write_result(runs / f"lb{lam:g}", "C", seed, epoch, 0.62 + lam / 10 + 0.01 * seed, lam=lam)
-    assert aggregate.main([str(runs), "--out", str(tmp_path / "sweep_report"), "--bootstrap", "0"]) == 0
+    assert aggregate.main([str(runs), "--out", str(tmp_path / "sweep_report"), "--bootstrap", "0", "--band", "t"]) == 0
     page = viewer_browser.open_viewer(tmp_path / "sweep_report" / VIEWER_FILE)
+    assert page.input_value("#curves-band") == "t"  # --band t: the Student-t band first
     groups = ["A", "C λb=0.05", "C λb=0.2"]
     assert [t["group"] for t in traces(page, "curves-plot", "mean")] == groups
     viewer_browser.show_panel("per_class")

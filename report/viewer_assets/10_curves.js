@@ -8,7 +8,7 @@ VIEWER.register({
   title: "Curves",
   render(el, data) {
     const V = VIEWER, curves = data.curves;
-    const state = {metric: curves.metrics[0].key, band: "normal", seeds: false};
+    const state = {metric: curves.metrics[0].key, band: curves.band, seeds: false};
     const plot = V.el("div", {class: "plot", id: "curves-plot"});
     plot.style.height = "560px";
     const seedBox = V.el("input", {type: "checkbox", id: "curves-seeds",
