@@ -358,11 +358,17 @@ def test_screenshots_of_each_panel(viewer_browser, reports, tmp_path):
 def test_wandb_run_holds_the_viewer_page(reports, tmp_path, monkeypatch):
     """aggregate.py --wandb logs viewer.html as a wandb.Html: the offline run's media holds the page, unchanged
     (no W&B stylesheet injected: that would be a link to the network)."""
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)  # wherever the run's files go (WANDB_DIR or --out), they stay under tmp_path
     out = tmp_path / "report"
-    assert aggregate.main([str(reports["demo"]["runs"]), "--out", str(out), "--wandb"]) == 0
+    wandb.teardown()  # wandb keeps the first run's settings (its folder) process-wide: start from this test's
+    try:
+        assert aggregate.main([str(reports["demo"]["runs"]), "--out", str(out), "--wandb"]) == 0
+    finally:
+        wandb.teardown()  # and leave none of this test's settings to the next test
     pages = list(tmp_path.rglob("media/html/viewer_*.html"))
     assert len(pages) == 1 and pages[0].read_text(encoding="utf-8") == (out / VIEWER_FILE).read_text(encoding="utf-8")
 
