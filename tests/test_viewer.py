@@ -253,6 +253,9 @@ def test_one_variant_per_class_has_no_delta_and_says_why(viewer_browser, reports
     assert "no Δ against a reference" in page.inner_text("#per-class-note")
     iou = r["values"][("C", 0, r["epochs"][-1])]["iou"]
     assert traces(page, "per-class-values", "value")[0]["x"] == sorted(CLASSES, key=lambda c: -iou[c])
+    viewer_browser.show_panel("tables")  # a comparison of one group: a line saying what it needs, as in summary.md
+    significance = page.inner_text(".table-block[data-table='table5_significance']")
+    assert "(no rows)" in significance and "needs ≥ 2 groups" in significance
     viewer_browser.check_clean()
 
 
