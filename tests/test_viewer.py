@@ -359,21 +359,25 @@ def test_screenshots_of_each_panel(viewer_browser, reports, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- W&B
 def test_wandb_run_holds_the_viewer_page(reports, tmp_path, monkeypatch):
-    """aggregate.py --wandb logs viewer.html as a wandb.Html: the offline run's media holds the page, unchanged
-    (no W&B stylesheet injected: that would be a link to the network)."""
+    """aggregate.py --wandb logs viewer.html as a wandb.Html (key "viewer"): the offline run under --out logs it,
+    and its media holds the page unchanged (no W&B stylesheet injected: that would be a link to the network)."""
     import wandb
 
+    from tests.wandb_files import offline_runs
+
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.chdir(tmp_path)  # wherever the run's files go (WANDB_DIR or --out), they stay under tmp_path
+    monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "report"
-    wandb.teardown()  # wandb keeps the first run's settings (its folder) process-wide: start from this test's
+    wandb.teardown()  # wandb keeps process-wide settings from an earlier run: start from this test's
     try:
         assert aggregate.main([str(reports["demo"]["runs"]), "--out", str(out), "--wandb"]) == 0
     finally:
         wandb.teardown()  # and leave none of this test's settings to the next test
-    pages = list(tmp_path.rglob("media/html/viewer_*.html"))
-    assert len(pages) == 1 and pages[0].read_text(encoding="utf-8") == (out / VIEWER_FILE).read_text(encoding="utf-8")
+    (run,) = offline_runs(out / "wandb")
+    (row,) = run.history
+    assert row["viewer"]["_type"] == "html-file"
+    (page,) = (out / "wandb").rglob(row["viewer"]["path"])
+    assert page.read_text(encoding="utf-8") == (out / VIEWER_FILE).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------- size, speed
