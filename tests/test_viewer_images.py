@@ -1,0 +1,249 @@
+"""The viewer's Images panel (report/viewer_images.py, report/viewer_assets/40_images.js): the per-image values
+and the Δ order against explicit loops over the per-image files, the band against the metrics' own counts,
+label maps shipped exactly, and a corrupt sample file turning the panel off with one line."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.config import TrainConfig
+from engine.results import results_path, write_results
+from metrics import SegmentationMetrics
+from metrics.band import trimap_band
+from metrics.per_image import dataset_metrics, image_values, per_image_path, read_per_image, subset
+from metrics.registry import METRICS
+from report.load import Study, load_runs_dir
+from report.viewer_images import PANEL_ID, delta_order, image_panel_data, thumb_index
+from utils.fileio import atomic_write_json
+
+C = 4
+CLASSES = ["road", "car", "pole", "sky"]
+PALETTE = [[128, 64, 128], [0, 0, 142], [153, 153, 153], [70, 130, 180]]
+EPOCH = 2
+GROUPS = {"A": 0.30, "B": 0.20, "C": 0.12, "D": 0.06}  # group -> fraction of pixels predicted wrong
+SEEDS = (1, 2)
+NUM_IMAGES, SAMPLED = 10, 4
+H, W = 40, 56
+
+
+def scene_maps(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, H, W) uint8 train ids: horizontal bands of classes with a ragged edge, a pole, an ignored blob."""
+    maps = np.zeros((n, H, W), np.uint8)
+    for k in range(n):
+        horizon = rng.integers(10, 20) + rng.integers(-2, 3, size=W)
+        rows = np.arange(H)[:, None]
+        maps[k] = np.where(rows < horizon, 3, 0)
+        x0, y0 = rng.integers(0, W - 12), rng.integers(15, H - 10)
+        maps[k, y0:y0 + 8, x0:x0 + 12] = 1
+        maps[k, :, rng.integers(2, W - 2)] = 2
+        y1, x1 = rng.integers(0, H - 4), rng.integers(0, W - 4)
+        maps[k, y1:y1 + 4, x1:x1 + 4] = 255
+    return maps
+
+
+def predict(rng: np.random.Generator, target: np.ndarray, wrong: float) -> np.ndarray:
+    """A prediction: the target shifted by up to a pixel, with a fraction of pixels replaced by random classes."""
+    pred = np.roll(target, rng.integers(-1, 2), axis=-1).copy()
+    flip = rng.random(pred.shape) < wrong
+    pred[flip] = rng.integers(0, C, size=int(flip.sum()))
+    pred[pred == 255] = 0  # a model predicts a class everywhere
+    return pred
+
+
+def p_png(ids: np.ndarray) -> bytes:
+    """A P-mode PNG whose pixel values are the train ids, with the dataset's palette."""
+    image = Image.frombytes("P", (ids.shape[1], ids.shape[0]), np.ascontiguousarray(ids, np.uint8).tobytes())
+    image.putpalette([v for c in PALETTE for v in c])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_sample_set(run_dir: Path, names: list[str], photos: dict, labels: dict) -> None:
+    """RUN/samples/ in the format of engine/samples.py (#26 §1): index.json, each image as JPEG, its ground truth
+    as a P-mode PNG."""
+    folder = run_dir / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in names:
+        Image.fromarray(photos[name]).save(folder / f"{name}.jpg", quality=90)
+        (folder / f"{name}_gt.png").write_bytes(p_png(labels[name]))
+        files[name] = {"image": f"{name}.jpg", "label": f"{name}_gt.png"}
+    atomic_write_json(folder / "index.json", {"split": "val", "names": names, "class_names": CLASSES,
+                                              "palette": PALETTE, "ignore_index": 255, "files": files})
+
+
+def write_checkpoint_samples(results: Path, names: list[str], preds: dict) -> None:
+    """<ckpt>.samples/ beside the results file, in the format of engine/samples.py: one P-mode PNG per image."""
+    folder = results.with_name(results.name[: -len(".results.json")] + ".samples")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in names:
+        (folder / f"{name}.png").write_bytes(p_png(preds[name]))
+        files[name] = f"{name}.png"
+    atomic_write_json(folder / "index.json", {"split": "val", "names": names, "files": files, "sha256": {}})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Four groups x two seeds evaluated at epoch 2 on the same 10 images (results, per-image files) with the
+    predictions of 4 sampled images kept: the runs folder."""
+    root = tmp_path_factory.mktemp("viewer_images")
+    rng = np.random.default_rng(0)
+    names = [f"frame_{i:02d}" for i in range(NUM_IMAGES)]
+    targets = scene_maps(rng, NUM_IMAGES)
+    photos = {n: rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8) for n in names}
+    sampled = names[1:1 + SAMPLED]
+    for group, wrong in GROUPS.items():
+        for seed in SEEDS:
+            preds = np.stack([predict(rng, t, wrong * rng.uniform(0.5, 1.5)) for t in targets])
+            metric = SegmentationMetrics(num_classes=C, class_names=CLASSES)
+            metric.update(torch.from_numpy(preds), torch.from_numpy(targets), names=names)
+            metrics = {**metric.compute(), "per_image": metric.per_image(), "classes": CLASSES}
+            run = root / f"{group}_seed{seed}"
+            ckpt = run / "checkpoints" / f"epoch_{EPOCH:04d}"
+            ckpt.mkdir(parents=True)
+            path = results_path(ckpt)
+            write_results(path, metrics, cfg=TrainConfig(seed=seed), epoch=EPOCH, checkpoint=ckpt, split="val",
+                          seconds=1.0)
+            atomic_write_json(path, {**json.loads(path.read_text()), "variant": group})
+            write_sample_set(run, sampled, photos, dict(zip(names, targets)))
+            write_checkpoint_samples(path, sampled, dict(zip(names, preds)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def panel(runs):
+    absent = {}
+    data = image_panel_data(Study.from_records(load_runs_dir(runs)), runs, EPOCH, absent)
+    assert data is not None, absent
+    return data
+
+
+def decode(uri: str) -> np.ndarray:
+    header, payload = uri.split(",", 1)
+    return np.array(Image.open(io.BytesIO(base64.b64decode(payload))))
+
+
+# ---------------------------------------------------------------------------------------------------- numbers
+def test_image_values_are_each_image_alone(runs):
+    stats = read_per_image(per_image_path(runs / "A_seed1" / "checkpoints" / f"epoch_{EPOCH:04d}"))
+    for profile in ("default", "study"):
+        values = image_values(stats, profile)
+        for i in range(NUM_IMAGES):
+            alone = dataset_metrics(subset(stats, [i]), profile)
+            for m in METRICS:
+                assert values[m.key][i] == pytest.approx(alone[m.key], rel=1e-12, nan_ok=True), (m.key, i)
+
+
+def explicit_deltas(runs: Path, names: list[str], x: str, y: str, key: str) -> dict[str, float]:
+    """Per sampled image: the mean over X's seeds of the metric on that image alone (from its per-image file,
+    image by image) minus Y's."""
+    def group_mean(group: str, name: str) -> float:
+        total, count = 0.0, 0
+        for seed in SEEDS:
+            stats = read_per_image(per_image_path(runs / f"{group}_seed{seed}" / "checkpoints" / f"epoch_{EPOCH:04d}"))
+            i = stats["names"].tolist().index(name)
+            value = dataset_metrics(subset(stats, [i]), "default")[key]
+            if not math.isnan(value):
+                total, count = total + value, count + 1
+        return total / count if count else math.nan
+    return {n: group_mean(x, n) - group_mean(y, n) for n in names}
+
+
+def check_order(order: list[str], deltas: dict[str, float], names: list[str]) -> None:
+    """`order` sorts `deltas` descending, NaN last, equal Δ (up to rounding) in sample order."""
+    assert sorted(order) == sorted(names)
+    finite = [n for n in order if not math.isnan(deltas[n])]
+    assert order[len(finite):] == [n for n in names if math.isnan(deltas[n])]
+    for a, b in zip(finite, finite[1:]):
+        assert deltas[a] >= deltas[b] - 1e-12
+        if abs(deltas[a] - deltas[b]) <= 1e-12:
+            assert names.index(a) < names.index(b)
+
+
+@pytest.mark.parametrize("x, y", [("D", "A"), ("C", "B"), ("A", "D")])
+def test_delta_order_equals_an_explicit_loop_over_the_per_image_files(runs, panel, x, y):
+    for m in METRICS:
+        deltas = explicit_deltas(runs, panel["names"], x, y, m.key)
+        order = delta_order(panel, x, y, m.key)
+        check_order(order, deltas, panel["names"])
+    assert len(set(delta_order(panel, x, y, "miou"))) == SAMPLED
+
+
+def test_band_is_the_one_the_metrics_count_over():
+    rng = np.random.default_rng(1)
+    for r in (0, 1, 3):
+        target = scene_maps(rng, 3)
+        target[0, :5] = rng.integers(0, C, size=(5, W))  # noisy rows: many contours
+        pred = np.stack([predict(rng, t, 0.2) for t in target])
+        metric = SegmentationMetrics(num_classes=C, boundary_px=r)
+        metric.update(torch.from_numpy(pred), torch.from_numpy(target))
+        trimap = metric.per_image()["trimap_confusion"]  # (n, C, C+1) counted over the band
+        for k in range(3):
+            band = trimap_band(target[k], C, r)
+            expected = np.zeros((C, C + 1), np.int64)
+            np.add.at(expected, (target[k][band], np.minimum(pred[k][band], C)), 1)
+            np.testing.assert_array_equal(trimap[k], expected)
+    # by hand: two classes side by side, an ignored column between does not make a contour
+    target = np.zeros((3, 8), np.uint8)
+    target[:, 4:] = 1
+    np.testing.assert_array_equal(trimap_band(target, 2, 0)[0], [0, 0, 0, 1, 1, 0, 0, 0])  # both sides
+    np.testing.assert_array_equal(trimap_band(target, 2, 1)[0], [0, 0, 1, 1, 1, 1, 0, 0])
+    target[:, 4] = 255
+    assert not trimap_band(target, 2, 1).any()
+
+
+def test_label_maps_and_band_travel_exactly(runs, panel):
+    run = runs / "C_seed2"
+    labels = {n: np.array(Image.open(run / "samples" / f"{n}_gt.png")) for n in panel["names"]}
+    preds_dir = run / "checkpoints" / f"epoch_{EPOCH:04d}.samples"
+    for image, pred in zip(panel["images"], panel["preds"]["C"]["2"]):
+        label = labels[image["name"]]
+        rows, cols = thumb_index(*label.shape)
+        np.testing.assert_array_equal(decode(image["full"]["label"]), label)
+        np.testing.assert_array_equal(decode(image["thumb"]["label"]), label[np.ix_(rows, cols)])
+        band = trimap_band(label, C, 3)
+        np.testing.assert_array_equal(decode(image["full"]["band"]), band)
+        np.testing.assert_array_equal(decode(image["thumb"]["band"]), band[np.ix_(rows, cols)])
+        full = np.array(Image.open(preds_dir / f"{image['name']}.png"))
+        np.testing.assert_array_equal(decode(pred["full"]), full)
+    assert panel["classes"] == {"names": CLASSES, "palette": PALETTE, "ignore_index": 255}
+    assert panel["groups"] == list(GROUPS) and panel["num_images"] == NUM_IMAGES
+
+
+def test_thumbnail_pixels_are_centres():
+    rows, cols = thumb_index(1024, 2048)
+    assert (len(rows), len(cols)) == (256, 512) and rows[0] == 2 and cols[-1] == 2046  # (511 + 0.5) * 4
+    rows, cols = thumb_index(40, 56)
+    np.testing.assert_array_equal(rows, np.arange(40))
+
+
+# ---------------------------------------------------------------------------------------------------- absent
+def test_panel_absent_from_csv_and_without_samples(tmp_path, runs):
+    absent = {}
+    assert image_panel_data(None, None, EPOCH, absent) is None and "tidy CSV" in absent[PANEL_ID]
+    study = Study.from_records(load_runs_dir(runs))
+    absent = {}
+    assert image_panel_data(study, runs, EPOCH + 1, absent) is None
+    assert "no run at epoch 3" in absent[PANEL_ID] and "evaluate.py --all" in absent[PANEL_ID]
+
+
+def test_corrupt_sample_file_turns_the_panel_off_with_one_line(tmp_path, runs):
+    import shutil
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    bad = copy / "B_seed1" / "checkpoints" / f"epoch_{EPOCH:04d}.samples" / "frame_02.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    absent = {}
+    assert image_panel_data(Study.from_records(load_runs_dir(copy)), copy, EPOCH, absent) is None
+    reason = absent[PANEL_ID]
+    assert "\n" not in reason and str(bad) in reason and "evaluate.py" in reason
