@@ -11,7 +11,7 @@ predictions of them, their per-image metrics, and the per-image Δ that sorts th
     group the mean over its seeds for ALL images of the split (what the Δ sort and the Δ rank use).
 
 Images travel as data URIs, twice: a thumbnail (longest side THUMB_PX) for display and the full size for the
-click. Photos are JPEG. Label maps (ground truth, predictions) are 1-channel PNGs whose pixel values are the
+click. Photos are JPEG (the full size: the sample set's own file). Label maps (ground truth, predictions) are 1-channel PNGs whose pixel values are the
 train ids (255: ignore), nearest-neighbour downscaled, and the band a 1-bit PNG: lossless, so a class stays a
 class, and the browser colours them from the palette (one lookup per pixel) and computes the error view from
 the same ids. A colourised RGB PNG would be 2-3x larger per map and would have to be decoded back into ids for
@@ -37,12 +37,11 @@ from metrics.band import trimap_band
 from metrics.per_image import image_values
 from metrics.registry import METRICS
 from report.load import Study, load_per_image
-from utils.conventions import IGNORE_INDEX
 from utils.fileio import UserError
 
 PANEL_ID = "images"
 THUMB_PX = 512  # longest side of the displayed images; the full size opens on click
-JPEG_QUALITY = 85  # photos (thumbnail and full size)
+JPEG_QUALITY = 85  # the thumbnails of the photos
 
 
 # ---------------------------------------------------------------------------------------------------- encoding
@@ -174,12 +173,13 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
         photo, label = sample_set.image(name), sample_set.label(name)
         index = thumb_index(*label.shape)
         rows, cols = index
-        band = trimap_band(label, num_classes, boundary_px, IGNORE_INDEX)
+        band = trimap_band(label, num_classes, boundary_px, sample_set.ignore_index)
         images.append({"name": name, "size": list(label.shape),
                        "thumb": {"image": jpeg_uri(_resize(photo, len(rows), len(cols))),
                                  "label": ids_uri(label[np.ix_(rows, cols)]),
                                  "band": mask_uri(band[np.ix_(rows, cols)])},
-                       "full": {"image": jpeg_uri(photo), "label": ids_uri(label), "band": mask_uri(band)}})
+                       "full": {"image": data_uri(sample_set.paths[name]["image"].read_bytes(), "image/jpeg"),  # as stored
+                                "label": ids_uri(label), "band": mask_uri(band)}})
         indexes.append(index)
         shapes[name] = label.shape
 
@@ -209,7 +209,7 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
         "profile": profile,
         "boundary_px": boundary_px,
         "classes": {"names": list(sample_set.class_names), "palette": [list(map(int, c)) for c in sample_set.palette],
-                    "ignore_index": IGNORE_INDEX},
+                    "ignore_index": sample_set.ignore_index},
         "metrics": [{"key": m.key, "label": study.label(m.key) if m.key in study.estimators else m.label,
                      "unit": m.display[0], "factor": m.display[1]} for m in METRICS],
         "groups": [g for g in study.groups if g in preds],

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from engine.config import TrainConfig
+from engine.samples import write_predictions, write_sample_set
 from engine.results import results_path, write_results
 from metrics import SegmentationMetrics
 from metrics.band import trimap_band
@@ -58,40 +59,6 @@ def predict(rng: np.random.Generator, target: np.ndarray, wrong: float) -> np.nd
     return pred
 
 
-def p_png(ids: np.ndarray) -> bytes:
-    """A P-mode PNG whose pixel values are the train ids, with the dataset's palette."""
-    image = Image.frombytes("P", (ids.shape[1], ids.shape[0]), np.ascontiguousarray(ids, np.uint8).tobytes())
-    image.putpalette([v for c in PALETTE for v in c])
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_sample_set(run_dir: Path, names: list[str], photos: dict, labels: dict) -> None:
-    """RUN/samples/ in the format of engine/samples.py (#26 §1): index.json, each image as JPEG, its ground truth
-    as a P-mode PNG."""
-    folder = run_dir / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name in names:
-        Image.fromarray(photos[name]).save(folder / f"{name}.jpg", quality=90)
-        (folder / f"{name}_gt.png").write_bytes(p_png(labels[name]))
-        files[name] = {"image": f"{name}.jpg", "label": f"{name}_gt.png"}
-    atomic_write_json(folder / "index.json", {"split": "val", "names": names, "class_names": CLASSES,
-                                              "palette": PALETTE, "ignore_index": 255, "files": files})
-
-
-def write_checkpoint_samples(results: Path, names: list[str], preds: dict) -> None:
-    """<ckpt>.samples/ beside the results file, in the format of engine/samples.py: one P-mode PNG per image."""
-    folder = results.with_name(results.name[: -len(".results.json")] + ".samples")
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name in names:
-        (folder / f"{name}.png").write_bytes(p_png(preds[name]))
-        files[name] = f"{name}.png"
-    atomic_write_json(folder / "index.json", {"split": "val", "names": names, "files": files, "sha256": {}})
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Four groups x two seeds evaluated at epoch 2 on the same 10 images (results, per-image files) with the
@@ -115,8 +82,9 @@ def runs(tmp_path_factory):
             write_results(path, metrics, cfg=TrainConfig(seed=seed), epoch=EPOCH, checkpoint=ckpt, split="val",
                           seconds=1.0)
             atomic_write_json(path, {**json.loads(path.read_text()), "variant": group})
-            write_sample_set(run, sampled, photos, dict(zip(names, targets)))
-            write_checkpoint_samples(path, sampled, dict(zip(names, preds)))
+            frames = dict(zip(names, targets))
+            write_sample_set(run, "val", sampled, CLASSES, PALETTE, lambda n: (photos[n], frames[n]))
+            write_predictions(path, "val", {n: p for n, p in zip(names, preds) if n in sampled}, PALETTE)
     return root
 
 
