@@ -1,7 +1,8 @@
 """Aggregate evaluation results into the study's tables and figures.
 
 Reads every `*.results.json` below a runs directory (or the original study's tidy CSV) and writes, to --out:
-summary.md (all tables in Markdown), one CSV per table, curves.png and per_class_iou.png:
+summary.md (all tables in Markdown), one CSV per table, curves.png, per_class_iou.png and viewer.html (one
+self-contained file, offline: the curves, per-class bars and tables to explore; report/viewer.py, docs/report.md):
   1. global metrics at the final epoch, mean ± 1.96·SE (the paper's interval) and ± t(0.975, n−1)·SE
   2. the same at an early epoch (default 10)
   3. per-class IoU per variant with Δ(D−A), Δ(D−B), Δ(C−B) (+ 3b: top/bottom-5 of D vs B)
@@ -53,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "whole-flip-ms0.5,1,1.5; default whole, the study's protocol); modes are never mixed")
     p.add_argument("--compare-inference", default=None, metavar="MODE", help="add tables 8a/8b: each variant's "
                    "metrics and rank, and the paired Δ between variants, under --inference and under MODE")
+    p.add_argument("--no-html", action="store_true", help="do not write viewer.html, the interactive viewer")
     p.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run (offline "
                    "unless logged in; WANDB_MODE is respected)")
     p.add_argument("--wandb-report", action="store_true", help="also build a W&B Report of the project's "
@@ -98,6 +100,7 @@ from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, completeness
                            crossover_tables, extremes_table,
                            global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
                            skipped_bootstrap_table, volatility_table)
+from report.viewer import VIEWER_FILE, build_viewer, viewer_data
 
 console = Console(stderr=True)
 
@@ -260,6 +263,12 @@ def main(argv=None) -> int:
                ""]
     md += ["## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
     atomic_write_text(out / "summary.md", "\n".join(md))
+    viewer = None  # report.viewer: the interactive page, one offline file (open it in a browser)
+    if not args.no_html:
+        data = viewer_data(study, tables, early=early, final=final, source=source, runs_dir=args.runs_dir)
+        viewer = build_viewer(data, out / VIEWER_FILE)
+    else:  # a viewer left from an earlier report would contradict summary.md
+        (out / VIEWER_FILE).unlink(missing_ok=True)
     print_table(t1)
     print_table(cross_summary)
     if t6 is not None:
@@ -279,7 +288,7 @@ def main(argv=None) -> int:
         where = push_report(tables, figures, headline, project=args.wandb_project, name=args.wandb_name,
                             config={"source": str(source), "final_epoch": final, "early_epoch": early,
                                     "variants": study.groups, "seeds": study.seeds, "band": args.band},
-                            entity=args.wandb_entity, run_id=run_id)
+                            entity=args.wandb_entity, run_id=run_id, html=viewer)
         console.print(f"W&B: {where}", soft_wrap=True)
         if args.wandb_report:  # report.wandb_report: written to --out, saved when logged in (else a UserError)
             from report.wandb_report import REPORT_FILE, build_report, publish_report, report_entity, run_groups
