@@ -132,8 +132,8 @@ def image_panel_data(study: Study | None, runs_dir: str | Path | None, epoch: in
     a tidy CSV (no samples), no run with prediction samples at that epoch, or a sample or per-image file that
     cannot be read (the reader's one line naming the file and the command that remakes it)."""
     if runs_dir is None or study is None:
-        absent[PANEL_ID] = ("a tidy CSV holds no prediction samples: the Images panel needs a runs folder "
-                            "evaluated with samples (evaluate.py --samples K)")
+        absent[PANEL_ID] = ("a tidy CSV (--from-csv) holds no predictions: the Images panel needs a runs folder "
+                            "whose evaluations kept prediction samples (evaluate.py --samples K)")
         return None
     records = sorted((r for r in study.records if r.epoch == epoch), key=lambda r: (study.groups.index(r.group),
                                                                                      r.seed))

@@ -14,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+import aggregate
+
 from engine.config import TrainConfig
 from engine.samples import write_predictions, write_sample_set
 from engine.results import results_path, write_results
@@ -22,6 +24,7 @@ from metrics.band import trimap_band
 from metrics.per_image import dataset_metrics, image_values, per_image_path, read_per_image, subset
 from metrics.registry import METRICS
 from report.load import Study, load_runs_dir
+from report.viewer import VIEWER_FILE
 from report.viewer_images import PANEL_ID, delta_order, image_panel_data, thumb_index
 from utils.fileio import atomic_write_json
 
@@ -215,3 +218,66 @@ def test_corrupt_sample_file_turns_the_panel_off_with_one_line(tmp_path, runs):
     assert image_panel_data(Study.from_records(load_runs_dir(copy)), copy, EPOCH, absent) is None
     reason = absent[PANEL_ID]
     assert "\n" not in reason and str(bad) in reason and "evaluate.py" in reason
+
+
+# ---------------------------------------------------------------------------------------------------- browser
+@pytest.fixture(scope="module")
+def report_dir(runs, tmp_path_factory):
+    """aggregate.py on the four-group runs folder: the report with its viewer.html."""
+    out = tmp_path_factory.mktemp("viewer_images_report")
+    aggregate.main([str(runs), "--out", str(out), "--bootstrap", "0"])
+    return out
+
+
+def page_order(page) -> list[str]:
+    return page.eval_on_selector_all("#images-rows .images-row", "rows => rows.map(r => r.dataset.name)")
+
+
+def test_sorting_by_delta_in_the_browser_follows_the_per_image_files(runs, report_dir, viewer_browser, tmp_path):
+    page = viewer_browser.open_viewer(report_dir / VIEWER_FILE)
+    viewer_browser.show_panel(PANEL_ID)
+    names = page_order(page)
+    assert sorted(names) == sorted(page.evaluate("VIEWER.data.images.names"))
+    for key in ("boundary_f1", "miou", "fragments_per_image"):
+        for x, y in (("D", "A"), ("B", "C")):
+            page.select_option("#images-metric", key)
+            page.select_option("#images-x", x)
+            page.select_option("#images-y", y)
+            order = page_order(page)
+            check_order(order, explicit_deltas(runs, names, x, y, key), page.evaluate("VIEWER.data.images.names"))
+    page.select_option("#images-order", "asc")
+    assert page_order(page) == list(reversed(order)) or len(set(order)) < SAMPLED
+    page.select_option("#images-order", "desc")
+    # the controls redraw without error; a click opens the full size, Esc closes it
+    page.select_option("#images-view", "errors")
+    page.fill("#images-opacity", "80")
+    page.click("#images-rows .images-row canvas >> nth=3")
+    page.wait_for_selector("#images-modal[data-ready='1']")
+    width = page.evaluate("document.getElementById('images-full-canvas').width")
+    assert width == W
+    page.keyboard.press("Escape")
+    assert page.query_selector("#images-modal") is None
+    page.select_option("#images-view", "overlay")
+    section = page.query_selector(f"#panel-{PANEL_ID}")
+    shot = tmp_path / "images_panel.png"
+    section.screenshot(path=str(shot))
+    pixels = np.array(Image.open(shot).convert("RGB"))
+    assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # drawn, not blank
+    viewer_browser.check_clean()
+
+
+def test_corrupt_sample_file_leaves_the_rest_of_the_report(runs, tmp_path, viewer_browser):
+    import shutil
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    bad = copy / "D_seed2" / "checkpoints" / f"epoch_{EPOCH:04d}.samples" / "frame_03.png"
+    bad.write_bytes(b"not a png")
+    aggregate.main([str(copy), "--out", str(tmp_path / "report"), "--bootstrap", "0"])
+    page = viewer_browser.open_viewer(tmp_path / "report" / VIEWER_FILE)
+    reason = page.evaluate(f"VIEWER.data.absent.{PANEL_ID}")
+    assert str(bad) in reason and "evaluate.py" in reason and "\n" not in reason
+    viewer_browser.show_panel(PANEL_ID)
+    assert reason in page.inner_text(f"#panel-{PANEL_ID}")
+    for panel in ("curves", "per_class", "tables"):
+        viewer_browser.show_panel(panel)
+    viewer_browser.check_clean()
