@@ -9,7 +9,8 @@ Reads top to bottom: config -> Accelerator -> resume checks -> data, model, loss
 (engine.setup.build_training) -> resume -> epoch loop (train, evaluate, log, checkpoint) -> end_training;
 then the micro-step (`train_micro_step`: forward, loss, backward, optimizer step). The logic lives in the
 packages; what is here is the order of things. Output: RUN/config.json, RUN/metrics.jsonl (one line per epoch),
-RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json, epoch_XXXX.per_image.npz) with RUN = --out or
+RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json, epoch_XXXX.per_image.npz, epoch_XXXX.samples/: the
+predictions of --samples val frames, whose images and ground truth are in RUN/samples/) with RUN = --out or
 runs/<dataset>/<backbone>/<run name> (engine.config.TrainConfig.run_dir).
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable
                                read_meta, register_checkpoint_hooks, resume_checkpoint, resume_from, save_checkpoint)
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
+from engine.sample_eval import shared_sample_names, write_sample_predictions
+from engine.samples import SampleSink
 from engine.schedule import get_lr
 from engine.setup import build_accelerator, build_training, configure_torch, ensure_demo_data, with_class_table
 from engine.steps import LossReading, StepState, augmentation_seed, device_batch
@@ -100,6 +103,9 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                   f"val label ids) in {training.check_seconds:.1f} s")
     if accelerator.is_main_process:  # only now: an input error above leaves nothing in the run dir
         save_config(cfg, run_dir / "config.json")
+    # the val frames whose predictions are kept with each checkpoint's results (RUN/samples/, engine.samples)
+    sample_names = shared_sample_names(accelerator, run_dir, val_dataset, cfg.val_split, cfg.samples,
+                                       presence=training.val_class_presence, num_workers=cfg.num_workers)
 
     # ------------------------------------------------------------------------------------------ resume
     progress = TrainingProgress()  # epoch and optimizer step, saved inside the accelerate state
@@ -179,7 +185,9 @@ def train(cfg, require_resume: bool, accelerator) -> int:
             save_now = progress.epoch % cfg.checkpoint_every == 0 or is_last
             if progress.epoch % cfg.eval_every == 0 or is_last or save_now:
                 eval_start = time.perf_counter()
-                metrics = evaluate_model(model, val_loader, accelerator, metrics_profile=cfg.metrics_profile)
+                samples = SampleSink(sample_names)  # samples.predictions: {name: (H, W) uint8} of this process
+                metrics = evaluate_model(model, val_loader, accelerator, metrics_profile=cfg.metrics_profile,
+                                         on_predictions=samples if sample_names else None)
                 row.update(val_metrics_row(metrics))  # val/miou, val/boundary_f1, ..., val/iou/<class>
                 row[val_key("seconds")] = time.perf_counter() - eval_start
             overlays = {}
@@ -199,6 +207,9 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                 if accelerator.is_main_process:
                     write_results(results_path(ckpt), metrics, cfg=cfg, epoch=progress.epoch, checkpoint=ckpt,
                                   split=cfg.val_split, seconds=row[val_key("seconds")])
+                if sample_names:  # every process: the sample's predictions are gathered
+                    write_sample_predictions(results_path(ckpt), cfg.val_split, samples, accelerator,
+                                             val_dataset.classes.palette)
             bars.update(epoch_bar, completed=progress.epoch)
     except KeyboardInterrupt:  # Ctrl-C: one line, the W&B run closed as failed, the shell's code for Ctrl-C
         bars.stop()

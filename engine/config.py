@@ -25,6 +25,7 @@ import yaml
 
 from data_utils.options import AUGMENT_PLACES, SDT_SOURCES
 from data_utils.paths import check_data_paths
+from engine.samples import DEFAULT_SAMPLES
 from losses.registry import TERMS, needs_sdt, recipe_slug, term_params
 from losses.schedule import SCHEDULE_KINDS, check_boundary_schedule
 from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, LAMBDA_DICE, LOSS_WEIGHTS,
@@ -117,6 +118,8 @@ class TrainConfig:
     checkpoint_every: int = _eval(10, "checkpoint every N epochs and at the last")
     keep_states: int = _eval(1, "newest N checkpoints keep optimizer state, older weights only")
     out: str = _eval("", "run folder ('' = derived from the settings: docs/training.md)")
+    samples: int = _eval(DEFAULT_SAMPLES, "val images whose predictions are kept beside each checkpoint's results "
+                         "(0 = off; docs/evaluation.md)")
     log_images: int = _logging(0, "log N val prediction overlays to W&B per evaluation")
     log_grad_norms: int = _logging(0, "every K steps, log each loss term's gradient norms (0 = off)")
     wandb: bool = _logging(True, "log to Weights & Biases (offline unless logged in)")
@@ -251,8 +254,8 @@ def _plain(value):
 
 # Fields that may differ when a run is resumed (where/how it runs, not what it computes).
 RESUMABLE_CHANGES = {"data_root", "sdt_source", "sdt_cache", "num_workers", "eval_every", "checkpoint_every",
-                     "keep_states", "log_images", "wandb", "wandb_project", "wandb_entity", "out", "pretrained",
-                     "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms", "compile",
+                     "keep_states", "samples", "log_images", "wandb", "wandb_project", "wandb_entity", "out",
+                     "pretrained", "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms", "compile",
                      "channels_last", "hf_dataset", "classes"}  # the resolved class_names are compared
 
 # Fields that may change when a run is resumed, beyond RESUMABLE_CHANGES: a longer (or shorter) schedule
@@ -460,7 +463,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--sdt-source cache needs --sdt-cache DIR (the folder written by precompute_sdt.py)")
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
         raise UserError(f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={cfg.lr} min_lr={cfg.min_lr}")
-    for name in ("max_nonfinite", "log_images", "cpu_threads", "log_grad_norms", "warmup_steps", "num_workers"):
+    for name in ("max_nonfinite", "samples", "log_images", "cpu_threads", "log_grad_norms", "warmup_steps",
+                 "num_workers"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
     if min(cfg.crop_size) < 0 or (0 in cfg.crop_size and max(cfg.crop_size) > 0):

@@ -18,9 +18,9 @@ Files (every one written atomically; an `index.json` is written last, so its pre
 A label PNG (prediction or ground truth) is mode "P" at the label's full resolution: pixel value = train id
 (class index), palette = the class table's colours, the ignore index (255) black; so it opens coloured in any
 image viewer and decodes to train ids with `np.array(Image.open(path))`. A 1024x2048 Cityscapes frame takes
-~15-20 KB as ground truth, ~60 KB with 1% of its pixels
-set to random classes (at most 150 KB: tests/test_samples.py checks a real frame). `<stem>` is the name made safe for a file
-name (`safe_stem`: names may contain '/').
+~15-20 KB as ground truth, ~60 KB with 1% of its pixels set to random classes (at most 150 KB:
+tests/test_samples.py checks a real frame). `<stem>` is the name made safe for a file name (`safe_stem`: names
+may contain '/').
 
 The sample (`choose_samples`) is a pure function of the split's names and the classes each frame's label holds,
 so every run of a study, trained or evaluated anywhere, keeps the same images.
@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data_utils.classes import class_presence  # noqa: F401  (re-exported: the presence choose_samples takes)
 from utils.conventions import IGNORE_INDEX
 from utils.fileio import UserError, atomic_write_bytes, atomic_write_json
 
@@ -100,12 +101,6 @@ def _remake_run(run_dir: Path) -> str:
             f"{RUN_SAMPLES_DIR}/ when missing)")
 
 # ------------------------------------------------------------------------------------------- the choice
-
-
-def class_presence(train_ids: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C,) bool: which classes 0..C-1 label map `train_ids` (uint8 (H, W), 255 = ignore) holds."""
-    counts = np.bincount(np.asarray(train_ids, dtype=np.uint8).ravel(), minlength=256)
-    return counts[:num_classes] > 0
 
 
 def name_hash(name: str) -> str:

@@ -70,6 +70,7 @@ class Browser:
 
     def check_clean(self) -> None:
         """No request attempted, no console error, no uncaught error since the page was opened."""
+        self.page.wait_for_timeout(50)  # playwright's sync API delivers pending events (routes) during a call
         assert self.requests == [], f"the page tried the network: {self.requests}"
         assert self.console_errors == [], f"console errors: {self.console_errors}"
         assert self.page_errors == [], f"page errors: {self.page_errors}"
