@@ -52,14 +52,19 @@ class Browser:
             self.requests.append(route.request.url)
             route.abort()
 
-    def open_viewer(self, path: str | Path, timeout_ms: int = 30_000):
-        """Open the page at `path` (file://), wait until its first tab is drawn; return the playwright Page. The
-        records of the previous page are cleared."""
+    def open(self, path: str | Path, timeout_ms: int = 30_000):
+        """Open the file at `path` (file://) until its load event; return the playwright Page. The records of the
+        previous page are cleared."""
         self.requests.clear()
         self.console_errors.clear()
         self.page_errors.clear()
         self._url = Path(path).resolve().as_uri()
         self.page.goto(self._url, wait_until="load", timeout=timeout_ms)
+        return self.page
+
+    def open_viewer(self, path: str | Path, timeout_ms: int = 30_000):
+        """Open the viewer page at `path` and wait until its first tab is drawn; return the playwright Page."""
+        self.open(path, timeout_ms)
         self.page.wait_for_selector("section.panel[data-ready='1']", state="attached", timeout=timeout_ms)
         return self.page
 

@@ -69,7 +69,8 @@ VIEWER.register({
       if (unit === "%") yValue.range = [0, 100];
       const margin = {l: 64, r: 16, t: 64, b: 90};
       const done = [Plotly.react(bars, valueTraces, {
-        barmode: "group", margin, yaxis: yValue, xaxis: {tickangle: -40}, legend: {orientation: "h", y: 1.0, yanchor: "bottom"},
+        barmode: "group", margin, yaxis: yValue, xaxis: {tickangle: -40},
+        legend: {orientation: "h", y: 1.0, yanchor: "bottom"},
         title: {text: `${metric.label} per class at epoch ${state.epoch} (mean ± inter-seed std), ${sorting}`,
                 font: {size: 14}},
       }, V.plotConfig)];
