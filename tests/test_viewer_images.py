@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,28 +36,40 @@ EPOCH = 2
 GROUPS = {"A": 0.30, "B": 0.20, "C": 0.12, "D": 0.06}  # group -> fraction of pixels predicted wrong
 SEEDS = (1, 2)
 NUM_IMAGES, SAMPLED = 10, 4
-H, W = 40, 56
+H, W = 72, 112
 
 
 def scene_maps(rng: np.random.Generator, n: int) -> np.ndarray:
     """(n, H, W) uint8 train ids: horizontal bands of classes with a ragged edge, a pole, an ignored blob."""
     maps = np.zeros((n, H, W), np.uint8)
     for k in range(n):
-        horizon = rng.integers(10, 20) + rng.integers(-2, 3, size=W)
+        horizon = rng.integers(H // 4, H // 2) + np.cumsum(rng.integers(-1, 2, size=W)) // 2
         rows = np.arange(H)[:, None]
         maps[k] = np.where(rows < horizon, 3, 0)
-        x0, y0 = rng.integers(0, W - 12), rng.integers(15, H - 10)
-        maps[k, y0:y0 + 8, x0:x0 + 12] = 1
+        x0, y0 = rng.integers(0, W - W // 4), rng.integers(H // 2, H - H // 4)
+        maps[k, y0:y0 + H // 5, x0:x0 + W // 5] = 1
         maps[k, :, rng.integers(2, W - 2)] = 2
-        y1, x1 = rng.integers(0, H - 4), rng.integers(0, W - 4)
-        maps[k, y1:y1 + 4, x1:x1 + 4] = 255
+        y1, x1 = rng.integers(0, H - 6), rng.integers(0, W - 6)
+        maps[k, y1:y1 + 6, x1:x1 + 6] = 255
     return maps
 
 
+def photo(rng: np.random.Generator, target: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: a darkened shade of each pixel's class colour, a vertical gradient and a little noise."""
+    colours = np.array(PALETTE + [[40, 40, 40]] * (256 - C), np.float64)
+    shade = 0.55 * colours[target] + 40 * np.linspace(0, 1, H)[:, None, None]
+    return np.clip(shade + rng.normal(0, 6, shade.shape), 0, 255).astype(np.uint8)
+
+
 def predict(rng: np.random.Generator, target: np.ndarray, wrong: float) -> np.ndarray:
-    """A prediction: the target shifted by up to a pixel, with a fraction of pixels replaced by random classes."""
-    pred = np.roll(target, rng.integers(-1, 2), axis=-1).copy()
-    flip = rng.random(pred.shape) < wrong
+    """A prediction: the target shifted by up to two pixels, blobs of other classes covering about a fraction
+    `wrong` of the image, and a few scattered wrong pixels."""
+    pred = np.roll(target, tuple(rng.integers(-2, 3, 2)), axis=(-2, -1)).copy()
+    h, w = pred.shape
+    for _ in range(rng.poisson(wrong * h * w / 60)):
+        y, x = rng.integers(0, h - 3), rng.integers(0, w - 3)
+        pred[y:y + rng.integers(3, 10), x:x + rng.integers(3, 12)] = rng.integers(0, C)
+    flip = rng.random(pred.shape) < wrong / 10
     pred[flip] = rng.integers(0, C, size=int(flip.sum()))
     pred[pred == 255] = 0  # a model predicts a class everywhere
     return pred
@@ -70,7 +83,7 @@ def runs(tmp_path_factory):
     rng = np.random.default_rng(0)
     names = [f"frame_{i:02d}" for i in range(NUM_IMAGES)]
     targets = scene_maps(rng, NUM_IMAGES)
-    photos = {n: rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8) for n in names}
+    photos = {n: photo(rng, t) for n, t in zip(names, targets)}
     sampled = names[1:1 + SAMPLED]
     for group, wrong in GROUPS.items():
         for seed in SEEDS:
@@ -258,12 +271,25 @@ def test_sorting_by_delta_in_the_browser_follows_the_per_image_files(runs, repor
     page.keyboard.press("Escape")
     assert page.query_selector("#images-modal") is None
     page.select_option("#images-view", "overlay")
-    section = page.query_selector(f"#panel-{PANEL_ID}")
-    shot = tmp_path / "images_panel.png"
-    section.screenshot(path=str(shot))
-    pixels = np.array(Image.open(shot).convert("RGB"))
-    assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # drawn, not blank
+    page.select_option("#images-metric", "boundary_f1")
+    page.select_option("#images-x", "D")
+    page.select_option("#images-y", "A")
+    screenshot(page, tmp_path)
     viewer_browser.check_clean()
+
+
+def screenshot(page, tmp_path: Path) -> None:
+    """The panel as drawn: under tmp_path, and as a small PNG under $VIEWER_SCREENSHOTS when set (docs/img, shown
+    in docs/report.md: `VIEWER_SCREENSHOTS=docs/img pytest tests/test_viewer_images.py -k browser`)."""
+    full = tmp_path / "full_images.png"
+    page.screenshot(path=str(full))
+    pixels = np.array(Image.open(full).convert("RGB"))
+    assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # drawn, not blank
+    image = Image.open(full).convert("RGB")
+    image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.LANCZOS)
+    path = Path(os.environ.get("VIEWER_SCREENSHOTS") or tmp_path) / "viewer_images.png"
+    image.quantize(256, Image.Quantize.FASTOCTREE).save(path, optimize=True)
+    assert path.stat().st_size < 120_000
 
 
 def test_corrupt_sample_file_leaves_the_rest_of_the_report(runs, tmp_path, viewer_browser):

@@ -114,16 +114,21 @@ VIEWER.register({
 
     function signed(v) { return (v > 0 ? "+" : "") + v.toFixed(2); }
 
+    /* A per-image value in its display unit: a fraction in percent, a count as it is, pixels with "px". */
+    function shown(m, v) {
+      if (v === null) return "n/a";
+      if (m.unit === "pp") return (m.factor * v).toFixed(2) + " %";
+      return m.unit === "count" ? String(Math.round(10 * v) / 10) : (m.factor * v).toFixed(1) + " " + m.unit;
+    }
+
     function fillMetrics() {
       for (const c of cells) {
         if (!c.metricsBox) continue;
         const values = P.values[c.kind][state.seed[c.kind]];
         const table = V.el("table");
         for (const m of metrics) {
-          const v = values[m.key][c.j];
-          const shown = v === null ? "n/a" : (m.factor * v).toFixed(2) + (m.unit === "pp" ? " %" : " " + m.unit);
-          table.append(V.el("tr", {class: m.key === state.metric ? "sorted" : null},
-                            V.el("td", {text: m.label}), V.el("td", {text: shown})));
+          table.append(V.el("tr", {class: m.key === state.metric ? "sorted" : null, title: m.label},
+                            V.el("td", {text: m.short}), V.el("td", {text: shown(m, values[m.key][c.j])})));
         }
         c.metricsBox.replaceChildren(table);
       }
@@ -248,9 +253,10 @@ VIEWER.register({
         .images-delta { font-weight: normal; color: var(--muted); margin-left: 12px; }
         .images-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: 8px; }
         .images-cell { border-top: 3px solid transparent; }
-        .images-cell canvas { width: 100%; height: auto; display: block; cursor: zoom-in; }
+        .images-cell canvas { width: 100%; height: auto; display: block; cursor: zoom-in; image-rendering: pixelated; }
         .images-caption { font-size: 12.5px; color: var(--muted); }
         .images-metrics table { font-size: 12px; border-collapse: collapse; }
+        .images-metrics td:last-child { text-align: right; }
         .images-metrics td { padding: 0 8px 0 0; }
         .images-metrics tr.sorted td { font-weight: 600; }
         .images-modal { position: fixed; inset: 0; background: #000c; z-index: 10; display: flex;
