@@ -159,8 +159,8 @@ def main(argv=None) -> int:
         images = len(json.dumps(payload["images"], ensure_ascii=False, separators=(",", ":")).encode())
         plotly = len(plotly.offline.get_plotlyjs().encode())
         total = html.stat().st_size
-        print(f"viewer.html: {total / 1e6:.2f} MB (images panel {images / 1e6:.2f} MB, plotly.js {plotly / 1e6:.2f} MB, "
-              f"the rest {(total - images - plotly) / 1e6:.2f} MB)")
+        print(f"viewer.html: {total / 1e6:.2f} MB (images panel {images / 1e6:.2f} MB, plotly.js "
+              f"{plotly / 1e6:.2f} MB, the rest {(total - images - plotly) / 1e6:.2f} MB)")
         if args.render:
             first, shown = render_seconds(html)
             print(f"Chromium: first panel drawn {first:.2f} s after opening; Images panel drawn {shown:.2f} s "

@@ -11,11 +11,12 @@ predictions of them, their per-image metrics, and the per-image Δ that sorts th
     group the mean over its seeds for ALL images of the split (what the Δ sort and the Δ rank use).
 
 Images travel as data URIs, twice: a thumbnail (longest side THUMB_PX) for display and the full size for the
-click. Photos are JPEG (the full size: the sample set's own file). Label maps (ground truth, predictions) are 1-channel PNGs whose pixel values are the
-train ids (255: ignore), nearest-neighbour downscaled, and the band a 1-bit PNG: lossless, so a class stays a
-class, and the browser colours them from the palette (one lookup per pixel) and computes the error view from
-the same ids. A colourised RGB PNG would be 2-3x larger per map and would have to be decoded back into ids for
-the error view; 12 runs x 8 images of 1024x2048 make about 6.5 MB this way (docs/report.md).
+click. Photos are JPEG (the full size: the sample set's own file). Label maps (ground truth, predictions) are
+1-channel PNGs whose pixel values are the train ids (255: ignore), nearest-neighbour downscaled, and the band a
+1-bit PNG: lossless, so a class stays a class, and the browser colours them from the palette (one lookup per
+pixel) and computes the error view from the same ids. Pre-colourised RGB PNGs would be larger and would have to
+be decoded back into ids for the error view. docs/report.md gives the size at the study's shape
+(bench/bench_viewer.py).
 
 The Δ order (`delta_order`, mirrored by the panel's JavaScript): for groups X, Y and a metric, Δ_i = m_X(i) −
 m_Y(i), m_G(i) the mean over G's seeds (those with a finite value) of the metric on image i alone; the sampled
@@ -31,7 +32,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.results_format import RESULTS_SUFFIX
 from engine.samples import read_predictions, read_sample_set, samples_dir
 from metrics.band import trimap_band
 from metrics.per_image import image_values
@@ -77,11 +77,6 @@ def thumb_index(height: int, width: int, longest: int = THUMB_PX) -> tuple[np.nd
     scale = min(1.0, longest / max(height, width))
     h, w = max(1, round(height * scale)), max(1, round(width * scale))
     return ((np.arange(h) + 0.5) * height / h).astype(int), ((np.arange(w) + 0.5) * width / w).astype(int)
-
-
-def _both(ids: np.ndarray, index) -> dict[str, str]:
-    rows, cols = index
-    return {"thumb": ids_uri(ids[np.ix_(rows, cols)]), "full": ids_uri(ids)}
 
 
 # ---------------------------------------------------------------------------------------------------- Δ
@@ -155,74 +150,81 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
         raise UserError(f"{sampled[0].source}: no per-image statistics beside the results at epoch {epoch}; re-run "
                         "`python evaluate.py CHECKPOINT` (it writes them with the samples)")
     stats, profile = per_image
-    all_names = next(iter(next(iter(stats.values())).values()))["names"].tolist()
+    first = next(iter(next(iter(stats.values())).values()))
+    all_names, boundary_px = first["names"].tolist(), int(first["boundary_px"])
     position = {name: i for i, name in enumerate(all_names)}
     values = {g: {s: image_values(arrays, profile) for s, arrays in seeds.items()} for g, seeds in stats.items()}
 
     sample_set = read_sample_set(run_dir_of(sampled[0].source))
-    names = list(sample_set.names)
+    checkpoints = {(r.group, r.seed): read_predictions(r.source) for r in sampled}
+    # the images every checkpoint kept (a smaller --samples keeps a prefix of the run's sample set)
+    names = [n for n in sample_set.names if all(n in c.paths for c in checkpoints.values())]
+    if not names:
+        raise UserError(f"{sample_set.dir}: none of its images has a prediction in every checkpoint at epoch {epoch} "
+                        f"(e.g. {checkpoints[sampled[0].group, sampled[0].seed].dir}); re-run evaluate.py --all on "
+                        "the runs folder")
     missing = [n for n in names if n not in position]
     if missing:
-        raise UserError(f"{run_dir_of(sampled[0].source) / 'samples'}: sampled image {missing[0]} is not among the "
-                        f"per-image statistics' {len(all_names)} images; sample and evaluate the same split")
-    num_classes = len(sample_set.class_names)
-    boundary_px = int(next(iter(next(iter(stats.values())).values()))["boundary_px"])
+        raise UserError(f"{sample_set.dir}: sampled image {missing[0]} is not among the {len(all_names)} images of "
+                        f"the per-image statistics; sample and evaluate the same split")
 
-    images, indexes, shapes = [], [], {}
-    for name in names:
-        photo, label = sample_set.image(name), sample_set.label(name)
-        index = thumb_index(*label.shape)
-        rows, cols = index
-        band = trimap_band(label, num_classes, boundary_px, sample_set.ignore_index)
-        images.append({"name": name, "size": list(label.shape),
-                       "thumb": {"image": jpeg_uri(_resize(photo, len(rows), len(cols))),
-                                 "label": ids_uri(label[np.ix_(rows, cols)]),
-                                 "band": mask_uri(band[np.ix_(rows, cols)])},
-                       "full": {"image": data_uri(sample_set.paths[name]["image"].read_bytes(), "image/jpeg"),  # as stored
-                                "label": ids_uri(label), "band": mask_uri(band)}})
-        indexes.append(index)
-        shapes[name] = label.shape
-
+    images, indexes = sample_images(sample_set, names, boundary_px)
     preds: dict[str, dict[str, list]] = {}
     seed_values: dict[str, dict[str, dict]] = {}
-    for r in sampled:
-        checkpoint = read_predictions(r.source)
-        lacking = [n for n in names if n not in set(checkpoint.names)]
-        if lacking:
-            raise UserError(f"{samples_dir(r.source)}: no prediction of sampled image {lacking[0]}; delete the folder "
-                            f"and re-run evaluate.py on {r.source[:-len(RESULTS_SUFFIX)]}")
-        maps = []
-        for name, index in zip(names, indexes):
-            pred = checkpoint.pred(name)
-            if pred.shape != shapes[name]:
-                raise UserError(f"{samples_dir(r.source)}: the prediction of {name} is {pred.shape[1]}x"
-                                f"{pred.shape[0]}, its image {shapes[name][1]}x{shapes[name][0]}; delete the folder "
-                                f"and re-run evaluate.py on {r.source[:-len(RESULTS_SUFFIX)]}")
-            maps.append(_both(pred, index))
-        preds.setdefault(r.group, {})[str(r.seed)] = maps
-        seed_values.setdefault(r.group, {})[str(r.seed)] = {
-            key: _json_values(v[[position[n] for n in names]]) for key, v in values[r.group][r.seed].items()}
-
+    rows = [position[n] for n in names]
+    for (group, seed), checkpoint in checkpoints.items():
+        preds.setdefault(group, {})[str(seed)] = [_prediction(checkpoint, name, image["size"], index)
+                                                  for name, image, index in zip(names, images, indexes)]
+        seed_values.setdefault(group, {})[str(seed)] = {key: _json_values(v[rows])
+                                                         for key, v in values[group][seed].items()}
     return {
         "epoch": epoch,
-        "split": sampled[0].split,
+        "split": sample_set.split,
         "profile": profile,
         "boundary_px": boundary_px,
         "classes": {"names": list(sample_set.class_names), "palette": [list(map(int, c)) for c in sample_set.palette],
                     "ignore_index": sample_set.ignore_index},
         "metrics": [{"key": m.key, "label": m.label, "short": m.short, "unit": m.display[0], "factor": m.display[1]}
                     for m in METRICS],
-        "groups": [g for g in study.groups if g in preds],
-        "delta_groups": [g for g in study.groups if g in values],
+        "groups": [g for g in study.groups if g in preds],  # those with samples; seeds: the keys of preds[group]
+        "delta_groups": [g for g in study.groups if g in values],  # those with per-image files: the Δ's choices
         "names": names,
         "images": images,
         "preds": preds,
         "values": seed_values,
         "image_means": {g: {k: _json_values(v) for k, v in group_image_means(seeds).items()}
                         for g, seeds in values.items()},
-        "sampled_index": [position[n] for n in names],
+        "sampled_index": rows,
         "num_images": len(all_names),
     }
+
+
+def sample_images(sample_set, names: list[str], boundary_px: int) -> tuple[list[dict], list[tuple]]:
+    """Per sampled image {"name", "size": [H, W], "thumb" / "full": {"image", "label", "band"} data URIs}, and
+    its `thumb_index`."""
+    images, indexes = [], []
+    for name in names:
+        photo, label = sample_set.image(name), sample_set.label(name)
+        rows, cols = index = thumb_index(*label.shape)
+        band = trimap_band(label, len(sample_set.class_names), boundary_px, sample_set.ignore_index)
+        images.append({"name": name, "size": list(label.shape),
+                       "thumb": {"image": jpeg_uri(_resize(photo, len(rows), len(cols))),
+                                 "label": ids_uri(label[np.ix_(rows, cols)]),
+                                 "band": mask_uri(band[np.ix_(rows, cols)])},
+                       "full": {"image": data_uri(sample_set.paths[name]["image"].read_bytes(), "image/jpeg"),
+                                "label": ids_uri(label), "band": mask_uri(band)}})
+        indexes.append(index)
+    return images, indexes
+
+
+def _prediction(checkpoint, name: str, size: list[int], index) -> dict[str, str]:
+    """A checkpoint's prediction of `name` as {"thumb", "full"} id-PNG data URIs, checked against the image size."""
+    pred = checkpoint.pred(name)
+    if list(pred.shape) != size:
+        raise UserError(f"{checkpoint.paths[name]}: the prediction is {pred.shape[1]}x{pred.shape[0]}, its image "
+                        f"{size[1]}x{size[0]}; {checkpoint.remake}")
+    rows, cols = index
+    return {"thumb": ids_uri(pred[np.ix_(rows, cols)]), "full": ids_uri(pred)}
 
 
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
