@@ -139,15 +139,19 @@ def render_seconds(html: Path) -> tuple[float, float]:
 def main(argv=None) -> int:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="the real frames (default ../shared/data/...)")
-    p.add_argument("--keep", type=Path, default=None, help="build the runs and report here and keep them")
+    p.add_argument("--keep", type=Path, default=None, help="build the runs and report here and keep them (the runs of "
+                   "an earlier --keep DIR are reused)")
     p.add_argument("--render", action="store_true", help="also time the page in headless Chromium")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
         runs, out = base / "runs", base / "report"
-        start = time.perf_counter()
-        build_runs(runs, args.data)
-        print(f"fixture: {len(GROUPS) * len(SEEDS)} runs x {EPOCHS} epochs in {time.perf_counter() - start:.0f} s")
+        if runs.is_dir():  # --keep DIR of an earlier run: the same fixture again
+            print(f"fixture: reusing {runs}")
+        else:
+            start = time.perf_counter()
+            build_runs(runs, args.data)
+            print(f"fixture: {len(GROUPS) * len(SEEDS)} runs x {EPOCHS} epochs in {time.perf_counter() - start:.0f} s")
         start = time.perf_counter()
         aggregate.main([str(runs), "--out", str(out), "--bootstrap", "0"])
         print(f"aggregate.py: {time.perf_counter() - start:.1f} s")

@@ -18,7 +18,7 @@ from PIL import Image
 import aggregate
 
 from engine.config import TrainConfig
-from engine.samples import read_predictions, write_predictions, write_sample_set
+from engine.samples import read_predictions, read_sample_set, write_predictions, write_sample_set
 from engine.results import results_path, write_results
 from metrics import SegmentationMetrics
 from metrics.band import trimap_band
@@ -113,8 +113,13 @@ def panel(runs):
 
 
 def decode(uri: str) -> np.ndarray:
+    """A data URI's image as an array; a grey map stored as RGB (WebP) as its first channel."""
     header, payload = uri.split(",", 1)
-    return np.array(Image.open(io.BytesIO(base64.b64decode(payload))))
+    array = np.array(Image.open(io.BytesIO(base64.b64decode(payload))))
+    if array.ndim == 3:
+        assert (array == array[..., :1]).all()  # grey: R = G = B
+        array = array[..., 0]
+    return array
 
 
 # ---------------------------------------------------------------------------------------------------- numbers
@@ -261,8 +266,10 @@ def test_sorting_by_delta_in_the_browser_follows_the_per_image_files(runs, repor
     page.select_option("#images-order", "asc")
     assert page_order(page) == list(reversed(order)) or len(set(order)) < SAMPLED
     page.select_option("#images-order", "desc")
-    # the controls redraw without error; a click opens the full size, Esc closes it
+    # the error view: wrong pixels red, wrong pixels inside the band yellow, exactly where the shipped maps say
     page.select_option("#images-view", "errors")
+    check_error_view(page, runs)
+    # the controls redraw without error; a click opens the full size, Esc closes it
     page.fill("#images-opacity", "80")
     page.click("#images-rows .images-row canvas >> nth=3")
     page.wait_for_selector("#images-modal[data-ready='1']")
@@ -276,6 +283,29 @@ def test_sorting_by_delta_in_the_browser_follows_the_per_image_files(runs, repor
     page.select_option("#images-y", "A")
     screenshot(page, tmp_path)
     viewer_browser.check_clean()
+
+
+CANVAS_PIXELS = """(canvas) => [canvas.height, canvas.width,
+    Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data)]"""
+
+
+def check_error_view(page, runs: Path) -> None:
+    """Group D's cell of the first row, in the errors view, against the sample files: red where the prediction
+    differs from a valid ground-truth pixel outside the Trimap band, yellow inside it, grey elsewhere."""
+    name = page_order(page)[0]
+    seed = page.eval_on_selector("#images-seed-3", "s => s.value")
+    row = page.query_selector(f"#images-rows .images-row[data-name='{name}']")
+    h, w, flat = row.query_selector_all("canvas")[2 + list(GROUPS).index("D")].evaluate(CANVAS_PIXELS)
+    rgb = np.array(flat, np.uint8).reshape(h, w, 4)[..., :3]
+    label = read_sample_set(runs / f"D_seed{seed}").label(name)
+    pred = read_predictions(runs / f"D_seed{seed}" / "checkpoints" / f"epoch_{EPOCH:04d}.results.json").pred(name)
+    assert (h, w) == label.shape  # small images are their own thumbnails
+    wrong = (label != 255) & (pred != label)
+    band = trimap_band(label, C, 3)
+    assert wrong.any() and (wrong & band).any() and (wrong & ~band).any()
+    np.testing.assert_array_equal(np.all(rgb == [255, 200, 0], -1), wrong & band)
+    np.testing.assert_array_equal(np.all(rgb == [214, 39, 40], -1), wrong & ~band)
+    assert (rgb[~wrong] == rgb[~wrong][:, :1]).all()  # grey
 
 
 def screenshot(page, tmp_path: Path) -> None:
