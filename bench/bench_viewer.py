@@ -7,8 +7,8 @@ compress than a model's: the label shifted by a few pixels, ignore filled with r
 other classes, and ragged contours (a third of the Trimap-band pixels take the class of a pixel 2-3 px away).
 The other 492 images of the split are the val label maps at 1/8 size, perturbed the same way (their per-image
 values only need to exist). aggregate.py then writes the report; the script prints viewer.html's size, what
-the Images panel and plotly.js take of it, and with --render the time until Chromium has drawn the first panel
-and the Images panel.
+the Images panel and plotly.js take of it, and with --render the times Chromium takes to draw the first panel
+(alternately with and without the Images panel, in one browser), the Images tab and a full-size view.
 
     python bench/bench_viewer.py                   # ~2 min on one core; the fixture in a temporary folder
     python bench/bench_viewer.py --render --keep /tmp/viewer_bench
@@ -37,6 +37,7 @@ from engine.samples import write_predictions, write_sample_set  # noqa: E402
 from metrics import SegmentationMetrics  # noqa: E402
 from metrics.band import trimap_band  # noqa: E402
 from metrics.registry import METRICS  # noqa: E402
+from report.viewer import build_viewer  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.conventions import IGNORE_INDEX  # noqa: E402
@@ -114,26 +115,36 @@ def build_runs(root: Path, data: Path) -> None:
         print(f"runs of group {group} written", flush=True)
 
 
-def render_seconds(html: Path) -> tuple[float, float]:
-    """(seconds until the first panel is drawn, then seconds to draw the Images panel) in headless Chromium."""
+def render_times(html: Path, without_images: Path) -> None:
+    """Print the times Chromium takes to open `html` and to draw its first panel, alternately with the same page
+    without the Images panel (the same browser: the first open is a cold start, reported apart), then to draw
+    the Images tab and one full-size view."""
     from playwright.sync_api import sync_playwright
 
     from tests.browser import VIEWPORT, find_chromium
+
+    def seconds(action, selector: str) -> float:
+        start = time.perf_counter()
+        action()
+        page.wait_for_selector(selector, state="attached", timeout=120_000)
+        return time.perf_counter() - start
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=find_chromium(), args=["--no-sandbox"])
         page = browser.new_context(viewport=VIEWPORT).new_page()
         page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
-        start = time.perf_counter()
-        page.goto(html.resolve().as_uri(), wait_until="load", timeout=120_000)
-        page.wait_for_selector("section.panel[data-ready='1']", state="attached", timeout=120_000)
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        page.click("nav button[data-panel='images']")
-        page.wait_for_selector("#panel-images[data-ready='1']", timeout=120_000)
-        images = time.perf_counter() - start
+        first_panel = "section.panel[data-ready='1']"
+        for label, path in [("cold start", html)] + [("with images", html), ("without", without_images)] * 2:
+            took = seconds(lambda: page.goto(path.resolve().as_uri(), wait_until="load", timeout=120_000),
+                           first_panel)
+            print(f"Chromium, {label}: first panel drawn {took:.2f} s after opening")
+        page.goto(html.resolve().as_uri(), wait_until="load")
+        page.wait_for_selector(first_panel, state="attached")
+        took = seconds(lambda: page.click("nav button[data-panel='images']"), "#panel-images[data-ready='1']")
+        print(f"Chromium: the Images tab drawn {took:.2f} s after its click")
+        took = seconds(lambda: page.click("#images-rows .images-row canvas >> nth=3"), "#images-modal[data-ready='1']")
+        print(f"Chromium: a full-size prediction drawn {took:.2f} s after its click")
         browser.close()
-    return first, images
 
 
 def main(argv=None) -> int:
@@ -166,9 +177,9 @@ def main(argv=None) -> int:
         print(f"viewer.html: {total / 1e6:.2f} MB (images panel {images / 1e6:.2f} MB, plotly.js "
               f"{plotly / 1e6:.2f} MB, the rest {(total - images - plotly) / 1e6:.2f} MB)")
         if args.render:
-            first, shown = render_seconds(html)
-            print(f"Chromium: first panel drawn {first:.2f} s after opening; Images panel drawn {shown:.2f} s "
-                  "after its tab is clicked")
+            without = out / "viewer_without_images.html"
+            build_viewer({**payload, "images": None, "absent": {**payload["absent"], "images": "left out"}}, without)
+            render_times(html, without)
     return 0
 
 
