@@ -265,7 +265,8 @@ def main(argv=None) -> int:
     atomic_write_text(out / "summary.md", "\n".join(md))
     viewer = None  # report.viewer: the interactive page, one offline file (open it in a browser)
     if not args.no_html:
-        data = viewer_data(study, tables, early=early, final=final, source=source, runs_dir=args.runs_dir)
+        data = viewer_data(study, tables, early=early, final=final, source=source, runs_dir=args.runs_dir,
+                           band=args.band)
         viewer = build_viewer(data, out / VIEWER_FILE)
     else:  # a viewer left from an earlier report would contradict summary.md
         (out / VIEWER_FILE).unlink(missing_ok=True)

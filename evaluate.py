@@ -110,10 +110,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--save-predictions works on one checkpoint, not with --all")
     if args.split in UNLABELLED_SPLITS and args.save_predictions is None:
         parser.error(f"split {args.split!r} has no real labels, so no metrics: add --save-predictions DIR")
-    for name in ("jobs", "batch_size", "num_workers", "samples"):
+    for name in ("jobs", "batch_size", "num_workers"):
         value = getattr(args, name)
-        if value is not None and value < (0 if name in ("num_workers", "samples") else 1):
+        if value is not None and value < (0 if name == "num_workers" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.samples is not None and args.samples < 0:
+        parser.error(f"--samples must be >= 0 (0: none), got {args.samples}")
     return args
 
 

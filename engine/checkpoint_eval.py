@@ -33,7 +33,7 @@ from engine.predictions import PredictionWriter
 from engine.results import write_results
 from engine.results_format import inference_path
 from engine.sample_eval import both, sample_names, shared_sample_names, write_sample_predictions
-from engine.samples import SampleSink, read_predictions, write_predictions
+from engine.samples import SampleSink, read_predictions, read_sample_set, write_predictions
 from metrics.per_image import PER_IMAGE_SUFFIX
 from engine.setup import build_dataloader, build_model_from_config, class_table
 from utils import UserError
@@ -145,7 +145,8 @@ def sample_count(options: EvalOptions, cfg: TrainConfig, split: str) -> int:
 
 def samples_pending(ckpt: Path, options: EvalOptions) -> bool:
     """Whether `ckpt`'s (valid) results of `options`' inference mode lack their prediction samples: none, damaged,
-    or fewer than K (`sample_count`) images."""
+    or other than the first K (`sample_count`) of the run's sample set (RUN/samples/: missing, damaged or smaller
+    counts as lacking too)."""
     try:
         cfg = load_config(ckpt / "config.json")
     except UserError:
@@ -154,9 +155,12 @@ def samples_pending(ckpt: Path, options: EvalOptions) -> bool:
     if k == 0:
         return False
     try:
-        return len(read_predictions(inference_path(ckpt, options.inference.tag)).names) < k
+        run = read_sample_set(ckpt.parent.parent)
+        kept = read_predictions(inference_path(ckpt, options.inference.tag))
     except UserError:
         return True
+    wanted = min(k, run.num_frames)
+    return len(run.names) < wanted or kept.names != run.names[:wanted]
 
 
 def fill_samples(ckpt: Path, options: EvalOptions, accelerator) -> Path:

@@ -40,15 +40,16 @@ def sample_names(run_dir: Path, dataset: SegmentationDataset, split: str, k: int
                  presence: np.ndarray | None = None, num_workers: int = 0) -> list[str]:
     """The K sample names of `run_dir` on `split` (main process: it may write RUN/samples/).
 
-    RUN/samples/ is kept when it is intact and holds at least K names of this split and class table, all frames
-    of `dataset`; else the K are chosen (`choose_samples` over `presence`, or the labels decoded now:
+    RUN/samples/ is kept when it is intact and holds at least K names (or the whole split) of this split and class
+    table, all frames of `dataset`; else the K are chosen (`choose_samples` over `presence`, or the labels decoded now:
     `split_presence`) and RUN/samples/ is written (`write_sample_set`: the images and ground truth)."""
     if k <= 0:
         return []
     classes = dataset.classes
     try:
         current = read_sample_set(run_dir)
-        if (current.split == split and len(current.names) >= k and current.class_names == list(classes.names)
+        if (current.split == split and len(current.names) >= min(k, len(dataset.names))
+                and current.class_names == list(classes.names)
                 and set(current.names) <= set(dataset.names)):
             return current.names[:k]
     except UserError:
@@ -58,7 +59,7 @@ def sample_names(run_dir: Path, dataset: SegmentationDataset, split: str, k: int
     names = choose_samples(dataset.names, presence, k)
     index = {name: i for i, name in enumerate(dataset.names)}
     write_sample_set(run_dir, split, names, classes.names, classes.palette,
-                     lambda name: dataset.frames.read(index[name]), classes.ignore_index)
+                     lambda name: dataset.frames.read(index[name]), classes.ignore_index, len(dataset.names))
     return names
 
 

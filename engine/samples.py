@@ -6,8 +6,8 @@ Files (every one written atomically; an `index.json` is written last, so its pre
 
     RUN/samples/index.json                       the run's sample set, written once (again only if the names change)
         {"split": "val", "names": [K names, in selection order], "class_names": [...], "palette": [[r, g, b], ...],
-         "ignore_index": 255, "files": {name: {"image": "<stem>.jpg", "label": "<stem>_gt.png"}},
-         "sha256": {name: {"image": hex, "label": hex}}}
+         "ignore_index": 255, "num_frames": N (the split's size), "files": {name: {"image": "<stem>.jpg",
+         "label": "<stem>_gt.png"}}, "sha256": {name: {"image": hex, "label": hex}}}
     RUN/samples/<stem>.jpg                       the image, JPEG quality 90, full size
     RUN/samples/<stem>_gt.png                    the ground truth: train ids as a P-mode PNG
     RUN/checkpoints/epoch_0010.samples/          beside epoch_0010.results.json (`samples_dir`); and
@@ -23,7 +23,8 @@ tests/test_samples.py checks a real frame). `<stem>` is the name made safe for a
 may contain '/').
 
 The sample (`choose_samples`) is a pure function of the split's names and the classes each frame's label holds,
-so every run of a study, trained or evaluated anywhere, keeps the same images.
+so every run of a study, trained or evaluated anywhere, keeps the same images. A checkpoint's names are the first
+K of RUN/samples/'s names, in the same order (fewer when evaluated with a smaller --samples).
 
     names = choose_samples(val_names, presence, k=8)                    # presence: (N, C) bool
     write_sample_set(run_dir, "val", names, class_names, palette, read_frame)
@@ -48,7 +49,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_utils.classes import class_presence  # noqa: F401  (re-exported: the presence choose_samples takes)
 from utils.conventions import IGNORE_INDEX
 from utils.fileio import UserError, atomic_write_bytes, atomic_write_json
 
@@ -119,7 +119,8 @@ def choose_samples(names: Sequence[str], presence: np.ndarray, k: int = DEFAULT_
 
     Args:
         names: the split's frame names (N, unique).
-        presence: (N, C) bool, presence[i, c]: class c occurs in frame i's label (`class_presence`).
+        presence: (N, C) bool, presence[i, c]: class c occurs in frame i's label
+            (`data_utils.classes.class_presence`).
         k: how many (all N when N < k).
     Returns the chosen names in selection order.
     """
@@ -199,12 +200,13 @@ def _remove_others(folder: Path, keep: set[str]) -> None:
 
 def write_sample_set(run_dir: str | Path, split: str, names: Sequence[str], class_names: Sequence[str],
                      palette: Sequence[Sequence[int]], read_frame: Callable[[str], tuple[np.ndarray, np.ndarray]],
-                     ignore_index: int = IGNORE_INDEX) -> bool:
+                     ignore_index: int = IGNORE_INDEX, num_frames: int | None = None) -> bool:
     """Write RUN/samples/ for `names` unless it already holds exactly them (split, names and classes as given,
     every file intact); returns whether it wrote.
 
     `read_frame(name)` gives ((H, W, 3) uint8 RGB image, (H, W) uint8 train ids) of a frame (called only when
-    writing)."""
+    writing); `num_frames`: the split's size (default len(names)), so a reader knows a sample of fewer than K
+    names is the whole split."""
     folder = run_samples_dir(run_dir)
     names, class_names = list(names), list(class_names)
     palette = [list(map(int, c)) for c in palette]
@@ -225,7 +227,8 @@ def write_sample_set(run_dir: str | Path, split: str, names: Sequence[str], clas
         for kind, data in encoded.items():
             atomic_write_bytes(folder / files[name][kind], data)
     atomic_write_json(folder / INDEX_NAME, {"split": split, "names": names, "class_names": class_names,
-                                            "palette": palette, "ignore_index": int(ignore_index), "files": files,
+                                            "palette": palette, "ignore_index": int(ignore_index),
+                                            "num_frames": int(num_frames or len(names)), "files": files,
                                             "sha256": digests})
     _remove_others(folder, {f for entry in files.values() for f in entry.values()})
     return True
@@ -311,6 +314,7 @@ class RunSamples:
     class_names: list[str]
     palette: list[list[int]]
     ignore_index: int
+    num_frames: int  # the split's size: fewer names than K means the whole split
     paths: dict[str, dict[str, Path]]
     remake: str
 
@@ -355,7 +359,8 @@ def read_sample_set(run_dir: str | Path) -> RunSamples:
         raise UserError(f"{index_path}: malformed `files`, `sha256` or `palette`; {remake}") from None
     return RunSamples(dir=folder, split=str(index["split"]), names=list(index["names"]),
                       class_names=list(index["class_names"]), palette=palette,
-                      ignore_index=int(index["ignore_index"]), paths=paths, remake=remake)
+                      ignore_index=int(index["ignore_index"]),
+                      num_frames=int(index.get("num_frames", len(index["names"]))), paths=paths, remake=remake)
 
 
 def read_predictions(results_path: str | Path) -> CheckpointSamples:

@@ -24,6 +24,7 @@ Values are shown in a metric's display unit (report.load.metric_unit: fractions 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from data_utils.classes import default_palette
 from data_utils.labels import CITYSCAPES
 from engine.results_format import read_results
 from metrics.registry import METRICS as RECORDS
-from report.figures import VARIANT_NAMES, group_colors
+from report.figures import VARIANT_NAMES, group_colors, per_class_pair
 from report.load import Study, metric_unit
 from report.stats import summarize
 from report.tables import BOOTSTRAP_TABLE, CONSENSUS_TABLE, Table
@@ -50,7 +51,7 @@ _DIGITS = 4  # decimals kept of a displayed value (percent: 1e-4 pp), which keep
 
 def _num(x: float) -> float | None:
     """A displayed value rounded to _DIGITS decimals; NaN -> None (JSON null: a gap in a line, no bar)."""
-    return round(x, _DIGITS) if x == x else None
+    return round(x, _DIGITS) if math.isfinite(x) else None
 
 
 def _unit(key: str) -> str:
@@ -60,13 +61,14 @@ def _unit(key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- panels' data
-def curves_data(study: Study, early: int | None, final: int) -> dict:
+def curves_data(study: Study, early: int | None, final: int, band: str = "normal") -> dict:
     """Per metric of metrics.registry with a value in the input: per group, the mean over seeds at every epoch
     with the half-widths of both 95 % intervals (report.stats.summarize), the number of seeds, and each seed's
-    values; aligned with `epochs` (null where a group or seed has no result)."""
+    values; aligned with `epochs` (null where a group or seed has no result). `band` ("normal" or "t", as
+    aggregate.py --band) is the interval shown first."""
     metrics = []
     for m in RECORDS:
-        if not any(m.key in r.metrics and r.metrics[m.key] == r.metrics[m.key] for r in study.records):
+        if all(math.isnan(r.metrics.get(m.key, math.nan)) for r in study.records):
             continue  # no value in this input (a tidy CSV holds three metrics; older results lack the newer ones)
         _, factor = metric_unit(m.key)
         groups = {}
@@ -86,7 +88,7 @@ def curves_data(study: Study, early: int | None, final: int) -> dict:
         marks = [{"epoch": final, "label": f"{'early and ' if early == final else ''}final epoch {final}"}]
     else:
         marks = [{"epoch": early, "label": f"early epoch {early}"}, {"epoch": final, "label": f"final epoch {final}"}]
-    return {"epochs": study.epochs, "metrics": metrics, "marks": marks,
+    return {"epochs": study.epochs, "metrics": metrics, "marks": marks, "band": band,
             "bands": {"normal": "mean ± 1.96·SE", "t": "mean ± t(0.975, n−1)·SE"}}
 
 
@@ -118,8 +120,7 @@ def per_class_data(study: Study, final: int) -> dict | None:
         metrics.append({"key": m.key, "label": _class_label(m.key, m.label), "unit": _unit(m.key), "values": values})
     if not metrics:
         return None
-    reference = study.group_of("A") or study.groups[0]  # as report.figures.plot_per_class: Δ against A, sorted by D
-    compare = study.group_of("D") if study.group_of("D") not in (None, reference) else study.groups[-1]
+    reference, compare = per_class_pair(study)  # as per_class_iou.png: Δ against A, sorted by Δ(D−A)
     return {"classes": study.classes, "epochs": study.epochs, "epoch": final, "metrics": metrics,
             "reference": reference, "compare": compare}
 
@@ -150,9 +151,10 @@ def class_table(study: Study, runs_dir: str | Path | None) -> dict:
 
 
 def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: int, source: str,
-                runs_dir: str | Path | None = None, title: str = "Loss-ablation report") -> dict:
+                runs_dir: str | Path | None = None, band: str = "normal", title: str = "Loss-ablation report") -> dict:
     """The viewer's JSON payload (module docstring) for `study`: `tables` are aggregate.py's report.tables Tables,
-    `early`/`final` the crossover's epochs, `runs_dir` None for a tidy CSV (no images, the default palette)."""
+    `early`/`final` the crossover's epochs, `runs_dir` None for a tidy CSV (no images, the default palette),
+    `band` the curves' interval shown first."""
     colors = group_colors(study.groups, study.group_keys)
     per_class = per_class_data(study, final)
     absent = {}
@@ -166,7 +168,7 @@ def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: 
         "groups": study.groups,
         "colors": {g: colors[g] for g in study.groups},
         "group_labels": {g: VARIANT_NAMES.get(g, g) for g in study.groups},
-        "curves": curves_data(study, early, final),
+        "curves": curves_data(study, early, final, band),
         "per_class": per_class,
         "tables": tables_data(tables),
         "images": images,
@@ -191,7 +193,9 @@ def render_html(data: dict) -> str:
     parts = {
         "TITLE": _html_text(data.get("title", "viewer")),
         "STYLE": (ASSETS / "viewer.css").read_text(encoding="utf-8"),
-        "DATA": payload.replace("</", "<\\/"),  # JSON's "\/" is "/": the payload reads back unchanged
+        # "<" only occurs inside JSON strings, where \u003c reads back as "<": no "</script>" or "<!--" can end or
+        # confuse the script element, whatever the class or group names hold
+        "DATA": payload.replace("<", "\\u003c"),
         "SCRIPTS": "\n".join(f"<script>{_inline_script(js)}</script>" for js in scripts),
     }
     template = (ASSETS / "viewer.html").read_text(encoding="utf-8")

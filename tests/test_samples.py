@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.samples import (CheckpointSamples, RunSamples, SampleSink, choose_samples, class_presence,
-                            encode_label_png, read_predictions, read_sample_set, run_samples_dir, safe_stem,
-                            samples_dir, write_predictions, write_sample_set)
+from data_utils.classes import class_presence
+from engine.samples import (CheckpointSamples, RunSamples, SampleSink, choose_samples, encode_label_png,
+                            read_predictions, read_sample_set, run_samples_dir, safe_stem, samples_dir,
+                            write_predictions, write_sample_set)
 from utils.fileio import EXIT_BAD_INPUT, UserError, run_main
 
 PALETTE = [[128, 64, 128], [70, 70, 70], [220, 20, 60], [0, 0, 142]]
@@ -138,8 +139,8 @@ def test_sample_set_round_trip_and_written_once(tmp_path):
     assert write_sample_set(tmp_path, "val", ["a/b", "f1"], CLASSES, PALETTE, read_frame)
     run = read_sample_set(tmp_path)
     assert isinstance(run, RunSamples)
-    assert (run.split, run.names, run.class_names, run.palette, run.ignore_index) == \
-        ("val", ["a/b", "f1"], CLASSES, PALETTE, 255)
+    assert (run.split, run.names, run.class_names, run.palette, run.ignore_index, run.num_frames) == \
+        ("val", ["a/b", "f1"], CLASSES, PALETTE, 255, 2)
     for name, (image, label) in frames.items():
         np.testing.assert_array_equal(run.label(name), label)
         assert run.image(name).shape == image.shape and run.image(name).dtype == np.uint8
@@ -227,3 +228,140 @@ def test_the_module_imports_without_torch(python_imports):
     result, modules = python_imports("-c", "import engine.samples")
     assert result.returncode == 0, result.stderr
     assert "torch" not in modules and "accelerate" not in modules
+
+
+# ------------------------------------------------------------------------------- the scripts writing them
+def reference_presence(data_root: Path, split: str = "val") -> tuple[list[str], np.ndarray]:
+    """The split's names in dataset order and the classes of each label, decoded here one file at a time."""
+    from data_utils.dataset import read_train_ids
+    from data_utils.labels import CITYSCAPES
+    labels = sorted((data_root / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
+    names = [p.name.removesuffix("_gtFine_labelIds.png") for p in labels]
+    presence = np.zeros((len(labels), CITYSCAPES.num_classes), bool)
+    for i, path in enumerate(labels):
+        for value in np.unique(read_train_ids(str(path))):
+            if value != 255:
+                presence[i, value] = True
+    return names, presence
+
+
+def server_predictions(preds: Path) -> dict[str, np.ndarray]:
+    """evaluate.py --save-predictions' labelIds PNGs (an independent writer) as train ids, by frame name."""
+    from data_utils.dataset import read_train_ids
+    return {p.name.removesuffix("_labelIds.png"): read_train_ids(str(p)) for p in (preds / "labelIds").rglob("*.png")}
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    import shutil
+    return Path(shutil.copytree(run, dest, ignore=shutil.ignore_patterns(".lock")))
+
+
+def test_training_keeps_the_sample_with_each_checkpoint_and_evaluate_agrees(straight_runs, tiny_data, tmp_path):
+    """The demo-like run with loader workers: RUN/samples/ holds the chosen frames (names as the loop reference
+    picks them from the labels), every checkpoint its predictions; evaluate.py on the same checkpoint writes the
+    same predictions as its test-server PNGs."""
+    import evaluate
+    run = copy_run(straight_runs["2"], tmp_path / "run")
+    names, presence = reference_presence(tiny_data)
+    sample = read_sample_set(run)
+    assert sample.names == reference_choice(names, presence, 8) and len(sample.names) == len(names) == 5
+    assert sample.split == "val" and sample.class_names[0] == "road" and sample.ignore_index == 255
+    from data_utils.dataset import read_frame
+    for name in sample.names:
+        city = name.split("_")[0]
+        image, label = read_frame(str(tiny_data / "leftImg8bit" / "val" / city / f"{name}_leftImg8bit.png"),
+                                  str(tiny_data / "gtFine" / "val" / city / f"{name}_gtFine_labelIds.png"))
+        np.testing.assert_array_equal(sample.label(name), label)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90)  # the frame as a quality-90 JPEG
+        np.testing.assert_array_equal(sample.image(name), np.array(Image.open(buffer)))
+    ckpt = run / "checkpoints" / "epoch_0002"
+    trained = read_predictions(ckpt.with_name("epoch_0002.results.json"))
+    assert trained.names == sample.names
+    assert read_predictions(ckpt.with_name("epoch_0001.results.json")).names == sample.names
+
+    assert evaluate.main([str(ckpt), "--save-predictions", str(tmp_path / "preds")]) == 0
+    server = server_predictions(tmp_path / "preds")
+    evaluated = read_predictions(ckpt.with_name("epoch_0002.results.json"))
+    for name in sample.names:
+        np.testing.assert_array_equal(trained.pred(name), server[name])
+        np.testing.assert_array_equal(evaluated.pred(name), server[name])
+
+
+def test_training_picks_the_sample_from_its_label_check_without_decoding_again(tiny_data, tmp_path, monkeypatch):
+    import engine.sample_eval
+    from tests.tiny_training import run_train
+
+    def decode_again(*args, **kwargs):
+        raise AssertionError("the val labels were decoded a second time")
+    monkeypatch.setattr(engine.sample_eval, "split_presence", decode_again)
+    assert run_train(tiny_data, tmp_path / "run", "--epochs", "1", "--num-workers", "2", "--samples", "3") == 0
+    names, presence = reference_presence(tiny_data)
+    assert read_sample_set(tmp_path / "run").names == reference_choice(names, presence, 3)
+    assert read_predictions(tmp_path / "run" / "checkpoints" / "epoch_0001.results.json").names == \
+        reference_choice(names, presence, 3)
+
+
+def test_evaluate_chooses_the_same_sample_for_a_run_without_one(straight_runs, tiny_data, tmp_path):
+    import shutil
+
+    import evaluate
+    run = copy_run(straight_runs["0"], tmp_path / "run")
+    shutil.rmtree(run_samples_dir(run))  # e.g. a run trained before samples existed
+    ckpt = run / "checkpoints" / "epoch_0001"
+    assert evaluate.main([str(ckpt), "--samples", "2", "--flip"]) == 0
+    names, presence = reference_presence(tiny_data)
+    assert read_sample_set(run).names == reference_choice(names, presence, 2)
+    flip = read_predictions(ckpt.with_name("epoch_0001.inference.whole-flip.results.json"))
+    assert flip.names == reference_choice(names, presence, 2)
+    assert evaluate.main([str(ckpt), "--samples", "0"]) == 0  # off: the earlier folder stays as it was
+    assert read_predictions(ckpt.with_name("epoch_0001.results.json")).names == reference_choice(names, presence, 8)
+
+
+def test_evaluate_all_fills_in_missing_samples_without_recomputing_metrics(straight_runs, tmp_path, capsys):
+    import shutil
+
+    import evaluate
+    from engine.samples import INDEX_NAME
+    run = copy_run(straight_runs["2"], tmp_path / "runs" / "run")
+    results = {p: p.read_bytes() for p in (run / "checkpoints").glob("epoch_*.*") if p.is_file()}
+    before = read_predictions(run / "checkpoints" / "epoch_0002.results.json")
+    expected = {name: before.pred(name) for name in before.names}
+    shutil.rmtree(samples_dir(run / "checkpoints" / "epoch_0002.results.json"))  # missing
+    damaged = run / "checkpoints" / "epoch_0001.samples" / INDEX_NAME
+    damaged.write_text("{")  # corrupt
+    capsys.readouterr()
+    assert evaluate.main(["--all", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "2 already evaluated" in out and "0 to evaluate" in out and "2 of the evaluated checkpoints lack" in out
+    assert {p: p.read_bytes() for p in results} == results  # results and per-image files untouched
+    after = read_predictions(run / "checkpoints" / "epoch_0002.results.json")
+    assert after.names == before.names
+    for name in after.names:
+        np.testing.assert_array_equal(after.pred(name), expected[name])
+    assert read_predictions(run / "checkpoints" / "epoch_0001.results.json").names == before.names
+    assert evaluate.main(["--all", str(tmp_path / "runs")]) == 0  # nothing left to fill in
+    assert "lack their prediction samples" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_check_labels_returns_what_each_label_holds_in_dataset_order(tiny_data, workers):
+    from data_utils.dataset import check_labels
+    from engine.config import parse_args
+    from engine.setup import build_dataloader
+    cfg, _ = parse_args(["--preset", "demo", "--no-demo-data", "--data-root", str(tiny_data)])
+    dataset = build_dataloader(cfg, "val", train=False).dataset
+    names, presence = reference_presence(tiny_data)
+    assert list(dataset.names) == names
+    np.testing.assert_array_equal(check_labels(dataset, num_workers=workers), presence)
+
+
+def test_a_negative_samples_flag_is_one_line(capsys):
+    import evaluate
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.parse_args(["x", "--samples", "-1"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip().endswith("--samples must be >= 0 (0: none), got -1")
+    with pytest.raises(UserError, match="--samples must be >= 0, got -1"):
+        from engine.config import parse_args
+        parse_args(["--preset", "demo", "--samples", "-1"])

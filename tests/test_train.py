@@ -771,6 +771,7 @@ def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_da
     from engine.checkpoint import load_weights_into
     from engine.evaluation import evaluate_model
     from engine.results import read_results, results_path
+    from engine.samples import SampleSink, read_predictions, read_sample_set
     from engine.setup import build_dataloader
     from metrics.keys import METRIC_KEYS
     from metrics.per_image import per_image_path, read_per_image
@@ -792,8 +793,15 @@ def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_da
     cfg = load_config(ckpt / "config.json")
     model = build_model_from_config(cfg)
     load_weights_into(model, ckpt / "model.safetensors")
-    single = evaluate_model(model, build_dataloader(cfg, cfg.val_split, train=False), Accelerator(cpu=True))
+    sink = SampleSink(read_sample_set(out).names)
+    single = evaluate_model(model, build_dataloader(cfg, cfg.val_split, train=False), Accelerator(cpu=True),
+                            on_predictions=sink)
     logged = read_results(results_path(ckpt))
+    # the prediction samples, gathered from both processes, are the single-process predictions
+    kept = read_predictions(results_path(ckpt))
+    assert kept.names == sink.names and len(kept.names) == 5
+    for name in kept.names:
+        np.testing.assert_array_equal(kept.pred(name), sink.predictions[name], err_msg=name)
     assert single["num_images"] == logged["num_images"] == 5
     for key in METRIC_KEYS:
         assert single[key] == pytest.approx(logged[key], abs=1e-12), key
