@@ -328,7 +328,7 @@ def test_corrupt_sample_file_leaves_the_rest_of_the_report(runs, tmp_path, viewe
     shutil.copytree(runs, copy)
     bad = copy / "D_seed2" / "checkpoints" / f"epoch_{EPOCH:04d}.samples" / "frame_03.png"
     bad.write_bytes(b"not a png")
-    aggregate.main([str(copy), "--out", str(tmp_path / "report"), "--bootstrap", "0"])
+    assert aggregate.main([str(copy), "--out", str(tmp_path / "report"), "--bootstrap", "0"]) == 0
     page = viewer_browser.open_viewer(tmp_path / "report" / VIEWER_FILE)
     reason = page.evaluate(f"VIEWER.data.absent.{PANEL_ID}")
     assert str(bad) in reason and "evaluate.py" in reason and "\n" not in reason
