@@ -133,6 +133,20 @@ def test_image_values_are_each_image_alone(runs):
                 assert values[m.key][i] == pytest.approx(alone[m.key], rel=1e-12, nan_ok=True), (m.key, i)
 
 
+def test_image_values_by_hand():
+    """A perfect image and an image predicted as the wrong one of two classes everywhere."""
+    target = np.zeros((2, 8, 8), np.uint8)
+    target[:, :, 4:] = 1
+    pred = target.copy()
+    pred[1] = 1 - target[1]
+    metric = SegmentationMetrics(num_classes=2, boundary_px=1)
+    metric.update(torch.from_numpy(pred), torch.from_numpy(target))
+    values = image_values(metric.per_image(), "default")
+    np.testing.assert_array_equal(values["miou"], [1.0, 0.0])
+    np.testing.assert_array_equal(values["trimap_iou"], [1.0, 0.0])
+    np.testing.assert_array_equal(values["boundary_iou"], [1.0, 0.0])
+
+
 def explicit_deltas(runs: Path, names: list[str], x: str, y: str, key: str) -> dict[str, float]:
     """Per sampled image: the mean over X's seeds of the metric on that image alone (from its per-image file,
     image by image) minus Y's."""
