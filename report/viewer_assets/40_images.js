@@ -1,6 +1,6 @@
 /* Images: the sampled val images at the final epoch (data.images, built by report/viewer_images.py). Per image:
    the photo, its ground truth and each group's prediction (of the seed chosen per group) over the photo at a
-   chosen opacity, or the error view: wrong pixels red, wrong pixels inside the Trimap band (the band the metrics
+   chosen opacity (the labels' colours from the palette), or the error view: wrong pixels red, wrong pixels inside the Trimap band (the band the metrics
    count over, shipped as a mask) yellow, the ground-truth cell showing the band itself. Under each prediction
    the per-image metrics of that run. The images sort by the per-image Δ of a metric between two groups, as
    report.viewer_images.delta_order defines it (this file mirrors it: Δ largest first, undefined last, ties in
@@ -135,8 +135,10 @@ VIEWER.register({
     }
 
     // ---------------------------------------------------------------------------------------------- drawing
-    const thumbs = new Map();  // uri -> Promise<ImageData> (thumbnails only; full sizes are decoded on demand)
-    function pixels(uri, keep) {
+    /* An image's pixels: {width, height, data}, data the RGBA bytes of a photo, or one byte per pixel (the grey
+       level: a train id, or 0/255 for the band) of a label map. Thumbnails are kept; full sizes decoded on demand. */
+    const thumbs = new Map();
+    function pixels(uri, keep, grey) {
       if (keep && thumbs.has(uri)) return thumbs.get(uri);
       const done = new Promise((resolve, reject) => {
         const img = new Image();
@@ -146,7 +148,13 @@ VIEWER.register({
           c.height = img.naturalHeight;
           const ctx = c.getContext("2d", {willReadFrequently: true});
           ctx.drawImage(img, 0, 0);
-          resolve(ctx.getImageData(0, 0, c.width, c.height));
+          const rgba = ctx.getImageData(0, 0, c.width, c.height).data;
+          let data = rgba;
+          if (grey) {
+            data = new Uint8Array(c.width * c.height);
+            for (let k = 0; k < data.length; k++) data[k] = rgba[4 * k];
+          }
+          resolve({width: c.width, height: c.height, data});
         };
         img.onerror = () => reject(new Error("the Images panel could not decode one of its images"));
         img.src = uri;
@@ -164,7 +172,7 @@ VIEWER.register({
 
     async function draw(canvas, j, kind, size) {
       const [photo, gt, band, pred] = await Promise.all(sources(j, kind, size)
-        .map((uri) => (uri ? pixels(uri, size === "thumb") : null)));
+        .map((uri, n) => (uri ? pixels(uri, size === "thumb", n > 0) : null)));
       const w = photo.width, h = photo.height;
       canvas.width = w;
       canvas.height = h;
@@ -172,20 +180,20 @@ VIEWER.register({
       const out = ctx.createImageData(w, h), o = out.data, p = photo.data, t = gt.data, b = band.data;
       const ids = kind === "gt" ? t : pred ? pred.data : null;
       const a = state.alpha, errors = state.view === "errors";
-      for (let i = 0; i < o.length; i += 4) {
+      for (let k = 0, i = 0; k < w * h; k++, i += 4) {
         let r = p[i], g = p[i + 1], bl = p[i + 2];
         if (errors && kind !== "image") {
           const grey = 150 + 0.4 * (0.299 * r + 0.587 * g + 0.114 * bl);
           r = g = bl = grey;
           let mark = null;
-          if (kind === "gt") mark = b[i] > 127 ? BAND : null;
-          else if (t[i] !== ignore && ids[i] !== t[i]) mark = b[i] > 127 ? WRONG_IN_BAND : WRONG;
+          if (kind === "gt") mark = b[k] > 127 ? BAND : null;
+          else if (t[k] !== ignore && ids[k] !== t[k]) mark = b[k] > 127 ? WRONG_IN_BAND : WRONG;
           if (mark) [r, g, bl] = mark;
-        } else if (ids && known[ids[i]]) {
-          const k = 3 * ids[i];
-          r = (1 - a) * r + a * lut[k];
-          g = (1 - a) * g + a * lut[k + 1];
-          bl = (1 - a) * bl + a * lut[k + 2];
+        } else if (ids && known[ids[k]]) {
+          const c = 3 * ids[k];
+          r = (1 - a) * r + a * lut[c];
+          g = (1 - a) * g + a * lut[c + 1];
+          bl = (1 - a) * bl + a * lut[c + 2];
         }
         o[i] = r;
         o[i + 1] = g;
@@ -222,7 +230,7 @@ VIEWER.register({
       const input = V.el("input", {type: "range", id: "images-opacity", min: "0", max: "100",
                                    value: String(state.alpha * 100)});
       input.addEventListener("input", () => { state.alpha = Number(input.value) / 100; redraw(); });
-      return V.el("label", {}, "prediction opacity ", input);
+      return V.el("label", {}, "label opacity ", input);
     }
 
     function legend() {
