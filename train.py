@@ -39,7 +39,8 @@ from engine.samples import SampleSink
 from engine.schedule import get_lr
 from engine.setup import build_accelerator, build_training, configure_torch, ensure_demo_data, with_class_table
 from engine.steps import LossReading, StepState, augmentation_seed, device_batch
-from engine.tracking import finish_wandb, init_wandb, prediction_overlays, sigterm_as_ctrl_c, val_metrics_row
+from engine.tracking import (evaluation_media, finish_wandb, init_wandb, log_checkpoint_artifact, sigterm_as_ctrl_c,
+                             step_row, val_metrics_row)
 from losses.gradients import GradStatsLog, term_gradient_stats
 from metrics.keys import val_key
 from metrics.registry import METRICS
@@ -159,10 +160,15 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                     progress.step += 1
                 num_images += images.shape[0] * accelerator.num_processes
                 bars.advance(step_bar)
-                if (batch_index + 1) % HOST_READ_EVERY == 0 or batch_index + 1 == len(train_loader):
-                    reading = loss_log.read()  # the one host sync, every HOST_READ_EVERY micro-steps
+                # W&B's per-step row every log_every optimizer steps: the terms' means since the previous one
+                log_step = bool(cfg.wandb and cfg.log_every and accelerator.sync_gradients
+                                and progress.step % cfg.log_every == 0)
+                if (batch_index + 1) % HOST_READ_EVERY == 0 or batch_index + 1 == len(train_loader) or log_step:
+                    reading = loss_log.read()  # the one host sync, every HOST_READ_EVERY micro-steps (and W&B row)
                     check_nonfinite(reading, progress, cfg, console)  # raises past --max-nonfinite
                     bars.update(step_bar, info=f"mean loss {reading.means['loss']:.4f}  lr {lr:.2e}")
+                if log_step:
+                    accelerator.log(step_row(progress.step, lr, loss_log.interval_means()))
             train_seconds = time.perf_counter() - epoch_start  # the last read waited for the device
 
             # One dict per epoch: appended to metrics.jsonl and sent unchanged to W&B.
@@ -190,16 +196,16 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                                          on_predictions=samples if sample_names else None)
                 row.update(val_metrics_row(metrics))  # val/miou, val/boundary_f1, ..., val/iou/<class>
                 row[val_key("seconds")] = time.perf_counter() - eval_start
-            overlays = {}
+            media = {}  # W&B only: the per-class table and the sample images of this evaluation
+            log_media = cfg.wandb and val_key("miou") in row
+            predictions = samples.gather(accelerator) if log_media and cfg.log_images and sample_names else {}
             if accelerator.is_main_process:
                 if grad_log is not None:
                     row.update(grad_log.epoch_means(progress.epoch))  # grad_norm/..., grad_cos/...: epoch means
                 history.append(row)
-                if cfg.wandb and cfg.log_images and val_key("miou") in row:
-                    overlays[val_key("predictions")] = prediction_overlays(  # eager: no compile for a few frames
-                        accelerator.unwrap_model(model, keep_torch_compile=False), val_dataset, cfg.log_images,
-                        accelerator.device)
-            accelerator.log({**row, **overlays}, step=progress.epoch)
+                if log_media:
+                    media = evaluation_media(metrics, run_dir, predictions, cfg.log_images, console)
+            accelerator.log({**row, **media})  # W&B's x-axis: the row's "epoch" (engine.tracking.define_axes)
             console.print(epoch_summary(row, cfg.epochs))
 
             if save_now:
@@ -211,6 +217,8 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                     write_sample_predictions(results_path(ckpt), cfg.val_split, samples, accelerator,
                                              val_dataset.classes.palette)
             bars.update(epoch_bar, completed=progress.epoch)
+        if cfg.wandb and cfg.wandb_artifacts and accelerator.is_main_process:  # the final checkpoint, uploaded
+            log_checkpoint_artifact(accelerator, cfg, checkpoint_path(run_dir, cfg.epochs))
     except KeyboardInterrupt:  # Ctrl-C: one line, the W&B run closed as failed, the shell's code for Ctrl-C
         bars.stop()
         finish_wandb(accelerator, exit_code=EXIT_INTERRUPTED)

@@ -35,7 +35,7 @@ from metrics.registry import METRICS as RECORDS
 from report.figures import VARIANT_NAMES, group_colors, per_class_pair
 from report.load import Study, metric_unit
 from report.stats import summarize
-from report.tables import BOOTSTRAP_TABLE, CONSENSUS_TABLE, Table
+from report.tables import BOOTSTRAP_TABLE, CONSENSUS_TABLE, Table, shown
 from report.viewer_images import image_panel_data
 from utils import atomic_write_text
 from utils.fileio import json_safe
@@ -125,10 +125,11 @@ def per_class_data(study: Study, final: int) -> dict | None:
             "reference": reference, "compare": compare}
 
 
-def tables_data(tables: list[Table]) -> list[dict]:
-    """The tables of VIEWER_TABLES among `tables`, as aggregate.py built them: title, the Markdown view's header
-    and cells (percent, 2 decimals; "**x**" marks a significant cell) and the notes."""
-    by_name = {t.name: t for t in tables}
+def tables_data(tables: list[Table], study: Study) -> list[dict]:
+    """The tables of VIEWER_TABLES among `tables` as summary.md shows them (report.tables.shown: a comparison of
+    one group is a line saying what it needs): title, the Markdown view's header and cells (percent, 2 decimals;
+    "**x**" marks a significant cell) and the notes."""
+    by_name = {t.name: shown(t, study) for t in tables}
     return [{"name": t.name, "title": t.title, "header": t.md_header, "rows": t.md_rows, "notes": t.notes}
             for t in (by_name.get(name) for name in VIEWER_TABLES) if t is not None]
 
@@ -170,7 +171,7 @@ def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: 
         "group_labels": {g: VARIANT_NAMES.get(g, g) for g in study.groups},
         "curves": curves_data(study, early, final, band),
         "per_class": per_class,
-        "tables": tables_data(tables),
+        "tables": tables_data(tables, study),
         "images": images,
         "absent": absent,
     }

@@ -45,13 +45,14 @@ def new_run_id() -> str:
 
 def push_report(tables: list[Table], figures: dict[str, Path], headline: dict[str, float], *, project: str,
                 name: str | None, config: dict, entity: str | None = None, run_id: str | None = None,
-                html: Path | None = None) -> str:
+                out_dir: Path | None = None, html: Path | None = None) -> str:
     """Log every table as a wandb.Table, every figure as a wandb.Image and the viewer page `html` (if given) as a
     wandb.Html under "viewer" to one run (id `run_id`, or a new one; `entity` None: the login's default); return
-    where it went (the run's URL, or the `wandb sync` command for an offline run)."""
+    where it went (the run's URL, or the `wandb sync` command for an offline run). Its W&B files go to
+    `out_dir`/wandb (the report's folder), not the current folder."""
     import wandb  # imported here: the report itself never needs wandb
 
-    run = wandb.init(project=project, entity=entity or None, name=name, id=run_id,
+    run = wandb.init(project=project, entity=entity or None, name=name, id=run_id, dir=out_dir,
                      job_type=AGGREGATE_JOB_TYPE, config=config, mode=wandb_init_mode())
     try:
         payload = {table_key(t.name): wandb.Table(columns=t.header, data=[[_cell(v) for v in r] for r in t.rows])

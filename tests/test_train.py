@@ -256,6 +256,29 @@ def test_loss_log_means_counts_and_first_bad_against_a_plain_loop(each_step):
     assert math.isnan(values_1["ce"]) and values_1["loss"] == values[2, 0] and values_2["loss"] == math.inf
 
 
+
+def test_loss_log_interval_means_are_those_since_the_previous_call():
+    """W&B's per-step loss (--log-every): each term's mean over the finite micro-batches read since the previous
+    `interval_means` call, against a plain loop; an interval without any is NaN."""
+    log = EpochLossLog(Accelerator(cpu=True), each_step=False)
+    values = torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    values[4, 1] = float("nan")
+    intervals, start = [], 0
+    for i, row in enumerate(values):
+        log.update({"loss": row[0], "ce": row[1]})
+        if i in (1, 5):
+            log.read()  # a read that is not a per-step log: the interval goes on
+        if i in (3, 8):
+            log.read()
+            intervals.append((log.interval_means(), values[start:i + 1]))
+            start = i + 1
+    for means, rows in intervals:
+        good = [r for r in rows.tolist() if all(map(math.isfinite, r))]
+        assert means == pytest.approx({"loss": sum(r[0] for r in good) / len(good),
+                                       "ce": sum(r[1] for r in good) / len(good)}, rel=1e-15)
+    assert all(math.isnan(v) for v in log.interval_means().values())
+
+
 def test_guard_is_off_at_max_nonfinite_0_and_gathers_once_per_read(tiny_data, monkeypatch):
     """--max-nonfinite 0 (the default): no gradient hooks, no buffer copies, and the loss terms are gathered
     once per read instead of once per micro-step; K > 0: a hook on every trainable parameter and a gather
@@ -848,7 +871,13 @@ def test_wandb_offline_run_with_overlays_continues_the_same_run_after_resume(tin
     assert run_id and read_meta(out / "checkpoints" / "epoch_0002")["wandb_run_id"] == run_id
     offline_runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)
-    assert list((offline_runs[-1] / "files" / "media").rglob("*.png"))  # the prediction overlays
+    assert list((offline_runs[-1] / "files" / "media").rglob("*.png"))  # the sample images
+    # the resumed run appends its epochs to the same W&B run: epoch 1 before the stop, epoch 2 after it
+    from tests.wandb_files import OfflineRun
+
+    epochs = [[row["epoch"] for row in OfflineRun.read(next(p.glob("*.wandb"))).history if "epoch" in row]
+              for p in offline_runs]
+    assert epochs == [[1], [2]]
 
 
 # ------------------------------------------------------------------------------- loss recipes, other backbones

@@ -253,6 +253,9 @@ def test_one_variant_per_class_has_no_delta_and_says_why(viewer_browser, reports
     assert "no Δ against a reference" in page.inner_text("#per-class-note")
     iou = r["values"][("C", 0, r["epochs"][-1])]["iou"]
     assert traces(page, "per-class-values", "value")[0]["x"] == sorted(CLASSES, key=lambda c: -iou[c])
+    viewer_browser.show_panel("tables")  # a comparison of one group: a line saying what it needs, as in summary.md
+    significance = page.inner_text(".table-block[data-table='table5_significance']")
+    assert "(no rows)" in significance and "needs ≥ 2 groups" in significance
     viewer_browser.check_clean()
 
 
@@ -356,15 +359,25 @@ def test_screenshots_of_each_panel(viewer_browser, reports, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- W&B
 def test_wandb_run_holds_the_viewer_page(reports, tmp_path, monkeypatch):
-    """aggregate.py --wandb logs viewer.html as a wandb.Html: the offline run's media holds the page, unchanged
-    (no W&B stylesheet injected: that would be a link to the network)."""
+    """aggregate.py --wandb logs viewer.html as a wandb.Html (key "viewer"): the offline run under --out logs it,
+    and its media holds the page unchanged (no W&B stylesheet injected: that would be a link to the network)."""
+    import wandb
+
+    from tests.wandb_files import offline_runs
+
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.chdir(tmp_path)  # wherever the run's files go (WANDB_DIR or --out), they stay under tmp_path
+    monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "report"
-    assert aggregate.main([str(reports["demo"]["runs"]), "--out", str(out), "--wandb"]) == 0
-    pages = list(tmp_path.rglob("media/html/viewer_*.html"))
-    assert len(pages) == 1 and pages[0].read_text(encoding="utf-8") == (out / VIEWER_FILE).read_text(encoding="utf-8")
+    wandb.teardown()  # wandb keeps process-wide settings from an earlier run: start from this test's
+    try:
+        assert aggregate.main([str(reports["demo"]["runs"]), "--out", str(out), "--wandb"]) == 0
+    finally:
+        wandb.teardown()  # and leave none of this test's settings to the next test
+    (run,) = offline_runs(out / "wandb")
+    (row,) = run.history
+    assert row["viewer"]["_type"] == "html-file"
+    (page,) = (out / "wandb").rglob(row["viewer"]["path"])
+    assert page.read_text(encoding="utf-8") == (out / VIEWER_FILE).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------- size, speed
