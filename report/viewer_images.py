@@ -137,7 +137,7 @@ def image_panel_data(study: Study | None, runs_dir: str | Path | None, epoch: in
         return None
     records = sorted((r for r in study.records if r.epoch == epoch), key=lambda r: (study.groups.index(r.group),
                                                                                      r.seed))
-    sampled = [r for r in records if samples_dir(r.source).is_dir()]
+    sampled = [r for r in records if not r.from_history and samples_dir(r.source).is_dir()]  # history: no files
     if not sampled:
         absent[PANEL_ID] = (f"no run at epoch {epoch} below {runs_dir} has prediction samples: evaluate with "
                             f"samples on (evaluate.py --all {runs_dir} fills them in)")

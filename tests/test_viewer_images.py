@@ -364,3 +364,16 @@ def test_a_checkpoint_with_fewer_samples_keeps_the_common_images(tmp_path, runs)
     absent = {}
     data = image_panel_data(Study.from_records(load_runs_dir(copy)), copy, EPOCH, absent)
     assert data is not None and data["names"] == names and len(data["preds"]["A"]["1"]) == 2
+
+
+def test_epochs_from_the_training_history_have_no_samples(tmp_path):
+    """A final epoch known only from a run's metrics.jsonl (report.load.load_history: no checkpoint, so no
+    results, per-image or sample files) leaves the panel absent with its reason, not a crash."""
+    import dataclasses
+
+    from report.load import Record
+    record = Record(variant="A", seed=1, epoch=5, metrics={"miou": 0.5, "boundary_f1": 0.5, "trimap_iou": 0.5},
+                    iou={}, source=str(tmp_path / "A_seed1" / "metrics.jsonl:5"))
+    study = Study.from_records([record, dataclasses.replace(record, seed=2)])
+    absent = {}
+    assert image_panel_data(study, tmp_path, 5, absent) is None and "no run at epoch 5" in absent[PANEL_ID]
