@@ -283,6 +283,14 @@ def test_sorting_by_delta_in_the_browser_follows_the_per_image_files(runs, repor
     # the error view: wrong pixels red, wrong pixels inside the band yellow, exactly where the shipped maps say
     page.select_option("#images-view", "errors")
     check_error_view(page, runs)
+    page.select_option("#images-seed-3", "2")  # D's other seed: its prediction and its per-image values
+    check_error_view(page, runs)
+    shown_miou = page.eval_on_selector_all("#images-rows .images-row .images-metrics", "boxes => boxes.map(b => "
+                                           "b.querySelector('tr').lastChild.textContent)")[3]  # row 1, group D
+    first = page_order(page)[0]
+    stats = read_per_image(per_image_path(runs / "D_seed2" / "checkpoints" / f"epoch_{EPOCH:04d}"))
+    alone = dataset_metrics(subset(stats, [stats["names"].tolist().index(first)]), "default")["miou"]
+    assert shown_miou == f"{100 * alone:.2f} %"
     # the controls redraw without error; a click opens the full size, Esc closes it
     page.fill("#images-opacity", "80")
     page.click("#images-rows .images-row canvas >> nth=3")
