@@ -1,11 +1,11 @@
 /* Images: the sampled val images at the final epoch (data.images, built by report/viewer_images.py). Per image:
    the photo, its ground truth and each group's prediction (of the seed chosen per group) over the photo at a
-   chosen opacity (the labels' colours from the palette), or the error view: wrong pixels red, wrong pixels inside the Trimap band (the band the metrics
-   count over, shipped as a mask) yellow, the ground-truth cell showing the band itself. Under each prediction
-   the per-image metrics of that run. The images sort by the per-image Δ of a metric between two groups, as
-   report.viewer_images.delta_order defines it (this file mirrors it: Δ largest first, undefined last, ties in
-   sample order). Label maps arrive as 1-channel PNGs of train ids (lossless) and are coloured here from the
-   palette. A click on any image opens it at full size. Rows carry data-name; the panel's section carries
+   chosen opacity, coloured from the palette; or the error view: wrong pixels red, wrong pixels inside the
+   Trimap band (the band the metrics count over, shipped as a mask) yellow, the ground-truth cell showing the
+   band itself. Under each prediction the per-image metrics of that run. The images sort by the per-image Δ of
+   a metric between two groups, as report.viewer_images.delta_order defines it (this file mirrors it: Δ largest
+   first, undefined last, ties in sample order). Label maps arrive as lossless grey images whose grey level is
+   the train id. A click on any image opens it at full size. Rows carry data-name; the panel's section carries
    data-ready once every thumbnail is drawn. */
 "use strict";
 VIEWER.register({
