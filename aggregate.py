@@ -32,6 +32,11 @@ from pathlib import Path
 
 from utils import UserError, atomic_write_text, parse_args_first, run_main
 from utils.cli import ArgumentParser
+from utils.console import plural
+
+# The most bootstrap replicates: 10x the default, p-values to 2e-5. Time and memory grow with B (8·B bytes per pair
+# and metric, then percentiles over them): --bootstrap 100000000 ran for minutes before printing anything.
+MAX_BOOTSTRAP = 100_000
 
 
 FIGURE_FORMATS = ("png", "pdf", "svg")  # --format: the PNG summary.md links, and vector copies for papers
@@ -60,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--band", choices=("normal", "t"), default="normal",
                    help="shaded band of the curves: mean ± 1.96·SE (normal, as the paper) or ± t(0.975, n−1)·SE")
     p.add_argument("--bootstrap", type=int, default=10_000, metavar="B", help="replicates of the paired image "
-                   "bootstrap at the final epoch (table 5b; needs *.per_image.npz beside the results); 0 = off")
+                   "bootstrap at the final epoch (table 5b; needs *.per_image.npz beside the results); 0 = off, "
+                   f"at most {MAX_BOOTSTRAP}")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's image draws")
     p.add_argument("--inference", default="whole", metavar="MODE",
                    help="the inference mode whose results make the tables (engine.inference's tag, e.g. "
@@ -90,6 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--compare-inference {args.compare_inference}: give another mode than --inference's")
     if args.bootstrap < 0 or args.bootstrap_seed < 0:
         p.error("--bootstrap and --bootstrap-seed take integers >= 0")
+    if args.bootstrap > MAX_BOOTSTRAP:
+        p.error(f"--bootstrap {args.bootstrap}: at most {MAX_BOOTSTRAP} replicates (the default 10000 already gives "
+                "p-values to 2e-4; time and memory grow with B)")
     if args.wandb_report:  # the report shows the aggregate run's tables and figures: log them (--wandb)
         from report.wandb_report import check_entity
 
@@ -182,11 +191,11 @@ def main(argv=None) -> int:
     study = Study.from_records(records)
     early, final = pick_epochs(study, args.early_epoch, args.final_epoch)
     from_history = sum(r.from_history for r in records)  # train.py's epochs without a checkpoint (load_history)
-    counted = f"{len(records) - from_history} results" + (
-        f" (+ {from_history} evaluated epochs without a checkpoint, from the runs' metrics.jsonl)" if from_history
-        else "")
+    counted = plural(len(records) - from_history, "result") + (
+        f" (+ {plural(from_history, 'evaluated epoch')} without a checkpoint, from the runs' metrics.jsonl)"
+        if from_history else "")
     console.print(f"{counted} from {source}: variants {', '.join(study.groups)}, "
-                  f"seeds {', '.join(map(str, study.seeds))}, {len(study.epochs)} epochs "
+                  f"seeds {', '.join(map(str, study.seeds))}, {plural(len(study.epochs), 'epoch')} "
                   f"({study.epochs[0]}…{study.epochs[-1]})")
     for line in study.caveats:  # metrics from another estimator than the toolkit's (report.load.ESTIMATOR_CAVEATS)
         console.print(f"[yellow]caveat: {escape(line)}[/yellow]", soft_wrap=True)
@@ -288,9 +297,9 @@ def main(argv=None) -> int:
         md += ["## Single-scale vs test-time augmentation\n", *(t.to_markdown() for t in t8)]
     if trajectories is not None:
         md += ["## Gradient trajectories\n",
-               f"{len(grad_logs)} run(s) with `grad_stats.jsonl`; groups {', '.join(trajectories.groups)}. Numbers "
-               "per group, statistic and epoch in `grad_trajectories.csv`.", "", *[f"- {n}" for n in grad_table.notes],
-               ""]
+               f"{plural(len(grad_logs), 'run')} with `grad_stats.jsonl`; groups {', '.join(trajectories.groups)}. "
+               "Numbers per group, statistic and epoch in `grad_trajectories.csv`.", "",
+               *[f"- {n}" for n in grad_table.notes], ""]
     md += ["## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
     atomic_write_text(out / "summary.md", "\n".join(md))
     viewer = None  # report.viewer: the interactive page, one offline file (open it in a browser)
@@ -308,7 +317,7 @@ def main(argv=None) -> int:
         print_table(t)
     n_csv = len(tables) + (trajectories is not None)
     kinds = "/".join(f.upper() for f in dict.fromkeys(("png", *args.format)))
-    console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} figure(s) ({kinds}) to {out}/")
+    console.print(f"wrote summary.md, {plural(n_csv, 'CSV')} and {plural(len(figures), 'figure')} ({kinds}) to {out}/")
 
     # -------- W&B (optional)
     if args.wandb:

@@ -111,9 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.split in UNLABELLED_SPLITS and args.save_predictions is None:
         parser.error(f"split {args.split!r} has no real labels, so no metrics: add --save-predictions DIR")
     for name in ("jobs", "batch_size", "num_workers"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "num_workers" else 1):
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+        value, lowest = getattr(args, name), 0 if name == "num_workers" else 1  # 0 workers: load in the main process
+        if value is not None and value < lowest:
+            parser.error(f"--{name.replace('_', '-')} must be >= {lowest}, got {value}")
     if args.samples is not None and args.samples < 0:
         parser.error(f"--samples must be >= 0 (0: none), got {args.samples}")
     return args
@@ -134,7 +134,6 @@ if __name__ == "__main__":
     parse_args_first(parse_args, check_paths)
 
 from rich.console import Console
-from rich.progress import Progress
 
 from engine.batch_eval import evaluate_all, find_checkpoints, pending_reason
 from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint, fill_samples, samples_pending
@@ -144,7 +143,8 @@ from engine.results import batch_table, checkpoint_table
 from engine.results_format import consensus_path, inference_path
 from engine.samples import samples_dir
 from metrics.per_image import PER_IMAGE_SUFFIX
-from utils.console import progress_columns
+from utils.bars import Bars
+from utils.console import plural, progress_columns
 from utils.dirlock import folder_lock
 
 
@@ -185,9 +185,9 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
     checkpoints = find_checkpoints(args.all)
     todo = [c for c in checkpoints
             if args.force or pending_reason(c, args.split, args.metrics_profile, options.inference.tag) is not None]
-    console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
-                  f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.jobs} "
-                  "job(s)", soft_wrap=True)
+    console.print(f"{plural(len(checkpoints), 'checkpoint')} under {args.all}: {len(checkpoints) - len(todo)} "
+                  f"already evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with "
+                  f"{plural(args.jobs, 'job')}", soft_wrap=True)
     fill = [c for c in checkpoints if c not in todo and samples_pending(c, options)]
     if fill:
         console.print(f"{len(fill)} of the evaluated checkpoints lack their prediction samples: filling them in "
@@ -195,7 +195,7 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
     done, failures = [], []
     with ExitStack() as stack:
         lock_runs(stack, todo + fill)
-        bar = stack.enter_context(Progress(*progress_columns(), console=console))
+        bar = stack.enter_context(Bars(*progress_columns(), console=console))
         outcomes = stack.enter_context(closing(evaluate_all(todo, options, args.jobs)))  # closed on Ctrl-C
         task = bar.add_task("checkpoints", total=len(todo))
         for ckpt, record, error in outcomes:
@@ -209,14 +209,14 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
     if done:
         console.print(batch_table(sorted(done, key=lambda r: r["checkpoint"]), args.all))
     if failures:
-        console.print(f"[red]{len(failures)} checkpoint(s) could not be evaluated:[/red]")
+        console.print(f"[red]{plural(len(failures), 'checkpoint')} could not be evaluated:[/red]")
         for ckpt, error in failures:
             console.print(f"  {ckpt}: {error}", soft_wrap=True)
         return EXIT_PARTIAL_FAILURE
     return 0
 
 
-def fill_all_samples(checkpoints, options: EvalOptions, bar: Progress) -> list[tuple]:
+def fill_all_samples(checkpoints, options: EvalOptions, bar: Bars) -> list[tuple]:
     """--all: write the missing prediction samples of checkpoints with valid results (engine.checkpoint_eval.
     fill_samples, in this process); returns the failures as (checkpoint, one-line error)."""
     if not checkpoints:

@@ -27,7 +27,6 @@ if __name__ == "__main__":
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint,
@@ -44,8 +43,9 @@ from engine.tracking import (evaluation_media, finish_wandb, init_wandb, log_che
 from losses.gradients import GradStatsLog, term_gradient_stats
 from metrics.keys import val_key
 from metrics.registry import METRICS
-from utils.console import progress_columns
-from utils.dirlock import discard_unused, folder_lock
+from utils.bars import Bars
+from utils.console import plural, progress_columns
+from utils.dirlock import discard_unused, folder_lock, missing_folders
 from utils.jsonl import EpochJsonl
 
 # The loop's own bookkeeping does not make the host wait for the device each step: the loss terms and the
@@ -58,11 +58,12 @@ HOST_READ_EVERY = 20
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------------------------------ config
     cfg, require_resume = parse_args(argv)
+    check_paths(cfg)  # as parse_args_first does before the imports (main() may be called in-process)
 
     # ------------------------------------------------------------------------------------- accelerator
     accelerator = build_accelerator(cfg)  # + torch.compile on CUDA (cfg.compile), non-blocking batch copies
     # One run per run dir: the main process holds RUN/.lock until it ends (a kill -9 releases it too).
-    created = not cfg.run_dir.exists()
+    created = missing_folders(cfg.run_dir)  # the run dir and the parents --out creates
     if accelerator.is_main_process:
         make_output_dir(cfg.run_dir, "--out")  # a read-only or blocked --out: one line, before any work
     try:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return train(cfg, require_resume, accelerator)
     except BaseException:
         if created and accelerator.is_main_process:
-            discard_unused(cfg.run_dir)  # an input error leaves no run dir behind
+            discard_unused(cfg.run_dir, created[1:])  # an input error leaves no run dir (nor its new parents)
         raise
 
 
@@ -88,7 +89,8 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.
     resume_ckpt, finished = resume_checkpoint(cfg, accelerator.num_processes, require=require_resume)
     if finished:
-        console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
+        console.print(f"{run_dir}: already trained for {plural(cfg.epochs, 'epoch')} ({resume_ckpt.name}); nothing "
+                      "to do")
         return 0
     if resume_ckpt is not None:  # another --epochs extends the run: say how
         note = extension_note(load_config(resume_ckpt / "config.json"), cfg, read_meta(resume_ckpt)["epoch"])
@@ -100,8 +102,8 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     state, train_loader, val_loader = training.step, training.train_loader, training.val_loader
     model, loss_fn = state.model, state.loss_fn
     train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
-    console.print(f"checked the {training.frames_checked} frames of {cfg.train_split} and {cfg.val_split} (headers; "
-                  f"val label ids) in {training.check_seconds:.1f} s")
+    console.print(f"checked the {plural(training.frames_checked, 'frame')} of {cfg.train_split} and {cfg.val_split} "
+                  f"(headers; val label ids) in {training.check_seconds:.1f} s")
     if accelerator.is_main_process:  # only now: an input error above leaves nothing in the run dir
         save_config(cfg, run_dir / "config.json")
     # the val frames whose predictions are kept with each checkpoint's results (RUN/samples/, engine.samples)
@@ -123,11 +125,12 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     if cfg.wandb:
         wandb_run_id = init_wandb(accelerator, cfg, run_dir, wandb_run_id)
     console.print(f"{cfg.run_name}: {cfg.backbone} + {cfg.head}, loss {loss_fn}, {len(train_dataset)} train / "
-                  f"{len(val_dataset)} val frames, {accelerator.num_processes} process(es) on "
-                  f"{accelerator.device.type}, {training.steps_per_epoch} optimizer steps/epoch, run dir {run_dir}")
+                  f"{plural(len(val_dataset), 'val frame')}, "
+                  f"{plural(accelerator.num_processes, 'process', 'processes')} on {accelerator.device.type}, "
+                  f"{plural(training.steps_per_epoch, 'optimizer step')}/epoch, run dir {run_dir}")
 
     # ------------------------------------------------------------------------------------------- train
-    bars = Progress(*progress_columns(info=True), console=console, disable=not accelerator.is_main_process)
+    bars = Bars(*progress_columns(info=True), console=console, disable=not accelerator.is_main_process)
     epoch_bar = bars.add_task("epochs", total=cfg.epochs, completed=progress.epoch, info="")
     step_bar = bars.add_task("steps", total=len(train_loader), info="")
     epoch = progress.epoch
@@ -220,11 +223,14 @@ def train(cfg, require_resume: bool, accelerator) -> int:
         if cfg.wandb and cfg.wandb_artifacts and accelerator.is_main_process:  # the final checkpoint, uploaded
             log_checkpoint_artifact(accelerator, cfg, checkpoint_path(run_dir, cfg.epochs))
     except KeyboardInterrupt:  # Ctrl-C: one line, the W&B run closed as failed, the shell's code for Ctrl-C
-        bars.stop()
+        bars.clear()
         finish_wandb(accelerator, exit_code=EXIT_INTERRUPTED)
         console.print(f"interrupted at epoch {epoch + 1}, optimizer step {progress.step}; the same command resumes "
                       f"from {find_resumable_checkpoint(run_dir) or 'the start (no checkpoint yet)'}")
         return EXIT_INTERRUPTED
+    except BaseException:
+        bars.clear()  # an error line follows: no stale bars above it
+        raise
     finally:
         bars.stop()
         accelerator.end_training()
@@ -298,11 +304,13 @@ def check_nonfinite(reading: LossReading, progress: TrainingProgress, cfg, conso
     where = f"optimizer step {step} (epoch {epoch}, batch {batch_index})"
     report = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
     if progress.nonfinite_skipped > cfg.max_nonfinite:
-        raise UserError(f"non-finite loss at {where}: {report} ({progress.nonfinite_skipped} non-finite "
-                        f"micro-batch(es) so far); last good checkpoint: "
+        raise UserError(f"non-finite loss at {where}: {report} ("
+                        f"{plural(progress.nonfinite_skipped, 'non-finite micro-batch', 'non-finite micro-batches')} "
+                        f"so far); last good checkpoint: "
                         f"{find_resumable_checkpoint(cfg.run_dir) or 'none'}. Lower --lr, or allow skipping "
                         f"with --max-nonfinite K ({cfg.max_nonfinite} now)")
-    console.print(f"[yellow]skipped {reading.num_bad} micro-batch(es) with a non-finite loss, the first at "
+    console.print(f"[yellow]skipped {plural(reading.num_bad, 'micro-batch', 'micro-batches')} with a non-finite loss, "
+                  f"the first at "
                   f"{where}: {report} ({progress.nonfinite_skipped}/{cfg.max_nonfinite})")
 
 

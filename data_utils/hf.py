@@ -28,11 +28,12 @@ from PIL import Image
 from data_utils.classes import ClassTable, names_from_json
 from data_utils.paths import hf_dataset_kind
 from utils import UserError
+from utils.bars import no_datasets_bars
 from utils.conventions import IGNORE_INDEX
 
 ID2LABEL = "id2label.json"
-_REDUCE_FIX = ("give a classes file listing every class (--classes FILE), or --reduce-labels if 0 marks "
-               "unlabelled pixels (ADE20K)")
+_CLASSES_FIX = "give a classes file listing every class (--classes FILE)"
+_REDUCE_FIX = f"{_CLASSES_FIX}, or --reduce-labels if 0 marks unlabelled pixels (ADE20K)"
 
 
 def open_hf_dataset(name_or_path: str) -> datasets.DatasetDict:
@@ -48,7 +49,8 @@ def open_hf_dataset(name_or_path: str) -> datasets.DatasetDict:
             loaded = datasets.DatasetDict({str(loaded.split or "train"): loaded})
         return loaded
     if kind == "parquet":
-        return datasets.load_dataset("parquet", data_dir=str(path))
+        with no_datasets_bars():  # "Generating train split: ..." for local files
+            return datasets.load_dataset("parquet", data_dir=str(path))
     if datasets.config.HF_HUB_OFFLINE:
         raise UserError(f"{name_or_path}: no such local folder, and hub dataset names cannot be loaded offline "
                         "(HF_HUB_OFFLINE is set); load it once online, or save_to_disk it and pass the folder")
@@ -167,7 +169,8 @@ class HFFrames:
                                 "of class indices; pass the segmentation-map column with --label-column")
         if self.reduce_labels:
             label = reduce_labels_(label if label.dtype == np.uint8 else label.astype(np.int64))
-        return self.classes.to_train_ids(label, where, fix=_REDUCE_FIX)
+        return self.classes.to_train_ids(label, where, fix=_CLASSES_FIX if self.reduce_labels else _REDUCE_FIX,
+                                         shift=int(self.reduce_labels))
 
     def check(self, index: int, decode_label: bool = False) -> np.ndarray | None:
         """What `read` would refuse in row `index`'s label, with `decode_label` (an HF row has no header to read

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils.console import plural
 from utils.conventions import IGNORE_INDEX
 from utils.fileio import UserError, atomic_write_bytes, atomic_write_json
 
@@ -126,7 +127,7 @@ def choose_samples(names: Sequence[str], presence: np.ndarray, k: int = DEFAULT_
     """
     presence = np.asarray(presence, dtype=bool)
     if presence.shape[0] != len(names):
-        raise ValueError(f"presence has {presence.shape[0]} rows for {len(names)} names")
+        raise ValueError(f"presence has {plural(presence.shape[0], 'row')} for {plural(len(names), 'name')}")
     order = sorted(range(len(names)), key=lambda i: name_hash(names[i]))  # argmax's first max = smallest hash
     ranked = presence[order]
     available = np.ones(len(names), dtype=bool)

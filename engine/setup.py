@@ -33,6 +33,7 @@ from losses import build_aux_loss, build_loss
 from losses.registry import needs_sdt
 from losses.schedule import BoundaryWeightSchedule
 from models import build_model, takes_input_size
+from utils.console import plural
 from utils.fileio import UserError
 from utils.threads import set_torch_threads
 
@@ -259,7 +260,7 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool, rank: int = 0) -
             augment=BatchAugment() if cfg.augment == "cpu" else None,
             crop_size=tuple(cfg.crop_size) if min(cfg.crop_size) > 0 else None)
         if len(dataset) < cfg.batch_size:
-            raise UserError(f"{source.where}: split {split!r} has {len(dataset)} frames, "
+            raise UserError(f"{source.where}: split {split!r} has {plural(len(dataset), 'frame')}, "
                             f"fewer than --batch-size {cfg.batch_size}; lower the batch size")
     else:
         dataset = SegmentationDataset(frames, hflip=False, seed=cfg.seed, image_dtype="uint8")

@@ -37,6 +37,8 @@ from metrics.registry import UNIT_NOTES, metric
 from models.heads import DEFAULT_HEAD
 from report.bootstrap import PROFILE_METRICS, full_set_values
 from utils import UserError
+from utils.cli import shell_command
+from utils.console import noun_for, plural
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
 # The global metrics of the tables and curves: the study's three, the ones both sources (results files and the
@@ -195,7 +197,7 @@ def load_runs_dir(runs_dir: str | Path, inference: str = "whole") -> list[Record
                             f"{', '.join(modes)}); pass --inference with one of them, or run evaluate.py with the "
                             "mode's flags")
         raise UserError(f"{runs_dir}: no *.results.json below it; evaluate the checkpoints first "
-                        f"(`python evaluate.py --all {runs_dir}`)")
+                        f"(`{shell_command('python', 'evaluate.py', '--all', runs_dir)}`)")
     records = [read_results_file(p) for p in track(paths, description="reading results", transient=True)]
     for record in records:
         if record.inference != inference:
@@ -277,8 +279,8 @@ def load_csv(path: str | Path) -> list[Record]:
         raise UserError(f"{path}: cannot read CSV ({e})") from None
     missing = [c for c in ("variant", "seed", "epoch", *CSV_METRIC_COLUMNS) if c not in header]
     if missing:
-        raise UserError(f"{path}: CSV lacks the column(s) {', '.join(missing)}; expected variant, seed, epoch, "
-                        "mIoU, boundary_f1_mean, trimap_mIoU_mean and optional per-class columns")
+        raise UserError(f"{path}: CSV lacks the {noun_for(len(missing), 'column')} {', '.join(missing)}; expected "
+                        "variant, seed, epoch, mIoU, boundary_f1_mean, trimap_mIoU_mean and optional per-class columns")
     classes = [c for c in header if c not in ("variant", "seed", "epoch", *CSV_METRIC_COLUMNS)]
     estimators = csv_estimators(raw)
     records = []
@@ -517,8 +519,8 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
     if missing:
         r = missing[0]
         raise UserError(f"{paths[r.source]}: no per-image statistics for {r.group} seed {r.seed} ({len(missing)} of "
-                        f"{len(records)} runs at epoch {epoch} lack them); the image bootstrap needs them for every "
-                        f"run: {_REEVALUATE}")
+                        f"{plural(len(records), 'run')} at epoch {epoch} lack them); the image bootstrap needs them "
+                        f"for every run: {_REEVALUATE}")
     profile = records[0].metrics_profile  # one for all: Study refuses results of several profiles
     metric_names = PROFILE_METRICS[profile]
     out: dict[str, dict[int, dict[str, np.ndarray]]] = {}
@@ -536,9 +538,9 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
             only_ref = sorted(set(ref_names.tolist()) - set(arrays["names"].tolist()))
             if only_here or only_ref:
                 example = (f"{only_ref[0]} only in {ref_path}" if only_ref else f"{only_here[0]} only here")
-                raise UserError(f"{path}: per-image statistics over {len(arrays['names'])} images, {ref_path} over "
-                                f"{len(ref_names)}, not the same images (e.g. {example}); evaluate every run on "
-                                f"the same split, or pass --bootstrap 0")
+                raise UserError(f"{path}: per-image statistics over {plural(len(arrays['names']), 'image')}, "
+                                f"{ref_path} over {len(ref_names)}, not the same images (e.g. {example}); evaluate every "
+                                f"run on the same split, or pass --bootstrap 0")
             order = np.argsort(arrays["names"])[np.argsort(np.argsort(ref_names))]  # this file's rows in ref order
             arrays = subset(arrays, order)
         full = full_set_values(arrays, [metric_names[m] for m in METRICS])

@@ -18,7 +18,7 @@ import numpy as np
 from report.bootstrap import PROFILE_METRICS, bootstrap_metrics, full_set_values
 from report.load import METRIC_LABELS, METRICS, STUDY_LAMBDA_B, Study, metric_unit, unit_notes
 from report.stats import Summary, holm, intervals_overlap, paired_ttest, summarize, t_quantile
-from utils.console import pct
+from utils.console import noun_for, pct, plural
 
 # The per-class deltas the study discusses: boundary-only vs CE, boundary-only vs Dice, Dice+boundary vs Dice.
 DELTA_PAIRS = (("D", "A"), ("D", "B"), ("C", "B"))
@@ -106,11 +106,11 @@ def seed_notes(study: Study, epoch: int) -> list[str]:
         have = study.seeds_at(g, epoch)
         lacking = [s for s in study.seeds if s not in have]
         if len(have) < 2:
-            notes.append(f"{g}: {len(have)} seed(s) at epoch {epoch}: no CI and no t-test "
+            notes.append(f"{g}: {plural(len(have), 'seed')} at epoch {epoch}: no CI and no t-test "
                          f"(missing seeds: {', '.join(map(str, lacking)) or 'none'})")
         elif lacking:
-            notes.append(f"{g}: seed(s) {', '.join(map(str, lacking))} missing at epoch {epoch}; "
-                         f"mean and CI over {len(have)} seeds")
+            notes.append(f"{g}: {noun_for(len(lacking), 'seed')} {', '.join(map(str, lacking))} missing at epoch "
+                         f"{epoch}; mean and CI over {plural(len(have), 'seed')}")
     return notes
 
 
@@ -295,8 +295,9 @@ def volatility_table(study: Study, epoch: int) -> Table:
                              f"(std {pct(stds[col_max[j], j])} pp)")
         if np.isfinite(stds).any():
             i, j = np.unravel_index(np.nanargmax(stds), stds.shape)
+            seeds = plural(summ[study.classes[i]][study.groups[j]].n, "seed")
             notes.insert(0, f"**most volatile overall: {study.classes[i]} in {study.groups[j]}** "
-                            f"(std {pct(stds[i, j])} pp over {summ[study.classes[i]][study.groups[j]].n} seeds)")
+                            f"(std {pct(stds[i, j])} pp over {seeds})")
         else:
             notes.append("no class has 2 seeds in any variant: no std")
     else:
@@ -337,7 +338,7 @@ def significance_table(study: Study, epoch: int) -> Table:
                             "n/a" if not np.isfinite(ph) else f"{ph:.4f}",
                             {None: "n/a", True: "**yes**", False: "no"}[sig], _yes_no(ov_n), _yes_no(ov_t)])
     notes = [f"paired by seed (seeds as pairs), two-sided; \"X vs Y\" tests X − Y; Holm's step-down correction "
-             f"within each metric's {len(pairs)} comparisons; significant = Holm p < {ALPHA}.",
+             f"within each metric's {plural(len(pairs), 'comparison')}; significant = Holm p < {ALPHA}.",
              "The paper argued from non-overlapping 1.96·SE intervals; with n = 3 seeds that interval is 2.2× "
              "narrower than the t interval, and overlap/non-overlap is not a test.",
              "n/a: fewer than 2 common seeds (no test; left out of the Holm family)."] + study.caveats
@@ -426,8 +427,8 @@ def bootstrap_table(study: Study, epoch: int, per_image: dict[str, dict[int, dic
              "would the difference hold for models trained with other seeds, on these images?",
              f"\"X vs Y\": Δ = X − Y on all images, in pp ({unit_notes(names)}); the 95 % CI, bootstrap p and "
              "Holm p (within each metric, over its "
-             f"{len(pairs)} comparisons) as defined in `report/bootstrap.py: bootstrap_metrics`; bootstrap p = 0: "
-             f"no replicate reached 0 (p < {2 / num_replicates:.2g}); significant = Holm p < {ALPHA}.",
+             f"{plural(len(pairs), 'comparison')}) as defined in `report/bootstrap.py: bootstrap_metrics`; "
+             f"bootstrap p = 0: no replicate reached 0 (p < {2 / num_replicates:.2g}); significant = Holm p < {ALPHA}.",
              f"metrics profile: {profile} (Boundary F1 and Trimap IoU as that profile defines them)."]
     return Table(BOOTSTRAP_TABLE, f"Table 5b — paired image bootstrap vs paired-by-seed t-test at epoch {epoch}",
                  _BOOT_HEADER, rows, _BOOT_MD_HEADER, md_rows, notes), results
@@ -540,8 +541,9 @@ def completeness_notes(study: Study) -> list[str]:
         if len(epochs) == len(study.epochs):
             what = "no result at any epoch"
         else:
-            what = f"no result at epoch(s) {', '.join(map(str, epochs))} ({len(epochs)} of {len(study.epochs)})"
-        notes.append(f"seed {s} of variant(s) {', '.join(groups)}: {what}")
+            what = (f"no result at {noun_for(len(epochs), 'epoch')} {', '.join(map(str, epochs))} ({len(epochs)} of "
+                    f"{len(study.epochs)})")
+        notes.append(f"seed {s} of {noun_for(len(groups), 'variant')} {', '.join(groups)}: {what}")
     for g in study.groups:
         n = len({r.seed for r in study.records if r.group == g})
         if n < 2:
@@ -599,7 +601,7 @@ def consensus_table(consensus: dict[str, dict[int, tuple[dict, dict]]], profile:
              f"({unit_notes(names)}); Δ % relative to the primary's mean.",
              "t-test: paired by seed (fused vs primary); bootstrap: the paired image bootstrap as table 5b "
              f"({num_replicates} replicates, seed {seed}); Holm within each metric over the "
-             f"{len(pairings)} pairing(s).",
+             f"{plural(len(pairings), 'pairing')}.",
              f"metrics profile: {profile}."]
     return Table(CONSENSUS_TABLE, "Table 7 — consensus filter: fused vs primary", _CONS_HEADER, rows, _CONS_MD_HEADER,
                  md_rows, notes)

@@ -37,6 +37,7 @@ from metrics.band import trimap_band
 from metrics.per_image import image_values
 from metrics.registry import METRICS
 from report.load import Study, load_per_image
+from utils.console import plural
 from utils.fileio import UserError
 
 PANEL_ID = "images"
@@ -170,7 +171,7 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
                         "the runs folder")
     missing = [n for n in names if n not in position]
     if missing:
-        raise UserError(f"{sample_set.dir}: sampled image {missing[0]} is not among the {len(all_names)} images of "
+        raise UserError(f"{sample_set.dir}: sampled image {missing[0]} is not among the {plural(len(all_names), 'image')} of "
                         f"the per-image statistics; sample and evaluate the same split")
 
     images, indexes = sample_images(sample_set, names, boundary_px)

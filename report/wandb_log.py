@@ -14,6 +14,7 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from utils.cli import shell_command
 from utils.wandb_mode import AGGREGATE_JOB_TYPE, wandb_init_mode
 
 if TYPE_CHECKING:  # light at import (report.wandb_report.check_entity runs before aggregate.py's imports)
@@ -65,7 +66,7 @@ def push_report(tables: list[Table], figures: dict[str, Path], headline: dict[st
             run.summary[k] = _cell(v)
         mode = run.settings.mode
         if mode in ("offline", "disabled"):
-            where = "disabled" if mode == "disabled" else f"offline, upload with `wandb sync {Path(run.dir).parent}`"
+            where = "disabled" if mode == "disabled" else f"offline, upload with `{shell_command('wandb', 'sync', Path(run.dir).parent)}`"
         else:
             where = run.url or mode
     finally:

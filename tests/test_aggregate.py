@@ -350,12 +350,12 @@ def test_results_tree_end_to_end(runs_tree, tmp_path, capsys):
     assert t2["B"]["n_seeds"] == "2" and float(t2["B"]["mIoU mean (%)"]) == pytest.approx(73.0)
 
     summary = (out / "summary.md").read_text()
-    assert "seed 3 of variant(s) B: no result at epoch(s) 10 (1 of 2)" in summary
-    assert "seed 2 of variant(s) C: no result at any epoch" in summary
-    assert "C: 1 seed(s) at epoch 20: no CI" in summary and "variant C has 1 seed in total" in summary
+    assert "seed 3 of variant B: no result at epoch 10 (1 of 2)" in summary
+    assert "seed 2 of variant C: no result at any epoch" in summary
+    assert "C: 1 seed at epoch 20: no CI" in summary and "variant C has 1 seed in total" in summary
     assert "| A | 3 | 82.00 ± 2.26 | 82.00 ± 4.97 |" in summary  # percent with two decimals
     console = capsys.readouterr().err
-    assert "seed 3 of variant(s) B" in console  # holes are shown on the console too
+    assert "seed 3 of variant B" in console  # holes are shown on the console too
 
     # per-class: NaN IoU (truck never occurred) stays out of the statistics; Δ columns need D and are absent
     t4 = by(read_csv(out / "table4_class_volatility.csv"), "class")
@@ -439,7 +439,7 @@ def test_pilot_reproduces_published_miou(pilot):
 def test_pilot_missing_seed_and_crossover(pilot):
     summary = (pilot / "summary.md").read_text()
     # seed 456 was evaluated every 10 epochs only: reported, and the means there use 2 seeds
-    assert "seed 456 of variant(s) A, B, C, D: no result at epoch(s) 2, 4, 6, 8, 15, 25, 35, 45 (8 of 24)" in summary
+    assert "seed 456 of variants A, B, C, D: no result at epochs 2, 4, 6, 8, 15, 25, 35, 45 (8 of 24)" in summary
     ranks = read_csv(pilot / "crossover_rankings.csv")
     assert len(ranks) == 3 * 24
     miou = [r for r in ranks if r["metric"] == "mIoU"]
@@ -622,7 +622,7 @@ def test_lambda_sweep_groups_table_and_figure(sweep_tree, tmp_path):
     assert_png(out / "lambda_sweep.png")
     summary = (out / "summary.md").read_text()
     assert "## λ_b sweep" in summary and "C: highest mean at mIoU λ_b = 0.1 (76.00)" in summary
-    assert "seed 3 of variant(s) D λb=0.1: no result at any epoch" in summary
+    assert "seed 3 of variant D λb=0.1: no result at any epoch" in summary
     # the study's comparisons use the swept variants' λ_b = 0.2 groups
     t3 = read_csv(out / "table3_per_class_iou.csv")
     assert "Δ(D λb=0.2−A) (pp)" in t3[0] and "Δ(C λb=0.2−B) (pp)" not in t3[0]  # no B in this tree

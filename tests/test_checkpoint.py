@@ -156,7 +156,7 @@ def test_resume_refuses_another_process_count(straight_runs, tiny_data, tmp_path
     meta_path = out / "checkpoints" / "epoch_0001" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "num_processes": 2}))
-    with pytest.raises(UserError, match=r"saved by 2 process\(es\), now 1; resume with --num_processes 2"):
+    with pytest.raises(UserError, match=r"saved by 2 processes, now 1; resume with --num_processes 2"):
         run_train(tiny_data, out, *RESUMABLE)
 
 

@@ -581,7 +581,7 @@ def test_nonfinite_stop_comes_at_the_next_host_read_naming_the_first_bad_micro_b
     monkeypatch.setattr(engine.setup, "build_loss", nan_from_second_call)
     out = tmp_path / "late"
     with pytest.raises(UserError, match=r"non-finite loss at optimizer step 1 \(epoch 1, batch 1\): ce=nan.*"
-                                        r"\(2 non-finite micro-batch\(es\) so far\)"):
+                                        r"\(2 non-finite micro-batches so far\)"):
         run_train(tiny_data, out, "--variant", "B", "--epochs", "1", "--batch-size", "1", "--aux-weight", "0")
     assert losses[0].calls == 3  # it ran on to the read after micro-batch 2, not one batch further
     assert list_checkpoints(out) == []
@@ -807,7 +807,7 @@ def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_da
                              "--epochs", "2", "--batch-size", "2", "--out", str(out)],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 process(es) on cpu" in result.stdout
+    assert "2 processes on cpu" in result.stdout
     rows = read_rows(out)
     assert [r["step"] for r in rows] == [4, 8]  # 16 frames / (2 per process x 2 processes) per epoch
 

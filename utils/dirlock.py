@@ -46,13 +46,26 @@ def folder_lock(folder: str | os.PathLike, program: str, hint: str) -> Iterator[
 
 
 
-def discard_unused(folder: str | os.PathLike) -> None:
+def missing_folders(folder: str | os.PathLike) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first: what creating `folder` creates."""
+    missing = []
+    for path in (Path(folder).absolute(), *Path(folder).absolute().parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def discard_unused(folder: str | os.PathLike, created_parents: list[Path] = ()) -> None:
     """Remove `folder` if it holds nothing but its `.lock` (a run that stopped on an input error before
-    writing anything), so a failed start leaves no folder behind. Called by the lock's holder."""
+    writing anything), then each of `created_parents` (deepest first: the parents this run created,
+    `missing_folders`) that is empty, so a failed start leaves no folder behind. Called by the lock's holder."""
     folder = Path(folder)
     try:
         if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
             (folder / LOCK_NAME).unlink(missing_ok=True)
             folder.rmdir()
+            for parent in created_parents:
+                parent.rmdir()  # not empty (another run's folder appeared): OSError, stop
     except OSError:
         pass  # not ours to clean after all (a file appeared, or no permission): leave it

@@ -242,3 +242,23 @@ def json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def read_yaml(path: str | os.PathLike, what: str):
+    """The YAML file `path` (a sweep file, a --config file) as Python data; a missing or unreadable file or a
+    YAML syntax error is one UserError line naming `what`, the file, and for a syntax error its line and column:
+    `sweep.yaml: cannot read the sweep file at line 3, column 1: found character '\\t' that cannot start any
+    token (YAML indents with spaces, not tabs)` (PyYAML's own message spans 5-8 lines quoting `<unicode string>`)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        tab = " (YAML indents with spaces, not tabs)" if "'\\t'" in str(e.problem) else ""
+        raise UserError(f"{path}: cannot read the {what}{where}: {e.problem or e.context}{tab}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from None
