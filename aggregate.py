@@ -31,6 +31,7 @@ from pathlib import Path
 
 from utils import UserError, atomic_write_text, parse_args_first, run_main
 from utils.cli import ArgumentParser
+from utils.staged_dir import staged_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -151,8 +152,16 @@ def print_table(t: Table) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.out)
+    from report.wandb_report import ReportNotSaved
 
+    # --out gets the whole report or nothing (utils.staged_dir): it is written into a temp folder beside --out,
+    # swapped in at the end; files of an earlier report that this one lacks go, files a user put there stay
+    with staged_folder(Path(args.out), "--out", publish_on=(ReportNotSaved,)) as out:
+        return write_report(args, out)
+
+
+def write_report(args: argparse.Namespace, out: Path) -> int:
+    """The report of `args` into the folder `out` (main's temp folder), and to W&B with --wandb."""
     # -------- load: one Record per (variant, seed, epoch), grouped by variant and λ_b schedule (report.load.Grouping:
     #          split further by λ_b for a λ_b sweep, e.g. "C λb=0.05"; a schedule is its own group, e.g. "C steal")
     source = args.from_csv or args.runs_dir
@@ -204,7 +213,6 @@ def main(argv=None) -> int:
     trajectories = GradTrajectories(grad_logs, study.grouping) if grad_logs else None
 
     # -------- figures
-    out.mkdir(parents=True, exist_ok=True)
     figures = {"curves": plot_curves(study, out / "curves.png", band=args.band, mark_epoch=early)}
     per_class = plot_per_class(study, final, out / "per_class_iou.png")
     if per_class is not None:
@@ -267,7 +275,7 @@ def main(argv=None) -> int:
     for t in t8 or ():
         print_table(t)
     n_csv = len(tables) + (trajectories is not None)
-    console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} PNG(s) to {out}/")
+    console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} PNG(s) to {args.out}/")
 
     # -------- W&B (optional)
     if args.wandb:
