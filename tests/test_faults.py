@@ -345,6 +345,18 @@ def test_a_full_disk_on_any_write_is_one_line_naming_the_file_and_the_free_space
     assert no_temp_files(tmp_path)
 
 
+def test_a_full_disk_in_evaluate_all_names_the_file_and_the_free_space_among_the_failures(ckpt, data, monkeypatch,
+                                                                                          capsys):
+    import evaluate
+
+    target = ckpt.parent / f"{ckpt.name}.per_image.npz"
+    monkeypatch.setattr(os, "fsync", failing_fsync(target.name))
+    assert evaluate.main(["--all", str(ckpt.parents[2]), "--data-root", str(data)]) == EXIT_PARTIAL_FAILURE
+    listed = capsys.readouterr().out.split("could not be evaluated:")[-1]
+    assert f"{ckpt}: {target}: No space left on device; " in listed and " free on that disk" in listed
+    assert no_temp_files(ckpt.parent)
+
+
 def test_a_full_disk_right_after_train_py_creates_the_run_dir_is_one_line(data, tmp_path, monkeypatch):
     """The W&B run id file, written as the W&B run starts (a real process: the W&B run ends with it)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
