@@ -282,6 +282,21 @@ def test_other_errors_during_a_checkpoint_save_keep_their_traceback(tmp_path, mo
         checkpoint.save_checkpoint(accelerator, cfg, progress, cfg.run_dir, None)
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM])
+def test_run_main_turns_a_write_the_disk_refused_into_one_line_naming_the_file(code, tmp_path, capsys):
+    target = tmp_path / "run" / "x.json"
+
+    def refused():
+        raise OSError(code, os.strerror(code), str(target))
+    line = one_error_line(refused, capsys)
+    assert line.startswith(f"error: {target}: {os.strerror(code)}; ")
+    assert (" free on that disk" in line) == (code == errno.ENOSPC)
+    for other in (OSError(code, os.strerror(code)), OSError(errno.ENOENT, "No such file", str(target))):
+        with pytest.raises(OSError) as raised:  # no file named, or not a refused write: a bug, its traceback
+            run_main(lambda: (_ for _ in ()).throw(other))
+        assert raised.value is other
+
+
 @pytest.fixture(scope="module")
 def checkpoint(clean_data, tmp_path_factory) -> Path:
     """A checkpoint of the demo model (random weights, 32 head channels) on `clean_data`, as train.py lays it out."""

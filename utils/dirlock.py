@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from utils.fileio import NOT_WRITABLE, UserError
+from utils.fileio import NOT_WRITABLE, UserError, named_os_errors
 
 LOCK_NAME = ".lock"
 
@@ -49,8 +49,9 @@ def folder_lock(folder: str | os.PathLike, program: str, hint: str) -> Iterator[
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process (PID unknown)"
             raise UserError(f"{folder}: in use by {holder}; {hint}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{program} (PID {os.getpid()})\n".encode(), 0)
+        with named_os_errors(path):  # a full disk: run_main's one line names the lock file
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{program} (PID {os.getpid()})\n".encode(), 0)
         yield path
     finally:
         os.close(fd)  # releases the lock
