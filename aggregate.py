@@ -99,6 +99,7 @@ from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, completeness
                            crossover_tables, extremes_table,
                            global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
                            skipped_bootstrap_table, volatility_table)
+from report.wandb_report import ReportNotSaved
 
 console = Console(stderr=True)
 
@@ -152,8 +153,6 @@ def print_table(t: Table) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from report.wandb_report import ReportNotSaved
-
     # --out gets the whole report or nothing (utils.staged_dir): it is written into a temp folder beside --out,
     # swapped in at the end; files of an earlier report that this one lacks go, files a user put there stay
     with staged_folder(Path(args.out), "--out", publish_on=(ReportNotSaved,)) as out:

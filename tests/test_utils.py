@@ -12,6 +12,7 @@ import pytest
 from utils.conventions import IGNORE_INDEX, SDT_CLIP
 from utils.dirlock import folder_lock
 from utils.fileio import UserError
+from utils.staged_dir import FILE_LIST, staged_folder
 
 
 def test_folder_lock_is_exclusive_names_the_holder_and_dies_with_it(tmp_path, lock_holder):
@@ -121,3 +122,29 @@ def test_entry_points_set_the_openmp_wait_policy_before_torch_loads(entry):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "PASSIVE"
+
+
+def test_staged_folder_is_published_whole_keeps_a_users_files_and_replaces_what_a_link_points_to(tmp_path):
+    def files(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+
+    real, link = tmp_path / "real", tmp_path / "link"
+    link.symlink_to(real)  # --out given as a link: the folder it points to gets the output
+    with staged_folder(link, "--out") as out:
+        (out / "sub").mkdir()
+        (out / "sub" / "a.txt").write_text("1")
+        (out / "b.txt").write_text("1")
+        assert not real.exists()  # nothing there before the end
+    assert link.is_symlink() and files(real) == {"sub/a.txt": "1", "b.txt": "1", FILE_LIST: "b.txt\nsub/a.txt\n"}
+    (real / "mine").mkdir()
+    (real / "mine" / "notes.txt").write_text("keep")
+    before = files(real)
+    with pytest.raises(KeyboardInterrupt), staged_folder(link, "--out") as out:
+        (out / "c.txt").write_text("2")
+        raise KeyboardInterrupt
+    assert files(real) == before
+    with staged_folder(link, "--out") as out:
+        (out / "c.txt").write_text("2")
+    assert files(real) == {"c.txt": "2", "mine/notes.txt": "keep", FILE_LIST: "c.txt\n"}  # a.txt, b.txt: stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no staging or old folder left
+

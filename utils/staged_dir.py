@@ -37,6 +37,8 @@ def staged_folder(folder: str | os.PathLike, flag: str, publish_on: tuple[type[B
     cannot be written (read-only, a file in its way, a mount point) is a UserError naming `flag`, at once.
     """
     folder = Path(folder).absolute()
+    if folder.is_symlink():  # the folder it points to is the one replaced, not the link
+        folder = folder.resolve()
     stage = _make_stage(folder, flag)
     try:
         yield stage
