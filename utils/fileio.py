@@ -129,7 +129,7 @@ def disk_full_advice(path: str | os.PathLike) -> str:
 
 # A write refused by the disk rather than by a bug: no space left, or no right to write there. run_main turns
 # one that names its file (every atomic writer attaches it: `named_os_errors`) into one line.
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
@@ -140,9 +140,10 @@ def write_error_line(e: OSError) -> str | None:
         return None
     if e.errno in DISK_FULL:
         return f"{e.filename}: {e.strerror}; {disk_full_advice(e.filename)}"
+    if e.errno == errno.EROFS:
+        return f"{e.filename}: {e.strerror}; choose a location on a writable disk and rerun"
     if e.errno in NOT_WRITABLE:
-        return (f"{e.filename}: {e.strerror}; a read-only disk or folder, or no permission there: make it writable "
-                "or choose another location, and rerun")
+        return f"{e.filename}: {e.strerror}; fix its permissions or choose another location, and rerun"
     return None
 
 
