@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 
-def failing_fsync(name: str, fsync=os.fsync):
-    """`os.fsync` that raises ENOSPC (no file name) for the file `name` and its atomic writers' temp files."""
+def failing_fsync(name: str, temp_files: bool = True, fsync=os.fsync):
+    """`os.fsync` that raises ENOSPC (no file name) for the file `name` and (`temp_files`) the atomic writers'
+    temp files for it."""
     def full(fd: int) -> None:
         written = Path(os.readlink(f"/proc/self/fd/{fd}")).name
-        if written == name or (written.startswith(f".{name}.") and written.endswith(".tmp")):
+        if written == name or (temp_files and written.startswith(f".{name}.") and written.endswith(".tmp")):
             raise OSError(errno.ENOSPC, "No space left on device")
         fsync(fd)
     return full
