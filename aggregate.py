@@ -34,6 +34,19 @@ from utils.cli import ArgumentParser
 from utils.staged_dir import staged_folder
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg")  # --format: the PNG summary.md links, and vector copies for papers
+
+
+def figure_formats(value: str) -> tuple[str, ...]:
+    """argparse type of --format: "png,pdf" -> ("png", "pdf"); an unknown format names the valid ones."""
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
+    bad = [f for f in formats if f not in FIGURE_FORMATS]
+    if bad or not formats:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad) or repr(value)}: not a figure format; valid: "
+                                         f"{', '.join(FIGURE_FORMATS)} (comma-separated, e.g. png,pdf)")
+    return formats
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "whole-flip-ms0.5,1,1.5; default whole, the study's protocol); modes are never mixed")
     p.add_argument("--compare-inference", default=None, metavar="MODE", help="add tables 8a/8b: each variant's "
                    "metrics and rank, and the paired Δ between variants, under --inference and under MODE")
+    p.add_argument("--format", type=figure_formats, default=("png",), metavar="FMT[,FMT...]",
+                   help="figure formats, comma-separated: png (summary.md links it; always written), pdf, svg "
+                        "(vector, for papers); default png")
     p.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run (offline "
                    "unless logged in; WANDB_MODE is respected)")
     p.add_argument("--wandb-report", action="store_true", help="also build a W&B Report of the project's "
@@ -98,7 +114,8 @@ from report.stats import summarize
 from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, completeness_notes, consensus_table,
                            crossover_tables, extremes_table,
                            global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
-                           skipped_bootstrap_table, volatility_table)
+                           shown, skipped_bootstrap_table, volatility_table)
+from report.wandb_log import WANDB_DIR
 from report.wandb_report import ReportNotSaved
 
 console = Console(stderr=True)
@@ -143,6 +160,9 @@ def inference_comparison(study: Study, final: int, args: argparse.Namespace) -> 
 
 
 def print_table(t: Table) -> None:
+    if not t.md_rows:  # a table with nothing to show (report.tables.shown): its title and why
+        console.print(f"{t.title}: {'; '.join(t.notes)}", soft_wrap=True)
+        return
     rt = RichTable(title=t.title, title_justify="left")
     for i, h in enumerate(t.md_header):
         rt.add_column(h, justify="left" if i == 0 else "right")
@@ -154,8 +174,9 @@ def print_table(t: Table) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # --out gets the whole report or nothing (utils.staged_dir): it is written into a temp folder beside --out,
-    # swapped in at the end; files of an earlier report that this one lacks go, files a user put there stay
-    with staged_folder(Path(args.out), "--out", publish_on=(ReportNotSaved,)) as out:
+    # swapped in at the end; files of an earlier report that this one lacks go, files a user put there and the
+    # W&B offline runs of earlier reports (not uploaded yet, maybe) stay
+    with staged_folder(Path(args.out), "--out", publish_on=(ReportNotSaved,), keep=(WANDB_DIR,)) as out:
         return write_report(args, out)
 
 
@@ -167,7 +188,11 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
     records = load_csv(args.from_csv) if args.from_csv else load_runs_dir(args.runs_dir, args.inference)
     study = Study.from_records(records)
     early, final = pick_epochs(study, args.early_epoch, args.final_epoch)
-    console.print(f"{len(records)} results from {source}: variants {', '.join(study.groups)}, "
+    from_history = sum(r.from_history for r in records)  # train.py's epochs without a checkpoint (load_history)
+    counted = f"{len(records) - from_history} results" + (
+        f" (+ {from_history} evaluated epochs without a checkpoint, from the runs' metrics.jsonl)" if from_history
+        else "")
+    console.print(f"{counted} from {source}: variants {', '.join(study.groups)}, "
                   f"seeds {', '.join(map(str, study.seeds))}, {len(study.epochs)} epochs "
                   f"({study.epochs[0]}…{study.epochs[-1]})")
     for line in study.caveats:  # metrics from another estimator than the toolkit's (report.load.ESTIMATOR_CAVEATS)
@@ -212,18 +237,20 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
     trajectories = GradTrajectories(grad_logs, study.grouping) if grad_logs else None
 
     # -------- figures
-    figures = {"curves": plot_curves(study, out / "curves.png", band=args.band, mark_epoch=early)}
-    per_class = plot_per_class(study, final, out / "per_class_iou.png")
+    figures = {"curves": plot_curves(study, out / "curves.png", band=args.band, mark_epoch=early,
+                                     formats=args.format)}
+    per_class = plot_per_class(study, final, out / "per_class_iou.png", formats=args.format)
     if per_class is not None:
         figures["per_class_iou"] = per_class
     else:  # no per-class IoU in this input: a figure left from an earlier report would contradict summary.md
         (out / "per_class_iou.png").unlink(missing_ok=True)
     if boot:
-        figures["bootstrap"] = plot_bootstrap(boot, out / "bootstrap.png")
+        figures["bootstrap"] = plot_bootstrap(boot, out / "bootstrap.png", formats=args.format)
     else:
         (out / "bootstrap.png").unlink(missing_ok=True)
     if t6 is not None:
-        figures["lambda_sweep"] = plot_lambda_sweep(study, final, out / "lambda_sweep.png", band=args.band)
+        figures["lambda_sweep"] = plot_lambda_sweep(study, final, out / "lambda_sweep.png", band=args.band,
+                                                     formats=args.format)
     else:
         for stale in ("lambda_sweep.png", "table6_lambda_sweep.csv"):
             (out / stale).unlink(missing_ok=True)
@@ -231,27 +258,32 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
         keys = {**trajectories.group_keys, **study.group_keys}  # colours as in the other figures
         colors = group_colors(study.groups + [g for g in trajectories.groups if g not in keys], keys)
         figures["grad_trajectories"] = plot_grad_trajectories(trajectories, out / "grad_trajectories.png", args.band,
-                                                              colors)
+                                                              colors, formats=args.format)
         grad_table = grad_trajectory_table(trajectories)
         atomic_write_text(out / "grad_trajectories.csv", grad_table.to_csv())
     else:
         for stale in ("grad_trajectories.png", "grad_trajectories.csv"):
             (out / stale).unlink(missing_ok=True)
+    for stem in ("curves", "per_class_iou", "bootstrap", "lambda_sweep", "grad_trajectories"):
+        for fmt in FIGURE_FORMATS[1:]:  # vector copies of an earlier --format that this report did not make
+            if stem not in figures or fmt not in args.format:
+                (out / f"{stem}.{fmt}").unlink(missing_ok=True)
 
     # -------- write: one CSV per table, then summary.md (every file atomically)
     for t in tables:
         atomic_write_text(out / f"{t.name}.csv", t.to_csv())
     md = ["# Loss-ablation report\n",
-          f"Source: `{source}` — {len(records)} results; variants {', '.join(study.groups)}; seeds "
+          f"Source: `{source}` — {counted}; variants {', '.join(study.groups)}; seeds "
           f"{', '.join(map(str, study.seeds))}; epochs {', '.join(map(str, study.epochs))}. Final epoch {final}, "
           f"early epoch {early if early is not None else 'n/a'}. Values in percent; Δ in percentage points (pp).\n",
           *[f"**Caveat.** {line}\n" for line in study.caveats],
           "## Data completeness\n", *[f"- {line}" for line in completeness], "",
           "## Global metrics\n", t1.to_markdown(), t2.to_markdown(),
-          "## Per-class IoU\n", t3.to_markdown(), t3b.to_markdown(), t4.to_markdown(),
-          "## Significance\n", t5.to_markdown(), t5b.to_markdown(),
-          "## Crossover\n", cross_summary.to_markdown(),
-          "<details><summary>Ranking at every epoch</summary>\n", cross_rankings.to_markdown(), "</details>\n"]
+          "## Per-class IoU\n", *(shown(t, study).to_markdown() for t in (t3, t3b, t4)),
+          "## Significance\n", *(shown(t, study).to_markdown() for t in (t5, t5b)),
+          "## Crossover\n", shown(cross_summary, study).to_markdown(),
+          "<details><summary>Ranking at every epoch</summary>\n", shown(cross_rankings, study).to_markdown(),
+          "</details>\n"]
     if t6 is not None:
         md += ["## λ_b sweep\n", t6.to_markdown()]
     if t7 is not None:
@@ -268,26 +300,27 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
     md += ["## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
     atomic_write_text(out / "summary.md", "\n".join(md))
     print_table(t1)
-    print_table(cross_summary)
+    print_table(shown(cross_summary, study))
     if t6 is not None:
         print_table(t6)
     for t in t8 or ():
         print_table(t)
     n_csv = len(tables) + (trajectories is not None)
-    console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} PNG(s) to {args.out}/")
+    kinds = "/".join(f.upper() for f in dict.fromkeys(("png", *args.format)))
+    console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} figure(s) ({kinds}) to {args.out}/")
 
     # -------- W&B (optional)
     if args.wandb:
         from report.wandb_log import new_run_id, push_report
 
-        headline = {f"final/{g}/{m}": summarize(list(study.values(g, final, m).values())).mean
+        headline = {f"final/{g}/{study.key(m)}": summarize(list(study.values(g, final, m).values())).mean
                     for g in study.groups for m in METRICS}
         run_id = new_run_id()
         where = push_report(tables, figures, headline, project=args.wandb_project, name=args.wandb_name,
                             config={"source": str(source), "final_epoch": final, "early_epoch": early,
                                     "variants": study.groups, "seeds": study.seeds, "band": args.band},
-                            entity=args.wandb_entity, run_id=run_id)
-        console.print(f"W&B: {where}", soft_wrap=True)
+                            entity=args.wandb_entity, run_id=run_id, out_dir=out)
+        console.print(f"W&B: {where}".replace(str(out), args.out), soft_wrap=True)  # where it is once published
         if args.wandb_report:  # report.wandb_report: written to --out, saved when logged in (else a UserError)
             from report.wandb_report import REPORT_FILE, build_report, publish_report, report_entity, run_groups
 

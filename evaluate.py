@@ -14,10 +14,12 @@ model is rebuilt from its config.json (engine.checkpoint_eval). Full-resolution 
 default, or --slide / --flip / --scales (engine/inference.py; the mode goes into the results, and into the file
 names as <ckpt>.inference.<mode>.results.json + .per_image.npz, so the study's whole-image files stay); BF16
 autocast on CUDA; metrics as defined in `metrics/segmentation.py`, in the checkpoint config's metrics profile
-unless --metrics-profile says otherwise; the per-image statistics go to `<checkpoint>.per_image.npz`. Batch
-mode (engine.batch_eval) is resumable: a checkpoint whose results file is valid, for the same split, the same
-save of the checkpoint and the profile asked for, with its per-image file beside it, is skipped; a corrupt one
-is redone.
+unless --metrics-profile says otherwise; the per-image statistics go to `<checkpoint>.per_image.npz`, the
+predictions of --samples K val frames (default: the config's, 8) to `<checkpoint>.samples/` (engine.samples;
+their images and ground truth to RUN/samples/). Batch mode (engine.batch_eval) is resumable: a checkpoint whose
+results file is valid, for the same split, the same save of the checkpoint and the profile asked for, with its
+per-image file beside it, is skipped (its missing prediction samples are filled in, only the sample frames going
+through the model); a corrupt one is redone.
 
 Exit status: `utils.run_main`'s. 0: done; 3 (EXIT_PARTIAL_FAILURE): --all evaluated the others, but some
 checkpoint could not be evaluated (corrupt weights, a config that does not match them: listed at the end);
@@ -38,7 +40,8 @@ from engine.inference_flags import add_inference_flags, inference_kwargs
 from metrics.consensus import REASSIGN_MODES
 from metrics.keys import PROFILES
 from utils.cli import ArgumentParser
-from utils.fileio import EXIT_PARTIAL_FAILURE, RenamedFlag, make_output_dir, parse_args_first, run_main
+from utils.fileio import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, make_output_dir, parse_args_first, run_main,
+                          user_message)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="estimators of Boundary F1 and Trimap IoU (docs/metrics.md; default: the checkpoint "
                              "config's metrics_profile)")
     parser.add_argument("--force", action="store_true", help="--all: re-evaluate checkpoints with valid results too")
+    parser.add_argument("--samples", type=int, default=None, metavar="K",
+                        help="keep the predictions of K val frames beside the results (<ckpt>.samples/; 0 = none; "
+                             "default: the checkpoint config's, 8); --all fills in missing ones")
     add_data_source_flags(parser, ("data_root", "hf_dataset"), from_checkpoint=True)  # e.g. after moving the data
     add_inference_flags(parser)  # results of another mode than whole go to <ckpt>.inference.<mode>.results.json
     consensus = parser.add_argument_group("consensus filter (metrics.consensus.cc_veto; docs/report.md)")
@@ -109,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "num_workers" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.samples is not None and args.samples < 0:
+        parser.error(f"--samples must be >= 0 (0: none), got {args.samples}")
     return args
 
 
@@ -130,11 +138,12 @@ from rich.console import Console
 from rich.progress import Progress
 
 from engine.batch_eval import evaluate_all, find_checkpoints, pending_reason
-from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint
+from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint, fill_samples, samples_pending
 from engine.consensus import consensus_pairings, consensus_table, evaluate_consensus_pair
 from engine.inference import Inference
 from engine.results import batch_table, checkpoint_table
 from engine.results_format import consensus_path, inference_path
+from engine.samples import samples_dir
 from metrics.per_image import PER_IMAGE_SUFFIX
 from utils.console import progress_columns
 from utils.dirlock import folder_lock
@@ -164,8 +173,10 @@ def run_one(args, options: EvalOptions, console: Console) -> int:
         else:
             console.print(checkpoint_table(record))
             tag = options.inference.tag
+            samples = samples_dir(inference_path(args.checkpoint, tag))
             console.print(f"wrote {inference_path(args.checkpoint, tag)} and "
-                          f"{inference_path(args.checkpoint, tag, PER_IMAGE_SUFFIX).name} (metrics profile "
+                          f"{inference_path(args.checkpoint, tag, PER_IMAGE_SUFFIX).name}"
+                          f"{f' and {samples.name}/' if samples.is_dir() else ''} (metrics profile "
                           f"{record['metrics_profile']}, inference {tag})", soft_wrap=True)
             if args.save_predictions:
                 console.print(f"wrote predictions to {args.save_predictions}")
@@ -180,9 +191,13 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
     console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
                   f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.jobs} "
                   "job(s)", soft_wrap=True)
+    fill = [c for c in checkpoints if c not in todo and samples_pending(c, options)]
+    if fill:
+        console.print(f"{len(fill)} of the evaluated checkpoints lack their prediction samples: filling them in "
+                      "(only the sample frames go through the model)", soft_wrap=True)
     done, failures = [], []
     with ExitStack() as stack:
-        lock_runs(stack, todo)
+        lock_runs(stack, todo + fill)
         bar = stack.enter_context(Progress(*progress_columns(), console=console))
         outcomes = stack.enter_context(closing(evaluate_all(todo, options, args.jobs)))  # closed on Ctrl-C
         task = bar.add_task("checkpoints", total=len(todo))
@@ -193,6 +208,7 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
                 failures.append((ckpt, error))
                 bar.console.print(f"[red]failed[/red] {ckpt}: {error}", soft_wrap=True)
             bar.advance(task)
+        failures += fill_all_samples(fill, options, bar)
     if done:
         console.print(batch_table(sorted(done, key=lambda r: r["checkpoint"]), args.all))
     if failures:
@@ -201,6 +217,24 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
             console.print(f"  {ckpt}: {error}", soft_wrap=True)
         return EXIT_PARTIAL_FAILURE
     return 0
+
+
+def fill_all_samples(checkpoints, options: EvalOptions, bar: Progress) -> list[tuple]:
+    """--all: write the missing prediction samples of checkpoints with valid results (engine.checkpoint_eval.
+    fill_samples, in this process); returns the failures as (checkpoint, one-line error)."""
+    if not checkpoints:
+        return []
+    from accelerate import Accelerator
+    accelerator, failures = Accelerator(), []
+    task = bar.add_task("prediction samples", total=len(checkpoints))
+    for ckpt in checkpoints:
+        try:
+            fill_samples(ckpt, options, accelerator)
+        except UserError as e:
+            failures.append((ckpt, user_message(e)))
+            bar.console.print(f"[red]failed[/red] {ckpt}: {user_message(e)}", soft_wrap=True)
+        bar.advance(task)
+    return failures
 
 
 def run_consensus(args, options: EvalOptions, console: Console) -> int:

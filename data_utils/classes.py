@@ -152,6 +152,12 @@ class ClassTable:
         return inverse[np.asarray(train_ids, dtype=np.uint8)]
 
 
+def class_presence(train_ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) bool: which classes 0..C-1 the label map `train_ids` (uint8 (H, W), 255 = ignore) holds."""
+    counts = np.bincount(np.asarray(train_ids, dtype=np.uint8).ravel(), minlength=256)
+    return counts[:num_classes] > 0
+
+
 def names_from_json(data, where: str) -> tuple[list[str], list]:
     """(names, palette) from a classes file's parsed JSON (the three forms of the module docstring)."""
     palette = []

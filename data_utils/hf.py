@@ -169,11 +169,10 @@ class HFFrames:
             label = reduce_labels_(label if label.dtype == np.uint8 else label.astype(np.int64))
         return self.classes.to_train_ids(label, where, fix=_REDUCE_FIX)
 
-    def check(self, index: int, decode_label: bool = False) -> None:
+    def check(self, index: int, decode_label: bool = False) -> np.ndarray | None:
         """What `read` would refuse in row `index`'s label, with `decode_label` (an HF row has no header to read
-        apart from its data: without it, nothing is checked here)."""
-        if decode_label:
-            self.read_label(index)
+        apart from its data: without it, nothing is checked here); returns the decoded train ids, or None."""
+        return self.read_label(index) if decode_label else None
 
     def label_size(self, index: int) -> tuple[int, int]:
         """(H, W) of row `index`'s label (decodes it)."""

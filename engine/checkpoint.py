@@ -35,7 +35,7 @@ from engine.checkpoint_paths import (CHECKPOINT_NAME, CHECKPOINTS, WEIGHTS_NAME,
                                      resolve_checkpoint)
 from utils.fileio import UserError, atomic_write_json, disk_full_advice, fsync_dir
 
-_KEEP_WHEN_PRUNED = {WEIGHTS_NAME, "config.json", "meta.json"}
+WEIGHTS_ONLY_FILES = {WEIGHTS_NAME, "config.json", "meta.json"}  # a pruned checkpoint: what evaluate.py needs
 
 
 @dataclass
@@ -261,7 +261,7 @@ def prune_training_states(run_dir: str | Path, keep: int) -> None:
         meta["training_state"] = False
         atomic_write_json(ckpt / "meta.json", meta)  # first: a crash below leaves a weights-only checkpoint
         for path in ckpt.iterdir():
-            if path.name not in _KEEP_WHEN_PRUNED:
+            if path.name not in WEIGHTS_ONLY_FILES:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 

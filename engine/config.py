@@ -25,6 +25,7 @@ import yaml
 
 from data_utils.options import AUGMENT_PLACES, SDT_SOURCES
 from data_utils.paths import check_data_paths
+from engine.samples import DEFAULT_SAMPLES
 from losses.registry import TERMS, needs_sdt, recipe_slug, term_params
 from losses.schedule import SCHEDULE_KINDS, check_boundary_schedule
 from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, LAMBDA_DICE, LOSS_WEIGHTS,
@@ -117,11 +118,15 @@ class TrainConfig:
     checkpoint_every: int = _eval(10, "checkpoint every N epochs and at the last")
     keep_states: int = _eval(1, "newest N checkpoints keep optimizer state, older weights only")
     out: str = _eval("", "run folder ('' = derived from the settings: docs/training.md)")
-    log_images: int = _logging(0, "log N val prediction overlays to W&B per evaluation")
+    samples: int = _eval(DEFAULT_SAMPLES, "val images whose predictions are kept beside each checkpoint's results "
+                         "(0 = off; docs/evaluation.md)")
+    log_images: int = _logging(4, "W&B: N of the --samples images, with masks, per evaluation (0 = off)")
+    log_every: int = _logging(50, "W&B: each loss term and the LR every N optimizer steps (0 = off)")
     log_grad_norms: int = _logging(0, "every K steps, log each loss term's gradient norms (0 = off)")
     wandb: bool = _logging(True, "log to Weights & Biases (offline unless logged in)")
     wandb_project: str = _logging("boundary-seg", "W&B project")
     wandb_entity: str = _logging("", "W&B entity, team or user ('' = your default)")
+    wandb_artifacts: bool = _logging(False, "W&B: upload the final checkpoint as an artifact")
     mixed_precision: str = _runtime("bf16", "autocast precision", ("no", "bf16", "fp16"))
     num_workers: int = _runtime(8, "DataLoader worker processes per training process")
     grad_checkpointing: bool = _runtime(False, "recompute backbone activations (less memory)")
@@ -219,6 +224,7 @@ DEMO_PRESET = {
     "cpu_threads": 1,                  # one compute thread: one per core oversubscribes 2 cores next to the workers
     "sdt_source": "cpu",               # on a CPU the workers' EDT is ~25x faster than the torch (GPU) path
     "checkpoint_every": 4,
+    "log_every": 4,                    # 12 optimizer steps per epoch: W&B's per-step curves get 24 points, not 1
     "head_channels": 128,              # UPerNet at 512 channels costs 7x the whole atto backbone on a CPU
     "wandb_project": "boundary-seg-demo",
 }
@@ -251,9 +257,10 @@ def _plain(value):
 
 # Fields that may differ when a run is resumed (where/how it runs, not what it computes).
 RESUMABLE_CHANGES = {"data_root", "sdt_source", "sdt_cache", "num_workers", "eval_every", "checkpoint_every",
-                     "keep_states", "log_images", "wandb", "wandb_project", "wandb_entity", "out", "pretrained",
-                     "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms", "compile",
-                     "channels_last", "hf_dataset", "classes"}  # the resolved class_names are compared
+                     "keep_states", "samples", "log_images", "wandb", "wandb_project", "wandb_entity", "out",
+                     "pretrained", "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms", "compile",
+                     "channels_last", "hf_dataset", "classes",  # the resolved class_names are compared
+                     "log_every", "wandb_artifacts"}
 
 # Fields that may change when a run is resumed, beyond RESUMABLE_CHANGES: a longer (or shorter) schedule
 # extends the run from its newest checkpoint (docs/training.md, "Resume").
@@ -460,7 +467,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--sdt-source cache needs --sdt-cache DIR (the folder written by precompute_sdt.py)")
     if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
         raise UserError(f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={cfg.lr} min_lr={cfg.min_lr}")
-    for name in ("max_nonfinite", "log_images", "cpu_threads", "log_grad_norms", "warmup_steps", "num_workers"):
+    for name in ("max_nonfinite", "samples", "log_images", "cpu_threads", "log_grad_norms", "warmup_steps",
+                 "num_workers", "log_every"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
     if min(cfg.crop_size) < 0 or (0 in cfg.crop_size and max(cfg.crop_size) > 0):

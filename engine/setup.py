@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from data_utils.augment import BatchAugment
 from data_utils.classes import ClassTable
-from data_utils.dataset import SegmentationDataset, check_frames, collate_batch
+from data_utils.dataset import SegmentationDataset, check_frames, check_labels, collate_batch
 from data_utils.options import WORKER_SDT_SOURCES
 from data_utils.source import DataSource
 from engine.config import DEMO_DATA, DEMO_HF_DATA, TrainConfig
@@ -130,7 +130,9 @@ class Training:
     train_loader / val_loader: the prepared loaders (val_loader None when not asked for);
     loss_schedule: the λ_b schedule, `weights_at(epoch)` for `step.loss_fn.weights`;
     steps_per_epoch, total_steps: optimizer steps (the LR schedule's length, `engine.schedule.get_lr`);
-    frames_checked, check_seconds: what `check_data` checked (0 when not asked for).
+    frames_checked, check_seconds: what `check_data` checked (0 when not asked for);
+    val_class_presence: (N, C) bool, the classes each val label holds (`data_utils.dataset.check_labels`; on the
+    main process with `check_data`, else None).
     """
     step: StepState
     train_loader: DataLoader
@@ -140,6 +142,7 @@ class Training:
     total_steps: int
     frames_checked: int = 0
     check_seconds: float = 0.0
+    val_class_presence: np.ndarray | None = None
 
 
 def build_training(cfg: TrainConfig, accelerator: Accelerator, load_pretrained: bool = False, val: bool = True,
@@ -156,15 +159,16 @@ def build_training(cfg: TrainConfig, accelerator: Accelerator, load_pretrained: 
     `accelerator.prepare`. `val=False` builds no val loader (bench/bench_train.py).
     """
     rank = accelerator.process_index
-    checked, check_seconds = 0, 0.0
+    checked, check_seconds, val_presence = 0, 0.0, None
     with accelerator.main_process_first():  # the first process builds the datasets caches, the others reuse them
         train_loader = build_dataloader(cfg, cfg.train_split, train=True, rank=rank)
         val_loader = build_dataloader(cfg, cfg.val_split, train=False, rank=rank) if val else None
         if check_data and accelerator.is_main_process:  # a bad file stops the run now, not after an epoch
             start = time.perf_counter()
             checked = check_frames(train_loader.dataset, decode_labels=False, num_workers=cfg.num_workers)
-            if val_loader is not None:
-                checked += check_frames(val_loader.dataset, decode_labels=True, num_workers=cfg.num_workers)
+            if val_loader is not None:  # the labels decoded: what they hold picks the prediction samples
+                val_presence = check_labels(val_loader.dataset, num_workers=cfg.num_workers)
+                checked += len(val_presence)
             check_seconds = time.perf_counter() - start
     augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
     on_device_sdt = uses_sdt(cfg) and cfg.sdt_source == "gpu"  # the SDT computed on the device, per batch
@@ -196,7 +200,7 @@ def build_training(cfg: TrainConfig, accelerator: Accelerator, load_pretrained: 
                      augment=augment, sdt_classes=sdt_classes)
     return Training(step=step, train_loader=train_loader, val_loader=val_loader, loss_schedule=loss_schedule,
                     steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
-                    frames_checked=checked, check_seconds=check_seconds)
+                    frames_checked=checked, check_seconds=check_seconds, val_class_presence=val_presence)
 
 
 def train_frame_size(cfg: TrainConfig) -> tuple[int, int]:

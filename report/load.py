@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from rich.progress import track
 
 from engine.results_format import CONSENSUS_TAG, INFERENCE_TAG, RESULTS_SUFFIX, boundary_schedule_of, read_results
 from losses.variants import LAMBDA_BOUNDARY
-from metrics.keys import METRIC_LABELS
+from metrics.keys import METRIC_LABELS, val_iou_key, val_key
 from metrics.per_image import PER_IMAGE_SUFFIX, per_image_path, read_per_image, subset
 from metrics.registry import METRICS as RECORDS
 from metrics.registry import UNIT_NOTES, metric
@@ -50,6 +51,9 @@ ESTIMATOR_CAVEATS = {
                 "contour and which the study itself retracted: not comparable to the toolkit's or the study's "
                 "corrected values (reference/README.md)",
 }
+# ... -> the tag a W&B key of such a metric carries (`Study.key`): "boundary_f1_study_v0_1_0" (no dots, which
+# W&B reads as nesting, no spaces).
+ESTIMATOR_KEY_TAGS = {STUDY_V010: "study_v0_1_0"}
 # Known tidy CSVs (SHA-256 of the file's bytes, line ends as \n) whose metric columns come from such an estimator:
 # digest -> {metric: name}. reference/pilot_results.csv: its boundary columns are v0.1.0's (its mIoU is sound);
 # pilot_results_official.csv, not listed, holds the study's corrected per-class values.
@@ -88,6 +92,11 @@ class Record:
     metrics_profile: str | None = None  # "default" / "study" (metrics.keys.PROFILES); None: the source does not say
     inference: str = "whole"  # the inference mode's tag (engine.inference.Inference.tag); older files: whole
     estimators: tuple[tuple[str, str], ...] = ()  # (metric, ESTIMATOR_CAVEATS name) where not the toolkit's
+
+    @property
+    def from_history(self) -> bool:
+        """A train.py evaluation read from the run's metrics.jsonl (`load_history`), not from a results file."""
+        return f"{HISTORY_FILE}:" in Path(self.source).name
 
     @property
     def setting(self) -> "RunSetting":
@@ -189,7 +198,60 @@ def load_runs_dir(runs_dir: str | Path, inference: str = "whole") -> list[Record
             raise UserError(f"{record.source}: results of inference mode {record.inference!r} among mode "
                             f"{inference!r}'s; a table never mixes modes: rename or move the file (evaluate.py "
                             "names it <ckpt>.inference.<mode>.results.json)")
-    return records
+    return records + (load_history(records) if inference == "whole" else [])
+
+
+HISTORY_FILE = "metrics.jsonl"  # train.py's per-epoch rows, beside RUN/checkpoints/
+
+
+def _number(row: dict, key: str) -> float:
+    """A metrics.jsonl value; absent or null (NaN written by utils.jsonl) is NaN."""
+    value = row.get(key)
+    return float("nan") if value is None else float(value)
+
+
+def load_history(records: list[Record]) -> list[Record]:
+    """train.py's evaluations at the epochs that have no results file, as Records: a run evaluates every
+    --eval-every epochs but writes `<ckpt>.results.json` only beside a checkpoint (every --checkpoint-every), so
+    without these the curves of the demo (8 epochs, checkpoints at 4 and 8) had 2 points of 8.
+
+    Read from each run's `RUN/metrics.jsonl` (RUN: two levels above a results file, RUN/checkpoints/...), its
+    rows with val/<metric> (`metrics.keys.val_key`) and val/iou/<class>; each takes the run's setting (variant,
+    seed, λ_b, schedule, split, profile) from the run's newest results record, and only when the run's
+    config.json evaluated the same split with the same metrics profile (a checkpoint re-evaluated by evaluate.py
+    with other settings keeps its history out). These epochs have no per-image file (no image bootstrap there).
+    """
+    runs: dict[Path, Record] = {}
+    for r in sorted(records, key=lambda r: r.epoch):
+        path = Path(r.source)
+        if path.parent.name == "checkpoints":
+            runs[path.parent.parent] = r  # the newest record of each run
+    have = {(Path(r.source).parent.parent, r.epoch) for r in records}
+    out = []
+    for run_dir, template in sorted(runs.items()):
+        history, config = run_dir / HISTORY_FILE, run_dir / "config.json"
+        if not history.is_file() or not config.is_file():
+            continue
+        try:
+            cfg = json.loads(config.read_text())
+            lines = history.read_text().splitlines()
+        except (OSError, ValueError):
+            continue  # the results files still make the report; the curves just lack these epochs
+        if cfg.get("val_split") != template.split or cfg.get("metrics_profile") != template.metrics_profile:
+            continue
+        for line_no, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            epoch = row.get("epoch") if isinstance(row, dict) else None
+            if not isinstance(epoch, int) or (run_dir, epoch) in have \
+                    or any(not isinstance(row.get(val_key(m)), (int, float)) for m in METRICS):
+                continue  # not an evaluated epoch, or one with a results file (which wins)
+            out.append(replace(template, epoch=epoch, source=f"{history}:{line_no}",
+                               metrics={m.key: _number(row, val_key(m.key)) for m in RECORDS},
+                               iou={c: _number(row, val_iou_key(c)) for c in template.iou}))
+    return out
 
 
 def csv_estimators(raw: bytes) -> tuple[tuple[str, str], ...]:
@@ -354,6 +416,13 @@ class Study:
         name = self.estimators.get(metric)
         return METRIC_LABELS[metric] if name is None else f"{METRIC_LABELS[metric]} ({name})"
 
+    def key(self, metric: str) -> str:
+        """A metric's key as the W&B run of the report logs it: "boundary_f1", or with the tag of the estimator that
+        computed it when that is not the toolkit's ("boundary_f1_study_v0_1_0", ESTIMATOR_KEY_TAGS), so a chart
+        never sets the study's retracted values beside the toolkit's under one key."""
+        name = self.estimators.get(metric)
+        return metric if name is None else f"{metric}_{ESTIMATOR_KEY_TAGS[name]}"
+
     @property
     def caveats(self) -> list[str]:
         """One line per estimator other than the toolkit's: "Boundary F1, Trimap IoU: computed by ...", for the
@@ -434,7 +503,8 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
     """
     records = sorted((r for r in study.records if r.epoch == epoch),
                      key=lambda r: (study.groups.index(r.group), r.seed))
-    paths = {r.source: per_image_path(r.source[:-len(RESULTS_SUFFIX)]) for r in records}  # beside the results
+    paths = {r.source: per_image_path(r.source[:-len(RESULTS_SUFFIX)]) if r.source.endswith(RESULTS_SUFFIX)
+             else Path(r.source) for r in records}  # beside the results; a metrics.jsonl epoch (load_history): none
     missing = [r for r in records if not paths[r.source].is_file()]
     if len(missing) == len(records):
         return None

@@ -11,7 +11,7 @@ import csv
 import io
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -51,11 +51,8 @@ class Table:
             lines.append("| " + " | ".join(self.md_header) + " |")
             lines.append("|" + "|".join("---:" if _is_numeric(col) else "---" for col in zip(*self.md_rows)) + "|")
             lines += ["| " + " | ".join(row) + " |" for row in self.md_rows]
-        else:
-            lines.append("_(no rows)_")
         if self.notes:
-            lines.append("")
-            lines += [f"- {n}" for n in self.notes]
+            lines += [""] * bool(self.md_rows) + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
 
@@ -122,9 +119,9 @@ def global_metrics_table(study: Study, epoch: int, name: str, title: str) -> Tab
     header = ["variant", "n_seeds", "seeds"]
     md_header = ["variant", "n"]
     for m in METRICS:
-        lab = METRIC_LABELS[m]  # the CSV's columns keep their names; the Markdown's carry the estimator caveat
+        lab = study.label(m)  # with the estimator caveat where not the toolkit's, in the CSV too
         header += [f"{lab} mean (%)", f"{lab} ±1.96·SE (%)", f"{lab} ±t·SE (%)", f"{lab} std (pp)"]
-        md_header += [f"{study.label(m)} ± 1.96·SE", f"{study.label(m)} ± t·SE"]
+        md_header += [f"{lab} ± 1.96·SE", f"{lab} ± t·SE"]
     rows, md_rows = [], []
     for g in study.groups:
         seeds = study.seeds_at(g, epoch)
@@ -160,9 +157,9 @@ def lambda_sweep_table(study: Study, epoch: int) -> Table | None:
     header = ["variant", "lambda_boundary", "n_seeds", "seeds"]
     md_header = ["variant", "λ_b", "n"]
     for m in METRICS:
-        lab = METRIC_LABELS[m]  # the CSV's columns keep their names; the Markdown's carry the estimator caveat
+        lab = study.label(m)  # with the estimator caveat where not the toolkit's, in the CSV too
         header += [f"{lab} mean (%)", f"{lab} ±1.96·SE (%)", f"{lab} ±t·SE (%)", f"{lab} std (pp)"]
-        md_header += [f"{study.label(m)} ± 1.96·SE", f"{study.label(m)} ± t·SE"]
+        md_header += [f"{lab} ± 1.96·SE", f"{lab} ± t·SE"]
     rows, md_rows, notes = [], [], [interval_note(study, epoch)]
     for variant, points in sweep.items():
         best = {m: (-math.inf, None) for m in METRICS}
@@ -178,7 +175,7 @@ def lambda_sweep_table(study: Study, epoch: int) -> Table | None:
             rows.append(row)
             md_rows.append(md_row)
         notes.append(f"{variant}: highest mean at " + ", ".join(
-            f"{METRIC_LABELS[m]} λ_b = {lam:g} ({pct(mu)})" for m, (mu, lam) in best.items() if lam is not None)
+            f"{study.label(m)} λ_b = {lam:g} ({pct(mu)})" for m, (mu, lam) in best.items() if lam is not None)
             + "; compare the intervals before calling it better.")
     notes += [n for g in (g for points in sweep.values() for _, g in points) for n in seed_notes(study, epoch)
               if n.startswith(f"{g}:")]
@@ -333,7 +330,7 @@ def significance_table(study: Study, epoch: int) -> Table:
         p_holm = holm([x[5] for x in tests])
         for (a, b, n, delta, t, p, ov_n, ov_t), ph in zip(tests, p_holm):
             sig = None if not np.isfinite(ph) else bool(ph < ALPHA)
-            rows.append([METRIC_LABELS[m], f"{a} vs {b}", n, _p100(delta), t, p, ph, sig, ov_n, ov_t])
+            rows.append([study.label(m), f"{a} vs {b}", n, _p100(delta), t, p, ph, sig, ov_n, ov_t])
             md_rows.append([study.label(m), f"{a} vs {b}", str(n), signed_pct(delta),
                             "n/a" if not np.isfinite(t) else f"{t:.2f}".replace("-", "−"),
                             "n/a" if not np.isfinite(p) else f"{p:.4f}",
@@ -476,7 +473,7 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
                 last_change, previous = e, prev_leader
             prev_leader = leader
             ranking = " > ".join(g for g, _ in order)
-            rank_rows.append([METRIC_LABELS[m], e, n_min, ranking, leader, changed])
+            rank_rows.append([study.label(m), e, n_min, ranking, leader, changed])
             rank_md.append([study.label(m), f"{e}" + ("*" if n_min < full else ""),
                             " > ".join(f"{g} {pct(mu)}" for g, mu in order), "←" if changed else ""])
         gaps = []
@@ -489,7 +486,7 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
             b = summarize(list(study.values(group_b, e, m).values()))
             gaps.append(c.mean - b.mean)
         final_leader = ranks[-1][1][0][0] if ranks else "n/a"
-        sum_rows.append([METRIC_LABELS[m], final_leader, last_change, previous, _p100(gaps[0]), _p100(gaps[1])])
+        sum_rows.append([study.label(m), final_leader, last_change, previous, _p100(gaps[0]), _p100(gaps[1])])
         sum_md.append([study.label(m), final_leader,
                        "never" if last_change is None else str(last_change),
                        previous or "—", signed_pct(gaps[0]), signed_pct(gaps[1])])
@@ -504,6 +501,29 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
                    rank_header, rank_rows, ["metric", "epoch", "ranking (best first)", "leader changed"], rank_md,
                    ["* : at least one variant has fewer seeds at this epoch than in the whole study."] + study.caveats)
     return summary, detail
+
+
+# ---------------------------------------------------------------------------------------------------- small reports
+# Tables that compare groups, and the one that measures the spread over seeds: with one group (one seed) they
+# have nothing to show (`shown`).
+COMPARING_TABLES = ("table3b_d_vs_b_extremes", "table5_significance", BOOTSTRAP_TABLE, "crossover_summary",
+                    "crossover_rankings")
+SPREAD_TABLES = ("table4_class_volatility",)
+
+
+def shown(table: Table, study: Study) -> Table:
+    """`table` as summary.md shows it: a table comparing groups when the study has one group, or the inter-seed
+    spread when every group has one seed, is one line saying what it needs, not an empty or all-n/a table (a demo's
+    first report). The CSV keeps the table's rows."""
+    if table.name in COMPARING_TABLES and len(study.groups) < 2:
+        why = (f"needs ≥ 2 groups to compare; this report has one ({', '.join(study.groups)}): train another "
+               "variant (train.py --variant) into the same runs folder")
+    elif table.name in SPREAD_TABLES and max((len({r.seed for r in study.records if r.group == g})
+                                              for g in study.groups), default=0) < 2:
+        why = "needs ≥ 2 seeds of a group for an inter-seed spread; every group here has one (train.py --seed)"
+    else:
+        return table
+    return replace(table, md_rows=[], notes=[why])
 
 
 # ---------------------------------------------------------------------------------------------------- completeness

@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # light at import (report.wandb_report.check_entity runs befo
     from report.tables import Table
 
 
+WANDB_DIR = "wandb"  # wandb.init(dir=D) writes its run folders under D/wandb (push_report: the report's folder)
+
+
 def _cell(v):
     return None if isinstance(v, float) and math.isnan(v) else v
 
@@ -41,13 +44,14 @@ def new_run_id() -> str:
 
 
 def push_report(tables: list[Table], figures: dict[str, Path], headline: dict[str, float], *, project: str,
-                name: str | None, config: dict, entity: str | None = None, run_id: str | None = None) -> str:
+                name: str | None, config: dict, entity: str | None = None, run_id: str | None = None,
+                out_dir: Path | None = None) -> str:
     """Log every table as a wandb.Table and every figure as a wandb.Image to one run (id `run_id`, or a new one;
     `entity` None: the login's default); return where it went (the run's URL, or the `wandb sync` command for an
-    offline run)."""
+    offline run). Its W&B files go to `out_dir`/wandb (the report's folder), not the current folder."""
     import wandb  # imported here: the report itself never needs wandb
 
-    run = wandb.init(project=project, entity=entity or None, name=name, id=run_id,
+    run = wandb.init(project=project, entity=entity or None, name=name, id=run_id, dir=out_dir,
                      job_type=AGGREGATE_JOB_TYPE, config=config, mode=wandb_init_mode())
     try:
         payload = {table_key(t.name): wandb.Table(columns=t.header, data=[[_cell(v) for v in r] for r in t.rows])

@@ -143,8 +143,12 @@ def test_staged_folder_is_published_whole_keeps_a_users_files_and_replaces_what_
         (out / "c.txt").write_text("2")
         raise KeyboardInterrupt
     assert files(real) == before
-    with staged_folder(link, "--out") as out:
+    with staged_folder(link, "--out", keep=("sub",)) as out:  # sub/: never stale, like W&B's offline runs
         (out / "c.txt").write_text("2")
-    assert files(real) == {"c.txt": "2", "mine/notes.txt": "keep", FILE_LIST: "c.txt\n"}  # a.txt, b.txt: stale
+    assert files(real) == {"c.txt": "2", "sub/a.txt": "1", "mine/notes.txt": "keep", FILE_LIST: "c.txt\n"}
+    with staged_folder(link, "--out") as out:
+        (out / "c.txt").write_text("3")
+    assert files(real) == {"c.txt": "3", "sub/a.txt": "1", "mine/notes.txt": "keep", FILE_LIST: "c.txt\n"}
+    assert "b.txt" not in files(real)  # stale: the first output made it, the last two did not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no staging or old folder left
 

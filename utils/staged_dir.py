@@ -27,14 +27,16 @@ FILE_LIST = ".staged_files"  # in the published folder: the files of its output,
 
 
 @contextmanager
-def staged_folder(folder: str | os.PathLike, flag: str, publish_on: tuple[type[BaseException], ...] = ()
-                  ) -> Iterator[Path]:
+def staged_folder(folder: str | os.PathLike, flag: str, publish_on: tuple[type[BaseException], ...] = (),
+                  keep: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a temp folder to write the output in; publish it as `folder` when the block ends (module docstring).
 
     An exception discards it, `folder` untouched, except one of `publish_on` (raised once the output is
     complete, e.g. an upload that failed after the files were written): the folder is published, then the
     exception raised again; a UserError's message then names `folder`, not the temp folder. A `folder` that
     cannot be written (read-only, a file in its way, a mount point) is a UserError naming `flag`, at once.
+    `keep` names entries of `folder` that are never stale: their files are always carried into the new output
+    (what accumulates, such as W&B's offline runs, each in its own folder).
     """
     folder = Path(folder).absolute()
     if folder.is_symlink():  # the folder it points to is the one replaced, not the link
@@ -43,7 +45,7 @@ def staged_folder(folder: str | os.PathLike, flag: str, publish_on: tuple[type[B
     try:
         yield stage
     except publish_on as e:
-        _publish(stage, folder)
+        _publish(stage, folder, keep)
         if isinstance(e, UserError):
             raise UserError(str(e).replace(str(stage), str(folder))) from None
         raise
@@ -55,7 +57,7 @@ def staged_folder(folder: str | os.PathLike, flag: str, publish_on: tuple[type[B
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    _publish(stage, folder)
+    _publish(stage, folder, keep)
 
 
 def _make_stage(folder: Path, flag: str) -> Path:
@@ -87,13 +89,13 @@ def _files(folder: Path) -> set[str]:
             for name in files + [d for d in dirs if Path(root, d).is_symlink()]}
 
 
-def _publish(stage: Path, folder: Path) -> None:
+def _publish(stage: Path, folder: Path, keep: tuple[str, ...]) -> None:
     """Swap `stage` in as `folder` (module docstring); on any error `folder` is as it was and `stage` is gone."""
     old = stage.with_name(stage.name.replace(".staging-", ".old-"))
     try:
         atomic_write_text(stage / FILE_LIST, "".join(f"{name}\n" for name in sorted(_files(stage))))
         if folder.exists():
-            _carry_foreign_files(folder, stage)
+            _carry_foreign_files(folder, stage, keep)
             os.rename(folder, old)
         try:
             os.rename(stage, folder)
@@ -108,10 +110,12 @@ def _publish(stage: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _carry_foreign_files(folder: Path, stage: Path) -> None:
-    """Hard-link into `stage` the files of `folder` that its last output did not make (FILE_LIST)."""
+def _carry_foreign_files(folder: Path, stage: Path, keep: tuple[str, ...]) -> None:
+    """Hard-link into `stage` the files of `folder` that its last output did not make (FILE_LIST), and those
+    below `keep`."""
     listed = folder / FILE_LIST
     ours = set(listed.read_text().splitlines()) if listed.is_file() else set()
+    ours = {name for name in ours if Path(name).parts[0] not in keep}
     for name in sorted(_files(folder) - ours - _files(stage) - {FILE_LIST}):
         (stage / name).parent.mkdir(parents=True, exist_ok=True)
         try:
