@@ -111,7 +111,7 @@ from report.inference_compare import inference_tables
 from report.load import (METRICS, Study, inference_modes, load_consensus, load_csv, load_per_image,
                          load_runs_dir)
 from report.stats import summarize
-from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, completeness_notes, consensus_table,
+from report.tables import (Table, bootstrap_table, completeness_notes, consensus_table,
                            crossover_tables, extremes_table,
                            global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
                            shown, skipped_bootstrap_table, volatility_table)
@@ -240,20 +240,13 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
     figures = {"curves": plot_curves(study, out / "curves.png", band=args.band, mark_epoch=early,
                                      formats=args.format)}
     per_class = plot_per_class(study, final, out / "per_class_iou.png", formats=args.format)
-    if per_class is not None:
+    if per_class is not None:  # None: no per-class IoU in this input (a stale figure is gone: main's staging)
         figures["per_class_iou"] = per_class
-    else:  # no per-class IoU in this input: a figure left from an earlier report would contradict summary.md
-        (out / "per_class_iou.png").unlink(missing_ok=True)
     if boot:
         figures["bootstrap"] = plot_bootstrap(boot, out / "bootstrap.png", formats=args.format)
-    else:
-        (out / "bootstrap.png").unlink(missing_ok=True)
     if t6 is not None:
         figures["lambda_sweep"] = plot_lambda_sweep(study, final, out / "lambda_sweep.png", band=args.band,
                                                      formats=args.format)
-    else:
-        for stale in ("lambda_sweep.png", "table6_lambda_sweep.csv"):
-            (out / stale).unlink(missing_ok=True)
     if trajectories is not None:
         keys = {**trajectories.group_keys, **study.group_keys}  # colours as in the other figures
         colors = group_colors(study.groups + [g for g in trajectories.groups if g not in keys], keys)
@@ -261,13 +254,6 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
                                                               colors, formats=args.format)
         grad_table = grad_trajectory_table(trajectories)
         atomic_write_text(out / "grad_trajectories.csv", grad_table.to_csv())
-    else:
-        for stale in ("grad_trajectories.png", "grad_trajectories.csv"):
-            (out / stale).unlink(missing_ok=True)
-    for stem in ("curves", "per_class_iou", "bootstrap", "lambda_sweep", "grad_trajectories"):
-        for fmt in FIGURE_FORMATS[1:]:  # vector copies of an earlier --format that this report did not make
-            if stem not in figures or fmt not in args.format:
-                (out / f"{stem}.{fmt}").unlink(missing_ok=True)
 
     # -------- write: one CSV per table, then summary.md (every file atomically)
     for t in tables:
@@ -288,8 +274,6 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
         md += ["## λ_b sweep\n", t6.to_markdown()]
     if t7 is not None:
         md += ["## Consensus filter\n", t7.to_markdown()]
-    else:
-        (out / f"{CONSENSUS_TABLE}.csv").unlink(missing_ok=True)
     if t8 is not None:
         md += ["## Single-scale vs test-time augmentation\n", *(t.to_markdown() for t in t8)]
     if trajectories is not None:
