@@ -1,7 +1,8 @@
 """Aggregate evaluation results into the study's tables and figures.
 
 Reads every `*.results.json` below a runs directory (or the original study's tidy CSV) and writes, to --out:
-summary.md (all tables in Markdown), one CSV per table, curves.png and per_class_iou.png:
+summary.md (all tables in Markdown), one CSV per table, curves.png, per_class_iou.png and viewer.html (one
+self-contained file, offline: the curves, per-class bars and tables to explore; report/viewer.py, docs/report.md):
   1. global metrics at the final epoch, mean ± 1.96·SE (the paper's interval) and ± t(0.975, n−1)·SE
   2. the same at an early epoch (default 10)
   3. per-class IoU per variant with Δ(D−A), Δ(D−B), Δ(C−B) (+ 3b: top/bottom-5 of D vs B)
@@ -70,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--format", type=figure_formats, default=("png",), metavar="FMT[,FMT...]",
                    help="figure formats, comma-separated: png (summary.md links it; always written), pdf, svg "
                         "(vector, for papers); default png")
+    p.add_argument("--no-html", action="store_true", help="do not write viewer.html, the interactive viewer")
     p.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run (offline "
                    "unless logged in; WANDB_MODE is respected)")
     p.add_argument("--wandb-report", action="store_true", help="also build a W&B Report of the project's "
@@ -115,6 +117,7 @@ from report.tables import (Table, bootstrap_table, completeness_notes, consensus
                            crossover_tables, extremes_table,
                            global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
                            shown, skipped_bootstrap_table, volatility_table)
+from report.viewer import VIEWER_FILE, build_viewer, viewer_data
 from report.wandb_log import WANDB_DIR
 from report.wandb_report import ReportNotSaved
 
@@ -283,6 +286,11 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
                ""]
     md += ["## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
     atomic_write_text(out / "summary.md", "\n".join(md))
+    viewer = None  # report.viewer: the interactive page, one offline file (open it in a browser)
+    if not args.no_html:
+        data = viewer_data(study, tables, early=early, final=final, source=source, runs_dir=args.runs_dir,
+                           band=args.band)
+        viewer = build_viewer(data, out / VIEWER_FILE)
     print_table(t1)
     print_table(shown(cross_summary, study))
     if t6 is not None:
@@ -303,7 +311,7 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
         where = push_report(tables, figures, headline, project=args.wandb_project, name=args.wandb_name,
                             config={"source": str(source), "final_epoch": final, "early_epoch": early,
                                     "variants": study.groups, "seeds": study.seeds, "band": args.band},
-                            entity=args.wandb_entity, run_id=run_id, out_dir=out)
+                            entity=args.wandb_entity, run_id=run_id, out_dir=out, html=viewer)
         console.print(f"W&B: {where}".replace(str(out), args.out), soft_wrap=True)  # where it is once published
         if args.wandb_report:  # report.wandb_report: written to --out, saved when logged in (else a UserError)
             from report.wandb_report import REPORT_FILE, build_report, publish_report, report_entity, run_groups

@@ -184,6 +184,14 @@ def _plot_single_epoch(study: Study, path: Path, formats: tuple[str, ...] = ("pn
     return path
 
 
+def per_class_pair(study: Study) -> tuple[str, str]:
+    """(reference, key) of the per-class views (this figure, the viewer's default): Δ against A (else the first
+    group), classes sorted by Δ(D − reference) (else the last group's; the reference itself with one group)."""
+    ref = study.group_of("A") or study.groups[0]
+    key = study.group_of("D") if study.group_of("D") not in (None, ref) else study.groups[-1]
+    return ref, key
+
+
 def plot_per_class(study: Study, epoch: int, path: Path, formats: tuple[str, ...] = ("png",)) -> Path | None:
     """Per-class IoU at `epoch` (mean ± inter-seed std) as grouped bars on a 0-100 % axis, classes sorted by Δ(D−A)
     largest first; below, each group's Δ against the reference (A when present) in percentage points (the zoom).
@@ -193,8 +201,7 @@ def plot_per_class(study: Study, epoch: int, path: Path, formats: tuple[str, ...
         return None
     colors = group_colors(study.groups, study.group_keys)
     stats = {c: {g: summarize(list(study.values(g, epoch, c).values())) for g in study.groups} for c in study.classes}
-    ref = study.group_of("A") or study.groups[0]
-    key = study.group_of("D") if study.group_of("D") not in (None, ref) else study.groups[-1]
+    ref, key = per_class_pair(study)
     delta = {c: stats[c][key].mean - stats[c][ref].mean for c in study.classes}
     order = sorted(study.classes, key=lambda c: -delta[c] if np.isfinite(delta[c]) else np.inf)
     others = [g for g in study.groups if g != ref]

@@ -92,6 +92,9 @@ class Record:
     metrics_profile: str | None = None  # "default" / "study" (metrics.keys.PROFILES); None: the source does not say
     inference: str = "whole"  # the inference mode's tag (engine.inference.Inference.tag); older files: whole
     estimators: tuple[tuple[str, str], ...] = ()  # (metric, ESTIMATOR_CAVEATS name) where not the toolkit's
+    # per-class values of every metrics.registry record that has them and the source holds: metric key -> class
+    # name -> value (the IoU's are `iou` too); the viewer's per-class panel reads them
+    class_values: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def from_history(self) -> bool:
@@ -160,6 +163,7 @@ def read_results_file(path: str | Path) -> Record:
         schedule_params=params,
         metrics_profile=obj["metrics_profile"],
         inference=(obj.get("inference") or {}).get("tag", "whole"),
+        class_values={m.key: obj[m.per_class] for m in RECORDS if m.per_class and m.per_class in obj},
     )
 
 
@@ -282,14 +286,16 @@ def load_csv(path: str | Path) -> list[Record]:
         where = f"{path}:{line}"
         if None in row or any(v is None for v in row.values()):
             raise UserError(f"{where}: the row has a different number of fields than the header")
+        iou = {c: _fraction(row[c], where, c, allow_nan=True) for c in classes}
         records.append(Record(
             variant=row["variant"].strip(),
             seed=_int(row["seed"], where, "seed"),
             epoch=_int(row["epoch"], where, "epoch"),
             metrics={m: _fraction(row[col], where, col, allow_nan=False) for col, m in CSV_METRIC_COLUMNS.items()},
-            iou={c: _fraction(row[c], where, c, allow_nan=True) for c in classes},
+            iou=iou,
             source=where,
             estimators=estimators,
+            class_values={"miou": iou} if classes else {},
         ))
     if not records:
         raise UserError(f"{path}: the CSV has a header but no rows")

@@ -176,3 +176,22 @@ def python_imports():
     """`python_imports(*argv)` -> (process, modules imported): a fresh interpreter, to check what a script or an
     import pulls in (e.g. that --help answers before torch)."""
     return _run_python
+
+
+@pytest.fixture(scope="session")
+def viewer_browser():
+    """One headless Chromium page for every test of viewer.html (tests/browser.py: requests blocked and recorded,
+    console and page errors collected). Skipped, saying why, without playwright or a Chromium binary."""
+    from tests.browser import VIEWPORT, Browser, find_chromium
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -r requirements.txt)")
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("needs Chromium: none of /usr/bin/chromium, chromium, chromium-browser (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport=VIEWPORT, service_workers="block")
+            yield Browser(context.new_page())
+        finally:
+            browser.close()

@@ -115,16 +115,17 @@ def test_intervals_overlap():
 # ---------------------------------------------------------------------------------------------------- loading
 def write_result(runs: Path, variant: str, seed: int, epoch: int, miou: float, bf1: float = 0.7,
                  trimap: float = 0.5, iou: dict | None = None, lam: float = 0.2, config: dict | None = None,
-                 profile: str | None = None) -> Path:
+                 profile: str | None = None, extra: dict | None = None) -> Path:
     """A results file as evaluate.py writes it; `config` (optional) is the run's config (schedule fields), a
-    `profile` None leaves `metrics_profile` out (a file written before the profiles existed)."""
+    `profile` None leaves `metrics_profile` out (a file written before the profiles existed); `extra`: further
+    keys (the other metrics, `classes`, `boundary_iou_per_class`, ...)."""
     path = runs / f"{variant}_s{seed}" / "checkpoints" / f"epoch_{epoch:04d}.results.json"
     atomic_write_json(path, {
         "variant": variant, "seed": seed, "epoch": epoch, "checkpoint": str(path).replace(".results.json", ""),
         "split": "val", "num_images": 500, "miou": miou, "boundary_f1": bf1, "trimap_iou": trimap,
         "iou": iou if iou is not None else {"road": miou + 0.1, "wall": miou - 0.2, "truck": float("nan")},
         "seconds": 12.5, "lambda_dice": 1.0, "lambda_boundary": lam, **({"config": config} if config else {}),
-        **({"metrics_profile": profile} if profile else {})})
+        **({"metrics_profile": profile} if profile else {}), **(extra or {})})
     return path
 
 
