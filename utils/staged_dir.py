@@ -9,8 +9,9 @@ in one step). At the end the old folder is renamed aside, the new one renamed to
 removed: the program's files of an earlier output that this one does not make are gone, so nothing stale is
 left beside the new files. Files someone else put in the folder are kept: each output records its files in
 `FOLDER/.staged_files`, and a file of the old folder missing from that list (or every file, in a folder
-without the list) is carried into the new one (hard-linked, so an error before the swap leaves it where it
-was); a file of the same name in the new output replaces it.
+without the list, such as one written before this module existed: nothing in it can be told stale) is carried
+into the new one (hard-linked, so an error before the swap leaves it where it was); a file of the same name in
+the new output replaces it. A carried file is on no list: it stays until someone removes it.
 """
 from __future__ import annotations
 
