@@ -179,7 +179,8 @@ def main(argv=None) -> int:
     # --out gets the whole report or nothing (utils.staged_dir): it is written into a temp folder beside --out,
     # swapped in at the end; files of an earlier report that this one lacks go, files a user put there and the
     # W&B offline runs of earlier reports (not uploaded yet, maybe) stay
-    with staged_folder(Path(args.out), "--out", publish_on=(ReportNotSaved,), keep=(WANDB_DIR,)) as out:
+    with staged_folder(Path(args.out), "--out", publish_on=(ReportNotSaved,), keep=(WANDB_DIR,),
+                       marker="summary.md") as out:
         return write_report(args, out)
 
 

@@ -418,6 +418,9 @@ def test_aggregate_read_only_or_blocked_out_is_one_line_before_any_work(tmp_path
     with pytest.raises(UserError, match=rf"^{blocker / 'r'}: cannot write an output folder there: File exists "
                                         rf"\({blocker}\); pass a writable folder as --out$"):
         aggregate.main([*argv, str(blocker / "r")])
+    with pytest.raises(UserError, match=rf"^{tmp_path}: not empty and not an earlier output .*; pass a new or empty "
+                                        "folder as --out$"):  # the report replaces --out as a whole
+        aggregate.main([*argv, str(tmp_path)])
 
     def read_only(*args, **kwargs):  # as mkdtemp fails on a read-only mount, naming the folder it tried
         raise OSError(errno.EROFS, "Read-only file system", os.path.join(kwargs["dir"], kwargs["prefix"] + "x"))

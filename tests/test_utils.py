@@ -152,3 +152,19 @@ def test_staged_folder_is_published_whole_keeps_a_users_files_and_replaces_what_
     assert "b.txt" not in files(real)  # stale: the first output made it, the last two did not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no staging or old folder left
 
+
+def test_staged_folder_refuses_a_folder_that_is_no_earlier_output_or_holds_the_current_folder(tmp_path,
+                                                                                              monkeypatch):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "code.py").write_text("")
+    with pytest.raises(UserError, match=rf"^{project}: not empty and not an earlier output \(no {FILE_LIST} or "
+                                        r"summary.md\), .*; pass a new or empty folder as --out$"):
+        with staged_folder(project, "--out", marker="summary.md"):
+            pytest.fail("the block ran")
+    (project / "summary.md").write_text("")  # an output of an earlier version: replaced, src/ carried over
+    monkeypatch.chdir(project / "src")
+    with pytest.raises(UserError, match=rf"^{project}: the current folder, or one holding it, .*as --out$"):
+        with staged_folder(project, "--out", marker="summary.md"):
+            pytest.fail("the block ran")
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == ["src", "src/code.py", "summary.md"]

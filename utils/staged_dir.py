@@ -29,7 +29,7 @@ FILE_LIST = ".staged_files"  # in the published folder: the files of its output,
 
 @contextmanager
 def staged_folder(folder: str | os.PathLike, flag: str, publish_on: tuple[type[BaseException], ...] = (),
-                  keep: tuple[str, ...] = ()) -> Iterator[Path]:
+                  keep: tuple[str, ...] = (), marker: str | None = None) -> Iterator[Path]:
     """Yield a temp folder to write the output in; publish it as `folder` when the block ends (module docstring).
 
     An exception discards it, `folder` untouched, except one of `publish_on` (raised once the output is
@@ -37,11 +37,14 @@ def staged_folder(folder: str | os.PathLike, flag: str, publish_on: tuple[type[B
     exception raised again; a UserError's message then names `folder`, not the temp folder. A `folder` that
     cannot be written (read-only, a file in its way, a mount point) is a UserError naming `flag`, at once.
     `keep` names entries of `folder` that are never stale: their files are always carried into the new output
-    (what accumulates, such as W&B's offline runs, each in its own folder).
+    (what accumulates, such as W&B's offline runs, each in its own folder). A non-empty `folder` that is no
+    earlier output (neither the list nor `marker`, a file every output has) is refused, and so is the current
+    folder or one holding it: the swap would move them away (a project folder given by mistake).
     """
     folder = Path(folder).absolute()
     if folder.is_symlink():  # the folder it points to is the one replaced, not the link
         folder = folder.resolve()
+    _check_replaceable(folder, flag, marker)
     stage = _make_stage(folder, flag)
     try:
         yield stage
@@ -59,6 +62,19 @@ def staged_folder(folder: str | os.PathLike, flag: str, publish_on: tuple[type[B
         shutil.rmtree(stage, ignore_errors=True)
         raise
     _publish(stage, folder, keep)
+
+
+def _check_replaceable(folder: Path, flag: str, marker: str | None) -> None:
+    if not folder.is_dir():
+        return
+    if Path.cwd().resolve().is_relative_to(folder.resolve()):
+        raise UserError(f"{folder}: the current folder, or one holding it, which the output would replace as a "
+                        f"whole; pass another folder as {flag}")
+    if (folder / FILE_LIST).is_file() or (marker and (folder / marker).is_file()) or not any(folder.iterdir()):
+        return
+    raise UserError(f"{folder}: not empty and not an earlier output (no {FILE_LIST}"
+                    f"{f' or {marker}' if marker else ''}), and the output replaces the folder as a whole; pass a "
+                    f"new or empty folder as {flag}")
 
 
 def _make_stage(folder: Path, flag: str) -> Path:
