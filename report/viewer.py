@@ -36,6 +36,7 @@ from report.figures import VARIANT_NAMES, group_colors, per_class_pair
 from report.load import Study, metric_unit
 from report.stats import summarize
 from report.tables import BOOTSTRAP_TABLE, CONSENSUS_TABLE, Table, shown
+from report.viewer_images import image_panel_data
 from utils import atomic_write_text
 from utils.fileio import json_safe
 
@@ -150,14 +151,6 @@ def class_table(study: Study, runs_dir: str | Path | None) -> dict:
     return {"names": names, "palette": palette}
 
 
-def images_absent(from_csv: bool) -> str:
-    """Why the Images panel has nothing to show."""
-    if from_csv:
-        return ("a tidy CSV (--from-csv) holds no predictions: the images panel needs a runs folder whose "
-                "evaluations kept prediction samples")
-    return "no prediction samples beside the results (evaluate.py keeps them with --samples K)"
-
-
 def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: int, source: str,
                 runs_dir: str | Path | None = None, band: str = "normal", title: str = "Loss-ablation report") -> dict:
     """The viewer's JSON payload (module docstring) for `study`: `tables` are aggregate.py's report.tables Tables,
@@ -168,8 +161,7 @@ def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: 
     absent = {}
     if per_class is None:
         absent["per_class"] = "no per-class values in the input (a tidy CSV without class columns?)"
-    images = None
-    absent["images"] = images_absent(runs_dir is None)
+    images = image_panel_data(study, runs_dir, final, absent)  # None: absent["images"] says why
     return {
         "title": title,
         "source": str(source),
