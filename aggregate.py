@@ -33,6 +33,7 @@ from pathlib import Path
 from utils import UserError, atomic_write_text, parse_args_first, run_main
 from utils.cli import ArgumentParser
 from utils.console import plural
+from utils.staged_dir import staged_folder
 
 # The most bootstrap replicates: 10x the default, p-values to 2e-5. Time and memory grow with B (8·B bytes per pair
 # and metric, then percentiles over them): --bootstrap 100000000 ran for minutes before printing anything.
@@ -121,11 +122,13 @@ from report.inference_compare import inference_tables
 from report.load import (METRICS, Study, inference_modes, load_consensus, load_csv, load_per_image,
                          load_runs_dir)
 from report.stats import summarize
-from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, completeness_notes, consensus_table,
+from report.tables import (Table, bootstrap_table, completeness_notes, consensus_table,
                            crossover_tables, extremes_table,
                            global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
                            shown, skipped_bootstrap_table, volatility_table)
 from report.viewer import VIEWER_FILE, build_viewer, viewer_data
+from report.wandb_log import WANDB_DIR
+from report.wandb_report import ReportNotSaved
 
 console = Console(stderr=True)
 
@@ -182,8 +185,16 @@ def print_table(t: Table) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.out)
+    # --out gets the whole report or nothing (utils.staged_dir): it is written into a temp folder beside --out,
+    # swapped in at the end; files of an earlier report that this one lacks go, files a user put there and the
+    # W&B offline runs of earlier reports (not uploaded yet, maybe) stay
+    with staged_folder(Path(args.out), "--out", publish_on=(ReportNotSaved,), keep=(WANDB_DIR,),
+                       marker="summary.md") as out:
+        return write_report(args, out)
 
+
+def write_report(args: argparse.Namespace, out: Path) -> int:
+    """The report of `args` into the folder `out` (main's temp folder), and to W&B with --wandb."""
     # -------- load: one Record per (variant, seed, epoch), grouped by variant and λ_b schedule (report.load.Grouping:
     #          split further by λ_b for a λ_b sweep, e.g. "C λb=0.05"; a schedule is its own group, e.g. "C steal")
     source = args.from_csv or args.runs_dir
@@ -239,24 +250,16 @@ def main(argv=None) -> int:
     trajectories = GradTrajectories(grad_logs, study.grouping) if grad_logs else None
 
     # -------- figures
-    out.mkdir(parents=True, exist_ok=True)
     figures = {"curves": plot_curves(study, out / "curves.png", band=args.band, mark_epoch=early,
                                      formats=args.format)}
     per_class = plot_per_class(study, final, out / "per_class_iou.png", formats=args.format)
-    if per_class is not None:
+    if per_class is not None:  # None: no per-class IoU in this input (a stale figure is gone: main's staging)
         figures["per_class_iou"] = per_class
-    else:  # no per-class IoU in this input: a figure left from an earlier report would contradict summary.md
-        (out / "per_class_iou.png").unlink(missing_ok=True)
     if boot:
         figures["bootstrap"] = plot_bootstrap(boot, out / "bootstrap.png", formats=args.format)
-    else:
-        (out / "bootstrap.png").unlink(missing_ok=True)
     if t6 is not None:
         figures["lambda_sweep"] = plot_lambda_sweep(study, final, out / "lambda_sweep.png", band=args.band,
                                                      formats=args.format)
-    else:
-        for stale in ("lambda_sweep.png", "table6_lambda_sweep.csv"):
-            (out / stale).unlink(missing_ok=True)
     if trajectories is not None:
         keys = {**trajectories.group_keys, **study.group_keys}  # colours as in the other figures
         colors = group_colors(study.groups + [g for g in trajectories.groups if g not in keys], keys)
@@ -264,13 +267,6 @@ def main(argv=None) -> int:
                                                               colors, formats=args.format)
         grad_table = grad_trajectory_table(trajectories)
         atomic_write_text(out / "grad_trajectories.csv", grad_table.to_csv())
-    else:
-        for stale in ("grad_trajectories.png", "grad_trajectories.csv"):
-            (out / stale).unlink(missing_ok=True)
-    for stem in ("curves", "per_class_iou", "bootstrap", "lambda_sweep", "grad_trajectories"):
-        for fmt in FIGURE_FORMATS[1:]:  # vector copies of an earlier --format that this report did not make
-            if stem not in figures or fmt not in args.format:
-                (out / f"{stem}.{fmt}").unlink(missing_ok=True)
 
     # -------- write: one CSV per table, then summary.md (every file atomically)
     for t in tables:
@@ -291,8 +287,6 @@ def main(argv=None) -> int:
         md += ["## λ_b sweep\n", t6.to_markdown()]
     if t7 is not None:
         md += ["## Consensus filter\n", t7.to_markdown()]
-    else:
-        (out / f"{CONSENSUS_TABLE}.csv").unlink(missing_ok=True)
     if t8 is not None:
         md += ["## Single-scale vs test-time augmentation\n", *(t.to_markdown() for t in t8)]
     if trajectories is not None:
@@ -307,8 +301,6 @@ def main(argv=None) -> int:
         data = viewer_data(study, tables, early=early, final=final, source=source, runs_dir=args.runs_dir,
                            band=args.band)
         viewer = build_viewer(data, out / VIEWER_FILE)
-    else:  # a viewer left from an earlier report would contradict summary.md
-        (out / VIEWER_FILE).unlink(missing_ok=True)
     print_table(t1)
     print_table(shown(cross_summary, study))
     if t6 is not None:
@@ -317,7 +309,8 @@ def main(argv=None) -> int:
         print_table(t)
     n_csv = len(tables) + (trajectories is not None)
     kinds = "/".join(f.upper() for f in dict.fromkeys(("png", *args.format)))
-    console.print(f"wrote summary.md, {plural(n_csv, 'CSV')} and {plural(len(figures), 'figure')} ({kinds}) to {out}/")
+    console.print(f"wrote summary.md, {plural(n_csv, 'CSV')} and {plural(len(figures), 'figure')} ({kinds}) to "
+                  f"{args.out}/")
 
     # -------- W&B (optional)
     if args.wandb:
@@ -330,7 +323,7 @@ def main(argv=None) -> int:
                             config={"source": str(source), "final_epoch": final, "early_epoch": early,
                                     "variants": study.groups, "seeds": study.seeds, "band": args.band},
                             entity=args.wandb_entity, run_id=run_id, out_dir=out, html=viewer)
-        console.print(f"W&B: {where}", soft_wrap=True)
+        console.print(f"W&B: {where}".replace(str(out), args.out), soft_wrap=True)  # where it is once published
         if args.wandb_report:  # report.wandb_report: written to --out, saved when logged in (else a UserError)
             from report.wandb_report import REPORT_FILE, build_report, publish_report, report_entity, run_groups
 

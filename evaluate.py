@@ -40,7 +40,8 @@ from engine.inference_flags import add_inference_flags, inference_kwargs
 from metrics.consensus import REASSIGN_MODES
 from metrics.keys import PROFILES
 from utils.cli import ArgumentParser
-from utils.fileio import EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, parse_args_first, run_main, user_message
+from utils.fileio import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, make_output_dir, parse_args_first, run_main,
+                          user_message)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -159,6 +160,8 @@ def run_one(args, options: EvalOptions, console: Console) -> int:
     from accelerate import Accelerator
     accelerator = Accelerator()
     writes_results = accelerator.is_main_process and args.checkpoint.is_dir() and args.split not in UNLABELLED_SPLITS
+    if accelerator.is_main_process and args.save_predictions is not None:  # read-only, a file: one line, before work
+        make_output_dir(args.save_predictions, "--save-predictions")
     with ExitStack() as stack:
         if writes_results:
             lock_runs(stack, [args.checkpoint])  # the folder --all locks too

@@ -43,6 +43,7 @@ from data_utils.scene import render_scene
 from utils import UserError, atomic_write_json, fsync_dir, run_main
 from utils.cli import ArgumentParser, shell_command
 from utils.console import progress_columns
+from utils.fileio import named_os_errors
 from utils.conventions import IGNORE_INDEX
 
 NUM_CLASSES = CITYSCAPES.num_classes  # 19: every frame shows them all
@@ -194,7 +195,8 @@ def generate_dataset(out_root: str | os.PathLike, num_train: int, num_val: int, 
     try:
         from rich.progress import Progress
 
-        with Progress(*progress_columns(), disable=not progress, transient=False) as bar:
+        # a full disk fails in PIL's writes, which name no file: name the folder being made (its temp is removed)
+        with named_os_errors(out_root), Progress(*progress_columns(), disable=not progress, transient=False) as bar:
             task = bar.add_task(f"synthetic {'HF dataset' if format == 'hf' else 'Cityscapes'} -> {out_root.name}",
                                 total=len(jobs))
             if format == "hf":

@@ -12,9 +12,11 @@ so drawing it from the restored global RNG would shift the dropout stream of the
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +36,7 @@ from losses.registry import needs_sdt
 from losses.schedule import BoundaryWeightSchedule
 from models import build_model, takes_input_size
 from utils.console import plural
-from utils.fileio import UserError
+from utils.fileio import NOT_WRITABLE, UserError
 from utils.threads import set_torch_threads
 
 
@@ -67,10 +69,21 @@ def configure_torch(cfg: TrainConfig) -> None:
 
 
 def ensure_demo_data(cfg: TrainConfig) -> None:
-    """Generate the demo dataset `cfg` names (--data-root, or --hf-dataset for its HF form) on first use."""
+    """Generate the demo dataset `cfg` names (--data-root, or --hf-dataset for its HF form) on first use.
+
+    Its default folder is relative to the working directory (data/demo): a read-only one, or a file in the way,
+    is one line naming the folder and the flag that moves it."""
     from data_utils.synthetic import ensure_demo_dataset
     root, params = (cfg.hf_dataset, DEMO_HF_DATA) if cfg.hf_dataset else (cfg.data_root, DEMO_DATA)
-    ensure_demo_dataset(root, **params)
+    try:
+        ensure_demo_dataset(root, **params)
+    except OSError as e:
+        if e.errno not in (*NOT_WRITABLE, errno.ENOTDIR, errno.EEXIST):
+            raise
+        flag = "--hf-dataset" if cfg.hf_dataset else "--data-root"
+        raise UserError(f"{Path(root).absolute()}: cannot generate the demo data there ({e.filename}: {e.strerror}); "
+                        f"pass a writable folder as {flag} (it is generated there once), or run from a writable "
+                        "folder") from None
 
 
 def data_source(cfg: TrainConfig) -> DataSource:

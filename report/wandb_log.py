@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # light at import (report.wandb_report.check_entity runs befo
     from report.tables import Table
 
 
+WANDB_DIR = "wandb"  # wandb.init(dir=D) writes its run folders under D/wandb (push_report: the report's folder)
+
+
 def _cell(v):
     return None if isinstance(v, float) and math.isnan(v) else v
 

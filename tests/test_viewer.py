@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,8 +152,8 @@ def test_harness_records_every_attempted_request(viewer_browser, reports):
 
 def test_no_html_writes_none(reports, tmp_path):
     out = tmp_path / "report"
-    out.mkdir()
-    (out / VIEWER_FILE).write_text("a viewer of an earlier report")
+    shutil.copytree(reports["demo"]["out"], out)  # an earlier report, with its viewer
+    assert (out / VIEWER_FILE).is_file()
     assert aggregate.main([str(reports["demo"]["runs"]), "--out", str(out), "--no-html"]) == 0
     assert (out / "summary.md").is_file() and not (out / VIEWER_FILE).exists()
 
