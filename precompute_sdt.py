@@ -64,13 +64,13 @@ if __name__ == "__main__":
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
 
 from data_utils.sdt import compute_sdt
 from data_utils.sdt_cache import inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
 from utils.conventions import SDT_CLIP
 from data_utils.source import DataSource
-from utils.console import progress_columns
+from utils.bars import Bars
+from utils.console import plural, progress_columns
 from utils.dirlock import folder_lock
 
 MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
@@ -136,7 +136,7 @@ def run_with_progress(fn, tasks: list, jobs: int, description: str, frames):
         _set_frames(frames)
     try:
         results = map(fn, tasks) if pool is None else pool.imap_unordered(fn, tasks, chunksize=1)
-        with Progress(*progress_columns(), console=Console(stderr=True)) as bar:
+        with Bars(*progress_columns(), console=Console(stderr=True)) as bar:
             task_id = bar.add_task(description, total=len(tasks))
             for result in results:
                 bar.advance(task_id)
@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         if len(problems) > MAX_PROBLEM_LINES:
             console.print(f"... and {len(problems) - MAX_PROBLEM_LINES} more")
-        console.print(f"verified {len(tasks)} frames of '{args.split}' in {out}: {len(problems)} with problems "
-                      f"({time.perf_counter() - start:.1f} s)", soft_wrap=True)
+        console.print(f"verified {plural(len(tasks), 'frame')} of '{args.split}' in {out}: {len(problems)} with "
+                      f"problems ({time.perf_counter() - start:.1f} s)", soft_wrap=True)
         return EXIT_PARTIAL_FAILURE if problems else 0
 
     # 2b) Write missing or invalid files, skip valid ones: one precompute per cache folder (out/.lock), so the
@@ -190,9 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     # 3) Summary: time and bytes.
     seconds = time.perf_counter() - start
     console.print(f"{args.split}: {counts['written']} written, {counts['skipped']} already valid, {stale} stale "
-                  f"temp files removed; {seconds:.1f} s with {args.jobs} processes", soft_wrap=True)
-    console.print(f"wrote {human_bytes(written_bytes)}; {out} holds {human_bytes(cache_bytes)} for {len(tasks)} "
-                  f"frames (raw int8: {human_bytes(raw_bytes)}, {raw_bytes / max(cache_bytes, 1):.1f}x smaller)",
+                  f"temp files removed; {seconds:.1f} s with {plural(args.jobs, 'process', 'processes')}",
+                  soft_wrap=True)
+    console.print(f"wrote {human_bytes(written_bytes)}; {out} holds {human_bytes(cache_bytes)} for "
+                  f"{plural(len(tasks), 'frame')} (raw int8: {human_bytes(raw_bytes)}, "
+                  f"{raw_bytes / max(cache_bytes, 1):.1f}x smaller)",
                   soft_wrap=True)
     return 0
 

@@ -42,7 +42,7 @@ except ImportError:  # requirements.txt installs it; without it PIL decodes ever
     pyspng = None
 
 from data_utils.augment import BatchAugment, normalize
-from data_utils.classes import IGNORE_INDEX, ClassTable
+from data_utils.classes import IGNORE_INDEX, ClassTable, class_presence
 from data_utils.labels import CITYSCAPES
 from data_utils.options import DATASET_SDT_SOURCES
 from utils import UserError
@@ -163,49 +163,64 @@ def _label_fix(classes: ClassTable) -> str:
     return f"list every class in the classes file ({classes.source}) or fix the label PNG"
 
 
-def check_frame(image_path: str, label_path: str, classes: ClassTable = CITYSCAPES, decode_label: bool = False) -> None:
+def check_frame(image_path: str, label_path: str, classes: ClassTable = CITYSCAPES,
+                decode_label: bool = False) -> np.ndarray | None:
     """What `read_frame` would refuse, found without decoding the image: both PNG headers (mode, size),
-    and with `decode_label` the label's values too. Raises the same UserErrors as `read_frame`."""
+    and with `decode_label` the label's values too (then returned: (H, W) uint8 train ids). Raises the same
+    UserErrors as `read_frame`."""
     with _open_png(image_path, decode=False) as image, _open_png(label_path, decode=False) as label:
         _check_image_mode(image_path, image.mode)
         _check_label_mode(label_path, label.mode)
         _check_same_size(image_path, label_path, image.size, label.size)
-    if decode_label:
-        read_train_ids(label_path, classes)
+    return read_train_ids(label_path, classes) if decode_label else None
 
 
 _CHECKED = None  # the frames check_frames' forked workers check (inherited, not pickled per task)
 
 
-def _check_frame_task(task: tuple[int, bool]) -> None:
-    _CHECKED.check(*task)
+def _check_frame_task(task: tuple[int, bool]) -> tuple[int, np.ndarray | None]:
+    """(index, the classes its label holds (`class_presence`) when decoded, else None)."""
+    index, decode_labels = task
+    train_ids = _CHECKED.check(index, decode_labels)
+    return index, None if train_ids is None else class_presence(train_ids, _CHECKED.classes.num_classes)
 
 
 def check_frames(dataset: "SegmentationDataset", decode_labels: bool, num_workers: int) -> int:
     """`frames.check(index, decode_labels)` on every frame of `dataset` (`PathFrames.check`: `check_frame`;
     `HFFrames.check`); returns the number of frames. The first bad file raises its UserError (re-raised here
-    as it is, one line).
+    as it is, one line). `check_labels` is the same check with the labels decoded, returning what they hold.
 
     Headers only take ~0.1 ms a frame, so they are read in this process; decoding the labels (~60 ms a
     full-size frame) runs in `num_workers` worker processes (0: in this one). train.py runs it on both splits
     before the first step, with the val labels decoded, so a bad file stops the run at once instead of an
     epoch later. Timings on real frames: BENCHMARKS.md.
     """
+    return len(_check_all(dataset, decode_labels, num_workers))
+
+
+def check_labels(dataset: "SegmentationDataset", num_workers: int) -> np.ndarray:
+    """`check_frames(dataset, decode_labels=True, num_workers)`, returning what the decoded labels hold: (N, C)
+    bool, row i = `class_presence` of frame i's label. train.py's check of the val split; the presence picks
+    the prediction samples (engine.samples.choose_samples) without decoding the split again."""
+    presence = np.zeros((len(dataset.frames), dataset.frames.classes.num_classes), dtype=bool)
+    for index, present in _check_all(dataset, True, num_workers):
+        presence[index] = present
+    return presence
+
+
+def _check_all(dataset: "SegmentationDataset", decode_labels: bool, num_workers: int) -> list:
+    """`_check_frame_task`'s result for every frame (in any order)."""
     global _CHECKED
     tasks = [(index, decode_labels) for index in range(len(dataset.frames))]
     _CHECKED = dataset.frames
     try:
         if not decode_labels or num_workers == 0 or len(tasks) < 2:
-            for task in tasks:
-                _check_frame_task(task)
-            return len(tasks)
+            return [_check_frame_task(task) for task in tasks]
         # fork, as the DataLoader does: the workers need no imports and inherit _CHECKED. Leaving the block
         # (an error included) terminates them at once.
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         with context.Pool(min(num_workers, len(tasks))) as pool:
-            for _ in pool.imap_unordered(_check_frame_task, tasks, chunksize=8):
-                pass
-        return len(tasks)
+            return list(pool.imap_unordered(_check_frame_task, tasks, chunksize=8))
     finally:
         _CHECKED = None
 
@@ -290,9 +305,10 @@ class PathFrames:
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return read_frame(self.image_paths[index], self.label_paths[index], self.classes)
 
-    def check(self, index: int, decode_label: bool = False) -> None:
-        """`check_frame` on frame `index`: PNG headers, and the label's values with `decode_label`."""
-        check_frame(self.image_paths[index], self.label_paths[index], self.classes, decode_label)
+    def check(self, index: int, decode_label: bool = False) -> np.ndarray | None:
+        """`check_frame` on frame `index`: PNG headers, and the label's values with `decode_label` (then
+        returned: (H, W) uint8 train ids)."""
+        return check_frame(self.image_paths[index], self.label_paths[index], self.classes, decode_label)
 
     def read_label(self, index: int) -> np.ndarray:
         """(H, W) uint8 train ids of frame `index` (its label PNG only)."""
@@ -428,6 +444,6 @@ def collate_batch(items: Sequence[dict]) -> dict:
     return batch
 
 
-__all__ = ["PathFrames", "SegmentationDataset", "check_crop_size", "check_frame", "check_frames", "check_one_frame_size",
-           "collate_batch", "crop_offset", "crop_pad", "frame_sizes", "hflip_decision", "read_frame", "read_image",
-           "read_label_ids"]
+__all__ = ["PathFrames", "SegmentationDataset", "check_crop_size", "check_frame", "check_frames", "check_labels",
+           "check_one_frame_size", "collate_batch", "crop_offset", "crop_pad", "frame_sizes", "hflip_decision",
+           "read_frame", "read_image", "read_label_ids"]

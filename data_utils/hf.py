@@ -29,11 +29,12 @@ from PIL import Image
 from data_utils.classes import ClassTable, names_from_json
 from data_utils.paths import hf_dataset_kind
 from utils import UserError
+from utils.bars import no_datasets_bars
 from utils.conventions import IGNORE_INDEX
 
 ID2LABEL = "id2label.json"
-_REDUCE_FIX = ("give a classes file listing every class (--classes FILE), or --reduce-labels if 0 marks "
-               "unlabelled pixels (ADE20K)")
+_CLASSES_FIX = "give a classes file listing every class (--classes FILE)"
+_REDUCE_FIX = f"{_CLASSES_FIX}, or --reduce-labels if 0 marks unlabelled pixels (ADE20K)"
 
 
 def open_hf_dataset(name_or_path: str) -> datasets.DatasetDict:
@@ -51,7 +52,8 @@ def open_hf_dataset(name_or_path: str) -> datasets.DatasetDict:
         return loaded
     if kind == "parquet":
         try:
-            return datasets.load_dataset("parquet", data_dir=str(path))
+            with no_datasets_bars():  # "Generating train split: ..." for local files
+                return datasets.load_dataset("parquet", data_dir=str(path))
         except ValueError as e:  # 'Instruction "validation" corresponds to no data!': a split of 0 rows
             empty = re.match(r'Instruction "(.+)" corresponds to no data', str(e))
             if empty is None:
@@ -198,13 +200,13 @@ class HFFrames:
                                 "of class indices; pass the segmentation-map column with --label-column")
         if self.reduce_labels:
             label = reduce_labels_(label if label.dtype == np.uint8 else label.astype(np.int64))
-        return self.classes.to_train_ids(label, where, fix=_REDUCE_FIX)
+        return self.classes.to_train_ids(label, where, fix=_CLASSES_FIX if self.reduce_labels else _REDUCE_FIX,
+                                         shift=int(self.reduce_labels))
 
-    def check(self, index: int, decode_label: bool = False) -> None:
+    def check(self, index: int, decode_label: bool = False) -> np.ndarray | None:
         """What `read` would refuse in row `index`'s label, with `decode_label` (an HF row has no header to read
-        apart from its data: without it, nothing is checked here)."""
-        if decode_label:
-            self.read_label(index)
+        apart from its data: without it, nothing is checked here); returns the decoded train ids, or None."""
+        return self.read_label(index) if decode_label else None
 
     def label_size(self, index: int) -> tuple[int, int]:
         """(H, W) of row `index`'s label (decodes it)."""

@@ -25,6 +25,7 @@ import numpy as np
 from data_utils.layout import frame_city
 from data_utils.sdt import as_label_map, check_clip, compute_sdt
 from utils import UserError, atomic_write_bytes
+from utils.console import plural
 from utils.conventions import SDT_CLIP
 
 SDT_SUFFIX = ".sdt"
@@ -93,7 +94,7 @@ def _decode_rows(payload: bytes, shape: tuple[int, int, int], path: Path) -> np.
     except zlib.error as e:
         raise _corrupt(path, f"compressed payload does not decode ({e})") from None
     if len(raw) != shape[0] * shape[1] * shape[2]:
-        raise _corrupt(path, f"payload decodes to {len(raw)} bytes, header says {shape}")
+        raise _corrupt(path, f"payload decodes to {plural(len(raw), 'byte')}, header says {shape}")
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()
     for y in range(1, shape[1]):  # running sum down the rows, one vectorised add per row
         np.add(rows[:, y - 1], rows[:, y], out=rows[:, y])

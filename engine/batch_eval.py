@@ -30,7 +30,7 @@ from engine.results import read_results
 from engine.results_format import inference_path
 from metrics.per_image import PER_IMAGE_SUFFIX, read_per_image
 from utils import UserError, user_message
-from utils.fileio import remove_temp_files
+from utils.fileio import remove_temp_files, write_error_line
 from utils.threads import set_torch_threads, threads_per_job
 
 Outcome = tuple[Path, dict | None, str | None]  # (checkpoint, results record, None) or (checkpoint, None, error)
@@ -127,8 +127,11 @@ def _evaluate_in_worker(ckpt: Path, options: EvalOptions) -> Outcome:
     except UserError as e:
         return ckpt, None, user_message(e)  # one line, also when a DataLoader worker raised it
     except Exception as e:  # a broken checkpoint must not stop the other evaluations
-        last = traceback.extract_tb(e.__traceback__)[-1]
-        return ckpt, None, f"{type(e).__name__}: {e} (at {Path(last.filename).name}:{last.lineno})"
+        line = write_error_line(e) if isinstance(e, OSError) else None  # a full disk: the file, the free space
+        if line is None:
+            last = traceback.extract_tb(e.__traceback__)[-1]
+            line = f"{type(e).__name__}: {e} (at {Path(last.filename).name}:{last.lineno})"
+        return ckpt, None, line
     finally:
         _WORKER["busy"] = False
 

@@ -34,9 +34,10 @@ from engine.config import TrainConfig, load_config, resume_refusal, save_config
 from engine.checkpoint_paths import (CHECKPOINT_NAME, CHECKPOINTS, CHECKSUMS, WEIGHTS_NAME,  # noqa: F401 (re-exported)
                                      checkpoint_folders, checkpoint_path, list_checkpoints, meta_problem,
                                      read_meta, resolve_checkpoint)
+from utils.console import plural
 from utils.fileio import UserError, atomic_write_json, disk_full_advice, fsync_dir
 
-_KEEP_WHEN_PRUNED = {WEIGHTS_NAME, "config.json", "meta.json"}
+WEIGHTS_ONLY_FILES = {WEIGHTS_NAME, "config.json", "meta.json"}  # a pruned checkpoint: what evaluate.py needs
 _USE_ANOTHER = "use another epoch (or delete it: a run then resumes from its previous checkpoint)"
 
 
@@ -148,9 +149,10 @@ def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, r
     bad = first_nonfinite_tensor(accelerator.unwrap_model(accelerator._models[0]), accelerator._optimizers) \
         if accelerator._models else None
     if bad is not None:
+        clip = f"a smaller --grad-clip (now {cfg.grad_clip:g})" if cfg.grad_clip > 0 else "with --grad-clip"
         raise UserError(f"{final}: not written: {bad} holds nan/inf after epoch {progress.epoch}; the newest good "
                         f"checkpoint is {find_resumable_checkpoint(run_dir) or 'none'}. Start again with a lower "
-                        "--lr or with --grad-clip (another --out)")
+                        f"--lr or {clip} (another --out)")
     tmp = final.with_name(f".tmp_{final.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
@@ -278,11 +280,12 @@ def resume_checkpoint(cfg: TrainConfig, num_processes: int, require: bool = Fals
         raise UserError(f"{ckpt}: {refusal}")
     meta = read_meta(ckpt)
     if meta.get("num_processes", num_processes) != num_processes:
-        raise UserError(f"{ckpt}: saved by {meta['num_processes']} process(es), now {num_processes}; resume with "
-                        f"--num_processes {meta['num_processes']}, or start a new run with another --out")
+        raise UserError(f"{ckpt}: saved by {plural(meta['num_processes'], 'process', 'processes')}, now "
+                        f"{num_processes}; resume with --num_processes {meta['num_processes']}, or start a new run "
+                        "with another --out")
     if meta["epoch"] > cfg.epochs:  # more --epochs extend the run (engine.config.EXTENDABLE_CHANGES), fewer cannot
-        raise UserError(f"{ckpt}: this run already trained {meta['epoch']} epochs, more than --epochs {cfg.epochs}; "
-                        "evaluate one of its checkpoints, or pass another --out for a new run")
+        raise UserError(f"{ckpt}: this run already trained {plural(meta['epoch'], 'epoch')}, more than --epochs "
+                        f"{cfg.epochs}; evaluate one of its checkpoints, or pass another --out for a new run")
     return ckpt, meta["epoch"] == cfg.epochs
 
 
@@ -293,10 +296,10 @@ def prune_training_states(run_dir: str | Path, keep: int) -> None:
         meta = read_meta(ckpt)
         meta["training_state"] = False
         if CHECKSUMS in meta:
-            meta[CHECKSUMS] = {k: v for k, v in meta[CHECKSUMS].items() if k in _KEEP_WHEN_PRUNED}
+            meta[CHECKSUMS] = {k: v for k, v in meta[CHECKSUMS].items() if k in WEIGHTS_ONLY_FILES}
         atomic_write_json(ckpt / "meta.json", meta)  # first: a crash below leaves a weights-only checkpoint
         for path in ckpt.iterdir():
-            if path.name not in _KEEP_WHEN_PRUNED:
+            if path.name not in WEIGHTS_ONLY_FILES:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 

@@ -94,7 +94,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint or run folder{_nearest_checkpoints(path)}")
     run = path.parent if path.name == CHECKPOINTS else path
-    if path.is_dir() and not CHECKPOINT_NAME.match(path.name) and (run / CHECKPOINTS).is_dir():
+    started = (run / CHECKPOINTS).is_dir() or (run / "metrics.jsonl").is_file()  # a run, before its first checkpoint too
+    if path.is_dir() and not CHECKPOINT_NAME.match(path.name) and started:
         complete = list_checkpoints(run)
         if not complete:
             raise UserError(f"{run}: a run folder without a complete checkpoint yet (RUN/{CHECKPOINTS}/epoch_XXXX "
