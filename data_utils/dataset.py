@@ -46,6 +46,7 @@ from data_utils.classes import IGNORE_INDEX, ClassTable, class_presence
 from data_utils.labels import CITYSCAPES
 from data_utils.options import DATASET_SDT_SOURCES
 from utils import UserError
+from utils.console import plural
 from utils.conventions import SDT_CLIP
 
 IMAGE_DTYPES = ("float", "uint8")
@@ -277,8 +278,9 @@ def check_one_frame_size(frames, where: str) -> None:
     cannot be stacked): a UserError listing the sizes, before any work rather than at the first batch."""
     sizes = frame_sizes(frames)
     if len(sizes) > 1:
-        listed = ", ".join(f"{h}x{w} ({n} frame{'s' if n > 1 else ''})" for (h, w), n in sizes.most_common(3))
-        raise UserError(f"{where} holds frames of {len(sizes)} sizes (HxW: {listed}{', ...' if len(sizes) > 3 else ''}"
+        listed = ", ".join(f"{h}x{w} ({plural(n, 'frame')})" for (h, w), n in sizes.most_common(3))
+        raise UserError(f"{where} holds frames of {plural(len(sizes), 'size')} (HxW: {listed}"
+                        f"{', ...' if len(sizes) > 3 else ''}"
                         "); frames are not resized, so a training batch needs one size: pass --crop-size H W or "
                         "--batch-size 1")
 

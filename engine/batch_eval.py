@@ -30,6 +30,7 @@ from engine.results import read_results
 from engine.results_format import inference_path
 from metrics.per_image import PER_IMAGE_SUFFIX, read_per_image
 from utils import UserError, user_message
+from utils.console import plural
 from utils.fileio import remove_temp_files, write_error_line
 from utils.threads import set_torch_threads, threads_per_job
 
@@ -68,7 +69,8 @@ def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = 
     except UserError:
         return "corrupt per-image statistics, redoing"
     if covered != record["num_images"]:  # aggregate.py would refuse it and send the user back here
-        return f"per-image statistics cover {covered} of the {record['num_images']} images of the results, redoing"
+        return (f"per-image statistics cover {covered} of the {plural(record['num_images'], 'image')} of the results, "
+                "redoing")
     meta = read_meta(ckpt) or {}
     if record.get("checkpoint_saved_at") != meta.get("saved_at"):
         return "checkpoint saved again since its evaluation"
