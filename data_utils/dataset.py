@@ -28,6 +28,7 @@ Image path choices:
 from __future__ import annotations
 
 import multiprocessing
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from data_utils.classes import IGNORE_INDEX, ClassTable, class_presence
 from data_utils.labels import CITYSCAPES
 from data_utils.options import DATASET_SDT_SOURCES
 from utils import UserError
+from utils.console import plural
 from utils.conventions import SDT_CLIP
 
 IMAGE_DTYPES = ("float", "uint8")
@@ -247,6 +249,42 @@ def crop_pad(array: np.ndarray, top: int, left: int, crop: tuple[int, int], fill
     return out
 
 
+HF_SIZE_SAMPLE = 32  # rows whose size `check_crop_size` reads in an HF dataset (each one decoded)
+
+
+def frame_sizes(frames, sample: int | None = None) -> Counter:
+    """{(H, W): number of frames} of a frame source, from `frames.label_size`: `PathFrames` read the PNG header
+    only (~0.03 ms a frame once cached), `HFFrames` decode the label, so give those a `sample`: that many rows,
+    evenly spaced, are read instead of all."""
+    n = len(frames)
+    indices = range(n) if sample is None or n <= sample else np.linspace(0, n - 1, sample).round().astype(int)
+    return Counter(tuple(frames.label_size(int(i))) for i in indices)
+
+
+def check_crop_size(crop: tuple[int, int], frames, where: str) -> None:
+    """Refuse a crop taller or wider than every frame (all but padding, and at --crop-size 100000 100000 a
+    MemoryError in a loader worker): a UserError saying the largest frame size. The sizes: `frame_sizes` of all
+    frames of a Cityscapes-layout split (headers), of `HF_SIZE_SAMPLE` rows of an HF dataset."""
+    sizes = frame_sizes(frames, sample=None if isinstance(frames, PathFrames) else HF_SIZE_SAMPLE)
+    largest = (max(h for h, _ in sizes), max(w for _, w in sizes))
+    if crop[0] > largest[0] or crop[1] > largest[1]:
+        raise UserError(f"--crop-size {crop[0]} {crop[1]}: larger than every frame of {where} (the largest is "
+                        f"{largest[0]}x{largest[1]}, HxW), so it would crop nothing and pad the rest; pass a crop of "
+                        f"at most {largest[0]} {largest[1]}, or 0 0 for native frames")
+
+
+def check_one_frame_size(frames, where: str) -> None:
+    """Refuse training batches of native frames (no crop, batch size > 1) over frames of several sizes (they
+    cannot be stacked): a UserError listing the sizes, before any work rather than at the first batch."""
+    sizes = frame_sizes(frames)
+    if len(sizes) > 1:
+        listed = ", ".join(f"{h}x{w} ({plural(n, 'frame')})" for (h, w), n in sizes.most_common(3))
+        raise UserError(f"{where} holds frames of {plural(len(sizes), 'size')} (HxW: {listed}"
+                        f"{', ...' if len(sizes) > 3 else ''}"
+                        "); frames are not resized, so a training batch needs one size: pass --crop-size H W or "
+                        "--batch-size 1")
+
+
 def _column(records, key: str) -> list[str]:
     if hasattr(records, "column_names"):  # a datasets.Dataset: read the column once, not row by row
         return [str(v) for v in records[key]]
@@ -352,7 +390,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return sdt.compute_sdt(train_ids, num_classes=self.num_classes, clip=self.sdt_clip)
         path = sdt_cache.sdt_cache_path(self.sdt_cache_dir, self.names[index])
         expected = (self.num_classes, *train_ids.shape)
-        return sdt_cache.read_sdt_file(path, expected_shape=expected, expected_clip=self.sdt_clip)
+        # labels: refused when made from other labels (a stale cache); the fingerprint costs ~1 ms a full frame
+        return sdt_cache.read_sdt_file(path, expected_shape=expected, expected_clip=self.sdt_clip, labels=train_ids)
 
     def __getitem__(self, index: int) -> dict:
         image, train_ids = self.frames.read(index)
@@ -407,5 +446,6 @@ def collate_batch(items: Sequence[dict]) -> dict:
     return batch
 
 
-__all__ = ["PathFrames", "SegmentationDataset", "check_frame", "check_frames", "check_labels", "collate_batch",
-           "crop_offset", "crop_pad", "hflip_decision", "read_frame", "read_image", "read_label_ids"]
+__all__ = ["PathFrames", "SegmentationDataset", "check_crop_size", "check_frame", "check_frames", "check_labels",
+           "check_one_frame_size", "collate_batch", "crop_offset", "crop_pad", "frame_sizes", "hflip_decision",
+           "read_frame", "read_image", "read_label_ids"]

@@ -25,7 +25,7 @@ from data_utils.cityscapes import LABEL_DIR, resolve_data_root
 from data_utils.dataset import collate_batch
 from data_utils.image_only import ImageOnlyDataset, collate_images
 from data_utils.options import UNLABELLED_SPLITS
-from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
+from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, meta_problem, read_meta
 from engine.config import TrainConfig, load_config
 from engine.evaluation import evaluate_model
 from engine.inference import WHOLE, Inference
@@ -79,7 +79,8 @@ def load_checkpoint(ckpt: Path):
                         "half-way): copy it again or evaluate another epoch")
     meta = read_meta(ckpt)
     if meta is None:
-        raise UserError(f"{ckpt / 'meta.json'}: unreadable or without an epoch; the checkpoint is corrupt")
+        raise UserError(f"{ckpt}: {meta_problem(ckpt)}; the checkpoint is corrupt: copy it again or evaluate "
+                        "another epoch")
     cfg = load_config(ckpt / "config.json")
     try:
         model = build_model_from_config(cfg)

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from data_utils.augment import BatchAugment
 from data_utils.classes import ClassTable
-from data_utils.dataset import SegmentationDataset, check_frames, check_labels, collate_batch
+from data_utils.dataset import (SegmentationDataset, check_crop_size, check_frames, check_labels, check_one_frame_size,
+                                collate_batch, frame_sizes)
 from data_utils.options import WORKER_SDT_SOURCES
 from data_utils.source import DataSource
 from engine.config import DEMO_DATA, DEMO_HF_DATA, TrainConfig
@@ -258,13 +259,20 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool, rank: int = 0) -
         "cpu" or "cache" (with "gpu", train.py computes it on the device).
     train=False: dataset order, no flip, no crop, no augmentation, uint8 images (evaluate_model normalises on
         the device), no SDT, workers that do not persist between evaluations, the last batch may be short; one
-        frame per batch when the frames may differ in size (an HF dataset), so every frame is evaluated at its
-        native size.
+        frame per batch when the frames may differ in size (an HF dataset, or a Cityscapes-layout split whose
+        PNG headers show several sizes), so every frame is evaluated at its native size.
+    A crop (train=True) taller or wider than every frame is refused (`check_crop_size`), and so are native frames
+    of several sizes in batches of more than one (`check_one_frame_size`).
     Call `loader.dataset.set_epoch(epoch)` and `loader.sampler.set_epoch(epoch)` (or the prepared loader's
     `set_epoch`) before each training epoch. `rank` (the process index) seeds `loader_generator`.
     """
     source = data_source(cfg)
     frames = source.frames(split, source.classes(cfg.train_split))
+    # frame sizes before any work (PNG headers): a huge crop fails in a worker out of memory, mixed sizes at a batch
+    if train and min(cfg.crop_size) > 0:
+        check_crop_size(tuple(cfg.crop_size), frames, f"split '{split}' of {source.where}")
+    elif train and cfg.batch_size > 1 and source.one_frame_size:
+        check_one_frame_size(frames, f"split '{split}' of {source.where}")
     if train:
         sdt_source = cfg.sdt_source if uses_sdt(cfg) and cfg.sdt_source in WORKER_SDT_SOURCES else "none"
         dataset = SegmentationDataset(
@@ -278,7 +286,8 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool, rank: int = 0) -
     else:
         dataset = SegmentationDataset(frames, hflip=False, seed=cfg.seed, image_dtype="uint8")
     workers = cfg.num_workers
-    batch_size = cfg.batch_size if train or source.one_frame_size else 1
+    # evaluation: one frame per batch unless all frames have one size (PNG headers), as frames are not resized
+    batch_size = cfg.batch_size if train or (source.one_frame_size and len(frame_sizes(frames)) == 1) else 1
     # Training workers persist across epochs; evaluation's start at each evaluation and stop after it, rather
     # than sit idle (memory, processes) through the training between two evaluations.
     return DataLoader(

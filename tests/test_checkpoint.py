@@ -190,7 +190,7 @@ def test_broken_newest_checkpoint_stops_the_resume_with_one_line_and_overwrites_
     (ckpts / "epoch_0002" / "meta.json").unlink()
     del before[ckpts / "epoch_0002" / "meta.json"]
     with pytest.raises(UserError, match=rf"^{re.escape(str(ckpts / 'epoch_0002'))}: is incomplete \(no "
-                                        r"model.safetensors or no readable meta.json\).*delete it to resume from "
+                                        r"meta.json\).*delete it to resume from "
                                         r"scratch.*or pass another --out"):
         run_train(tiny_data, out, *flags)
     shutil.rmtree(ckpts / "epoch_0002")  # the first choice: then the weights-only epoch 1 is the newest
@@ -199,15 +199,27 @@ def test_broken_newest_checkpoint_stops_the_resume_with_one_line_and_overwrites_
     assert {p: p.read_bytes() for p in sorted(ckpts.rglob("*")) if p.is_file()} == {
         p: b for p, b in before.items() if "epoch_0002" not in p.parts}
 
-    # a truncated file in the checkpoint resumed from
+    # a truncated file in the checkpoint resumed from: its checksum (meta.json) differs; without one (a checkpoint
+    # saved before checksums existed) the read fails
     out = copy_run(straight_runs["0"], tmp_path / "cut")
     shutil.rmtree(out / "checkpoints" / "epoch_0002")
+    meta_path = out / "checkpoints" / "epoch_0001" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for name, message in (("model.safetensors", "does not match the sha256 checksum"),
+                          ("optimizer.bin", "does not match the sha256 checksum")):
+        path = out / "checkpoints" / "epoch_0001" / name
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(UserError, match=rf"epoch_0001.*: {message} .*corrupt, use another epoch \(or delete it"):
+            run_train(tiny_data, out, *RESUMABLE)
+        path.write_bytes(data)
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "checksums"}))
     for name, message in (("model.safetensors", "cannot read the weights"),
                           ("optimizer.bin", "cannot load the training state")):
         path = out / "checkpoints" / "epoch_0001" / name
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
-        with pytest.raises(UserError, match=rf"epoch_0001.*: {message} .*corrupt, delete it"):
+        with pytest.raises(UserError, match=rf"epoch_0001.*: {message} .*corrupt, .*delete it"):
             run_train(tiny_data, out, *RESUMABLE)
         path.write_bytes(data)
 

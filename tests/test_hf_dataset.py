@@ -219,7 +219,8 @@ def test_crop_moves_image_label_and_sdt_together_with_ignore_padding(hf_root, tm
         path = sdt_cache_path(tmp_path, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         from data_utils.sdt_cache import write_sdt_file
-        write_sdt_file(path, compute_sdt(frames.read(frames.names.index(name))[1], classes.num_classes))
+        labels = frames.read(frames.names.index(name))[1]
+        write_sdt_file(path, compute_sdt(labels, classes.num_classes), labels=labels)
     by_source = {src: SegmentationDataset(frames, hflip=True, seed=5, image_dtype="uint8", sdt_source=src,
                                           sdt_cache_dir=tmp_path, crop_size=crop) for src in ("cpu", "cache")}
     for epoch in (0, 1):
