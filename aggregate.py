@@ -311,6 +311,10 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
     kinds = "/".join(f.upper() for f in dict.fromkeys(("png", *args.format)))
     console.print(f"wrote summary.md, {plural(n_csv, 'CSV')} and {plural(len(figures), 'figure')} ({kinds}) to "
                   f"{args.out}/")
+    if viewer is not None:  # where to look, and which panel is left out and why (the page says it too)
+        console.print(f"viewer: {Path(args.out) / VIEWER_FILE} (open it in a browser, offline)", soft_wrap=True)
+        for panel, reason in data["absent"].items():
+            console.print(f"  no {panel} panel: {escape(reason)}", soft_wrap=True)
 
     # -------- W&B (optional)
     if args.wandb:

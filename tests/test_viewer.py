@@ -114,6 +114,8 @@ def test_viewer_draws_every_panel_offline_without_errors(viewer_browser, reports
         shot = tmp_path / f"{name}_{panel}.png"
         section.screenshot(path=str(shot))
         assert non_blank(shot) > 10, f"{panel}: blank screenshot {shot}"
+        leaked = re.findall(r"\b(?:null|undefined)\b", section.inner_text())  # a JS value printed as text
+        assert not leaked, f"{panel}: {leaked} shown on the page"
     viewer_browser.check_clean()
 
 
@@ -287,9 +289,11 @@ def test_tables_panel_shows_the_report_tables(viewer_browser, reports):
 
 
 # ---------------------------------------------------------------------------------------------------- --from-csv
-def test_from_csv_gives_curves_and_tables_and_says_why_no_images(viewer_browser, seed_metrics, tmp_path):
+def test_from_csv_gives_curves_and_tables_and_says_why_no_images(viewer_browser, seed_metrics, tmp_path, capsys):
     out = tmp_path / "paper"
     assert aggregate.main(["--from-csv", str(seed_metrics / "pilot_results.csv"), "--out", str(out)]) == 0
+    console = capsys.readouterr().out  # the console names the page and the panel left out, with its reason
+    assert f"viewer: {out / VIEWER_FILE}" in console and "no images panel:" in console
     data = payload(out / VIEWER_FILE)
     assert data["images"] is None and "--from-csv" in data["absent"]["images"]
     assert [m["key"] for m in data["curves"]["metrics"]] == ["miou", "boundary_f1", "trimap_iou"]  # the CSV's

@@ -29,7 +29,7 @@ VIEWER.register({
                                (v) => { state.compare = v; draw(); });
       controls.append(compareSelect);
     }
-    el.append(controls, note, bars, groups.length > 1 ? deltas : null);
+    el.append(controls, note, bars, ...(groups.length > 1 ? [deltas] : []));  // append(null) would print "null"
 
     /* class indices sorted by key (largest first), nulls last, ties in class order */
     function order(key) {
