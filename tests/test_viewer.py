@@ -292,7 +292,7 @@ def test_tables_panel_shows_the_report_tables(viewer_browser, reports):
 def test_from_csv_gives_curves_and_tables_and_says_why_no_images(viewer_browser, seed_metrics, tmp_path, capsys):
     out = tmp_path / "paper"
     assert aggregate.main(["--from-csv", str(seed_metrics / "pilot_results.csv"), "--out", str(out)]) == 0
-    console = capsys.readouterr().out  # the console names the page and the panel left out, with its reason
+    console = capsys.readouterr().err  # the console names the page and the panel left out, with its reason
     assert f"viewer: {out / VIEWER_FILE}" in console and "no images panel:" in console
     data = payload(out / VIEWER_FILE)
     assert data["images"] is None and "--from-csv" in data["absent"]["images"]
