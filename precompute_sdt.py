@@ -70,6 +70,7 @@ from utils.conventions import SDT_CLIP
 from data_utils.source import DataSource
 from utils.console import progress_columns
 from utils.dirlock import folder_lock
+from utils.signals import init_pool_worker, sigterm_as_ctrl_c
 
 MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
 _FRAMES = None  # the split's frame source (PathFrames / HFFrames), set in every worker by _set_frames
@@ -80,6 +81,12 @@ def _set_frames(frames) -> None:
     global _FRAMES
     _FRAMES = frames
     set_torch_threads(threads=1)
+
+
+def _init_worker(frames) -> None:
+    """Pool worker: Ctrl-C is left to the parent, which stops the pool (utils.signals); then `_set_frames`."""
+    init_pool_worker()
+    _set_frames(frames)
 
 
 def precompute_one(task: tuple[int, str, bool, bool]) -> tuple[str, int, int]:
@@ -128,7 +135,7 @@ def run_with_progress(fn, tasks: list, jobs: int, description: str, frames):
         # fork (as torch's DataLoader does) so workers skip re-importing torch and datasets; the workers only
         # run numpy/edt/zlib code. The pool is made before rich starts its refresh thread.
         method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        pool = get_context(method).Pool(min(jobs, len(tasks)), initializer=_set_frames, initargs=(frames,))
+        pool = get_context(method).Pool(min(jobs, len(tasks)), initializer=_init_worker, initargs=(frames,))
     else:
         _set_frames(frames)
     try:
@@ -195,4 +202,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    with sigterm_as_ctrl_c():  # `timeout`, SLURM, `docker stop`: stop as on Ctrl-C, one line, exit code 130
+        run_main(main)
