@@ -46,7 +46,7 @@ from data_utils.labels import CITYSCAPES
 from data_utils.options import DATASET_SDT_SOURCES
 from utils import UserError
 from utils.conventions import SDT_CLIP
-from utils.signals import init_pool_worker
+from utils.signals import stoppable_pool
 
 IMAGE_DTYPES = ("float", "uint8")
 
@@ -200,10 +200,10 @@ def check_frames(dataset: "SegmentationDataset", decode_labels: bool, num_worker
                 _check_frame_task(task)
             return len(tasks)
         # fork, as the DataLoader does: the workers need no imports and inherit _CHECKED. Leaving the block
-        # (an error included) terminates them at once; they leave Ctrl-C to this process (utils.signals).
+        # (an error or a stop included) stops them after their current frame (utils.signals.stoppable_pool).
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with context.Pool(min(num_workers, len(tasks)), initializer=init_pool_worker) as pool:
-            for _ in pool.imap_unordered(_check_frame_task, tasks, chunksize=8):
+        with stoppable_pool(context, min(num_workers, len(tasks))) as imap:
+            for _ in imap(_check_frame_task, tasks, chunksize=8):
                 pass
         return len(tasks)
     finally:

@@ -31,7 +31,7 @@ from engine.results_format import inference_path
 from metrics.per_image import PER_IMAGE_SUFFIX, read_per_image
 from utils import UserError, user_message
 from utils.fileio import remove_temp_files
-from utils.signals import ignore_stop_signals, stop_signals_blocked
+from utils.signals import ignore_stop_signals, stop_signals_deferred
 from utils.threads import set_torch_threads, threads_per_job
 
 Outcome = tuple[Path, dict | None, str | None]  # (checkpoint, results record, None) or (checkpoint, None, error)
@@ -149,7 +149,7 @@ def evaluate_all(checkpoints: list[Path], options: EvalOptions, jobs: int = 1) -
                              initargs=(devices, spawn.Value("i", 0), threads)) as pool:
         futures = {}
         try:
-            with stop_signals_blocked():  # the workers start here (submit); a stop while they import waits for them
+            with stop_signals_deferred():  # the workers start here (submit); a stop while they import waits for them
                 futures.update((pool.submit(_evaluate_in_worker, ckpt, options), ckpt) for ckpt in checkpoints)
             for future in as_completed(futures):
                 yield future.result()

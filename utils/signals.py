@@ -9,20 +9,21 @@ Terminated", a pool broken mid-task):
 
 - DataLoader workers (`worker_init_fn=ignore_stop_signals`) ignore both: the parent shuts its loaders down.
 - spawned pool workers (evaluate.py --all --jobs N) ignore both too; they start with both blocked
-  (`stop_signals_blocked` around their start), so a signal that comes while one still imports torch waits for
+  (`stop_signals_deferred` around their start), so a signal that comes while one still imports torch waits for
   its initializer (`ignore_stop_signals`) instead of ending the import with a traceback.
-- forked multiprocessing.Pool workers (`initializer=init_pool_worker`) ignore SIGINT, and exit on SIGTERM as
-  `Pool.terminate()` needs, but by SystemExit: a worker killed outright while it waits for a task dies holding
-  the pool's task-queue lock, and the parent's terminate() then waits for that lock forever.
+- multiprocessing.Pool workers (`stoppable_pool`) ignore both too; the parent stops them by skipping the tasks
+  they have not started, not by killing them (see there why).
 
 docs/faults.md lists the cases and their tests (tests/test_signals.py).
 """
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
 from contextlib import contextmanager
+from functools import partial
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -56,34 +57,73 @@ def sigterm_as_ctrl_c():
 
 
 def ignore_stop_signals(*_worker_id) -> None:
-    """Worker initializer (a DataLoader's `worker_init_fn`, which passes the worker id; a spawned pool's
-    `initializer`): ignore SIGINT and SIGTERM, which reach the parent too, and drop one held back by
-    `stop_signals_blocked`. The parent stops this worker: a loader's shutdown, a pool's own stop message or
-    SIGKILL."""
+    """Worker initializer (a DataLoader's `worker_init_fn`, which passes the worker id; a pool's `initializer`):
+    ignore SIGINT and SIGTERM, which reach the parent too, and drop one held back by
+    `stop_signals_deferred`. The parent stops this worker: a loader's shutdown, a pool's own stop message."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
-def init_pool_worker() -> None:
-    """Forked multiprocessing.Pool initializer: ignore SIGINT (the parent stops the pool); on SIGTERM (a group's,
-    or `Pool.terminate()`'s) exit quietly through SystemExit, so the pool's locks and the task's temp files are
-    released on the way out."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+@contextmanager
+def stoppable_pool(context, processes: int, initializer=None, initargs=()):
+    """Within: `imap_unordered(fn, tasks, chunksize=1)`, multiprocessing.Pool's, over `processes` workers from
+    `context` (`multiprocessing.get_context(method)`) that ignore SIGINT and SIGTERM; `initializer(*initargs)`
+    runs in each worker, as Pool's does. On leaving the block (done, an error or a stop) the tasks not yet
+    started are skipped, the running ones finish, and the workers exit. None is killed: a worker killed while it
+    reads its next task leaves the pool's task queue locked or half read, and `Pool.terminate()` then hangs
+    or fails."""
+    stopping = context.RawValue("b", 0)  # shared memory: 1 once the block is left, so the workers skip the rest
+
+    def stop():
+        stopping.value = 1
+        pool.close()
+        pool.join()
+
+    pool = None
+    try:
+        with stop_signals_deferred():  # no KeyboardInterrupt halfway through Pool(), which would leak its workers
+            pool = context.Pool(processes, initializer=_init_pool_worker, initargs=(stopping, initializer, initargs))
+            # A stop that lands after this generator yields but before the caller's `with` holds it (inside
+            # contextlib's __enter__) leaves the block unclosed; then the pool stops at exit, before
+            # multiprocessing's own exit handler would wait for workers that ignore its SIGTERM.
+            atexit.register(stop)
+        yield lambda fn, tasks, chunksize=1: pool.imap_unordered(partial(_unless_stopping, fn), tasks, chunksize)
+    finally:
+        if pool is not None:
+            atexit.unregister(stop)
+            stop()
 
 
-def _exit_on_sigterm(signum, frame) -> None:
-    sys.exit(128 + signum)  # the shell's code for a death by that signal; multiprocessing prints nothing for it
+_STOPPING = None  # in a stoppable_pool worker: the pool's shared stop flag
+
+
+def _init_pool_worker(stopping, initializer, initargs) -> None:
+    global _STOPPING
+    _STOPPING = stopping
+    ignore_stop_signals()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _unless_stopping(fn, task):
+    return None if _STOPPING.value else fn(task)
 
 
 @contextmanager
-def stop_signals_blocked():
-    """Within: SIGINT and SIGTERM are blocked in this thread, hence held back (not lost) in the processes it
-    starts, which inherit the mask until they unblock them (`ignore_stop_signals`). The parent still gets them
-    (another thread takes the signal, or this one on exit)."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+def stop_signals_deferred():
+    """Within: SIGINT and SIGTERM are noted, not acted on, and blocked in this thread, hence held back in the
+    processes and threads it starts (they inherit the mask; `ignore_stop_signals` unblocks them in a worker).
+    On exit the previous handlers act on those noted (Ctrl-C: KeyboardInterrupt, raised there). Blocking alone
+    is not enough: a signal another thread takes still runs its Python handler in this one."""
+    noted = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: noted.append(signum)) for signum in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)
