@@ -32,7 +32,7 @@ from engine.results_format import inference_path
 from metrics.per_image import PER_IMAGE_SUFFIX
 from engine.setup import build_dataloader, build_model_from_config, class_table
 from utils import UserError
-from utils.signals import ignore_stop_signals
+from utils.signals import loader_worker_init
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def build_eval_loader(cfg: TrainConfig, split: str):
     if root is not None and split in UNLABELLED_SPLITS and not (root / LABEL_DIR / split).is_dir():
         return torch.utils.data.DataLoader(ImageOnlyDataset(root, split), batch_size=cfg.batch_size,
                                            num_workers=cfg.num_workers, collate_fn=collate_images,
-                                           worker_init_fn=ignore_stop_signals)
+                                           worker_init_fn=loader_worker_init)
     return build_dataloader(cfg, split, train=False)
 
 

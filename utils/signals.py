@@ -3,11 +3,12 @@
 the entry script and its worker processes (DataLoader workers, pools) alike.
 
 The rule: the entry script stops as on Ctrl-C (`sigterm_as_ctrl_c`: KeyboardInterrupt, one line, exit code 130
-through `utils.run_main`) and stops its workers itself; each worker leaves the stop to its parent, so no worker
-prints a traceback and no worker dies under its parent (torch's "DataLoader worker ... killed by signal:
-Terminated", a pool broken mid-task):
+through `utils.run_main`) and stops its workers itself; each worker leaves the stop to its parent or ends
+quietly, so none prints a traceback and none dies of the signal under its parent (torch's "DataLoader worker
+... killed by signal: Terminated", a pool broken mid-task):
 
-- DataLoader workers (`worker_init_fn=ignore_stop_signals`) ignore both: the parent shuts its loaders down.
+- DataLoader workers (`worker_init_fn=loader_worker_init`) end quietly on both, as torch's worker loop ends on
+  Ctrl-C; the parent's loader sees a worker that exited cleanly, not one killed by a signal.
 - spawned pool workers (evaluate.py --all --jobs N) ignore both too; they start with both blocked
   (`stop_signals_deferred` around their start), so a signal that comes while one still imports torch waits for
   its initializer (`ignore_stop_signals`) instead of ending the import with a traceback.
@@ -56,10 +57,18 @@ def sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
-def ignore_stop_signals(*_worker_id) -> None:
-    """Worker initializer (a DataLoader's `worker_init_fn`, which passes the worker id; a pool's `initializer`):
-    ignore SIGINT and SIGTERM, which reach the parent too, and drop one held back by
-    `stop_signals_deferred`. The parent stops this worker: a loader's shutdown, a pool's own stop message."""
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: SIGTERM ends this worker as Ctrl-C does: a KeyboardInterrupt, which torch's
+    worker loop catches, exiting with code 0, while a worker killed by SIGTERM makes the main process raise
+    "DataLoader worker ... killed by signal: Terminated". Not ignored: multiprocessing's exit handler stops a
+    worker left running (a loader not shut down) with SIGTERM."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def ignore_stop_signals() -> None:
+    """Pool worker initializer: ignore SIGINT and SIGTERM, which reach the parent too, and drop one held back by
+    `stop_signals_deferred`. The parent stops this worker: `stoppable_pool`, evaluate.py's stop message
+    (engine.batch_eval.stop_workers)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
