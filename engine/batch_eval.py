@@ -122,6 +122,8 @@ def _evaluate_in_worker(ckpt: Path, options: EvalOptions) -> Outcome:
     try:
         return ckpt, evaluate_checkpoint(ckpt, options, _WORKER["accelerator"], _WORKER["show_progress"]), None
     except KeyboardInterrupt:
+        if not _WORKER.get("stopping"):  # Ctrl-C or SIGTERM in this process (jobs == 1): the batch stops
+            raise
         return ckpt, None, "not evaluated: interrupted"
     except UserError as e:
         return ckpt, None, user_message(e)  # one line, also when a DataLoader worker raised it

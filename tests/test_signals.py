@@ -104,24 +104,24 @@ def test_a_group_signal_during_precompute_sdt_jobs_stops_in_one_line(sdt_data, t
 
 
 @pytest.fixture(scope="module")
-def four_checkpoints(tmp_path_factory):
-    """4 checkpoints of one tiny run (hard links of one)."""
+def checkpoints(tmp_path_factory):
+    """12 checkpoints of one tiny run (hard links of one), evaluated with the demo preset's 2 loader workers."""
     root = tmp_path_factory.mktemp("eval")
     data = generate_dataset(root / "data", num_train=1, num_val=2, height=64, width=128, progress=False)
-    first = make_checkpoint(root / "runs" / "A_seed1", 1, tiny_config(data, variant="A", seed=1))
-    for epoch in range(2, 5):
+    first = make_checkpoint(root / "runs" / "A_seed1", 1, tiny_config(data, variant="A", seed=1, num_workers=2))
+    for epoch in range(2, 13):
         shutil.copytree(first, first.with_name(f"epoch_{epoch:04d}"), copy_function=os.link)
     return root / "runs"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_group_signal_while_evaluate_all_starts_its_jobs_stops_in_one_line(four_checkpoints, tmp_path,
+def test_a_group_signal_while_evaluate_all_starts_its_jobs_stops_in_one_line(checkpoints, tmp_path,
                                                                              process_groups, signum):
     """Ctrl-C (or SIGTERM) to the group while `evaluate.py --all --jobs 2` starts its spawned workers (they
     import torch for seconds before they can ignore it): `interrupted`, exit code 130, no worker traceback
     (it was a KeyboardInterrupt traceback per worker; SIGTERM killed it silently, exit -15)."""
     runs = tmp_path / "runs"
-    shutil.copytree(four_checkpoints, runs, copy_function=os.link)
+    shutil.copytree(checkpoints, runs, copy_function=os.link)
     proc = process_groups.start([sys.executable, "evaluate.py", "--all", str(runs), "--jobs", "2"], env=ENV)
     process_groups.wait_for(proc, workers_started(proc, 2, "spawn_main"))
     time.sleep(0.2)  # the workers are importing (seconds)
@@ -129,3 +129,19 @@ def test_a_group_signal_while_evaluate_all_starts_its_jobs_stops_in_one_line(fou
     assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
     assert one_line_and_no_traceback(stdout, stderr, "interrupted"), stderr[-3000:]
     assert list(runs.rglob("*.results.json")) == [] and list(runs.rglob("*.tmp")) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_group_signal_during_evaluate_all_with_one_job_stops_the_batch(checkpoints, tmp_path, process_groups,
+                                                                         signum):
+    """`evaluate.py --all` with its default one job, once the first results file is written: the batch stops
+    (`interrupted`, exit code 130), not only the running evaluation (it was reported as a failure, "not evaluated:
+    interrupted", and the next checkpoints evaluated, exit code 3)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(checkpoints, runs, copy_function=os.link)
+    proc = process_groups.start([sys.executable, "evaluate.py", "--all", str(runs)], env=ENV)
+    process_groups.wait_for(proc, lambda: any(runs.rglob("*.results.json")))
+    stdout, stderr = process_groups.send(proc, signum)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert one_line_and_no_traceback(stdout, stderr, "interrupted"), stdout[-3000:] + stderr[-3000:]
+    assert len(list(runs.rglob("*.results.json"))) < 12 and list(runs.rglob("*.tmp")) == []
