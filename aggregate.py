@@ -1,7 +1,8 @@
 """Aggregate evaluation results into the study's tables and figures.
 
 Reads every `*.results.json` below a runs directory (or the original study's tidy CSV) and writes, to --out:
-summary.md (all tables in Markdown), one CSV per table, curves.png and per_class_iou.png:
+summary.md (all tables in Markdown), one CSV per table, curves.png, per_class_iou.png and viewer.html (one
+self-contained file, offline: the curves, per-class bars and tables to explore; report/viewer.py, docs/report.md):
   1. global metrics at the final epoch, mean ± 1.96·SE (the paper's interval) and ± t(0.975, n−1)·SE
   2. the same at an early epoch (default 10)
   3. per-class IoU per variant with Δ(D−A), Δ(D−B), Δ(C−B) (+ 3b: top/bottom-5 of D vs B)
@@ -31,6 +32,25 @@ from pathlib import Path
 
 from utils import UserError, atomic_write_text, parse_args_first, run_main
 from utils.cli import ArgumentParser
+from utils.console import plural
+from utils.staged_dir import staged_folder
+
+# The most bootstrap replicates: 10x the default, p-values to 2e-5. Time and memory grow with B (8·B bytes per pair
+# and metric, then percentiles over them): --bootstrap 100000000 ran for minutes before printing anything.
+MAX_BOOTSTRAP = 100_000
+
+
+FIGURE_FORMATS = ("png", "pdf", "svg")  # --format: the PNG summary.md links, and vector copies for papers
+
+
+def figure_formats(value: str) -> tuple[str, ...]:
+    """argparse type of --format: "png,pdf" -> ("png", "pdf"); an unknown format names the valid ones."""
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
+    bad = [f for f in formats if f not in FIGURE_FORMATS]
+    if bad or not formats:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad) or repr(value)}: not a figure format; valid: "
+                                         f"{', '.join(FIGURE_FORMATS)} (comma-separated, e.g. png,pdf)")
+    return formats
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,13 +66,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--band", choices=("normal", "t"), default="normal",
                    help="shaded band of the curves: mean ± 1.96·SE (normal, as the paper) or ± t(0.975, n−1)·SE")
     p.add_argument("--bootstrap", type=int, default=10_000, metavar="B", help="replicates of the paired image "
-                   "bootstrap at the final epoch (table 5b; needs *.per_image.npz beside the results); 0 = off")
+                   "bootstrap at the final epoch (table 5b; needs *.per_image.npz beside the results); 0 = off, "
+                   f"at most {MAX_BOOTSTRAP}")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's image draws")
     p.add_argument("--inference", default="whole", metavar="MODE",
                    help="the inference mode whose results make the tables (engine.inference's tag, e.g. "
                         "whole-flip-ms0.5,1,1.5; default whole, the study's protocol); modes are never mixed")
     p.add_argument("--compare-inference", default=None, metavar="MODE", help="add tables 8a/8b: each variant's "
                    "metrics and rank, and the paired Δ between variants, under --inference and under MODE")
+    p.add_argument("--format", type=figure_formats, default=("png",), metavar="FMT[,FMT...]",
+                   help="figure formats, comma-separated: png (summary.md links it; always written), pdf, svg "
+                        "(vector, for papers); default png")
+    p.add_argument("--no-html", action="store_true", help="do not write viewer.html, the interactive viewer")
     p.add_argument("--wandb", action="store_true", help="also log tables and figures to a W&B run (offline "
                    "unless logged in; WANDB_MODE is respected)")
     p.add_argument("--wandb-report", action="store_true", help="also build a W&B Report of the project's "
@@ -72,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--compare-inference {args.compare_inference}: give another mode than --inference's")
     if args.bootstrap < 0 or args.bootstrap_seed < 0:
         p.error("--bootstrap and --bootstrap-seed take integers >= 0")
+    if args.bootstrap > MAX_BOOTSTRAP:
+        p.error(f"--bootstrap {args.bootstrap}: at most {MAX_BOOTSTRAP} replicates (the default 10000 already gives "
+                "p-values to 2e-4; time and memory grow with B)")
     if args.wandb_report:  # the report shows the aggregate run's tables and figures: log them (--wandb)
         from report.wandb_report import check_entity
 
@@ -94,10 +122,13 @@ from report.inference_compare import inference_tables
 from report.load import (METRICS, Study, inference_modes, load_consensus, load_csv, load_per_image,
                          load_runs_dir)
 from report.stats import summarize
-from report.tables import (CONSENSUS_TABLE, Table, bootstrap_table, completeness_notes, consensus_table,
+from report.tables import (Table, bootstrap_table, completeness_notes, consensus_table,
                            crossover_tables, extremes_table,
                            global_metrics_table, lambda_sweep_table, per_class_table, significance_table,
-                           skipped_bootstrap_table, volatility_table)
+                           shown, skipped_bootstrap_table, volatility_table)
+from report.viewer import VIEWER_FILE, build_viewer, viewer_data
+from report.wandb_log import WANDB_DIR
+from report.wandb_report import ReportNotSaved
 
 console = Console(stderr=True)
 
@@ -141,6 +172,9 @@ def inference_comparison(study: Study, final: int, args: argparse.Namespace) -> 
 
 
 def print_table(t: Table) -> None:
+    if not t.md_rows:  # a table with nothing to show (report.tables.shown): its title and why
+        console.print(f"{t.title}: {'; '.join(t.notes)}", soft_wrap=True)
+        return
     rt = RichTable(title=t.title, title_justify="left")
     for i, h in enumerate(t.md_header):
         rt.add_column(h, justify="left" if i == 0 else "right")
@@ -151,16 +185,28 @@ def print_table(t: Table) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.out)
+    # --out gets the whole report or nothing (utils.staged_dir): it is written into a temp folder beside --out,
+    # swapped in at the end; files of an earlier report that this one lacks go, files a user put there and the
+    # W&B offline runs of earlier reports (not uploaded yet, maybe) stay
+    with staged_folder(Path(args.out), "--out", publish_on=(ReportNotSaved,), keep=(WANDB_DIR,),
+                       marker="summary.md") as out:
+        return write_report(args, out)
 
+
+def write_report(args: argparse.Namespace, out: Path) -> int:
+    """The report of `args` into the folder `out` (main's temp folder), and to W&B with --wandb."""
     # -------- load: one Record per (variant, seed, epoch), grouped by variant and λ_b schedule (report.load.Grouping:
     #          split further by λ_b for a λ_b sweep, e.g. "C λb=0.05"; a schedule is its own group, e.g. "C steal")
     source = args.from_csv or args.runs_dir
     records = load_csv(args.from_csv) if args.from_csv else load_runs_dir(args.runs_dir, args.inference)
     study = Study.from_records(records)
     early, final = pick_epochs(study, args.early_epoch, args.final_epoch)
-    console.print(f"{len(records)} results from {source}: variants {', '.join(study.groups)}, "
-                  f"seeds {', '.join(map(str, study.seeds))}, {len(study.epochs)} epochs "
+    from_history = sum(r.from_history for r in records)  # train.py's epochs without a checkpoint (load_history)
+    counted = plural(len(records) - from_history, "result") + (
+        f" (+ {plural(from_history, 'evaluated epoch')} without a checkpoint, from the runs' metrics.jsonl)"
+        if from_history else "")
+    console.print(f"{counted} from {source}: variants {', '.join(study.groups)}, "
+                  f"seeds {', '.join(map(str, study.seeds))}, {plural(len(study.epochs), 'epoch')} "
                   f"({study.epochs[0]}…{study.epochs[-1]})")
     for line in study.caveats:  # metrics from another estimator than the toolkit's (report.load.ESTIMATOR_CAVEATS)
         console.print(f"[yellow]caveat: {escape(line)}[/yellow]", soft_wrap=True)
@@ -204,83 +250,80 @@ def main(argv=None) -> int:
     trajectories = GradTrajectories(grad_logs, study.grouping) if grad_logs else None
 
     # -------- figures
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {"curves": plot_curves(study, out / "curves.png", band=args.band, mark_epoch=early)}
-    per_class = plot_per_class(study, final, out / "per_class_iou.png")
-    if per_class is not None:
+    figures = {"curves": plot_curves(study, out / "curves.png", band=args.band, mark_epoch=early,
+                                     formats=args.format)}
+    per_class = plot_per_class(study, final, out / "per_class_iou.png", formats=args.format)
+    if per_class is not None:  # None: no per-class IoU in this input (a stale figure is gone: main's staging)
         figures["per_class_iou"] = per_class
-    else:  # no per-class IoU in this input: a figure left from an earlier report would contradict summary.md
-        (out / "per_class_iou.png").unlink(missing_ok=True)
     if boot:
-        figures["bootstrap"] = plot_bootstrap(boot, out / "bootstrap.png")
-    else:
-        (out / "bootstrap.png").unlink(missing_ok=True)
+        figures["bootstrap"] = plot_bootstrap(boot, out / "bootstrap.png", formats=args.format)
     if t6 is not None:
-        figures["lambda_sweep"] = plot_lambda_sweep(study, final, out / "lambda_sweep.png", band=args.band)
-    else:
-        for stale in ("lambda_sweep.png", "table6_lambda_sweep.csv"):
-            (out / stale).unlink(missing_ok=True)
+        figures["lambda_sweep"] = plot_lambda_sweep(study, final, out / "lambda_sweep.png", band=args.band,
+                                                     formats=args.format)
     if trajectories is not None:
         keys = {**trajectories.group_keys, **study.group_keys}  # colours as in the other figures
         colors = group_colors(study.groups + [g for g in trajectories.groups if g not in keys], keys)
         figures["grad_trajectories"] = plot_grad_trajectories(trajectories, out / "grad_trajectories.png", args.band,
-                                                              colors)
+                                                              colors, formats=args.format)
         grad_table = grad_trajectory_table(trajectories)
         atomic_write_text(out / "grad_trajectories.csv", grad_table.to_csv())
-    else:
-        for stale in ("grad_trajectories.png", "grad_trajectories.csv"):
-            (out / stale).unlink(missing_ok=True)
 
     # -------- write: one CSV per table, then summary.md (every file atomically)
     for t in tables:
         atomic_write_text(out / f"{t.name}.csv", t.to_csv())
     md = ["# Loss-ablation report\n",
-          f"Source: `{source}` — {len(records)} results; variants {', '.join(study.groups)}; seeds "
+          f"Source: `{source}` — {counted}; variants {', '.join(study.groups)}; seeds "
           f"{', '.join(map(str, study.seeds))}; epochs {', '.join(map(str, study.epochs))}. Final epoch {final}, "
           f"early epoch {early if early is not None else 'n/a'}. Values in percent; Δ in percentage points (pp).\n",
           *[f"**Caveat.** {line}\n" for line in study.caveats],
           "## Data completeness\n", *[f"- {line}" for line in completeness], "",
           "## Global metrics\n", t1.to_markdown(), t2.to_markdown(),
-          "## Per-class IoU\n", t3.to_markdown(), t3b.to_markdown(), t4.to_markdown(),
-          "## Significance\n", t5.to_markdown(), t5b.to_markdown(),
-          "## Crossover\n", cross_summary.to_markdown(),
-          "<details><summary>Ranking at every epoch</summary>\n", cross_rankings.to_markdown(), "</details>\n"]
+          "## Per-class IoU\n", *(shown(t, study).to_markdown() for t in (t3, t3b, t4)),
+          "## Significance\n", *(shown(t, study).to_markdown() for t in (t5, t5b)),
+          "## Crossover\n", shown(cross_summary, study).to_markdown(),
+          "<details><summary>Ranking at every epoch</summary>\n", shown(cross_rankings, study).to_markdown(),
+          "</details>\n"]
     if t6 is not None:
         md += ["## λ_b sweep\n", t6.to_markdown()]
     if t7 is not None:
         md += ["## Consensus filter\n", t7.to_markdown()]
-    else:
-        (out / f"{CONSENSUS_TABLE}.csv").unlink(missing_ok=True)
     if t8 is not None:
         md += ["## Single-scale vs test-time augmentation\n", *(t.to_markdown() for t in t8)]
     if trajectories is not None:
         md += ["## Gradient trajectories\n",
-               f"{len(grad_logs)} run(s) with `grad_stats.jsonl`; groups {', '.join(trajectories.groups)}. Numbers "
-               "per group, statistic and epoch in `grad_trajectories.csv`.", "", *[f"- {n}" for n in grad_table.notes],
-               ""]
+               f"{plural(len(grad_logs), 'run')} with `grad_stats.jsonl`; groups {', '.join(trajectories.groups)}. "
+               "Numbers per group, statistic and epoch in `grad_trajectories.csv`.", "",
+               *[f"- {n}" for n in grad_table.notes], ""]
     md += ["## Figures\n", *[f"![{k}]({p.name})\n" for k, p in figures.items()]]
     atomic_write_text(out / "summary.md", "\n".join(md))
+    viewer = None  # report.viewer: the interactive page, one offline file (open it in a browser)
+    if not args.no_html:
+        data = viewer_data(study, tables, early=early, final=final, source=source, runs_dir=args.runs_dir,
+                           band=args.band)
+        viewer = build_viewer(data, out / VIEWER_FILE)
     print_table(t1)
-    print_table(cross_summary)
+    print_table(shown(cross_summary, study))
     if t6 is not None:
         print_table(t6)
     for t in t8 or ():
         print_table(t)
     n_csv = len(tables) + (trajectories is not None)
-    console.print(f"wrote summary.md, {n_csv} CSVs and {len(figures)} PNG(s) to {out}/")
+    kinds = "/".join(f.upper() for f in dict.fromkeys(("png", *args.format)))
+    console.print(f"wrote summary.md, {plural(n_csv, 'CSV')} and {plural(len(figures), 'figure')} ({kinds}) to "
+                  f"{args.out}/")
 
     # -------- W&B (optional)
     if args.wandb:
         from report.wandb_log import new_run_id, push_report
 
-        headline = {f"final/{g}/{m}": summarize(list(study.values(g, final, m).values())).mean
+        headline = {f"final/{g}/{study.key(m)}": summarize(list(study.values(g, final, m).values())).mean
                     for g in study.groups for m in METRICS}
         run_id = new_run_id()
         where = push_report(tables, figures, headline, project=args.wandb_project, name=args.wandb_name,
                             config={"source": str(source), "final_epoch": final, "early_epoch": early,
                                     "variants": study.groups, "seeds": study.seeds, "band": args.band},
-                            entity=args.wandb_entity, run_id=run_id)
-        console.print(f"W&B: {where}", soft_wrap=True)
+                            entity=args.wandb_entity, run_id=run_id, out_dir=out, html=viewer)
+        console.print(f"W&B: {where}".replace(str(out), args.out), soft_wrap=True)  # where it is once published
         if args.wandb_report:  # report.wandb_report: written to --out, saved when logged in (else a UserError)
             from report.wandb_report import REPORT_FILE, build_report, publish_report, report_entity, run_groups
 

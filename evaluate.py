@@ -14,10 +14,12 @@ model is rebuilt from its config.json (engine.checkpoint_eval). Full-resolution 
 default, or --slide / --flip / --scales (engine/inference.py; the mode goes into the results, and into the file
 names as <ckpt>.inference.<mode>.results.json + .per_image.npz, so the study's whole-image files stay); BF16
 autocast on CUDA; metrics as defined in `metrics/segmentation.py`, in the checkpoint config's metrics profile
-unless --metrics-profile says otherwise; the per-image statistics go to `<checkpoint>.per_image.npz`. Batch
-mode (engine.batch_eval) is resumable: a checkpoint whose results file is valid, for the same split, the same
-save of the checkpoint and the profile asked for, with its per-image file beside it, is skipped; a corrupt one
-is redone.
+unless --metrics-profile says otherwise; the per-image statistics go to `<checkpoint>.per_image.npz`, the
+predictions of --samples K val frames (default: the config's, 8) to `<checkpoint>.samples/` (engine.samples;
+their images and ground truth to RUN/samples/). Batch mode (engine.batch_eval) is resumable: a checkpoint whose
+results file is valid, for the same split, the same save of the checkpoint and the profile asked for, with its
+per-image file beside it, is skipped (its missing prediction samples are filled in, only the sample frames going
+through the model); a corrupt one is redone.
 
 Exit status: `utils.run_main`'s. 0: done; 3 (EXIT_PARTIAL_FAILURE): --all evaluated the others, but some
 checkpoint could not be evaluated (corrupt weights, a config that does not match them: listed at the end);
@@ -38,7 +40,8 @@ from engine.inference_flags import add_inference_flags, inference_kwargs
 from metrics.consensus import REASSIGN_MODES
 from metrics.keys import PROFILES
 from utils.cli import ArgumentParser
-from utils.fileio import EXIT_PARTIAL_FAILURE, RenamedFlag, parse_args_first, run_main
+from utils.fileio import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, make_output_dir, parse_args_first, run_main,
+                          user_message)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="estimators of Boundary F1 and Trimap IoU (docs/metrics.md; default: the checkpoint "
                              "config's metrics_profile)")
     parser.add_argument("--force", action="store_true", help="--all: re-evaluate checkpoints with valid results too")
+    parser.add_argument("--samples", type=int, default=None, metavar="K",
+                        help="keep the predictions of K val frames beside the results (<ckpt>.samples/; 0 = none; "
+                             "default: the checkpoint config's, 8); --all fills in missing ones")
     add_data_source_flags(parser, ("data_root", "hf_dataset"), from_checkpoint=True)  # e.g. after moving the data
     add_inference_flags(parser)  # results of another mode than whole go to <ckpt>.inference.<mode>.results.json
     consensus = parser.add_argument_group("consensus filter (metrics.consensus.cc_veto; docs/report.md)")
@@ -106,9 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.split in UNLABELLED_SPLITS and args.save_predictions is None:
         parser.error(f"split {args.split!r} has no real labels, so no metrics: add --save-predictions DIR")
     for name in ("jobs", "batch_size", "num_workers"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "num_workers" else 1):
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+        value, lowest = getattr(args, name), 0 if name == "num_workers" else 1  # 0 workers: load in the main process
+        if value is not None and value < lowest:
+            parser.error(f"--{name.replace('_', '-')} must be >= {lowest}, got {value}")
+    if args.samples is not None and args.samples < 0:
+        parser.error(f"--samples must be >= 0 (0: none), got {args.samples}")
     return args
 
 
@@ -127,16 +135,17 @@ if __name__ == "__main__":
     parse_args_first(parse_args, check_paths)
 
 from rich.console import Console
-from rich.progress import Progress
 
 from engine.batch_eval import evaluate_all, find_checkpoints, pending_reason
-from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint
+from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint, fill_samples, samples_pending
 from engine.consensus import consensus_pairings, consensus_table, evaluate_consensus_pair
 from engine.inference import Inference
 from engine.results import batch_table, checkpoint_table
 from engine.results_format import consensus_path, inference_path
+from engine.samples import samples_dir
 from metrics.per_image import PER_IMAGE_SUFFIX
-from utils.console import progress_columns
+from utils.bars import Bars
+from utils.console import plural, progress_columns
 from utils.dirlock import folder_lock
 from utils.signals import sigterm_as_ctrl_c
 
@@ -152,6 +161,8 @@ def run_one(args, options: EvalOptions, console: Console) -> int:
     from accelerate import Accelerator
     accelerator = Accelerator()
     writes_results = accelerator.is_main_process and args.checkpoint.is_dir() and args.split not in UNLABELLED_SPLITS
+    if accelerator.is_main_process and args.save_predictions is not None:  # read-only, a file: one line, before work
+        make_output_dir(args.save_predictions, "--save-predictions")
     with ExitStack() as stack:
         if writes_results:
             lock_runs(stack, [args.checkpoint])  # the folder --all locks too
@@ -163,8 +174,10 @@ def run_one(args, options: EvalOptions, console: Console) -> int:
         else:
             console.print(checkpoint_table(record))
             tag = options.inference.tag
+            samples = samples_dir(inference_path(args.checkpoint, tag))
             console.print(f"wrote {inference_path(args.checkpoint, tag)} and "
-                          f"{inference_path(args.checkpoint, tag, PER_IMAGE_SUFFIX).name} (metrics profile "
+                          f"{inference_path(args.checkpoint, tag, PER_IMAGE_SUFFIX).name}"
+                          f"{f' and {samples.name}/' if samples.is_dir() else ''} (metrics profile "
                           f"{record['metrics_profile']}, inference {tag})", soft_wrap=True)
             if args.save_predictions:
                 console.print(f"wrote predictions to {args.save_predictions}")
@@ -176,13 +189,17 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
     checkpoints = find_checkpoints(args.all)
     todo = [c for c in checkpoints
             if args.force or pending_reason(c, args.split, args.metrics_profile, options.inference.tag) is not None]
-    console.print(f"{len(checkpoints)} checkpoints under {args.all}: {len(checkpoints) - len(todo)} already "
-                  f"evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with {args.jobs} "
-                  "job(s)", soft_wrap=True)
+    console.print(f"{plural(len(checkpoints), 'checkpoint')} under {args.all}: {len(checkpoints) - len(todo)} "
+                  f"already evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with "
+                  f"{plural(args.jobs, 'job')}", soft_wrap=True)
+    fill = [c for c in checkpoints if c not in todo and samples_pending(c, options)]
+    if fill:
+        console.print(f"{len(fill)} of the evaluated checkpoints lack their prediction samples: filling them in "
+                      "(only the sample frames go through the model)", soft_wrap=True)
     done, failures = [], []
     with ExitStack() as stack:
-        lock_runs(stack, todo)
-        bar = stack.enter_context(Progress(*progress_columns(), console=console))
+        lock_runs(stack, todo + fill)
+        bar = stack.enter_context(Bars(*progress_columns(), console=console))
         outcomes = stack.enter_context(closing(evaluate_all(todo, options, args.jobs)))  # closed on Ctrl-C
         task = bar.add_task("checkpoints", total=len(todo))
         for ckpt, record, error in outcomes:
@@ -192,14 +209,33 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
                 failures.append((ckpt, error))
                 bar.console.print(f"[red]failed[/red] {ckpt}: {error}", soft_wrap=True)
             bar.advance(task)
+        failures += fill_all_samples(fill, options, bar)
     if done:
         console.print(batch_table(sorted(done, key=lambda r: r["checkpoint"]), args.all))
     if failures:
-        console.print(f"[red]{len(failures)} checkpoint(s) could not be evaluated:[/red]")
+        console.print(f"[red]{plural(len(failures), 'checkpoint')} could not be evaluated:[/red]")
         for ckpt, error in failures:
             console.print(f"  {ckpt}: {error}", soft_wrap=True)
         return EXIT_PARTIAL_FAILURE
     return 0
+
+
+def fill_all_samples(checkpoints, options: EvalOptions, bar: Bars) -> list[tuple]:
+    """--all: write the missing prediction samples of checkpoints with valid results (engine.checkpoint_eval.
+    fill_samples, in this process); returns the failures as (checkpoint, one-line error)."""
+    if not checkpoints:
+        return []
+    from accelerate import Accelerator
+    accelerator, failures = Accelerator(), []
+    task = bar.add_task("prediction samples", total=len(checkpoints))
+    for ckpt in checkpoints:
+        try:
+            fill_samples(ckpt, options, accelerator)
+        except UserError as e:
+            failures.append((ckpt, user_message(e)))
+            bar.console.print(f"[red]failed[/red] {ckpt}: {user_message(e)}", soft_wrap=True)
+        bar.advance(task)
+    return failures
 
 
 def run_consensus(args, options: EvalOptions, console: Console) -> int:

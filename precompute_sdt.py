@@ -7,10 +7,12 @@
 Each frame's label (a Cityscapes labelIds PNG, or an HF dataset row: the same flags as train.py) is mapped to
 train ids and turned into an int8 (C, H, W) map, C = the dataset's class count, by
 `data_utils.sdt.compute_sdt` (definition in data_utils/sdt.py); the file `<out>/<city>/<name>.sdt` is written to
-a temp file, fsync'ed and renamed, so a crash never leaves a file that reads as valid. Rerunning skips
-files that pass every check (header, shape, clip, length, CRC32) and redoes missing, partial or corrupt
-ones; temp files left by a killed run are deleted first (a second precompute on the same --out folder
-stops at once, naming the first one's PID: `utils.dirlock`).
+a temp file, fsync'ed and renamed, so a crash never leaves a file that reads as valid. The header records a
+fingerprint of the labels (`data_utils.sdt_cache.label_fingerprint`), so training refuses a cache made from
+other labels. Rerunning skips files that pass every check (header, shape, clip, length, CRC32, the label
+fingerprint: each label is decoded) and redoes missing, partial, corrupt, stale or version-1 ones; temp files
+left by a killed run are deleted first (a second precompute on the same --out folder stops at once, naming the
+first one's PID: `utils.dirlock`).
 `--verify` writes nothing: it recomputes every map and compares it with the cache, and lists the frames that
 differ or whose file is bad. `--compress` stores zlib-compressed row deltas (lossless, ~75x smaller on real
 Cityscapes frames, ~17x on the synthetic demo, but decoded into memory instead of memory-mapped).
@@ -63,13 +65,13 @@ if __name__ == "__main__":
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
 
 from data_utils.sdt import compute_sdt
 from data_utils.sdt_cache import inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
 from utils.conventions import SDT_CLIP
 from data_utils.source import DataSource
-from utils.console import progress_columns
+from utils.bars import Bars
+from utils.console import plural, progress_columns
 from utils.dirlock import folder_lock
 from utils.signals import sigterm_as_ctrl_c, stoppable_pool
 
@@ -88,15 +90,16 @@ def precompute_one(task: tuple[int, str, bool, bool]) -> tuple[str, int, int]:
     """Worker: make one cache file unless a valid one exists. Returns (status, file bytes, raw int8 bytes)."""
     index, out_path, compress, overwrite = task
     num_classes = _FRAMES.classes.num_classes
+    labels = _FRAMES.read_label(index)  # also for a file that exists: its label fingerprint must match
     if not overwrite and os.path.exists(out_path):
         try:
-            info = inspect_sdt_file(out_path, (num_classes, *_FRAMES.label_size(index)), expected_clip=SDT_CLIP)
+            info = inspect_sdt_file(out_path, (num_classes, *labels.shape), expected_clip=SDT_CLIP, labels=labels)
             return "skipped", os.path.getsize(out_path), int(np.prod(info.shape))
         except UserError:
-            pass  # partial, corrupt or stale: redo it
-    sdt = compute_sdt(_FRAMES.read_label(index), num_classes=num_classes, clip=SDT_CLIP)
+            pass  # partial, corrupt, an older format or made from other labels: redo it
+    sdt = compute_sdt(labels, num_classes=num_classes, clip=SDT_CLIP)
     try:
-        size = write_sdt_file(out_path, sdt, clip=SDT_CLIP, compress=compress)
+        size = write_sdt_file(out_path, sdt, labels=labels, clip=SDT_CLIP, compress=compress)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"{out_path}: cannot write the SDT file ({e.strerror or e}); pass a writable "
@@ -140,7 +143,7 @@ def run_with_progress(fn, tasks: list, jobs: int, description: str, frames):
         else:
             _set_frames(frames)
             results = map(fn, tasks)
-        bar = stack.enter_context(Progress(*progress_columns(), console=Console(stderr=True)))
+        bar = stack.enter_context(Bars(*progress_columns(), console=Console(stderr=True)))
         task_id = bar.add_task(description, total=len(tasks))
         yield (bar.advance(task_id) or result for result in results)
 
@@ -167,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         if len(problems) > MAX_PROBLEM_LINES:
             console.print(f"... and {len(problems) - MAX_PROBLEM_LINES} more")
-        console.print(f"verified {len(tasks)} frames of '{args.split}' in {out}: {len(problems)} with problems "
-                      f"({time.perf_counter() - start:.1f} s)", soft_wrap=True)
+        console.print(f"verified {plural(len(tasks), 'frame')} of '{args.split}' in {out}: {len(problems)} with "
+                      f"problems ({time.perf_counter() - start:.1f} s)", soft_wrap=True)
         return EXIT_PARTIAL_FAILURE if problems else 0
 
     # 2b) Write missing or invalid files, skip valid ones: one precompute per cache folder (out/.lock), so the
@@ -188,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     # 3) Summary: time and bytes.
     seconds = time.perf_counter() - start
     console.print(f"{args.split}: {counts['written']} written, {counts['skipped']} already valid, {stale} stale "
-                  f"temp files removed; {seconds:.1f} s with {args.jobs} processes", soft_wrap=True)
-    console.print(f"wrote {human_bytes(written_bytes)}; {out} holds {human_bytes(cache_bytes)} for {len(tasks)} "
-                  f"frames (raw int8: {human_bytes(raw_bytes)}, {raw_bytes / max(cache_bytes, 1):.1f}x smaller)",
+                  f"temp files removed; {seconds:.1f} s with {plural(args.jobs, 'process', 'processes')}",
+                  soft_wrap=True)
+    console.print(f"wrote {human_bytes(written_bytes)}; {out} holds {human_bytes(cache_bytes)} for "
+                  f"{plural(len(tasks), 'frame')} (raw int8: {human_bytes(raw_bytes)}, "
+                  f"{raw_bytes / max(cache_bytes, 1):.1f}x smaller)",
                   soft_wrap=True)
     return 0
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from engine.checkpoint_paths import resolve_checkpoint
 from engine.inference_flags import add_inference_flags, inference_kwargs, pair
 from utils.cli import ArgumentParser
+from utils.console import plural
 from utils.fileio import EXIT_PARTIAL_FAILURE, parse_args_first, run_main
 
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     if accelerator.is_main_process:
         make_output_dir(args.out, "--out")
-        console.print(f"{len(inputs)} images, {ckpt}, inference {args.inference.tag}", soft_wrap=True)
+        console.print(f"{plural(len(inputs), 'image')}, {ckpt}, inference {args.inference.tag}", soft_wrap=True)
     accelerator.wait_for_everyone()
     report = predict_images(ckpt, inputs, args.out, args.inference, accelerator, batch_size=args.batch_size,
                             num_workers=args.num_workers, gt_dir=args.gt, console=console)
@@ -120,16 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PARTIAL_FAILURE if failures else 0  # every process exits alike
     if args.gt is not None:
         write_metrics(metrics, args.out / METRICS_FILE)
-        console.print(f"{len(metrics)} images had ground truth: metrics in {args.out / METRICS_FILE}")
+        console.print(f"{plural(len(metrics), 'image')} had ground truth: metrics in {args.out / METRICS_FILE}")
         if without_gt:
-            console.print(f"note: no label in {args.gt} for {len(without_gt)} images, e.g. {without_gt[0]} (looked "
-                          "for <frame>_gtFine_labelIds.png, <frame>_gtFine_labelTrainIds.png, <stem>.png)",
+            console.print(f"note: no label in {args.gt} for {plural(len(without_gt), 'image')}, e.g. {without_gt[0]} "
+                          "(looked for <frame>_gtFine_labelIds.png, <frame>_gtFine_labelTrainIds.png, <stem>.png)",
                           soft_wrap=True)
-    console.print(f"wrote the outputs of {written} images to {args.out}")
+    console.print(f"wrote the outputs of {plural(written, 'image')} to {args.out}")
     if failures:
         listed = "; ".join(f"{path}: {error}" for path, error in failures[:5])
         more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
-        console.print(f"[red]{len(failures)} of {len(inputs)} images failed:[/red] {escape(listed)}{more}",
+        console.print(f"[red]{len(failures)} of {plural(len(inputs), 'image')} failed:[/red] {escape(listed)}{more}",
                       soft_wrap=True)
         return EXIT_PARTIAL_FAILURE
     return 0

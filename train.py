@@ -9,7 +9,8 @@ Reads top to bottom: config -> Accelerator -> resume checks -> data, model, loss
 (engine.setup.build_training) -> resume -> epoch loop (train, evaluate, log, checkpoint) -> end_training;
 then the micro-step (`train_micro_step`: forward, loss, backward, optimizer step). The logic lives in the
 packages; what is here is the order of things. Output: RUN/config.json, RUN/metrics.jsonl (one line per epoch),
-RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json, epoch_XXXX.per_image.npz) with RUN = --out or
+RUN/checkpoints/epoch_XXXX/ (+ epoch_XXXX.results.json, epoch_XXXX.per_image.npz, epoch_XXXX.samples/: the
+predictions of --samples val frames, whose images and ground truth are in RUN/samples/) with RUN = --out or
 runs/<dataset>/<backbone>/<run name> (engine.config.TrainConfig.run_dir).
 """
 from __future__ import annotations
@@ -26,22 +27,25 @@ if __name__ == "__main__":
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from engine.checkpoint import (TrainingProgress, checkpoint_path, find_resumable_checkpoint,
                                read_meta, register_checkpoint_hooks, resume_checkpoint, resume_from, save_checkpoint)
 from engine.evaluation import evaluate_model
 from engine.results import metrics_table, results_path, write_results
+from engine.sample_eval import shared_sample_names, write_sample_predictions
+from engine.samples import SampleSink
 from engine.schedule import get_lr
 from engine.setup import build_accelerator, build_training, configure_torch, ensure_demo_data, with_class_table
 from engine.steps import LossReading, StepState, augmentation_seed, device_batch
-from engine.tracking import finish_wandb, init_wandb, prediction_overlays, sigterm_as_ctrl_c, val_metrics_row
+from engine.tracking import (evaluation_media, finish_wandb, init_wandb, log_checkpoint_artifact, sigterm_as_ctrl_c,
+                             step_row, val_metrics_row)
 from losses.gradients import GradStatsLog, term_gradient_stats
 from metrics.keys import val_key
 from metrics.registry import METRICS
-from utils.console import progress_columns
-from utils.dirlock import discard_unused, folder_lock
+from utils.bars import Bars
+from utils.console import plural, progress_columns
+from utils.dirlock import discard_unused, folder_lock, missing_folders
 from utils.jsonl import EpochJsonl
 
 # The loop's own bookkeeping does not make the host wait for the device each step: the loss terms and the
@@ -54,11 +58,12 @@ HOST_READ_EVERY = 20
 def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------------------------------ config
     cfg, require_resume = parse_args(argv)
+    check_paths(cfg)  # as parse_args_first does before the imports (main() may be called in-process)
 
     # ------------------------------------------------------------------------------------- accelerator
     accelerator = build_accelerator(cfg)  # + torch.compile on CUDA (cfg.compile), non-blocking batch copies
     # One run per run dir: the main process holds RUN/.lock until it ends (a kill -9 releases it too).
-    created = not cfg.run_dir.exists()
+    created = missing_folders(cfg.run_dir)  # the run dir and the parents --out creates
     if accelerator.is_main_process:
         make_output_dir(cfg.run_dir, "--out")  # a read-only or blocked --out: one line, before any work
     try:
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return train(cfg, require_resume, accelerator)
     except BaseException:
         if created and accelerator.is_main_process:
-            discard_unused(cfg.run_dir)  # an input error leaves no run dir behind
+            discard_unused(cfg.run_dir, created[1:])  # an input error leaves no run dir (nor its new parents)
         raise
 
 
@@ -84,7 +89,8 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     # Resume from the run dir's newest complete state, if any; refuse to mix two different runs in one dir.
     resume_ckpt, finished = resume_checkpoint(cfg, accelerator.num_processes, require=require_resume)
     if finished:
-        console.print(f"{run_dir}: already trained for {cfg.epochs} epochs ({resume_ckpt.name}); nothing to do")
+        console.print(f"{run_dir}: already trained for {plural(cfg.epochs, 'epoch')} ({resume_ckpt.name}); nothing "
+                      "to do")
         return 0
     if resume_ckpt is not None:  # another --epochs extends the run: say how
         note = extension_note(load_config(resume_ckpt / "config.json"), cfg, read_meta(resume_ckpt)["epoch"])
@@ -96,10 +102,13 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     state, train_loader, val_loader = training.step, training.train_loader, training.val_loader
     model, loss_fn = state.model, state.loss_fn
     train_dataset, val_dataset = train_loader.dataset, val_loader.dataset
-    console.print(f"checked the {training.frames_checked} frames of {cfg.train_split} and {cfg.val_split} (headers; "
-                  f"val label ids) in {training.check_seconds:.1f} s")
+    console.print(f"checked the {plural(training.frames_checked, 'frame')} of {cfg.train_split} and {cfg.val_split} "
+                  f"(headers; val label ids) in {training.check_seconds:.1f} s")
     if accelerator.is_main_process:  # only now: an input error above leaves nothing in the run dir
         save_config(cfg, run_dir / "config.json")
+    # the val frames whose predictions are kept with each checkpoint's results (RUN/samples/, engine.samples)
+    sample_names = shared_sample_names(accelerator, run_dir, val_dataset, cfg.val_split, cfg.samples,
+                                       presence=training.val_class_presence, num_workers=cfg.num_workers)
 
     # ------------------------------------------------------------------------------------------ resume
     progress = TrainingProgress()  # epoch and optimizer step, saved inside the accelerate state
@@ -116,11 +125,12 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     if cfg.wandb:
         wandb_run_id = init_wandb(accelerator, cfg, run_dir, wandb_run_id)
     console.print(f"{cfg.run_name}: {cfg.backbone} + {cfg.head}, loss {loss_fn}, {len(train_dataset)} train / "
-                  f"{len(val_dataset)} val frames, {accelerator.num_processes} process(es) on "
-                  f"{accelerator.device.type}, {training.steps_per_epoch} optimizer steps/epoch, run dir {run_dir}")
+                  f"{plural(len(val_dataset), 'val frame')}, "
+                  f"{plural(accelerator.num_processes, 'process', 'processes')} on {accelerator.device.type}, "
+                  f"{plural(training.steps_per_epoch, 'optimizer step')}/epoch, run dir {run_dir}")
 
     # ------------------------------------------------------------------------------------------- train
-    bars = Progress(*progress_columns(info=True), console=console, disable=not accelerator.is_main_process)
+    bars = Bars(*progress_columns(info=True), console=console, disable=not accelerator.is_main_process)
     epoch_bar = bars.add_task("epochs", total=cfg.epochs, completed=progress.epoch, info="")
     step_bar = bars.add_task("steps", total=len(train_loader), info="")
     epoch = progress.epoch
@@ -153,10 +163,15 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                     progress.step += 1
                 num_images += images.shape[0] * accelerator.num_processes
                 bars.advance(step_bar)
-                if (batch_index + 1) % HOST_READ_EVERY == 0 or batch_index + 1 == len(train_loader):
-                    reading = loss_log.read()  # the one host sync, every HOST_READ_EVERY micro-steps
+                # W&B's per-step row every log_every optimizer steps: the terms' means since the previous one
+                log_step = bool(cfg.wandb and cfg.log_every and accelerator.sync_gradients
+                                and progress.step % cfg.log_every == 0)
+                if (batch_index + 1) % HOST_READ_EVERY == 0 or batch_index + 1 == len(train_loader) or log_step:
+                    reading = loss_log.read()  # the one host sync, every HOST_READ_EVERY micro-steps (and W&B row)
                     check_nonfinite(reading, progress, cfg, console)  # raises past --max-nonfinite
                     bars.update(step_bar, info=f"mean loss {reading.means['loss']:.4f}  lr {lr:.2e}")
+                if log_step:
+                    accelerator.log(step_row(progress.step, lr, loss_log.interval_means()))
             train_seconds = time.perf_counter() - epoch_start  # the last read waited for the device
 
             # One dict per epoch: appended to metrics.jsonl and sent unchanged to W&B.
@@ -179,19 +194,21 @@ def train(cfg, require_resume: bool, accelerator) -> int:
             save_now = progress.epoch % cfg.checkpoint_every == 0 or is_last
             if progress.epoch % cfg.eval_every == 0 or is_last or save_now:
                 eval_start = time.perf_counter()
-                metrics = evaluate_model(model, val_loader, accelerator, metrics_profile=cfg.metrics_profile)
+                samples = SampleSink(sample_names)  # samples.predictions: {name: (H, W) uint8} of this process
+                metrics = evaluate_model(model, val_loader, accelerator, metrics_profile=cfg.metrics_profile,
+                                         on_predictions=samples if sample_names else None)
                 row.update(val_metrics_row(metrics))  # val/miou, val/boundary_f1, ..., val/iou/<class>
                 row[val_key("seconds")] = time.perf_counter() - eval_start
-            overlays = {}
+            media = {}  # W&B only: the per-class table and the sample images of this evaluation
+            log_media = cfg.wandb and val_key("miou") in row
+            predictions = samples.gather(accelerator) if log_media and cfg.log_images and sample_names else {}
             if accelerator.is_main_process:
                 if grad_log is not None:
                     row.update(grad_log.epoch_means(progress.epoch))  # grad_norm/..., grad_cos/...: epoch means
                 history.append(row)
-                if cfg.wandb and cfg.log_images and val_key("miou") in row:
-                    overlays[val_key("predictions")] = prediction_overlays(  # eager: no compile for a few frames
-                        accelerator.unwrap_model(model, keep_torch_compile=False), val_dataset, cfg.log_images,
-                        accelerator.device)
-            accelerator.log({**row, **overlays}, step=progress.epoch)
+                if log_media:
+                    media = evaluation_media(metrics, run_dir, predictions, cfg.log_images, console)
+            accelerator.log({**row, **media})  # W&B's x-axis: the row's "epoch" (engine.tracking.define_axes)
             console.print(epoch_summary(row, cfg.epochs))
 
             if save_now:
@@ -199,13 +216,21 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                 if accelerator.is_main_process:
                     write_results(results_path(ckpt), metrics, cfg=cfg, epoch=progress.epoch, checkpoint=ckpt,
                                   split=cfg.val_split, seconds=row[val_key("seconds")])
+                if sample_names:  # every process: the sample's predictions are gathered
+                    write_sample_predictions(results_path(ckpt), cfg.val_split, samples, accelerator,
+                                             val_dataset.classes.palette)
             bars.update(epoch_bar, completed=progress.epoch)
+        if cfg.wandb and cfg.wandb_artifacts and accelerator.is_main_process:  # the final checkpoint, uploaded
+            log_checkpoint_artifact(accelerator, cfg, checkpoint_path(run_dir, cfg.epochs))
     except KeyboardInterrupt:  # Ctrl-C: one line, the W&B run closed as failed, the shell's code for Ctrl-C
-        bars.stop()
+        bars.clear()
         finish_wandb(accelerator, exit_code=EXIT_INTERRUPTED)
         console.print(f"interrupted at epoch {epoch + 1}, optimizer step {progress.step}; the same command resumes "
                       f"from {find_resumable_checkpoint(run_dir) or 'the start (no checkpoint yet)'}")
         return EXIT_INTERRUPTED
+    except BaseException:
+        bars.clear()  # an error line follows: no stale bars above it
+        raise
     finally:
         bars.stop()
         accelerator.end_training()
@@ -279,11 +304,13 @@ def check_nonfinite(reading: LossReading, progress: TrainingProgress, cfg, conso
     where = f"optimizer step {step} (epoch {epoch}, batch {batch_index})"
     report = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
     if progress.nonfinite_skipped > cfg.max_nonfinite:
-        raise UserError(f"non-finite loss at {where}: {report} ({progress.nonfinite_skipped} non-finite "
-                        f"micro-batch(es) so far); last good checkpoint: "
+        raise UserError(f"non-finite loss at {where}: {report} ("
+                        f"{plural(progress.nonfinite_skipped, 'non-finite micro-batch', 'non-finite micro-batches')} "
+                        f"so far); last good checkpoint: "
                         f"{find_resumable_checkpoint(cfg.run_dir) or 'none'}. Lower --lr, or allow skipping "
                         f"with --max-nonfinite K ({cfg.max_nonfinite} now)")
-    console.print(f"[yellow]skipped {reading.num_bad} micro-batch(es) with a non-finite loss, the first at "
+    console.print(f"[yellow]skipped {plural(reading.num_bad, 'micro-batch', 'micro-batches')} with a non-finite loss, "
+                  f"the first at "
                   f"{where}: {report} ({progress.nonfinite_skipped}/{cfg.max_nonfinite})")
 
 

@@ -62,7 +62,7 @@ def prepare_sdt_cache(data_root: Path, cache_dir: Path, compress: bool = False) 
             os.link(done[inode], out)
             continue
         train_ids = read_train_ids(record["label_path"])
-        write_sdt_file(out, compute_sdt(train_ids, CITYSCAPES.num_classes), compress=compress)
+        write_sdt_file(out, compute_sdt(train_ids, CITYSCAPES.num_classes), labels=train_ids, compress=compress)
         done[inode] = out
     return cache_dir
 

@@ -137,7 +137,7 @@ def bench_cache(label: np.ndarray, demo_frames: int) -> None:
         print(f"cache files, one real {label.shape[0]}x{label.shape[1]} frame (raw int8 {sdt.nbytes / 2**20:.1f} MiB):")
         for compress in (False, True):
             path = tmp / f"frame_{compress}.sdt"
-            t_write, size = wall_time(lambda: write_sdt_file(path, sdt, compress=compress), 1)
+            t_write, size = wall_time(lambda: write_sdt_file(path, sdt, labels=label, compress=compress), 1)
             t_read, loaded = wall_time(lambda: np.array(read_sdt_file(path, expected_shape=sdt.shape)), 3)
             assert np.array_equal(loaded, sdt)
             print(f"  {'zlib row deltas' if compress else 'raw (memory-mapped)':22s} {size / 2**20:8.2f} MiB "
@@ -145,9 +145,10 @@ def bench_cache(label: np.ndarray, demo_frames: int) -> None:
         root = generate_dataset(tmp / "demo", num_train=demo_frames, num_val=0, progress=False)
         raw = packed = 0
         for png in sorted(root.rglob("*_gtFine_labelIds.png")):
-            sdt = compute_sdt(read_train_ids(str(png)), C)
+            train_ids = read_train_ids(str(png))
+            sdt = compute_sdt(train_ids, C)
             raw += sdt.nbytes
-            packed += write_sdt_file(tmp / "demo.sdt", sdt, compress=True)
+            packed += write_sdt_file(tmp / "demo.sdt", sdt, labels=train_ids, compress=True)
         print(f"  synthetic demo data ({demo_frames} frames 256x512): raw {raw / 2**20:.1f} MiB, "
               f"compressed {packed / 2**20:.2f} MiB ({raw / packed:.1f}x smaller)\n")
 

@@ -28,6 +28,7 @@ import datasets
 from data_utils.layout import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, LABEL_SUFFIX, image_path, label_path
 from data_utils.paths import resolve_data_root  # noqa: F401 (re-exported)
 from utils import UserError
+from utils.bars import no_datasets_bars
 
 FEATURES = datasets.Features(
     {
@@ -154,5 +155,6 @@ def load_split(data_root: str | os.PathLike | None, split: str,
         ('frankfurt_000000_000294', 500)
     """
     builder = CityscapesBuilder(data_root=data_root, splits=(split,), cache_dir=cache_dir)
-    builder.download_and_prepare()
+    with no_datasets_bars():  # "Generating val split: ..." for a file list built in a second
+        builder.download_and_prepare()
     return builder.as_dataset(split=split)

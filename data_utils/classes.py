@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from utils import UserError
+from utils.console import plural
 from utils.conventions import IGNORE_INDEX  # re-exported: the class tables' ignore train id
 
 
@@ -82,12 +83,12 @@ class ClassTable:
         if duplicates:
             raise UserError(f"{self.source}: class names {duplicates} appear twice; give every class its own name")
         if len(names) >= IGNORE_INDEX:
-            raise UserError(f"{self.source}: {len(names)} classes; at most {IGNORE_INDEX - 1} fit uint8 label maps "
-                            f"with {IGNORE_INDEX} = ignore")
+            raise UserError(f"{self.source}: {plural(len(names), 'class', 'classes')}; at most {IGNORE_INDEX - 1} fit "
+                            f"uint8 label maps with {IGNORE_INDEX} = ignore")
         palette = tuple(_colour(c, self.source) for c in self.palette) or default_palette(len(names))
         if len(palette) != len(names):
-            raise UserError(f"{self.source}: {len(palette)} palette colours for {len(names)} classes; give one "
-                            "colour per class or none")
+            raise UserError(f"{self.source}: {plural(len(palette), 'palette colour')} for "
+                            f"{plural(len(names), 'class', 'classes')}; give one colour per class or none")
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "palette", palette)
         # lut[v] = train id of raw value v; -1 = a value the dataset's label maps must not hold
@@ -111,27 +112,31 @@ class ClassTable:
     def palette_hex(self) -> tuple[str, ...]:
         return tuple(f"#{r:02x}{g:02x}{b:02x}" for r, g, b in self.palette)
 
-    def to_train_ids(self, label: np.ndarray, where: str, fix: str) -> np.ndarray:
+    def to_train_ids(self, label: np.ndarray, where: str, fix: str, shift: int = 0) -> np.ndarray:
         """A raw (H, W) label map -> uint8 train ids (ignore = 255).
 
         Raises UserError naming `where` (the file or dataset row) for a value that is neither a class nor ignore
-        (after the id map, for label-id datasets); `fix` says what to do about it.
+        (after the id map, for label-id datasets); `fix` says what to do about it. `shift`: the map holds the
+        stored values minus `shift` (--reduce-labels: 1, `data_utils.hf.reduce_labels_`); messages quote the
+        values as stored, and the class indices they stand for (1..N with --reduce-labels).
         """
         label = np.asarray(label)
         if label.dtype != np.uint8:
             low, high = (int(label.min()), int(label.max())) if label.size else (0, 0)
             if low < 0 or high > 255:
-                raise UserError(f"{where}: label value {low if low < 0 else high} does not fit a uint8 label map "
-                                f"({self.num_classes} classes, {IGNORE_INDEX} = ignore); {fix}")
+                raise UserError(f"{where}: label value {(low if low < 0 else high) + shift} does not fit a uint8 "
+                                f"label map ({self.num_classes} classes, {IGNORE_INDEX} = ignore); {fix}")
             label = label.astype(np.uint8)
         train_ids = self._lut[label]
         bad = train_ids < 0
         if bad.any():
-            values = sorted(set(np.unique(label[bad]).tolist()))[:5]
+            values = sorted(v + shift for v in set(np.unique(label[bad]).tolist()))[:5]
             if self.id_to_train_id is not None:
                 raise UserError(f"{where}: label ids {values} are not in the {self.source} table; {fix}")
-            raise UserError(f"{where}: label values {values} are neither class indices 0..{self.num_classes - 1} "
-                            f"({self.num_classes} classes in {self.source}) nor ignore ({IGNORE_INDEX}); {fix}")
+            unlabelled = " (0 = unlabelled: --reduce-labels)" if shift else ""
+            raise UserError(f"{where}: label values {values} are neither class indices {shift}.."
+                            f"{self.num_classes - 1 + shift}{unlabelled} ({self.num_classes} classes in {self.source}) "
+                            f"nor ignore ({IGNORE_INDEX}); {fix}")
         return train_ids.astype(np.uint8)
 
     def colorize(self, train_ids: np.ndarray) -> np.ndarray:
@@ -150,6 +155,12 @@ class ClassTable:
             if label_id >= 0:
                 inverse[train_id] = label_id  # the smallest label id of each train id wins
         return inverse[np.asarray(train_ids, dtype=np.uint8)]
+
+
+def class_presence(train_ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) bool: which classes 0..C-1 the label map `train_ids` (uint8 (H, W), 255 = ignore) holds."""
+    counts = np.bincount(np.asarray(train_ids, dtype=np.uint8).ravel(), minlength=256)
+    return counts[:num_classes] > 0
 
 
 def names_from_json(data, where: str) -> tuple[list[str], list]:

@@ -28,6 +28,7 @@ Image path choices:
 from __future__ import annotations
 
 import multiprocessing
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,10 +42,11 @@ except ImportError:  # requirements.txt installs it; without it PIL decodes ever
     pyspng = None
 
 from data_utils.augment import BatchAugment, normalize
-from data_utils.classes import IGNORE_INDEX, ClassTable
+from data_utils.classes import IGNORE_INDEX, ClassTable, class_presence
 from data_utils.labels import CITYSCAPES
 from data_utils.options import DATASET_SDT_SOURCES
 from utils import UserError
+from utils.console import plural
 from utils.conventions import SDT_CLIP
 from utils.signals import stoppable_pool
 
@@ -163,49 +165,64 @@ def _label_fix(classes: ClassTable) -> str:
     return f"list every class in the classes file ({classes.source}) or fix the label PNG"
 
 
-def check_frame(image_path: str, label_path: str, classes: ClassTable = CITYSCAPES, decode_label: bool = False) -> None:
+def check_frame(image_path: str, label_path: str, classes: ClassTable = CITYSCAPES,
+                decode_label: bool = False) -> np.ndarray | None:
     """What `read_frame` would refuse, found without decoding the image: both PNG headers (mode, size),
-    and with `decode_label` the label's values too. Raises the same UserErrors as `read_frame`."""
+    and with `decode_label` the label's values too (then returned: (H, W) uint8 train ids). Raises the same
+    UserErrors as `read_frame`."""
     with _open_png(image_path, decode=False) as image, _open_png(label_path, decode=False) as label:
         _check_image_mode(image_path, image.mode)
         _check_label_mode(label_path, label.mode)
         _check_same_size(image_path, label_path, image.size, label.size)
-    if decode_label:
-        read_train_ids(label_path, classes)
+    return read_train_ids(label_path, classes) if decode_label else None
 
 
 _CHECKED = None  # the frames check_frames' forked workers check (inherited, not pickled per task)
 
 
-def _check_frame_task(task: tuple[int, bool]) -> None:
-    _CHECKED.check(*task)
+def _check_frame_task(task: tuple[int, bool]) -> tuple[int, np.ndarray | None]:
+    """(index, the classes its label holds (`class_presence`) when decoded, else None)."""
+    index, decode_labels = task
+    train_ids = _CHECKED.check(index, decode_labels)
+    return index, None if train_ids is None else class_presence(train_ids, _CHECKED.classes.num_classes)
 
 
 def check_frames(dataset: "SegmentationDataset", decode_labels: bool, num_workers: int) -> int:
     """`frames.check(index, decode_labels)` on every frame of `dataset` (`PathFrames.check`: `check_frame`;
     `HFFrames.check`); returns the number of frames. The first bad file raises its UserError (re-raised here
-    as it is, one line).
+    as it is, one line). `check_labels` is the same check with the labels decoded, returning what they hold.
 
     Headers only take ~0.1 ms a frame, so they are read in this process; decoding the labels (~60 ms a
     full-size frame) runs in `num_workers` worker processes (0: in this one). train.py runs it on both splits
     before the first step, with the val labels decoded, so a bad file stops the run at once instead of an
     epoch later. Timings on real frames: BENCHMARKS.md.
     """
+    return len(_check_all(dataset, decode_labels, num_workers))
+
+
+def check_labels(dataset: "SegmentationDataset", num_workers: int) -> np.ndarray:
+    """`check_frames(dataset, decode_labels=True, num_workers)`, returning what the decoded labels hold: (N, C)
+    bool, row i = `class_presence` of frame i's label. train.py's check of the val split; the presence picks
+    the prediction samples (engine.samples.choose_samples) without decoding the split again."""
+    presence = np.zeros((len(dataset.frames), dataset.frames.classes.num_classes), dtype=bool)
+    for index, present in _check_all(dataset, True, num_workers):
+        presence[index] = present
+    return presence
+
+
+def _check_all(dataset: "SegmentationDataset", decode_labels: bool, num_workers: int) -> list:
+    """`_check_frame_task`'s result for every frame (in any order)."""
     global _CHECKED
     tasks = [(index, decode_labels) for index in range(len(dataset.frames))]
     _CHECKED = dataset.frames
     try:
         if not decode_labels or num_workers == 0 or len(tasks) < 2:
-            for task in tasks:
-                _check_frame_task(task)
-            return len(tasks)
+            return [_check_frame_task(task) for task in tasks]
         # fork, as the DataLoader does: the workers need no imports and inherit _CHECKED. Leaving the block
         # (an error or a stop included) stops them after their current frame (utils.signals.stoppable_pool).
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         with stoppable_pool(context, min(num_workers, len(tasks))) as imap:
-            for _ in imap(_check_frame_task, tasks, chunksize=8):
-                pass
-        return len(tasks)
+            return list(imap(_check_frame_task, tasks, chunksize=8))
     finally:
         _CHECKED = None
 
@@ -233,6 +250,42 @@ def crop_pad(array: np.ndarray, top: int, left: int, crop: tuple[int, int], fill
     return out
 
 
+HF_SIZE_SAMPLE = 32  # rows whose size `check_crop_size` reads in an HF dataset (each one decoded)
+
+
+def frame_sizes(frames, sample: int | None = None) -> Counter:
+    """{(H, W): number of frames} of a frame source, from `frames.label_size`: `PathFrames` read the PNG header
+    only (~0.03 ms a frame once cached), `HFFrames` decode the label, so give those a `sample`: that many rows,
+    evenly spaced, are read instead of all."""
+    n = len(frames)
+    indices = range(n) if sample is None or n <= sample else np.linspace(0, n - 1, sample).round().astype(int)
+    return Counter(tuple(frames.label_size(int(i))) for i in indices)
+
+
+def check_crop_size(crop: tuple[int, int], frames, where: str) -> None:
+    """Refuse a crop taller or wider than every frame (all but padding, and at --crop-size 100000 100000 a
+    MemoryError in a loader worker): a UserError saying the largest frame size. The sizes: `frame_sizes` of all
+    frames of a Cityscapes-layout split (headers), of `HF_SIZE_SAMPLE` rows of an HF dataset."""
+    sizes = frame_sizes(frames, sample=None if isinstance(frames, PathFrames) else HF_SIZE_SAMPLE)
+    largest = (max(h for h, _ in sizes), max(w for _, w in sizes))
+    if crop[0] > largest[0] or crop[1] > largest[1]:
+        raise UserError(f"--crop-size {crop[0]} {crop[1]}: larger than every frame of {where} (the largest is "
+                        f"{largest[0]}x{largest[1]}, HxW), so it would crop nothing and pad the rest; pass a crop of "
+                        f"at most {largest[0]} {largest[1]}, or 0 0 for native frames")
+
+
+def check_one_frame_size(frames, where: str) -> None:
+    """Refuse training batches of native frames (no crop, batch size > 1) over frames of several sizes (they
+    cannot be stacked): a UserError listing the sizes, before any work rather than at the first batch."""
+    sizes = frame_sizes(frames)
+    if len(sizes) > 1:
+        listed = ", ".join(f"{h}x{w} ({plural(n, 'frame')})" for (h, w), n in sizes.most_common(3))
+        raise UserError(f"{where} holds frames of {plural(len(sizes), 'size')} (HxW: {listed}"
+                        f"{', ...' if len(sizes) > 3 else ''}"
+                        "); frames are not resized, so a training batch needs one size: pass --crop-size H W or "
+                        "--batch-size 1")
+
+
 def _column(records, key: str) -> list[str]:
     if hasattr(records, "column_names"):  # a datasets.Dataset: read the column once, not row by row
         return [str(v) for v in records[key]]
@@ -255,9 +308,10 @@ class PathFrames:
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return read_frame(self.image_paths[index], self.label_paths[index], self.classes)
 
-    def check(self, index: int, decode_label: bool = False) -> None:
-        """`check_frame` on frame `index`: PNG headers, and the label's values with `decode_label`."""
-        check_frame(self.image_paths[index], self.label_paths[index], self.classes, decode_label)
+    def check(self, index: int, decode_label: bool = False) -> np.ndarray | None:
+        """`check_frame` on frame `index`: PNG headers, and the label's values with `decode_label` (then
+        returned: (H, W) uint8 train ids)."""
+        return check_frame(self.image_paths[index], self.label_paths[index], self.classes, decode_label)
 
     def read_label(self, index: int) -> np.ndarray:
         """(H, W) uint8 train ids of frame `index` (its label PNG only)."""
@@ -337,7 +391,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return sdt.compute_sdt(train_ids, num_classes=self.num_classes, clip=self.sdt_clip)
         path = sdt_cache.sdt_cache_path(self.sdt_cache_dir, self.names[index])
         expected = (self.num_classes, *train_ids.shape)
-        return sdt_cache.read_sdt_file(path, expected_shape=expected, expected_clip=self.sdt_clip)
+        # labels: refused when made from other labels (a stale cache); the fingerprint costs ~1 ms a full frame
+        return sdt_cache.read_sdt_file(path, expected_shape=expected, expected_clip=self.sdt_clip, labels=train_ids)
 
     def __getitem__(self, index: int) -> dict:
         image, train_ids = self.frames.read(index)
@@ -392,5 +447,6 @@ def collate_batch(items: Sequence[dict]) -> dict:
     return batch
 
 
-__all__ = ["PathFrames", "SegmentationDataset", "check_frame", "check_frames", "collate_batch", "crop_offset",
-           "crop_pad", "hflip_decision", "read_frame", "read_image", "read_label_ids"]
+__all__ = ["PathFrames", "SegmentationDataset", "check_crop_size", "check_frame", "check_frames", "check_labels",
+           "check_one_frame_size", "collate_batch", "crop_offset", "crop_pad", "frame_sizes", "hflip_decision",
+           "read_frame", "read_image", "read_label_ids"]

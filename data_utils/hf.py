@@ -19,6 +19,7 @@ Arrow on disk and is never materialised in memory.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -28,11 +29,12 @@ from PIL import Image
 from data_utils.classes import ClassTable, names_from_json
 from data_utils.paths import hf_dataset_kind
 from utils import UserError
+from utils.bars import no_datasets_bars
 from utils.conventions import IGNORE_INDEX
 
 ID2LABEL = "id2label.json"
-_REDUCE_FIX = ("give a classes file listing every class (--classes FILE), or --reduce-labels if 0 marks "
-               "unlabelled pixels (ADE20K)")
+_CLASSES_FIX = "give a classes file listing every class (--classes FILE)"
+_REDUCE_FIX = f"{_CLASSES_FIX}, or --reduce-labels if 0 marks unlabelled pixels (ADE20K)"
 
 
 def open_hf_dataset(name_or_path: str) -> datasets.DatasetDict:
@@ -40,6 +42,7 @@ def open_hf_dataset(name_or_path: str) -> datasets.DatasetDict:
     kind = hf_dataset_kind(name_or_path)  # a path that cannot be a dataset: UserError
     path = Path(name_or_path).expanduser()
     if kind == "saved":
+        _refuse_empty_saved_splits(path)  # datasets' load_from_disk fails on one with an IndexError
         try:
             loaded = datasets.load_from_disk(str(path))
         except (OSError, ValueError, json.JSONDecodeError) as e:
@@ -48,7 +51,14 @@ def open_hf_dataset(name_or_path: str) -> datasets.DatasetDict:
             loaded = datasets.DatasetDict({str(loaded.split or "train"): loaded})
         return loaded
     if kind == "parquet":
-        return datasets.load_dataset("parquet", data_dir=str(path))
+        try:
+            with no_datasets_bars():  # "Generating train split: ..." for local files
+                return datasets.load_dataset("parquet", data_dir=str(path))
+        except ValueError as e:  # 'Instruction "validation" corresponds to no data!': a split of 0 rows
+            empty = re.match(r'Instruction "(.+)" corresponds to no data', str(e))
+            if empty is None:
+                raise
+            raise UserError(_empty_split(path, empty.group(1))) from None
     if datasets.config.HF_HUB_OFFLINE:
         raise UserError(f"{name_or_path}: no such local folder, and hub dataset names cannot be loaded offline "
                         "(HF_HUB_OFFLINE is set); load it once online, or save_to_disk it and pass the folder")
@@ -61,10 +71,33 @@ def open_hf_dataset(name_or_path: str) -> datasets.DatasetDict:
         raise UserError(f"{name_or_path}: no such local folder nor hub dataset; check the name") from None
 
 
+def _empty_split(where, split: str) -> str:
+    return (f"{where}: split '{split}' has no rows; add frames to it, or leave it out of the dataset and train and "
+            "evaluate on splits that have frames (--train-split / --val-split)")
+
+
+def _refuse_empty_saved_splits(path: Path) -> None:
+    """A UserError naming the first split of a save_to_disk folder that holds no rows (its state.json lists no
+    data files), which `datasets.load_from_disk` cannot load."""
+    try:
+        names = json.loads((path / "dataset_dict.json").read_text())["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        names = None  # a single Dataset, or a broken file that load_from_disk reports
+    for folder, split in ((path / n, n) for n in names) if isinstance(names, list) else ((path, "train"),):
+        try:
+            state = json.loads((folder / "state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and state.get("_data_files") == []:
+            raise UserError(_empty_split(path, str(state.get("_split") or split)))
+
+
 def select_split(splits: datasets.DatasetDict, split: str, where: str) -> datasets.Dataset:
     if split not in splits:
         raise UserError(f"{where}: split '{split}' not found; available splits: {', '.join(splits) or 'none'} "
                         "(--train-split / --val-split)")
+    if len(splits[split]) == 0:
+        raise UserError(_empty_split(where, split))
     return splits[split]
 
 
@@ -167,13 +200,13 @@ class HFFrames:
                                 "of class indices; pass the segmentation-map column with --label-column")
         if self.reduce_labels:
             label = reduce_labels_(label if label.dtype == np.uint8 else label.astype(np.int64))
-        return self.classes.to_train_ids(label, where, fix=_REDUCE_FIX)
+        return self.classes.to_train_ids(label, where, fix=_CLASSES_FIX if self.reduce_labels else _REDUCE_FIX,
+                                         shift=int(self.reduce_labels))
 
-    def check(self, index: int, decode_label: bool = False) -> None:
+    def check(self, index: int, decode_label: bool = False) -> np.ndarray | None:
         """What `read` would refuse in row `index`'s label, with `decode_label` (an HF row has no header to read
-        apart from its data: without it, nothing is checked here)."""
-        if decode_label:
-            self.read_label(index)
+        apart from its data: without it, nothing is checked here); returns the decoded train ids, or None."""
+        return self.read_label(index) if decode_label else None
 
     def label_size(self, index: int) -> tuple[int, int]:
         """(H, W) of row `index`'s label (decodes it)."""

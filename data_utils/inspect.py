@@ -21,6 +21,7 @@ from data_utils.dataset import read_frame
 from data_utils.labels import CITYSCAPES
 from utils import atomic_write_bytes, run_main
 from utils.cli import ArgumentParser
+from utils.console import plural
 from utils.conventions import IGNORE_INDEX
 
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         buffer = io.BytesIO()
         Image.fromarray(overlay(image, train_ids)).save(buffer, format="PNG")
         atomic_write_bytes(path, buffer.getvalue())
-    table = Table(title=f"{len(frames)} {args.split} frames: share of pixels per class")
+    table = Table(title=f"{plural(len(frames), args.split + ' frame')}: share of pixels per class")
     table.add_column("train id", justify="right")
     table.add_column("class")
     table.add_column("pixels %", justify="right")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(str(c), name, f"{100 * counts[c] / total:.2f}")
     table.add_row(str(IGNORE_INDEX), "(ignored)", f"{100 * counts[IGNORE_INDEX] / total:.2f}")
     Console().print(table)
-    print(f"wrote {len(frames)} overlays to {Path(args.out).resolve()}")
+    print(f"wrote {plural(len(frames), 'overlay')} to {Path(args.out).resolve()}")
     return 0
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -42,8 +41,9 @@ from data_utils.labels import CITYSCAPES
 from data_utils.layout import INSTANCE_SUFFIX, image_path, label_path
 from data_utils.scene import render_scene
 from utils import UserError, atomic_write_json, fsync_dir, run_main
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, shell_command
 from utils.console import progress_columns
+from utils.fileio import named_os_errors
 from utils.conventions import IGNORE_INDEX
 
 NUM_CLASSES = CITYSCAPES.num_classes  # 19: every frame shows them all
@@ -141,6 +141,8 @@ def write_hf_dataset(root: Path, num_train: int, num_val: int, height: int, widt
     """The --format hf DatasetDict (see the module docstring) saved into `root`, plus id2label.json."""
     import datasets
 
+    from utils.bars import no_datasets_bars
+
     class_of_train_id, names = hf_classes(num_classes)
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
@@ -154,7 +156,8 @@ def write_hf_dataset(root: Path, num_train: int, num_val: int, height: int, widt
             rows["label"].append(Image.fromarray(hf_label(label_ids, class_of_train_id), "L"))
             bar.advance(task)
         splits[split] = datasets.Dataset.from_dict(rows, features=features)
-    datasets.DatasetDict(splits).save_to_disk(str(root))
+    with no_datasets_bars():  # "Saving the dataset (1/1 shards)": our own bar counts the frames
+        datasets.DatasetDict(splits).save_to_disk(str(root))
     atomic_write_json(root / "id2label.json", {str(i): name for i, name in enumerate(names)})
 
 
@@ -192,7 +195,8 @@ def generate_dataset(out_root: str | os.PathLike, num_train: int, num_val: int, 
     try:
         from rich.progress import Progress
 
-        with Progress(*progress_columns(), disable=not progress, transient=False) as bar:
+        # a full disk fails in PIL's writes, which name no file: name the folder being made (its temp is removed)
+        with named_os_errors(out_root), Progress(*progress_columns(), disable=not progress, transient=False) as bar:
             task = bar.add_task(f"synthetic {'HF dataset' if format == 'hf' else 'Cityscapes'} -> {out_root.name}",
                                 total=len(jobs))
             if format == "hf":
@@ -249,8 +253,8 @@ def hf_train_command(out: Path, height: int, width: int) -> str:
     sizes and class table: the demo-hf preset on these data as they are (--no-demo-data: without it the preset
     insists on its own 48 + 12 frames at 128x256), cropped to a size both frame sizes hold."""
     second = second_size(height, width)
-    return (f"python train.py --preset demo-hf --no-demo-data --hf-dataset {shlex.quote(str(out))} "
-            f"--crop-size {min(height, second[0])} {min(width, second[1])}")
+    return shell_command("python", "train.py", "--preset", "demo-hf", "--no-demo-data", "--hf-dataset", out,
+                         "--crop-size", min(height, second[0]), min(width, second[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.train} train + {args.val} validation frames to {out}\n"
               f"train on them: {hf_train_command(out, args.height, args.width)}")
         return 0
-    print(f"wrote {args.train} train + {args.val} val frames to {out}\n"
-          f"look at them: python -m data_utils.inspect --data-root {out} --split val --out {out}_overlays")
+    look = shell_command("python", "-m", "data_utils.inspect", "--data-root", out, "--split", "val", "--out",
+                         f"{out}_overlays")
+    print(f"wrote {args.train} train + {args.val} val frames to {out}\nlook at them: {look}")
     return 0
 
 

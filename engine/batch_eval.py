@@ -6,9 +6,9 @@ evaluates them (`engine.checkpoint_eval.evaluate_checkpoint`), one failure never
         ...
 
 A checkpoint is pending when its results file is missing, corrupt, for another split or metrics profile, lacks
-its per-image file, or predates the checkpoint's last save. With jobs > 1 the checkpoints are evaluated in
-spawned processes spread round-robin over the visible GPUs (or sharing the CPU); closing the generator
-(Ctrl-C in the caller) stops them at once (`stop_workers`).
+its per-image file (or has one over another number of images), or predates the checkpoint's last save. With
+jobs > 1 the checkpoints are evaluated in spawned processes spread round-robin over the visible GPUs (or sharing
+the CPU); closing the generator (Ctrl-C in the caller) stops them at once (`stop_workers`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from engine.results import read_results
 from engine.results_format import inference_path
 from metrics.per_image import PER_IMAGE_SUFFIX, read_per_image
 from utils import UserError, user_message
-from utils.fileio import remove_temp_files
+from utils.console import plural
+from utils.fileio import remove_temp_files, write_error_line
 from utils.signals import ignore_stop_signals, stop_signals_deferred
 from utils.threads import set_torch_threads, threads_per_job
 
@@ -65,9 +66,12 @@ def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = 
     if not per_image.exists():
         return "no per-image statistics beside the results"
     try:
-        read_per_image(per_image)
+        covered = len(read_per_image(per_image)["names"])
     except UserError:
         return "corrupt per-image statistics, redoing"
+    if covered != record["num_images"]:  # aggregate.py would refuse it and send the user back here
+        return (f"per-image statistics cover {covered} of the {plural(record['num_images'], 'image')} of the results, "
+                "redoing")
     meta = read_meta(ckpt) or {}
     if record.get("checkpoint_saved_at") != meta.get("saved_at"):
         return "checkpoint saved again since its evaluation"
@@ -128,8 +132,11 @@ def _evaluate_in_worker(ckpt: Path, options: EvalOptions) -> Outcome:
     except UserError as e:
         return ckpt, None, user_message(e)  # one line, also when a DataLoader worker raised it
     except Exception as e:  # a broken checkpoint must not stop the other evaluations
-        last = traceback.extract_tb(e.__traceback__)[-1]
-        return ckpt, None, f"{type(e).__name__}: {e} (at {Path(last.filename).name}:{last.lineno})"
+        line = write_error_line(e) if isinstance(e, OSError) else None  # a full disk: the file, the free space
+        if line is None:
+            last = traceback.extract_tb(e.__traceback__)[-1]
+            line = f"{type(e).__name__}: {e} (at {Path(last.filename).name}:{last.lineno})"
+        return ckpt, None, line
     finally:
         _WORKER["busy"] = False
 

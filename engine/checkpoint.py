@@ -8,7 +8,7 @@ A checkpoint is a folder `RUN/checkpoints/epoch_XXXX/` holding
     custom_checkpoint_0.pkl  TrainingProgress (epoch, optimizer step, skipped steps)
     config.json              the resolved TrainConfig (evaluate.py rebuilds the model from it)
     meta.json                epoch, step, variant (the loss label), loss (the recipe), seed, lambdas, wandb_run_id,
-                             training_state
+                             training_state, checksums (sha256 of every other file, checked when loaded)
 
 It is written into `RUN/checkpoints/.tmp_epoch_XXXX/`, every file fsync'ed, then renamed: a folder named
 `epoch_XXXX` is therefore always complete, and a crash during the save leaves only a `.tmp_*` folder,
@@ -17,6 +17,7 @@ which the next save removes. Only the newest `keep_states` checkpoints keep the 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import shutil
@@ -30,12 +31,14 @@ from safetensors.torch import load_file, save_file
 
 from data_utils.cityscapes import resolve_data_root
 from engine.config import TrainConfig, load_config, resume_refusal, save_config
-from engine.checkpoint_paths import (CHECKPOINT_NAME, CHECKPOINTS, WEIGHTS_NAME,  # noqa: F401 (re-exported)
-                                     checkpoint_folders, checkpoint_path, list_checkpoints, read_meta,
-                                     resolve_checkpoint)
+from engine.checkpoint_paths import (CHECKPOINT_NAME, CHECKPOINTS, CHECKSUMS, WEIGHTS_NAME,  # noqa: F401 (re-exported)
+                                     checkpoint_folders, checkpoint_path, list_checkpoints, meta_problem,
+                                     read_meta, resolve_checkpoint)
+from utils.console import plural
 from utils.fileio import UserError, atomic_write_json, disk_full_advice, fsync_dir
 
-_KEEP_WHEN_PRUNED = {WEIGHTS_NAME, "config.json", "meta.json"}
+WEIGHTS_ONLY_FILES = {WEIGHTS_NAME, "config.json", "meta.json"}  # a pruned checkpoint: what evaluate.py needs
+_USE_ANOTHER = "use another epoch (or delete it: a run then resumes from its previous checkpoint)"
 
 
 @dataclass
@@ -80,12 +83,18 @@ def register_checkpoint_hooks(accelerator) -> None:
 
 
 def load_weights_into(model: torch.nn.Module, path: Path) -> None:
-    """Load `model.safetensors` strictly; a mismatch is a UserError naming the checkpoint and the keys."""
+    """Load `model.safetensors` strictly: the one load of evaluate.py, predict.py and a resume. A UserError naming
+    the checkpoint when the file fails its checksum (`verify_checksums`), cannot be read, holds a nan/inf (naming
+    the tensor) or does not fit the model (naming the keys)."""
+    path = Path(path)
+    verify_checksums(path.parent, [path.name])
     try:
         state = load_file(str(path))
     except (OSError, RuntimeError, SafetensorError) as e:  # missing, truncated or garbled
-        raise UserError(f"{path}: cannot read the weights ({e}); the checkpoint is corrupt, delete it (a run "
-                        "then resumes from its previous checkpoint)") from None
+        raise UserError(f"{path}: cannot read the weights ({e}); the checkpoint is corrupt, {_USE_ANOTHER}") from None
+    bad = next((name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise UserError(f"{path}: tensor {bad} holds nan/inf; the checkpoint is unusable, {_USE_ANOTHER}")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -94,6 +103,30 @@ def load_weights_into(model: torch.nn.Module, path: Path) -> None:
         raise UserError(f"{path}: weights do not fit the model built from config.json "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})")
     model.load_state_dict(state)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file, read in 16 MiB chunks (0.18 s for ConvNeXt-V2-Base's ~350 MB of weights with
+    the CPU's SHA instructions, faster than blake2b: bench/bench_checksums.py, docs/training.md)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksums(ckpt: Path, names=None) -> None:
+    """Compare the files `names` (default: all it lists) of checkpoint `ckpt` with the sha256 digests meta.json
+    recorded at save time; a UserError naming the first that differs (bit-rot, an edit, a partial copy). Files
+    that meta.json does not list (checkpoints saved before checksums existed) or that are absent (reported by
+    their reader) are not checked."""
+    sums = (read_meta(ckpt) or {}).get(CHECKSUMS) or {}
+    for name in sums if names is None else names:
+        path = Path(ckpt) / name
+        if name in sums and path.is_file() and file_sha256(path) != sums[name]:
+            raise UserError(f"{path}: does not match the sha256 checksum meta.json recorded when it was saved "
+                            f"(the file changed since: bit-rot or a partial copy); the checkpoint is corrupt, "
+                            f"{_USE_ANOTHER}")
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -116,9 +149,10 @@ def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, r
     bad = first_nonfinite_tensor(accelerator.unwrap_model(accelerator._models[0]), accelerator._optimizers) \
         if accelerator._models else None
     if bad is not None:
+        clip = f"a smaller --grad-clip (now {cfg.grad_clip:g})" if cfg.grad_clip > 0 else "with --grad-clip"
         raise UserError(f"{final}: not written: {bad} holds nan/inf after epoch {progress.epoch}; the newest good "
                         f"checkpoint is {find_resumable_checkpoint(run_dir) or 'none'}. Start again with a lower "
-                        "--lr or with --grad-clip (another --out)")
+                        f"--lr or {clip} (another --out)")
     tmp = final.with_name(f".tmp_{final.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
@@ -129,12 +163,13 @@ def save_checkpoint(accelerator, cfg: TrainConfig, progress: TrainingProgress, r
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             save_config(cfg, tmp / "config.json")
+            checksums = {path.name: file_sha256(path) for path in sorted(tmp.iterdir()) if path.is_file()}
             atomic_write_json(tmp / "meta.json", {
                 "epoch": progress.epoch, "step": progress.step, "variant": cfg.loss_label, "loss": cfg.loss_weights,
                 "seed": cfg.seed, "lambda_dice": cfg.lambda_dice, "lambda_boundary": cfg.lambda_boundary,
                 "wandb_run_id": wandb_run_id, "num_processes": accelerator.num_processes,
                 "nonfinite_skipped": progress.nonfinite_skipped, "training_state": True,
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), CHECKSUMS: checksums,
             })
             _fsync_tree(tmp)
     except Exception as e:
@@ -214,7 +249,7 @@ def checkpoint_to_resume(run_dir: str | Path) -> Path | None:
     if newer:
         path = newer[-1]
         why = "holds weights only (its training state was pruned)" if path in list_checkpoints(run_dir) \
-            else f"is incomplete (no {WEIGHTS_NAME} or no readable meta.json)"
+            else f"is incomplete ({meta_problem(path) or f'no {WEIGHTS_NAME}'})"
         raise UserError(f"{path}: {why}, so this run cannot resume from it and would overwrite it; delete it to "
                         f"resume from {resume or 'scratch (no earlier checkpoint with training state)'}, or pass "
                         "another --out for a new run")
@@ -245,11 +280,12 @@ def resume_checkpoint(cfg: TrainConfig, num_processes: int, require: bool = Fals
         raise UserError(f"{ckpt}: {refusal}")
     meta = read_meta(ckpt)
     if meta.get("num_processes", num_processes) != num_processes:
-        raise UserError(f"{ckpt}: saved by {meta['num_processes']} process(es), now {num_processes}; resume with "
-                        f"--num_processes {meta['num_processes']}, or start a new run with another --out")
+        raise UserError(f"{ckpt}: saved by {plural(meta['num_processes'], 'process', 'processes')}, now "
+                        f"{num_processes}; resume with --num_processes {meta['num_processes']}, or start a new run "
+                        "with another --out")
     if meta["epoch"] > cfg.epochs:  # more --epochs extend the run (engine.config.EXTENDABLE_CHANGES), fewer cannot
-        raise UserError(f"{ckpt}: this run already trained {meta['epoch']} epochs, more than --epochs {cfg.epochs}; "
-                        "evaluate one of its checkpoints, or pass another --out for a new run")
+        raise UserError(f"{ckpt}: this run already trained {plural(meta['epoch'], 'epoch')}, more than --epochs "
+                        f"{cfg.epochs}; evaluate one of its checkpoints, or pass another --out for a new run")
     return ckpt, meta["epoch"] == cfg.epochs
 
 
@@ -259,9 +295,11 @@ def prune_training_states(run_dir: str | Path, keep: int) -> None:
     for ckpt in with_state[:-keep]:
         meta = read_meta(ckpt)
         meta["training_state"] = False
+        if CHECKSUMS in meta:
+            meta[CHECKSUMS] = {k: v for k, v in meta[CHECKSUMS].items() if k in WEIGHTS_ONLY_FILES}
         atomic_write_json(ckpt / "meta.json", meta)  # first: a crash below leaves a weights-only checkpoint
         for path in ckpt.iterdir():
-            if path.name not in _KEEP_WHEN_PRUNED:
+            if path.name not in WEIGHTS_ONLY_FILES:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
@@ -270,6 +308,8 @@ def resume_from(accelerator, ckpt: Path, progress: TrainingProgress) -> dict:
     if not has_training_state(ckpt):
         raise UserError(f"{ckpt}: holds weights only (its training state was pruned); resume from the newest "
                         "checkpoint or start a new run with another --out")
+    # the weights are checked by load_weights_into (the load hook); the optimizer, RNG and progress files here
+    verify_checksums(ckpt, [p.name for p in sorted(ckpt.iterdir()) if p.name not in (WEIGHTS_NAME, "meta.json")])
     try:
         accelerator.load_state(str(ckpt))
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError) as e:  # a damaged file

@@ -8,7 +8,9 @@
 
 A checkpoint is a folder holding model.safetensors, config.json and meta.json (train.py writes them); anything
 off (a missing file, corrupt weights, a config that does not match them) is a UserError naming the folder.
-A split without labels (`data_utils.options.UNLABELLED_SPLITS`) gives predictions only, no metrics.
+A split without labels (`data_utils.options.UNLABELLED_SPLITS`) gives predictions only, no metrics. The
+predictions of the run's sample frames go beside the results file (`<checkpoint>.samples/`: engine.samples,
+engine.sample_eval); `fill_samples` writes them for results computed without them, metrics untouched.
 """
 from __future__ import annotations
 
@@ -20,15 +22,18 @@ from pathlib import Path
 import torch
 
 from data_utils.cityscapes import LABEL_DIR, resolve_data_root
+from data_utils.dataset import collate_batch
 from data_utils.image_only import ImageOnlyDataset, collate_images
 from data_utils.options import UNLABELLED_SPLITS
-from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, read_meta
+from engine.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_weights_into, meta_problem, read_meta
 from engine.config import TrainConfig, load_config
 from engine.evaluation import evaluate_model
 from engine.inference import WHOLE, Inference
 from engine.predictions import PredictionWriter
 from engine.results import write_results
 from engine.results_format import inference_path
+from engine.sample_eval import both, sample_names, shared_sample_names, write_sample_predictions
+from engine.samples import SampleSink, read_predictions, read_sample_set, write_predictions
 from metrics.per_image import PER_IMAGE_SUFFIX
 from engine.setup import build_dataloader, build_model_from_config, class_table
 from utils import UserError
@@ -47,6 +52,7 @@ class EvalOptions:
     metrics_profile: str | None = None
     save_predictions: Path | None = None  # write test-server PNGs and overlays there (engine.predictions)
     inference: Inference = WHOLE  # engine.inference: whole, slide, flip, scales (--slide, --flip, --scales)
+    samples: int | None = None  # predictions kept for K val images (engine.samples; 0: none); None: the config's
 
     @classmethod
     def from_namespace(cls, args) -> EvalOptions:
@@ -74,7 +80,8 @@ def load_checkpoint(ckpt: Path):
                         "half-way): copy it again or evaluate another epoch")
     meta = read_meta(ckpt)
     if meta is None:
-        raise UserError(f"{ckpt / 'meta.json'}: unreadable or without an epoch; the checkpoint is corrupt")
+        raise UserError(f"{ckpt}: {meta_problem(ckpt)}; the checkpoint is corrupt: copy it again or evaluate "
+                        "another epoch")
     cfg = load_config(ckpt / "config.json")
     try:
         model = build_model_from_config(cfg)
@@ -100,13 +107,16 @@ def evaluate_checkpoint(ckpt: Path, options: EvalOptions, accelerator, show_prog
     cfg, meta, model = load_checkpoint(ckpt)
     split = options.split or cfg.val_split
     loader = build_eval_loader(options.apply(cfg), split)
+    samples = SampleSink(shared_sample_names(accelerator, ckpt.parent.parent, loader.dataset, split,
+                                             sample_count(options, cfg, split), num_workers=loader.num_workers))
     model = accelerator.prepare_model(model, evaluation_mode=True)
     loader = accelerator.prepare_data_loader(loader)
     writer = PredictionWriter(options.save_predictions, class_table(cfg)) if options.save_predictions else None
     start = time.perf_counter()
     try:
         metrics = evaluate_model(model, loader, accelerator, with_metrics=split not in UNLABELLED_SPLITS,
-                                 on_predictions=writer, description=f"{ckpt.parent.parent.name}/{ckpt.name}",
+                                 on_predictions=both(writer, samples if samples.names else None),
+                                 description=f"{ckpt.parent.parent.name}/{ckpt.name}",
                                  show_progress=show_progress,
                                  metrics_profile=options.metrics_profile or cfg.metrics_profile,
                                  inference=options.inference)
@@ -122,4 +132,57 @@ def evaluate_checkpoint(ckpt: Path, options: EvalOptions, accelerator, show_prog
         record = write_results(inference_path(ckpt, tag), metrics, cfg=cfg, epoch=meta["epoch"], checkpoint=ckpt,
                                split=split, seconds=seconds, per_image_file=inference_path(ckpt, tag, PER_IMAGE_SUFFIX),
                                extra={"inference": options.inference.to_dict()})
+    if samples.names:  # after the results: a kill in between leaves them to `evaluate.py --all` (fill_samples)
+        write_sample_predictions(inference_path(ckpt, options.inference.tag), split, samples, accelerator,
+                                 class_table(cfg).palette)
     return record
+
+
+def sample_count(options: EvalOptions, cfg: TrainConfig, split: str) -> int:
+    """How many prediction samples an evaluation of `cfg`'s checkpoint on `split` keeps: --samples, else the
+    config's; none for another split than the run's val split (the sample set is of that split)."""
+    if split != cfg.val_split or split in UNLABELLED_SPLITS:
+        return 0
+    return cfg.samples if options.samples is None else options.samples
+
+
+def samples_pending(ckpt: Path, options: EvalOptions) -> bool:
+    """Whether `ckpt`'s (valid) results of `options`' inference mode lack their prediction samples: none, damaged,
+    or other than the first K (`sample_count`) of the run's sample set (RUN/samples/: missing, damaged or smaller
+    counts as lacking too)."""
+    try:
+        cfg = load_config(ckpt / "config.json")
+    except UserError:
+        return False  # not evaluable again either: left as it is
+    k = sample_count(options, cfg, options.split or cfg.val_split)
+    if k == 0:
+        return False
+    try:
+        run = read_sample_set(ckpt.parent.parent)
+        kept = read_predictions(inference_path(ckpt, options.inference.tag))
+    except UserError:
+        return True
+    wanted = min(k, run.num_frames)
+    return len(run.names) < wanted or kept.names != run.names[:wanted]
+
+
+def fill_samples(ckpt: Path, options: EvalOptions, accelerator) -> Path:
+    """Write the prediction samples of `ckpt`'s results without recomputing its metrics: only the K sample
+    images go through the model (one process); returns the samples folder."""
+    cfg, _, model = load_checkpoint(ckpt)
+    split = options.split or cfg.val_split
+    dataset = build_eval_loader(options.apply(cfg), split).dataset
+    names = sample_names(ckpt.parent.parent, dataset, split, sample_count(options, cfg, split),
+                         num_workers=options.apply(cfg).num_workers)
+    index = {name: i for i, name in enumerate(dataset.names)}
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [index[n] for n in names]),
+                                         batch_size=1, collate_fn=collate_batch)  # frames may differ in size
+    sink = SampleSink(names)
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    try:
+        evaluate_model(model, loader, accelerator, with_metrics=False, on_predictions=sink, show_progress=False,
+                       inference=options.inference)
+    finally:
+        accelerator.free_memory()
+    return write_predictions(inference_path(ckpt, options.inference.tag), split, sink.predictions,
+                             class_table(cfg).palette, names=names)

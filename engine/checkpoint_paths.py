@@ -16,6 +16,7 @@ from utils.fileio import UserError
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS_NAME = "model.safetensors"
+CHECKSUMS = "checksums"  # meta.json key: {file name: sha256 hex digest} of the checkpoint's other files
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d{4,})$")  # a checkpoint folder; the group is its epoch
 
 
@@ -23,13 +24,51 @@ def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"epoch_{epoch:04d}"
 
 
-def read_meta(ckpt: str | Path) -> dict | None:
-    """meta.json of a checkpoint folder, or None when absent/unreadable (not a complete checkpoint)."""
+# meta.json fields the code reads -> (what they must be, check); others (variant, loss, lambdas) are only shown
+_META_FIELDS = {
+    "epoch": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "step": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "num_processes": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "nonfinite_skipped": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "training_state": ("true or false", lambda v: isinstance(v, bool)),
+    "saved_at": ("a date string", lambda v: isinstance(v, str)),
+    "wandb_run_id": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    CHECKSUMS: ("an object of file name -> sha256 hex digest",
+                lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values())),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _load_meta(ckpt: str | Path) -> tuple[dict | None, str | None]:
+    """(meta.json's dict, None), or (None, why it cannot be used: absent, unreadable, no `epoch`, or a field the
+    code reads (`_META_FIELDS`) of the wrong type)."""
     try:
         meta = json.loads((Path(ckpt) / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and "epoch" in meta else None
+    except FileNotFoundError:
+        return None, "no meta.json"
+    except (OSError, ValueError) as e:
+        return None, f"meta.json is unreadable ({type(e).__name__})"
+    if not isinstance(meta, dict) or "epoch" not in meta:
+        return None, "meta.json has no `epoch`"
+    for key, (must_be, ok) in _META_FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            return None, f"meta.json's `{key}` is {json.dumps(meta[key])}, not {must_be}"
+    return meta, None
+
+
+def meta_problem(ckpt: str | Path) -> str | None:
+    """Why a checkpoint's meta.json cannot be used (e.g. 'meta.json's `epoch` is "x", not an integer >= 0'), or
+    None when it can."""
+    return _load_meta(ckpt)[1]
+
+
+def read_meta(ckpt: str | Path) -> dict | None:
+    """meta.json of a checkpoint folder, or None when absent, unreadable or with an invalid field (`meta_problem`
+    says which): not a complete checkpoint."""
+    return _load_meta(ckpt)[0]
 
 
 def checkpoint_folders(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -55,7 +94,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint or run folder{_nearest_checkpoints(path)}")
     run = path.parent if path.name == CHECKPOINTS else path
-    if path.is_dir() and not CHECKPOINT_NAME.match(path.name) and (run / CHECKPOINTS).is_dir():
+    started = (run / CHECKPOINTS).is_dir() or (run / "metrics.jsonl").is_file()  # a run, before its first checkpoint too
+    if path.is_dir() and not CHECKPOINT_NAME.match(path.name) and started:
         complete = list_checkpoints(run)
         if not complete:
             raise UserError(f"{run}: a run folder without a complete checkpoint yet (RUN/{CHECKPOINTS}/epoch_XXXX "

@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +24,16 @@ import yaml
 
 from data_utils.options import AUGMENT_PLACES, SDT_SOURCES
 from data_utils.paths import check_data_paths
+from engine.samples import DEFAULT_SAMPLES
 from losses.registry import TERMS, needs_sdt, recipe_slug, term_params
 from losses.schedule import SCHEDULE_KINDS, check_boundary_schedule
 from losses.variants import (AUX_LOSS_KINDS, AUX_LOSS_WEIGHT, LAMBDA_BOUNDARY, LAMBDA_DICE, LOSS_WEIGHTS,
                              resolve_loss, variant_summary)
 from metrics.keys import PROFILES
 from models.heads import DEFAULT_HEAD, HEADS, head_summary
-from utils.cli import ArgumentParser, any_case, did_you_mean
-from utils.fileio import UserError, atomic_write_json
+from utils.cli import ArgumentParser, Range, any_case, did_you_mean, shell_command
+from utils.console import plural
+from utils.fileio import UserError, atomic_write_json, read_yaml
 
 VARIANTS = tuple(LOSS_WEIGHTS)  # ("A", "B", "C", "D")
 
@@ -50,11 +51,15 @@ FLAG_GROUPS = {
 
 
 def _group(key: str):
-    """The field factory of --help group `key`: a dataclass field carrying its one-line help, optional choices
-    and the group (`FLAG_GROUPS`)."""
-    def field_of(default, help: str, choices=None):
-        return field(default=default, metadata={"help": help, "choices": choices, "group": key})
+    """The field factory of --help group `key`: a dataclass field carrying its one-line help, optional choices,
+    the group (`FLAG_GROUPS`) and, for a number (or a tuple of numbers), the `utils.cli.Range` of its values: the
+    one declaration the flag's parser, a --config file, a sweep's values and `validate` all check."""
+    def field_of(default, help: str, choices=None, bounds: Range | None = None):
+        return field(default=default, metadata={"help": help, "choices": choices, "group": key, "bounds": bounds})
     return field_of
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(lo=0), Range(lo=1), Range(lo=0, lo_open=True)
 
 
 _studied, _model, _data, _optim, _eval, _logging, _runtime = map(_group, FLAG_GROUPS)
@@ -64,28 +69,35 @@ _studied, _model, _data, _optim, _eval, _logging, _runtime = map(_group, FLAG_GR
 class TrainConfig:
     # Defaults = the paper's recipe (§3.1-3.2) unless the help says otherwise.
     variant: str = _studied("C", f"loss variant: {variant_summary()}", VARIANTS)
-    seed: int = _studied(42, "seed of init, data order, augmentation (study: 42, 123, 456)")
-    lambda_dice: float = _studied(LAMBDA_DICE, "λ_d, weight of the Dice term in B and C")
-    lambda_boundary: float = _studied(LAMBDA_BOUNDARY, "λ_b, weight of the Kervadec boundary term in C and D")
+    seed: int = _studied(42, "seed of init, data order, augmentation (study: 42, 123, 456)",
+                         bounds=Range(0, 2**32, hi_open=True))
+    lambda_dice: float = _studied(LAMBDA_DICE, "λ_d, weight of the Dice term in B and C", bounds=AT_LEAST_0)
+    lambda_boundary: float = _studied(LAMBDA_BOUNDARY, "λ_b, weight of the Kervadec boundary term in C and D",
+                                      bounds=AT_LEAST_0)
     loss: str = _studied("", f"recipe term=weight,... instead of --variant, e.g. 'ce=1,lovasz=0.5'; terms: "
                          f"{', '.join(TERMS)}")
-    focal_gamma: float = _studied(TERMS["focal"].params["gamma"], "focal term: focusing parameter γ")
-    tversky_alpha: float = _studied(TERMS["tversky"].params["alpha"], "tversky term: weight α of false positives")
-    tversky_beta: float = _studied(TERMS["tversky"].params["beta"], "tversky term: weight β of false negatives")
+    focal_gamma: float = _studied(TERMS["focal"].params["gamma"], "focal term: focusing parameter γ", bounds=AT_LEAST_0)
+    tversky_alpha: float = _studied(TERMS["tversky"].params["alpha"], "tversky term: weight α of false positives",
+                                    bounds=AT_LEAST_0)
+    tversky_beta: float = _studied(TERMS["tversky"].params["beta"], "tversky term: weight β of false negatives",
+                                   bounds=AT_LEAST_0)
     boundary_schedule: str = _studied("constant", "λ_b per epoch (beyond the paper)", SCHEDULE_KINDS)
-    boundary_start: float = _studied(0.0, "linear schedule: λ_b in the first epoch")
-    boundary_ramp_epochs: int = _studied(40, "linear schedule: epochs from --boundary-start to λ_b")
-    steal_delta: float = _studied(0.01, "steal schedule: weight moved per epoch from each region term")
-    steal_floor: float = _studied(0.01, "steal schedule: lowest weight of a region term")
-    aux_weight: float = _studied(AUX_LOSS_WEIGHT, "weight of the auxiliary FCN head's loss (0 = no aux head)")
+    boundary_start: float = _studied(0.0, "linear schedule: λ_b in the first epoch", bounds=AT_LEAST_0)
+    boundary_ramp_epochs: int = _studied(40, "linear schedule: epochs from --boundary-start to λ_b", bounds=AT_LEAST_0)
+    steal_delta: float = _studied(0.01, "steal schedule: weight moved per epoch from each region term",
+                                  bounds=AT_LEAST_0)
+    steal_floor: float = _studied(0.01, "steal schedule: lowest weight of a region term", bounds=AT_LEAST_0)
+    aux_weight: float = _studied(AUX_LOSS_WEIGHT, "weight of the auxiliary FCN head's loss (0 = no aux head)",
+                                 bounds=AT_LEAST_0)
     aux_loss: str = _studied("composite", "aux head loss: the variant's composite (study's code) or CE",
                              AUX_LOSS_KINDS)
     backbone: str = _model("convnextv2_base", "timm backbone, strides 4-32 (not plain ViTs)")
     head: str = _model(DEFAULT_HEAD, f"decode head (models.heads): {head_summary()}", tuple(HEADS))
     pretrained: str = _model("timm:convnextv2_base.fcmae_ft_in22k_in1k_384",
                              "backbone weights: a .safetensors/.pth file or timm:<name> ('' = random init)")
-    head_channels: int = _model(512, "width of the head (512: MMSegmentation's UPerNet)")
-    drop_path_rate: float = _model(0.0, "stochastic depth in the backbone (not in the paper: off)")
+    head_channels: int = _model(512, "width of the head (512: MMSegmentation's UPerNet)", bounds=AT_LEAST_1)
+    drop_path_rate: float = _model(0.0, "stochastic depth in the backbone (not in the paper: off)",
+                                   bounds=Range(0, 1, hi_open=True))
     data_root: str = _data("", "Cityscapes root with leftImg8bit/ and gtFine/ ('' = $CITYSCAPES_DATASET)")
     train_split: str = _data("train", "split trained on (2975 images)")
     val_split: str = _data("val", "split evaluated (500 images)")
@@ -100,33 +112,40 @@ class TrainConfig:
     classes: str = _data("", "classes file: JSON list of names or id2label.json ('' = the dataset's own)")
     class_names: tuple[str, ...] = _data((), "class names in train-id order (recorded by train.py)")
     class_palette: tuple[str, ...] = _data((), "class colours as #rrggbb, one per class name")
-    crop_size: tuple[int, int] = _data((0, 0), "random training crop H W (0 0 = native frames)")
-    epochs: int = _optim(160, "training epochs (more epochs extend a run: docs/training.md)")
-    batch_size: int = _optim(2, "images per device per forward pass")
-    grad_accum: int = _optim(4, "forward passes per optimizer step (effective batch 2 x 4 = 8)")
-    lr: float = _optim(6e-5, "AdamW peak learning rate")
-    weight_decay: float = _optim(0.01, "AdamW decoupled weight decay")
-    betas: tuple[float, float] = _optim((0.9, 0.999), "AdamW betas")
-    poly_power: float = _optim(1.0, "polynomial LR decay power, --lr to --min-lr over all steps")
-    min_lr: float = _optim(0.0, "LR at the end of the decay")
-    warmup_steps: int = _optim(0, "linear LR warm-up in optimizer steps (the paper has none)")
-    grad_clip: float = _optim(0.0, "max global gradient norm (0 = none, as the paper)")
-    max_nonfinite: int = _optim(0, "micro-batches with a non-finite loss skipped before the run stops")
-    eval_every: int = _eval(1, "evaluate on val every N epochs and at the last")
+    crop_size: tuple[int, int] = _data((0, 0), "random training crop H W (0 0 = native frames)", bounds=AT_LEAST_0)
+    epochs: int = _optim(160, "training epochs (more epochs extend a run: docs/training.md)", bounds=AT_LEAST_1)
+    batch_size: int = _optim(2, "images per device per forward pass", bounds=AT_LEAST_1)
+    grad_accum: int = _optim(4, "forward passes per optimizer step (effective batch 2 x 4 = 8)", bounds=AT_LEAST_1)
+    lr: float = _optim(6e-5, "AdamW peak learning rate", bounds=POSITIVE)
+    weight_decay: float = _optim(0.01, "AdamW decoupled weight decay", bounds=AT_LEAST_0)
+    betas: tuple[float, float] = _optim((0.9, 0.999), "AdamW betas", bounds=Range(0, 1, hi_open=True))
+    poly_power: float = _optim(1.0, "polynomial LR decay power, --lr to --min-lr over all steps", bounds=AT_LEAST_0)
+    min_lr: float = _optim(0.0, "LR at the end of the decay", bounds=AT_LEAST_0)
+    warmup_steps: int = _optim(0, "linear LR warm-up in optimizer steps (the paper has none)", bounds=AT_LEAST_0)
+    grad_clip: float = _optim(0.0, "max global gradient norm (0 = none, as the paper)", bounds=AT_LEAST_0)
+    max_nonfinite: int = _optim(0, "micro-batches with a non-finite loss skipped before the run stops",
+                                bounds=AT_LEAST_0)
+    eval_every: int = _eval(1, "evaluate on val every N epochs and at the last", bounds=AT_LEAST_1)
     metrics_profile: str = _eval("default", "Boundary F1 / Trimap IoU estimators (docs/metrics.md)", PROFILES)
-    checkpoint_every: int = _eval(10, "checkpoint every N epochs and at the last")
-    keep_states: int = _eval(1, "newest N checkpoints keep optimizer state, older weights only")
+    checkpoint_every: int = _eval(10, "checkpoint every N epochs and at the last", bounds=AT_LEAST_1)
+    keep_states: int = _eval(1, "newest N checkpoints keep optimizer state, older weights only", bounds=AT_LEAST_1)
     out: str = _eval("", "run folder ('' = derived from the settings: docs/training.md)")
-    log_images: int = _logging(0, "log N val prediction overlays to W&B per evaluation")
-    log_grad_norms: int = _logging(0, "every K steps, log each loss term's gradient norms (0 = off)")
+    samples: int = _eval(DEFAULT_SAMPLES, "val images whose predictions are kept beside each checkpoint's results "
+                         "(0 = off; docs/evaluation.md)", bounds=AT_LEAST_0)
+    log_images: int = _logging(4, "W&B: N of the --samples images, with masks, per evaluation (0 = off)",
+                               bounds=AT_LEAST_0)
+    log_every: int = _logging(50, "W&B: each loss term and the LR every N optimizer steps (0 = off)", bounds=AT_LEAST_0)
+    log_grad_norms: int = _logging(0, "every K steps, log each loss term's gradient norms (0 = off)", bounds=AT_LEAST_0)
     wandb: bool = _logging(True, "log to Weights & Biases (offline unless logged in)")
     wandb_project: str = _logging("boundary-seg", "W&B project")
     wandb_entity: str = _logging("", "W&B entity, team or user ('' = your default)")
+    wandb_artifacts: bool = _logging(False, "W&B: upload the final checkpoint as an artifact")
     mixed_precision: str = _runtime("bf16", "autocast precision", ("no", "bf16", "fp16"))
-    num_workers: int = _runtime(8, "DataLoader worker processes per training process")
+    num_workers: int = _runtime(8, "DataLoader worker processes per training process", bounds=AT_LEAST_0)
     grad_checkpointing: bool = _runtime(False, "recompute backbone activations (less memory)")
     deterministic: bool = _runtime(False, "deterministic cuDNN kernels (slower)")
-    cpu_threads: int = _runtime(0, "torch CPU threads per process (0 = the usable cores: utils.threads)")
+    cpu_threads: int = _runtime(0, "torch CPU threads per process (0 = the usable cores: utils.threads)",
+                                bounds=AT_LEAST_0)
     compile: bool = _runtime(True, "torch.compile on CUDA: two compiles, at the first step and evaluation "
                            "(docs/performance.md)")
     channels_last: bool = _runtime(True, "NHWC weights and batches (cuDNN's bf16 convs)")
@@ -200,6 +219,9 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = get_type_hints(TrainConfig)
 _DEFAULTS = {name: f.default for name, f in _FIELDS.items()}
 _TUPLE_FIELDS = {name for name, value in _DEFAULTS.items() if isinstance(value, tuple)}
+# The numeric fields (ints, floats and tuples of them; not the booleans): each declares its Range (`_group`).
+NUMBER_FIELDS = tuple(name for name, kind in _HINTS.items() if kind in (int, float, tuple[int, int],
+                                                                        tuple[float, float]))
 
 # The demo preset: only the deltas from the paper's recipe, each with its reason. It trains on the embedded
 # synthetic Cityscapes-layout scenes (generated into data/demo on first use) on 2 CPU cores in < 3 minutes.
@@ -219,6 +241,7 @@ DEMO_PRESET = {
     "cpu_threads": 1,                  # one compute thread: one per core oversubscribes 2 cores next to the workers
     "sdt_source": "cpu",               # on a CPU the workers' EDT is ~25x faster than the torch (GPU) path
     "checkpoint_every": 4,
+    "log_every": 4,                    # 12 optimizer steps per epoch: W&B's per-step curves get 24 points, not 1
     "head_channels": 128,              # UPerNet at 512 channels costs 7x the whole atto backbone on a CPU
     "wandb_project": "boundary-seg-demo",
 }
@@ -251,9 +274,10 @@ def _plain(value):
 
 # Fields that may differ when a run is resumed (where/how it runs, not what it computes).
 RESUMABLE_CHANGES = {"data_root", "sdt_source", "sdt_cache", "num_workers", "eval_every", "checkpoint_every",
-                     "keep_states", "log_images", "wandb", "wandb_project", "wandb_entity", "out", "pretrained",
-                     "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms", "compile",
-                     "channels_last", "hf_dataset", "classes"}  # the resolved class_names are compared
+                     "keep_states", "samples", "log_images", "wandb", "wandb_project", "wandb_entity", "out",
+                     "pretrained", "max_nonfinite", "deterministic", "cpu_threads", "log_grad_norms", "compile",
+                     "channels_last", "hf_dataset", "classes",  # the resolved class_names are compared
+                     "log_every", "wandb_artifacts"}
 
 # Fields that may change when a run is resumed, beyond RESUMABLE_CHANGES: a longer (or shorter) schedule
 # extends the run from its newest checkpoint (docs/training.md, "Resume").
@@ -325,6 +349,10 @@ def _add_field_flag(parser, name: str, default=argparse.SUPPRESS, default_text: 
     ends with "(default: ...)": `default_text`, else the field's default (none shown for '' and ())."""
     f = _FIELDS[name]
     kind, help_text, choices = _HINTS[name], f.metadata["help"], f.metadata["choices"]
+    bounds = f.metadata["bounds"]
+    number = {tuple[float, float]: float, tuple[int, int]: int}.get(kind, kind)  # a tuple's elements
+    if bounds is not None:
+        number = bounds.parser(number)  # out of range: argparse's one line, exit 2
     if default_text is None and f.default not in ("", ()):
         default_text = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else \
             ("on" if f.default else "off") if isinstance(f.default, bool) else f.default
@@ -333,14 +361,14 @@ def _add_field_flag(parser, name: str, default=argparse.SUPPRESS, default_text: 
     if kind is bool:
         parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
     elif kind == tuple[float, float]:
-        parser.add_argument(_flag(name), type=float, nargs=2, metavar=("B1", "B2"), default=default, help=help_text)
+        parser.add_argument(_flag(name), type=number, nargs=2, metavar=("B1", "B2"), default=default, help=help_text)
     elif kind == tuple[int, int]:
-        parser.add_argument(_flag(name), type=int, nargs=2, metavar=("H", "W"), default=default, help=help_text)
+        parser.add_argument(_flag(name), type=number, nargs=2, metavar=("H", "W"), default=default, help=help_text)
     elif kind == tuple[str, ...]:
         parser.add_argument(_flag(name), nargs="+", metavar=name.split("_")[-1].upper().rstrip("S"), default=default,
                             help=help_text)
     else:
-        convert = any_case(choices) if choices and kind is str else kind  # --variant c is C
+        convert = any_case(choices) if choices and kind is str else number  # --variant c is C
         parser.add_argument(_flag(name), type=convert, choices=choices, default=default, help=help_text,
                             metavar=None if choices else _METAVARS[kind])
 
@@ -373,17 +401,15 @@ def read_config_file(path: str | Path) -> dict:
     through its flag's parser, so a file is checked exactly as the same flags would be (UserError naming the
     file and the setting)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such config file (--config)") from None
-    except yaml.MarkedYAMLError as e:  # its message spans lines: the problem and where, in one
-        mark = e.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: cannot read the config file ({type(e).__name__}: {e.problem}{where})") from None
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: cannot read the config file ({type(e).__name__}: {e})") from None
+    if path.suffix != ".json":
+        data = read_yaml(path, "config file (--config)")
+    else:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such config file (--config)") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"{path}: cannot read the config file ({type(e).__name__}: {e})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -433,17 +459,14 @@ def _tuples(values: dict) -> dict:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Reject values that would fail late (after minutes of data loading) with one clear line."""
-    positive = ("epochs", "batch_size", "grad_accum", "eval_every", "checkpoint_every", "keep_states")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
-    if not 0 <= cfg.seed < 2**32:  # numpy's and accelerate's set_seed range
-        raise UserError(f"--seed must be in [0, 2**32), got {cfg.seed}")
-    for name in ("lambda_dice", "lambda_boundary", "aux_weight", "boundary_start", "steal_delta", "steal_floor"):
-        value = getattr(cfg, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise UserError(f"{_flag(name)} is a loss weight: it must be finite and >= 0, got {value}")
+    """Reject values that would fail late (after minutes of data loading) with one clear line: each number out of
+    its field's declared range (the flags' parser checks the same range), then what depends on several fields."""
+    for name in NUMBER_FIELDS:
+        values = getattr(cfg, name)
+        for value in values if isinstance(values, tuple) else (values,):
+            refusal = _FIELDS[name].metadata["bounds"].refusal(value)
+            if refusal:
+                raise UserError(f"{_flag(name)} {refusal}")
     if cfg.variant not in VARIANTS:
         raise UserError(f"unknown --variant {cfg.variant!r}: use one of {', '.join(VARIANTS)}"
                         f"{did_you_mean(cfg.variant, VARIANTS)}")
@@ -458,18 +481,15 @@ def validate(cfg: TrainConfig) -> None:
     check_boundary_schedule(cfg.boundary_schedule, cfg.loss_weights, cfg.loss_label)
     if cfg.sdt_source == "cache" and not cfg.sdt_cache:
         raise UserError("--sdt-source cache needs --sdt-cache DIR (the folder written by precompute_sdt.py)")
-    if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
-        raise UserError(f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={cfg.lr} min_lr={cfg.min_lr}")
-    for name in ("max_nonfinite", "log_images", "cpu_threads", "log_grad_norms", "warmup_steps", "num_workers"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
-    if min(cfg.crop_size) < 0 or (0 in cfg.crop_size and max(cfg.crop_size) > 0):
+    if cfg.min_lr > cfg.lr:
+        raise UserError(f"--min-lr must be <= --lr, got lr={cfg.lr} min_lr={cfg.min_lr}")
+    if 0 in cfg.crop_size and max(cfg.crop_size) > 0:
         raise UserError(f"--crop-size needs H W >= 1 (or 0 0 for native frames), got "
                         f"{' '.join(map(str, cfg.crop_size))}")
     if cfg.reduce_labels and not cfg.hf_dataset:
         raise UserError("--reduce-labels applies to --hf-dataset datasets; pass --hf-dataset PATH_OR_NAME or drop it")
     if cfg.class_palette and len(cfg.class_palette) != len(cfg.class_names):
-        raise UserError(f"--class-palette has {len(cfg.class_palette)} colours for {len(cfg.class_names)} "
+        raise UserError(f"--class-palette has {plural(len(cfg.class_palette), 'colour')} for {len(cfg.class_names)} "
                         "--class-names; give one per class")
 
 
@@ -482,8 +502,9 @@ def check_paths(cfg: TrainConfig) -> None:
     check_data_paths(cfg.data_root, cfg.hf_dataset, classes_file, generated=cfg.demo_data)
     cache = Path(cfg.sdt_cache).expanduser()
     if cfg.sdt_source == "cache" and needs_sdt(cfg.loss_weights) and not cache.is_dir():
-        raise UserError(f"{cache}: no such SDT cache folder (--sdt-cache); write it first: python precompute_sdt.py "
-                        f"--split {cfg.train_split} --out {cfg.sdt_cache} with this run's data flags")
+        write = shell_command("python", "precompute_sdt.py", "--split", cfg.train_split, "--out", cfg.sdt_cache)
+        raise UserError(f"{cache}: no such SDT cache folder (--sdt-cache); write it first: {write} with this run's "
+                        "data flags")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

@@ -19,7 +19,7 @@ from engine.results_format import REQUIRED_KEYS, RESULTS_SUFFIX, read_results, r
 from metrics.keys import METRIC_KEYS
 from metrics.per_image import per_image_path, write_per_image
 from metrics.registry import METRICS
-from utils.console import pct
+from utils.console import pct, plural
 from utils.fileio import atomic_write_json
 
 __all__ = ["METRIC_KEYS", "REQUIRED_KEYS", "RESULTS_SUFFIX", "batch_table", "checkpoint_table", "metrics_table",
@@ -50,7 +50,7 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         classes = list(class_table(cfg).names)
     iou = list(metrics["iou"])
     if len(iou) != len(classes):
-        raise ValueError(f"metrics['iou'] has {len(iou)} values, expected one per class of {classes}")
+        raise ValueError(f"metrics['iou'] has {plural(len(iou), 'value')}, expected one per class of {classes}")
     meta = read_meta(checkpoint) or {}
     # first: a results file implies its stats
     write_per_image(per_image_file or per_image_path(checkpoint), metrics["per_image"])
@@ -113,7 +113,7 @@ def checkpoint_table(record: dict) -> Table:
     ckpt = Path(record["checkpoint"])
     flat = {**record, **{f"iou/{name}": value for name, value in record["iou"].items()}}
     return metrics_table({"%": flat}, f"{ckpt.parent.parent.name}/{ckpt.name} on {record['split']}",
-                         caption=f"{record['num_images']} images, {record['seconds']:.1f} s, metrics profile "
+                         caption=f"{plural(record['num_images'], 'image')}, {record['seconds']:.1f} s, metrics profile "
                                  f"{record.get('metrics_profile', 'default')}")
 
 

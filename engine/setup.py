@@ -12,9 +12,11 @@ so drawing it from the restored global RNG would shift the dropout stream of the
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +26,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from data_utils.augment import BatchAugment
 from data_utils.classes import ClassTable
-from data_utils.dataset import SegmentationDataset, check_frames, collate_batch
+from data_utils.dataset import (SegmentationDataset, check_crop_size, check_frames, check_labels, check_one_frame_size,
+                                collate_batch, frame_sizes)
 from data_utils.options import WORKER_SDT_SOURCES
 from data_utils.source import DataSource
 from engine.config import DEMO_DATA, DEMO_HF_DATA, TrainConfig
@@ -33,7 +36,8 @@ from losses import build_aux_loss, build_loss
 from losses.registry import needs_sdt
 from losses.schedule import BoundaryWeightSchedule
 from models import build_model, takes_input_size
-from utils.fileio import UserError
+from utils.console import plural
+from utils.fileio import NOT_WRITABLE, UserError
 from utils.signals import loader_worker_init
 from utils.threads import set_torch_threads
 
@@ -67,10 +71,21 @@ def configure_torch(cfg: TrainConfig) -> None:
 
 
 def ensure_demo_data(cfg: TrainConfig) -> None:
-    """Generate the demo dataset `cfg` names (--data-root, or --hf-dataset for its HF form) on first use."""
+    """Generate the demo dataset `cfg` names (--data-root, or --hf-dataset for its HF form) on first use.
+
+    Its default folder is relative to the working directory (data/demo): a read-only one, or a file in the way,
+    is one line naming the folder and the flag that moves it."""
     from data_utils.synthetic import ensure_demo_dataset
     root, params = (cfg.hf_dataset, DEMO_HF_DATA) if cfg.hf_dataset else (cfg.data_root, DEMO_DATA)
-    ensure_demo_dataset(root, **params)
+    try:
+        ensure_demo_dataset(root, **params)
+    except OSError as e:
+        if e.errno not in (*NOT_WRITABLE, errno.ENOTDIR, errno.EEXIST):
+            raise
+        flag = "--hf-dataset" if cfg.hf_dataset else "--data-root"
+        raise UserError(f"{Path(root).absolute()}: cannot generate the demo data there ({e.filename}: {e.strerror}); "
+                        f"pass a writable folder as {flag} (it is generated there once), or run from a writable "
+                        "folder") from None
 
 
 def data_source(cfg: TrainConfig) -> DataSource:
@@ -118,7 +133,9 @@ class Training:
     train_loader / val_loader: the prepared loaders (val_loader None when not asked for);
     loss_schedule: the λ_b schedule, `weights_at(epoch)` for `step.loss_fn.weights`;
     steps_per_epoch, total_steps: optimizer steps (the LR schedule's length, `engine.schedule.get_lr`);
-    frames_checked, check_seconds: what `check_data` checked (0 when not asked for).
+    frames_checked, check_seconds: what `check_data` checked (0 when not asked for);
+    val_class_presence: (N, C) bool, the classes each val label holds (`data_utils.dataset.check_labels`; on the
+    main process with `check_data`, else None).
     """
     step: StepState
     train_loader: DataLoader
@@ -128,6 +145,7 @@ class Training:
     total_steps: int
     frames_checked: int = 0
     check_seconds: float = 0.0
+    val_class_presence: np.ndarray | None = None
 
 
 def build_training(cfg: TrainConfig, accelerator: Accelerator, load_pretrained: bool = False, val: bool = True,
@@ -144,15 +162,16 @@ def build_training(cfg: TrainConfig, accelerator: Accelerator, load_pretrained: 
     `accelerator.prepare`. `val=False` builds no val loader (bench/bench_train.py).
     """
     rank = accelerator.process_index
-    checked, check_seconds = 0, 0.0
+    checked, check_seconds, val_presence = 0, 0.0, None
     with accelerator.main_process_first():  # the first process builds the datasets caches, the others reuse them
         train_loader = build_dataloader(cfg, cfg.train_split, train=True, rank=rank)
         val_loader = build_dataloader(cfg, cfg.val_split, train=False, rank=rank) if val else None
         if check_data and accelerator.is_main_process:  # a bad file stops the run now, not after an epoch
             start = time.perf_counter()
             checked = check_frames(train_loader.dataset, decode_labels=False, num_workers=cfg.num_workers)
-            if val_loader is not None:
-                checked += check_frames(val_loader.dataset, decode_labels=True, num_workers=cfg.num_workers)
+            if val_loader is not None:  # the labels decoded: what they hold picks the prediction samples
+                val_presence = check_labels(val_loader.dataset, num_workers=cfg.num_workers)
+                checked += len(val_presence)
             check_seconds = time.perf_counter() - start
     augment = BatchAugment() if cfg.augment == "gpu" else None  # the workers do it for --augment cpu
     on_device_sdt = uses_sdt(cfg) and cfg.sdt_source == "gpu"  # the SDT computed on the device, per batch
@@ -184,7 +203,7 @@ def build_training(cfg: TrainConfig, accelerator: Accelerator, load_pretrained: 
                      augment=augment, sdt_classes=sdt_classes)
     return Training(step=step, train_loader=train_loader, val_loader=val_loader, loss_schedule=loss_schedule,
                     steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
-                    frames_checked=checked, check_seconds=check_seconds)
+                    frames_checked=checked, check_seconds=check_seconds, val_class_presence=val_presence)
 
 
 def train_frame_size(cfg: TrainConfig) -> tuple[int, int]:
@@ -241,13 +260,20 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool, rank: int = 0) -
         "cpu" or "cache" (with "gpu", train.py computes it on the device).
     train=False: dataset order, no flip, no crop, no augmentation, uint8 images (evaluate_model normalises on
         the device), no SDT, workers that do not persist between evaluations, the last batch may be short; one
-        frame per batch when the frames may differ in size (an HF dataset), so every frame is evaluated at its
-        native size.
+        frame per batch when the frames may differ in size (an HF dataset, or a Cityscapes-layout split whose
+        PNG headers show several sizes), so every frame is evaluated at its native size.
+    A crop (train=True) taller or wider than every frame is refused (`check_crop_size`), and so are native frames
+    of several sizes in batches of more than one (`check_one_frame_size`).
     Call `loader.dataset.set_epoch(epoch)` and `loader.sampler.set_epoch(epoch)` (or the prepared loader's
     `set_epoch`) before each training epoch. `rank` (the process index) seeds `loader_generator`.
     """
     source = data_source(cfg)
     frames = source.frames(split, source.classes(cfg.train_split))
+    # frame sizes before any work (PNG headers): a huge crop fails in a worker out of memory, mixed sizes at a batch
+    if train and min(cfg.crop_size) > 0:
+        check_crop_size(tuple(cfg.crop_size), frames, f"split '{split}' of {source.where}")
+    elif train and cfg.batch_size > 1 and source.one_frame_size:
+        check_one_frame_size(frames, f"split '{split}' of {source.where}")
     if train:
         sdt_source = cfg.sdt_source if uses_sdt(cfg) and cfg.sdt_source in WORKER_SDT_SOURCES else "none"
         dataset = SegmentationDataset(
@@ -256,12 +282,13 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool, rank: int = 0) -
             augment=BatchAugment() if cfg.augment == "cpu" else None,
             crop_size=tuple(cfg.crop_size) if min(cfg.crop_size) > 0 else None)
         if len(dataset) < cfg.batch_size:
-            raise UserError(f"{source.where}: split {split!r} has {len(dataset)} frames, "
+            raise UserError(f"{source.where}: split {split!r} has {plural(len(dataset), 'frame')}, "
                             f"fewer than --batch-size {cfg.batch_size}; lower the batch size")
     else:
         dataset = SegmentationDataset(frames, hflip=False, seed=cfg.seed, image_dtype="uint8")
     workers = cfg.num_workers
-    batch_size = cfg.batch_size if train or source.one_frame_size else 1
+    # evaluation: one frame per batch unless all frames have one size (PNG headers), as frames are not resized
+    batch_size = cfg.batch_size if train or (source.one_frame_size and len(frame_sizes(frames)) == 1) else 1
     # Training workers persist across epochs; evaluation's start at each evaluation and stop after it, rather
     # than sit idle (memory, processes) through the training between two evaluations. Workers end quietly on
     # Ctrl-C and SIGTERM sent to the process group; the main process stops on them (utils.signals).

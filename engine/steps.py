@@ -181,6 +181,8 @@ class EpochLossLog:
         self.positions: list = []  # host: `where` of each update since the last read
         self.sums: list[float] = []  # host: the epoch's sum of each term over the good micro-batches
         self.num_kept = 0
+        self.interval_sums: list[float] = []  # host: the same since the last `interval_means` (W&B's per-step log)
+        self.interval_kept = 0
 
     def update(self, terms: dict[str, torch.Tensor], where=None) -> torch.Tensor | None:
         """Add one micro-batch's scalar terms; returns `keep` (all finite, on the device) when `each_step`.
@@ -188,7 +190,7 @@ class EpochLossLog:
         `where` (any object, e.g. (optimizer step, epoch, batch)) is what `read` reports for a bad one.
         """
         if self.names is None:
-            self.names, self.sums = list(terms), [0.0] * len(terms)
+            self.names, self.sums, self.interval_sums = list(terms), [0.0] * len(terms), [0.0] * len(terms)
         values = torch.stack([terms[k].detach().double() for k in self.names])[None]  # (1, K)
         self.positions.append(where)
         if not self.each_step:
@@ -210,7 +212,9 @@ class EpochLossLog:
             if all(math.isfinite(v) for process in values for v in process):
                 for k in range(len(self.sums)):
                     self.sums[k] += sum(process[k] for process in values)
+                    self.interval_sums[k] += sum(process[k] for process in values)
                 self.num_kept += len(values)
+                self.interval_kept += len(values)
                 continue
             num_bad += 1
             if first_bad is None:
@@ -220,6 +224,15 @@ class EpochLossLog:
         means = {name: total / self.num_kept if self.num_kept else math.nan
                  for name, total in zip(self.names or [], self.sums)}
         return LossReading(means, self.num_kept, num_bad, first_bad)
+
+    def interval_means(self) -> dict[str, float]:
+        """Each term's mean over the good micro-batches (all processes) read since the previous call, or since the
+        epoch began (NaN: none); then a new interval starts. train.py's per-step W&B log (--log-every) reads the
+        log first, so the interval ends at the current micro-step."""
+        means = {name: total / self.interval_kept if self.interval_kept else math.nan
+                 for name, total in zip(self.names or [], self.interval_sums)}
+        self.interval_sums, self.interval_kept = [0.0] * len(self.interval_sums), 0
+        return means
 
 
 @dataclass

@@ -29,23 +29,18 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
-
 with warnings.catch_warnings():  # sweeps 0.2.0 uses pydantic v1 config names: one UserWarning per model
     warnings.simplefilter("ignore", UserWarning)
     import sweeps
 
-from utils.fileio import EXIT_PARTIAL_FAILURE, UserError, run_main
+from utils.fileio import EXIT_PARTIAL_FAILURE, UserError, read_yaml, run_main
 from utils.cli import ArgumentParser
 
 
 def load_sweep(path: str | Path) -> dict:
     """The sweep file as a dict, validated by wandb's schema (UserError listing the violations)."""
     path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: cannot read the sweep file ({e})") from None
+    config = read_yaml(path, "sweep file")
     if not isinstance(config, dict):
         raise UserError(f"{path}: a sweep file is a YAML mapping with method, parameters, program, ...")
     violations = sweeps.schema_violations_from_proposed_config(config)
@@ -84,16 +79,44 @@ def check_parameters(config: dict, path: str | Path) -> None:
                                 f"({'; '.join(unknown)}){hint}")
 
 
+def check_cells(runs: list[tuple[int, dict]], extra: list[str], path: str | Path) -> None:
+    """Refuse, before the first run starts, a cell whose flags train.py would refuse (`seed: -5`,
+    `lambda-boundary: .nan`, `--loss` with `--variant`): each cell's flags (`runs`: (index, run config)) plus the
+    `extra` ones through train.py's own parser and checks (engine.config: each flag's range, then `validate`),
+    one line naming the cell. Otherwise every run would start, fail, and the sweep end with all of them failed."""
+    from engine.config import build_parser, config_from_flags  # torch-free
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    parser = build_parser()
+    parser.exit_on_error = False  # an ArgumentError to report, not argparse's exit
+    for i, run in runs:
+        args = create_sweep_command_args({"args": run})["args"] + extra
+        try:
+            given, unknown = parser.parse_known_args(args)
+            if unknown:
+                raise UserError(f"unrecognized arguments: {' '.join(unknown)}")
+            config_from_flags({k: v for k, v in vars(given).items() if k != "print_config"})
+        except (argparse.ArgumentError, UserError) as e:
+            raise UserError(f"{path}: train.py refuses cell {i} ({shlex.join(args)}): {e}; fix the sweep file's "
+                            "values (or the flags after --)") from None
+
+
 def grid_runs(config: dict, count: int | None = None) -> list[dict]:
     """The runs the sweep engine proposes, in its order, as {parameter: {"value": v}} dicts: the whole grid
     (at most `count` runs), or `count` runs of a random or bayes search (which never end by themselves)."""
     runs: list = []
-    while count is None or len(runs) < count:
-        run = sweeps.next_run(config, runs)
-        if run is None:
-            break
-        run.state = sweeps.RunState.finished  # as if done: the engine then proposes the next point
-        runs.append(run)
+    with warnings.catch_warnings():
+        if config.get("method") == "bayes":
+            # The engine fits a Gaussian process to runs without a metric yet (all are proposed before any runs),
+            # and sklearn warns that its length scale hit a bound, once per proposal: nothing a user can act on.
+            from sklearn.exceptions import ConvergenceWarning
+            warnings.simplefilter("ignore", ConvergenceWarning)
+        while count is None or len(runs) < count:
+            run = sweeps.next_run(config, runs)
+            if run is None:
+                break
+            run.state = sweeps.RunState.finished  # as if done: the engine then proposes the next point
+            runs.append(run)
     return [run.config for run in runs]
 
 
@@ -155,13 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     if config["method"] != "grid" and args.count is None:
         raise UserError(f"{args.sweep}: method {config['method']} proposes runs without end; pass --count N")
     check_parameters(config, args.sweep)
-    commands = [resolve_accelerate(run_command(config, run)) + extra for run in grid_runs(config, args.count)]
+    runs = grid_runs(config, args.count)
+    commands = [resolve_accelerate(run_command(config, run)) + extra for run in runs]
     numbered = list(enumerate(commands))  # [i/N]: i is the cell's --index
     if args.index is not None:
         if not 0 <= args.index < len(commands):
             raise UserError(f"{args.sweep}: --index {args.index} is out of range: the grid has {len(commands)} "
                             f"cells; pass an index from 0 to {len(commands) - 1}")
         numbered = [numbered[args.index]]
+    check_cells([(i, runs[i]) for i, _ in numbered], extra, args.sweep)
     failed = []
     for i, command in numbered:
         print(f"[{i}/{len(commands)}] {shlex.join(command)}", flush=True)

@@ -62,6 +62,20 @@ def dataset_metrics(stats: dict, profile: str) -> dict:
     return {**out, "num_images": int(len(stats["names"])), "metrics_profile": profile}
 
 
+def image_values(stats: dict, profile: str) -> dict[str, np.ndarray]:
+    """Every record's value on each image alone: {key: (n,) float64}, entry i = `dataset_metrics(subset(stats,
+    [i]), profile)[key]` (NaN where undefined for that image), computed for all images at once from the records'
+    bootstrap forms (`metrics.registry.Resample`: reduce(terms(array)) of one image's terms)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown metrics profile {profile!r}: use one of {', '.join(PROFILES)}")
+    out = {}
+    for m in METRICS:
+        form = m.resampler(profile)
+        terms = np.asarray(form.terms(np.asarray(stats[form.array])), dtype=np.float64)  # (n, ...) per image
+        out[m.key] = np.asarray(form.reduce(terms), dtype=np.float64)
+    return out
+
+
 def subset(stats: dict, index) -> dict:
     """The statistics of the images at `index` (an integer array: a subset, a reordering or a resample with
     repeats; or a boolean mask of length n)."""

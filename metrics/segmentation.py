@@ -75,6 +75,7 @@ from metrics.consensus import count_fragments
 from metrics.keys import PROFILES
 from metrics.per_image import dataset_metrics
 from metrics.registry import METRICS, producers, stat_specs
+from utils.console import plural
 from utils.conventions import IGNORE_INDEX
 
 # Keys of the per-image stats (all with leading dim N, integer counts):
@@ -524,7 +525,7 @@ class SegmentationMetrics:
             raise ValueError(f"unknown metrics profile {profile!r}: use one of {', '.join(PROFILES)}")
         class_names = tuple(class_names) if class_names is not None else tuple(map(str, range(num_classes)))
         if len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+            raise ValueError(f"{plural(len(class_names), 'class name')} for num_classes={num_classes}")
         self.num_classes, self.ignore_index, self.boundary_px = num_classes, ignore_index, boundary_px
         self.profile, self.class_names = profile, class_names
         self.reset()
@@ -551,7 +552,7 @@ class SegmentationMetrics:
         n = stats["confusion"].shape[0]
         names = [str(self.num_images + i) for i in range(n)] if names is None else list(names)
         if len(names) != n:
-            raise ValueError(f"{len(names)} names for {n} images")
+            raise ValueError(f"{plural(len(names), 'name')} for {plural(n, 'image')}")
         self._stats.append({k: stats[k] for k in keys})
         self._names += names
 

@@ -20,6 +20,7 @@ from models.aux_head import FCNHead
 from models.heads import DEFAULT_HEAD, head_class
 from models.layers import resize_bilinear
 from utils.cli import did_you_mean
+from utils.console import plural
 from utils.fileio import UserError
 
 FEATURE_STRIDES = (4, 8, 16, 32)  # what every head expects from the backbone's four levels
@@ -213,9 +214,10 @@ def load_backbone_state(backbone: nn.Module, source: dict[str, torch.Tensor], or
     if missing or mismatched:
         problems = []
         if mismatched:
-            problems.append(f"{len(mismatched)} keys with wrong shapes (file vs model): {_describe(mismatched)}")
+            problems.append(f"{plural(len(mismatched), 'key')} with wrong shapes (file vs model): "
+                            f"{_describe(mismatched)}")
         if missing:
-            problems.append(f"{len(missing)} keys missing: {_describe(missing)}")
+            problems.append(f"{plural(len(missing), 'key')} missing: {_describe(missing)}")
         raise UserError(
             f"{origin}: pretrained weights do not fit the backbone: {'; '.join(problems)}; "
             "pass a timm checkpoint of the same architecture as --backbone"

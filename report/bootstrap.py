@@ -27,6 +27,7 @@ from rich.progress import track
 from metrics.keys import PROFILES
 from metrics.registry import METRICS, Resample
 from report.stats import holm
+from utils.console import noun_for
 
 CHUNK_BYTES = 64 * 2**20  # memory bound of one block of replicates (W, the image draws and W @ F, float64)
 LEVEL = 95.0  # the interval: the 2.5 and 97.5 percentiles of the replicates' Δ
@@ -113,13 +114,14 @@ def bootstrap_metrics(stats: Mapping[str, Sequence[Mapping[str, np.ndarray]]], p
         raise ValueError(f"num_replicates={num_replicates}: need at least 1 replicate")
     unknown = [m for m in metrics if m not in BOOTSTRAP_METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(BOOTSTRAP_METRICS)}")
+        raise ValueError(f"unknown {noun_for(len(unknown), 'metric')} {', '.join(unknown)}; known: "
+                         f"{', '.join(BOOTSTRAP_METRICS)}")
     if not pairs:
         raise ValueError("no pairs to compare")
     groups = list(dict.fromkeys(g for pair in pairs for g in pair))
     empty = [g for g in groups if not stats.get(g)]
     if empty:
-        raise ValueError(f"no runs for group(s) {', '.join(empty)}")
+        raise ValueError(f"no runs for {noun_for(len(empty), 'group')} {', '.join(empty)}")
     runs = [run for g in groups for run in stats[g]]  # (R,) group-major
     owner = np.array([k for k, g in enumerate(groups) for _ in stats[g]])  # (R,) group index of each run
 

@@ -1,4 +1,5 @@
-"""The study's figures (matplotlib, Agg backend, PNG): per-epoch curves with CI bands, per-class IoU bars.
+"""The study's figures (matplotlib, Agg backend; PNG, plus PDF/SVG copies on request: aggregate.py --format): per-epoch
+curves with CI bands, per-class IoU bars.
 
 Every figure colours a variant the same way (`group_colors`), so A is the same blue in every plot.
 """
@@ -57,11 +58,23 @@ def _shade(color: str, t: float) -> str:
     return matplotlib.colors.to_hex(np.clip(rgb, 0, 1))
 
 
-def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+# No creation date in the vector files: the same report gives the same bytes (pdf: CreationDate, svg: Date).
+_NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
+def figure_path(path: Path, fmt: str) -> Path:
+    """The file of figure `path` (its PNG) in format `fmt`: curves.png -> curves.pdf."""
+    return path.with_suffix(f".{fmt}")
+
+
+def _save(fig, path: Path, formats: tuple[str, ...] = ("png",)) -> None:
+    """Write `fig` to `path` (PNG) and beside it in every other format of `formats` (matplotlib's names; aggregate.py
+    --format offers pdf and svg), atomically."""
+    for fmt in dict.fromkeys(("png", *formats)):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata=_NO_DATE.get(fmt))
+        atomic_write_bytes(figure_path(path, fmt), buf.getvalue())
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _caveat_footnote(fig, study: Study) -> None:
@@ -95,7 +108,7 @@ def _curve(study: Study, group: str, metric: str, band: str):
 
 
 def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int | None = None,
-                mark_epoch: int | None = None) -> Path:
+                mark_epoch: int | None = None, formats: tuple[str, ...] = ("png",)) -> Path:
     """Per-epoch mean over seeds of mIoU, Boundary F1 and Trimap IoU, one line per group, shaded 95 % band.
 
     Two rows: the whole run on top; below, the same curves from epoch `zoom_from` (default: the middle of
@@ -105,7 +118,7 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
     """
     colors = group_colors(study.groups, study.group_keys)
     if len(study.epochs) == 1:  # nothing to draw a curve through: show the intervals themselves
-        return _plot_single_epoch(study, path)
+        return _plot_single_epoch(study, path, formats)
     last = study.epochs[-1]
     if zoom_from is None:
         zoom_from = next((e for e in study.epochs if e >= last / 2), last)
@@ -143,11 +156,11 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
                bbox_to_anchor=(0.5, 0.965 if rows == 2 else 0.93))
     _caveat_footnote(fig, study)
-    _save(fig, path)
+    _save(fig, path, formats)
     return path
 
 
-def _plot_single_epoch(study: Study, path: Path) -> Path:
+def _plot_single_epoch(study: Study, path: Path, formats: tuple[str, ...] = ("png",)) -> Path:
     """One evaluated epoch: per metric, each group's mean with its 1.96·SE (thick) and t (thin) interval."""
     colors = group_colors(study.groups, study.group_keys)
     epoch = study.epochs[0]
@@ -167,28 +180,39 @@ def _plot_single_epoch(study: Study, path: Path) -> Path:
     fig.suptitle("Mean over seeds; thick: ± 1.96·SE, thin: ± t(0.975, n−1)·SE", fontsize=10)
     fig.tight_layout()
     _caveat_footnote(fig, study)
-    _save(fig, path)
+    _save(fig, path, formats)
     return path
 
 
-def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
+def per_class_pair(study: Study) -> tuple[str, str]:
+    """(reference, key) of the per-class views (this figure, the viewer's default): Δ against A (else the first
+    group), classes sorted by Δ(D − reference) (else the last group's; the reference itself with one group)."""
+    ref = study.group_of("A") or study.groups[0]
+    key = study.group_of("D") if study.group_of("D") not in (None, ref) else study.groups[-1]
+    return ref, key
+
+
+def plot_per_class(study: Study, epoch: int, path: Path, formats: tuple[str, ...] = ("png",)) -> Path | None:
     """Per-class IoU at `epoch` (mean ± inter-seed std) as grouped bars on a 0-100 % axis, classes sorted by Δ(D−A)
     largest first; below, each group's Δ against the reference (A when present) in percentage points (the zoom).
+    One group: the bars alone, classes in the dataset's order (no Δ panel: there is nothing to subtract).
     None without per-class IoU."""
     if not study.classes:
         return None
     colors = group_colors(study.groups, study.group_keys)
     stats = {c: {g: summarize(list(study.values(g, epoch, c).values())) for g in study.groups} for c in study.classes}
-    ref = study.group_of("A") or study.groups[0]
-    key = study.group_of("D") if study.group_of("D") not in (None, ref) else study.groups[-1]
+    ref, key = per_class_pair(study)
     delta = {c: stats[c][key].mean - stats[c][ref].mean for c in study.classes}
     order = sorted(study.classes, key=lambda c: -delta[c] if np.isfinite(delta[c]) else np.inf)
     others = [g for g in study.groups if g != ref]
 
     x = np.arange(len(order))
     width = 0.8 / len(study.groups)
-    fig, (ax_iou, ax_delta) = plt.subplots(2, 1, figsize=(max(10, 0.75 * len(order)), 7.5), sharex=True,
-                                           gridspec_kw={"height_ratios": [3, 2]})
+    if others:
+        fig, (ax_iou, ax_delta) = plt.subplots(2, 1, figsize=(max(10, 0.75 * len(order)), 7.5), sharex=True,
+                                               gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        fig, ax_iou = plt.subplots(figsize=(max(10, 0.75 * len(order)), 4.8))
     for k, g in enumerate(study.groups):
         mu = np.array([100 * stats[c][g].mean for c in order])
         sd = np.array([100 * stats[c][g].std for c in order])
@@ -197,30 +221,33 @@ def plot_per_class(study: Study, epoch: int, path: Path) -> Path | None:
     ax_iou.set_ylim(0, 100)  # bars from 0, so their lengths compare honestly; the Δ panel below zooms on the gaps
     ax_iou.set_ylabel("IoU (%)")
     sorting = f", sorted by Δ({key}−{ref})" if key != ref else ""
-    ax_iou.set_title(f"Per-class IoU at epoch {epoch} (mean ± inter-seed std){sorting}")
+    spread = "mean ± inter-seed std" if len(study.seeds) > 1 else "one seed: no std"
+    ax_iou.set_title(f"Per-class IoU at epoch {epoch} ({spread}){sorting}")
     ax_iou.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
     ax_iou.grid(axis="y", alpha=0.3)
+    if not others:  # one group: no Δ panel (it would read "Δ(C−C)")
+        ax_iou.set_xticks(x, order, rotation=45, ha="right")
+        fig.tight_layout()
+        _save(fig, path, formats)
+        return path
 
-    width_d = 0.8 / max(1, len(others))
+    width_d = 0.8 / len(others)
     for k, g in enumerate(others):
         d = np.array([100 * (stats[c][g].mean - stats[c][ref].mean) for c in order])
         ax_delta.bar(x + (k - (len(others) - 1) / 2) * width_d, d, width_d, color=colors[g],
                      label=f"Δ({g}−{ref})")
     ax_delta.axhline(0, color="black", lw=0.8)
     ax_delta.set_ylabel(f"Δ vs {ref} (pp)")
-    if others:  # one group has no Δ: legend() without labelled bars would warn on the user's console
-        ax_delta.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
-    else:
-        ax_delta.text(0.5, 0.5, f"one group ({ref}): no Δ to show", transform=ax_delta.transAxes, ha="center",
-                      va="center", color="gray")
+    ax_delta.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
     ax_delta.grid(axis="y", alpha=0.3)
     ax_delta.set_xticks(x, order, rotation=45, ha="right")
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, formats)
     return path
 
 
-def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal") -> Path | None:
+def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal",
+                      formats: tuple[str, ...] = ("png",)) -> Path | None:
     """Final-epoch mIoU, Boundary F1 and Trimap IoU against λ_b (log axis), one line per λ_b-swept variant:
     mean over seeds with its 95 % interval as error bars (`band`: 1.96·SE or t·SE). None without a sweep."""
     sweep = study.lambda_sweep
@@ -252,11 +279,12 @@ def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal"
     fig.tight_layout(rect=(0, 0, 1, 0.86))
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 0.93))
     _caveat_footnote(fig, study)
-    _save(fig, path)
+    _save(fig, path, formats)
     return path
 
 
-def plot_grad_trajectories(traj, path: Path, band: str = "normal", colors: dict[str, str] | None = None) -> Path:
+def plot_grad_trajectories(traj, path: Path, band: str = "normal", colors: dict[str, str] | None = None,
+                           formats: tuple[str, ...] = ("png",)) -> Path:
     """Per-term gradient statistics over epochs (`report.gradients.GradTrajectories`), one line per group.
 
     Rows: gradients w.r.t. the logits, then w.r.t. the features. Columns: the L2 norm of each unweighted
@@ -309,11 +337,12 @@ def plot_grad_trajectories(traj, path: Path, band: str = "normal", colors: dict[
     fig.tight_layout(rect=(0, 0, 1, 0.88 if len(wheres) > 1 else 0.8))
     fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 6), frameon=False,
                bbox_to_anchor=(0.5, 0.955 if len(wheres) > 1 else 0.91))
-    _save(fig, path)
+    _save(fig, path, formats)
     return path
 
 
-def plot_bootstrap(results: dict[str, dict[tuple[str, str], dict]], path: Path) -> Path:
+def plot_bootstrap(results: dict[str, dict[tuple[str, str], dict]], path: Path,
+                   formats: tuple[str, ...] = ("png",)) -> Path:
     """The image bootstrap's replicates (table 5b): one panel per metric, one violin per pair "X vs Y" showing
     the distribution of Δ_b = X_b − Y_b, its 95 % interval as a bar and the full-set Δ as a dot; a line at 0.
     `results`: {metric key: {(X, Y): bootstrap result}} (`report.tables.bootstrap_table`)."""
@@ -347,5 +376,5 @@ def plot_bootstrap(results: dict[str, dict[tuple[str, str], dict]], path: Path) 
     fig.suptitle(f"Paired image bootstrap, {replicates} replicates: Δ_b distribution (violin), 95 % interval "
                  f"(bar), Δ on all images (dot); red: Holm p < {ALPHA}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    _save(fig, path)
+    _save(fig, path, formats)
     return path

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,13 +30,15 @@ from rich.progress import track
 
 from engine.results_format import CONSENSUS_TAG, INFERENCE_TAG, RESULTS_SUFFIX, boundary_schedule_of, read_results
 from losses.variants import LAMBDA_BOUNDARY
-from metrics.keys import METRIC_LABELS
+from metrics.keys import METRIC_LABELS, val_iou_key, val_key
 from metrics.per_image import PER_IMAGE_SUFFIX, per_image_path, read_per_image, subset
 from metrics.registry import METRICS as RECORDS
 from metrics.registry import UNIT_NOTES, metric
 from models.heads import DEFAULT_HEAD
 from report.bootstrap import PROFILE_METRICS, full_set_values
 from utils import UserError
+from utils.cli import shell_command
+from utils.console import noun_for, plural
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
 # The global metrics of the tables and curves: the study's three, the ones both sources (results files and the
@@ -50,6 +53,9 @@ ESTIMATOR_CAVEATS = {
                 "contour and which the study itself retracted: not comparable to the toolkit's or the study's "
                 "corrected values (reference/README.md)",
 }
+# ... -> the tag a W&B key of such a metric carries (`Study.key`): "boundary_f1_study_v0_1_0" (no dots, which
+# W&B reads as nesting, no spaces).
+ESTIMATOR_KEY_TAGS = {STUDY_V010: "study_v0_1_0"}
 # Known tidy CSVs (SHA-256 of the file's bytes, line ends as \n) whose metric columns come from such an estimator:
 # digest -> {metric: name}. reference/pilot_results.csv: its boundary columns are v0.1.0's (its mIoU is sound);
 # pilot_results_official.csv, not listed, holds the study's corrected per-class values.
@@ -88,6 +94,14 @@ class Record:
     metrics_profile: str | None = None  # "default" / "study" (metrics.keys.PROFILES); None: the source does not say
     inference: str = "whole"  # the inference mode's tag (engine.inference.Inference.tag); older files: whole
     estimators: tuple[tuple[str, str], ...] = ()  # (metric, ESTIMATOR_CAVEATS name) where not the toolkit's
+    # per-class values of every metrics.registry record that has them and the source holds: metric key -> class
+    # name -> value (the IoU's are `iou` too); the viewer's per-class panel reads them
+    class_values: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def from_history(self) -> bool:
+        """A train.py evaluation read from the run's metrics.jsonl (`load_history`), not from a results file."""
+        return f"{HISTORY_FILE}:" in Path(self.source).name
 
     @property
     def setting(self) -> "RunSetting":
@@ -151,6 +165,7 @@ def read_results_file(path: str | Path) -> Record:
         schedule_params=params,
         metrics_profile=obj["metrics_profile"],
         inference=(obj.get("inference") or {}).get("tag", "whole"),
+        class_values={m.key: obj[m.per_class] for m in RECORDS if m.per_class and m.per_class in obj},
     )
 
 
@@ -182,14 +197,67 @@ def load_runs_dir(runs_dir: str | Path, inference: str = "whole") -> list[Record
                             f"{', '.join(modes)}); pass --inference with one of them, or run evaluate.py with the "
                             "mode's flags")
         raise UserError(f"{runs_dir}: no *.results.json below it; evaluate the checkpoints first "
-                        f"(`python evaluate.py --all {runs_dir}`)")
+                        f"(`{shell_command('python', 'evaluate.py', '--all', runs_dir)}`)")
     records = [read_results_file(p) for p in track(paths, description="reading results", transient=True)]
     for record in records:
         if record.inference != inference:
             raise UserError(f"{record.source}: results of inference mode {record.inference!r} among mode "
                             f"{inference!r}'s; a table never mixes modes: rename or move the file (evaluate.py "
                             "names it <ckpt>.inference.<mode>.results.json)")
-    return records
+    return records + (load_history(records) if inference == "whole" else [])
+
+
+HISTORY_FILE = "metrics.jsonl"  # train.py's per-epoch rows, beside RUN/checkpoints/
+
+
+def _number(row: dict, key: str) -> float:
+    """A metrics.jsonl value; absent or null (NaN written by utils.jsonl) is NaN."""
+    value = row.get(key)
+    return float("nan") if value is None else float(value)
+
+
+def load_history(records: list[Record]) -> list[Record]:
+    """train.py's evaluations at the epochs that have no results file, as Records: a run evaluates every
+    --eval-every epochs but writes `<ckpt>.results.json` only beside a checkpoint (every --checkpoint-every), so
+    without these the curves of the demo (8 epochs, checkpoints at 4 and 8) had 2 points of 8.
+
+    Read from each run's `RUN/metrics.jsonl` (RUN: two levels above a results file, RUN/checkpoints/...), its
+    rows with val/<metric> (`metrics.keys.val_key`) and val/iou/<class>; each takes the run's setting (variant,
+    seed, λ_b, schedule, split, profile) from the run's newest results record, and only when the run's
+    config.json evaluated the same split with the same metrics profile (a checkpoint re-evaluated by evaluate.py
+    with other settings keeps its history out). These epochs have no per-image file (no image bootstrap there).
+    """
+    runs: dict[Path, Record] = {}
+    for r in sorted(records, key=lambda r: r.epoch):
+        path = Path(r.source)
+        if path.parent.name == "checkpoints":
+            runs[path.parent.parent] = r  # the newest record of each run
+    have = {(Path(r.source).parent.parent, r.epoch) for r in records}
+    out = []
+    for run_dir, template in sorted(runs.items()):
+        history, config = run_dir / HISTORY_FILE, run_dir / "config.json"
+        if not history.is_file() or not config.is_file():
+            continue
+        try:
+            cfg = json.loads(config.read_text())
+            lines = history.read_text().splitlines()
+        except (OSError, ValueError):
+            continue  # the results files still make the report; the curves just lack these epochs
+        if cfg.get("val_split") != template.split or cfg.get("metrics_profile") != template.metrics_profile:
+            continue
+        for line_no, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            epoch = row.get("epoch") if isinstance(row, dict) else None
+            if not isinstance(epoch, int) or (run_dir, epoch) in have \
+                    or any(not isinstance(row.get(val_key(m)), (int, float)) for m in METRICS):
+                continue  # not an evaluated epoch, or one with a results file (which wins)
+            out.append(replace(template, epoch=epoch, source=f"{history}:{line_no}",
+                               metrics={m.key: _number(row, val_key(m.key)) for m in RECORDS},
+                               iou={c: _number(row, val_iou_key(c)) for c in template.iou}))
+    return out
 
 
 def csv_estimators(raw: bytes) -> tuple[tuple[str, str], ...]:
@@ -211,8 +279,8 @@ def load_csv(path: str | Path) -> list[Record]:
         raise UserError(f"{path}: cannot read CSV ({e})") from None
     missing = [c for c in ("variant", "seed", "epoch", *CSV_METRIC_COLUMNS) if c not in header]
     if missing:
-        raise UserError(f"{path}: CSV lacks the column(s) {', '.join(missing)}; expected variant, seed, epoch, "
-                        "mIoU, boundary_f1_mean, trimap_mIoU_mean and optional per-class columns")
+        raise UserError(f"{path}: CSV lacks the {noun_for(len(missing), 'column')} {', '.join(missing)}; expected "
+                        "variant, seed, epoch, mIoU, boundary_f1_mean, trimap_mIoU_mean and optional per-class columns")
     classes = [c for c in header if c not in ("variant", "seed", "epoch", *CSV_METRIC_COLUMNS)]
     estimators = csv_estimators(raw)
     records = []
@@ -220,14 +288,16 @@ def load_csv(path: str | Path) -> list[Record]:
         where = f"{path}:{line}"
         if None in row or any(v is None for v in row.values()):
             raise UserError(f"{where}: the row has a different number of fields than the header")
+        iou = {c: _fraction(row[c], where, c, allow_nan=True) for c in classes}
         records.append(Record(
             variant=row["variant"].strip(),
             seed=_int(row["seed"], where, "seed"),
             epoch=_int(row["epoch"], where, "epoch"),
             metrics={m: _fraction(row[col], where, col, allow_nan=False) for col, m in CSV_METRIC_COLUMNS.items()},
-            iou={c: _fraction(row[c], where, c, allow_nan=True) for c in classes},
+            iou=iou,
             source=where,
             estimators=estimators,
+            class_values={"miou": iou} if classes else {},
         ))
     if not records:
         raise UserError(f"{path}: the CSV has a header but no rows")
@@ -354,6 +424,13 @@ class Study:
         name = self.estimators.get(metric)
         return METRIC_LABELS[metric] if name is None else f"{METRIC_LABELS[metric]} ({name})"
 
+    def key(self, metric: str) -> str:
+        """A metric's key as the W&B run of the report logs it: "boundary_f1", or with the tag of the estimator that
+        computed it when that is not the toolkit's ("boundary_f1_study_v0_1_0", ESTIMATOR_KEY_TAGS), so a chart
+        never sets the study's retracted values beside the toolkit's under one key."""
+        name = self.estimators.get(metric)
+        return metric if name is None else f"{metric}_{ESTIMATOR_KEY_TAGS[name]}"
+
     @property
     def caveats(self) -> list[str]:
         """One line per estimator other than the toolkit's: "Boundary F1, Trimap IoU: computed by ...", for the
@@ -434,15 +511,16 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
     """
     records = sorted((r for r in study.records if r.epoch == epoch),
                      key=lambda r: (study.groups.index(r.group), r.seed))
-    paths = {r.source: per_image_path(r.source[:-len(RESULTS_SUFFIX)]) for r in records}  # beside the results
+    paths = {r.source: per_image_path(r.source[:-len(RESULTS_SUFFIX)]) if r.source.endswith(RESULTS_SUFFIX)
+             else Path(r.source) for r in records}  # beside the results; a metrics.jsonl epoch (load_history): none
     missing = [r for r in records if not paths[r.source].is_file()]
     if len(missing) == len(records):
         return None
     if missing:
         r = missing[0]
         raise UserError(f"{paths[r.source]}: no per-image statistics for {r.group} seed {r.seed} ({len(missing)} of "
-                        f"{len(records)} runs at epoch {epoch} lack them); the image bootstrap needs them for every "
-                        f"run: {_REEVALUATE}")
+                        f"{plural(len(records), 'run')} at epoch {epoch} lack them); the image bootstrap needs them "
+                        f"for every run: {_REEVALUATE}")
     profile = records[0].metrics_profile  # one for all: Study refuses results of several profiles
     metric_names = PROFILE_METRICS[profile]
     out: dict[str, dict[int, dict[str, np.ndarray]]] = {}
@@ -460,9 +538,9 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
             only_ref = sorted(set(ref_names.tolist()) - set(arrays["names"].tolist()))
             if only_here or only_ref:
                 example = (f"{only_ref[0]} only in {ref_path}" if only_ref else f"{only_here[0]} only here")
-                raise UserError(f"{path}: per-image statistics over {len(arrays['names'])} images, {ref_path} over "
-                                f"{len(ref_names)}, not the same images (e.g. {example}); evaluate every run on "
-                                f"the same split, or pass --bootstrap 0")
+                raise UserError(f"{path}: per-image statistics over {plural(len(arrays['names']), 'image')}, "
+                                f"{ref_path} over {len(ref_names)}, not the same images (e.g. {example}); evaluate every "
+                                f"run on the same split, or pass --bootstrap 0")
             order = np.argsort(arrays["names"])[np.argsort(np.argsort(ref_names))]  # this file's rows in ref order
             arrays = subset(arrays, order)
         full = full_set_values(arrays, [metric_names[m] for m in METRICS])

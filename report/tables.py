@@ -11,14 +11,14 @@ import csv
 import io
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from report.bootstrap import PROFILE_METRICS, bootstrap_metrics, full_set_values
 from report.load import METRIC_LABELS, METRICS, STUDY_LAMBDA_B, Study, metric_unit, unit_notes
 from report.stats import Summary, holm, intervals_overlap, paired_ttest, summarize, t_quantile
-from utils.console import pct
+from utils.console import noun_for, pct, plural
 
 # The per-class deltas the study discusses: boundary-only vs CE, boundary-only vs Dice, Dice+boundary vs Dice.
 DELTA_PAIRS = (("D", "A"), ("D", "B"), ("C", "B"))
@@ -51,11 +51,8 @@ class Table:
             lines.append("| " + " | ".join(self.md_header) + " |")
             lines.append("|" + "|".join("---:" if _is_numeric(col) else "---" for col in zip(*self.md_rows)) + "|")
             lines += ["| " + " | ".join(row) + " |" for row in self.md_rows]
-        else:
-            lines.append("_(no rows)_")
         if self.notes:
-            lines.append("")
-            lines += [f"- {n}" for n in self.notes]
+            lines += [""] * bool(self.md_rows) + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
 
@@ -109,11 +106,11 @@ def seed_notes(study: Study, epoch: int) -> list[str]:
         have = study.seeds_at(g, epoch)
         lacking = [s for s in study.seeds if s not in have]
         if len(have) < 2:
-            notes.append(f"{g}: {len(have)} seed(s) at epoch {epoch}: no CI and no t-test "
+            notes.append(f"{g}: {plural(len(have), 'seed')} at epoch {epoch}: no CI and no t-test "
                          f"(missing seeds: {', '.join(map(str, lacking)) or 'none'})")
         elif lacking:
-            notes.append(f"{g}: seed(s) {', '.join(map(str, lacking))} missing at epoch {epoch}; "
-                         f"mean and CI over {len(have)} seeds")
+            notes.append(f"{g}: {noun_for(len(lacking), 'seed')} {', '.join(map(str, lacking))} missing at epoch "
+                         f"{epoch}; mean and CI over {plural(len(have), 'seed')}")
     return notes
 
 
@@ -122,9 +119,9 @@ def global_metrics_table(study: Study, epoch: int, name: str, title: str) -> Tab
     header = ["variant", "n_seeds", "seeds"]
     md_header = ["variant", "n"]
     for m in METRICS:
-        lab = METRIC_LABELS[m]  # the CSV's columns keep their names; the Markdown's carry the estimator caveat
+        lab = study.label(m)  # with the estimator caveat where not the toolkit's, in the CSV too
         header += [f"{lab} mean (%)", f"{lab} ±1.96·SE (%)", f"{lab} ±t·SE (%)", f"{lab} std (pp)"]
-        md_header += [f"{study.label(m)} ± 1.96·SE", f"{study.label(m)} ± t·SE"]
+        md_header += [f"{lab} ± 1.96·SE", f"{lab} ± t·SE"]
     rows, md_rows = [], []
     for g in study.groups:
         seeds = study.seeds_at(g, epoch)
@@ -160,9 +157,9 @@ def lambda_sweep_table(study: Study, epoch: int) -> Table | None:
     header = ["variant", "lambda_boundary", "n_seeds", "seeds"]
     md_header = ["variant", "λ_b", "n"]
     for m in METRICS:
-        lab = METRIC_LABELS[m]  # the CSV's columns keep their names; the Markdown's carry the estimator caveat
+        lab = study.label(m)  # with the estimator caveat where not the toolkit's, in the CSV too
         header += [f"{lab} mean (%)", f"{lab} ±1.96·SE (%)", f"{lab} ±t·SE (%)", f"{lab} std (pp)"]
-        md_header += [f"{study.label(m)} ± 1.96·SE", f"{study.label(m)} ± t·SE"]
+        md_header += [f"{lab} ± 1.96·SE", f"{lab} ± t·SE"]
     rows, md_rows, notes = [], [], [interval_note(study, epoch)]
     for variant, points in sweep.items():
         best = {m: (-math.inf, None) for m in METRICS}
@@ -178,7 +175,7 @@ def lambda_sweep_table(study: Study, epoch: int) -> Table | None:
             rows.append(row)
             md_rows.append(md_row)
         notes.append(f"{variant}: highest mean at " + ", ".join(
-            f"{METRIC_LABELS[m]} λ_b = {lam:g} ({pct(mu)})" for m, (mu, lam) in best.items() if lam is not None)
+            f"{study.label(m)} λ_b = {lam:g} ({pct(mu)})" for m, (mu, lam) in best.items() if lam is not None)
             + "; compare the intervals before calling it better.")
     notes += [n for g in (g for points in sweep.values() for _, g in points) for n in seed_notes(study, epoch)
               if n.startswith(f"{g}:")]
@@ -298,8 +295,9 @@ def volatility_table(study: Study, epoch: int) -> Table:
                              f"(std {pct(stds[col_max[j], j])} pp)")
         if np.isfinite(stds).any():
             i, j = np.unravel_index(np.nanargmax(stds), stds.shape)
+            seeds = plural(summ[study.classes[i]][study.groups[j]].n, "seed")
             notes.insert(0, f"**most volatile overall: {study.classes[i]} in {study.groups[j]}** "
-                            f"(std {pct(stds[i, j])} pp over {summ[study.classes[i]][study.groups[j]].n} seeds)")
+                            f"(std {pct(stds[i, j])} pp over {seeds})")
         else:
             notes.append("no class has 2 seeds in any variant: no std")
     else:
@@ -333,14 +331,14 @@ def significance_table(study: Study, epoch: int) -> Table:
         p_holm = holm([x[5] for x in tests])
         for (a, b, n, delta, t, p, ov_n, ov_t), ph in zip(tests, p_holm):
             sig = None if not np.isfinite(ph) else bool(ph < ALPHA)
-            rows.append([METRIC_LABELS[m], f"{a} vs {b}", n, _p100(delta), t, p, ph, sig, ov_n, ov_t])
+            rows.append([study.label(m), f"{a} vs {b}", n, _p100(delta), t, p, ph, sig, ov_n, ov_t])
             md_rows.append([study.label(m), f"{a} vs {b}", str(n), signed_pct(delta),
                             "n/a" if not np.isfinite(t) else f"{t:.2f}".replace("-", "−"),
                             "n/a" if not np.isfinite(p) else f"{p:.4f}",
                             "n/a" if not np.isfinite(ph) else f"{ph:.4f}",
                             {None: "n/a", True: "**yes**", False: "no"}[sig], _yes_no(ov_n), _yes_no(ov_t)])
     notes = [f"paired by seed (seeds as pairs), two-sided; \"X vs Y\" tests X − Y; Holm's step-down correction "
-             f"within each metric's {len(pairs)} comparisons; significant = Holm p < {ALPHA}.",
+             f"within each metric's {plural(len(pairs), 'comparison')}; significant = Holm p < {ALPHA}.",
              "The paper argued from non-overlapping 1.96·SE intervals; with n = 3 seeds that interval is 2.2× "
              "narrower than the t interval, and overlap/non-overlap is not a test.",
              "n/a: fewer than 2 common seeds (no test; left out of the Holm family)."] + study.caveats
@@ -429,8 +427,8 @@ def bootstrap_table(study: Study, epoch: int, per_image: dict[str, dict[int, dic
              "would the difference hold for models trained with other seeds, on these images?",
              f"\"X vs Y\": Δ = X − Y on all images, in pp ({unit_notes(names)}); the 95 % CI, bootstrap p and "
              "Holm p (within each metric, over its "
-             f"{len(pairs)} comparisons) as defined in `report/bootstrap.py: bootstrap_metrics`; bootstrap p = 0: "
-             f"no replicate reached 0 (p < {2 / num_replicates:.2g}); significant = Holm p < {ALPHA}.",
+             f"{plural(len(pairs), 'comparison')}) as defined in `report/bootstrap.py: bootstrap_metrics`; "
+             f"bootstrap p = 0: no replicate reached 0 (p < {2 / num_replicates:.2g}); significant = Holm p < {ALPHA}.",
              f"metrics profile: {profile} (Boundary F1 and Trimap IoU as that profile defines them)."]
     return Table(BOOTSTRAP_TABLE, f"Table 5b — paired image bootstrap vs paired-by-seed t-test at epoch {epoch}",
                  _BOOT_HEADER, rows, _BOOT_MD_HEADER, md_rows, notes), results
@@ -476,7 +474,7 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
                 last_change, previous = e, prev_leader
             prev_leader = leader
             ranking = " > ".join(g for g, _ in order)
-            rank_rows.append([METRIC_LABELS[m], e, n_min, ranking, leader, changed])
+            rank_rows.append([study.label(m), e, n_min, ranking, leader, changed])
             rank_md.append([study.label(m), f"{e}" + ("*" if n_min < full else ""),
                             " > ".join(f"{g} {pct(mu)}" for g, mu in order), "←" if changed else ""])
         gaps = []
@@ -489,7 +487,7 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
             b = summarize(list(study.values(group_b, e, m).values()))
             gaps.append(c.mean - b.mean)
         final_leader = ranks[-1][1][0][0] if ranks else "n/a"
-        sum_rows.append([METRIC_LABELS[m], final_leader, last_change, previous, _p100(gaps[0]), _p100(gaps[1])])
+        sum_rows.append([study.label(m), final_leader, last_change, previous, _p100(gaps[0]), _p100(gaps[1])])
         sum_md.append([study.label(m), final_leader,
                        "never" if last_change is None else str(last_change),
                        previous or "—", signed_pct(gaps[0]), signed_pct(gaps[1])])
@@ -506,6 +504,29 @@ def crossover_tables(study: Study, early_epoch: int | None, final_epoch: int) ->
     return summary, detail
 
 
+# ---------------------------------------------------------------------------------------------------- small reports
+# Tables that compare groups, and the one that measures the spread over seeds: with one group (one seed) they
+# have nothing to show (`shown`).
+COMPARING_TABLES = ("table3b_d_vs_b_extremes", "table5_significance", BOOTSTRAP_TABLE, "crossover_summary",
+                    "crossover_rankings")
+SPREAD_TABLES = ("table4_class_volatility",)
+
+
+def shown(table: Table, study: Study) -> Table:
+    """`table` as summary.md shows it: a table comparing groups when the study has one group, or the inter-seed
+    spread when every group has one seed, is one line saying what it needs, not an empty or all-n/a table (a demo's
+    first report). The CSV keeps the table's rows."""
+    if table.name in COMPARING_TABLES and len(study.groups) < 2:
+        why = (f"needs ≥ 2 groups to compare; this report has one ({', '.join(study.groups)}): train another "
+               "variant (train.py --variant) into the same runs folder")
+    elif table.name in SPREAD_TABLES and max((len({r.seed for r in study.records if r.group == g})
+                                              for g in study.groups), default=0) < 2:
+        why = "needs ≥ 2 seeds of a group for an inter-seed spread; every group here has one (train.py --seed)"
+    else:
+        return table
+    return replace(table, md_rows=[], notes=[why])
+
+
 # ---------------------------------------------------------------------------------------------------- completeness
 def completeness_notes(study: Study) -> list[str]:
     """Every hole in the group × seed × epoch grid, one line per seed and set of missing epochs (never dropped
@@ -520,8 +541,9 @@ def completeness_notes(study: Study) -> list[str]:
         if len(epochs) == len(study.epochs):
             what = "no result at any epoch"
         else:
-            what = f"no result at epoch(s) {', '.join(map(str, epochs))} ({len(epochs)} of {len(study.epochs)})"
-        notes.append(f"seed {s} of variant(s) {', '.join(groups)}: {what}")
+            what = (f"no result at {noun_for(len(epochs), 'epoch')} {', '.join(map(str, epochs))} ({len(epochs)} of "
+                    f"{len(study.epochs)})")
+        notes.append(f"seed {s} of {noun_for(len(groups), 'variant')} {', '.join(groups)}: {what}")
     for g in study.groups:
         n = len({r.seed for r in study.records if r.group == g})
         if n < 2:
@@ -579,7 +601,7 @@ def consensus_table(consensus: dict[str, dict[int, tuple[dict, dict]]], profile:
              f"({unit_notes(names)}); Δ % relative to the primary's mean.",
              "t-test: paired by seed (fused vs primary); bootstrap: the paired image bootstrap as table 5b "
              f"({num_replicates} replicates, seed {seed}); Holm within each metric over the "
-             f"{len(pairings)} pairing(s).",
+             f"{plural(len(pairings), 'pairing')}.",
              f"metrics profile: {profile}."]
     return Table(CONSENSUS_TABLE, "Table 7 — consensus filter: fused vs primary", _CONS_HEADER, rows, _CONS_MD_HEADER,
                  md_rows, notes)

@@ -14,10 +14,14 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from utils.cli import shell_command
 from utils.wandb_mode import AGGREGATE_JOB_TYPE, wandb_init_mode
 
 if TYPE_CHECKING:  # light at import (report.wandb_report.check_entity runs before aggregate.py's imports)
     from report.tables import Table
+
+
+WANDB_DIR = "wandb"  # wandb.init(dir=D) writes its run folders under D/wandb (push_report: the report's folder)
 
 
 def _cell(v):
@@ -34,6 +38,9 @@ def figure_key(name: str) -> str:
     return f"figures/{name}"
 
 
+VIEWER_KEY = "viewer"  # the W&B key of the viewer page (aggregate.py's viewer.html)
+
+
 def new_run_id() -> str:
     """A fresh W&B run id (8 random characters of a-z0-9, as wandb draws its own), chosen before the run starts
     so the W&B Report can name the run."""
@@ -41,24 +48,28 @@ def new_run_id() -> str:
 
 
 def push_report(tables: list[Table], figures: dict[str, Path], headline: dict[str, float], *, project: str,
-                name: str | None, config: dict, entity: str | None = None, run_id: str | None = None) -> str:
-    """Log every table as a wandb.Table and every figure as a wandb.Image to one run (id `run_id`, or a new one;
-    `entity` None: the login's default); return where it went (the run's URL, or the `wandb sync` command for an
-    offline run)."""
+                name: str | None, config: dict, entity: str | None = None, run_id: str | None = None,
+                out_dir: Path | None = None, html: Path | None = None) -> str:
+    """Log every table as a wandb.Table, every figure as a wandb.Image and the viewer page `html` (if given) as a
+    wandb.Html under "viewer" to one run (id `run_id`, or a new one; `entity` None: the login's default); return
+    where it went (the run's URL, or the `wandb sync` command for an offline run). Its W&B files go to
+    `out_dir`/wandb (the report's folder), not the current folder."""
     import wandb  # imported here: the report itself never needs wandb
 
-    run = wandb.init(project=project, entity=entity or None, name=name, id=run_id,
+    run = wandb.init(project=project, entity=entity or None, name=name, id=run_id, dir=out_dir,
                      job_type=AGGREGATE_JOB_TYPE, config=config, mode=wandb_init_mode())
     try:
         payload = {table_key(t.name): wandb.Table(columns=t.header, data=[[_cell(v) for v in r] for r in t.rows])
                    for t in tables}
         payload.update({figure_key(k): wandb.Image(str(p)) for k, p in figures.items()})
+        if html is not None:  # inject=False: W&B's injected stylesheet is a link to the network; the page is offline
+            payload[VIEWER_KEY] = wandb.Html(Path(html).read_text(encoding="utf-8"), inject=False)
         run.log(payload)
         for k, v in headline.items():  # final-epoch means, for the runs table of the dashboard
             run.summary[k] = _cell(v)
         mode = run.settings.mode
         if mode in ("offline", "disabled"):
-            where = "disabled" if mode == "disabled" else f"offline, upload with `wandb sync {Path(run.dir).parent}`"
+            where = "disabled" if mode == "disabled" else f"offline, upload with `{shell_command('wandb', 'sync', Path(run.dir).parent)}`"
         else:
             where = run.url or mode
     finally:

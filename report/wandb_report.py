@@ -152,18 +152,22 @@ def report_entity(entity: str | None) -> str:
     return wandb.Api().default_entity
 
 
+class ReportNotSaved(UserError):
+    """The report's definition is written, but the report is not saved to W&B (aggregate.py keeps its --out)."""
+
+
 def publish_report(report, path: Path) -> str:
     """Write the report's definition (`report_definition`) to `path` atomically, then save the report to W&B and
-    return its URL; when it cannot be saved from here, a UserError naming `path` (docs/report.md#wb-report)."""
+    return its URL; when it cannot be saved from here, a ReportNotSaved naming `path` (docs/report.md#wb-report)."""
     atomic_write_json(path, report_definition(report))
     reason = _not_saved_reason()
     if reason is not None:
-        raise UserError(f"{path}: the W&B Report's definition is written there but the report is not saved: "
+        raise ReportNotSaved(f"{path}: the W&B Report's definition is written there but the report is not saved: "
                         f"{reason}; run `wandb login` (and unset WANDB_MODE) and rerun with --wandb-report")
     try:
         report.save()
     except Exception as e:  # network, permissions, a project wandb cannot find: the definition is kept
-        raise UserError(f"{path}: saving the W&B Report to {report.entity}/{report.project} failed ({e}); the "
+        raise ReportNotSaved(f"{path}: saving the W&B Report to {report.entity}/{report.project} failed ({e}); the "
                         "definition is kept there; check the entity and project and rerun with --wandb-report") \
             from None
     return report.url

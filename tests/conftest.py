@@ -70,6 +70,22 @@ def tiny_data(tmp_path_factory) -> Path:
     return generate_dataset(tmp_path_factory.mktemp("data") / "tiny", num_train=16, num_val=5, height=64, width=128)
 
 
+@pytest.fixture(scope="session")
+def straight_runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """Uninterrupted 2-epoch runs (tiny_training.RESUMABLE: both checkpoints keep their training state) with 0 and
+    with 2 DataLoader workers, trained once per session (tests/test_checkpoint.py, tests/test_samples.py); a test
+    that changes a run works on a copy."""
+    from tests.tiny_training import RESUMABLE, run_train
+    threads = torch.get_num_threads()  # train.main sets the demo's 1 thread; the other tests keep theirs
+    root = tmp_path_factory.mktemp("straight")
+    try:
+        for workers in ("0", "2"):
+            assert run_train(tiny_data, root / f"workers{workers}", *RESUMABLE, "--num-workers", workers) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {workers: root / f"workers{workers}" for workers in ("0", "2")}
+
+
 @pytest.fixture
 def seed_metrics() -> Path:
     """The original study's per-run metric CSVs, vendored in the repo (reference/README.md)."""
@@ -166,3 +182,22 @@ def python_imports():
     """`python_imports(*argv)` -> (process, modules imported): a fresh interpreter, to check what a script or an
     import pulls in (e.g. that --help answers before torch)."""
     return _run_python
+
+
+@pytest.fixture(scope="session")
+def viewer_browser():
+    """One headless Chromium page for every test of viewer.html (tests/browser.py: requests blocked and recorded,
+    console and page errors collected). Skipped, saying why, without playwright or a Chromium binary."""
+    from tests.browser import VIEWPORT, Browser, find_chromium
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -r requirements.txt)")
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("needs Chromium: none of /usr/bin/chromium, chromium, chromium-browser (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport=VIEWPORT, service_workers="block")
+            yield Browser(context.new_page())
+        finally:
+            browser.close()

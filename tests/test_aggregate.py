@@ -115,16 +115,17 @@ def test_intervals_overlap():
 # ---------------------------------------------------------------------------------------------------- loading
 def write_result(runs: Path, variant: str, seed: int, epoch: int, miou: float, bf1: float = 0.7,
                  trimap: float = 0.5, iou: dict | None = None, lam: float = 0.2, config: dict | None = None,
-                 profile: str | None = None) -> Path:
+                 profile: str | None = None, extra: dict | None = None) -> Path:
     """A results file as evaluate.py writes it; `config` (optional) is the run's config (schedule fields), a
-    `profile` None leaves `metrics_profile` out (a file written before the profiles existed)."""
+    `profile` None leaves `metrics_profile` out (a file written before the profiles existed); `extra`: further
+    keys (the other metrics, `classes`, `boundary_iou_per_class`, ...)."""
     path = runs / f"{variant}_s{seed}" / "checkpoints" / f"epoch_{epoch:04d}.results.json"
     atomic_write_json(path, {
         "variant": variant, "seed": seed, "epoch": epoch, "checkpoint": str(path).replace(".results.json", ""),
         "split": "val", "num_images": 500, "miou": miou, "boundary_f1": bf1, "trimap_iou": trimap,
         "iou": iou if iou is not None else {"road": miou + 0.1, "wall": miou - 0.2, "truck": float("nan")},
         "seconds": 12.5, "lambda_dice": 1.0, "lambda_boundary": lam, **({"config": config} if config else {}),
-        **({"metrics_profile": profile} if profile else {})})
+        **({"metrics_profile": profile} if profile else {}), **(extra or {})})
     return path
 
 
@@ -206,7 +207,7 @@ def test_curves_have_integer_epoch_ticks(tmp_path, monkeypatch):
         for epoch in (1, 2, 3):  # three evaluated epochs: matplotlib's default ticks would be 1.00, 1.25, ...
             write_result(tmp_path / "runs", "A", seed, epoch, 0.5 + 0.01 * epoch + 0.001 * seed)
     figs = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig))
+    monkeypatch.setattr(figures, "_save", lambda fig, path, formats=(): figs.append(fig))
     figures.plot_curves(Study.from_records(load_runs_dir(tmp_path / "runs")), tmp_path / "curves.png")
     ticks = [t for ax in figs[0].axes if ax.get_xlabel() == "epoch" for t in ax.get_xticks()]
     assert ticks and all(float(t).is_integer() for t in ticks)
@@ -260,6 +261,77 @@ def test_one_variant_report_raises_no_library_warning(tmp_path):
     assert_png(tmp_path / "report" / "per_class_iou.png")
 
 
+def write_history(run_dir: Path, mious: dict[int, float], profile: str = "default") -> None:
+    """A run's config.json and metrics.jsonl as train.py writes them: one row per epoch, val/<metric> and
+    val/iou/<class> for the epochs in `mious` (the others trained but not evaluated)."""
+    atomic_write_json(run_dir / "config.json", {"val_split": "val", "metrics_profile": profile})
+    rows = []
+    for epoch in range(1, max(mious) + 1):
+        row = {"epoch": epoch, "train/loss": 1.0 / epoch}
+        if epoch in mious:
+            row.update({"val/miou": mious[epoch], "val/boundary_f1": 0.7, "val/trimap_iou": 0.5,
+                        "val/iou/road": mious[epoch] + 0.1, "val/iou/wall": None, "val/iou/truck": None})
+        rows.append(json.dumps(row))
+    (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def test_curves_show_every_evaluated_epoch(tmp_path, monkeypatch):
+    """train.py evaluates every epoch but writes a results file only beside a checkpoint (the demo: epochs 4 and
+    8 of 8): the report reads the other evaluations from the run's metrics.jsonl, so the curves have all 8
+    points; a results file wins where both exist, and a run whose config evaluated with another metrics profile
+    than its results keeps its metrics.jsonl out."""
+    import report.figures as figures
+
+    runs = tmp_path / "runs"
+    for epoch in (4, 8):
+        write_result(runs, "C", 42, epoch, 0.30 + 0.01 * epoch)
+    evaluated = {e: 0.20 + 0.01 * e for e in (1, 2, 3, 5, 6)} | {4: 0.0, 8: 0.0}  # 7: not evaluated (--eval-every)
+    write_history(runs / "C_s42", evaluated)
+    records = load_runs_dir(runs)
+    study = Study.from_records(records)
+    assert study.epochs == [1, 2, 3, 4, 5, 6, 8]
+    assert sum(r.from_history for r in records) == 5
+    assert study.values("C", 4, "miou") == {42: pytest.approx(0.34)}  # the results file, not metrics.jsonl's 0
+    assert study.values("C", 2, "road") == {42: pytest.approx(0.32)} and math.isnan(study.values("C", 2, "wall")[42])
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, formats=(): figs.append(fig))
+    figures.plot_curves(study, tmp_path / "curves.png")
+    line = next(ax for ax in figs[0].axes if ax.get_title() == "mIoU").lines[0]
+    assert list(line.get_xdata()) == [1, 2, 3, 4, 5, 6, 8]
+    np.testing.assert_allclose(line.get_ydata(), [21, 22, 23, 34, 25, 26, 38])
+    # another metrics profile in the run's config than in its results: only the results files count
+    write_history(runs / "C_s42", evaluated, profile="study")
+    assert Study.from_records(load_runs_dir(runs)).epochs == [4, 8]
+
+
+def test_one_variant_report_shows_what_it_can(tmp_path, monkeypatch):
+    """One variant, one seed (the demo): no table without rows in summary.md (a table comparing groups, or the
+    inter-seed spread, is one line saying what it needs), and the per-class figure has no Δ(C−C) panel."""
+    import report.figures as figures
+
+    runs = tmp_path / "runs"
+    for epoch in (4, 8):
+        write_result(runs, "C", 42, epoch, 0.30 + 0.01 * epoch)
+    texts = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path, formats=(): (
+        texts.append([t.get_text() for ax in fig.axes for t in (ax.title, *ax.texts, ax.yaxis.label)]),
+        save(fig, path, formats)))
+    assert aggregate.main([str(runs), "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    sections = summary.split("### ")[1:]
+    for section in sections:  # each table has rows, or says why not
+        body = section.split("\n", 1)[1]
+        assert "|" in body or "\n- " in body, section
+    assert "(no rows)" not in summary
+    for title in ("Table 3b", "Table 5 ", "Table 5b", "Crossover", "Ranking"):
+        section = next(s for s in sections if s.startswith(title))
+        assert "needs ≥ 2 groups to compare; this report has one (C)" in section and "|" not in section
+    assert "needs ≥ 2 seeds of a group" in next(s for s in sections if s.startswith("Table 4"))
+    per_class = texts[1]
+    assert not any("Δ" in t for t in per_class) and "IoU (%)" in per_class
+
+
 def test_results_tree_end_to_end(runs_tree, tmp_path, capsys):
     out = tmp_path / "report"
     assert aggregate.main([str(runs_tree), "--out", str(out)]) == 0
@@ -278,12 +350,12 @@ def test_results_tree_end_to_end(runs_tree, tmp_path, capsys):
     assert t2["B"]["n_seeds"] == "2" and float(t2["B"]["mIoU mean (%)"]) == pytest.approx(73.0)
 
     summary = (out / "summary.md").read_text()
-    assert "seed 3 of variant(s) B: no result at epoch(s) 10 (1 of 2)" in summary
-    assert "seed 2 of variant(s) C: no result at any epoch" in summary
-    assert "C: 1 seed(s) at epoch 20: no CI" in summary and "variant C has 1 seed in total" in summary
+    assert "seed 3 of variant B: no result at epoch 10 (1 of 2)" in summary
+    assert "seed 2 of variant C: no result at any epoch" in summary
+    assert "C: 1 seed at epoch 20: no CI" in summary and "variant C has 1 seed in total" in summary
     assert "| A | 3 | 82.00 ± 2.26 | 82.00 ± 4.97 |" in summary  # percent with two decimals
     console = capsys.readouterr().err
-    assert "seed 3 of variant(s) B" in console  # holes are shown on the console too
+    assert "seed 3 of variant B" in console  # holes are shown on the console too
 
     # per-class: NaN IoU (truck never occurred) stays out of the statistics; Δ columns need D and are absent
     t4 = by(read_csv(out / "table4_class_volatility.csv"), "class")
@@ -294,6 +366,29 @@ def test_results_tree_end_to_end(runs_tree, tmp_path, capsys):
     d = np.array([0.80, 0.82, 0.84]) - np.array([0.75, 0.755, 0.76])
     assert float(ab["t"]) == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(3)))
     assert by(t5, "metric", "comparison")[("mIoU", "A vs C")]["t"] == ""  # 1 common seed: no test
+
+
+def test_figure_formats(runs_tree, tmp_path):
+    """--format png,pdf,svg: every figure also as PDF and SVG (summary.md links the PNGs); a later report with
+    fewer formats removes the copies it no longer makes; an unknown format is one line naming the valid ones."""
+    out = tmp_path / "report"
+    assert aggregate.main([str(runs_tree), "--out", str(out), "--format", "png,pdf,svg"]) == 0
+    stems = ["curves", "per_class_iou"]
+    for stem in stems:
+        assert_png(out / f"{stem}.png")
+        assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+        svg = (out / f"{stem}.svg").read_text()
+        assert "<svg" in svg and svg.rstrip().endswith("</svg>")
+    summary = (out / "summary.md").read_text()
+    assert all(f"({stem}.png)" in summary for stem in stems) and ".pdf)" not in summary and ".svg)" not in summary
+    first = (out / "curves.pdf").read_bytes()
+    assert aggregate.main([str(runs_tree), "--out", str(out), "--format", "pdf"]) == 0
+    assert (out / "curves.pdf").read_bytes() == first  # no creation date: the same report, the same bytes
+    assert (out / "curves.png").is_file() and not list(out.glob("*.svg"))
+    proc = subprocess.run([sys.executable, "aggregate.py", str(runs_tree), "--out", str(out), "--format", "png,eps"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "eps: not a figure format; valid: png, pdf, svg" in proc.stderr
 
 
 def test_early_epoch_option_and_single_epoch(runs_tree, tmp_path):
@@ -344,7 +439,7 @@ def test_pilot_reproduces_published_miou(pilot):
 def test_pilot_missing_seed_and_crossover(pilot):
     summary = (pilot / "summary.md").read_text()
     # seed 456 was evaluated every 10 epochs only: reported, and the means there use 2 seeds
-    assert "seed 456 of variant(s) A, B, C, D: no result at epoch(s) 2, 4, 6, 8, 15, 25, 35, 45 (8 of 24)" in summary
+    assert "seed 456 of variants A, B, C, D: no result at epochs 2, 4, 6, 8, 15, 25, 35, 45 (8 of 24)" in summary
     ranks = read_csv(pilot / "crossover_rankings.csv")
     assert len(ranks) == 3 * 24
     miou = [r for r in ranks if r["metric"] == "mIoU"]
@@ -367,7 +462,7 @@ def test_pilot_boundary_columns_carry_the_v010_caveat(seed_metrics, tmp_path, mo
     import report.figures
 
     figures, save = [], report.figures._save
-    monkeypatch.setattr(report.figures, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    monkeypatch.setattr(report.figures, "_save", lambda fig, path, formats=(): (figures.append(fig), save(fig, path)))
     assert aggregate.main(["--from-csv", str(seed_metrics / "pilot_results.csv"), "--out", str(tmp_path)]) == 0
     console = capsys.readouterr().err
     summary = (tmp_path / "summary.md").read_text()
@@ -412,7 +507,7 @@ def test_per_class_chart_starts_at_zero(seed_metrics, tmp_path, monkeypatch):
     import report.figures
 
     figures, save = [], report.figures._save
-    monkeypatch.setattr(report.figures, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    monkeypatch.setattr(report.figures, "_save", lambda fig, path, formats=(): (figures.append(fig), save(fig, path)))
     study = Study.from_records(load_csv(seed_metrics / "pilot_results_official.csv"))
     assert min(v for r in study.records for v in r.iou.values()) > 0.5  # the data are far from 0
     report.figures.plot_per_class(study, 160, tmp_path / "per_class_iou.png")
@@ -442,12 +537,48 @@ def test_official_significance(official):
 
 # ---------------------------------------------------------------------------------------------------- W&B
 def test_wandb_offline_run(runs_tree, tmp_path, monkeypatch):
+    """--wandb writes its W&B files under --out (not the current folder): one offline run holding every table
+    and figure, and the final means in its summary."""
+    from tests.wandb_files import offline_runs
+
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    assert aggregate.main([str(runs_tree), "--out", str(tmp_path / "o"), "--wandb"]) == 0
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "o"
+    assert aggregate.main([str(runs_tree), "--out", str(out), "--wandb"]) == 0
+    assert not (tmp_path / "wandb").exists()
+    (run,) = offline_runs(out / "wandb")
+    (row,) = run.history
+    assert row["tables/table1_final_epoch"]["_type"] == "table-file" and row["figures/curves"]["_type"] == "image-file"
+    assert run.summary["final/A/miou"] == pytest.approx(0.82)
+
+
+def test_v010_metrics_carry_the_caveat_in_the_csv_and_wandb(seed_metrics, tmp_path, monkeypatch):
+    """The study's v0.1.0 Boundary F1 / Trimap IoU (pilot_results.csv) are marked in the CSV tables' column names
+    and metric cells, and in the W&B run's table columns and summary keys (report.load.Study.label / .key), so
+    no file or chart shows them under the toolkit's names; mIoU stays unmarked."""
+    from tests.wandb_files import offline_runs
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "o"
+    assert aggregate.main(["--from-csv", str(seed_metrics / "pilot_results.csv"), "--out", str(out), "--bootstrap",
+                           "0", "--wandb"]) == 0
+    header = read_csv(out / "table1_final_epoch.csv")[0].keys()
+    assert f"Boundary F1 {V010} mean (%)" in header and f"Trimap IoU {V010} ±t·SE (%)" in header
+    assert "mIoU mean (%)" in header and "Boundary F1 mean (%)" not in header
+    for name in ("table5_significance", "crossover_summary", "crossover_rankings"):
+        assert {r["metric"] for r in read_csv(out / f"{name}.csv")} == {"mIoU", f"Boundary F1 {V010}",
+                                                                         f"Trimap IoU {V010}"}, name
+    (run,) = offline_runs(out / "wandb")
+    t1 = by(read_csv(out / "table1_final_epoch.csv"), "variant")
+    assert run.summary["final/A/boundary_f1_study_v0_1_0"] == pytest.approx(
+        float(t1["A"][f"Boundary F1 {V010} mean (%)"]) / 100)
+    assert "final/A/miou" in run.summary and "final/A/boundary_f1" not in run.summary
+    table = json.loads((run.path.parent / "files" / run.history[0]["tables/table1_final_epoch"]["path"]).read_text())
+    assert f"Boundary F1 {V010} mean (%)" in table["columns"]
 
 
 # ---------------------------------------------------------------------------------------------------- λ_b sweep
@@ -491,7 +622,7 @@ def test_lambda_sweep_groups_table_and_figure(sweep_tree, tmp_path):
     assert_png(out / "lambda_sweep.png")
     summary = (out / "summary.md").read_text()
     assert "## λ_b sweep" in summary and "C: highest mean at mIoU λ_b = 0.1 (76.00)" in summary
-    assert "seed 3 of variant(s) D λb=0.1: no result at any epoch" in summary
+    assert "seed 3 of variant D λb=0.1: no result at any epoch" in summary
     # the study's comparisons use the swept variants' λ_b = 0.2 groups
     t3 = read_csv(out / "table3_per_class_iou.csv")
     assert "Δ(D λb=0.2−A) (pp)" in t3[0] and "Δ(C λb=0.2−B) (pp)" not in t3[0]  # no B in this tree

@@ -23,7 +23,7 @@ from engine.checkpoint import (TrainingProgress, find_resumable_checkpoint, list
                                register_checkpoint_hooks, resume_from, save_checkpoint)
 from engine.config import DEMO_PRESET, load_config
 from engine.setup import build_model_from_config
-from tests.tiny_training import TINY, _tiny_cfg, read_rows, run_train
+from tests.tiny_training import RESUMABLE, TINY, _tiny_cfg, read_rows, run_train
 from utils.fileio import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,23 +126,6 @@ def test_crash_during_save_leaves_no_complete_looking_checkpoint(tmp_path, monke
 
 
 # ------------------------------------------------------------------------------------------------ resume
-RESUMABLE = ("--variant", "C", "--epochs", "2", "--checkpoint-every", "1", "--keep-states", "2")
-
-
-@pytest.fixture(scope="module")
-def straight_runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
-    """Uninterrupted 2-epoch runs (RESUMABLE: both checkpoints keep their training state) with 0 and with 2
-    DataLoader workers, trained once for this module; a test that changes a run works on a copy (`copy_run`)."""
-    threads = torch.get_num_threads()  # train.main sets the demo's 1 thread; the other tests keep theirs
-    root = tmp_path_factory.mktemp("straight")
-    try:
-        for workers in ("0", "2"):
-            assert run_train(tiny_data, root / f"workers{workers}", *RESUMABLE, "--num-workers", workers) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return {workers: root / f"workers{workers}" for workers in ("0", "2")}
-
-
 def copy_run(run: Path, dest: Path) -> Path:
     return Path(shutil.copytree(run, dest, ignore=shutil.ignore_patterns(".lock")))
 
@@ -173,7 +156,7 @@ def test_resume_refuses_another_process_count(straight_runs, tiny_data, tmp_path
     meta_path = out / "checkpoints" / "epoch_0001" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "num_processes": 2}))
-    with pytest.raises(UserError, match=r"saved by 2 process\(es\), now 1; resume with --num_processes 2"):
+    with pytest.raises(UserError, match=r"saved by 2 processes, now 1; resume with --num_processes 2"):
         run_train(tiny_data, out, *RESUMABLE)
 
 
@@ -207,7 +190,7 @@ def test_broken_newest_checkpoint_stops_the_resume_with_one_line_and_overwrites_
     (ckpts / "epoch_0002" / "meta.json").unlink()
     del before[ckpts / "epoch_0002" / "meta.json"]
     with pytest.raises(UserError, match=rf"^{re.escape(str(ckpts / 'epoch_0002'))}: is incomplete \(no "
-                                        r"model.safetensors or no readable meta.json\).*delete it to resume from "
+                                        r"meta.json\).*delete it to resume from "
                                         r"scratch.*or pass another --out"):
         run_train(tiny_data, out, *flags)
     shutil.rmtree(ckpts / "epoch_0002")  # the first choice: then the weights-only epoch 1 is the newest
@@ -216,15 +199,27 @@ def test_broken_newest_checkpoint_stops_the_resume_with_one_line_and_overwrites_
     assert {p: p.read_bytes() for p in sorted(ckpts.rglob("*")) if p.is_file()} == {
         p: b for p, b in before.items() if "epoch_0002" not in p.parts}
 
-    # a truncated file in the checkpoint resumed from
+    # a truncated file in the checkpoint resumed from: its checksum (meta.json) differs; without one (a checkpoint
+    # saved before checksums existed) the read fails
     out = copy_run(straight_runs["0"], tmp_path / "cut")
     shutil.rmtree(out / "checkpoints" / "epoch_0002")
+    meta_path = out / "checkpoints" / "epoch_0001" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for name, message in (("model.safetensors", "does not match the sha256 checksum"),
+                          ("optimizer.bin", "does not match the sha256 checksum")):
+        path = out / "checkpoints" / "epoch_0001" / name
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(UserError, match=rf"epoch_0001.*: {message} .*corrupt, use another epoch \(or delete it"):
+            run_train(tiny_data, out, *RESUMABLE)
+        path.write_bytes(data)
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "checksums"}))
     for name, message in (("model.safetensors", "cannot read the weights"),
                           ("optimizer.bin", "cannot load the training state")):
         path = out / "checkpoints" / "epoch_0001" / name
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
-        with pytest.raises(UserError, match=rf"epoch_0001.*: {message} .*corrupt, delete it"):
+        with pytest.raises(UserError, match=rf"epoch_0001.*: {message} .*corrupt, .*delete it"):
             run_train(tiny_data, out, *RESUMABLE)
         path.write_bytes(data)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import re
 
 import pytest
@@ -41,15 +40,17 @@ def test_help_answers_before_the_heavy_imports_and_workers_means_dataloader_work
 
 
 @pytest.mark.parametrize("argv, message", [
-    (("train.py", "--seed", "-1"), "error: --seed must be in [0, 2**32), got -1"),
-    (("train.py", "--lambda-dice", "nan"), "error: --lambda-dice is a loss weight: it must be finite and >= 0"),
+    (("train.py", "--seed", "-1"), "error: argument --seed: must be an integer in [0, 4294967296), got -1"),
+    (("train.py", "--lambda-dice", "nan"), "error: argument --lambda-dice: must be a finite number >= 0, got nan"),
     (("train.py", "--variant", "E"), "invalid choice: 'E'"),
     (("evaluate.py",), "give one checkpoint folder or --all RUNS_DIR"),
     (("precompute_sdt.py", "--out", "x", "--jobs", "0"), "--jobs must be >= 1"),
     (("precompute_sdt.py", "--out", "x", "--workers", "0"), "--jobs must be >= 1"),  # old names: RenamedFlag
-    (("evaluate.py", "--all", "x", "--workers", "0"), "--jobs must be positive, got 0"),
-    (("evaluate.py", "--all", "x", "--loader-workers", "-1"), "--num-workers must be positive, got -1"),
+    (("evaluate.py", "--all", "x", "--workers", "0"), "--jobs must be >= 1, got 0"),
+    (("evaluate.py", "--all", "x", "--loader-workers", "-1"), "--num-workers must be >= 0, got -1"),  # 0 is allowed
+    (("evaluate.py", "--all", "x", "--num-workers", "-1"), "--num-workers must be >= 0, got -1"),
     (("aggregate.py", "--out", "x"), "give either RUNS_DIR or --from-csv FILE"),
+    (("aggregate.py", "runs", "--out", "x", "--bootstrap", "100000000"), "--bootstrap 100000000: at most 100000"),
     (("predict.py", "CKPT", "img.png"), "give INPUT... and --out DIR (or --export MODEL.onnx)"),
     (("predict.py", "CKPT", "x.png", "--out", "o", "--crop", "8,8"), "--slide needs --crop H,W"),
     (("evaluate.py", "CKPT", "--stride", "4,4"), "--slide needs --crop H,W"),
@@ -64,7 +65,7 @@ def test_rejected_flags_answer_in_one_line_before_the_heavy_imports(argv, messag
 
 
 @pytest.mark.parametrize("argv, message", [
-    (("-m", "engine.sweep_local", "{tmp}/absent.yaml"), "{tmp}/absent.yaml: cannot read the sweep file"),
+    (("-m", "engine.sweep_local", "{tmp}/absent.yaml"), "{tmp}/absent.yaml: no such sweep file"),
     (("-m", "data_utils.synthetic", "--out", "{tmp}/a_file"), "{tmp}/a_file: already exists and is not empty"),
 ])
 def test_a_bad_input_file_is_one_error_line_and_exit_code_2(argv, message, tmp_path, python_imports):
@@ -89,28 +90,6 @@ def test_a_renamed_flag_works_hidden_with_one_warning_line(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "warning: --old-jobs is now --jobs (the old name goes in the next release)"]
     assert "--old-jobs" not in parser.format_help()
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
-    (["--seed", str(2**32)], "--seed must be in [0, 2**32)"),
-    (["--lambda-dice", "nan"], "--lambda-dice is a loss weight: it must be finite and >= 0, got nan"),
-    (["--lambda-boundary", "-5"], "--lambda-boundary is a loss weight: it must be finite and >= 0, got -5.0"),
-    (["--aux-weight", "inf"], "--aux-weight is a loss weight"),
-    (["--boundary-start", "-0.1"], "--boundary-start is a loss weight"),
-    (["--steal-delta", "nan"], "--steal-delta is a loss weight"),
-    (["--steal-floor", "-1"], "--steal-floor is a loss weight"),
-])
-def test_seeds_and_loss_weights_out_of_range_are_refused(flags, message):
-    with pytest.raises(UserError, match=re.escape(message)):
-        parse_args(flags)
-
-
-def test_edge_values_of_seeds_and_loss_weights_are_accepted():
-    cfg, _ = parse_args(["--seed", "0", "--lambda-boundary", "0", "--aux-weight", "0"])
-    assert (cfg.seed, cfg.lambda_boundary, cfg.aux_weight) == (0, 0.0, 0.0)
-    cfg, _ = parse_args(["--seed", str(2**32 - 1), "--lambda-dice", "1e3"])
-    assert cfg.seed == 2**32 - 1 and math.isfinite(cfg.lambda_dice)
 
 
 def test_the_data_source_flags_are_train_pys_in_every_script(capsys, monkeypatch):
@@ -343,7 +322,8 @@ MISTAKES = {
     "missing checkpoint": (["evaluate.py", "{tmp}/runs/C_seed42"],
                            "error: {tmp}/runs/C_seed42: no such checkpoint or run folder"),
     "bad config file": (["train.py", "--config", "{tmp}/c.yaml"],
-                        "error: {tmp}/c.yaml: cannot read the config file (ParserError: expected ',' or ']'"),
+                        "error: {tmp}/c.yaml: cannot read the config file (--config) at line 2, column 1: "
+                        "expected ',' or ']'"),
     "unknown flag": (["train.py", "--epoch", "2"],
                      "train.py: error: unrecognized arguments: --epoch 2; did you mean --epochs?"),
     "unknown variant": (["train.py", "--variant", "E"], "train.py: error: argument --variant: invalid choice: 'E'"),

@@ -453,7 +453,8 @@ def test_flip_moves_image_label_and_sdt_together(demo_root, tmp_path, source):
         from data_utils.sdt_cache import sdt_cache_path, write_sdt_file
 
         for r in records:
-            write_sdt_file(sdt_cache_path(cache, r["name"]), compute_sdt(read_train_ids(r["label_path"]), C))
+            labels = read_train_ids(r["label_path"])
+            write_sdt_file(sdt_cache_path(cache, r["name"]), compute_sdt(labels, C), labels=labels)
     # Seed 2 flips frames [x, x, -] in epoch 0 and [-, x, x] in epoch 1: both cases in both epochs.
     dataset = SegmentationDataset(records, hflip=True, seed=2, image_dtype="uint8", sdt_source=source,
                                   sdt_cache_dir=cache if source == "cache" else None)
@@ -483,10 +484,10 @@ def test_sdt_cache_missing_or_mismatched_file_names_the_path(demo_root, tmp_path
     with pytest.raises(UserError, match=rf"{path}: SDT cache file not found"):
         dataset[0]
     label = read_train_ids(records[0]["label_path"])
-    write_sdt_file(path, compute_sdt(label, C, clip=20), clip=20)  # made with another clip
+    write_sdt_file(path, compute_sdt(label, C, clip=20), labels=label, clip=20)  # made with another clip
     with pytest.raises(UserError, match=rf"{path}: cached SDT was clipped at 20"):
         dataset[0]
-    write_sdt_file(path, compute_sdt(label[:, :-1], C))  # made for another size
+    write_sdt_file(path, compute_sdt(label[:, :-1], C), labels=label[:, :-1])  # made for another size
     with pytest.raises(UserError, match=rf"{path}: cached SDT has shape"):
         dataset[0]
 

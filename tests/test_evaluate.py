@@ -234,7 +234,7 @@ def test_batch_mode_is_resumable_and_reports_failures(data_root, tmp_path, capsy
                      (incomplete, "lacks model.safetensors")):
         assert not results_path(bad).exists()
         assert f"{bad}: " in out and why in out
-    assert "3 checkpoint(s) could not be evaluated" in out
+    assert "3 checkpoints could not be evaluated" in out
 
     # Second pass: valid results are skipped, a corrupt results file and a re-saved checkpoint are redone.
     before = _results_state(good)

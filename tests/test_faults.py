@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,10 @@ from data_utils.cityscapes import load_split
 from data_utils.dataset import SegmentationDataset, check_frame, check_frames, collate_batch
 from data_utils.synthetic import generate_dataset
 from engine.config import DEMO_PRESET
+from tests.full_disk import failing_fsync
+from utils.dirlock import LOCK_NAME
 from utils.fileio import EXIT_BAD_INPUT, EXIT_PARTIAL_FAILURE, UserError, run_main
+from utils.staged_dir import FILE_LIST
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 64, 128
@@ -87,6 +92,19 @@ def one_error_line(fn, capsys) -> str:
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     return lines[0]
+
+
+def last_error_line(fn, capsys) -> str:
+    """Run `fn` under utils.run_main; its `error:` line, asserted to be the last line on stderr and the only one,
+    with no traceback (aggregate.py and train.py print their progress on stderr before it)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(fn)
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and [line for line in lines if line.startswith("error:")] == lines[-1:], err
+    return lines[-1]
 
 
 # ------------------------------------------------------------------------------- data faults from workers
@@ -264,13 +282,235 @@ def test_other_errors_during_a_checkpoint_save_keep_their_traceback(tmp_path, mo
         checkpoint.save_checkpoint(accelerator, cfg, progress, cfg.run_dir, None)
 
 
-def test_a_full_disk_anywhere_else_is_one_line_naming_the_file_and_the_free_space(tmp_path, capsys):
-    target = tmp_path / "run" / "metrics.jsonl"
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM])
+def test_run_main_turns_a_write_the_disk_refused_into_one_line_naming_the_file(code, tmp_path, capsys):
+    target = tmp_path / "run" / "x.json"
 
-    def write():
-        raise OSError(errno.ENOSPC, "No space left on device", str(target))
-    line = one_error_line(write, capsys)
+    def refused():
+        raise OSError(code, os.strerror(code), str(target))
+    line = one_error_line(refused, capsys)
+    assert line.startswith(f"error: {target}: {os.strerror(code)}; ")
+    assert (" free on that disk" in line) == (code == errno.ENOSPC)
+    for other in (OSError(code, os.strerror(code)), OSError(errno.ENOENT, "No such file", str(target))):
+        with pytest.raises(OSError) as raised:  # no file named, or not a refused write: a bug, its traceback
+            run_main(lambda: (_ for _ in ()).throw(other))
+        assert raised.value is other
+
+
+@pytest.fixture(scope="module")
+def checkpoint(clean_data, tmp_path_factory) -> Path:
+    """A checkpoint of the demo model (random weights, 32 head channels) on `clean_data`, as train.py lays it out."""
+    from safetensors.torch import save_file
+
+    from engine.checkpoint import WEIGHTS_NAME
+    from engine.config import parse_args, save_config
+    from engine.setup import build_model_from_config
+
+    cfg, _ = parse_args(["--preset", "demo", "--data-root", str(clean_data), "--head-channels", "32"])
+    ckpt = tmp_path_factory.mktemp("faults") / "run" / "checkpoints" / "epoch_0001"
+    ckpt.mkdir(parents=True)
+    save_file(build_model_from_config(cfg).state_dict(), str(ckpt / WEIGHTS_NAME))
+    save_config(cfg, ckpt / "config.json")
+    (ckpt / "meta.json").write_text(json.dumps({"epoch": 1}))
+    return ckpt
+
+
+@pytest.fixture
+def ckpt(checkpoint, tmp_path) -> Path:
+    """A private copy of `checkpoint` in tmp_path/runs/run/checkpoints (results may be written beside it)."""
+    return Path(shutil.copytree(checkpoint, tmp_path / "runs" / "run" / "checkpoints" / checkpoint.name))
+
+
+def tidy_csv(path: Path, per_class: bool) -> Path:
+    """A tidy CSV for aggregate.py --from-csv: variants B and D, seeds 1 and 2, epoch 1 (+ IoU of two classes)."""
+    header = "variant,seed,epoch,mIoU,boundary_f1_mean,trimap_mIoU_mean" + (",road,car" if per_class else "")
+    rows = [f"{v},{s},1,{0.5 + 0.01 * s + 0.1 * (v == 'D')},0.4,0.3" + (",0.9,0.6" if per_class else "")
+            for v in "BD" for s in (1, 2)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def no_temp_files(folder: Path) -> bool:
+    """Nothing half-written left: no atomic writer's temp file (.NAME.XXXX.tmp) and no staging folder in `folder`."""
+    return not [p for p in folder.rglob(".*") if p.name.endswith(".tmp") or ".staging-" in p.name]
+
+
+@pytest.mark.parametrize("writer", ["evaluate.py per_image.npz", "aggregate.py summary.md",
+                                    "train.py metrics.jsonl", "train.py metrics.jsonl appended"])
+def test_a_full_disk_on_any_write_is_one_line_naming_the_file_and_the_free_space(writer, ckpt, data, tmp_path,
+                                                                               monkeypatch, capsys):
+    """write/flush/fsync name no file when the disk fills: the atomic writers and the jsonl appender name it."""
+    import aggregate
+    import evaluate
+    import train
+
+    if writer.startswith("evaluate.py"):
+        target = ckpt.parent / f"{ckpt.name}.per_image.npz"
+        run = lambda: evaluate.main([str(ckpt), "--data-root", str(data)])  # noqa: E731
+    elif writer.startswith("aggregate.py"):
+        target = tmp_path / "report" / "summary.md"
+        run = lambda: aggregate.main(["--from-csv", str(tidy_csv(tmp_path / "t.csv", True)), "--out",  # noqa: E731
+                                      str(target.parent), "--bootstrap", "0"])
+    else:
+        target = tmp_path / "run" / "metrics.jsonl"
+        run = lambda: train.main([*TRAIN[1:], "--data-root", str(data), "--out", str(target.parent)])  # noqa: E731
+    # the file written atomically (its temp file's fsync fails), or the epoch's row appended to it
+    monkeypatch.setattr(os, "fsync", failing_fsync(target.name, temp_files=not writer.endswith("appended")))
+    line = last_error_line(run, capsys)
     assert line.startswith(f"error: {target}: No space left on device; ") and " free on that disk" in line
+    assert no_temp_files(tmp_path)
+
+
+def test_a_full_disk_in_evaluate_all_names_the_file_and_the_free_space_among_the_failures(ckpt, data, monkeypatch,
+                                                                                          capsys):
+    import evaluate
+
+    target = ckpt.parent / f"{ckpt.name}.per_image.npz"
+    monkeypatch.setattr(os, "fsync", failing_fsync(target.name))
+    assert evaluate.main(["--all", str(ckpt.parents[2]), "--data-root", str(data)]) == EXIT_PARTIAL_FAILURE
+    listed = capsys.readouterr().out.split("could not be evaluated:")[-1]
+    assert f"{ckpt}: {target}: No space left on device; " in listed and " free on that disk" in listed
+    assert no_temp_files(ckpt.parent)
+
+
+def test_a_full_disk_right_after_train_py_creates_the_run_dir_is_one_line(data, tmp_path, monkeypatch):
+    """The W&B run id file, written as the W&B run starts (a real process: the W&B run ends with it)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    out = tmp_path / "run"
+    code, _, error = run_script("tests/full_disk.py", "wandb_run_id.txt", *TRAIN[:4], *TRAIN[5:], "--wandb",
+                                "--data-root", str(data), "--out", str(out))
+    assert code == EXIT_BAD_INPUT and error.startswith(f"error: {out / 'wandb_run_id.txt'}: No space left on device")
+    assert " free on that disk" in error and no_temp_files(out)
+
+
+def test_aggregate_writes_its_report_whole_or_not_at_all_and_keeps_a_users_files(tmp_path, monkeypatch, capsys):
+    import aggregate
+
+    out = tmp_path / "report"
+    flags = ["--out", str(out), "--bootstrap", "0"]
+    with_classes, without = tidy_csv(tmp_path / "a.csv", per_class=True), tidy_csv(tmp_path / "b.csv", False)
+    assert aggregate.main(["--from-csv", str(with_classes), *flags]) == 0
+    (out / "notes.txt").write_text("mine")  # a user's file
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "per_class_iou.png" in before and "summary.md" in before
+    with monkeypatch.context() as patch:  # the disk fills at the report's last file: the earlier report stays
+        patch.setattr(os, "fsync", failing_fsync("summary.md"))
+        line = last_error_line(lambda: aggregate.main(["--from-csv", str(without), *flags]), capsys)
+    assert line.startswith(f"error: {out / 'summary.md'}: No space left on device; ")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and no_temp_files(tmp_path)
+    assert aggregate.main(["--from-csv", str(without), *flags]) == 0  # no per-class IoU: no per_class_iou.png
+    report = set((out / FILE_LIST).read_text().split())
+    assert {p.name for p in out.iterdir()} == report | {"notes.txt", FILE_LIST}
+    assert "per_class_iou.png" not in report and (out / "notes.txt").read_text() == "mine"
+    assert "Source: `" + str(without) in (out / "summary.md").read_text() and no_temp_files(tmp_path)
+
+
+def test_aggregate_read_only_or_blocked_out_is_one_line_before_any_work(tmp_path, monkeypatch):
+    import aggregate
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    argv = ["--from-csv", str(tidy_csv(tmp_path / "t.csv", False)), "--bootstrap", "0", "--out"]
+    with pytest.raises(UserError, match=rf"^{blocker}: not a folder; pass a writable folder as --out$"):
+        aggregate.main([*argv, str(blocker)])
+    with pytest.raises(UserError, match=rf"^{blocker / 'r'}: cannot write an output folder there: File exists "
+                                        rf"\({blocker}\); pass a writable folder as --out$"):
+        aggregate.main([*argv, str(blocker / "r")])
+    with pytest.raises(UserError, match=rf"^{tmp_path}: not empty and not an earlier output .*; pass a new or empty "
+                                        "folder as --out$"):  # the report replaces --out as a whole
+        aggregate.main([*argv, str(tmp_path)])
+
+    def read_only(*args, **kwargs):  # as mkdtemp fails on a read-only mount, naming the folder it tried
+        raise OSError(errno.EROFS, "Read-only file system", os.path.join(kwargs["dir"], kwargs["prefix"] + "x"))
+    monkeypatch.setattr("utils.staged_dir.tempfile.mkdtemp", read_only)
+    monkeypatch.setattr("aggregate.load_csv", lambda path: pytest.fail("read before --out was checked"))
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'r'}: cannot write an output folder there: Read-only file "
+                                        "system; pass a writable folder as --out$"):
+        aggregate.main([*argv, str(tmp_path / "r")])
+
+
+@pytest.mark.parametrize("how", ["CKPT", "--all"])
+def test_evaluate_py_on_a_read_only_runs_dir_is_one_line_naming_the_folder(how, ckpt, data, monkeypatch):
+    import evaluate
+
+    real_open = os.open
+
+    def read_only_lock(path, *args, **kwargs):  # the lock file is evaluate.py's first write into the run
+        if Path(path).name == LOCK_NAME:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", read_only_lock)
+    argv = [str(ckpt)] if how == "CKPT" else ["--all", str(ckpt.parents[2])]
+    with pytest.raises(UserError, match=rf"^{ckpt.parent}: cannot write there \({ckpt.parent / LOCK_NAME}: Read-only "
+                                        "file system\); evaluate.py writes its outputs into that folder: make it "
+                                        "writable, or work on a writable copy$"):
+        evaluate.main([*argv, "--data-root", str(data)])
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == [ckpt.name]
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_a_folder_in_place_of_the_lock_file_is_one_line(script, ckpt, data, tmp_path):
+    import evaluate
+    import train
+
+    if script == "train.py":
+        lock = tmp_path / "run" / LOCK_NAME
+        run = lambda: train.main([*TRAIN[1:], "--data-root", str(data), "--out", str(lock.parent)])  # noqa: E731
+    else:
+        lock = ckpt.parent / LOCK_NAME
+        run = lambda: evaluate.main([str(ckpt), "--data-root", str(data)])  # noqa: E731
+    lock.mkdir(parents=True)
+    with pytest.raises(UserError, match=rf"^{lock}: a folder, where {script} keeps its lock file; move or remove it "
+                                        "and rerun$"):
+        run()
+
+
+def test_save_predictions_into_a_read_only_folder_or_onto_a_file_is_one_line_before_the_work(ckpt, data, tmp_path,
+                                                                                          monkeypatch):
+    import evaluate
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    argv = [str(ckpt), "--data-root", str(data), "--save-predictions"]
+    with pytest.raises(UserError, match=rf"^{blocker}: cannot write an output folder there: File exists; pass a "
+                                        "writable folder as --save-predictions$"):
+        evaluate.main([*argv, str(blocker)])
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr("utils.fileio.tempfile.TemporaryFile", read_only)
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'preds'}: cannot write an output folder there: Read-only "
+                                        "file system; pass a writable folder as --save-predictions$"):
+        evaluate.main([*argv, str(tmp_path / "preds")])
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == [ckpt.name]  # not evaluated: no results
+
+
+def test_demo_preset_in_a_read_only_working_directory_is_one_line_naming_the_data_folder(tmp_path, monkeypatch):
+    """The demo generates its data into ./data/demo on first use; a writable --out does not move it."""
+    import train
+
+    cwd, out = tmp_path / "cwd", tmp_path / "out"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    argv = ["--preset", "demo", "--no-wandb", "--out", str(out)]
+    (cwd / "data").write_text("")  # a file in the way of data/demo
+    with pytest.raises(UserError, match=rf"^{cwd / 'data' / 'demo'}: cannot generate the demo data there "
+                                        rf"\({cwd / 'data'}: File exists\); pass a writable folder as --data-root "):
+        train.main(argv)
+    (cwd / "data").unlink()
+    real_mkdtemp = tempfile.mkdtemp
+
+    def read_only(*args, **kwargs):
+        if Path(kwargs.get("dir") or "").is_relative_to(cwd):
+            raise OSError(errno.EROFS, "Read-only file system", kwargs["dir"])
+        return real_mkdtemp(*args, **kwargs)
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(UserError, match=r"cannot generate the demo data there \(.*: Read-only file system\); pass a "
+                                        "writable folder as --data-root"):
+        train.main(argv)
+    assert not out.exists()  # the run dir of a run that did not start is removed
 
 
 def test_read_only_or_blocked_output_folder_is_one_line_in_train_py(data, tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ def test_classes_file_forms_and_palette(tmp_path):
     assert table.palette == ((1, 2, 3), (10, 11, 12)) and table.palette_hex == ("#010203", "#0a0b0c")
     assert read_classes_file(tmp_path / "list.json").palette == default_palette(2)
     for data, message in ((["a", "a"], "appear twice"), ({"0": "a", "2": "b"}, "without gaps"),
-                          ({"names": ["a", "b"], "palette": [[0, 0, 0]]}, "1 palette colours for 2 classes"),
+                          ({"names": ["a", "b"], "palette": [[0, 0, 0]]}, "1 palette colour for 2 classes"),
                           ({"names": ["a"], "palette": [[0, 0, 300]]}, "not \\[r, g, b\\]"), (3, "expected a JSON")):
         (tmp_path / "bad.json").write_text(json.dumps(data))
         with pytest.raises(UserError, match=rf"bad\.json: .*{message}"):
@@ -219,7 +219,8 @@ def test_crop_moves_image_label_and_sdt_together_with_ignore_padding(hf_root, tm
         path = sdt_cache_path(tmp_path, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         from data_utils.sdt_cache import write_sdt_file
-        write_sdt_file(path, compute_sdt(frames.read(frames.names.index(name))[1], classes.num_classes))
+        labels = frames.read(frames.names.index(name))[1]
+        write_sdt_file(path, compute_sdt(labels, classes.num_classes), labels=labels)
     by_source = {src: SegmentationDataset(frames, hflip=True, seed=5, image_dtype="uint8", sdt_source=src,
                                           sdt_cache_dir=tmp_path, crop_size=crop) for src in ("cpu", "cache")}
     for epoch in (0, 1):
@@ -412,7 +413,7 @@ def test_config_fields_preset_and_recorded_classes(tmp_path):
     assert load_config(tmp_path / "config.json") == cfg  # tuples survive the JSON round trip
     for flags, message in ((["--crop-size", "0", "64"], "--crop-size needs H W >= 1"),
                            (["--reduce-labels"], "--reduce-labels applies to --hf-dataset"),
-                           (["--class-names", "a", "b", "--class-palette", "#000000"], "1 colours for 2")):
+                           (["--class-names", "a", "b", "--class-palette", "#000000"], "1 colour for 2")):
         with pytest.raises(UserError, match=message):
             parse_args(flags)
     # Cityscapes: recording the names keeps the official table (with its id map), as a config without them

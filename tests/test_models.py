@@ -177,7 +177,7 @@ def test_wrong_pretrained_file_names_mismatched_keys(tmp_path, classifier_state)
     assert str(path) in message and "\n" not in message
     model_shape = tuple(classifier_state["stages.3.blocks.1.mlp.fc2.weight"].shape)
     assert f"stages_3.blocks.1.mlp.fc2.weight (7, 7) vs {model_shape}" in message
-    assert "1 keys missing: stem_1.bias" in message
+    assert "1 key missing: stem_1.bias" in message
 
 
 def test_pretrained_errors_are_user_errors(tmp_path):

@@ -287,15 +287,20 @@ def test_self_check_batch_crosses_a_scan_chunk():
 
 
 @pytest.fixture
-def small_sdt() -> np.ndarray:
-    return compute_sdt(blob_label(40, 60, 4, 3), num_classes=5)
+def small_labels() -> np.ndarray:
+    return blob_label(40, 60, 4, 3)
+
+
+@pytest.fixture
+def small_sdt(small_labels) -> np.ndarray:
+    return compute_sdt(small_labels, num_classes=5)
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_cache_roundtrip(tmp_path, small_sdt, compress):
+def test_cache_roundtrip(tmp_path, small_sdt, small_labels, compress):
     path = sdt_cache_path(tmp_path, "berlin_000001_000019")
     assert path == tmp_path / "berlin" / "berlin_000001_000019.sdt"
-    size = write_sdt_file(path, small_sdt, compress=compress)
+    size = write_sdt_file(path, small_sdt, labels=small_labels, compress=compress)
     assert size == path.stat().st_size and (size < small_sdt.nbytes) == compress
     loaded = read_sdt_file(path, expected_shape=small_sdt.shape, expected_clip=127)
     np.testing.assert_array_equal(loaded, small_sdt)
@@ -304,9 +309,9 @@ def test_cache_roundtrip(tmp_path, small_sdt, compress):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
 
 
-def test_cache_rejects_mismatch_and_corruption(tmp_path, small_sdt):
+def test_cache_rejects_mismatch_and_corruption(tmp_path, small_sdt, small_labels):
     path = tmp_path / "a.sdt"
-    write_sdt_file(path, small_sdt)
+    write_sdt_file(path, small_sdt, labels=small_labels)
     good = path.read_bytes()
     with pytest.raises(UserError, match="another resolution or class count"):
         read_sdt_file(path, expected_shape=(19, 40, 60))
@@ -323,7 +328,7 @@ def test_cache_rejects_mismatch_and_corruption(tmp_path, small_sdt):
     with pytest.raises(UserError, match="not found"):
         read_sdt_file(tmp_path / "missing.sdt")
     with pytest.raises(ValueError):
-        write_sdt_file(path, small_sdt.astype(np.int16))
+        write_sdt_file(path, small_sdt.astype(np.int16), labels=small_labels)
 
 
 def _fail_mid_write(monkeypatch):
@@ -351,10 +356,10 @@ def _fail_mid_write(monkeypatch):
     monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: FullDisk(real_fdopen(fd, mode, *a, **k)))
 
 
-def test_disk_full_leaves_no_file(tmp_path, small_sdt, monkeypatch):
+def test_disk_full_leaves_no_file(tmp_path, small_sdt, small_labels, monkeypatch):
     _fail_mid_write(monkeypatch)
     with pytest.raises(OSError):
-        write_sdt_file(tmp_path / "x" / "a.sdt", small_sdt)
+        write_sdt_file(tmp_path / "x" / "a.sdt", small_sdt, labels=small_labels)
     assert list((tmp_path / "x").iterdir()) == []
 
 
@@ -409,7 +414,8 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     untouched.write_bytes(bytes(data))
     wrong = expected[corrupt].copy()
     wrong[0, 0, 0] = -wrong[0, 0, 0] if wrong[0, 0, 0] else 1
-    write_sdt_file(corrupt, wrong)
+    label_png = next(demo_root.rglob(corrupt.name.replace(".sdt", "_gtFine_labelIds.png")))
+    write_sdt_file(corrupt, wrong, labels=read_train_ids(str(label_png)))
     capsys.readouterr()
     assert precompute_sdt.main(args + ["--verify", "--jobs", "1"]) == EXIT_PARTIAL_FAILURE  # 2 differ, 2 match
     err = capsys.readouterr().err
@@ -435,7 +441,7 @@ def test_precompute_bad_inputs(demo_root, tmp_path, monkeypatch):
     args = ["--data-root", str(demo_root), "--split", "train", "--out", str(out), "--jobs", "1"]
     # a cache made at another resolution is redone (never read as valid) ...
     first = sorted(_expected(demo_root, out))[0]
-    write_sdt_file(first, np.zeros((19, 32, 64), np.int8))
+    write_sdt_file(first, np.zeros((19, 32, 64), np.int8), labels=np.zeros((32, 64), np.uint8))
     with pytest.raises(UserError, match="another resolution"):
         read_sdt_file(first, expected_shape=(19, 64, 128))
     # ... but a full disk stops the run with one clear line and no half-written file

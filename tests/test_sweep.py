@@ -184,3 +184,60 @@ def test_index_is_refused_for_random_search_and_with_count(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep_local_main([str(SWEEP), "--dry-run", "--index", "0", "--count", "1"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("parameters, extra, message", [
+    ("  seed:\n    values: [1, -5]\n", [],
+     "parameter 'seed': train.py refuses --seed=-5 (argument --seed: must be an integer in [0, 4294967296), got -5)"),
+    ("  lambda-boundary:\n    values: [0.1, .nan]\n", [],
+     "parameter 'lambda-boundary': train.py refuses --lambda-boundary=nan (argument --lambda-boundary: must be a "
+     "finite number >= 0, got nan)"),
+    # each value alone is fine; the cell (with the flags after --) is what train.py refuses
+    ("  min-lr:\n    values: [0, 0.01]\n", ["--lr", "0.001"],
+     "train.py refuses cell 1 (--min-lr=0.01 --lr 0.001): --min-lr must be <= --lr, got lr=0.001 min_lr=0.01"),
+    ("  loss:\n    values: ['ce=1']\n  variant:\n    values: [A]\n", [],
+     "train.py refuses cell 0 (--loss=ce=1 --variant=A): --loss 'ce=1' sets every term's weight: drop --variant"),
+])
+def test_values_train_py_refuses_stop_the_sweep_before_the_first_run(tmp_path, monkeypatch, parameters, extra,
+                                                                     message):
+    """Issue #23 §4: a sweep of values train.py refuses launched every run, each failing."""
+    from engine import sweep_local
+
+    path = _sweep_file(tmp_path, f"program: train.py\nmethod: grid\nparameters:\n{parameters}")
+    launched = []
+    monkeypatch.setattr(sweep_local.subprocess, "run", lambda *a, **k: launched.append(a))
+    with pytest.raises(UserError, match=re.escape(f"{path}: {message}")):
+        sweep_local_main([str(path), *(["--", *extra] if extra else [])])
+    assert launched == []
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("method: grid\nparameters:\n\tseed:\n    values: [1]\n", "line 3, column 1",
+     "found character '\\t' that cannot start any token (YAML indents with spaces, not tabs)"),
+    ("method: grid\nparameters:\n  seed:\n    values: [1\n", "line 5, column 1", "expected ',' or ']'"),
+    ("method: grid\nparameters: seed: 1\n", "line 2, column 17", "mapping values are not allowed here"),
+])
+@pytest.mark.parametrize("reader", ["sweep", "config"])
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, text, where, problem, reader):
+    """utils.fileio.read_yaml, shared by sweep files and --config files (PyYAML's own message is 5-8 lines
+    quoting `<unicode string>`)."""
+    path = _sweep_file(tmp_path, text)
+    what = "sweep file" if reader == "sweep" else "config file (--config)"
+    with pytest.raises(UserError) as error:
+        load_sweep(path) if reader == "sweep" else parse_args(["--config", str(path)])
+    message = str(error.value)
+    assert "\n" not in message and "<unicode string>" not in message
+    assert message.startswith(f"{path}: cannot read the {what} at {where}: {problem}"), message
+
+
+def test_a_bayes_sweep_prints_no_sklearn_convergence_warning(tmp_path, capfd):
+    """Issue #23 §5: sklearn's ConvergenceWarning (the Gaussian process fitted to runs without a metric yet)
+    reached the console once per proposed run."""
+    import warnings
+
+    path = _sweep_file(tmp_path, SWEEP.read_text().replace("method: grid", "method: bayes"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert sweep_local_main([str(path), "--dry-run", "--count", "4"]) == 0
+    assert not [w for w in caught if "ConvergenceWarning" in w.category.__name__]
+    assert "ConvergenceWarning" not in capfd.readouterr().err

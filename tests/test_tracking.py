@@ -3,6 +3,8 @@ aggregate.py). Nothing here starts wandb: init_wandb is driven with a stand-in a
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 
 import pytest
@@ -69,6 +71,16 @@ def test_group_is_the_run_name_without_the_seed(flags, name, group):
     assert wandb_group(dataclasses.replace(cfg, lambda_boundary=0.3)) != group
 
 
+class FakeRun:
+    """A wandb Run's id, and its define_metric calls recorded."""
+
+    def __init__(self, run_id: str):
+        self.id, self.defined = run_id, {}
+
+    def define_metric(self, name, step_metric=None):
+        self.defined[name] = step_metric
+
+
 class RecordingAccelerator:
     """What init_wandb uses of an accelerate.Accelerator, recording the tracker arguments."""
 
@@ -78,7 +90,8 @@ class RecordingAccelerator:
         self.project, self.config, self.init_kwargs = project, config, init_kwargs
 
     def get_tracker(self, name, unwrap):
-        return type("Run", (), {"id": "abc123"})()
+        self.run = FakeRun("abc123")
+        return self.run
 
 
 def test_init_wandb_arguments(no_login, tmp_path, monkeypatch):
@@ -89,46 +102,153 @@ def test_init_wandb_arguments(no_login, tmp_path, monkeypatch):
     assert (init["name"], init["group"], init["mode"]) == ("C_lb0.05_seed123", "C_lb0.05", "offline")
     assert (init["entity"], init["id"], init["resume"]) == ("team", "old1", "allow")
     assert accelerator.project == cfg.wandb_project and accelerator.config["lambda_boundary"] == 0.05
+    assert accelerator.run.defined["train_step/*"] == "step" and accelerator.run.defined["val/*"] == "epoch"
     assert (tmp_path / "run").is_dir()
     monkeypatch.setenv("WANDB_MODE", "disabled")
     init_wandb(accelerator, cfg, tmp_path / "another_run", run_id=None)  # a new run dir: no id to continue
     assert "mode" not in accelerator.init_kwargs["wandb"] and "id" not in accelerator.init_kwargs["wandb"]
 
 
-def test_prediction_overlays_of_uint8_val_frames(monkeypatch):
-    """The W&B overlays show the val dataset's uint8 image as is, the argmax of the model on the normalised
-    image, and the label; a float image (not what the val dataset gives) is refused."""
+@pytest.fixture(scope="module")
+def offline_run(tiny_data, tmp_path_factory):
+    """One 2-epoch tiny training with W&B offline (--log-every 3, --wandb-artifacts, the sample images at their
+    default 4): (run dir, the offline run read from its .wandb file). No network: WANDB_MODE=offline, wandb's
+    folders in tmp."""
+    from tests.tiny_training import run_train
+    from tests.wandb_files import offline_runs
+
+    tmp = tmp_path_factory.mktemp("wandb_run")
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", **{var: str(tmp / var.lower()) for var in (
+        "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")}}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        mp.delenv("WANDB_API_KEY", raising=False)
+        mp.setenv("NETRC", str(tmp / "netrc"))
+        out = tmp / "runs" / "A_seed42"
+        assert run_train(tiny_data, out, "--wandb", "--variant", "A", "--epochs", "2", "--checkpoint-every", "2",
+                         "--log-every", "3", "--wandb-artifacts") == 0
+    (run,) = offline_runs(out / "wandb")
+    return out, run
+
+
+def test_offline_run_has_per_step_rows_on_their_own_axis(offline_run):
+    """Every --log-every optimizer steps a row of each loss term and the LR, plotted against "step"; the per-epoch
+    rows against "epoch" (define_metric), both logged without an explicit W&B step."""
+    from engine.config import load_config
+    from engine.schedule import get_lr
+
+    out, run = offline_run
+    cfg = load_config(out / "config.json")
+    assert run.metrics["train_step/*"] == {"step_metric": "step"}
+    assert all(run.metrics[f"{p}/*"] == {"step_metric": "epoch"} for p in ("train", "val", "grad_norm", "grad_cos"))
+    steps = [row for row in run.history if "train_step/loss" in row]
+    epochs = [row for row in run.history if "epoch" in row]
+    total = 2 * 4  # 16 frames, batch 4: 4 optimizer steps per epoch
+    assert [row["step"] for row in steps] == [3, 6] and [row["epoch"] for row in epochs] == [1, 2]
+    for row in steps:
+        assert set(row) >= {"train_step/ce", "train_step/aux", "train_step/lr"}
+        assert all(isinstance(row[f"train_step/{k}"], float) and row[f"train_step/{k}"] > 0 for k in ("loss", "ce"))
+        assert row["train_step/lr"] == pytest.approx(get_lr(row["step"] - 1, total, cfg.lr, cfg.poly_power,
+                                                            cfg.min_lr, cfg.warmup_steps))
+    assert [row["_step"] for row in run.history] == list(range(len(run.history)))  # W&B's own counter
+    assert run.history.index(epochs[0]) > run.history.index(steps[0])  # in the order they happened
+
+
+def test_offline_run_has_per_class_tables_and_sample_images(offline_run):
+    """At each evaluation: the per-class values as a wandb.Table (its numbers are the results file's) and the first
+    4 sample images, with the ground truth and the prediction as masks labelled with the class names; the
+    prediction masks are the sample predictions kept beside the results (engine.samples)."""
     import numpy as np
-    import torch
-    import wandb
+    from PIL import Image
 
-    from data_utils.augment import normalize
-    from engine.tracking import prediction_overlays
+    from engine.results_format import read_results
+    from engine.samples import read_predictions, read_sample_set
 
-    class ChannelArgmax(torch.nn.Module):
-        """Logits = the normalised image's 3 channels + 16 constant ones: the prediction is checkable by hand."""
+    out, run = offline_run
+    files = run.path.parent / "files"
+    final = [row for row in run.history if row.get("epoch") == 2][0]
+    table = json.loads((files / final["val/per_class"]["path"]).read_text())
+    assert final["val/per_class"]["_type"] == "table-file"
+    assert table["columns"][:3] == ["class", "iou", "boundary_iou_per_class"]
+    results = read_results(out / "checkpoints" / "epoch_0002.results.json")
+    assert [row[0] for row in table["data"]] == results["classes"]
+    for column in table["columns"][1:]:  # results.json writes NaN (class absent) as null, W&B's table as empty too
+        j = table["columns"].index(column)
+        assert [math.nan if row[j] is None else row[j] for row in table["data"]] == pytest.approx(
+            [results[column][c] for c in results["classes"]], abs=1e-12, nan_ok=True)
+    images = final["val/samples"]
+    assert images["_type"] == "images/separated" and images["count"] == 4
+    sample_set = read_sample_set(out)
+    names = sample_set.names[:4]
+    assert images["captions"] == names
+    labels = run.config["_wandb"]["mask/class_labels"]
+    for mask in ("prediction", "ground_truth"):
+        class_labels = labels[f"val/samples_wandb_delimeter_{mask}"]["value"]
+        assert class_labels["0"] == sample_set.class_names[0] and class_labels["255"] == "ignore"
+    predictions = read_predictions(out / "checkpoints" / "epoch_0002.results.json")
+    for name, masks in zip(names, images["all_masks"]):
+        pred = np.array(Image.open(files / masks["prediction"]["path"]))
+        np.testing.assert_array_equal(pred, predictions.pred(name))
+        np.testing.assert_array_equal(np.array(Image.open(files / masks["ground_truth"]["path"])),
+                                      sample_set.label(name))
 
-        def forward(self, images):
-            self.seen = images
-            n, _, h, w = images.shape
-            return {"logits": torch.cat([images, torch.full((n, 16, h, w), -10.0)], 1)}
 
-    monkeypatch.setattr(wandb, "Image", lambda rgb, masks, caption: {"rgb": rgb, "masks": masks, "caption": caption})
-    gen = torch.Generator().manual_seed(0)
-    dataset = [{"image": torch.randint(0, 256, (3, 4, 6), dtype=torch.uint8, generator=gen),
-                "label": torch.randint(0, 19, (4, 6), generator=gen), "name": f"frame_{i}"} for i in range(3)]
-    model = ChannelArgmax().train()
-    images = prediction_overlays(model, dataset, num_images=2, device="cpu", class_names=[f"c{i}" for i in range(19)])
-    assert [im["caption"] for im in images] == ["frame_0", "frame_1"] and model.training  # the mode is restored
-    torch.testing.assert_close(model.seen, normalize(dataset[1]["image"])[None])
-    for image, item in zip(images, dataset):
-        np.testing.assert_array_equal(image["rgb"], item["image"].permute(1, 2, 0).numpy())
-        masks = image["masks"]
-        np.testing.assert_array_equal(masks["prediction"]["mask_data"], normalize(item["image"]).argmax(0).numpy())
-        np.testing.assert_array_equal(masks["ground_truth"]["mask_data"], item["label"].numpy())
-        assert masks["prediction"]["class_labels"][255] == "ignore"
-    with pytest.raises(ValueError, match="uint8"):
-        prediction_overlays(model, [{**dataset[0], "image": normalize(dataset[0]["image"])}], 1, "cpu", ["c0"])
+def test_offline_run_holds_the_final_checkpoint_as_an_artifact(offline_run):
+    out, run = offline_run
+    (artifact,) = [a for a in run.artifacts if a.type == "model"]  # wandb logs each wandb.Table as one too
+    from engine.config import load_config
+
+    run_name = load_config(out / "config.json").run_name  # A_x<hash>_seed42: the demo's deltas show in it
+    assert (artifact.type, artifact.name) == ("model", f"model-{run_name}")
+    assert {"final", "epoch-2"} <= set(artifact.aliases)
+    entries = {entry.path: entry.size for entry in artifact.manifest.contents}
+    ckpt = out / "checkpoints" / "epoch_0002"
+    assert entries == {"model.safetensors": (ckpt / "model.safetensors").stat().st_size,
+                       "config.json": (ckpt / "config.json").stat().st_size,
+                       "meta.json": (ckpt / "meta.json").stat().st_size,
+                       "epoch_0002.results.json": (ckpt.parent / "epoch_0002.results.json").stat().st_size}
+
+
+def test_the_report_of_a_run_has_every_evaluated_epoch(offline_run):
+    """train.py wrote a results file at epoch 2 only (--checkpoint-every 2); the report reads epoch 1 from the
+    run's metrics.jsonl (report.load.load_history), with the values train.py logged."""
+    from report.load import Study, load_runs_dir
+
+    out, run = offline_run
+    study = Study.from_records(load_runs_dir(out.parent))
+    assert study.epochs == [1, 2]
+    first = next(row for row in run.history if row.get("epoch") == 1)
+    assert study.values("A", 1, "miou") == {42: pytest.approx(first["val/miou"], abs=1e-12)}
+
+
+def test_a_corrupt_sample_set_costs_the_wandb_images_only(tmp_path):
+    """RUN/samples/ damaged during a run (a file edited): train.py's W&B row keeps its per-class table, the images
+    are skipped with one line naming the file and the command that remakes it, and training goes on."""
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from engine.samples import run_samples_dir, write_sample_set
+    from engine.tracking import evaluation_media
+
+    rng = np.random.default_rng(0)
+    frames = {f"f{i}": (rng.integers(0, 256, (8, 12, 3), dtype=np.uint8), rng.integers(0, 3, (8, 12), dtype=np.uint8))
+              for i in range(3)}
+    write_sample_set(tmp_path, "val", list(frames), ["a", "b", "c"], [[0, 0, 0], [9, 9, 9], [200, 0, 0]],
+                     frames.__getitem__)
+    metrics = {"classes": ["a", "b", "c"], "iou": [0.5, float("nan"), 0.25]}
+    predictions = {name: label for name, (_, label) in frames.items()}
+    console = Console(file=io.StringIO(), width=300)
+    media = evaluation_media(metrics, tmp_path, predictions, 2, console)
+    assert len(media["val/samples"]) == 2 and media["val/per_class"].data == [["a", 0.5], ["b", None], ["c", 0.25]]
+    gt = run_samples_dir(tmp_path) / "f0_gt.png"
+    gt.write_bytes(gt.read_bytes()[:-8])  # a damaged ground-truth PNG
+    media = evaluation_media(metrics, tmp_path, predictions, 2, console)
+    assert set(media) == {"val/per_class"}
+    (line,) = console.file.getvalue().splitlines()
+    assert line.startswith(f"W&B sample images skipped: {gt}: corrupt") and "python evaluate.py" in line
 
 
 # ---------------------------------------------------------------------------------------------------- requeue
@@ -136,7 +256,7 @@ class NewRunAccelerator(RecordingAccelerator):
     """As RecordingAccelerator, with the id wandb gives: the one asked for (resume="allow"), else a new one."""
 
     def get_tracker(self, name, unwrap):
-        return type("Run", (), {"id": self.init_kwargs["wandb"].get("id", "new456")})()
+        return FakeRun(self.init_kwargs["wandb"].get("id", "new456"))
 
 
 def test_a_restart_in_the_same_run_dir_continues_its_wandb_run(no_login, tmp_path):

@@ -256,6 +256,29 @@ def test_loss_log_means_counts_and_first_bad_against_a_plain_loop(each_step):
     assert math.isnan(values_1["ce"]) and values_1["loss"] == values[2, 0] and values_2["loss"] == math.inf
 
 
+
+def test_loss_log_interval_means_are_those_since_the_previous_call():
+    """W&B's per-step loss (--log-every): each term's mean over the finite micro-batches read since the previous
+    `interval_means` call, against a plain loop; an interval without any is NaN."""
+    log = EpochLossLog(Accelerator(cpu=True), each_step=False)
+    values = torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    values[4, 1] = float("nan")
+    intervals, start = [], 0
+    for i, row in enumerate(values):
+        log.update({"loss": row[0], "ce": row[1]})
+        if i in (1, 5):
+            log.read()  # a read that is not a per-step log: the interval goes on
+        if i in (3, 8):
+            log.read()
+            intervals.append((log.interval_means(), values[start:i + 1]))
+            start = i + 1
+    for means, rows in intervals:
+        good = [r for r in rows.tolist() if all(map(math.isfinite, r))]
+        assert means == pytest.approx({"loss": sum(r[0] for r in good) / len(good),
+                                       "ce": sum(r[1] for r in good) / len(good)}, rel=1e-15)
+    assert all(math.isnan(v) for v in log.interval_means().values())
+
+
 def test_guard_is_off_at_max_nonfinite_0_and_gathers_once_per_read(tiny_data, monkeypatch):
     """--max-nonfinite 0 (the default): no gradient hooks, no buffer copies, and the loss terms are gathered
     once per read instead of once per micro-step; K > 0: a hook on every trainable parameter and a gather
@@ -558,7 +581,7 @@ def test_nonfinite_stop_comes_at_the_next_host_read_naming_the_first_bad_micro_b
     monkeypatch.setattr(engine.setup, "build_loss", nan_from_second_call)
     out = tmp_path / "late"
     with pytest.raises(UserError, match=r"non-finite loss at optimizer step 1 \(epoch 1, batch 1\): ce=nan.*"
-                                        r"\(2 non-finite micro-batch\(es\) so far\)"):
+                                        r"\(2 non-finite micro-batches so far\)"):
         run_train(tiny_data, out, "--variant", "B", "--epochs", "1", "--batch-size", "1", "--aux-weight", "0")
     assert losses[0].calls == 3  # it ran on to the read after micro-batch 2, not one batch further
     assert list_checkpoints(out) == []
@@ -771,6 +794,7 @@ def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_da
     from engine.checkpoint import load_weights_into
     from engine.evaluation import evaluate_model
     from engine.results import read_results, results_path
+    from engine.samples import SampleSink, read_predictions, read_sample_set
     from engine.setup import build_dataloader
     from metrics.keys import METRIC_KEYS
     from metrics.per_image import per_image_path, read_per_image
@@ -783,7 +807,7 @@ def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_da
                              "--epochs", "2", "--batch-size", "2", "--out", str(out)],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 process(es) on cpu" in result.stdout
+    assert "2 processes on cpu" in result.stdout
     rows = read_rows(out)
     assert [r["step"] for r in rows] == [4, 8]  # 16 frames / (2 per process x 2 processes) per epoch
 
@@ -792,8 +816,15 @@ def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_da
     cfg = load_config(ckpt / "config.json")
     model = build_model_from_config(cfg)
     load_weights_into(model, ckpt / "model.safetensors")
-    single = evaluate_model(model, build_dataloader(cfg, cfg.val_split, train=False), Accelerator(cpu=True))
+    sink = SampleSink(read_sample_set(out).names)
+    single = evaluate_model(model, build_dataloader(cfg, cfg.val_split, train=False), Accelerator(cpu=True),
+                            on_predictions=sink)
     logged = read_results(results_path(ckpt))
+    # the prediction samples, gathered from both processes, are the single-process predictions
+    kept = read_predictions(results_path(ckpt))
+    assert kept.names == sink.names and len(kept.names) == 5
+    for name in kept.names:
+        np.testing.assert_array_equal(kept.pred(name), sink.predictions[name], err_msg=name)
     assert single["num_images"] == logged["num_images"] == 5
     for key in METRIC_KEYS:
         assert single[key] == pytest.approx(logged[key], abs=1e-12), key
@@ -840,7 +871,13 @@ def test_wandb_offline_run_with_overlays_continues_the_same_run_after_resume(tin
     assert run_id and read_meta(out / "checkpoints" / "epoch_0002")["wandb_run_id"] == run_id
     offline_runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)
-    assert list((offline_runs[-1] / "files" / "media").rglob("*.png"))  # the prediction overlays
+    assert list((offline_runs[-1] / "files" / "media").rglob("*.png"))  # the sample images
+    # the resumed run appends its epochs to the same W&B run: epoch 1 before the stop, epoch 2 after it
+    from tests.wandb_files import OfflineRun
+
+    epochs = [[row["epoch"] for row in OfflineRun.read(next(p.glob("*.wandb"))).history if "epoch" in row]
+              for p in offline_runs]
+    assert epochs == [[1], [2]]
 
 
 # ------------------------------------------------------------------------------- loss recipes, other backbones

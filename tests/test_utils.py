@@ -12,6 +12,7 @@ import pytest
 from utils.conventions import IGNORE_INDEX, SDT_CLIP
 from utils.dirlock import folder_lock
 from utils.fileio import UserError
+from utils.staged_dir import FILE_LIST, staged_folder
 
 
 def test_folder_lock_is_exclusive_names_the_holder_and_dies_with_it(tmp_path, lock_holder):
@@ -121,3 +122,49 @@ def test_entry_points_set_the_openmp_wait_policy_before_torch_loads(entry):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "PASSIVE"
+
+
+def test_staged_folder_is_published_whole_keeps_a_users_files_and_replaces_what_a_link_points_to(tmp_path):
+    def files(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+
+    real, link = tmp_path / "real", tmp_path / "link"
+    link.symlink_to(real)  # --out given as a link: the folder it points to gets the output
+    with staged_folder(link, "--out") as out:
+        (out / "sub").mkdir()
+        (out / "sub" / "a.txt").write_text("1")
+        (out / "b.txt").write_text("1")
+        assert not real.exists()  # nothing there before the end
+    assert link.is_symlink() and files(real) == {"sub/a.txt": "1", "b.txt": "1", FILE_LIST: "b.txt\nsub/a.txt\n"}
+    (real / "mine").mkdir()
+    (real / "mine" / "notes.txt").write_text("keep")
+    before = files(real)
+    with pytest.raises(KeyboardInterrupt), staged_folder(link, "--out") as out:
+        (out / "c.txt").write_text("2")
+        raise KeyboardInterrupt
+    assert files(real) == before
+    with staged_folder(link, "--out", keep=("sub",)) as out:  # sub/: never stale, like W&B's offline runs
+        (out / "c.txt").write_text("2")
+    assert files(real) == {"c.txt": "2", "sub/a.txt": "1", "mine/notes.txt": "keep", FILE_LIST: "c.txt\n"}
+    with staged_folder(link, "--out") as out:
+        (out / "c.txt").write_text("3")
+    assert files(real) == {"c.txt": "3", "sub/a.txt": "1", "mine/notes.txt": "keep", FILE_LIST: "c.txt\n"}
+    assert "b.txt" not in files(real)  # stale: the first output made it, the last two did not
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no staging or old folder left
+
+
+def test_staged_folder_refuses_a_folder_that_is_no_earlier_output_or_holds_the_current_folder(tmp_path,
+                                                                                              monkeypatch):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "code.py").write_text("")
+    with pytest.raises(UserError, match=rf"^{project}: not empty and not an earlier output \(no {FILE_LIST} or "
+                                        r"summary.md\), .*; pass a new or empty folder as --out$"):
+        with staged_folder(project, "--out", marker="summary.md"):
+            pytest.fail("the block ran")
+    (project / "summary.md").write_text("")  # an output of an earlier version: replaced, src/ carried over
+    monkeypatch.chdir(project / "src")
+    with pytest.raises(UserError, match=rf"^{project}: the current folder, or one holding it, .*as --out$"):
+        with staged_folder(project, "--out", marker="summary.md"):
+            pytest.fail("the block ran")
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == ["src", "src/code.py", "summary.md"]

@@ -16,6 +16,8 @@ def _tiny_cfg(**overrides) -> TrainConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
+# 2 epochs, both checkpoints keeping their training state: conftest's `straight_runs` (resumable, evaluated).
+RESUMABLE = ("--variant", "C", "--epochs", "2", "--checkpoint-every", "1", "--keep-states", "2")
 TINY = ["--preset", "demo", "--no-demo-data", "--no-wandb", "--num-workers", "0", "--head-channels", "32"]
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
+import shlex
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from utils.fileio import EXIT_BAD_INPUT, print_error
 
@@ -44,6 +47,13 @@ def flag_hint(typed: str, flags: list[str]) -> str:
     return f"; did you mean {' or '.join(longer[:3])}?" if longer else did_you_mean(typed, flags)
 
 
+def shell_command(*words) -> str:
+    """A command printed as a hint, ready to paste: each word quoted where the shell needs it, so a path with a
+    space stays one argument (`shell_command("python", "evaluate.py", "--all", "my runs")` ->
+    "python evaluate.py --all 'my runs'"). Every printed command goes through it."""
+    return shlex.join(str(word) for word in words)
+
+
 def any_case(choices: Iterable[str]):
     """argparse `type=` for string choices given in any case: the canonical choice (`--variant c` -> "C")."""
     canonical = {c.lower(): c for c in choices}
@@ -51,6 +61,52 @@ def any_case(choices: Iterable[str]):
     def convert(value: str) -> str:
         return canonical.get(value.lower(), value)  # not a choice: argparse's check reports it (with a hint)
     return convert
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric flag takes: finite numbers from `lo` to `hi` (either end left out with `lo_open` /
+    `hi_open`; an infinite end is no bound). NaN and ±inf are never in a Range.
+
+    >>> Range(0, 1, hi_open=True).refusal(1.5), Range(lo=0).refusal(0.0)
+    ('must be a finite number in [0, 1), got 1.5', None)
+    """
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __str__(self) -> str:
+        lo, hi = (str(int(x)) if float(x).is_integer() else f"{x:g}" for x in (self.lo, self.hi))
+        if math.isinf(self.hi):
+            return f"{'>' if self.lo_open else '>='} {lo}" if math.isfinite(self.lo) else ""
+        if math.isinf(self.lo):
+            return f"{'<' if self.hi_open else '<='} {hi}"
+        return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+
+    def __contains__(self, value: float) -> bool:
+        return (math.isfinite(value) and (self.lo < value if self.lo_open else self.lo <= value)
+                and (value < self.hi if self.hi_open else value <= self.hi))
+
+    def refusal(self, value: float, typed: str | None = None) -> str | None:
+        """'must be a finite number >= 0, got -1' ("an integer" for an int; `typed`: the value as the user wrote
+        it), or None when `value` is in range."""
+        if value in self:
+            return None
+        kind = "an integer" if isinstance(value, int) else "a finite number"
+        return f"must be {' '.join(filter(None, (kind, str(self))))}, got {value if typed is None else typed}"
+
+    def parser(self, kind: type):
+        """argparse `type=` converting with `kind` (int, float) and refusing values out of range, so the refusal is
+        argparse's one line (`train.py: error: argument --lr: must be a finite number > 0, got nan`), exit 2."""
+        def convert(text: str):
+            value = kind(text)  # ValueError: argparse's "invalid float value: 'x'"
+            refusal = self.refusal(value, text)
+            if refusal:
+                raise argparse.ArgumentTypeError(refusal)
+            return value
+        convert.__name__ = kind.__name__  # argparse names the type in its own message
+        return convert
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -1,8 +1,11 @@
-"""What the tools print, defined once: the progress-bar columns and the percent format of a fraction.
+"""What the tools print, defined once: the progress-bar columns, the percent format of a fraction and a count with
+its noun ("1 checkpoint", never "1 checkpoints" nor "checkpoint(s)").
 
     >>> bar = Progress(*progress_columns(), console=console)     # train.py: progress_columns(info=True)
     >>> pct(0.81284), pct(float("nan")), pct(-0.021, signed=True)
     ('81.28', 'n/a', '-2.10')
+    >>> plural(1, "checkpoint"), plural(3, "process", "processes")
+    ('1 checkpoint', '3 processes')
 """
 from __future__ import annotations
 
@@ -25,3 +28,14 @@ def pct(fraction: float | None, signed: bool = False) -> str:
     if fraction is None or not math.isfinite(fraction):
         return "n/a"
     return f"{100 * fraction:+.2f}" if signed else f"{100 * fraction:.2f}"
+
+
+def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
+    """`count` and `noun`, plural unless the count is 1: plural(1, "image") -> "1 image", plural(0, "image") ->
+    "0 images"; `plural_noun` for the irregular ones (plural(2, "micro-batch", "micro-batches"))."""
+    return f"{count} {noun_for(count, noun, plural_noun)}"
+
+
+def noun_for(count: int, noun: str, plural_noun: str | None = None) -> str:
+    """`noun` as `count` of them take it, without the count ("seeds 1, 2", "seed 3"): see `plural`."""
+    return noun if count == 1 else plural_noun or noun + "s"

@@ -56,7 +56,8 @@ def run_main(main) -> None:
       `precompute_sdt.py --verify` with frames that differ from the cache, a failed run of `engine.sweep_local`.
       `main()` returns it; a rerun redoes only what failed.
     - 2 (`EXIT_BAD_INPUT`): bad input. A `UserError` (also one raised in a DataLoader worker), or a write that
-      failed on a full disk, becomes one `error: <file>: <reason>; <fix>` line on stderr, no traceback;
+      failed on a full disk or a read-only path (`write_error_line`), becomes one `error: <file>: <reason>;
+      <fix>` line on stderr, no traceback;
       argparse exits with 2 for a bad flag too. Under a launcher, once per machine (`print_error`); through
       `python -m engine.launch` the launch exits with the same codes.
     - 130 (`EXIT_INTERRUPTED`): Ctrl-C, or SIGTERM in train.py, evaluate.py and precompute_sdt.py, also sent to the
@@ -76,9 +77,10 @@ def _exit_codes():
         print_error(f"error: {user_message(e)}")
         sys.exit(EXIT_BAD_INPUT)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not e.filename:
+        line = write_error_line(e)
+        if line is None:
             raise
-        print_error(f"error: {e.filename}: {e.strerror}; {disk_full_advice(e.filename)}")
+        print_error(f"error: {line}")
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:  # Ctrl-C outside a script's own handler: no traceback, the shell's code 130
         if is_local_main_process():  # Ctrl-C reaches every process of a launch: one line
@@ -124,6 +126,38 @@ def free_space(path: str | os.PathLike) -> str:
 def disk_full_advice(path: str | os.PathLike) -> str:
     """The fix for a write that failed for lack of space, with the free space there."""
     return f"{free_space(path)} free on that disk; free space there (or write elsewhere) and rerun"
+
+
+# A write refused by the disk rather than by a bug: no space left, or no right to write there. run_main turns
+# one that names its file (every atomic writer attaches it: `named_os_errors`) into one line.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def write_error_line(e: OSError) -> str | None:
+    """`<file>: <reason>; <fix>` for a full disk (with the free space there) or a read-only or forbidden path,
+    when the error names its file; None for any other OSError (a bug, shown with its traceback)."""
+    if not e.filename:
+        return None
+    if e.errno in DISK_FULL:
+        return f"{e.filename}: {e.strerror}; {disk_full_advice(e.filename)}"
+    if e.errno == errno.EROFS:
+        return f"{e.filename}: {e.strerror}; choose a location on a writable disk and rerun"
+    if e.errno in NOT_WRITABLE:
+        return f"{e.filename}: {e.strerror}; fix its permissions or choose another location, and rerun"
+    return None
+
+
+@contextlib.contextmanager
+def named_os_errors(path: str | os.PathLike):
+    """Within: an OSError that names no file (what `write`, `flush` and `fsync` raise on a full disk) is raised
+    again as the same OSError type and errno naming `path`, so run_main can say which file did not fit."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def make_output_dir(path: str | os.PathLike, flag: str) -> Path:
@@ -198,14 +232,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
     """Write `data` to `path` via a temp file in the same folder, fsync it, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # name the file asked for, not the random temp name
+        raise OSError(e.errno, e.strerror, str(path)) from e
+    try:
+        with named_os_errors(path):  # a full disk fails in write/flush/fsync, which name no file
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -243,3 +281,23 @@ def json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def read_yaml(path: str | os.PathLike, what: str):
+    """The YAML file `path` (a sweep file, a --config file) as Python data; a missing or unreadable file or a
+    YAML syntax error is one UserError line naming `what`, the file, and for a syntax error its line and column:
+    `sweep.yaml: cannot read the sweep file at line 3, column 1: found character '\\t' that cannot start any
+    token (YAML indents with spaces, not tabs)` (PyYAML's own message spans 5-8 lines quoting `<unicode string>`)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        tab = " (YAML indents with spaces, not tabs)" if "'\\t'" in str(e.problem) else ""
+        raise UserError(f"{path}: cannot read the {what}{where}: {e.problem or e.context}{tab}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from None

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from utils.fileio import atomic_write_text, json_safe
+from utils.fileio import atomic_write_text, json_safe, named_os_errors
 
 
 class EpochJsonl:
@@ -31,7 +31,7 @@ class EpochJsonl:
 
     def append(self, row: dict) -> dict:
         row = json_safe(dict(row))
-        with self.path.open("a") as f:
+        with named_os_errors(self.path), self.path.open("a") as f:  # a full disk: run_main's line names the file
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
