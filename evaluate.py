@@ -147,6 +147,7 @@ from metrics.per_image import PER_IMAGE_SUFFIX
 from utils.bars import Bars
 from utils.console import plural, progress_columns
 from utils.dirlock import folder_lock
+from utils.signals import sigterm_as_ctrl_c
 
 
 def lock_runs(stack: ExitStack, checkpoints) -> None:
@@ -282,4 +283,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    with sigterm_as_ctrl_c():  # `timeout`, SLURM, `docker stop`: stop as on Ctrl-C, one line, exit code 130
+        run_main(main)

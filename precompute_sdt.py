@@ -27,6 +27,7 @@ import argparse
 import errno
 import os
 import time
+from contextlib import ExitStack, contextmanager
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
@@ -72,6 +73,7 @@ from data_utils.source import DataSource
 from utils.bars import Bars
 from utils.console import plural, progress_columns
 from utils.dirlock import folder_lock
+from utils.signals import sigterm_as_ctrl_c, stoppable_pool
 
 MAX_PROBLEM_LINES = 20  # --verify prints at most this many problem lines (all are counted)
 _FRAMES = None  # the split's frame source (PathFrames / HFFrames), set in every worker by _set_frames
@@ -123,28 +125,27 @@ def remove_stale_temp_files(out: Path) -> int:
     return len(stale)
 
 
+@contextmanager
 def run_with_progress(fn, tasks: list, jobs: int, description: str, frames):
-    """Yield fn(task) for every task (in completion order) under a rich progress bar, in `jobs` worker
-    processes (this process for one job), which see `frames`."""
-    pool = None
-    if jobs > 1 and len(tasks) > 1:
-        # fork (as torch's DataLoader does) so workers skip re-importing torch and datasets; the workers only
-        # run numpy/edt/zlib code. The pool is made before rich starts its refresh thread.
-        method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        pool = get_context(method).Pool(min(jobs, len(tasks)), initializer=_set_frames, initargs=(frames,))
-    else:
-        _set_frames(frames)
-    try:
-        results = map(fn, tasks) if pool is None else pool.imap_unordered(fn, tasks, chunksize=1)
-        with Bars(*progress_columns(), console=Console(stderr=True)) as bar:
-            task_id = bar.add_task(description, total=len(tasks))
-            for result in results:
-                bar.advance(task_id)
-                yield result
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+    """Within: an iterator over fn(task) for every task (in completion order) under a rich progress bar, in
+    `jobs` worker processes (this process for one job), which see `frames`. Leaving the block stops the workers
+    at once; a bare generator would leave that, after a Ctrl-C in the caller's loop, to the garbage collector,
+    which comes after multiprocessing's exit handler has started waiting for the workers."""
+    with ExitStack() as stack:
+        if jobs > 1 and len(tasks) > 1:
+            # fork (as torch's DataLoader does) so workers skip re-importing torch and datasets; the workers only
+            # run numpy/edt/zlib code. The pool is made before rich starts its refresh thread; its workers leave
+            # Ctrl-C and SIGTERM to this process, which stops them when the block ends (utils.signals).
+            method = "fork" if "fork" in get_all_start_methods() else "spawn"
+            imap = stack.enter_context(stoppable_pool(get_context(method), min(jobs, len(tasks)),
+                                                      initializer=_set_frames, initargs=(frames,)))
+            results = imap(fn, tasks)
+        else:
+            _set_frames(frames)
+            results = map(fn, tasks)
+        bar = stack.enter_context(Bars(*progress_columns(), console=Console(stderr=True)))
+        task_id = bar.add_task(description, total=len(tasks))
+        yield (bar.advance(task_id) or result for result in results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     # 2a) --verify: recompute and compare, write nothing.
     if args.verify:
         tasks = list(zip(indices, out_paths))
-        problems = [p for p in run_with_progress(verify_one, tasks, args.jobs, f"verify {args.split}", frames)
-                    if p]
+        with run_with_progress(verify_one, tasks, args.jobs, f"verify {args.split}", frames) as results:
+            problems = [p for p in results if p]
         for line in sorted(problems)[:MAX_PROBLEM_LINES]:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         if len(problems) > MAX_PROBLEM_LINES:
@@ -180,12 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         stale = remove_stale_temp_files(out)
         tasks = [(i, op, args.compress, args.overwrite) for i, op in zip(indices, out_paths)]
         counts, written_bytes, cache_bytes, raw_bytes = {"written": 0, "skipped": 0}, 0, 0, 0
-        for status, size, raw in run_with_progress(precompute_one, tasks, args.jobs, f"SDT {args.split}",
-                                                   frames):
-            counts[status] += 1
-            cache_bytes += size
-            raw_bytes += raw
-            written_bytes += size if status == "written" else 0
+        with run_with_progress(precompute_one, tasks, args.jobs, f"SDT {args.split}", frames) as results:
+            for status, size, raw in results:
+                counts[status] += 1
+                cache_bytes += size
+                raw_bytes += raw
+                written_bytes += size if status == "written" else 0
 
     # 3) Summary: time and bytes.
     seconds = time.perf_counter() - start
@@ -200,4 +201,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    with sigterm_as_ctrl_c():  # `timeout`, SLURM, `docker stop`: stop as on Ctrl-C, one line, exit code 130
+        run_main(main)

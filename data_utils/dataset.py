@@ -48,6 +48,7 @@ from data_utils.options import DATASET_SDT_SOURCES
 from utils import UserError
 from utils.console import plural
 from utils.conventions import SDT_CLIP
+from utils.signals import stoppable_pool
 
 IMAGE_DTYPES = ("float", "uint8")
 
@@ -218,10 +219,10 @@ def _check_all(dataset: "SegmentationDataset", decode_labels: bool, num_workers:
         if not decode_labels or num_workers == 0 or len(tasks) < 2:
             return [_check_frame_task(task) for task in tasks]
         # fork, as the DataLoader does: the workers need no imports and inherit _CHECKED. Leaving the block
-        # (an error included) terminates them at once.
+        # (an error or a stop included) stops them after their current frame (utils.signals.stoppable_pool).
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with context.Pool(min(num_workers, len(tasks))) as pool:
-            return list(pool.imap_unordered(_check_frame_task, tasks, chunksize=8))
+        with stoppable_pool(context, min(num_workers, len(tasks))) as imap:
+            return list(imap(_check_frame_task, tasks, chunksize=8))
     finally:
         _CHECKED = None
 

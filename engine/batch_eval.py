@@ -32,6 +32,7 @@ from metrics.per_image import PER_IMAGE_SUFFIX, read_per_image
 from utils import UserError, user_message
 from utils.console import plural
 from utils.fileio import remove_temp_files, write_error_line
+from utils.signals import ignore_stop_signals, stop_signals_deferred
 from utils.threads import set_torch_threads, threads_per_job
 
 Outcome = tuple[Path, dict | None, str | None]  # (checkpoint, results record, None) or (checkpoint, None, error)
@@ -88,7 +89,7 @@ def _init_worker(devices: list[str], counter, threads: int) -> None:
         counter.value += 1
     if device != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = device
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    ignore_stop_signals()  # Ctrl-C and SIGTERM reach the whole process group: the parent stops us (stop_workers)
     signal.signal(STOP_SIGNAL, _stop_in_worker)
     sys.unraisablehook = _stop_again
     torch.set_num_threads(threads)
@@ -125,6 +126,8 @@ def _evaluate_in_worker(ckpt: Path, options: EvalOptions) -> Outcome:
     try:
         return ckpt, evaluate_checkpoint(ckpt, options, _WORKER["accelerator"], _WORKER["show_progress"]), None
     except KeyboardInterrupt:
+        if not _WORKER.get("stopping"):  # Ctrl-C or SIGTERM in this process (jobs == 1): the batch stops
+            raise
         return ckpt, None, "not evaluated: interrupted"
     except UserError as e:
         return ckpt, None, user_message(e)  # one line, also when a DataLoader worker raised it
@@ -153,8 +156,10 @@ def evaluate_all(checkpoints: list[Path], options: EvalOptions, jobs: int = 1) -
     threads = threads_per_job(jobs)  # this process's cores shared by the jobs (utils.threads)
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_init_worker,
                              initargs=(devices, spawn.Value("i", 0), threads)) as pool:
-        futures = {pool.submit(_evaluate_in_worker, ckpt, options): ckpt for ckpt in checkpoints}
+        futures = {}
         try:
+            with stop_signals_deferred():  # the workers start here (submit); a stop while they import waits for them
+                futures.update((pool.submit(_evaluate_in_worker, ckpt, options), ckpt) for ckpt in checkpoints)
             for future in as_completed(futures):
                 yield future.result()
         except BaseException:  # Ctrl-C, or the caller closing us: stop now, not after the queued checkpoints
@@ -168,7 +173,8 @@ def evaluate_all(checkpoints: list[Path], options: EvalOptions, jobs: int = 1) -
 def stop_workers(pool: ProcessPoolExecutor, grace_s: float = 5.0) -> None:
     """Cancel the queued evaluations and stop the running ones now: STOP_SIGNAL interrupts each worker's
     evaluation (`_stop_in_worker`), so it exits cleanly within a moment; one still alive after `grace_s`
-    seconds is terminated (the caller then removes what it may have left half-written)."""
+    seconds is killed (SIGKILL: the workers ignore SIGTERM; the caller then removes what it may have left
+    half-written)."""
     processes = list((pool._processes or {}).values())  # no public handle before Python 3.14's terminate_workers
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
@@ -177,5 +183,5 @@ def stop_workers(pool: ProcessPoolExecutor, grace_s: float = 5.0) -> None:
     for process in processes:
         process.join(timeout=grace_s)
         if process.is_alive():
-            process.terminate()
+            process.kill()
             process.join()

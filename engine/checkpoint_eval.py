@@ -37,6 +37,7 @@ from engine.samples import SampleSink, read_predictions, read_sample_set, write_
 from metrics.per_image import PER_IMAGE_SUFFIX
 from engine.setup import build_dataloader, build_model_from_config, class_table
 from utils import UserError
+from utils.signals import loader_worker_init
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def build_eval_loader(cfg: TrainConfig, split: str):
     root = None if cfg.hf_dataset else resolve_data_root(cfg.data_root)
     if root is not None and split in UNLABELLED_SPLITS and not (root / LABEL_DIR / split).is_dir():
         return torch.utils.data.DataLoader(ImageOnlyDataset(root, split), batch_size=cfg.batch_size,
-                                           num_workers=cfg.num_workers, collate_fn=collate_images)
+                                           num_workers=cfg.num_workers, collate_fn=collate_images,
+                                           worker_init_fn=loader_worker_init)
     return build_dataloader(cfg, split, train=False)
 
 

@@ -38,6 +38,7 @@ from losses.schedule import BoundaryWeightSchedule
 from models import build_model, takes_input_size
 from utils.console import plural
 from utils.fileio import NOT_WRITABLE, UserError
+from utils.signals import loader_worker_init
 from utils.threads import set_torch_threads
 
 
@@ -289,9 +290,11 @@ def build_dataloader(cfg: TrainConfig, split: str, train: bool, rank: int = 0) -
     # evaluation: one frame per batch unless all frames have one size (PNG headers), as frames are not resized
     batch_size = cfg.batch_size if train or (source.one_frame_size and len(frame_sizes(frames)) == 1) else 1
     # Training workers persist across epochs; evaluation's start at each evaluation and stop after it, rather
-    # than sit idle (memory, processes) through the training between two evaluations.
+    # than sit idle (memory, processes) through the training between two evaluations. Workers end quietly on
+    # Ctrl-C and SIGTERM sent to the process group; the main process stops on them (utils.signals).
     return DataLoader(
         dataset, batch_size=batch_size, collate_fn=collate_batch, drop_last=train,
         sampler=EpochShuffleSampler(len(dataset), cfg.seed) if train else None,
         num_workers=workers, persistent_workers=train and workers > 0, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=2 if workers > 0 else None, generator=loader_generator(cfg.seed, rank))
+        prefetch_factor=2 if workers > 0 else None, generator=loader_generator(cfg.seed, rank),
+        worker_init_fn=loader_worker_init)

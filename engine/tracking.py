@@ -1,8 +1,9 @@
-"""A run's W&B side: one W&B run per run dir (`init_wandb`, `finish_wandb`), SIGTERM handled as Ctrl-C, and
-what it logs: the per-epoch row (the same dict goes to `RUN/metrics.jsonl` through `utils.jsonl.EpochJsonl`)
-against "epoch", the per-step loss terms and LR (--log-every) against "step" (`define_axes`, `step_row`), at each
-evaluation the per-class table and the sample images with class-labelled masks (`per_class_table`,
-`sample_images`), and the final checkpoint as an artifact (`log_checkpoint_artifact`, --wandb-artifacts).
+"""A run's W&B side: one W&B run per run dir (`init_wandb`, `finish_wandb`), SIGTERM handled as Ctrl-C with the
+run marked preempting (`utils.signals.sigterm_as_ctrl_c`, re-exported here), and what it logs: the per-epoch row
+(the same dict goes to `RUN/metrics.jsonl` through `utils.jsonl.EpochJsonl`) against "epoch", the per-step loss
+terms and LR (--log-every) against "step" (`define_axes`, `step_row`), at each evaluation the per-class table and
+the sample images with class-labelled masks (`per_class_table`, `sample_images`), and the final checkpoint as an
+artifact (`log_checkpoint_artifact`, --wandb-artifacts).
 docs/training.md lists the keys.
 
 W&B without an account (`utils.wandb_mode`): unless `WANDB_MODE` is set (then wandb obeys it), a run is
@@ -13,17 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import signal
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from engine.config import TrainConfig, config_to_dict, wandb_group
 from metrics.keys import METRIC_KEYS, val_iou_key, val_key
 from metrics.registry import METRICS
 from utils.fileio import UserError, atomic_write_text
+from utils.signals import sigterm_as_ctrl_c  # noqa: F401  (re-exported: train.py marks preempted runs)
 from utils.wandb_mode import TRAIN_JOB_TYPE, wandb_init_mode
 from utils.wandb_mode import wandb_logged_in  # noqa: F401  (re-exported)
 
@@ -63,34 +61,6 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
     if run_id and not (id_file.is_file() and id_file.read_text().strip() == run_id):
         atomic_write_text(id_file, run_id + "\n")
     return run_id
-
-
-@contextmanager
-def sigterm_as_ctrl_c():
-    """Within: SIGTERM, which SLURM sends a job it preempts, requeues or stops at its time limit, stops the
-    process as Ctrl-C does (train.py: the W&B run closed as failed, exit code 130; the same command resumes),
-    after marking the W&B run, if one is active, as preempting: a W&B sweep requeues a preempting run that
-    exits non-zero, and the next `wandb agent` continues it with the same id and config, hence the same run dir
-    (https://docs.wandb.ai/models/sweeps/signal-handling-sweep-runs). The previous handler is back on exit.
-    A process forked within (a DataLoader or multiprocessing.Pool worker) inherits the handler but ends on
-    SIGTERM as it would without it: a pool's terminate() stops its workers with SIGTERM."""
-    owner = os.getpid()
-
-    def stop(signum, frame):
-        if os.getpid() != owner:  # a forked worker: SIGTERM's default action, death, with no traceback
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        run = getattr(sys.modules.get("wandb"), "run", None)  # no import: a run without W&B has none
-        if run is not None:
-            run.mark_preempting()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def finish_wandb(accelerator, exit_code: int) -> None:

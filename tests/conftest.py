@@ -141,7 +141,13 @@ class ProcessGroups:
     @staticmethod
     def ctrl_c(proc: subprocess.Popen, timeout_s: float = 60) -> tuple[str, str]:
         """SIGINT to the group, as a terminal's Ctrl-C; returns (stdout, stderr) once the process ended."""
-        os.killpg(proc.pid, signal.SIGINT)
+        return ProcessGroups.send(proc, signal.SIGINT, timeout_s)
+
+    @staticmethod
+    def send(proc: subprocess.Popen, signum: int, timeout_s: float = 60) -> tuple[str, str]:
+        """`signum` to the group (SIGTERM: as `timeout`, SLURM and `docker stop` send it); returns (stdout,
+        stderr) once the process ended."""
+        os.killpg(proc.pid, signum)
         return proc.communicate(timeout=timeout_s)
 
     def kill_all(self) -> None:

@@ -60,7 +60,8 @@ def run_main(main) -> None:
       <fix>` line on stderr, no traceback;
       argparse exits with 2 for a bad flag too. Under a launcher, once per machine (`print_error`); through
       `python -m engine.launch` the launch exits with the same codes.
-    - 130 (`EXIT_INTERRUPTED`): Ctrl-C, one `interrupted` line (train.py prints where to resume first).
+    - 130 (`EXIT_INTERRUPTED`): Ctrl-C, or SIGTERM in train.py, evaluate.py and precompute_sdt.py, also sent to the
+      whole process group (`utils.signals`): one `interrupted` line (train.py prints where to resume first).
     - 1: an unexpected error (a crash), with Python's traceback (a bug to report); nothing else exits with 1.
     """
     with _exit_codes():
