@@ -1,10 +1,8 @@
 """The Trimap IoU band of one label map as a boolean mask, in numpy (torch-free: the report's viewer draws it).
 
-The band is defined once, in `metrics.segmentation` (Trimap IoU, both profiles): a valid pixel is a contour
-pixel when one of its 4-neighbours inside the image holds a different valid label (transitions to or from an
-ignored pixel do not count); band = valid ∧ dil_r(contour), dil_r the (2r+1)×(2r+1) square dilation with
-outside the image counting as background, r = boundary_px. `SegmentationMetrics` counts its trimap confusion
-over exactly these pixels (tests/test_viewer_images.py checks it on random maps).
+The band is defined once, in `metrics.segmentation`'s module docstring (Trimap IoU, both profiles);
+`SegmentationMetrics` counts its trimap confusion over exactly these pixels (tests/test_viewer_images.py checks it
+on random maps).
 
 Example:
     >>> target = np.zeros((6, 8), np.uint8); target[:, 4:] = 1
@@ -23,14 +21,21 @@ def trimap_band(target: np.ndarray, num_classes: int, boundary_px: int, ignore_i
     """(H, W) integer train ids -> (H, W) bool: the Trimap IoU band of `metrics.segmentation` (module docstring)."""
     target = np.asarray(target)
     valid = (target != ignore_index) & (target >= 0) & (target < num_classes)
-    contour = np.zeros(target.shape, bool)
+    contour = interclass_contour(target, valid)
+    size = 2 * boundary_px + 1
+    return ndimage.maximum_filter(contour, size=size, mode="constant", cval=False) & valid
+
+
+def interclass_contour(label: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(H, W) labels and (H, W) bool validity -> (H, W) bool: the pixels with a 4-neighbour inside the image that
+    holds a different label, both valid (the contour of `metrics.segmentation`'s Trimap IoU)."""
+    contour = np.zeros(label.shape, bool)
     for axis in (0, 1):
         before = [slice(None)] * 2
         after = [slice(None)] * 2
         before[axis], after[axis] = slice(None, -1), slice(1, None)
         before, after = tuple(before), tuple(after)
-        edge = (target[before] != target[after]) & valid[before] & valid[after]
+        edge = (label[before] != label[after]) & valid[before] & valid[after]
         contour[before] |= edge
         contour[after] |= edge
-    size = 2 * boundary_px + 1
-    return ndimage.maximum_filter(contour, size=size, mode="constant", cval=False) & valid
+    return contour

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from metrics import consensus
+from metrics.band import interclass_contour
 from metrics.segmentation import SegmentationMetrics as _ToolkitMetrics
 from utils.conventions import IGNORE_INDEX
 
@@ -120,14 +121,4 @@ def _interclass_boundaries(label: np.ndarray, ignore_index: int = IGNORE_INDEX) 
     """(H, W) bool: the Trimap IoU contour of `metrics.segmentation` (a pixel whose 4-neighbour inside the image
     holds a different label, neither being `ignore_index`)."""
     label = np.asarray(label)
-    valid = label != ignore_index
-    out = np.zeros(label.shape, bool)
-    for axis in (0, 1):
-        a = [slice(None)] * 2
-        b = [slice(None)] * 2
-        a[axis], b[axis] = slice(None, -1), slice(1, None)
-        a, b = tuple(a), tuple(b)
-        edge = (label[a] != label[b]) & valid[a] & valid[b]
-        out[a] |= edge
-        out[b] |= edge
-    return out
+    return interclass_contour(label, label != ignore_index)

@@ -16,7 +16,8 @@ from data_utils.classes import class_presence
 from engine.samples import (CheckpointSamples, RunSamples, SampleSink, choose_samples, encode_label_png,
                             read_predictions, read_sample_set, run_samples_dir, safe_stem, samples_dir,
                             write_predictions, write_sample_set)
-from utils.fileio import EXIT_BAD_INPUT, UserError, run_main
+from tests.test_faults import one_error_line
+from utils.fileio import EXIT_BAD_INPUT, UserError
 
 PALETTE = [[128, 64, 128], [70, 70, 70], [220, 20, 60], [0, 0, 142]]
 CLASSES = ["road", "building", "person", "car"]
@@ -162,16 +163,6 @@ def test_sink_keeps_only_the_sample():
     assert sink.predictions["d"].any()
 
 
-def one_line(fn, capsys) -> str:
-    """The single `error:` line utils.run_main prints for fn's UserError (exit 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(fn)
-    assert exit_info.value.code == EXIT_BAD_INPUT
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 @pytest.mark.parametrize("damage", ["missing folder", "missing png", "flipped byte", "bad index", "no index"])
 def test_a_missing_or_corrupt_prediction_file_is_one_line_naming_it(tmp_path, damage, capsys):
     results = tmp_path / "run" / "checkpoints" / "epoch_0004.results.json"
@@ -191,7 +182,7 @@ def test_a_missing_or_corrupt_prediction_file_is_one_line_naming_it(tmp_path, da
         damaged.write_bytes(bytes(data))
     else:
         damaged.write_text('{"split": "val", "names": ["f1"]')
-    line = one_line(lambda: read_predictions(results), capsys)
+    line = one_error_line(lambda: read_predictions(results), capsys)
     assert line.startswith(f"error: {damaged}: ")
     assert f"python evaluate.py {tmp_path / 'run' / 'checkpoints' / 'epoch_0004'}" in line
 
@@ -202,7 +193,7 @@ def test_a_corrupt_sample_set_is_one_line_naming_it(tmp_path, capsys):
                      lambda name: (rng.integers(0, 256, (8, 8, 3)).astype(np.uint8), random_labels(rng, (8, 8))))
     image = run_samples_dir(tmp_path) / "f1.jpg"
     image.write_bytes(image.read_bytes()[:50])  # truncated
-    line = one_line(lambda: read_sample_set(tmp_path), capsys)
+    line = one_error_line(lambda: read_sample_set(tmp_path), capsys)
     assert line.startswith(f"error: {image}: ") and f"python evaluate.py {tmp_path}" in line
     with pytest.raises(UserError, match="missing"):
         read_sample_set(tmp_path / "elsewhere")
@@ -356,7 +347,7 @@ def test_check_labels_returns_what_each_label_holds_in_dataset_order(tiny_data, 
     np.testing.assert_array_equal(check_labels(dataset, num_workers=workers), presence)
 
 
-def test_a_negative_samples_flag_is_one_line(capsys):
+def test_a_negative_samples_flag_is_one_error_line(capsys):
     import evaluate
     with pytest.raises(SystemExit) as exit_info:
         evaluate.parse_args(["x", "--samples", "-1"])
