@@ -38,8 +38,8 @@ from engine.samples import SampleSink
 from engine.schedule import get_lr
 from engine.setup import build_accelerator, build_training, configure_torch, ensure_demo_data, with_class_table
 from engine.steps import LossReading, StepState, augmentation_seed, device_batch
-from engine.tracking import (evaluation_media, finish_wandb, init_wandb, log_checkpoint_artifact, sigterm_as_ctrl_c,
-                             step_row, val_metrics_row)
+from engine.tracking import (evaluation_media, finish_wandb, init_wandb, log_checkpoint_artifact, step_row,
+                             val_metrics_row)
 from losses.gradients import GradStatsLog, term_gradient_stats
 from metrics.keys import val_key
 from metrics.registry import METRICS
@@ -47,6 +47,7 @@ from utils.bars import Bars
 from utils.console import plural, progress_columns
 from utils.dirlock import discard_unused, folder_lock, missing_folders
 from utils.jsonl import EpochJsonl
+from utils.signals import sigterm_as_ctrl_c
 
 # The loop's own bookkeeping does not make the host wait for the device each step: the loss terms and the
 # non-finite check stay on the device (engine.steps.EpochLossLog, GradientMask), and the host reads them
