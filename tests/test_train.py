@@ -836,7 +836,7 @@ def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_da
         np.testing.assert_array_equal(stats[key], value, err_msg=key)
 
 
-def test_wandb_offline_run_with_overlays_continues_the_same_run_after_resume(tiny_data, tmp_path, monkeypatch):
+def test_wandb_offline_run_with_sample_images_continues_the_same_run_after_resume(tiny_data, tmp_path, monkeypatch):
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline")
