@@ -99,8 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.bootstrap < 0 or args.bootstrap_seed < 0:
         p.error("--bootstrap and --bootstrap-seed take integers >= 0")
     if args.bootstrap > MAX_BOOTSTRAP:
-        p.error(f"--bootstrap {args.bootstrap}: at most {MAX_BOOTSTRAP} replicates (the default 10000 already gives "
-                "p-values to 2e-4; time and memory grow with B)")
+        p.error(f"--bootstrap {args.bootstrap}: at most {MAX_BOOTSTRAP} replicates (the default "
+                f"{p.get_default('bootstrap')} already gives p-values to 2e-4; time and memory grow with B)")
     if args.wandb_report:  # the report shows the aggregate run's tables and figures: log them (--wandb)
         from report.wandb_report import check_entity
 
