@@ -46,7 +46,7 @@ from metrics.registry import METRICS
 from utils.bars import Bars
 from utils.console import plural, progress_columns
 from utils.dirlock import discard_unused, folder_lock, missing_folders
-from utils.jsonl import METRICS_FILE, EpochJsonl
+from utils.jsonl import METRICS_JSONL, EpochJsonl
 from utils.signals import sigterm_as_ctrl_c
 
 # The loop's own bookkeeping does not make the host wait for the device each step: the loss terms and the
@@ -119,7 +119,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     if resume_ckpt is not None:
         wandb_run_id = resume_from(accelerator, resume_ckpt, progress).get("wandb_run_id")
         console.print(f"resumed from {resume_ckpt} (epoch {progress.epoch}, optimizer step {progress.step})")
-    history = EpochJsonl(run_dir / METRICS_FILE, keep_through_epoch=progress.epoch) \
+    history = EpochJsonl(run_dir / METRICS_JSONL, keep_through_epoch=progress.epoch) \
         if accelerator.is_main_process else None
     grad_log = GradStatsLog(run_dir / "grad_stats.jsonl", keep_through_epoch=progress.epoch) \
         if accelerator.is_main_process and cfg.log_grad_norms else None

@@ -39,7 +39,7 @@ from report.bootstrap import PROFILE_METRICS, full_set_values
 from utils import UserError
 from utils.cli import shell_command
 from utils.console import noun_for, plural
-from utils.jsonl import METRICS_FILE, read_epoch_rows
+from utils.jsonl import METRICS_JSONL, read_epoch_rows
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
 # The global metrics of the tables and curves: the study's three, the ones both sources (results files and the
@@ -102,7 +102,7 @@ class Record:
     @property
     def from_history(self) -> bool:
         """A train.py evaluation read from the run's metrics.jsonl (`load_history`), not from a results file."""
-        return f"{METRICS_FILE}:" in Path(self.source).name
+        return f"{METRICS_JSONL}:" in Path(self.source).name
 
     @property
     def setting(self) -> "RunSetting":
@@ -233,7 +233,7 @@ def load_history(records: list[Record]) -> list[Record]:
     have = {(Path(r.source).parent.parent, r.epoch) for r in records}
     out = []
     for run_dir, template in sorted(runs.items()):
-        history, config = run_dir / METRICS_FILE, run_dir / "config.json"
+        history, config = run_dir / METRICS_JSONL, run_dir / "config.json"
         if not history.is_file() or not config.is_file():
             continue
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from utils.fileio import atomic_write_text, json_safe, named_os_errors
 
-METRICS_FILE = "metrics.jsonl"  # RUN/metrics.jsonl: train.py's per-epoch rows, the dicts W&B gets too
+METRICS_JSONL = "metrics.jsonl"  # RUN/metrics.jsonl: train.py's per-epoch rows, the dicts W&B gets too
 
 
 def read_epoch_rows(path: str | os.PathLike) -> list[tuple[int, dict]]:
