@@ -136,6 +136,9 @@ def test_staged_folder_is_published_whole_keeps_a_users_files_and_replaces_what_
         (out / "b.txt").write_text("1")
         assert not real.exists()  # nothing there before the end
     assert link.is_symlink() and files(real) == {"sub/a.txt": "1", "b.txt": "1", FILE_LIST: "b.txt\nsub/a.txt\n"}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert real.stat().st_mode & 0o777 == 0o777 & ~mask  # the mode mkdir gives (mkdtemp's is 0700)
     (real / "mine").mkdir()
     (real / "mine" / "notes.txt").write_text("keep")
     before = files(real)
