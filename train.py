@@ -51,8 +51,8 @@ from utils.signals import sigterm_as_ctrl_c
 
 # The loop's own bookkeeping does not make the host wait for the device each step: the loss terms and the
 # non-finite check stay on the device (engine.steps.EpochLossLog, GradientMask), and the host reads them
-# (progress bar, non-finite stop) every HOST_READ_EVERY micro-steps and at the end of each epoch, one
-# transfer each time.
+# (progress bar, non-finite stop) every HOST_READ_EVERY micro-steps, at each W&B per-step row (--log-every)
+# and at the end of each epoch, one transfer each time.
 HOST_READ_EVERY = 20
 
 
@@ -168,7 +168,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                 log_step = bool(cfg.wandb and cfg.log_every and accelerator.sync_gradients
                                 and progress.step % cfg.log_every == 0)
                 if (batch_index + 1) % HOST_READ_EVERY == 0 or batch_index + 1 == len(train_loader) or log_step:
-                    reading = loss_log.read()  # the one host sync, every HOST_READ_EVERY micro-steps (and W&B row)
+                    reading = loss_log.read()  # the one host sync (HOST_READ_EVERY)
                     check_nonfinite(reading, progress, cfg, console)  # raises past --max-nonfinite
                     bars.update(step_bar, info=f"mean loss {reading.means['loss']:.4f}  lr {lr:.2e}")
                 if log_step:
