@@ -2,7 +2,8 @@
 
 Reads every `*.results.json` below a runs directory (or the original study's tidy CSV) and writes, to --out:
 summary.md (all tables in Markdown), one CSV per table, curves.png, per_class_iou.png and viewer.html (one
-self-contained file, offline: the curves, per-class bars and tables to explore; report/viewer.py, docs/report.md):
+self-contained file, offline: the curves, per-class bars, tables and sampled predictions to explore;
+report/viewer.py, docs/report.md):
   1. global metrics at the final epoch, mean ± 1.96·SE (the paper's interval) and ± t(0.975, n−1)·SE
   2. the same at an early epoch (default 10)
   3. per-class IoU per variant with Δ(D−A), Δ(D−B), Δ(C−B) (+ 3b: top/bottom-5 of D vs B)
@@ -13,12 +14,12 @@ self-contained file, offline: the curves, per-class bars and tables to explore; 
      (table7_consensus.csv; docs/report.md)
   8. with --compare-inference MODE: ranks and paired Δs under single-scale and under test-time augmentation
      (table8_inference.csv, table8b_inference_pairs.csv; report/inference_compare.py, docs/inference.md)
-Only the results of one inference mode make the tables (--inference, default whole): modes are never mixed.
   and the crossover analysis (ranking per epoch, last leader change, C−B gap early vs final).
 Runs are grouped by variant and λ_b schedule ("C", "C steal"). With a λ_b sweep (a variant run at several
 --lambda-boundary values) its constant-λ_b runs are grouped by (variant, λ_b) ("C λb=0.05") and
   6. the final metrics against λ_b (table6_lambda_sweep.csv, lambda_sweep.png) are added; when run dirs hold
 the per-term gradient logs of `train.py --log-grad-norms K`, grad_trajectories.png/.csv plot them per group.
+Only the results of one inference mode make the tables (--inference, default whole): modes are never mixed.
 
     python aggregate.py runs/ --out report/
     python aggregate.py --from-csv reference/pilot_results.csv --out reports/paper/
@@ -98,8 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.bootstrap < 0 or args.bootstrap_seed < 0:
         p.error("--bootstrap and --bootstrap-seed take integers >= 0")
     if args.bootstrap > MAX_BOOTSTRAP:
-        p.error(f"--bootstrap {args.bootstrap}: at most {MAX_BOOTSTRAP} replicates (the default 10000 already gives "
-                "p-values to 2e-4; time and memory grow with B)")
+        p.error(f"--bootstrap {args.bootstrap}: at most {MAX_BOOTSTRAP} replicates (the default "
+                f"{p.get_default('bootstrap')} already gives p-values to 2e-4; time and memory grow with B)")
     if args.wandb_report:  # the report shows the aggregate run's tables and figures: log them (--wandb)
         from report.wandb_report import check_entity
 

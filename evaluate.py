@@ -15,7 +15,7 @@ default, or --slide / --flip / --scales (engine/inference.py; the mode goes into
 names as <ckpt>.inference.<mode>.results.json + .per_image.npz, so the study's whole-image files stay); BF16
 autocast on CUDA; metrics as defined in `metrics/segmentation.py`, in the checkpoint config's metrics profile
 unless --metrics-profile says otherwise; the per-image statistics go to `<checkpoint>.per_image.npz`, the
-predictions of --samples K val frames (default: the config's, 8) to `<checkpoint>.samples/` (engine.samples;
+predictions of --samples K val frames (default: the config's) to `<checkpoint>.samples/` (engine.samples;
 their images and ground truth to RUN/samples/). Batch mode (engine.batch_eval) is resumable: a checkpoint whose
 results file is valid, for the same split, the same save of the checkpoint and the profile asked for, with its
 per-image file beside it, is skipped (its missing prediction samples are filled in, only the sample frames going
@@ -37,6 +37,7 @@ from data_utils.paths import check_data_paths
 from engine.checkpoint_paths import resolve_checkpoint
 from engine.config import add_data_source_flags
 from engine.inference_flags import add_inference_flags, inference_kwargs
+from engine.samples import DEFAULT_SAMPLES, samples_dir
 from metrics.consensus import REASSIGN_MODES
 from metrics.keys import PROFILES
 from utils.cli import ArgumentParser
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="--all: re-evaluate checkpoints with valid results too")
     parser.add_argument("--samples", type=int, default=None, metavar="K",
                         help="keep the predictions of K val frames beside the results (<ckpt>.samples/; 0 = none; "
-                             "default: the checkpoint config's, 8); --all fills in missing ones")
+                             f"default: the checkpoint config's, {DEFAULT_SAMPLES}); --all fills in missing ones")
     add_data_source_flags(parser, ("data_root", "hf_dataset"), from_checkpoint=True)  # e.g. after moving the data
     add_inference_flags(parser)  # results of another mode than whole go to <ckpt>.inference.<mode>.results.json
     consensus = parser.add_argument_group("consensus filter (metrics.consensus.cc_veto; docs/report.md)")
@@ -142,7 +143,6 @@ from engine.consensus import consensus_pairings, consensus_table, evaluate_conse
 from engine.inference import Inference
 from engine.results import batch_table, checkpoint_table
 from engine.results_format import consensus_path, inference_path
-from engine.samples import samples_dir
 from metrics.per_image import PER_IMAGE_SUFFIX
 from utils.bars import Bars
 from utils.console import plural, progress_columns

@@ -68,10 +68,10 @@ from rich.console import Console
 
 from data_utils.sdt import compute_sdt
 from data_utils.sdt_cache import inspect_sdt_file, sdt_cache_path, verify_sdt_file, write_sdt_file
-from utils.conventions import SDT_CLIP
 from data_utils.source import DataSource
 from utils.bars import Bars
 from utils.console import plural, progress_columns
+from utils.conventions import SDT_CLIP
 from utils.dirlock import folder_lock
 from utils.signals import sigterm_as_ctrl_c, stoppable_pool
 

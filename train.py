@@ -38,20 +38,21 @@ from engine.samples import SampleSink
 from engine.schedule import get_lr
 from engine.setup import build_accelerator, build_training, configure_torch, ensure_demo_data, with_class_table
 from engine.steps import LossReading, StepState, augmentation_seed, device_batch
-from engine.tracking import (evaluation_media, finish_wandb, init_wandb, log_checkpoint_artifact, sigterm_as_ctrl_c,
-                             step_row, val_metrics_row)
+from engine.tracking import (evaluation_media, finish_wandb, init_wandb, log_checkpoint_artifact, step_row,
+                             val_metrics_row)
 from losses.gradients import GradStatsLog, term_gradient_stats
 from metrics.keys import val_key
 from metrics.registry import METRICS
 from utils.bars import Bars
 from utils.console import plural, progress_columns
 from utils.dirlock import discard_unused, folder_lock, missing_folders
-from utils.jsonl import EpochJsonl
+from utils.jsonl import METRICS_JSONL, EpochJsonl
+from utils.signals import sigterm_as_ctrl_c
 
 # The loop's own bookkeeping does not make the host wait for the device each step: the loss terms and the
 # non-finite check stay on the device (engine.steps.EpochLossLog, GradientMask), and the host reads them
-# (progress bar, non-finite stop) every HOST_READ_EVERY micro-steps and at the end of each epoch, one
-# transfer each time.
+# (progress bar, non-finite stop) every HOST_READ_EVERY micro-steps, at each W&B per-step row (--log-every)
+# and at the end of each epoch, one transfer each time.
 HOST_READ_EVERY = 20
 
 
@@ -118,7 +119,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
     if resume_ckpt is not None:
         wandb_run_id = resume_from(accelerator, resume_ckpt, progress).get("wandb_run_id")
         console.print(f"resumed from {resume_ckpt} (epoch {progress.epoch}, optimizer step {progress.step})")
-    history = EpochJsonl(run_dir / "metrics.jsonl", keep_through_epoch=progress.epoch) \
+    history = EpochJsonl(run_dir / METRICS_JSONL, keep_through_epoch=progress.epoch) \
         if accelerator.is_main_process else None
     grad_log = GradStatsLog(run_dir / "grad_stats.jsonl", keep_through_epoch=progress.epoch) \
         if accelerator.is_main_process and cfg.log_grad_norms else None
@@ -167,7 +168,7 @@ def train(cfg, require_resume: bool, accelerator) -> int:
                 log_step = bool(cfg.wandb and cfg.log_every and accelerator.sync_gradients
                                 and progress.step % cfg.log_every == 0)
                 if (batch_index + 1) % HOST_READ_EVERY == 0 or batch_index + 1 == len(train_loader) or log_step:
-                    reading = loss_log.read()  # the one host sync, every HOST_READ_EVERY micro-steps (and W&B row)
+                    reading = loss_log.read()  # the one host sync (HOST_READ_EVERY)
                     check_nonfinite(reading, progress, cfg, console)  # raises past --max-nonfinite
                     bars.update(step_bar, info=f"mean loss {reading.means['loss']:.4f}  lr {lr:.2e}")
                 if log_step:

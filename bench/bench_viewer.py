@@ -37,7 +37,7 @@ from engine.samples import write_predictions, write_sample_set  # noqa: E402
 from metrics import SegmentationMetrics  # noqa: E402
 from metrics.band import trimap_band  # noqa: E402
 from metrics.registry import METRICS  # noqa: E402
-from report.viewer import build_viewer  # noqa: E402
+from report.viewer import VIEWER_FILE, build_viewer  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.conventions import IGNORE_INDEX  # noqa: E402
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         aggregate.main([str(runs), "--out", str(out), "--bootstrap", "0"])
         print(f"aggregate.py: {time.perf_counter() - start:.1f} s")
-        html = out / "viewer.html"
+        html = out / VIEWER_FILE
         text = html.read_text(encoding="utf-8")
         payload = json.loads(text.split('id="viewer-data">', 1)[1].split("</script>", 1)[0].replace("<\\/", "</"))
         import plotly.offline

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from utils.fileio import UserError
+from utils.jsonl import METRICS_JSONL
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS_NAME = "model.safetensors"
@@ -94,7 +95,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint or run folder{_nearest_checkpoints(path)}")
     run = path.parent if path.name == CHECKPOINTS else path
-    started = (run / CHECKPOINTS).is_dir() or (run / "metrics.jsonl").is_file()  # a run, before its first checkpoint too
+    started = (run / CHECKPOINTS).is_dir() or (run / METRICS_JSONL).is_file()  # a run, before its first checkpoint too
     if path.is_dir() and not CHECKPOINT_NAME.match(path.name) and started:
         complete = list_checkpoints(run)
         if not complete:

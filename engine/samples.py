@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.results_format import RESULTS_SUFFIX
 from utils.console import plural
 from utils.conventions import IGNORE_INDEX
 from utils.fileio import UserError, atomic_write_bytes, atomic_write_json
@@ -57,7 +58,6 @@ DEFAULT_SAMPLES = 8  # K, TrainConfig.samples and evaluate.py --samples
 SAMPLES_SUFFIX = ".samples"  # <checkpoint>[.inference.<mode>].samples/ beside the results file
 RUN_SAMPLES_DIR = "samples"  # RUN/samples/: the images and ground truth of the sample
 INDEX_NAME = "index.json"
-_RESULTS_SUFFIX = ".results.json"  # engine.results_format.RESULTS_SUFFIX (not imported: that pulls in losses/)
 JPEG_QUALITY = 90
 
 # ----------------------------------------------------------------------------------------------- paths
@@ -67,9 +67,9 @@ def samples_dir(results_path: str | Path) -> Path:
     """RUN/checkpoints/epoch_0010.results.json -> RUN/checkpoints/epoch_0010.samples (and
     epoch_0010.inference.<mode>.results.json -> epoch_0010.inference.<mode>.samples)."""
     results_path = Path(results_path)
-    if not results_path.name.endswith(_RESULTS_SUFFIX):
-        raise ValueError(f"{results_path}: not a results file (*{_RESULTS_SUFFIX})")
-    return results_path.with_name(results_path.name[: -len(_RESULTS_SUFFIX)] + SAMPLES_SUFFIX)
+    if not results_path.name.endswith(RESULTS_SUFFIX):
+        raise ValueError(f"{results_path}: not a results file (*{RESULTS_SUFFIX})")
+    return results_path.with_name(results_path.name[: -len(RESULTS_SUFFIX)] + SAMPLES_SUFFIX)
 
 
 def run_samples_dir(run_dir: str | Path) -> Path:

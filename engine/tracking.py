@@ -1,9 +1,9 @@
-"""A run's W&B side: one W&B run per run dir (`init_wandb`, `finish_wandb`), SIGTERM handled as Ctrl-C with the
-run marked preempting (`utils.signals.sigterm_as_ctrl_c`, re-exported here), and what it logs: the per-epoch row
-(the same dict goes to `RUN/metrics.jsonl` through `utils.jsonl.EpochJsonl`) against "epoch", the per-step loss
-terms and LR (--log-every) against "step" (`define_axes`, `step_row`), at each evaluation the per-class table and
-the sample images with class-labelled masks (`per_class_table`, `sample_images`), and the final checkpoint as an
-artifact (`log_checkpoint_artifact`, --wandb-artifacts).
+"""A run's W&B side: one W&B run per run dir (`init_wandb`, `finish_wandb`; a SIGTERM marks it preempting:
+`utils.signals.sigterm_as_ctrl_c`), and what it logs: the per-epoch row (the same dict goes to `RUN/metrics.jsonl`
+through `utils.jsonl.EpochJsonl`) against "epoch", the per-step loss terms and LR (--log-every) against "step"
+(`define_axes`, `step_row`), at each evaluation the per-class table and the sample images with class-labelled masks
+(`per_class_table`, `sample_images`), and the final checkpoint as an artifact (`log_checkpoint_artifact`,
+--wandb-artifacts).
 docs/training.md lists the keys.
 
 W&B without an account (`utils.wandb_mode`): unless `WANDB_MODE` is set (then wandb obeys it), a run is
@@ -21,9 +21,7 @@ from engine.config import TrainConfig, config_to_dict, wandb_group
 from metrics.keys import METRIC_KEYS, val_iou_key, val_key
 from metrics.registry import METRICS
 from utils.fileio import UserError, atomic_write_text
-from utils.signals import sigterm_as_ctrl_c  # noqa: F401  (re-exported: train.py marks preempted runs)
 from utils.wandb_mode import TRAIN_JOB_TYPE, wandb_init_mode
-from utils.wandb_mode import wandb_logged_in  # noqa: F401  (re-exported)
 
 WANDB_RUN_ID_FILE = "wandb_run_id.txt"  # in the run dir: the id of its W&B run, from its first start on
 
@@ -36,7 +34,7 @@ def init_wandb(accelerator, cfg: TrainConfig, run_dir: Path, run_id: str | None)
     group: a resume from a checkpoint, or a requeued SLURM task preempted before its first checkpoint.
     `run_id` (a checkpoint's meta.json) takes precedence over the file. Under `wandb agent`, wandb ignores both
     and takes the run id from the agent's environment (a run requeued by the sweep keeps its id, see
-    `sigterm_as_ctrl_c`); the file then records that id.
+    `utils.signals.sigterm_as_ctrl_c`); the file then records that id.
     """
     id_file = run_dir / WANDB_RUN_ID_FILE
     if not run_id and id_file.is_file():

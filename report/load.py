@@ -39,6 +39,7 @@ from report.bootstrap import PROFILE_METRICS, full_set_values
 from utils import UserError
 from utils.cli import shell_command
 from utils.console import noun_for, plural
+from utils.jsonl import METRICS_JSONL, read_epoch_rows
 
 CSV_METRIC_COLUMNS = {"mIoU": "miou", "boundary_f1_mean": "boundary_f1", "trimap_mIoU_mean": "trimap_iou"}
 # The global metrics of the tables and curves: the study's three, the ones both sources (results files and the
@@ -101,7 +102,7 @@ class Record:
     @property
     def from_history(self) -> bool:
         """A train.py evaluation read from the run's metrics.jsonl (`load_history`), not from a results file."""
-        return f"{HISTORY_FILE}:" in Path(self.source).name
+        return f"{METRICS_JSONL}:" in Path(self.source).name
 
     @property
     def setting(self) -> "RunSetting":
@@ -207,9 +208,6 @@ def load_runs_dir(runs_dir: str | Path, inference: str = "whole") -> list[Record
     return records + (load_history(records) if inference == "whole" else [])
 
 
-HISTORY_FILE = "metrics.jsonl"  # train.py's per-epoch rows, beside RUN/checkpoints/
-
-
 def _number(row: dict, key: str) -> float:
     """A metrics.jsonl value; absent or null (NaN written by utils.jsonl) is NaN."""
     value = row.get(key)
@@ -235,24 +233,19 @@ def load_history(records: list[Record]) -> list[Record]:
     have = {(Path(r.source).parent.parent, r.epoch) for r in records}
     out = []
     for run_dir, template in sorted(runs.items()):
-        history, config = run_dir / HISTORY_FILE, run_dir / "config.json"
+        history, config = run_dir / METRICS_JSONL, run_dir / "config.json"
         if not history.is_file() or not config.is_file():
             continue
         try:
             cfg = json.loads(config.read_text())
-            lines = history.read_text().splitlines()
+            rows = read_epoch_rows(history)
         except (OSError, ValueError):
             continue  # the results files still make the report; the curves just lack these epochs
         if cfg.get("val_split") != template.split or cfg.get("metrics_profile") != template.metrics_profile:
             continue
-        for line_no, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-            epoch = row.get("epoch") if isinstance(row, dict) else None
-            if not isinstance(epoch, int) or (run_dir, epoch) in have \
-                    or any(not isinstance(row.get(val_key(m)), (int, float)) for m in METRICS):
+        for line_no, row in rows:
+            epoch = row["epoch"]
+            if (run_dir, epoch) in have or any(not isinstance(row.get(val_key(m)), (int, float)) for m in METRICS):
                 continue  # not an evaluated epoch, or one with a results file (which wins)
             out.append(replace(template, epoch=epoch, source=f"{history}:{line_no}",
                                metrics={m.key: _number(row, val_key(m.key)) for m in RECORDS},

@@ -109,3 +109,16 @@ def test_readme_data_flow_sentence_holds_for_every_import():
             for name in sorted(project_imports(path) - allowed - {package}):
                 wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not wrong, "imports against README's data flow: " + "; ".join(wrong)
+
+
+def test_training_md_lists_every_flag_a_resume_may_change():
+    """docs/training.md's list of what may change on resume is engine.config.RESUMABLE_CHANGES, flag by flag (the
+    three W&B destination flags are "the W&B flags")."""
+    from engine.config import RESUMABLE_CHANGES
+
+    text = (ROOT / "docs" / "training.md").read_text()
+    start = text.index("These may change on resume")
+    block = text[start:text.index("`engine.config.RESUMABLE_CHANGES`", start)]
+    listed = {flag[2:].replace("-", "_") for flag in re.findall(r"`(--[a-z-]+)`", block)}
+    assert "the W&B flags" in block
+    assert RESUMABLE_CHANGES - {"wandb", "wandb_project", "wandb_entity"} == listed

@@ -1,6 +1,7 @@
 """The metric record contract (`metrics.registry`): every registered metric reaches results.json, the per-image
-file, the console table, the W&B row, train.py's epoch line, the image bootstrap's table and figure, iterated
-over the registry rather than named one by one (a new record is covered without touching this file)."""
+file, the console table, the W&B row and per-class table, train.py's epoch line, the image bootstrap's table and
+figure, the viewer's curves and per-class panels, iterated over the registry rather than named one by one (a new
+record is covered without touching this file)."""
 from __future__ import annotations
 
 import json
@@ -115,3 +116,17 @@ def test_every_record_reaches_the_bootstrap_table_and_figure(runs, monkeypatch, 
     monkeypatch.setattr(figures, "_save", lambda fig, path, formats=(): titles.extend(ax.get_title() for ax in fig.axes))
     figures.plot_bootstrap(results, tmp_path / "bootstrap.png")
     assert {m.label for m in METRICS} <= set(titles)
+
+
+def test_every_record_reaches_the_viewer_and_the_wandb_per_class_table(runs):
+    from engine.tracking import per_class_table
+    from report.viewer import curves_data, per_class_data
+
+    root, evaluated = runs
+    study = Study.from_records(load_runs_dir(root))
+    per_class_records = [m for m in METRICS if m.per_class is not None]
+    assert [c["key"] for c in curves_data(study, None, EPOCH, "normal")["metrics"]] == [m.key for m in METRICS]
+    assert [c["key"] for c in per_class_data(study, EPOCH)["metrics"]] == [m.key for m in per_class_records]
+    table = per_class_table(evaluated["X"][1])
+    assert table.columns == ["class", *(m.per_class for m in per_class_records)]
+    assert [row[0] for row in table.data] == CLASSES

@@ -298,7 +298,7 @@ def test_sigterm_marks_the_wandb_run_preempting_and_stops_as_ctrl_c(monkeypatch)
     import sys
     import types
 
-    from engine.tracking import sigterm_as_ctrl_c
+    from utils.signals import sigterm_as_ctrl_c
 
     marked = []
     run = types.SimpleNamespace(mark_preempting=lambda: marked.append(True))
@@ -321,7 +321,7 @@ def test_a_worker_forked_under_the_sigterm_handler_still_dies_by_sigterm():
     import multiprocessing
     import signal
 
-    from engine.tracking import sigterm_as_ctrl_c
+    from utils.signals import sigterm_as_ctrl_c
 
     context = multiprocessing.get_context("fork")
     ready = context.Event()  # set by the worker: a signal before the child's after-fork reset would be lost

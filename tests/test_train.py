@@ -836,22 +836,7 @@ def test_two_process_ddp_trains_and_its_evaluation_equals_single_process(tiny_da
         np.testing.assert_array_equal(stats[key], value, err_msg=key)
 
 
-def test_wandb_mode_is_offline_unless_logged_in(tmp_path, monkeypatch):
-    from engine.tracking import wandb_logged_in
-
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    assert not wandb_logged_in()  # no netrc file
-    (tmp_path / "netrc").write_text("machine example.org login user password pw\n")
-    assert not wandb_logged_in()
-    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
-    assert wandb_logged_in()
-    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
-    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
-    assert wandb_logged_in()
-
-
-def test_wandb_offline_run_with_overlays_continues_the_same_run_after_resume(tiny_data, tmp_path, monkeypatch):
+def test_wandb_offline_run_with_sample_images_continues_the_same_run_after_resume(tiny_data, tmp_path, monkeypatch):
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline")

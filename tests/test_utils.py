@@ -136,6 +136,9 @@ def test_staged_folder_is_published_whole_keeps_a_users_files_and_replaces_what_
         (out / "b.txt").write_text("1")
         assert not real.exists()  # nothing there before the end
     assert link.is_symlink() and files(real) == {"sub/a.txt": "1", "b.txt": "1", FILE_LIST: "b.txt\nsub/a.txt\n"}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert real.stat().st_mode & 0o777 == 0o777 & ~mask  # the mode mkdir gives (mkdtemp's is 0700)
     (real / "mine").mkdir()
     (real / "mine" / "notes.txt").write_text("keep")
     before = files(real)
@@ -168,3 +171,19 @@ def test_staged_folder_refuses_a_folder_that_is_no_earlier_output_or_holds_the_c
         with staged_folder(project, "--out", marker="summary.md"):
             pytest.fail("the block ran")
     assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == ["src", "src/code.py", "summary.md"]
+
+
+def test_epoch_jsonl_rows_skip_cut_lines_and_rows_without_an_integer_epoch(tmp_path):
+    """utils.jsonl.read_epoch_rows, shared by EpochJsonl (a resume) and report.load.load_history: line numbers from
+    1, a line cut short by a crash and rows without an integer "epoch" skipped; a resume keeps the epochs <= K."""
+    from utils.jsonl import EpochJsonl, read_epoch_rows
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "loss": 0.5}\n[1, 2]\n{"epoch": "2"}\n{"epoch": 2, "loss": 0.4}\n'
+                    '{"epoch": 3, "loss": 0.3}\n{"epoch": 4, "lo')
+    assert read_epoch_rows(path) == [(1, {"epoch": 1, "loss": 0.5}), (4, {"epoch": 2, "loss": 0.4}),
+                                     (5, {"epoch": 3, "loss": 0.3})]
+    log = EpochJsonl(path, keep_through_epoch=2)
+    assert log.rows == [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4}]
+    assert path.read_text() == '{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "loss": 0.4}\n'
+    assert EpochJsonl(tmp_path / "new.jsonl", keep_through_epoch=0).rows == []

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)  # the process's umask (read once: os.umask can only read it by setting it): the mode bits
+os.umask(UMASK)      # that temp files and folders made 0600/0700 then lose, as open() and mkdir would
 
 
 class UserError(Exception):
@@ -238,7 +238,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
         raise OSError(e.errno, e.strerror, str(path)) from e
     try:
         with named_os_errors(path):  # a full disk fails in write/flush/fsync, which name no file
-            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
+            os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; give the file the mode open() would
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

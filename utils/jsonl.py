@@ -7,6 +7,22 @@ from pathlib import Path
 
 from utils.fileio import atomic_write_text, json_safe, named_os_errors
 
+METRICS_JSONL = "metrics.jsonl"  # RUN/metrics.jsonl: train.py's per-epoch rows, the dicts W&B gets too
+
+
+def read_epoch_rows(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(line number from 1, row) for each line of an `EpochJsonl` file that holds a JSON object with an integer
+    "epoch"; a line cut short by a crash is skipped. OSError and UnicodeDecodeError (unreadable file) propagate."""
+    rows = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append((line_no, row))
+    return rows
+
 
 class EpochJsonl:
     """A JSON-lines file whose rows carry an integer `"epoch"`; appended one flushed, fsync'ed line at a time.
@@ -18,15 +34,8 @@ class EpochJsonl:
 
     def __init__(self, path: str | os.PathLike, keep_through_epoch: int):
         self.path = Path(path)
-        self.rows: list[dict] = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= keep_through_epoch:
-                    self.rows.append(row)
+        self.rows: list[dict] = [row for _, row in read_epoch_rows(self.path) if row["epoch"] <= keep_through_epoch] \
+            if self.path.exists() else []
         atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in self.rows))
 
     def append(self, row: dict) -> dict:

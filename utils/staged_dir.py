@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from utils.fileio import UserError, atomic_write_text, fsync_dir
+from utils.fileio import UMASK, UserError, atomic_write_text, fsync_dir
 
 FILE_LIST = ".staged_files"  # in the published folder: the files of its output, one relative path a line
 
@@ -90,14 +90,8 @@ def _make_stage(folder: Path, flag: str) -> Path:
     except OSError as e:
         where = f" ({e.filename})" if e.filename and Path(e.filename).parent != folder.parent else ""
         raise UserError(f"{folder}: cannot write an output folder there: {e.strerror or e}{where}; {fix}") from None
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; give it the mode mkdir would
+    os.chmod(stage, 0o777 & ~UMASK)  # mkdtemp makes 0700; give it the mode mkdir would
     return stage
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _files(folder: Path) -> set[str]:
