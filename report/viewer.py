@@ -117,7 +117,8 @@ def per_class_data(study: Study, final: int) -> dict | None:
                 at_epoch[g] = {"mean": [_num(factor * s.mean) for s in summaries],
                                "std": [_num(factor * s.std) for s in summaries]}
             values[str(e)] = at_epoch
-        metrics.append({"key": m.key, "label": _class_label(m.key, m.label), "unit": _unit(m.key), "values": values})
+        metrics.append({"key": m.key, "label": _class_label(m.key, m.label), "unit": _unit(m.key),
+                        "higher_is_better": m.higher_is_better, "values": values})
     if not metrics:
         return None
     reference, compare = per_class_pair(study)  # as per_class_iou.png: Δ against A, sorted by Δ(D−A)

@@ -37,7 +37,7 @@ PANELS = ["curves", "per_class", "tables"]
 
 def write_study(runs: Path, groups: list[str], seeds: list[int], epochs: list[int], seed: int = 0,
                 classes: list[str] = CLASSES, palette: list[str] = PALETTE) -> dict:
-    """Results files of every (group, seed, epoch): every registry metric and per-class IoU and Boundary IoU,
+    """Results files of every (group, seed, epoch): every registry metric and per-class IoU, Boundary IoU and HD95,
     random around a trend that improves with the epoch and differs per group and class (group A never sees
     "pole": NaN); returns {(group, seed, epoch): the values written}."""
     rng = np.random.default_rng(seed)
@@ -54,8 +54,9 @@ def write_study(runs: Path, groups: list[str], seeds: list[int], epochs: list[in
                 t = e / max(epochs)  # training progress
                 iou = {c: frac(base[c] * (0.6 + 0.4 * t) + gain[(g, c)]) for c in classes}
                 biou = {c: frac(0.6 * iou[c]) for c in classes}
+                hd95 = {c: 4 + 80 * (1 - iou[c]) for c in classes}  # pixels: lower is better
                 if g == "A" and "pole" in classes:
-                    iou["pole"] = biou["pole"] = float("nan")
+                    iou["pole"] = biou["pole"] = hd95["pole"] = float("nan")
                 values = {"miou": frac(0.40 + 0.3 * t + 0.015 * k), "boundary_f1": frac(0.35 + 0.25 * t + 0.02 * k),
                           "trimap_iou": frac(0.30 + 0.25 * t + 0.01 * k), "boundary_iou": frac(0.2 + 0.2 * t),
                           "fragments_per_image": float(300 - 150 * t + rng.normal(0, 10)),
@@ -64,8 +65,8 @@ def write_study(runs: Path, groups: list[str], seeds: list[int], epochs: list[in
                              config={"class_names": classes, "class_palette": palette},
                              extra={"classes": classes, "boundary_iou": values["boundary_iou"],
                                     "fragments_per_image": values["fragments_per_image"], "hd95": values["hd95"],
-                                    "boundary_iou_per_class": biou})
-                written[(g, s, e)] = {**values, "iou": iou, "boundary_iou_per_class": biou}
+                                    "boundary_iou_per_class": biou, "hd95_per_class": hd95})
+                written[(g, s, e)] = {**values, "iou": iou, "boundary_iou_per_class": biou, "hd95_per_class": hd95}
     return written
 
 
@@ -205,15 +206,18 @@ def test_curves_of_one_variant_one_seed(viewer_browser, reports):
 
 
 # ---------------------------------------------------------------------------------------------------- per class
-def expected_order(values: dict, groups_seeds: list[int], epoch: int, key: str, compare: str, reference: str) -> list:
-    """Classes by Δ(compare − reference) of the mean over seeds, largest first, classes without a Δ last."""
+def expected_order(values: dict, groups_seeds: list[int], epoch: int, key: str, compare: str, reference: str,
+                   ascending: bool = False) -> list:
+    """Classes by Δ(compare − reference) of the mean over seeds, largest first (smallest if `ascending`), classes
+    without a Δ last."""
     def mean(g, c):
         x = [values[(g, s, epoch)][key][c] for s in groups_seeds]
         x = [v for v in x if not math.isnan(v)]
         return sum(x) / len(x) if x else math.nan
 
     delta = {c: mean(compare, c) - mean(reference, c) for c in CLASSES}
-    return sorted(CLASSES, key=lambda c: (math.isnan(delta[c]), -delta[c] if not math.isnan(delta[c]) else 0,
+    sign = 1 if ascending else -1
+    return sorted(CLASSES, key=lambda c: (math.isnan(delta[c]), sign * delta[c] if not math.isnan(delta[c]) else 0,
                                           CLASSES.index(c)))
 
 
@@ -245,6 +249,30 @@ def test_switching_the_reference_reorders_the_per_class_bars(viewer_browser, rep
     assert traces(page, "per-class-values", "value")[0]["x"] == want
     assert want[-1] == "pole"  # A has no pole: no Δ, sorted last
     assert page.evaluate("document.getElementById('per-class-values').layout.yaxis.range") == [0, 100]
+    viewer_browser.check_clean()
+
+
+def test_per_class_delta_of_a_lower_is_better_metric_sorts_gains_first(viewer_browser, reports):
+    """HD95 (pixels, lower is better: metrics.registry's higher_is_better): the classes sort by Δ smallest first,
+    so the compared group's gains still come first, and the note and the Δ axis say that lower is better; IoU
+    keeps largest first."""
+    r = reports["four"]
+    page = viewer_browser.open_viewer(r["out"] / VIEWER_FILE)
+    viewer_browser.show_panel("per_class")
+    final = r["epochs"][-1]
+    page.select_option("#per-class-metric", "hd95")
+    want = expected_order(r["values"], r["seeds"], final, "hd95_per_class", "D", "A", ascending=True)
+    assert traces(page, "per-class-values", "value")[0]["x"] == want
+    d = np.array({t["group"]: t for t in traces(page, "per-class-deltas", "delta")}["D"]["y"], dtype=float)
+    finite = d[np.isfinite(d)]
+    assert list(finite) == sorted(finite) and finite[0] < finite[-1]
+    note = page.inner_text("#per-class-note")
+    assert "lower is better" in note and "a negative Δ is a gain over A" in note and "smallest first" in note
+    assert "lower is better" in page.evaluate("document.getElementById('per-class-deltas').layout.yaxis.title.text")
+    page.select_option("#per-class-metric", "miou")
+    assert traces(page, "per-class-values", "value")[0]["x"] == expected_order(r["values"], r["seeds"], final, "iou",
+                                                                               "D", "A")
+    assert "higher is better" in page.inner_text("#per-class-note")
     viewer_browser.check_clean()
 
 
