@@ -190,8 +190,8 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
         "boundary_px": boundary_px,
         "classes": {"names": list(sample_set.class_names), "palette": [list(map(int, c)) for c in sample_set.palette],
                     "ignore_index": sample_set.ignore_index},
-        "metrics": [{"key": m.key, "label": m.label, "short": m.short, "unit": m.display[0], "factor": m.display[1]}
-                    for m in METRICS],
+        "metrics": [{"key": m.key, "label": m.label, "short": m.short, "unit": m.display[0], "factor": m.display[1],
+                     "higher_is_better": m.higher_is_better} for m in METRICS],
         "groups": [g for g in study.groups if g in preds],  # those with samples; seeds: the keys of preds[group]
         "delta_groups": [g for g in study.groups if g in values],  # those with per-image files: the Δ's choices
         "names": names,

@@ -277,6 +277,9 @@ def test_sorting_by_delta_in_the_browser_follows_the_per_image_files(runs, repor
             page.select_option("#images-y", y)
             order = page_order(page)
             check_order(order, explicit_deltas(runs, names, x, y, key), page.evaluate("VIEWER.data.images.names"))
+            # which sign is a gain: the record's higher_is_better (fragments: lower is better)
+            better = "lower is better" if key == "fragments_per_image" else "higher is better"
+            assert better in page.inner_text("#images-note")
     page.select_option("#images-order", "asc")
     assert page_order(page) == list(reversed(order)) or len(set(order)) < SAMPLED
     page.select_option("#images-order", "desc")
