@@ -411,6 +411,12 @@ def test_wandb_run_holds_the_viewer_page(reports, tmp_path, monkeypatch):
     assert row["viewer"]["_type"] == "html-file"
     (page,) = (out / "wandb").rglob(row["viewer"]["path"])
     assert page.read_text(encoding="utf-8") == (out / VIEWER_FILE).read_text(encoding="utf-8")
+    # a one-group report: every logged table has rows; a comparison of one group is not logged, its line is
+    logged = {k: json.loads((run.path.parent / "files" / v["path"]).read_text()) for k, v in row.items()
+              if k.startswith("tables/")}
+    assert "tables/table1_final_epoch" in logged and all(t["data"] for t in logged.values())
+    assert "tables/table5_significance" not in logged
+    assert "needs ≥ 2 groups" in run.summary["table_notes/table5_significance"]
 
 
 # ---------------------------------------------------------------------------------------------------- size, speed
