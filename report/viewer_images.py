@@ -109,10 +109,11 @@ def delta_order(panel: dict, x: str, y: str, metric: str) -> list[str]:
 def image_deltas(panel: dict, x: str, y: str, metric: str) -> list[float]:
     """Per sampled image, Δ = m_X − m_Y of `metric` (NaN where either is undefined)."""
     means = panel["image_means"]
-    return [_num(means[x][metric][i]) - _num(means[y][metric][i]) for i in panel["sampled_index"]]
+    return [_from_json(means[x][metric][i]) - _from_json(means[y][metric][i]) for i in panel["sampled_index"]]
 
 
-def _num(value) -> float:
+def _from_json(value) -> float:
+    """A payload value back to a float: null -> NaN."""
     return float("nan") if value is None else float(value)
 
 
@@ -171,10 +172,11 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
                         "the runs folder")
     missing = [n for n in names if n not in position]
     if missing:
-        raise UserError(f"{sample_set.dir}: sampled image {missing[0]} is not among the {plural(len(all_names), 'image')} of "
-                        f"the per-image statistics; sample and evaluate the same split")
+        raise UserError(f"{sample_set.dir}: sampled image {missing[0]} is not among the "
+                        f"{plural(len(all_names), 'image')} of the per-image statistics; sample and evaluate the same "
+                        "split")
 
-    images, indexes = sample_images(sample_set, names, boundary_px)
+    images, indexes = image_payloads(sample_set, names, boundary_px)
     preds: dict[str, dict[str, list]] = {}
     seed_values: dict[str, dict[str, dict]] = {}
     rows = [position[n] for n in names]
@@ -205,7 +207,7 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
     }
 
 
-def sample_images(sample_set, names: list[str], boundary_px: int) -> tuple[list[dict], list[tuple]]:
+def image_payloads(sample_set, names: list[str], boundary_px: int) -> tuple[list[dict], list[tuple]]:
     """Per sampled image {"name", "size": [H, W], "thumb" / "full": {"image", "label", "band"} data URIs}, and
     its `thumb_index`."""
     images, indexes = [], []

@@ -8,13 +8,13 @@ disabled) is respected; otherwise the run goes online only when credentials are 
 """
 from __future__ import annotations
 
-import math
 import secrets
 import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from utils.cli import shell_command
+from utils.fileio import json_safe
 from utils.wandb_mode import AGGREGATE_JOB_TYPE, wandb_init_mode
 
 if TYPE_CHECKING:  # light at import (report.wandb_report.check_entity runs before aggregate.py's imports)
@@ -23,10 +23,6 @@ if TYPE_CHECKING:  # light at import (report.wandb_report.check_entity runs befo
 
 
 WANDB_DIR = "wandb"  # wandb.init(dir=D) writes its run folders under D/wandb (push_report: the report's folder)
-
-
-def _cell(v):
-    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def table_key(name: str) -> str:
@@ -81,19 +77,20 @@ def push_report(tables: list[Table], figures: dict[str, Path], headline: dict[st
     run = wandb.init(project=project, entity=entity or None, name=name, id=run_id, dir=out_dir,
                      job_type=AGGREGATE_JOB_TYPE, config=config, mode=wandb_init_mode())
     try:
-        payload = {table_key(t.name): wandb.Table(columns=t.header, data=[[_cell(v) for v in r] for r in t.rows])
+        payload = {table_key(t.name): wandb.Table(columns=t.header, data=json_safe(t.rows))
                    for t in tables}
         payload.update({figure_key(k): wandb.Image(str(p)) for k, p in figures.items()})
         if html is not None:  # inject=False: W&B's injected stylesheet is a link to the network; the page is offline
             payload[VIEWER_KEY] = wandb.Html(Path(html).read_text(encoding="utf-8"), inject=False)
         run.log(payload)
         for k, v in headline.items():  # final-epoch means, for the runs table of the dashboard
-            run.summary[k] = _cell(v)
+            run.summary[k] = json_safe(v)
         for name, why in (notes or {}).items():
             run.summary[note_key(name)] = why
         mode = run.settings.mode
         if mode in ("offline", "disabled"):
-            where = "disabled" if mode == "disabled" else f"offline, upload with `{shell_command('wandb', 'sync', Path(run.dir).parent)}`"
+            sync = shell_command("wandb", "sync", Path(run.dir).parent)
+            where = "disabled" if mode == "disabled" else f"offline, upload with `{sync}`"
         else:
             where = run.url or mode
     finally:
