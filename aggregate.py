@@ -316,6 +316,8 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
         console.print(f"viewer: {Path(args.out) / VIEWER_FILE} (open it in a browser, offline)", soft_wrap=True)
         for panel, reason in data["absent"].items():
             console.print(f"  no {panel} panel: {escape(reason)}", soft_wrap=True)
+        if data["images"] and data["images"]["left_out"]:  # a run's samples missing: the panel shows the others
+            console.print(f"  images panel: {escape(data['images']['left_out'])}", soft_wrap=True)
 
     # -------- W&B (optional)
     if args.wandb:

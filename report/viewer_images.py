@@ -5,7 +5,9 @@ predictions of them, their per-image metrics, and the per-image Δ that sorts th
   - the run sample set (`engine.samples`: the same K val images for every run of a study): each image, its ground
     truth and its Trimap IoU band (`metrics.band.trimap_band`, the band the metrics count over, computed here once
     per image and shipped as a mask, so the browser never re-derives it);
-  - per group and seed with samples, the predictions of those images (`engine.samples.read_predictions`);
+  - per group and seed with samples, the predictions of those images (`engine.samples.read_predictions`); a run
+    without them is left out, and `left_out` names it with the command that fills them in (None: every run has
+    them);
   - from every run's `<ckpt>.per_image.npz` (`report.load.load_per_image`) each metric of each image alone
     (`metrics.per_image.image_values`): per seed for the sampled images (shown under each prediction), and per
     group the mean over its seeds for ALL images of the split (what the Δ sort and the Δ rank use).
@@ -37,6 +39,7 @@ from metrics.band import trimap_band
 from metrics.per_image import image_values
 from metrics.registry import METRICS
 from report.load import Study, load_per_image
+from utils.cli import shell_command
 from utils.console import plural
 from utils.fileio import UserError
 
@@ -145,10 +148,16 @@ def image_panel_data(study: Study | None, runs_dir: str | Path | None, epoch: in
                             f"samples on (evaluate.py --all {runs_dir} fills them in)")
         return None
     try:
-        return _panel(study, epoch, sampled)
+        panel = _panel(study, epoch, sampled)
     except UserError as e:
         absent[PANEL_ID] = str(e).splitlines()[0]
         return None
+    lacking = [samples_dir(r.source) for r in records if not r.from_history and r not in sampled]
+    panel["left_out"] = None if not lacking else (
+        f"{lacking[0]}: missing{f' (and {len(lacking) - 1} more runs)' if len(lacking) > 1 else ''}, left out of the "
+        f"Images panel; `{shell_command('python', 'evaluate.py', '--all', runs_dir, '--samples', len(panel['names']))}`"
+        " fills them in")
+    return panel
 
 
 def _panel(study: Study, epoch: int, sampled: list) -> dict:

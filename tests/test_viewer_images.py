@@ -377,6 +377,30 @@ def test_a_checkpoint_with_fewer_samples_keeps_the_common_images(tmp_path, runs)
     assert data is not None and data["names"] == names and len(data["preds"]["A"]["1"]) == 2
 
 
+def test_a_run_without_samples_is_named_with_the_command_that_fills_them_in(tmp_path, runs, capsys, viewer_browser):
+    """D seed 2's prediction samples are missing (deleted, or evaluated with --samples 0): the panel shows the other
+    runs, and one line (on the page and on aggregate.py's console) names the missing folder and the command that
+    fills it in."""
+    import shutil
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    missing = copy / "D_seed2" / "checkpoints" / f"epoch_{EPOCH:04d}.samples"
+    shutil.rmtree(missing)
+    absent = {}
+    data = image_panel_data(Study.from_records(load_runs_dir(copy)), copy, EPOCH, absent)
+    assert not absent and list(data["preds"]["D"]) == ["1"]  # the rest of the panel stays
+    line = data["left_out"]
+    assert "\n" not in line and str(missing) in line and f"evaluate.py --all {copy} --samples {SAMPLED}" in line
+    capsys.readouterr()
+    assert aggregate.main([str(copy), "--out", str(tmp_path / "report"), "--bootstrap", "0"]) == 0
+    assert str(missing) in capsys.readouterr().err.replace("\n", "")
+    page = viewer_browser.open_viewer(tmp_path / "report" / VIEWER_FILE)
+    viewer_browser.show_panel(PANEL_ID)
+    assert page.inner_text("#images-left-out") == line
+    viewer_browser.check_clean()
+    assert image_panel_data(Study.from_records(load_runs_dir(runs)), runs, EPOCH, {})["left_out"] is None
+
+
 def test_epochs_from_the_training_history_have_no_samples(tmp_path):
     """A final epoch known only from a run's metrics.jsonl (report.load.load_history: no checkpoint, so no
     results, per-image or sample files) leaves the panel absent with its reason, not a crash."""

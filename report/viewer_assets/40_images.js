@@ -46,7 +46,8 @@ VIEWER.register({
                  (v) => { state.order = v; reorder(); }));
     }
     const rows = V.el("div", {id: "images-rows"});
-    el.append(controls, sorting, note, legend(), rows);
+    const leftOut = P.left_out ? V.el("p", {class: "note", id: "images-left-out", text: P.left_out}) : null;
+    el.append(controls, sorting, note, ...(leftOut ? [leftOut] : []), legend(), rows);
 
     // ---------------------------------------------------------------------------------------------- rows
     const cells = [];  // {canvas, j, kind: "image" | "gt" | group}
