@@ -161,7 +161,8 @@ def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: 
     per_class = per_class_data(study, final)
     absent = {}
     if per_class is None:
-        absent["per_class"] = "no per-class values in the input (a tidy CSV without class columns?)"
+        absent["per_class"] = ("the tidy CSV has no per-class columns (named by class: road, ..., bicycle)"
+                               if runs_dir is None else f"no results file below {runs_dir} holds per-class values")
     images = image_panel_data(study, runs_dir, final, absent)  # None: absent["images"] says why
     return {
         "title": title,

@@ -324,6 +324,7 @@ def test_from_csv_gives_curves_and_tables_and_says_why_no_images(viewer_browser,
     assert f"viewer: {out / VIEWER_FILE}" in console and "no images panel:" in console
     data = payload(out / VIEWER_FILE)
     assert data["images"] is None and "--from-csv" in data["absent"]["images"]
+    assert data["absent"]["per_class"].startswith("the tidy CSV has no per-class columns")
     assert [m["key"] for m in data["curves"]["metrics"]] == ["miou", "boundary_f1", "trimap_iou"]  # the CSV's
     page = viewer_browser.open_viewer(out / VIEWER_FILE)
     assert len(traces(page, "curves-plot", "mean")) == len(data["groups"])
