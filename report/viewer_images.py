@@ -22,7 +22,8 @@ have to be decoded back into ids for the error view. docs/report.md gives the si
 
 The Δ order (`delta_order`, mirrored by the panel's JavaScript): for groups X, Y and a metric, Δ_i = m_X(i) −
 m_Y(i), m_G(i) the mean over G's seeds (those with a finite value) of the metric on image i alone; the sampled
-images sorted by Δ descending (X's largest gains over Y first), NaN last, ties in sample order.
+images sorted by Δ descending (X's largest gains over Y first for a higher-is-better metric, its largest losses
+for a lower-is-better one: `Metric.higher_is_better`, which the panel's note names), NaN last, ties in sample order.
 """
 from __future__ import annotations
 
