@@ -194,6 +194,15 @@ def test_curves_one_mean_line_per_group_with_both_bands(viewer_browser, reports)
     viewer_browser.check_clean()
 
 
+def test_curves_mark_the_early_and_the_final_epoch(reports, tmp_path):
+    """aggregate.py --early-epoch 4: the curves' dotted lines at the crossover's early and final epochs."""
+    out = tmp_path / "report"
+    assert aggregate.main([str(reports["four"]["runs"]), "--out", str(out), "--early-epoch", "4", "--bootstrap",
+                           "0"]) == 0
+    marks = payload(out / VIEWER_FILE)["curves"]["marks"]
+    assert marks == [{"epoch": 4, "label": "early epoch 4"}, {"epoch": 10, "label": "final epoch 10"}]
+
+
 def test_curves_of_one_variant_one_seed(viewer_browser, reports):
     r = reports["demo"]
     page = viewer_browser.open_viewer(r["out"] / VIEWER_FILE)
