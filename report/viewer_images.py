@@ -148,20 +148,25 @@ def image_panel_data(study: Study | None, runs_dir: str | Path | None, epoch: in
         absent[PANEL_ID] = (f"no run at epoch {epoch} below {runs_dir} has prediction samples: evaluate with "
                             f"samples on (evaluate.py --all {runs_dir} fills them in)")
         return None
+    lacking = [samples_dir(r.source) for r in records if not r.from_history and r not in sampled]
     try:
-        panel = _panel(study, epoch, sampled)
+        return _panel(study, epoch, sampled, lacking, runs_dir)
     except UserError as e:
         absent[PANEL_ID] = str(e).splitlines()[0]
         return None
-    lacking = [samples_dir(r.source) for r in records if not r.from_history and r not in sampled]
-    panel["left_out"] = None if not lacking else (
-        f"{lacking[0]}: missing{f' (and {len(lacking) - 1} more runs)' if len(lacking) > 1 else ''}, left out of the "
-        f"Images panel; `{shell_command('python', 'evaluate.py', '--all', runs_dir, '--samples', len(panel['names']))}`"
-        " fills them in")
-    return panel
 
 
-def _panel(study: Study, epoch: int, sampled: list) -> dict:
+def _left_out(lacking: list[Path], runs_dir: str | Path, k: int) -> str | None:
+    """The line naming the runs without prediction samples (left out of the panel) and the command that fills them
+    in with the K of the run sample set (so the other runs keep theirs); None when there are none."""
+    if not lacking:
+        return None
+    more = f" (and {plural(len(lacking) - 1, 'more run')})" if len(lacking) > 1 else ""
+    return (f"{lacking[0]}: missing{more}, left out of the Images panel; "
+            f"`{shell_command('python', 'evaluate.py', '--all', runs_dir, '--samples', k)}` fills them in")
+
+
+def _panel(study: Study, epoch: int, sampled: list, lacking: list[Path], runs_dir: str | Path) -> dict:
     per_image = load_per_image(study, epoch)
     if per_image is None:
         raise UserError(f"{sampled[0].source}: no per-image statistics beside the results at epoch {epoch}; re-run "
@@ -214,6 +219,7 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
                         for g, seeds in values.items()},
         "sampled_index": rows,
         "num_images": len(all_names),
+        "left_out": _left_out(lacking, runs_dir, len(sample_set.names)),
     }
 
 
