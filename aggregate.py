@@ -316,25 +316,28 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
         console.print(f"viewer: {Path(args.out) / VIEWER_FILE} (open it in a browser, offline)", soft_wrap=True)
         for panel, reason in data["absent"].items():
             console.print(f"  no {panel} panel: {escape(reason)}", soft_wrap=True)
+        if data["images"] and data["images"]["left_out"]:  # a run's samples missing: the panel shows the others
+            console.print(f"  images panel: {escape(data['images']['left_out'])}", soft_wrap=True)
 
     # -------- W&B (optional)
     if args.wandb:
-        from report.wandb_log import new_run_id, push_report
+        from report.wandb_log import new_run_id, push_report, shown_tables
 
         headline = {f"final/{g}/{study.key(m)}": summarize(list(study.values(g, final, m).values())).mean
                     for g in study.groups for m in METRICS}
         run_id = new_run_id()
-        where = push_report(tables, figures, headline, project=args.wandb_project, name=args.wandb_name,
+        logged, notes = shown_tables(tables, study)  # a table with nothing to show: its line, not an empty table
+        where = push_report(logged, figures, headline, project=args.wandb_project, name=args.wandb_name,
                             config={"source": str(source), "final_epoch": final, "early_epoch": early,
                                     "variants": study.groups, "seeds": study.seeds, "band": args.band},
-                            entity=args.wandb_entity, run_id=run_id, out_dir=out, html=viewer)
+                            entity=args.wandb_entity, run_id=run_id, out_dir=out, html=viewer, notes=notes)
         console.print(f"W&B: {where}".replace(str(out), args.out), soft_wrap=True)  # where it is once published
         if args.wandb_report:  # report.wandb_report: written to --out, saved when logged in (else a UserError)
             from report.wandb_report import REPORT_FILE, build_report, publish_report, report_entity, run_groups
 
             wandb_report = build_report(
                 report_entity(args.wandb_entity), args.wandb_project, groups=run_groups(records, bool(args.from_csv)),
-                classes=study.classes, headline=t1, tables=[t.name for t in tables], figures=list(figures),
+                classes=study.classes, headline=t1, tables=[t.name for t in logged], figures=list(figures),
                 aggregate_run_id=run_id, title="Loss-ablation report", description=f"aggregate.py over {source}: "
                 f"groups {', '.join(study.groups)}; seeds {', '.join(map(str, study.seeds))}; final epoch {final}")
             url = publish_report(wandb_report, out / REPORT_FILE)

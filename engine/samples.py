@@ -264,8 +264,8 @@ class SampleSink:
         gathered = gather_object([list(self.predictions.items())])
         return {name: pred for part in gathered for name, pred in part}
 
-# -------------------------------------------------------------------------------------------- reading
 
+# -------------------------------------------------------------------------------------------- reading
 
 def _read_index(path: Path, remake: str, keys: tuple[str, ...]) -> dict:
     try:

@@ -2,8 +2,8 @@
 `utils.signals.sigterm_as_ctrl_c`), and what it logs: the per-epoch row (the same dict goes to `RUN/metrics.jsonl`
 through `utils.jsonl.EpochJsonl`) against "epoch", the per-step loss terms and LR (--log-every) against "step"
 (`define_axes`, `step_row`), at each evaluation the per-class table and the sample images with class-labelled masks
-(`per_class_table`, `sample_images`), and the final checkpoint as an artifact (`log_checkpoint_artifact`,
---wandb-artifacts).
+(`per_class_table`, `wandb_sample_images`), and the final checkpoint as an artifact
+(`log_checkpoint_artifact`, --wandb-artifacts).
 docs/training.md lists the keys.
 
 W&B without an account (`utils.wandb_mode`): unless `WANDB_MODE` is set (then wandb obeys it), a run is
@@ -13,14 +13,13 @@ and `offline` otherwise; offline runs are written under `RUN/wandb/` and can be 
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
 from engine.config import TrainConfig, config_to_dict, wandb_group
 from metrics.keys import METRIC_KEYS, val_iou_key, val_key
 from metrics.registry import METRICS
-from utils.fileio import UserError, atomic_write_text
+from utils.fileio import UserError, atomic_write_text, json_safe
 from utils.wandb_mode import TRAIN_JOB_TYPE, wandb_init_mode
 
 WANDB_RUN_ID_FILE = "wandb_run_id.txt"  # in the run dir: the id of its W&B run, from its first start on
@@ -107,16 +106,11 @@ def per_class_table(metrics: dict):
     import wandb
 
     keys = [m.per_class for m in METRICS if m.per_class is not None and m.per_class in metrics]
-    data = [[name, *(_cell(metrics[k][i]) for k in keys)] for i, name in enumerate(metrics["classes"])]
+    data = [[name, *(json_safe(float(metrics[k][i])) for k in keys)] for i, name in enumerate(metrics["classes"])]
     return wandb.Table(columns=["class", *keys], data=data)
 
 
-def _cell(value) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-def sample_images(run_dir: Path, predictions: dict, count: int) -> list:
+def wandb_sample_images(run_dir: Path, predictions: dict, count: int) -> list:
     """W&B images of the first `count` frames of the run's prediction sample (`engine.samples`: RUN/samples/ holds
     the image and ground truth; `predictions`, {name: (H, W) uint8 train ids}, this evaluation's), each with the
     ground truth and the prediction as masks labelled with the sample set's class names (255: "ignore").
@@ -137,12 +131,12 @@ def sample_images(run_dir: Path, predictions: dict, count: int) -> list:
 
 def evaluation_media(metrics: dict, run_dir: Path, predictions: dict, num_images: int, console) -> dict:
     """What train.py logs to W&B at an evaluation beside its row: the per-class table (`per_class_table`) and the
-    first `num_images` sample images (`sample_images`; none when 0 or without predictions). A missing or corrupt
+    first `num_images` sample images (`wandb_sample_images`; none when 0 or without predictions). A missing or corrupt
     RUN/samples/ costs the images only, said in one line on `console` (a rich Console)."""
     media = {val_key("per_class"): per_class_table(metrics)}
     if num_images and predictions:
         try:
-            media[val_key("samples")] = sample_images(run_dir, predictions, num_images)
+            media[val_key("samples")] = wandb_sample_images(run_dir, predictions, num_images)
         except UserError as e:
             console.print(f"[yellow]W&B sample images skipped: {e}", soft_wrap=True)
     return media

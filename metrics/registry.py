@@ -79,6 +79,8 @@ class Metric:
     class_values: per-image arrays -> (C,) float64 per-class values (NaN: undefined) when per_class is set.
     reference: "module:function" of its public per-image reference implementation, if any (exported as
         `metrics.<function>`).
+    higher_is_better: False for a metric where lower values are better (fragments, HD95): a panel that sorts
+        or reads a difference as a gain uses it.
     """
 
     key: str
@@ -95,6 +97,7 @@ class Metric:
     class_values: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None
     host: bool = False
     reference: str | None = None
+    higher_is_better: bool = True
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -172,13 +175,14 @@ METRICS: tuple[Metric, ...] = (
            resample=Resample("boundary_iou", identity, boundary_iou_of_sums),
            per_class="boundary_iou_per_class", class_values=boundary_iou_per_class),
     Metric("fragments_per_image", "Fragments / image", "frag/img", "count", {"fragments": ((), "i")},
-           "metrics.segmentation:fragment_stats", host=True,
+           "metrics.segmentation:fragment_stats", host=True, higher_is_better=False,
            reduce=lambda s: mean(s["fragments"].astype(np.float64)),
            resample=Resample("fragments", image_terms(skip_nan=False), mean_of_sums)),
     Metric("hd95", "HD95", "HD95", "px", {"hd95": (("C",), "f"), "hd95_excluded": ((), "i")},
            "metrics.hausdorff:hd95_image_stats", reduce=hd95_dataset,
            resample=Resample("hd95", hd95_terms, hd95_of_sums),
-           per_class="hd95_per_class", class_values=hd95_per_class, reference="metrics.hausdorff:hd95"),
+           per_class="hd95_per_class", class_values=hd95_per_class, reference="metrics.hausdorff:hd95",
+           higher_is_better=False),
 )
 
 

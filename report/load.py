@@ -223,7 +223,8 @@ def load_history(records: list[Record]) -> list[Record]:
     rows with val/<metric> (`metrics.keys.val_key`) and val/iou/<class>; each takes the run's setting (variant,
     seed, λ_b, schedule, split, profile) from the run's newest results record, and only when the run's
     config.json evaluated the same split with the same metrics profile (a checkpoint re-evaluated by evaluate.py
-    with other settings keeps its history out). These epochs have no per-image file (no image bootstrap there).
+    with other settings keeps its history out). These epochs have no per-image file (no image bootstrap there),
+    and of the per-class values only the IoU (the row's; the viewer's per-class panel shows no other there).
     """
     runs: dict[Path, Record] = {}
     for r in sorted(records, key=lambda r: r.epoch):
@@ -247,9 +248,10 @@ def load_history(records: list[Record]) -> list[Record]:
             epoch = row["epoch"]
             if (run_dir, epoch) in have or any(not isinstance(row.get(val_key(m)), (int, float)) for m in METRICS):
                 continue  # not an evaluated epoch, or one with a results file (which wins)
+            iou = {c: _number(row, val_iou_key(c)) for c in template.iou}
             out.append(replace(template, epoch=epoch, source=f"{history}:{line_no}",
-                               metrics={m.key: _number(row, val_key(m.key)) for m in RECORDS},
-                               iou={c: _number(row, val_iou_key(c)) for c in template.iou}))
+                               metrics={m.key: _number(row, val_key(m.key)) for m in RECORDS}, iou=iou,
+                               class_values={"miou": iou} if iou else {}))  # the row's, not the template's
     return out
 
 

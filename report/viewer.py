@@ -117,7 +117,8 @@ def per_class_data(study: Study, final: int) -> dict | None:
                 at_epoch[g] = {"mean": [_num(factor * s.mean) for s in summaries],
                                "std": [_num(factor * s.std) for s in summaries]}
             values[str(e)] = at_epoch
-        metrics.append({"key": m.key, "label": _class_label(m.key, m.label), "unit": _unit(m.key), "values": values})
+        metrics.append({"key": m.key, "label": _class_label(m.key, m.label), "unit": _unit(m.key),
+                        "higher_is_better": m.higher_is_better, "values": values})
     if not metrics:
         return None
     reference, compare = per_class_pair(study)  # as per_class_iou.png: Δ against A, sorted by Δ(D−A)
@@ -160,7 +161,8 @@ def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: 
     per_class = per_class_data(study, final)
     absent = {}
     if per_class is None:
-        absent["per_class"] = "no per-class values in the input (a tidy CSV without class columns?)"
+        absent["per_class"] = ("the tidy CSV has no per-class columns (named by class: road, ..., bicycle)"
+                               if runs_dir is None else f"no results file below {runs_dir} holds per-class values")
     images = image_panel_data(study, runs_dir, final, absent)  # None: absent["images"] says why
     return {
         "title": title,

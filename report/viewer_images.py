@@ -5,7 +5,9 @@ predictions of them, their per-image metrics, and the per-image Δ that sorts th
   - the run sample set (`engine.samples`: the same K val images for every run of a study): each image, its ground
     truth and its Trimap IoU band (`metrics.band.trimap_band`, the band the metrics count over, computed here once
     per image and shipped as a mask, so the browser never re-derives it);
-  - per group and seed with samples, the predictions of those images (`engine.samples.read_predictions`);
+  - per group and seed with samples, the predictions of those images (`engine.samples.read_predictions`); a run
+    without them is left out, and `left_out` names it with the command that fills them in (None: every run has
+    them);
   - from every run's `<ckpt>.per_image.npz` (`report.load.load_per_image`) each metric of each image alone
     (`metrics.per_image.image_values`): per seed for the sampled images (shown under each prediction), and per
     group the mean over its seeds for ALL images of the split (what the Δ sort and the Δ rank use).
@@ -20,7 +22,8 @@ have to be decoded back into ids for the error view. docs/report.md gives the si
 
 The Δ order (`delta_order`, mirrored by the panel's JavaScript): for groups X, Y and a metric, Δ_i = m_X(i) −
 m_Y(i), m_G(i) the mean over G's seeds (those with a finite value) of the metric on image i alone; the sampled
-images sorted by Δ descending (X's largest gains over Y first), NaN last, ties in sample order.
+images sorted by Δ descending (X's largest gains over Y first for a higher-is-better metric, its largest losses
+for a lower-is-better one: `Metric.higher_is_better`, which the panel's note names), NaN last, ties in sample order.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from metrics.band import trimap_band
 from metrics.per_image import image_values
 from metrics.registry import METRICS
 from report.load import Study, load_per_image
+from utils.cli import shell_command
 from utils.console import plural
 from utils.fileio import UserError
 
@@ -109,10 +113,11 @@ def delta_order(panel: dict, x: str, y: str, metric: str) -> list[str]:
 def image_deltas(panel: dict, x: str, y: str, metric: str) -> list[float]:
     """Per sampled image, Δ = m_X − m_Y of `metric` (NaN where either is undefined)."""
     means = panel["image_means"]
-    return [_num(means[x][metric][i]) - _num(means[y][metric][i]) for i in panel["sampled_index"]]
+    return [_from_json(means[x][metric][i]) - _from_json(means[y][metric][i]) for i in panel["sampled_index"]]
 
 
-def _num(value) -> float:
+def _from_json(value) -> float:
+    """A payload value back to a float: null -> NaN."""
     return float("nan") if value is None else float(value)
 
 
@@ -143,14 +148,25 @@ def image_panel_data(study: Study | None, runs_dir: str | Path | None, epoch: in
         absent[PANEL_ID] = (f"no run at epoch {epoch} below {runs_dir} has prediction samples: evaluate with "
                             f"samples on (evaluate.py --all {runs_dir} fills them in)")
         return None
+    lacking = [samples_dir(r.source) for r in records if not r.from_history and r not in sampled]
     try:
-        return _panel(study, epoch, sampled)
+        return _panel(study, epoch, sampled, lacking, runs_dir)
     except UserError as e:
         absent[PANEL_ID] = str(e).splitlines()[0]
         return None
 
 
-def _panel(study: Study, epoch: int, sampled: list) -> dict:
+def _left_out(lacking: list[Path], runs_dir: str | Path, k: int) -> str | None:
+    """The line naming the runs without prediction samples (left out of the panel) and the command that fills them
+    in with the K of the run sample set (so the other runs keep theirs); None when there are none."""
+    if not lacking:
+        return None
+    more = f" (and {plural(len(lacking) - 1, 'more run')})" if len(lacking) > 1 else ""
+    return (f"{lacking[0]}: missing{more}, left out of the Images panel; "
+            f"`{shell_command('python', 'evaluate.py', '--all', runs_dir, '--samples', k)}` fills them in")
+
+
+def _panel(study: Study, epoch: int, sampled: list, lacking: list[Path], runs_dir: str | Path) -> dict:
     per_image = load_per_image(study, epoch)
     if per_image is None:
         raise UserError(f"{sampled[0].source}: no per-image statistics beside the results at epoch {epoch}; re-run "
@@ -171,10 +187,11 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
                         "the runs folder")
     missing = [n for n in names if n not in position]
     if missing:
-        raise UserError(f"{sample_set.dir}: sampled image {missing[0]} is not among the {plural(len(all_names), 'image')} of "
-                        f"the per-image statistics; sample and evaluate the same split")
+        raise UserError(f"{sample_set.dir}: sampled image {missing[0]} is not among the "
+                        f"{plural(len(all_names), 'image')} of the per-image statistics; sample and evaluate the same "
+                        "split")
 
-    images, indexes = sample_images(sample_set, names, boundary_px)
+    images, indexes = image_payloads(sample_set, names, boundary_px)
     preds: dict[str, dict[str, list]] = {}
     seed_values: dict[str, dict[str, dict]] = {}
     rows = [position[n] for n in names]
@@ -190,8 +207,8 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
         "boundary_px": boundary_px,
         "classes": {"names": list(sample_set.class_names), "palette": [list(map(int, c)) for c in sample_set.palette],
                     "ignore_index": sample_set.ignore_index},
-        "metrics": [{"key": m.key, "label": m.label, "short": m.short, "unit": m.display[0], "factor": m.display[1]}
-                    for m in METRICS],
+        "metrics": [{"key": m.key, "label": m.label, "short": m.short, "unit": m.display[0], "factor": m.display[1],
+                     "higher_is_better": m.higher_is_better} for m in METRICS],
         "groups": [g for g in study.groups if g in preds],  # those with samples; seeds: the keys of preds[group]
         "delta_groups": [g for g in study.groups if g in values],  # those with per-image files: the Δ's choices
         "names": names,
@@ -202,10 +219,11 @@ def _panel(study: Study, epoch: int, sampled: list) -> dict:
                         for g, seeds in values.items()},
         "sampled_index": rows,
         "num_images": len(all_names),
+        "left_out": _left_out(lacking, runs_dir, len(sample_set.names)),
     }
 
 
-def sample_images(sample_set, names: list[str], boundary_px: int) -> tuple[list[dict], list[tuple]]:
+def image_payloads(sample_set, names: list[str], boundary_px: int) -> tuple[list[dict], list[tuple]]:
     """Per sampled image {"name", "size": [H, W], "thumb" / "full": {"image", "label", "band"} data URIs}, and
     its `thumb_index`."""
     images, indexes = [], []

@@ -304,6 +304,21 @@ def test_curves_show_every_evaluated_epoch(tmp_path, monkeypatch):
     assert Study.from_records(load_runs_dir(runs)).epochs == [4, 8]
 
 
+def test_history_epochs_carry_their_own_per_class_values(tmp_path):
+    """An epoch read from metrics.jsonl has the per-class IoU its row logged and no other per-class values (the row
+    holds none), never those of the results file it takes its setting from (the viewer's per-class panel)."""
+    runs = tmp_path / "runs"
+    write_result(runs, "C", 42, 4, 0.34, extra={"classes": ["road", "wall", "truck"],
+                                                "boundary_iou_per_class": {"road": 0.5, "wall": 0.2, "truck": None}})
+    write_history(runs / "C_s42", {1: 0.21, 4: 0.0})
+    study = Study.from_records(load_runs_dir(runs))
+    (first,) = [r for r in study.records if r.epoch == 1]
+    assert first.from_history and first.iou["road"] == pytest.approx(0.31)
+    assert first.class_values == {"miou": first.iou}  # not epoch 4's IoU and Boundary IoU
+    (fourth,) = [r for r in study.records if r.epoch == 4]
+    assert set(fourth.class_values) == {"miou", "boundary_iou"} and fourth.class_values["miou"]["road"] == pytest.approx(0.44)
+
+
 def test_one_variant_report_shows_what_it_can(tmp_path, monkeypatch):
     """One variant, one seed (the demo): no table without rows in summary.md (a table comparing groups, or the
     inter-seed spread, is one line saying what it needs), and the per-class figure has no Δ(C−C) panel."""

@@ -37,7 +37,7 @@ PANELS = ["curves", "per_class", "tables"]
 
 def write_study(runs: Path, groups: list[str], seeds: list[int], epochs: list[int], seed: int = 0,
                 classes: list[str] = CLASSES, palette: list[str] = PALETTE) -> dict:
-    """Results files of every (group, seed, epoch): every registry metric and per-class IoU and Boundary IoU,
+    """Results files of every (group, seed, epoch): every registry metric and per-class IoU, Boundary IoU and HD95,
     random around a trend that improves with the epoch and differs per group and class (group A never sees
     "pole": NaN); returns {(group, seed, epoch): the values written}."""
     rng = np.random.default_rng(seed)
@@ -54,8 +54,9 @@ def write_study(runs: Path, groups: list[str], seeds: list[int], epochs: list[in
                 t = e / max(epochs)  # training progress
                 iou = {c: frac(base[c] * (0.6 + 0.4 * t) + gain[(g, c)]) for c in classes}
                 biou = {c: frac(0.6 * iou[c]) for c in classes}
+                hd95 = {c: 4 + 80 * (1 - iou[c]) for c in classes}  # pixels: lower is better
                 if g == "A" and "pole" in classes:
-                    iou["pole"] = biou["pole"] = float("nan")
+                    iou["pole"] = biou["pole"] = hd95["pole"] = float("nan")
                 values = {"miou": frac(0.40 + 0.3 * t + 0.015 * k), "boundary_f1": frac(0.35 + 0.25 * t + 0.02 * k),
                           "trimap_iou": frac(0.30 + 0.25 * t + 0.01 * k), "boundary_iou": frac(0.2 + 0.2 * t),
                           "fragments_per_image": float(300 - 150 * t + rng.normal(0, 10)),
@@ -64,8 +65,8 @@ def write_study(runs: Path, groups: list[str], seeds: list[int], epochs: list[in
                              config={"class_names": classes, "class_palette": palette},
                              extra={"classes": classes, "boundary_iou": values["boundary_iou"],
                                     "fragments_per_image": values["fragments_per_image"], "hd95": values["hd95"],
-                                    "boundary_iou_per_class": biou})
-                written[(g, s, e)] = {**values, "iou": iou, "boundary_iou_per_class": biou}
+                                    "boundary_iou_per_class": biou, "hd95_per_class": hd95})
+                written[(g, s, e)] = {**values, "iou": iou, "boundary_iou_per_class": biou, "hd95_per_class": hd95}
     return written
 
 
@@ -193,6 +194,15 @@ def test_curves_one_mean_line_per_group_with_both_bands(viewer_browser, reports)
     viewer_browser.check_clean()
 
 
+def test_curves_mark_the_early_and_the_final_epoch(reports, tmp_path):
+    """aggregate.py --early-epoch 4: the curves' dotted lines at the crossover's early and final epochs."""
+    out = tmp_path / "report"
+    assert aggregate.main([str(reports["four"]["runs"]), "--out", str(out), "--early-epoch", "4", "--bootstrap",
+                           "0"]) == 0
+    marks = payload(out / VIEWER_FILE)["curves"]["marks"]
+    assert marks == [{"epoch": 4, "label": "early epoch 4"}, {"epoch": 10, "label": "final epoch 10"}]
+
+
 def test_curves_of_one_variant_one_seed(viewer_browser, reports):
     r = reports["demo"]
     page = viewer_browser.open_viewer(r["out"] / VIEWER_FILE)
@@ -205,15 +215,18 @@ def test_curves_of_one_variant_one_seed(viewer_browser, reports):
 
 
 # ---------------------------------------------------------------------------------------------------- per class
-def expected_order(values: dict, groups_seeds: list[int], epoch: int, key: str, compare: str, reference: str) -> list:
-    """Classes by Δ(compare − reference) of the mean over seeds, largest first, classes without a Δ last."""
+def expected_order(values: dict, groups_seeds: list[int], epoch: int, key: str, compare: str, reference: str,
+                   ascending: bool = False) -> list:
+    """Classes by Δ(compare − reference) of the mean over seeds, largest first (smallest if `ascending`), classes
+    without a Δ last."""
     def mean(g, c):
         x = [values[(g, s, epoch)][key][c] for s in groups_seeds]
         x = [v for v in x if not math.isnan(v)]
         return sum(x) / len(x) if x else math.nan
 
     delta = {c: mean(compare, c) - mean(reference, c) for c in CLASSES}
-    return sorted(CLASSES, key=lambda c: (math.isnan(delta[c]), -delta[c] if not math.isnan(delta[c]) else 0,
+    sign = 1 if ascending else -1
+    return sorted(CLASSES, key=lambda c: (math.isnan(delta[c]), sign * delta[c] if not math.isnan(delta[c]) else 0,
                                           CLASSES.index(c)))
 
 
@@ -248,6 +261,30 @@ def test_switching_the_reference_reorders_the_per_class_bars(viewer_browser, rep
     viewer_browser.check_clean()
 
 
+def test_per_class_delta_of_a_lower_is_better_metric_sorts_gains_first(viewer_browser, reports):
+    """HD95 (pixels, lower is better: metrics.registry's higher_is_better): the classes sort by Δ smallest first,
+    so the compared group's gains still come first, and the note and the Δ axis say that lower is better; IoU
+    keeps largest first."""
+    r = reports["four"]
+    page = viewer_browser.open_viewer(r["out"] / VIEWER_FILE)
+    viewer_browser.show_panel("per_class")
+    final = r["epochs"][-1]
+    page.select_option("#per-class-metric", "hd95")
+    want = expected_order(r["values"], r["seeds"], final, "hd95_per_class", "D", "A", ascending=True)
+    assert traces(page, "per-class-values", "value")[0]["x"] == want
+    d = np.array({t["group"]: t for t in traces(page, "per-class-deltas", "delta")}["D"]["y"], dtype=float)
+    finite = d[np.isfinite(d)]
+    assert list(finite) == sorted(finite) and finite[0] < finite[-1]
+    note = page.inner_text("#per-class-note")
+    assert "lower is better" in note and "a negative Δ is a gain over A" in note and "smallest first" in note
+    assert "lower is better" in page.evaluate("document.getElementById('per-class-deltas').layout.yaxis.title.text")
+    page.select_option("#per-class-metric", "miou")
+    assert traces(page, "per-class-values", "value")[0]["x"] == expected_order(r["values"], r["seeds"], final, "iou",
+                                                                               "D", "A")
+    assert "higher is better" in page.inner_text("#per-class-note")
+    viewer_browser.check_clean()
+
+
 def test_one_variant_per_class_has_no_delta_and_says_why(viewer_browser, reports):
     r = reports["demo"]
     page = viewer_browser.open_viewer(r["out"] / VIEWER_FILE)
@@ -258,7 +295,7 @@ def test_one_variant_per_class_has_no_delta_and_says_why(viewer_browser, reports
     assert traces(page, "per-class-values", "value")[0]["x"] == sorted(CLASSES, key=lambda c: -iou[c])
     viewer_browser.show_panel("tables")  # a comparison of one group: a line saying what it needs, as in summary.md
     significance = page.inner_text(".table-block[data-table='table5_significance']")
-    assert "(no rows)" in significance and "needs ≥ 2 groups" in significance
+    assert "(no rows)" not in significance and "needs ≥ 2 groups" in significance  # a line, no empty table
     viewer_browser.check_clean()
 
 
@@ -284,7 +321,7 @@ def test_tables_panel_shows_the_report_tables(viewer_browser, reports):
         want = [[c.replace("**", "") for c in row] for row in markdown_table(summary, title)]
         assert cells == want
     boot = page.inner_text(".table-block[data-table='table5b_image_bootstrap']")
-    assert "(no rows)" in boot and "--bootstrap 0" in boot  # the skipped table says why
+    assert "(no rows)" not in boot and "--bootstrap 0" in boot  # the skipped table is the line saying why
     viewer_browser.check_clean()
 
 
@@ -296,6 +333,7 @@ def test_from_csv_gives_curves_and_tables_and_says_why_no_images(viewer_browser,
     assert f"viewer: {out / VIEWER_FILE}" in console and "no images panel:" in console
     data = payload(out / VIEWER_FILE)
     assert data["images"] is None and "--from-csv" in data["absent"]["images"]
+    assert data["absent"]["per_class"].startswith("the tidy CSV has no per-class columns")
     assert [m["key"] for m in data["curves"]["metrics"]] == ["miou", "boundary_f1", "trimap_iou"]  # the CSV's
     page = viewer_browser.open_viewer(out / VIEWER_FILE)
     assert len(traces(page, "curves-plot", "mean")) == len(data["groups"])
@@ -383,6 +421,12 @@ def test_wandb_run_holds_the_viewer_page(reports, tmp_path, monkeypatch):
     assert row["viewer"]["_type"] == "html-file"
     (page,) = (out / "wandb").rglob(row["viewer"]["path"])
     assert page.read_text(encoding="utf-8") == (out / VIEWER_FILE).read_text(encoding="utf-8")
+    # a one-group report: every logged table has rows; a comparison of one group is not logged, its line is
+    logged = {k: json.loads((run.path.parent / "files" / v["path"]).read_text()) for k, v in row.items()
+              if k.startswith("tables/")}
+    assert "tables/table1_final_epoch" in logged and all(t["data"] for t in logged.values())
+    assert "tables/table5_significance" not in logged
+    assert "needs ≥ 2 groups" in run.summary["table_notes/table5_significance"]
 
 
 # ---------------------------------------------------------------------------------------------------- size, speed

@@ -277,6 +277,9 @@ def test_sorting_by_delta_in_the_browser_follows_the_per_image_files(runs, repor
             page.select_option("#images-y", y)
             order = page_order(page)
             check_order(order, explicit_deltas(runs, names, x, y, key), page.evaluate("VIEWER.data.images.names"))
+            # which sign is a gain: the record's higher_is_better (fragments: lower is better)
+            better = "lower is better" if key == "fragments_per_image" else "higher is better"
+            assert better in page.inner_text("#images-note")
     page.select_option("#images-order", "asc")
     assert page_order(page) == list(reversed(order)) or len(set(order)) < SAMPLED
     page.select_option("#images-order", "desc")
@@ -372,6 +375,30 @@ def test_a_checkpoint_with_fewer_samples_keeps_the_common_images(tmp_path, runs)
     absent = {}
     data = image_panel_data(Study.from_records(load_runs_dir(copy)), copy, EPOCH, absent)
     assert data is not None and data["names"] == names and len(data["preds"]["A"]["1"]) == 2
+
+
+def test_a_run_without_samples_is_named_with_the_command_that_fills_them_in(tmp_path, runs, capsys, viewer_browser):
+    """D seed 2's prediction samples are missing (deleted, or evaluated with --samples 0): the panel shows the other
+    runs, and one line (on the page and on aggregate.py's console) names the missing folder and the command that
+    fills it in."""
+    import shutil
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    missing = copy / "D_seed2" / "checkpoints" / f"epoch_{EPOCH:04d}.samples"
+    shutil.rmtree(missing)
+    absent = {}
+    data = image_panel_data(Study.from_records(load_runs_dir(copy)), copy, EPOCH, absent)
+    assert not absent and list(data["preds"]["D"]) == ["1"]  # the rest of the panel stays
+    line = data["left_out"]
+    assert "\n" not in line and str(missing) in line and f"evaluate.py --all {copy} --samples {SAMPLED}" in line
+    capsys.readouterr()
+    assert aggregate.main([str(copy), "--out", str(tmp_path / "report"), "--bootstrap", "0"]) == 0
+    assert str(missing) in capsys.readouterr().err.replace("\n", "")
+    page = viewer_browser.open_viewer(tmp_path / "report" / VIEWER_FILE)
+    viewer_browser.show_panel(PANEL_ID)
+    assert page.inner_text("#images-left-out") == line
+    viewer_browser.check_clean()
+    assert image_panel_data(Study.from_records(load_runs_dir(runs)), runs, EPOCH, {})["left_out"] is None
 
 
 def test_epochs_from_the_training_history_have_no_samples(tmp_path):

@@ -1,7 +1,9 @@
 /* Per class: one metric's per-class values (IoU, Boundary IoU, ...) at a chosen epoch, one bar per group (mean
    ± inter-seed std, value axis from 0), and each group's Δ against a chosen reference group; classes sorted by
-   the Δ of a chosen group (largest first, classes without a Δ last). With one group there is no Δ: the classes
-   are sorted by their value and a line says why. Bar traces carry meta {role: "value" | "delta", group}. */
+   the Δ of a chosen group, its largest gains first (largest Δ first, or smallest where lower is better: the
+   metric's higher_is_better, from metrics.registry), classes without a Δ last. With one group there is no Δ:
+   the classes are sorted by their value and a line says why. Bar traces carry meta {role: "value" | "delta",
+   group}. */
 VIEWER.register({
   id: "per_class",
   title: "Per class",
@@ -31,32 +33,36 @@ VIEWER.register({
     }
     el.append(controls, note, bars, ...(groups.length > 1 ? [deltas] : []));  // append(null) would print "null"
 
-    /* class indices sorted by key (largest first), nulls last, ties in class order */
-    function order(key) {
+    /* class indices sorted by key (largest first, or smallest first when ascending), nulls last, ties in class
+       order */
+    function order(key, ascending) {
+      const sign = ascending ? -1 : 1;
       return key.map((v, i) => [v, i]).sort((a, b) => {
         if (a[0] === null || b[0] === null) return (a[0] === null) - (b[0] === null) || a[1] - b[1];
-        return b[0] - a[0] || a[1] - b[1];
+        return sign * (b[0] - a[0]) || a[1] - b[1];
       }).map((p) => p[1]);
     }
 
     function draw() {
       const metric = pc.metrics.find((m) => m.key === state.metric), at = metric.values[state.epoch];
-      const names = pc.classes, unit = metric.unit;
+      const names = pc.classes, unit = metric.unit, lower = metric.higher_is_better === false;
+      const better = lower ? "lower is better" : "higher is better";
       const diff = (g) => at[g].mean.map((v, i) => {
         const r = at[state.reference].mean[i];
         return v === null || r === null ? null : v - r;
       });
       let idx, sorting;
       if (groups.length > 1 && state.compare !== state.reference) {
-        idx = order(diff(state.compare));
-        sorting = `sorted by Δ(${state.compare}−${state.reference})`;
+        idx = order(diff(state.compare), lower);  // the compare group's largest gains first
+        sorting = `sorted by Δ(${state.compare}−${state.reference}), ${lower ? "smallest" : "largest"} first`;
         note.textContent = `Δ = mean of a group − mean of ${state.reference} (${unit === "%" ? "pp" : unit}), ` +
-          `per class at epoch ${state.epoch}; classes ${sorting}, largest first.`;
+          `per class at epoch ${state.epoch}; ${metric.label}: ${better}, so ${lower ? "a negative" : "a positive"} ` +
+          `Δ is a gain over ${state.reference}; classes ${sorting} (${state.compare}'s largest gains first).`;
       } else {
         idx = order(at[groups[0]].mean);
-        sorting = "sorted by value";
+        sorting = "sorted by value, largest first";
         note.textContent = groups.length > 1 ? "" : `One group (${groups[0]}): no Δ against a reference (a Δ ` +
-          "needs at least 2 groups); classes sorted by value, largest first.";
+          `needs at least 2 groups); classes sorted by value, largest first (${metric.label}: ${better}).`;
       }
       const x = idx.map((i) => names[i]);
       const valueTraces = groups.map((g) => ({
@@ -84,7 +90,7 @@ VIEWER.register({
         done.push(Plotly.react(deltas, deltaTraces, {
           barmode: "group", margin, xaxis: {tickangle: -40}, showlegend: true,
           legend: {orientation: "h", y: 1.0, yanchor: "bottom"},
-          yaxis: {title: {text: `Δ vs ${state.reference} (${unit === "%" ? "pp" : unit})`}, zeroline: true},
+          yaxis: {title: {text: `Δ vs ${state.reference} (${unit === "%" ? "pp" : unit}; ${better})`}, zeroline: true},
           title: {text: `Δ against ${state.reference}`, font: {size: 14}},
         }, V.plotConfig));
       }

@@ -20,7 +20,7 @@ VIEWER.register({
         table.append(V.el("thead", {}, V.el("tr", {}, ...t.header.map((h) => cell("th", h)))));
         table.append(V.el("tbody", {}, ...t.rows.map((r) => V.el("tr", {}, ...r.map((c) => cell("td", c))))));
         block.append(table);
-      } else {
+      } else if (!t.notes.length) {  // a table with nothing to show is its notes' line(s), as in summary.md
         block.append(V.el("p", {class: "note", text: "(no rows)"}));
       }
       if (t.notes.length) block.append(V.el("ul", {}, ...t.notes.map((n) => V.el("li", {text: n}))));

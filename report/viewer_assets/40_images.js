@@ -46,7 +46,8 @@ VIEWER.register({
                  (v) => { state.order = v; reorder(); }));
     }
     const rows = V.el("div", {id: "images-rows"});
-    el.append(controls, sorting, note, legend(), rows);
+    const leftOut = P.left_out ? V.el("p", {class: "note", id: "images-left-out", text: P.left_out}) : null;
+    el.append(controls, sorting, note, ...(leftOut ? [leftOut] : []), legend(), rows);
 
     // ---------------------------------------------------------------------------------------------- rows
     const cells = [];  // {canvas, j, kind: "image" | "gt" | group}
@@ -93,7 +94,10 @@ VIEWER.register({
         const unit = metric.unit === "pp" ? "pp" : metric.unit;
         note.textContent = `Δ = the mean over ${state.x}'s seeds − the mean over ${state.y}'s seeds of ` +
           `${metric.label} on each image alone (from the per-image files, epoch ${P.epoch}, ${unit}); rank among ` +
-          `all ${P.num_images} images of the split, largest Δ = 1.`;
+          `all ${P.num_images} images of the split, largest Δ = 1. ${metric.label}: ` +
+          (metric.higher_is_better === false ? `lower is better, so a negative Δ is ${state.x}'s gain over ` +
+           `${state.y}: "smallest Δ first" shows ${state.x}'s largest gains.`
+                                             : `higher is better, so a positive Δ is ${state.x}'s gain.`);
       } else {
         note.textContent = `One group (${groups[0]}): no per-image Δ to sort by (a Δ needs at least 2 groups).`;
       }
