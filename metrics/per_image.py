@@ -20,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from pathlib import Path
@@ -42,6 +43,13 @@ def per_image_path(checkpoint: str | Path) -> Path:
     """RUN/checkpoints/epoch_0010 -> RUN/checkpoints/epoch_0010.per_image.npz (beside its results file)."""
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(checkpoint.name + PER_IMAGE_SUFFIX)
+
+
+def names_digest(names) -> str:
+    """A short fingerprint of a set of image names: the first 16 hex digits of the sha256 of the names sorted,
+    one per line. results.json records it as `images_digest` (engine.results.write_results), so a per-image file
+    over other images than its results (as many, but not the same) is told apart (engine.batch_eval)."""
+    return hashlib.sha256("\n".join(sorted(str(n) for n in names)).encode()).hexdigest()[:16]
 
 
 def dataset_metrics(stats: dict, profile: str) -> dict:
