@@ -145,3 +145,27 @@ def test_a_group_signal_during_evaluate_all_with_one_job_stops_the_batch(checkpo
     assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
     assert one_line_and_no_traceback(stdout, stderr, "interrupted"), stdout[-3000:] + stderr[-3000:]
     assert len(list(runs.rglob("*.results.json"))) < 12 and list(runs.rglob("*.tmp")) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_group_signal_during_predict_stops_in_one_line(checkpoints, tmp_path, process_groups, signum):
+    """predict.py with its 2 default DataLoader workers, once the first outputs are written: `interrupted`, exit
+    code 130, no traceback and no progress text (SIGTERM killed it silently, exit -15, or with its workers only,
+torch's "DataLoader worker ... killed by signal: Terminated")."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    frame = next((checkpoints.parent / "data" / "leftImg8bit" / "val").rglob("*.png"))
+    for i in range(400):
+        os.link(frame, images / f"frame_{i:03d}.png")
+    assert Image.open(frame).size == (128, 64)
+    ckpt = next(checkpoints.rglob("epoch_0001"))
+    out = tmp_path / "preds"
+    proc = process_groups.start([sys.executable, "predict.py", str(ckpt), str(images), "--out", str(out)], env=ENV)
+    process_groups.wait_for(proc, lambda: any(out.glob("*_overlay.jpg")))
+    stdout, stderr = process_groups.send(proc, signum)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert one_line_and_no_traceback(stdout, stderr, "interrupted"), stdout[-3000:] + stderr[-3000:]
+    assert "predicting" not in stdout, stdout  # the bar is cleared, not left above the line (utils.bars.Bars)
+    assert len(list(out.glob("*_overlay.jpg"))) < 400
