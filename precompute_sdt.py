@@ -192,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3) Summary: time and bytes.
     seconds = time.perf_counter() - start
-    console.print(f"{args.split}: {counts['written']} written, {counts['skipped']} already valid, {stale} stale "
-                  f"temp files removed; {seconds:.1f} s with {plural(args.jobs, 'process', 'processes')}",
+    console.print(f"{args.split}: {counts['written']} written, {counts['skipped']} already valid, "
+                  f"{plural(stale, 'stale temp file')} removed; {seconds:.1f} s with "
+                  f"{plural(args.jobs, 'process', 'processes')}",
                   soft_wrap=True)
     console.print(f"wrote {human_bytes(written_bytes)}; {out} holds {human_bytes(cache_bytes)} for "
                   f"{plural(len(tasks), 'frame')} (raw int8: {human_bytes(raw_bytes)}, "
