@@ -432,6 +432,46 @@ def test_aggregate_read_only_or_blocked_out_is_one_line_before_any_work(tmp_path
         aggregate.main([*argv, str(tmp_path / "r")])
 
 
+@pytest.fixture
+def bind_mount():
+    """`bind_mount(source, target, read_only)`: `mount --bind` (as docker's `-v /host/dir:/out[:ro]`), undone at
+    teardown; skips where this process may not mount (not root, or a container without the right)."""
+    mounted = []
+
+    def mount(source: Path, target: Path, read_only: bool) -> None:
+        options = ["-o", "ro"] if read_only else []
+        done = subprocess.run(["mount", "--bind", *options, str(source), str(target)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+        mounted.append(target)
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], check=True)
+
+
+@pytest.mark.parametrize("read_only", [True, False], ids=["read-only", "writable"])
+def test_aggregate_out_on_a_mount_point_is_one_line_before_any_work(tmp_path, bind_mount, monkeypatch, read_only):
+    """`--out` where a folder is mounted (the same filesystem's, so st_dev does not tell): the report's swap
+    renames --out, which fails with EBUSY on a mount point; it was a traceback after the whole report was built."""
+    import aggregate
+
+    source, out = tmp_path / "source", tmp_path / "out"
+    source.mkdir()
+    out.mkdir()
+    bind_mount(source, out, read_only)
+    monkeypatch.setattr("aggregate.load_csv", lambda path: pytest.fail("read before --out was checked"))
+    with pytest.raises(UserError, match=rf"^{out}: a mount point, which cannot be replaced by a rename; pass a "
+                                        "folder inside it as --out$"):
+        aggregate.main(["--from-csv", str(tidy_csv(tmp_path / "t.csv", False)), "--bootstrap", "0", "--out", str(out)])
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_mountinfo_paths_are_unescaped():
+    from utils.staged_dir import mountinfo_path
+
+    assert mountinfo_path(r"/mnt/my\040report\011x\134y") == "/mnt/my report\tx\\y"
+
+
 @pytest.mark.parametrize("how", ["CKPT", "--all"])
 def test_evaluate_py_on_a_read_only_runs_dir_is_one_line_naming_the_folder(how, ckpt, data, monkeypatch):
     import evaluate
