@@ -30,7 +30,7 @@ from engine.checkpoint import CHECKPOINT_NAME, read_meta
 from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint
 from engine.results import read_results
 from engine.results_format import inference_path
-from metrics.per_image import PER_IMAGE_SUFFIX, names_digest, read_per_image
+from metrics.per_image import PER_IMAGE_SUFFIX, names_digest, read_per_image, stale_value
 from utils import UserError, user_message
 from utils.console import plural
 from utils.fileio import remove_temp_files, write_error_line
@@ -53,8 +53,9 @@ def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = 
                    hf_dataset: str | None = None) -> str | None:
     """Why `ckpt` must be (re)evaluated on `split` (None: its config's val_split), or None when its results file
     (of inference mode `inference_tag`) is valid and current, in `metrics_profile` (None: any), with a readable
-    per-image file beside it over the images of the results (`images_digest`) and, for a Cityscapes-layout
-    folder (the config's or `data_root`; an HF dataset is not listed), over the frames the split holds now."""
+    per-image file beside it over the images of the results (`images_digest`) that gives their values and, for a
+    Cityscapes-layout folder (the config's or `data_root`; an HF dataset is not listed), over the frames the split
+    holds now."""
     path = inference_path(ckpt, inference_tag)
     per_image = inference_path(ckpt, inference_tag, PER_IMAGE_SUFFIX)
     if not path.exists():
@@ -70,14 +71,18 @@ def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = 
     if not per_image.exists():
         return "no per-image statistics beside the results"
     try:
-        names = set(read_per_image(per_image)["names"].tolist())
+        stats = read_per_image(per_image)
     except UserError:
         return "corrupt per-image statistics, redoing"
+    names = set(stats["names"].tolist())
     if len(names) != record["num_images"]:  # aggregate.py would refuse it and send the user back here
         return (f"per-image statistics cover {len(names)} of the {plural(record['num_images'], 'image')} of the "
                 "results, redoing")
     if record.get("images_digest", names_digest(names)) != names_digest(names):  # older files lack the digest
         return "per-image statistics are over other images than the results, redoing"
+    stale = stale_value(stats, record, record["metrics_profile"])  # aggregate.py would refuse it too
+    if stale is not None:
+        return f"per-image statistics give {stale[0]} {stale[1]:.6f}, the results {stale[2]:.6f}, redoing"
     frames = split_frame_names(record, data_root, hf_dataset)
     if frames is not None and frames != names:
         return (f"per-image statistics over {plural(len(names), 'image')}, the split {record['split']!r} holds "

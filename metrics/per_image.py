@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import zipfile
 from pathlib import Path
 
@@ -68,6 +69,19 @@ def dataset_metrics(stats: dict, profile: str) -> dict:
         if m.per_class is not None:
             out[m.per_class] = m.class_values(stats).tolist()
     return {**out, "num_images": int(len(stats["names"])), "metrics_profile": profile}
+
+
+def stale_value(stats: dict, recorded: dict, profile: str, keys=None) -> tuple[str, float, float] | None:
+    """The first metric of `keys` (default: every record's key, in METRICS order) whose value over all images of
+    `stats` (`dataset_metrics` in `profile`) differs from `recorded[key]` (its results record's) by more than 1e-6,
+    as (key, value over the images, recorded value); None when all agree (NaN agrees with NaN). A per-image file
+    that does not give its results is stale: aggregate.py refuses it, evaluate.py --all redoes it."""
+    values = dataset_metrics(stats, profile)
+    for key in keys or [m.key for m in METRICS]:
+        value, was = float(values[key]), float(recorded[key])
+        if not (abs(value - was) <= 1e-6 or (math.isnan(value) and math.isnan(was))):
+            return key, value, was
+    return None
 
 
 def image_values(stats: dict, profile: str) -> dict[str, np.ndarray]:

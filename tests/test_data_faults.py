@@ -197,8 +197,9 @@ def test_per_image_file_over_fewer_images_than_its_results_is_redone_by_evaluate
 
 
 def test_per_image_file_over_other_images_or_an_older_split_is_redone_by_evaluate_all(tiny, tmp_path, capsys):
-    """As many images as the results, but other ones (results.json's `images_digest`), or results and per-image
-    file that agree with each other but not with the frames the split's folder holds now: both redone."""
+    """As many images as the results, but other ones (results.json's `images_digest`) or other values (aggregate.py
+    refused those as stale), or results and per-image file that agree with each other but not with the frames the
+    split's folder holds now: all redone."""
     from data_utils.cityscapes import list_frames
     from data_utils.layout import image_path, label_path
     from engine.batch_eval import pending_reason
@@ -211,6 +212,10 @@ def test_per_image_file_over_other_images_or_an_older_split_is_redone_by_evaluat
     full = read_per_image(per_image_path(ckpt))
     write_per_image(per_image_path(ckpt), {**full, "names": full["names"][::-1] + "_x"})
     assert pending_reason(ckpt, "val") == "per-image statistics are over other images than the results, redoing"
+    confusion = full["confusion"].copy()
+    confusion[0, 0, 0] += 1000  # the right images, other values: aggregate.py calls it stale
+    write_per_image(per_image_path(ckpt), {**full, "confusion": confusion})
+    assert pending_reason(ckpt, "val").startswith("per-image statistics give miou ")
     write_per_image(per_image_path(ckpt), full)
     assert pending_reason(ckpt, "val") is None
     results = ckpt.with_name(ckpt.name + ".results.json")
