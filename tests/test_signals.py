@@ -169,3 +169,30 @@ torch's "DataLoader worker ... killed by signal: Terminated")."""
     assert one_line_and_no_traceback(stdout, stderr, "interrupted"), stdout[-3000:] + stderr[-3000:]
     assert "predicting" not in stdout, stdout  # the bar is cleared, not left above the line (utils.bars.Bars)
     assert len(list(out.glob("*_overlay.jpg"))) < 400
+
+
+# aggregate.py as `python aggregate.py ...` runs it, its report held back before the swap (60 s) so that a signal
+# lands while the report is built in its staging folder.
+AGGREGATE_HELD_BEFORE_THE_SWAP = """
+import runpy, sys, time
+import utils.staged_dir
+utils.staged_dir._publish = lambda *args, **kwargs: time.sleep(60)
+sys.argv[0] = "aggregate.py"
+runpy.run_path("aggregate.py", run_name="__main__")
+"""
+
+
+def test_sigterm_during_aggregate_stops_in_one_line_and_leaves_no_staging_folder(tmp_path, process_groups):
+    """`timeout` or `docker stop` while aggregate.py builds its report: `interrupted`, exit code 130, `--out` as it
+    was and no `.NAME.staging-*` folder left (SIGTERM killed it silently, exit -15, leaving the staging folder)."""
+    from tests.test_faults import no_temp_files, tidy_csv
+
+    out = tmp_path / "report"
+    proc = process_groups.start([sys.executable, "-c", AGGREGATE_HELD_BEFORE_THE_SWAP, "--from-csv",
+                                 str(tidy_csv(tmp_path / "t.csv", False)), "--bootstrap", "0", "--out", str(out)],
+                                env=ENV)
+    process_groups.wait_for(proc, lambda: any((p / "summary.md").exists() for p in tmp_path.glob(".report.staging-*")))
+    stdout, stderr = process_groups.send(proc, signal.SIGTERM)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert one_line_and_no_traceback(stdout, stderr, "interrupted"), stdout[-3000:] + stderr[-3000:]
+    assert not out.exists() and no_temp_files(tmp_path)
