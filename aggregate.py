@@ -34,6 +34,7 @@ from pathlib import Path
 from utils import UserError, atomic_write_text, parse_args_first, run_main
 from utils.cli import ArgumentParser
 from utils.console import plural
+from utils.signals import sigterm_as_ctrl_c
 from utils.staged_dir import staged_folder
 
 # The most bootstrap replicates: 10x the default, p-values to 2e-5. Time and memory grow with B (8·B bytes per pair
@@ -346,4 +347,5 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    with sigterm_as_ctrl_c():  # `timeout`, `docker stop`: as Ctrl-C, --out as it was, no staging folder left
+        run_main(main)

@@ -188,7 +188,8 @@ def run_batch(args, options: EvalOptions, console: Console) -> int:
     """--all: evaluate what is pending, print a table, list the failures (EXIT_PARTIAL_FAILURE if any)."""
     checkpoints = find_checkpoints(args.all)
     todo = [c for c in checkpoints
-            if args.force or pending_reason(c, args.split, args.metrics_profile, options.inference.tag) is not None]
+            if args.force or pending_reason(c, args.split, args.metrics_profile, options.inference.tag,
+                                                args.data_root, args.hf_dataset) is not None]
     console.print(f"{plural(len(checkpoints), 'checkpoint')} under {args.all}: {len(checkpoints) - len(todo)} "
                   f"already evaluated on {args.split or 'their val split'}, {len(todo)} to evaluate with "
                   f"{plural(args.jobs, 'job')}", soft_wrap=True)

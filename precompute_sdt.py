@@ -24,7 +24,6 @@ file and the fix; 130: interrupted.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import time
 from contextlib import ExitStack, contextmanager
@@ -36,6 +35,7 @@ from engine.config import add_data_source_flags
 from utils import (EXIT_PARTIAL_FAILURE, RenamedFlag, UserError, free_space, human_bytes, make_output_dir,
                    parse_args_first, run_main)
 from utils.cli import ArgumentParser
+from utils.fileio import DISK_FULL, NOT_WRITABLE
 from utils.threads import set_torch_threads, usable_cpus
 
 
@@ -101,9 +101,11 @@ def precompute_one(task: tuple[int, str, bool, bool]) -> tuple[str, int, int]:
     try:
         size = write_sdt_file(out_path, sdt, labels=labels, clip=SDT_CLIP, compress=compress)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in NOT_WRITABLE:
             raise UserError(f"{out_path}: cannot write the SDT file ({e.strerror or e}); pass a writable "
                             "--out") from None
+        if e.errno not in DISK_FULL:
+            raise  # not the disk refusing the write: a bug or a broken disk, with its traceback
         raise UserError(f"{out_path}: cannot write the SDT file ({e.strerror or e}); {free_space(out_path)} "
                         f"free: free disk space (a raw file takes {sdt.nbytes / 2**20:.0f} MiB, --compress saves "
                         "~75x) and rerun: finished files are kept") from None
@@ -190,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3) Summary: time and bytes.
     seconds = time.perf_counter() - start
-    console.print(f"{args.split}: {counts['written']} written, {counts['skipped']} already valid, {stale} stale "
-                  f"temp files removed; {seconds:.1f} s with {plural(args.jobs, 'process', 'processes')}",
+    console.print(f"{args.split}: {counts['written']} written, {counts['skipped']} already valid, "
+                  f"{plural(stale, 'stale temp file')} removed; {seconds:.1f} s with "
+                  f"{plural(args.jobs, 'process', 'processes')}",
                   soft_wrap=True)
     console.print(f"wrote {human_bytes(written_bytes)}; {out} holds {human_bytes(cache_bytes)} for "
                   f"{plural(len(tasks), 'frame')} (raw int8: {human_bytes(raw_bytes)}, "

@@ -13,7 +13,7 @@ ids (a Cityscapes model), a colour map and an overlay with a legend (engine/pred
 modes (whole, --slide, --flip, --scales) are engine/inference.py's, as in evaluate.py. docs/inference.md.
 
 Exit status: 0 done; 3 (EXIT_PARTIAL_FAILURE): some images could not be read (each named, the others written,
-a summary at the end); 2: bad input, one `error:` line naming the file or flag and the fix; 130: interrupted.
+a summary at the end); 2: bad input, one `error:` line naming the file or flag and the fix; 130: interrupted (Ctrl-C or SIGTERM).
 """
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ from engine.checkpoint_eval import load_checkpoint
 from engine.inference import Inference
 from engine.predict_images import METRICS_FILE, predict_images, write_metrics
 from utils import make_output_dir
+from utils.signals import sigterm_as_ctrl_c
 
 
 def run_export(args, console: Console) -> int:
@@ -137,4 +138,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    with sigterm_as_ctrl_c():  # `timeout`, SLURM, `docker stop`: stop as on Ctrl-C, one line, exit code 130
+        run_main(main)

@@ -6,7 +6,8 @@ evaluates them (`engine.checkpoint_eval.evaluate_checkpoint`), one failure never
         ...
 
 A checkpoint is pending when its results file is missing, corrupt, for another split or metrics profile, lacks
-its per-image file (or has one over another number of images), or predates the checkpoint's last save. With
+its per-image file (or has one over other images than the results, or than the frames its split holds now), or
+predates the checkpoint's last save. With
 jobs > 1 the checkpoints are evaluated in spawned processes spread round-robin over the visible GPUs (or sharing
 the CPU); closing the generator (Ctrl-C in the caller) stops them at once (`stop_workers`).
 """
@@ -24,11 +25,12 @@ from pathlib import Path
 
 import torch
 
+from data_utils.cityscapes import list_frames, resolve_data_root
 from engine.checkpoint import CHECKPOINT_NAME, read_meta
 from engine.checkpoint_eval import EvalOptions, evaluate_checkpoint
 from engine.results import read_results
 from engine.results_format import inference_path
-from metrics.per_image import PER_IMAGE_SUFFIX, read_per_image
+from metrics.per_image import PER_IMAGE_SUFFIX, names_digest, read_per_image, stale_value
 from utils import UserError, user_message
 from utils.console import plural
 from utils.fileio import remove_temp_files, write_error_line
@@ -47,10 +49,13 @@ def find_checkpoints(runs_dir: Path) -> list[Path]:
 
 
 def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = None,
-                   inference_tag: str = "whole") -> str | None:
+                   inference_tag: str = "whole", data_root: str | None = None,
+                   hf_dataset: str | None = None) -> str | None:
     """Why `ckpt` must be (re)evaluated on `split` (None: its config's val_split), or None when its results file
     (of inference mode `inference_tag`) is valid and current, in `metrics_profile` (None: any), with a readable
-    per-image file beside it."""
+    per-image file beside it over the images of the results (`images_digest`) that gives their values and, for a
+    Cityscapes-layout folder (the config's or `data_root`; an HF dataset is not listed), over the frames the split
+    holds now."""
     path = inference_path(ckpt, inference_tag)
     per_image = inference_path(ckpt, inference_tag, PER_IMAGE_SUFFIX)
     if not path.exists():
@@ -66,16 +71,40 @@ def pending_reason(ckpt: Path, split: str | None, metrics_profile: str | None = 
     if not per_image.exists():
         return "no per-image statistics beside the results"
     try:
-        covered = len(read_per_image(per_image)["names"])
+        stats = read_per_image(per_image)
     except UserError:
         return "corrupt per-image statistics, redoing"
-    if covered != record["num_images"]:  # aggregate.py would refuse it and send the user back here
-        return (f"per-image statistics cover {covered} of the {plural(record['num_images'], 'image')} of the results, "
-                "redoing")
+    names = set(stats["names"].tolist())
+    if len(names) != record["num_images"]:  # aggregate.py would refuse it and send the user back here
+        return (f"per-image statistics cover {len(names)} of the {plural(record['num_images'], 'image')} of the "
+                "results, redoing")
+    if record.get("images_digest", names_digest(names)) != names_digest(names):  # older files lack the digest
+        return "per-image statistics are over other images than the results, redoing"
+    stale = stale_value(stats, record, record["metrics_profile"])  # aggregate.py would refuse it too
+    if stale is not None:
+        return f"per-image statistics give {stale[0]} {stale[1]:.6f}, the results {stale[2]:.6f}, redoing"
+    frames = split_frame_names(record, data_root, hf_dataset)
+    if frames is not None and frames != names:
+        return (f"per-image statistics over {plural(len(names), 'image')}, the split {record['split']!r} holds "
+                f"{plural(len(frames), 'frame')} now ({len(names & frames)} in both), redoing")
     meta = read_meta(ckpt) or {}
     if record.get("checkpoint_saved_at") != meta.get("saved_at"):
         return "checkpoint saved again since its evaluation"
     return None
+
+
+def split_frame_names(record: dict, data_root: str | None = None, hf_dataset: str | None = None) -> set[str] | None:
+    """The frame names of the results' split as its Cityscapes-layout folder lists them now (`data_root`, else
+    the config's; a scan of the folders, no file read), or None for an HF dataset or a folder that cannot be
+    listed (its evaluation will say why)."""
+    config = record.get("config") or {}
+    if hf_dataset or config.get("hf_dataset"):
+        return None
+    try:
+        root = resolve_data_root(data_root or config.get("data_root"))
+        return {frame["name"] for frame in list_frames(root, record["split"])}
+    except UserError:
+        return None
 
 
 _WORKER = {}  # per worker process: the Accelerator on its device, and whether to show per-image bars

@@ -98,6 +98,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     started = (run / CHECKPOINTS).is_dir() or (run / METRICS_JSONL).is_file()  # a run, before its first checkpoint too
     if path.is_dir() and not CHECKPOINT_NAME.match(path.name) and started:
         complete = list_checkpoints(run)
+        folders = checkpoint_folders(run)
+        if not complete and folders:  # trained, but its checkpoints are damaged: name the newest and why
+            newest = folders[-1][1]
+            why = meta_problem(newest) if (newest / WEIGHTS_NAME).is_file() else f"no {WEIGHTS_NAME}"
+            raise UserError(f"{run}: a run folder without a complete checkpoint (the newest, {newest}: {why}); a "
+                            f"checkpoint needs its {WEIGHTS_NAME} and a valid meta.json: copy it again, or evaluate "
+                            "the run once training has saved a complete one")
         if not complete:
             raise UserError(f"{run}: a run folder without a complete checkpoint yet (RUN/{CHECKPOINTS}/epoch_XXXX "
                             "holding model.safetensors and meta.json); train it first")

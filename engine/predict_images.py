@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from rich.markup import escape
-from rich.progress import Progress
 
 from data_utils.image_files import ImageFileDataset, ImageInput
 from engine.checkpoint_eval import load_checkpoint
@@ -27,7 +26,9 @@ from engine.predict_outputs import find_ground_truth, read_ground_truth, write_o
 from engine.setup import class_table
 from metrics.segmentation import SegmentationMetrics
 from utils import UserError, atomic_write_text, user_message
+from utils.bars import Bars
 from utils.console import progress_columns
+from utils.signals import loader_worker_init
 
 METRICS_FILE = "metrics.csv"  # --gt: one row per image with ground truth
 
@@ -65,9 +66,10 @@ def predict_images(ckpt: Path, inputs: list[ImageInput], out_dir: Path, inferenc
     gt_index = {p.name: p for p in gt_dir.rglob("*.png")} if gt_dir is not None else None
     report = PredictReport()
     with accelerator.split_between_processes(inputs) as mine:
-        loader = torch.utils.data.DataLoader(ImageFileDataset(mine), batch_size=None, num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(ImageFileDataset(mine), batch_size=None, num_workers=num_workers,
+                                             worker_init_fn=loader_worker_init)  # a group SIGTERM: no traceback
         pending: dict[tuple, list[dict]] = {}  # image size -> items waiting for a full batch
-        bar = Progress(*progress_columns(), console=console, disable=not accelerator.is_main_process)
+        bar = Bars(*progress_columns(), console=console, disable=not accelerator.is_main_process)
         task = bar.add_task("predicting", total=len(mine))
 
         def run(batch: list[dict]) -> None:

@@ -17,7 +17,7 @@ from engine.checkpoint import read_meta
 from engine.config import TrainConfig, config_to_dict
 from engine.results_format import REQUIRED_KEYS, RESULTS_SUFFIX, read_results, results_path
 from metrics.keys import METRIC_KEYS
-from metrics.per_image import per_image_path, write_per_image
+from metrics.per_image import names_digest, per_image_path, write_per_image
 from metrics.registry import METRICS
 from utils.console import pct, plural
 from utils.fileio import atomic_write_json
@@ -61,6 +61,7 @@ def write_results(path: str | Path, metrics: dict, *, cfg: TrainConfig, epoch: i
         "checkpoint": str(checkpoint),
         "split": split,
         "num_images": int(metrics["num_images"]),
+        "images_digest": names_digest(metrics["per_image"]["names"]),  # which images: evaluate.py --all checks it
         "metrics_profile": metrics["metrics_profile"],
         **{m.key: float(metrics[m.key]) for m in METRICS},
         **{m.per_class: {name: float(value) for name, value in zip(classes, metrics[m.per_class])}

@@ -7,8 +7,8 @@ Format (one JSON object; every metric record of `metrics.registry` under its key
 its `per_class` key: fractions in [0, 1], counts and pixels >= 0; NaN is written as null):
 
     {"variant": "C", "seed": 42, "epoch": 160, "checkpoint": "RUN/checkpoints/epoch_0160",
-     "split": "val", "num_images": 500, "metrics_profile": "default", "miou": 0.8123, "boundary_f1": 0.7012,
-     "trimap_iou": 0.6521, "boundary_iou": 0.4567, "fragments_per_image": 212.4,
+     "split": "val", "num_images": 500, "images_digest": "3f1c...", "metrics_profile": "default", "miou": 0.8123,
+     "boundary_f1": 0.7012, "trimap_iou": 0.6521, "boundary_iou": 0.4567, "fragments_per_image": 212.4,
      "iou": {"road": 0.98, ..., "bicycle": 0.77}, "boundary_iou_per_class": {"road": 0.61, ...},
      "classes": ["road", ..., "bicycle"], "seconds": 41.3,
      "lambda_dice": 1.0, "lambda_boundary": 0.2, "loss": {"ce": 1.0, "dice": 1.0, "boundary": 0.2},
@@ -16,7 +16,9 @@ its `per_class` key: fractions in [0, 1], counts and pixels >= 0; NaN is written
 
 `variant` is the loss label (TrainConfig.loss_label: "C", or a --loss recipe's "ce+0.5·lovasz"), what aggregate.py
 groups by; `loss` (optional: absent before recipes existed) the recipe {term: weight} trained with; lambda_dice /
-lambda_boundary the recipe's dice / boundary weights (the flags' values when it has no such term).
+lambda_boundary the recipe's dice / boundary weights (the flags' values when it has no such term). `images_digest`
+(optional: absent in older files) fingerprints the evaluated images' names (`metrics.per_image.names_digest`):
+evaluate.py --all redoes results whose per-image file is over other images.
 
 Required: the keys of REQUIRED_KEYS. `classes` (optional: files written before it existed lack it) lists the
 dataset's class names in train-id order (its `data_utils.classes.ClassTable`); `iou` (and

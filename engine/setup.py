@@ -12,7 +12,6 @@ so drawing it from the restored global RNG would shift the dropout stream of the
 from __future__ import annotations
 
 import dataclasses
-import errno
 import math
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from losses.registry import needs_sdt
 from losses.schedule import BoundaryWeightSchedule
 from models import build_model, takes_input_size
 from utils.console import plural
-from utils.fileio import NOT_WRITABLE, UserError
+from utils.fileio import NO_FOLDER_THERE, UserError
 from utils.signals import loader_worker_init
 from utils.threads import set_torch_threads
 
@@ -80,7 +79,7 @@ def ensure_demo_data(cfg: TrainConfig) -> None:
     try:
         ensure_demo_dataset(root, **params)
     except OSError as e:
-        if e.errno not in (*NOT_WRITABLE, errno.ENOTDIR, errno.EEXIST):
+        if e.errno not in NO_FOLDER_THERE:
             raise
         flag = "--hf-dataset" if cfg.hf_dataset else "--data-root"
         raise UserError(f"{Path(root).absolute()}: cannot generate the demo data there ({e.filename}: {e.strerror}); "

@@ -20,7 +20,9 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import math
 import zipfile
 from pathlib import Path
 
@@ -44,6 +46,13 @@ def per_image_path(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.name + PER_IMAGE_SUFFIX)
 
 
+def names_digest(names) -> str:
+    """A short fingerprint of a set of image names: the first 16 hex digits of the sha256 of the names sorted,
+    one per line. results.json records it as `images_digest` (engine.results.write_results), so a per-image file
+    over other images than its results (as many, but not the same) is told apart (engine.batch_eval)."""
+    return hashlib.sha256("\n".join(sorted(str(n) for n in names)).encode()).hexdigest()[:16]
+
+
 def dataset_metrics(stats: dict, profile: str) -> dict:
     """The dataset-level metrics of per-image statistics (the ARRAYS layout) in one profile.
 
@@ -60,6 +69,19 @@ def dataset_metrics(stats: dict, profile: str) -> dict:
         if m.per_class is not None:
             out[m.per_class] = m.class_values(stats).tolist()
     return {**out, "num_images": int(len(stats["names"])), "metrics_profile": profile}
+
+
+def stale_value(stats: dict, recorded: dict, profile: str, keys=None) -> tuple[str, float, float] | None:
+    """The first metric of `keys` (default: every record's key, in METRICS order) whose value over all images of
+    `stats` (`dataset_metrics` in `profile`) differs from `recorded[key]` (its results record's) by more than 1e-6,
+    as (key, value over the images, recorded value); None when all agree (NaN agrees with NaN). A per-image file
+    that does not give its results is stale: aggregate.py refuses it, evaluate.py --all redoes it."""
+    values = dataset_metrics(stats, profile)
+    for key in keys or [m.key for m in METRICS]:
+        value, was = float(values[key]), float(recorded[key])
+        if not (abs(value - was) <= 1e-6 or (math.isnan(value) and math.isnan(was))):
+            return key, value, was
+    return None
 
 
 def image_values(stats: dict, profile: str) -> dict[str, np.ndarray]:

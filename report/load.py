@@ -31,11 +31,10 @@ from rich.progress import track
 from engine.results_format import CONSENSUS_TAG, INFERENCE_TAG, RESULTS_SUFFIX, boundary_schedule_of, read_results
 from losses.variants import LAMBDA_BOUNDARY
 from metrics.keys import METRIC_LABELS, val_iou_key, val_key
-from metrics.per_image import PER_IMAGE_SUFFIX, per_image_path, read_per_image, subset
+from metrics.per_image import PER_IMAGE_SUFFIX, per_image_path, read_per_image, stale_value, subset
 from metrics.registry import METRICS as RECORDS
 from metrics.registry import UNIT_NOTES, metric
 from models.heads import DEFAULT_HEAD
-from report.bootstrap import PROFILE_METRICS, full_set_values
 from utils import UserError
 from utils.cli import shell_command
 from utils.console import noun_for, plural
@@ -517,7 +516,6 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
                         f"{plural(len(records), 'run')} at epoch {epoch} lack them); the image bootstrap needs them "
                         f"for every run: {_REEVALUATE}")
     profile = records[0].metrics_profile  # one for all: Study refuses results of several profiles
-    metric_names = PROFILE_METRICS[profile]
     out: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     ref_path, ref_names, ref_classes = None, None, None
     for r in track(records, description="reading per-image statistics", transient=True):
@@ -538,12 +536,11 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
                                 f"run on the same split, or pass --bootstrap 0")
             order = np.argsort(arrays["names"])[np.argsort(np.argsort(ref_names))]  # this file's rows in ref order
             arrays = subset(arrays, order)
-        full = full_set_values(arrays, [metric_names[m] for m in METRICS])
-        for m in METRICS:
-            value, recorded = full[metric_names[m]], r.metrics[m]
-            if not (abs(value - recorded) <= 1e-6 or (math.isnan(value) and math.isnan(recorded))):
-                raise UserError(f"{path}: its {METRIC_LABELS[m]} over all images is {value:.6f}, but {r.source} "
-                                f"says {recorded:.6f} (a stale per-image file?); {_REEVALUATE}")
+        stale = stale_value(arrays, r.metrics, profile, METRICS)  # what evaluate.py --all redoes too
+        if stale is not None:
+            m, value, recorded = stale
+            raise UserError(f"{path}: its {METRIC_LABELS[m]} over all images is {value:.6f}, but {r.source} "
+                            f"says {recorded:.6f} (a stale per-image file?); {_REEVALUATE}")
         out.setdefault(r.group, {})[r.seed] = arrays
     return out, profile
 

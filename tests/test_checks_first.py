@@ -7,6 +7,7 @@ command hints, --reduce-labels values and the non-finite advice say what is true
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import re
@@ -166,6 +167,29 @@ def test_a_run_folder_before_its_first_checkpoint_is_called_a_run_not_an_incompl
     with pytest.raises(UserError, match=re.escape(f"{run}: a run folder without a complete checkpoint yet")) as e:
         resolve_checkpoint(run)
     assert "delete" not in str(e.value)
+
+
+def test_a_run_folder_whose_checkpoints_are_all_damaged_names_the_newest_and_its_problem(tmp_path):
+    """evaluate.py RUN_DIR whose only checkpoint has a bad meta.json (or lacks its weights) said "a run folder
+    without a complete checkpoint yet ...; train it first", of a run that was trained."""
+    from engine.checkpoint_paths import WEIGHTS_NAME, resolve_checkpoint
+
+    run = tmp_path / "C_seed42"
+    for epoch, meta in ((2, {"epoch": 2}), (4, {"epoch": "x"})):
+        ckpt = run / "checkpoints" / f"epoch_{epoch:04d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+    (run / "checkpoints" / "epoch_0004" / WEIGHTS_NAME).write_bytes(b"")
+    with pytest.raises(UserError) as e:
+        resolve_checkpoint(run)
+    assert str(e.value) == (f"{run}: a run folder without a complete checkpoint (the newest, "
+                            f"{run / 'checkpoints' / 'epoch_0004'}: meta.json's `epoch` is \"x\", not an integer >= 0); "
+                            "a checkpoint needs its model.safetensors and a valid meta.json: copy it again, or "
+                            "evaluate the run once training has saved a complete one")
+    assert "delete" not in str(e.value) and "train it first" not in str(e.value)
+    (run / "checkpoints" / "epoch_0004" / WEIGHTS_NAME).unlink()
+    with pytest.raises(UserError, match=re.escape(f"epoch_0004: no {WEIGHTS_NAME}); a checkpoint needs")):
+        resolve_checkpoint(run)
 
 
 @pytest.mark.parametrize("terminal", [False, True])

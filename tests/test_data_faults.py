@@ -196,6 +196,50 @@ def test_per_image_file_over_fewer_images_than_its_results_is_redone_by_evaluate
     assert pending_reason(ckpt, "val") is None
 
 
+def test_per_image_file_over_other_images_or_an_older_split_is_redone_by_evaluate_all(tiny, tmp_path, capsys):
+    """As many images as the results, but other ones (results.json's `images_digest`) or other values (aggregate.py
+    refused those as stale), or results and per-image file that agree with each other but not with the frames the
+    split's folder holds now: all redone."""
+    from data_utils.cityscapes import list_frames
+    from data_utils.layout import image_path, label_path
+    from engine.batch_eval import pending_reason
+    from metrics.per_image import per_image_path, read_per_image, write_per_image
+
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    shutil.copytree(tiny, data)
+    ckpt = make_checkpoint(runs / "A_seed1", 1, tiny_config(data))
+    assert evaluate.main(["--all", str(runs)]) == 0
+    full = read_per_image(per_image_path(ckpt))
+    write_per_image(per_image_path(ckpt), {**full, "names": full["names"][::-1] + "_x"})
+    assert pending_reason(ckpt, "val") == "per-image statistics are over other images than the results, redoing"
+    confusion = full["confusion"].copy()
+    confusion[0, 0, 0] += 1000  # the right images, other values: aggregate.py calls it stale
+    write_per_image(per_image_path(ckpt), {**full, "confusion": confusion})
+    assert pending_reason(ckpt, "val").startswith("per-image statistics give miou ")
+    write_per_image(per_image_path(ckpt), full)
+    assert pending_reason(ckpt, "val") is None
+    results = ckpt.with_name(ckpt.name + ".results.json")
+    record = json.loads(results.read_text())
+    results.write_text(json.dumps({k: v for k, v in record.items() if k != "images_digest"}))
+    assert pending_reason(ckpt, "val") is None  # written before the digest existed: kept
+    results.write_text(json.dumps(record))
+
+    frame = list_frames(data, "val")[0]  # a fourth val frame, after the evaluation
+    new = f"{frame['city']}_999999_000019"
+    shutil.copy(frame["image_path"], image_path(data, "val", frame["city"], new))
+    shutil.copy(frame["label_path"], label_path(data, "val", frame["city"], new))
+    assert pending_reason(ckpt, "val") == ("per-image statistics over 3 images, the split 'val' holds 4 frames now "
+                                           "(3 in both), redoing")
+    assert pending_reason(ckpt, "val", data_root=str(tiny)) is None  # --data-root: that folder's split
+    assert pending_reason(ckpt, "val", data_root=str(tmp_path / "moved")) is None  # unlisted: its evaluation says why
+    capsys.readouterr()
+    assert evaluate.main(["--all", str(runs)]) == 0
+    assert "1 to evaluate" in capsys.readouterr().out
+    assert sorted(read_per_image(per_image_path(ckpt))["names"].tolist()) == sorted(f["name"] for f in
+                                                                                    list_frames(data, "val"))
+    assert pending_reason(ckpt, "val") is None
+
+
 # ------------------------------------------------------------------------------------------- HF datasets
 @pytest.fixture(scope="module")
 def hf_empty_val(tmp_path_factory) -> dict[str, Path]:

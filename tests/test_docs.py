@@ -122,3 +122,44 @@ def test_training_md_lists_every_flag_a_resume_may_change():
     listed = {flag[2:].replace("-", "_") for flag in re.findall(r"`(--[a-z-]+)`", block)}
     assert "the W&B flags" in block
     assert RESUMABLE_CHANGES - {"wandb", "wandb_project", "wandb_entity"} == listed
+
+
+# `tests/test_x.py::name`, and `::name` for another test of the file named last on the same line.
+CITED_TEST = re.compile(r"`(tests/[\w/]+\.py)?::(\w+)`")
+
+
+def cited_tests(markdown: str) -> list[tuple[str, str]]:
+    """The (file, test name) pairs a page cites; a bare `::name` takes the file cited before it on its line."""
+    cited = []
+    for line in markdown.splitlines():
+        file = None
+        for m in CITED_TEST.finditer(line):
+            file = m.group(1) or file
+            cited.append((file, m.group(2)))
+    return cited
+
+
+def test_the_cited_test_finder_takes_the_file_of_a_bare_name_from_its_line():
+    page = "| x | `tests/test_a.py::one`, `::two`, `tests/test_b.py::three` |\n| y | `::four` |"
+    assert cited_tests(page) == [("tests/test_a.py", "one"), ("tests/test_a.py", "two"),
+                                 ("tests/test_b.py", "three"), (None, "four")]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_cited_test_exists(page):
+    """docs/faults.md backs each row with named tests: a renamed or dropped test must not leave a dead name."""
+    import ast
+
+    defined: dict[str, set[str]] = {}
+    missing = []
+    for file, name in cited_tests(page.read_text(encoding="utf-8")):
+        if file is None:
+            missing.append(f"::{name} (no test file named before it on its line)")
+            continue
+        if file not in defined:
+            path = ROOT / file
+            tree = ast.parse(path.read_text(encoding="utf-8")) if path.is_file() else ast.Module(body=[])
+            defined[file] = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        if name not in defined[file]:
+            missing.append(f"{file}::{name}")
+    assert not missing, f"{page.relative_to(ROOT)}: cites tests that do not exist: " + "; ".join(missing)

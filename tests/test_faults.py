@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -431,6 +432,46 @@ def test_aggregate_read_only_or_blocked_out_is_one_line_before_any_work(tmp_path
         aggregate.main([*argv, str(tmp_path / "r")])
 
 
+@pytest.fixture
+def bind_mount():
+    """`bind_mount(source, target, read_only)`: `mount --bind` (as docker's `-v /host/dir:/out[:ro]`), undone at
+    teardown; skips where this process may not mount (not root, or a container without the right)."""
+    mounted = []
+
+    def mount(source: Path, target: Path, read_only: bool) -> None:
+        options = ["-o", "ro"] if read_only else []
+        done = subprocess.run(["mount", "--bind", *options, str(source), str(target)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+        mounted.append(target)
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], check=True)
+
+
+@pytest.mark.parametrize("read_only", [True, False], ids=["read-only", "writable"])
+def test_aggregate_out_on_a_mount_point_is_one_line_before_any_work(tmp_path, bind_mount, monkeypatch, read_only):
+    """`--out` where a folder is mounted (the same filesystem's, so st_dev does not tell): the report's swap
+    renames --out, which fails with EBUSY on a mount point; it was a traceback after the whole report was built."""
+    import aggregate
+
+    source, out = tmp_path / "source", tmp_path / "out"
+    source.mkdir()
+    out.mkdir()
+    bind_mount(source, out, read_only)
+    monkeypatch.setattr("aggregate.load_csv", lambda path: pytest.fail("read before --out was checked"))
+    with pytest.raises(UserError, match=rf"^{out}: a mount point, which cannot be replaced by a rename; pass a "
+                                        "folder inside it as --out$"):
+        aggregate.main(["--from-csv", str(tidy_csv(tmp_path / "t.csv", False)), "--bootstrap", "0", "--out", str(out)])
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_mountinfo_paths_are_unescaped():
+    from utils.staged_dir import mountinfo_path
+
+    assert mountinfo_path(r"/mnt/my\040report\011x\134y") == "/mnt/my report\tx\\y"
+
+
 @pytest.mark.parametrize("how", ["CKPT", "--all"])
 def test_evaluate_py_on_a_read_only_runs_dir_is_one_line_naming_the_folder(how, ckpt, data, monkeypatch):
     import evaluate
@@ -532,6 +573,39 @@ def test_read_only_or_blocked_output_folder_is_one_line_in_train_py(data, tmp_pa
     with pytest.raises(UserError, match=r"cannot write an output folder there: Read-only file system; pass a "
                                         r"writable folder as --out"):
         train.main([*flags, "--out", str(tmp_path / "ro")])
+
+
+@pytest.mark.parametrize("code, message", [
+    (errno.ENOSPC, r"No space left on device\); [\d.]+ \w+ free: free disk space \(a raw file takes"),
+    (errno.EROFS, r"Read-only file system\); pass a writable --out$"),
+    (errno.EIO, None),  # not the disk refusing: a bug or a broken disk, its traceback kept
+])
+def test_precompute_sdt_write_refused_by_the_disk_is_one_line_naming_the_file(data, tmp_path, monkeypatch, code,
+                                                                              message):
+    def refused(path, *args, **kwargs):
+        raise OSError(code, os.strerror(code))  # as write/fsync raise it: no file name
+    monkeypatch.setattr(precompute_sdt, "write_sdt_file", refused)
+    argv = ["--data-root", str(data), "--split", "val", "--jobs", "1", "--out", str(tmp_path / "sdt")]
+    if message is None:
+        with pytest.raises(OSError) as info:
+            precompute_sdt.main(argv)
+        assert not isinstance(info.value, UserError) and info.value.errno == code
+    else:
+        with pytest.raises(UserError, match=rf"^{tmp_path / 'sdt'}/\S+\.sdt: cannot write the SDT file \({message}"):
+            precompute_sdt.main(argv)
+
+
+def test_the_errno_groups_are_spelled_once_in_utils_fileio():
+    """A full disk, a refused write, a folder that cannot be made there: utils.fileio's DISK_FULL, NOT_WRITABLE
+    and NO_FOLDER_THERE, imported wherever they are meant (one owner per name)."""
+    root = Path(__file__).resolve().parents[1]
+    spelled = re.compile(r"errno\.(ENOSPC|EDQUOT|EROFS|EACCES|EPERM|ENOTDIR|EEXIST)\b")
+    found = [f"{path.relative_to(root)}:{number}: {line.strip()}"
+             for path in sorted(root.glob("**/*.py"))
+             if not {"tests", "bench", ".venv", "runs", "data"} & set(path.relative_to(root).parts)
+             and path.relative_to(root) != Path("utils/fileio.py")
+             for number, line in enumerate(path.read_text().splitlines(), 1) if spelled.search(line)]
+    assert not found, "\n".join(found)
 
 
 def test_read_only_output_folder_is_one_line_in_precompute_sdt(data, tmp_path, monkeypatch):

@@ -399,7 +399,7 @@ def test_precompute_writes_resumes_and_verifies(demo_root, tmp_path, capsys):
     before = untouched.stat()
     capsys.readouterr()
     assert precompute_sdt.main(args + ["--jobs", "1", "--compress"]) == 0
-    assert "3 written, 1 already valid, 1 stale temp files removed" in capsys.readouterr().err
+    assert "3 written, 1 already valid, 1 stale temp file removed" in capsys.readouterr().err
     after = untouched.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # valid file skipped
     assert not stale.exists()

@@ -145,3 +145,54 @@ def test_a_group_signal_during_evaluate_all_with_one_job_stops_the_batch(checkpo
     assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
     assert one_line_and_no_traceback(stdout, stderr, "interrupted"), stdout[-3000:] + stderr[-3000:]
     assert len(list(runs.rglob("*.results.json"))) < 12 and list(runs.rglob("*.tmp")) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_group_signal_during_predict_stops_in_one_line(checkpoints, tmp_path, process_groups, signum):
+    """predict.py with its 2 default DataLoader workers, once the first outputs are written: `interrupted`, exit
+    code 130, no traceback and no progress text (SIGTERM killed it silently, exit -15, or with its workers only,
+torch's "DataLoader worker ... killed by signal: Terminated")."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    frame = next((checkpoints.parent / "data" / "leftImg8bit" / "val").rglob("*.png"))
+    for i in range(400):
+        os.link(frame, images / f"frame_{i:03d}.png")
+    assert Image.open(frame).size == (128, 64)
+    ckpt = next(checkpoints.rglob("epoch_0001"))
+    out = tmp_path / "preds"
+    proc = process_groups.start([sys.executable, "predict.py", str(ckpt), str(images), "--out", str(out)], env=ENV)
+    process_groups.wait_for(proc, lambda: any(out.glob("*_overlay.jpg")))
+    stdout, stderr = process_groups.send(proc, signum)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert one_line_and_no_traceback(stdout, stderr, "interrupted"), stdout[-3000:] + stderr[-3000:]
+    assert "predicting" not in stdout, stdout  # the bar is cleared, not left above the line (utils.bars.Bars)
+    assert len(list(out.glob("*_overlay.jpg"))) < 400
+
+
+# aggregate.py as `python aggregate.py ...` runs it, its report held back before the swap (60 s) so that a signal
+# lands while the report is built in its staging folder.
+AGGREGATE_HELD_BEFORE_THE_SWAP = """
+import runpy, sys, time
+import utils.staged_dir
+utils.staged_dir._publish = lambda *args, **kwargs: time.sleep(60)
+sys.argv[0] = "aggregate.py"
+runpy.run_path("aggregate.py", run_name="__main__")
+"""
+
+
+def test_sigterm_during_aggregate_stops_in_one_line_and_leaves_no_staging_folder(tmp_path, process_groups):
+    """`timeout` or `docker stop` while aggregate.py builds its report: `interrupted`, exit code 130, `--out` as it
+    was and no `.NAME.staging-*` folder left (SIGTERM killed it silently, exit -15, leaving the staging folder)."""
+    from tests.test_faults import no_temp_files, tidy_csv
+
+    out = tmp_path / "report"
+    proc = process_groups.start([sys.executable, "-c", AGGREGATE_HELD_BEFORE_THE_SWAP, "--from-csv",
+                                 str(tidy_csv(tmp_path / "t.csv", False)), "--bootstrap", "0", "--out", str(out)],
+                                env=ENV)
+    process_groups.wait_for(proc, lambda: any((p / "summary.md").exists() for p in tmp_path.glob(".report.staging-*")))
+    stdout, stderr = process_groups.send(proc, signal.SIGTERM)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert one_line_and_no_traceback(stdout, stderr, "interrupted"), stdout[-3000:] + stderr[-3000:]
+    assert not out.exists() and no_temp_files(tmp_path)

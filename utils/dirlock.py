@@ -11,14 +11,13 @@ still holds the old one). Local filesystems only: flock on NFS is not reliable e
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from utils.fileio import NOT_WRITABLE, UserError, named_os_errors
+from utils.fileio import NO_FOLDER_THERE, UserError, named_os_errors
 
 LOCK_NAME = ".lock"
 
@@ -39,7 +38,7 @@ def folder_lock(folder: str | os.PathLike, program: str, hint: str) -> Iterator[
         raise UserError(f"{path}: a folder, where {program} keeps its lock file; move or remove it and "
                         "rerun") from None
     except OSError as e:
-        if e.errno not in (*NOT_WRITABLE, errno.ENOTDIR, errno.EEXIST):  # read-only, forbidden, a file in the way
+        if e.errno not in NO_FOLDER_THERE:  # read-only, forbidden, a file in the way
             raise
         raise UserError(f"{folder}: cannot write there ({e.filename}: {e.strerror}); {program} writes its "
                         "outputs into that folder: make it writable, or work on a writable copy") from None

@@ -132,6 +132,7 @@ def disk_full_advice(path: str | os.PathLike) -> str:
 # one that names its file (every atomic writer attaches it: `named_os_errors`) into one line.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+NO_FOLDER_THERE = (*NOT_WRITABLE, errno.ENOTDIR, errno.EEXIST)  # no folder made: read-only, forbidden, a file there
 
 
 def write_error_line(e: OSError) -> str | None:

@@ -16,6 +16,7 @@ the new output replaces it. A carried file is on no list: it stays until someone
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -81,7 +82,7 @@ def _make_stage(folder: Path, flag: str) -> Path:
     fix = f"pass a writable folder as {flag}"
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: not a folder; {fix}")
-    if folder.is_dir() and os.stat(folder).st_dev != os.stat(folder.parent).st_dev:
+    if folder.is_dir() and is_mount_point(folder):
         raise UserError(f"{folder}: a mount point, which cannot be replaced by a rename; pass a folder inside it "
                         f"as {flag}")
     try:
@@ -92,6 +93,24 @@ def _make_stage(folder: Path, flag: str) -> Path:
         raise UserError(f"{folder}: cannot write an output folder there: {e.strerror or e}{where}; {fix}") from None
     os.chmod(stage, 0o777 & ~UMASK)  # mkdtemp makes 0700; give it the mode mkdir would
     return stage
+
+
+def is_mount_point(folder: Path) -> bool:
+    """Whether `folder` is where a filesystem is mounted (renaming it fails with EBUSY): another device than its
+    parent's (`os.path.ismount`), or listed in /proc/self/mountinfo, which also has bind mounts of a folder of the
+    same filesystem (docker's `-v /host/dir:/out`, read-only or not), which st_dev cannot tell."""
+    if os.path.ismount(folder):
+        return True
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return False
+    return str(folder.resolve()) in {mountinfo_path(line.split()[4]) for line in lines if len(line.split()) > 4}
+
+
+def mountinfo_path(field: str) -> str:
+    """A mount point as /proc/self/mountinfo spells it (space, tab, newline and backslash as octal escapes)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _files(folder: Path) -> set[str]:
