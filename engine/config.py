@@ -76,7 +76,8 @@ class TrainConfig:
                                       bounds=AT_LEAST_0)
     loss: str = _studied("", f"recipe term=weight,... instead of --variant, e.g. 'ce=1,lovasz=0.5'; terms: "
                          f"{', '.join(TERMS)}")
-    focal_gamma: float = _studied(TERMS["focal"].params["gamma"], "focal term: focusing parameter γ", bounds=AT_LEAST_0)
+    focal_gamma: float = _studied(TERMS["focal"].params["gamma"], "focal term: focusing parameter γ",
+                                  bounds=AT_LEAST_0)
     tversky_alpha: float = _studied(TERMS["tversky"].params["alpha"], "tversky term: weight α of false positives",
                                     bounds=AT_LEAST_0)
     tversky_beta: float = _studied(TERMS["tversky"].params["beta"], "tversky term: weight β of false negatives",
