@@ -26,7 +26,8 @@ from utils import atomic_write_bytes
 LEGEND_ROW_PX = 16
 
 
-def _encode(array: np.ndarray, fmt: str) -> bytes:
+def encode_image(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    """An (H, W) or (H, W, 3) uint8 array as PNG or JPEG (quality 90) bytes."""
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buffer.getvalue()
@@ -87,7 +88,7 @@ def write_outputs(out_dir: Path, name: str, image: np.ndarray, pred: np.ndarray,
     colour = classes.colorize(pred)
 
     def put(suffix: str, array: np.ndarray, fmt: str = "PNG") -> None:
-        atomic_write_bytes(base.with_name(base.name + suffix), _encode(array, fmt))
+        atomic_write_bytes(base.with_name(base.name + suffix), encode_image(array, fmt))
 
     put("_trainIds.png", pred)
     if classes.id_to_train_id is not None:
