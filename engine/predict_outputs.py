@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from data_utils.classes import ClassTable
-from utils import atomic_write_bytes
+from utils import UserError, atomic_write_bytes
 
 LEGEND_ROW_PX = 16
 
@@ -69,8 +69,6 @@ def find_ground_truth(gt_index: dict[str, Path], name: str) -> tuple[Path, bool]
 
 def read_ground_truth(path: Path, train_ids: bool, classes: ClassTable, shape: tuple[int, int]) -> np.ndarray:
     """A label PNG -> (H, W) uint8 train ids; UserError naming the file for bad values or another size."""
-    from utils import UserError
-
     with Image.open(path) as im:
         label = np.asarray(im)
     if label.shape != shape:
