@@ -174,8 +174,9 @@ def run_one(args, options: EvalOptions, console: Console) -> int:
         else:
             console.print(checkpoint_table(record))
             tag = options.inference.tag
-            samples = samples_dir(inference_path(args.checkpoint, tag))
-            console.print(f"wrote {inference_path(args.checkpoint, tag)} and "
+            results = inference_path(args.checkpoint, tag)
+            samples = samples_dir(results)
+            console.print(f"wrote {results} and "
                           f"{inference_path(args.checkpoint, tag, PER_IMAGE_SUFFIX).name}"
                           f"{f' and {samples.name}/' if samples.is_dir() else ''} (metrics profile "
                           f"{record['metrics_profile']}, inference {tag})", soft_wrap=True)

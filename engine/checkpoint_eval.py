@@ -171,9 +171,10 @@ def fill_samples(ckpt: Path, options: EvalOptions, accelerator) -> Path:
     images go through the model (one process); returns the samples folder."""
     cfg, _, model = load_checkpoint(ckpt)
     split = options.split or cfg.val_split
-    dataset = build_eval_loader(options.apply(cfg), split).dataset
+    eval_cfg = options.apply(cfg)
+    dataset = build_eval_loader(eval_cfg, split).dataset
     names = sample_names(ckpt.parent.parent, dataset, split, sample_count(options, cfg, split),
-                         num_workers=options.apply(cfg).num_workers)
+                         num_workers=eval_cfg.num_workers)
     index = {name: i for i, name in enumerate(dataset.names)}
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [index[n] for n in names]),
                                          batch_size=1, collate_fn=collate_batch)  # frames may differ in size

@@ -76,13 +76,15 @@ def evaluate_consensus(primary: torch.nn.Module, veto: torch.nn.Module, loader, 
                 preds = {m: predict(model, images, size=labels.shape[-2:]).to(torch.uint8)
                          for m, model in (("primary", primary), ("veto", veto))}
                 host = {m: p.cpu().numpy() for m, p in preds.items()}
-                fused = np.stack([cc_veto(p, v, C, protect, max_drop_size, reassign, classes.ignore_index)
-                                  for p, v in zip(host["primary"], host["veto"])])
-                preds["fused"] = torch.from_numpy(fused).to(accelerator.device)
+                host["fused"] = np.stack([cc_veto(p, v, C, protect, max_drop_size, reassign, classes.ignore_index)
+                                          for p, v in zip(host["primary"], host["veto"])])
+                preds["fused"] = torch.from_numpy(host["fused"]).to(accelerator.device)
                 stats = {}
                 for m, pred in preds.items():
                     counts = metrics[m].image_stats(pred, labels)
-                    counts.update({k: v.to(labels.device) for k, v in host_image_stats(pred, C).items()})
+                    # the host-side records from the maps already on the host: no second copy off the device
+                    host_stats = host_image_stats(torch.from_numpy(host[m]), C)
+                    counts.update({k: v.to(labels.device) for k, v in host_stats.items()})
                     stats.update({f"{m}/{k}": v for k, v in counts.items()})
                 names = list(batch["name"])
                 if index + 1 == len(loader):  # see engine.evaluation._add_batch: only the last batch has a tail

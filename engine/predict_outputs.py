@@ -21,12 +21,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from data_utils.classes import ClassTable
-from utils import atomic_write_bytes
+from utils import UserError, atomic_write_bytes
 
 LEGEND_ROW_PX = 16
 
 
-def _encode(array: np.ndarray, fmt: str) -> bytes:
+def encode_image(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    """An (H, W) or (H, W, 3) uint8 array as PNG or JPEG (quality 90) bytes."""
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buffer.getvalue()
@@ -68,8 +69,6 @@ def find_ground_truth(gt_index: dict[str, Path], name: str) -> tuple[Path, bool]
 
 def read_ground_truth(path: Path, train_ids: bool, classes: ClassTable, shape: tuple[int, int]) -> np.ndarray:
     """A label PNG -> (H, W) uint8 train ids; UserError naming the file for bad values or another size."""
-    from utils import UserError
-
     with Image.open(path) as im:
         label = np.asarray(im)
     if label.shape != shape:
@@ -87,7 +86,7 @@ def write_outputs(out_dir: Path, name: str, image: np.ndarray, pred: np.ndarray,
     colour = classes.colorize(pred)
 
     def put(suffix: str, array: np.ndarray, fmt: str = "PNG") -> None:
-        atomic_write_bytes(base.with_name(base.name + suffix), _encode(array, fmt))
+        atomic_write_bytes(base.with_name(base.name + suffix), encode_image(array, fmt))
 
     put("_trainIds.png", pred)
     if classes.id_to_train_id is not None:

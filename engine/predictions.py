@@ -8,16 +8,15 @@ into labelIds/ and overlay/. Each file is written atomically.
 """
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from data_utils.layout import frame_city
 from data_utils.classes import ClassTable
+from engine.predict_outputs import encode_image
 from utils import atomic_write_bytes
 
 
@@ -47,17 +46,11 @@ class PredictionWriter:
 
     def _write(self, name: str, image_chw: np.ndarray, pred: np.ndarray) -> None:
         city = frame_city(name) or ""
-        self._save(Image.fromarray(self.classes.to_label_ids(pred)),  # (H, W) uint8 -> mode L
-                   self.out_dir / "labelIds" / city / f"{name}_labelIds.png", "PNG")
+        atomic_write_bytes(self.out_dir / "labelIds" / city / f"{name}_labelIds.png",
+                           encode_image(self.classes.to_label_ids(pred)))  # (H, W) uint8 -> mode L
         blend = 0.5 * image_chw.transpose(1, 2, 0) + 0.5 * self.classes.colorize(pred)  # uint8 (PredictionSink)
-        self._save(Image.fromarray(blend.astype(np.uint8)),
-                   self.out_dir / "overlay" / city / f"{name}_overlay.jpg", "JPEG")
-
-    @staticmethod
-    def _save(image: Image.Image, path: Path, fmt: str) -> None:
-        buffer = io.BytesIO()
-        image.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(self.out_dir / "overlay" / city / f"{name}_overlay.jpg",
+                           encode_image(blend.astype(np.uint8), "JPEG"))
 
     def close(self) -> int:
         """Wait for the pending writes; returns the number of images written."""

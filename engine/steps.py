@@ -210,9 +210,9 @@ class EpochLossLog:
         num_bad, first_bad = 0, None
         for where, values in zip(self.positions, rows):
             if all(math.isfinite(v) for process in values for v in process):
-                for k in range(len(self.sums)):
-                    self.sums[k] += sum(process[k] for process in values)
-                    self.interval_sums[k] += sum(process[k] for process in values)
+                for k, total in enumerate(map(sum, zip(*values))):  # each term summed over the processes
+                    self.sums[k] += total
+                    self.interval_sums[k] += total
                 self.num_kept += len(values)
                 self.interval_kept += len(values)
                 continue

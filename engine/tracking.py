@@ -12,7 +12,6 @@ and `offline` otherwise; offline runs are written under `RUN/wandb/` and can be 
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -148,10 +147,10 @@ def log_checkpoint_artifact(accelerator, cfg: TrainConfig, ckpt: Path) -> None:
     `checkpoint_artifact_name(cfg)`, aliased "final" and "epoch-N" (train.py --wandb-artifacts)."""
     import wandb
 
-    from engine.checkpoint import WEIGHTS_ONLY_FILES
+    from engine.checkpoint import WEIGHTS_ONLY_FILES, read_meta
     from engine.results_format import results_path
 
-    meta = json.loads((ckpt / "meta.json").read_text())
+    meta = read_meta(ckpt)  # train.py just saved it
     artifact = wandb.Artifact(checkpoint_artifact_name(cfg), type="model",
                               metadata={"epoch": meta["epoch"], "run_name": cfg.run_name, "variant": cfg.loss_label,
                                         "seed": cfg.seed, "backbone": cfg.backbone, "head": cfg.head})
