@@ -105,7 +105,7 @@ def is_mount_point(folder: Path) -> bool:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:  # not Linux
         return False
-    return str(folder.resolve()) in {mountinfo_path(line.split()[4]) for line in lines if len(line.split()) > 4}
+    return str(folder.resolve()) in {mountinfo_path(fields[4]) for fields in map(str.split, lines) if len(fields) > 4}
 
 
 def mountinfo_path(field: str) -> str:
