@@ -15,7 +15,6 @@ import os
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"  # before numpy loads: one core for every measurement
 
-import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from data_utils.dataset import read_train_ids  # noqa: E402
 from data_utils.sdt_cache import label_fingerprint  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 
 def best(fn, repeats: int) -> float:
@@ -40,7 +40,7 @@ def best(fn, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--megabytes", type=int, default=350, help="buffer size for the checkpoint hash (MiB)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "cityscapes_fullres"))

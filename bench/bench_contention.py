@@ -11,7 +11,6 @@ cores). Passes alternate quiet / busy so that a change in the rest of the machin
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import torch  # noqa: E402
 
 from bench.bench_metrics import DEFAULT_ROOT, NUM_CLASSES, load_pairs  # noqa: E402
 from metrics.segmentation import segmentation_image_stats  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 BUSY_LOOP = "while True: pass"
 
@@ -38,7 +38,7 @@ def seconds_per_image(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="cityscapes_fullres root")
     parser.add_argument("--images", type=int, default=3, help="val maps per pass")
     parser.add_argument("--passes", type=int, default=3, help="quiet/busy pass pairs (median of each reported)")

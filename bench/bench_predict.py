@@ -11,7 +11,6 @@ also the peak memory per mode (BF16 autocast as predict.py runs).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -24,6 +23,7 @@ import torch  # noqa: E402
 from engine.config import DEMO_PRESET, TrainConfig  # noqa: E402
 from engine.inference import Inference, predict  # noqa: E402
 from engine.setup import build_model_from_config  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 
 def modes(crop: tuple[int, int], stride: tuple[int, int]) -> dict[str, Inference]:
@@ -36,7 +36,7 @@ NO_CUDA = 3  # exit status without CUDA, after the CPU-side set-up (as bench/gpu
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backbone", default=DEMO_PRESET["backbone"])
     parser.add_argument("--head-channels", type=int, default=DEMO_PRESET["head_channels"])

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from data_utils.classes import class_presence  # noqa: E402
 from data_utils.dataset import read_train_ids  # noqa: E402
 from data_utils.labels import CITYSCAPES  # noqa: E402
 from data_utils.sdt import compute_sdt, compute_sdt_reference, compute_sdt_torch  # noqa: E402
@@ -75,7 +76,7 @@ def bench_cpu(paths: list[Path], repeats: int) -> list[np.ndarray]:
         t_ours, ours = best_time(lambda: compute_sdt(label, C), repeats)
         same = np.array_equal(ref, ours)
         total_ref, total_ours, exact = total_ref + t_ref, total_ours + t_ours, exact + same
-        present = int(np.count_nonzero(np.bincount(label.ravel(), minlength=256)[:C]))
+        present = int(class_presence(label, C).sum())
         print(f"{path.name.replace('_gtFine_labelIds.png', ''):34s} {present:7d} {t_ref:10.3f} {t_ours:9.3f} "
               f"{t_ref / t_ours:6.1f}  {'yes' if same else 'NO'}")
         labels.append(label)

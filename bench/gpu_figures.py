@@ -14,7 +14,6 @@ CPU figure here is compute_sdt on the same labels, after the GPU's, as the issue
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_metrics import DEFAULT_ROOT, NUM_CLASSES, load_pairs  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 NO_CUDA = 3  # exit status without CUDA, after the CPU-side setup
 
@@ -121,7 +121,7 @@ COMMANDS = {"sdt": sdt_figures, "metrics": metrics_figures, "evaluate": evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="Cityscapes-layout root (see above)")
     parser.add_argument("--images", type=int, default=4, help="label maps (sdt, metrics)")

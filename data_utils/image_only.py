@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_utils.cityscapes import IMAGE_DIR, IMAGE_SUFFIX
+from data_utils.layout import IMAGE_DIR, IMAGE_SUFFIX
 from data_utils.dataset import read_image
 from utils import UserError
 

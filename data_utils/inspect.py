@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_utils.cityscapes import list_frames, resolve_data_root
+from data_utils.classes import class_presence
 from data_utils.dataset import read_frame
 from data_utils.labels import CITYSCAPES
 from utils import atomic_write_bytes, run_main
@@ -32,7 +33,7 @@ def overlay(image: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.
     valid = train_ids != IGNORE_INDEX
     blend[valid] = (1 - alpha) * blend[valid] + alpha * colours[valid]
     stacked = np.concatenate([image, blend.astype(np.uint8)], axis=0)
-    present = [c for c in range(CITYSCAPES.num_classes) if (train_ids == c).any()]
+    present = np.flatnonzero(class_presence(train_ids, CITYSCAPES.num_classes))
     legend = Image.new("RGB", (image.shape[1], 14 * ((len(present) + 3) // 4) + 4), (255, 255, 255))
     draw = ImageDraw.Draw(legend)
     column_w = image.shape[1] // 4

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data_utils.classes import class_presence
 from data_utils.labels import CITYSCAPES
 from data_utils.layout import INSTANCE_SUFFIX, image_path, label_path
 from data_utils.scene import render_scene
@@ -88,7 +89,7 @@ def render_frame(seed: int, split: str, index: int, height: int = 256, width: in
     for attempt in range(MAX_ATTEMPTS):
         rng = np.random.default_rng([seed, stream, index, attempt])
         image, label_ids, inst = render_scene(height, width, rng)
-        if len(np.setdiff1d(np.arange(NUM_CLASSES), train_ids(label_ids))) == 0:
+        if class_presence(train_ids(label_ids), NUM_CLASSES).all():
             break
     return image, label_ids, inst  # at tiny sizes a class may stay hidden; the last attempt is kept
 

@@ -33,8 +33,9 @@ def did_you_mean(word: str, options: Iterable[str], count: int = 3, cutoff: floa
     scored = []
     for option in by_lower:
         matcher.set_seq1(option)
-        if matcher.real_quick_ratio() >= cutoff and matcher.quick_ratio() >= cutoff and matcher.ratio() >= cutoff:
-            scored.append((matcher.ratio(), option))
+        if (matcher.real_quick_ratio() >= cutoff and matcher.quick_ratio() >= cutoff
+                and (score := matcher.ratio()) >= cutoff):
+            scored.append((score, option))
     scored.sort(key=lambda so: -so[0])
     near = [by_lower[option] for score, option in scored[:count] if score >= scored[0][0] - 0.1]
     return f"; did you mean {' or '.join(near)}?" if near else ""

@@ -105,7 +105,7 @@ def is_mount_point(folder: Path) -> bool:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:  # not Linux
         return False
-    return str(folder.resolve()) in {mountinfo_path(line.split()[4]) for line in lines if len(line.split()) > 4}
+    return str(folder.resolve()) in {mountinfo_path(fields[4]) for fields in map(str.split, lines) if len(fields) > 4}
 
 
 def mountinfo_path(field: str) -> str:
@@ -123,9 +123,10 @@ def _publish(stage: Path, folder: Path, keep: tuple[str, ...]) -> None:
     """Swap `stage` in as `folder` (module docstring); on any error `folder` is as it was and `stage` is gone."""
     old = stage.with_name(stage.name.replace(".staging-", ".old-"))
     try:
-        atomic_write_text(stage / FILE_LIST, "".join(f"{name}\n" for name in sorted(_files(stage))))
+        staged = _files(stage)
+        atomic_write_text(stage / FILE_LIST, "".join(f"{name}\n" for name in sorted(staged)))
         if folder.exists():
-            _carry_foreign_files(folder, stage, keep)
+            _carry_foreign_files(folder, stage, staged, keep)
             os.rename(folder, old)
         try:
             os.rename(stage, folder)
@@ -140,13 +141,13 @@ def _publish(stage: Path, folder: Path, keep: tuple[str, ...]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _carry_foreign_files(folder: Path, stage: Path, keep: tuple[str, ...]) -> None:
-    """Hard-link into `stage` the files of `folder` that its last output did not make (FILE_LIST), and those
-    below `keep`."""
+def _carry_foreign_files(folder: Path, stage: Path, staged: set[str], keep: tuple[str, ...]) -> None:
+    """Hard-link into `stage` (holding the files `staged`) the files of `folder` that its last output did not
+    make (FILE_LIST), and those below `keep`."""
     listed = folder / FILE_LIST
     ours = set(listed.read_text().splitlines()) if listed.is_file() else set()
     ours = {name for name in ours if Path(name).parts[0] not in keep}
-    for name in sorted(_files(folder) - ours - _files(stage) - {FILE_LIST}):
+    for name in sorted(_files(folder) - ours - staged - {FILE_LIST}):
         (stage / name).parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(folder / name, stage / name, follow_symlinks=False)
