@@ -23,6 +23,7 @@ Values are shown in a metric's display unit (report.load.metric_unit: fractions 
 """
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -194,7 +195,7 @@ def render_html(data: dict) -> str:
     scripts += [p.read_text(encoding="utf-8") for p in sorted(ASSETS.glob("*.js")) if p.name != "core.js"]
     payload = json.dumps(json_safe(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     parts = {
-        "TITLE": _html_text(data.get("title", "viewer")),
+        "TITLE": html.escape(data.get("title", "viewer"), quote=False),
         "STYLE": (ASSETS / "viewer.css").read_text(encoding="utf-8"),
         # "<" only occurs inside JSON strings, where \u003c reads back as "<": no "</script>" or "<!--" can end or
         # confuse the script element, whatever the class or group names hold
@@ -203,10 +204,6 @@ def render_html(data: dict) -> str:
     }
     template = (ASSETS / "viewer.html").read_text(encoding="utf-8")
     return re.sub(r"\{\{([A-Z]+)\}\}", lambda match: parts[match[1]], template)
-
-
-def _html_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def build_viewer(data: dict, out_path: str | Path) -> Path:
