@@ -479,6 +479,10 @@ class Study:
     def seeds_at(self, group: str, epoch: int) -> list[int]:
         return [s for s in self.seeds if (group, epoch, s) in self._index]
 
+    def seeds_of(self, group: str) -> list[int]:
+        """The seeds of `group` with a result at any epoch."""
+        return [s for s in self.seeds if any((group, e, s) in self._index for e in self.epochs)]
+
     def missing(self) -> list[tuple[str, int, list[int]]]:
         """(group, seed, epochs without a result) for every (group, seed) with holes in the grid."""
         holes = []

@@ -519,8 +519,7 @@ def shown(table: Table, study: Study) -> Table:
     if table.name in COMPARING_TABLES and len(study.groups) < 2:
         why = (f"needs ≥ 2 groups to compare; this report has one ({', '.join(study.groups)}): train another "
                "variant (train.py --variant) into the same runs folder")
-    elif table.name in SPREAD_TABLES and max((len({r.seed for r in study.records if r.group == g})
-                                              for g in study.groups), default=0) < 2:
+    elif table.name in SPREAD_TABLES and max((len(study.seeds_of(g)) for g in study.groups), default=0) < 2:
         why = "needs ≥ 2 seeds of a group for an inter-seed spread; every group here has one (train.py --seed)"
     else:
         return table
@@ -545,7 +544,7 @@ def completeness_notes(study: Study) -> list[str]:
                     f"{len(study.epochs)})")
         notes.append(f"seed {s} of {noun_for(len(groups), 'variant')} {', '.join(groups)}: {what}")
     for g in study.groups:
-        n = len({r.seed for r in study.records if r.group == g})
+        n = len(study.seeds_of(g))
         if n < 2:
             notes.append(f"variant {g} has {n} seed in total: no CI and no t-test for it")
     return notes
