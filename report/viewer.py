@@ -33,7 +33,7 @@ from data_utils.classes import default_palette
 from data_utils.labels import CITYSCAPES
 from engine.results_format import read_results
 from metrics.registry import METRICS as RECORDS
-from report.figures import VARIANT_NAMES, group_colors, per_class_pair
+from report.figures import BAND_TEXT, VARIANT_NAMES, group_colors, per_class_pair
 from report.load import Study, metric_unit
 from report.stats import summarize
 from report.tables import BOOTSTRAP_TABLE, CONSENSUS_TABLE, Table, shown
@@ -90,7 +90,7 @@ def curves_data(study: Study, early: int | None, final: int, band: str = "normal
     else:
         marks = [{"epoch": early, "label": f"early epoch {early}"}, {"epoch": final, "label": f"final epoch {final}"}]
     return {"epochs": study.epochs, "metrics": metrics, "marks": marks, "band": band,
-            "bands": {"normal": "mean ± 1.96·SE", "t": "mean ± t(0.975, n−1)·SE"}}
+            "bands": BAND_TEXT}
 
 
 def _class_label(key: str, label: str) -> str:
