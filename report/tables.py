@@ -51,8 +51,9 @@ class Table:
             lines.append("| " + " | ".join(self.md_header) + " |")
             lines.append("|" + "|".join("---:" if _is_numeric(col) else "---" for col in zip(*self.md_rows)) + "|")
             lines += ["| " + " | ".join(row) + " |" for row in self.md_rows]
-        if self.notes:
-            lines += [""] * bool(self.md_rows) + [f"- {n}" for n in self.notes]
+            if self.notes:
+                lines.append("")
+        lines += [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
 
