@@ -90,10 +90,9 @@ VIEWER.register({
           order.sort((a, b) => (isNaN(deltas[a]) - isNaN(deltas[b])) ||
                                (isNaN(deltas[a]) ? 0 : sign * (deltas[a] - deltas[b])) || a - b);
         }
-        const unit = metric.unit === "pp" ? "pp" : metric.unit;
         note.textContent = `Δ = the mean over ${state.x}'s seeds − the mean over ${state.y}'s seeds of ` +
-          `${metric.label} on each image alone (from the per-image files, epoch ${P.epoch}, ${unit}); rank among ` +
-          `all ${P.num_images} images of the split, largest Δ = 1. ${metric.label}: ` +
+          `${metric.label} on each image alone (from the per-image files, epoch ${P.epoch}, ${metric.unit}); ` +
+          `rank among all ${P.num_images} images of the split, largest Δ = 1. ${metric.label}: ` +
           (metric.higher_is_better === false ? `lower is better, so a negative Δ is ${state.x}'s gain over ` +
            `${state.y}: "smallest Δ first" shows ${state.x}'s largest gains.`
                                              : `higher is better, so a positive Δ is ${state.x}'s gain.`);
