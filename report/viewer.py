@@ -154,17 +154,19 @@ def class_table(study: Study, runs_dir: str | Path | None) -> dict:
 
 
 def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: int, source: str,
-                runs_dir: str | Path | None = None, band: str = "normal", title: str = "Loss-ablation report") -> dict:
+                runs_dir: str | Path | None = None, band: str = "normal", title: str = "Loss-ablation report",
+                per_image: tuple | None = None) -> dict:
     """The viewer's JSON payload (module docstring) for `study`: `tables` are aggregate.py's report.tables Tables,
     `early`/`final` the crossover's epochs, `runs_dir` None for a tidy CSV (no images, the default palette),
-    `band` the curves' interval shown first."""
+    `band` the curves' interval shown first, `per_image` the runs' per-image statistics at `final` when already
+    read (`report.load.load_per_image`; None: the Images panel reads them)."""
     colors = group_colors(study.groups, study.group_keys)
     per_class = per_class_data(study, final)
     absent = {}
     if per_class is None:
         absent["per_class"] = ("the tidy CSV has no per-class columns (named by class: road, ..., bicycle)"
                                if runs_dir is None else f"no results file below {runs_dir} holds per-class values")
-    images = image_panel_data(study, runs_dir, final, absent)  # None: absent["images"] says why
+    images = image_panel_data(study, runs_dir, final, absent, per_image)  # None: absent["images"] says why
     return {
         "title": title,
         "source": str(source),
