@@ -536,8 +536,8 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
             if only_here or only_ref:
                 example = (f"{only_ref[0]} only in {ref_path}" if only_ref else f"{only_here[0]} only here")
                 raise UserError(f"{path}: per-image statistics over {plural(len(arrays['names']), 'image')}, "
-                                f"{ref_path} over {len(ref_names)}, not the same images (e.g. {example}); evaluate every "
-                                f"run on the same split, or pass --bootstrap 0")
+                                f"{ref_path} over {len(ref_names)}, not the same images (e.g. {example}); evaluate "
+                                "every run on the same split, or pass --bootstrap 0")
             order = np.argsort(arrays["names"])[np.argsort(np.argsort(ref_names))]  # this file's rows in ref order
             arrays = subset(arrays, order)
         stale = stale_value(arrays, r.metrics, profile, METRICS)  # what evaluate.py --all redoes too
