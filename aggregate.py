@@ -118,7 +118,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from report.figures import (group_colors, plot_bootstrap, plot_curves, plot_grad_trajectories, plot_lambda_sweep,
-                            plot_per_class)
+                            plot_per_class, saved_formats)
 from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
 from report.inference_compare import inference_tables
 from report.load import (METRICS, Study, inference_modes, load_consensus, load_csv, load_per_image,
@@ -312,7 +312,7 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
     for t in t8 or ():
         print_table(t)
     n_csv = len(tables) + (trajectories is not None)
-    kinds = "/".join(f.upper() for f in dict.fromkeys(("png", *args.format)))
+    kinds = "/".join(f.upper() for f in saved_formats(args.format))
     console.print(f"wrote summary.md, {plural(n_csv, 'CSV')} and {plural(len(figures), 'figure')} ({kinds}) to "
                   f"{args.out}/")
     if viewer is not None:  # where to look, and which panel is left out and why (the page says it too)

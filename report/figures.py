@@ -70,10 +70,15 @@ def figure_path(path: Path, fmt: str) -> Path:
     return path.with_suffix(f".{fmt}")
 
 
+def saved_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The formats a figure is written in: PNG (summary.md links it) first, then the others of `formats`."""
+    return tuple(dict.fromkeys(("png", *formats)))
+
+
 def _save(fig, path: Path, formats: tuple[str, ...] = ("png",)) -> None:
     """Write `fig` to `path` (PNG) and beside it in every other format of `formats` (matplotlib's names; aggregate.py
     --format offers pdf and svg), atomically."""
-    for fmt in dict.fromkeys(("png", *formats)):
+    for fmt in saved_formats(formats):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata=_NO_DATE.get(fmt))
         atomic_write_bytes(figure_path(path, fmt), buf.getvalue())
