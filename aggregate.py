@@ -118,7 +118,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from report.figures import (group_colors, plot_bootstrap, plot_curves, plot_grad_trajectories, plot_lambda_sweep,
-                            plot_per_class)
+                            plot_per_class, saved_formats)
 from report.gradients import GradTrajectories, grad_trajectory_table, load_grad_logs
 from report.inference_compare import inference_tables
 from report.load import (METRICS, Study, inference_modes, load_consensus, load_csv, load_per_image,
@@ -148,12 +148,12 @@ def pick_epochs(study: Study, early: int | None, final: int | None) -> tuple[int
     return early, final
 
 
-def bootstrap_section(study: Study, final: int, args: argparse.Namespace) -> tuple[Table, dict]:
-    """Table 5b and the bootstrap results for the figure; without per-image statistics (a tidy CSV, results
-    without *.per_image.npz) or with --bootstrap 0, a table without rows saying why (also on the console)."""
+def bootstrap_section(study: Study, final: int, args: argparse.Namespace, loaded) -> tuple[Table, dict]:
+    """Table 5b and the bootstrap results for the figure from `loaded` (`report.load.load_per_image` at `final`);
+    without per-image statistics (a tidy CSV, results without *.per_image.npz) or with --bootstrap 0, a table
+    without rows saying why (also on the console)."""
     if args.bootstrap == 0:
         return skipped_bootstrap_table(final, "off (--bootstrap 0)"), {}
-    loaded = None if args.from_csv else load_per_image(study, final)
     if loaded is None:
         why = ("a tidy CSV holds no per-image statistics" if args.from_csv else
                f"no *.per_image.npz beside the epoch-{final} results (evaluate.py writes them)")
@@ -235,7 +235,9 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
     t3b = extremes_table(study, final)
     t4 = volatility_table(study, final)
     t5 = significance_table(study, final)
-    t5b, boot = bootstrap_section(study, final, args)
+    # the runs' per-image statistics at the final epoch, read once: the bootstrap's, and the viewer's Images panel's
+    per_image = None if args.from_csv or args.bootstrap == 0 else load_per_image(study, final)
+    t5b, boot = bootstrap_section(study, final, args, per_image)
     cross_summary, cross_rankings = crossover_tables(study, early, final)
     tables = [t1, t2, t3, t3b, t4, t5, t5b, cross_summary, cross_rankings]
     consensus = load_consensus(args.runs_dir, final) if args.runs_dir else {}  # evaluate.py --consensus files
@@ -301,7 +303,7 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
     viewer = None  # report.viewer: the interactive page, one offline file (open it in a browser)
     if not args.no_html:
         data = viewer_data(study, tables, early=early, final=final, source=source, runs_dir=args.runs_dir,
-                           band=args.band)
+                           band=args.band, per_image=per_image)
         viewer = build_viewer(data, out / VIEWER_FILE)
     print_table(t1)
     print_table(shown(cross_summary, study))
@@ -310,7 +312,7 @@ def write_report(args: argparse.Namespace, out: Path) -> int:
     for t in t8 or ():
         print_table(t)
     n_csv = len(tables) + (trajectories is not None)
-    kinds = "/".join(f.upper() for f in dict.fromkeys(("png", *args.format)))
+    kinds = "/".join(f.upper() for f in saved_formats(args.format))
     console.print(f"wrote summary.md, {plural(n_csv, 'CSV')} and {plural(len(figures), 'figure')} ({kinds}) to "
                   f"{args.out}/")
     if viewer is not None:  # where to look, and which panel is left out and why (the page says it too)

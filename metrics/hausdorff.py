@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from metrics.reductions import nanmean
 from utils.conventions import IGNORE_INDEX
 
 PERCENTILE = 95.0
@@ -227,9 +228,7 @@ def hd95_image_stats(pred, target, num_classes: int, ignore_index: int = IGNORE_
 # ------------------------------------------------------------------------------------------ reductions (numpy)
 def hd95_dataset(arrays) -> float:
     """The dataset's HD95: the mean over the (image, class) pairs that are not excluded (NaN if none)."""
-    values = arrays["hd95"]
-    kept = values[~np.isnan(values)]
-    return float(kept.mean()) if kept.size else math.nan
+    return nanmean(arrays["hd95"])
 
 
 def hd95_per_class(arrays) -> np.ndarray:

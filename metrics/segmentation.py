@@ -48,11 +48,12 @@ bit c, 30 classes fit an int32, 62 an int64; more classes, up to MAX_CLASSES = 2
 62, each handled as below; a pixel's states come from the plane of its class; on the CPU, above 30 classes only
 those that occur in a tile of rows take bits, renumbered, so at C = 150 a tile of a real image is one int32
 plane), so the 3x3 erosion of all the class masks is one bitwise-AND window reduction and the tolerance dilation
-of all the boundary maps is one bitwise-OR window reduction (separable, implemented as shifted slices). In the default B and in Boundary IoU's
-inner bands a pixel carries at most its own class's bit, so "is this pixel a matched boundary pixel of its
-class" is a single bit test and all those counts come from one `torch.bincount` of a per-pixel code. The
-study's B crosses the contour, so a pixel there carries the bits of every class around it; its per-class counts
-come from a histogram of the bytes of the (few) nonzero pixels, decoded through a 256 x 8 table of bits.
+of all the boundary maps is one bitwise-OR window reduction (separable, implemented as shifted slices). In the
+default B and in Boundary IoU's inner bands a pixel carries at most its own class's bit, so "is this pixel a
+matched boundary pixel of its class" is a single bit test and all those counts come from one `torch.bincount` of
+a per-pixel code. The study's B crosses the contour, so a pixel there carries the bits of every class around it;
+its per-class counts come from a histogram of the bytes of the (few) nonzero pixels, decoded through a 256 x 8
+table of bits.
 
 Example:
     >>> import torch

@@ -28,13 +28,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from data_utils.labels import CITYSCAPES
+from data_utils.labels import THIN_CLASSES as THIN_CLASS_NAMES
 from metrics import consensus
 from metrics.band import interclass_contour
 from metrics.segmentation import SegmentationMetrics as _ToolkitMetrics
 from utils.conventions import IGNORE_INDEX
 
-# The study's protected train ids: fence, pole, traffic light, traffic sign (data_utils.labels.THIN_CLASSES).
-THIN_CLASSES = (4, 5, 6, 7)
+# The study's protected train ids: Cityscapes' fence, pole, traffic light, traffic sign (4, 5, 6, 7).
+THIN_CLASSES = tuple(CITYSCAPES.names.index(name) for name in THIN_CLASS_NAMES)
 STUDY_NUM_CLASSES = 19  # the study's default C (Cityscapes)
 
 

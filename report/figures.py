@@ -58,6 +58,9 @@ def _shade(color: str, t: float) -> str:
     return matplotlib.colors.to_hex(np.clip(rgb, 0, 1))
 
 
+# The 95 % band of a mean over seeds, by aggregate.py --band: its legend text in the figures and the viewer.
+BAND_TEXT = {"normal": "mean ± 1.96·SE", "t": "mean ± t(0.975, n−1)·SE"}
+
 # No creation date in the vector files: the same report gives the same bytes (pdf: CreationDate, svg: Date).
 _NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 
@@ -67,10 +70,15 @@ def figure_path(path: Path, fmt: str) -> Path:
     return path.with_suffix(f".{fmt}")
 
 
+def saved_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The formats a figure is written in: PNG (summary.md links it) first, then the others of `formats`."""
+    return tuple(dict.fromkeys(("png", *formats)))
+
+
 def _save(fig, path: Path, formats: tuple[str, ...] = ("png",)) -> None:
     """Write `fig` to `path` (PNG) and beside it in every other format of `formats` (matplotlib's names; aggregate.py
     --format offers pdf and svg), atomically."""
-    for fmt in dict.fromkeys(("png", *formats)):
+    for fmt in saved_formats(formats):
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata=_NO_DATE.get(fmt))
         atomic_write_bytes(figure_path(path, fmt), buf.getvalue())
@@ -148,7 +156,7 @@ def plot_curves(study: Study, path: Path, band: str = "normal", zoom_from: int |
             ax.set_xlabel("epoch")
             ax.set_ylabel(f"{METRIC_LABELS[m]} (%)")
             ax.set_title(study.label(m) if i == 0 else f"{study.label(m)}, epochs ≥ {zoom_from}")
-    band_text = "mean ± 1.96·SE" if band == "normal" else "mean ± t(0.975, n−1)·SE"
+    band_text = BAND_TEXT[band]
     handles, labels = axes[0, 0].get_legend_handles_labels()
     mark = f"; dotted: epoch {mark_epoch}" if mark_epoch is not None else ""
     fig.suptitle(f"Mean over seeds; shaded: {band_text} (no band where < 2 seeds){mark}", fontsize=10)
@@ -273,7 +281,7 @@ def plot_lambda_sweep(study: Study, epoch: int, path: Path, band: str = "normal"
         ax.set_ylabel(f"{METRIC_LABELS[m]} (%)")
         ax.set_title(f"{study.label(m)}, epoch {epoch}")
         ax.grid(alpha=0.3)
-    band_text = "mean ± 1.96·SE" if band == "normal" else "mean ± t(0.975, n−1)·SE"
+    band_text = BAND_TEXT[band]
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.suptitle(f"λ_b sweep: mean over seeds, bars {band_text} (none where < 2 seeds)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.86))
@@ -331,7 +339,7 @@ def plot_grad_trajectories(traj, path: Path, band: str = "normal", colors: dict[
     for ax in axes.flat:  # the union of the panels' legends (a group may lack a term, e.g. D has no Dice)
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    band_text = "mean ± 1.96·SE" if band == "normal" else "mean ± t(0.975, n−1)·SE"
+    band_text = BAND_TEXT[band]
     fig.suptitle(f"Per-term gradients (unweighted terms): per seed the mean over the epoch's logging steps; "
                  f"line: mean over seeds, shaded: {band_text}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.88 if len(wheres) > 1 else 0.8))

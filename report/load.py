@@ -479,6 +479,10 @@ class Study:
     def seeds_at(self, group: str, epoch: int) -> list[int]:
         return [s for s in self.seeds if (group, epoch, s) in self._index]
 
+    def seeds_of(self, group: str) -> list[int]:
+        """The seeds of `group` with a result at any epoch."""
+        return [s for s in self.seeds if any((group, e, s) in self._index for e in self.epochs)]
+
     def missing(self) -> list[tuple[str, int, list[int]]]:
         """(group, seed, epochs without a result) for every (group, seed) with holes in the grid."""
         holes = []
@@ -532,8 +536,8 @@ def load_per_image(study: Study, epoch: int) -> tuple[dict[str, dict[int, dict[s
             if only_here or only_ref:
                 example = (f"{only_ref[0]} only in {ref_path}" if only_ref else f"{only_here[0]} only here")
                 raise UserError(f"{path}: per-image statistics over {plural(len(arrays['names']), 'image')}, "
-                                f"{ref_path} over {len(ref_names)}, not the same images (e.g. {example}); evaluate every "
-                                f"run on the same split, or pass --bootstrap 0")
+                                f"{ref_path} over {len(ref_names)}, not the same images (e.g. {example}); evaluate "
+                                "every run on the same split, or pass --bootstrap 0")
             order = np.argsort(arrays["names"])[np.argsort(np.argsort(ref_names))]  # this file's rows in ref order
             arrays = subset(arrays, order)
         stale = stale_value(arrays, r.metrics, profile, METRICS)  # what evaluate.py --all redoes too

@@ -51,8 +51,9 @@ class Table:
             lines.append("| " + " | ".join(self.md_header) + " |")
             lines.append("|" + "|".join("---:" if _is_numeric(col) else "---" for col in zip(*self.md_rows)) + "|")
             lines += ["| " + " | ".join(row) + " |" for row in self.md_rows]
-        if self.notes:
-            lines += [""] * bool(self.md_rows) + [f"- {n}" for n in self.notes]
+            if self.notes:
+                lines.append("")
+        lines += [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
 
@@ -519,8 +520,7 @@ def shown(table: Table, study: Study) -> Table:
     if table.name in COMPARING_TABLES and len(study.groups) < 2:
         why = (f"needs ≥ 2 groups to compare; this report has one ({', '.join(study.groups)}): train another "
                "variant (train.py --variant) into the same runs folder")
-    elif table.name in SPREAD_TABLES and max((len({r.seed for r in study.records if r.group == g})
-                                              for g in study.groups), default=0) < 2:
+    elif table.name in SPREAD_TABLES and max((len(study.seeds_of(g)) for g in study.groups), default=0) < 2:
         why = "needs ≥ 2 seeds of a group for an inter-seed spread; every group here has one (train.py --seed)"
     else:
         return table
@@ -545,7 +545,7 @@ def completeness_notes(study: Study) -> list[str]:
                     f"{len(study.epochs)})")
         notes.append(f"seed {s} of {noun_for(len(groups), 'variant')} {', '.join(groups)}: {what}")
     for g in study.groups:
-        n = len({r.seed for r in study.records if r.group == g})
+        n = len(study.seeds_of(g))
         if n < 2:
             notes.append(f"variant {g} has {n} seed in total: no CI and no t-test for it")
     return notes

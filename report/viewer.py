@@ -23,6 +23,7 @@ Values are shown in a metric's display unit (report.load.metric_unit: fractions 
 """
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -32,7 +33,7 @@ from data_utils.classes import default_palette
 from data_utils.labels import CITYSCAPES
 from engine.results_format import read_results
 from metrics.registry import METRICS as RECORDS
-from report.figures import VARIANT_NAMES, group_colors, per_class_pair
+from report.figures import BAND_TEXT, VARIANT_NAMES, group_colors, per_class_pair
 from report.load import Study, metric_unit
 from report.stats import summarize
 from report.tables import BOOTSTRAP_TABLE, CONSENSUS_TABLE, Table, shown
@@ -89,7 +90,7 @@ def curves_data(study: Study, early: int | None, final: int, band: str = "normal
     else:
         marks = [{"epoch": early, "label": f"early epoch {early}"}, {"epoch": final, "label": f"final epoch {final}"}]
     return {"epochs": study.epochs, "metrics": metrics, "marks": marks, "band": band,
-            "bands": {"normal": "mean ± 1.96·SE", "t": "mean ± t(0.975, n−1)·SE"}}
+            "bands": BAND_TEXT}
 
 
 def _class_label(key: str, label: str) -> str:
@@ -153,17 +154,19 @@ def class_table(study: Study, runs_dir: str | Path | None) -> dict:
 
 
 def viewer_data(study: Study, tables: list[Table], *, early: int | None, final: int, source: str,
-                runs_dir: str | Path | None = None, band: str = "normal", title: str = "Loss-ablation report") -> dict:
+                runs_dir: str | Path | None = None, band: str = "normal", title: str = "Loss-ablation report",
+                per_image: tuple | None = None) -> dict:
     """The viewer's JSON payload (module docstring) for `study`: `tables` are aggregate.py's report.tables Tables,
     `early`/`final` the crossover's epochs, `runs_dir` None for a tidy CSV (no images, the default palette),
-    `band` the curves' interval shown first."""
+    `band` the curves' interval shown first, `per_image` the runs' per-image statistics at `final` when already
+    read (`report.load.load_per_image`; None: the Images panel reads them)."""
     colors = group_colors(study.groups, study.group_keys)
     per_class = per_class_data(study, final)
     absent = {}
     if per_class is None:
         absent["per_class"] = ("the tidy CSV has no per-class columns (named by class: road, ..., bicycle)"
                                if runs_dir is None else f"no results file below {runs_dir} holds per-class values")
-    images = image_panel_data(study, runs_dir, final, absent)  # None: absent["images"] says why
+    images = image_panel_data(study, runs_dir, final, absent, per_image)  # None: absent["images"] says why
     return {
         "title": title,
         "source": str(source),
@@ -194,7 +197,7 @@ def render_html(data: dict) -> str:
     scripts += [p.read_text(encoding="utf-8") for p in sorted(ASSETS.glob("*.js")) if p.name != "core.js"]
     payload = json.dumps(json_safe(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     parts = {
-        "TITLE": _html_text(data.get("title", "viewer")),
+        "TITLE": html.escape(data.get("title", "viewer"), quote=False),
         "STYLE": (ASSETS / "viewer.css").read_text(encoding="utf-8"),
         # "<" only occurs inside JSON strings, where \u003c reads back as "<": no "</script>" or "<!--" can end or
         # confuse the script element, whatever the class or group names hold
@@ -203,10 +206,6 @@ def render_html(data: dict) -> str:
     }
     template = (ASSETS / "viewer.html").read_text(encoding="utf-8")
     return re.sub(r"\{\{([A-Z]+)\}\}", lambda match: parts[match[1]], template)
-
-
-def _html_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def build_viewer(data: dict, out_path: str | Path) -> Path:

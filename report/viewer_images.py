@@ -133,10 +133,11 @@ def run_dir_of(results_path: str | Path) -> Path:
 
 
 def image_panel_data(study: Study | None, runs_dir: str | Path | None, epoch: int | None,
-                     absent: dict[str, str]) -> dict | None:
+                     absent: dict[str, str], per_image: tuple | None = None) -> dict | None:
     """The Images panel's payload for `epoch` (module docstring), or None with the reason in absent[PANEL_ID]:
     a tidy CSV (no samples), no run with prediction samples at that epoch, or a sample or per-image file that
-    cannot be read (the reader's one line naming the file and the command that remakes it)."""
+    cannot be read (the reader's one line naming the file and the command that remakes it). `per_image`:
+    `load_per_image(study, epoch)` when the caller has read it already (None: read here)."""
     if runs_dir is None or study is None:
         absent[PANEL_ID] = ("a tidy CSV (--from-csv) holds no predictions: the Images panel needs a runs folder "
                             "whose evaluations kept prediction samples (evaluate.py --samples K)")
@@ -150,7 +151,7 @@ def image_panel_data(study: Study | None, runs_dir: str | Path | None, epoch: in
         return None
     lacking = [samples_dir(r.source) for r in records if not r.from_history and r not in sampled]
     try:
-        return _panel(study, epoch, sampled, lacking, runs_dir)
+        return _panel(study, epoch, sampled, lacking, runs_dir, per_image)
     except UserError as e:
         absent[PANEL_ID] = str(e).splitlines()[0]
         return None
@@ -166,8 +167,10 @@ def _left_out(lacking: list[Path], runs_dir: str | Path, k: int) -> str | None:
             f"`{shell_command('python', 'evaluate.py', '--all', runs_dir, '--samples', k)}` fills them in")
 
 
-def _panel(study: Study, epoch: int, sampled: list, lacking: list[Path], runs_dir: str | Path) -> dict:
-    per_image = load_per_image(study, epoch)
+def _panel(study: Study, epoch: int, sampled: list, lacking: list[Path], runs_dir: str | Path,
+           per_image: tuple | None) -> dict:
+    if per_image is None:
+        per_image = load_per_image(study, epoch)
     if per_image is None:
         raise UserError(f"{sampled[0].source}: no per-image statistics beside the results at epoch {epoch}; re-run "
                         "`python evaluate.py CHECKPOINT` (it writes them with the samples)")

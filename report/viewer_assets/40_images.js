@@ -22,7 +22,6 @@ VIEWER.register({
     const state = {view: "overlay", alpha: 0.5, metric: metrics[0].key, order: "desc",
                    x: pairable[pairable.length - 1], y: pairable[0],
                    seed: Object.fromEntries(groups.map((g) => [g, Object.keys(P.preds[g])[0]]))};
-    injectStyle();
 
     // ---------------------------------------------------------------------------------------------- controls
     const controls = V.el("div", {class: "controls"},
@@ -91,10 +90,9 @@ VIEWER.register({
           order.sort((a, b) => (isNaN(deltas[a]) - isNaN(deltas[b])) ||
                                (isNaN(deltas[a]) ? 0 : sign * (deltas[a] - deltas[b])) || a - b);
         }
-        const unit = metric.unit === "pp" ? "pp" : metric.unit;
         note.textContent = `Δ = the mean over ${state.x}'s seeds − the mean over ${state.y}'s seeds of ` +
-          `${metric.label} on each image alone (from the per-image files, epoch ${P.epoch}, ${unit}); rank among ` +
-          `all ${P.num_images} images of the split, largest Δ = 1. ${metric.label}: ` +
+          `${metric.label} on each image alone (from the per-image files, epoch ${P.epoch}, ${metric.unit}); ` +
+          `rank among all ${P.num_images} images of the split, largest Δ = 1. ${metric.label}: ` +
           (metric.higher_is_better === false ? `lower is better, so a negative Δ is ${state.x}'s gain over ` +
            `${state.y}: "smallest Δ first" shows ${state.x}'s largest gains.`
                                              : `higher is better, so a positive Δ is ${state.x}'s gain.`);
@@ -251,31 +249,6 @@ VIEWER.register({
         box.append(V.el("span", {}, swatch, text));
       }
       return box;
-    }
-
-    function injectStyle() {
-      if (document.getElementById("images-style")) return;
-      document.head.append(V.el("style", {id: "images-style", text: `
-        .images-legend span { display: inline-block; margin: 0 12px 4px 0; font-size: 12.5px; }
-        .images-legend i { display: inline-block; width: 12px; height: 12px; margin-right: 4px; vertical-align: -1px;
-                           border: 1px solid #0002; }
-        .images-legend i.error-key { border-radius: 6px; }
-        .images-row { border-top: 1px solid var(--line); padding: 8px 0 10px; }
-        .images-head { font-weight: 600; margin-bottom: 4px; }
-        .images-delta { font-weight: normal; color: var(--muted); margin-left: 12px; }
-        .images-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: 8px; }
-        .images-cell { border-top: 3px solid transparent; }
-        .images-cell canvas { width: 100%; height: auto; display: block; cursor: zoom-in; image-rendering: pixelated; }
-        .images-caption { font-size: 12.5px; color: var(--muted); }
-        .images-metrics table { font-size: 12px; border-collapse: collapse; }
-        .images-metrics td:last-child { text-align: right; }
-        .images-metrics td { padding: 0 8px 0 0; }
-        .images-metrics tr.sorted td { font-weight: 600; }
-        .images-modal { position: fixed; inset: 0; background: #000c; z-index: 10; display: flex;
-                        flex-direction: column; }
-        .images-modal-bar { color: #fff; padding: 6px 12px; display: flex; justify-content: space-between; }
-        .images-modal-body { overflow: auto; flex: 1; }
-        .images-modal-body canvas { display: block; }`}));
     }
 
     reorder();
