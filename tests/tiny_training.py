@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 from accelerate.state import AcceleratorState, GradientState
@@ -28,6 +29,11 @@ def run_train(data: Path, out: Path, *flags: str) -> int:
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     return train.main([*TINY, "--data-root", str(data), "--out", str(out), *flags])
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A private copy of a finished run (conftest's `straight_runs`) that a test may change; its lock file left out."""
+    return Path(shutil.copytree(run, dest, ignore=shutil.ignore_patterns(".lock")))
 
 
 def read_rows(out: Path) -> list[dict]:
