@@ -233,8 +233,8 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(straight_runs
     process_groups.wait_for(proc, (killed / "checkpoints" / "epoch_0001").exists)
     time.sleep(0.2)  # into epoch 2 (4 micro-batches of ~0.2-0.8 s each)
     assert not (killed / "checkpoints" / "epoch_0002").exists()
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    process_groups.send(proc, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
 
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
