@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from engine.config import TrainConfig, parse_args
@@ -22,13 +23,23 @@ RESUMABLE = ("--variant", "C", "--epochs", "2", "--checkpoint-every", "1", "--ke
 TINY = ["--preset", "demo", "--no-demo-data", "--no-wandb", "--num-workers", "0", "--head-channels", "32"]
 
 
-def run_train(data: Path, out: Path, *flags: str) -> int:
-    """train.main in this process on the tiny data (fast: no interpreter start)."""
+def train_main(argv: list[str]) -> int:
+    """train.main(argv) in this process (fast: no interpreter start), as a fresh run: accelerate's singletons
+    reset first, and the torch thread count it sets (the preset's cpu_threads) put back after."""
     import train
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    return train.main([*TINY, "--data-root", str(data), "--out", str(out), *flags])
+    threads = torch.get_num_threads()
+    try:
+        return train.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_train(data: Path, out: Path, *flags: str) -> int:
+    """train.main in this process on the tiny data."""
+    return train_main([*TINY, "--data-root", str(data), "--out", str(out), *flags])
 
 
 def copy_run(run: Path, dest: Path) -> Path:
