@@ -20,6 +20,7 @@ from engine.checkpoint_eval import load_checkpoint
 from tests.test_checkpoint import _one_step, _tiny_state
 from tests.test_evaluate import make_checkpoint, tiny_config
 from tests.test_faults import last_error_line
+from tests.tiny_training import _tiny_cfg, read_rows, run_train
 from utils.fileio import UserError
 
 H, W = 64, 128
@@ -120,7 +121,6 @@ def test_stale_sdt_cache_from_other_labels_of_the_same_shape_is_refused_naming_t
     from data_utils.cityscapes import load_split
     from data_utils.dataset import SegmentationDataset
     from data_utils.synthetic import generate_dataset
-    from tests.tiny_training import run_train
 
     other = generate_dataset(tmp_path / "other", num_train=4, num_val=3, height=H, width=W, seed=99, progress=False)
     cache = tmp_path / "sdt"
@@ -261,7 +261,6 @@ def test_val_frames_of_two_sizes_are_evaluated_one_per_batch(tiny, tmp_path):
     headers and takes one frame per batch when they differ: the run trains and evaluates every val frame."""
     from data_utils.synthetic import render_frame, second_size, write_frame
     from engine.setup import build_dataloader
-    from tests.tiny_training import read_rows, run_train, _tiny_cfg
 
     data = Path(shutil.copytree(tiny, tmp_path / "data"))
     write_frame(data, "val", 1, *render_frame(0, "val", 1, *second_size(H, W)))  # 80x96 among 64x128 frames
@@ -274,7 +273,6 @@ def test_val_frames_of_two_sizes_are_evaluated_one_per_batch(tiny, tmp_path):
 
 
 def test_crop_larger_than_every_frame_is_one_line_before_any_work(tiny, tmp_path, capsys):
-    from tests.tiny_training import run_train
 
     line = last_error_line(lambda: run_train(tiny, tmp_path / "run", "--epochs", "1", "--crop-size", "100000",
                                             "100000"), capsys)
@@ -289,7 +287,6 @@ def test_crop_larger_than_every_frame_is_one_line_before_any_work(tiny, tmp_path
 
 def test_train_frames_of_two_sizes_without_a_crop_are_one_line_before_any_work(tiny, tmp_path, capsys):
     from data_utils.synthetic import render_frame, second_size, write_frame
-    from tests.tiny_training import run_train
 
     data = Path(shutil.copytree(tiny, tmp_path / "data"))
     write_frame(data, "train", 2, *render_frame(0, "train", 2, *second_size(H, W)))
