@@ -1,5 +1,6 @@
-"""The tiny training setup that tests/test_train.py and tests/test_checkpoint.py share: the demo preset with a
-32-channel UPerNet, no loader workers and no W&B, run in this process on conftest's `tiny_data`."""
+"""The tiny training setup that tests/test_train.py, tests/test_checkpoint.py and others share: the demo preset with
+a 32-channel UPerNet, no loader workers and no W&B, run in this process on conftest's `tiny_data` (`train_main`:
+any train.py command line in this process)."""
 from __future__ import annotations
 
 import dataclasses
