@@ -76,13 +76,9 @@ def straight_runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
     with 2 DataLoader workers, trained once per session (tests/test_checkpoint.py, tests/test_samples.py); a test
     that changes a run works on a copy."""
     from tests.tiny_training import RESUMABLE, run_train
-    threads = torch.get_num_threads()  # train.main sets the demo's 1 thread; the other tests keep theirs
     root = tmp_path_factory.mktemp("straight")
-    try:
-        for workers in ("0", "2"):
-            assert run_train(tiny_data, root / f"workers{workers}", *RESUMABLE, "--num-workers", workers) == 0
-    finally:
-        torch.set_num_threads(threads)
+    for workers in ("0", "2"):
+        assert run_train(tiny_data, root / f"workers{workers}", *RESUMABLE, "--num-workers", workers) == 0
     return {workers: root / f"workers{workers}" for workers in ("0", "2")}
 
 

@@ -316,7 +316,8 @@ def test_history_epochs_carry_their_own_per_class_values(tmp_path):
     assert first.from_history and first.iou["road"] == pytest.approx(0.31)
     assert first.class_values == {"miou": first.iou}  # not epoch 4's IoU and Boundary IoU
     (fourth,) = [r for r in study.records if r.epoch == 4]
-    assert set(fourth.class_values) == {"miou", "boundary_iou"} and fourth.class_values["miou"]["road"] == pytest.approx(0.44)
+    assert set(fourth.class_values) == {"miou", "boundary_iou"}
+    assert fourth.class_values["miou"]["road"] == pytest.approx(0.44)
 
 
 def test_one_variant_report_shows_what_it_can(tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 end to end on run dirs with results.json + per_image.npz."""
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 import subprocess
@@ -21,6 +20,7 @@ from metrics.reductions import iou_from_confusion
 from metrics.registry import METRICS
 from report.bootstrap import (BOOTSTRAP_METRICS, PROFILE_METRICS, bootstrap_metrics, full_set_values,
                               paired_image_bootstrap)
+from tests.test_aggregate import read_csv
 from utils import UserError, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,11 +202,6 @@ def write_run(runs: Path, variant: str, seed: int, epoch: int, stats: dict, shuf
         else np.arange(len(stats["names"]))
     np.savez_compressed(ckpt.with_name(ckpt.name + ".per_image.npz"), **subset(stats, order))
     return ckpt
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture

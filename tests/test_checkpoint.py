@@ -23,7 +23,7 @@ from engine.checkpoint import (TrainingProgress, find_resumable_checkpoint, list
                                register_checkpoint_hooks, resume_from, save_checkpoint)
 from engine.config import DEMO_PRESET, load_config
 from engine.setup import build_model_from_config
-from tests.tiny_training import RESUMABLE, TINY, _tiny_cfg, read_rows, run_train
+from tests.tiny_training import RESUMABLE, TINY, _tiny_cfg, copy_run, read_rows, run_train
 from utils.fileio import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,10 +126,6 @@ def test_crash_during_save_leaves_no_complete_looking_checkpoint(tmp_path, monke
 
 
 # ------------------------------------------------------------------------------------------------ resume
-def copy_run(run: Path, dest: Path) -> Path:
-    return Path(shutil.copytree(run, dest, ignore=shutil.ignore_patterns(".lock")))
-
-
 def test_resume_refuses_other_settings_and_finished_run_returns(straight_runs, tiny_data, tmp_path, capsys):
     out = copy_run(straight_runs["0"], tmp_path / "run")
     with pytest.raises(UserError, match=r"other settings \(--lambda-dice 1.0 -> 0.5\); pass the same flags"):
@@ -237,8 +233,8 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(straight_runs
     process_groups.wait_for(proc, (killed / "checkpoints" / "epoch_0001").exists)
     time.sleep(0.2)  # into epoch 2 (4 micro-batches of ~0.2-0.8 s each)
     assert not (killed / "checkpoints" / "epoch_0002").exists()
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    process_groups.send(proc, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
 
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -183,7 +183,8 @@ def test_a_run_folder_whose_checkpoints_are_all_damaged_names_the_newest_and_its
     with pytest.raises(UserError) as e:
         resolve_checkpoint(run)
     assert str(e.value) == (f"{run}: a run folder without a complete checkpoint (the newest, "
-                            f"{run / 'checkpoints' / 'epoch_0004'}: meta.json's `epoch` is \"x\", not an integer >= 0); "
+                            f"{run / 'checkpoints' / 'epoch_0004'}: meta.json's `epoch` is \"x\", not an integer "
+                            ">= 0); "
                             "a checkpoint needs its model.safetensors and a valid meta.json: copy it again, or "
                             "evaluate the run once training has saved a complete one")
     assert "delete" not in str(e.value) and "train it first" not in str(e.value)
@@ -329,7 +330,8 @@ def test_reduce_labels_errors_quote_the_value_as_stored(stored, dtype):
     frames = HFFrames(ds, "image", "label", ClassTable(names=tuple("abcdefgh"), source="classes.json"),
                       reduce_labels=True, split="train", where="ade [train]")
     with pytest.raises(UserError, match=rf"ade \[train\] row 0, column 'label': label (values \[{stored}\] are "
-                                        rf"neither class indices 1\.\.8 \(0 = unlabelled|value {stored} does not fit)") as e:
+                                        rf"neither class indices 1\.\.8 \(0 = unlabelled|value {stored} does "
+                                        "not fit)") as e:
         frames.read(0)
     assert "or --reduce-labels" not in str(e.value)  # it is given
 

@@ -7,7 +7,6 @@ Each test names its row of docs/faults.md. Checkpoints are the tiny ones of test
 """
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 from pathlib import Path
@@ -20,25 +19,11 @@ from engine.checkpoint import WEIGHTS_NAME, read_meta, resume_checkpoint, resume
 from engine.checkpoint_eval import load_checkpoint
 from tests.test_checkpoint import _one_step, _tiny_state
 from tests.test_evaluate import make_checkpoint, tiny_config
-from utils.fileio import EXIT_BAD_INPUT, UserError, run_main
+from tests.test_faults import last_error_line
+from tests.tiny_training import _tiny_cfg, read_rows, run_train
+from utils.fileio import UserError
 
 H, W = 64, 128
-
-
-def one_error_line(fn, capsys) -> str:
-    """Run `fn` under utils.run_main: exit 2, no traceback, and one `error:` line, the last on stderr (after
-    datasets' "Generating ... split" progress text, issue 23 §5); returns it."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(fn)
-    code = exit_info.value.code
-    del exit_info  # its traceback holds a failed train.py's loader: collect it now, stopping its workers
-    gc.collect()
-    assert code == EXIT_BAD_INPUT
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err and [line for line in lines if line.startswith("error:")] == lines[-1:], lines
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +42,7 @@ def test_checkpoint_with_a_nan_weight_is_refused_on_load_naming_the_tensor(tiny,
     name = sorted(k for k, v in state.items() if v.is_floating_point())[5]
     state[name].view(-1)[0] = float("nan")
     save_file(state, ckpt / WEIGHTS_NAME)  # written so (no checksum in this meta.json): the load must see it
-    line = one_error_line(lambda: evaluate.main([str(ckpt)]), capsys)
+    line = last_error_line(lambda: evaluate.main([str(ckpt)]), capsys)
     assert line == (f"error: {ckpt / WEIGHTS_NAME}: tensor {name} holds nan/inf; the checkpoint is unusable, use "
                     "another epoch (or delete it: a run then resumes from its previous checkpoint)")
     assert not list(ckpt.parent.glob("*.results.json"))  # nothing evaluated, nothing written
@@ -111,7 +96,7 @@ def test_meta_json_field_of_the_wrong_type_is_one_line_in_evaluate_and_resume(ti
     ckpt = make_checkpoint(tmp_path / "runs" / "A_seed1", 1, tiny_config(tiny))
     meta = json.loads((ckpt / "meta.json").read_text())
     (ckpt / "meta.json").write_text(json.dumps({**meta, "epoch": "x"}))
-    line = one_error_line(lambda: evaluate.main([str(ckpt)]), capsys)
+    line = last_error_line(lambda: evaluate.main([str(ckpt)]), capsys)
     assert line == (f"error: {ckpt}: meta.json's `epoch` is \"x\", not an integer >= 0; the checkpoint is corrupt: "
                     "copy it again or evaluate another epoch")
 
@@ -121,7 +106,7 @@ def test_meta_json_field_of_the_wrong_type_is_one_line_in_evaluate_and_resume(ti
     good = read_meta(ckpt)
     for field, value in (("epoch", "x"), ("num_processes", 0), ("training_state", "yes")):
         (ckpt / "meta.json").write_text(json.dumps({**good, field: value}))
-        line = one_error_line(lambda: resume_checkpoint(cfg, num_processes=1), capsys)
+        line = last_error_line(lambda: resume_checkpoint(cfg, num_processes=1), capsys)
         assert line.startswith(f"error: {ckpt}: is incomplete (meta.json's `{field}` is {json.dumps(value)}, not ")
         assert line.endswith("delete it to resume from scratch (no earlier checkpoint with training state), or pass "
                              "another --out for a new run")
@@ -136,7 +121,6 @@ def test_stale_sdt_cache_from_other_labels_of_the_same_shape_is_refused_naming_t
     from data_utils.cityscapes import load_split
     from data_utils.dataset import SegmentationDataset
     from data_utils.synthetic import generate_dataset
-    from tests.tiny_training import run_train
 
     other = generate_dataset(tmp_path / "other", num_train=4, num_val=3, height=H, width=W, seed=99, progress=False)
     cache = tmp_path / "sdt"
@@ -144,7 +128,7 @@ def test_stale_sdt_cache_from_other_labels_of_the_same_shape_is_refused_naming_t
     assert precompute_sdt.main(["--data-root", str(other), *made]) == 0  # the other dataset's labels
     flags = ("--variant", "C", "--epochs", "1", "--sdt-source", "cache", "--sdt-cache", str(cache),
              "--num-workers", "2", "--batch-size", "2")
-    line = one_error_line(lambda: run_train(tiny, tmp_path / "run", *flags), capsys)
+    line = last_error_line(lambda: run_train(tiny, tmp_path / "run", *flags), capsys)
     assert line.startswith(f"error: {cache}/") and ".sdt: made from other labels than this frame's" in line
     assert line.endswith("remake it: rerun precompute_sdt.py for this split with this --out and the run's data "
                          "flags (it redoes stale files)")
@@ -264,7 +248,7 @@ def test_hf_dataset_with_an_empty_validation_split_is_one_line(hf_empty_val, kin
     path = hf_empty_val[kind]
     argv = ["--preset", "demo", "--no-demo-data", "--no-wandb", "--hf-dataset", str(path), "--out",
             str(tmp_path / "run"), "--epochs", "1"]
-    line = one_error_line(lambda: train.main(argv), capsys)
+    line = last_error_line(lambda: train.main(argv), capsys)
     assert line == (f"error: {path}: split 'validation' has no rows; add frames to it, or leave it out of the dataset "
                     "and train and evaluate on splits that have frames (--train-split / --val-split)")
     assert not (tmp_path / "run").exists()
@@ -277,7 +261,6 @@ def test_val_frames_of_two_sizes_are_evaluated_one_per_batch(tiny, tmp_path):
     headers and takes one frame per batch when they differ: the run trains and evaluates every val frame."""
     from data_utils.synthetic import render_frame, second_size, write_frame
     from engine.setup import build_dataloader
-    from tests.tiny_training import read_rows, run_train, _tiny_cfg
 
     data = Path(shutil.copytree(tiny, tmp_path / "data"))
     write_frame(data, "val", 1, *render_frame(0, "val", 1, *second_size(H, W)))  # 80x96 among 64x128 frames
@@ -290,26 +273,24 @@ def test_val_frames_of_two_sizes_are_evaluated_one_per_batch(tiny, tmp_path):
 
 
 def test_crop_larger_than_every_frame_is_one_line_before_any_work(tiny, tmp_path, capsys):
-    from tests.tiny_training import run_train
 
-    line = one_error_line(lambda: run_train(tiny, tmp_path / "run", "--epochs", "1", "--crop-size", "100000",
+    line = last_error_line(lambda: run_train(tiny, tmp_path / "run", "--epochs", "1", "--crop-size", "100000",
                                             "100000"), capsys)
     assert line == (f"error: --crop-size 100000 100000: larger than every frame of split 'train' of {tiny} (the "
                     f"largest is {H}x{W}, HxW), so it would crop nothing and pad the rest; pass a crop of at most "
                     f"{H} {W}, or 0 0 for native frames")
     assert not (tmp_path / "run").exists()
-    line = one_error_line(lambda: run_train(tiny, tmp_path / "run", "--epochs", "1", "--crop-size", "32", "129"),
+    line = last_error_line(lambda: run_train(tiny, tmp_path / "run", "--epochs", "1", "--crop-size", "32", "129"),
                           capsys)
     assert line.startswith("error: --crop-size 32 129: larger than every frame")
 
 
 def test_train_frames_of_two_sizes_without_a_crop_are_one_line_before_any_work(tiny, tmp_path, capsys):
     from data_utils.synthetic import render_frame, second_size, write_frame
-    from tests.tiny_training import run_train
 
     data = Path(shutil.copytree(tiny, tmp_path / "data"))
     write_frame(data, "train", 2, *render_frame(0, "train", 2, *second_size(H, W)))
-    line = one_error_line(lambda: run_train(data, tmp_path / "run", "--epochs", "1", "--batch-size", "2"), capsys)
+    line = last_error_line(lambda: run_train(data, tmp_path / "run", "--epochs", "1", "--batch-size", "2"), capsys)
     assert line == (f"error: split 'train' of {data} holds frames of 2 sizes (HxW: {H}x{W} (3 frames), 80x96 (1 "
                     "frame)); frames are not resized, so a training batch needs one size: pass --crop-size H W or "
                     "--batch-size 1")

@@ -296,7 +296,8 @@ def test_two_evaluators_never_write_one_run_at_once(data_root, tmp_path, lock_ho
     for argv in (["--all", str(tmp_path / "runs")], [str(busy)]):
         with pytest.raises(UserError) as err:
             evaluate.main(argv)
-        assert str(err.value) == f"{busy.parent}: in use by evaluate.py (PID {holder.pid}); wait for it to finish or stop it"
+        assert str(err.value) == (f"{busy.parent}: in use by evaluate.py (PID {holder.pid}); wait for it to finish or "
+                                  "stop it")
         assert not results_path(busy).exists()
     assert evaluate.main(["--all", str(tmp_path / "runs" / "free")]) == 0
     assert results_path(free).exists()

@@ -125,7 +125,8 @@ def test_channels_last_bf16_autocast(head_model):
 
 
 def test_sync_batchnorm_conversion(head_model):
-    synced = nn.SyncBatchNorm.convert_sync_batchnorm(build_model(TINY, num_classes=CLASSES, head=head_model.head_name, head_channels=WIDTH))
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(build_model(TINY, num_classes=CLASSES, head=head_model.head_name,
+                                                                 head_channels=WIDTH))
     assert not any(type(m) is nn.BatchNorm2d for m in synced.decode_head.modules())
 
 

@@ -14,7 +14,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState
 from PIL import Image
 
 from data_utils.classes import IGNORE_INDEX, ClassTable, default_palette, read_classes_file
@@ -26,6 +26,7 @@ from data_utils.sdt_cache import read_sdt_file, sdt_cache_path
 from data_utils.source import DataSource
 from data_utils.synthetic import GROUPS, generate_dataset, hf_classes, render_frame, second_size
 from data_utils.synthetic import main as synthetic_main
+from tests.tiny_training import train_main
 from utils.fileio import UserError
 
 H, W = 64, 128
@@ -253,11 +254,7 @@ TINY_HF = ["--preset", "demo-hf", "--no-demo-data", "--no-wandb", "--head-channe
 
 
 def run_train(hf: Path, out: Path, *flags: str) -> int:
-    import train
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return train.main([*TINY_HF, "--hf-dataset", str(hf), "--out", str(out), *flags])
+    return train_main([*TINY_HF, "--hf-dataset", str(hf), "--out", str(out), *flags])
 
 
 @pytest.fixture(scope="module")
@@ -265,11 +262,7 @@ def hf_runs(hf_root, tmp_path_factory) -> Path:
     """RUNS/C_seed42: one epoch of the demo-hf path as shipped (DataLoader workers on, SDT in the workers) on
     8 classes, two frame sizes and crops."""
     runs = tmp_path_factory.mktemp("runs")
-    threads = torch.get_num_threads()  # train.main sets the preset's 1 thread: not for the tests after this one
-    try:
-        assert run_train(hf_root, runs / "C_seed42", "--num-workers", "2") == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert run_train(hf_root, runs / "C_seed42", "--num-workers", "2") == 0
     return runs
 
 
@@ -322,8 +315,8 @@ def test_the_generators_train_hint_works_as_printed(tmp_path, capsys):
     hint = capsys.readouterr().out.split("train on them: ", 1)[1].strip()
     argv = shlex.split(hint)
     assert argv[:2] == ["python", "train.py"]
-    assert run_flags(argv[2:], "--epochs", "1", "--out", str(tmp_path / "run"), "--no-wandb", "--head-channels",
-                     "32") == 0
+    assert train_main([*argv[2:], "--epochs", "1", "--out", str(tmp_path / "run"), "--no-wandb", "--head-channels",
+                       "32"]) == 0
     assert (tmp_path / "run" / "checkpoints" / "epoch_0001.results.json").is_file()
     # the crop both sizes hold (64x128 and 80x96 here); for the preset's own sizes, the preset's crop
     assert second_size(H, W) == (80, 96) and hint.endswith("--crop-size 64 96")
@@ -331,17 +324,6 @@ def test_the_generators_train_hint_works_as_printed(tmp_path, capsys):
     assert hf_train_command(Path("x"), 128, 256).endswith(f"--crop-size {crop[0]} {crop[1]}")
 
 
-def run_flags(argv: list[str], *flags: str) -> int:
-    """train.main on `argv` as a user would type it, in this process."""
-    import train
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    threads = torch.get_num_threads()  # train.main sets the preset's 1 thread: not for the tests after this one
-    try:
-        return train.main([*argv, *flags])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_150_classes_train_and_evaluate(tmp_path):

@@ -113,7 +113,8 @@ def test_every_record_reaches_the_bootstrap_table_and_figure(runs, monkeypatch, 
     assert {row[0] for row in table.rows} == {m.label for m in METRICS}
     assert set(results) == {m.key for m in METRICS}
     titles = []
-    monkeypatch.setattr(figures, "_save", lambda fig, path, formats=(): titles.extend(ax.get_title() for ax in fig.axes))
+    monkeypatch.setattr(figures, "_save",
+                        lambda fig, path, formats=(): titles.extend(ax.get_title() for ax in fig.axes))
     figures.plot_bootstrap(results, tmp_path / "bootstrap.png")
     assert {m.label for m in METRICS} <= set(titles)
 

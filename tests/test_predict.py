@@ -7,7 +7,6 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
 import predict
@@ -18,6 +17,7 @@ from engine.inference import Inference
 from engine.inference import predict as predict_ids
 from engine.checkpoint import resolve_checkpoint
 from report.load import load_runs_dir
+from tests.tiny_training import train_main
 from utils import UserError
 from utils.conventions import IGNORE_INDEX
 from utils.fileio import EXIT_BAD_INPUT, EXIT_PARTIAL_FAILURE
@@ -26,15 +26,12 @@ from utils.fileio import EXIT_BAD_INPUT, EXIT_PARTIAL_FAILURE
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """runs/demo/C_seed42 as after the demo (preset as shipped, its model), trained 1 epoch on 4 tiny frames."""
-    import train
     from data_utils.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("predict")
     data = generate_dataset(root / "data", num_train=4, num_val=2, height=64, width=128, progress=False)
     out = root / "runs" / "demo" / "C_seed42"
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    assert train.main(["--preset", "demo", "--no-demo-data", "--no-wandb", "--num-workers", "0",
+    assert train_main(["--preset", "demo", "--no-demo-data", "--no-wandb", "--num-workers", "0",
                        "--data-root", str(data), "--out", str(out), "--epochs", "1"]) == 0
     return out
 

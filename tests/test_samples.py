@@ -17,6 +17,7 @@ from engine.samples import (CheckpointSamples, RunSamples, SampleSink, choose_sa
                             read_predictions, read_sample_set, run_samples_dir, safe_stem, samples_dir,
                             write_predictions, write_sample_set)
 from tests.test_faults import one_error_line
+from tests.tiny_training import copy_run, run_train
 from utils.fileio import EXIT_BAD_INPUT, UserError
 
 PALETTE = [[128, 64, 128], [70, 70, 70], [220, 20, 60], [0, 0, 142]]
@@ -242,11 +243,6 @@ def server_predictions(preds: Path) -> dict[str, np.ndarray]:
     return {p.name.removesuffix("_labelIds.png"): read_train_ids(str(p)) for p in (preds / "labelIds").rglob("*.png")}
 
 
-def copy_run(run: Path, dest: Path) -> Path:
-    import shutil
-    return Path(shutil.copytree(run, dest, ignore=shutil.ignore_patterns(".lock")))
-
-
 def test_training_keeps_the_sample_with_each_checkpoint_and_evaluate_agrees(straight_runs, tiny_data, tmp_path):
     """The demo-like run with loader workers: RUN/samples/ holds the chosen frames (names as the loop reference
     picks them from the labels), every checkpoint its predictions; evaluate.py on the same checkpoint writes the
@@ -281,7 +277,6 @@ def test_training_keeps_the_sample_with_each_checkpoint_and_evaluate_agrees(stra
 
 def test_training_picks_the_sample_from_its_label_check_without_decoding_again(tiny_data, tmp_path, monkeypatch):
     import engine.sample_eval
-    from tests.tiny_training import run_train
 
     def decode_again(*args, **kwargs):
         raise AssertionError("the val labels were decoded a second time")

@@ -113,7 +113,8 @@ def test_multinode_main_node_from_scontrol_or_override(tmp_path):
     assert inner[inner.index("--main_process_ip") + 1: inner.index("--main_process_port") + 2] == [
         "10.0.0.5", "--main_process_port", "29600"]
     missing = sbatch("multinode.sbatch", DRY_RUN="1")
-    assert missing.returncode == EXIT_BAD_INPUT and missing.stderr.startswith("error: slurm/multinode.sbatch: not in a SLURM job")
+    assert missing.returncode == EXIT_BAD_INPUT
+    assert missing.stderr.startswith("error: slurm/multinode.sbatch: not in a SLURM job")
     scontrol.write_text("#!/bin/bash\n")  # answers nothing
     empty = sbatch("multinode.sbatch", SCONTROL=str(scontrol), **env)
     assert empty.returncode == EXIT_BAD_INPUT and empty.stderr == ("error: slurm/multinode.sbatch: no first host in "
@@ -138,7 +139,8 @@ def test_usr1_before_the_time_limit_requeues_the_task_and_waits_for_the_command(
     started, requeued = tmp_path / "started", tmp_path / "requeued"
     (tmp_path / "scontrol").write_text(f'#!/bin/bash\necho "$@" > {requeued}\nkill -TERM "$(cat {started})"\n')
     (tmp_path / "scontrol").chmod(0o755)
-    command = f'echo $$ > {started}.tmp && mv {started}.tmp {started}; trap "exit 143" TERM; while :; do sleep 0.05; done'
+    command = (f'echo $$ > {started}.tmp && mv {started}.tmp {started}; trap "exit 143" TERM; '
+               'while :; do sleep 0.05; done')
     script = f'source slurm/common.sh; run bash -c {shlex.quote(command)}'
     env = {**os.environ, "SCONTROL": str(tmp_path / "scontrol"), "SLURM_JOB_ID": "4242"}
     shell = subprocess.Popen([BASH, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)

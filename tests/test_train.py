@@ -539,7 +539,8 @@ def test_one_nonfinite_pixel_is_skipped_without_a_trace_in_the_checkpoint(tiny_d
     weights_nan, weights_skip = load_file(ckpt_nan / "model.safetensors"), load_file(ckpt_skip / "model.safetensors")
     assert [k for k, v in weights_nan.items() if not torch.isfinite(v).all()] == []
     assert [k for k in weights_skip if not torch.equal(weights_nan[k], weights_skip[k])] == []
-    optim_nan, optim_skip = (torch.load(c / "optimizer.bin", weights_only=False)["state"] for c in (ckpt_nan, ckpt_skip))
+    optim_nan, optim_skip = (torch.load(c / "optimizer.bin", weights_only=False)["state"]
+                             for c in (ckpt_nan, ckpt_skip))
     assert optim_nan.keys() == optim_skip.keys()
     for i, state in optim_nan.items():
         assert all(torch.equal(v, optim_skip[i][k]) for k, v in state.items()), i
